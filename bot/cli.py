@@ -1,0 +1,209 @@
+"""The ``meshbot`` command line: diagnostics, analysis, the demo, and (later) the bot itself."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from commands.errors import InputError, MeshbotError, UserError
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INPUT = 65  # EX_DATAERR: unparsable input files
+EXIT_SOFTWARE = 70
+EXIT_ISSUES = 79  # istioctl analyze's "analyzers found issues at or above the failure level"
+
+log = logging.getLogger("meshbot")
+
+
+def parse_now(value: str) -> datetime:
+    """ISO 8601; a time without zone is UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r} (e.g. 2026-12-01T09:00:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _cluster_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster")
+    group.add_argument("-f", "--file", dest="files", action="append", default=[], metavar="PATH",
+                       help="read objects from YAML/JSON files or directories instead of a live cluster (repeatable)")
+    group.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
+    group.add_argument("--context", help="kubeconfig context")
+    group.add_argument("--istio-namespace", default="istio-system", help="Istio root namespace (default istio-system)")
+    group.add_argument("--timeout", type=float, default=10.0, help="seconds per Kubernetes/HTTP call (default 10)")
+    group.add_argument("--read-ca-secrets", action="store_true",
+                       help="also read istio-ca-secret/cacerts (opt-in: they hold the CA private key)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshbot", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    analyze = sub.add_parser("analyze", help="Istio configuration analysis (istioctl analyze compatible)")
+    _cluster_options(analyze)
+    analyze.add_argument("--mesh-config", metavar="FILE", help="MeshConfig YAML (like istioctl --meshConfigFile)")
+    analyze.add_argument("-n", "--namespace", help="only report findings for this namespace")
+    analyze.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    analyze.set_defaults(handler=cmd_analyze)
+
+    diagnose = sub.add_parser("diagnose", help="run mesh health checks")
+    diagnose.add_argument("check", help="status | proxy-status | certs | envoy | analyze | all")
+    _cluster_options(diagnose)
+    diagnose.add_argument("-n", "--namespace", help="only report on this namespace")
+    diagnose.add_argument("--istiod-url", action="append", default=[], metavar="URL",
+                          help="istiod monitoring URL (http://HOST:15014) or a captured directory (repeatable); "
+                               "default: discover istiod pods")
+    diagnose.add_argument("--envoy-admin", action="append", default=[], metavar="NS/POD=URL",
+                          help="Envoy admin URL for a pod, e.g. prod/payment-1=http://127.0.0.1:15000 (repeatable); "
+                               "default: port-forward to sidecars")
+    diagnose.add_argument("--now", type=parse_now, help="evaluate as of this time (ISO 8601), e.g. a freeze date")
+    diagnose.add_argument("--cert-days", default="7,30,90", metavar="ERR,WARN,INFO",
+                          help="certificate expiry thresholds in days (default 7,30,90)")
+    diagnose.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    diagnose.set_defaults(handler=cmd_diagnose)
+
+    demo = sub.add_parser("demo", help="diagnose the bundled broken-mesh scenario (no cluster needed)")
+    demo.add_argument("--scenario", default=None, help="scenario.yaml (default: examples/demo/scenario.yaml)")
+    demo.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    demo.set_defaults(handler=cmd_demo)
+
+    codes = sub.add_parser("codes", help="list finding codes")
+    codes.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+    codes.set_defaults(handler=cmd_codes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except InputError as exc:
+        print(f"meshbot: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except UserError as exc:
+        print(f"meshbot: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MeshbotError as exc:
+        print(f"meshbot: error: {exc}", file=sys.stderr)
+        return EXIT_SOFTWARE
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- handlers --------------------------------------------------------------------
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from commands import report
+    from commands.checks import diagnose
+    from commands.findings import Level
+
+    source = _source(args, mesh_config=args.mesh_config)
+    findings = diagnose(["analyze"], source, namespace=args.namespace)
+    out = report.analyze_json(findings) if args.output == "json" else report.analyze_text(
+        findings, namespace=args.namespace)
+    sys.stdout.write(out)
+    return EXIT_ISSUES if any(f.level == Level.ERROR for f in findings) else EXIT_OK
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from commands.checks import resolve_names
+
+    names = resolve_names([args.check])
+    source = _source(args)
+    endpoints = _endpoints(args, source)
+    return _diagnose_and_print(names, source, endpoints, args, title_source=", ".join(args.files) or "cluster")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from commands.demo import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    if args.output == "text":
+        print(f"# {scenario.title}\n# {scenario.story}\n", flush=True)
+    source, endpoints = scenario.source(), scenario.endpoints()
+    args.namespace, args.now, args.cert_days = None, scenario.now, "7,30,90"
+    _diagnose_and_print(["all"], source, endpoints, args, title_source=str(scenario.cluster_dir))
+    return EXIT_OK
+
+
+def cmd_codes(args: argparse.Namespace) -> int:
+    from commands.codes import ALL_CODES, markdown_table
+
+    if args.markdown:
+        print(markdown_table())
+        return EXIT_OK
+    for entry in ALL_CODES.values():
+        print(f"{entry.code}  {entry.level:<7}  {entry.check:<12}  {entry.name}")
+    return EXIT_OK
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _diagnose_and_print(names, source, endpoints, args, *, title_source: str) -> int:
+    from commands import report
+    from commands.checks import diagnose, resolve_names
+    from commands.findings import Level
+
+    names = resolve_names(names)
+    now = args.now or datetime.now(timezone.utc)
+    findings = diagnose(names, source, namespace=args.namespace, now=now,
+                        thresholds=_thresholds(args.cert_days), endpoints=endpoints)
+    if args.output == "json":
+        sys.stdout.write(report.diagnose_json(findings))
+    else:
+        scope = f"namespace {args.namespace}" if args.namespace else "all namespaces"
+        title = (f"meshbot diagnose {' '.join(names)} | {scope} | {title_source} | "
+                 f"as of {now.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        sys.stdout.write(report.diagnose_text(findings, title=title))
+    return EXIT_ISSUES if any(f.level == Level.ERROR for f in findings) else EXIT_OK
+
+
+def _thresholds(cert_days: str):
+    from commands.checks import Thresholds
+
+    try:
+        error, warning, info = (int(x) for x in cert_days.split(","))
+    except ValueError:
+        raise UserError(f"--cert-days {cert_days!r}: expected three whole numbers, e.g. 7,30,90") from None
+    if not 0 <= error <= warning <= info:
+        raise UserError(f"--cert-days {cert_days!r}: need 0 <= error <= warning <= info days")
+    return Thresholds(cert_error_days=error, cert_warning_days=warning, cert_info_days=info)
+
+
+def _source(args: argparse.Namespace, *, mesh_config: str | None = None):
+    if args.files:
+        from commands.sources.files import FileSource
+
+        return FileSource(args.files, istio_namespace=args.istio_namespace, mesh_config=mesh_config)
+    if mesh_config:
+        raise UserError("--mesh-config applies to files (-f); a live cluster's mesh config is read from it")
+    from commands.sources.kube import live_source
+
+    return live_source(kubeconfig=args.kubeconfig, context=args.context, timeout=args.timeout,
+                       istio_namespace=args.istio_namespace, read_ca_secrets=args.read_ca_secrets)
+
+
+def _endpoints(args: argparse.Namespace, source):
+    from commands.endpoints import EndpointResolver, parse_envoy_admin_option
+    from commands.http import HttpEndpoint
+
+    admin_urls = dict(parse_envoy_admin_option(v) for v in args.envoy_admin)
+    forwarder = getattr(source, "port_forwarder", None)
+    return EndpointResolver(http=lambda url: HttpEndpoint(url, timeout=args.timeout), envoy_admin_urls=admin_urls,
+                            istiod_urls=list(args.istiod_url), port_forwarder=forwarder,
+                            direct_pod_ips=bool(getattr(source, "in_cluster", False)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

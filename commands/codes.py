@@ -1,0 +1,283 @@
+"""The finding-code catalogue: Istio's IST#### analyzer messages and meshbot's own MB#### codes.
+
+A code fixes the level and the message template; checks fill in the arguments.
+``IST`` entries mirror istio/istio ``pkg/config/analysis/msg/messages.yaml`` so
+messages read exactly as ``istioctl analyze`` prints them.  The README's code
+table is generated from ``MESHBOT_CODES`` (``meshbot codes --markdown``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from commands.findings import Finding, Level, Remediation
+
+ISTIO_DOCS = "https://istio.io/latest/docs/reference/config/analysis/{code}/"
+MESHBOT_DOCS = "https://github.com/meshbot/meshbot/blob/main/README.md#{code}"
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    name: str
+    level: Level
+    template: str
+    """``str.format`` template; named fields are the message arguments."""
+    check: str
+    """The check that emits it (``analyze`` for every IST code)."""
+    description: str = ""
+
+    @property
+    def documentation_url(self) -> str:
+        docs = ISTIO_DOCS if self.code.startswith("IST") else MESHBOT_DOCS
+        return docs.format(code=self.code.lower())
+
+
+def go_list(items: Iterable[Any]) -> str:
+    """Format a list the way Go's ``%v`` does (``[a b c]``), as istioctl prints it."""
+    return "[" + " ".join(str(i) for i in items) + "]"
+
+
+def _code(code: str, name: str, level: Level, check: str, template: str, description: str = "") -> Code:
+    return Code(code=code, name=name, level=level, template=template, check=check, description=description)
+
+
+E, W, I = Level.ERROR, Level.WARNING, Level.INFO  # noqa: E741  (short names keep the table readable)
+
+ISTIO_CODES: dict[str, Code] = {c.code: c for c in [
+    _code("IST0101", "ReferencedResourceNotFound", E, "analyze",
+          'Referenced {reftype} not found: "{refval}"'),
+    _code("IST0102", "NamespaceNotInjected", I, "analyze",
+          "The namespace is not enabled for Istio injection. Run 'kubectl label namespace {namespace} "
+          "istio-injection=enabled' to enable it, or 'kubectl label namespace {namespace} "
+          "istio-injection=disabled' to explicitly mark it as not needing injection."),
+    _code("IST0103", "PodMissingProxy", W, "analyze",
+          "The pod {pod} is missing the Istio proxy. This can often be resolved by restarting or "
+          "redeploying the workload."),
+    _code("IST0109", "ConflictingMeshGatewayVirtualServiceHosts", E, "analyze",
+          "The VirtualServices {virtual_services} associated with mesh gateway define the same host {host} "
+          "which can lead to undefined behavior. This can be fixed by merging the conflicting "
+          "VirtualServices into a single resource."),
+    _code("IST0110", "ConflictingSidecarWorkloadSelectors", E, "analyze",
+          'The Sidecars {sidecars} in namespace "{namespace}" select the same workload pod "{pod}", '
+          "which can lead to undefined behavior."),
+    _code("IST0111", "MultipleSidecarsWithoutWorkloadSelectors", E, "analyze",
+          'The Sidecars {sidecars} in namespace "{namespace}" have no workload selector, which can lead '
+          "to undefined behavior."),
+    _code("IST0112", "VirtualServiceDestinationPortSelectorRequired", E, "analyze",
+          'This VirtualService routes to a service "{host}" that exposes multiple ports {ports}. '
+          "Specifying a port in the destination is required to disambiguate."),
+    _code("IST0118", "PortNameIsNotUnderNamingConvention", I, "analyze",
+          "Port name {port_name} (port: {port}, targetPort: {target_port}) doesn't follow the naming "
+          "convention of Istio port."),
+    _code("IST0123", "NamespaceMultipleInjectionLabels", W, "analyze",
+          "The namespace has more than one type of injection labels {labels}, which may lead to undefined "
+          "behavior. Make sure only one injection label exists."),
+    _code("IST0127", "NoMatchingWorkloadsFound", W, "analyze",
+          "No matching workloads for this resource with the following labels: {labels}"),
+    _code("IST0128", "NoServerCertificateVerificationDestinationLevel", W, "analyze",
+          "DestinationRule {destination_rule} in namespace {namespace} has TLS mode set to {mode} but no "
+          "caCertificates are set to validate server identity for host: {host}"),
+    _code("IST0129", "NoServerCertificateVerificationPortLevel", W, "analyze",
+          "DestinationRule {destination_rule} in namespace {namespace} has TLS mode set to {mode} but no "
+          "caCertificates are set to validate server identity for host: {host} at port {port}"),
+    _code("IST0132", "VirtualServiceHostNotFoundInGateway", W, "analyze",
+          "one or more host {hosts} defined in VirtualService {virtual_service} not found in Gateway {gateway}."),
+    _code("IST0145", "ConflictingGateways", E, "analyze",
+          "Conflict with gateways {gateways} (workload selector {selector}, port {port}, hosts {hosts})."),
+    _code("IST0158", "PodsIstioProxyImageMismatchInNamespace", W, "analyze",
+          "The Istio proxy images of the pods running in the namespace do not match the image defined in "
+          "the injection configuration (pod names: {pods}). This often happens after upgrading the Istio "
+          "control-plane and can be fixed by redeploying the pods."),
+    _code("IST0161", "InvalidGatewayCredential", E, "analyze",
+          "The credential referenced by the Gateway {gateway} in namespace {namespace} is invalid, which "
+          "can cause the traffic not to work as expected."),
+    _code("IST0162", "GatewayPortNotDefinedOnService", W, "analyze",
+          "The gateway is listening on a target port (port {port}) that is not defined in the Service "
+          "associated with its workload instances (Pod selector {selector}). If you need to access the "
+          "gateway port through the gateway Service, it will not be available."),
+    _code("IST0173", "DestinationRuleSubsetNotSelectPods", E, "analyze",
+          "The Subset {subset} defined in the DestinationRule does not select any pods. Which may lead to "
+          "503 UH (NoHealthyUpstream)."),
+    _code("IST0174", "UnknownDestinationRuleHost", W, "analyze",
+          "The host {host} defined in the DestinationRule does not match any services in the mesh."),
+]}
+
+# meshbot's own codes.  Ranges: MB00xx reading the cluster, MB1xxx status, MB2xxx
+# proxy-status, MB3xxx certs, MB4xxx envoy.  Keep the README table in step
+# (tests/test_codes.py fails when it is not).
+MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
+    _code("MB0001", "ClusterAccessDenied", E, "cluster",
+          "meshbot cannot {verb} {resource}{scope}: {reason} (needs RBAC {verb} on {resource})",
+          "The Kubernetes API answered 401/403; the message names the missing permission."),
+    _code("MB0002", "ClusterUnreachable", E, "cluster",
+          "The Kubernetes API did not answer {verb} {resource}{scope}: {reason}",
+          "Timeout, connection refused or a 5xx from the API server."),
+    _code("MB0003", "ResourceTypeNotServed", I, "cluster",
+          "The cluster does not serve {resource} ({api}); checks that need it were skipped",
+          "A 404 on a list call: the CRD (or metrics-server) is not installed."),
+    _code("MB0004", "CheckSkipped", I, "cluster",
+          "{check_name} skipped: {reason}",
+          "A check could not run with the inputs given (no cluster data, no endpoints)."),
+    _code("MB0005", "CheckFailed", E, "cluster",
+          "{check_name} failed unexpectedly: {reason}",
+          "A bug or an unexpected answer; the other checks still ran."),
+    _code("MB1001", "ControlPlanePodNotReady", E, "status",
+          "{role} pod {pod} is not ready (phase {phase}); {consequence}",
+          "An istiod or gateway pod is not Ready."),
+    _code("MB1002", "ControlPlaneOOMKilled", E, "status",
+          "{role} container {container} in {pod} was OOMKilled ({restarts} restarts); raise its memory "
+          "limit (now {limit}) or reduce config size",
+          "The control plane or a gateway ran out of memory."),
+    _code("MB1003", "ControlPlaneCrashLoop", E, "status",
+          "{role} container {container} in {pod} is in CrashLoopBackOff ({restarts} restarts)",
+          "The control plane or a gateway keeps crashing."),
+    _code("MB1004", "ControlPlaneRestarting", W, "status",
+          "{role} container {container} in {pod} restarted {restarts} times",
+          "Restarts at or above the threshold without a current crash loop."),
+    _code("MB1005", "ControlPlaneMemoryNearLimit", W, "status",
+          "{role} container {container} in {pod} uses {usage} of its {limit} memory limit ({percent}%)",
+          "Memory use at or above the near-limit ratio (default 90%); OOMKill is next."),
+    _code("MB1006", "ControlPlaneMissing", E, "status",
+          "No istiod pods found in namespace {namespace}; sidecars cannot receive configuration or certificates",
+          "No control plane pods at all."),
+    _code("MB1011", "SidecarCrashLoop", E, "status",
+          "Sidecar istio-proxy in {pod} is in CrashLoopBackOff ({restarts} restarts)",
+          "An Envoy sidecar keeps crashing; its workload is out of the mesh."),
+    _code("MB1012", "SidecarOOMKilled", E, "status",
+          "Sidecar istio-proxy in {pod} was OOMKilled ({restarts} restarts); raise its memory limit "
+          "(now {limit}) or trim its config with a Sidecar resource",
+          "An Envoy sidecar ran out of memory."),
+    _code("MB1013", "SidecarNotReady", W, "status",
+          "Sidecar istio-proxy in {pod} is not ready; the pod receives no mesh traffic",
+          "The istio-proxy container is not Ready."),
+    _code("MB1014", "SidecarRestarting", W, "status",
+          "Sidecar istio-proxy in {pod} restarted {restarts} times",
+          "Restarts at or above the threshold without a current crash loop."),
+    _code("MB1015", "SidecarMemoryNearLimit", W, "status",
+          "Sidecar istio-proxy in {pod} uses {usage} of its {limit} memory limit ({percent}%)",
+          "Memory use at or above the near-limit ratio."),
+    _code("MB1020", "NamespaceSidecarSummary", I, "status",
+          "Namespace {namespace}: {total} sidecars, {ready} ready, {crashlooping} crash-looping, "
+          "{restarting} restarting",
+          "Per-namespace sidecar counts."),
+    _code("MB2000", "ProxySyncSummary", I, "proxy-status",
+          "{synced} synced, {stale} stale, {not_sent} not sent ({total} proxies across {istiods} istiod)",
+          "The first line of proxy-status."),
+    _code("MB2001", "ProxyStale", W, "proxy-status",
+          "Proxy {proxy} has stale {types}: istiod sent config it has not acknowledged yet",
+          "Sent and acknowledged nonces differ (istioctl: STALE)."),
+    _code("MB2002", "ProxyNeverAcknowledged", E, "proxy-status",
+          "Proxy {proxy} never acknowledged {types}; it is likely rejecting the configuration "
+          "(check its istio-proxy log for 'rejected')",
+          "Config was sent but never acked (istioctl: STALE (Never Acknowledged))."),
+    _code("MB2003", "ProxyNotSent", W, "proxy-status",
+          "istiod has not sent {types} to proxy {proxy}",
+          "Listeners or clusters never sent (istioctl: NOT SENT); routes/endpoints/ECDS NOT SENT is normal."),
+    _code("MB2004", "ProxyVersionMismatch", W, "proxy-status",
+          "Proxy {proxy} runs Istio {proxy_version} but istiod runs {istiod_version}; restart the "
+          "workload after the upgrade",
+          "Data plane and control plane versions differ."),
+    _code("MB2005", "IstiodUnreachable", E, "proxy-status",
+          "Cannot read sync status from istiod at {endpoint}: {reason}",
+          "The /debug/syncz endpoint did not answer."),
+    _code("MB3001", "CertificateExpired", E, "certs",
+          "{what} expired {ago} ago (notAfter {not_after})",
+          "The certificate is past its notAfter date."),
+    _code("MB3002", "CertificateExpiresVerySoon", E, "certs",
+          "{what} expires in {left} (notAfter {not_after})",
+          "Inside the error threshold (default 7 days)."),
+    _code("MB3003", "CertificateExpiresSoon", W, "certs",
+          "{what} expires in {left} (notAfter {not_after})",
+          "Inside the warning threshold (default 30 days)."),
+    _code("MB3004", "CertificateExpiryNotice", I, "certs",
+          "{what} expires in {left} (notAfter {not_after})",
+          "Inside the notice threshold (default 90 days)."),
+    _code("MB3005", "CertificateNotYetValid", E, "certs",
+          "{what} is not valid before {not_before}; check clock skew",
+          "notBefore is in the future."),
+    _code("MB3006", "WorkloadCertificateNotRotated", W, "certs",
+          "{what} is {percent}% through its {lifetime} lifetime and expires in {left}; istio-agent rotates at "
+          "half-life, so it cannot get a new one from istiod",
+          "A short-lived workload certificate past 75% of its lifetime (not judged by the day thresholds)."),
+    _code("MB3010", "RootCertMismatch", E, "certs",
+          "The istio-ca-root-cert in namespace {namespace} does not contain the mesh root CA "
+          "(fingerprint {expected}); workloads there will fail mTLS",
+          "A namespace's root ConfigMap differs from the CA's root."),
+    _code("MB3011", "RootCertMissing", W, "certs",
+          "Namespace {namespace} has injected pods but no istio-ca-root-cert ConfigMap",
+          "istiod has not written the root ConfigMap to an injected namespace."),
+    _code("MB3012", "GatewayCredentialUnavailable", E, "certs",
+          'Gateway {gateway} references credentialName "{credential}" but {reason}',
+          "The gateway TLS secret is missing, unreadable or has no certificate."),
+    _code("MB3013", "CertificateUnparsable", W, "certs",
+          "{what} could not be parsed as PEM X.509: {reason}",
+          "A PEM bundle could not be parsed."),
+    _code("MB3014", "WorkloadCertificateMissing", E, "certs",
+          "Envoy in {pod} has no workload certificate loaded; mTLS to and from it fails",
+          "Envoy /certs shows no certificate chain."),
+    _code("MB3015", "CaExpiryFromIstiod", I, "certs",
+          "istiod reports the {what} expires {when}",
+          "Expiry read from istiod's citadel_server_* metrics (no secret access needed)."),
+    _code("MB4001", "CircuitBreakerOpen", E, "envoy",
+          "Envoy in {pod}: circuit breaker {breaker} is open for {cluster}; requests are rejected (503 UO)",
+          "A circuit-breaker gauge is 1."),
+    _code("MB4002", "UpstreamErrorShareHigh", E, "envoy",
+          "Envoy in {pod}: {percent}% of requests to {cluster} got 503 ({errors} of {total})",
+          "upstream_rq_503 share at or above the threshold (default 10%)."),
+    _code("MB4003", "RetryStorm", W, "envoy",
+          "Envoy in {pod}: {retries} retries for {total} requests to {cluster} ({percent}%); a retry storm "
+          "amplifies the outage",
+          "upstream_rq_retry at or above the threshold share of requests (default 20%)."),
+    _code("MB4004", "EnvoyMemoryHigh", W, "envoy",
+          "Envoy in {pod} uses {memory} of memory (warning above {threshold})",
+          "Above the warning threshold (default 300 MB)."),
+    _code("MB4005", "EnvoyMemoryCritical", E, "envoy",
+          "Envoy in {pod} uses {memory} of memory (critical above {threshold}); restart it or trim its config",
+          "Above the critical threshold (default 500 MB)."),
+    _code("MB4006", "EnvoyAdminUnreachable", E, "envoy",
+          "Cannot read Envoy admin of {pod} at {endpoint}: {reason}",
+          "The admin API (port 15000) did not answer."),
+    _code("MB4007", "EnvoyTooManyStats", W, "envoy",
+          "Envoy in {pod} exports {count} stats; above {threshold} they drive memory growth "
+          "(limit them with proxyStatsMatcher)",
+          "Stats count above the threshold (default 50,000)."),
+]}
+
+ALL_CODES: dict[str, Code] = {**ISTIO_CODES, **MESHBOT_CODES}
+
+
+def finding(
+    code: str,
+    *,
+    origin: str,
+    evidence: Mapping[str, Any] | None = None,
+    remediation: Remediation | None = None,
+    reference: str | None = None,
+    check: str | None = None,
+    **args: Any,
+) -> Finding:
+    """Build a finding from a catalogue code; ``args`` fill the message template."""
+    entry = ALL_CODES[code]
+    return Finding(
+        check=check or entry.check,
+        code=entry.code,
+        level=entry.level,
+        message=entry.template.format(**args),
+        origin=origin,
+        evidence=dict(evidence or {}),
+        remediation=remediation,
+        reference=reference,
+        documentation_url=entry.documentation_url,
+    )
+
+
+def markdown_table(codes: Mapping[str, Code] = MESHBOT_CODES) -> str:
+    """The README's table of meshbot codes."""
+    rows = ["| Code | Name | Level | Check | Meaning |", "|---|---|---|---|---|"]
+    for entry in codes.values():
+        rows.append(f"| <a id=\"{entry.code.lower()}\"></a>{entry.code} | {entry.name} | {entry.level} "
+                    f"| {entry.check} | {entry.description} |")
+    return "\n".join(rows)

@@ -1,0 +1,75 @@
+"""Findings as text and JSON for the command line (Slack rendering lives in ``bot/blocks.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from commands.findings import Finding, Level, by_severity, count_by_level
+
+# Findings that summarise a whole check; printed before the severity-sorted list.
+SUMMARY_CODES = frozenset({"MB2000", "MB1020"})
+
+
+def split_summary(findings: Iterable[Finding]) -> tuple[list[Finding], list[Finding]]:
+    """(summary findings, the rest most severe first)."""
+    summaries, rest = [], []
+    for finding in findings:
+        (summaries if finding.code in SUMMARY_CODES else rest).append(finding)
+    return summaries, by_severity(rest)
+
+
+def report_order(findings: Iterable[Finding]) -> list[Finding]:
+    summaries, rest = split_summary(findings)
+    return summaries + rest
+
+
+def counts_line(findings: Sequence[Finding]) -> str:
+    counts = count_by_level(findings)
+    parts = [f"{counts[Level.ERROR]} error{'s' * (counts[Level.ERROR] != 1)}",
+             f"{counts[Level.WARNING]} warning{'s' * (counts[Level.WARNING] != 1)}",
+             f"{counts[Level.INFO]} info"]
+    return ", ".join(parts)
+
+
+def finding_line(finding: Finding, *, with_fix: bool = True) -> str:
+    """``Error [IST0101] (VirtualService ns/name file.yaml:12) message`` — istioctl's layout."""
+    where = f"{finding.origin} {finding.reference}" if finding.reference else finding.origin
+    line = f"{finding.level} [{finding.code}] ({where}) {finding.message}"
+    if with_fix and finding.remediation:
+        fix = finding.remediation.command or finding.remediation.summary
+        line += f" Fix: {fix}"
+    return line
+
+
+def diagnose_text(findings: Sequence[Finding], *, title: str) -> str:
+    summaries, rest = split_summary(findings)
+    lines = [title, f"Summary: {counts_line(findings)}"]
+    lines += [f"  {f.check}: {f.message}" for f in summaries]
+    lines.append("")
+    lines += [finding_line(f) for f in rest] or ["No problems found."]
+    return "\n".join(lines) + "\n"
+
+
+def diagnose_json(findings: Sequence[Finding]) -> str:
+    return json.dumps({"findings": [f.to_dict() for f in report_order(findings)]}, indent=2) + "\n"
+
+
+def analyze_text(findings: Sequence[Finding], *, namespace: str | None) -> str:
+    if not findings:
+        scope = f"namespace: {namespace}" if namespace else "all namespaces"
+        return f"\u2714 No validation issues found when analyzing {scope}.\n"
+    return "\n".join(finding_line(f, with_fix=False) for f in by_severity(findings)) + "\n"
+
+
+def analyze_json(findings: Sequence[Finding]) -> str:
+    """istioctl's ``-o json``: an array of {code, documentationUrl, level, message, origin, reference}."""
+    items: list[dict[str, Any]] = []
+    for f in by_severity(findings):
+        item = {"code": f.code, "documentationUrl": f.documentation_url or "", "level": str(f.level),
+                "message": f.message, "origin": f.origin}
+        if f.reference:
+            item["reference"] = f.reference
+        items.append(item)
+    return json.dumps(items, indent=2) + "\n"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up everything the tests need (system packages, .venv with test extras) and run them.
+# CI (.ci/run) calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The tests use the real Alertmanager/amtool and promtool (../shared/TESTING.md).
+missing=()
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+command -v promtool >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if ! command -v apt-get >/dev/null; then
+    echo "scripts/test.sh: need ${missing[*]} (Debian packages); install them and re-run" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]} with apt-get" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# Layers: commands/ never imports bot/, Slack, SQLite or the scheduler.
+.venv/bin/lint-imports --no-cache
+.venv/bin/ruff check --quiet commands bot tests bench examples
+
+set +e
+.venv/bin/pytest "$@"
+status=$?
+set -e
+if [ $status -eq 5 ]; then
+  echo "scripts/test.sh: pytest collected no tests; that is a failure, not a pass" >&2
+  exit 1
+fi
+exit $status

@@ -1,0 +1,11 @@
+"""Fixtures for the real parts meshbot is tested against (see ../shared/TESTING.md).
+
+Each outside system has one support module under ``tests/support``; they are
+registered here as plugins so every test can ask for their fixtures by name.
+"""
+
+pytest_plugins = [
+    "tests.support.kube",
+    "tests.support.envoy",
+    "tests.support.istiod",
+]

@@ -1,0 +1,70 @@
+"""A real HTTP server on a free port whose answers tests program per path, recording every request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain"
+    delay: float = 0.0
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class ProgrammableServer:
+    answers: dict[str, Answer] = field(default_factory=dict)
+    requests: list[Recorded] = field(default_factory=list)
+    url: str = ""
+
+    def answer(self, path: str, body: Any = b"", *, status: int = 200, delay: float = 0.0) -> None:
+        """Program ``path``: dicts/lists are sent as JSON, str as text."""
+        if isinstance(body, (dict, list)):
+            self.answers[path] = Answer(status, json.dumps(body).encode(), "application/json", delay)
+        else:
+            data = body.encode() if isinstance(body, str) else body
+            self.answers[path] = Answer(status, data, "text/plain", delay)
+
+
+def start_server() -> tuple[ProgrammableServer, ThreadingHTTPServer]:
+    state = ProgrammableServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            state.requests.append(Recorded(self.command, self.path, dict(self.headers), body))
+            answer = state.answers.get(self.path.split("?")[0], Answer(404, b"not programmed"))
+            if answer.delay:
+                time.sleep(answer.delay)
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return state, server

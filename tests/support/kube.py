@@ -1,0 +1,277 @@
+"""A Kubernetes API for tests: kmock's KubernetesEmulator on a background event loop.
+
+Fixtures:
+  ``kube``         a fresh emulator per test, as a ``FakeKube``: seed objects, inject
+                   failures and delays, count requests, build a ``KubeClient`` for it.
+  ``kube_client``  ``kube.client()`` — a KubeClient with a 1 s timeout.
+
+The emulator keeps objects in memory and answers list/get/create/patch/delete like
+an API server.  It checks object existence before any injected reaction: a
+create of an existing object is 409 and a patch/delete of a missing one 404
+whatever ``fail``/``slow`` say, so seed accordingly.  What it lacks is patched in here, test-side only: Namespace paths
+(a kmock 0.8 parser bug) and fieldSelector/labelSelector filtering on lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import kmock
+import pytest
+from kmock._internal import parsing
+
+from commands.kinds import KINDS, KindInfo
+from commands.kube import KubeClient
+
+T = TypeVar("T")
+
+TEST_TIMEOUT = 1.0
+"""Client timeout in tests: short, so timeout scenarios finish fast."""
+
+_ACTIONS = {
+    "list": kmock.action.LIST, "get": kmock.action.FETCH, "create": kmock.action.CREATE,
+    "patch": kmock.action.UPDATE, "delete": kmock.action.DELETE,
+}
+_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "AlreadyExists",
+            422: "Invalid", 500: "InternalError", 503: "ServiceUnavailable"}
+
+
+def _patch_namespace_paths() -> None:
+    """kmock 0.8 cannot parse ``/api/v1/namespaces[/NAME]`` (see TESTING.md)."""
+    original = parsing.parse_path
+    if getattr(original, "meshbot_patched", False):
+        return
+
+    def parse_path(path: str) -> parsing.ParsedPath:
+        parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+            return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+        return original(path)
+
+    parse_path.meshbot_patched = True  # type: ignore[attr-defined]
+    parsing.parse_path = parse_path
+
+
+_patch_namespace_paths()
+
+
+def resource_of(kind: str | KindInfo) -> kmock.resource:
+    info = kind if isinstance(kind, KindInfo) else KINDS[kind]
+    return kmock.resource(group=info.group, version=info.version, plural=info.plural)
+
+
+def status_body(status: int, message: str) -> dict[str, Any]:
+    """A ``kind: Status`` answer as the API server sends with errors."""
+    return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "message": message, "reason": _REASONS.get(status, "Unknown"), "code": status}
+
+
+class EventLoopThread:
+    """One asyncio loop in a daemon thread; tests hand it coroutines and callables."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="kmock-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Awaitable[T], timeout: float = 10) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def call(self, function: Callable[[], T]) -> T:
+        """Run ``function`` on the loop thread, where kmock's state lives."""
+        async def call() -> T:
+            return function()
+        return self.run(call())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+# -- selectors: kmock lists ignore them, a real API server does not ----------------------
+
+
+def _parse_selector(text: str) -> list[tuple[str, str, str | None]]:
+    """``a=b,c!=d,e`` -> [(key, op, value)]: equality, inequality and existence only."""
+    terms = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        for op in ("!=", "==", "="):
+            key, sep, value = term.partition(op)
+            if sep:
+                terms.append((key.strip(), "!=" if op == "!=" else "=", value.strip()))
+                break
+        else:
+            terms.append((term, "exists", None))
+    return terms
+
+
+def _field_value(obj: Mapping[str, Any], path: str) -> str | None:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return None if value is None else str(value)
+
+
+def _selected(obj: Mapping[str, Any], fields: str, labels: str) -> bool:
+    obj_labels = (obj.get("metadata") or {}).get("labels") or {}
+    checks = [(_field_value(obj, key), op, value) for key, op, value in _parse_selector(fields)]
+    checks += [(obj_labels.get(key), op, value) for key, op, value in _parse_selector(labels)]
+    for actual, op, value in checks:
+        if (op == "=" and actual != value) or (op == "!=" and actual == value) or (op == "exists" and actual is None):
+            return False
+    return True
+
+
+def _has_selector(request: kmock.Request) -> bool:
+    return bool(request.params.get("fieldSelector") or request.params.get("labelSelector"))
+
+
+class FakeKube:
+    """The test's handle on one emulated API server."""
+
+    def __init__(self, loop: EventLoopThread, emulator: kmock.KubernetesEmulator, url: str,
+                 release: asyncio.Event):
+        self.loop = loop
+        self.emulator = emulator
+        self.url = url.rstrip("/")
+        self._release = release
+        loop.call(self._install_defaults)
+
+    def _install_defaults(self) -> None:
+        for info in KINDS.values():  # every kind is served (lists answer [] rather than 404)
+            self.emulator.resources[resource_of(info)] = {}
+        (self.emulator ** -1)[kmock.action.LIST][_has_selector] << self._filtered_list
+
+    def _filtered_list(self, request: kmock.Request) -> dict[str, Any]:
+        if not any(resource == request.resource for resource in self.emulator.resources) and not any(
+                key[0] == request.resource for key, _ in self.emulator.objects.items()):
+            raise kmock.KubernetesResourceNotFoundError()
+        items = [obj.raw for (resource, namespace, _), obj in self.emulator.objects.items()
+                 if resource == request.resource and not obj.deleted
+                 and (request.namespace is None or namespace == request.namespace)]
+        fields, labels = request.params.get("fieldSelector", ""), request.params.get("labelSelector", "")
+        return {"metadata": {"resourceVersion": "1"}, "items": [i for i in items if _selected(i, fields, labels)]}
+
+    # -- seeding -------------------------------------------------------------------------
+
+    def add(self, *objects: Mapping[str, Any]) -> None:
+        """Store objects as if created earlier; ``kind`` picks the resource, metadata the namespace/name."""
+        for obj in objects:
+            info = KINDS[obj["kind"]]
+            meta = obj["metadata"]
+            key = (resource_of(info), meta.get("namespace") if info.namespaced else None, meta["name"])
+            stored = copy.deepcopy(dict(obj))
+            self.loop.call(lambda: self.emulator.objects.__setitem__(key, stored))
+
+    def object(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The stored state of an object, or None when absent or deleted."""
+        def lookup() -> dict[str, Any] | None:
+            key = (resource_of(kind), namespace, name)
+            if key not in self.emulator.objects or self.emulator.objects[key].deleted:
+                return None
+            return copy.deepcopy(self.emulator.objects[key].raw)
+        return self.loop.call(lookup)
+
+    def not_served(self, kind: str) -> None:
+        """The API server does not know the resource (CRD or metrics-server not installed): lists get 404."""
+        self.loop.call(lambda: self.emulator.resources.__delitem__(resource_of(kind)))
+
+    # -- reactions ---------------------------------------------------------------------
+
+    def _view(self, kind: str, verb: str, namespace: str | None, name: str | None,
+              subresource: str | None) -> kmock.View:
+        view = self.emulator[resource_of(kind), _ACTIONS[verb]]
+        if namespace is not None:
+            view = view[kmock.namespace(namespace)]
+        if name is not None:
+            view = view[kmock.name(name)]
+        if subresource is not None:
+            view = view[kmock.subresource(subresource)]
+        return view
+
+    def fail(self, kind: str, status: int, *, verb: str = "list", namespace: str | None = None,
+             name: str | None = None, subresource: str | None = None, message: str | None = None) -> None:
+        """Answer matching requests with ``status`` and a Status body."""
+        body = status_body(status, message or f"{verb} {kind} refused by the test")
+        view = self._view(kind, verb, namespace, name, subresource)
+        self.loop.call(lambda: view << status << body)
+
+    def slow(self, kind: str, seconds: float, *, verb: str = "list", namespace: str | None = None) -> None:
+        """Answer matching requests only after ``seconds`` (cut short at teardown)."""
+        release = self._release
+
+        async def late_answer() -> dict[str, Any]:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(release.wait(), seconds)
+            return {"metadata": {}, "items": []}
+
+        view = self._view(kind, verb, namespace, None, None)
+        self.loop.call(lambda: view << late_answer)
+
+    # -- assertions ----------------------------------------------------------------------
+
+    def requests(self, method: str | None = None, path: str | None = None) -> list[kmock.Request]:
+        """Every request received, optionally only those with this HTTP method and exact path."""
+        received = self.loop.call(lambda: list(self.emulator))
+        return [r for r in received
+                if (method is None or r.method.value.upper() == method.upper())
+                and (path is None or r.url.path == path)]
+
+    def count(self, method: str, path: str) -> int:
+        return len(self.requests(method, path))
+
+    def client(self, *, timeout: float = TEST_TIMEOUT, token: str | None = None) -> KubeClient:
+        return KubeClient.for_host(self.url, token=token, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def kube_event_loop() -> Iterator[EventLoopThread]:
+    loop = EventLoopThread()
+    yield loop
+    loop.stop()
+
+
+@pytest.fixture
+def kube(kube_event_loop: EventLoopThread) -> Iterator[FakeKube]:
+    """A fresh emulated API server for one test."""
+    stack = contextlib.AsyncExitStack()
+
+    async def start() -> tuple[kmock.KubernetesEmulator, str, asyncio.Event]:
+        emulator = await stack.enter_async_context(kmock.KubernetesEmulator())
+        server = await stack.enter_async_context(kmock.Server(emulator))
+        return emulator, str(server.url), asyncio.Event()
+
+    emulator, url, release = kube_event_loop.run(start())
+    try:
+        yield FakeKube(kube_event_loop, emulator, url, release)
+    finally:
+        kube_event_loop.call(release.set)
+        kube_event_loop.run(stack.aclose())
+
+
+@pytest.fixture
+def kube_client(kube: FakeKube) -> Iterator[KubeClient]:
+    client = kube.client()
+    yield client
+    client.close()
+
+
+def write_kubeconfig(path, url: str, *, context: str = "kmock") -> str:
+    """A kubeconfig file whose ``context`` points at ``url`` (the emulator), for CLI tests."""
+    import yaml
+
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "other",
+        "clusters": [{"name": context, "cluster": {"server": url.rstrip("/")}},
+                     {"name": "other", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": context, "user": {"token": "test-token-not-a-secret"}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": context}},
+                     {"name": "other", "context": {"cluster": "other", "user": context}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)

@@ -1,0 +1,432 @@
+"""The ``certs`` check: mesh root, root ConfigMaps, gateway secrets, real Envoy /certs, istiod metrics."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from commands.certs import certs
+from commands.checks import CheckContext, Thresholds
+from commands.endpoints import EndpointResolver, PodRef
+from commands.findings import Finding, Level
+from commands.http import http_endpoint
+from commands.snapshot import Resource, Snapshot
+from tests.support.certs import Minted, mint
+from tests.support.envoy import RunningEnvoy
+from tests.support.http_server import ProgrammableServer
+
+ISTIO = "istio-system"
+WORKLOAD = PodRef("prod", "payment-7d9f8c6b5-x2x9q")
+SPIFFE = "spiffe://cluster.local/ns/prod/sa/payment"
+
+
+# -- building a cluster ---------------------------------------------------------------
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def secret(namespace: str, name: str, annotations: Mapping[str, str] | None = None, **data: str) -> dict[str, Any]:
+    """A Secret; keyword names use _ for . and - (tls_crt -> tls.crt, ca_cert_pem -> ca-cert.pem)."""
+    keys = {k.replace("_pem", ".pem").replace("tls_", "tls.").replace("_", "-"): b64(v) for k, v in data.items()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace,
+                                                               "annotations": dict(annotations or {})},
+            "data": keys}
+
+
+def root_configmap(namespace: str, *roots: Minted) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio-ca-root-cert", "namespace": namespace},
+            "data": {"root-cert.pem": "".join(r.cert_pem for r in roots)}}
+
+
+def injected_pod(namespace: str, name: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace,
+                                                            "labels": dict(labels or {})},
+            "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}]}, "status": {"phase": "Running"}}
+
+
+def ingress_gateway(credential: str) -> list[dict[str, Any]]:
+    """An Istio Gateway on port 443 whose workload runs in istio-system."""
+    return [
+        injected_pod(ISTIO, "istio-ingressgateway-5d8f7c9b6-abcde", labels={"istio": "ingressgateway"}),
+        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+         "metadata": {"name": "public-gateway", "namespace": "prod"},
+         "spec": {"selector": {"istio": "ingressgateway"}, "servers": [{
+             "port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["shop.example.com"],
+             "tls": {"mode": "SIMPLE", "credentialName": credential}}]}},
+    ]
+
+
+def snapshot(*objects: dict[str, Any] | Iterable[dict[str, Any]]) -> Snapshot:
+    flat: list[dict[str, Any]] = []
+    for obj in objects:
+        flat.extend([obj] if isinstance(obj, dict) else obj)
+    return Snapshot([Resource.from_object(o) for o in flat], istio_namespace=ISTIO)
+
+
+def run_certs(cluster: Snapshot, *, envoys: Mapping[PodRef, str] | None = None, istiod: Iterable[str] = (),
+              namespace: str | None = None, now: datetime | None = None) -> list[Finding]:
+    endpoints = None
+    if envoys is not None or istiod:
+        endpoints = EndpointResolver(http=http_endpoint, envoy_admin_urls=dict(envoys or {}),
+                                     istiod_urls=list(istiod))
+    return certs(CheckContext(snapshot=cluster, now=now or datetime.now(timezone.utc), namespace=namespace,
+                              thresholds=Thresholds(), endpoints=endpoints))
+
+
+def codes_of(findings: list[Finding]) -> list[str]:
+    return sorted(f.code for f in findings)
+
+
+def only(findings: list[Finding], code: str) -> Finding:
+    matching = [f for f in findings if f.code == code]
+    assert len(matching) == 1, [(f.code, f.origin, f.message) for f in findings]
+    return matching[0]
+
+
+def root_ca(days: float = 3650, **kwargs: Any) -> Minted:
+    return mint("Istio CA", is_ca=True, organization="cluster.local", days=days, **kwargs)
+
+
+def workload_cert(issuer: Minted, **validity: Any) -> Minted:
+    return mint("payment", issuer=issuer, uris=(SPIFFE,), **validity)
+
+
+# -- workload certificates from the real Envoy ----------------------------------------
+
+@pytest.mark.envoy
+def test_expired_workload_cert_is_error_even_when_envoy_says_0_days(
+        envoy_with_cert: Callable[..., RunningEnvoy]) -> None:
+    now = datetime.now(timezone.utc)
+    expired = workload_cert(root_ca(), not_before=now - timedelta(days=3), not_after=now - timedelta(days=2))
+    proxy = envoy_with_cert(expired.cert_pem, expired.key_pem)
+    loaded = proxy.admin_json("/certs")["certificates"][0]["cert_chain"][0]
+    assert loaded["days_until_expiration"] == "0"  # what Envoy says about a cert expired 2 days ago
+
+    finding = only(run_certs(snapshot(), envoys={WORKLOAD: proxy.admin_url}), "MB3001")
+
+    assert finding.level is Level.ERROR
+    assert finding.origin == f"Pod {WORKLOAD}"
+    assert finding.message.startswith(f'Workload certificate "{SPIFFE}" expired 2 days ago')
+    assert finding.evidence["days_left"] == -2
+    assert finding.evidence["serial"] == expired.serial_hex
+    assert "restart" in finding.remediation.summary
+    assert finding.remediation.command == f"kubectl -n prod delete pod {WORKLOAD.name}"
+
+
+@pytest.mark.envoy
+def test_workload_cert_expiring_in_5_days_is_error(envoy_with_cert: Callable[..., RunningEnvoy]) -> None:
+    expiring = workload_cert(root_ca(), days=5)
+    proxy = envoy_with_cert(expiring.cert_pem, expiring.key_pem)
+
+    finding = only(run_certs(snapshot(), envoys={WORKLOAD: proxy.admin_url}), "MB3002")
+
+    assert finding.level is Level.ERROR
+    assert "expires in 4 days 23 hours" in finding.message
+    assert finding.evidence["sans"] == [SPIFFE]
+
+
+@pytest.mark.envoy
+def test_valid_workload_cert_gives_no_finding(envoy_with_cert: Callable[..., RunningEnvoy]) -> None:
+    root = root_ca()
+    valid = workload_cert(root, days=200)
+    proxy = envoy_with_cert(valid.cert_pem, valid.key_pem, root.cert_pem)
+
+    assert run_certs(snapshot(), envoys={WORKLOAD: proxy.admin_url}) == []
+
+
+@pytest.mark.envoy
+def test_envoy_without_a_workload_certificate_is_error(envoy_factory: Callable[..., RunningEnvoy]) -> None:
+    proxy = envoy_factory(ca_pem=root_ca().cert_pem)  # a CA loaded, no certificate of its own
+    assert proxy.admin_json("/certs")["certificates"][0]["cert_chain"] == []
+
+    finding = only(run_certs(snapshot(), envoys={WORKLOAD: proxy.admin_url}), "MB3014")
+
+    assert finding.level is Level.ERROR and finding.origin == f"Pod {WORKLOAD}"
+
+
+def test_unreachable_envoy_admin_is_reported_by_the_certs_check() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    finding = only(run_certs(snapshot(), envoys={WORKLOAD: closed}), "MB4006")
+
+    assert (finding.check, finding.level) == ("certs", Level.ERROR)
+
+
+def test_no_endpoints_means_no_workload_findings() -> None:
+    assert run_certs(snapshot(injected_pod("prod", "payment-1"), root_configmap("prod", root_ca()))) == []
+
+
+@pytest.mark.envoy
+def test_root_loaded_by_envoy_is_the_mesh_root_reported_once(envoy_with_cert: Callable[..., RunningEnvoy]) -> None:
+    root = root_ca(days=20)
+    leaf = workload_cert(root, days=1 / 2)
+    proxy = envoy_with_cert(leaf.cert_pem, leaf.key_pem, root.cert_pem)
+    cluster = snapshot(root_configmap(ISTIO, root), root_configmap("prod", root))
+
+    findings = run_certs(cluster, envoys={WORKLOAD: proxy.admin_url})
+
+    root_finding = only(findings, "MB3003")
+    assert root_finding.origin == f"ConfigMap {ISTIO}/istio-ca-root-cert"
+    assert root_finding.evidence["dependents"] == [f"Pod {WORKLOAD}", f"namespace {ISTIO}", "namespace prod"]
+    assert only(findings, "MB3002").origin == f"Pod {WORKLOAD}"  # the 12-hour workload certificate
+
+
+@pytest.mark.envoy
+def test_short_lived_workload_cert_past_rotation_point_is_a_rotation_warning_not_a_day_threshold_error(
+        envoy_with_cert: Callable[..., RunningEnvoy]) -> None:
+    now = datetime.now(timezone.utc)
+    stuck = workload_cert(root_ca(), not_before=now - timedelta(hours=20), not_after=now + timedelta(hours=4))
+    proxy = envoy_with_cert(stuck.cert_pem, stuck.key_pem)
+
+    finding = only(run_certs(snapshot(), envoys={WORKLOAD: proxy.admin_url}), "MB3006")
+
+    assert finding.level is Level.WARNING
+    assert "83% through its 1 day lifetime" in finding.message
+
+
+@pytest.mark.envoy
+def test_fresh_24h_workload_cert_is_quiet_although_inside_the_7_day_threshold(
+        envoy_with_cert: Callable[..., RunningEnvoy]) -> None:
+    now = datetime.now(timezone.utc)
+    fresh = workload_cert(root_ca(), not_before=now - timedelta(hours=2), not_after=now + timedelta(hours=22))
+    proxy = envoy_with_cert(fresh.cert_pem, fresh.key_pem)
+
+    assert run_certs(snapshot(), envoys={WORKLOAD: proxy.admin_url}) == []
+
+
+# -- the mesh root CA and the root ConfigMaps -----------------------------------------
+
+def test_mesh_root_from_the_configmap_when_no_ca_secret_is_readable() -> None:
+    root = root_ca(days=20)
+
+    finding = only(run_certs(snapshot(root_configmap(ISTIO, root))), "MB3003")
+
+    assert finding.level is Level.WARNING
+    assert finding.origin == f"ConfigMap {ISTIO}/istio-ca-root-cert"
+    assert finding.message.startswith('Mesh root CA "CN=Istio CA,O=cluster.local" expires in 19 days 23 hours')
+    evidence = finding.evidence
+    assert evidence["fingerprint"] == root.cert.fingerprint(root.cert.signature_hash_algorithm).hex(":").upper()
+    assert (evidence["serial"], evidence["days_left"]) == (root.serial_hex, 19)
+    assert set(evidence) == {"subject", "issuer", "sans", "serial", "not_before", "not_after", "fingerprint",
+                             "days_left", "dependents"}
+
+
+def test_expired_istio_ca_secret_root_says_how_to_rotate_it() -> None:
+    now = datetime.now(timezone.utc)
+    root = root_ca(not_after=now - timedelta(minutes=26))
+
+    finding = only(run_certs(snapshot(secret(ISTIO, "istio-ca-secret", ca_cert_pem=root.cert_pem),
+                                      root_configmap(ISTIO, root)), now=now), "MB3001")
+
+    assert finding.origin == f"Secret {ISTIO}/istio-ca-secret"
+    assert "expired 26 minutes ago" in finding.message
+    assert "istio-ca-secret" in finding.remediation.summary
+    assert "delete secret istio-ca-secret" in finding.remediation.command
+
+
+def test_plugged_in_cacerts_report_the_intermediate_and_how_to_rotate_it() -> None:
+    root = root_ca()
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True, days=3)
+    cacerts = secret(ISTIO, "cacerts", ca_cert_pem=intermediate.cert_pem, root_cert_pem=root.cert_pem,
+                     cert_chain_pem=intermediate.cert_pem + root.cert_pem)
+
+    findings = run_certs(snapshot(cacerts, root_configmap(ISTIO, root)))
+
+    finding = only(findings, "MB3002")
+    assert finding.origin == f"Secret {ISTIO}/cacerts"
+    assert finding.message.startswith('Mesh CA certificate "CN=Intermediate CA"')
+    assert "create secret generic cacerts" in finding.remediation.command
+
+
+def test_root_configmap_without_the_mesh_root_is_error() -> None:
+    root, foreign = root_ca(), root_ca()
+    cluster = snapshot(secret(ISTIO, "istio-ca-secret", ca_cert_pem=root.cert_pem),
+                       root_configmap(ISTIO, root), root_configmap("legacy", foreign))
+
+    finding = only(run_certs(cluster), "MB3010")
+
+    assert finding.level is Level.ERROR
+    assert finding.origin == "ConfigMap legacy/istio-ca-root-cert"
+    fingerprint = parse_fingerprint(root)
+    assert fingerprint in finding.message
+    assert finding.evidence["found"][0]["fingerprint"] == parse_fingerprint(foreign)
+    assert finding.remediation.command == "kubectl -n legacy delete configmap istio-ca-root-cert"
+
+
+def test_rotation_bundle_that_contains_the_mesh_root_is_fine() -> None:
+    old, new = root_ca(days=400), root_ca(days=3650)
+    cluster = snapshot(secret(ISTIO, "istio-ca-secret", ca_cert_pem=new.cert_pem),
+                       root_configmap(ISTIO, old, new), root_configmap("prod", new, old))
+
+    assert run_certs(cluster) == []
+
+
+def test_injected_namespace_without_root_configmap_is_warned() -> None:
+    cluster = snapshot(root_configmap(ISTIO, root_ca()), injected_pod("prod", "payment-1"),
+                       {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": "batch"},
+                        "spec": {"containers": [{"name": "job"}]}})
+
+    finding = only(run_certs(cluster), "MB3011")
+
+    assert (finding.level, finding.origin) == (Level.WARNING, "Namespace prod")
+
+
+def test_each_certificate_is_reported_once_with_every_dependent_namespace() -> None:
+    root = root_ca(days=60)
+    cluster = snapshot(root_configmap(ns, root) for ns in (ISTIO, "prod", "legacy", "shop"))
+
+    finding = only(run_certs(cluster), "MB3004")
+
+    assert finding.level is Level.INFO
+    assert finding.evidence["dependents"] == [f"namespace {ns}" for ns in sorted((ISTIO, "prod", "legacy", "shop"))]
+
+
+def test_unparsable_root_configmap_is_a_warning() -> None:
+    broken = root_configmap("prod")
+    broken["data"]["root-cert.pem"] = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+
+    finding = only(run_certs(snapshot(root_configmap(ISTIO, root_ca()), broken)), "MB3013")
+
+    assert (finding.level, finding.origin) == (Level.WARNING, "ConfigMap prod/istio-ca-root-cert")
+
+
+def test_namespace_scope_reports_only_that_namespace() -> None:
+    root, foreign = root_ca(), root_ca()
+    cluster = snapshot(root_configmap(ISTIO, root), root_configmap("legacy", foreign), root_configmap("prod", foreign))
+
+    assert [f.origin for f in run_certs(cluster, namespace="prod")] == ["ConfigMap prod/istio-ca-root-cert"]
+
+
+# -- gateway credentials ----------------------------------------------------------------
+
+def test_gateway_secret_missing_is_error() -> None:
+    finding = only(run_certs(snapshot(ingress_gateway("shop-example-com-tls"))), "MB3012")
+
+    assert finding.level is Level.ERROR
+    assert finding.origin == "Gateway prod/public-gateway"
+    assert "Secret istio-system/shop-example-com-tls does not exist" in finding.message
+    assert finding.remediation.command.startswith("kubectl -n istio-system create secret tls shop-example-com-tls")
+
+
+def test_gateway_secret_without_a_certificate_is_error() -> None:
+    empty = secret(ISTIO, "shop-example-com-tls")
+
+    finding = only(run_certs(snapshot(ingress_gateway("shop-example-com-tls"), empty)), "MB3012")
+
+    assert "has no certificate (tls.crt or cert)" in finding.message
+
+
+def test_gateway_certificate_expiring_in_5_days_is_error_with_cert_manager_hint() -> None:
+    issuer = mint("Example Issuing CA", is_ca=True)
+    served = mint("shop.example.com", issuer=issuer, dns_names=("shop.example.com",), days=5)
+    tls = secret(ISTIO, "shop-example-com-tls", annotations={"cert-manager.io/certificate-name": "shop"},
+                 tls_crt=served.cert_pem + issuer.cert_pem, tls_key=served.key_pem)
+
+    findings = run_certs(snapshot(ingress_gateway("shop-example-com-tls"), tls))
+
+    finding = only(findings, "MB3002")
+    assert finding.origin == f"Secret {ISTIO}/shop-example-com-tls"
+    assert finding.message.startswith('Gateway TLS certificate "CN=shop.example.com" expires in 4 days 23 hours')
+    assert finding.evidence["sans"] == ["shop.example.com"]
+    assert finding.evidence["dependents"] == ["Gateway prod/public-gateway port 443"]
+    assert finding.remediation.command == "cmctl renew shop -n istio-system"
+
+
+# -- istiod's metrics ------------------------------------------------------------------
+
+def metrics(root_expiry: datetime, chain_expiry: datetime) -> str:
+    return (
+        "# HELP citadel_server_root_cert_expiry_timestamp The unix timestamp, in seconds, when Citadel root "
+        "cert will expire.\n"
+        "# TYPE citadel_server_root_cert_expiry_timestamp gauge\n"
+        f"citadel_server_root_cert_expiry_timestamp {root_expiry.timestamp():.9e}\n"
+        "# TYPE citadel_server_cert_chain_expiry_timestamp gauge\n"
+        f"citadel_server_cert_chain_expiry_timestamp {int(chain_expiry.timestamp())}\n"
+        'pilot_xds_pushes{type="cds"} 42\n'
+    )
+
+
+def test_istiod_metrics_report_ca_expiry_without_secret_access(istiod_server: ProgrammableServer) -> None:
+    now = datetime.now(timezone.utc)
+    istiod_server.answer("/metrics", metrics(now + timedelta(days=5, hours=3, minutes=30), now + timedelta(days=400)))
+
+    findings = run_certs(snapshot(), istiod=[istiod_server.url], now=now)
+
+    root = only(findings, "MB3002")
+    assert root.message.startswith("Mesh root CA (per istiod) expires in 5 days 3 hours")
+    assert root.origin == f"istiod {istiod_server.url}"
+    assert root.evidence["metric"] == "citadel_server_root_cert_expiry_timestamp"
+    assert "cacerts" in root.remediation.summary
+    chain = only(findings, "MB3015")
+    assert chain.level is Level.INFO and "mesh CA certificate chain expires on" in chain.message
+    assert [r.path for r in istiod_server.requests] == ["/metrics"]
+
+
+def test_istiod_expiry_of_a_root_already_reported_is_not_repeated(istiod_server: ProgrammableServer) -> None:
+    root = root_ca(days=20)
+    istiod_server.answer("/metrics", metrics(root.cert.not_valid_after_utc, root.cert.not_valid_after_utc))
+
+    findings = run_certs(snapshot(root_configmap(ISTIO, root)), istiod=[istiod_server.url])
+
+    assert [(f.code, f.origin) for f in findings] == [("MB3003", f"ConfigMap {ISTIO}/istio-ca-root-cert")]
+
+
+def test_unreachable_istiod_metrics_skip_only_that_part(istiod_server: ProgrammableServer) -> None:
+    istiod_server.answer("/metrics", "unavailable", status=503)
+
+    finding = only(run_certs(snapshot(), istiod=[istiod_server.url]), "MB0004")
+
+    assert finding.level is Level.INFO and "istiod CA metrics" in finding.message
+
+
+# -- security ----------------------------------------------------------------------------
+
+@pytest.mark.envoy
+def test_findings_never_carry_private_key_material(envoy_with_cert: Callable[..., RunningEnvoy]) -> None:
+    now = datetime.now(timezone.utc)
+    root = root_ca(not_after=now - timedelta(hours=1))
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True, days=3)
+    served = mint("shop.example.com", issuer=intermediate, dns_names=("shop.example.com",), days=5)
+    leaf = workload_cert(intermediate, days=2)
+    proxy = envoy_with_cert(leaf.cert_pem, leaf.key_pem, root.cert_pem)
+    # Raw Secrets as a careless source would hand them over: keys still in, one even inside tls.crt.
+    cluster = snapshot(
+        secret(ISTIO, "cacerts", ca_cert_pem=intermediate.cert_pem, ca_key_pem=intermediate.key_pem,
+               root_cert_pem=root.cert_pem, cert_chain_pem=intermediate.cert_pem + root.cert_pem),
+        secret(ISTIO, "istio-ca-secret", ca_cert_pem=root.cert_pem, ca_key_pem=root.key_pem),
+        secret(ISTIO, "shop-example-com-tls", tls_crt=served.cert_pem + served.key_pem, tls_key=served.key_pem),
+        root_configmap(ISTIO, root), root_configmap("legacy", root_ca()),
+        ingress_gateway("shop-example-com-tls"))
+
+    findings = run_certs(cluster, envoys={WORKLOAD: proxy.admin_url}, now=now)
+    emitted = json.dumps([f.to_dict() for f in findings])
+
+    assert {"MB3001", "MB3002", "MB3010"} <= set(codes_of(findings))
+    assert "PRIVATE KEY" not in emitted
+    for minted in (root, intermediate, served, leaf):
+        for secret_form in key_forms(minted):
+            assert secret_form not in emitted
+
+
+def key_forms(minted: Minted) -> list[str]:
+    """The ways a private key could leak: PEM lines, base64 of the PEM, the DER and the scalar in hex."""
+    der = minted.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption())
+    pem_lines = [line for line in minted.key_pem.splitlines() if "-----" not in line and len(line) > 16]
+    return [*pem_lines, b64(minted.key_pem)[:40], der.hex()[:40], base64.b64encode(der).decode()[:40],
+            format(minted.key.private_numbers().private_value, "x")]
+
+
+def parse_fingerprint(minted: Minted) -> str:
+    return minted.cert.fingerprint(minted.cert.signature_hash_algorithm).hex(":").upper()
+

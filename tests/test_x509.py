@@ -1,0 +1,132 @@
+"""commands.x509: PEM bundles -> public CertInfo, and the expiry rules."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from commands.checks import Thresholds
+from commands.x509 import (
+    CertificateError, days_left, expiry_code, human_duration, iso, parse_base64_pem, parse_iso, parse_pem_bundle,
+)
+from tests.support.certs import mint
+
+NOW = datetime(2026, 11, 24, 3, 7, tzinfo=timezone.utc)
+
+
+def test_parses_every_certificate_of_a_bundle_in_order() -> None:
+    root = mint("Istio CA", is_ca=True, organization="cluster.local")
+    leaf = mint("payment", issuer=root, dns_names=("payment.prod.svc",),
+                uris=("spiffe://cluster.local/ns/prod/sa/payment",))
+
+    certs = parse_pem_bundle(leaf.cert_pem + root.cert_pem)
+
+    assert [c.subject for c in certs] == ["CN=payment", "CN=Istio CA,O=cluster.local"]
+    first = certs[0]
+    assert first.issuer == "CN=Istio CA,O=cluster.local"
+    assert first.dns_names == ("payment.prod.svc",)
+    assert first.uris == ("spiffe://cluster.local/ns/prod/sa/payment",)
+    assert first.serial == leaf.serial_hex
+    assert first.not_after == leaf.cert.not_valid_after_utc and first.not_after.tzinfo is not None
+    assert (first.is_ca, certs[1].is_ca) == (False, True)
+
+
+def test_fingerprint_is_sha256_as_openssl_prints_it() -> None:
+    minted = mint("payment")
+    expected = minted.cert.fingerprint(minted.cert.signature_hash_algorithm).hex(":").upper()
+
+    assert parse_pem_bundle(minted.cert_pem)[0].fingerprint == expected
+    assert len(expected.split(":")) == 32
+
+
+def test_cert_info_has_only_public_fields() -> None:
+    names = {f.name for f in dataclasses.fields(parse_pem_bundle(mint("x").cert_pem)[0])}
+
+    assert names == {"subject", "issuer", "dns_names", "uris", "serial", "not_before", "not_after",
+                     "fingerprint", "is_ca"}
+
+
+def test_private_key_blocks_in_a_bundle_are_ignored() -> None:
+    minted = mint("gateway")
+
+    certs = parse_pem_bundle(minted.cert_pem + minted.key_pem)
+
+    assert len(certs) == 1
+    assert "PRIVATE KEY" not in repr(certs)
+
+
+def test_secret_data_is_base64_of_pem() -> None:
+    minted = mint("gateway")
+
+    certs = parse_base64_pem(base64.b64encode(minted.cert_pem.encode()).decode())
+
+    assert certs[0].subject == "CN=gateway"
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "no PEM certificate found"),
+    ("hello", "no PEM certificate found"),
+    ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "malformed PEM certificate"),
+])
+def test_unparsable_bundles_raise_without_quoting_the_input(text: str, reason: str) -> None:
+    with pytest.raises(CertificateError, match=reason) as raised:
+        parse_pem_bundle(text)
+    assert "AAAA" not in str(raised.value)
+
+
+def test_a_key_alone_is_not_a_certificate() -> None:
+    with pytest.raises(CertificateError, match="no PEM certificate found"):
+        parse_pem_bundle(mint("x").key_pem)
+
+
+@pytest.mark.parametrize("left, code", [
+    (timedelta(days=-3), "MB3001"),
+    (timedelta(seconds=0), "MB3001"),
+    (timedelta(hours=5), "MB3002"),
+    (timedelta(days=7), "MB3002"),
+    (timedelta(days=7, seconds=1), "MB3003"),
+    (timedelta(days=30), "MB3003"),
+    (timedelta(days=60), "MB3004"),
+    (timedelta(days=90), "MB3004"),
+    (timedelta(days=91), None),
+])
+def test_expiry_code_follows_the_thresholds(left: timedelta, code: str | None) -> None:
+    assert expiry_code(NOW + left, NOW, Thresholds()) == code
+
+
+def test_expiry_thresholds_are_configurable() -> None:
+    strict = Thresholds(cert_error_days=14, cert_warning_days=45, cert_info_days=120)
+
+    assert expiry_code(NOW + timedelta(days=10), NOW, strict) == "MB3002"
+    assert expiry_code(NOW + timedelta(days=100), NOW, strict) == "MB3004"
+
+
+def test_not_yet_valid_wins_over_expiry() -> None:
+    assert expiry_code(NOW + timedelta(days=3), NOW, Thresholds(), not_before=NOW + timedelta(hours=1)) == "MB3005"
+
+
+def test_days_left_counts_whole_days_and_goes_negative_after_expiry() -> None:
+    assert days_left(NOW + timedelta(days=5, hours=2), NOW) == 5
+    assert days_left(NOW - timedelta(days=2, hours=5), NOW) == -2
+    assert days_left(NOW - timedelta(minutes=26), NOW) == 0
+
+
+@pytest.mark.parametrize("delta, text", [
+    (timedelta(days=3, hours=4, minutes=5), "3 days 4 hours"),
+    (timedelta(days=5), "5 days"),
+    (timedelta(days=1, hours=1), "1 day 1 hour"),
+    (timedelta(hours=2, minutes=5), "2 hours 5 minutes"),
+    (timedelta(minutes=26), "26 minutes"),
+    (timedelta(seconds=20), "less than a minute"),
+    (-timedelta(days=2, hours=3), "2 days 3 hours"),
+])
+def test_human_durations(delta: timedelta, text: str) -> None:
+    assert human_duration(delta) == text
+
+
+def test_times_round_trip_as_utc_z() -> None:
+    assert iso(parse_iso("2026-11-24T02:41:00Z")) == "2026-11-24T02:41:00Z"
+    assert parse_iso("2026-11-24T04:41:00+02:00") == datetime(2026, 11, 24, 2, 41, tzinfo=timezone.utc)
