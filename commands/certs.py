@@ -24,7 +24,21 @@ from commands.gateway_credentials import CredentialRef, credential_refs
 from commands.pods import sidecar_spec
 from commands.snapshot import Resource, Snapshot
 from commands.x509 import (
-    EXPIRED as EXPIRED_CODE, NOT_YET_VALID as NOT_YET_VALID_CODE, CertificateError, CertInfo, days_left, expiry_code, fingerprints, human_duration, iso, parse_base64_pem, parse_iso,
+    EXPIRED as EXPIRED_CODE,
+)
+from commands.x509 import (
+    NOT_YET_VALID as NOT_YET_VALID_CODE,
+)
+from commands.x509 import (
+    CertificateError,
+    CertInfo,
+    days_left,
+    expiry_code,
+    fingerprints,
+    human_duration,
+    iso,
+    parse_base64_pem,
+    parse_iso,
     parse_pem_bundle,
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from commands.selectors import PodIndex
+from commands.shapes import mappings
 from commands.snapshot import Resource, Snapshot
 
 CA_SUFFIX = "-cacert"
@@ -43,7 +44,7 @@ def credential_refs(snapshot: Snapshot) -> list[CredentialRef]:
     refs: list[CredentialRef] = []
     for gateway in snapshot.of_kind("Gateway"):
         namespaces = None
-        for server in _mappings(gateway.spec.get("servers")):
+        for server in mappings(gateway.spec.get("servers")):
             tls = server.get("tls") if isinstance(server.get("tls"), dict) else {}
             name = tls.get("credentialName")
             mode = str(tls.get("mode") or "SIMPLE")
@@ -57,10 +58,6 @@ def credential_refs(snapshot: Snapshot) -> list[CredentialRef]:
                                           port=port, mode=mode, hosts=tuple(server.get("hosts") or ())))
     return refs
 
-
-def _mappings(value: object) -> list[dict]:
-    """The dict items of a list field; malformed user config must not crash a check."""
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def secret_names_needed(snapshot: Snapshot) -> set[tuple[str, str]]:

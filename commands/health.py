@@ -10,9 +10,16 @@ from commands import codes
 from commands.checks import CheckContext, check
 from commands.findings import Finding, Remediation
 from commands.pods import (
-    ISTIOD_CONTAINER, SIDECAR_CONTAINER, ContainerHealth, container_health, container_spec, control_plane_role,
+    ISTIOD_CONTAINER,
+    SIDECAR_CONTAINER,
+    ContainerHealth,
+    container_health,
+    container_spec,
+    control_plane_role,
+    has_sidecar,
+    is_istiod,
     owner_deployment,
-    has_sidecar, is_istiod, sidecar_health,
+    sidecar_health,
 )
 from commands.quantity import human_bytes, parse_bytes
 from commands.snapshot import Resource, Snapshot

@@ -67,6 +67,14 @@ def report(code: str, resource: Resource, *, evidence: dict[str, Any] | None = N
                          remediation=remediation, **args)
 
 
+def unique(findings: Iterable[Finding]) -> list[Finding]:
+    """Drop repeats of the same message on the same object, as istioctl's output does."""
+    seen: dict[tuple[str, str, str], Finding] = {}
+    for finding in findings:
+        seen.setdefault((finding.code, finding.origin, finding.message), finding)
+    return list(seen.values())
+
+
 def origin_namespace(finding: Finding) -> str | None:
     """The namespace a finding is about (a Namespace's own name for ``Namespace x``)."""
     kind, _, rest = finding.origin.partition(" ")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from commands.analyze import analyzer, report
+from commands.analyze import analyzer, report, unique
 from commands.analyze.hosts import HostEntry, HostIndex
-from commands.analyze.virtualservice import mapping, mappings, qualified_name, unique
 from commands.checks import CheckContext
 from commands.findings import Finding
 from commands.selectors import PodIndex, matches
+from commands.shapes import mapping, mappings
 from commands.snapshot import Resource, Snapshot
 
 TLS_MODES_NEEDING_CA = {"SIMPLE", "MUTUAL"}
@@ -41,7 +41,7 @@ def ca_certificates(ctx: CheckContext) -> list[Finding]:
     for rule in ctx.snapshot.of_kind("DestinationRule"):
         policy = mapping(rule.spec.get("trafficPolicy"))
         host = str(rule.spec.get("host") or "")
-        args = {"destination_rule": qualified_name(rule), "namespace": rule.namespace, "host": host}
+        args = {"destination_rule": rule.qualified_name, "namespace": rule.namespace, "host": host}
         mode = _tls_without_ca(policy.get("tls"), rule)
         if mode:
             findings.append(report("IST0128", rule, mode=mode, **args))

@@ -12,12 +12,12 @@ from typing import Any
 
 from cryptography import x509
 
-from commands.analyze import analyzer, report
-from commands.analyze.virtualservice import mapping, mappings, qualified_name, unique
+from commands.analyze import analyzer, report, unique
 from commands.checks import CheckContext
 from commands.findings import Finding
 from commands.gateway_credentials import credential_refs
 from commands.selectors import PodIndex, format_selector, matches
+from commands.shapes import mapping, mappings
 from commands.snapshot import Resource, Snapshot
 
 Selector = frozenset[tuple[str, str]]
@@ -214,11 +214,11 @@ def conflicting_gateways(ctx: CheckContext) -> list[Finding]:
         selector = frozenset(gateway_selector(gateway).items())
         for server in gateway_servers(gateway):
             for key in _server_claims(server):
-                claims[key].append((qualified_name(gateway), selector))
+                claims[key].append((gateway.qualified_name, selector))
     same_workload = _SameWorkload(workloads)
     findings: list[Finding] = []
     for gateway in gateways:
-        name = qualified_name(gateway)
+        name = gateway.qualified_name
         selector = frozenset(gateway_selector(gateway).items())
         for server in gateway_servers(gateway):
             others = {other for key in _server_claims(server) for other, other_selector in claims[key]

@@ -7,9 +7,9 @@ from typing import Any
 
 from commands.analyze import analyzer, report
 from commands.analyze.injection import SYSTEM_NAMESPACES
-from commands.analyze.virtualservice import mappings
 from commands.checks import CheckContext
 from commands.findings import Finding
+from commands.shapes import mappings
 from commands.snapshot import Resource
 
 # Istio's protocol.Parse: the part of a port name (or appProtocol) before the first "-".

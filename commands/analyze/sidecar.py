@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from commands.analyze import analyzer, report
-from commands.analyze.virtualservice import mapping
 from commands.checks import CheckContext
 from commands.codes import go_list
 from commands.findings import Finding
 from commands.selectors import PodIndex, format_selector
+from commands.shapes import mapping
 from commands.snapshot import Resource, Snapshot
 
 

@@ -7,12 +7,21 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from commands.analyze import analyzer, report
-from commands.analyze.hosts import (EXPORT_TO_ALL, EXPORT_TO_OWN_NAMESPACE, HostIndex, host_matches, is_wildcard,
-                                    split_namespaced_host, to_fqdn, wildcard_suffixes)
+from commands.analyze import analyzer, report, unique
+from commands.analyze.hosts import (
+    EXPORT_TO_ALL,
+    EXPORT_TO_OWN_NAMESPACE,
+    HostIndex,
+    host_matches,
+    is_wildcard,
+    split_namespaced_host,
+    to_fqdn,
+    wildcard_suffixes,
+)
 from commands.checks import CheckContext
 from commands.codes import go_list
 from commands.findings import Finding
+from commands.shapes import mapping, mappings
 from commands.snapshot import Resource, Snapshot
 
 MESH_GATEWAY = "mesh"
@@ -43,15 +52,6 @@ class RouteDestination:
         number = mapping(self.destination.get("port")).get("number")
         return number if isinstance(number, int) and number else None
 
-
-def mapping(value: Any) -> Mapping[str, Any]:
-    """``value`` when it is a mapping, else an empty one: malformed specs are skipped, not fatal."""
-    return value if isinstance(value, Mapping) else {}
-
-
-def mappings(value: Any) -> list[Mapping[str, Any]]:
-    """The mapping items of a list field; anything else in it is ignored."""
-    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
 
 
 def route_destinations(vs: Resource) -> list[RouteDestination]:
@@ -97,17 +97,6 @@ def resolve_gateway(reference: str, namespace: str) -> tuple[str, str]:
         return rest.split(".", 1)[0], name
     return namespace, reference
 
-
-def unique(findings: Iterable[Finding]) -> list[Finding]:
-    """Drop repeats of the same message on the same object, as istioctl's output does."""
-    seen: dict[tuple[str, str, str], Finding] = {}
-    for finding in findings:
-        seen.setdefault((finding.code, finding.origin, finding.message), finding)
-    return list(seen.values())
-
-
-def qualified_name(resource: Resource) -> str:
-    return f"{resource.namespace}/{resource.name}"
 
 
 # --- destination hosts and ports -------------------------------------------------------------
@@ -243,7 +232,7 @@ def gateways(ctx: CheckContext) -> list[Finding]:
                 hosts_by_gateway[key] = gateway_hosts(gateway) if gateway else []
             # Like istioctl, a missing gateway also serves none of the hosts (IST0132 as well).
             if not _any_host_served(vs, hosts_for_namespace(hosts_by_gateway[key], namespace)):
-                findings.append(report("IST0132", vs, hosts=go_list(vs_hosts(vs)), virtual_service=qualified_name(vs),
+                findings.append(report("IST0132", vs, hosts=go_list(vs_hosts(vs)), virtual_service=vs.qualified_name,
                                        gateway=f"{key[0]}/{key[1]}"))
     return unique(findings)
 
@@ -281,7 +270,7 @@ def conflicting_mesh_hosts(ctx: CheckContext) -> list[Finding]:
         if not attached_to_mesh(vs):
             continue
         for scoped_host in _scoped_mesh_hosts(vs):
-            by_host[scoped_host][qualified_name(vs)] = vs
+            by_host[scoped_host][vs.qualified_name] = vs
     findings: list[Finding] = []
     for scoped_host, services in by_host.items():
         if len(services) < 2:

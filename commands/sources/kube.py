@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from commands import codes
-from commands.errors import AccessDenied, ClusterError, MeshbotError, NotFound, TransientError, UserError
 from commands.endpoints import PortForwarder
+from commands.errors import AccessDenied, ClusterError, MeshbotError, NotFound, TransientError, UserError
 from commands.gateway_credentials import secret_names_needed
 from commands.kinds import KINDS, kind_info
 from commands.kube import ApiCall, KubeClient, failure_reason
