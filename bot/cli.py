@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from bot.settings import SettingsError
 from commands.errors import InputError, MeshbotError, UserError
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INPUT = 65  # EX_DATAERR: unparsable input files
 EXIT_SOFTWARE = 70
+EXIT_CONFIG = 78  # EX_CONFIG: a setting is missing or malformed
 EXIT_ISSUES = 79  # istioctl analyze's "analyzers found issues at or above the failure level"
 
 log = logging.getLogger("meshbot")
@@ -73,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", choices=("text", "json"), default="text")
     demo.set_defaults(handler=cmd_demo)
 
+    serve = sub.add_parser("serve", help="run the Slack bot (HTTP server; Socket Mode when SLACK_APP_TOKEN is set)")
+    serve.add_argument("--config", metavar="FILE", help="YAML settings file (environment variables win)")
+    serve.set_defaults(handler=cmd_serve)
+
+    settings = sub.add_parser("settings", help="list settings")
+    settings.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+    settings.set_defaults(handler=cmd_settings)
+
     codes = sub.add_parser("codes", help="list finding codes")
     codes.add_argument("--markdown", action="store_true", help="as the README's markdown table")
     codes.set_defaults(handler=cmd_codes)
@@ -86,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
+    except SettingsError as exc:
+        print(f"meshbot: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except InputError as exc:
         print(f"meshbot: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -133,6 +147,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     source, endpoints = scenario.source(), scenario.endpoints()
     args.namespace, args.now, args.cert_days = None, scenario.now, "7,30,90"
     _diagnose_and_print(["all"], source, endpoints, args, title_source=str(scenario.cluster_dir))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from bot import redaction
+    from bot.server import build
+    from bot.settings import Settings
+
+    settings = Settings.load(config_file=args.config)
+    redaction.install(settings.secret_values(), settings.log_level)
+    bot = build(settings).start()
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info("signal %s: shutting down", signum)
+            threading.Thread(target=bot.stop, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    bot.wait()
+    return EXIT_OK
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from bot.settings import Settings, settings_table
+
+    if args.markdown:
+        print(settings_table())
+    else:
+        print(repr(Settings.load()))
     return EXIT_OK
 
 

@@ -8,4 +8,6 @@ pytest_plugins = [
     "tests.support.kube",
     "tests.support.envoy",
     "tests.support.istiod",
+    "tests.support.slack",
+    "tests.support.bot",
 ]

@@ -1,0 +1,156 @@
+"""Findings, incidents and approvals as Slack messages (Block Kit via slack_sdk's models). Pure functions.
+
+Slack rejects a message with more than 50 blocks, a section text over 3000
+characters or a header over 150, so every builder clips; a long report shows
+the most severe findings and says how many more are in the attached file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from slack_sdk.models.blocks import (
+    ActionsBlock, Block, ButtonElement, ContextBlock, DividerBlock, HeaderBlock, MarkdownTextObject, SectionBlock,
+)
+
+from commands.findings import Finding, Level, count_by_level
+from commands.report import split_summary
+
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+MAX_HEADER_TEXT = 150
+MAX_FALLBACK_TEXT = 3000
+MAX_CONTEXT_ELEMENTS = 10
+FINDINGS_PER_MESSAGE = 20
+
+LEVEL_EMOJI = {Level.ERROR: ":red_circle:", Level.WARNING: ":large_orange_circle:", Level.INFO: ":large_blue_circle:"}
+
+
+@dataclass(frozen=True)
+class Message:
+    """What chat.postMessage/chat.update take: a plain-text fallback and the blocks."""
+
+    text: str
+    blocks: list[dict] = field(default_factory=list)
+
+
+def escape(text: str) -> str:
+    """Slack mrkdwn control characters; user-controlled text must not ping channels or fake links."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _message(text: str, blocks: Sequence[Block]) -> Message:
+    rendered = [b.to_dict() for b in blocks][:MAX_BLOCKS]
+    return Message(text=clip(text, MAX_FALLBACK_TEXT), blocks=rendered)
+
+
+def section(text: str) -> SectionBlock:
+    return SectionBlock(text=MarkdownTextObject(text=clip(text, MAX_SECTION_TEXT)))
+
+
+def header(text: str) -> HeaderBlock:
+    return HeaderBlock(text=clip(text, MAX_HEADER_TEXT))
+
+
+def context(*texts: str) -> ContextBlock:
+    return ContextBlock(elements=[MarkdownTextObject(text=clip(t, 2000)) for t in texts[:MAX_CONTEXT_ELEMENTS]])
+
+
+def scope(namespace: str | None) -> str:
+    return f"`{namespace}`" if namespace else "all namespaces"
+
+
+def counts_text(findings: Sequence[Finding]) -> str:
+    counts = count_by_level(findings)
+    return " \u00b7 ".join(f"{LEVEL_EMOJI[level]} {counts[level]} {_plural(level, counts[level])}"
+                           for level in Level)
+
+
+def _plural(level: Level, n: int) -> str:
+    word = {Level.ERROR: "error", Level.WARNING: "warning", Level.INFO: "info"}[level]
+    return word if n == 1 or level == Level.INFO else word + "s"
+
+
+# -- slash-command diagnostics -----------------------------------------------------------
+
+def running(check: str, namespace: str | None, user: str) -> Message:
+    text = f"Running {check} for {namespace or 'all namespaces'}, requested by <@{user}>"
+    return _message(text, [section(f":hourglass_flowing_sand: Running *{check}* for {scope(namespace)}, "
+                                   f"requested by <@{user}>\u2026")])
+
+
+def outcome(check: str, namespace: str | None, user: str, findings: Sequence[Finding], seconds: float) -> Message:
+    counts = count_by_level(findings)
+    icon = (":red_circle:" if counts[Level.ERROR] else ":large_orange_circle:" if counts[Level.WARNING]
+            else ":white_check_mark:")
+    summary = counts_text(findings)
+    text = f"{check} for {namespace or 'all namespaces'}: {_plain_counts(findings)} (requested by <@{user}>)"
+    return _message(text, [
+        section(f"{icon} *{check}* for {scope(namespace)}, requested by <@{user}>: {summary}"),
+        context(f"Finished in {seconds:.1f}s \u00b7 details in the thread"),
+    ])
+
+
+def failed(check: str, namespace: str | None, user: str, reason: str) -> Message:
+    text = f"{check} for {namespace or 'all namespaces'} failed: {reason}"
+    return _message(text, [section(f":x: *{check}* for {scope(namespace)}, requested by <@{user}>, "
+                                   f"failed: {escape(reason)}")])
+
+
+def _plain_counts(findings: Sequence[Finding]) -> str:
+    counts = count_by_level(findings)
+    return (f"{counts[Level.ERROR]} errors, {counts[Level.WARNING]} warnings, {counts[Level.INFO]} info")
+
+
+def finding_text(finding: Finding) -> str:
+    """One finding as mrkdwn: level, code, origin, message, and the fix."""
+    lines = [f"{LEVEL_EMOJI[finding.level]} *{finding.level}* `{finding.code}` \u00b7 {escape(finding.origin)}",
+             escape(finding.message)]
+    remediation = finding.remediation
+    if remediation:
+        if remediation.command:
+            lines.append(f"*Fix:* {escape(remediation.summary)}\n`{escape(remediation.command)}`")
+        else:
+            lines.append(f"*Fix:* {escape(remediation.summary)}")
+    return "\n".join(lines)
+
+
+def findings_report(title: str, findings: Sequence[Finding], *, limit: int = FINDINGS_PER_MESSAGE,
+                    extra_blocks: Sequence[Block] = ()) -> tuple[Message, int]:
+    """The thread message with the findings: (message, how many findings did not fit)."""
+    summaries, ordered = split_summary(findings)
+    shown, hidden = ordered[:limit], max(len(ordered) - limit, 0)
+    blocks: list[Block] = [header(title), section(counts_text(findings))]
+    if summaries:
+        blocks.append(section("\n".join(f"_{escape(f.check)}_: {escape(f.message)}" for f in summaries)))
+    if shown:
+        blocks.append(DividerBlock())
+        blocks.extend(section(finding_text(f)) for f in shown)
+    elif not summaries:
+        blocks.append(section(":white_check_mark: No problems found."))
+    blocks.extend(extra_blocks)
+    if hidden:
+        blocks.append(context(f"\u2026and {hidden} more finding{'s' * (hidden != 1)}: the full report is "
+                              "attached below as a file."))
+    top = "; ".join(f"{f.level} {f.code} {f.origin}" for f in shown[:3])
+    text = f"{title}: {_plain_counts(findings)}" + (f". Most severe: {top}" if top else "")
+    return _message(text, blocks[:MAX_BLOCKS]), hidden
+
+
+def cluster_unavailable(reason: str) -> Message:
+    text = f"Could not diagnose: {reason}"
+    return _message(text, [section(f":warning: *Could not diagnose.* {escape(reason)}")])
+
+
+def notice(text: str) -> Message:
+    """A one-section message (ephemeral answers, refusals)."""
+    return _message(text, [section(escape(text))])
+
+
+def buttons(*elements: ButtonElement, block_id: str | None = None) -> ActionsBlock:
+    return ActionsBlock(elements=list(elements)[:25], block_id=block_id)

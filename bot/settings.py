@@ -1,0 +1,289 @@
+"""One Settings object from environment variables and an optional YAML file, validated at start-up.
+
+Every knob meshbot has is a field here with a default and a README row; nothing
+else reads ``os.environ``.  Precedence: environment, then ``--config`` YAML,
+then the default.  Secrets may also come from files (``SLACK_BOT_TOKEN_FILE``),
+the way Kubernetes mounts them.  A missing or malformed value raises
+``SettingsError`` whose one-line message names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from commands.errors import MeshbotError
+from commands.validation import is_dns1123_label
+
+
+class SettingsError(MeshbotError):
+    """A setting is missing or malformed; the message names it."""
+
+
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("not a port number (0-65535)")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _channel(value: str) -> str:
+    if not _CHANNEL_ID.match(value):
+        raise ValueError("expected a Slack channel ID like C0123ABCD (not a #name)")
+    return value
+
+
+def _channels(value: str) -> tuple[str, ...]:
+    return tuple(_channel(v.strip()) for v in value.split(",") if v.strip())
+
+
+def _approvers(value: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    for item in items:
+        if not (_USER_ID.match(item) or _USERGROUP_ID.match(item)):
+            raise ValueError(f"{item!r} is neither a Slack user ID (U…/W…) nor a user group ID (S…)")
+    return items
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http(s) URL")
+    return value if value.endswith("/") else value + "/"
+
+
+def _namespace(value: str) -> str:
+    if not is_dns1123_label(value):
+        raise ValueError("not a valid namespace name")
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("unknown time zone (use an IANA name like Europe/Berlin or UTC)") from None
+    return value
+
+
+def _secrets(value: str) -> tuple[tuple[str, str], ...]:
+    """``ns/name,ns/name`` -> ((ns, name), ...)."""
+    out = []
+    for item in (v.strip() for v in value.split(",") if v.strip()):
+        namespace, slash, name = item.partition("/")
+        if not slash or not is_dns1123_label(namespace) or not name:
+            raise ValueError(f"{item!r}: expected NAMESPACE/NAME")
+        out.append((namespace, name))
+    return tuple(out)
+
+
+def _days(value: str) -> tuple[int, ...]:
+    days = tuple(sorted({int(v) for v in value.split(",") if v.strip()}, reverse=True))
+    if not days or any(d < 0 for d in days):
+        raise ValueError("expected whole numbers of days like 90,30,7")
+    return days
+
+
+def _cron_time(value: str) -> str:
+    if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
+        raise ValueError("expected HH:MM (24-hour clock)")
+    return value
+
+
+def _setting(env: str, parse: Callable[[str], Any] = _text, *, default: Any = None, secret: bool = False,
+             doc: str = "") -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "secret": secret, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    slack_bot_token: str | None = _setting("SLACK_BOT_TOKEN", secret=True,
+                                           doc="Bot token (`xoxb-…`). Required by `meshbot serve`.")
+    slack_signing_secret: str | None = _setting("SLACK_SIGNING_SECRET", secret=True,
+                                                doc="Signing secret that verifies every request from Slack. "
+                                                    "Required unless Socket Mode is used.")
+    slack_app_token: str | None = _setting("SLACK_APP_TOKEN", secret=True,
+                                           doc="App-level token (`xapp-…`); when set, meshbot also connects "
+                                               "in Socket Mode (no public ingress needed).")
+    slack_api_url: str = _setting("SLACK_API_URL", _url, default="https://slack.com/api/",
+                                  doc="Slack Web API base URL (tests point it at a fake).")
+    db_path: str = _setting("MESHBOT_DB", default="meshbot.db", doc="SQLite database file (incident log).")
+    host: str = _setting("MESHBOT_HOST", default="0.0.0.0", doc="Address the HTTP server binds.")
+    port: int = _setting("MESHBOT_PORT", _port, default=3000, doc="Port of the HTTP server.")
+    channel: str | None = _setting("MESHBOT_CHANNEL", _channel,
+                                   doc="Incident channel ID (alerts and reminders post here).")
+    allowed_channels: tuple[str, ...] = _setting("MESHBOT_ALLOWED_CHANNELS", _channels, default=(),
+                                                 doc="Comma-separated channel IDs where `/mesh` may be used; "
+                                                     "empty: everywhere the app is invited.")
+    kubeconfig: str | None = _setting("KUBECONFIG", doc="kubeconfig file; unset: in-cluster service account or "
+                                                        "`~/.kube/config`.")
+    kube_context: str | None = _setting("MESHBOT_KUBE_CONTEXT", doc="kubeconfig context.")
+    istiod_url: str | None = _setting("MESHBOT_ISTIOD_URL", doc="istiod monitoring URL "
+                                                              "(`http://istiod.istio-system:15014`); unset: "
+                                                              "discover istiod pods.")
+    istio_namespace: str = _setting("MESHBOT_ISTIO_NAMESPACE", _namespace, default="istio-system",
+                                    doc="Istio root namespace.")
+    scenario: str | None = _setting("MESHBOT_SCENARIO", doc="Diagnose a captured scenario "
+                                                          "(`examples/demo/scenario.yaml`) instead of a cluster.")
+    kube_timeout: float = _setting("MESHBOT_KUBE_TIMEOUT", _positive_float, default=10.0,
+                                   doc="Seconds per Kubernetes or mesh HTTP call.")
+    read_ca_secrets: bool = _setting("MESHBOT_READ_CA_SECRETS", _bool, default=False,
+                                     doc="Also read `istio-ca-secret`/`cacerts` (they hold the CA key; off by default).")
+    extra_secrets: tuple[tuple[str, str], ...] = _setting("MESHBOT_EXTRA_SECRETS", _secrets, default=(),
+                                                          doc="More TLS secrets to watch, `ns/name,ns/name`.")
+    workers: int = _setting("MESHBOT_WORKERS", _positive_int, default=16,
+                            doc="Background threads running diagnostics and actions.")
+    http_threads: int = _setting("MESHBOT_HTTP_THREADS", _positive_int, default=16,
+                                 doc="Threads of the HTTP server answering Slack and Alertmanager.")
+    log_level: str = _setting("MESHBOT_LOG_LEVEL", default="INFO", doc="DEBUG, INFO, WARNING or ERROR.")
+    alertmanager_token: str | None = _setting("ALERTMANAGER_TOKEN", secret=True,
+                                              doc="Bearer token Alertmanager must send to `/alertmanager`; "
+                                                  "unset: the endpoint refuses everything.")
+    playbooks_dir: str | None = _setting("MESHBOT_PLAYBOOKS", doc="Directory of playbook YAML files "
+                                                                "(default: the bundled `playbooks/`).")
+    approvers: tuple[str, ...] = _setting("MESHBOT_APPROVERS", _approvers, default=(),
+                                          doc="Slack user IDs and/or user group IDs allowed to approve actions.")
+    required_approvals: int = _setting("MESHBOT_REQUIRED_APPROVALS", _positive_int, default=2,
+                                       doc="Approvals (from people other than the requester) an action needs.")
+    approval_ttl_minutes: int = _setting("MESHBOT_APPROVAL_TTL_MINUTES", _positive_int, default=30,
+                                         doc="Minutes before a pending approval request expires.")
+    timezone: str = _setting("MESHBOT_TIMEZONE", _timezone, default="UTC",
+                             doc="Time zone of the reminder schedule.")
+    reminder_time: str = _setting("MESHBOT_REMINDER_TIME", _cron_time, default="09:00",
+                                  doc="Daily certificate scan time (HH:MM in MESHBOT_TIMEZONE).")
+    reminder_days: tuple[int, ...] = _setting("MESHBOT_REMINDER_DAYS", _days, default=(90, 30, 7),
+                                              doc="Days before expiry at which reminders are posted.")
+    leader_election: bool = _setting("MESHBOT_LEADER_ELECTION", _bool, default=False,
+                                      doc="Use a Kubernetes Lease so only one replica runs scheduled jobs.")
+    lease_namespace: str = _setting("MESHBOT_LEASE_NAMESPACE", _namespace, default="meshbot",
+                                    doc="Namespace of the leader-election Lease.")
+    pod_name: str | None = _setting("POD_NAME", doc="This replica's identity in the Lease (downward API).")
+
+    # -- loading -------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, config_file: str | os.PathLike | None = None) -> Settings:
+        """Environment over YAML over defaults; raises SettingsError naming the first bad setting."""
+        environ = os.environ if environ is None else environ
+        from_file = _read_config_file(config_file) if config_file else {}
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            env = spec.metadata["env"]
+            raw = _raw_value(env, spec.name, environ, from_file)
+            if raw is None:
+                continue
+            try:
+                values[spec.name] = spec.metadata["parse"](raw.strip())
+            except ValueError as exc:
+                shown = "(hidden)" if spec.metadata["secret"] else repr(raw)
+                raise SettingsError(f"{env}: {shown} is invalid: {exc}") from None
+        unknown = set(from_file) - {f.name for f in fields(cls)} - {f.metadata["env"] for f in fields(cls)}
+        if unknown:
+            raise SettingsError(f"{config_file}: unknown setting(s) {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def require(self, *names: str) -> Settings:
+        """Raise SettingsError for the first of ``names`` that is unset (by field name)."""
+        by_name = {f.name: f for f in fields(self)}
+        for name in names:
+            if not getattr(self, name):
+                raise SettingsError(f"{by_name[name].metadata['env']} is required")
+        return self
+
+    def __repr__(self) -> str:
+        """Never shows secrets: Settings may end up in a log line or a traceback."""
+        shown = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.metadata["secret"] and value:
+                value = "(set)"
+            shown.append(f"{spec.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    def secret_values(self) -> list[str]:
+        """Every secret value set, for the log redaction filter."""
+        return [getattr(self, f.name) for f in fields(self) if f.metadata["secret"] and getattr(self, f.name)]
+
+
+def _raw_value(env: str, name: str, environ: Mapping[str, str], from_file: Mapping[str, Any]) -> str | None:
+    if environ.get(env):
+        return environ[env]
+    file_var = environ.get(f"{env}_FILE")
+    if file_var:
+        try:
+            return Path(file_var).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"{env}_FILE: cannot read {file_var}: {exc.strerror}") from None
+    for key in (name, env):
+        if key in from_file and from_file[key] is not None:
+            value = from_file[key]
+            if isinstance(value, (list, tuple)):
+                return ",".join(str(v) for v in value)
+            return str(value).lower() if isinstance(value, bool) else str(value)
+    return None
+
+
+def _read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"--config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise SettingsError(f"--config {path}{where}: invalid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"--config {path}: expected a mapping of setting: value")
+    return data
+
+
+def settings_table() -> str:
+    """The README's settings table."""
+    rows = ["| Variable | YAML key | Default | Meaning |", "|---|---|---|---|"]
+    for spec in fields(Settings):
+        default = spec.default
+        if isinstance(default, tuple):
+            default = ",".join(str(d) for d in default) if default else ""
+        shown = f"`{default}`" if default not in (None, "") else ""
+        rows.append(f"| `{spec.metadata['env']}` | `{spec.name}` | {shown} | {spec.metadata['doc']} |")
+    return "\n".join(rows)

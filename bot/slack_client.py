@@ -1,0 +1,125 @@
+"""The one module that calls the Slack Web API (slack_sdk), with retries and error mapping.
+
+Every call retries on 429 (honouring ``Retry-After``), connection errors and
+5xx through slack_sdk's retry handlers; failures that remain become
+``SlackError`` with Slack's error code, and are counted per method for
+``/metrics``.  Tokens never reach a log line: slack_sdk redacts the
+Authorization header and ``bot.logging`` scrubs anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler, RateLimitErrorRetryHandler, ServerErrorRetryHandler,
+)
+
+from commands.errors import MeshbotError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 15
+
+
+class SlackError(MeshbotError):
+    """A Slack Web API call failed after retries; ``error`` is Slack's code (``not_in_channel``)."""
+
+    def __init__(self, method: str, error: str, *, transient: bool = False):
+        self.method = method
+        self.error = error
+        self.transient = transient
+        super().__init__(f"Slack {method} failed: {error}")
+
+
+@dataclass(frozen=True)
+class Posted:
+    channel: str
+    ts: str
+
+
+ErrorCounter = Callable[[str, str], None]
+"""(method, error) -> None: how failures reach ``/metrics``."""
+
+
+def build_web_client(token: str | None, base_url: str, *, max_retries: int = 3,
+                     timeout: int = DEFAULT_TIMEOUT) -> WebClient:
+    """A WebClient that retries rate limits, connection errors and server errors."""
+    return WebClient(
+        token=token, base_url=base_url, timeout=timeout,
+        retry_handlers=[
+            RateLimitErrorRetryHandler(max_retry_count=max_retries),
+            ConnectionErrorRetryHandler(max_retry_count=max_retries),
+            ServerErrorRetryHandler(max_retry_count=max_retries),
+        ],
+    )
+
+
+class SlackClient:
+    """The few Web API calls meshbot makes, as plain Python calls."""
+
+    def __init__(self, web: WebClient, *, on_error: ErrorCounter | None = None):
+        self.web = web
+        self._on_error = on_error or (lambda method, error: None)
+
+    def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            # chat.* take JSON bodies (nested blocks); the read methods take form fields.
+            if method.startswith("chat."):
+                response = self.web.api_call(method, json=_drop_none(kwargs))
+            else:
+                response = self.web.api_call(method, data=_drop_none(kwargs))
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or f"HTTP {exc.response.status_code}")
+            transient = exc.response.status_code == 429 or exc.response.status_code >= 500
+            self._on_error(method, error)
+            raise SlackError(method, error, transient=transient) from None
+        except (SlackClientError, OSError) as exc:
+            self._on_error(method, "connection_error")
+            raise SlackError(method, f"connection error ({type(exc).__name__})", transient=True) from None
+        return dict(response.data) if isinstance(response.data, dict) else {}
+
+    def auth_test(self) -> dict[str, Any]:
+        return self._call("auth.test")
+
+    def post_message(self, channel: str, text: str, blocks: Sequence[dict] | None = None, *,
+                     thread_ts: str | None = None) -> Posted:
+        answer = self._call("chat.postMessage", channel=channel, text=text, blocks=list(blocks or []) or None,
+                            thread_ts=thread_ts, unfurl_links=False, unfurl_media=False)
+        return Posted(channel=answer.get("channel") or channel, ts=str(answer["ts"]))
+
+    def update_message(self, channel: str, ts: str, text: str, blocks: Sequence[dict] | None = None) -> None:
+        self._call("chat.update", channel=channel, ts=ts, text=text, blocks=list(blocks or []))
+
+    def post_ephemeral(self, channel: str, user: str, text: str, blocks: Sequence[dict] | None = None, *,
+                       thread_ts: str | None = None) -> None:
+        self._call("chat.postEphemeral", channel=channel, user=user, text=text,
+                   blocks=list(blocks or []) or None, thread_ts=thread_ts)
+
+    def upload_text(self, channel: str, thread_ts: str | None, *, filename: str, title: str, content: str,
+                    comment: str | None = None) -> str:
+        """A text snippet in a thread (files.getUploadURLExternal + upload + completeUploadExternal)."""
+        try:
+            answer = self.web.files_upload_v2(channel=channel, thread_ts=thread_ts, filename=filename, title=title,
+                                              content=content, initial_comment=comment, snippet_type="text")
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or f"HTTP {exc.response.status_code}")
+            self._on_error("files.upload", error)
+            raise SlackError("files.upload", error, transient=exc.response.status_code >= 429) from None
+        except (SlackClientError, OSError) as exc:
+            self._on_error("files.upload", "connection_error")
+            raise SlackError("files.upload", f"connection error ({type(exc).__name__})", transient=True) from None
+        files = answer.get("files") or [{}]
+        return str(files[0].get("id", ""))
+
+    def usergroup_members(self, usergroup: str) -> list[str]:
+        return list(self._call("usergroups.users.list", usergroup=usergroup).get("users") or [])
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}

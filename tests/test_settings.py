@@ -1,0 +1,90 @@
+"""Settings: environment over YAML over defaults; a bad value stops start-up with one line naming it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.settings import Settings, SettingsError, settings_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_need_no_environment():
+    settings = Settings.load({})
+    assert settings.port == 3000 and settings.slack_api_url == "https://slack.com/api/"
+    assert settings.required_approvals == 2 and settings.reminder_days == (90, 30, 7)
+
+
+def test_environment_values_are_parsed_to_their_types():
+    settings = Settings.load({"MESHBOT_PORT": "8080", "MESHBOT_ALLOWED_CHANNELS": "C01ABC, C02DEF",
+                              "MESHBOT_READ_CA_SECRETS": "yes", "SLACK_API_URL": "http://127.0.0.1:9/api",
+                              "MESHBOT_EXTRA_SECRETS": "istio-system/gw-cert"})
+    assert settings.port == 8080
+    assert settings.allowed_channels == ("C01ABC", "C02DEF")
+    assert settings.read_ca_secrets is True
+    assert settings.slack_api_url == "http://127.0.0.1:9/api/"
+    assert settings.extra_secrets == (("istio-system", "gw-cert"),)
+
+
+@pytest.mark.parametrize("env, name", [
+    ({"MESHBOT_PORT": "eighty"}, "MESHBOT_PORT"),
+    ({"MESHBOT_PORT": "70000"}, "MESHBOT_PORT"),
+    ({"MESHBOT_CHANNEL": "#incidents"}, "MESHBOT_CHANNEL"),
+    ({"SLACK_API_URL": "slack.com/api"}, "SLACK_API_URL"),
+    ({"MESHBOT_REQUIRED_APPROVALS": "0"}, "MESHBOT_REQUIRED_APPROVALS"),
+    ({"MESHBOT_APPROVERS": "alice"}, "MESHBOT_APPROVERS"),
+    ({"MESHBOT_TIMEZONE": "Mars/Olympus"}, "MESHBOT_TIMEZONE"),
+    ({"MESHBOT_ISTIO_NAMESPACE": "Istio_System"}, "MESHBOT_ISTIO_NAMESPACE"),
+])
+def test_malformed_value_is_one_line_naming_the_variable(env, name):
+    with pytest.raises(SettingsError) as caught:
+        Settings.load(env)
+    message = str(caught.value)
+    assert message.startswith(f"{name}: ") and "\n" not in message
+
+
+def test_yaml_file_is_read_and_environment_wins(tmp_path):
+    config = tmp_path / "meshbot.yaml"
+    config.write_text("port: 9000\nchannel: C0INCIDENT\nallowed_channels: [C0A1, C0B2]\nMESHBOT_WORKERS: 4\n")
+    settings = Settings.load({"MESHBOT_PORT": "9100"}, config_file=config)
+    assert settings.port == 9100 and settings.channel == "C0INCIDENT"
+    assert settings.allowed_channels == ("C0A1", "C0B2") and settings.workers == 4
+
+
+def test_unknown_yaml_keys_are_refused(tmp_path):
+    config = tmp_path / "meshbot.yaml"
+    config.write_text("prot: 9000\n")
+    with pytest.raises(SettingsError, match="unknown setting"):
+        Settings.load({}, config_file=config)
+
+
+def test_secrets_can_come_from_files(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("xoxb-from-a-file\n")
+    assert Settings.load({"SLACK_BOT_TOKEN_FILE": str(token)}).slack_bot_token == "xoxb-from-a-file"
+
+
+def test_repr_and_errors_never_show_secrets():
+    settings = Settings.load({"SLACK_BOT_TOKEN": "xoxb-very-secret", "SLACK_SIGNING_SECRET": "sssh-secret"})
+    assert "xoxb-very-secret" not in repr(settings) and "sssh-secret" not in repr(settings)
+    with pytest.raises(SettingsError) as caught:
+        Settings.load({"MESHBOT_READ_CA_SECRETS": "maybe"})
+    assert "maybe" in str(caught.value)  # not a secret, shown to help
+
+
+def test_serve_without_a_token_stops_with_one_line_and_exit_78(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "serve"], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=60)
+    assert result.returncode == 78
+    assert result.stderr.strip() == "meshbot: configuration error: SLACK_BOT_TOKEN is required"
+
+
+def test_readme_settings_table_matches_the_settings():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- settings:start -->", 1)[1].split("<!-- settings:end -->", 1)[0].strip()
+    assert block == settings_table(), "run `meshbot settings --markdown` and paste it into the README"

@@ -1,0 +1,256 @@
+"""The Slack app over real HTTP: signed slash commands in, what the fake Slack Web API received out."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import httpx
+import pytest
+
+from tests.support.kube import write_kubeconfig
+from tests.support.slack import (
+    BOT_TOKEN, SIGNING_SECRET, FakeSlack, post_signed, slash_command_body,
+)
+
+
+def slash(meshbot, fake_slack: FakeSlack, text: str, **kwargs) -> httpx.Response:
+    body = slash_command_body(text, response_url=fake_slack.response_url(), **kwargs)
+    return post_signed(f"{meshbot.url}/slack/events", body)
+
+
+def posts(fake_slack: FakeSlack) -> list:
+    """Calls that would show something in Slack (Bolt's own auth.test does not)."""
+    return [c for c in fake_slack.calls if c.method != "auth.test"] + fake_slack.responses
+
+
+def wait_for_outcome(fake_slack: FakeSlack, timeout: float = 15.0):
+    """The chat.update that replaces "Running…" with the outcome."""
+    return fake_slack.wait_for(lambda: [c.args for c in fake_slack.of("chat.update") if c.args.get("_ok")],
+                               timeout=timeout, what="the top-level message update")[-1]
+
+
+def test_diagnose_acks_posts_running_message_then_findings_in_its_thread_then_updates_it(meshbot, fake_slack):
+    started = time.monotonic()
+    response = slash(meshbot, fake_slack, "diagnose prod")
+    assert response.status_code == 200
+    assert time.monotonic() - started < 3
+
+    update = wait_for_outcome(fake_slack)
+    [top] = fake_slack.messages(top_level=True)
+    assert top["channel"] == "CINCIDENT"
+    assert top["text"] == "Running diagnose for prod, requested by <@UALICE>"
+    [thread] = fake_slack.messages(thread_ts=top["_ts"])
+    assert thread["blocks"][0] == {"type": "header", "text": {"type": "plain_text", "text": "diagnose \u00b7 prod",
+                                                             "emoji": True}}
+    assert "CrashLoopBackOff (25 restarts)" in str(thread["blocks"])
+    assert update["ts"] == top["_ts"]
+    assert update["text"].startswith("diagnose for prod: ")
+    assert "errors" in update["text"]
+
+
+def test_findings_are_most_severe_first_in_the_thread(meshbot, fake_slack):
+    slash(meshbot, fake_slack, "diagnose")
+    wait_for_outcome(fake_slack)
+    [top] = fake_slack.messages(top_level=True)
+    [thread] = fake_slack.messages(thread_ts=top["_ts"])
+    finding = re.compile(r"^:\w+: \*(Error|Warning|Info)\* `(IST|MB)\d{4}`")
+    levels = [m.group(1) for b in thread["blocks"] if b["type"] == "section"
+              for m in [finding.match(b["text"]["text"])] if m]
+    order = ["Error", "Warning", "Info"]
+    assert len(levels) == 20
+    assert levels == sorted(levels, key=order.index)
+
+
+def test_help_and_empty_text_answer_ephemerally_without_posting(meshbot, fake_slack):
+    for text in ("help", ""):
+        response = slash(meshbot, fake_slack, text)
+        assert response.status_code == 200
+        assert response.json()["response_type"] == "ephemeral"
+        assert "/mesh diagnose [NAMESPACE]" in response.json()["text"]
+    time.sleep(0.3)
+    assert fake_slack.messages() == []
+
+
+@pytest.mark.parametrize("text, complaint", [
+    ("frobnicate prod", "unknown subcommand `frobnicate`"),
+    ("status Prod_Namespace!", "is not a valid namespace name"),
+    ("certs prod extra", "too many arguments"),
+])
+def test_bad_arguments_get_an_ephemeral_usage_message_and_no_thread(meshbot, fake_slack, text, complaint):
+    response = slash(meshbot, fake_slack, text)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["response_type"] == "ephemeral"
+    assert complaint in answer["text"]
+    assert "/mesh status [NAMESPACE]" in answer["text"]
+    time.sleep(0.3)
+    assert posts(fake_slack) == []
+
+
+def test_forged_signature_is_rejected_with_401_and_nothing_posted(meshbot, fake_slack):
+    body = slash_command_body("diagnose prod", response_url=fake_slack.response_url())
+    response = post_signed(f"{meshbot.url}/slack/events", body, secret="not-the-signing-secret")
+    assert response.status_code == 401
+    time.sleep(0.5)
+    assert posts(fake_slack) == []
+
+
+def test_stale_timestamp_is_rejected_with_401_and_nothing_posted(meshbot, fake_slack):
+    body = slash_command_body("diagnose prod", response_url=fake_slack.response_url())
+    response = post_signed(f"{meshbot.url}/slack/events", body, timestamp=int(time.time()) - 6 * 60)
+    assert response.status_code == 401
+    time.sleep(0.5)
+    assert posts(fake_slack) == []
+
+
+def test_tampered_body_with_a_valid_signature_of_another_body_is_rejected(meshbot, fake_slack):
+    from tests.support.slack import sign
+
+    signed_for = slash_command_body("status", response_url=fake_slack.response_url())
+    sent = slash_command_body("diagnose prod", response_url=fake_slack.response_url())
+    response = httpx.post(f"{meshbot.url}/slack/events", content=sent,
+                          headers={"Content-Type": "application/x-www-form-urlencoded", **sign(signed_for)})
+    assert response.status_code == 401
+
+
+def test_channel_outside_the_allowlist_is_refused_politely(bot_factory, fake_slack):
+    meshbot = bot_factory(allowed_channels=("CALLOWED",))
+    response = slash(meshbot, fake_slack, "diagnose prod", channel_id="CRANDOM")
+    assert response.status_code == 200
+    assert response.json() == {"text": "Sorry, meshbot only answers in <#CALLOWED>. Please ask there.",
+                               "response_type": "ephemeral"}
+    time.sleep(0.3)
+    assert posts(fake_slack) == []
+
+
+def test_cluster_answering_403_is_explained_in_the_thread(bot_factory, fake_slack, kube, tmp_path):
+    kube.fail("Pod", 403)
+    config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
+    meshbot = bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=1.0)
+    slash(meshbot, fake_slack, "status prod")
+    wait_for_outcome(fake_slack)
+    [top] = fake_slack.messages(top_level=True)
+    [thread] = fake_slack.messages(thread_ts=top["_ts"])
+    assert "meshbot cannot list pods cluster-wide: forbidden (needs RBAC list on pods)" in str(thread["blocks"])
+
+
+def test_cluster_that_cannot_be_configured_gets_a_clear_message_in_the_thread(bot_factory, fake_slack, tmp_path):
+    meshbot = bot_factory(scenario=None, kubeconfig=str(tmp_path / "missing-kubeconfig"))
+    slash(meshbot, fake_slack, "status")
+    update = wait_for_outcome(fake_slack)
+    [top] = fake_slack.messages(top_level=True)
+    [thread] = fake_slack.messages(thread_ts=top["_ts"])
+    assert "Could not diagnose" in thread["text"] and "cannot load kubeconfig" in thread["text"]
+    assert "failed" in update["text"]
+
+
+def test_slow_cluster_is_still_acknowledged_within_3_seconds(bot_factory, fake_slack, kube, tmp_path):
+    kube.slow("Pod", 4)
+    config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
+    meshbot = bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=6.0)
+    started = time.monotonic()
+    response = slash(meshbot, fake_slack, "status prod")
+    ack_seconds = time.monotonic() - started
+    assert response.status_code == 200 and ack_seconds < 3
+    update = wait_for_outcome(fake_slack, timeout=20)
+    assert update["text"].startswith("status for prod")
+
+
+def test_slack_answering_429_is_retried_after_retry_after(meshbot, fake_slack):
+    fake_slack.fail_next("chat.postMessage", status=429, retry_after=1)
+    slash(meshbot, fake_slack, "status prod")
+    wait_for_outcome(fake_slack)
+    posts = fake_slack.of("chat.postMessage")
+    assert not posts[0].args["_ok"] and posts[1].args["_ok"]
+    assert posts[1].at - posts[0].at >= 1.0
+    assert posts[1].args["text"] == posts[0].args["text"]
+
+
+def test_slack_5xx_is_retried(meshbot, fake_slack):
+    fake_slack.fail_next("chat.postMessage", status=503)
+    slash(meshbot, fake_slack, "certs")
+    wait_for_outcome(fake_slack)
+    assert len(fake_slack.messages(top_level=True)) == 1
+
+
+def test_bot_not_invited_tells_the_user_how_to_invite_it(meshbot, fake_slack):
+    fake_slack.fail_next("chat.postMessage", error="not_in_channel")
+    slash(meshbot, fake_slack, "status")
+    answer = fake_slack.wait_for(lambda: fake_slack.responses, what="an ephemeral answer")[0]
+    assert answer["response_type"] == "ephemeral"
+    assert "/invite @meshbot" in answer["text"]
+
+
+def test_a_5000_finding_report_posts_within_slack_limits_and_attaches_the_full_report(bot_factory, fake_slack,
+                                                                                      tmp_path):
+    scenario = tmp_path / "big"
+    (scenario / "cluster").mkdir(parents=True)
+    docs = [f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{i}, namespace: prod}}\n"
+            f"spec:\n  hosts: [svc-{i}]\n  http: [{{route: [{{destination: {{host: missing-{i}}}}}]}}]\n"
+            for i in range(5000)]
+    (scenario / "cluster" / "vs.yaml").write_text("---\n".join(docs))
+    (scenario / "scenario.yaml").write_text("cluster: cluster\n")
+    meshbot = bot_factory(scenario=str(scenario / "scenario.yaml"))
+    slash(meshbot, fake_slack, "analyze prod")
+    update = wait_for_outcome(fake_slack, timeout=60)
+    [top] = fake_slack.messages(top_level=True)
+    [thread] = fake_slack.messages(thread_ts=top["_ts"])
+    assert len(thread["blocks"]) <= 50
+    assert "4980 more findings" in str(thread["blocks"])
+    [complete] = [c for c in fake_slack.of("files.completeUploadExternal") if c.args["_ok"]]
+    assert complete.args["thread_ts"] == top["_ts"]
+    [report] = fake_slack.uploads.values()
+    assert report.decode().count("[IST0101]") == 5000
+    assert update["text"].startswith("analyze for prod: 5000 errors")
+
+
+def test_healthz_readyz_and_metrics(meshbot, fake_slack):
+    assert httpx.get(f"{meshbot.url}/healthz").json() == {"status": "alive"}
+    ready = httpx.get(f"{meshbot.url}/readyz")
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "database": "ok", "slack": "ok"}
+    slash(meshbot, fake_slack, "status prod")
+    wait_for_outcome(fake_slack)
+    metrics = httpx.get(f"{meshbot.url}/metrics").text
+    assert 'meshbot_requests_total{kind="slash_command"} 1.0' in metrics
+    assert "meshbot_slack_ack_seconds_bucket" in metrics
+    assert 'meshbot_diagnosis_seconds_count{check="status"} 1.0' in metrics
+    assert 'meshbot_findings_posted_total{level="Error"}' in metrics
+
+
+def test_readyz_fails_when_slack_rejects_the_token(meshbot, fake_slack):
+    fake_slack.fail_next("auth.test", error="invalid_auth")
+    ready = httpx.get(f"{meshbot.url}/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["slack"] == "token not accepted: invalid_auth"
+
+
+def test_slack_api_errors_are_counted_by_method(meshbot, fake_slack):
+    fake_slack.fail_next("chat.postMessage", error="not_in_channel")
+    slash(meshbot, fake_slack, "status")
+    fake_slack.wait_for(lambda: fake_slack.responses, what="the ephemeral answer")
+    metrics = httpx.get(f"{meshbot.url}/metrics").text
+    assert 'meshbot_slack_api_errors_total{error="not_in_channel",method="chat.postMessage"} 1.0' in metrics
+
+
+def test_tokens_and_signing_secret_never_appear_in_logs(meshbot, fake_slack, caplog):
+    from bot.redaction import install
+
+    install([BOT_TOKEN, SIGNING_SECRET], "DEBUG")
+    caplog.set_level(logging.DEBUG)
+    fake_slack.fail_next("chat.postMessage", status=429, retry_after=1)
+    slash(meshbot, fake_slack, "diagnose prod")
+    wait_for_outcome(fake_slack)
+    post_signed(f"{meshbot.url}/slack/events", slash_command_body("status"), secret="forged")
+    logging.getLogger("test").warning("leak attempt %s", BOT_TOKEN)
+    logged = "\n".join(h.format(r) for r in caplog.records for h in logging.getLogger().handlers[:1])
+    assert caplog.records
+    assert BOT_TOKEN not in logged and SIGNING_SECRET not in logged
+    assert "(redacted)" in logged
+
+
+def test_unknown_paths_and_methods(meshbot):
+    assert httpx.get(f"{meshbot.url}/nope").status_code == 404
+    assert httpx.get(f"{meshbot.url}/slack/events").status_code == 405
+    assert httpx.post(f"{meshbot.url}/slack/events", content=b"x" * (1024 * 1024 + 1)).status_code == 413
