@@ -254,3 +254,14 @@ def test_unknown_paths_and_methods(meshbot):
     assert httpx.get(f"{meshbot.url}/nope").status_code == 404
     assert httpx.get(f"{meshbot.url}/slack/events").status_code == 405
     assert httpx.post(f"{meshbot.url}/slack/events", content=b"x" * (1024 * 1024 + 1)).status_code == 413
+
+
+def test_cluster_that_times_out_is_explained_in_the_thread(bot_factory, fake_slack, kube, tmp_path):
+    kube.slow("Pod", 5)
+    config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
+    meshbot = bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=1.0)
+    slash(meshbot, fake_slack, "status prod")
+    wait_for_outcome(fake_slack)
+    [top] = fake_slack.messages(top_level=True)
+    [thread] = fake_slack.messages(thread_ts=top["_ts"])
+    assert "The Kubernetes API did not answer list pods cluster-wide: no answer within 1s" in str(thread["blocks"])
