@@ -10,6 +10,7 @@ under load acks then queue behind diagnoses.)
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ class Services:
     workers: ThreadPoolExecutor
     """Slow work (diagnoses, actions). Handlers themselves run on the messenger pool, which only talks
     to Slack, so the "Running…" message appears at once even when every worker is busy."""
+    incident_flow: Any = None
+    """bot.incident_flow.IncidentFlow, once wired by bot.server."""
+    approvals: Any = None
+    """bot.approvals.ApprovalDesk; None when actions are impossible (a captured scenario)."""
+    reminders: Any = None
+    """bot.reminders.ReminderService; None when reminders are off."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,17 @@ HANDLERS: dict[type, Handler] = {}
 def handles(request_type: type) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         HANDLERS[request_type] = handler
+        return handler
+    return register
+
+
+ACTION_HANDLERS: dict[str, Handler] = {}
+"""Button action_id (before any ``:suffix``) -> what to do with the button's value."""
+
+
+def handles_action(action_id: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        ACTION_HANDLERS[action_id] = handler
         return handler
     return register
 
@@ -112,7 +130,22 @@ def build_bolt_app(services: Services, web_client: WebClient, executor: ThreadPo
         invocation = Invocation(user=command["user_id"], channel=command["channel_id"], respond=respond)
         executor.submit(run_in_background, services, handler, invocation, request)
 
+    def block_action(ack: Ack, body: dict, action: dict, respond: Respond) -> None:
+        ack()
+        invocation = Invocation(user=(body.get("user") or {}).get("id", ""),
+                                channel=(body.get("channel") or {}).get("id", ""), respond=respond)
+        refusal = channel_refusal(settings, invocation.channel)
+        if refusal:
+            executor.submit(invocation.tell, refusal)
+            return
+        handler = ACTION_HANDLERS.get(str(action.get("action_id", "")).split(":", 1)[0])
+        if handler is not None:
+            executor.submit(run_in_background, services, handler, invocation, str(action.get("value") or ""))
+
     app.command("/mesh")(mesh_command)
+    if ACTION_HANDLERS:
+        names = "|".join(re.escape(name) for name in sorted(ACTION_HANDLERS))
+        app.action(re.compile(rf"^({names})(:\d+)?$"))(block_action)
     return app
 
 

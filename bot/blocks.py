@@ -7,6 +7,7 @@ the most severe findings and says how many more are in the attached file.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -44,7 +45,7 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def _message(text: str, blocks: Sequence[Block]) -> Message:
+def message_of(text: str, blocks: Sequence[Block]) -> Message:
     rendered = [b.to_dict() for b in blocks][:MAX_BLOCKS]
     return Message(text=clip(text, MAX_FALLBACK_TEXT), blocks=rendered)
 
@@ -80,7 +81,7 @@ def _plural(level: Level, n: int) -> str:
 
 def running(check: str, namespace: str | None, user: str) -> Message:
     text = f"Running {check} for {namespace or 'all namespaces'}, requested by <@{user}>"
-    return _message(text, [section(f":hourglass_flowing_sand: Running *{check}* for {scope(namespace)}, "
+    return message_of(text, [section(f":hourglass_flowing_sand: Running *{check}* for {scope(namespace)}, "
                                    f"requested by <@{user}>\u2026")])
 
 
@@ -90,7 +91,7 @@ def outcome(check: str, namespace: str | None, user: str, findings: Sequence[Fin
             else ":white_check_mark:")
     summary = counts_text(findings)
     text = f"{check} for {namespace or 'all namespaces'}: {_plain_counts(findings)} (requested by <@{user}>)"
-    return _message(text, [
+    return message_of(text, [
         section(f"{icon} *{check}* for {scope(namespace)}, requested by <@{user}>: {summary}"),
         context(f"Finished in {seconds:.1f}s \u00b7 details in the thread"),
     ])
@@ -98,7 +99,7 @@ def outcome(check: str, namespace: str | None, user: str, findings: Sequence[Fin
 
 def failed(check: str, namespace: str | None, user: str, reason: str) -> Message:
     text = f"{check} for {namespace or 'all namespaces'} failed: {reason}"
-    return _message(text, [section(f":x: *{check}* for {scope(namespace)}, requested by <@{user}>, "
+    return message_of(text, [section(f":x: *{check}* for {scope(namespace)}, requested by <@{user}>, "
                                    f"failed: {escape(reason)}")])
 
 
@@ -139,18 +140,108 @@ def findings_report(title: str, findings: Sequence[Finding], *, limit: int = FIN
                               "attached below as a file."))
     top = "; ".join(f"{f.level} {f.code} {f.origin}" for f in shown[:3])
     text = f"{title}: {_plain_counts(findings)}" + (f". Most severe: {top}" if top else "")
-    return _message(text, blocks[:MAX_BLOCKS]), hidden
+    return message_of(text, blocks[:MAX_BLOCKS]), hidden
 
 
 def cluster_unavailable(reason: str) -> Message:
     text = f"Could not diagnose: {reason}"
-    return _message(text, [section(f":warning: *Could not diagnose.* {escape(reason)}")])
+    return message_of(text, [section(f":warning: *Could not diagnose.* {escape(reason)}")])
 
 
 def notice(text: str) -> Message:
     """A one-section message (ephemeral answers, refusals)."""
-    return _message(text, [section(escape(text))])
+    return message_of(text, [section(escape(text))])
 
 
 def buttons(*elements: ButtonElement, block_id: str | None = None) -> ActionsBlock:
     return ActionsBlock(elements=list(elements)[:25], block_id=block_id)
+
+
+# -- incidents ------------------------------------------------------------------------------
+
+SEVERITY_EMOJI = {"critical": ":rotating_light:", "error": ":red_circle:", "warning": ":warning:"}
+
+
+def link(url: str, label: str) -> str | None:
+    """A Slack link to an http(s) URL, or None when the URL is not one (never pass through other schemes)."""
+    if not url.startswith(("http://", "https://")) or any(c in url for c in " \n<>"):
+        return None
+    return f"<{url.replace('|', '%7C')}|{escape(label)}>"
+
+
+def incident_message(incident, alerts: Sequence[dict], now) -> Message:
+    """The incident's top-level message: what, how bad, where, since when, and links."""
+    firing = [a for a in alerts if a["status"] == "firing"]
+    resolved = incident.status == "resolved"
+    icon = ":white_check_mark:" if resolved else SEVERITY_EMOJI.get(incident.severity, ":bell:")
+    if resolved:
+        state = f"Resolved after {incident.duration(now)}"
+    elif alerts:
+        state = (f"Firing since {incident.opened_at:%H:%M} UTC ({incident.duration(now)}), "
+                 f"{len(firing)} alert{'s' * (len(firing) != 1)}")
+    else:
+        state = f"Opened by {incident.source} at {incident.opened_at:%H:%M} UTC ({incident.duration(now)})"
+    lines = [f"{icon} *{escape(incident.severity.upper())} \u00b7 {escape(incident.title)}*",
+             f"*Status:* {state} \u00b7 Incident #{incident.id}"]
+    if incident.namespaces:
+        lines.append("*Namespaces:* " + ", ".join(f"`{escape(n)}`" for n in incident.namespaces))
+    if incident.services:
+        lines.append("*Services:* " + ", ".join(f"`{escape(s)}`" for s in incident.services))
+    links = [link(a["generator_url"], "Prometheus") for a in alerts[:1]] + [link(incident.external_url,
+                                                                                "Alertmanager")]
+    links = [x for x in links if x]
+    footer = " \u00b7 ".join(links + ([f"playbook `{escape(incident.playbook)}`"] if incident.playbook else []))
+    text = f"{'RESOLVED' if resolved else incident.severity.upper()}: {incident.title} (incident #{incident.id})"
+    parts: list[Block] = [section("\n".join(lines))]
+    if footer:
+        parts.append(context(footer))
+    return message_of(text, parts)
+
+
+def alert_line(alert: dict, *, resolved: bool = False) -> Message:
+    icon = ":heavy_check_mark:" if resolved else ":heavy_plus_sign:"
+    verb = "resolved" if resolved else "firing"
+    labels = json.loads(alert["labels"]) if isinstance(alert["labels"], str) else alert["labels"]
+    where = ", ".join(f"{k}={labels[k]}" for k in ("namespace", "pod", "service", "destination_service_name")
+                      if labels.get(k))
+    text = f"Alert {verb}: {alert['alertname']}" + (f" ({where})" if where else "")
+    summary = alert.get("summary") or ""
+    body = f"{icon} *Alert {verb}:* {escape(alert['alertname'])}" + (f" ({escape(where)})" if where else "")
+    if summary and not resolved:
+        body += f"\n{escape(summary)}"
+    return message_of(text, [section(body)])
+
+
+def incident_resolved_note(incident, now, actor: str | None = None) -> Message:
+    who = f" by <@{actor}>" if actor else ""
+    text = f"Incident #{incident.id} resolved{who} after {incident.duration(now)}"
+    return message_of(text, [section(f":white_check_mark: *Resolved*{who} after {incident.duration(now)}.")])
+
+
+def note_message(user: str, text: str) -> Message:
+    return message_of(f"Note from <@{user}>: {text}", [section(f":memo: *Note from <@{user}>:* {escape(text)}")])
+
+
+def suggestions_blocks(suggestions: Sequence, *, extra: str | None = None) -> list[Block]:
+    """Suggested remediations as text (approval buttons are added by the approvals flow)."""
+    if not suggestions:
+        return []
+    lines = ["*Suggested remediations* (each needs two approvals before it runs):"]
+    for s in suggestions:
+        line = f"\u2022 *{escape(s.title)}*"
+        if s.action:
+            line += f" \u2014 `/mesh {escape(s.action)}`"
+        if s.advice:
+            line += f"\n    {escape(s.advice)}"
+        lines.append(line)
+    if extra:
+        lines.append(extra)
+    return [DividerBlock(), section("\n".join(lines))]
+
+
+def manual_incident_message(incident, requester: str, action: str) -> Message:
+    """The top message of an incident opened by a remediation request typed outside any incident."""
+    text = f"Incident #{incident.id}: <@{requester}> requested /mesh {action}"
+    return message_of(text, [section(f":wrench: *Incident #{incident.id} \u00b7 Remediation requested*\n"
+                                     f"<@{requester}> asked for `/mesh {escape(action)}`. The plan, the approvals "
+                                     "and the outcome are in this thread.")])

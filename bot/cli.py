@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 from bot.settings import SettingsError
 from commands.errors import InputError, MeshbotError, UserError
@@ -76,9 +77,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", choices=("text", "json"), default="text")
     demo.set_defaults(handler=cmd_demo)
 
+    plan = sub.add_parser("plan", help="show what a remediation would change and dry-run it (changes nothing)")
+    plan.add_argument("action", nargs=argparse.REMAINDER,
+                      help="permissive-mtls NS|--mesh, bypass DEPLOY -n NS|namespace NS, restart istiod|DEPLOY -n NS")
+    plan.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)")
+    plan.add_argument("--context", help="kubeconfig context")
+    plan.add_argument("--istio-namespace", default="istio-system", help="Istio root namespace (default istio-system)")
+    plan.add_argument("--timeout", type=float, default=10.0, help="seconds per Kubernetes call (default 10)")
+    plan.set_defaults(handler=cmd_plan)
+
+    remind = sub.add_parser("remind", help="one certificate scan: print the reminders it would post")
+    remind.add_argument("--once", action="store_true", required=True,
+                        help="scan once and exit (the daily schedule runs inside `meshbot serve`)")
+    remind.add_argument("--now", type=parse_now, help="scan as of this time (ISO 8601), e.g. a freeze date")
+    remind.add_argument("--config", help="YAML settings file (environment variables win)")
+    remind.add_argument("--all", action="store_true", help="also list certificates with no reminder due")
+    remind.set_defaults(handler=cmd_remind)
+
     serve = sub.add_parser("serve", help="run the Slack bot (HTTP server; Socket Mode when SLACK_APP_TOKEN is set)")
     serve.add_argument("--config", metavar="FILE", help="YAML settings file (environment variables win)")
     serve.set_defaults(handler=cmd_serve)
+
+    incidents = sub.add_parser("incidents", help="the incident log: list, export, verify")
+    incidents.add_argument("--db", help="SQLite database (default: $MESHBOT_DB or meshbot.db)")
+    incident_sub = incidents.add_subparsers(dest="incidents_command", required=True, metavar="ACTION")
+    listing = incident_sub.add_parser("list", help="incidents, newest first")
+    listing.add_argument("--all", action="store_true", help="include resolved incidents")
+    export = incident_sub.add_parser("export", help="a postmortem-ready timeline")
+    export.add_argument("incident_id", type=int, metavar="ID")
+    export.add_argument("--format", choices=("md", "json"), default="md")
+    incident_sub.add_parser("verify", help="check the hash chain of the incident log")
+    incidents.set_defaults(handler=cmd_incidents)
 
     settings = sub.add_parser("settings", help="list settings")
     settings.add_argument("--markdown", action="store_true", help="as the README's markdown table")
@@ -150,6 +179,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from commands.actions import dry_run, parse_action, plan_action, plan_diff
+    from commands.kube import KubeClient
+
+    target = parse_action(args.action, istio_namespace=args.istio_namespace)
+    client = KubeClient.connect(args.kubeconfig, args.context, timeout=args.timeout)
+    plan = plan_action(client, target)
+    print(f"# {plan.summary}\n# plan {plan.hash[:12]} \u00b7 {'reversible' if plan.reversible else 'no rollback'}")
+    print(plan_diff(plan))
+    for note in plan.notes:
+        print(f"note: {note}")
+    rehearsal = dry_run(client, plan)
+    print("server-side dry run: " + ("passed" if rehearsal.ok else f"FAILED: {rehearsal.error}"))
+    print("Nothing was changed. In Slack: /mesh " + target.command)
+    return EXIT_OK if rehearsal.ok else EXIT_SOFTWARE
+
+
+def cmd_remind(args: argparse.Namespace) -> int:
+    """Read-only: uses MESHBOT_DB's ledger (when the file exists) to leave out reminders already posted."""
+    from pathlib import Path
+    from zoneinfo import ZoneInfo
+
+    from bot.cluster import ClusterAccess
+    from bot.db import Database
+    from bot.reminder_blocks import reminder_lines, upcoming_text
+    from bot.reminders import ReminderService
+    from bot.settings import Settings
+
+    settings = Settings.load(config_file=args.config)
+    database = Database(settings.db_path) if Path(settings.db_path).exists() else None
+    if database is not None:
+        database.migrate()
+    tz = ZoneInfo(settings.timezone)
+    service = ReminderService(database=database, cluster=ClusterAccess(settings), channel=settings.channel,
+                              days=settings.reminder_days, timezone=tz)
+    result = service.plan(args.now)
+    print(f"# certificate scan as of {result.now.astimezone(tz):%Y-%m-%d %H:%M %Z}: "
+          f"{len(result.expiries)} certificates, {len(result.due)} reminder(s) due")
+    for problem in result.problems:
+        print(f"# also found: {problem}")
+    for reminder in result.due:
+        print()
+        print("\n".join(reminder_lines(reminder, tz)))
+        if reminder.expiry.is_mesh_root and reminder.expiry.expired:
+            print("(meshbot serve also opens an incident for an expired mesh root)")
+    if args.all:
+        print()
+        print(upcoming_text(result.expiries, tz, result.now).replace("*", ""))
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
@@ -172,6 +252,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     bot.wait()
     return EXIT_OK
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from bot.db import Database
+    from bot.incident_report import to_json, to_markdown
+    from bot.incidents import IncidentLog
+    from bot.settings import Settings
+
+    path = args.db or Settings.load().db_path
+    if not Path(path).exists():
+        raise UserError(f"no incident database at {path} (set MESHBOT_DB or pass --db)")
+    database = Database(path)
+    database.migrate()
+    log_ = IncidentLog(database)
+    now = datetime.now(timezone.utc)
+    if args.incidents_command == "list":
+        incidents = log_.list_all() if args.all else log_.list_open()
+        if not incidents:
+            print("no open incidents" if not args.all else "no incidents")
+        for incident in incidents:
+            print(f"#{incident.id:<5} {incident.status:<8} {incident.severity:<8} {incident.duration(now):>10}  "
+                  f"{incident.title}")
+        return EXIT_OK
+    if args.incidents_command == "export":
+        incident = log_.get(args.incident_id)
+        alerts = list(database.db.query("SELECT * FROM incident_alerts WHERE incident_id = ? ORDER BY starts_at",
+                                        [incident.id]))
+        events = log_.timeline(incident.id)
+        sys.stdout.write(to_json(incident, alerts, events) if args.format == "json"
+                         else to_markdown(incident, alerts, events, now))
+        return EXIT_OK
+    report = log_.verify()
+    if report.intact:
+        print(f"incident log intact: {report.events} events, hash chain verified")
+        return EXIT_OK
+    print(f"incident log TAMPERED: event {report.broken_at}: {report.reason} "
+          f"({report.events} events checked)", file=sys.stderr)
+    return 1
 
 
 def cmd_settings(args: argparse.Namespace) -> int:

@@ -65,7 +65,7 @@ class ClusterAccess:
         return EndpointResolver(
             http=lambda url: HttpEndpoint(url, timeout=timeout),
             istiod_urls=[self.settings.istiod_url] if self.settings.istiod_url else [],
-            port_forwarder=None if client.is_in_cluster else KubePortForwarder(client),
+            port_forwarder=KubePortForwarder(client),
             direct_pod_ips=client.is_in_cluster)
 
     def thresholds(self) -> Thresholds:

@@ -22,6 +22,8 @@ from commands.errors import MeshbotError
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[int, str, Migration]] = []
 """(version, description, function) in order; modules append with ``@migration``."""
+MIGRATION_MODULES = ("bot.incidents", "bot.outbox", "bot.approval_store", "bot.reminders")
+"""Modules that own tables; imported before migrating so every migration is known."""
 
 
 class DatabaseError(MeshbotError):
@@ -38,10 +40,20 @@ def migration(version: int, description: str) -> Callable[[Migration], Migration
     return register
 
 
+def _import_migration_modules() -> None:
+    import importlib
+
+    for module in MIGRATION_MODULES:
+        importlib.import_module(module)
+
+
 class Database:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._local = threading.local()
+        # Writers of this process queue here and are woken the moment the lock is free; left to SQLite's
+        # busy handler they would poll with sleeps of up to 100 ms (the webhook's p99 in the alert storm).
+        self._write_lock = threading.Lock()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
 
@@ -56,6 +68,9 @@ class Database:
                 raise DatabaseError(f"cannot open database {self.path}: {exc}") from None
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA busy_timeout=30000")
+            # With WAL, NORMAL syncs at checkpoints instead of every commit: a crash of meshbot loses
+            # nothing; only a power loss can roll back the last moments (SQLite docs, "WAL mode").
+            connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA foreign_keys=ON")
             db = self._local.db = sqlite_utils.Database(connection)
         return db
@@ -64,17 +79,20 @@ class Database:
     def transaction(self) -> Iterator[sqlite_utils.Database]:
         """``BEGIN IMMEDIATE``: take the write lock up front so read-then-write decisions cannot race."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def migrate(self, migrations: Sequence[tuple[int, str, Migration]] | None = None) -> int:
         """Run the migrations this database has not seen; returns the schema version."""
-        migrations = MIGRATIONS if migrations is None else migrations
+        if migrations is None:
+            _import_migration_modules()
+            migrations = MIGRATIONS
         with self.transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version "
                        "(version INTEGER PRIMARY KEY, description TEXT, applied_at TEXT)")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from bot.cluster import ClusterAccess
 from commands.checks import diagnose
+from commands.endpoints import PodRef
 from commands.errors import MeshbotError
 from commands.findings import Finding
 
@@ -30,7 +31,8 @@ class DiagnosisResult:
     """Set when the diagnosis could not run at all (bad kubeconfig, a bug): a sentence for humans."""
 
 
-Runner = Callable[[Sequence[str], str | None], list[Finding]]
+Runner = Callable[..., list[Finding]]
+"""(checks, namespace, pods=()) -> findings."""
 
 
 class Diagnostician:
@@ -38,14 +40,16 @@ class Diagnostician:
         self.cluster = cluster
         self._runner = runner or self._diagnose
         self._lock = threading.Lock()
-        self._running: dict[tuple[tuple[str, ...], str | None], Future[DiagnosisResult]] = {}
+        self._running: dict[tuple, Future[DiagnosisResult]] = {}
 
-    def _diagnose(self, checks: Sequence[str], namespace: str | None) -> list[Finding]:
+    def _diagnose(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = ()) -> list[Finding]:
+        endpoints = self.cluster.endpoints()
+        endpoints.focus_pods = tuple(pods)
         return diagnose(checks, self.cluster.source(), namespace=namespace, now=self.cluster.now(),
-                        thresholds=self.cluster.thresholds(), endpoints=self.cluster.endpoints())
+                        thresholds=self.cluster.thresholds(), endpoints=endpoints)
 
-    def run(self, checks: Sequence[str], namespace: str | None) -> DiagnosisResult:
-        key = (tuple(checks), namespace)
+    def run(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = ()) -> DiagnosisResult:
+        key = (tuple(checks), namespace, tuple(pods))
         with self._lock:
             running = self._running.get(key)
             owner = running is None
@@ -54,17 +58,17 @@ class Diagnostician:
         if not owner:
             return running.result()
         try:
-            result = self._run_once(checks, namespace)
+            result = self._run_once(checks, namespace, tuple(pods))
             running.set_result(result)
             return result
         finally:
             with self._lock:
                 self._running.pop(key, None)
 
-    def _run_once(self, checks: Sequence[str], namespace: str | None) -> DiagnosisResult:
+    def _run_once(self, checks: Sequence[str], namespace: str | None, pods: tuple[PodRef, ...]) -> DiagnosisResult:
         started = time.monotonic()
         try:
-            findings = self._runner(checks, namespace)
+            findings = self._runner(checks, namespace, pods) if pods else self._runner(checks, namespace)
         except MeshbotError as exc:
             return DiagnosisResult(seconds=time.monotonic() - started, error=str(exc))
         except Exception as exc:  # a bug: the user still gets an answer, the log gets the traceback

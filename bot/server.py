@@ -6,7 +6,7 @@ Routes:
   GET  /healthz        the process is alive
   GET  /readyz         the database is writable and Slack accepts the token
   GET  /metrics        Prometheus text format
-Further routes (``/alertmanager``) are registered by the features that own them.
+  POST /alertmanager   Alertmanager webhooks (bearer token), see bot.intake
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import socket
 import threading
 import time
 import urllib.parse
+from datetime import timedelta
+from zoneinfo import ZoneInfo
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,13 +31,24 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.errors import SlackApiError
 from waitress.server import create_server
 
+from bot import approval_blocks, approval_commands, incident_commands, reminder_commands  # noqa: F401  (/mesh handlers)
 from bot.app import Services, build_bolt_app
+from bot.approvals import ApprovalDesk, ApprovalPolicy
+from bot.reminders import ReminderService
+from bot.scheduler import CertificateScheduler
 from bot.cluster import ClusterAccess
 from bot.db import Database, DatabaseError
 from bot.diagnosis import Diagnostician
+from bot.incident_flow import IncidentFlow
+from bot.incidents import IncidentLog
+from bot.intake import alertmanager_route
 from bot.metrics import Metrics
+from bot.outbox import Outbox
+from bot.playbooks import DEFAULT_PLAYBOOKS_DIR, PlaybookError, PlaybookSet, load_playbooks
+from bot.server_routes import Route, json_answer
 from bot.settings import Settings, SettingsError
 from bot.slack_client import SlackClient, SlackError, build_web_client
+from commands.lease import LeaderElector
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +57,10 @@ READY_CACHE_SECONDS = 30.0
 MESSENGER_THREADS = 4
 
 StartResponse = Callable[..., Any]
-Route = Callable[[dict, bytes], tuple[int, dict[str, str], bytes]]
-"""(WSGI environ, request body) -> (status, headers, body)."""
 
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
-
-
-def json_answer(status: int, data: Any) -> tuple[int, dict[str, str], bytes]:
-    return status, {"Content-Type": "application/json"}, json.dumps(data).encode()
 
 
 def request_kind(body: bytes, content_type: str) -> str:
@@ -183,9 +190,14 @@ class Meshbot:
     web: WebApp
     executor: ThreadPoolExecutor
     """The messenger pool: command handlers that only talk to Slack."""
+    outbox: Any = None
+    incident_flow: Any = None
+    approvals: Any = None
+    scheduler: Any = None
     server: Any = None
     socket_mode: Any = None
     _thread: threading.Thread | None = None
+    _stopped: bool = False
 
     @property
     def url(self) -> str:
@@ -196,12 +208,25 @@ class Meshbot:
         self.server = create_server(self.web, host=self.settings.host, port=self.settings.port,
                                     threads=self.settings.http_threads, max_request_body_size=MAX_BODY_BYTES,
                                     ident="meshbot", clear_untrusted_proxy_headers=True)
-        self._thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._thread.start()
+        self.outbox.start()
+        self.incident_flow.start()
+        if self.approvals:
+            self.approvals.start()
+        if self.scheduler:
+            self.scheduler.start()
         if self.settings.slack_app_token:
             self._start_socket_mode()
         log.info("meshbot listening on %s", self.url)
         return self
+
+    def _serve(self) -> None:
+        try:
+            self.server.run()
+        except (OSError, ValueError):
+            if not self._stopped:  # closing the listening socket under asyncore ends run() with EBADF
+                raise
 
     def _start_socket_mode(self) -> None:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
@@ -232,15 +257,25 @@ class Meshbot:
             self._thread.join(0.5)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking requests, let running work finish (bounded), close the database."""
+        """Stop taking requests, let running work finish (bounded), close the database. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.socket_mode is not None:
             self._stop_socket_mode()
         if self.server is not None:
             self.server.close()
             # close() stops accepting; the request threads end only when the dispatcher is shut down.
             self.server.task_dispatcher.shutdown(cancel_pending=False, timeout=timeout)
+        self.incident_flow.stop(timeout)
+        if self.approvals:
+            self.approvals.stop()
+        if self.scheduler:
+            self.scheduler.stop()
         self.executor.shutdown(wait=True, cancel_futures=False)
         self.services.workers.shutdown(wait=True, cancel_futures=False)
+        # Whatever is still queued stays in the database and is delivered after the next start.
+        self.outbox.stop(timeout)
         if self._thread:
             self._thread.join(timeout)
         self.database.close()
@@ -251,6 +286,9 @@ def build(settings: Settings) -> Meshbot:
     settings.require("slack_bot_token")
     if not settings.slack_app_token:
         settings.require("slack_signing_secret")
+    if settings.alertmanager_token:
+        settings.require("channel")
+    playbooks = _load_playbooks(settings)
     metrics = Metrics()
     web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url)
     slack = SlackClient(web_client, on_error=metrics.slack_error)
@@ -261,7 +299,51 @@ def build(settings: Settings) -> Meshbot:
     services = Services(settings=settings, slack=slack, diagnostician=Diagnostician(cluster), metrics=metrics,
                         workers=workers)
     executor = ThreadPoolExecutor(max_workers=MESSENGER_THREADS, thread_name_prefix="messenger")
+    incidents = IncidentLog(database)
+    # The outbox does its own backoff per channel, so its client must not sleep on retries itself.
+    outbox_slack = SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url, max_retries=0),
+                               on_error=metrics.slack_error)
+    outbox = Outbox(database, outbox_slack, incidents, metrics)
+    flow = IncidentFlow(database=database, incidents=incidents, outbox=outbox, playbooks=playbooks,
+                        diagnostician=services.diagnostician, workers=workers, channel=settings.channel,
+                        metrics=metrics)
+    services.incident_flow = flow
+    approvals = None
+    if not settings.scenario:
+        approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack,
+                                 policy=approval_policy(settings), kube=cluster.client, workers=workers)
+        services.approvals = approvals
+        flow.render_suggestions = lambda incident, suggestions: approval_blocks.suggestion_buttons(incident.id,
+                                                                                                   suggestions)
+    scheduler = None
+    if settings.reminders and settings.channel:
+        services.reminders = ReminderService(
+            database=database, cluster=cluster, channel=settings.channel, outbox=outbox, incidents=incidents,
+            open_incident=flow.open_incident, days=settings.reminder_days, timezone=ZoneInfo(settings.timezone))
+        elector = None
+        if settings.leader_election:
+            elector = LeaderElector(cluster.client(), settings.lease_namespace,
+                                    settings.pod_name or socket.gethostname())
+        hour, minute = (int(part) for part in settings.reminder_time.split(":"))
+        scheduler = CertificateScheduler(services.reminders, database.path, ZoneInfo(settings.timezone),
+                                         (hour, minute), elector)
     bolt = build_bolt_app(services, web_client, executor)
     web = WebApp(bolt, metrics, Readiness(database, slack),
                  slack_events_over_http=bool(settings.slack_signing_secret))
-    return Meshbot(settings=settings, services=services, database=database, web=web, executor=executor)
+    web.add_route("POST", "/alertmanager", alertmanager_route(flow, settings.alertmanager_token, metrics))
+    return Meshbot(settings=settings, services=services, database=database, web=web, executor=executor,
+                   outbox=outbox, incident_flow=flow, approvals=approvals, scheduler=scheduler)
+
+
+def approval_policy(settings: Settings) -> ApprovalPolicy:
+    if not settings.approvers:
+        log.warning("MESHBOT_APPROVERS is empty: nobody can approve remediation actions")
+    return ApprovalPolicy(approvers=settings.approvers, required=settings.required_approvals,
+                          ttl=timedelta(minutes=settings.approval_ttl_minutes))
+
+
+def _load_playbooks(settings: Settings) -> PlaybookSet:
+    try:
+        return load_playbooks(settings.playbooks_dir or DEFAULT_PLAYBOOKS_DIR)
+    except PlaybookError as exc:
+        raise SettingsError(f"invalid playbook: {exc}") from None

@@ -185,6 +185,8 @@ class Settings:
                                        doc="Approvals (from people other than the requester) an action needs.")
     approval_ttl_minutes: int = _setting("MESHBOT_APPROVAL_TTL_MINUTES", _positive_int, default=30,
                                          doc="Minutes before a pending approval request expires.")
+    reminders: bool = _setting("MESHBOT_REMINDERS", _bool, default=True,
+                               doc="Scan certificates daily and post expiry reminders in MESHBOT_CHANNEL.")
     timezone: str = _setting("MESHBOT_TIMEZONE", _timezone, default="UTC",
                              doc="Time zone of the reminder schedule.")
     reminder_time: str = _setting("MESHBOT_REMINDER_TIME", _cron_time, default="09:00",

@@ -30,10 +30,12 @@ DEFAULT_TIMEOUT = 15
 class SlackError(MeshbotError):
     """A Slack Web API call failed after retries; ``error`` is Slack's code (``not_in_channel``)."""
 
-    def __init__(self, method: str, error: str, *, transient: bool = False):
+    def __init__(self, method: str, error: str, *, transient: bool = False, retry_after: float | None = None):
         self.method = method
         self.error = error
         self.transient = transient
+        self.retry_after = retry_after
+        """Seconds Slack asked us to wait (429 Retry-After)."""
         super().__init__(f"Slack {method} failed: {error}")
 
 
@@ -75,14 +77,25 @@ class SlackClient:
             else:
                 response = self.web.api_call(method, data=_drop_none(kwargs))
         except SlackApiError as exc:
-            error = str(exc.response.get("error") or f"HTTP {exc.response.status_code}")
-            transient = exc.response.status_code == 429 or exc.response.status_code >= 500
-            self._on_error(method, error)
-            raise SlackError(method, error, transient=transient) from None
+            raise self._mapped(method, exc) from None
         except (SlackClientError, OSError) as exc:
             self._on_error(method, "connection_error")
             raise SlackError(method, f"connection error ({type(exc).__name__})", transient=True) from None
         return dict(response.data) if isinstance(response.data, dict) else {}
+
+    def _mapped(self, method: str, exc: SlackApiError) -> SlackError:
+        status = exc.response.status_code
+        error = str(exc.response.get("error") or f"HTTP {status}")
+        retry_after = None
+        if status == 429:
+            headers = {str(k).lower(): v for k, v in (exc.response.headers or {}).items()}
+            value = headers.get("retry-after", "1")
+            try:
+                retry_after = float(value[0] if isinstance(value, list) else value)
+            except (TypeError, ValueError):
+                retry_after = 1.0
+        self._on_error(method, error)
+        return SlackError(method, error, transient=status == 429 or status >= 500, retry_after=retry_after)
 
     def auth_test(self) -> dict[str, Any]:
         return self._call("auth.test")
@@ -108,9 +121,7 @@ class SlackClient:
             answer = self.web.files_upload_v2(channel=channel, thread_ts=thread_ts, filename=filename, title=title,
                                               content=content, initial_comment=comment, snippet_type="text")
         except SlackApiError as exc:
-            error = str(exc.response.get("error") or f"HTTP {exc.response.status_code}")
-            self._on_error("files.upload", error)
-            raise SlackError("files.upload", error, transient=exc.response.status_code >= 429) from None
+            raise self._mapped("files.upload", exc) from None
         except (SlackClientError, OSError) as exc:
             self._on_error("files.upload", "connection_error")
             raise SlackError("files.upload", f"connection error ({type(exc).__name__})", transient=True) from None

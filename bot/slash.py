@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from commands.actions.targets import USAGE, ActionName, ActionUsageError, parse_action
 from commands.errors import UserError
 from commands.validation import is_dns1123_label, is_dns1123_subdomain
 
@@ -115,3 +116,105 @@ for _label, _checks, _summary in [
     ("diagnose", ("all",), "all of the above"),
 ]:
     subcommand(_label, usage=f"{_label} [NAMESPACE]", summary=_summary)(_diagnose_parser(_label, _checks))
+
+
+@dataclass(frozen=True)
+class IncidentRequest:
+    op: str
+    """list, show, note or resolve."""
+    incident_id: int | None = None
+    text: str = ""
+
+
+INCIDENT_USAGE = "incident list | incident show ID | incident note ID TEXT | incident resolve ID"
+MAX_NOTE_LENGTH = 2000
+
+
+def _incident_id(value: str) -> int:
+    number = value.lstrip("#")
+    if not number.isdigit() or len(number) > 12:
+        raise UsageError(f"`{value[:20]}` is not an incident number. Usage: `/mesh {INCIDENT_USAGE}`")
+    return int(number)
+
+
+@subcommand("incident", usage=INCIDENT_USAGE, summary="open incidents, a timeline, add a note, resolve")
+def _incident(words: list[str], rest: str) -> IncidentRequest:
+    if not words:
+        raise UsageError(f"which incident command? Usage: `/mesh {INCIDENT_USAGE}`")
+    op = words[0].lower()
+    if op == "list":
+        expect_at_most(words, 1, "incident list")
+        return IncidentRequest("list")
+    if op in ("show", "resolve"):
+        if len(words) != 2:
+            raise UsageError(f"usage: `/mesh incident {op} ID`")
+        return IncidentRequest(op, _incident_id(words[1]))
+    if op == "note":
+        if len(words) < 3:
+            raise UsageError("usage: `/mesh incident note ID TEXT`")
+        incident_id = _incident_id(words[1])
+        text = rest.split(None, 2)[2].strip()
+        if len(text) > MAX_NOTE_LENGTH:
+            raise UsageError(f"a note can be at most {MAX_NOTE_LENGTH} characters")
+        return IncidentRequest("note", incident_id, text)
+    raise UsageError(f"unknown incident command `{op[:20]}`. Usage: `/mesh {INCIDENT_USAGE}`")
+
+
+# -- /mesh permissive-mtls | bypass | restart -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    words: tuple[str, ...]
+    """The action as typed (``restart istiod -n istio-system``), already validated by ``parse_action``."""
+    incident_id: int | None = None
+    reason: str = ""
+
+
+MAX_REASON_LENGTH = 500
+ACTION_OPTIONS = "[--incident ID] [--reason TEXT]"
+
+
+def _action_parser(name: str) -> Parser:
+    def parse_request(words: list[str], rest: str) -> ActionRequest:
+        words = [name, *words]
+        incident_id: int | None = None
+        reason = ""
+        if "--reason" in words:
+            at = words.index("--reason")
+            reason = " ".join(words[at + 1:]).strip()
+            words = words[:at]
+            if not reason:
+                raise UsageError("`--reason` needs some text: why is this action needed?")
+            if len(reason) > MAX_REASON_LENGTH:
+                raise UsageError(f"a reason can be at most {MAX_REASON_LENGTH} characters")
+        for flag in [w for w in words if w == "--incident" or w.startswith("--incident=")]:
+            at = words.index(flag)
+            value = flag.split("=", 1)[1] if "=" in flag else (words[at + 1] if at + 1 < len(words) else "")
+            incident_id = _incident_id(value)
+            del words[at:at + (1 if "=" in flag else 2)]
+        try:
+            parse_action(words)
+        except ActionUsageError as exc:
+            raise UsageError(f"{exc} {ACTION_OPTIONS}") from None
+        return ActionRequest(tuple(words), incident_id, reason)
+    return parse_request
+
+
+for _name in ActionName:
+    subcommand(_name.value, usage=f"{USAGE[_name]} {ACTION_OPTIONS}",
+               summary={"permissive-mtls": "ask to accept plain-text traffic (needs approvals)",
+                        "bypass": "ask to take a workload or namespace out of the mesh (needs approvals)",
+                        "restart": "ask for a rollout restart of istiod or a Deployment (needs approvals)",
+                        }[_name.value])(_action_parser(_name.value))
+
+
+@dataclass(frozen=True)
+class RemindersRequest:
+    pass
+
+
+@subcommand("reminders", usage="reminders", summary="certificates by expiry, soonest first")
+def _reminders(words: list[str], rest: str) -> RemindersRequest:
+    expect_at_most(words, 0, "reminders")
+    return RemindersRequest()

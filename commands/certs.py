@@ -60,6 +60,7 @@ class CertRole(StrEnum):
     MESH_ROOT = "mesh root CA"
     MESH_CA = "mesh CA certificate"
     GATEWAY = "gateway TLS certificate"
+    TLS = "TLS certificate"
     WORKLOAD = "workload certificate"
 
 
@@ -140,14 +141,31 @@ class CertificateInventory:
        summary="mesh root CA, istio-ca-root-cert in every namespace, gateway TLS secrets, workload certificates")
 def certs(ctx: CheckContext) -> list[Finding]:
     inventory = CertificateInventory()
-    findings: list[Finding] = []
-    root = find_mesh_root(ctx.snapshot, inventory, findings)
-    findings.extend(_root_configmaps(ctx, root, inventory))
-    findings.extend(_gateway_credentials(ctx, inventory))
+    findings = _add_long_lived(ctx, inventory)
     findings.extend(_workload_certificates(ctx, inventory))
     expiry = [f for entry in inventory.entries() if _in_scope(entry, ctx) for f in _expiry_findings(entry, ctx)]
     findings.extend(expiry)
     findings.extend(_istiod_ca_expiry(ctx, {entry.cert.not_after for entry in inventory.entries()}))
+    return findings
+
+
+def certificate_inventory(ctx: CheckContext) -> tuple[list[InventoryEntry], list[Finding]]:
+    """The long-lived certificates a mesh depends on (roots, CA, gateway and other watched TLS secrets),
+    each once with its dependents; workload certificates (hours-long, rotated by istiod) are left out.
+    The findings say what could not be read."""
+    inventory = CertificateInventory()
+    problems = _add_long_lived(ctx, inventory)
+    return [e for e in inventory.entries() if _in_scope(e, ctx)], problems
+
+
+def _add_long_lived(ctx: CheckContext, inventory: CertificateInventory) -> list[Finding]:
+    """Mesh root and CA, root ConfigMaps, gateway and other TLS secrets into ``inventory``; returns the
+    findings about them (unreadable data, roots that differ, missing gateway credentials)."""
+    findings: list[Finding] = []
+    root = find_mesh_root(ctx.snapshot, inventory, findings)
+    findings.extend(_root_configmaps(ctx, root, inventory))
+    findings.extend(_gateway_credentials(ctx, inventory))
+    _other_tls_secrets(ctx, inventory)
     return findings
 
 
@@ -409,6 +427,19 @@ def _gateway_remediation(secret: Resource) -> Remediation:
         "cert-manager can renew it automatically",
         command=f"kubectl -n {ns} create secret tls {name} --cert=tls.crt --key=tls.key "
                 "--dry-run=client -o yaml | kubectl apply -f -")
+
+
+def _other_tls_secrets(ctx: CheckContext, inventory: CertificateInventory) -> None:
+    """Secrets the snapshot holds that no Gateway references (MESHBOT_EXTRA_SECRETS): watched for expiry too."""
+    for secret in ctx.snapshot.of_kind("Secret"):
+        if secret.name in (PLUGGED_IN_SECRET, SELF_SIGNED_SECRET) and secret.namespace == ctx.snapshot.istio_namespace:
+            continue
+        served, reason = _gateway_certificates(secret.origin, secret)
+        if reason:
+            continue  # not a TLS Secret (a gateway's unreadable credential is reported as MB3012)
+        for cert in served:
+            inventory.add(cert, role=CertRole.TLS, origin=secret.origin, reference=secret.source,
+                          remediation=_gateway_remediation(secret), namespace=secret.namespace)
 
 
 # -- workload certificates from Envoy ------------------------------------------------

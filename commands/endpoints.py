@@ -106,8 +106,11 @@ class EndpointResolver:
     istiod_urls: list[str] = field(default_factory=list)
     port_forwarder: PortForwarder | None = None
     direct_pod_ips: bool = False
-    """In-cluster: reach pods on their IP instead of port-forwarding."""
+    """In-cluster: reach istiod on its pod IP instead of port-forwarding.  Never Envoy admin: Istio binds it
+    to 127.0.0.1 inside the pod, so only a port-forward (through the API server) reaches it."""
     max_envoy_targets: int = 10
+    focus_pods: tuple[PodRef, ...] = ()
+    """When set (an alert names its pod), Envoy checks look at exactly these pods."""
 
     def _open_url(self, url: str) -> Endpoint:
         if url.startswith(("http://", "https://")):
@@ -115,10 +118,10 @@ class EndpointResolver:
         return CaptureEndpoint(url.removeprefix("file://"))
 
     @contextlib.contextmanager
-    def _open_pod(self, pod: Resource | PodRef, port: int) -> Iterator[Endpoint]:
+    def _open_pod(self, pod: Resource | PodRef, port: int, *, pod_ip_reachable: bool) -> Iterator[Endpoint]:
         ref = pod if isinstance(pod, PodRef) else PodRef.of(pod)
         ip = pod.status.get("podIP") if isinstance(pod, Resource) else None
-        if self.direct_pod_ips and ip:
+        if self.direct_pod_ips and pod_ip_reachable and ip:
             yield self.http(f"http://{ip}:{port}")
             return
         if self.port_forwarder is None:
@@ -130,9 +133,11 @@ class EndpointResolver:
 
     def envoy_targets(self, snapshot: Snapshot, namespace: str | None) -> list[PodRef]:
         """Explicit ``--envoy-admin`` pods, else up to ``max_envoy_targets`` sidecars, troubled ones first."""
+        if self.focus_pods:
+            return [p for p in self.focus_pods if namespace is None or p.namespace == namespace]
         if self.envoy_admin_urls:
             return sorted(p for p in self.envoy_admin_urls if namespace is None or p.namespace == namespace)
-        if self.port_forwarder is None and not self.direct_pod_ips:
+        if self.port_forwarder is None:
             return []
         from commands.pods import has_sidecar, sidecar_trouble_score
 
@@ -148,7 +153,7 @@ class EndpointResolver:
             yield self._open_url(url)
             return
         pod = snapshot.get("Pod", target.namespace, target.name) if snapshot else None
-        with self._open_pod(pod or target, ENVOY_ADMIN_PORT) as endpoint:
+        with self._open_pod(pod or target, ENVOY_ADMIN_PORT, pod_ip_reachable=False) as endpoint:
             yield endpoint
 
     # -- istiod -----------------------------------------------------------------
@@ -167,5 +172,5 @@ class EndpointResolver:
         if isinstance(target, str):
             yield self._open_url(target)
             return
-        with self._open_pod(target, ISTIOD_MONITORING_PORT) as endpoint:
+        with self._open_pod(target, ISTIOD_MONITORING_PORT, pod_ip_reachable=True) as endpoint:
             yield endpoint

@@ -49,6 +49,7 @@ _ALL = [
     KindInfo("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"),
     KindInfo("RequestAuthentication", "security.istio.io", "v1", "requestauthentications"),
     KindInfo("Telemetry", "telemetry.istio.io", "v1", "telemetries"),
+    KindInfo("Lease", "coordination.k8s.io", "v1", "leases"),
 ]
 
 KINDS: dict[str, KindInfo] = {k.kind: k for k in _ALL}

@@ -23,6 +23,13 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 
+# checkov scans deploy/kubernetes; its large dependency tree lives in a venv of its own so it cannot
+# pin the project's packages.  tests/test_deploy.py finds it there (or at $CHECKOV).
+if [ ! -x .venv-checkov/bin/checkov ]; then
+  python3 -m venv .venv-checkov
+  .venv-checkov/bin/pip install --quiet --disable-pip-version-check 'checkov>=3.2'
+fi
+
 # Layers: commands/ never imports bot/, Slack, SQLite or the scheduler.
 .venv/bin/lint-imports --no-cache
 .venv/bin/ruff check --quiet commands bot tests bench examples

@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.support.istiod",
     "tests.support.slack",
     "tests.support.bot",
+    "tests.support.alertmanager",
 ]

@@ -138,3 +138,20 @@ def test_diagnose_on_a_cluster_that_forbids_pods_names_the_permission(kube, tmp_
     assert "cannot list pods cluster-wide: forbidden (needs RBAC list on pods)" in result.stdout
     assert "Traceback" not in result.stderr
     assert "test-token-not-a-secret" not in result.stdout + result.stderr
+
+
+def test_plan_shows_the_diff_and_dry_run_of_an_action_and_changes_nothing(kube, tmp_path):
+    from tests.support.kube import write_kubeconfig
+
+    kube.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "payments"}})
+    config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
+    result = meshbot("plan", "--kubeconfig", config, "--context", "kmock", "permissive-mtls", "payments")
+    assert result.returncode == 0, result.stderr
+    assert "+    mode: PERMISSIVE" in result.stdout
+    assert "server-side dry run: passed" in result.stdout
+    assert kube.object("PeerAuthentication", "payments", "meshbot-emergency-permissive") is None
+
+
+def test_plan_of_a_malformed_action_is_a_usage_error():
+    result = meshbot("plan", "restart", "a", "b", "c")
+    assert result.returncode == 2 and "usage" in result.stderr

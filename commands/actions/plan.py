@@ -1,0 +1,175 @@
+"""What a remediation will change, as data: object-level changes, their inverse, a diff and a hash.
+
+A plan is computed from the cluster once, when someone asks for an action, and
+stored; approvers approve exactly that plan (bound to its hash), and the
+rollback is derived from it, never re-computed from a cluster that has moved on.
+Every change records the state it expects to find ("before") and the state it
+leaves ("after"), which makes applying idempotent and drift detectable.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import yaml
+
+Path = tuple[str, ...]
+SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink")
+
+
+class Op(StrEnum):
+    CREATE = "create"
+    PATCH = "patch"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One write to one object.
+
+    CREATE carries the whole ``body``; DELETE carries the ``body`` it removes (so it can be restored);
+    PATCH carries ``after`` values at paths and the ``before`` values it expects there (None: absent).
+    """
+
+    op: Op
+    kind: str
+    namespace: str | None
+    name: str
+    body: Mapping[str, Any] | None = None
+    before: tuple[tuple[Path, Any], ...] = ()
+    after: tuple[tuple[Path, Any], ...] = ()
+
+    @property
+    def origin(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+    def merge_patch(self) -> dict[str, Any]:
+        """The JSON merge patch that sets ``after`` (None removes a key)."""
+        patch: dict[str, Any] = {}
+        for path, value in self.after:
+            node = patch
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+        return patch
+
+    def inverse(self) -> Change:
+        if self.op == Op.CREATE:
+            return Change(Op.DELETE, self.kind, self.namespace, self.name, body=self.body)
+        if self.op == Op.DELETE:
+            return Change(Op.CREATE, self.kind, self.namespace, self.name, body=self.body)
+        return Change(Op.PATCH, self.kind, self.namespace, self.name, before=self.after, after=self.before)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": str(self.op), "kind": self.kind, "namespace": self.namespace, "name": self.name,
+                "body": self.body, "before": [[list(p), v] for p, v in self.before],
+                "after": [[list(p), v] for p, v in self.after]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Change:
+        return cls(Op(data["op"]), data["kind"], data.get("namespace"), data["name"], body=data.get("body"),
+                   before=tuple((tuple(p), v) for p, v in data.get("before") or ()),
+                   after=tuple((tuple(p), v) for p, v in data.get("after") or ()))
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: str
+    """The action as a person would type it: ``permissive-mtls payments``."""
+    summary: str
+    changes: tuple[Change, ...]
+    notes: tuple[str, ...] = ()
+    """What a reviewer must know: objects that keep overriding the change, skipped workloads."""
+    reversible: bool = True
+    rollback_of: str | None = None
+    """For a rollback plan: the hash of the plan it undoes."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "summary": self.summary, "changes": [c.to_dict() for c in self.changes],
+                "notes": list(self.notes), "reversible": self.reversible, "rollback_of": self.rollback_of,
+                "extra": dict(self.extra)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        return cls(data["action"], data["summary"], tuple(Change.from_dict(c) for c in data["changes"]),
+                   tuple(data.get("notes") or ()), bool(data.get("reversible", True)), data.get("rollback_of"),
+                   dict(data.get("extra") or {}))
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def rollback_plan(plan: Plan, applied: int | None = None) -> Plan:
+    """The plan that undoes the first ``applied`` changes of ``plan`` (all by default), newest first."""
+    done = plan.changes if applied is None else plan.changes[:applied]
+    return Plan(action=f"rollback of {plan.action}", summary=f"Undo: {plan.summary}",
+                changes=tuple(c.inverse() for c in reversed(done)), reversible=False, rollback_of=plan.hash)
+
+
+# -- reading values out of objects -------------------------------------------------------------
+
+
+def value_at(obj: Mapping[str, Any] | None, path: Path) -> Any:
+    node: Any = obj
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def clean_body(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """An object as it can be created again: no status, no server-managed metadata."""
+    body = copy.deepcopy(dict(obj))
+    body.pop("status", None)
+    metadata = body.get("metadata") or {}
+    for key in SERVER_FIELDS:
+        metadata.pop(key, None)
+    annotations = metadata.get("annotations") or {}
+    annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    if not annotations:
+        metadata.pop("annotations", None)
+    return body
+
+
+# -- showing a plan ----------------------------------------------------------------------------
+
+
+def _yaml(obj: Any) -> list[str]:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False).splitlines() if obj is not None else []
+
+
+def change_diff(change: Change) -> str:
+    """A unified diff of what the change does, as a reviewer reads it."""
+    if change.op == Op.CREATE:
+        before, after = [], _yaml(change.body)
+    elif change.op == Op.DELETE:
+        before, after = _yaml(change.body), []
+    else:
+        before = [f"{'.'.join(path)}: {json.dumps(value) if value is not None else '(absent)'}"
+                  for path, value in change.before]
+        after = [f"{'.'.join(path)}: {json.dumps(value) if value is not None else '(absent)'}"
+                 for path, value in change.after]
+    lines = difflib.unified_diff(before, after, fromfile=f"{change.origin} (now)",
+                                 tofile=f"{change.origin} ({change.op})", lineterm="", n=2)
+    return "\n".join(lines)
+
+
+def plan_diff(plan: Plan) -> str:
+    return "\n".join(change_diff(c) for c in plan.changes)
+
+
+def describe_changes(changes: Sequence[Change]) -> list[str]:
+    return [f"{c.op} {c.origin}" for c in changes]

@@ -1,0 +1,384 @@
+"""Two-person approval end to end: signed /mesh commands and block_actions over HTTP, kmock's API server,
+the fake Slack Web API, and the incident log."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+
+from bot.approval_rule import RequestState
+from bot.incidents import IncidentLog
+from commands.actions.planners import EMERGENCY_POLICY
+from tests.support.kube import FakeKube, write_kubeconfig
+from tests.support.slack import FakeSlack, block_action_body, post_signed, slash_command_body
+from tests.test_actions import deployment, namespace, peer_authentication
+
+APPROVERS = ("UBOB", "UCAROL", "S0SRE")
+_answer_names = itertools.count(1)
+
+
+@pytest.fixture
+def cluster(kube: FakeKube) -> FakeKube:
+    kube.add(namespace("payments"), namespace("istio-system"), deployment("istiod", "istio-system"),
+             deployment("reviews", "payments"), deployment("api", "payments"))
+    return kube
+
+
+@pytest.fixture
+def action_bot(bot_factory, cluster, fake_slack, tmp_path):
+    def start(**overrides):
+        config = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
+        settings = dict(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
+                        approvers=APPROVERS, required_approvals=2, channel="CINCIDENT")
+        settings.update(overrides)
+        return bot_factory(**settings)
+    fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
+    return start
+
+
+def ask(meshbot, fake_slack: FakeSlack, text: str, user: str = "UALICE") -> tuple[int, str]:
+    """Type ``/mesh text``; returns (request id, name of the asker's private answers)."""
+    name = f"ask{next(_answer_names)}"
+    body = slash_command_body(text, user_id=user, response_url=fake_slack.response_url(name))
+    assert post_signed(f"{meshbot.url}/slack/events", body).status_code == 200
+    answer = fake_slack.wait_for(lambda: fake_slack.answers_to(name), what=f"the answer to /mesh {text}")[0]
+    assert "Request #" in answer, answer
+    request_id = int(answer.split("Request #", 1)[1].split()[0])
+    request_message(fake_slack, request_id)
+    return request_id, name
+
+
+def request_message(fake_slack: FakeSlack, request_id: int) -> dict:
+    def posted():
+        return [m for m in fake_slack.messages() if f"request #{request_id}:" in m.get("text", "")]
+    return fake_slack.wait_for(posted, what=f"request #{request_id} in the thread")[0]
+
+
+def updates_of(fake_slack: FakeSlack, message: dict) -> list[str]:
+    return [c.args["text"] for c in fake_slack.of("chat.update")
+            if c.args.get("_ok") and c.args.get("ts") == message["_ts"]]
+
+
+def press(meshbot, fake_slack: FakeSlack, action_id: str, value: str, user: str) -> str:
+    """Press a button as ``user``; returns what meshbot told them privately."""
+    name = f"click{next(_answer_names)}"
+    body = block_action_body(action_id, value, user_id=user, response_url=fake_slack.response_url(name))
+    assert post_signed(f"{meshbot.url}/slack/events", body).status_code == 200
+    return fake_slack.wait_for(lambda: fake_slack.answers_to(name), what=f"the answer to {user}'s click")[0]
+
+
+def approve(meshbot, fake_slack: FakeSlack, request_id: int, *users: str) -> list[str]:
+    return [press(meshbot, fake_slack, "approval_approve", str(request_id), user) for user in users]
+
+
+def ask_rollback(meshbot, fake_slack: FakeSlack, request_id: int, user: str) -> int:
+    """Press Rollback on a finished request; returns the new (rollback) request's number."""
+    answer = press(meshbot, fake_slack, "approval_rollback", str(request_id), user)
+    return int(answer.split("#", 1)[1].split()[0])
+
+
+def request_state(meshbot, request_id: int) -> RequestState:
+    return meshbot.approvals.get(request_id).state
+
+
+def wait_finished(meshbot, fake_slack: FakeSlack, request_id: int):
+    return fake_slack.wait_for(
+        lambda: (r := meshbot.approvals.get(request_id)).state in (RequestState.SUCCEEDED, RequestState.FAILED)
+        and r, timeout=15, what=f"request #{request_id} to finish")
+
+
+def events(meshbot, incident_id: int) -> list:
+    return IncidentLog(meshbot.database).timeline(incident_id)
+
+
+def created_peer_authentications(kube: FakeKube) -> int:
+    return len([r for r in kube.requests("POST") if "peerauthentications" in r.url.path
+                and r.params.get("dryRun") != "All"])
+
+
+# -- the whole flow --------------------------------------------------------------------------
+
+
+def test_permissive_mtls_runs_after_two_other_people_approve_and_the_thread_and_log_show_who_did_what(
+        action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments --reason 503s after root rotation")
+    message = request_message(fake_slack, request_id)
+    assert "Waiting for approval* \u2014 0/2" in str(message["blocks"])
+    assert "Server-side dry run: passed" in str(message["blocks"])
+    assert cluster.object("PeerAuthentication", "payments", EMERGENCY_POLICY) is None, "nothing changes yet"
+
+    assert "your approval does not count" in press(meshbot, fake_slack, "approval_approve", str(request_id), "UALICE")
+    assert "Approval recorded" in press(meshbot, fake_slack, "approval_approve", str(request_id), "UBOB")
+    assert cluster.object("PeerAuthentication", "payments", EMERGENCY_POLICY) is None
+    assert "running now" in press(meshbot, fake_slack, "approval_approve", str(request_id), "UCAROL")
+
+    done = wait_finished(meshbot, fake_slack, request_id)
+    assert done.state == RequestState.SUCCEEDED and done.verification["ok"]
+    assert cluster.object("PeerAuthentication", "payments", EMERGENCY_POLICY)["spec"]["mtls"]["mode"] == "PERMISSIVE"
+    fake_slack.wait_for(lambda: any("succeeded" in t for t in updates_of(fake_slack, message)), what="done update")
+    steps = updates_of(fake_slack, message)
+    assert [s.rsplit("\u2014 ", 1)[1] for s in steps] == ["pending", "executing", "succeeded"]
+    assert press(meshbot, fake_slack, "approval_approve", str(request_id), "UDAVE").endswith(
+        "this action was already executed.")
+
+    timeline = events(meshbot, done.incident_id)
+    kinds = [e.kind for e in timeline]
+    for kind in ("approval_requested", "approval_click", "approval_state", "action_executed", "action_verified"):
+        assert kind in kinds
+    clicks = [(e.actor, e.data["accepted"]) for e in timeline if e.kind == "approval_click"]
+    assert clicks == [("UALICE", False), ("UBOB", True), ("UCAROL", True), ("UDAVE", False)]
+    executed = next(e for e in timeline if e.kind == "action_executed")
+    assert executed.data["approved_by"] == ["UBOB", "UCAROL"] and executed.data["plan_hash"] == done.plan_hash
+    assert IncidentLog(meshbot.database).verify().intact
+
+
+def test_rollback_is_a_new_request_under_the_same_rule_and_restores_the_cluster(action_bot, cluster, fake_slack):
+    cluster.add(peer_authentication("default", "payments", "STRICT"))
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    press(meshbot, fake_slack, "approval_approve", str(request_id), "UBOB")
+    press(meshbot, fake_slack, "approval_approve", str(request_id), "UDAVE")  # a member of the approver group
+    wait_finished(meshbot, fake_slack, request_id)
+    assert cluster.object("PeerAuthentication", "payments", "default")["spec"]["mtls"]["mode"] == "PERMISSIVE"
+
+    answer = press(meshbot, fake_slack, "approval_rollback", str(request_id), "UBOB")
+    rollback_id = int(answer.split("Rollback request #", 1)[1].split()[0])
+    assert "already requested" in press(meshbot, fake_slack, "approval_rollback", str(request_id), "UCAROL")
+    assert "your approval does not count" in press(meshbot, fake_slack, "approval_approve", str(rollback_id),
+                                                   "UBOB")
+    approve(meshbot, fake_slack, rollback_id, "UCAROL", "UDAVE")
+    assert wait_finished(meshbot, fake_slack, rollback_id).state == RequestState.SUCCEEDED
+    assert cluster.object("PeerAuthentication", "payments", EMERGENCY_POLICY) is None
+    assert cluster.object("PeerAuthentication", "payments", "default")["spec"]["mtls"]["mode"] == "STRICT"
+    assert meshbot.approvals.get(request_id).rolled_back_by == rollback_id
+
+
+@pytest.mark.parametrize("text, check", [
+    ("bypass reviews -n payments",
+     lambda kube: kube.object("Deployment", "payments", "reviews")["spec"]["template"]["metadata"]["labels"]
+     .get("sidecar.istio.io/inject")),
+    ("bypass namespace payments",
+     lambda kube: kube.object("Namespace", None, "payments")["metadata"]["labels"].get("istio-injection")),
+])
+def test_bypass_approve_execute_verify_rollback(action_bot, cluster, fake_slack, text, check):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, text)
+    before = check(cluster)
+    approve(meshbot, fake_slack, request_id, "UBOB", "UCAROL")
+    assert wait_finished(meshbot, fake_slack, request_id).verification["ok"]
+    assert check(cluster) in ("false", "disabled")
+
+    rollback_id = ask_rollback(meshbot, fake_slack, request_id, "UCAROL")
+    approve(meshbot, fake_slack, rollback_id, "UBOB", "UDAVE")
+    assert wait_finished(meshbot, fake_slack, rollback_id).state == RequestState.SUCCEEDED
+    assert check(cluster) == before
+
+
+def test_restart_istiod_is_stamped_like_kubectl_and_offers_no_rollback(action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "restart istiod")
+    approve(meshbot, fake_slack, request_id, "UBOB", "UCAROL")
+    done = wait_finished(meshbot, fake_slack, request_id)
+    annotations = cluster.object("Deployment", "istio-system", "istiod")["spec"]["template"]["metadata"][
+        "annotations"]
+    assert "kubectl.kubernetes.io/restartedAt" in annotations
+    message = request_message(fake_slack, request_id)
+    fake_slack.wait_for(lambda: any("succeeded" in t for t in updates_of(fake_slack, message)), what="done update")
+    last = [c.args for c in fake_slack.of("chat.update") if c.args.get("ts") == message["_ts"]][-1]
+    assert "approval_rollback" not in last["blocks"] and done.state == RequestState.SUCCEEDED
+    assert "has no rollback" in press(meshbot, fake_slack, "approval_rollback", str(request_id), "UBOB")
+
+
+# -- the guarantees ------------------------------------------------------------------------------
+
+
+def test_twenty_concurrent_approvals_execute_the_action_exactly_once(action_bot, cluster, fake_slack):
+    people = tuple(f"UAPPROVER{i:02d}" for i in range(20))
+    meshbot = action_bot(approvers=people)
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda user: press(meshbot, fake_slack, "approval_approve", str(request_id), user),
+                                people))
+    wait_finished(meshbot, fake_slack, request_id)
+    assert created_peer_authentications(cluster) == 1
+    assert sum("running now" in a for a in answers) == 1
+    assert sum("Approval recorded" in a for a in answers) == 1
+    assert all("already" in a for a in answers if "running now" not in a and "Approval recorded" not in a)
+    executed = [e for e in events(meshbot, meshbot.approvals.get(request_id).incident_id)
+                if e.kind == "action_executed"]
+    assert len(executed) == 1
+
+
+def test_the_same_person_twice_counts_once_and_non_approvers_are_refused(action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    press(meshbot, fake_slack, "approval_approve", str(request_id), "UBOB")
+    assert "counts once" in press(meshbot, fake_slack, "approval_approve", str(request_id), "UBOB")
+    assert "not in MESHBOT_APPROVERS" in press(meshbot, fake_slack, "approval_approve", str(request_id), "UMALLORY")
+    assert "not in MESHBOT_APPROVERS" in press(meshbot, fake_slack, "approval_reject", str(request_id), "UMALLORY")
+    assert request_state(meshbot, request_id) == RequestState.PENDING
+    assert meshbot.approvals.get(request_id).approvals == ("UBOB",)
+
+
+def test_one_reject_closes_the_request_and_later_approvals_are_refused(action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    press(meshbot, fake_slack, "approval_approve", str(request_id), "UBOB")
+    assert "closed" in press(meshbot, fake_slack, "approval_reject", str(request_id), "UCAROL")
+    assert "already rejected by <@UCAROL>" in press(meshbot, fake_slack, "approval_approve", str(request_id), "UDAVE")
+    assert request_state(meshbot, request_id) == RequestState.REJECTED
+    assert created_peer_authentications(cluster) == 0
+
+
+def test_an_expired_request_cannot_be_approved(action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    press(meshbot, fake_slack, "approval_approve", str(request_id), "UBOB")
+    later = meshbot.approvals.get(request_id).expires_at + timedelta(seconds=1)
+    meshbot.approvals.clock = lambda: later
+    assert "expired" in press(meshbot, fake_slack, "approval_approve", str(request_id), "UCAROL")
+    assert request_state(meshbot, request_id) == RequestState.EXPIRED
+    assert created_peer_authentications(cluster) == 0
+
+
+def test_the_sweep_closes_expired_requests_and_says_so_in_the_thread(action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "restart istiod")
+    later = meshbot.approvals.get(request_id).expires_at
+    meshbot.approvals.clock = lambda: later
+    assert meshbot.approvals.expire_due() == 1
+    fake_slack.wait_for(lambda: any("expired" in m["text"] for m in fake_slack.messages()), what="expiry note")
+
+
+def test_pending_requests_survive_a_restart_and_still_work(action_bot, cluster, fake_slack):
+    first = action_bot()
+    request_id, _ = ask(first, fake_slack, "permissive-mtls payments")
+    press(first, fake_slack, "approval_approve", str(request_id), "UBOB")
+    first.stop()
+
+    second = action_bot()
+    assert "counts once" in press(second, fake_slack, "approval_approve", str(request_id), "UBOB")
+    press(second, fake_slack, "approval_approve", str(request_id), "UCAROL")
+    assert wait_finished(second, fake_slack, request_id).state == RequestState.SUCCEEDED
+    assert created_peer_authentications(cluster) == 1
+
+
+def test_what_runs_is_the_stored_plan_bound_to_its_hash(action_bot, cluster, fake_slack, tmp_path):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    with sqlite3.connect(tmp_path / "meshbot.db") as db:  # someone edits the stored plan behind meshbot's back
+        db.execute("UPDATE approval_requests SET plan = replace(plan, 'payments', 'kube-system') WHERE id = ?",
+                   [request_id])
+    approve(meshbot, fake_slack, request_id, "UBOB", "UCAROL")
+    done = wait_finished(meshbot, fake_slack, request_id)
+    assert done.state == RequestState.FAILED and "does not match its hash" in done.result["error"]
+    assert created_peer_authentications(cluster) == 0
+
+
+@pytest.mark.parametrize("value, answer", [
+    ("1; DROP TABLE approval_requests", "malformed"),
+    ("999", "no approval request #999"),
+])
+def test_a_forged_button_value_changes_nothing(action_bot, fake_slack, value, answer):
+    meshbot = action_bot()
+    assert answer in press(meshbot, fake_slack, "approval_approve", value, "UBOB")
+
+
+def test_an_api_error_mid_way_is_a_failed_action_whose_rollback_undoes_what_landed(action_bot, cluster, fake_slack):
+    cluster.add(namespace("payments", {"istio-injection": "enabled"}))
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "bypass namespace payments")
+    cluster.fail("Deployment", 403, verb="patch", namespace="payments", name="reviews")
+    approve(meshbot, fake_slack, request_id, "UBOB", "UCAROL")
+    failed = wait_finished(meshbot, fake_slack, request_id)
+    assert failed.state == RequestState.FAILED and "forbidden" in failed.result["error"]
+    assert failed.applied == 2  # the namespace label and Deployment api; reviews was refused
+    timeline = events(meshbot, failed.incident_id)
+    assert any(e.kind == "action_failed" and e.data["request_id"] == request_id for e in timeline)
+
+    rollback_id = ask_rollback(meshbot, fake_slack, request_id, "UBOB")
+    approve(meshbot, fake_slack, rollback_id, "UCAROL", "UDAVE")
+    assert wait_finished(meshbot, fake_slack, rollback_id).state == RequestState.SUCCEEDED
+    assert cluster.object("Namespace", None, "payments")["metadata"]["labels"]["istio-injection"] == "enabled"
+
+
+@pytest.mark.parametrize("text, complaint", [
+    ("restart ghost -n payments", "no Deployment ghost"),
+    ("permissive-mtls nowhere", "namespace nowhere does not exist"),
+])
+def test_unknown_targets_are_explained_to_the_asker_and_open_nothing(action_bot, fake_slack, text, complaint):
+    meshbot = action_bot()
+    name = "bad-target"
+    post_signed(f"{meshbot.url}/slack/events",
+                slash_command_body(text, user_id="UALICE", response_url=fake_slack.response_url(name)))
+    answer = fake_slack.wait_for(lambda: fake_slack.answers_to(name), what="the refusal")[0]
+    assert complaint in answer
+    assert fake_slack.messages() == []
+
+
+def test_forbidden_planning_names_the_missing_permission(action_bot, cluster, fake_slack):
+    cluster.fail("PeerAuthentication", 403)
+    meshbot = action_bot()
+    name = "forbidden"
+    post_signed(f"{meshbot.url}/slack/events", slash_command_body(
+        "permissive-mtls payments", user_id="UALICE", response_url=fake_slack.response_url(name)))
+    answer = fake_slack.wait_for(lambda: fake_slack.answers_to(name), what="the refusal")[0]
+    assert "needs RBAC list on peerauthentications.security.istio.io" in answer
+
+
+def test_a_plan_the_api_server_refuses_in_the_dry_run_is_not_put_to_a_vote(action_bot, cluster, fake_slack):
+    cluster.fail("PeerAuthentication", 403, verb="create", namespace="payments")
+    meshbot = action_bot()
+    name = "dry-run-refused"
+    post_signed(f"{meshbot.url}/slack/events", slash_command_body(
+        "permissive-mtls payments", user_id="UALICE", response_url=fake_slack.response_url(name)))
+    answer = fake_slack.wait_for(lambda: fake_slack.answers_to(name), what="the refusal")[0]
+    assert "dry run failed" in answer and "needs RBAC create on peerauthentications" in answer
+    assert fake_slack.messages() == []
+
+
+def test_a_forged_signature_on_a_button_press_is_refused_and_nothing_is_counted(action_bot, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    body = block_action_body("approval_approve", str(request_id), user_id="UBOB")
+    response = post_signed(f"{meshbot.url}/slack/events", body, secret="not-the-signing-secret")
+    assert response.status_code == 401
+    assert meshbot.approvals.get(request_id).approvals == ()
+
+
+def test_a_playbook_suggestion_button_opens_a_request_in_the_incident_thread(action_bot, cluster, fake_slack):
+    import yaml
+
+    from tests.test_incidents import TOKEN, send, wait_for_diagnostics
+    from tests.test_status import pod
+
+    cluster.add(next(yaml.safe_load_all(pod("istiod-5d9f-1", "istio-system", labels="{app: istiod}", container="discovery",
+                                   ready=False, restarts=12, state="{waiting: {reason: CrashLoopBackOff}}"))))
+    meshbot = action_bot(alertmanager_token=TOKEN)
+    alert = {"status": "firing", "labels": {"alertname": "IstiodDown", "namespace": "istio-system",
+                                            "severity": "critical"},
+             "annotations": {"summary": "istiod is down"}, "startsAt": "2026-11-23T03:00:00Z",
+             "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus/graph", "fingerprint": "f1"}
+    assert send(meshbot, {"version": "4", "groupKey": "{}:{alertname=\"IstiodDown\"}", "status": "firing",
+                          "receiver": "meshbot", "groupLabels": {"alertname": "IstiodDown"},
+                          "commonLabels": alert["labels"], "commonAnnotations": {}, "externalURL": "http://am",
+                          "truncatedAlerts": 0, "alerts": [alert]}).status_code == 200
+    top = fake_slack.wait_for(lambda: fake_slack.messages(top_level=True), what="the incident message")[0]
+    diagnostics = wait_for_diagnostics(fake_slack, top)
+    button = next(e for b in diagnostics["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e["action_id"].startswith("remediation_request"))
+    assert "restart istiod -n istio-system" in button["text"]["text"]
+    incident_id, index = button["value"].split(":")
+
+    answer = press(meshbot, fake_slack, button["action_id"], button["value"], "UALICE")
+    request_id = int(answer.split("Request #", 1)[1].split()[0])
+    message = request_message(fake_slack, request_id)
+    assert message["thread_ts"] == top["_ts"], "the request goes in the incident's thread"
+    request = meshbot.approvals.get(request_id)
+    assert request.incident_id == int(incident_id) and request.action == "restart istiod -n istio-system"
+    assert request.requester == "UALICE" and "suggested by the playbook" in request.reason
