@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.kube import write_kubeconfig
 from tests.support.slack import FakeSlack
 
 DATA = Path(__file__).parent / "data" / "alertmanager"
@@ -57,7 +58,7 @@ def test_first_notification_opens_an_incident_with_a_top_level_message_and_diagn
         incident_bot, fake_slack):
     started = time.monotonic()
     response = send(incident_bot, payload("firing.json"))
-    assert response.status_code == 200 and time.monotonic() - started < 0.5
+    assert response.status_code == 200 and time.monotonic() - started < 1.0
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
     assert top["channel"] == "CINCIDENT"
     assert top["text"].startswith("CRITICAL: EnvoySidecarCrashLoop")
@@ -158,15 +159,21 @@ def test_malformed_payloads_are_400_with_a_reason_and_nothing_is_stored(incident
     assert stored_notifications(incident_bot) == 0
 
 
-def test_webhook_is_answered_fast_even_while_diagnostics_run(incident_bot):
+def test_webhook_is_answered_long_before_slow_diagnostics_finish(bot_factory, kube, tmp_path, fake_slack):
+    # Every diagnostic waits 3 s on the cluster; a webhook that waited for one would take that long.
+    kube.slow("Pod", 3)
+    config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
+    meshbot = bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", alertmanager_token=TOKEN,
+                          channel="CINCIDENT")
     timings = []
-    for i in range(20):
+    for i in range(10):
         data = copy.deepcopy(payload("firing.json"))
         data["groupKey"] = f"group-{i}"
         started = time.perf_counter()
-        assert send(incident_bot, data).status_code == 200
+        assert send(meshbot, data).status_code == 200
         timings.append(time.perf_counter() - started)
-    assert max(timings) < 0.1
+    assert max(timings) < 1.0
+    assert stored_notifications(meshbot) == 10
 
 
 # -- /mesh incident ... ------------------------------------------------------------------
