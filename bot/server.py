@@ -44,7 +44,8 @@ from bot.incidents import IncidentLog
 from bot.intake import alertmanager_route
 from bot.metrics import Metrics
 from bot.outbox import Outbox
-from bot.playbooks import DEFAULT_PLAYBOOKS_DIR, PlaybookError, PlaybookSet, load_playbooks
+from bot.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
+from bot.playbooks import PlaybookError, PlaybookSet
 from bot.server_routes import Route, json_answer
 from bot.settings import Settings, SettingsError
 from bot.slack_client import SlackClient, SlackError, build_web_client

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from bot.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
 from bot.playbooks import (
-    DEFAULT_PLAYBOOKS_DIR,
     DiagnosticStep,
     Matcher,
     PlaybookError,
     PlaybookSet,
     RemediationRule,
     action_shape,
-    load_playbooks,
     suggest,
 )
 from commands.codes import ALL_CODES
