@@ -4,6 +4,10 @@ The ledger of what was posted lives in SQLite and is written in the same
 transaction that queues the Slack message in the outbox, so a restart neither
 loses nor repeats a reminder.  An expired mesh root also opens an incident
 (once per certificate), with its own thread, diagnostics and log.
+
+With leader election, replicas do not share a database: the leader also copies
+the ledger onto the Lease (``LeaseLedger``), so a replica that takes over does
+not post again what the previous leader posted.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import sqlite_utils
@@ -23,12 +27,17 @@ from bot.incidents import EventKind, IncidentLog, iso
 from bot.outbox import Outbox
 from commands.certs import certificate_inventory
 from commands.checks import CheckContext, kinds_for
-from commands.reminders import DEFAULT_DAYS, Expiry, Reminder, due, slots_covered, upcoming
+from commands.lease import LeaderElector
+from commands.reminders import DEFAULT_DAYS, Expiry, LedgerError, Reminder, decode_ledger, due, encode_ledger, \
+    slots_covered, upcoming
 
 log = logging.getLogger(__name__)
 
 INCIDENT_SLOT = "incident"
 MESHBOT = "meshbot"
+LEDGER_ANNOTATION = "meshbot.io/reminders-sent"
+MAX_LEDGER_CHARS = 200_000
+"""Annotations of one object may total 256 KiB; about 2,000 certificates fit below this."""
 
 
 @migration(4, "certificate reminders already posted")
@@ -44,6 +53,30 @@ def _create_reminder_ledger(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (cert_key, slot)
         );
     """)
+
+
+@dataclass
+class LeaseLedger:
+    """The reminder ledger, copied onto the scheduler's Lease for whichever replica leads next."""
+
+    elector: LeaderElector
+
+    def load(self) -> set[tuple[str, str]]:
+        """What earlier leaders posted (as of this replica's latest read of the Lease)."""
+        try:
+            return decode_ledger(self.elector.annotation(LEDGER_ANNOTATION))
+        except LedgerError as exc:
+            log.warning("ignoring annotation %s on the Lease: %s", LEDGER_ANNOTATION, exc)
+            return set()
+
+    def store(self, sent: set[tuple[str, str]], current_keys: Sequence[str], today: date) -> None:
+        text = encode_ledger(sent, current_keys, today)
+        if len(text) > MAX_LEDGER_CHARS:
+            log.warning("reminder ledger is %d characters, too big for annotation %s; a replica taking over "
+                        "may repeat reminders", len(text), LEDGER_ANNOTATION)
+            return
+        if text != self.elector.annotation(LEDGER_ANNOTATION):
+            self.elector.annotate(LEDGER_ANNOTATION, text)
 
 
 @dataclass(frozen=True)
@@ -68,6 +101,8 @@ class ReminderService:
     days: Sequence[int] = DEFAULT_DAYS
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     clock: Callable[[], datetime] | None = None
+    shared: LeaseLedger | None = None
+    """Set with leader election: the ledger as other replicas see it."""
 
     def now(self) -> datetime:
         return self.clock() if self.clock else self.cluster.now()
@@ -79,6 +114,11 @@ class ReminderService:
         return upcoming(entries, now), reasons
 
     def sent(self) -> set[tuple[str, str]]:
+        """(certificate key, slot) already posted, by this replica or (with leader election) an earlier leader."""
+        shared = self.shared.load() if self.shared else set()
+        return self._sent_here() | shared
+
+    def _sent_here(self) -> set[tuple[str, str]]:
         if self.database is None:
             return set()
         return {(r[0], r[1]) for r in self.database.db.execute("SELECT cert_key, slot FROM reminders_sent")}
@@ -96,14 +136,17 @@ class ReminderService:
         if self.database is None or self.outbox is None or not self.channel:
             raise RuntimeError("posting reminders needs the database, the outbox and MESHBOT_CHANNEL")
         today = result.now.astimezone(self.timezone).date()
+        shared = self.shared.load() if self.shared else set()
         for reminder in result.due:
             self._post(reminder, result.now, today)
         for expiry in result.expiries:
-            if expiry.is_mesh_root and expiry.expired:
+            if expiry.is_mesh_root and expiry.expired and (expiry.key, INCIDENT_SLOT) not in shared:
                 incident_id = self._incident_for_expired_root(expiry, result.now)
                 if incident_id is not None:
                     result.incidents_opened.append(incident_id)
         self.outbox.wake()
+        if self.shared:
+            self.shared.store(self._sent_here() | shared, [e.key for e in result.expiries], today)
         log.info("certificate scan: %d certificates, %d reminders posted, %d problems", len(result.expiries),
                  len(result.due), len(result.problems))
         return result

@@ -34,7 +34,7 @@ from waitress.server import create_server
 from bot import approval_blocks, approval_commands, incident_commands, reminder_commands  # noqa: F401  (/mesh handlers)
 from bot.app import Services, build_bolt_app
 from bot.approvals import ApprovalDesk, ApprovalPolicy
-from bot.reminders import ReminderService
+from bot.reminders import LeaseLedger, ReminderService
 from bot.scheduler import CertificateScheduler
 from bot.cluster import ClusterAccess
 from bot.db import Database, DatabaseError
@@ -325,6 +325,7 @@ def build(settings: Settings) -> Meshbot:
         if settings.leader_election:
             elector = LeaderElector(cluster.client(), settings.lease_namespace,
                                     settings.pod_name or socket.gethostname())
+            services.reminders.shared = LeaseLedger(elector)
         hour, minute = (int(part) for part in settings.reminder_time.split(":"))
         scheduler = CertificateScheduler(services.reminders, database.path, ZoneInfo(settings.timezone),
                                          (hour, minute), elector)

@@ -6,6 +6,10 @@ wait, and when the holder has not renewed for ``duration`` someone takes over
 the API server lets only one of two racing replicas win; a replica that was
 the leader but fails to renew steps down at once.  ``release()`` on shutdown
 hands over without waiting for the lease to run out.
+
+The holder may also keep small notes in the Lease's annotations (``annotate``),
+which the next holder reads (``annotation``): state that must survive a
+fail-over between replicas that do not share a database.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class LeaderElector:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     is_leader: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _annotations: dict[str, str] = field(default_factory=dict, repr=False)
+    """The Lease's annotations as last read."""
 
     def tick(self) -> bool:
         """Acquire, renew or wait; True while this replica is the leader.  API errors mean 'not leader'.
@@ -90,7 +96,7 @@ class LeaderElector:
     def _tick(self) -> bool:
         now = self.clock()
         try:
-            lease = self.client.get("Lease", self.namespace, self.name)
+            lease = self._read()
         except NotFound:
             return self._create(now)
         view = LeaseView.of(lease)
@@ -115,7 +121,13 @@ class LeaderElector:
             self.client.create("Lease", body, namespace=self.namespace)
         except Conflict:
             return False  # another replica created it first
+        self._annotations = {}
         return True
+
+    def _read(self) -> dict[str, Any]:
+        lease = self.client.get("Lease", self.namespace, self.name)
+        self._annotations = dict((lease.get("metadata") or {}).get("annotations") or {})
+        return lease
 
     def _write(self, view: LeaseView, spec: dict[str, Any]) -> bool:
         patch: dict[str, Any] = {"spec": spec}
@@ -125,7 +137,29 @@ class LeaderElector:
             self.client.patch("Lease", self.namespace, self.name, patch)
         except (Conflict, NotFound):
             return False  # someone else wrote it since we read it
-        return LeaseView.of(self.client.get("Lease", self.namespace, self.name)).holder == self.identity
+        return LeaseView.of(self._read()).holder == self.identity
+
+    def annotation(self, name: str) -> str | None:
+        """An annotation of the Lease as this replica last read it (at its latest ``tick``)."""
+        with self._lock:
+            return self._annotations.get(name)
+
+    def annotate(self, name: str, value: str) -> bool:
+        """Set an annotation on the Lease while this replica holds it; False (logged) when it could not."""
+        with self._lock:
+            try:
+                lease = self._read()
+                view = LeaseView.of(lease)
+                if view.holder != self.identity:
+                    return False
+                self.client.patch("Lease", self.namespace, self.name, {"metadata": {
+                    "resourceVersion": view.resource_version, "annotations": {name: value}}})
+                self._annotations[name] = value
+                return True
+            except MeshbotError as exc:  # Conflict included: a renewal cannot race us, so someone else wrote
+                log.warning("leader election: could not write %s on Lease %s/%s (%s)", name, self.namespace,
+                            self.name, exc)
+                return False
 
     def release(self) -> None:
         """Give the lease up (on shutdown) so another replica takes over at its next tick."""
@@ -137,7 +171,7 @@ class LeaderElector:
             return
         self.is_leader = False
         try:
-            lease = self.client.get("Lease", self.namespace, self.name)
+            lease = self._read()
             if LeaseView.of(lease).holder == self.identity:
                 self.client.patch("Lease", self.namespace, self.name,
                                   {"spec": {"holderIdentity": None, "renewTime": None}})

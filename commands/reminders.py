@@ -9,9 +9,10 @@ inside the last threshold, and once expired, one reminder is due per day.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from commands.certs import CertRole, InventoryEntry
 from commands.x509 import CertInfo, days_left, iso
@@ -104,3 +105,46 @@ def slots_covered(reminder: Reminder, today: date) -> list[str]:
     """Slots a posted reminder uses up: a threshold reminder also counts as today's daily one."""
     daily = f"day:{today.isoformat()}"
     return [reminder.slot] if reminder.slot == daily else [reminder.slot, daily]
+
+
+# -- the ledger a replica hands to the next one ----------------------------------------------
+
+LEDGER_FORMAT = 1
+
+
+class LedgerError(ValueError):
+    """A shared ledger that is not in ``encode_ledger``'s format."""
+
+
+def encode_ledger(sent: Collection[tuple[str, str]], current_keys: Collection[str], today: date) -> str:
+    """``sent`` (key, slot) as compact JSON, pruned to what can still matter.
+
+    Kept: slots of certificates in the current inventory (a renewed or removed one
+    never comes back under the same key), and of the daily slots only today's and
+    yesterday's (a replica in another time zone may still be on yesterday).
+    """
+    keep = set(current_keys)
+    oldest_day = (today - timedelta(days=1)).isoformat()
+    by_key: dict[str, list[str]] = {}
+    for key, slot in sorted(sent):
+        if key in keep and not (slot.startswith("day:") and slot[4:] < oldest_day):
+            by_key.setdefault(key, []).append(slot)
+    return json.dumps({"format": LEDGER_FORMAT, "sent": by_key}, separators=(",", ":"), sort_keys=True)
+
+
+def decode_ledger(text: str | None) -> set[tuple[str, str]]:
+    """The (key, slot) pairs of ``encode_ledger``'s output; empty for None; LedgerError when malformed."""
+    if not text:
+        return set()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise LedgerError(f"not JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT or not isinstance(data.get("sent"), dict):
+        raise LedgerError(f'expected {{"format": {LEDGER_FORMAT}, "sent": {{key: [slot, ...]}}}}')
+    pairs = set()
+    for key, slots in data["sent"].items():
+        if not isinstance(slots, list) or not all(isinstance(slot, str) for slot in slots):
+            raise LedgerError(f"slots of {key!r} are not a list of strings")
+        pairs.update((key, slot) for slot in slots)
+    return pairs

@@ -13,7 +13,7 @@ import pytest
 
 from commands.certs import CertRole
 from commands.lease import LeaderElector
-from commands.reminders import Expiry, due
+from commands.reminders import Expiry, LedgerError, decode_ledger, due, encode_ledger
 from tests.support.certs import Minted, mint
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack, post_signed, slash_command_body
@@ -62,6 +62,27 @@ def test_inside_the_last_threshold_and_after_expiry_one_reminder_a_day():
 def test_a_renewed_certificate_is_a_new_key_and_starts_over():
     sent = {("AA:BB", "90d"), ("AA:BB", "30d")}
     assert slots(25, sent, key="CC:DD") == ["30d"]
+
+
+def test_the_shared_ledger_round_trips_what_can_still_matter():
+    sent = {("AA:BB", "90d"), ("AA:BB", "day:2026-11-23"), ("AA:BB", "day:2026-11-22"), ("CC:DD", "incident")}
+    assert decode_ledger(encode_ledger(sent, ["AA:BB", "CC:DD"], date(2026, 11, 23))) == sent
+
+
+def test_the_shared_ledger_drops_old_daily_slots_and_certificates_no_longer_there():
+    sent = {("AA:BB", "7d"), ("AA:BB", "day:2026-11-21"), ("AA:BB", "day:2026-11-22"), ("GONE", "90d")}
+    assert decode_ledger(encode_ledger(sent, ["AA:BB"], date(2026, 11, 23))) == {
+        ("AA:BB", "7d"), ("AA:BB", "day:2026-11-22")}
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("{not json", "not JSON"),
+    ('{"format": 2, "sent": {}}', "expected"),
+    ('{"format": 1, "sent": {"AA:BB": "90d"}}', "not a list of strings"),
+])
+def test_a_malformed_shared_ledger_is_refused_with_the_reason(text, reason):
+    with pytest.raises(LedgerError, match=reason):
+        decode_ledger(text)
 
 
 # -- against an emulated cluster, posted to the fake Slack ---------------------------------------
@@ -192,6 +213,27 @@ def test_two_replicas_with_leader_election_post_each_reminder_once(reminder_bot,
     a.stop()  # releases the lease
     assert b.scheduler.run_scan("test"), "the other replica takes over at once"
     assert kube.object("Lease", "meshbot", "meshbot-scheduler")["spec"]["holderIdentity"] == "meshbot-b"
+    # b has a database of its own: only the ledger a left on the Lease stops it posting the 90-day reminder again.
+    assert "meshbot.io/reminders-sent" in kube.object("Lease", "meshbot", "meshbot-scheduler")["metadata"]["annotations"]
+    assert len(reminders_posted(fake_slack)) == 1
+    assert b.services.reminders.scan(datetime.now(timezone.utc) + timedelta(days=31)).due, "b posts what comes next"
+    fake_slack.wait_for(lambda: len(reminders_posted(fake_slack)) == 2, what="the 30-day reminder from b")
+
+
+def test_a_replica_that_finds_a_garbled_ledger_on_the_lease_posts_rather_than_stays_silent(
+        reminder_bot, kube, fake_slack, tmp_path, caplog):
+    mesh_with(kube, mint("Istio CA", is_ca=True, days=60))
+    kube.add({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+              "metadata": {"name": "meshbot-scheduler", "namespace": "meshbot",
+                           "annotations": {"meshbot.io/reminders-sent": "{garbled"}},
+              "spec": {"leaseDurationSeconds": 15}})
+    meshbot = reminder_bot(leader_election=True, pod_name="meshbot-a", lease_namespace="meshbot",
+                           db_path=str(tmp_path / "a.db"))
+    wait_startup_scan(meshbot, fake_slack)
+    fake_slack.wait_for(lambda: len(reminders_posted(fake_slack)) == 1, what="the 90-day reminder")
+    assert "ignoring annotation meshbot.io/reminders-sent on the Lease: not JSON" in caplog.text
+    annotations = kube.object("Lease", "meshbot", "meshbot-scheduler")["metadata"]["annotations"]
+    assert decode_ledger(annotations["meshbot.io/reminders-sent"]), "replaced by a well-formed ledger"
 
 
 def test_the_daily_scan_is_a_persisted_job_at_the_configured_time(reminder_bot, fake_slack, kube):
@@ -275,6 +317,14 @@ def test_release_hands_over_without_waiting(kube):
     assert a.tick()
     a.release()
     assert b.tick()
+
+
+def test_the_holder_leaves_notes_on_the_lease_for_the_next_holder(kube):
+    a, b, clock = electors(kube)
+    assert a.tick() and a.annotate("meshbot.io/note", "hello")
+    assert not b.annotate("meshbot.io/note", "overwritten"), "only the holder writes"
+    clock.now += timedelta(seconds=16)
+    assert b.tick() and b.annotation("meshbot.io/note") == "hello"
 
 
 def test_an_api_error_means_follower_not_crash(kube):
