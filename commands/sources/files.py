@@ -14,8 +14,7 @@ from commands.errors import InputError
 from commands.kinds import ISTIO_GROUPS, KNOWN_ISTIO_KINDS
 from commands.secrets import public_secret
 from commands.snapshot import DEFAULT_ISTIO_NAMESPACE, Resource, Snapshot
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from commands.sources.yaml_fast import FastSafeLoader, construct
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -84,7 +83,7 @@ def _documents(text: str, path: str) -> Iterator[tuple[Any, int]]:
         except json.JSONDecodeError as exc:
             raise InputError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
         return
-    loader = _Loader(text)
+    loader = FastSafeLoader(text)
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -104,7 +103,7 @@ class _ListWithLines:
 
     @staticmethod
     def construct(loader: Any, node: yaml.Node) -> Any:
-        data = loader.construct_document(node)
+        data = construct(loader, node)
         if isinstance(data, dict) and isinstance(data.get("items"), list) and isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 if getattr(key_node, "value", None) == "items" and isinstance(value_node, yaml.SequenceNode):
@@ -159,7 +158,7 @@ def load_mesh_config(path: str | os.PathLike) -> dict[str, Any]:
     """A MeshConfig YAML file (``istioctl analyze --meshConfigFile``)."""
     text = _read_text(Path(path))
     try:
-        data = yaml.load(text, Loader=_Loader) or {}
+        data = yaml.load(text, Loader=FastSafeLoader) or {}
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         raise InputError(f"invalid YAML: {exc.problem}", path=str(path), line=mark.line + 1 if mark else None) from None
@@ -175,7 +174,7 @@ def _mesh_config_from(resources: Sequence[Resource], istio_namespace: str) -> di
             text = (resource.body.get("data") or {}).get("mesh")
             if text:
                 try:
-                    data = yaml.load(text, Loader=_Loader)
+                    data = yaml.load(text, Loader=FastSafeLoader)
                 except yaml.YAMLError as exc:
                     raise InputError(f"istio ConfigMap: mesh config is not valid YAML: {exc}",
                                      path=resource.source) from None
