@@ -181,6 +181,21 @@ def test_bypass_namespace_disables_injection_and_restarts_its_deployments(kube: 
     assert kube.object("Namespace", None, "payments")["metadata"]["labels"]["istio-injection"] == "enabled"
 
 
+def test_bypass_namespace_rollback_restores_the_label_before_the_pods_roll(kube: FakeKube):
+    # Pods rolled while the namespace still says "disabled" would come back without sidecars.
+    kube.add(namespace("payments", {"istio-injection": "enabled"}), deployment("api", "payments"),
+             deployment("web", "payments"))
+    client = kube.client()
+    plan = plan_for(kube, "bypass namespace payments")
+    assert apply(client, plan).ok
+    patches_before = len(kube.requests("PATCH"))
+
+    assert apply(client, rollback_plan(plan)).ok
+
+    rollback_writes = [r.url.path.rsplit("/", 2)[-2:] for r in kube.requests("PATCH")[patches_before:]]
+    assert rollback_writes == [["namespaces", "payments"], ["deployments", "web"], ["deployments", "api"]]
+
+
 @pytest.mark.parametrize("text, complaint", [
     ("bypass ghost -n bookinfo", "no Deployment ghost in namespace bookinfo"),
     ("bypass frozen -n bookinfo", "paused"),
@@ -213,6 +228,26 @@ def test_restart_istiod_finds_the_single_revisioned_deployment_and_asks_when_the
     kube.add(deployment("istiod-1-23", "istio-system", app="istiod"))
     with pytest.raises(UserError, match="several istiod revisions"):
         plan_for(kube, "restart istiod")
+
+
+@pytest.mark.parametrize("text, paused", [
+    ("restart payment -n prod", "payment"),
+    ("bypass payment -n prod", "payment"),
+    ("bypass namespace prod", "worker"),
+])
+def test_a_deployment_paused_after_the_plan_stops_it_before_any_write(kube: FakeKube, text, paused):
+    kube.add(namespace("prod", {"istio-injection": "enabled"}), deployment("payment", "prod"),
+             deployment("worker", "prod"))
+    client = kube.client()
+    plan = plan_for(kube, text)
+    client.patch("Deployment", "prod", paused, {"spec": {"paused": True}})  # during the approval window
+    patches_before = len(kube.requests("PATCH"))
+
+    outcome = apply(client, plan)
+
+    assert not outcome.ok and outcome.applied == 0
+    assert f"Deployment prod/{paused} is paused now" in outcome.error and "rollout resume" in outcome.error
+    assert len(kube.requests("PATCH")) == patches_before
 
 
 def test_restart_refuses_a_paused_deployment(kube: FakeKube):

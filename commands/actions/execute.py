@@ -99,6 +99,9 @@ def _preflight(client: KubeClient, plan: Plan) -> tuple[list[bool], str | None]:
     pending: list[bool] = []
     for change in plan.changes:
         obj = read(client, change)
+        refusal = next((why for path, why in change.refuse_if if value_at(obj, path)), None)
+        if refusal:
+            return pending, f"{change.origin} {refusal}"
         if in_state(change, obj, after=True):
             pending.append(False)
         elif in_state(change, obj, after=False):

@@ -36,6 +36,8 @@ class Change:
 
     CREATE carries the whole ``body``; DELETE carries the ``body`` it removes (so it can be restored);
     PATCH carries ``after`` values at paths and the ``before`` values it expects there (None: absent).
+    ``refuse_if`` names fields that must not be set when the change is applied (a paused
+    Deployment would not roll), each with the reason; it is checked, never written.
     """
 
     op: Op
@@ -45,6 +47,7 @@ class Change:
     body: Mapping[str, Any] | None = None
     before: tuple[tuple[Path, Any], ...] = ()
     after: tuple[tuple[Path, Any], ...] = ()
+    refuse_if: tuple[tuple[Path, str], ...] = ()
 
     @property
     def origin(self) -> str:
@@ -68,15 +71,19 @@ class Change:
         return Change(Op.PATCH, self.kind, self.namespace, self.name, before=self.after, after=self.before)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"op": str(self.op), "kind": self.kind, "namespace": self.namespace, "name": self.name,
+        data = {"op": str(self.op), "kind": self.kind, "namespace": self.namespace, "name": self.name,
                 "body": self.body, "before": [[list(p), v] for p, v in self.before],
                 "after": [[list(p), v] for p, v in self.after]}
+        if self.refuse_if:  # only when set, so plans stored before the field existed keep their hash
+            data["refuse_if"] = [[list(p), why] for p, why in self.refuse_if]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Change:
         return cls(Op(data["op"]), data["kind"], data.get("namespace"), data["name"], body=data.get("body"),
                    before=tuple((tuple(p), v) for p, v in data.get("before") or ()),
-                   after=tuple((tuple(p), v) for p, v in data.get("after") or ()))
+                   after=tuple((tuple(p), v) for p, v in data.get("after") or ()),
+                   refuse_if=tuple((tuple(p), why) for p, why in data.get("refuse_if") or ()))
 
 
 @dataclass(frozen=True)
@@ -111,11 +118,25 @@ class Plan:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
+ROLLOUT_TRIGGER = ("spec", "template", "metadata", "annotations", "kubectl.kubernetes.io/restartedAt")
+
+
+def rolls_pods(change: Change) -> bool:
+    """A change that only re-stamps a pod template: it exists to roll pods under the other changes."""
+    return change.op == Op.PATCH and bool(change.after) and all(path == ROLLOUT_TRIGGER for path, _ in change.after)
+
+
 def rollback_plan(plan: Plan, applied: int | None = None) -> Plan:
-    """The plan that undoes the first ``applied`` changes of ``plan`` (all by default), newest first."""
+    """The plan that undoes the first ``applied`` changes of ``plan`` (all by default).
+
+    Newest first, except that pod rolls go last: pods must be recreated after what
+    they pick up is restored (``bypass namespace``: the injection label first, then
+    the Deployments roll and get their sidecars back).
+    """
     done = plan.changes if applied is None else plan.changes[:applied]
+    undo = sorted((c.inverse() for c in reversed(done)), key=rolls_pods)
     return Plan(action=f"rollback of {plan.action}", summary=f"Undo: {plan.summary}",
-                changes=tuple(c.inverse() for c in reversed(done)), reversible=False, rollback_of=plan.hash)
+                changes=tuple(undo), reversible=False, rollback_of=plan.hash)
 
 
 # -- reading values out of objects -------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from commands.actions.plan import Change, Op, Plan, value_at
+from commands.actions.plan import ROLLOUT_TRIGGER, Change, Op, Plan, value_at
 from commands.actions.targets import ActionName, ActionTarget, Scope
 from commands.errors import NotFound, UserError
 from commands.kube import KubeClient
@@ -26,8 +26,10 @@ EMERGENCY_POLICY = "meshbot-emergency-permissive"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshbot"}
 MODE = ("spec", "mtls", "mode")
 INJECT_LABEL = ("spec", "template", "metadata", "labels", "sidecar.istio.io/inject")
+MUST_NOT_BE_PAUSED = ((("spec", "paused"),
+                       "is paused now, so its pods would not roll; `kubectl rollout resume` it and ask again"),)
 NAMESPACE_INJECTION = ("metadata", "labels", "istio-injection")
-RESTARTED_AT = ("spec", "template", "metadata", "annotations", "kubectl.kubernetes.io/restartedAt")
+RESTARTED_AT = ROLLOUT_TRIGGER
 
 
 def plan_action(client: KubeClient, target: ActionTarget, now: datetime | None = None) -> Plan:
@@ -134,7 +136,8 @@ def plan_bypass(client: KubeClient, target: ActionTarget, now: datetime) -> Plan
     return Plan(action=target.command,
                 summary=f"Take Deployment {target.namespace}/{target.name} out of the mesh (no sidecar) and roll it",
                 changes=(Change(Op.PATCH, "Deployment", target.namespace, target.name,
-                                before=((INJECT_LABEL, current),), after=((INJECT_LABEL, "false"),)),),
+                                before=((INJECT_LABEL, current),), after=((INJECT_LABEL, "false"),),
+                                refuse_if=MUST_NOT_BE_PAUSED),),
                 notes=tuple(notes))
 
 
@@ -154,7 +157,7 @@ def _plan_bypass_namespace(client: KubeClient, target: ActionTarget, now: dateti
             continue
         changes.append(Change(Op.PATCH, "Deployment", target.namespace, _name(deployment),
                               before=((RESTARTED_AT, value_at(deployment, RESTARTED_AT)),),
-                              after=((RESTARTED_AT, stamp),)))
+                              after=((RESTARTED_AT, stamp),), refuse_if=MUST_NOT_BE_PAUSED))
     notes.append("Pods not owned by a Deployment (StatefulSets, Jobs, bare pods) keep their sidecars until "
                  "they are recreated.")
     return Plan(action=target.command,
@@ -192,5 +195,5 @@ def plan_restart(client: KubeClient, target: ActionTarget, now: datetime) -> Pla
                 summary=f"Rollout restart of Deployment {target.namespace}/{name} ({replicas} replica(s))",
                 changes=(Change(Op.PATCH, "Deployment", target.namespace, name,
                                 before=((RESTARTED_AT, value_at(deployment, RESTARTED_AT)),),
-                                after=((RESTARTED_AT, restart_stamp(now)),)),),
+                                after=((RESTARTED_AT, restart_stamp(now)),), refuse_if=MUST_NOT_BE_PAUSED),),
                 reversible=False)
