@@ -136,10 +136,13 @@ class ApprovalStore:
         return cursor.rowcount == 1
 
     def finish(self, db: sqlite_utils.Database, request_id: int, state: RequestState, result: dict[str, Any],
-               verification: dict[str, Any] | None) -> None:
-        db.execute("UPDATE approval_requests SET state = ?, result = ?, verification = ? WHERE id = ? "
-                   "AND state = 'executing'",
-                   [str(state), json.dumps(result), json.dumps(verification) if verification else None, request_id])
+               verification: dict[str, Any] | None) -> bool:
+        """Record how an execution ended; False when the request was no longer executing (nothing written)."""
+        cursor = db.execute("UPDATE approval_requests SET state = ?, result = ?, verification = ? WHERE id = ? "
+                            "AND state = 'executing'",
+                            [str(state), json.dumps(result), json.dumps(verification) if verification else None,
+                             request_id])
+        return cursor.rowcount == 1
 
     def mark_rolled_back(self, db: sqlite_utils.Database, request_id: int, by_request: int) -> None:
         db.execute("UPDATE approval_requests SET rolled_back_by = ? WHERE id = ?", [by_request, request_id])

@@ -12,6 +12,7 @@ verification and rollback is an event in the incident log.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -77,6 +78,9 @@ class ApprovalDesk:
     store: ApprovalStore = field(default_factory=ApprovalStore)
     _groups: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
     _sweeper: WakeableLoop | None = None
+    _running: set[int] = field(default_factory=set)
+    """Requests being executed by this process: a click and the start-up resume must not both run one."""
+    _running_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- asking ------------------------------------------------------------------------------
 
@@ -96,14 +100,17 @@ class ApprovalDesk:
             original = self._get(db, request_id)
             if not original.plan.reversible:
                 raise UserError(f"`{original.action}` has no rollback")
-            if original.rolled_back_by or self.store.pending_rollback_of(db, request_id):
-                raise UserError(f"a rollback of request #{request_id} was already requested")
+            self._refuse_second_rollback(db, request_id)
             if not original.can_roll_back:
                 raise UserError(f"request #{request_id} changed nothing that could be rolled back")
         incident = self.incidents.get(original.incident_id)
         plan = rollback_plan(original.plan, original.applied)
         return self._open(plan, requester=requester, reason=f"rollback of request #{request_id}",
                           channel=original.channel, incident=incident, client=self.kube(), rollback_of=request_id)
+
+    def _refuse_second_rollback(self, db: sqlite_utils.Database, request_id: int) -> None:
+        if self._get(db, request_id).rolled_back_by or self.store.pending_rollback_of(db, request_id):
+            raise UserError(f"a rollback of request #{request_id} was already requested")
 
     def _open(self, plan: Plan, *, requester: str, reason: str, channel: str, incident: Incident | None,
               client: KubeClient, rollback_of: int | None = None) -> int:
@@ -113,6 +120,8 @@ class ApprovalDesk:
             raise UserError(f"the server-side dry run failed, so nothing was requested: {rehearsal.error}")
         now = self.clock()
         with self.database.transaction() as db:
+            if rollback_of is not None:
+                self._refuse_second_rollback(db, rollback_of)  # again: two people may press Rollback at once
             if incident is None:
                 incident = self._manual_incident(db, plan, requester, channel)
             request_id = self.store.insert(
@@ -205,19 +214,49 @@ class ApprovalDesk:
     def _execute_safely(self, request_id: int) -> None:
         try:
             self.execute(request_id)
-        except Exception:
+        except Exception as exc:
             log.exception("executing approval request #%s failed", request_id)
+            self._record_crash(request_id, exc)
 
     def execute(self, request_id: int) -> ApprovalRequest:
         """Run an approved request's stored plan once, verify it, and record everything."""
+        with self._running_lock:
+            if request_id in self._running:
+                return self.get(request_id)
+            self._running.add(request_id)
+        try:
+            return self._execute(request_id)
+        finally:
+            with self._running_lock:
+                self._running.discard(request_id)
+
+    def _execute(self, request_id: int) -> ApprovalRequest:
         with self.database.transaction() as db:
             request = self._get(db, request_id)
         if request.state != RequestState.EXECUTING:
             return request
         result, verification = self._run(request)
+        return self._finish(request, result, verification)
+
+    def _record_crash(self, request_id: int, exc: Exception) -> None:
+        """An unexpected error must not leave a request 'executing' forever with a frozen message."""
+        try:
+            request = self.get(request_id)
+            if request.state == RequestState.EXECUTING:
+                # Unknown how far it got: count every change as possibly in place, so a rollback covers them all
+                # (it skips those that never landed).
+                self._finish(request, {"ok": False, "applied": len(request.plan.changes), "steps": [],
+                                       "error": f"meshbot hit an internal error while executing ({type(exc).__name__}); "
+                                                "changes may be in place, see its log"}, None)
+        except Exception:
+            log.exception("could not record the failure of approval request #%s", request_id)
+
+    def _finish(self, request: ApprovalRequest, result: dict, verification: dict | None) -> ApprovalRequest:
+        request_id = request.id
         with self.database.transaction() as db:
             state = RequestState.SUCCEEDED if result.get("ok") else RequestState.FAILED
-            self.store.finish(db, request_id, state, result, verification)
+            if not self.store.finish(db, request_id, state, result, verification):
+                return self._get(db, request_id)  # someone else recorded the outcome first
             kind = EventKind.ACTION_EXECUTED if result.get("ok") else EventKind.ACTION_FAILED
             self.incidents.append(db, request.incident_id, MESHBOT, kind, {
                 "request_id": request_id, "action": request.action, "plan_hash": request.plan_hash,

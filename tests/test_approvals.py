@@ -214,6 +214,54 @@ def test_twenty_concurrent_approvals_execute_the_action_exactly_once(action_bot,
     assert len(executed) == 1
 
 
+def test_a_request_already_executing_is_not_run_a_second_time(action_bot, cluster, fake_slack):
+    # At start-up meshbot resumes requests left 'executing'; a click completing the quorum at that moment
+    # must not make the same request run twice.
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    cluster.slow("PeerAuthentication", 1.0, verb="create", namespace="payments")
+    approve(meshbot, fake_slack, request_id, "UBOB", "UCAROL")
+    fake_slack.wait_for(lambda: created_peer_authentications(cluster) == 1, what="the first run's write")
+
+    second = meshbot.approvals.execute(request_id)  # a second run while the first is still writing
+
+    assert second.state == RequestState.EXECUTING, "the second run returned at once, leaving it to the first"
+    assert wait_finished(meshbot, fake_slack, request_id).state == RequestState.SUCCEEDED
+    assert created_peer_authentications(cluster) == 1
+
+
+def test_two_people_pressing_rollback_at_once_open_one_rollback_request(action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    approve(meshbot, fake_slack, request_id, "UBOB", "UCAROL")
+    wait_finished(meshbot, fake_slack, request_id)
+    # A slow dry run of the rollback: every press has checked for an earlier rollback before any is stored.
+    cluster.slow("PeerAuthentication", 0.5, verb="delete", namespace="payments")
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda user: press(meshbot, fake_slack, "approval_rollback", str(request_id), user),
+                                ["UBOB", "UCAROL", "UDAVE", "UALICE"]))
+
+    assert sum("Rollback request #" in a for a in answers) == 1, answers
+    assert sum("already requested" in a for a in answers) == 3, answers
+
+
+def test_an_unexpected_error_while_executing_ends_the_request_as_failed_not_stuck(action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+
+    def broken_cluster_client():
+        raise RuntimeError("a bug, not an API error")
+    meshbot.approvals.kube = broken_cluster_client  # the desk's injected client factory
+
+    approve(meshbot, fake_slack, request_id, "UBOB", "UCAROL")
+    failed = wait_finished(meshbot, fake_slack, request_id)
+    assert failed.state == RequestState.FAILED and "internal error" in failed.result["error"]
+    assert failed.applied == 1, "unknown how far it got: the rollback must cover every change"
+    message = request_message(fake_slack, request_id)
+    fake_slack.wait_for(lambda: any("failed" in t for t in updates_of(fake_slack, message)), what="failed update")
+
+
 def test_the_same_person_twice_counts_once_and_non_approvers_are_refused(action_bot, cluster, fake_slack):
     meshbot = action_bot()
     request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
