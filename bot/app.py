@@ -134,13 +134,17 @@ def build_bolt_app(services: Services, web_client: WebClient, executor: ThreadPo
         ack()
         invocation = Invocation(user=(body.get("user") or {}).get("id", ""),
                                 channel=(body.get("channel") or {}).get("id", ""), respond=respond)
+        button = str(action.get("action_id", "")).split(":", 1)[0]
+        value = str(action.get("value") or "")
         refusal = channel_refusal(settings, invocation.channel)
         if refusal:
             executor.submit(invocation.tell, refusal)
+            if services.approvals is not None:
+                executor.submit(services.approvals.record_refused_click, invocation.user, button, value, refusal)
             return
-        handler = ACTION_HANDLERS.get(str(action.get("action_id", "")).split(":", 1)[0])
+        handler = ACTION_HANDLERS.get(button)
         if handler is not None:
-            executor.submit(run_in_background, services, handler, invocation, str(action.get("value") or ""))
+            executor.submit(run_in_background, services, handler, invocation, value)
 
     app.command("/mesh")(mesh_command)
     if ACTION_HANDLERS:

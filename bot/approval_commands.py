@@ -54,7 +54,8 @@ def _vote(services: Services, who: Invocation, value: str, vote: Vote) -> None:
         return
     try:
         answer = desk.click(_number(value), who.user, vote)
-    except UserError as exc:
+    except UserError as exc:  # a malformed button or an unknown request
+        desk.record_refused_click(who.user, str(vote), value, str(exc))
         who.tell(f":warning: {exc}")
         return
     who.tell(answer.text)

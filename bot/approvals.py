@@ -176,6 +176,15 @@ class ApprovalDesk:
             self.workers.submit(self._execute_safely, request_id)
         return ClickAnswer(decision.accepted, self._answer(decision, request))
 
+    def record_refused_click(self, user: str, button: str, value: str, reason: str) -> None:
+        """A press refused before the rule was asked (wrong channel, malformed or unknown request): audit it too."""
+        request_id = int(value) if value.isdigit() and len(value) <= 12 else None
+        with self.database.transaction() as db:
+            request = self.store.get(db, request_id) if request_id is not None else None
+            self.incidents.append(db, request.incident_id if request else None, user, EventKind.APPROVAL_CLICK, {
+                "request_id": request.id if request else None, "button": button, "value": value[:100],
+                "accepted": False, "verdict": "refused", "reason": reason})
+
     def _record(self, db: sqlite_utils.Database, request: ApprovalRequest, user: str, vote: Vote,
                 decision: Decision, now: datetime) -> None:
         self.store.add_vote(db, request.id, user, vote, now)

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from bot.approval_rule import RequestState
-from bot.incidents import IncidentLog
+from bot.incidents import Event, IncidentLog
 from commands.actions.planners import EMERGENCY_POLICY
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack, block_action_body, post_signed, slash_command_body
@@ -332,9 +332,34 @@ def test_what_runs_is_the_stored_plan_bound_to_its_hash(action_bot, cluster, fak
     ("1; DROP TABLE approval_requests", "malformed"),
     ("999", "no approval request #999"),
 ])
-def test_a_forged_button_value_changes_nothing(action_bot, fake_slack, value, answer):
+def test_a_forged_button_value_changes_nothing_and_is_logged_as_refused(action_bot, fake_slack, value, answer):
     meshbot = action_bot()
     assert answer in press(meshbot, fake_slack, "approval_approve", value, "UBOB")
+    [refused] = unattached_events(meshbot, "approval_click")
+    assert refused.actor == "UBOB" and refused.data["accepted"] is False and answer in refused.data["reason"]
+    assert refused.data["value"] == value
+
+
+def test_a_button_pressed_outside_the_allowed_channels_is_refused_and_logged(action_bot, cluster, fake_slack):
+    meshbot = action_bot(allowed_channels=("CINCIDENT",))
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    name = f"click{next(_answer_names)}"
+    body = block_action_body("approval_approve", str(request_id), user_id="UBOB", channel_id="CELSEWHERE",
+                             response_url=fake_slack.response_url(name))
+    assert post_signed(f"{meshbot.url}/slack/events", body).status_code == 200
+    assert "only answers in" in fake_slack.wait_for(lambda: fake_slack.answers_to(name), what="the refusal")[0]
+
+    incident_id = meshbot.approvals.get(request_id).incident_id
+    refused = fake_slack.wait_for(lambda: [e for e in events(meshbot, incident_id) if e.kind == "approval_click"],
+                                  what="the refused click in the log")
+    assert refused[0].actor == "UBOB" and not refused[0].data["accepted"]
+    assert meshbot.approvals.get(request_id).approvals == ()
+
+
+def unattached_events(meshbot, kind: str) -> list:
+    """Events that belong to no incident (what could not be tied to a request)."""
+    rows = meshbot.database.db.query("SELECT * FROM events WHERE incident_id IS NULL AND kind = ? ORDER BY id", [kind])
+    return [Event.from_row(r) for r in rows]
 
 
 def test_an_api_error_mid_way_is_a_failed_action_whose_rollback_undoes_what_landed(action_bot, cluster, fake_slack):
