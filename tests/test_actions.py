@@ -127,6 +127,24 @@ def test_an_older_namespace_wide_strict_policy_is_switched_too_and_restored_by_t
     assert kube.object("PeerAuthentication", "payments", EMERGENCY_POLICY) is None
 
 
+@pytest.mark.parametrize("mtls", [None, {"mode": "UNSET"}])
+def test_an_older_namespace_wide_policy_inheriting_the_mesh_mode_is_set_permissive_and_restored(kube: FakeKube, mtls):
+    # With a STRICT mesh, such a policy is STRICT in effect, and the oldest namespace-wide policy is the one applied.
+    inheriting = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                  "metadata": {"name": "default", "namespace": "payments"}, "spec": {"mtls": mtls} if mtls else {}}
+    kube.add(namespace("payments"), inheriting)
+    client = kube.client()
+    plan = plan_for(kube, "permissive-mtls payments")
+    assert [(c.op, c.name) for c in plan.changes] == [(Op.CREATE, EMERGENCY_POLICY), (Op.PATCH, "default")]
+    assert any("inherits the mesh-wide mode" in note for note in plan.notes)
+
+    assert apply(client, plan).ok
+    assert kube.object("PeerAuthentication", "payments", "default")["spec"]["mtls"]["mode"] == "PERMISSIVE"
+    assert apply(client, rollback_plan(plan)).ok
+    restored = kube.object("PeerAuthentication", "payments", "default")["spec"].get("mtls") or {}
+    assert restored.get("mode") == (mtls or {}).get("mode")
+
+
 def test_mesh_wide_permissive_acts_in_the_istio_root_namespace(kube: FakeKube):
     kube.add(namespace("istio-system"), peer_authentication("strict-shop", "shop", "STRICT"))
     plan = plan_for(kube, "permissive-mtls --mesh")

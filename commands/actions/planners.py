@@ -88,11 +88,19 @@ def plan_permissive_mtls(client: KubeClient, target: ActionTarget) -> Plan:
         if name == EMERGENCY_POLICY:
             continue
         spec = policy.get("spec") or {}
-        if not spec.get("selector") and value_at(policy, MODE) == "STRICT":
+        mode = value_at(policy, MODE)
+        if not spec.get("selector") and mode == "STRICT":
             changes.append(Change(Op.PATCH, "PeerAuthentication", namespace, name,
                                   before=((MODE, "STRICT"),), after=((MODE, "PERMISSIVE"),)))
             notes.append(f"PeerAuthentication {namespace}/{name} is {wide} STRICT; Istio applies only the oldest "
                          f"{wide} policy, so it is switched to PERMISSIVE too (the rollback restores STRICT).")
+        elif not spec.get("selector") and mode in (None, "UNSET") and target.scope == Scope.NAMESPACE:
+            # It inherits the mesh-wide mode (STRICT, maybe) and, if older than ours, it is the one Istio applies.
+            changes.append(Change(Op.PATCH, "PeerAuthentication", namespace, name,
+                                  before=((MODE, mode),), after=((MODE, "PERMISSIVE"),)))
+            notes.append(f"PeerAuthentication {namespace}/{name} is namespace-wide and inherits the mesh-wide mode; "
+                         "Istio applies only the oldest namespace-wide policy, so it is set to PERMISSIVE too (the "
+                         f"rollback restores {mode or 'no mode'}).")
         elif spec.get("selector") and _strict_anywhere(spec):
             notes.append(f"PeerAuthentication {namespace}/{name} selects workloads and stays STRICT for them "
                          "(workload policies override this one).")
