@@ -98,7 +98,9 @@ class Notification:
     @property
     def labels_for_playbook(self) -> dict[str, str]:
         """Labels shared by the group, plus those of its first alert where the group says nothing."""
-        labels = dict(self.alerts[0].labels) if self.alerts else {}
+        # A first notification may carry alerts that already resolved; the playbook follows a firing one.
+        representative = next(iter(self.firing()), self.alerts[0] if self.alerts else None)
+        labels = dict(representative.labels) if representative else {}
         labels.update(self.common_labels)
         return labels
 
@@ -117,9 +119,17 @@ def _label_values(alerts: Sequence[Alert], names: Sequence[str]) -> list[str]:
 def parse_notification(body: bytes) -> Notification:
     """Decode and validate a webhook body; raises PayloadError with the reason."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = body.decode("utf-8")  # what Alertmanager sends; also what the incident log can store
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"body is not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
         raise PayloadError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("body is not a webhook payload: JSON nested too deeply") from None
+    if _has_lone_surrogate(text, data):
+        raise PayloadError("body contains a \\u escape of half a UTF-16 surrogate pair, which is not text")
     if not isinstance(data, dict):
         raise PayloadError("body must be a JSON object")
     version = data.get("version")
@@ -140,8 +150,27 @@ def parse_notification(body: bytes) -> Notification:
         common_annotations=_labels(data.get("commonAnnotations"), "commonAnnotations"),
         external_url=str(data.get("externalURL") or ""),
         alerts=alerts,
-        truncated_alerts=int(data.get("truncatedAlerts") or 0),
+        truncated_alerts=_count(data.get("truncatedAlerts"), "truncatedAlerts"),
     )
+
+
+def _count(value: Any, where: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PayloadError(f"{where}: expected a non-negative integer, got {value!r}"[:200])
+    return value
+
+
+def _has_lone_surrogate(text: str, data: Any) -> bool:
+    """JSON may escape half a surrogate pair (``\\ud800``): Python accepts it, UTF-8 (and SQLite) cannot hold it."""
+    if "\\u" not in text:
+        return False
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _require(data: Mapping[str, Any], key: str, kind: type, *, non_empty: bool = False, where: str = "") -> Any:

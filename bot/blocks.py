@@ -47,7 +47,13 @@ def clip(text: str, limit: int) -> str:
 
 def message_of(text: str, blocks: Sequence[Block]) -> Message:
     rendered = [b.to_dict() for b in blocks][:MAX_BLOCKS]
-    return Message(text=clip(text, MAX_FALLBACK_TEXT), blocks=rendered)
+    return Message(text=clip(defuse_special_mentions(text), MAX_FALLBACK_TEXT), blocks=rendered)
+
+
+def defuse_special_mentions(text: str) -> str:
+    """``<!channel>``, ``<!here>``, ``<!subteam^…>`` notify people even from the fallback text, which
+    carries alert titles and notes verbatim; meshbot itself never sends them."""
+    return text.replace("<!", "&lt;!")
 
 
 def section(text: str) -> SectionBlock:

@@ -84,8 +84,10 @@ class IncidentFlow:
         self._loop.wake()
 
     def start(self) -> IncidentFlow:
+        # Read before the processor starts: an incident it opens now is diagnosed by it, not a second time here.
+        undiagnosed = self.incidents.undiagnosed()
         self._loop.start()
-        for incident in self.incidents.undiagnosed():
+        for incident in undiagnosed:
             self.workers.submit(self._diagnose_safely, incident.id)
         return self
 
@@ -106,8 +108,20 @@ class IncidentFlow:
                 if not rows:
                     return done
                 for row in rows:
-                    self._process_one(row["id"], row["body"])
+                    self._process_safely(row["id"], row["body"])
                     done += 1
+
+    def _process_safely(self, notification_id: int, body: str) -> None:
+        """One notification that cannot be applied must not hold up every one after it."""
+        try:
+            self._process_one(notification_id, body)
+        except Exception as exc:
+            log.exception("notification %s could not be applied; set aside (kept, with the error)", notification_id)
+            with self.database.transaction() as db:
+                db.execute("UPDATE notifications SET processed_at = ?, error = ? WHERE id = ?",
+                           [iso(self.clock()), f"not applied: {type(exc).__name__}: {exc}"[:500], notification_id])
+            if self.metrics:
+                self.metrics.notification_failed()
 
     def _process_one(self, notification_id: int, body: str) -> None:
         notification = parse_notification(body.encode())
@@ -242,6 +256,8 @@ class IncidentFlow:
         extra = self.render_suggestions(incident, suggestions)
         report, hidden = blocks.findings_report(title, findings, extra_blocks=extra)
         with self.database.transaction() as db:
+            if self.incidents.get_in(db, incident.id).diagnosed:
+                return findings  # another run (a restart's catch-up) posted them already
             self.incidents.append(db, incident.id, MESHBOT, EventKind.DIAGNOSTICS_RUN, {
                 "playbook": playbook.name, "steps": steps, "errors": errors,
                 "counts": {str(k): v for k, v in count_by_level(findings).items()},

@@ -26,6 +26,13 @@ class Metrics:
                                     ["method", "error"], registry=self.registry)
         self.outbox_pending = Gauge("meshbot_outbox_pending", "Slack posts recorded but not yet delivered",
                                     registry=self.registry)
+        self.notifications_failed = Counter("meshbot_alert_notifications_failed",
+                                            "Stored Alertmanager notifications that could not be applied "
+                                            "(kept in the notifications table with the error)",
+                                            registry=self.registry)
+
+    def notification_failed(self) -> None:
+        self.notifications_failed.inc()
 
     def slack_error(self, method: str, error: str) -> None:
         self.slack_errors.labels(method=method, error=error).inc()

@@ -7,7 +7,9 @@ retried with exponential backoff while Slack is down or rate-limiting —
 including after a restart, since the queue lives in SQLite.  Errors Slack
 will never accept (``not_in_channel``, ``invalid_blocks``) end an entry as
 failed, recorded in the incident log, so one bad message cannot block a
-channel forever.
+channel forever.  Errors about the token or workspace (``invalid_auth``,
+``token_revoked``…) are nobody's message's fault: they hold the whole queue,
+retried with backoff, until someone fixes the token.
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ MAX_BACKOFF_SECONDS = 60.0
 PERMANENT_ERRORS = frozenset({
     "not_in_channel", "channel_not_found", "is_archived", "invalid_blocks", "invalid_blocks_format",
     "msg_too_long", "no_text", "message_not_found", "cant_update_message", "edit_window_closed",
-    "invalid_auth", "account_inactive", "token_revoked", "missing_scope", "not_authed", "restricted_action",
+    "restricted_action",
 })
+
+# ok:false answers about the token or the app's installation: every message would get them.
+WORKSPACE_ERRORS = frozenset({"invalid_auth", "account_inactive", "token_revoked", "token_expired", "not_authed",
+                              "missing_scope", "team_access_not_granted"})
 
 
 # ok:false answers that mean "try again later" rather than "never".
@@ -102,8 +108,13 @@ class Entry:
 
 def backoff_seconds(attempts: int, retry_after: float | None = None) -> float:
     """1, 2, 4 … 60 s; never sooner than Slack's Retry-After."""
-    delay = min(2.0 ** max(attempts - 1, 0), MAX_BACKOFF_SECONDS)
+    delay = min(2.0 ** min(max(attempts - 1, 0), 16), MAX_BACKOFF_SECONDS)  # capped: 2.0 ** 1025 overflows
     return max(delay, retry_after or 0.0)
+
+
+def not_before(moment: datetime) -> datetime:
+    """``moment`` rounded up to a whole second, as stored: a retry is never due before Retry-After."""
+    return moment if moment.microsecond == 0 else moment.replace(microsecond=0) + timedelta(seconds=1)
 
 
 @dataclass
@@ -120,6 +131,8 @@ class Outbox:
     _delivery_lock: threading.Lock = field(default_factory=threading.Lock)
     _delivered_unrecorded: dict[int, str | None] = field(default_factory=dict)
     """Entries Slack accepted whose 'sent' could not be written yet: recorded again, never re-sent."""
+    _workspace_error: str | None = None
+    """Set during a pass when Slack refused the token: the rest of the queue waits."""
 
     # -- recording (inside the caller's transaction) --------------------------------
 
@@ -169,7 +182,10 @@ class Outbox:
         rows = list(self.database.db.query("SELECT * FROM outbox WHERE state = 'pending' ORDER BY id"))
         blocked: set[str] = set()
         next_due: float | None = None
+        self._workspace_error = None
         for entry in (Entry.from_row(r) for r in rows):
+            if self._workspace_error:
+                break  # the token is refused: every channel waits for the retry of this entry
             if entry.channel in blocked:
                 continue
             wait = self._seconds_until_sendable(entry, now)
@@ -209,6 +225,12 @@ class Outbox:
             self._fail(entry, str(exc))
             return True
         except SlackError as exc:
+            if exc.error in WORKSPACE_ERRORS:
+                log.error("Slack refuses meshbot's token or installation (%s); holding all %d pending message(s) "
+                          "until it is fixed", exc.error, self.pending_count())
+                self._workspace_error = exc.error
+                self._retry_later(entry, exc)
+                return False
             if exc.error in PERMANENT_ERRORS or not (exc.transient or exc.error in TRANSIENT_ERRORS):
                 self._fail(entry, exc.error)
                 return True
@@ -270,7 +292,7 @@ class Outbox:
     def _retry_later(self, entry: Entry, error: SlackError) -> None:
         attempts = entry.attempts + 1
         delay = backoff_seconds(attempts, error.retry_after)
-        when = self.clock() + timedelta(seconds=delay)
+        when = not_before(self.clock() + timedelta(seconds=delay))
         log.info("Slack %s for message %s (attempt %d); retrying in %.0fs", error.error, entry.id, attempts, delay)
         self.database.db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
                                  [attempts, iso(when), error.error, entry.id])

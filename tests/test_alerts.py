@@ -40,6 +40,13 @@ def test_an_occurrence_is_fingerprint_and_start_time():
     assert alert.occurrence == f"{alert.fingerprint}@{alert.starts_at.isoformat()}"
 
 
+def test_the_playbook_follows_a_firing_alert_when_the_first_one_already_resolved():
+    data = payload("firing.json")
+    data["alerts"][0]["status"] = "resolved"
+    notification = parse_notification(json.dumps(data).encode())
+    assert notification.labels_for_playbook["pod"] == data["alerts"][1]["labels"]["pod"]
+
+
 def test_truncated_alerts_are_counted():
     assert parse_notification((DATA / "truncated.json").read_bytes()).truncated_alerts == 1
 
@@ -56,6 +63,9 @@ def test_truncated_alerts_are_counted():
     (lambda p: p["alerts"][0].update(startsAt="yesterday"), "alerts[0].startsAt"),
     (lambda p: p["alerts"][0].update(labels={"alertname": 5}), "alerts[0].labels: expected an object of string"),
     (lambda p: p.update(commonLabels=["a"]), "commonLabels"),
+    (lambda p: p.update(truncatedAlerts="x"), "truncatedAlerts: expected a non-negative integer"),
+    (lambda p: p.update(truncatedAlerts=-1), "truncatedAlerts: expected a non-negative integer"),
+    (lambda p: p["commonAnnotations"].update(summary="broken \ud800 text"), "half a UTF-16 surrogate pair"),
 ])
 def test_a_payload_missing_or_mangling_a_required_field_is_refused_with_the_reason(mutate, reason):
     data = payload("firing.json")
@@ -64,8 +74,13 @@ def test_a_payload_missing_or_mangling_a_required_field_is_refused_with_the_reas
         parse_notification(json.dumps(data).encode())
 
 
-@pytest.mark.parametrize("body, reason", [(b"{not json", "not JSON"), (b"[]", "JSON object"),
-                                          (b"\xff\xfe", "not JSON")])
+@pytest.mark.parametrize("body, reason", [
+    (b"{not json", "not JSON"),
+    (b"[]", "JSON object"),
+    (b"\xff\xfe", "not UTF-8"),
+    ((DATA / "firing.json").read_text().encode("utf-16"), "not UTF-8"),  # valid JSON, but not what we can store
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+])
 def test_malformed_bodies_are_refused(body, reason):
     with pytest.raises(PayloadError, match=reason):
         parse_notification(body)

@@ -55,3 +55,10 @@ def test_every_message_has_a_plain_text_fallback():
 def test_empty_report_says_no_problems():
     message, hidden = blocks.findings_report("status \u00b7 prod", [])
     assert hidden == 0 and "No problems found" in str(message.blocks)
+
+
+def test_a_special_mention_in_an_alert_title_or_note_notifies_nobody():
+    message = blocks.note_message("UALICE", "paging <!channel> and <!subteam^S0SRE>")
+    assert "<!" not in message.text and "&lt;!channel>" in message.text
+    assert "<@UALICE>" in message.text, "meshbot's own mention of the author stays"
+    assert "<!" not in str(message.blocks)

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.incidents import IncidentLog
 from tests.support.kube import write_kubeconfig
 from tests.support.slack import FakeSlack
 
@@ -118,6 +119,34 @@ def test_a_restart_does_not_open_a_second_incident_for_the_same_group(bot_factor
     fake_slack.wait_for(lambda: [c for c in fake_slack.of("chat.update") if c.args["text"].startswith("RESOLVED")],
                         what="the resolved update after the restart")
     assert len(top_levels(fake_slack)) == 1
+
+
+def test_a_stored_notification_that_cannot_be_applied_is_set_aside_and_the_next_ones_still_open_incidents(
+        incident_bot, fake_slack):
+    # E.g. stored by an older meshbot whose successor reads it differently: kept, with the error, not retried forever.
+    with incident_bot.database.transaction() as db:
+        db.execute("INSERT INTO notifications (received_at, group_key, status, body) VALUES (?, ?, ?, ?)",
+                   ["2026-11-23T03:00:00Z", "g", "firing", '{"groupKey": "g"}'])
+    send(incident_bot, payload("firing.json"))
+    fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident of the good notification")
+    rows = list(incident_bot.database.db.query("SELECT body, processed_at, error FROM notifications ORDER BY id"))
+    assert rows[0]["processed_at"] and rows[0]["error"].startswith("not applied: PayloadError")
+    assert rows[0]["body"] == '{"groupKey": "g"}', "kept for a human to look at"
+    metrics = httpx.get(f"{incident_bot.url}/metrics").text
+    assert "meshbot_alert_notifications_failed_total 1.0" in metrics
+
+
+def test_diagnostics_are_posted_once_even_if_a_second_run_is_started(incident_bot, fake_slack):
+    send(incident_bot, payload("firing.json"))
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    wait_for_diagnostics(fake_slack, top)
+    incident_id = incident_bot.database.db.execute("SELECT id FROM incidents").fetchone()[0]
+
+    incident_bot.incident_flow.diagnose(incident_id)  # what a restart's catch-up racing the processor would do
+
+    assert len([m for m in thread(fake_slack, top) if "Diagnostics" in m["text"]]) == 1
+    runs = [e for e in IncidentLog(incident_bot.database).timeline(incident_id) if e.kind == "diagnostics_run"]
+    assert len(runs) == 1
 
 
 def test_posts_recorded_while_slack_is_down_are_delivered_in_order_after_it_comes_back(incident_bot, fake_slack):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime, timezone
 
 import pytest
 
 from bot.blocks import Message
 from bot.db import Database
 from bot.incidents import IncidentLog
-from bot.outbox import Outbox, backoff_seconds
+from bot.outbox import Outbox, backoff_seconds, not_before
 from bot.slack_client import SlackClient, build_web_client
 from tests.support.slack import BOT_TOKEN, FakeSlack
 
@@ -99,10 +100,45 @@ def test_rate_limited_post_waits_at_least_retry_after_and_later_messages_do_not_
     queue_thread(outbox, database, incident(database))
     fake_slack.fail_next("chat.postMessage", status=429, retry_after=7)
     due = outbox.deliver_due()
-    assert due is not None and 6 <= due <= 7
+    assert due is not None and 6.9 <= due <= 8
     assert fake_slack.messages() == []  # nothing behind the rate-limited message went out first
     row = next(iter(database.db.query("SELECT attempts, last_error FROM outbox ORDER BY id LIMIT 1")))
     assert row == {"attempts": 1, "last_error": "ratelimited"}
+
+
+def test_a_retry_is_never_due_before_retry_after_even_at_a_fraction_of_a_second(database, fake_slack):
+    failed_at = datetime(2026, 11, 23, 3, 0, 0, 900_000, tzinfo=timezone.utc)
+    outbox = make_outbox(database, fake_slack)
+    outbox.clock = lambda: failed_at
+    queue_thread(outbox, database, incident(database), replies=0)
+    fake_slack.fail_next("chat.postMessage", status=429, retry_after=1)
+    outbox.deliver_due()
+    [stored] = [r[0] for r in database.db.execute("SELECT next_attempt_at FROM outbox ORDER BY id LIMIT 1")]
+    assert datetime.fromisoformat(stored.replace("Z", "+00:00")) >= failed_at.replace(second=1)
+    assert not_before(failed_at) == failed_at.replace(second=1, microsecond=0)
+
+
+def test_a_refused_token_holds_every_channel_and_loses_nothing_until_it_is_fixed(database, fake_slack):
+    outbox = make_outbox(database, fake_slack)
+    incident_id = incident(database)
+    with database.transaction() as db:
+        for channel in (CHANNEL, "COTHER", "CTHIRD"):
+            outbox.post(db, incident_id=incident_id, channel=channel, message=Message(f"to {channel}", []))
+    fake_slack.fail_next("chat.postMessage", error="invalid_auth")  # the token is fixed after this answer
+
+    outbox.deliver_due()
+    assert len(fake_slack.of("chat.postMessage")) == 1, "the first refusal holds the queue; no call per channel"
+    assert outbox.pending_count() == 3
+    assert database.db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'failed'").fetchone()[0] == 0
+
+    with database.transaction() as db:  # make the retry due now instead of after the backoff
+        db.execute("UPDATE outbox SET next_attempt_at = NULL")
+    drain(outbox)
+    assert sorted(p["text"] for p in fake_slack.messages()) == ["to CINCIDENT", "to COTHER", "to CTHIRD"]
+
+
+def test_backoff_after_a_day_of_failures_stays_at_the_cap():
+    assert backoff_seconds(5000) == 60.0
 
 
 def test_pending_messages_survive_a_restart_and_are_delivered_by_the_next_process(database, fake_slack, tmp_path):
