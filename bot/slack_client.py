@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.errors import SlackApiError, SlackClientError, SlackObjectFormationError, SlackRequestError
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler, RateLimitErrorRetryHandler, ServerErrorRetryHandler,
 )
@@ -79,9 +79,17 @@ class SlackClient:
         except SlackApiError as exc:
             raise self._mapped(method, exc) from None
         except (SlackClientError, OSError) as exc:
-            self._on_error(method, "connection_error")
-            raise SlackError(method, f"connection error ({type(exc).__name__})", transient=True) from None
+            raise self._unanswered(method, exc) from None
         return dict(response.data) if isinstance(response.data, dict) else {}
+
+    def _unanswered(self, method: str, exc: Exception) -> SlackError:
+        """No answer from Slack: a request slack_sdk refuses to build will never work; anything else may."""
+        if isinstance(exc, (SlackRequestError, SlackObjectFormationError)):
+            log.warning("Slack %s: slack_sdk refused to send the request: %s", method, str(exc)[:300])
+            self._on_error(method, "request_error")
+            return SlackError(method, "request_error", transient=False)
+        self._on_error(method, "connection_error")
+        return SlackError(method, f"connection error ({type(exc).__name__})", transient=True)
 
     def _mapped(self, method: str, exc: SlackApiError) -> SlackError:
         status = exc.response.status_code
@@ -123,8 +131,7 @@ class SlackClient:
         except SlackApiError as exc:
             raise self._mapped("files.upload", exc) from None
         except (SlackClientError, OSError) as exc:
-            self._on_error("files.upload", "connection_error")
-            raise SlackError("files.upload", f"connection error ({type(exc).__name__})", transient=True) from None
+            raise self._unanswered("files.upload", exc) from None
         files = answer.get("files") or [{}]
         return str(files[0].get("id", ""))
 

@@ -6,6 +6,8 @@ import sqlite3
 from datetime import datetime, timezone
 
 import pytest
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackRequestError
 
 from bot.blocks import Message
 from bot.db import Database
@@ -220,3 +222,20 @@ def test_the_database_refuses_to_edit_or_delete_events(database):
         database.db.execute("UPDATE events SET actor = 'mallory'")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         database.db.execute("DELETE FROM events")
+
+
+class _RefusingWebClient(WebClient):
+    """slack_sdk refusing to build a request (it never reaches the network, so no HTTP fake can show it)."""
+
+    def api_call(self, *args, **kwargs):
+        raise SlackRequestError("the request could not be built")
+
+
+def test_a_request_slack_sdk_refuses_to_build_fails_that_message_instead_of_blocking_the_channel(database, fake_slack):
+    outbox = Outbox(database, SlackClient(_RefusingWebClient(token=BOT_TOKEN, base_url=fake_slack.api_url)),
+                    IncidentLog(database), min_post_interval=0.0)
+    queue_thread(outbox, database, incident(database), replies=0)
+    drain(outbox)
+    assert outbox.pending_count() == 0
+    errors = [r[0] for r in database.db.execute("SELECT last_error FROM outbox ORDER BY id")]
+    assert errors == ["request_error", "the message it updates could not be posted"]
