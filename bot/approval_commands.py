@@ -10,12 +10,10 @@ from __future__ import annotations
 from bot import approval_blocks
 from bot.app import Invocation, Services, handles, handles_action, run_in_background
 from bot.approval_rule import Vote
+from bot.approvals import request_number
 from bot.slash import ActionRequest
 from commands.actions import ActionUsageError, parse_action
 from commands.errors import MeshbotError, UserError
-
-MAX_ID_DIGITS = 12
-
 
 def _desk(services: Services, who: Invocation):
     if services.approvals is None:
@@ -24,9 +22,10 @@ def _desk(services: Services, who: Invocation):
 
 
 def _number(value: str) -> int:
-    if not value.isdigit() or len(value) > MAX_ID_DIGITS:
+    number = request_number(value)
+    if number is None:
         raise UserError("this button is malformed; nothing was done")
-    return int(value)
+    return number
 
 
 @handles(ActionRequest)

@@ -40,6 +40,14 @@ GROUP_CACHE_SECONDS = 300.0
 MESHBOT = "meshbot"
 
 
+MAX_ID_DIGITS = 12
+
+
+def request_number(value: str) -> int | None:
+    """The request ID a button carries, or None when the value is not one."""
+    return int(value) if value.isdigit() and len(value) <= MAX_ID_DIGITS else None
+
+
 @dataclass(frozen=True)
 class ApprovalPolicy:
     approvers: tuple[str, ...]
@@ -178,7 +186,7 @@ class ApprovalDesk:
 
     def record_refused_click(self, user: str, button: str, value: str, reason: str) -> None:
         """A press refused before the rule was asked (wrong channel, malformed or unknown request): audit it too."""
-        request_id = int(value) if value.isdigit() and len(value) <= 12 else None
+        request_id = request_number(value)
         with self.database.transaction() as db:
             request = self.store.get(db, request_id) if request_id is not None else None
             self.incidents.append(db, request.incident_id if request else None, user, EventKind.APPROVAL_CLICK, {
