@@ -26,12 +26,12 @@ CHECKS = ["analyze", "status", "certs"]
 
 def measure(pods: int, mode: str, workdir: str) -> dict:
     from bench.mesh_generator import generate
-    from commands.checks import diagnose
+    from commands.checks.registry import diagnose
     from commands.findings import count_by_level
-    from commands.snapshot import Resource, Snapshot
+    from commands.cluster.snapshot import Resource, Snapshot
 
     if mode in ("yaml", "json"):
-        from commands.sources.files import FileSource
+        from commands.cluster.sources.files import FileSource
 
         start = time.perf_counter()
         source = FileSource([Path(workdir) / f"mesh-{pods}.{mode}"])

@@ -32,7 +32,7 @@ WORKERS = int(os.environ.get("MESHBOT_WORKERS", "16"))  # the setting's default
 
 def pad_diagnoses_to_two_seconds(meshbot) -> None:
     from bot.diagnosis import Diagnostician
-    from commands.checks import diagnose
+    from commands.checks.registry import diagnose
 
     cluster = meshbot.services.diagnostician.cluster
 

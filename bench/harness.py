@@ -22,7 +22,7 @@ def run_fake_slack(urls: multiprocessing.Queue, stop: multiprocessing.Event) -> 
 
 def run_bot(api_url: str, db_path: str, ports: multiprocessing.Queue, stop: multiprocessing.Event,
             overrides: dict, prepare: Callable | None = None) -> None:
-    from bot.server import build
+    from bot.server.meshbot import build
     from bot.settings import Settings
     from tests.support.bot import DEMO_SCENARIO
     from tests.support.slack import BOT_TOKEN, SIGNING_SECRET

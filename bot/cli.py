@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from commands import report
-    from commands.checks import diagnose
+    from commands.checks.registry import diagnose
     from commands.findings import Level
 
     source = _source(args, mesh_config=args.mesh_config)
@@ -159,7 +159,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from commands.checks import resolve_names
+    from commands.checks.registry import resolve_names
 
     names = resolve_names([args.check])
     source = _source(args)
@@ -168,7 +168,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from commands.demo import load_scenario
+    from commands.cluster.demo import load_scenario
 
     scenario = load_scenario(args.scenario)
     if args.output == "text":
@@ -181,7 +181,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from commands.actions import dry_run, parse_action, plan_action, plan_diff
-    from commands.kube import KubeClient
+    from commands.clients.kube import KubeClient
 
     target = parse_action(args.action, istio_namespace=args.istio_namespace)
     client = KubeClient.connect(args.kubeconfig, args.context, timeout=args.timeout)
@@ -202,9 +202,9 @@ def cmd_remind(args: argparse.Namespace) -> int:
     from zoneinfo import ZoneInfo
 
     from bot.cluster import ClusterAccess
-    from bot.db import Database
-    from bot.reminder_blocks import reminder_lines, upcoming_text
-    from bot.reminders import ReminderService
+    from bot.storage.database import Database
+    from bot.reminders.blocks import reminder_lines, upcoming_text
+    from bot.reminders.service import ReminderService
     from bot.settings import Settings
 
     settings = Settings.load(config_file=args.config)
@@ -233,8 +233,8 @@ def cmd_remind(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
-    from bot import redaction
-    from bot.server import build
+    from bot.server import redaction
+    from bot.server.meshbot import build
     from bot.settings import Settings
 
     settings = Settings.load(config_file=args.config)
@@ -255,9 +255,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    from bot.db import Database
-    from bot.incident_report import to_json, to_markdown
-    from bot.incidents import IncidentLog
+    from bot.storage.database import Database
+    from bot.incidents.report import to_json, to_markdown
+    from bot.incidents.log import IncidentLog
     from bot.settings import Settings
 
     path = args.db or Settings.load().db_path
@@ -318,7 +318,7 @@ def cmd_codes(args: argparse.Namespace) -> int:
 
 def _diagnose_and_print(names, source, endpoints, args, *, title_source: str) -> int:
     from commands import report
-    from commands.checks import diagnose, resolve_names
+    from commands.checks.registry import diagnose, resolve_names
     from commands.findings import Level
 
     names = resolve_names(names)
@@ -336,7 +336,7 @@ def _diagnose_and_print(names, source, endpoints, args, *, title_source: str) ->
 
 
 def _thresholds(cert_days: str):
-    from commands.checks import Thresholds
+    from commands.checks.registry import Thresholds
 
     try:
         error, warning, info = (int(x) for x in cert_days.split(","))
@@ -349,20 +349,20 @@ def _thresholds(cert_days: str):
 
 def _source(args: argparse.Namespace, *, mesh_config: str | None = None):
     if args.files:
-        from commands.sources.files import FileSource
+        from commands.cluster.sources.files import FileSource
 
         return FileSource(args.files, istio_namespace=args.istio_namespace, mesh_config=mesh_config)
     if mesh_config:
         raise UserError("--mesh-config applies to files (-f); a live cluster's mesh config is read from it")
-    from commands.sources.kube import live_source
+    from commands.cluster.sources.kube import live_source
 
     return live_source(kubeconfig=args.kubeconfig, context=args.context, timeout=args.timeout,
                        istio_namespace=args.istio_namespace, read_ca_secrets=args.read_ca_secrets)
 
 
 def _endpoints(args: argparse.Namespace, source):
-    from commands.endpoints import EndpointResolver, parse_envoy_admin_option
-    from commands.http import HttpEndpoint
+    from commands.cluster.endpoints import EndpointResolver, parse_envoy_admin_option
+    from commands.clients.http import HttpEndpoint
 
     admin_urls = dict(parse_envoy_admin_option(v) for v in args.envoy_admin)
     forwarder = getattr(source, "port_forwarder", None)

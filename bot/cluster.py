@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from bot.settings import Settings
-from commands.checks import Thresholds
-from commands.demo import Scenario, load_scenario
-from commands.endpoints import EndpointResolver
-from commands.http import HttpEndpoint
-from commands.kube import KubeClient, KubePortForwarder
-from commands.snapshot import SnapshotSource
-from commands.sources.kube import KubeSource
+from commands.checks.registry import Thresholds
+from commands.cluster.demo import Scenario, load_scenario
+from commands.cluster.endpoints import EndpointResolver
+from commands.clients.http import HttpEndpoint
+from commands.clients.kube import KubeClient, KubePortForwarder
+from commands.cluster.snapshot import SnapshotSource
+from commands.cluster.sources.kube import KubeSource
 
 
 @dataclass

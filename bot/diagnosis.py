@@ -15,8 +15,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from bot.cluster import ClusterAccess
-from commands.checks import diagnose
-from commands.endpoints import PodRef
+from commands.checks.registry import diagnose
+from commands.cluster.endpoints import PodRef
 from commands.errors import MeshbotError
 from commands.findings import Finding
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.alerts import AlertStatus, PayloadError, parse_notification
+from bot.incidents.alerts import AlertStatus, PayloadError, parse_notification
 
 DATA = Path(__file__).parent / "data" / "alertmanager"
 

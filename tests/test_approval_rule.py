@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bot.approval_rule import Ballot, Click, RequestState, Verdict, Vote, decide, is_approver
+from bot.approvals.rule import Ballot, Click, RequestState, Verdict, Vote, decide, is_approver
 
 NOW = datetime(2026, 11, 23, 3, 0, tzinfo=timezone.utc)
 

@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import pytest
 
-from bot.approval_rule import RequestState
-from bot.incidents import Event, IncidentLog
+from bot.approvals.rule import RequestState
+from bot.incidents.log import Event, IncidentLog
 from commands.actions.planners import EMERGENCY_POLICY
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack, block_action_body, post_signed, slash_command_body

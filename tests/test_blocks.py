@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot import blocks
+from bot.slack import blocks
 from commands.findings import Finding, Level, Remediation
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from commands.certs import certs
-from commands.checks import CheckContext, Thresholds
-from commands.endpoints import EndpointResolver, PodRef
+from commands.checks.certs import certs
+from commands.checks.registry import CheckContext, Thresholds
+from commands.cluster.endpoints import EndpointResolver, PodRef
 from commands.findings import Finding, Level
-from commands.http import http_endpoint
-from commands.snapshot import Resource, Snapshot
+from commands.clients.http import http_endpoint
+from commands.cluster.snapshot import Resource, Snapshot
 from tests.support.certs import Minted, mint
 from tests.support.envoy import RunningEnvoy
 from tests.support.http_server import ProgrammableServer

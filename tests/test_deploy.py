@@ -409,7 +409,7 @@ def labels_read(playbook: dict[str, Any]) -> set[str]:
 
 def test_every_tested_alert_reaches_a_playbook_that_finds_the_labels_it_reads():
     """meshbot's own playbook choice, fed with the alerts promtool proves the rules fire."""
-    from bot.playbook_loader import load_playbooks
+    from bot.incidents.playbook_loader import load_playbooks
 
     playbook_set = load_playbooks(ROOT / "playbooks")
     carried: dict[str, set[str]] = {}

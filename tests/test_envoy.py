@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from commands.checks import CheckContext, Thresholds
-from commands.endpoints import EndpointResolver, PodRef
-from commands.envoy import envoy, memory_bytes, parse_stats
+from commands.checks.registry import CheckContext, Thresholds
+from commands.cluster.endpoints import EndpointResolver, PodRef
+from commands.checks.envoy import envoy, memory_bytes, parse_stats
 from commands.findings import Finding, Level
-from commands.http import http_endpoint
-from commands.snapshot import Resource, Snapshot
+from commands.clients.http import http_endpoint
+from commands.cluster.snapshot import Resource, Snapshot
 from tests.support.certs import mint
 from tests.support.envoy import FailingUpstreamEnvoy, RunningEnvoy
 

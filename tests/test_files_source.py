@@ -8,7 +8,7 @@ import json
 import pytest
 
 from commands.errors import InputError
-from commands.sources.files import FileSource
+from commands.cluster.sources.files import FileSource
 
 
 def write(tmp_path, name: str, text: str):

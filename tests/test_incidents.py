@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.incidents import IncidentLog
+from bot.incidents.log import IncidentLog
 from tests.support.kube import write_kubeconfig
 from tests.support.slack import FakeSlack
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import yaml
 
-from commands.endpoints import PodRef
+from commands.cluster.endpoints import PodRef
 from commands.errors import AccessDenied, ClusterError, Conflict, MeshbotError, NotFound, TransientError, UserError
-from commands.kube import KubeClient, KubePortForwarder, LocalBridge, PatchStrategy
+from commands.clients.kube import KubeClient, KubePortForwarder, LocalBridge, PatchStrategy
 from tests.support.kube import FakeKube
 
 TOKEN = "sekrit-token-0123456789"

@@ -12,10 +12,10 @@ import pytest
 
 from commands.errors import UserError
 from commands.findings import Level
-from commands.kinds import KINDS
-from commands.kube import KubeClient
-from commands.snapshot import Snapshot
-from commands.sources.kube import KubeSource
+from commands.cluster.kinds import KINDS
+from commands.clients.kube import KubeClient
+from commands.cluster.snapshot import Snapshot
+from commands.cluster.sources.kube import KubeSource
 from tests.support.certs import mint
 from tests.support.kube import FakeKube
 
@@ -355,8 +355,8 @@ def test_unknown_kinds_are_a_user_error(kube: FakeKube):
 def test_in_cluster_istiod_is_reached_on_its_pod_ip_but_envoy_admin_always_through_a_port_forward():
     import contextlib
 
-    from commands.endpoints import EndpointResolver, PodRef
-    from commands.snapshot import Resource, Snapshot
+    from commands.cluster.endpoints import EndpointResolver, PodRef
+    from commands.cluster.snapshot import Resource, Snapshot
 
     forwarded: list[tuple[PodRef, int]] = []
 

@@ -9,11 +9,11 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackRequestError
 
-from bot.blocks import Message
-from bot.db import Database
-from bot.incidents import IncidentLog
-from bot.outbox import Outbox, backoff_seconds, not_before
-from bot.slack_client import SlackClient, build_web_client
+from bot.slack.blocks import Message
+from bot.storage.database import Database
+from bot.incidents.log import IncidentLog
+from bot.incidents.outbox import Outbox, backoff_seconds, not_before
+from bot.slack.client import SlackClient, build_web_client
 from tests.support.slack import BOT_TOKEN, FakeSlack
 
 CHANNEL = "CINCIDENT"

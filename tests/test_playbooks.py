@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
-from bot.playbooks import (
+from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
+from bot.incidents.playbooks import (
     DiagnosticStep,
     Matcher,
     PlaybookError,

@@ -6,10 +6,10 @@ import socket
 
 import pytest
 
-from commands.checks import CheckContext, run_check
-from commands.endpoints import EndpointResolver
-from commands.http import http_endpoint
-from commands.proxy_status import SyncState, sync_state
+from commands.checks.registry import CheckContext, run_check
+from commands.cluster.endpoints import EndpointResolver
+from commands.clients.http import http_endpoint
+from commands.checks.proxy_status import SyncState, sync_state
 from commands.report import report_order
 from tests.support.analysis import snapshot_from_yaml
 from tests.support.istiod import syncz_entry

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from commands.certs import CertRole
-from commands.lease import LeaderElector
-from commands.reminders import Expiry, LedgerError, decode_ledger, due, encode_ledger
+from commands.checks.certs import CertRole
+from commands.clients.lease import LeaderElector
+from commands.certificates.reminders import Expiry, LedgerError, decode_ledger, due, encode_ledger
 from tests.support.certs import Minted, mint
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack, post_signed, slash_command_body

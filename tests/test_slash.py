@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.slash import DiagnoseRequest, HelpRequest, UsageError, help_text, parse
+from bot.slack.slash import DiagnoseRequest, HelpRequest, UsageError, help_text, parse
 
 
 @pytest.mark.parametrize("text, expected", [

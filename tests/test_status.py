@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import commands.health  # noqa: F401  (registers the status check)
-from commands.checks import CheckContext, Thresholds, run_check
+import commands.checks.status  # noqa: F401  (registers the status check)
+from commands.checks.registry import CheckContext, Thresholds, run_check
 from tests.support.analysis import snapshot_from_yaml
 
 

@@ -1,4 +1,4 @@
-"""commands.x509: PEM bundles -> public CertInfo, and the expiry rules."""
+"""commands.certificates.x509: PEM bundles -> public CertInfo, and the expiry rules."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from commands.checks import Thresholds
-from commands.x509 import (
+from commands.checks.registry import Thresholds
+from commands.certificates.x509 import (
     CertificateError, days_left, expiry_code, human_duration, iso, parse_base64_pem, parse_iso, parse_pem_bundle,
 )
 from tests.support.certs import mint

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from commands.sources.yaml_fast import FastSafeLoader, construct
+from commands.cluster.sources.yaml_fast import FastSafeLoader, construct
 
 ROOT = Path(__file__).resolve().parent.parent
 SAFE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -1,6 +1,6 @@
 """Remediation actions: parse a target, plan it from the cluster, dry-run, apply, verify, roll back.
 
-No Slack and no approvals here: ``bot.approvals`` decides *whether* a plan may run.
+No Slack and no approvals here: ``bot.approvals.desk`` decides *whether* a plan may run.
 """
 
 from commands.actions.execute import Outcome, Verification, apply, dry_run, verify

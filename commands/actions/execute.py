@@ -17,7 +17,7 @@ from typing import Any
 
 from commands.actions.plan import Change, Op, Plan, value_at
 from commands.errors import MeshbotError, NotFound, TransientError
-from commands.kube import KubeClient
+from commands.clients.kube import KubeClient
 
 
 class StepState(StrEnum):

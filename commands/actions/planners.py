@@ -20,7 +20,7 @@ from typing import Any
 from commands.actions.plan import ROLLOUT_TRIGGER, Change, Op, Plan, value_at
 from commands.actions.targets import ActionName, ActionTarget, Scope
 from commands.errors import NotFound, UserError
-from commands.kube import KubeClient
+from commands.clients.kube import KubeClient
 
 EMERGENCY_POLICY = "meshbot-emergency-permissive"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshbot"}

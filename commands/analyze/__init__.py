@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from commands import codes
-from commands.checks import CheckContext, check
+from commands.checks.registry import CheckContext, check
 from commands.findings import Finding, Remediation
-from commands.snapshot import Resource
+from commands.cluster.snapshot import Resource
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from commands.analyze import analyzer, report, unique
 from commands.analyze.hosts import HostEntry, HostIndex
-from commands.checks import CheckContext
+from commands.checks.registry import CheckContext
 from commands.findings import Finding
-from commands.selectors import PodIndex, matches
+from commands.cluster.selectors import PodIndex, matches
 from commands.shapes import mapping, mappings
-from commands.snapshot import Resource, Snapshot
+from commands.cluster.snapshot import Resource, Snapshot
 
 TLS_MODES_NEEDING_CA = {"SIMPLE", "MUTUAL"}
 

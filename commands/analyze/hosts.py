@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from commands.snapshot import Resource, Snapshot
+from commands.cluster.snapshot import Resource, Snapshot
 
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 EXPORT_TO_ALL = "*"

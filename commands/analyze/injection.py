@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from commands.analyze import analyzer, report
-from commands.checks import CheckContext
+from commands.checks.registry import CheckContext
 from commands.codes import go_list
 from commands.findings import Finding
-from commands.pods import sidecar_spec
-from commands.selectors import PodIndex
+from commands.cluster.pods import sidecar_spec
+from commands.cluster.selectors import PodIndex
 from commands.shapes import mapping
-from commands.snapshot import Resource, Snapshot
+from commands.cluster.snapshot import Resource, Snapshot
 
 INJECTION_LABEL = "istio-injection"
 REVISION_LABEL = "istio.io/rev"

@@ -18,11 +18,11 @@ from commands.analyze.hosts import (
     to_fqdn,
     wildcard_suffixes,
 )
-from commands.checks import CheckContext
+from commands.checks.registry import CheckContext
 from commands.codes import go_list
 from commands.findings import Finding
 from commands.shapes import mapping, mappings
-from commands.snapshot import Resource, Snapshot
+from commands.cluster.snapshot import Resource, Snapshot
 
 MESH_GATEWAY = "mesh"
 

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from commands.analyze import analyzer, report
 from commands.analyze.injection import INJECT_ANNOTATION, NamespaceInjection, namespace_injection, pod_opts_out
 from commands.analyze.sidecar import WorkloadEntryIndex, as_workload
-from commands.checks import CheckContext
+from commands.checks.registry import CheckContext
 from commands.findings import Finding
-from commands.pods import sidecar_spec
-from commands.selectors import PodIndex, format_selector
+from commands.cluster.pods import sidecar_spec
+from commands.cluster.selectors import PodIndex, format_selector
 from commands.shapes import mapping
-from commands.snapshot import Resource, Snapshot
+from commands.cluster.snapshot import Resource, Snapshot
 
 AMBIENT_REDIRECTION_ANNOTATION = "ambient.istio.io/redirection"
 

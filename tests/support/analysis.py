@@ -5,10 +5,10 @@ from __future__ import annotations
 import textwrap
 
 from commands.analyze import run_analyzers
-from commands.checks import CheckContext
+from commands.checks.registry import CheckContext
 from commands.findings import Finding
-from commands.snapshot import Snapshot
-from commands.sources.files import parse_objects
+from commands.cluster.snapshot import Snapshot
+from commands.cluster.sources.files import parse_objects
 
 
 def snapshot_from_yaml(text: str, *, istio_namespace: str = "istio-system") -> Snapshot:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.server import Meshbot, build
+from bot.server.meshbot import Meshbot, build
 from bot.settings import Settings
 from tests.support.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 

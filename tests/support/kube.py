@@ -27,8 +27,8 @@ import kmock
 import pytest
 from kmock._internal import apps, parsing
 
-from commands.kinds import KINDS, KindInfo
-from commands.kube import KubeClient
+from commands.cluster.kinds import KINDS, KindInfo
+from commands.clients.kube import KubeClient
 
 T = TypeVar("T")
 

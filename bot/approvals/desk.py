@@ -1,0 +1,377 @@
+"""Approval requests from asking to executing: plan, dry-run, votes, the action itself, rollback.
+
+The rule (who may vote, how many approvals) is ``bot.approvals.rule.decide``;
+this module applies it inside one SQLite transaction per click, so concurrent
+clicks are serialised and the switch to *executing* is a conditional update
+that can succeed once.  The plan is stored with its hash when the request is
+opened; what runs is that stored plan, whatever a client sends later.
+Every request, click (accepted or refused, with the reason), execution,
+verification and rollback is an event in the incident log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import sqlite_utils
+
+from bot.approvals import blocks as approval_blocks
+from bot.slack import blocks
+from bot.storage.background import WakeableLoop
+from bot.approvals.rule import Click, Decision, RequestState, Verdict, Vote, decide, is_approver
+from bot.approvals.store import ApprovalRequest, ApprovalStore
+from bot.storage.database import Database
+from bot.incidents.log import EventKind, Incident, IncidentLog
+from bot.incidents.outbox import Outbox
+from bot.slack.client import SlackClient, SlackError
+from commands.actions import ActionTarget, Plan, apply, dry_run, plan_action, rollback_plan, verify
+from commands.errors import MeshbotError, UserError
+from commands.clients.kube import KubeClient
+
+log = logging.getLogger(__name__)
+
+GROUP_CACHE_SECONDS = 300.0
+MESHBOT = "meshbot"
+
+
+MAX_ID_DIGITS = 12
+
+
+def request_number(value: str) -> int | None:
+    """The request ID a button carries, or None when the value is not one."""
+    return int(value) if value.isdigit() and len(value) <= MAX_ID_DIGITS else None
+
+
+@dataclass(frozen=True)
+class ApprovalPolicy:
+    approvers: tuple[str, ...]
+    """Slack user IDs (U…/W…) and user group IDs (S…)."""
+    required: int = 2
+    ttl: timedelta = timedelta(minutes=30)
+
+    @property
+    def users(self) -> frozenset[str]:
+        return frozenset(a for a in self.approvers if not a.startswith("S"))
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(a for a in self.approvers if a.startswith("S"))
+
+
+@dataclass(frozen=True)
+class ClickAnswer:
+    """What the person who clicked is told (privately), and whether anything changed."""
+
+    accepted: bool
+    text: str
+
+
+@dataclass
+class ApprovalDesk:
+    database: Database
+    incidents: IncidentLog
+    outbox: Outbox
+    slack: SlackClient
+    policy: ApprovalPolicy
+    kube: Callable[[], KubeClient]
+    """The cluster client for planning and executing (raises when actions are not possible)."""
+    workers: ThreadPoolExecutor
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    store: ApprovalStore = field(default_factory=ApprovalStore)
+    _groups: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
+    _sweeper: WakeableLoop | None = None
+    _running: set[int] = field(default_factory=set)
+    """Requests being executed by this process: a click and the start-up resume must not both run one."""
+    _running_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- asking ------------------------------------------------------------------------------
+
+    def request(self, target: ActionTarget, *, requester: str, reason: str, channel: str,
+                incident_id: int | None = None) -> int:
+        """Plan and dry-run an action, then open a request in the incident's thread (a new one if needed)."""
+        incident = self.incidents.get(incident_id) if incident_id is not None else None
+        if incident is not None and incident.top_message is None:
+            raise UserError(f"incident #{incident.id} has no Slack thread to ask in")
+        client = self.kube()
+        plan = plan_action(client, target, self.clock())
+        return self._open(plan, requester=requester, reason=reason, channel=incident.channel if incident else channel,
+                          incident=incident, client=client)
+
+    def request_rollback(self, request_id: int, *, requester: str) -> int:
+        with self.database.transaction() as db:
+            original = self._get(db, request_id)
+            if not original.plan.reversible:
+                raise UserError(f"`{original.action}` has no rollback")
+            self._refuse_second_rollback(db, request_id)
+            if not original.can_roll_back:
+                raise UserError(f"request #{request_id} changed nothing that could be rolled back")
+        incident = self.incidents.get(original.incident_id)
+        plan = rollback_plan(original.plan, original.applied)
+        return self._open(plan, requester=requester, reason=f"rollback of request #{request_id}",
+                          channel=original.channel, incident=incident, client=self.kube(), rollback_of=request_id)
+
+    def _refuse_second_rollback(self, db: sqlite_utils.Database, request_id: int) -> None:
+        if self._get(db, request_id).rolled_back_by or self.store.pending_rollback_of(db, request_id):
+            raise UserError(f"a rollback of request #{request_id} was already requested")
+
+    def _open(self, plan: Plan, *, requester: str, reason: str, channel: str, incident: Incident | None,
+              client: KubeClient, rollback_of: int | None = None) -> int:
+        rehearsal = dry_run(client, plan)
+        if not rehearsal.ok:
+            # Approving a plan the API server already refuses would only waste two people's time.
+            raise UserError(f"the server-side dry run failed, so nothing was requested: {rehearsal.error}")
+        now = self.clock()
+        with self.database.transaction() as db:
+            if rollback_of is not None:
+                self._refuse_second_rollback(db, rollback_of)  # again: two people may press Rollback at once
+            if incident is None:
+                incident = self._manual_incident(db, plan, requester, channel)
+            request_id = self.store.insert(
+                db, incident_id=incident.id, plan=plan, dry_run=rehearsal.to_dict(), requester=requester,
+                reason=reason, channel=incident.channel or channel, required=self.policy.required, now=now,
+                expires_at=now + self.policy.ttl, rollback_of=rollback_of)
+            self.incidents.append(db, incident.id, requester, EventKind.APPROVAL_REQUESTED, {
+                "request_id": request_id, "action": plan.action, "plan_hash": plan.hash, "summary": plan.summary,
+                "changes": [f"{c.op} {c.origin}" for c in plan.changes], "notes": list(plan.notes),
+                "reason": reason, "dry_run": rehearsal.to_dict(), "required": self.policy.required,
+                "rollback_of": rollback_of})
+            request = self._get(db, request_id)
+            entry = self.outbox.post(db, incident_id=incident.id, channel=request.channel,
+                                     message=approval_blocks.request_message(request, now),
+                                     thread_of=incident.top_message)
+            self.store.set_message(db, request_id, entry)
+        self.outbox.wake()
+        return request_id
+
+    def _manual_incident(self, db: sqlite_utils.Database, plan: Plan, requester: str, channel: str) -> Incident:
+        """A request typed outside any incident gets its own incident, so it has a thread and a log."""
+        incident_id = self.incidents.create(
+            db, group_key=f"manual:{uuid.uuid4()}", title=f"Remediation requested: {plan.action}",
+            severity="warning", channel=channel, labels={}, namespaces=[], services=[], external_url="",
+            playbook=None, source="slack")
+        self.incidents.mark_diagnosed(db, incident_id)
+        self.incidents.append(db, incident_id, requester, EventKind.INCIDENT_OPENED,
+                              {"source": "slack", "reason": f"/mesh {plan.action}"})
+        incident = self.incidents.get_in(db, incident_id)
+        top = self.outbox.post(db, incident_id=incident_id, channel=channel,
+                               message=blocks.manual_incident_message(incident, requester, plan.action))
+        self.incidents.set_top_message(db, incident_id, top)
+        return self.incidents.get_in(db, incident_id)
+
+    # -- voting ---------------------------------------------------------------------------------
+
+    def click(self, request_id: int, user: str, vote: Vote) -> ClickAnswer:
+        approver = is_approver(user, self.policy.users, self._group_members())
+        with self.database.transaction() as db:
+            request = self._get(db, request_id)
+            now = self.clock()
+            decision = decide(request.ballot(), Click(user, vote, now, approver))
+            self.incidents.append(db, request.incident_id, user, EventKind.APPROVAL_CLICK, {
+                "request_id": request_id, "vote": str(vote), "accepted": decision.accepted,
+                "verdict": str(decision.verdict), "reason": decision.reason})
+            if request.state == RequestState.PENDING and now >= request.expires_at:
+                self._expire(db, request, now)
+            elif decision.accepted:
+                self._record(db, request, user, vote, decision, now)
+        self.outbox.wake()
+        if decision.verdict == Verdict.EXECUTE:
+            self.workers.submit(self._execute_safely, request_id)
+        return ClickAnswer(decision.accepted, self._answer(decision, request))
+
+    def record_refused_click(self, user: str, button: str, value: str, reason: str) -> None:
+        """A press refused before the rule was asked (wrong channel, malformed or unknown request): audit it too."""
+        request_id = request_number(value)
+        with self.database.transaction() as db:
+            request = self.store.get(db, request_id) if request_id is not None else None
+            self.incidents.append(db, request.incident_id if request else None, user, EventKind.APPROVAL_CLICK, {
+                "request_id": request.id if request else None, "button": button, "value": value[:100],
+                "accepted": False, "verdict": "refused", "reason": reason})
+
+    def _record(self, db: sqlite_utils.Database, request: ApprovalRequest, user: str, vote: Vote,
+                decision: Decision, now: datetime) -> None:
+        self.store.add_vote(db, request.id, user, vote, now)
+        if decision.verdict == Verdict.REJECTED:
+            self._move(db, request, RequestState.REJECTED, user, now)
+        elif decision.verdict == Verdict.EXECUTE:
+            self._move(db, request, RequestState.EXECUTING, user, now)
+        else:
+            self._update_message(db, request.id, now)
+
+    def _move(self, db: sqlite_utils.Database, request: ApprovalRequest, to: RequestState, by: str | None,
+              now: datetime) -> None:
+        if not self.store.transition(db, request.id, RequestState.PENDING, to, by=by, now=now):
+            # decide() saw PENDING inside this same transaction, so this cannot happen; refuse loudly if it does.
+            raise RuntimeError(f"request #{request.id} left 'pending' under a held write lock")
+        self.incidents.append(db, request.incident_id, by or MESHBOT, EventKind.APPROVAL_STATE, {
+            "request_id": request.id, "from": "pending", "to": str(to)})
+        updated = self._update_message(db, request.id, now)
+        if to in (RequestState.REJECTED, RequestState.EXPIRED):
+            self._thread_note(db, updated)
+
+    def _expire(self, db: sqlite_utils.Database, request: ApprovalRequest, now: datetime) -> None:
+        self._move(db, request, RequestState.EXPIRED, None, now)
+
+    def _answer(self, decision: Decision, request: ApprovalRequest) -> str:
+        if decision.verdict == Verdict.REFUSED:
+            return f":no_entry_sign: {decision.reason}."
+        if decision.verdict == Verdict.REJECTED:
+            return f"Request #{request.id} closed ({decision.reason}); nothing was changed."
+        if decision.verdict == Verdict.EXECUTE:
+            return f"Approved: `{request.action}` is running now."
+        return f"Approval recorded ({decision.reason})."
+
+    # -- executing ------------------------------------------------------------------------------
+
+    def _execute_safely(self, request_id: int) -> None:
+        try:
+            self.execute(request_id)
+        except Exception as exc:
+            log.exception("executing approval request #%s failed", request_id)
+            self._record_crash(request_id, exc)
+
+    def execute(self, request_id: int) -> ApprovalRequest:
+        """Run an approved request's stored plan once, verify it, and record everything."""
+        with self._running_lock:
+            if request_id in self._running:
+                return self.get(request_id)
+            self._running.add(request_id)
+        try:
+            return self._execute(request_id)
+        finally:
+            with self._running_lock:
+                self._running.discard(request_id)
+
+    def _execute(self, request_id: int) -> ApprovalRequest:
+        with self.database.transaction() as db:
+            request = self._get(db, request_id)
+        if request.state != RequestState.EXECUTING:
+            return request
+        result, verification = self._run(request)
+        return self._finish(request, result, verification)
+
+    def _record_crash(self, request_id: int, exc: Exception) -> None:
+        """An unexpected error must not leave a request 'executing' forever with a frozen message."""
+        try:
+            request = self.get(request_id)
+            if request.state == RequestState.EXECUTING:
+                # Unknown how far it got: count every change as possibly in place, so a rollback covers them all
+                # (it skips those that never landed).
+                self._finish(request, {"ok": False, "applied": len(request.plan.changes), "steps": [],
+                                       "error": f"meshbot hit an internal error while executing ({type(exc).__name__}); "
+                                                "changes may be in place, see its log"}, None)
+        except Exception:
+            log.exception("could not record the failure of approval request #%s", request_id)
+
+    def _finish(self, request: ApprovalRequest, result: dict, verification: dict | None) -> ApprovalRequest:
+        request_id = request.id
+        with self.database.transaction() as db:
+            state = RequestState.SUCCEEDED if result.get("ok") else RequestState.FAILED
+            if not self.store.finish(db, request_id, state, result, verification):
+                return self._get(db, request_id)  # someone else recorded the outcome first
+            kind = EventKind.ACTION_EXECUTED if result.get("ok") else EventKind.ACTION_FAILED
+            self.incidents.append(db, request.incident_id, MESHBOT, kind, {
+                "request_id": request_id, "action": request.action, "plan_hash": request.plan_hash,
+                "approved_by": list(request.approvals), **result})
+            if verification is not None:
+                self.incidents.append(db, request.incident_id, MESHBOT, EventKind.ACTION_VERIFIED,
+                                      {"request_id": request_id, **verification})
+            if request.rollback_of is not None and result.get("ok"):
+                self.store.mark_rolled_back(db, request.rollback_of, request_id)
+                self._update_message(db, request.rollback_of, self.clock())
+            done = self._update_message(db, request_id, self.clock())
+            self._thread_note(db, done)
+        self.outbox.wake()
+        return done
+
+    def _run(self, request: ApprovalRequest) -> tuple[dict, dict | None]:
+        if request.plan.hash != request.plan_hash:
+            return {"ok": False, "applied": 0, "error": "the stored plan does not match its hash; nothing was run",
+                    "steps": []}, None
+        try:
+            client = self.kube()
+            outcome = apply(client, request.plan)
+            checked = verify(client, request.plan) if outcome.applied or outcome.ok else None
+        except MeshbotError as exc:
+            return {"ok": False, "applied": 0, "error": str(exc), "steps": []}, None
+        return outcome.to_dict(), checked.to_dict() if checked else None
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def expire_due(self) -> int:
+        """Close pending requests past their expiry (their buttons stop working anyway); returns how many."""
+        now = self.clock()
+        with self.database.transaction() as db:
+            expired = self.store.expired_ids(db, now)
+            for request_id in expired:
+                request = self._get(db, request_id)
+                self._expire(db, request, now)
+        if expired:
+            self.outbox.wake()
+        return len(expired)
+
+    def start(self, interval: float = 30.0) -> ApprovalDesk:
+        self._sweeper = WakeableLoop("approvals", self._sweep_pass, idle=interval)
+        self._sweeper.start()
+        with self.database.transaction() as db:
+            interrupted = self.store.executing(db)
+        for request_id in interrupted:
+            # Stopped mid-action: applying again is safe (changes already in place are skipped).
+            log.warning("resuming approval request #%s, interrupted while executing", request_id)
+            self.workers.submit(self._execute_safely, request_id)
+        return self
+
+    def _sweep_pass(self) -> None:
+        self.expire_due()  # None: the loop waits `interval` before the next sweep
+
+    def stop(self) -> None:
+        if self._sweeper:
+            self._sweeper.stop()
+
+    def get(self, request_id: int) -> ApprovalRequest:
+        return self._get(self.database.db, request_id)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _get(self, db: sqlite_utils.Database, request_id: int) -> ApprovalRequest:
+        request = self.store.get(db, request_id)
+        if request is None:
+            raise UserError(f"there is no approval request #{request_id}")
+        return request
+
+    def _update_message(self, db: sqlite_utils.Database, request_id: int, now: datetime) -> ApprovalRequest:
+        request = self._get(db, request_id)
+        if request.message_entry is not None:
+            self.outbox.update(db, incident_id=request.incident_id, channel=request.channel,
+                               message=approval_blocks.request_message(request, now), of=request.message_entry)
+        return request
+
+    def _thread_note(self, db: sqlite_utils.Database, request: ApprovalRequest) -> None:
+        incident = self.incidents.get_in(db, request.incident_id)
+        if incident.top_message is not None:
+            self.outbox.post(db, incident_id=incident.id, channel=request.channel,
+                             message=approval_blocks.result_note(request), thread_of=incident.top_message)
+
+    def _group_members(self) -> frozenset[str]:
+        """Members of the approver user groups, cached for five minutes; a Slack error keeps the last answer."""
+        members: set[str] = set()
+        for group in self.policy.groups:
+            cached = self._groups.get(group)
+            if cached and time.monotonic() - cached[0] < GROUP_CACHE_SECONDS:
+                members |= cached[1]
+                continue
+            try:
+                users = frozenset(self.slack.usergroup_members(group))
+            except SlackError as exc:
+                log.warning("cannot read approver group %s (%s); using the last known members", group, exc.error)
+                members |= cached[1] if cached else frozenset()
+                continue
+            self._groups[group] = (time.monotonic(), users)
+            members |= users
+        return frozenset(members)

@@ -1,0 +1,160 @@
+"""Approval requests and votes in SQLite.  Every method runs inside the caller's transaction."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+
+from bot.approvals.rule import Ballot, RequestState, Vote
+from bot.storage.database import migration
+from bot.incidents.log import iso, parse_time
+from commands.actions import Plan
+
+
+@migration(3, "approval requests and their votes")
+def _create_approval_tables(db: sqlite_utils.Database) -> None:
+    db.executescript("""
+        CREATE TABLE approval_requests (
+            id INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id),
+            action TEXT NOT NULL,
+            plan TEXT NOT NULL,
+            plan_hash TEXT NOT NULL,
+            dry_run TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            channel TEXT NOT NULL,
+            message_entry INTEGER REFERENCES outbox(id),
+            state TEXT NOT NULL,
+            required INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            decided_by TEXT,
+            decided_at TEXT,
+            result TEXT,
+            verification TEXT,
+            rollback_of INTEGER REFERENCES approval_requests(id),
+            rolled_back_by INTEGER REFERENCES approval_requests(id)
+        );
+        CREATE INDEX approval_requests_pending ON approval_requests(state, expires_at);
+        CREATE TABLE approval_votes (
+            request_id INTEGER NOT NULL REFERENCES approval_requests(id),
+            user TEXT NOT NULL,
+            vote TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (request_id, user)
+        );
+    """)
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    id: int
+    incident_id: int
+    action: str
+    plan: Plan
+    plan_hash: str
+    dry_run: dict[str, Any]
+    requester: str
+    reason: str
+    channel: str
+    message_entry: int | None
+    state: RequestState
+    required: int
+    created_at: datetime
+    expires_at: datetime
+    decided_by: str | None
+    result: dict[str, Any] | None
+    verification: dict[str, Any] | None
+    rollback_of: int | None
+    rolled_back_by: int | None
+    approvals: tuple[str, ...]
+
+    def ballot(self) -> Ballot:
+        return Ballot(requester=self.requester, state=self.state, required=self.required,
+                      expires_at=self.expires_at, approvals=self.approvals, decided_by=self.decided_by)
+
+    @property
+    def applied(self) -> int:
+        return int((self.result or {}).get("applied") or 0)
+
+    @property
+    def can_roll_back(self) -> bool:
+        return (self.plan.reversible and self.rolled_back_by is None and self.applied > 0
+                and self.state in (RequestState.SUCCEEDED, RequestState.FAILED))
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+class ApprovalStore:
+    def insert(self, db: sqlite_utils.Database, *, incident_id: int, plan: Plan, dry_run: dict[str, Any],
+               requester: str, reason: str, channel: str, required: int, now: datetime, expires_at: datetime,
+               rollback_of: int | None = None) -> int:
+        cursor = db.execute(
+            "INSERT INTO approval_requests (incident_id, action, plan, plan_hash, dry_run, requester, reason, channel, "
+            "state, required, created_at, expires_at, rollback_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+            [incident_id, plan.action, plan.canonical_json(), plan.hash, json.dumps(dry_run), requester, reason,
+             channel, required, iso(now), iso(expires_at), rollback_of])
+        return cursor.lastrowid
+
+    def set_message(self, db: sqlite_utils.Database, request_id: int, entry: int) -> None:
+        db.execute("UPDATE approval_requests SET message_entry = ? WHERE id = ?", [entry, request_id])
+
+    def get(self, db: sqlite_utils.Database, request_id: int) -> ApprovalRequest | None:
+        rows = list(db.query("SELECT * FROM approval_requests WHERE id = ?", [request_id]))
+        if not rows:
+            return None
+        row = rows[0]
+        approvals = tuple(r["user"] for r in db.query(
+            "SELECT user FROM approval_votes WHERE request_id = ? AND vote = 'approve' ORDER BY at, rowid",
+            [request_id]))
+        return ApprovalRequest(
+            id=row["id"], incident_id=row["incident_id"], action=row["action"],
+            plan=Plan.from_dict(json.loads(row["plan"])), plan_hash=row["plan_hash"], dry_run=json.loads(row["dry_run"]),
+            requester=row["requester"], reason=row["reason"], channel=row["channel"],
+            message_entry=row["message_entry"], state=RequestState(row["state"]), required=row["required"],
+            created_at=parse_time(row["created_at"]), expires_at=parse_time(row["expires_at"]),
+            decided_by=row["decided_by"], result=_json(row["result"]), verification=_json(row["verification"]),
+            rollback_of=row["rollback_of"], rolled_back_by=row["rolled_back_by"], approvals=approvals)
+
+    def add_vote(self, db: sqlite_utils.Database, request_id: int, user: str, vote: Vote, now: datetime) -> None:
+        db.execute("INSERT OR IGNORE INTO approval_votes (request_id, user, vote, at) VALUES (?, ?, ?, ?)",
+                   [request_id, user, str(vote), iso(now)])
+
+    def transition(self, db: sqlite_utils.Database, request_id: int, from_state: RequestState,
+                   to_state: RequestState, *, by: str | None = None, now: datetime) -> bool:
+        """Move a request on only if it is still in ``from_state``: the exactly-once guard."""
+        cursor = db.execute("UPDATE approval_requests SET state = ?, decided_by = COALESCE(?, decided_by), "
+                            "decided_at = ? WHERE id = ? AND state = ?",
+                            [str(to_state), by, iso(now), request_id, str(from_state)])
+        return cursor.rowcount == 1
+
+    def finish(self, db: sqlite_utils.Database, request_id: int, state: RequestState, result: dict[str, Any],
+               verification: dict[str, Any] | None) -> bool:
+        """Record how an execution ended; False when the request was no longer executing (nothing written)."""
+        cursor = db.execute("UPDATE approval_requests SET state = ?, result = ?, verification = ? WHERE id = ? "
+                            "AND state = 'executing'",
+                            [str(state), json.dumps(result), json.dumps(verification) if verification else None,
+                             request_id])
+        return cursor.rowcount == 1
+
+    def mark_rolled_back(self, db: sqlite_utils.Database, request_id: int, by_request: int) -> None:
+        db.execute("UPDATE approval_requests SET rolled_back_by = ? WHERE id = ?", [by_request, request_id])
+
+    def pending_rollback_of(self, db: sqlite_utils.Database, request_id: int) -> int | None:
+        row = db.execute("SELECT id FROM approval_requests WHERE rollback_of = ? AND state IN ('pending', "
+                         "'executing') ORDER BY id DESC LIMIT 1", [request_id]).fetchone()
+        return row[0] if row else None
+
+    def expired_ids(self, db: sqlite_utils.Database, now: datetime) -> list[int]:
+        return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?",
+                                         [iso(now)]).fetchall()]
+
+    def executing(self, db: sqlite_utils.Database) -> list[int]:
+        return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'executing' ORDER BY id")]

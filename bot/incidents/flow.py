@@ -1,0 +1,342 @@
+"""From Alertmanager notifications to incident threads: one incident and one thread per alert group.
+
+The webhook handler only validates and stores the raw notification (fast, so
+Alertmanager never times out and retries into duplicates); a single processor
+thread applies stored notifications in arrival order, each in one
+transaction.  Alerts are remembered by occurrence (fingerprint + startsAt), so
+re-sent notifications, retries and restarts change nothing twice.
+Diagnostics run on the worker pool; an incident not yet diagnosed when the
+bot stopped is diagnosed when it starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlite_utils
+
+from bot.slack import blocks
+from bot.storage.background import WakeableLoop
+from bot.incidents.alerts import Alert, AlertStatus, Notification, parse_notification
+from bot.storage.database import Database
+from bot.diagnosis import Diagnostician
+from bot.incidents.log import EventKind, Incident, IncidentLog, iso
+from bot.server.metrics import Metrics
+from bot.incidents.outbox import Outbox
+from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest
+from commands.cluster.endpoints import PodRef
+from commands.errors import UserError
+from commands.findings import Finding, by_severity, count_by_level
+from commands.report import diagnose_text
+
+log = logging.getLogger(__name__)
+
+MAX_FINDINGS_IN_LOG = 200
+PROCESS_EVERY = 5.0
+ALERTMANAGER = "alertmanager"
+MESHBOT = "meshbot"
+
+SuggestionRenderer = Callable[[Incident, list[SuggestedRemediation]], list]
+"""Turns suggestions into blocks; the approvals flow replaces the text version with buttons."""
+
+
+@dataclass
+class IncidentFlow:
+    database: Database
+    incidents: IncidentLog
+    outbox: Outbox
+    playbooks: PlaybookSet
+    diagnostician: Diagnostician
+    workers: ThreadPoolExecutor
+    channel: str | None
+    metrics: Metrics | None = None
+    render_suggestions: SuggestionRenderer = field(
+        default=lambda incident, suggestions: blocks.suggestions_blocks(suggestions))
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    _loop: WakeableLoop = field(init=False)
+    _processing: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- intake (HTTP thread) ----------------------------------------------------------
+
+    def accept(self, body: bytes) -> int:
+        """Validate and store a webhook body; PayloadError (nothing stored) when it is not valid."""
+        notification = parse_notification(body)
+        with self.database.transaction() as db:
+            cursor = db.execute("INSERT INTO notifications (received_at, group_key, status, body) VALUES (?, ?, ?, ?)",
+                                [iso(self.clock()), notification.group_key, str(notification.status),
+                                 body.decode()])
+        self.wake()
+        return cursor.lastrowid
+
+    # -- the processor thread --------------------------------------------------------------
+
+    def __post_init__(self) -> None:
+        self._loop = WakeableLoop("incidents", self._process_pass, idle=PROCESS_EVERY)
+
+    def wake(self) -> None:
+        self._loop.wake()
+
+    def start(self) -> IncidentFlow:
+        # Read before the processor starts: an incident it opens now is diagnosed by it, not a second time here.
+        undiagnosed = self.incidents.undiagnosed()
+        self._loop.start()
+        for incident in undiagnosed:
+            self.workers.submit(self._diagnose_safely, incident.id)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._loop.stop(timeout)
+
+    def _process_pass(self) -> float:
+        self.process_pending()
+        return PROCESS_EVERY  # also without a wake-up, so nothing stored waits longer than this
+
+    def process_pending(self) -> int:
+        """Apply every stored, unprocessed notification in arrival order; returns how many."""
+        done = 0
+        with self._processing:
+            while True:
+                rows = list(self.database.db.query(
+                    "SELECT id, body FROM notifications WHERE processed_at IS NULL ORDER BY id LIMIT 100"))
+                if not rows:
+                    return done
+                for row in rows:
+                    self._process_safely(row["id"], row["body"])
+                    done += 1
+
+    def _process_safely(self, notification_id: int, body: str) -> None:
+        """One notification that cannot be applied must not hold up every one after it."""
+        try:
+            self._process_one(notification_id, body)
+        except Exception as exc:
+            log.exception("notification %s could not be applied; set aside (kept, with the error)", notification_id)
+            with self.database.transaction() as db:
+                db.execute("UPDATE notifications SET processed_at = ?, error = ? WHERE id = ?",
+                           [iso(self.clock()), f"not applied: {type(exc).__name__}: {exc}"[:500], notification_id])
+            if self.metrics:
+                self.metrics.notification_failed()
+
+    def _process_one(self, notification_id: int, body: str) -> None:
+        notification = parse_notification(body.encode())
+        to_diagnose: list[int] = []
+        with self.database.transaction() as db:
+            incident_id = self._apply(db, notification, to_diagnose)
+            db.execute("UPDATE notifications SET processed_at = ?, error = ? WHERE id = ?",
+                       [iso(self.clock()), None if incident_id else "no incident to update", notification_id])
+        self.outbox.wake()
+        for incident_id in to_diagnose:
+            self.workers.submit(self._diagnose_safely, incident_id)
+
+    # -- applying one notification (inside its transaction) --------------------------
+
+    def _apply(self, db: sqlite_utils.Database, notification: Notification, to_diagnose: list[int]) -> int | None:
+        incident = self.incidents.open_for_group(db, notification.group_key)
+        if incident is None:
+            return self._open(db, notification, to_diagnose)
+        changed = False
+        for alert in notification.alerts:
+            changed |= self._apply_alert(db, incident, alert)
+        if notification.status == AlertStatus.RESOLVED:
+            self._resolve(db, incident, ALERTMANAGER, "all alerts of the group resolved")
+        elif changed:
+            self._refresh_top(db, incident.id)
+        return incident.id
+
+    def _open(self, db: sqlite_utils.Database, notification: Notification, to_diagnose: list[int]) -> int | None:
+        firing = notification.firing()
+        if notification.status == AlertStatus.RESOLVED or not firing:
+            return None
+        occurrences = [a.occurrence for a in firing]
+        seen = {a for a in occurrences
+                if db.execute("SELECT 1 FROM incident_alerts WHERE occurrence = ? LIMIT 1", [a]).fetchone()}
+        if seen.issuperset(occurrences):
+            # These firings belong to an incident someone already resolved: do not reopen it.
+            return None
+        if not self.channel:
+            raise UserError("MESHBOT_CHANNEL is not set, so incidents cannot be posted")
+        labels = notification.labels_for_playbook
+        playbook = self.playbooks.match(labels)
+        incident_id = self.incidents.create(
+            db, group_key=notification.group_key, title=notification.title, severity=notification.severity,
+            channel=self.channel, labels=labels, namespaces=notification.namespaces, services=notification.services,
+            external_url=notification.external_url, playbook=playbook.name)
+        self.incidents.append(db, incident_id, ALERTMANAGER, EventKind.INCIDENT_OPENED, {
+            "group_key": notification.group_key, "receiver": notification.receiver, "severity": notification.severity,
+            "group_labels": dict(notification.group_labels), "playbook": playbook.name})
+        for alert in notification.alerts:
+            self._record_alert(db, incident_id, alert)
+        incident = self.incidents.get_in(db, incident_id)
+        top = self.outbox.post(db, incident_id=incident_id, channel=self.channel,
+                               message=blocks.incident_message(incident, self._alerts(db, incident_id), self.clock()))
+        self.incidents.set_top_message(db, incident_id, top)
+        to_diagnose.append(incident_id)
+        if self.metrics:
+            self.metrics.requests.labels(kind="incident_opened").inc()
+        return incident_id
+
+    def _apply_alert(self, db: sqlite_utils.Database, incident: Incident, alert: Alert) -> bool:
+        """Record one alert of a re-sent or follow-up notification; True when the incident changed."""
+        rows = list(db.query("SELECT status FROM incident_alerts WHERE incident_id = ? AND occurrence = ?",
+                             [incident.id, alert.occurrence]))
+        if not rows:
+            self._record_alert(db, incident.id, alert)
+            if alert.status == AlertStatus.FIRING:
+                self._thread_post(db, incident, blocks.alert_line(self._alert_row(db, incident.id, alert)))
+            return True
+        if rows[0]["status"] == "firing" and alert.status == AlertStatus.RESOLVED:
+            db.execute("UPDATE incident_alerts SET status = 'resolved', ends_at = ? WHERE incident_id = ? "
+                       "AND occurrence = ?", [iso(alert.ends_at or self.clock()), incident.id, alert.occurrence])
+            self.incidents.append(db, incident.id, ALERTMANAGER, EventKind.ALERT_RESOLVED,
+                                  {"alertname": alert.name, "fingerprint": alert.fingerprint,
+                                   "ends_at": iso(alert.ends_at)})
+            self._thread_post(db, incident, blocks.alert_line(self._alert_row(db, incident.id, alert), resolved=True))
+            return True
+        return False
+
+    def _record_alert(self, db: sqlite_utils.Database, incident_id: int, alert: Alert) -> None:
+        db.execute("INSERT OR IGNORE INTO incident_alerts (incident_id, occurrence, fingerprint, alertname, status, "
+                   "starts_at, ends_at, summary, labels, generator_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   [incident_id, alert.occurrence, alert.fingerprint, alert.name, str(alert.status),
+                    iso(alert.starts_at), iso(alert.ends_at), alert.summary,
+                    json.dumps(dict(alert.labels), sort_keys=True), alert.generator_url])
+        kind = EventKind.ALERT_RECEIVED if alert.status == AlertStatus.FIRING else EventKind.ALERT_RESOLVED
+        self.incidents.append(db, incident_id, ALERTMANAGER, kind, {
+            "alertname": alert.name, "fingerprint": alert.fingerprint, "status": str(alert.status),
+            "starts_at": iso(alert.starts_at), "labels": dict(alert.labels), "summary": alert.summary,
+            "generator_url": alert.generator_url})
+
+    def _alerts(self, db: sqlite_utils.Database, incident_id: int) -> list[dict[str, Any]]:
+        return list(db.query("SELECT * FROM incident_alerts WHERE incident_id = ? ORDER BY starts_at", [incident_id]))
+
+    def _alert_row(self, db: sqlite_utils.Database, incident_id: int, alert: Alert) -> dict[str, Any]:
+        return list(db.query("SELECT * FROM incident_alerts WHERE incident_id = ? AND occurrence = ?",
+                             [incident_id, alert.occurrence]))[0]
+
+    def _thread_post(self, db: sqlite_utils.Database, incident: Incident, message: blocks.Message) -> int:
+        return self.outbox.post(db, incident_id=incident.id, channel=incident.channel, message=message,
+                                thread_of=incident.top_message)
+
+    def _refresh_top(self, db: sqlite_utils.Database, incident_id: int) -> None:
+        incident = self.incidents.get_in(db, incident_id)
+        message = blocks.incident_message(incident, self._alerts(db, incident_id), self.clock())
+        self.outbox.update(db, incident_id=incident_id, channel=incident.channel, message=message,
+                           of=incident.top_message)
+
+    def _resolve(self, db: sqlite_utils.Database, incident: Incident, actor: str, reason: str) -> bool:
+        if not self.incidents.close(db, incident.id, actor, reason):
+            return False
+        closed = self.incidents.get_in(db, incident.id)
+        self._refresh_top(db, incident.id)
+        self._thread_post(db, closed, blocks.incident_resolved_note(closed, self.clock(),
+                                                                   actor if actor not in (ALERTMANAGER,) else None))
+        return True
+
+    # -- diagnostics (worker pool) ------------------------------------------------------------
+
+    def _diagnose_safely(self, incident_id: int) -> None:
+        try:
+            self.diagnose(incident_id)
+        except Exception:
+            log.exception("diagnosing incident #%s failed", incident_id)
+
+    def diagnose(self, incident_id: int) -> list[Finding]:
+        """Run the incident's playbook and post what it found in the incident's thread."""
+        incident = self.incidents.get(incident_id)
+        playbook = self.playbooks.get(incident.playbook or "") or self.playbooks.match(incident.labels)
+        findings, errors, steps = self._run_playbook(playbook, incident.labels)
+        suggestions = suggest(playbook, findings, incident.labels)
+        title = f"Diagnostics \u00b7 incident #{incident.id} \u00b7 playbook {playbook.name}"
+        extra = self.render_suggestions(incident, suggestions)
+        report, hidden = blocks.findings_report(title, findings, extra_blocks=extra)
+        with self.database.transaction() as db:
+            if self.incidents.get_in(db, incident.id).diagnosed:
+                return findings  # another run (a restart's catch-up) posted them already
+            self.incidents.append(db, incident.id, MESHBOT, EventKind.DIAGNOSTICS_RUN, {
+                "playbook": playbook.name, "steps": steps, "errors": errors,
+                "counts": {str(k): v for k, v in count_by_level(findings).items()},
+                "findings": [f.to_dict() for f in by_severity(findings)[:MAX_FINDINGS_IN_LOG]],
+                "findings_total": len(findings),
+                "suggested": [{"title": s.title, "action": s.action, "codes": list(s.codes)} for s in suggestions]})
+            for error in errors:
+                self._thread_post(db, incident, blocks.cluster_unavailable(error))
+            self._thread_post(db, incident, report)
+            if hidden:
+                self.outbox.upload(db, incident_id=incident.id, channel=incident.channel,
+                                   thread_of=incident.top_message, filename=f"incident-{incident.id}-findings.txt",
+                                   title=f"Full report: {title}", content=diagnose_text(findings, title=title))
+            self.incidents.mark_diagnosed(db, incident.id)
+        self.outbox.wake()
+        if self.metrics:
+            for finding in findings:
+                self.metrics.findings_posted.labels(level=str(finding.level)).inc()
+        return findings
+
+    def _run_playbook(self, playbook: Playbook, labels: dict) -> tuple[list[Finding], list[str], list[dict]]:
+        findings: dict[tuple[str, str, str], Finding] = {}
+        errors: list[str] = []
+        steps: list[dict] = []
+        for step in playbook.diagnostics:
+            namespace = step.namespace_for(labels)
+            pod = step.pod_for(labels)
+            pods = (PodRef(namespace, pod),) if pod and namespace else ()
+            result = self.diagnostician.run([step.check], namespace, pods)
+            steps.append({"check": step.check, "namespace": namespace, "pod": pod, "seconds": round(result.seconds, 2),
+                          "error": result.error})
+            if self.metrics:
+                self.metrics.diagnosis_seconds.labels(check=step.check).observe(result.seconds)
+            if result.error:
+                errors.append(f"{step.check}: {result.error}")
+            for finding in result.findings:
+                findings.setdefault((finding.code, finding.origin, finding.message), finding)
+        return list(findings.values()), errors, steps
+
+    # -- incidents meshbot opens itself (an expired mesh root) -----------------------------
+
+    def open_incident(self, *, group_key: str, title: str, severity: str, labels: dict[str, str],
+                      namespaces: list[str], reason: str) -> int | None:
+        """Open an incident with a thread and diagnostics, unless one is open for ``group_key``."""
+        if not self.channel:
+            log.warning("cannot open an incident for %r: MESHBOT_CHANNEL is not set", title)
+            return None
+        playbook = self.playbooks.match(labels)
+        with self.database.transaction() as db:
+            existing = self.incidents.open_for_group(db, group_key)
+            if existing is not None:
+                return existing.id
+            incident_id = self.incidents.create(
+                db, group_key=group_key, title=title, severity=severity, channel=self.channel, labels=labels,
+                namespaces=namespaces, services=[], external_url="", playbook=playbook.name, source=MESHBOT)
+            self.incidents.append(db, incident_id, MESHBOT, EventKind.INCIDENT_OPENED,
+                                  {"group_key": group_key, "reason": reason, "playbook": playbook.name})
+            incident = self.incidents.get_in(db, incident_id)
+            top = self.outbox.post(db, incident_id=incident_id, channel=self.channel,
+                                   message=blocks.incident_message(incident, [], self.clock()))
+            self.incidents.set_top_message(db, incident_id, top)
+        self.outbox.wake()
+        self.workers.submit(self._diagnose_safely, incident_id)
+        return incident_id
+
+    # -- people (slash commands) ------------------------------------------------------
+
+    def note(self, incident_id: int, user: str, text: str) -> None:
+        incident = self.incidents.get(incident_id)
+        with self.database.transaction() as db:
+            self.incidents.append(db, incident.id, user, EventKind.NOTE, {"text": text})
+            if incident.top_message:
+                self._thread_post(db, incident, blocks.note_message(user, text))
+        self.outbox.wake()
+
+    def resolve(self, incident_id: int, user: str) -> bool:
+        """Close an incident by hand; False when it was already resolved."""
+        incident = self.incidents.get(incident_id)
+        with self.database.transaction() as db:
+            done = self._resolve(db, incident, user, f"resolved by <@{user}> in Slack")
+        self.outbox.wake()
+        return done

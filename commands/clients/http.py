@@ -1,0 +1,65 @@
+"""The one module that talks HTTP to mesh endpoints (istiod, Envoy admin) via httpx."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from commands.errors import AccessDenied, ClusterError, NotFound, TransientError
+
+DEFAULT_TIMEOUT = 10.0
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class HttpEndpoint:
+    """A base URL answering GETs; every failure becomes a meshbot error naming the URL."""
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, client: httpx.Client | None = None):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._client = client
+
+    def get_text(self, path: str) -> str:
+        url = f"{self.url}/{path.lstrip('/')}"
+        try:
+            if self._client is not None:
+                response = self._client.get(url, timeout=self.timeout)
+            else:
+                response = httpx.get(url, timeout=self.timeout)
+        except httpx.TimeoutException:
+            raise TransientError(f"no answer within {self.timeout:g}s", endpoint=url) from None
+        except httpx.HTTPError as exc:
+            raise TransientError(f"connection failed ({type(exc).__name__}: {exc})", endpoint=url) from None
+        _raise_for_status(response, url)
+        if len(response.content) > MAX_BODY_BYTES:
+            raise TransientError(f"answer larger than {MAX_BODY_BYTES // 2**20} MiB", endpoint=url)
+        return response.text
+
+    def get_json(self, path: str) -> Any:
+        text = self.get_text(path)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TransientError(f"answer is not JSON ({exc.msg} at line {exc.lineno})",
+                                 endpoint=f"{self.url}{path}") from None
+
+
+def _raise_for_status(response: httpx.Response, url: str) -> None:
+    status = response.status_code
+    if status < 400:
+        return
+    reason = f"HTTP {status} {response.reason_phrase}".strip()
+    if status in (401, 403):
+        raise AccessDenied(f"{reason}", status=status, endpoint=url)
+    if status == 404:
+        raise NotFound(f"{reason}", status=status, endpoint=url)
+    if status >= 500:
+        raise TransientError(reason, endpoint=url)
+    raise ClusterError(reason, status=status, endpoint=url)
+
+
+def http_endpoint(url: str) -> HttpEndpoint:
+    """Factory matching ``commands.cluster.endpoints.HttpFactory``."""
+    return HttpEndpoint(url)

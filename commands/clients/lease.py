@@ -1,0 +1,179 @@
+"""Leader election with a ``coordination.k8s.io/v1`` Lease, the way client-go's leaderelection does it.
+
+Each replica calls ``tick()`` every few seconds: the holder renews, the others
+wait, and when the holder has not renewed for ``duration`` someone takes over
+(``leaseTransitions`` + 1).  Writes carry the Lease's ``resourceVersion``, so
+the API server lets only one of two racing replicas win; a replica that was
+the leader but fails to renew steps down at once.  ``release()`` on shutdown
+hands over without waiting for the lease to run out.
+
+The holder may also keep small notes in the Lease's annotations (``annotate``),
+which the next holder reads (``annotation``): state that must survive a
+fail-over between replicas that do not share a database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from commands.errors import Conflict, MeshbotError, NotFound
+from commands.clients.kube import KubeClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE = "meshbot-scheduler"
+
+
+def micro_time(moment: datetime) -> str:
+    """Kubernetes MicroTime: RFC 3339 with microseconds, UTC."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_micro_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    holder: str | None
+    renewed: datetime | None
+    duration: timedelta
+    transitions: int
+    resource_version: str | None
+
+    @classmethod
+    def of(cls, lease: Mapping[str, Any]) -> LeaseView:
+        spec = lease.get("spec") or {}
+        return cls(holder=spec.get("holderIdentity") or None, renewed=parse_micro_time(spec.get("renewTime")),
+                   duration=timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0)),
+                   transitions=int(spec.get("leaseTransitions") or 0),
+                   resource_version=(lease.get("metadata") or {}).get("resourceVersion"))
+
+    def expired(self, now: datetime) -> bool:
+        return self.holder is None or self.renewed is None or self.renewed + self.duration < now
+
+
+@dataclass
+class LeaderElector:
+    client: KubeClient
+    namespace: str
+    identity: str
+    name: str = DEFAULT_LEASE
+    duration: timedelta = timedelta(seconds=15)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    is_leader: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _annotations: dict[str, str] = field(default_factory=dict, repr=False)
+    """The Lease's annotations as last read."""
+
+    def tick(self) -> bool:
+        """Acquire, renew or wait; True while this replica is the leader.  API errors mean 'not leader'.
+
+        Serialised: the renewal job and a scan both tick, and two ticks racing to create the Lease would
+        make this replica lose its own race."""
+        with self._lock:
+            return self._tick_locked()
+
+    def _tick_locked(self) -> bool:
+        try:
+            leading = self._tick()
+        except MeshbotError as exc:
+            log.warning("leader election: %s; acting as a follower until the next try", exc)
+            leading = False
+        if leading != self.is_leader:
+            log.info("leader election: %s %s the leader of Lease %s/%s", self.identity,
+                     "is now" if leading else "is no longer", self.namespace, self.name)
+        self.is_leader = leading
+        return leading
+
+    def _tick(self) -> bool:
+        now = self.clock()
+        try:
+            lease = self._read()
+        except NotFound:
+            return self._create(now)
+        view = LeaseView.of(lease)
+        if view.holder == self.identity:
+            return self._write(view, {"renewTime": micro_time(now)})
+        if not view.expired(now):
+            return False
+        return self._write(view, {"holderIdentity": self.identity, "acquireTime": micro_time(now),
+                                  "renewTime": micro_time(now), "leaseDurationSeconds": self._seconds,
+                                  "leaseTransitions": view.transitions + 1})
+
+    @property
+    def _seconds(self) -> int:
+        return max(int(self.duration.total_seconds()), 1)
+
+    def _create(self, now: datetime) -> bool:
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self._seconds,
+                         "acquireTime": micro_time(now), "renewTime": micro_time(now), "leaseTransitions": 0}}
+        try:
+            self.client.create("Lease", body, namespace=self.namespace)
+        except Conflict:
+            return False  # another replica created it first
+        self._annotations = {}
+        return True
+
+    def _read(self) -> dict[str, Any]:
+        lease = self.client.get("Lease", self.namespace, self.name)
+        self._annotations = dict((lease.get("metadata") or {}).get("annotations") or {})
+        return lease
+
+    def _write(self, view: LeaseView, spec: dict[str, Any]) -> bool:
+        patch: dict[str, Any] = {"spec": spec}
+        if view.resource_version:
+            patch["metadata"] = {"resourceVersion": view.resource_version}
+        try:
+            self.client.patch("Lease", self.namespace, self.name, patch)
+        except (Conflict, NotFound):
+            return False  # someone else wrote it since we read it
+        return LeaseView.of(self._read()).holder == self.identity
+
+    def annotation(self, name: str) -> str | None:
+        """An annotation of the Lease as this replica last read it (at its latest ``tick``)."""
+        with self._lock:
+            return self._annotations.get(name)
+
+    def annotate(self, name: str, value: str) -> bool:
+        """Set an annotation on the Lease while this replica holds it; False (logged) when it could not."""
+        with self._lock:
+            try:
+                lease = self._read()
+                view = LeaseView.of(lease)
+                if view.holder != self.identity:
+                    return False
+                self.client.patch("Lease", self.namespace, self.name, {"metadata": {
+                    "resourceVersion": view.resource_version, "annotations": {name: value}}})
+                self._annotations[name] = value
+                return True
+            except MeshbotError as exc:  # Conflict included: a renewal cannot race us, so someone else wrote
+                log.warning("leader election: could not write %s on Lease %s/%s (%s)", name, self.namespace,
+                            self.name, exc)
+                return False
+
+    def release(self) -> None:
+        """Give the lease up (on shutdown) so another replica takes over at its next tick."""
+        with self._lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        if not self.is_leader:
+            return
+        self.is_leader = False
+        try:
+            lease = self._read()
+            if LeaseView.of(lease).holder == self.identity:
+                self.client.patch("Lease", self.namespace, self.name,
+                                  {"spec": {"holderIdentity": None, "renewTime": None}})
+        except MeshbotError as exc:
+            log.warning("leader election: could not release the lease (%s); it expires on its own", exc)

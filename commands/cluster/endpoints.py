@@ -1,0 +1,176 @@
+"""HTTP endpoints inside the mesh (istiod :15014, Envoy admin :15000) and how to reach them.
+
+Checks ask for an ``Endpoint`` and read paths from it; whether that is a live
+URL, a ``kubectl port-forward`` opened by meshbot, or a directory of captured
+answers (``examples/demo``) is decided here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ContextManager, Protocol
+
+from commands.errors import TransientError, UserError
+from commands.cluster.snapshot import Resource, Snapshot
+from commands.validation import validate_dns1123_label
+
+ENVOY_ADMIN_PORT = 15000
+ISTIOD_MONITORING_PORT = 15014
+
+
+class Endpoint(Protocol):
+    url: str
+
+    def get_text(self, path: str) -> str: ...
+
+    def get_json(self, path: str) -> Any: ...
+
+
+@dataclass(frozen=True, order=True)
+class PodRef:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def of(cls, pod: Resource) -> PodRef:
+        return cls(pod.namespace or "default", pod.name)
+
+
+class CaptureEndpoint:
+    """Answers from files captured earlier: ``<dir>/<path with / replaced by _>``.
+
+    ``/certs`` is read from ``certs.json``, ``/stats`` from ``stats.txt``,
+    ``/debug/syncz`` from ``debug_syncz.json``; a single file answers every path.
+    """
+
+    def __init__(self, location: str | Path):
+        self.location = Path(location)
+        self.url = f"file://{self.location.resolve()}"
+
+    def _file_for(self, path: str) -> Path:
+        if self.location.is_file():
+            return self.location
+        stem = path.split("?")[0].strip("/").replace("/", "_") or "index"
+        for suffix in (".json", ".txt", ""):
+            candidate = self.location / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+        raise TransientError(f"no captured answer for {path} in {self.location}", endpoint=self.url)
+
+    def get_text(self, path: str) -> str:
+        try:
+            return self._file_for(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TransientError(f"cannot read capture: {exc.strerror}", endpoint=self.url) from None
+
+    def get_json(self, path: str) -> Any:
+        try:
+            return json.loads(self.get_text(path))
+        except json.JSONDecodeError as exc:
+            raise TransientError(f"captured answer for {path} is not JSON: {exc.msg}", endpoint=self.url) from None
+
+
+class PortForwarder(Protocol):
+    """Opens a local URL that reaches ``port`` on a pod (the Kubernetes port-forward API)."""
+
+    def forward(self, pod: PodRef, port: int) -> ContextManager[str]: ...
+
+
+HttpFactory = Callable[[str], Endpoint]
+"""Builds an Endpoint for a base URL (``commands.clients.http.HttpEndpoint`` in production)."""
+
+
+def parse_envoy_admin_option(value: str) -> tuple[PodRef, str]:
+    """``NAMESPACE/POD=URL`` from ``--envoy-admin``."""
+    target, sep, url = value.partition("=")
+    namespace, slash, pod = target.partition("/")
+    if not (sep and slash and url):
+        raise UserError(f"--envoy-admin {value!r}: expected NAMESPACE/POD=URL")
+    validate_dns1123_label(namespace, what="namespace")
+    return PodRef(namespace, pod), url
+
+
+@dataclass
+class EndpointResolver:
+    """Finds and opens istiod and Envoy admin endpoints for the checks."""
+
+    http: HttpFactory
+    envoy_admin_urls: Mapping[PodRef, str] = field(default_factory=dict)
+    istiod_urls: list[str] = field(default_factory=list)
+    port_forwarder: PortForwarder | None = None
+    direct_pod_ips: bool = False
+    """In-cluster: reach istiod on its pod IP instead of port-forwarding.  Never Envoy admin: Istio binds it
+    to 127.0.0.1 inside the pod, so only a port-forward (through the API server) reaches it."""
+    max_envoy_targets: int = 10
+    focus_pods: tuple[PodRef, ...] = ()
+    """When set (an alert names its pod), Envoy checks look at exactly these pods."""
+
+    def _open_url(self, url: str) -> Endpoint:
+        if url.startswith(("http://", "https://")):
+            return self.http(url)
+        return CaptureEndpoint(url.removeprefix("file://"))
+
+    @contextlib.contextmanager
+    def _open_pod(self, pod: Resource | PodRef, port: int, *, pod_ip_reachable: bool) -> Iterator[Endpoint]:
+        ref = pod if isinstance(pod, PodRef) else PodRef.of(pod)
+        ip = pod.status.get("podIP") if isinstance(pod, Resource) else None
+        if self.direct_pod_ips and pod_ip_reachable and ip:
+            yield self.http(f"http://{ip}:{port}")
+            return
+        if self.port_forwarder is None:
+            raise UserError(f"no way to reach pod {ref} port {port}: give its URL explicitly")
+        with self.port_forwarder.forward(ref, port) as base_url:
+            yield self.http(base_url)
+
+    # -- Envoy ------------------------------------------------------------------
+
+    def envoy_targets(self, snapshot: Snapshot, namespace: str | None) -> list[PodRef]:
+        """Explicit ``--envoy-admin`` pods, else up to ``max_envoy_targets`` sidecars, troubled ones first."""
+        if self.focus_pods:
+            return [p for p in self.focus_pods if namespace is None or p.namespace == namespace]
+        if self.envoy_admin_urls:
+            return sorted(p for p in self.envoy_admin_urls if namespace is None or p.namespace == namespace)
+        if self.port_forwarder is None:
+            return []
+        from commands.cluster.pods import has_sidecar, sidecar_trouble_score
+
+        pods = [p for p in snapshot.of_kind("Pod", namespace) if has_sidecar(p)
+                and p.status.get("phase") == "Running"]
+        pods.sort(key=lambda p: (-sidecar_trouble_score(p), p.namespace or "", p.name))
+        return [PodRef.of(p) for p in pods[: self.max_envoy_targets]]
+
+    @contextlib.contextmanager
+    def open_envoy(self, target: PodRef, snapshot: Snapshot | None = None) -> Iterator[Endpoint]:
+        url = self.envoy_admin_urls.get(target)
+        if url:
+            yield self._open_url(url)
+            return
+        pod = snapshot.get("Pod", target.namespace, target.name) if snapshot else None
+        with self._open_pod(pod or target, ENVOY_ADMIN_PORT, pod_ip_reachable=False) as endpoint:
+            yield endpoint
+
+    # -- istiod -----------------------------------------------------------------
+
+    def istiod_targets(self, snapshot: Snapshot) -> list[str | Resource]:
+        """Explicit URLs, else every running istiod pod (each holds part of the proxies)."""
+        if self.istiod_urls:
+            return list(self.istiod_urls)
+        from commands.cluster.pods import is_istiod
+
+        return [p for p in snapshot.of_kind("Pod", snapshot.istio_namespace)
+                if is_istiod(p) and p.status.get("phase") == "Running"]
+
+    @contextlib.contextmanager
+    def open_istiod(self, target: str | Resource) -> Iterator[Endpoint]:
+        if isinstance(target, str):
+            yield self._open_url(target)
+            return
+        with self._open_pod(target, ISTIOD_MONITORING_PORT, pod_ip_reachable=True) as endpoint:
+            yield endpoint

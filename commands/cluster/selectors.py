@@ -1,0 +1,73 @@
+"""Label selectors and an index that answers "which pods match?" without scanning every pod."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+from commands.cluster.snapshot import Resource, Snapshot
+
+
+def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Equality-based ``matchLabels`` semantics: every selector pair must be present."""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def format_selector(selector: Mapping[str, str]) -> str:
+    """``app=reviews,version=v1`` — sorted, the way istioctl prints selectors."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+class PodIndex:
+    """Pods indexed by (namespace, label, value) and (label, value).
+
+    A lookup intersects the smallest posting lists first, so matching N
+    selectors against M pods costs about the size of the answers, not N*M.
+    """
+
+    def __init__(self, pods: Iterable[Resource]):
+        self.pods: list[Resource] = list(pods)
+        self._by_namespace: dict[str, list[int]] = defaultdict(list)
+        self._by_ns_label: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+        self._by_label: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, pod in enumerate(self.pods):
+            namespace = pod.namespace or ""
+            self._by_namespace[namespace].append(i)
+            for key, value in pod.labels.items():
+                self._by_ns_label[(namespace, key, str(value))].append(i)
+                self._by_label[(key, str(value))].append(i)
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> PodIndex:
+        """One index per snapshot, built on first use and shared by every analyzer."""
+        cached = getattr(snapshot, "_pod_index", None)
+        if cached is None:
+            cached = cls(snapshot.of_kind("Pod"))
+            snapshot._pod_index = cached  # type: ignore[attr-defined]
+        return cached
+
+    def select(self, selector: Mapping[str, str], namespace: str | None = None) -> list[Resource]:
+        """Pods matching every pair of ``selector``; an empty selector selects every pod in scope."""
+        if not selector:
+            if namespace is None:
+                return list(self.pods)
+            return [self.pods[i] for i in self._by_namespace.get(namespace, [])]
+        if namespace is None:
+            postings = [self._by_label.get((k, str(v)), []) for k, v in selector.items()]
+        else:
+            postings = [self._by_ns_label.get((namespace, k, str(v)), []) for k, v in selector.items()]
+        postings.sort(key=len)
+        if not postings[0]:
+            return []
+        result = set(postings[0])
+        for posting in postings[1:]:
+            result.intersection_update(posting)
+            if not result:
+                return []
+        return [self.pods[i] for i in sorted(result)]
+
+    def any_match(self, selector: Mapping[str, str], namespace: str | None = None) -> bool:
+        return bool(self.select(selector, namespace))
+
+    def in_namespace(self, namespace: str) -> list[Resource]:
+        return [self.pods[i] for i in self._by_namespace.get(namespace, [])]

@@ -1,0 +1,135 @@
+"""Snapshot: the read-only set of cluster objects a check looks at.
+
+Both sources (live cluster, YAML files) produce the same thing, so every check
+and analyzer works identically online and offline.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from commands.findings import Finding
+from commands.cluster.kinds import is_namespaced
+
+DEFAULT_ISTIO_NAMESPACE = "istio-system"
+
+
+@dataclass(frozen=True)
+class Resource:
+    api_version: str
+    kind: str
+    name: str
+    namespace: str | None
+    body: Mapping[str, Any]
+    source: str | None = None
+    """``file:line`` for objects read from files."""
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any], *, source: str | None = None,
+                    default_namespace: str = "default") -> Resource:
+        """Wrap a decoded Kubernetes object; namespaced kinds without one get ``default_namespace``."""
+        meta = obj.get("metadata") or {}
+        kind = obj.get("kind", "")
+        namespace = meta.get("namespace") or (default_namespace if is_namespaced(kind) else None)
+        return cls(api_version=obj.get("apiVersion", ""), kind=kind, name=meta.get("name", ""),
+                   namespace=namespace, body=obj, source=source)
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        return self.body.get("metadata") or {}
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.metadata.get("labels") or {}
+
+    @property
+    def annotations(self) -> Mapping[str, str]:
+        return self.metadata.get("annotations") or {}
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        return self.body.get("spec") or {}
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return self.body.get("status") or {}
+
+    @property
+    def qualified_name(self) -> str:
+        """``namespace/name``, or ``name`` when cluster-scoped."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    @property
+    def origin(self) -> str:
+        """``Kind namespace/name`` (``Kind name`` when cluster-scoped), as istioctl prints it."""
+        return f"{self.kind} {self.qualified_name}"
+
+    @property
+    def key(self) -> tuple[str, str | None, str]:
+        return (self.kind, self.namespace, self.name)
+
+
+@dataclass
+class Snapshot:
+    """Objects by kind, plus what could not be read and why."""
+
+    resources: Iterable[Resource] = ()
+    istio_namespace: str = DEFAULT_ISTIO_NAMESPACE
+    read_problems: list[Finding] = field(default_factory=list)
+    """Findings from the source: 403s, timeouts, missing APIs."""
+    unreadable_kinds: set[str] = field(default_factory=set)
+    """Kinds that could not be read, so their absence proves nothing."""
+    mesh_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._by_kind: dict[str, list[Resource]] = defaultdict(list)
+        self._by_key: dict[tuple[str, str | None, str], Resource] = {}
+        for resource in self.resources:
+            self.add(resource)
+        self.resources = ()
+
+    def add(self, resource: Resource) -> None:
+        """Add or replace (same kind/namespace/name: the later object wins, like ``kubectl apply``)."""
+        previous = self._by_key.get(resource.key)
+        if previous is not None:
+            self._by_kind[resource.kind].remove(previous)
+        self._by_key[resource.key] = resource
+        self._by_kind[resource.kind].append(resource)
+
+    def of_kind(self, kind: str, namespace: str | None = None) -> list[Resource]:
+        items = self._by_kind.get(kind, [])
+        if namespace is None:
+            return list(items)
+        return [r for r in items if r.namespace == namespace]
+
+    def get(self, kind: str, namespace: str | None, name: str) -> Resource | None:
+        return self._by_key.get((kind, namespace, name))
+
+    def kinds(self) -> set[str]:
+        return {k for k, v in self._by_kind.items() if v}
+
+    def can_trust_absence(self, kind: str) -> bool:
+        """False when ``kind`` could not be read: a missing object is then unknown, not absent."""
+        return kind not in self.unreadable_kinds
+
+    def __iter__(self) -> Iterator[Resource]:
+        for items in self._by_kind.values():
+            yield from items
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def namespaces(self) -> list[str]:
+        """Every namespace that exists or holds an object."""
+        names = {r.name for r in self.of_kind("Namespace")}
+        names.update(r.namespace for r in self if r.namespace)
+        return sorted(names)
+
+
+class SnapshotSource(Protocol):
+    """Where a snapshot comes from: a live cluster or files."""
+
+    def snapshot(self, kinds: Iterable[str]) -> Snapshot: ...

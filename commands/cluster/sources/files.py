@@ -1,0 +1,182 @@
+"""Snapshot from YAML/JSON files and directories — the offline mode of ``istioctl analyze -f``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from commands.errors import InputError
+from commands.cluster.kinds import ISTIO_GROUPS, KNOWN_ISTIO_KINDS
+from commands.certificates.secrets import public_secret
+from commands.cluster.snapshot import DEFAULT_ISTIO_NAMESPACE, Resource, Snapshot
+from commands.cluster.sources.yaml_fast import FastSafeLoader, construct
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class FileSource:
+    """Reads every object in the given files/directories once, then serves snapshots."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], *, default_namespace: str = "default",
+                 istio_namespace: str = DEFAULT_ISTIO_NAMESPACE, mesh_config: str | os.PathLike | None = None,
+                 max_file_bytes: int = MAX_FILE_BYTES):
+        self.paths = [Path(p) for p in paths]
+        self.default_namespace = default_namespace
+        self.istio_namespace = istio_namespace
+        self.max_file_bytes = max_file_bytes
+        self.resources = list(self._load_all())
+        self.mesh_config = load_mesh_config(mesh_config) if mesh_config else _mesh_config_from(
+            self.resources, istio_namespace)
+
+    def snapshot(self, kinds: Iterable[str] | None = None) -> Snapshot:
+        wanted = set(kinds) if kinds is not None else None
+        selected = [r for r in self.resources if wanted is None or r.kind in wanted]
+        return Snapshot(selected, istio_namespace=self.istio_namespace, mesh_config=self.mesh_config)
+
+    def _load_all(self) -> Iterator[Resource]:
+        for path in expand_paths(self.paths):
+            size = path.stat().st_size
+            if size > self.max_file_bytes:
+                raise InputError(f"file is {size / 2**20:.1f} MiB, larger than the "
+                                 f"{self.max_file_bytes / 2**20:.0f} MiB limit", path=str(path))
+            yield from parse_objects(_read_text(path), str(path), default_namespace=self.default_namespace)
+
+
+def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files as given; directories recursively (``.yaml``/``.yml``/``.json`` only), in a stable order."""
+    for path in paths:
+        if path.is_dir():
+            for found in sorted(path.rglob("*")):
+                if found.is_file() and found.suffix.lower() in CONFIG_SUFFIXES:
+                    yield found
+        elif path.is_file():
+            yield path
+        else:
+            raise InputError("no such file or directory", path=str(path))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start})", path=str(path)) from None
+    except OSError as exc:
+        raise InputError(exc.strerror or str(exc), path=str(path)) from None
+
+
+def parse_objects(text: str, path: str, *, default_namespace: str = "default") -> Iterator[Resource]:
+    """Every Kubernetes object in one file: multi-document YAML, JSON, and ``kind: List``."""
+    for obj, line in _documents(text, path):
+        yield from _expand_list(obj, line, path, default_namespace)
+
+
+def _documents(text: str, path: str) -> Iterator[tuple[Any, int]]:
+    if path.endswith(".json"):
+        try:
+            yield json.loads(text), 1
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
+        return
+    loader = FastSafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            yield _ListWithLines.construct(loader, node), node.start_mark.line + 1
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = " ".join(str(p) for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        raise InputError(f"invalid YAML: {reason}", path=path, line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"invalid YAML: {exc}", path=path) from None
+    finally:
+        loader.dispose()
+
+
+class _ListWithLines:
+    """Keeps the line of each ``items[]`` entry of a ``kind: List`` document."""
+
+    @staticmethod
+    def construct(loader: Any, node: yaml.Node) -> Any:
+        data = construct(loader, node)
+        if isinstance(data, dict) and isinstance(data.get("items"), list) and isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if getattr(key_node, "value", None) == "items" and isinstance(value_node, yaml.SequenceNode):
+                    lines = [item.start_mark.line + 1 for item in value_node.value]
+                    return _Listed(data, lines)
+        return data
+
+
+class _Listed(dict):
+    """A List document that remembers its items' line numbers."""
+
+    def __init__(self, data: dict, item_lines: list[int]):
+        super().__init__(data)
+        self.item_lines = item_lines
+
+
+def _expand_list(obj: Any, line: int, path: str, default_namespace: str) -> Iterator[Resource]:
+    if obj is None:
+        return
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a Kubernetes object (a mapping), found a {type(obj).__name__}",
+                         path=path, line=line)
+    kind = obj.get("kind")
+    if isinstance(kind, str) and kind.endswith("List") and isinstance(obj.get("items"), list):
+        item_lines = getattr(obj, "item_lines", None) or [line] * len(obj["items"])
+        for item, item_line in zip(obj["items"], item_lines):
+            yield from _expand_list(item, item_line, path, default_namespace)
+        return
+    _validate_object(obj, path, line)
+    if obj["kind"] == "Secret":
+        obj = public_secret(obj)
+    yield Resource.from_object(obj, source=f"{path}:{line}", default_namespace=default_namespace)
+
+
+def _validate_object(obj: dict, path: str, line: int) -> None:
+    for field_name in ("apiVersion", "kind"):
+        value = obj.get(field_name)
+        if not isinstance(value, str) or not value:
+            raise InputError(f"object has no {field_name}", path=path, line=line)
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise InputError(f"{obj['kind']} has no metadata.name", path=path, line=line)
+    group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
+    if group in ISTIO_GROUPS and obj["kind"] not in KNOWN_ISTIO_KINDS:
+        raise InputError(f"unknown kind {obj['kind']!r} for apiVersion {obj['apiVersion']}", path=path, line=line)
+    for section in ("spec", "data", "status"):
+        if section in obj and obj[section] is not None and not isinstance(obj[section], dict):
+            raise InputError(f"{obj['kind']} {meta['name']}: {section} must be a mapping", path=path, line=line)
+
+
+def load_mesh_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A MeshConfig YAML file (``istioctl analyze --meshConfigFile``)."""
+    text = _read_text(Path(path))
+    try:
+        data = yaml.load(text, Loader=FastSafeLoader) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise InputError(f"invalid YAML: {exc.problem}", path=str(path), line=mark.line + 1 if mark else None) from None
+    if not isinstance(data, dict):
+        raise InputError("mesh config must be a mapping", path=str(path))
+    return data
+
+
+def _mesh_config_from(resources: Sequence[Resource], istio_namespace: str) -> dict[str, Any]:
+    """The ``mesh`` key of the ``istio`` ConfigMap, when the files include it."""
+    for resource in resources:
+        if resource.kind == "ConfigMap" and resource.name == "istio" and resource.namespace == istio_namespace:
+            text = (resource.body.get("data") or {}).get("mesh")
+            if text:
+                try:
+                    data = yaml.load(text, Loader=FastSafeLoader)
+                except yaml.YAMLError as exc:
+                    raise InputError(f"istio ConfigMap: mesh config is not valid YAML: {exc}",
+                                     path=resource.source) from None
+                return data if isinstance(data, dict) else {}
+    return {}

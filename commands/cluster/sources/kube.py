@@ -1,0 +1,198 @@
+"""Snapshot from a live cluster — the online twin of ``sources/files.py``.
+
+One LIST per kind, cluster-wide.  Two kinds are read differently:
+ConfigMaps (only the mesh's public ones) and Secrets (never listed; fetched by
+name, stripped of keys on arrival).  What cannot be read becomes a finding in
+``Snapshot.read_problems`` instead of an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import yaml
+
+from commands import codes
+from commands.cluster.endpoints import PortForwarder
+from commands.errors import AccessDenied, ClusterError, MeshbotError, NotFound, TransientError, UserError
+from commands.certificates.gateway_credentials import secret_names_needed
+from commands.cluster.kinds import KINDS, kind_info
+from commands.clients.kube import ApiCall, KubeClient, failure_reason
+from commands.certificates.secrets import public_secret
+from commands.cluster.snapshot import DEFAULT_ISTIO_NAMESPACE, Resource, Snapshot
+
+log = logging.getLogger(__name__)
+
+ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
+MESH_CONFIGMAP = "istio"
+CA_SECRETS = ("istio-ca-secret", "cacerts")
+"""They hold the mesh CA's private key: read only when opted in (SECURITY.md)."""
+
+# Secret names come from Gateways and the pods they select, so those are read first.
+SECRET_DEPENDENCIES = frozenset({"Gateway", "Pod"})
+NOT_SERVED_HINTS = {"PodMetrics": "metrics-server is not installed"}
+
+
+class KubeSource:
+    """Reads the kinds the checks ask for from the API server into a Snapshot."""
+
+    def __init__(self, client: KubeClient, istio_namespace: str = DEFAULT_ISTIO_NAMESPACE,
+                 read_ca_secrets: bool = False, extra_secrets: Iterable[tuple[str, str]] = ()):
+        self.client = client
+        self.istio_namespace = istio_namespace
+        self.read_ca_secrets = read_ca_secrets
+        self.extra_secrets = frozenset(extra_secrets)
+        """(namespace, name) of further Secrets to fetch, e.g. from settings."""
+        self.in_cluster = client.is_in_cluster
+        self.port_forwarder: PortForwarder | None = None
+        """Set by ``live_source``: how checks reach Envoy/istiod from outside the cluster."""
+        self._api_down = False
+        self._timeouts_in_a_row = 0
+        self._readers: dict[str, Callable[[Snapshot], None]] = {
+            "ConfigMap": self._read_configmaps,
+            "Secret": self._read_secrets,
+        }
+
+    def snapshot(self, kinds: Iterable[str]) -> Snapshot:
+        wanted = set(kinds)
+        unknown = wanted - KINDS.keys()
+        if unknown:
+            raise UserError(f"cannot read unknown kinds from the cluster: {', '.join(sorted(unknown))}")
+        if "Secret" in wanted:
+            wanted |= SECRET_DEPENDENCIES
+        snapshot = Snapshot(istio_namespace=self.istio_namespace)
+        self._api_down, self._timeouts_in_a_row = False, 0
+        for kind in _reading_order(wanted):
+            reader = self._readers.get(kind)
+            if reader:
+                reader(snapshot)
+            else:
+                self._list_into(snapshot, kind)
+        return snapshot
+
+    # -- readers ------------------------------------------------------------------
+
+    def _list_into(self, snapshot: Snapshot, kind: str, namespace: str | None = None,
+                   field_selector: str | None = None) -> None:
+        info = kind_info(kind)
+        call = ApiCall("list", info, namespace)
+        if self._api_down:
+            # One unreachable API server is one finding, not a 10 s timeout per kind.
+            snapshot.unreadable_kinds.add(kind)
+            return
+        try:
+            items = self.client.list(info, namespace, field_selector=field_selector)
+        except NotFound:
+            # The CRD (or metrics-server) is not installed: the objects really do not exist.
+            hint = NOT_SERVED_HINTS.get(kind)
+            snapshot.read_problems.append(codes.finding(
+                "MB0003", origin=call.path, resource=info.resource, api=info.api_version,
+                evidence={"hint": hint} if hint else None))
+            return
+        except (ClusterError, TransientError) as exc:
+            _record_unreadable(snapshot, call, exc)
+            self._note_transport_failure(exc)
+            return
+        self._timeouts_in_a_row = 0
+        for item in items:
+            snapshot.add(Resource.from_object(_without_managed_fields(item)))
+
+    def _note_transport_failure(self, error: MeshbotError) -> None:
+        """Give up on the remaining kinds once the API server is clearly unreachable.
+
+        A refused connection settles it at once; one slow kind may be a slow
+        webhook, but two timeouts in a row mean every further list would wait
+        the full timeout too.
+        """
+        if not isinstance(error, TransientError) or error.status:
+            return
+        self._timeouts_in_a_row += 1
+        if error.reason.startswith("connection") or self._timeouts_in_a_row >= 2:
+            self._api_down = True
+
+    def _read_configmaps(self, snapshot: Snapshot) -> None:
+        """The public root cert in every namespace, and the Istio namespace's own (mesh config, injector)."""
+        self._list_into(snapshot, "ConfigMap", field_selector=f"metadata.name={ROOT_CERT_CONFIGMAP}")
+        self._list_into(snapshot, "ConfigMap", namespace=self.istio_namespace)
+        snapshot.mesh_config = self._mesh_config(snapshot)
+
+    def _mesh_config(self, snapshot: Snapshot) -> dict[str, Any]:
+        configmap = snapshot.get("ConfigMap", self.istio_namespace, MESH_CONFIGMAP)
+        text = (configmap.body.get("data") or {}).get("mesh") if configmap else None
+        if not text:
+            return {}
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            log.warning("ConfigMap %s/%s: mesh config is not valid YAML: %s",
+                        self.istio_namespace, MESH_CONFIGMAP, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _read_secrets(self, snapshot: Snapshot) -> None:
+        """GET by name only; a 404 just means the Secret is absent."""
+        for namespace, name in sorted(self._secret_names(snapshot)):
+            call = ApiCall("get", kind_info("Secret"), namespace, name)
+            try:
+                secret = self.client.get("Secret", namespace, name)
+            except NotFound:
+                continue
+            except UserError as exc:  # e.g. a credentialName that is no Secret name at all
+                log.info("not fetching Secret %s/%s: %s", namespace, name, exc)
+                continue
+            except (ClusterError, TransientError) as exc:
+                _record_unreadable(snapshot, call, exc)
+                continue
+            snapshot.add(Resource.from_object(public_secret(secret)))
+
+    def _secret_names(self, snapshot: Snapshot) -> set[tuple[str, str]]:
+        names = secret_names_needed(snapshot) | self.extra_secrets
+        if self.read_ca_secrets:
+            names |= {(self.istio_namespace, name) for name in CA_SECRETS}
+        return names
+
+
+def _reading_order(kinds: set[str]) -> list[str]:
+    """Listed kinds in catalogue order, then ConfigMaps, then Secrets (they depend on Gateways and Pods)."""
+    last = {"ConfigMap": 1, "Secret": 2}
+    catalogue = list(KINDS)
+    return sorted(kinds, key=lambda k: (last.get(k, 0), catalogue.index(k)))
+
+
+def _record_unreadable(snapshot: Snapshot, call: ApiCall, error: MeshbotError) -> None:
+    """A 401/403 names the missing permission (MB0001); timeouts, refusals and 5xx are MB0002."""
+    code = "MB0001" if isinstance(error, AccessDenied) else "MB0002"
+    evidence = {"status": error.status} if isinstance(error, ClusterError) and error.status else {}
+    snapshot.read_problems.append(codes.finding(
+        code, origin=call.path, evidence=evidence, verb=call.verb, resource=call.resource,
+        scope=call.scope, reason=failure_reason(error)))
+    snapshot.unreadable_kinds.add(call.kind.kind)
+
+
+def _without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    # managedFields is often the largest part of an object and no check reads it.
+    metadata = obj.get("metadata")
+    if isinstance(metadata, dict):
+        metadata.pop("managedFields", None)
+    return obj
+
+
+def live_source(*, kubeconfig: str | None = None, context: str | None = None, timeout: float = 10.0,
+                istio_namespace: str = DEFAULT_ISTIO_NAMESPACE, read_ca_secrets: bool = False,
+                extra_secrets: Iterable[tuple[str, str]] = (), in_cluster: bool | None = None) -> KubeSource:
+    """A KubeSource for the configured cluster, with the port-forwarder its checks need for Envoy/istiod.
+
+    ``in_cluster`` (meshbot runs as a pod) means istiod's pod IPs are reachable directly; Envoy admin is
+    bound to 127.0.0.1 in every sidecar, so it is always reached through a port-forward.
+    """
+    from commands.clients.kube import KubePortForwarder
+
+    client = KubeClient.connect(kubeconfig, context, timeout=timeout)
+    source = KubeSource(client, istio_namespace=istio_namespace, read_ca_secrets=read_ca_secrets,
+                        extra_secrets=extra_secrets)
+    if in_cluster is not None:
+        source.in_cluster = in_cluster
+    source.port_forwarder = KubePortForwarder(client)
+    return source
