@@ -6,7 +6,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from commands.findings import Finding, Level, by_severity, count_by_level
+from commands.findings import Finding, Level, Remediation, by_severity, count_by_level
+from commands.triage import Triage, triage
 
 # Findings that summarise a whole check; printed before the severity-sorted list.
 SUMMARY_CODES = frozenset({"MB2000", "MB1020"})
@@ -43,17 +44,47 @@ def finding_line(finding: Finding, *, with_fix: bool = True) -> str:
     return line
 
 
+def step_text(step: Remediation) -> str:
+    """A first step as one line: the meshbot action (which needs approval) or the command, then why."""
+    if step.action:
+        return f"/mesh {step.action} \u2014 {step.summary}"
+    if step.command:
+        return f"{step.command} \u2014 {step.summary}"
+    return step.summary
+
+
+def triage_lines(result: Triage) -> list[str]:
+    chains = [c for c in result.causes if c.is_chain]
+    lone = [c for c in result.causes if not c.is_chain]
+    lines: list[str] = []
+    if chains:
+        lines.append("Probable causes, the one explaining most first:")
+    for number, cause in enumerate(chains, 1):
+        lines.append(f"{number}. [{cause.confidence} confidence] {cause.title} \u2014 {cause.explains_line}")
+        lines += [f"   because {reason}" for reason in cause.reasons]
+        if cause.first_step:
+            lines.append(f"   first step: {step_text(cause.first_step)}")
+    if lone:
+        lines.append("Other errors, not explained by the above:" if chains else "Errors, none explaining another:")
+        lines += [f"- {cause.title}" for cause in lone]
+    return lines + [""] if lines else []
+
+
 def diagnose_text(findings: Sequence[Finding], *, title: str) -> str:
     summaries, rest = split_summary(findings)
     lines = [title, f"Summary: {counts_line(findings)}"]
     lines += [f"  {f.check}: {f.message}" for f in summaries]
     lines.append("")
+    lines += triage_lines(triage(rest))
     lines += [finding_line(f) for f in rest] or ["No problems found."]
     return "\n".join(lines) + "\n"
 
 
 def diagnose_json(findings: Sequence[Finding]) -> str:
-    return json.dumps({"findings": [f.to_dict() for f in report_order(findings)]}, indent=2) + "\n"
+    """``triage`` (probable causes, most explaining first) next to every finding in report order."""
+    _, rest = split_summary(findings)
+    return json.dumps({"triage": triage(rest).to_list(),
+                       "findings": [f.to_dict() for f in report_order(findings)]}, indent=2) + "\n"
 
 
 def analyze_text(findings: Sequence[Finding], *, namespace: str | None) -> str:

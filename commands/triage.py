@@ -1,0 +1,323 @@
+"""Findings -> probable causes, each with what it explains, how sure we are and the first safe step.
+
+Pure: no cluster, no Slack.  Rules are edges "finding A explains finding B, because …"; a cause is
+a finding that explains others (directly or through a chain: an expired root makes sidecars fail
+SDS, which makes their callers see 503s) and is itself explained by nothing.  Errors that nothing
+explains become causes of their own, so independent problems stay separate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from commands.findings import Finding, Level, Remediation, by_severity
+
+
+class Confidence(StrEnum):
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        return {Confidence.HIGH: 0, Confidence.MEDIUM: 1, Confidence.LOW: 2}[self]
+
+
+@dataclass(frozen=True)
+class Link:
+    """``cause`` explains ``effect``; ``why`` is one sentence a human can check."""
+
+    cause: Finding
+    effect: Finding
+    why: str
+    confidence: Confidence
+
+
+@dataclass(frozen=True)
+class Cause:
+    key: str
+    """Stable identity of the problem (rule + code + object): two alert groups with the same key are one outage."""
+    title: str
+    finding: Finding
+    explains: tuple[Finding, ...]
+    reasons: tuple[str, ...]
+    confidence: Confidence
+    first_step: Remediation | None
+    errors_total: int
+    """Errors in the whole diagnosis, for "explains 9 of 13 errors"."""
+
+    @property
+    def is_chain(self) -> bool:
+        """True when this cause explains other findings (not just a lone error)."""
+        return bool(self.explains)
+
+    @property
+    def explained_errors(self) -> int:
+        return sum(1 for f in (self.finding, *self.explains) if f.level == Level.ERROR)
+
+    @property
+    def explains_line(self) -> str:
+        others = len(self.explains)
+        if not others:
+            return "explains no other finding"
+        noun = "finding" if others == 1 else "findings"
+        return (f"explains {self.explained_errors} of {self.errors_total} error"
+                f"{'s' * (self.errors_total != 1)} ({others} other {noun})")
+
+    def to_dict(self) -> dict:
+        return {
+            "key": self.key,
+            "title": self.title,
+            "confidence": str(self.confidence),
+            "explains": self.explains_line,
+            "because": list(self.reasons),
+            "finding": {"code": self.finding.code, "origin": self.finding.origin},
+            "explained": [{"code": f.code, "origin": f.origin} for f in self.explains],
+            "first_step": self.first_step.to_dict() if self.first_step else None,
+        }
+
+
+@dataclass(frozen=True)
+class Triage:
+    causes: tuple[Cause, ...]
+    findings: tuple[Finding, ...] = field(repr=False)
+
+    @property
+    def top(self) -> Cause | None:
+        return self.causes[0] if self.causes else None
+
+    def cause_of(self, finding: Finding) -> Cause | None:
+        for cause in self.causes:
+            if finding == cause.finding or finding in cause.explains:
+                return cause
+        return None
+
+    def to_list(self) -> list[dict]:
+        return [c.to_dict() for c in self.causes]
+
+
+# -- facts read off findings ------------------------------------------------------------------
+
+_POD_ORIGIN = re.compile(r"^Pod (?P<ns>[a-z0-9-]+)/(?P<pod>[a-z0-9.-]+)$")
+# Envoy names Istio's outbound clusters ``outbound|PORT|SUBSET|HOST`` (istio pilot/pkg/model/service.go
+# BuildSubsetKey); the host is the Kubernetes Service FQDN ``NAME.NS.svc.DOMAIN``.
+_OUTBOUND_HOST = re.compile(r"^outbound\|\d+\|[^|]*\|(?P<svc>[a-z0-9-]+)\.(?P<ns>[a-z0-9-]+)\.svc\.")
+# Pods of a Deployment are named ``DEPLOYMENT-<replicaset hash>-<pod hash>``.
+_POD_OF_DEPLOYMENT = re.compile(r"^(?P<workload>.+)-[a-z0-9]{6,10}-[a-z0-9]{5}$")
+
+
+def namespace_of(finding: Finding) -> str | None:
+    """The namespace a finding is about (``Kind ns/name`` origins, ``Namespace ns``)."""
+    kind, _, rest = finding.origin.partition(" ")
+    if kind == "Namespace":
+        return rest or None
+    if "/" in rest:
+        return rest.split("/", 1)[0]
+    return None
+
+
+def workload_of(finding: Finding) -> tuple[str, str] | None:
+    """(namespace, workload) for a finding about a pod of a Deployment."""
+    match = _POD_ORIGIN.match(finding.origin)
+    if not match:
+        return None
+    owner = _POD_OF_DEPLOYMENT.match(match["pod"])
+    return (match["ns"], owner["workload"] if owner else match["pod"])
+
+
+def upstream_of(finding: Finding) -> tuple[str, str] | None:
+    """(namespace, service) an Envoy cluster finding is about."""
+    match = _OUTBOUND_HOST.match(str(finding.evidence.get("cluster", "")))
+    return (match["ns"], match["svc"]) if match else None
+
+
+def _is_mesh_root(finding: Finding) -> bool:
+    role = finding.evidence.get("role")
+    if role is not None:
+        return role in ("mesh-root", "mesh_root")
+    return finding.message.startswith("Mesh root")
+
+
+def _is_istiod(finding: Finding) -> bool:
+    return finding.message.startswith("istiod ") or "istiod" in finding.origin.split("/")[-1][:7]
+
+
+ROOT_EXPIRED = {"MB3001"}
+ROOT_MISMATCH = {"MB3010"}
+CONTROL_PLANE_DOWN = {"MB1001", "MB1002", "MB1003", "MB1006", "MB2005"}
+SIDECAR_BROKEN = {"MB1011", "MB1012", "MB1013"}
+WORKLOAD_CERT_TROUBLE = {"MB3006", "MB3014"}
+CALLER_SYMPTOMS = {"MB4001", "MB4002", "MB4003"}
+SYNC_TROUBLE = {"MB2001", "MB2002", "MB2003"}
+
+
+# -- the rules: each yields links ---------------------------------------------------------------
+
+Rule = Callable[[Sequence[Finding]], Iterable[Link]]
+
+
+def root_trust_is_broken(findings: Sequence[Finding]) -> Iterable[Link]:
+    """An expired mesh root (everywhere) or a namespace whose root differs (there) breaks mTLS.
+
+    Envoy refuses a peer chain anchored in an expired or unknown root (Istio: "Root certificate
+    expiry", https://istio.io/latest/docs/ops/configuration/security/root-transition/), so handshakes
+    fail, sidecars cannot get a workload certificate over SDS and callers see 503s
+    (https://istio.io/latest/docs/ops/common-problems/security-issues/#mutual-tls-errors).
+    """
+    for cause in findings:
+        if cause.code in ROOT_EXPIRED and _is_mesh_root(cause):
+            scope, where = None, "mesh-wide"
+        elif cause.code in ROOT_MISMATCH:
+            scope, where = namespace_of(cause), f"in {namespace_of(cause)}"
+        else:
+            continue
+        for effect in findings:
+            if effect is cause or effect.code not in SIDECAR_BROKEN | WORKLOAD_CERT_TROUBLE | CALLER_SYMPTOMS:
+                continue
+            effect_ns = (upstream_of(effect) or (namespace_of(effect), ""))[0]
+            if scope is not None and effect_ns != scope and namespace_of(effect) != scope:
+                continue
+            confidence = Confidence.MEDIUM if effect.code in CALLER_SYMPTOMS else Confidence.HIGH
+            yield Link(cause, effect, f"mTLS handshakes {where} fail while the root is not trusted", confidence)
+
+
+def control_plane_is_down(findings: Sequence[Finding]) -> Iterable[Link]:
+    """istiod not ready / OOMKilled / missing: proxies keep their last config and stop receiving pushes
+    and new certificates (istiod is both the xDS server and the CA:
+    https://istio.io/latest/docs/ops/deployment/architecture/#istiod)."""
+    for cause in findings:
+        if cause.code not in CONTROL_PLANE_DOWN or not (_is_istiod(cause) or cause.code in {"MB1006", "MB2005"}):
+            continue
+        for effect in findings:
+            if effect is cause:
+                continue
+            if effect.code in SYNC_TROUBLE and not effect.evidence.get("last_error"):
+                # A NACK quoting Envoy's error is the config's fault, not istiod's (pilot/pkg/xds/ads.go).
+                yield Link(cause, effect, "istiod cannot push or collect acknowledgements while it is down",
+                           Confidence.HIGH)
+            elif effect.code == "MB3006":
+                yield Link(cause, effect, "workload certificates cannot rotate without istiod, the mesh CA",
+                           Confidence.HIGH)
+            elif (cause.code == "MB1002" and effect.origin == cause.origin
+                  and effect.code in {"MB1001", "MB1003", "MB1005"}):
+                yield Link(cause, effect, "the OOMKilled container restarts and is not ready meanwhile",
+                           Confidence.HIGH)
+
+
+def upstream_workload_is_broken(findings: Sequence[Finding]) -> Iterable[Link]:
+    """Callers of a workload whose sidecar crash-loops or is not ready see 503s and open breakers:
+    its endpoints are not ready, so Envoy has no healthy upstream (response flag UH,
+    https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage)."""
+    for cause in findings:
+        if cause.code not in SIDECAR_BROKEN:
+            continue
+        workload = workload_of(cause)
+        if workload is None:
+            continue
+        for effect in findings:
+            if effect.code in CALLER_SYMPTOMS and upstream_of(effect) == workload:
+                yield Link(cause, effect, f"{workload[1]} in {workload[0]} has no healthy sidecar to answer",
+                           Confidence.MEDIUM)
+
+
+RULES: tuple[Rule, ...] = (root_trust_is_broken, control_plane_is_down, upstream_workload_is_broken)
+
+
+# -- first safe steps ----------------------------------------------------------------------------
+
+def first_step(cause: Finding, explained: Sequence[Finding]) -> Remediation | None:
+    """What to do first for ``cause``: restore service safely, then fix the cause."""
+    if cause.code in ROOT_EXPIRED | ROOT_MISMATCH:
+        mismatch = cause.code in ROOT_MISMATCH
+        namespace = namespace_of(cause) if mismatch else _most_affected_namespace(explained)
+        if namespace and namespace != "istio-system":
+            # Plaintext between meshed workloads needs both halves: PERMISSIVE servers and clients told to
+            # send plaintext (the permissive-mtls plan carries both; istio.io authn-policy "auto mutual TLS").
+            # Then the real fix: istiod's namespace controller rewrites a namespace's istio-ca-root-cert
+            # (pilot/pkg/serviceregistry/kube/controller/namespacecontroller.go); an expiring self-signed
+            # root is renewed from its existing key (security/pkg/pki/ca/selfsignedcarootcertrotator.go).
+            then = ("let istiod rewrite the namespace's istio-ca-root-cert and restart the workloads there"
+                    if mismatch else "rotate the root in place (never delete istio-ca-secret)")
+            return Remediation(
+                summary=f"Restore traffic in {namespace} first: accept and send plaintext there (two approvals); "
+                        f"then {then}",
+                action=f"permissive-mtls {namespace}")
+    if cause.code == "MB1002" and _is_istiod(cause):
+        # A restart OOMs again with the same limit; raise it first (Istio's chart: pilot.resources).
+        command = (cause.remediation.command if cause.remediation and cause.remediation.command
+                   else "kubectl -n istio-system set resources deployment/istiod -c discovery --limits=memory=4Gi")
+        return Remediation(
+            summary="istiod runs out of memory: raise its memory limit (a restart alone OOMs again), then watch "
+                    "it become Ready", command=command)
+    return cause.remediation
+
+
+def _most_affected_namespace(findings: Sequence[Finding]) -> str | None:
+    counts: dict[str, int] = {}
+    for finding in findings:
+        ns = (upstream_of(finding) or (namespace_of(finding), ""))[0]
+        if ns:
+            counts[ns] = counts.get(ns, 0) + (2 if finding.level == Level.ERROR else 1)
+    return max(sorted(counts), key=lambda ns: counts[ns]) if counts else None
+
+
+# -- putting it together -------------------------------------------------------------------------
+
+def triage(findings: Sequence[Finding], rules: Sequence[Rule] = RULES) -> Triage:
+    """Probable causes, the one explaining most errors first."""
+    findings = by_severity(findings)
+    links = [link for rule in rules for link in rule(findings)]
+    effects: dict[int, list[Link]] = {}
+    for link in links:
+        if link.cause is not link.effect:
+            effects.setdefault(id(link.cause), []).append(link)
+    explained_ids = {id(link.effect) for link in links}
+    errors_total = sum(1 for f in findings if f.level == Level.ERROR)
+    causes = []
+    for finding in findings:
+        if id(finding) in explained_ids:
+            continue
+        if id(finding) not in effects and finding.level != Level.ERROR:
+            continue
+        reached = _reach(finding, effects)
+        explained = tuple(f for f in findings if id(f) in reached)
+        reasons = tuple(dict.fromkeys(link.why for link in _links_from(finding, effects)))
+        causes.append(Cause(
+            key=f"{finding.code}:{finding.origin}",
+            title=finding.message,
+            finding=finding,
+            explains=explained,
+            reasons=reasons,
+            confidence=_confidence(finding, effects),
+            first_step=first_step(finding, explained),
+            errors_total=errors_total,
+        ))
+    causes.sort(key=lambda c: (-c.explained_errors, c.confidence.rank, c.finding.sort_key))
+    return Triage(causes=tuple(causes), findings=tuple(findings))
+
+
+def _links_from(finding: Finding, effects: dict[int, list[Link]]) -> list[Link]:
+    return effects.get(id(finding), [])
+
+
+def _reach(start: Finding, effects: dict[int, list[Link]]) -> set[int]:
+    """Every finding ``start`` explains, directly or through a chain."""
+    seen: set[int] = set()
+    stack = [start]
+    while stack:
+        for link in effects.get(id(stack.pop()), []):
+            if id(link.effect) not in seen and link.effect is not start:
+                seen.add(id(link.effect))
+                stack.append(link.effect)
+    return seen
+
+
+def _confidence(finding: Finding, effects: dict[int, list[Link]]) -> Confidence:
+    """High when a direct link is certain; a lone error nothing else corroborates is low."""
+    direct = effects.get(id(finding), [])
+    if not direct:
+        return Confidence.LOW if finding.level != Level.ERROR else Confidence.MEDIUM
+    return min((link.confidence for link in direct), key=lambda c: c.rank)

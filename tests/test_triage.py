@@ -1,0 +1,154 @@
+"""Triage: which finding explains which, what to do first.  Pure: findings in, causes out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from commands import codes
+from commands.findings import Remediation
+from commands.triage import Confidence, triage
+
+CLUSTER_TO_PAYMENT = "outbound|8080||payment-service.prod.svc.cluster.local"
+
+
+def expired_root():
+    return codes.finding("MB3001", origin="Secret istio-system/istio-ca-secret", what='Mesh root CA "CN=Istio CA"',
+                         ago="26 minutes", not_after="2026-11-24T02:41:00Z")
+
+
+def expired_gateway_cert():
+    return codes.finding("MB3001", origin="Secret istio-system/shop-tls", what='Gateway TLS certificate "CN=shop"',
+                         ago="2 hours", not_after="2026-11-24T02:41:00Z")
+
+
+def root_mismatch(namespace="legacy"):
+    return codes.finding("MB3010", origin=f"ConfigMap {namespace}/istio-ca-root-cert", namespace=namespace,
+                         expected="0C:D9")
+
+
+def sidecar_crash_loop(pod="payment-service-7d9f8c6b5-x2x4k", namespace="prod"):
+    return codes.finding("MB1011", origin=f"Pod {namespace}/{pod}", pod=f"{namespace}/{pod}", restarts=25,
+                         remediation=Remediation(summary="bypass", action=f"bypass payment-service -n {namespace}"))
+
+
+def upstream_503s(cluster=CLUSTER_TO_PAYMENT, caller="prod/api-service-6b7c9d8f5-k2m4p"):
+    return codes.finding("MB4002", origin=f"Pod {caller}", pod=caller, percent="92.9", cluster=cluster,
+                         errors=1180, total=1270, evidence={"cluster": cluster})
+
+
+def istiod_oomkilled():
+    pod = "istio-system/istiod-5d8f7c9b6-qx7wz"
+    return codes.finding("MB1002", origin=f"Pod {pod}", role="istiod", container="discovery", pod=pod,
+                         restarts=7, limit="2Gi")
+
+
+def istiod_not_ready():
+    pod = "istio-system/istiod-5d8f7c9b6-qx7wz"
+    return codes.finding("MB1001", origin=f"Pod {pod}", role="istiod", pod=pod, phase="Running",
+                         consequence="sidecars get no config")
+
+
+def stale_proxy(last_error=None):
+    evidence = {"last_error": last_error} if last_error else {}
+    return codes.finding("MB2001", origin="Pod prod/api-service-6b7c9d8f5-z8n3q", proxy="api-service.prod",
+                         types="CDS", evidence=evidence)
+
+
+def envoy_memory_critical():
+    return codes.finding("MB4005", origin="Pod prod/api-service-6b7c9d8f5-k2m4p", pod="prod/api-service",
+                         memory="860 MiB", threshold="500 MiB")
+
+
+def test_expired_root_explains_crash_looping_sidecars_and_503s_through_the_chain():
+    root, crash, errors = expired_root(), sidecar_crash_loop(), upstream_503s()
+    result = triage([errors, crash, root])
+    assert result.top.finding == root
+    assert [f.code for f in result.top.explains] == ["MB1011", "MB4002"]
+    assert result.top.explains_line == "explains 3 of 3 errors (2 other findings)"
+    assert [c.finding for c in result.causes] == [root]
+
+
+def test_first_step_for_an_expired_root_is_permissive_mtls_in_the_most_affected_namespace():
+    result = triage([expired_root(), sidecar_crash_loop(), upstream_503s()])
+    assert result.top.first_step.action == "permissive-mtls prod"
+    assert "never delete istio-ca-secret" in result.top.first_step.summary
+
+
+def test_root_mismatch_takes_its_namespace_from_the_finding_not_from_elsewhere():
+    result = triage([root_mismatch("legacy"), upstream_503s()])
+    cause = next(c for c in result.causes if c.finding.code == "MB3010")
+    assert cause.first_step.action == "permissive-mtls legacy"
+
+
+def test_root_mismatch_in_one_namespace_does_not_explain_503s_to_another():
+    mismatch, errors = root_mismatch("legacy"), upstream_503s()
+    result = triage([mismatch, errors])
+    assert errors not in result.cause_of(mismatch).explains
+    assert len(result.causes) == 2
+
+
+def test_expired_gateway_certificate_is_not_taken_for_the_mesh_root():
+    gateway, crash = expired_gateway_cert(), sidecar_crash_loop()
+    result = triage([gateway, crash])
+    assert crash not in result.cause_of(gateway).explains
+
+
+def test_oomkilled_istiod_explains_stale_proxies_and_its_own_readiness():
+    oom, not_ready, stale = istiod_oomkilled(), istiod_not_ready(), stale_proxy()
+    result = triage([stale, not_ready, oom])
+    assert result.top.finding == oom
+    assert [f.code for f in result.top.explains] == ["MB1001", "MB2001"]
+    assert result.top.confidence == Confidence.HIGH
+
+
+def test_oomkilled_istiod_first_step_raises_the_memory_limit_instead_of_a_restart():
+    step = triage([istiod_oomkilled()]).top.first_step
+    assert "--limits=memory=" in step.command
+    assert step.action is None
+
+
+def test_a_nacked_proxy_is_not_blamed_on_istiod():
+    nack = stale_proxy(last_error="Proto constraint validation failed")
+    result = triage([istiod_oomkilled(), nack])
+    assert nack not in result.cause_of(istiod_oomkilled()).explains
+
+
+def test_crash_looping_workload_explains_its_callers_503s_but_not_another_services():
+    crash = sidecar_crash_loop()
+    own = upstream_503s()
+    other = upstream_503s(cluster="outbound|80||orders.prod.svc.cluster.local")
+    result = triage([crash, own, other])
+    assert result.cause_of(crash).explains == (own,)
+    assert result.cause_of(other).finding == other
+
+
+def test_independent_problems_stay_separate_causes_ordered_by_what_they_explain():
+    result = triage([envoy_memory_critical(), istiod_oomkilled(), istiod_not_ready(), stale_proxy()])
+    assert [c.finding.code for c in result.causes] == ["MB1002", "MB4005"]
+
+
+def test_warnings_that_explain_nothing_are_not_causes():
+    result = triage([stale_proxy()])
+    assert result.causes == ()
+
+
+def test_triage_serialises_to_plain_data_for_json():
+    data = triage([expired_root(), sidecar_crash_loop()]).to_list()
+    assert data[0]["finding"] == {"code": "MB3001", "origin": "Secret istio-system/istio-ca-secret"}
+    assert data[0]["first_step"]["action"] == "permissive-mtls prod"
+    assert data[0]["explained"] == [{"code": "MB1011", "origin": "Pod prod/payment-service-7d9f8c6b5-x2x4k"}]
+
+
+def test_bundled_outage_puts_the_expired_root_first_with_its_first_safe_step():
+    out = subprocess.run([sys.executable, "-m", "bot.cli", "demo", "-o", "json"], capture_output=True, text=True,
+                         check=True).stdout
+    first = json.loads(out)["triage"][0]
+    assert first["finding"] == {"code": "MB3001", "origin": "Secret istio-system/istio-ca-secret"}
+    assert first["first_step"]["action"] == "permissive-mtls prod"
+    text = subprocess.run([sys.executable, "-m", "bot.cli", "demo"], capture_output=True, text=True,
+                          check=True).stdout
+    causes = text.index("Probable causes")
+    assert causes < text.index("Error [MB1001]")
+    assert "1. [high confidence] Mesh root CA" in text[causes:]
