@@ -2,18 +2,27 @@
 # meshbot: `meshbot serve` on a slim Python, non-root, read-only root filesystem friendly.
 # Build:  docker build -t meshbot:0.1.0 .
 # The SQLite database lives on a mounted volume (MESHBOT_DB=/var/lib/meshbot/meshbot.db).
+#
+# Reproducible: the base image is pinned by digest (a tag moves with every Debian and Python patch
+# release) and the Python packages by requirements.lock.  The digest below was NOT resolved from
+# this repository's build machines, which cannot reach a container registry; it is a published
+# digest of python:3.11-slim-bookworm.  Refresh it before a release, and whenever you want the
+# base image's security fixes, in both FROM lines:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm --format '{{json .Manifest.Digest}}'
+# (the index digest, so the same line builds on amd64 and arm64).
 
-FROM python:3.11-slim-bookworm AS build
+FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91 AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/meshbot
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY bot ./bot
 COPY commands ./commands
 # pip byte-compiles what it installs, so the read-only final image never needs to write a .pyc.
-RUN /opt/meshbot/bin/pip install .
+# --constraint: meshbot's dependencies at the versions in requirements.lock, nothing newer.
+RUN /opt/meshbot/bin/pip install --constraint requirements.lock .
 
-FROM python:3.11-slim-bookworm
+FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 LABEL org.opencontainers.image.title="meshbot" \
       org.opencontainers.image.description="ChatOps for Istio/Envoy service-mesh incidents" \
       org.opencontainers.image.licenses="Apache-2.0"

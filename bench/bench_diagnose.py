@@ -26,7 +26,7 @@ CHECKS = ["analyze", "status", "certs"]
 
 def measure(pods: int, mode: str, workdir: str) -> dict:
     from bench.mesh_generator import generate
-    from commands.checks.registry import diagnose
+    from commands.checks.catalog import default_checks
     from commands.findings import count_by_level
     from commands.cluster.snapshot import Resource, Snapshot
 
@@ -44,7 +44,7 @@ def measure(pods: int, mode: str, workdir: str) -> dict:
 
         start = time.perf_counter()
         source = MemorySource()
-    findings = diagnose(CHECKS, source)
+    findings = default_checks().diagnose(CHECKS, source)
     elapsed = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     counts = {str(k): v for k, v in count_by_level(findings).items()}

@@ -30,20 +30,21 @@ DIAGNOSIS_SECONDS = 2.0
 WORKERS = int(os.environ.get("MESHBOT_WORKERS", "16"))  # the setting's default
 
 
-def pad_diagnoses_to_two_seconds(meshbot) -> None:
-    from bot.diagnosis import Diagnostician
-    from commands.checks.registry import diagnose
+def diagnoses_padded_to_two_seconds(settings):
+    """The bot's diagnosis runner: the real demo-scenario diagnosis, then a sleep up to 2 s."""
+    from bot.cluster import ClusterAccess
+    from commands.checks.catalog import default_checks
 
-    cluster = meshbot.services.diagnostician.cluster
+    cluster, registry = ClusterAccess(settings), default_checks()
 
     def slow_diagnosis(checks, namespace, pods=()):
         started = time.monotonic()
-        findings = diagnose(checks, cluster.source(), namespace=namespace, now=cluster.now(),
-                            endpoints=cluster.endpoints())
+        findings = registry.diagnose(checks, cluster.source(), namespace=namespace, now=cluster.now(),
+                                     endpoints=cluster.endpoints())
         time.sleep(max(DIAGNOSIS_SECONDS - (time.monotonic() - started), 0))
         return findings
 
-    meshbot.services.diagnostician = Diagnostician(cluster, runner=slow_diagnosis)
+    return slow_diagnosis
 
 
 def ack_histogram(metrics_url: str) -> tuple[float, float]:
@@ -69,7 +70,7 @@ def main() -> None:
     concurrency = int(sys.argv[2]) if len(sys.argv) > 2 else 50
     with tempfile.TemporaryDirectory() as tmp, \
             Processes(f"{tmp}/bench.db", {"workers": WORKERS, "http_threads": 16},
-                      prepare=pad_diagnoses_to_two_seconds) as procs:
+                      runner=diagnoses_padded_to_two_seconds) as procs:
         port = int(procs.bot_url.rsplit(":", 1)[1])
         # Signed up front (valid for 5 minutes) so the load generator spends its CPU on sending only;
         # http.client keep-alive connections, one per sender, are much lighter than httpx.

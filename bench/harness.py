@@ -21,8 +21,9 @@ def run_fake_slack(urls: multiprocessing.Queue, stop: multiprocessing.Event) -> 
 
 
 def run_bot(api_url: str, db_path: str, ports: multiprocessing.Queue, stop: multiprocessing.Event,
-            overrides: dict, prepare: Callable | None = None) -> None:
-    from bot.server.meshbot import build
+            overrides: dict, runner: Callable | None = None) -> None:
+    """``runner(settings)``, when given, returns the diagnosis runner the bot uses instead of its own."""
+    from bot.server.wiring import build
     from bot.settings import Settings
     from tests.support.bot import DEMO_SCENARIO
     from tests.support.slack import BOT_TOKEN, SIGNING_SECRET
@@ -33,9 +34,8 @@ def run_bot(api_url: str, db_path: str, ports: multiprocessing.Queue, stop: mult
     values.update(overrides)
     import logging
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth" is the point of a load test
-    meshbot = build(Settings(**values))
-    if prepare:
-        prepare(meshbot)
+    settings = Settings(**values)
+    meshbot = build(settings, runner=runner(settings) if runner else None)
     meshbot.start()
     ports.put(meshbot.server.effective_port)
     stop.wait()
@@ -56,14 +56,14 @@ def percentile(sorted_values: list[float], p: float) -> float:
 class Processes:
     """Starts the fake Slack and the bot; stops both on exit."""
 
-    def __init__(self, db_path: str, overrides: dict, prepare: Callable | None = None):
+    def __init__(self, db_path: str, overrides: dict, runner: Callable | None = None):
         self.stop = multiprocessing.Event()
         queue: multiprocessing.Queue = multiprocessing.Queue()
         self.slack = multiprocessing.Process(target=run_fake_slack, args=(queue, self.stop))
         self.slack.start()
         self.slack_url = queue.get(timeout=30)
         self.bot = multiprocessing.Process(target=run_bot, args=(f"{self.slack_url}/api/", db_path, queue,
-                                                                 self.stop, overrides, prepare))
+                                                                 self.stop, overrides, runner))
         self.bot.start()
         self.bot_url = f"http://127.0.0.1:{queue.get(timeout=60)}"
 

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bot.settings import SettingsError
+from commands.checks.catalog import default_checks
+from commands.checks.registry import ALL, CheckRegistry, Thresholds
 from commands.errors import InputError, MeshbotError, UserError
 
 EXIT_OK = 0
@@ -44,7 +46,9 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
                        help="also read istio-ca-secret/cacerts (opt-in: they hold the CA private key)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser:
+    """``checks`` (default: every check meshbot has) names the choices of ``meshbot diagnose``."""
+    checks = checks or default_checks()
     parser = argparse.ArgumentParser(prog="meshbot", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -54,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--mesh-config", metavar="FILE", help="MeshConfig YAML (like istioctl --meshConfigFile)")
     analyze.add_argument("-n", "--namespace", help="only report findings for this namespace")
     analyze.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    analyze.set_defaults(handler=cmd_analyze)
+    analyze.set_defaults(handler=cmd_analyze, checks=checks)
 
     diagnose = sub.add_parser("diagnose", help="run mesh health checks")
-    diagnose.add_argument("check", help="status | proxy-status | certs | envoy | analyze | all")
+    diagnose.add_argument("check", help=" | ".join((*checks.names(), ALL)))
     _cluster_options(diagnose)
     diagnose.add_argument("-n", "--namespace", help="only report on this namespace")
     diagnose.add_argument("--istiod-url", action="append", default=[], metavar="URL",
@@ -70,12 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--cert-days", default="7,30,90", metavar="ERR,WARN,INFO",
                           help="certificate expiry thresholds in days (default 7,30,90)")
     diagnose.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    diagnose.set_defaults(handler=cmd_diagnose)
+    diagnose.set_defaults(handler=cmd_diagnose, checks=checks)
 
     demo = sub.add_parser("demo", help="diagnose the bundled broken-mesh scenario (no cluster needed)")
     demo.add_argument("--scenario", default=None, help="scenario.yaml (default: examples/demo/scenario.yaml)")
     demo.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, checks=checks)
 
     plan = sub.add_parser("plan", help="show what a remediation would change and dry-run it (changes nothing)")
     plan.add_argument("action", nargs=argparse.REMAINDER,
@@ -147,11 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from commands import report
-    from commands.checks.registry import diagnose
     from commands.findings import Level
 
     source = _source(args, mesh_config=args.mesh_config)
-    findings = diagnose(["analyze"], source, namespace=args.namespace)
+    findings = args.checks.diagnose(["analyze"], source, namespace=args.namespace)
     out = report.analyze_json(findings) if args.output == "json" else report.analyze_text(
         findings, namespace=args.namespace)
     sys.stdout.write(out)
@@ -159,9 +162,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from commands.checks.registry import resolve_names
-
-    names = resolve_names([args.check])
+    names = args.checks.resolve([args.check])
     source = _source(args)
     endpoints = _endpoints(args, source)
     return _diagnose_and_print(names, source, endpoints, args, title_source=", ".join(args.files) or "cluster")
@@ -175,7 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"# {scenario.title}\n# {scenario.story}\n", flush=True)
     source, endpoints = scenario.source(), scenario.endpoints()
     args.namespace, args.now, args.cert_days = None, scenario.now, "7,30,90"
-    _diagnose_and_print(["all"], source, endpoints, args, title_source=str(scenario.cluster_dir))
+    _diagnose_and_print([ALL], source, endpoints, args, title_source=str(scenario.cluster_dir))
     return EXIT_OK
 
 
@@ -202,15 +203,13 @@ def cmd_remind(args: argparse.Namespace) -> int:
     from zoneinfo import ZoneInfo
 
     from bot.cluster import ClusterAccess
-    from bot.storage.database import Database
+    from bot.server.schema import open_database
     from bot.reminders.blocks import reminder_lines, upcoming_text
     from bot.reminders.service import ReminderService
     from bot.settings import Settings
 
     settings = Settings.load(config_file=args.config)
-    database = Database(settings.db_path) if Path(settings.db_path).exists() else None
-    if database is not None:
-        database.migrate()
+    database = open_database(settings.db_path) if Path(settings.db_path).exists() else None
     tz = ZoneInfo(settings.timezone)
     service = ReminderService(database=database, cluster=ClusterAccess(settings), channel=settings.channel,
                               days=settings.reminder_days, timezone=tz)
@@ -234,7 +233,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from bot.server import redaction
-    from bot.server.meshbot import build
+    from bot.server.wiring import build
     from bot.settings import Settings
 
     settings = Settings.load(config_file=args.config)
@@ -255,7 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    from bot.storage.database import Database
+    from bot.server.schema import open_database
     from bot.incidents.report import to_json, to_markdown
     from bot.incidents.log import IncidentLog
     from bot.settings import Settings
@@ -263,8 +262,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     path = args.db or Settings.load().db_path
     if not Path(path).exists():
         raise UserError(f"no incident database at {path} (set MESHBOT_DB or pass --db)")
-    database = Database(path)
-    database.migrate()
+    database = open_database(path)
     log_ = IncidentLog(database)
     now = datetime.now(timezone.utc)
     if args.incidents_command == "list":
@@ -318,13 +316,12 @@ def cmd_codes(args: argparse.Namespace) -> int:
 
 def _diagnose_and_print(names, source, endpoints, args, *, title_source: str) -> int:
     from commands import report
-    from commands.checks.registry import diagnose, resolve_names
     from commands.findings import Level
 
-    names = resolve_names(names)
+    names = args.checks.resolve(names)
     now = args.now or datetime.now(timezone.utc)
-    findings = diagnose(names, source, namespace=args.namespace, now=now,
-                        thresholds=_thresholds(args.cert_days), endpoints=endpoints)
+    findings = args.checks.diagnose(names, source, namespace=args.namespace, now=now,
+                                    thresholds=_thresholds(args.cert_days), endpoints=endpoints)
     if args.output == "json":
         sys.stdout.write(report.diagnose_json(findings))
     else:
@@ -335,9 +332,7 @@ def _diagnose_and_print(names, source, endpoints, args, *, title_source: str) ->
     return EXIT_ISSUES if any(f.level == Level.ERROR for f in findings) else EXIT_OK
 
 
-def _thresholds(cert_days: str):
-    from commands.checks.registry import Thresholds
-
+def _thresholds(cert_days: str) -> Thresholds:
     try:
         error, warning, info = (int(x) for x in cert_days.split(","))
     except ValueError:

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from bot.cluster import ClusterAccess
-from commands.checks.registry import diagnose
+from commands.checks.registry import CheckRegistry
 from commands.cluster.endpoints import PodRef
 from commands.errors import MeshbotError
 from commands.findings import Finding
@@ -36,8 +36,9 @@ Runner = Callable[..., list[Finding]]
 
 
 class Diagnostician:
-    def __init__(self, cluster: ClusterAccess, *, runner: Runner | None = None):
+    def __init__(self, cluster: ClusterAccess, checks: CheckRegistry, *, runner: Runner | None = None):
         self.cluster = cluster
+        self.checks = checks
         self._runner = runner or self._diagnose
         self._lock = threading.Lock()
         self._running: dict[tuple, Future[DiagnosisResult]] = {}
@@ -45,8 +46,8 @@ class Diagnostician:
     def _diagnose(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = ()) -> list[Finding]:
         endpoints = self.cluster.endpoints()
         endpoints.focus_pods = tuple(pods)
-        return diagnose(checks, self.cluster.source(), namespace=namespace, now=self.cluster.now(),
-                        thresholds=self.cluster.thresholds(), endpoints=endpoints)
+        return self.checks.diagnose(checks, self.cluster.source(), namespace=namespace, now=self.cluster.now(),
+                                    thresholds=self.cluster.thresholds(), endpoints=endpoints)
 
     def run(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = ()) -> DiagnosisResult:
         key = (tuple(checks), namespace, tuple(pods))

@@ -15,7 +15,7 @@ from typing import Any
 from commands.findings import Finding, Level, Remediation
 
 ISTIO_DOCS = "https://istio.io/latest/docs/reference/config/analysis/{code}/"
-MESHBOT_DOCS = "https://github.com/meshbot/meshbot/blob/main/README.md#{code}"
+MESHBOT_DOCS = "https://github.com/meshbot/meshbot/blob/main/docs/codes.md#{code}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ ISTIO_CODES: dict[str, Code] = {c.code: c for c in [
     _code("IST0112", "VirtualServiceDestinationPortSelectorRequired", E, "analyze",
           'This VirtualService routes to a service "{host}" that exposes multiple ports {ports}. '
           "Specifying a port in the destination is required to disambiguate."),
+    _code("IST0116", "DeploymentAssociatedToMultipleServices", W, "analyze",
+          "This deployment {deployment} is associated with multiple services using port {port} but different "
+          "protocols: {services}"),
     _code("IST0118", "PortNameIsNotUnderNamingConvention", I, "analyze",
           "Port name {port_name} (port: {port}, targetPort: {target_port}) doesn't follow the naming "
           "convention of Istio port."),
@@ -83,10 +86,39 @@ ISTIO_CODES: dict[str, Code] = {c.code: c for c in [
     _code("IST0129", "NoServerCertificateVerificationPortLevel", W, "analyze",
           "DestinationRule {destination_rule} in namespace {namespace} has TLS mode set to {mode} but no "
           "caCertificates are set to validate server identity for host: {host} at port {port}"),
+    _code("IST0130", "VirtualServiceUnreachableRule", W, "analyze",
+          "VirtualService rule {ruleno} not used ({reason})."),
+    _code("IST0131", "VirtualServiceIneffectiveMatch", I, "analyze",
+          "VirtualService rule {ruleno} match {matchno} is not used (duplicate/overlapping match in rule {dupno})."),
     _code("IST0132", "VirtualServiceHostNotFoundInGateway", W, "analyze",
           "one or more host {hosts} defined in VirtualService {virtual_service} not found in Gateway {gateway}."),
+    _code("IST0134", "ServiceEntryAddressesRequired", W, "analyze",
+          "ServiceEntry addresses are required for this protocol."),
+    _code("IST0137", "DeploymentConflictingPorts", W, "analyze",
+          'This deployment {deployment} is associated with multiple services {services} using targetPort '
+          '"{target_port}" but different ports: {ports}.'),
+    _code("IST0138", "GatewayDuplicateCertificate", W, "analyze",
+          "Duplicate certificate in multiple gateways {gateways} may cause 404s if clients re-use HTTP2 "
+          "connections."),
+    _code("IST0144", "InvalidApplicationUID", W, "analyze",
+          "User ID (UID) 1337 is reserved for the sidecar proxy."),
     _code("IST0145", "ConflictingGateways", E, "analyze",
           "Conflict with gateways {gateways} (workload selector {selector}, port {port}, hosts {hosts})."),
+    _code("IST0151", "EnvoyFilterUsesRelativeOperation", W, "analyze",
+          "This EnvoyFilter does not have a priority and has a relative patch operation set which can cause the "
+          "EnvoyFilter not to be applied. Using the INSERT_FIRST of ADD option or setting the priority may help "
+          "in ensuring the EnvoyFilter is applied correctly."),
+    _code("IST0152", "EnvoyFilterUsesReplaceOperationIncorrectly", E, "analyze",
+          "The REPLACE operation is only valid for HTTP_FILTER and NETWORK_FILTER."),
+    _code("IST0153", "EnvoyFilterUsesAddOperationIncorrectly", E, "analyze",
+          "The ADD operation will be ignored when applyTo is set to ROUTE_CONFIGURATION, or HTTP_ROUTE."),
+    _code("IST0154", "EnvoyFilterUsesRemoveOperationIncorrectly", E, "analyze",
+          "The REMOVE operation will be ignored when applyTo is set to ROUTE_CONFIGURATION, or HTTP_ROUTE."),
+    _code("IST0155", "EnvoyFilterUsesRelativeOperationWithProxyVersion", W, "analyze",
+          "This EnvoyFilter does not have a priority and has a relative patch operation (NSTERT_BEFORE/AFTER, "
+          "REPLACE, MERGE, DELETE) and proxyVersion set which can cause the EnvoyFilter not to be applied during "
+          "an upgrade. Using the INSERT_FIRST or ADD option or setting the priority may help in ensuring the "
+          "EnvoyFilter is applied correctly."),
     _code("IST0158", "PodsIstioProxyImageMismatchInNamespace", W, "analyze",
           "The Istio proxy images of the pods running in the namespace do not match the image defined in "
           "the injection configuration (pod names: {pods}). This often happens after upgrading the Istio "
@@ -98,11 +130,17 @@ ISTIO_CODES: dict[str, Code] = {c.code: c for c in [
           "The gateway is listening on a target port (port {port}) that is not defined in the Service "
           "associated with its workload instances (Pod selector {selector}). If you need to access the "
           "gateway port through the gateway Service, it will not be available."),
+    _code("IST0165", "ReferencedInternalGateway", W, "analyze",
+          "Gateway reference in VirtualService {virtual_service} is to an implementation-generated internal "
+          "Gateway: {gateway}."),
     _code("IST0173", "DestinationRuleSubsetNotSelectPods", E, "analyze",
           "The Subset {subset} defined in the DestinationRule does not select any pods. Which may lead to "
           "503 UH (NoHealthyUpstream)."),
     _code("IST0174", "UnknownDestinationRuleHost", W, "analyze",
           "The host {host} defined in the DestinationRule does not match any services in the mesh."),
+    _code("IST0177", "ConflictingServiceEntryProtocol", W, "analyze",
+          'Multiple ServiceEntries ({service_entries}) define the same host "{host}" and port {port} with '
+          "conflicting protocols ({protocols})."),
 ]}
 
 # meshbot's own codes.  Ranges: MB00xx reading the cluster, MB1xxx status, MB2xxx
@@ -163,26 +201,50 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "Namespace {namespace}: {total} sidecars, {ready} ready, {crashlooping} crash-looping, "
           "{restarting} restarting",
           "Per-namespace sidecar counts."),
+    # proxy-status follows istioctl proxy-status (istioctl/pkg/writer/pilot/status.go) over istiod's
+    # /debug/syncz (pilot/pkg/xds/debug.go SyncStatus); the per-type states are statusgen.go debugSyncStatus.
     _code("MB2000", "ProxySyncSummary", I, "proxy-status",
-          "{synced} synced, {stale} stale, {not_sent} not sent ({total} proxies across {istiods} istiod)",
+          "{synced} synced, {stale} stale, {error} rejecting config, {not_sent} not sent "
+          "({total} proxies across {istiods} istiod)",
           "The first line of proxy-status."),
     _code("MB2001", "ProxyStale", W, "proxy-status",
-          "Proxy {proxy} has stale {types}: istiod sent config it has not acknowledged yet",
-          "Sent and acknowledged nonces differ (istioctl: STALE)."),
-    _code("MB2002", "ProxyNeverAcknowledged", E, "proxy-status",
-          "Proxy {proxy} never acknowledged {types}; it is likely rejecting the configuration "
-          "(check its istio-proxy log for 'rejected')",
-          "Config was sent but never acked (istioctl: STALE (Never Acknowledged))."),
+          "Proxy {proxy} has not acknowledged the latest {types} push from istiod yet",
+          "Sent and acknowledged nonces differ with no error reported (istioctl: STALE, or STALE (Never "
+          "Acknowledged) before 1.22): usually a push in flight, not a rejection."),
+    _code("MB2002", "ProxyConfigRejected", E, "proxy-status",
+          'Proxy {proxy} rejected the {types} config istiod pushed (istioctl: ERROR): Envoy says "{error}"',
+          "Envoy NACKed a push; istiod 1.23+ records its lastError (istioctl: ERROR). Fix the config it names; "
+          "a restart fetches the same rejected config."),
     _code("MB2003", "ProxyNotSent", W, "proxy-status",
           "istiod has not sent {types} to proxy {proxy}",
-          "Listeners or clusters never sent (istioctl: NOT SENT); routes/endpoints/ECDS NOT SENT is normal."),
-    _code("MB2004", "ProxyVersionMismatch", W, "proxy-status",
-          "Proxy {proxy} runs Istio {proxy_version} but istiod runs {istiod_version}; restart the "
-          "workload after the upgrade",
-          "Data plane and control plane versions differ."),
+          "Listeners or clusters requested but never sent (istioctl: NOT SENT); types a proxy never subscribed "
+          "to are IGNORED, not NOT SENT."),
+    _code("MB2004", "ProxyVersionUnsupported", W, "proxy-status",
+          "Proxy {proxy} runs Istio {proxy_version} but its istiod {istiod} runs {istiod_version}: outside "
+          "Istio's supported skew ({why})",
+          "Compared with the istiod the proxy is connected to: istiod may be one minor ahead, never behind "
+          "(istio.io supported-releases)."),
     _code("MB2005", "IstiodUnreachable", E, "proxy-status",
           "Cannot read sync status from istiod at {endpoint}: {reason}",
           "The /debug/syncz endpoint did not answer."),
+    _code("MB2006", "ZtunnelConfigRejected", E, "proxy-status",
+          'ztunnel {proxy} rejected the {types} config istiod pushed (istioctl: ERROR): ztunnel says "{error}"',
+          "ztunnel NACKed workload or authorization config; never restart ztunnel for it (it carries every "
+          "ambient pod on its node)."),
+    _code("MB2007", "ZtunnelNotSynced", W, "proxy-status",
+          "ztunnel {proxy} is not in sync with istiod for {types} ({states})",
+          "A ztunnel's WDS/WADS is stale or was never sent; its CDS/LDS/RDS/EDS are IGNORED (it never asks)."),
+    _code("MB2008", "ZtunnelVersionUnsupported", W, "proxy-status",
+          "ztunnel {proxy} runs Istio {proxy_version} but its istiod {istiod} runs {istiod_version}: outside "
+          "the supported skew ({why})",
+          "ztunnel 1.x works with istiod 1.x and 1.x+1; upgrade node by node, never by deleting ztunnel pods."),
+    _code("MB2009", "ProxyVersionBehindIstiod", I, "proxy-status",
+          "{what} {proxy} runs Istio {proxy_version}, one minor behind its istiod {istiod} ({istiod_version}); "
+          "supported while the upgrade finishes",
+          "Supported skew (istiod one minor ahead); patch differences are not reported."),
+    _code("MB2010", "IstiodVersionUnknown", I, "proxy-status",
+          "Version skew not checked for {count} proxies of istiod {istiod}: {reason}",
+          "Neither istiod's /version on :15014 nor its image tag gave a version."),
     _code("MB3001", "CertificateExpired", E, "certs",
           "{what} expired {ago} ago (notAfter {not_after})",
           "The certificate is past its notAfter date."),
@@ -221,9 +283,31 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
     _code("MB3015", "CaExpiryFromIstiod", I, "certs",
           "istiod reports the {what} expires {when}",
           "Expiry read from istiod's citadel_server_* metrics (no secret access needed)."),
-    _code("MB4001", "CircuitBreakerOpen", E, "envoy",
-          "Envoy in {pod}: circuit breaker {breaker} is open for {cluster}; requests are rejected (503 UO)",
-          "A circuit-breaker gauge is 1."),
+    # istio pilot/pkg/bootstrap/istio_ca.go checkCABundleCompleteness: a partial cacerts stops istiod's CA.
+    _code("MB3016", "CaBundleIncomplete", E, "certs",
+          "cacerts in {namespace} lacks {files} ({layout} layout); istiod refuses an incomplete bundle "
+          "and cannot start its CA",
+          "The plugged-in cacerts Secret misses a file istiod requires in its layout."),
+    # istio_ca.go createIstioCA: with a complete cacerts, istio-ca-secret is never loaded.
+    _code("MB3017", "CaSecretUnused", I, "certs",
+          "{secret} holds a root {subject} that {state}, but istiod does not use it: it signs with {used}",
+          "A leftover CA Secret istiod ignores; its expiry does not affect the mesh."),
+    _code("MB3018", "SupersededRootInBundle", I, "certs",
+          "{what} {state}, but the trust bundle also holds {successor} (valid until {successor_not_after}), "
+          "which anchors trust; remove the old root after the rotation completes",
+          "An old root kept in the bundle during a root rotation; a valid root anchors trust."),
+    # pilot/pkg/serviceregistry/kube/controller/namespacecontroller.go writes the whole bundle everywhere.
+    _code("MB3019", "RootBundlePartial", W, "certs",
+          "The istio-ca-root-cert in namespace {namespace} holds the current mesh root but lacks the valid "
+          "root(s) {lacking} of the mesh's trust bundle; workloads there cannot verify peers chaining to them",
+          "A namespace's root ConfigMap is an older copy of the mesh's multi-root bundle."),
+    # Rejected = upstream_rq_pending_overflow, upstream_rq_active_overflow or upstream_cx_pool_overflow
+    # above 0 (envoyproxy/envoy docs/root/configuration/upstream/cluster_manager/cluster_stats.rst); a
+    # breaker gauge at 1 alone is MB4009/MB4010.
+    _code("MB4001", "CircuitBreakerRejectedRequests", E, "envoy",
+          "Envoy in {pod}: circuit breaking rejected {rejected} requests to {cluster} with a local 503 "
+          "({overflows}); {state}",
+          "Overflow counters show requests refused by a circuit breaker (503 UO)."),
     _code("MB4002", "UpstreamErrorShareHigh", E, "envoy",
           "Envoy in {pod}: {percent}% of requests to {cluster} got 503 ({errors} of {total})",
           "upstream_rq_503 share at or above the threshold (default 10%)."),
@@ -244,6 +328,30 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "Envoy in {pod} exports {count} stats; above {threshold} they drive memory growth "
           "(limit them with proxyStatsMatcher)",
           "Stats count above the threshold (default 50,000)."),
+    # MB4008-MB4012: envoyproxy/envoy cluster_stats.rst and intro/arch_overview/upstream/circuit_breaking.rst;
+    # MB4012: istio/istio pkg/bootstrap/config.go and https://istio.io/latest/docs/ops/configuration/telemetry/envoy-stats/
+    _code("MB4008", "RetriesCutByCircuitBreaker", W, "envoy",
+          "Envoy in {pod}: {count} retries to {cluster} were not attempted because the retry circuit breaker "
+          "was full (upstream_rq_retry_overflow); callers got the failed answer",
+          "upstream_rq_retry_overflow above 0: max_retries or the retry budget stopped retries."),
+    _code("MB4009", "ConnectionLimitAtCapacity", I, "envoy",
+          "Envoy in {pod}: the {breaker} circuit breaker for {cluster} is at capacity but rejected nothing; "
+          "new requests wait for a free connection",
+          "cx_open is 1 and no overflow counter grew (e.g. one idle keep-alive connection under "
+          "maxConnections 1)."),
+    _code("MB4010", "RequestLimitAtCapacity", W, "envoy",
+          "Envoy in {pod}: the {breaker} circuit breaker for {cluster} is at capacity but rejected nothing "
+          "yet; {consequence}",
+          "rq_open, rq_pending_open, rq_retry_open or cx_pool_open is 1 and no request overflowed yet."),
+    _code("MB4011", "ConnectionLimitDelayedRequests", I, "envoy",
+          "Envoy in {pod}: the max_connections circuit breaker for {cluster} refused {count} new connections "
+          "(upstream_cx_overflow); requests waited for a connection but none was rejected",
+          "upstream_cx_overflow above 0 with no request overflow."),
+    _code("MB4012", "ClusterStatsNotExported", I, "envoy",
+          "Envoy in {pod} exports no upstream stats for {count} of its clusters (Istio's default "
+          "proxyStatsMatcher); circuit breakers, 503 share and retries cannot be checked there",
+          "cluster_manager.active_clusters counts service clusters, but /stats has no cluster.<name>.* "
+          "counters for any of them."),
 ]}
 
 ALL_CODES: dict[str, Code] = {**ISTIO_CODES, **MESHBOT_CODES}

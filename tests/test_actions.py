@@ -10,7 +10,8 @@ import pytest
 from commands.actions import (
     ActionUsageError, Op, Plan, apply, dry_run, parse_action, plan_action, plan_diff, rollback_plan, verify,
 )
-from commands.actions.planners import EMERGENCY_POLICY
+from commands.actions.destination_rules import PLAINTEXT_RULE
+from commands.actions.planners import BOTH_HALVES, EMERGENCY_POLICY, MAKES_WORSE
 from commands.errors import UserError
 from tests.support.kube import FakeKube
 
@@ -42,6 +43,43 @@ def peer_authentication(name: str, ns: str, mode: str, selector: dict | None = N
             "metadata": {"name": name, "namespace": ns}, "spec": spec}
 
 
+def meshed_namespace(name: str) -> dict[str, Any]:
+    return namespace(name, {"istio-injection": "enabled"})
+
+
+def injected_pod(name: str, ns: str) -> dict[str, Any]:
+    """A pod as the sidecar injector leaves it: istiod gives its endpoints auto mTLS by this label."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name, "security.istio.io/tlsMode": "istio"}},
+            "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}]}}
+
+
+def destination_rule(name: str, ns: str, host: str, tls_mode: str | None = None, *,
+                     traffic_policy: dict | None = None, export_to: list[str] | None = None,
+                     subsets: list[dict] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"host": host}
+    if traffic_policy is not None:
+        spec["trafficPolicy"] = traffic_policy
+    if tls_mode is not None:
+        spec.setdefault("trafficPolicy", {})["tls"] = {"mode": tls_mode}
+    if export_to is not None:
+        spec["exportTo"] = export_to
+    if subsets is not None:
+        spec["subsets"] = subsets
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def authorization_policy(name: str, ns: str, source: dict[str, list[str]]) -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"action": "ALLOW", "rules": [{"from": [{"source": source}]}]}}
+
+
+def changed(plan: Plan) -> list[tuple[str, str, str]]:
+    return [(str(c.op), c.kind, f"{c.namespace}/{c.name}") for c in plan.changes]
+
+
 def plan_for(kube: FakeKube, text: str) -> Plan:
     return plan_action(kube.client(), parse_action(text.split()), NOW)
 
@@ -59,6 +97,10 @@ def template_value(obj: dict, *path: str) -> Any:
 @pytest.mark.parametrize("text, command", [
     ("permissive-mtls payments", "permissive-mtls payments"),
     ("permissive-mtls --mesh", "permissive-mtls --mesh"),
+    ("permissive-mtls --mesh-wide", "permissive-mtls --mesh"),
+    ("permissive-mtls --servers-only payments", "permissive-mtls payments --servers-only"),
+    ("permissive-mtls payments --plaintext-clients", "permissive-mtls payments --plaintext-clients"),
+    ("permissive-mtls --mesh-wide --servers-only", "permissive-mtls --mesh --servers-only"),
     ("bypass reviews -n bookinfo", "bypass reviews -n bookinfo"),
     ("bypass reviews bookinfo", "bypass reviews -n bookinfo"),
     ("bypass namespace payments", "bypass namespace payments"),
@@ -75,6 +117,9 @@ def test_actions_parse_to_one_canonical_command(text, command):
     ("drop-table x", "unknown action"),
     ("permissive-mtls", "usage"),
     ("permissive-mtls Payments", "not a valid namespace"),
+    ("permissive-mtls payments --mesh", "usage"),
+    ("permissive-mtls payments --servers-only --plaintext-clients", "choose one"),
+    ("permissive-mtls payments --force", "usage"),
     ("bypass reviews", "usage"),
     ("bypass reviews -n", "needs one namespace"),
     ("restart ../etc -n prod", "not a valid Deployment"),
@@ -88,11 +133,14 @@ def test_malformed_action_text_is_refused_with_the_usage(text, complaint):
 # -- permissive mTLS ----------------------------------------------------------------------------
 
 
-def test_permissive_mtls_creates_the_emergency_policy_and_rollback_deletes_it(kube: FakeKube):
-    kube.add(namespace("payments"))
+def test_permissive_mtls_without_sidecars_in_the_namespace_creates_only_the_policy_and_rollback_deletes_it(
+        kube: FakeKube):
+    # No injected pod and no injection label: auto mTLS already sends these servers plaintext.
+    kube.add(namespace("payments"), injected_pod("elsewhere", "shop"))
     client = kube.client()
     plan = plan_for(kube, "permissive-mtls payments")
     assert [(c.op, c.name) for c in plan.changes] == [(Op.CREATE, EMERGENCY_POLICY)]
+    assert any("no DestinationRule is added" in note for note in plan.notes)
     assert "+  mtls:" in plan_diff(plan) or "mode: PERMISSIVE" in plan_diff(plan)
 
     assert dry_run(client, plan).ok
@@ -155,6 +203,205 @@ def test_mesh_wide_permissive_acts_in_the_istio_root_namespace(kube: FakeKube):
 def test_permissive_mtls_in_a_missing_namespace_is_a_clear_error(kube: FakeKube):
     with pytest.raises(UserError, match="namespace nowhere does not exist"):
         plan_for(kube, "permissive-mtls nowhere")
+
+
+# -- permissive mTLS: clients told to send plaintext (DestinationRule) ----------------------------
+
+
+def test_in_a_meshed_namespace_with_no_rules_the_plan_is_the_policy_and_a_plaintext_rule(kube: FakeKube):
+    kube.add(meshed_namespace("payments"))
+    plan = plan_for(kube, "permissive-mtls payments")
+
+    assert changed(plan) == [("create", "PeerAuthentication", f"payments/{EMERGENCY_POLICY}"),
+                             ("create", "DestinationRule", f"payments/{PLAINTEXT_RULE}")]
+    assert plan.changes[1].body["spec"] == {"host": "*.payments.svc.cluster.local", "exportTo": ["*"],
+                                            "trafficPolicy": {"tls": {"mode": "DISABLE"}}}
+    assert plan.notes[:2] == (BOTH_HALVES, MAKES_WORSE)
+    assert not any("will keep mTLS" in note for note in plan.notes)
+    assert "send plaintext" in plan.summary
+
+
+def test_a_dry_run_sends_both_halves_with_dry_run_all_and_stores_neither(kube: FakeKube):
+    kube.add(meshed_namespace("payments"), destination_rule("reviews", "payments", "reviews", "ISTIO_MUTUAL"))
+    client = kube.client()
+    plan = plan_for(kube, "permissive-mtls payments")
+
+    outcome = dry_run(client, plan)
+
+    assert outcome.ok and [s.state for s in outcome.steps] == ["done", "done", "done"]
+    writes = kube.requests("POST") + kube.requests("PATCH")
+    assert len(writes) == 3 and all(r.params.get("dryRun") == "All" for r in writes)
+    assert kube.object("PeerAuthentication", "payments", EMERGENCY_POLICY) is None
+    assert kube.object("DestinationRule", "payments", PLAINTEXT_RULE) is None
+    assert kube.object("DestinationRule", "payments", "reviews")["spec"]["trafficPolicy"]["tls"]["mode"] == \
+        "ISTIO_MUTUAL"
+
+
+def test_a_more_specific_istio_mutual_rule_is_named_patched_to_disable_and_restored_by_the_rollback(kube: FakeKube):
+    # "reviews" resolves to reviews.payments.svc.cluster.local, more specific than meshbot's wildcard: it wins.
+    kube.add(namespace("payments"), injected_pod("reviews-1", "payments"),
+             destination_rule("reviews", "payments", "reviews", "ISTIO_MUTUAL"))
+    client = kube.client()
+    plan = plan_for(kube, "permissive-mtls payments")
+
+    assert changed(plan) == [("create", "PeerAuthentication", f"payments/{EMERGENCY_POLICY}"),
+                             ("create", "DestinationRule", f"payments/{PLAINTEXT_RULE}"),
+                             ("patch", "DestinationRule", "payments/reviews")]
+    [note] = [n for n in plan.notes if "DestinationRule payments/reviews" in n]
+    assert "tls ISTIO_MUTUAL" in note and "will keep mTLS" in note and "patches its TLS to DISABLE" in note
+
+    assert apply(client, plan).ok and verify(client, plan).ok
+    assert kube.object("PeerAuthentication", "payments", EMERGENCY_POLICY)["spec"] == {"mtls": {"mode": "PERMISSIVE"}}
+    assert kube.object("DestinationRule", "payments", PLAINTEXT_RULE)["spec"]["trafficPolicy"] == \
+        {"tls": {"mode": "DISABLE"}}
+    assert kube.object("DestinationRule", "payments", "reviews")["spec"]["trafficPolicy"] == {"tls": {"mode": "DISABLE"}}
+
+    deletes_before = len(kube.requests("DELETE"))
+    assert apply(client, rollback_plan(plan)).ok
+    assert kube.object("DestinationRule", "payments", "reviews")["spec"]["trafficPolicy"] == \
+        {"tls": {"mode": "ISTIO_MUTUAL"}}
+    assert kube.object("DestinationRule", "payments", PLAINTEXT_RULE) is None
+    assert kube.object("PeerAuthentication", "payments", EMERGENCY_POLICY) is None
+    deleted = [r.url.path.rsplit("/", 2)[-2:] for r in kube.requests("DELETE")[deletes_before:]]
+    assert deleted == [["destinationrules", PLAINTEXT_RULE], ["peerauthentications", EMERGENCY_POLICY]], \
+        "clients go back to mTLS before the servers demand it again"
+
+
+@pytest.mark.parametrize("policy", [None, {"connectionPool": {"tcp": {"maxConnections": 100}}}])
+def test_a_winning_rule_without_tls_uses_auto_mtls_and_the_rollback_removes_the_tls_it_added(kube: FakeKube, policy):
+    # No tls in the rule means auto mTLS; a left-behind `tls: {}` would mean DISABLE, so the rollback must remove it.
+    kube.add(meshed_namespace("payments"),
+             destination_rule("ratings", "payments", "ratings.payments.svc.cluster.local", traffic_policy=policy))
+    client = kube.client()
+    plan = plan_for(kube, "permissive-mtls payments")
+    assert any("payments/ratings" in n and "no tls, so auto mTLS" in n for n in plan.notes)
+
+    assert apply(client, plan).ok
+    assert kube.object("DestinationRule", "payments", "ratings")["spec"]["trafficPolicy"]["tls"] == {"mode": "DISABLE"}
+    assert apply(client, rollback_plan(plan)).ok
+    assert kube.object("DestinationRule", "payments", "ratings")["spec"].get("trafficPolicy") == policy
+
+
+def test_port_level_and_subset_mtls_are_switched_and_restored_whole(kube: FakeKube):
+    ports = [{"port": {"number": 9080}, "tls": {"mode": "ISTIO_MUTUAL"}}, {"port": {"number": 9090}}]
+    subsets = [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}},
+               {"name": "v2", "labels": {"version": "v2"}}]
+    kube.add(meshed_namespace("payments"),
+             destination_rule("reviews", "payments", "reviews", "DISABLE",
+                              traffic_policy={"portLevelSettings": ports}, subsets=subsets))
+    client = kube.client()
+    plan = plan_for(kube, "permissive-mtls payments")
+    [note] = [n for n in plan.notes if "payments/reviews" in n]
+    assert "2 port-level setting(s)" in note and "subset(s) v1" in note
+
+    assert apply(client, plan).ok
+    stored = kube.object("DestinationRule", "payments", "reviews")["spec"]
+    assert [p["tls"]["mode"] for p in stored["trafficPolicy"]["portLevelSettings"]] == ["DISABLE", "DISABLE"]
+    assert stored["subsets"][0]["trafficPolicy"]["tls"]["mode"] == "DISABLE"
+    assert "trafficPolicy" not in stored["subsets"][1], "a subset without a policy inherits the top-level DISABLE"
+    assert apply(client, rollback_plan(plan)).ok
+    restored = kube.object("DestinationRule", "payments", "reviews")["spec"]
+    assert restored["trafficPolicy"] == {"portLevelSettings": ports, "tls": {"mode": "DISABLE"}}
+    assert restored["subsets"] == subsets
+
+
+def test_client_namespace_rules_for_these_hosts_are_patched_but_wider_ones_are_named_and_left_alone(kube: FakeKube):
+    # Clients in "shop" read shop's rules first: one for a payments host is switched; "*.local" there also covers
+    # every other service, so switching it would send plaintext far beyond payments.
+    kube.add(meshed_namespace("payments"),
+             destination_rule("to-reviews", "shop", "reviews.payments.svc.cluster.local", "ISTIO_MUTUAL"),
+             destination_rule("mesh-mtls", "shop", "*.local", "ISTIO_MUTUAL"))
+    plan = plan_for(kube, "permissive-mtls payments")
+
+    assert ("patch", "DestinationRule", "shop/to-reviews") in changed(plan)
+    assert ("patch", "DestinationRule", "shop/mesh-mtls") not in changed(plan)
+    [wide] = [n for n in plan.notes if "shop/mesh-mtls" in n]
+    assert "clients in namespace shop" in wide and "leaves it alone" in wide
+
+
+def test_rules_that_lose_to_meshbots_or_do_not_keep_mtls_are_not_named(kube: FakeKube):
+    kube.add(meshed_namespace("payments"),
+             destination_rule("wide", "payments", "*.local", "ISTIO_MUTUAL"),          # less specific: ours wins
+             destination_rule("root", "istio-system", "*.local", "ISTIO_MUTUAL"),      # root rules are read last
+             destination_rule("db", "shop", "db.shop.svc.cluster.local", "ISTIO_MUTUAL"),  # other hosts
+             destination_rule("plain", "payments", "api", "DISABLE"),                 # already plaintext
+             destination_rule("private", "shop", "reviews.payments.svc.cluster.local", "ISTIO_MUTUAL",
+                              export_to=["payments"]))                                # not seen by shop's clients
+    plan = plan_for(kube, "permissive-mtls payments")
+
+    assert changed(plan) == [("create", "PeerAuthentication", f"payments/{EMERGENCY_POLICY}"),
+                             ("create", "DestinationRule", f"payments/{PLAINTEXT_RULE}")]
+    assert not any("DestinationRule" in n and "will keep mTLS" in n for n in plan.notes)
+
+
+def test_a_private_root_namespace_rule_keeps_gateways_on_mtls_and_is_named(kube: FakeKube):
+    kube.add(meshed_namespace("payments"),
+             destination_rule("gateway-mtls", "istio-system", "*.payments.svc.cluster.local", "ISTIO_MUTUAL",
+                              export_to=["."]))
+    plan = plan_for(kube, "permissive-mtls payments")
+    assert ("patch", "DestinationRule", "istio-system/gateway-mtls") in changed(plan)
+    assert any("istio-system/gateway-mtls" in n and "gateways" in n for n in plan.notes)
+
+
+def test_servers_only_adds_no_rule_and_plaintext_clients_adds_one_without_sidecars(kube: FakeKube):
+    kube.add(meshed_namespace("payments"), namespace("legacy"))
+    assert changed(plan_for(kube, "permissive-mtls payments --servers-only")) == [
+        ("create", "PeerAuthentication", f"payments/{EMERGENCY_POLICY}")]
+    assert changed(plan_for(kube, "permissive-mtls legacy --plaintext-clients")) == [
+        ("create", "PeerAuthentication", f"legacy/{EMERGENCY_POLICY}"),
+        ("create", "DestinationRule", f"legacy/{PLAINTEXT_RULE}")]
+
+
+def test_mesh_wide_puts_the_rule_in_the_root_namespace_and_patches_every_rule_read_before_it(kube: FakeKube):
+    kube.add(namespace("istio-system"), injected_pod("api-1", "shop"),
+             destination_rule("api", "shop", "api", "ISTIO_MUTUAL"),
+             destination_rule("external", "shop", "api.example.com", "SIMPLE"),
+             destination_rule("everything", "istio-system", "*", "ISTIO_MUTUAL"))
+    client = kube.client()
+    plan = plan_for(kube, "permissive-mtls --mesh-wide")
+
+    assert plan.action == "permissive-mtls --mesh"
+    assert changed(plan) == [("create", "PeerAuthentication", f"istio-system/{EMERGENCY_POLICY}"),
+                             ("create", "DestinationRule", f"istio-system/{PLAINTEXT_RULE}"),
+                             ("patch", "DestinationRule", "shop/api")]
+    assert plan.changes[1].body["spec"]["host"] == "*.local"
+    assert apply(client, plan).ok
+    assert apply(client, rollback_plan(plan)).ok
+    assert kube.object("DestinationRule", "shop", "api")["spec"]["trafficPolicy"] == {"tls": {"mode": "ISTIO_MUTUAL"}}
+    assert kube.object("DestinationRule", "istio-system", PLAINTEXT_RULE) is None
+
+
+def test_authorization_policies_on_mtls_identities_are_named_as_the_risk(kube: FakeKube):
+    kube.add(meshed_namespace("payments"),
+             authorization_policy("from-shop", "payments", {"principals": ["cluster.local/ns/shop/sa/web"]}),
+             authorization_policy("mesh-wide", "istio-system", {"namespaces": ["shop"]}),
+             authorization_policy("by-ip", "payments", {"ipBlocks": ["10.0.0.0/8"]}))
+    notes = plan_for(kube, "permissive-mtls payments").notes
+    assert any("AuthorizationPolicy payments/from-shop (ALLOW) matches on principals" in n for n in notes)
+    assert any("AuthorizationPolicy istio-system/mesh-wide" in n for n in notes)
+    assert not any("by-ip" in n for n in notes)
+
+
+def test_many_identity_policies_are_summed_up_so_the_other_notes_stay_visible(kube: FakeKube):
+    kube.add(meshed_namespace("payments"),
+             *(authorization_policy(f"p{i}", "payments", {"principals": ["cluster.local/ns/shop/sa/web"]})
+               for i in range(6)))
+    notes = [n for n in plan_for(kube, "permissive-mtls payments").notes
+             if n.startswith("AuthorizationPolicy payments/") or "more AuthorizationPolicies" in n]
+    assert len(notes) == 4 and notes[-1].startswith("3 more AuthorizationPolicies match on mTLS identities")
+
+
+def test_a_destination_rule_changed_during_approval_stops_the_plan_before_any_write(kube: FakeKube):
+    kube.add(meshed_namespace("payments"), destination_rule("reviews", "payments", "reviews", "ISTIO_MUTUAL"))
+    client = kube.client()
+    plan = plan_for(kube, "permissive-mtls payments")
+    client.patch("DestinationRule", "payments", "reviews", {"spec": {"trafficPolicy": {"tls": {"mode": "MUTUAL"}}}})
+    writes_before = len(kube.requests("POST")) + len(kube.requests("PATCH"))
+
+    outcome = apply(client, plan)
+
+    assert not outcome.ok and "DestinationRule payments/reviews changed since the plan was made" in outcome.error
+    assert len(kube.requests("POST")) + len(kube.requests("PATCH")) == writes_before
 
 
 # -- bypass --------------------------------------------------------------------------------------

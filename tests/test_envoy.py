@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
@@ -12,15 +14,16 @@ import pytest
 
 from commands.checks.registry import CheckContext, Thresholds
 from commands.cluster.endpoints import EndpointResolver, PodRef
-from commands.checks.envoy import envoy, memory_bytes, parse_stats
+from commands.checks.envoy import STATS_INCLUSION_REGEX, envoy, memory_bytes, parse_stats
 from commands.findings import Finding, Level
 from commands.clients.http import http_endpoint
 from commands.cluster.snapshot import Resource, Snapshot
 from tests.support.certs import mint
-from tests.support.envoy import FailingUpstreamEnvoy, RunningEnvoy
+from tests.support.envoy import FailingUpstreamEnvoy, RunningEnvoy, istio_stats_config
 
 POD = PodRef("prod", "api-service-6b7c9d8f5-k2m4p")
 MIB = 2**20
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def run_envoy_check(admin_urls: Mapping[PodRef, str], *, thresholds: Thresholds | None = None,
@@ -64,20 +67,157 @@ def pod_owned_by_replicaset(ref: PodRef, replicaset: str) -> Snapshot:
 
 # -- real Envoy, real traffic ---------------------------------------------------------
 
+def stat_of(proxy: FailingUpstreamEnvoy, name: str) -> str:
+    return f"cluster.{proxy.cluster}.{name}"
+
+
+def wait_until_answered(futures: list[Future[int]], count: int, timeout: float = 5.0) -> list[int]:
+    """Statuses of the first ``count`` answers (the rest are still held by the slow upstream)."""
+    deadline = time.monotonic() + timeout
+    while len(done := [f.result() for f in futures if f.done()]) < count:
+        assert time.monotonic() < deadline, f"only {len(done)} of {count} requests answered"
+        time.sleep(0.02)
+    return done
+
+
 @pytest.mark.envoy
-def test_open_circuit_breaker_from_real_traffic_is_error(failing_upstream_envoy: FailingUpstreamEnvoy) -> None:
-    proxy = failing_upstream_envoy
-    with proxy.in_flight("/slow", 3):
-        proxy.envoy.wait_for_stat(f"cluster.{proxy.cluster}.circuit_breakers.default.rq_open", 1)
+def test_requests_refused_by_full_breaker_are_error_with_their_count(
+        upstream_envoy: Callable[..., FailingUpstreamEnvoy]) -> None:
+    proxy = upstream_envoy()  # max_connections, max_pending_requests, max_requests: 1
+    with proxy.burst("/stuck", 25) as requests:
+        # One request at the upstream, one waiting for the connection, 23 refused at once.
+        proxy.envoy.wait_for_stat(stat_of(proxy, "upstream_rq_pending_overflow"), 23)
+        assert wait_until_answered(requests, 23) == [503] * 23
         findings = run_envoy_check({POD: proxy.envoy.admin_url})
 
     breaker = only(findings, "MB4001")
     assert breaker.level is Level.ERROR
     assert breaker.origin == f"Pod {POD}"
+    assert "rejected 23 requests" in breaker.message and proxy.cluster in breaker.message
+    assert "23 over max_pending_requests (http1MaxPendingRequests)" in breaker.message
+    assert "rq_open and rq_pending_open still at capacity" in breaker.message
+    assert breaker.evidence["upstream_rq_pending_overflow"] == 23
     assert "default.rq_open" in breaker.evidence["open_circuit_breakers"]
-    assert proxy.cluster in breaker.message
     assert "connectionPool" in breaker.remediation.summary
     assert "--fqdn payment.prod.svc.cluster.local" in breaker.remediation.command
+
+
+@pytest.mark.envoy
+def test_503_share_counts_refused_requests_that_upstream_rq_total_leaves_out(
+        upstream_envoy: Callable[..., FailingUpstreamEnvoy]) -> None:
+    proxy = upstream_envoy()
+    with proxy.burst("/stuck", 25):
+        proxy.envoy.wait_for_stat(stat_of(proxy, "upstream_rq_503"), 23)
+        findings = run_envoy_check({POD: proxy.envoy.admin_url})
+
+    share = only(findings, "MB4002")
+    # Envoy counts a request in upstream_rq_total only once it gets a connection: 1 here, below
+    # min_requests, while 23 callers got 503 UO. Requests = total + refused.
+    assert (share.evidence["upstream_rq_total"], share.evidence["requests"]) == (1, 24)
+    assert "(23 of 24)" in share.message and "95.8% of requests" in share.message
+
+
+@pytest.mark.envoy
+def test_max_requests_refusals_counted_as_active_overflow_are_rejections_too(
+        keepalive_upstream_envoy: Callable[..., FailingUpstreamEnvoy]) -> None:
+    # Two connections allowed but one request: a second connection opens for the waiting request and
+    # then cannot take it, which Envoy 1.38+ counts in upstream_rq_active_overflow, not pending_overflow.
+    proxy = keepalive_upstream_envoy(max_connections=2, max_requests=1, max_pending_requests=5)
+    with proxy.burst("/stuck", 3):
+        proxy.envoy.wait_for_stat(stat_of(proxy, "upstream_rq_active_overflow"), 2)
+        findings = run_envoy_check({POD: proxy.envoy.admin_url})
+
+    breaker = only(findings, "MB4001")
+    assert "rejected 2 requests" in breaker.message and "over max_requests (http2MaxRequests)" in breaker.message
+    assert breaker.evidence["upstream_rq_pending_overflow"] == 0
+
+
+@pytest.mark.envoy
+def test_idle_keepalive_connection_at_max_connections_is_info_not_rejection(
+        keepalive_upstream_envoy: Callable[..., FailingUpstreamEnvoy]) -> None:
+    proxy = keepalive_upstream_envoy()  # max_connections: 1
+    assert proxy.send("/", 5) == [200] * 5
+    proxy.envoy.wait_for_stat(stat_of(proxy, "circuit_breakers.default.cx_open"), 1)
+
+    findings = run_envoy_check({POD: proxy.envoy.admin_url})
+
+    assert codes_of(findings) == ["MB4009"]
+    assert findings[0].level is Level.INFO
+    assert "cx_open circuit breaker" in findings[0].message and "rejected nothing" in findings[0].message
+    assert "rejected (" not in findings[0].message
+
+
+@pytest.mark.envoy
+def test_request_breaker_at_capacity_without_refusals_is_warning(
+        keepalive_upstream_envoy: Callable[..., FailingUpstreamEnvoy]) -> None:
+    proxy = keepalive_upstream_envoy(max_connections=5, max_pending_requests=5)  # max_requests: 1
+    with proxy.burst("/stuck", 1):
+        proxy.envoy.wait_for_stat(stat_of(proxy, "circuit_breakers.default.rq_open"), 1)
+        findings = run_envoy_check({POD: proxy.envoy.admin_url})
+
+    at_capacity = only(findings, "MB4010")
+    assert at_capacity.level is Level.WARNING
+    assert "one more concurrent request gets a 503 UO" in at_capacity.message
+    assert "MB4001" not in codes_of(findings)
+
+
+@pytest.mark.envoy
+def test_retries_cut_by_retry_breaker_are_warning(upstream_envoy: Callable[..., FailingUpstreamEnvoy]) -> None:
+    # Ten requests fail together after 0.3 s; max_retries 1 lets one retry run at a time.
+    proxy = upstream_envoy(retries=1, max_connections=50, max_pending_requests=50, max_requests=50, max_retries=1)
+    with proxy.burst("/busy", 10) as requests:
+        assert wait_until_answered(requests, 10, timeout=8) == [503] * 10
+    skipped = proxy.envoy.stat(stat_of(proxy, "upstream_rq_retry_overflow"))
+
+    retries = only(run_envoy_check({POD: proxy.envoy.admin_url}), "MB4008")
+
+    assert skipped > 0 and retries.evidence["upstream_rq_retry_overflow"] == skipped
+    assert retries.level is Level.WARNING and f"{skipped} retries" in retries.message
+    assert "maxRetries" in retries.remediation.summary
+
+
+@pytest.mark.envoy
+def test_normal_traffic_under_the_limits_is_quiet(upstream_envoy: Callable[..., FailingUpstreamEnvoy]) -> None:
+    proxy = upstream_envoy(max_connections=50, max_pending_requests=50, max_requests=50, max_retries=50)
+    assert proxy.send("/ok", 30) == [200] * 30
+
+    assert run_envoy_check({POD: proxy.envoy.admin_url}) == []
+
+
+@pytest.mark.envoy
+def test_sidecar_with_istio_default_stats_matcher_says_stats_are_not_exported(
+        upstream_envoy: Callable[..., FailingUpstreamEnvoy]) -> None:
+    proxy = upstream_envoy(stats_config=istio_stats_config(), control_plane_cluster=True)
+    with proxy.burst("/stuck", 25) as requests:
+        wait_until_answered(requests, 23)  # a real overload the stats cannot show
+        findings = run_envoy_check({POD: proxy.envoy.admin_url})
+
+    hidden = only(findings, "MB4012")
+    assert codes_of(findings) == ["MB4012"] and hidden.level is Level.INFO
+    assert hidden.evidence == {"active_clusters": 2, "exported_clusters": ["xds-grpc"]}
+    assert "1 of its clusters" in hidden.message
+    assert "proxyStatsMatcher.inclusionRegexps" in hidden.remediation.summary
+    assert "proxy.istio.io/config" in hidden.remediation.summary
+    assert "meshConfig.defaultConfig" in hidden.remediation.summary
+    assert hidden.remediation.command == f"istioctl proxy-config bootstrap {POD.name} -n prod -o json"
+
+
+@pytest.mark.envoy
+def test_suggested_inclusion_regex_exports_what_the_check_reads(
+        upstream_envoy: Callable[..., FailingUpstreamEnvoy]) -> None:
+    proxy = upstream_envoy(stats_config=istio_stats_config(STATS_INCLUSION_REGEX), control_plane_cluster=True)
+    with proxy.burst("/stuck", 25):
+        proxy.envoy.wait_for_stat(stat_of(proxy, "upstream_rq_pending_overflow"), 23)
+        findings = run_envoy_check({POD: proxy.envoy.admin_url})
+
+    assert {"MB4001", "MB4002"} <= set(codes_of(findings)) and "MB4012" not in codes_of(findings)
+
+
+@pytest.mark.envoy
+def test_istio_default_stats_with_only_the_control_plane_cluster_is_quiet(envoy_factory) -> None:
+    proxy = envoy_factory(stats_config=istio_stats_config(), control_plane_cluster=True)
+
+    assert run_envoy_check({POD: proxy.admin_url}) == []
 
 
 @pytest.mark.envoy
@@ -196,6 +336,68 @@ def test_no_endpoints_means_the_check_is_skipped() -> None:
     findings = envoy(CheckContext(snapshot=Snapshot()))
 
     assert codes_of(findings) == ["MB0004"] and findings[0].level is Level.INFO
+
+
+def test_captured_overflow_stats_are_error_and_503_share_over_refused_requests() -> None:
+    # tests/data/envoy-overflow: real /stats and /memory of Envoy 1.40 (limits 1, 25 concurrent requests to an
+    # upstream that holds them), captured with tests/support/envoy.py.
+    findings = run_envoy_check({POD: str(DATA / "envoy-overflow")})
+
+    assert codes_of(findings) == ["MB4001", "MB4002"]
+    assert only(findings, "MB4002").evidence["requests"] == 24
+
+
+def test_captured_istio_default_stats_say_the_stats_are_not_exported() -> None:
+    # tests/data/envoy-istio-default-stats: the same overload behind Istio's default stats inclusion list.
+    assert codes_of(run_envoy_check({POD: str(DATA / "envoy-istio-default-stats")})) == ["MB4012"]
+
+
+def test_connection_pool_overflow_counts_as_rejected_requests(tmp_path: Path) -> None:
+    # max_connection_pools refusals end in the router's "no healthy upstream" 503 (counted in upstream_rq_503,
+    # not in upstream_rq_total); only non-Istio configurations set that limit.
+    name = "outbound|8080||payment.prod.svc.cluster.local"
+    admin = capture(tmp_path / "api", memory={}, stats="\n".join([
+        "cluster_manager.active_clusters: 1",
+        f"cluster.{name}.circuit_breakers.default.cx_pool_open: 0",
+        f"cluster.{name}.upstream_cx_pool_overflow: 30",
+        f"cluster.{name}.upstream_rq_503: 30",
+        f"cluster.{name}.upstream_rq_total: 70",
+    ]))
+
+    findings = run_envoy_check({POD: admin})
+
+    assert "rejected 30 requests" in only(findings, "MB4001").message
+    assert "no breaker is at capacity now" in only(findings, "MB4001").message
+    assert "30% of requests" in only(findings, "MB4002").message
+
+
+def test_gauge_at_capacity_after_overflow_is_reported_once_as_rejection(tmp_path: Path) -> None:
+    name = "outbound|8080||payment.prod.svc.cluster.local"
+    admin = capture(tmp_path / "api", memory={}, stats="\n".join([
+        f"cluster.{name}.circuit_breakers.default.cx_open: 1",
+        f"cluster.{name}.circuit_breakers.default.rq_pending_open: 1",
+        f"cluster.{name}.upstream_cx_overflow: 4",
+        f"cluster.{name}.upstream_rq_pending_overflow: 2",
+        f"cluster.{name}.upstream_rq_503: 2",
+        f"cluster.{name}.upstream_rq_total: 500",
+    ]))
+
+    assert codes_of(run_envoy_check({POD: admin})) == ["MB4001"]
+
+
+def test_connection_overflow_without_refused_requests_is_info(tmp_path: Path) -> None:
+    name = "outbound|8080||payment.prod.svc.cluster.local"
+    admin = capture(tmp_path / "api", memory={}, stats="\n".join([
+        f"cluster.{name}.circuit_breakers.default.cx_open: 1",
+        f"cluster.{name}.upstream_cx_overflow: 4",
+        f"cluster.{name}.upstream_rq_pending_overflow: 0",
+        f"cluster.{name}.upstream_rq_total: 500",
+    ]))
+
+    findings = run_envoy_check({POD: admin})
+
+    assert codes_of(findings) == ["MB4011"] and findings[0].level is Level.INFO
+    assert "refused 4 new connections" in findings[0].message and "none was rejected" in findings[0].message
 
 
 # -- parsing ------------------------------------------------------------------------------

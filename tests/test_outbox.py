@@ -10,6 +10,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackRequestError
 
 from bot.slack.blocks import Message
+from bot.server.schema import MIGRATIONS
 from bot.storage.database import Database
 from bot.incidents.log import IncidentLog
 from bot.incidents.outbox import Outbox, backoff_seconds, not_before
@@ -21,7 +22,7 @@ CHANNEL = "CINCIDENT"
 
 @pytest.fixture
 def database(tmp_path) -> Database:
-    database = Database(tmp_path / "outbox.db")
+    database = Database(tmp_path / "outbox.db", MIGRATIONS)
     database.migrate()
     return database
 
@@ -151,7 +152,7 @@ def test_pending_messages_survive_a_restart_and_are_delivered_by_the_next_proces
     database.close()
 
     fake_slack.down = False
-    reopened = Database(tmp_path / "outbox.db")
+    reopened = Database(tmp_path / "outbox.db", MIGRATIONS)
     reopened.migrate()
     with reopened.transaction() as db:
         db.execute("UPDATE outbox SET next_attempt_at = NULL")

@@ -14,9 +14,10 @@ from bot.incidents.playbooks import (
     PlaybookError,
     PlaybookSet,
     RemediationRule,
-    action_shape,
+    meshbot_action,
     suggest,
 )
+from commands.actions.targets import USAGE, parse_action
 from commands.codes import ALL_CODES
 from commands.findings import Finding, Remediation
 
@@ -438,23 +439,28 @@ def test_remediation_rule_can_be_built_directly():
 
 # -- actions ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("action", "shape"), [
-    ("permissive-mtls prod", "permissive-mtls NAMESPACE"),
+@pytest.mark.parametrize(("action", "command"), [
+    ("permissive-mtls prod", "permissive-mtls prod"),
     ("permissive-mtls --mesh", "permissive-mtls --mesh"),
-    ("bypass payment -n prod", "bypass DEPLOYMENT -n NAMESPACE"),
-    ("bypass namespace prod", "bypass namespace NAMESPACE"),
-    ("restart istiod -n istio-system", "restart istiod -n NAMESPACE"),
-    ("restart payment.v2 -n prod", "restart DEPLOYMENT -n NAMESPACE"),
+    ("permissive-mtls prod --servers-only", "permissive-mtls prod --servers-only"),
+    ("bypass payment -n prod", "bypass payment -n prod"),
+    ("bypass namespace prod", "bypass namespace prod"),
+    ("restart istiod -n istio-system", "restart istiod -n istio-system"),
+    ("restart istiod", "restart istiod -n istio-system"),
+    ("restart payment.v2 -n prod", "restart payment.v2 -n prod"),
+    ("restart  payment  --namespace=prod", "restart payment -n prod"),
 ])
-def test_known_actions_have_a_shape(action, shape):
-    assert action_shape(action) == shape
+def test_playbook_actions_are_read_by_the_same_grammar_as_slash_commands(action, command):
+    target = meshbot_action(action)
+    assert target is not None and target.command == command
+    assert target == parse_action(action.split()), "one grammar: commands.actions.targets"
 
 
-@pytest.mark.parametrize("action", ["restart istiod", "delete namespace prod", "bypass Payment -n prod",
+@pytest.mark.parametrize("action", ["delete namespace prod", "bypass Payment -n prod",
                                     "permissive-mtls prod.example", "restart payment -n prod --force",
-                                    "restart  payment -n prod"])
+                                    "permissive-mtls prod --servers-only --plaintext-clients", ""])
 def test_other_text_is_not_an_action(action):
-    assert action_shape(action) is None
+    assert meshbot_action(action) is None
 
 
 # -- load errors --------------------------------------------------------------------------
@@ -543,12 +549,11 @@ def test_action_that_is_not_a_meshbot_action_is_refused(tmp_path):
         remediations:
           - codes: [MB1003]
             title: Restart istiod
-            action: restart istiod
+            action: restart istiod --force
         """)
-    assert message == (f"{tmp_path / 'bad.yaml'}:8: remediations[0].action: 'restart istiod' is not a meshbot "
-                       "action; use one of: permissive-mtls --mesh; permissive-mtls NAMESPACE; bypass namespace "
-                       "NAMESPACE; bypass DEPLOYMENT -n NAMESPACE; restart istiod -n NAMESPACE; restart DEPLOYMENT "
-                       "-n NAMESPACE (or from-finding), with {namespace} and {pod} for values from the alert's labels")
+    assert message == (f"{tmp_path / 'bad.yaml'}:8: remediations[0].action: 'restart istiod --force' is not a "
+                       "meshbot action; use one of: " + "; ".join(USAGE.values()) + " (or from-finding), with "
+                       "{namespace} and {pod} for values from the alert's labels")
 
 
 def test_unknown_placeholder_is_refused(tmp_path):

@@ -84,7 +84,7 @@ def test_serve_without_a_token_stops_with_one_line_and_exit_78(tmp_path):
     assert result.stderr.strip() == "meshbot: configuration error: SLACK_BOT_TOKEN is required"
 
 
-def test_readme_settings_table_matches_the_settings():
-    text = (ROOT / "README.md").read_text()
+def test_settings_page_table_matches_the_settings():
+    text = (ROOT / "docs" / "settings.md").read_text()
     block = text.split("<!-- settings:start -->", 1)[1].split("<!-- settings:end -->", 1)[0].strip()
-    assert block == settings_table(), "run `meshbot settings --markdown` and paste it into the README"
+    assert block == settings_table(), "run `meshbot settings --markdown` and paste it into docs/settings.md"

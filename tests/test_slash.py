@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from bot.slack.slash import DiagnoseRequest, HelpRequest, UsageError, help_text, parse
+from bot.slack.slash import DiagnoseRequest, HelpRequest, SlashCommands, UsageError, add_diagnoses
+from commands.checks.catalog import default_checks
+
+COMMANDS = SlashCommands()
+add_diagnoses(COMMANDS, default_checks())
+parse, help_text = COMMANDS.parse, COMMANDS.help_text
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import commands.checks.status  # noqa: F401  (registers the status check)
-from commands.checks.registry import CheckContext, Thresholds, run_check
+from commands.checks.catalog import default_checks
+from commands.checks.registry import CheckContext, Thresholds
 from tests.support.analysis import snapshot_from_yaml
+
+CHECKS = default_checks()
 
 
 def status_findings(yaml_text: str, *, namespace: str | None = None, thresholds: Thresholds | None = None):
     ctx = CheckContext(snapshot=snapshot_from_yaml(yaml_text), namespace=namespace,
                        thresholds=thresholds or Thresholds())
-    return run_check("status", ctx)
+    return CHECKS.run("status", ctx)
 
 
 def pod(name: str, namespace: str, *, labels: str = "{}", container: str = "istio-proxy", ready: bool = True,

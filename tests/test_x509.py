@@ -7,12 +7,15 @@ import dataclasses
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from commands.checks.registry import Thresholds
 from commands.certificates.x509 import (
-    CertificateError, days_left, expiry_code, human_duration, iso, parse_base64_pem, parse_iso, parse_pem_bundle,
+    CertificateError, anchoring_roots, days_left, expiry_code, human_duration, iso, parse_base64_pem, parse_iso,
+    parse_pem_bundle,
 )
-from tests.support.certs import mint
+from tests.support.certs import Minted, mint
 
 NOW = datetime(2026, 11, 24, 3, 7, tzinfo=timezone.utc)
 
@@ -130,3 +133,44 @@ def test_human_durations(delta: timedelta, text: str) -> None:
 def test_times_round_trip_as_utc_z() -> None:
     assert iso(parse_iso("2026-11-24T02:41:00Z")) == "2026-11-24T02:41:00Z"
     assert parse_iso("2026-11-24T04:41:00+02:00") == datetime(2026, 11, 24, 2, 41, tzinfo=timezone.utc)
+
+
+# -- which roots a chain rests on (signature, not just the issuer name) -----------------------------------------
+
+def renewed_from_existing_key(root: Minted, days: int = 3650) -> Minted:
+    """What istiod's root rotator does (util.GenRootCertFromExistingKey): same key and subject, new dates."""
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(root.cert.subject).issuer_name(root.cert.subject)
+            .public_key(root.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(root.key, hashes.SHA256()))
+    return Minted(cert=cert, key=root.key)
+
+
+def fingerprint_of(minted: Minted) -> str:
+    return parse_pem_bundle(minted.cert_pem)[0].fingerprint
+
+
+def test_the_root_that_signed_the_intermediate_anchors_the_chain() -> None:
+    old, new = mint("Istio CA", is_ca=True), mint("Istio CA", is_ca=True)  # same subject, different keys
+    intermediate = mint("Intermediate CA", issuer=new, is_ca=True)
+
+    anchors = anchoring_roots(intermediate.cert_pem.encode(), (old.cert_pem + new.cert_pem).encode())
+
+    assert anchors == {fingerprint_of(new)}
+
+
+def test_a_root_renewed_from_the_same_key_anchors_what_its_predecessor_signed() -> None:
+    old = mint("Istio CA", is_ca=True, organization="cluster.local", days=3)
+    leaf = mint("payment", issuer=old)
+    renewed = renewed_from_existing_key(old)
+
+    assert anchoring_roots(leaf.cert_pem.encode(), renewed.cert_pem.encode()) == {fingerprint_of(renewed)}
+
+
+def test_a_self_signed_root_in_its_own_chain_anchors_it_and_garbage_anchors_nothing() -> None:
+    root = mint("Istio CA", is_ca=True)
+
+    assert anchoring_roots(root.cert_pem.encode(), root.cert_pem.encode()) == {fingerprint_of(root)}
+    assert anchoring_roots(b"not pem", root.cert_pem.encode()) == frozenset()

@@ -18,6 +18,7 @@ ROLLBACK = "approval_rollback"
 SUGGESTED = "remediation_request"
 
 MAX_DIFF = 2400
+MAX_NOTES = 8
 
 STATE_LINE = {
     RequestState.REJECTED: ":no_entry: *Rejected*",
@@ -75,7 +76,10 @@ def request_message(request: ApprovalRequest, now: datetime) -> Message:
     if diff:
         parts.append(section("```" + clip(escape(diff), MAX_DIFF) + "```"))
     if plan.notes:
-        parts.append(section("*Notes:*\n" + "\n".join(f"\u2022 {escape(n)}" for n in plan.notes[:8])))
+        notes = [f"\u2022 {escape(n)}" for n in plan.notes[:MAX_NOTES]]
+        if len(plan.notes) > MAX_NOTES:  # say so: a hidden note may name a rule the plan leaves alone
+            notes.append(f"\u2022 \u2026 and {len(plan.notes) - MAX_NOTES} more note(s) not shown here")
+        parts.append(section("*Notes:*\n" + "\n".join(notes)))
     dry = request.dry_run
     parts.append(context("Server-side dry run: " + ("passed" if dry.get("ok") else f"FAILED \u2014 "
                                                      f"{escape(str(dry.get('error')))}")

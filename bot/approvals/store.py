@@ -51,6 +51,10 @@ def _create_approval_tables(db: sqlite_utils.Database) -> None:
     """)
 
 
+MIGRATIONS = (_create_approval_tables,)
+"""This module's schema changes, oldest first; ``bot.server.schema`` puts every module's in one list."""
+
+
 @dataclass(frozen=True)
 class ApprovalRequest:
     id: int

@@ -2,16 +2,57 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from bot.slack.app import Invocation, Services, handles
-from bot.slack.blocks import escape
-from bot.incidents.report import describe_event
+from bot.incidents.flow import IncidentFlow
 from bot.incidents.log import Incident
-from bot.slack.slash import IncidentRequest
-from commands.errors import UserError
+from bot.incidents.report import describe_event
+from bot.slack.app import Handlers, Invocation
+from bot.slack.blocks import escape
+from bot.slack.slash import SlashCommands, UsageError, expect_at_most
 
 MAX_TIMELINE_EVENTS = 40
+INCIDENT_USAGE = "incident list | incident show ID | incident note ID TEXT | incident resolve ID"
+MAX_NOTE_LENGTH = 2000
+
+
+@dataclass(frozen=True)
+class IncidentRequest:
+    op: str
+    """list, show, note or resolve."""
+    incident_id: int | None = None
+    text: str = ""
+
+
+def incident_number(value: str) -> int:
+    """``12`` or ``#12`` as typed by a person."""
+    number = value.lstrip("#")
+    if not number.isdigit() or len(number) > 12:
+        raise UsageError(f"`{value[:20]}` is not an incident number. Usage: `/mesh {INCIDENT_USAGE}`")
+    return int(number)
+
+
+def parse_incident(words: list[str], rest: str) -> IncidentRequest:
+    if not words:
+        raise UsageError(f"which incident command? Usage: `/mesh {INCIDENT_USAGE}`")
+    op = words[0].lower()
+    if op == "list":
+        expect_at_most(words, 1, "incident list")
+        return IncidentRequest("list")
+    if op in ("show", "resolve"):
+        if len(words) != 2:
+            raise UsageError(f"usage: `/mesh incident {op} ID`")
+        return IncidentRequest(op, incident_number(words[1]))
+    if op == "note":
+        if len(words) < 3:
+            raise UsageError("usage: `/mesh incident note ID TEXT`")
+        incident_id = incident_number(words[1])
+        text = rest.split(None, 2)[2].strip()
+        if len(text) > MAX_NOTE_LENGTH:
+            raise UsageError(f"a note can be at most {MAX_NOTE_LENGTH} characters")
+        return IncidentRequest("note", incident_id, text)
+    raise UsageError(f"unknown incident command `{op[:20]}`. Usage: `/mesh {INCIDENT_USAGE}`")
 
 
 def thread_link(incident: Incident, ts: str | None) -> str:
@@ -20,46 +61,48 @@ def thread_link(incident: Incident, ts: str | None) -> str:
     return f" \u00b7 <https://slack.com/archives/{incident.channel}/p{ts.replace('.', '')}|thread>"
 
 
-@handles(IncidentRequest)
-def handle_incident(services: Services, who: Invocation, request: IncidentRequest) -> None:
-    flow = services.incident_flow
-    if flow is None:
-        who.tell("The incident log is not enabled on this meshbot.")
-        return
-    try:
-        who.tell(_answer(services, who, request))
-    except UserError as exc:
-        who.tell(f":warning: {exc}")
+@dataclass(frozen=True)
+class IncidentCommands:
+    flow: IncidentFlow
+
+    def handle(self, who: Invocation, request: IncidentRequest) -> None:
+        """An unknown incident number raises UserError, which the asker reads as a warning."""
+        who.tell(self._answer(who, request))
+
+    def _answer(self, who: Invocation, request: IncidentRequest) -> str:
+        flow = self.flow
+        log = flow.incidents
+        now = datetime.now(timezone.utc)
+        if request.op == "list":
+            incidents = log.list_open()
+            if not incidents:
+                return "No open incidents. :tada:"
+            lines = [f"*Open incidents ({len(incidents)}):*"]
+            for incident in incidents:
+                ts = flow.outbox.ts_of(incident.top_message) if incident.top_message else None
+                lines.append(f"\u2022 *#{incident.id}* [{incident.severity}] {escape(incident.title)} \u2014 open "
+                             f"{incident.duration(now)}{thread_link(incident, ts)}")
+            return "\n".join(lines)
+        incident = log.get(request.incident_id)
+        if request.op == "show":
+            events = log.timeline(incident.id)
+            lines = [f"*Incident #{incident.id}* [{incident.severity}] {escape(incident.title)} \u2014 "
+                     f"{incident.status}, {incident.duration(now)}"]
+            shown = events[-MAX_TIMELINE_EVENTS:]
+            if len(events) > len(shown):
+                lines.append(f"_\u2026{len(events) - len(shown)} earlier events; `meshbot incidents export "
+                             f"{incident.id}` has them all_")
+            lines += [f"`{e.at:%H:%M:%S}` {escape(e.actor)}: {escape(describe_event(e))}" for e in shown]
+            return "\n".join(lines)[:3900]
+        if request.op == "note":
+            flow.note(incident.id, who.user, request.text)
+            return f"Noted on incident #{incident.id}."
+        if flow.resolve(incident.id, who.user):
+            return f"Incident #{incident.id} resolved."
+        return f"Incident #{incident.id} was already resolved."
 
 
-def _answer(services: Services, who: Invocation, request: IncidentRequest) -> str:
-    flow = services.incident_flow
-    log = flow.incidents
-    now = datetime.now(timezone.utc)
-    if request.op == "list":
-        incidents = log.list_open()
-        if not incidents:
-            return "No open incidents. :tada:"
-        lines = [f"*Open incidents ({len(incidents)}):*"]
-        for incident in incidents:
-            ts = flow.outbox.ts_of(incident.top_message) if incident.top_message else None
-            lines.append(f"\u2022 *#{incident.id}* [{incident.severity}] {escape(incident.title)} \u2014 open "
-                         f"{incident.duration(now)}{thread_link(incident, ts)}")
-        return "\n".join(lines)
-    incident = log.get(request.incident_id)
-    if request.op == "show":
-        events = log.timeline(incident.id)
-        lines = [f"*Incident #{incident.id}* [{incident.severity}] {escape(incident.title)} \u2014 "
-                 f"{incident.status}, {incident.duration(now)}"]
-        shown = events[-MAX_TIMELINE_EVENTS:]
-        if len(events) > len(shown):
-            lines.append(f"_\u2026{len(events) - len(shown)} earlier events; `meshbot incidents export "
-                         f"{incident.id}` has them all_")
-        lines += [f"`{e.at:%H:%M:%S}` {escape(e.actor)}: {escape(describe_event(e))}" for e in shown]
-        return "\n".join(lines)[:3900]
-    if request.op == "note":
-        flow.note(incident.id, who.user, request.text)
-        return f"Noted on incident #{incident.id}."
-    if flow.resolve(incident.id, who.user):
-        return f"Incident #{incident.id} resolved."
-    return f"Incident #{incident.id} was already resolved."
+def register(commands: SlashCommands, handlers: Handlers, flow: IncidentFlow) -> None:
+    commands.add("incident", usage=INCIDENT_USAGE, summary="open incidents, a timeline, add a note, resolve",
+                 parse=parse_incident)
+    handlers.on_request(IncidentRequest, IncidentCommands(flow).handle)

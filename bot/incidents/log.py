@@ -112,6 +112,10 @@ def _create_incident_tables(db: sqlite_utils.Database) -> None:
     """)
 
 
+MIGRATIONS = (_create_incident_tables,)
+"""This module's schema changes, oldest first; ``bot.server.schema`` puts every module's in one list."""
+
+
 @dataclass(frozen=True)
 class Incident:
     id: int

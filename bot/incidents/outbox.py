@@ -87,6 +87,10 @@ def _create_outbox(db: sqlite_utils.Database) -> None:
     """)
 
 
+MIGRATIONS = (_create_outbox,)
+"""This module's schema changes, oldest first; ``bot.server.schema`` puts every module's in one list."""
+
+
 @dataclass(frozen=True)
 class Entry:
     id: int

@@ -20,8 +20,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from bot.incidents.playbooks import ACTION_SHAPES, CHECK_NAMES, FROM_FINDING, DiagnosticStep, Matcher, Playbook, \
-    PlaybookError, PlaybookSet, RemediationRule, action_shape, is_namespace, template_placeholders
+from bot.incidents.playbooks import CHECK_NAMES, FROM_FINDING, DiagnosticStep, Matcher, Playbook, PlaybookError, \
+    PlaybookSet, RemediationRule, is_namespace, meshbot_action, template_placeholders
+from commands.actions.targets import USAGE
 from commands.codes import ALL_CODES
 
 log = logging.getLogger(__name__)
@@ -409,9 +410,9 @@ def _check_action(document: _Document, path: list[str | int], rule: RemediationR
     except ValueError as exc:
         raise document.error(action_path, str(exc)) from None
     sample = rule.action.format(**{name: _STAND_INS[name] for name in needed})
-    if action_shape(sample) is None:
+    if meshbot_action(sample) is None:  # the same grammar as /mesh (commands.actions.targets)
         raise document.error(action_path, f"{rule.action!r} is not a meshbot action; use one of: "
-                                          f"{'; '.join(ACTION_SHAPES)} (or {FROM_FINDING}), with {{namespace}} "
+                                          f"{'; '.join(USAGE.values())} (or {FROM_FINDING}), with {{namespace}} "
                                           "and {pod} for values from the alert's labels")
     _check_placeholder_sources(document, path, rule, needed)
 

@@ -15,14 +15,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
-from commands.checks.registry import CHECK_ORDER
+from commands.actions.targets import ActionTarget, ActionUsageError, parse_action
+from commands.checks.catalog import default_checks
+from commands.checks.registry import ALL
 from commands.errors import InputError
 from commands.findings import Finding, by_severity
 from commands.validation import is_dns1123_label, is_dns1123_subdomain
 
 log = logging.getLogger(__name__)
 
-CHECK_NAMES = (*CHECK_ORDER, "all")
+CHECK_NAMES = (*default_checks().names(), ALL)
 FROM_FINDING = "from-finding"
 MATCH_OPS = ("=", "!=", "=~", "!~")
 PLACEHOLDERS = ("namespace", "pod")
@@ -44,32 +46,16 @@ def is_object_name(value: str) -> bool:
 
 # -- actions ------------------------------------------------------------------------------
 
-_SLOT_VALIDATORS = {"NAMESPACE": is_namespace, "DEPLOYMENT": is_object_name}
+def meshbot_action(action: str) -> ActionTarget | None:
+    """``action`` read by meshbot's one action grammar (``commands.actions.targets``), or None if it is not one.
 
-ACTION_SHAPES = (
-    "permissive-mtls --mesh",
-    "permissive-mtls NAMESPACE",
-    "bypass namespace NAMESPACE",
-    "bypass DEPLOYMENT -n NAMESPACE",
-    "restart istiod -n NAMESPACE",
-    "restart DEPLOYMENT -n NAMESPACE",
-)
-"""The remediation actions meshbot knows; upper-case words are slots, the rest literal."""
-
-
-def action_shape(action: str) -> str | None:
-    """The ``ACTION_SHAPES`` entry ``action`` has, or None when it is not a meshbot action."""
-    tokens = action.split(" ")
-    for shape in ACTION_SHAPES:
-        words = shape.split(" ")
-        if len(words) == len(tokens) and all(_word_matches(w, t) for w, t in zip(words, tokens)):
-            return shape
-    return None
-
-
-def _word_matches(word: str, token: str) -> bool:
-    validator = _SLOT_VALIDATORS.get(word)
-    return validator(token) if validator else word == token
+    Playbooks, ``/mesh`` and the suggestion buttons all parse through ``parse_action``, so a
+    playbook can suggest exactly what a person could type, and nothing else.
+    """
+    try:
+        return parse_action(action.split())
+    except ActionUsageError:
+        return None
 
 
 def template_placeholders(template: str) -> tuple[str, ...]:
@@ -189,10 +175,10 @@ class RemediationRule:
             action = finding.remediation.action if finding.remediation else None
         else:
             action = self._filled(labels)
-        if action and action_shape(action) is None:
+        if action and meshbot_action(action) is None:
             log.warning("playbook action %r (for %s) is not a meshbot action; not suggested", action, finding.code)
             return None
-        return action
+        return " ".join(action.split()) if action else action
 
     def _filled(self, labels: Mapping[str, str]) -> str | None:
         if self.action is None:

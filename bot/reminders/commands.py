@@ -2,28 +2,52 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
 from bot.reminders import blocks as reminder_blocks
-from bot.slack.app import Invocation, Services, handles, run_in_background
-from bot.slack.slash import RemindersRequest
-from commands.errors import MeshbotError
+from bot.reminders.service import ReminderService
+from bot.slack.app import Handlers, Invocation, run_in_background
+from bot.slack.errors import explaining
+from bot.slack.slash import SlashCommands, expect_at_most
+
+REMINDERS_OFF = "Certificate reminders are off on this meshbot (MESHBOT_REMINDERS, MESHBOT_CHANNEL)."
 
 
-@handles(RemindersRequest)
-def handle_reminders(services: Services, who: Invocation, request: RemindersRequest) -> None:
-    if services.reminders is None:
-        who.tell("Certificate reminders are off on this meshbot (MESHBOT_REMINDERS, MESHBOT_CHANNEL).")
-        return
-    services.workers.submit(run_in_background, services, _list, who, request)
+@dataclass(frozen=True)
+class RemindersRequest:
+    pass
 
 
-def _list(services: Services, who: Invocation, request: RemindersRequest) -> None:
-    reminders = services.reminders
-    try:
-        result = reminders.plan()
-    except MeshbotError as exc:
-        who.tell(f":warning: could not read the certificates: {exc}")
-        return
-    text = reminder_blocks.upcoming_text(result.expiries, reminders.timezone, result.now)
-    if result.problems:
-        text += "\n_Also found: " + "; ".join(result.problems[:3]) + "_"
-    who.tell(text[:3900])
+def parse_reminders(words: list[str], rest: str) -> RemindersRequest:
+    expect_at_most(words, 0, "reminders")
+    return RemindersRequest()
+
+
+@dataclass(frozen=True)
+class ReminderCommands:
+    reminders: ReminderService
+    workers: ThreadPoolExecutor
+
+    def handle(self, who: Invocation, request: RemindersRequest) -> None:
+        self.workers.submit(run_in_background, self._list, who, request)
+
+    def _list(self, who: Invocation, request: RemindersRequest) -> None:
+        with explaining("could not read the certificates"):
+            result = self.reminders.plan()
+        text = reminder_blocks.upcoming_text(result.expiries, self.reminders.timezone, result.now)
+        if result.problems:
+            text += "\n_Also found: " + "; ".join(result.problems[:3]) + "_"
+        who.tell(text[:3900])
+
+
+def reminders_off(who: Invocation, request: RemindersRequest) -> None:
+    who.tell(REMINDERS_OFF)
+
+
+def register(commands: SlashCommands, handlers: Handlers, reminders: ReminderService | None, *,
+             workers: ThreadPoolExecutor) -> None:
+    commands.add("reminders", usage="reminders", summary="certificates by expiry, soonest first",
+                 parse=parse_reminders)
+    handlers.on_request(RemindersRequest,
+                        ReminderCommands(reminders, workers).handle if reminders is not None else reminders_off)

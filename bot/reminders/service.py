@@ -25,8 +25,8 @@ from bot.cluster import ClusterAccess
 from bot.storage.database import Database, migration
 from bot.incidents.log import EventKind, IncidentLog, iso
 from bot.incidents.outbox import Outbox
-from commands.checks.certs import certificate_inventory
-from commands.checks.registry import CheckContext, kinds_for
+from commands.checks.certs import certificate_inventory, certs
+from commands.checks.registry import CheckContext
 from commands.clients.lease import LeaderElector
 from commands.certificates.reminders import DEFAULT_DAYS, Expiry, LedgerError, Reminder, decode_ledger, due, encode_ledger, \
     slots_covered, upcoming
@@ -53,6 +53,10 @@ def _create_reminder_ledger(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (cert_key, slot)
         );
     """)
+
+
+MIGRATIONS = (_create_reminder_ledger,)
+"""This module's schema changes, oldest first; ``bot.server.schema`` puts every module's in one list."""
 
 
 @dataclass
@@ -108,7 +112,7 @@ class ReminderService:
         return self.clock() if self.clock else self.cluster.now()
 
     def expiries(self, now: datetime) -> tuple[list[Expiry], list[str]]:
-        snapshot = self.cluster.source().snapshot(kinds_for(["certs"]))
+        snapshot = self.cluster.source().snapshot(set(certs.kinds))  # what the certs check reads
         entries, problems = certificate_inventory(CheckContext(snapshot=snapshot, now=now))
         reasons = [f.message for f in snapshot.read_problems] + [f.message for f in problems]
         return upcoming(entries, now), reasons

@@ -1,10 +1,13 @@
-"""Builds the Bolt app and registers its listeners; the work itself lives in the handler modules.
+"""The Bolt app: acks ``/mesh`` and button presses, and runs what the features registered.
 
 Slack wants an answer within 3 seconds.  Every listener therefore acks at once,
 in the request thread, after pure checks only (parsing, channel allowlist), and
-hands the slow part to the bounded worker pool.  (Bolt's lazy listeners would
-do the same but deep-copy every request and share their executor with the acks;
-under load acks then queue behind diagnoses.)
+hands the rest to the messenger pool.  (Bolt's lazy listeners would do the same
+but deep-copy every request and share their executor with the acks; under load
+acks then queue behind diagnoses.)
+
+What a request or a button does is in ``Handlers``, filled by each feature's
+``register`` function from ``bot.server.wiring``; this module knows no feature.
 """
 
 from __future__ import annotations
@@ -19,34 +22,12 @@ from typing import Any
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-from bot.slack import blocks
-from bot.diagnosis import Diagnostician
-from bot.server.metrics import Metrics
 from bot.settings import Settings
-from bot.slack.client import SlackClient, SlackError
-from bot.slack.slash import DiagnoseRequest, HelpRequest, UsageError, help_text, parse
-from commands.report import diagnose_text
+from bot.slack.errors import user_message, usage_answer
+from bot.slack.slash import HelpRequest, SlashCommands, UsageError
+from commands.errors import MeshbotError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    """What listeners need; built once in ``bot.server.meshbot``."""
-
-    settings: Settings
-    slack: SlackClient
-    diagnostician: Diagnostician
-    metrics: Metrics
-    workers: ThreadPoolExecutor
-    """Slow work (diagnoses, actions). Handlers themselves run on the messenger pool, which only talks
-    to Slack, so the "Running…" message appears at once even when every worker is busy."""
-    incident_flow: Any = None
-    """bot.incidents.flow.IncidentFlow, once wired by bot.server.meshbot."""
-    approvals: Any = None
-    """bot.approvals.desk.ApprovalDesk; None when actions are impossible (a captured scenario)."""
-    reminders: Any = None
-    """bot.reminders.service.ReminderService; None when reminders are off."""
 
 
 @dataclass(frozen=True)
@@ -65,27 +46,46 @@ class Invocation:
             log.warning("could not send an ephemeral answer to %s in %s", self.user, self.channel, exc_info=True)
 
 
-Handler = Callable[[Services, Invocation, Any], None]
-HANDLERS: dict[type, Handler] = {}
-"""Request type -> what to do in the background; modules register theirs with ``@handles``."""
+Handler = Callable[[Invocation, Any], None]
+"""(who asked, the parsed request or the button's value): runs on the messenger pool; raises for the user to read."""
+RefusedClick = Callable[[str, str, str, str], None]
+"""(user, button, value, reason): audits a press refused before any handler ran."""
 
 
-def handles(request_type: type) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        HANDLERS[request_type] = handler
-        return handler
-    return register
+class Handlers:
+    """What each ``/mesh`` request type and each button does; features add theirs in ``register``."""
 
+    def __init__(self) -> None:
+        self._requests: dict[type, Handler] = {}
+        self._buttons: dict[str, Handler] = {}
+        self._refused_click_audits: list[RefusedClick] = []
 
-ACTION_HANDLERS: dict[str, Handler] = {}
-"""Button action_id (before any ``:suffix``) -> what to do with the button's value."""
+    def on_request(self, request_type: type, handler: Handler) -> None:
+        if request_type in self._requests:
+            raise ValueError(f"{request_type.__name__} has a handler already")
+        self._requests[request_type] = handler
 
+    def on_button(self, action_id: str, handler: Handler) -> None:
+        """``action_id`` is the part before any ``:suffix`` (buttons in one message need distinct IDs)."""
+        if action_id in self._buttons:
+            raise ValueError(f"button {action_id} has a handler already")
+        self._buttons[action_id] = handler
 
-def handles_action(action_id: str) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        ACTION_HANDLERS[action_id] = handler
-        return handler
-    return register
+    def audit_refused_clicks(self, audit: RefusedClick) -> None:
+        self._refused_click_audits.append(audit)
+
+    def for_request(self, request: Any) -> Handler | None:
+        return self._requests.get(type(request))
+
+    def for_button(self, action_id: str) -> Handler | None:
+        return self._buttons.get(action_id)
+
+    def button_ids(self) -> tuple[str, ...]:
+        return tuple(self._buttons)
+
+    def refused_click(self, user: str, button: str, value: str, reason: str) -> None:
+        for audit in self._refused_click_audits:
+            audit(user, button, value, reason)
 
 
 def channel_refusal(settings: Settings, channel: str) -> str | None:
@@ -97,12 +97,8 @@ def channel_refusal(settings: Settings, channel: str) -> str | None:
     return f"Sorry, meshbot only answers in {where}. Please ask there."
 
 
-def usage_answer(error: UsageError) -> str:
-    return f":warning: {error}\n\n{help_text()}"
-
-
-def build_bolt_app(services: Services, web_client: WebClient, executor: ThreadPoolExecutor) -> App:
-    settings = services.settings
+def build_bolt_app(settings: Settings, web_client: WebClient, executor: ThreadPoolExecutor,
+                   commands: SlashCommands, handlers: Handlers) -> App:
     app = App(signing_secret=settings.slack_signing_secret or "unused-in-socket-mode",
               client=web_client, token_verification_enabled=False, listener_executor=executor,
               raise_error_for_unhandled_request=False, request_verification_enabled=True,
@@ -118,17 +114,17 @@ def build_bolt_app(services: Services, web_client: WebClient, executor: ThreadPo
             ack(text=refusal, response_type="ephemeral")
             return
         try:
-            request = parse(command.get("text", ""))
+            request = commands.parse(command.get("text", ""))
         except UsageError as exc:
-            ack(text=usage_answer(exc), response_type="ephemeral")
+            ack(text=usage_answer(exc, commands.help_text()), response_type="ephemeral")
             return
-        handler = HANDLERS.get(type(request))
+        handler = handlers.for_request(request)
         if isinstance(request, HelpRequest) or handler is None:
-            ack(text=help_text(), response_type="ephemeral")
+            ack(text=commands.help_text(), response_type="ephemeral")
             return
         ack()
         invocation = Invocation(user=command["user_id"], channel=command["channel_id"], respond=respond)
-        executor.submit(run_in_background, services, handler, invocation, request)
+        executor.submit(run_in_background, handler, invocation, request)
 
     def block_action(ack: Ack, body: dict, action: dict, respond: Respond) -> None:
         ack()
@@ -139,72 +135,26 @@ def build_bolt_app(services: Services, web_client: WebClient, executor: ThreadPo
         refusal = channel_refusal(settings, invocation.channel)
         if refusal:
             executor.submit(invocation.tell, refusal)
-            if services.approvals is not None:
-                executor.submit(services.approvals.record_refused_click, invocation.user, button, value, refusal)
+            executor.submit(handlers.refused_click, invocation.user, button, value, refusal)
             return
-        handler = ACTION_HANDLERS.get(button)
+        handler = handlers.for_button(button)
         if handler is not None:
-            executor.submit(run_in_background, services, handler, invocation, value)
+            executor.submit(run_in_background, handler, invocation, value)
 
     app.command("/mesh")(mesh_command)
-    if ACTION_HANDLERS:
-        names = "|".join(re.escape(name) for name in sorted(ACTION_HANDLERS))
+    if handlers.button_ids():
+        names = "|".join(re.escape(name) for name in sorted(handlers.button_ids()))
         app.action(re.compile(rf"^({names})(:\d+)?$"))(block_action)
     return app
 
 
-def run_in_background(services: Services, handler: Handler, invocation: Invocation, request: Any) -> None:
-    """A command's background part; its failures end as a private answer, not a traceback."""
+def run_in_background(handler: Handler, invocation: Invocation, request: Any) -> None:
+    """A command's or button's work; whatever it raises ends as a private answer, never a traceback."""
     try:
-        handler(services, invocation, request)
-    except Exception:
+        handler(invocation, request)
+    except MeshbotError as exc:
+        log.info("/mesh %s for %s refused: %s", type(request).__name__, invocation.user, exc)
+        invocation.tell(user_message(exc))
+    except Exception as exc:
         log.exception("/mesh %s for %s failed", type(request).__name__, invocation.user)
-        invocation.tell(":x: meshbot hit an internal error; the details are in its log.")
-
-
-# -- /mesh status|proxy-status|certs|envoy|analyze|diagnose ----------------------------
-
-NOT_IN_CHANNEL = {"not_in_channel", "channel_not_found", "is_archived"}
-
-
-def invite_hint(error: SlackError) -> str:
-    if error.error in NOT_IN_CHANNEL:
-        return ("meshbot is not a member of this channel, so it cannot post the results here. "
-                "Invite it with `/invite @meshbot` and try again.")
-    return f"meshbot could not post to Slack ({error.error}); it will not run the diagnosis."
-
-
-@handles(DiagnoseRequest)
-def handle_diagnose(services: Services, who: Invocation, request: DiagnoseRequest) -> None:
-    started = blocks.running(request.label, request.namespace, who.user)
-    try:
-        top = services.slack.post_message(who.channel, started.text, started.blocks)
-    except SlackError as exc:
-        who.tell(invite_hint(exc))
-        return
-    services.workers.submit(run_in_background, services, _diagnose_and_report, who, (request, top))
-
-
-def _diagnose_and_report(services: Services, who: Invocation, job: tuple[DiagnoseRequest, Any]) -> None:
-    request, top = job
-    slack, metrics = services.slack, services.metrics
-    label, namespace = request.label, request.namespace
-    result = services.diagnostician.run(request.checks, namespace)
-    metrics.diagnosis_seconds.labels(check=label).observe(result.seconds)
-    if result.error:
-        problem = blocks.cluster_unavailable(result.error)
-        slack.post_message(who.channel, problem.text, problem.blocks, thread_ts=top.ts)
-        done = blocks.failed(label, namespace, who.user, result.error)
-        slack.update_message(who.channel, top.ts, done.text, done.blocks)
-        return
-    title = f"{label} \u00b7 {namespace or 'all namespaces'}"
-    report, hidden = blocks.findings_report(title, result.findings)
-    slack.post_message(who.channel, report.text, report.blocks, thread_ts=top.ts)
-    for finding in result.findings:
-        metrics.findings_posted.labels(level=str(finding.level)).inc()
-    if hidden:
-        slack.upload_text(who.channel, top.ts, filename=f"meshbot-{label}-{namespace or 'all'}.txt",
-                          title=f"Full report: {title} ({len(result.findings)} findings)",
-                          content=diagnose_text(result.findings, title=title))
-    done = blocks.outcome(label, namespace, who.user, result.findings, result.seconds)
-    slack.update_message(who.channel, top.ts, done.text, done.blocks)
+        invocation.tell(user_message(exc))

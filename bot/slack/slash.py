@@ -1,8 +1,10 @@
 """``/mesh …`` text -> a typed request.  Pure: no Slack, no cluster.
 
-Each subcommand registers a parser with ``@subcommand``; adding one is one new
-function.  Anything wrong with the text raises ``UsageError`` whose message is
-shown to the user (ephemerally) together with the usage line.
+``SlashCommands`` is the registry of subcommands: each feature's ``register``
+adds its own (name, usage, summary, parser), ``bot.server.wiring`` hands the
+one registry to every feature, and ``help`` lists whatever was added.  Anything
+wrong with the text raises ``UsageError`` whose message is shown to the user
+(ephemerally) together with the usage lines.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from commands.actions.targets import USAGE, ActionName, ActionUsageError, parse_action
+from commands.checks.registry import ALL, CheckRegistry
 from commands.errors import UserError
 from commands.validation import is_dns1123_label, is_dns1123_subdomain
 
@@ -23,14 +25,6 @@ class UsageError(UserError):
 @dataclass(frozen=True)
 class HelpRequest:
     topic: str | None = None
-
-
-@dataclass(frozen=True)
-class DiagnoseRequest:
-    label: str
-    """What the user typed (``diagnose``, ``certs``) — used in messages."""
-    checks: tuple[str, ...]
-    namespace: str | None
 
 
 Parser = Callable[[list[str], str], Any]
@@ -45,26 +39,43 @@ class Subcommand:
     parse: Parser
 
 
-SUBCOMMANDS: dict[str, Subcommand] = {}
+class SlashCommands:
+    """The ``/mesh`` subcommands, in the order ``help`` lists them (``help`` itself first)."""
+
+    def __init__(self) -> None:
+        self._subcommands: dict[str, Subcommand] = {}
+        self.add("help", usage="help", summary="this list", parse=_help)
+
+    def add(self, name: str, *, usage: str, summary: str, parse: Parser) -> None:
+        if name in self._subcommands:
+            raise ValueError(f"/mesh {name} is registered twice")
+        self._subcommands[name] = Subcommand(name, usage, summary, parse)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._subcommands)
+
+    def parse(self, text: str) -> Any:
+        """The request for ``/mesh <text>``; empty text is ``help``."""
+        words = text.split()
+        if not words:
+            return HelpRequest()
+        name, rest = words[0].lower(), text.strip()[len(words[0]):].strip()
+        spec = self._subcommands.get(name)
+        if spec is None:
+            raise UsageError(f"unknown subcommand `{words[0][:40]}`. Try `/mesh help`.")
+        return spec.parse(words[1:], rest)
+
+    def help_text(self) -> str:
+        lines = ["*meshbot* \u2014 service-mesh diagnostics and approved remediations", ""]
+        lines += [f"`/mesh {spec.usage}` \u2014 {spec.summary}" for spec in self._subcommands.values()]
+        return "\n".join(lines)
 
 
-def subcommand(name: str, *, usage: str, summary: str) -> Callable[[Parser], Parser]:
-    def register(parse: Parser) -> Parser:
-        SUBCOMMANDS[name] = Subcommand(name, usage, summary, parse)
-        return parse
-    return register
+def _help(words: list[str], rest: str) -> HelpRequest:
+    return HelpRequest(words[0] if words else None)
 
 
-def parse(text: str) -> Any:
-    """The request for ``/mesh <text>``; empty text is ``help``."""
-    words = text.split()
-    if not words:
-        return HelpRequest()
-    name, rest = words[0].lower(), text.strip()[len(words[0]):].strip()
-    spec = SUBCOMMANDS.get(name)
-    if spec is None:
-        raise UsageError(f"unknown subcommand `{words[0][:40]}`. Try `/mesh help`.")
-    return spec.parse(words[1:], rest)
+# -- arguments shared by the features' parsers ------------------------------------------
 
 
 def namespace_argument(value: str) -> str:
@@ -86,18 +97,22 @@ def expect_at_most(words: list[str], count: int, usage: str) -> None:
         raise UsageError(f"too many arguments. Usage: `/mesh {usage}`")
 
 
-def help_text() -> str:
-    lines = ["*meshbot* \u2014 service-mesh diagnostics and approved remediations", ""]
-    lines += [f"`/mesh {spec.usage}` \u2014 {spec.summary}" for spec in SUBCOMMANDS.values()]
-    return "\n".join(lines)
+# -- /mesh status|proxy-status|certs|envoy|analyze|diagnose ------------------------------
 
 
-@subcommand("help", usage="help", summary="this list")
-def _help(words: list[str], rest: str) -> HelpRequest:
-    return HelpRequest(words[0] if words else None)
+@dataclass(frozen=True)
+class DiagnoseRequest:
+    label: str
+    """What the user typed (``diagnose``, ``certs``) — used in messages."""
+    checks: tuple[str, ...]
+    namespace: str | None
 
 
-def _diagnose_parser(label: str, checks: tuple[str, ...]) -> Parser:
+DIAGNOSE_ALL = "diagnose"
+"""The subcommand that runs every check."""
+
+
+def diagnose_parser(label: str, checks: tuple[str, ...]) -> Parser:
     usage = f"{label} [NAMESPACE]"
 
     def parse_diagnose(words: list[str], rest: str) -> DiagnoseRequest:
@@ -107,114 +122,10 @@ def _diagnose_parser(label: str, checks: tuple[str, ...]) -> Parser:
     return parse_diagnose
 
 
-for _label, _checks, _summary in [
-    ("status", ("status",), "istiod, gateway and sidecar health"),
-    ("proxy-status", ("proxy-status",), "xDS sync state of every proxy (istioctl proxy-status)"),
-    ("certs", ("certs",), "root CA, root ConfigMaps, gateway and workload certificate expiry"),
-    ("envoy", ("envoy",), "circuit breakers, 503s, retries and memory of sidecars"),
-    ("analyze", ("analyze",), "Istio configuration analysis (istioctl analyze)"),
-    ("diagnose", ("all",), "all of the above"),
-]:
-    subcommand(_label, usage=f"{_label} [NAMESPACE]", summary=_summary)(_diagnose_parser(_label, _checks))
-
-
-@dataclass(frozen=True)
-class IncidentRequest:
-    op: str
-    """list, show, note or resolve."""
-    incident_id: int | None = None
-    text: str = ""
-
-
-INCIDENT_USAGE = "incident list | incident show ID | incident note ID TEXT | incident resolve ID"
-MAX_NOTE_LENGTH = 2000
-
-
-def _incident_id(value: str) -> int:
-    number = value.lstrip("#")
-    if not number.isdigit() or len(number) > 12:
-        raise UsageError(f"`{value[:20]}` is not an incident number. Usage: `/mesh {INCIDENT_USAGE}`")
-    return int(number)
-
-
-@subcommand("incident", usage=INCIDENT_USAGE, summary="open incidents, a timeline, add a note, resolve")
-def _incident(words: list[str], rest: str) -> IncidentRequest:
-    if not words:
-        raise UsageError(f"which incident command? Usage: `/mesh {INCIDENT_USAGE}`")
-    op = words[0].lower()
-    if op == "list":
-        expect_at_most(words, 1, "incident list")
-        return IncidentRequest("list")
-    if op in ("show", "resolve"):
-        if len(words) != 2:
-            raise UsageError(f"usage: `/mesh incident {op} ID`")
-        return IncidentRequest(op, _incident_id(words[1]))
-    if op == "note":
-        if len(words) < 3:
-            raise UsageError("usage: `/mesh incident note ID TEXT`")
-        incident_id = _incident_id(words[1])
-        text = rest.split(None, 2)[2].strip()
-        if len(text) > MAX_NOTE_LENGTH:
-            raise UsageError(f"a note can be at most {MAX_NOTE_LENGTH} characters")
-        return IncidentRequest("note", incident_id, text)
-    raise UsageError(f"unknown incident command `{op[:20]}`. Usage: `/mesh {INCIDENT_USAGE}`")
-
-
-# -- /mesh permissive-mtls | bypass | restart -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActionRequest:
-    words: tuple[str, ...]
-    """The action as typed (``restart istiod -n istio-system``), already validated by ``parse_action``."""
-    incident_id: int | None = None
-    reason: str = ""
-
-
-MAX_REASON_LENGTH = 500
-ACTION_OPTIONS = "[--incident ID] [--reason TEXT]"
-
-
-def _action_parser(name: str) -> Parser:
-    def parse_request(words: list[str], rest: str) -> ActionRequest:
-        words = [name, *words]
-        incident_id: int | None = None
-        reason = ""
-        if "--reason" in words:
-            at = words.index("--reason")
-            reason = " ".join(words[at + 1:]).strip()
-            words = words[:at]
-            if not reason:
-                raise UsageError("`--reason` needs some text: why is this action needed?")
-            if len(reason) > MAX_REASON_LENGTH:
-                raise UsageError(f"a reason can be at most {MAX_REASON_LENGTH} characters")
-        for flag in [w for w in words if w == "--incident" or w.startswith("--incident=")]:
-            at = words.index(flag)
-            value = flag.split("=", 1)[1] if "=" in flag else (words[at + 1] if at + 1 < len(words) else "")
-            incident_id = _incident_id(value)
-            del words[at:at + (1 if "=" in flag else 2)]
-        try:
-            parse_action(words)
-        except ActionUsageError as exc:
-            raise UsageError(f"{exc} {ACTION_OPTIONS}") from None
-        return ActionRequest(tuple(words), incident_id, reason)
-    return parse_request
-
-
-for _name in ActionName:
-    subcommand(_name.value, usage=f"{USAGE[_name]} {ACTION_OPTIONS}",
-               summary={"permissive-mtls": "ask to accept plain-text traffic (needs approvals)",
-                        "bypass": "ask to take a workload or namespace out of the mesh (needs approvals)",
-                        "restart": "ask for a rollout restart of istiod or a Deployment (needs approvals)",
-                        }[_name.value])(_action_parser(_name.value))
-
-
-@dataclass(frozen=True)
-class RemindersRequest:
-    pass
-
-
-@subcommand("reminders", usage="reminders", summary="certificates by expiry, soonest first")
-def _reminders(words: list[str], rest: str) -> RemindersRequest:
-    expect_at_most(words, 0, "reminders")
-    return RemindersRequest()
+def add_diagnoses(commands: SlashCommands, checks: CheckRegistry) -> None:
+    """One subcommand per check (its summary from the check), then ``diagnose`` for all of them."""
+    for spec in checks:
+        commands.add(spec.name, usage=f"{spec.name} [NAMESPACE]", summary=spec.summary,
+                     parse=diagnose_parser(spec.name, (spec.name,)))
+    commands.add(DIAGNOSE_ALL, usage=f"{DIAGNOSE_ALL} [NAMESPACE]", summary="all of the above",
+                 parse=diagnose_parser(DIAGNOSE_ALL, (ALL,)))

@@ -3,7 +3,8 @@
 WAL lets readers (``/mesh incident list``) run while a writer commits, and
 ``busy_timeout`` makes concurrent writers wait their turn instead of failing.
 Migrations are numbered; ``schema_version`` records which ran, so an old
-database is brought forward on start and a newer one is refused.
+database is brought forward on start and a newer one is refused.  The database
+is given the full ordered list (``bot.server.schema``); nothing registers itself.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,37 +21,42 @@ import sqlite_utils
 
 from commands.errors import MeshbotError
 
-Migration = Callable[[sqlite_utils.Database], None]
-MIGRATIONS: list[tuple[int, str, Migration]] = []
-"""(version, description, function) in order; modules append with ``@migration``."""
-MIGRATION_MODULES = ("bot.incidents.log", "bot.incidents.outbox", "bot.approvals.store", "bot.reminders.service")
-"""Modules that own tables; imported before migrating so every migration is known."""
+MigrationFunction = Callable[[sqlite_utils.Database], None]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered schema change; the module that owns the tables lists its own in ``MIGRATIONS``."""
+
+    version: int
+    description: str
+    apply: MigrationFunction
 
 
 class DatabaseError(MeshbotError):
     pass
 
 
-def migration(version: int, description: str) -> Callable[[Migration], Migration]:
-    def register(function: Migration) -> Migration:
-        if any(v == version for v, _, _ in MIGRATIONS):
-            raise ValueError(f"migration {version} registered twice")
-        MIGRATIONS.append((version, description, function))
-        MIGRATIONS.sort(key=lambda m: m[0])
-        return function
-    return register
+def migration(version: int, description: str) -> Callable[[MigrationFunction], Migration]:
+    """Describe a migration function; it runs only when listed in the migrations a Database is given."""
+    def describe(function: MigrationFunction) -> Migration:
+        return Migration(version, description, function)
+    return describe
 
 
-def _import_migration_modules() -> None:
-    import importlib
-
-    for module in MIGRATION_MODULES:
-        importlib.import_module(module)
+def in_order(migrations: Sequence[Migration]) -> tuple[Migration, ...]:
+    """The migrations as given, refused unless their versions strictly increase (1, 2, 3…)."""
+    versions = [m.version for m in migrations]
+    if any(later <= earlier for earlier, later in zip(versions, versions[1:])):
+        raise ValueError(f"migration versions must strictly increase, got {versions}")
+    return tuple(migrations)
 
 
 class Database:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, migrations: Sequence[Migration]):
         self.path = str(path)
+        self.migrations = in_order(migrations)
+        """Every migration this meshbot knows, oldest first (``bot.server.schema.MIGRATIONS``)."""
         self._local = threading.local()
         # Writers of this process queue here and are woken the moment the lock is free; left to SQLite's
         # busy handler they would poll with sleeps of up to 100 ms (the webhook's p99 in the alert storm).
@@ -88,26 +95,23 @@ class Database:
                 raise
             db.execute("COMMIT")
 
-    def migrate(self, migrations: Sequence[tuple[int, str, Migration]] | None = None) -> int:
+    def migrate(self) -> int:
         """Run the migrations this database has not seen; returns the schema version."""
-        if migrations is None:
-            _import_migration_modules()
-            migrations = MIGRATIONS
         with self.transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version "
                        "(version INTEGER PRIMARY KEY, description TEXT, applied_at TEXT)")
             current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-            known = max((v for v, _, _ in migrations), default=0)
+            known = self.migrations[-1].version if self.migrations else 0
             if current > known:
                 raise DatabaseError(f"database {self.path} has schema version {current}, newer than this "
                                     f"meshbot knows ({known}); upgrade meshbot")
-            for version, description, function in migrations:
-                if version <= current:
+            for step in self.migrations:
+                if step.version <= current:
                     continue
-                function(db)
+                step.apply(db)
                 db.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
-                           [version, description, datetime.now(timezone.utc).isoformat()])
-                current = version
+                           [step.version, step.description, datetime.now(timezone.utc).isoformat()])
+                current = step.version
         return current
 
     def check_writable(self) -> None:

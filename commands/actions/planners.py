@@ -4,6 +4,10 @@
   ``mtls.mode: PERMISSIVE``.  Istio applies only the *oldest* namespace-wide (or
   mesh-wide) PeerAuthentication, so an existing selector-less STRICT policy
   would silently win; the plan patches those to PERMISSIVE too and says so.
+  When the scope has workloads with sidecars (or ``--plaintext-clients``), also a
+  DestinationRule ``meshbot-emergency-plaintext`` with ``tls.mode: DISABLE``, and a
+  patch of every existing DestinationRule that would keep clients on mTLS
+  (``commands.actions.destination_rules``).
 - bypass: the pod-template label ``sidecar.istio.io/inject: "false"`` (which
   rolls the Deployment), or for a whole namespace ``istio-injection: disabled``
   plus a rollout restart of its Deployments.
@@ -17,8 +21,11 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from commands.actions.destination_rules import (
+    DISABLE, MESH_HOSTS, PLAINTEXT_RULE, TLS_MODE, namespace_hosts, plaintext_patch, plaintext_rule, rules_keeping_mtls,
+)
 from commands.actions.plan import ROLLOUT_TRIGGER, Change, Op, Plan, value_at
-from commands.actions.targets import ActionName, ActionTarget, Scope
+from commands.actions.targets import ActionName, ActionTarget, ClientMode, Scope
 from commands.errors import NotFound, UserError
 from commands.clients.kube import KubeClient
 
@@ -68,8 +75,56 @@ def restart_stamp(now: datetime) -> str:
 
 
 def plan_permissive_mtls(client: KubeClient, target: ActionTarget) -> Plan:
+    """Servers accept plaintext (PeerAuthentication) and, when needed, clients send it (DestinationRule).
+
+    Both halves are needed between meshed workloads: PERMISSIVE only lets servers accept
+    plaintext, while auto mTLS keeps client sidecars originating mTLS to every workload with a
+    sidecar, which is what fails when the certificates are broken
+    (https://istio.io/latest/docs/tasks/security/authentication/authn-policy/#auto-mutual-tls).
+    Changes are ordered servers first, so neither applying nor rolling back (newest first) ever
+    sends plaintext to a server that still demands mTLS.
+    """
     namespace = target.namespace
-    _require_namespace(client, namespace)
+    labels = (_require_namespace(client, namespace).get("metadata") or {}).get("labels") or {}
+    changes, notes = _permissive_servers(client, target)
+    meshed = _meshed_workloads(client, target, labels) if target.clients == ClientMode.AUTO else None
+    send_plaintext = target.clients == ClientMode.PLAINTEXT or bool(meshed)
+    if send_plaintext:
+        client_changes, client_notes = _plaintext_clients(client, target)
+        changes += client_changes
+        notes = [BOTH_HALVES, MAKES_WORSE, *client_notes, *notes, *_identity_policies(client, target)]
+    elif target.clients == ClientMode.AUTO:
+        notes.append(f"No workload in {_where(target)} has a sidecar (no pod labelled "
+                     f"{TLS_MODE_LABEL}=istio, no injection label), so clients already send it plaintext and no "
+                     "DestinationRule is added; `--plaintext-clients` adds one anyway.")
+    if not changes:
+        raise UserError(f"mTLS is already PERMISSIVE through {EMERGENCY_POLICY} in {namespace}"
+                        + (f" and clients already send plaintext through {PLAINTEXT_RULE}" if send_plaintext else "")
+                        + "; nothing to do")
+    summary = (f"Accept and send plaintext (mTLS PERMISSIVE + DestinationRule tls DISABLE) in {_where(target)}"
+               if send_plaintext else f"Accept plain-text traffic (mTLS PERMISSIVE) in {_where(target)}")
+    return Plan(action=target.command, summary=summary, changes=tuple(changes), notes=tuple(notes))
+
+
+BOTH_HALVES = ("Both halves are needed: PERMISSIVE only lets servers accept plaintext, while auto mTLS keeps client "
+               "sidecars originating mTLS, with the broken certificates, to every workload with a sidecar until a "
+               "DestinationRule says tls DISABLE (istio.io authn-policy, auto mutual TLS).")
+MAKES_WORSE = ("How this can make things worse: while it is in place, traffic between these workloads is unencrypted "
+               "and unauthenticated, and AuthorizationPolicy rules on mTLS identities (principals, namespaces) never "
+               "match plaintext, so ALLOW rules naming them deny these calls "
+               "(https://istio.io/latest/news/security/istio-security-2021-004/).")
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+"""The label injected pods carry; istiod gives an endpoint auto mTLS when it reads ``istio``
+(``GetTLSModeFromEndpointLabels`` in istio/istio pilot/pkg/model/service.go)."""
+INJECTION_LABELS = ("istio-injection=enabled", "istio.io/rev")
+
+
+def _where(target: ActionTarget) -> str:
+    return "the whole mesh" if target.scope == Scope.MESH else f"namespace {target.namespace}"
+
+
+def _permissive_servers(client: KubeClient, target: ActionTarget) -> tuple[list[Change], list[str]]:
+    namespace = target.namespace
     policies = client.list("PeerAuthentication", namespace)
     ours = next((p for p in policies if _name(p) == EMERGENCY_POLICY), None)
     changes: list[Change] = []
@@ -110,11 +165,79 @@ def plan_permissive_mtls(client: KubeClient, target: ActionTarget) -> Plan:
             if meta.get("namespace") != namespace and _strict_anywhere(policy.get("spec") or {}):
                 notes.append(f"PeerAuthentication {meta.get('namespace')}/{meta.get('name')} stays STRICT and "
                              "overrides the mesh-wide policy there.")
-    if not changes:
-        raise UserError(f"mTLS is already PERMISSIVE through {EMERGENCY_POLICY} in {namespace}; nothing to do")
-    where = "the whole mesh" if target.scope == Scope.MESH else f"namespace {namespace}"
-    return Plan(action=target.command, summary=f"Accept plain-text traffic (mTLS PERMISSIVE) in {where}",
-                changes=tuple(changes), notes=tuple(notes))
+    return changes, notes
+
+
+def _meshed_workloads(client: KubeClient, target: ActionTarget, labels: Mapping[str, str]) -> bool:
+    """Whether the scope has servers that auto mTLS sends mTLS to: injected pods or an injection label.
+
+    ``labels`` are the acted-in namespace's; the injection label counts even while no pod runs
+    (they may all be crash-looping on the broken certificates).
+    """
+    scope = None if target.scope == Scope.MESH else target.namespace
+    if client.list("Pod", scope, label_selector=f"{TLS_MODE_LABEL}=istio"):
+        return True
+    if scope is None:
+        return any(client.list("Namespace", label_selector=selector) for selector in INJECTION_LABELS)
+    return labels.get("istio-injection") == "enabled" or "istio.io/rev" in labels
+
+
+def _plaintext_clients(client: KubeClient, target: ActionTarget) -> tuple[list[Change], list[str]]:
+    """meshbot's DestinationRule, plus a patch of every existing rule that would keep clients on mTLS."""
+    home = target.namespace
+    mesh = target.scope == Scope.MESH
+    area = MESH_HOSTS if mesh else namespace_hosts(home)
+    rules = client.list("DestinationRule")
+    ours = next((r for r in rules if _name(r) == PLAINTEXT_RULE
+                 and (r.get("metadata") or {}).get("namespace") == home), None)
+    changes: list[Change] = []
+    if ours is None:
+        changes.append(Change(Op.CREATE, "DestinationRule", home, PLAINTEXT_RULE, body=plaintext_rule(home, area)))
+    elif value_at(ours, TLS_MODE) != DISABLE:
+        changes.append(Change(Op.PATCH, "DestinationRule", home, PLAINTEXT_RULE,
+                              before=((TLS_MODE, value_at(ours, TLS_MODE)),), after=((TLS_MODE, DISABLE),)))
+    keeping = rules_keeping_mtls(rules, area, home, target.root_namespace)
+    changes += [plaintext_patch(k.rule) for k in keeping if k.patchable]
+    # Rules the plan leaves alone first: they are where traffic keeps failing, and a reviewer must see them.
+    return changes, [k.note(area) for k in sorted(keeping, key=lambda k: k.patchable)]
+
+
+def _identity_policies(client: KubeClient, target: ActionTarget) -> list[str]:
+    """AuthorizationPolicies in scope whose rules use the mTLS-only fields (ISTIO-SECURITY-2021-004)."""
+    scope = None if target.scope == Scope.MESH else target.namespace
+    policies = client.list("AuthorizationPolicy", scope)
+    if scope is not None and scope != target.root_namespace:
+        # Policies in the root namespace apply to every workload in the mesh.
+        policies += client.list("AuthorizationPolicy", target.root_namespace)
+    notes = []
+    for policy in sorted(policies, key=lambda p: ((p.get("metadata") or {}).get("namespace", ""), _name(p))):
+        fields = identity_fields(policy.get("spec") or {})
+        if fields:
+            meta = policy.get("metadata") or {}
+            action = (policy.get("spec") or {}).get("action", "ALLOW")
+            notes.append(f"AuthorizationPolicy {meta.get('namespace')}/{meta.get('name')} ({action}) matches on "
+                         f"{', '.join(fields)}, which plaintext never carries: its rules stop matching these calls.")
+    if len(notes) > MAX_POLICY_NOTES:
+        notes[MAX_POLICY_NOTES - 1:] = [f"{len(notes) - MAX_POLICY_NOTES + 1} more AuthorizationPolicies match on "
+                                        "mTLS identities and stop matching these calls."]
+    return notes
+
+
+MAX_POLICY_NOTES = 4
+
+
+_IDENTITY_SOURCES = ("principals", "notPrincipals", "namespaces", "notNamespaces")
+_IDENTITY_CONDITIONS = ("source.principal", "source.namespace")
+
+
+def identity_fields(spec: Mapping[str, Any]) -> list[str]:
+    """The mTLS-only fields an AuthorizationPolicy uses (https://istio.io/latest/news/security/istio-security-2021-004/)."""
+    used: list[str] = []
+    for rule in spec.get("rules") or ():
+        for source in rule.get("from") or ():
+            used += [f for f in _IDENTITY_SOURCES if (source.get("source") or {}).get(f)]
+        used += [c.get("key") for c in rule.get("when") or () if c.get("key") in _IDENTITY_CONDITIONS]
+    return sorted(set(used))
 
 
 def _strict_anywhere(spec: Mapping[str, Any]) -> bool:

@@ -1,11 +1,12 @@
 """The remediation actions as people type them, parsed and validated.  Pure: no cluster.
 
-    permissive-mtls NAMESPACE | permissive-mtls --mesh
+    permissive-mtls NAMESPACE|--mesh [--plaintext-clients|--servers-only]   (--mesh-wide = --mesh)
     bypass DEPLOYMENT -n NAMESPACE | bypass DEPLOYMENT NAMESPACE | bypass namespace NAMESPACE
     restart istiod [-n NAMESPACE] | restart DEPLOYMENT -n NAMESPACE | restart DEPLOYMENT NAMESPACE
 
-The same grammar serves ``/mesh``, playbook suggestions and the CLI, and
-``ActionTarget.command`` writes it back in canonical form.
+This is meshbot's one action grammar: ``/mesh``, the buttons under a playbook's
+suggestions, playbook validation at load and the CLI all parse through ``parse_action``,
+and ``ActionTarget.command`` writes it back in canonical form.
 """
 
 from __future__ import annotations
@@ -24,6 +25,26 @@ class ActionName(StrEnum):
     RESTART = "restart"
 
 
+class ClientMode(StrEnum):
+    """Whether ``permissive-mtls`` also tells client sidecars to send plaintext (a DestinationRule).
+
+    With auto mTLS, client sidecars keep originating mTLS to every workload with a sidecar, so when
+    the certificates are what is broken, PERMISSIVE servers alone restore nothing between meshed
+    workloads (https://istio.io/latest/docs/tasks/security/authentication/authn-policy/#auto-mutual-tls).
+    """
+
+    AUTO = "auto"
+    """Add the client half when the scope has workloads with sidecars (the planner looks)."""
+    PLAINTEXT = "plaintext"
+    """Always add it: ``--plaintext-clients``."""
+    UNCHANGED = "unchanged"
+    """Never: ``--servers-only``, for clients without sidecars calling STRICT servers."""
+
+
+_CLIENT_FLAGS = {"--plaintext-clients": ClientMode.PLAINTEXT, "--servers-only": ClientMode.UNCHANGED}
+_MESH_FLAGS = ("--mesh", "--mesh-wide")
+
+
 class Scope(StrEnum):
     NAMESPACE = "namespace"
     MESH = "mesh"
@@ -32,7 +53,7 @@ class Scope(StrEnum):
 
 
 USAGE = {
-    ActionName.PERMISSIVE_MTLS: "permissive-mtls NAMESPACE | permissive-mtls --mesh",
+    ActionName.PERMISSIVE_MTLS: "permissive-mtls NAMESPACE|--mesh [--plaintext-clients|--servers-only]",
     ActionName.BYPASS: "bypass DEPLOYMENT -n NAMESPACE | bypass namespace NAMESPACE",
     ActionName.RESTART: "restart istiod [-n NAMESPACE] | restart DEPLOYMENT -n NAMESPACE",
 }
@@ -50,14 +71,19 @@ class ActionTarget:
     """The namespace acted in (the Istio root namespace for ``--mesh`` and istiod)."""
     name: str | None = None
     """The Deployment, for DEPLOYMENT and ISTIOD scopes (None: find istiod's Deployment)."""
+    clients: ClientMode = ClientMode.AUTO
+    """permissive-mtls only: whether client sidecars are also told to send plaintext."""
+    root_namespace: str = "istio-system"
+    """The Istio root namespace (where mesh-wide policies live), as the action was parsed with."""
 
     @property
     def command(self) -> str:
-        if self.scope == Scope.MESH:
-            return f"{self.action} --mesh"
+        if self.action == ActionName.PERMISSIVE_MTLS:
+            where = "--mesh" if self.scope == Scope.MESH else self.namespace
+            flag = next((f" {flag}" for flag, mode in _CLIENT_FLAGS.items() if mode == self.clients), "")
+            return f"{self.action} {where}{flag}"
         if self.scope == Scope.NAMESPACE:
-            return f"{self.action} namespace {self.namespace}" if self.action == ActionName.BYPASS \
-                else f"{self.action} {self.namespace}"
+            return f"{self.action} namespace {self.namespace}"
         return f"{self.action} {self.name or 'istiod'} -n {self.namespace}"
 
 
@@ -91,6 +117,22 @@ def _split_namespace_flag(words: Sequence[str], action: ActionName) -> tuple[lis
     return positional, namespace
 
 
+def _parse_permissive_mtls(rest: list[str], istio_namespace: str) -> ActionTarget:
+    action = ActionName.PERMISSIVE_MTLS
+    modes = [_CLIENT_FLAGS[w] for w in rest if w in _CLIENT_FLAGS]
+    mesh = [w for w in rest if w in _MESH_FLAGS]
+    positional = [w for w in rest if w not in _CLIENT_FLAGS and w not in _MESH_FLAGS]
+    if len(modes) > 1:
+        raise ActionUsageError(f"choose one of `--plaintext-clients` and `--servers-only`. Usage: `{USAGE[action]}`")
+    clients = modes[0] if modes else ClientMode.AUTO
+    if len(mesh) == 1 and not positional:
+        return ActionTarget(action, Scope.MESH, istio_namespace, clients=clients, root_namespace=istio_namespace)
+    if mesh or len(positional) != 1 or positional[0].startswith("-"):
+        raise ActionUsageError(f"usage: `{USAGE[action]}`")
+    return ActionTarget(action, Scope.NAMESPACE, _namespace(positional[0], action), clients=clients,
+                        root_namespace=istio_namespace)
+
+
 def parse_action(words: Sequence[str], *, istio_namespace: str = "istio-system") -> ActionTarget:
     """``["restart", "istiod"]`` -> ActionTarget; ActionUsageError says what is wrong and the usage."""
     if not words:
@@ -102,11 +144,7 @@ def parse_action(words: Sequence[str], *, istio_namespace: str = "istio-system")
                                + ", ".join(f"`{a}`" for a in ActionName)) from None
     rest = list(words[1:])
     if action == ActionName.PERMISSIVE_MTLS:
-        if rest == ["--mesh"]:
-            return ActionTarget(action, Scope.MESH, istio_namespace)
-        if len(rest) != 1 or rest[0].startswith("-"):
-            raise ActionUsageError(f"usage: `{USAGE[action]}`")
-        return ActionTarget(action, Scope.NAMESPACE, _namespace(rest[0], action))
+        return _parse_permissive_mtls(rest, istio_namespace)
     positional, namespace = _split_namespace_flag(rest, action)
     if action == ActionName.BYPASS and namespace is None and len(positional) == 2 \
             and positional[0].lower() == "namespace":

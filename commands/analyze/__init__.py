@@ -12,13 +12,14 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from commands import codes
 from commands.checks.registry import CheckContext, check
 from commands.findings import Finding, Remediation
-from commands.cluster.snapshot import Resource
+from commands.cluster.snapshot import Resource, Snapshot
+from commands.cluster.sources.files import FileSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,15 @@ ANALYZER_MODULES = (
     "commands.analyze.sidecar",
     "commands.analyze.service",
     "commands.analyze.workload_selector",
+    "commands.analyze.route_rules",
+    "commands.analyze.serviceentry",
+    "commands.analyze.envoyfilter",
+    "commands.analyze.deployment",
 )
 
 # Every kind any analyzer reads; the live source lists exactly these for `analyze`.
 ANALYZE_KINDS = (
-    "Namespace", "Pod", "Service", "Secret", "ConfigMap", "MutatingWebhookConfiguration",
+    "Namespace", "Pod", "Service", "Deployment", "Secret", "ConfigMap", "MutatingWebhookConfiguration",
     "VirtualService", "DestinationRule", "Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry",
     "EnvoyFilter", "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication", "Telemetry",
 )
@@ -88,10 +93,15 @@ def load_analyzers() -> None:
         importlib.import_module(module)
 
 
-def run_analyzers(ctx: CheckContext) -> list[Finding]:
+def run_analyzers(ctx: CheckContext, *, only: Iterable[str] | None = None) -> list[Finding]:
+    """Every registered analyzer (or the ``only`` named ones, like ``istioctl analyze`` with a selection)."""
     load_analyzers()
+    ctx = with_offline_defaults(ctx)
+    selected = set(only) if only is not None else None
     findings: list[Finding] = []
     for spec in ANALYZERS.values():
+        if selected is not None and spec.name not in selected:
+            continue
         unreadable = [k for k in spec.inputs if not ctx.snapshot.can_trust_absence(k)]
         if unreadable:
             findings.append(codes.finding(
@@ -100,6 +110,28 @@ def run_analyzers(ctx: CheckContext) -> list[Finding]:
             continue
         findings.extend(_run_one(spec, ctx))
     return [f for f in findings if ctx.namespace is None or origin_namespace(f) in (None, ctx.namespace)]
+
+
+def with_offline_defaults(ctx: CheckContext) -> CheckContext:
+    """Add the objects a files-only ``istioctl analyze`` assumes (its default ingress gateway).
+
+    Only a FileSnapshot carries them, so a live cluster is analyzed exactly as it is.  They
+    stand in for an ingress gateway the files leave out (Istio's own reason for them), so files
+    that hold an ``istio: ingressgateway`` pod get none: the default Service's ports would
+    otherwise hide a port missing from the real one (IST0162).  An object of the same
+    kind/namespace/name in the files always wins over the default.
+    """
+    assumed = ctx.snapshot.assumed if isinstance(ctx.snapshot, FileSnapshot) else ()
+    if any(pod.labels.get("istio") == "ingressgateway" for pod in ctx.snapshot.of_kind("Pod")):
+        return ctx
+    extra = [r for r in assumed if ctx.snapshot.get(r.kind, r.namespace, r.name) is None]
+    if not extra:
+        return ctx
+    snapshot = ctx.snapshot
+    merged = Snapshot([*snapshot, *extra], istio_namespace=snapshot.istio_namespace,
+                      read_problems=list(snapshot.read_problems), unreadable_kinds=set(snapshot.unreadable_kinds),
+                      mesh_config=snapshot.mesh_config)
+    return replace(ctx, snapshot=merged)
 
 
 def _run_one(spec: AnalyzerSpec, ctx: CheckContext) -> list[Finding]:

@@ -97,7 +97,9 @@ class _SubsetMatcher:
         self._pod_cache: dict[frozenset[tuple[str, str]], bool] = {}
 
     def __call__(self, entry: HostEntry, labels: Mapping[str, str]) -> bool:
-        labels = {k: v for k, v in labels.items() if k not in NODE_DERIVED_LABELS}
+        # Istio adds node-derived labels only with a non-empty value (pilot/pkg/serviceregistry/util/label
+        # AugmentLabels), so a subset asking for an empty one selects no endpoint unless the pod sets it.
+        labels = {k: v for k, v in labels.items() if k not in NODE_DERIVED_LABELS or v == ""}
         if entry.kind != "ServiceEntry":
             # istioctl matches a Service's subset labels against every pod, not only the service's own.
             return self._any_pod(labels)

@@ -25,6 +25,19 @@ Selector = frozenset[tuple[str, str]]
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
 
 
+# Gateway API Gateways share the kind name with Istio's; the API group tells them apart.  Istio's
+# gateway analyzers read only networking.istio.io Gateways (gvk.Gateway).
+KUBERNETES_GATEWAY_GROUP = "gateway.networking.k8s.io"
+
+
+def is_kubernetes_gateway(resource: Resource) -> bool:
+    return resource.api_version.split("/", 1)[0] == KUBERNETES_GATEWAY_GROUP
+
+
+def istio_gateways(snapshot: Snapshot) -> list[Resource]:
+    return [g for g in snapshot.of_kind("Gateway") if not is_kubernetes_gateway(g)]
+
+
 def gateway_selector(gateway: Resource) -> dict[str, str]:
     return {str(k): str(v) for k, v in mapping(gateway.spec.get("selector")).items()}
 
@@ -63,7 +76,7 @@ def selectors(ctx: CheckContext) -> list[Finding]:
     """IST0101 when no pod matches a Gateway's workload selector."""
     workloads = _GatewayWorkloads(ctx.snapshot)
     return [report("IST0101", gateway, reftype="selector", refval=format_selector(gateway_selector(gateway)))
-            for gateway in ctx.snapshot.of_kind("Gateway") if not workloads.has_pods(gateway)]
+            for gateway in istio_gateways(ctx.snapshot) if not workloads.has_pods(gateway)]
 
 
 # --- credentials ------------------------------------------------------------------------------
@@ -136,7 +149,7 @@ def service_ports(ctx: CheckContext) -> list[Finding]:
     workloads = _GatewayWorkloads(ctx.snapshot)
     ports = _WorkloadServicePorts(ctx.snapshot)
     findings: list[Finding] = []
-    for gateway in ctx.snapshot.of_kind("Gateway"):
+    for gateway in istio_gateways(ctx.snapshot):
         selector = gateway_selector(gateway)
         pods = workloads.pods_for(selector)
         if not pods:
@@ -209,7 +222,7 @@ def conflicting_gateways(ctx: CheckContext) -> list[Finding]:
     """IST0145 when gateways on the same workload serve the same host (exact, same bind) on the same port."""
     workloads = _GatewayWorkloads(ctx.snapshot)
     claims: dict[tuple[int, str, str], list[tuple[str, Selector]]] = defaultdict(list)
-    gateways = ctx.snapshot.of_kind("Gateway")
+    gateways = istio_gateways(ctx.snapshot)
     for gateway in gateways:
         selector = frozenset(gateway_selector(gateway).items())
         for server in gateway_servers(gateway):
@@ -255,3 +268,46 @@ class _SameWorkload:
         if key not in self._cache:
             self._cache[key] = bool(self.workloads.pods_for(dict(a | b)))
         return self._cache[key]
+
+
+# --- duplicate certificates -------------------------------------------------------------------
+
+@analyzer("gateway.CertificateAnalyzer", inputs=("Gateway",))
+def duplicate_certificates(ctx: CheckContext) -> list[Finding]:
+    """IST0138 when gateways on the same workload serve the same certificate.
+
+    istio/istio pkg/config/analysis/analyzers/gateway/certificate.go; the 404s come from HTTP/2
+    connection reuse across hosts that share a certificate (envoyproxy/envoy issue 6767).  A gateway
+    whose selector is empty, or a subset of another's, is on the same workload.
+    """
+    gateways = istio_gateways(ctx.snapshot)
+    findings: list[Finding] = []
+    for gateway in gateways:
+        selector = gateway_selector(gateway)
+        for other in gateways:
+            if other.key == gateway.key or not _selector_subset(selector, gateway_selector(other)):
+                continue
+            if _share_certificate(gateway, other):
+                findings.append(report("IST0138", gateway,
+                                       gateways=f"[{gateway.qualified_name} {other.qualified_name}]"))
+    return unique(findings)
+
+
+def _selector_subset(selector: Mapping[str, str], other: Mapping[str, str]) -> bool:
+    return all(other.get(key) == value for key, value in selector.items())
+
+
+def _share_certificate(gateway: Resource, other: Resource) -> bool:
+    return any(_same_certificate(mapping(a.get("tls")), mapping(b.get("tls")))
+               for a in gateway_servers(gateway) if a.get("tls") for b in gateway_servers(other) if b.get("tls"))
+
+
+def _same_certificate(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Same credentialName, or (with neither) the same serverCertificate and privateKey files."""
+    name_a, name_b = a.get("credentialName"), b.get("credentialName")
+    if name_a and name_b:
+        return name_a == name_b
+    if name_a or name_b:
+        return False
+    return bool(a.get("serverCertificate") and a.get("serverCertificate") == b.get("serverCertificate")
+                and a.get("privateKey") and a.get("privateKey") == b.get("privateKey"))

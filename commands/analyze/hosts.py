@@ -159,17 +159,20 @@ class HostIndex:
         self.known_suffixes.update(wildcard_suffixes(entry.host))
 
     def lookup(self, host: str, namespace: str, export_to: Sequence[str] = ()) -> HostLookup:
-        """Entries for ``host`` as a client in ``namespace`` sees them (short names resolve there).
+        """Entries for ``host`` as the clients of a referencing object in ``namespace`` see them.
 
-        Like istioctl, the referencing object's own exportTo namespaces also count as viewpoints.
+        Short names resolve in ``namespace``.  As in istio/istio pkg/config/analysis/analyzers/util/
+        service_lookup.go (GetDestinationHost), the clients are the namespaces the referencing object
+        is exported to, or its own namespace without exportTo; a host counts when any of them sees it.
+        An object exported to ``*`` needs a host exported everywhere.  Wildcard ServiceEntry hosts
+        are matched from the object's own namespace, as Istio does.
         """
-        viewpoints = {namespace, *(namespace if t == EXPORT_TO_OWN_NAMESPACE else t for t in export_to)}
         fqdn = to_fqdn(host, namespace, self.domain)
-        exact = tuple(e for e in self.exact.get(fqdn, ()) if e.visible_from(viewpoints))
+        exact = tuple(e for e in self.exact.get(fqdn, ()) if _visible(e, namespace, export_to))
         if exact:
             return HostLookup(exact)
         covering = tuple(e for suffix in _distinct(wildcard_suffixes(fqdn), wildcard_suffixes(host))
-                         for e in self.wildcards.get(suffix, ()) if e.visible_from(viewpoints))
+                         for e in self.wildcards.get(suffix, ()) if e.visible_from((namespace,)))
         if covering:
             return HostLookup(covering)
         # A wildcard reference (a DestinationRule for ``*.local``, say) exists when it covers any known host.
@@ -179,6 +182,15 @@ class HostIndex:
 
     def exists(self, host: str, namespace: str, export_to: Sequence[str] = ()) -> bool:
         return self.lookup(host, namespace, export_to).found
+
+
+def _visible(entry: HostEntry, namespace: str, export_to: Sequence[str]) -> bool:
+    targets = [str(t) for t in export_to]
+    if not targets:
+        return entry.visible_from((namespace,))
+    if entry.visible_to is None:
+        return True
+    return entry.visible_from(namespace if t == EXPORT_TO_OWN_NAMESPACE else t for t in targets)
 
 
 def _port_numbers(ports: Any, key: str) -> Iterator[int]:

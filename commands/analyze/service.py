@@ -39,8 +39,20 @@ def declares_protocol(port: Mapping[str, Any]) -> bool:
     return port.get("port") in WELL_KNOWN_TCP_PORTS
 
 
+# Services Istio creates for Gateway API gateways and waypoints (istio/istio pkg/config/constants:
+# ManagedGateway*ControllerLabel); the PortNameAnalyzer skips them as "not created by users".
+GATEWAY_MANAGED_LABEL = "gateway.istio.io/managed"
+GATEWAY_MANAGED_VALUES = frozenset({"istio.io-gateway-controller", "istio.io-mesh-controller",
+                                    "istio.io-eastwest-controller"})
+
+
 def is_control_plane(service: Resource) -> bool:
     return "istio" in service.labels or service.labels.get("release") == "istio"
+
+
+def is_gateway_managed(service: Resource) -> bool:
+    """A waypoint or Gateway API gateway Service that Istio generated (its port names are Istio's own)."""
+    return service.labels.get(GATEWAY_MANAGED_LABEL) in GATEWAY_MANAGED_VALUES
 
 
 @analyzer("service.PortNameAnalyzer", inputs=("Service",))
@@ -49,7 +61,7 @@ def port_names(ctx: CheckContext) -> list[Finding]:
     findings: list[Finding] = []
     for service in ctx.snapshot.of_kind("Service"):
         # ExternalName services get IST0150 from istioctl instead; meshbot does not report it.
-        if service.namespace in SYSTEM_NAMESPACES or is_control_plane(service) \
+        if service.namespace in SYSTEM_NAMESPACES or is_control_plane(service) or is_gateway_managed(service) \
                 or service.spec.get("type") == "ExternalName":
             continue
         for port in mappings(service.spec.get("ports")):

@@ -15,7 +15,7 @@ from commands.checks.registry import CheckContext
 from commands.findings import Finding
 from commands.cluster.pods import sidecar_spec
 from commands.cluster.selectors import PodIndex, format_selector
-from commands.shapes import mapping
+from commands.shapes import mapping, mappings
 from commands.cluster.snapshot import Resource, Snapshot
 
 AMBIENT_REDIRECTION_ANNOTATION = "ambient.istio.io/redirection"
@@ -68,13 +68,14 @@ def in_mesh(pod: Resource, namespace: NamespaceInjection | None) -> bool:
 
 @analyzer("auth.AuthorizationPoliciesAnalyzer", inputs=("AuthorizationPolicy", "Pod", "Namespace"))
 def authorization_policies(ctx: CheckContext) -> list[Finding]:
-    """IST0127 when an AuthorizationPolicy selects no in-mesh workload."""
+    """IST0127 when an AuthorizationPolicy selects no in-mesh workload; IST0101 for a source
+    namespace (or notNamespace) pattern that matches no namespace."""
+    findings = unknown_source_namespaces(ctx.snapshot)
     policies = [p for p in ctx.snapshot.of_kind("AuthorizationPolicy") if not targets_by_reference(p)]
     if not policies:
-        return []
+        return findings
     workloads = MeshWorkloads(ctx.snapshot)
     root = str(ctx.snapshot.mesh_config.get("rootNamespace") or ctx.snapshot.istio_namespace)
-    findings: list[Finding] = []
     for policy in policies:
         labels = match_labels(policy)
         if policy.namespace == root:
@@ -84,6 +85,39 @@ def authorization_policies(ctx: CheckContext) -> list[Finding]:
         elif not workloads.any_match(labels or {}, policy.namespace):
             findings.append(report("IST0127", policy, labels=format_selector(labels or {})))
     return findings
+
+
+def unknown_source_namespaces(snapshot: Snapshot) -> list[Finding]:
+    """IST0101 for each ``rules[].from[].source.namespaces``/``notNamespaces`` entry matching no namespace.
+
+    istio/istio pkg/config/analysis/analyzers/authz/authorizationpolicies.go (analyzeNamespaceNotFound).
+    A namespace exists when a Namespace object or any object in the snapshot names it.  Files that hold
+    no Namespace object at all say nothing about which namespaces exist, so nothing is reported then
+    (istioctl would flag every reference).
+    """
+    if not snapshot.of_kind("Namespace"):
+        return []
+    namespaces = snapshot.namespaces()
+    findings: list[Finding] = []
+    for policy in snapshot.of_kind("AuthorizationPolicy"):
+        for rule in mappings(policy.spec.get("rules")):
+            for source_rule in mappings(rule.get("from")):
+                source = mapping(source_rule.get("source"))
+                for pattern in [*(source.get("namespaces") or ()), *(source.get("notNamespaces") or ())]:
+                    if not any(namespace_matches(ns, str(pattern)) for ns in namespaces):
+                        findings.append(report("IST0101", policy, reftype="namespace", refval=str(pattern)))
+    return findings
+
+
+def namespace_matches(namespace: str, pattern: str) -> bool:
+    """Istio's namespace pattern: ``*``, ``*suffix``, ``prefix*``, or a name (compared case-insensitively)."""
+    if pattern == "*":
+        return True
+    if pattern.startswith("*"):
+        return namespace.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return namespace.startswith(pattern[:-1])
+    return namespace.lower() == pattern.lower()
 
 
 @analyzer("telemetry.SelectorAnalyzer", inputs=("Telemetry", "Pod"))

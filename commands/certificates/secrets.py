@@ -15,6 +15,10 @@ from typing import Any
 CERTIFICATE_KEYS = frozenset({
     "tls.crt", "ca.crt", "cert", "cacert", "ca-cert.pem", "root-cert.pem", "cert-chain.pem",
 })
+# istiod writes an empty ``istio-generated`` key into a cacerts it created itself (security/pkg/pki/ca/ca.go
+# BuildSecret); its presence tells a self-signed CA from a plugged-in one, and it holds nothing secret.
+MARKER_KEYS = frozenset({"istio-generated"})
+KEPT_KEYS = CERTIFICATE_KEYS | MARKER_KEYS
 
 
 def public_secret(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -23,7 +27,7 @@ def public_secret(obj: Mapping[str, Any]) -> dict[str, Any]:
     for section in ("data", "stringData"):
         values = obj.get(section)
         if isinstance(values, Mapping):
-            out[section] = {k: v for k, v in values.items() if k in CERTIFICATE_KEYS}
+            out[section] = {k: (v if k in CERTIFICATE_KEYS else "") for k, v in values.items() if k in KEPT_KEYS}
     metadata = dict(obj.get("metadata") or {})
     annotations = dict(metadata.get("annotations") or {})
     # kubectl apply stores the whole object, keys included, in this annotation.

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
 from commands.checks.registry import Thresholds
@@ -71,7 +72,7 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
         serial=format(cert.serial_number, "x"),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
-        fingerprint=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
+        fingerprint=_fingerprint(cert),
         is_ca=_is_ca(cert),
     )
 
@@ -115,6 +116,36 @@ def parse_base64_pem(value: str) -> list[CertInfo]:
 
 def fingerprints(certs: Iterable[CertInfo]) -> set[str]:
     return {c.fingerprint for c in certs}
+
+
+def anchoring_roots(chain_pem: bytes, roots_pem: bytes) -> frozenset[str]:
+    """Fingerprints of the roots in ``roots_pem`` that issued a certificate of ``chain_pem`` or are part of it.
+
+    Decided by the issuer name *and* the signature, as a TLS peer would: two roots with the same
+    subject but different keys (a plugged-in root rotation) are told apart, while a self-signed
+    root istiod renewed from its existing key (GenRootCertFromExistingKey) still anchors certificates
+    its predecessor signed.  Unreadable input anchors nothing.
+    """
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem)
+        roots = x509.load_pem_x509_certificates(roots_pem)
+    except ValueError:
+        return frozenset()
+    chain_prints = {c.fingerprint(hashes.SHA256()) for c in chain}
+    return frozenset(_fingerprint(root) for root in roots
+                     if root.fingerprint(hashes.SHA256()) in chain_prints or any(_issued(c, root) for c in chain))
+
+
+def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
 # -- expiry ---------------------------------------------------------------------

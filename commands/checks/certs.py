@@ -8,6 +8,7 @@ nothing secret.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -22,7 +23,7 @@ from commands.errors import MeshbotError
 from commands.findings import Finding, Remediation
 from commands.certificates.gateway_credentials import CredentialRef, credential_refs
 from commands.cluster.pods import sidecar_spec
-from commands.cluster.snapshot import Resource, Snapshot
+from commands.cluster.snapshot import Resource
 from commands.certificates.x509 import (
     EXPIRED as EXPIRED_CODE,
 )
@@ -37,15 +38,23 @@ from commands.certificates.x509 import (
     fingerprints,
     human_duration,
     iso,
-    parse_base64_pem,
     parse_iso,
     parse_pem_bundle,
 )
+from commands.certificates.mesh_ca import (
+    ISTIO_LAYOUT,
+    PLUGGED_IN_SECRET,
+    ROOT_CONFIGMAP,
+    ROOT_CONFIGMAP_KEY,
+    SELF_SIGNED_SECRET,
+    TLS_LAYOUT,
+    CaLayout,
+    CaMode,
+    MeshCa,
+    pem_of,
+    read_mesh_ca,
+)
 
-ROOT_CONFIGMAP = "istio-ca-root-cert"
-ROOT_CONFIGMAP_KEY = "root-cert.pem"
-PLUGGED_IN_SECRET = "cacerts"
-SELF_SIGNED_SECRET = "istio-ca-secret"
 GATEWAY_CERT_KEYS = ("tls.crt", "cert")
 CERTS_PATH = "/certs"
 METRICS_PATH = "/metrics"
@@ -107,6 +116,8 @@ class CertificateInventory:
     def __init__(self) -> None:
         self._entries: dict[str, InventoryEntry] = {}
         self._by_serial: dict[tuple[str, datetime], str] = {}
+        self.mesh_ca: MeshCa | None = None
+        """The CA istiod signs with, once ``find_mesh_ca`` has run."""
 
     def add(self, cert: Certificate, *, role: CertRole, origin: str, remediation: Remediation,
             namespace: str | None, dependent: str | None = None, reference: str | None = None) -> None:
@@ -143,7 +154,8 @@ def certs(ctx: CheckContext) -> list[Finding]:
     inventory = CertificateInventory()
     findings = _add_long_lived(ctx, inventory)
     findings.extend(_workload_certificates(ctx, inventory))
-    expiry = [f for entry in inventory.entries() if _in_scope(entry, ctx) for f in _expiry_findings(entry, ctx)]
+    expiry = [f for entry in inventory.entries() if _in_scope(entry, ctx)
+              for f in _expiry_findings(entry, ctx, inventory.mesh_ca)]
     findings.extend(expiry)
     findings.extend(_istiod_ca_expiry(ctx, {entry.cert.not_after for entry in inventory.entries()}))
     return findings
@@ -161,9 +173,8 @@ def certificate_inventory(ctx: CheckContext) -> tuple[list[InventoryEntry], list
 def _add_long_lived(ctx: CheckContext, inventory: CertificateInventory) -> list[Finding]:
     """Mesh root and CA, root ConfigMaps, gateway and other TLS secrets into ``inventory``; returns the
     findings about them (unreadable data, roots that differ, missing gateway credentials)."""
-    findings: list[Finding] = []
-    root = find_mesh_root(ctx.snapshot, inventory, findings)
-    findings.extend(_root_configmaps(ctx, root, inventory))
+    findings = find_mesh_ca(ctx, inventory)
+    findings.extend(_root_configmaps(ctx, inventory.mesh_ca, inventory))
     findings.extend(_gateway_credentials(ctx, inventory))
     _other_tls_secrets(ctx, inventory)
     return findings
@@ -178,7 +189,7 @@ def _in_scope(entry: InventoryEntry, ctx: CheckContext) -> bool:
 WORKLOAD_ROTATION_OVERDUE = 0.75
 
 
-def _expiry_findings(entry: InventoryEntry, ctx: CheckContext) -> Iterator[Finding]:
+def _expiry_findings(entry: InventoryEntry, ctx: CheckContext, mesh_ca: MeshCa | None) -> Iterator[Finding]:
     cert = entry.cert
     args = _expiry_args(entry.what, cert.not_after, cert.not_before, ctx.now)
     code = expiry_code(cert.not_after, ctx.now, ctx.thresholds, not_before=cert.not_before)
@@ -188,6 +199,10 @@ def _expiry_findings(entry: InventoryEntry, ctx: CheckContext) -> Iterator[Findi
     if code is None:
         return
     evidence = {**cert.evidence(ctx.now), "dependents": sorted(entry.dependents)}
+    successor = _superseded_by(entry, code, mesh_ca, ctx.now)
+    if successor is not None:
+        yield _superseded_root(entry, successor, evidence, ctx.now)
+        return
     yield codes.finding(code, origin=entry.origin, reference=entry.reference, evidence=evidence,
                         remediation=entry.remediation, **args)
 
@@ -214,48 +229,41 @@ def _expiry_args(what: str, not_after: datetime, not_before: datetime | None, no
             "ago": human_duration(now - not_after), "left": human_duration(not_after - now)}
 
 
-# -- the mesh root CA -----------------------------------------------------------------
+# -- the mesh CA, read in istiod's order (commands/certificates/mesh_ca.py) ----------
 
-@dataclass(frozen=True)
-class MeshRoot:
-    source: Resource
-    roots: tuple[CertInfo, ...]
-    """What every namespace's istio-ca-root-cert must contain (several during a rotation)."""
+def find_mesh_ca(ctx: CheckContext, inventory: CertificateInventory) -> list[Finding]:
+    """Put the CA istiod signs with into the inventory (``inventory.mesh_ca``); returns what is wrong with it.
 
-    @property
-    def fingerprints(self) -> set[str]:
-        return fingerprints(self.roots)
-
-
-# In the order istiod itself prefers them; root-cert.pem/ca-cert.pem first names the root.
-_ROOT_SOURCES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("Secret", PLUGGED_IN_SECRET, ("root-cert.pem", "ca-cert.pem", "cert-chain.pem")),
-    ("Secret", SELF_SIGNED_SECRET, ("ca-cert.pem",)),
-    ("ConfigMap", ROOT_CONFIGMAP, (ROOT_CONFIGMAP_KEY,)),
-)
-
-
-def find_mesh_root(snapshot: Snapshot, inventory: CertificateInventory, findings: list[Finding]) -> MeshRoot | None:
-    """The mesh root from cacerts, istio-ca-secret (when the snapshot holds them) or the root ConfigMap.
-
-    Every certificate of the chosen source goes into the inventory; unparsable data becomes MB3013.
+    Unparsable keys are MB3013, an incomplete cacerts MB3016, an unused leftover CA Secret MB3017.
     """
-    for kind, name, keys in _ROOT_SOURCES:
-        source = snapshot.get(kind, snapshot.istio_namespace, name)
-        if source is None:
-            continue
-        bundles = {key: found for key in keys if (found := _parse_key(source, key, findings)) is not None}
-        if not bundles:
-            continue
-        roots = tuple(next(iter(bundles.values())))
-        remediation = _root_remediation(name, snapshot.istio_namespace)
-        for bundle in bundles.values():
-            for cert in bundle:
-                role = CertRole.MESH_ROOT if cert in roots else CertRole.MESH_CA
-                inventory.add(cert, role=role, origin=source.origin, reference=source.source,
-                              remediation=remediation, namespace=source.namespace)
-        return MeshRoot(source=source, roots=roots)
-    return None
+    snapshot = ctx.snapshot
+    mesh_ca, unreadable = read_mesh_ca(snapshot)
+    findings = [_unparsable(u.resource, u.key, u.reason) for u in unreadable]
+    inventory.mesh_ca = mesh_ca
+    if mesh_ca is None:
+        return findings
+    source = mesh_ca.source
+    for root in mesh_ca.roots:
+        inventory.add(root, role=CertRole.MESH_ROOT, origin=source.origin, reference=source.source,
+                      remediation=_mesh_root_remediation(mesh_ca, root, ctx.now, snapshot.istio_namespace),
+                      namespace=source.namespace)
+    for cert in mesh_ca.signing:
+        inventory.add(cert, role=CertRole.MESH_CA, origin=source.origin, reference=source.source,
+                      remediation=_intermediate_remediation(mesh_ca, snapshot.istio_namespace),
+                      namespace=source.namespace)
+    if mesh_ca.missing:
+        findings.append(_incomplete_bundle(mesh_ca))
+    # An incomplete cacerts breaks every namespace, so it shows in any scope; an unused leftover only in its own.
+    findings.extend(f for leftover in mesh_ca.ignored
+                    if ctx.in_scope(leftover.namespace) and (f := _unused_ca_secret(leftover, mesh_ca, ctx)))
+    return findings
+
+
+def _unparsable(resource: Resource, key: str, reason: str) -> Finding:
+    return codes.finding(
+        "MB3013", origin=resource.origin, reference=resource.source, what=f"{key} of {resource.origin}",
+        reason=reason, evidence={"key": key},
+        remediation=Remediation(f"Replace {key} in {resource.origin} with PEM certificates"))
 
 
 def _parse_key(resource: Resource, key: str, findings: list[Finding]) -> list[CertInfo] | None:
@@ -263,10 +271,7 @@ def _parse_key(resource: Resource, key: str, findings: list[Finding]) -> list[Ce
     try:
         return certificates_in(resource, key)
     except CertificateError as exc:
-        findings.append(codes.finding(
-            "MB3013", origin=resource.origin, reference=resource.source, what=f"{key} of {resource.origin}",
-            reason=str(exc), evidence={"key": key},
-            remediation=Remediation(f"Replace {key} in {resource.origin} with PEM certificates")))
+        findings.append(_unparsable(resource, key, str(exc)))
         return None
 
 
@@ -275,40 +280,184 @@ def certificates_in(resource: Resource, key: str) -> list[CertInfo] | None:
 
     None when the key is absent; CertificateError when it holds no readable certificate.
     """
-    value = (resource.body.get("data") or {}).get(key)
-    if resource.kind == "Secret":
-        if isinstance(value, str):
-            return parse_base64_pem(value)
-        value = (resource.body.get("stringData") or {}).get(key)
-    return parse_pem_bundle(value) if isinstance(value, str) else None
+    pem = pem_of(resource, key)
+    return parse_pem_bundle(pem) if pem is not None else None
 
 
-def _root_remediation(source: str, istio_namespace: str) -> Remediation:
-    if source == PLUGGED_IN_SECRET:
-        return Remediation(
-            "Rotate the plugged-in CA: build a new cacerts (ca-cert.pem, ca-key.pem, cert-chain.pem, and a "
-            "root-cert.pem holding the old and the new root during the transition), apply it, restart istiod, "
-            f"then restart workloads so they get certificates from the new chain ({ROTATION_DOCS})",
-            command=f"kubectl -n {istio_namespace} create secret generic cacerts --from-file=ca-cert.pem "
-                    "--from-file=ca-key.pem --from-file=root-cert.pem --from-file=cert-chain.pem "
-                    f"--dry-run=client -o yaml | kubectl apply -f - && kubectl -n {istio_namespace} "
-                    "rollout restart deployment/istiod")
-    if source == SELF_SIGNED_SECRET:
-        return Remediation(
-            "istiod's self-signed root cannot be extended in place: plug in a CA (cacerts) whose root-cert.pem "
-            "carries the old and the new root, or delete istio-ca-secret so istiod mints a new root, then "
-            f"restart istiod and every workload (mTLS fails between old and new roots until then; {ROTATION_DOCS})",
-            command=f"kubectl -n {istio_namespace} delete secret istio-ca-secret && "
-                    f"kubectl -n {istio_namespace} rollout restart deployment/istiod")
+def _incomplete_bundle(mesh_ca: MeshCa) -> Finding:
+    source, layout = mesh_ca.source, mesh_ca.layout or ISTIO_LAYOUT
+    namespace = source.namespace or ""
+    files = ", ".join(mesh_ca.missing)
+    return codes.finding(
+        "MB3016", origin=source.origin, reference=source.source, namespace=namespace, files=files,
+        layout=layout.name,
+        evidence={"layout": layout.name, "missing": list(mesh_ca.missing),
+                  "expected": [layout.signing_cert, layout.signing_key, layout.roots, layout.chain[0]],
+                  "roots_taken_from": mesh_ca.roots_from or layout.roots},
+        # istio_ca.go checkCABundleCompleteness (Istio 1.27+): a partial bundle is an error, not a fallback.
+        remediation=Remediation(
+            f"Add {files} to cacerts: in the {layout.name} layout istiod needs {layout.signing_cert}, "
+            f"{layout.signing_key}, {layout.roots} and {layout.chain[0]} (pilot/pkg/bootstrap/istio_ca.go "
+            "checkCABundleCompleteness). Use the root that issued the current chain, so workloads keep "
+            f"trusting each other ({ROTATION_DOCS}). Before Istio 1.27 a cacerts without its key file was "
+            "ignored in favour of istio-ca-secret instead; the command lists the keys present without their values",
+            command=f"kubectl -n {namespace} describe secret {PLUGGED_IN_SECRET}"))
+
+
+def _unused_ca_secret(leftover: Resource, mesh_ca: MeshCa, ctx: CheckContext) -> Finding | None:
+    """A CA Secret istiod does not read in this mode: its expiry is news only if it would have alarmed."""
+    certs = _parse_key(leftover, ISTIO_LAYOUT.signing_cert, []) or []
+    alarming = [c for c in certs if expiry_code(c.not_after, ctx.now, ctx.thresholds, not_before=c.not_before)]
+    if not alarming:
+        return None
+    cert = alarming[0]
+    state = (f"expired {human_duration(ctx.now - cert.not_after)} ago" if cert.not_after <= ctx.now
+             else f"expires in {human_duration(cert.not_after - ctx.now)}")
+    return codes.finding(
+        "MB3017", origin=leftover.origin, reference=leftover.source, secret=leftover.name,
+        subject=cert.subject, state=state, used=f"{mesh_ca.mode} ({mesh_ca.source.origin})",
+        evidence={**cert.evidence(ctx.now), "used_instead": mesh_ca.source.origin},
+        # istio_ca.go createIstioCA: with a complete cacerts istiod never loads istio-ca-secret.
+        remediation=Remediation(
+            f"No action needed while {mesh_ca.source.origin} is in use. Do not delete {mesh_ca.source.name} "
+            f"expecting a fallback: istiod would go back to {leftover.name}'s root and workloads that trust "
+            "the current root would fail mTLS until every one restarted"))
+
+
+# -- expired and expiring roots in a bundle with several ------------------------------------
+
+_EXPIRY_CODES = frozenset({EXPIRED_CODE, "MB3002", "MB3003", "MB3004"})
+
+
+def _superseded_by(entry: InventoryEntry, code: str, mesh_ca: MeshCa | None, now: datetime) -> CertInfo | None:
+    """The root that anchors trust instead of ``entry``'s expiring or expired root, if the bundle has one."""
+    cert = entry.cert
+    if (mesh_ca is None or entry.role != CertRole.MESH_ROOT or code not in _EXPIRY_CODES
+            or not isinstance(cert, CertInfo) or cert.fingerprint not in mesh_ca.fingerprints):
+        return None
+    return mesh_ca.superseding_root(cert, now)
+
+
+def _superseded_root(entry: InventoryEntry, successor: CertInfo, evidence: dict[str, Any], now: datetime) -> Finding:
+    cert = entry.cert
+    state = (f"expired {human_duration(now - cert.not_after)} ago" if cert.not_after <= now
+             else f"expires in {human_duration(cert.not_after - now)}")
+    return codes.finding(
+        "MB3018", origin=entry.origin, reference=entry.reference, what=entry.what, state=state,
+        successor=successor.subject, successor_not_after=iso(successor.not_after),
+        evidence={**evidence, "anchored_by": successor.evidence(now)},
+        # A peer accepts a chain ending at any root of its bundle (Envoy's trusted_ca holds them all),
+        # so only the third step of a root rotation is left: drop the old root.
+        remediation=Remediation(
+            "Once every workload certificate chains to the new root (they renew within their 24 h lifetime), "
+            "remove the old root from the trust bundle (root-cert.pem or ca.crt of cacerts) so it stops being "
+            f"distributed; removing it earlier breaks mTLS for workloads still holding old certificates "
+            f"({ROTATION_DOCS})"))
+
+
+# -- what to do about the mesh CA ---------------------------------------------------------
+
+# istiod's root rotator (security/pkg/pki/ca/selfsignedcarootcertrotator.go) renews once the root is inside
+# the last CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE of its lifetime (default 20,
+# security/pkg/cmd/constants.go DefaultRootCertGracePeriodPercentile), checking every
+# CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL (default 1h); both are read in pilot/pkg/bootstrap/istio_ca.go.
+DEFAULT_GRACE_PERCENTILE = 20
+ROTATOR_CHECK_INTERVAL = "1h"
+
+
+def rotator_grace_percentile(root: CertInfo, now: datetime) -> int:
+    """The grace percentile that puts ``root`` inside the rotator's renewal window now (at least the default)."""
+    lifetime = root.not_after - root.not_before
+    if lifetime <= timedelta(0) or root.not_after <= now:
+        return DEFAULT_GRACE_PERCENTILE
+    needed = math.ceil((root.not_after - now) / lifetime * 100) + 1
+    return min(max(needed, DEFAULT_GRACE_PERCENTILE), 99)
+
+
+def _mesh_root_remediation(mesh_ca: MeshCa, root: CertInfo, now: datetime, istio_namespace: str) -> Remediation:
+    if mesh_ca.mode == CaMode.SELF_SIGNED:
+        return _self_signed_root_remediation(mesh_ca.source.name, root, now, istio_namespace)
+    if mesh_ca.mode == CaMode.PLUGGED_IN:
+        return _plugged_in_root_remediation(mesh_ca.layout or ISTIO_LAYOUT, istio_namespace)
+    return _root_remediation(istio_namespace)
+
+
+def _self_signed_root_remediation(secret: str, root: CertInfo, now: datetime, istio_namespace: str) -> Remediation:
+    # Renewal keeps the key and the subject (util.GenRootCertFromExistingKey), so certificates signed by the
+    # old root still verify against the new one and no workload needs a restart.  Deleting the Secret instead
+    # makes istiod mint a new key and root (ca.go NewSelfSignedIstioCAOptions) and mTLS fails mesh-wide
+    # until every workload has restarted.
+    percentile = rotator_grace_percentile(root, now)
     return Remediation(
-        "Rotate the mesh root CA: with a plugged-in CA renew the cacerts Secret, with istiod's self-signed CA "
-        f"replace istio-ca-secret; then restart istiod and the workloads ({ROTATION_DOCS})",
-        command=f"kubectl -n {istio_namespace} get secrets cacerts istio-ca-secret -o name")
+        f"istiod renews its self-signed root in place, from the same key: its root rotator re-issues ca-cert.pem "
+        f"in {secret} once the root is in the last CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE "
+        f"(default {DEFAULT_GRACE_PERCENTILE}%) of its lifetime or expired, checking every "
+        "CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL (default 1h; 0 or less turns it off). Workload "
+        "certificates keep verifying because the key and subject stay the same. This root was not renewed, so "
+        "the rotator is off or failing: read istiod's log for rootcertrotator lines. The command turns it on "
+        f"with a grace period that covers this root ({percentile}%) and rolls istiod (safe: workloads keep "
+        "their certificates); put the same env in your install values (pilot.env) so an upgrade keeps it. "
+        "Verify: ca-cert.pem's notAfter moved and its public key did not change, and istio-ca-root-cert in "
+        f"every namespace shows the new root. Never delete {secret}: istiod would mint a new key and root, "
+        "and mTLS would fail across the mesh until every workload restarted "
+        "(security/pkg/pki/ca/selfsignedcarootcertrotator.go)",
+        command=f"kubectl -n {istio_namespace} set env deployment/istiod -c discovery "
+                f"CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL={ROTATOR_CHECK_INTERVAL} "
+                f"CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE={percentile}")
+
+
+def _plugged_in_root_remediation(layout: CaLayout, istio_namespace: str) -> Remediation:
+    # istio_ca.go handleEvent: with ISTIO_MULTIROOT_MESH=true istiod reloads a root bundle that only adds or only
+    # removes roots (pemBundleHasSubsetRelation); without it a root change waits for an istiod restart.
+    return Remediation(
+        f"istiod cannot extend a plugged-in root; rotate it with both roots trusted. 1) Put the new root next to "
+        f"the old one in {layout.roots} and keep the current {layout.signing_cert}, {layout.signing_key} and "
+        f"chain; with ISTIO_MULTIROOT_MESH=true istiod reloads a bundle that only adds roots, otherwise restart "
+        "istiod. Wait until istio-ca-root-cert in every namespace holds both roots and workload certificates "
+        f"have renewed (24 h). 2) Replace {layout.signing_cert}, {layout.signing_key} and the chain with an "
+        "intermediate issued by the new root, keeping both roots, and wait for another renewal. 3) Remove the "
+        "old root. Replacing the root in one step breaks mTLS between workloads holding certificates from "
+        f"different roots until all of them restart ({ROTATION_DOCS}; pilot/pkg/bootstrap/istio_ca.go handleEvent)",
+        command=_cacerts_apply_command(layout, istio_namespace))
+
+
+def _intermediate_remediation(mesh_ca: MeshCa, istio_namespace: str) -> Remediation:
+    layout = mesh_ca.layout or ISTIO_LAYOUT
+    # istio_ca.go handleEvent: istiod watches the mounted cacerts files and reloads a new intermediate that
+    # chains to the unchanged root (older releases needed AUTO_RELOAD_PLUGIN_CERTS or a restart).
+    return Remediation(
+        f"Issue a new intermediate from the same root and replace {layout.signing_cert}, {layout.signing_key} "
+        f"and the chain in cacerts, leaving {layout.roots} unchanged. istiod watches the mounted files and "
+        "reloads an intermediate that chains to its current root without a restart (older releases: restart "
+        "istiod); workloads keep trusting the unchanged root and get certificates from the new intermediate "
+        f"at their next renewal, so none needs a restart ({ROTATION_DOCS})",
+        command=_cacerts_apply_command(layout, istio_namespace))
+
+
+def _cacerts_apply_command(layout: CaLayout, istio_namespace: str) -> str:
+    files = " ".join(f"--from-file={f}" for f in dict.fromkeys(
+        (layout.signing_cert, layout.signing_key, *layout.chain, layout.roots)))
+    secret_type = " --type=kubernetes.io/tls" if layout is TLS_LAYOUT else ""
+    return (f"kubectl -n {istio_namespace} create secret generic {PLUGGED_IN_SECRET}{secret_type} {files} "
+            "--dry-run=client -o yaml | kubectl apply -f -")
+
+
+def _root_remediation(istio_namespace: str) -> Remediation:
+    """For a root seen without its CA Secret (the ConfigMap, Envoy, istiod's metrics)."""
+    return Remediation(
+        "Rotate the mesh root in place. Self-signed (istio-ca-secret): istiod's root rotator renews it from the "
+        "same key, so workloads keep trusting it; if it has not, it is off or failing (check "
+        "CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL and istiod's rootcertrotator log). Plugged-in (cacerts): "
+        "add the new root next to the old one, then switch the intermediate, then drop the old root "
+        f"({ROTATION_DOCS}). Never delete istio-ca-secret: a new key and root break mTLS mesh-wide until every "
+        "workload restarts. The command shows which CA Secret istiod uses",
+        command=f"kubectl -n {istio_namespace} get secrets {PLUGGED_IN_SECRET} {SELF_SIGNED_SECRET} "
+                "--ignore-not-found -o name")
 
 
 # -- istio-ca-root-cert in every namespace -------------------------------------------
 
-def _root_configmaps(ctx: CheckContext, root: MeshRoot | None, inventory: CertificateInventory) -> Iterator[Finding]:
+def _root_configmaps(ctx: CheckContext, mesh_ca: MeshCa | None, inventory: CertificateInventory) -> Iterator[Finding]:
     snapshot = ctx.snapshot
     with_configmap = set()
     for configmap in snapshot.of_kind("ConfigMap"):
@@ -323,25 +472,62 @@ def _root_configmaps(ctx: CheckContext, root: MeshRoot | None, inventory: Certif
         if not ctx.in_scope(namespace):
             continue
         yield from problems
-        if root is None or problems:
+        if mesh_ca is None or problems or configmap is mesh_ca.source:
             continue
-        missing = root.fingerprints - fingerprints(found)
-        if missing:
-            yield _root_mismatch(configmap, root, found, sorted(missing))
+        yield from _compare_with_mesh(configmap, mesh_ca, found, ctx.now)
     yield from _missing_root_configmaps(ctx, with_configmap)
 
 
-def _root_mismatch(configmap: Resource, root: MeshRoot, found: list[CertInfo], missing: list[str]) -> Finding:
+def _compare_with_mesh(configmap: Resource, mesh_ca: MeshCa, found: list[CertInfo], now: datetime) -> Iterator[Finding]:
+    """MB3010 when the namespace lacks every current root; MB3019 when it lacks only some valid ones.
+
+    istiod writes its whole bundle into every namespace (namespacecontroller.go reconcileCACertAndCRL), so
+    during a rotation the copies hold old + new roots; a copy is usable while it holds a root trust rests on.
+    """
+    held = fingerprints(found)
+    current = mesh_ca.current_roots(now)
+    if not current & held:
+        yield _root_mismatch(configmap, mesh_ca, found, sorted(current))
+        return
+    valid = {r.fingerprint for r in mesh_ca.roots if r.not_before <= now < r.not_after}
+    lacking = sorted(valid - held)
+    if lacking:
+        yield _root_bundle_partial(configmap, mesh_ca, found, lacking)
+
+
+def _found_evidence(found: list[CertInfo]) -> list[dict[str, str]]:
+    return [{"subject": c.subject, "fingerprint": c.fingerprint, "not_after": iso(c.not_after)} for c in found]
+
+
+def _root_mismatch(configmap: Resource, mesh_ca: MeshCa, found: list[CertInfo], expected: list[str]) -> Finding:
     namespace = configmap.namespace or ""
     return codes.finding(
         "MB3010", origin=configmap.origin, reference=configmap.source, namespace=namespace,
-        expected=", ".join(missing),
-        evidence={"mesh_root_source": root.source.origin, "expected_fingerprints": missing,
-                  "found": [{"subject": c.subject, "fingerprint": c.fingerprint, "not_after": iso(c.not_after)}
-                            for c in found]},
+        expected=", ".join(expected),
+        evidence={"mesh_root_source": mesh_ca.source.origin, "expected_fingerprints": expected,
+                  "found": _found_evidence(found)},
+        # istiod upserts this ConfigMap on every change or deletion (pilot/pkg/serviceregistry/kube/controller/
+        # namespacecontroller.go), so a foreign root that stays means another writer or a namespace istiod
+        # does not watch (discoverySelectors).
         remediation=Remediation(
-            "istiod writes istio-ca-root-cert into every namespace; a foreign root means a stale copy or a "
-            "second control plane. Delete it so istiod recreates it, then restart the namespace's workloads",
+            "istiod writes istio-ca-root-cert into every namespace it watches and rewrites it on any change; a "
+            "foreign root that stays means a second control plane writes it or istiod does not watch this "
+            "namespace (discoverySelectors). Fix that, then delete the copy so istiod recreates it; proxies "
+            "that still show the foreign root (istioctl proxy-config secret) need a restart",
+            command=f"kubectl -n {namespace} delete configmap {ROOT_CONFIGMAP}"))
+
+
+def _root_bundle_partial(configmap: Resource, mesh_ca: MeshCa, found: list[CertInfo], lacking: list[str]) -> Finding:
+    namespace = configmap.namespace or ""
+    return codes.finding(
+        "MB3019", origin=configmap.origin, reference=configmap.source, namespace=namespace,
+        lacking=", ".join(lacking),
+        evidence={"mesh_root_source": mesh_ca.source.origin, "lacking_fingerprints": lacking,
+                  "found": _found_evidence(found)},
+        remediation=Remediation(
+            "istiod has not rewritten this namespace's copy since the trust bundle changed (it upserts it on "
+            "every change, pilot/pkg/serviceregistry/kube/controller/namespacecontroller.go): check istiod's "
+            "log for the namespace, or delete the copy so istiod recreates it with the whole bundle",
             command=f"kubectl -n {namespace} delete configmap {ROOT_CONFIGMAP}"))
 
 
@@ -356,9 +542,11 @@ def _missing_root_configmaps(ctx: CheckContext, with_configmap: set[str]) -> Ite
         yield codes.finding(
             "MB3011", origin=f"Namespace {namespace}", namespace=namespace,
             evidence={"namespace": namespace, "configmap": ROOT_CONFIGMAP},
+            # namespacecontroller.go creates it for every watched namespace; a rolling istiod restart resyncs
+            # and leaves workloads and their certificates alone.
             remediation=Remediation(
                 "istiod's namespace controller writes this ConfigMap; check istiod's log for errors about the "
-                "namespace and restart istiod to resync",
+                "namespace and whether discoverySelectors leave it out, then restart istiod to resync",
                 command=f"kubectl -n {snapshot.istio_namespace} logs deployment/istiod | grep {namespace}"))
 
 
@@ -404,6 +592,8 @@ def _gateway_dependent(ref: CredentialRef) -> str:
 
 def _credential_unavailable(ref: CredentialRef, reason: str) -> Finding:
     ns, name = ref.secret_key
+    # Istio reads credentialName from the gateway workload's namespace and pushes it over SDS when it appears
+    # (pilot/pkg/xds/sds.go; https://istio.io/latest/docs/tasks/traffic-management/ingress/secure-ingress/).
     return codes.finding(
         "MB3012", origin=ref.gateway.origin, reference=ref.gateway.source, gateway=ref.gateway.qualified_name,
         credential=ref.credential_name, reason=reason,
@@ -417,6 +607,8 @@ def _credential_unavailable(ref: CredentialRef, reason: str) -> Finding:
 def _gateway_remediation(secret: Resource) -> Remediation:
     ns, name = secret.namespace, secret.name
     certificate = secret.annotations.get("cert-manager.io/certificate-name")
+    # istiod watches credentialName Secrets and pushes a renewed one over SDS, no gateway restart
+    # (pilot/pkg/xds/sds.go); `cmctl renew` marks a Certificate for reissue (https://cert-manager.io/docs/reference/cmctl/).
     if certificate:
         return Remediation(
             f"cert-manager manages this Secret: see why Certificate {ns}/{certificate} did not renew "
@@ -489,11 +681,14 @@ def _workload_certificates(ctx: CheckContext, inventory: CertificateInventory) -
                           namespace=target.namespace, dependent=origin)
         for cert in cas:
             inventory.add(cert, role=CertRole.MESH_ROOT, origin=origin,
-                          remediation=_root_remediation("", ctx.snapshot.istio_namespace),
+                          remediation=_root_remediation(ctx.snapshot.istio_namespace),
                           namespace=target.namespace, dependent=origin)
 
 
 def _workload_remediation(target: PodRef) -> Remediation:
+    # istio-agent renews at SECRET_GRACE_PERIOD_RATIO of the lifetime and asks for a fresh certificate when the pod
+    # starts (pilot/cmd/pilot-agent/options/options.go, security/pkg/nodeagent/cache/secretcache.go); deleting
+    # the one pod lets its controller replace it and touches nothing else.
     return Remediation(
         "istio-agent renews workload certificates from istiod long before they expire; an old or missing one "
         "means it cannot reach the CA. Check istiod's CA (its log, the root CA expiry), then restart the pod",
@@ -547,7 +742,7 @@ def _istiod_ca_expiry(ctx: CheckContext, reported: set[datetime]) -> Iterator[Fi
 
 def _istiod_finding(what: str, metric: str, not_after: datetime, origin: str, ctx: CheckContext) -> Finding:
     evidence = {"metric": metric, "not_after": iso(not_after), "days_left": days_left(not_after, ctx.now)}
-    remediation = _root_remediation("", ctx.snapshot.istio_namespace)
+    remediation = _root_remediation(ctx.snapshot.istio_namespace)
     code = expiry_code(not_after, ctx.now, ctx.thresholds)
     if code is None:
         when = f"on {iso(not_after)} (in {human_duration(not_after - ctx.now)})"

@@ -1,6 +1,7 @@
 """DestinationRule analyzers: the same codes, levels and messages as istioctl analyze."""
 
 from commands.findings import Finding, Level
+from tests.analyze.grid import analyze_istio_files
 from tests.support.analysis import analyze_yaml, with_code
 
 REVIEWS = """
@@ -211,3 +212,17 @@ def test_mesh_wide_wildcard_destination_rule_host_is_known():
     tls: {mode: ISTIO_MUTUAL}
 """, namespace="istio-system")
     assert findings(text, "IST0174") == []
+
+
+def test_subset_asking_for_an_empty_topology_label_selects_no_pod():
+    # istio/istio testdata destinationrule-empty-topology-labels.yaml: Istio adds node labels only when set.
+    findings = analyze_istio_files("destinationrule-empty-topology-labels.yaml",
+                                   analyzers=("destinationrule.SubsetSelectPodAnalyzer",))
+    assert [f.message for f in findings] == [
+        "The Subset empty-region defined in the DestinationRule does not select any pods. Which may lead to "
+        "503 UH (NoHealthyUpstream)."]
+
+
+def test_subset_on_a_set_topology_label_is_not_judged_without_nodes():
+    assert analyze_istio_files("destinationrule-subsets-with-topology-labels.yaml",
+                               analyzers=("destinationrule.SubsetSelectPodAnalyzer",)) == []

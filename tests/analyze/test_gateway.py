@@ -4,6 +4,7 @@ import base64
 from datetime import datetime, timedelta, timezone
 
 from commands.findings import Finding, Level
+from tests.analyze.grid import analyze_istio_files
 from tests.support.analysis import analyze_yaml, with_code
 from tests.support.certs import mint
 
@@ -217,3 +218,44 @@ def test_gateway_port_equal_to_service_port_or_target_port_is_fine():
 def test_named_target_port_resolves_through_the_pod_container_ports():
     text = INGRESS + http_gateway("tls", "c.example.com", port=8443)
     assert findings(text, "IST0162") == []
+
+
+# --- duplicate certificates (IST0138) ----------------------------------------------------------
+
+
+def test_gateways_on_one_workload_sharing_a_credential_get_ist0138():
+    # istio/istio testdata gateway-duplicate-certificate.yaml
+    found = analyze_istio_files("gateway-duplicate-certificate.yaml", analyzers=("gateway.CertificateAnalyzer",))
+    first = [f for f in found if f.origin == "Gateway istio-system/gateway-01-test-01"]
+    assert [f.message for f in first] == [
+        "Duplicate certificate in multiple gateways [istio-system/gateway-01-test-01 istio-system/gateway-02-test-01] "
+        "may cause 404s if clients re-use HTTP2 connections."]
+    assert first[0].level is Level.WARNING
+
+
+def test_gateways_with_different_credentials_are_not_ist0138():
+    text = https_gateway("shop", "shop-cert") + https_gateway("blog", "blog-cert")
+    assert findings(text, "IST0138") == []
+
+
+def test_gateway_on_another_workload_sharing_a_credential_is_not_ist0138():
+    other = gateway("internal", """
+  selector: {istio: internal-gateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.internal]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+""")
+    assert findings(https_gateway() + other, "IST0138") == []
+
+
+def test_gateway_api_gateway_is_not_judged_as_an_istio_gateway():
+    text = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+"""
+    assert findings(text, "IST0101") == [] and findings(text, "IST0162") == []

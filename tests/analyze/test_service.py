@@ -80,3 +80,15 @@ def test_istio_control_plane_service_is_not_ist0118():
 def test_external_name_service_is_not_ist0118():
     text = service("[{name: foo, port: 80}]", extra="type: ExternalName\n  externalName: example.com")
     assert port_findings(text) == []
+
+
+def test_waypoint_service_istio_generated_is_not_ist0118():
+    # istio/istio testdata service-port-name.yaml: the waypoint's "status-port" and "mesh" ports.
+    text = service("[{name: status-port, port: 15021, appProtocol: tcp}, {name: mesh, port: 15008, appProtocol: hbone}]",
+                   labels="{gateway.istio.io/managed: istio.io-mesh-controller}")
+    assert port_findings(text) == []
+
+
+def test_service_with_another_managed_label_value_is_still_checked():
+    text = service("[{name: web, port: 8080}]", labels="{gateway.istio.io/managed: someone-else}")
+    assert [f.code for f in port_findings(text)] == ["IST0118"]

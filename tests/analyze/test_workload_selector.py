@@ -1,6 +1,7 @@
 """Policy selectors: IST0127 for AuthorizationPolicy, IST0101 for Telemetry, as istioctl reports them."""
 
 from commands.findings import Level
+from tests.analyze.grid import analyze_istio_files
 from tests.support.analysis import analyze_yaml, with_code
 
 MESH = """
@@ -130,4 +131,27 @@ def test_telemetry_selector_matching_no_pod_is_ist0101():
 
 def test_telemetry_selector_matching_a_pod_is_not_ist0101():
     text = MESH + policy("Telemetry", "trace-cart", "shop", "selector: {matchLabels: {app: cart}}")
+    assert with_code(analyze_yaml(text), "IST0101") == []
+
+
+def test_source_namespace_pattern_matching_no_namespace_is_ist0101():
+    # istio/istio testdata authorizationpolicies.yaml: "*-bogus" and "bogus-*" match none of its namespaces.
+    findings = analyze_istio_files("authorizationpolicies.yaml", analyzers=("auth.AuthorizationPoliciesAnalyzer",))
+    about = [f.message for f in with_code(findings, "IST0101") if f.origin == "AuthorizationPolicy httpbin/httpbin-bogus-ns"]
+    assert about == ['Referenced namespace not found: "*-bogus"', 'Referenced namespace not found: "bogus-*"']
+
+
+def test_source_namespaces_that_exist_or_match_a_pattern_are_fine():
+    findings = analyze_istio_files("authorizationpolicies.yaml", analyzers=("auth.AuthorizationPoliciesAnalyzer",))
+    assert [f for f in with_code(findings, "IST0101") if f.origin == "AuthorizationPolicy httpbin/httpbin-namespace-wide"] == []
+
+
+def test_source_namespaces_are_not_judged_when_the_input_has_no_namespace_objects():
+    text = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-frontend, namespace: shop}
+spec:
+  rules: [{from: [{source: {namespaces: [frontend]}}]}]
+"""
     assert with_code(analyze_yaml(text), "IST0101") == []

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.server.meshbot import Meshbot, build
+from bot.server.meshbot import Meshbot
+from bot.server.wiring import build
 from bot.settings import Settings
 from tests.support.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 

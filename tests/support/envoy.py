@@ -15,10 +15,12 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +101,13 @@ class Upstream:
 
 
 def bootstrap(workdir: Path, *, cert_pem: str | None = None, key_pem: str | None = None,
-              ca_pem: str | None = None, upstream: Upstream | None = None) -> dict[str, Any]:
-    """A static Envoy bootstrap; certificate files are written into ``workdir``."""
+              ca_pem: str | None = None, upstream: Upstream | None = None,
+              stats_config: dict[str, Any] | None = None, control_plane_cluster: bool = False) -> dict[str, Any]:
+    """A static Envoy bootstrap; certificate files are written into ``workdir``.
+
+    ``stats_config`` is Envoy's bootstrap ``stats_config`` (see ``istio_stats_config``);
+    ``control_plane_cluster`` adds an idle ``xds-grpc`` cluster like the one Istio's bootstrap has.
+    """
     listeners: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = []
     trusted_ca = _write(workdir / "ca.pem", ca_pem) if ca_pem else None
@@ -122,8 +129,14 @@ def bootstrap(workdir: Path, *, cert_pem: str | None = None, key_pem: str | None
             "max_connections": upstream.max_connections, "max_pending_requests": upstream.max_pending_requests,
             "max_requests": upstream.max_requests, "max_retries": upstream.max_retries}]}))
         listeners.append(_http_listener(upstream))
-    return {"admin": {"address": _address(0)},
-            "static_resources": {"listeners": listeners, "clusters": clusters}}
+    if control_plane_cluster:
+        # Never called: port 1 on loopback stands in for istiod's 15012.
+        clusters.append(_cluster("xds-grpc", 1))
+    config: dict[str, Any] = {"admin": {"address": _address(0)},
+                              "static_resources": {"listeners": listeners, "clusters": clusters}}
+    if stats_config is not None:
+        config["stats_config"] = stats_config
+    return config
 
 
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
@@ -256,6 +269,18 @@ class FailingUpstreamEnvoy:
     def _get(self, path: str) -> int:
         return httpx.get(f"{self.envoy.http_url}{path}", timeout=10).status_code
 
+    @contextlib.contextmanager
+    def burst(self, path: str, count: int) -> Iterator[list[Future[int]]]:
+        """Like ``in_flight``, but all ``count`` GETs share one client (one TLS-free pool of ``count``
+        connections), so starting 25 of them costs milliseconds, not a client each."""
+        client = httpx.Client(base_url=self.envoy.http_url, timeout=10, limits=httpx.Limits(max_connections=count))
+        pool = ThreadPoolExecutor(max_workers=count)
+        try:
+            yield [pool.submit(lambda: client.get(path).status_code) for _ in range(count)]
+        finally:
+            client.close()  # ends the requests still held upstream instead of leaving them to teardown
+            pool.shutdown(wait=False)
+
 
 @pytest.fixture
 def failing_upstream_envoy(envoy_factory: Callable[..., RunningEnvoy]) -> Iterator[FailingUpstreamEnvoy]:
@@ -271,3 +296,95 @@ def failing_upstream_envoy(envoy_factory: Callable[..., RunningEnvoy]) -> Iterat
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- Istio's default stats inclusion list, overload and keep-alive upstreams -------------------------
+
+STUCK_SECONDS = 30.0
+"""How long ``/stuck`` is held: longer than a test runs, so its requests stay in flight (and the breakers
+they fill stay full) however slow a loaded machine is; stopping Envoy in teardown ends them."""
+
+# What an Istio sidecar exports when nobody sets proxyStatsMatcher: istio/istio pkg/bootstrap/config.go
+# (requiredEnvoyStatsMatcherInclusionPrefixes, ...Suffixes, ...Regexes) rendered by
+# tools/packaging/common/envoy_bootstrap.json (stats_matcher.inclusion_list). No cluster.outbound|... stat
+# matches, so per-cluster upstream counters and circuit-breaker gauges are not exported.
+ISTIO_DEFAULT_STATS_INCLUSIONS: tuple[dict[str, Any], ...] = (
+    {"prefix": "reporter="},
+    *({"prefix": p} for p in ("cluster_manager", "listener_manager", "server", "cluster.xds-grpc", "wasm")),
+    *({"suffix": s} for s in ("rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied",
+                              "downstream_cx_active")),
+    {"safe_regex": {"regex": r"vhost\..*\.route\..*"}},
+    {"prefix": "component"},
+    {"prefix": "istio"},
+)
+
+
+def istio_stats_config(*inclusion_regexps: str) -> dict[str, Any]:
+    """Envoy ``stats_config`` as Istio renders it, plus proxyStatsMatcher ``inclusionRegexps``."""
+    patterns = [*ISTIO_DEFAULT_STATS_INCLUSIONS, *({"safe_regex": {"regex": r}} for r in inclusion_regexps)]
+    # Two of Istio's stats_tags, so tag extraction runs as in a sidecar (it leaves /stats names whole).
+    tags = [{"tag_name": "cluster_name", "regex": r"^cluster(\.(.+);)"},
+            {"tag_name": "response_code", "regex": r"_rq(_(\d{3}))$"}]
+    return {"use_all_default_tags": False, "stats_tags": tags,
+            "stats_matcher": {"inclusion_list": {"patterns": patterns}}}
+
+
+@pytest.fixture
+def upstream_envoy(envoy_factory: Callable[..., RunningEnvoy]) -> Iterator[Callable[..., FailingUpstreamEnvoy]]:
+    """Factory: ``upstream_envoy(retries=0, stats_config=None, control_plane_cluster=False, **limits)`` ->
+    Envoy in front of an upstream that answers ``/ok``, 503s ``/pay`` at once and ``/busy`` after 0.3 s, and
+    holds ``/stuck`` for STUCK_SECONDS; ``limits`` are ``Upstream`` circuit-breaker fields (all 1 by default)."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(*, retries: int = 0, stats_config: dict[str, Any] | None = None, control_plane_cluster: bool = False,
+              **limits: int) -> FailingUpstreamEnvoy:
+        upstream, server = start_server()
+        servers.append(server)
+        upstream.answer("/ok", "ok")
+        upstream.answer("/pay", "upstream overloaded", status=503)
+        upstream.answer("/busy", "upstream overloaded", status=503, delay=0.3)
+        upstream.answer("/stuck", "finally", delay=STUCK_SECONDS)
+        port = int(upstream.url.rsplit(":", 1)[1])
+        envoy = envoy_factory(upstream=Upstream(port=port, retries=retries, **limits), stats_config=stats_config,
+                              control_plane_cluster=control_plane_cluster)
+        return FailingUpstreamEnvoy(envoy=envoy, upstream=upstream, cluster=UPSTREAM_CLUSTER)
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+class _KeepAliveHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with Content-Length: the connection stays open between requests, as most services do."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path == "/stuck":
+            time.sleep(STUCK_SECONDS)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def keepalive_upstream_envoy(envoy_factory: Callable[..., RunningEnvoy]) -> Iterator[Callable[..., FailingUpstreamEnvoy]]:
+    """Factory: ``keepalive_upstream_envoy(**limits)`` -> Envoy in front of a keep-alive upstream (``/stuck``
+    held STUCK_SECONDS, anything else answered at once), circuit-breaker limits 1 unless ``limits`` say
+    otherwise. After one request the idle pooled connection holds ``cx_open`` at 1 with nothing rejected."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def start(**limits: int) -> FailingUpstreamEnvoy:
+        envoy = envoy_factory(upstream=Upstream(port=server.server_address[1], **limits))
+        return FailingUpstreamEnvoy(envoy=envoy, upstream=ProgrammableServer(), cluster=UPSTREAM_CLUSTER)
+
+    yield start
+    server.shutdown()
+    server.server_close()

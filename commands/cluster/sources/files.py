@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,13 @@ class FileSource:
         self.mesh_config = load_mesh_config(mesh_config) if mesh_config else _mesh_config_from(
             self.resources, istio_namespace)
 
-    def snapshot(self, kinds: Iterable[str] | None = None) -> Snapshot:
+    def snapshot(self, kinds: Iterable[str] | None = None) -> FileSnapshot:
         wanted = set(kinds) if kinds is not None else None
         selected = [r for r in self.resources if wanted is None or r.kind in wanted]
-        return Snapshot(selected, istio_namespace=self.istio_namespace, mesh_config=self.mesh_config)
+        assumed = [r for r in offline_defaults(self.istio_namespace, self.mesh_config)
+                   if wanted is None or r.kind in wanted]
+        return FileSnapshot(selected, istio_namespace=self.istio_namespace, mesh_config=self.mesh_config,
+                            assumed=tuple(assumed))
 
     def _load_all(self) -> Iterator[Resource]:
         for path in expand_paths(self.paths):
@@ -46,6 +50,42 @@ class FileSource:
                 raise InputError(f"file is {size / 2**20:.1f} MiB, larger than the "
                                  f"{self.max_file_bytes / 2**20:.0f} MiB limit", path=str(path))
             yield from parse_objects(_read_text(path), str(path), default_namespace=self.default_namespace)
+
+
+@dataclass
+class FileSnapshot(Snapshot):
+    """A snapshot read from files, plus the objects a files-only ``istioctl analyze`` assumes Istio provides.
+
+    The assumed objects are kept apart: only the analyzers see them (``--use-kube=false``
+    semantics); status and the other checks must not report on a pod that does not exist.
+    """
+
+    assumed: tuple[Resource, ...] = ()
+
+
+# istio/istio pkg/config/analysis/local/defaults.go (added by IstiodAnalyzer.AddDefaultResources when
+# istioctl analyze runs without a cluster): a stand-in ingress gateway Pod and Service, so a Gateway
+# selecting ``istio: ingressgateway`` is not reported as selecting nothing (IST0101) and the analyzers
+# behind it (credentials IST0161, ports IST0162) still run.
+DEFAULT_INGRESS_SERVICE = "istio-ingressgateway"  # MeshConfig.ingressService default (pkg/config/mesh/mesh.go)
+DEFAULT_INGRESS_PORTS = (("http2", 80), ("https", 443), ("tcp", 31400), ("tls", 15443))
+OFFLINE_DEFAULTS_SOURCE = "internal-ingress"  # the name istioctl gives this reader source
+
+
+def offline_defaults(istio_namespace: str, mesh_config: Mapping[str, Any]) -> list[Resource]:
+    """The default ingress gateway Pod and Service; none when ``ingressControllerMode: OFF``."""
+    if str(mesh_config.get("ingressControllerMode") or "").upper() == "OFF":
+        return []
+    service = str(mesh_config.get("ingressService") or DEFAULT_INGRESS_SERVICE)
+    selector = {"istio": "ingressgateway"}
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": f"{service}-dummypod", "namespace": istio_namespace, "labels": dict(selector)},
+           "spec": {"containers": [{"name": "istio-proxy"}]}}
+    ports = [{"name": name, "port": port, "protocol": "TCP", "targetPort": port}
+             for name, port in DEFAULT_INGRESS_PORTS]
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": service, "namespace": istio_namespace},
+           "spec": {"ports": ports, "selector": dict(selector)}}
+    return [Resource.from_object(obj, source=OFFLINE_DEFAULTS_SOURCE) for obj in (pod, svc)]
 
 
 def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:

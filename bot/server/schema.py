@@ -1,0 +1,31 @@
+"""The database schema: every feature's migrations in one ordered list, and the database opened with it.
+
+Versions are global (1, 2, 3…) and never renumbered: an existing database
+remembers which ran in ``schema_version``.  A feature that needs a table adds
+its migration with the next number to its module's ``MIGRATIONS`` and, if the
+module is new, one line here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.approvals import store as approval_store
+from bot.incidents import log as incident_log
+from bot.incidents import outbox
+from bot.reminders import service as reminder_service
+from bot.storage.database import Database, Migration
+
+MIGRATIONS: tuple[Migration, ...] = (
+    *incident_log.MIGRATIONS,  # 1: incidents, incident alerts, hash-chained events, raw notifications
+    *outbox.MIGRATIONS,  # 2: the Slack outbox
+    *approval_store.MIGRATIONS,  # 3: approval requests and their votes
+    *reminder_service.MIGRATIONS,  # 4: certificate reminders already posted
+)
+
+
+def open_database(path: str | Path) -> Database:
+    """The database at ``path``, brought up to this meshbot's schema (a newer one is refused)."""
+    database = Database(path, MIGRATIONS)
+    database.migrate()
+    return database

@@ -1,0 +1,152 @@
+"""The one place meshbot is put together: ``build(settings)`` constructs everything in dependency order.
+
+Read it top to bottom: settings, then the check registry and playbooks, then
+storage and Slack clients, the cluster, the incident log, approvals, incidents,
+reminders, and finally the ``/mesh`` commands and the HTTP routes that reach
+them.  Every object gets its collaborators in its constructor; nothing is
+registered by importing a module, and nothing is filled in afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+from bot.approvals import blocks as approval_blocks
+from bot.approvals import commands as approval_commands
+from bot.approvals.desk import ApprovalDesk, ApprovalPolicy
+from bot.cluster import ClusterAccess
+from bot.diagnosis import Diagnostician, Runner
+from bot.incidents import commands as incident_commands
+from bot.incidents.flow import IncidentFlow
+from bot.incidents.intake import alertmanager_route
+from bot.incidents.log import Incident, IncidentLog
+from bot.incidents.outbox import Outbox
+from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
+from bot.incidents.playbooks import PlaybookError, PlaybookSet, SuggestedRemediation
+from bot.reminders import commands as reminder_commands
+from bot.reminders.scheduler import CertificateScheduler
+from bot.reminders.service import LeaseLedger, ReminderService
+from bot.server.http import Readiness, WebApp
+from bot.server.meshbot import Meshbot
+from bot.server.metrics import Metrics
+from bot.server.schema import open_database
+from bot.server.services import Services
+from bot.settings import Settings, SettingsError
+from bot.slack import blocks
+from bot.slack import diagnoses as diagnosis_commands
+from bot.slack.app import Handlers, build_bolt_app
+from bot.slack.client import SlackClient, build_web_client
+from bot.slack.slash import SlashCommands
+from bot.storage.database import Database
+from commands.checks.catalog import default_checks
+from commands.clients.lease import LeaderElector
+
+log = logging.getLogger(__name__)
+
+MESSENGER_THREADS = 4
+
+
+def build(settings: Settings, *, runner: Runner | None = None) -> Meshbot:
+    """Wire the bot from settings; raises SettingsError for what ``serve`` cannot run without.
+
+    ``runner`` replaces how a diagnosis is computed (the Slack benchmark pads it to a fixed duration).
+    """
+    require_settings(settings)
+    checks = default_checks()
+    playbooks = _load_playbooks(settings)
+    metrics = Metrics()
+
+    web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url)
+    slack = SlackClient(web_client, on_error=metrics.slack_error)
+    # The outbox does its own backoff per channel, so its client must not sleep on retries itself.
+    outbox_slack = SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url, max_retries=0),
+                               on_error=metrics.slack_error)
+    database = open_database(settings.db_path)
+    cluster = ClusterAccess(settings)
+    diagnostician = Diagnostician(cluster, checks, runner=runner)
+    workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="work")
+    messengers = ThreadPoolExecutor(max_workers=MESSENGER_THREADS, thread_name_prefix="messenger")
+
+    incidents = IncidentLog(database)
+    outbox = Outbox(database, outbox_slack, incidents, metrics)
+    approvals: ApprovalDesk | None = None  # a captured scenario has no cluster to act on
+    if not settings.scenario:
+        approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack,
+                                 policy=approval_policy(settings), kube=cluster.client, workers=workers)
+    flow = IncidentFlow(database=database, incidents=incidents, outbox=outbox, playbooks=playbooks,
+                        diagnostician=diagnostician, workers=workers, channel=settings.channel, metrics=metrics,
+                        render_suggestions=_suggestion_buttons if approvals else _suggestion_text)
+    reminders, scheduler = _reminders(settings, database, cluster, outbox, incidents, flow)
+
+    commands, handlers = SlashCommands(), Handlers()
+    diagnosis_commands.register(commands, handlers, checks, diagnostician=diagnostician, slack=slack,
+                                metrics=metrics, workers=workers)
+    incident_commands.register(commands, handlers, flow)
+    approval_commands.register(commands, handlers, approvals, workers=workers,
+                               istio_namespace=settings.istio_namespace)
+    reminder_commands.register(commands, handlers, reminders, workers=workers)
+    bolt = build_bolt_app(settings, web_client, messengers, commands, handlers)
+
+    web = WebApp(bolt, metrics, Readiness(database, slack), slack_events_over_http=bool(settings.slack_signing_secret))
+    web.add_route("POST", "/alertmanager", alertmanager_route(flow, settings.alertmanager_token, metrics))
+
+    services = Services(settings=settings, metrics=metrics, checks=checks, database=database, slack=slack,
+                        cluster=cluster, diagnostician=diagnostician, workers=workers, messengers=messengers,
+                        incidents=incidents, outbox=outbox, incident_flow=flow, approvals=approvals,
+                        reminders=reminders, scheduler=scheduler)
+    return Meshbot(services=services, web=web)
+
+
+def require_settings(settings: Settings) -> None:
+    settings.require("slack_bot_token")
+    if not settings.slack_app_token:
+        settings.require("slack_signing_secret")
+    if settings.alertmanager_token:
+        settings.require("channel")
+
+
+def approval_policy(settings: Settings) -> ApprovalPolicy:
+    if not settings.approvers:
+        log.warning("MESHBOT_APPROVERS is empty: nobody can approve remediation actions")
+    return ApprovalPolicy(approvers=settings.approvers, required=settings.required_approvals,
+                          ttl=timedelta(minutes=settings.approval_ttl_minutes))
+
+
+def _suggestion_buttons(incident: Incident, suggestions: list[SuggestedRemediation]) -> list:
+    """With approvals, a playbook's suggested actions are buttons that open a request."""
+    return approval_blocks.suggestion_buttons(incident.id, suggestions)
+
+
+def _suggestion_text(incident: Incident, suggestions: list[SuggestedRemediation]) -> list:
+    """Without (a captured scenario), they are text to read."""
+    return blocks.suggestions_blocks(suggestions)
+
+
+def _reminders(settings: Settings, database: Database, cluster: ClusterAccess, outbox: Outbox, incidents: IncidentLog,
+               flow: IncidentFlow) -> tuple[ReminderService | None, CertificateScheduler | None]:
+    """The reminder service and its daily schedule; (None, None) when reminders are off."""
+    if not (settings.reminders and settings.channel):
+        return None, None
+    elector = None
+    if settings.leader_election:
+        elector = LeaderElector(cluster.client(), settings.lease_namespace, settings.pod_name or socket.gethostname())
+    zone = ZoneInfo(settings.timezone)
+    reminders = ReminderService(
+        database=database, cluster=cluster, channel=settings.channel, outbox=outbox, incidents=incidents,
+        open_incident=flow.open_incident, days=settings.reminder_days, timezone=zone,
+        shared=LeaseLedger(elector) if elector else None)
+    hour, minute = (int(part) for part in settings.reminder_time.split(":"))
+    scheduler = CertificateScheduler(reminders, database.path, zone, (hour, minute), elector)
+    return reminders, scheduler
+
+
+def _load_playbooks(settings: Settings) -> PlaybookSet:
+    try:
+        return load_playbooks(settings.playbooks_dir or DEFAULT_PLAYBOOKS_DIR)
+    except PlaybookError as exc:
+        raise SettingsError(f"invalid playbook: {exc}") from None
+
