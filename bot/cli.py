@@ -12,7 +12,8 @@ from pathlib import Path
 
 from bot.settings import SettingsError
 from commands.checks.catalog import default_checks
-from commands.checks.registry import ALL, CheckRegistry, Thresholds
+from commands.checks.registry import ALL, CheckRegistry
+from commands.thresholds import CERT_DAYS_TEXT, Thresholds
 from commands.errors import InputError, MeshbotError, UserError
 
 EXIT_OK = 0
@@ -71,8 +72,8 @@ def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser
                           help="Envoy admin URL for a pod, e.g. prod/payment-1=http://127.0.0.1:15000 (repeatable); "
                                "default: port-forward to sidecars")
     diagnose.add_argument("--now", type=parse_now, help="evaluate as of this time (ISO 8601), e.g. a freeze date")
-    diagnose.add_argument("--cert-days", default="7,30,90", metavar="ERR,WARN,INFO",
-                          help="certificate expiry thresholds in days (default 7,30,90)")
+    diagnose.add_argument("--cert-days", default=CERT_DAYS_TEXT, metavar="ERR,WARN,INFO",
+                          help=f"certificate expiry thresholds in days (default {CERT_DAYS_TEXT})")
     diagnose.add_argument("-o", "--output", choices=("text", "json"), default="text")
     diagnose.set_defaults(handler=cmd_diagnose, checks=checks)
 
@@ -175,7 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.output == "text":
         print(f"# {scenario.title}\n# {scenario.story}\n", flush=True)
     source, endpoints = scenario.source(), scenario.endpoints()
-    args.namespace, args.now, args.cert_days = None, scenario.now, "7,30,90"
+    args.namespace, args.now, args.cert_days = None, scenario.now, CERT_DAYS_TEXT
     _diagnose_and_print([ALL], source, endpoints, args, title_source=str(scenario.cluster_dir))
     return EXIT_OK
 
@@ -336,7 +337,7 @@ def _thresholds(cert_days: str) -> Thresholds:
     try:
         error, warning, info = (int(x) for x in cert_days.split(","))
     except ValueError:
-        raise UserError(f"--cert-days {cert_days!r}: expected three whole numbers, e.g. 7,30,90") from None
+        raise UserError(f"--cert-days {cert_days!r}: expected three whole numbers, e.g. {CERT_DAYS_TEXT}") from None
     if not 0 <= error <= warning <= info:
         raise UserError(f"--cert-days {cert_days!r}: need 0 <= error <= warning <= info days")
     return Thresholds(cert_error_days=error, cert_warning_days=warning, cert_info_days=info)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from bot.settings import Settings
-from commands.checks.registry import Thresholds
+from commands.thresholds import Thresholds
 from commands.cluster.demo import Scenario, load_scenario
 from commands.cluster.endpoints import EndpointResolver
 from commands.clients.http import HttpEndpoint
@@ -36,10 +36,6 @@ class ClusterAccess:
                 self._scenario = load_scenario(self.settings.scenario)
                 self._scenario_source = self._scenario.source()
             return self._scenario
-
-    @property
-    def uses_scenario(self) -> bool:
-        return bool(self.settings.scenario)
 
     def client(self) -> KubeClient:
         """The shared Kubernetes client (built on first use, so a bad kubeconfig surfaces per request)."""

@@ -20,7 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from commands.errors import MeshbotError
-from commands.validation import is_dns1123_label
+from commands.thresholds import DEFAULT_THRESHOLDS, REMINDER_DAYS_TEXT
+from commands.validation import NAMESPACE_RULE, is_dns1123_label, namespace_problem
 
 
 class SettingsError(MeshbotError):
@@ -91,8 +92,8 @@ def _url(value: str) -> str:
 
 
 def _namespace(value: str) -> str:
-    if not is_dns1123_label(value):
-        raise ValueError("not a valid namespace name")
+    if namespace_problem(value):
+        raise ValueError(f"not a valid namespace name ({NAMESPACE_RULE})")
     return value
 
 
@@ -118,8 +119,14 @@ def _secrets(value: str) -> tuple[tuple[str, str], ...]:
 def _days(value: str) -> tuple[int, ...]:
     days = tuple(sorted({int(v) for v in value.split(",") if v.strip()}, reverse=True))
     if not days or any(d < 0 for d in days):
-        raise ValueError("expected whole numbers of days like 90,30,7")
+        raise ValueError(f"expected whole numbers of days like {REMINDER_DAYS_TEXT}")
     return days
+
+
+def _audit_key(value: str) -> str:
+    if len(value) < 32:
+        raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+    return value
 
 
 def _cron_time(value: str) -> str:
@@ -191,13 +198,20 @@ class Settings:
                              doc="Time zone of the reminder schedule.")
     reminder_time: str = _setting("MESHBOT_REMINDER_TIME", _cron_time, default="09:00",
                                   doc="Daily certificate scan time (HH:MM in MESHBOT_TIMEZONE).")
-    reminder_days: tuple[int, ...] = _setting("MESHBOT_REMINDER_DAYS", _days, default=(90, 30, 7),
+    reminder_days: tuple[int, ...] = _setting("MESHBOT_REMINDER_DAYS", _days, default=DEFAULT_THRESHOLDS.reminder_days,
                                               doc="Days before expiry at which reminders are posted.")
     leader_election: bool = _setting("MESHBOT_LEADER_ELECTION", _bool, default=False,
                                       doc="Use a Kubernetes Lease so only one replica runs scheduled jobs.")
     lease_namespace: str = _setting("MESHBOT_LEASE_NAMESPACE", _namespace, default="meshbot",
                                     doc="Namespace of the leader-election Lease.")
     pod_name: str | None = _setting("POD_NAME", doc="This replica's identity in the Lease (downward API).")
+    audit_key: str | None = _setting("MESHBOT_AUDIT_KEY", _audit_key, secret=True,
+                                     doc="HMAC key of the incident log's chain and of approval plans (at least 32 "
+                                         "characters, e.g. `openssl rand -hex 32`; or MESHBOT_AUDIT_KEY_FILE). "
+                                         "Unset: generated once next to MESHBOT_DB (mode 0600) — back it up.")
+    thread_batch_seconds: float = _setting("MESHBOT_THREAD_BATCH_SECONDS", _positive_float, default=30.0,
+                                           doc="At most one alert-update reply per incident thread per this many "
+                                               "seconds; what arrives meanwhile is summarised in the next one.")
 
     # -- loading -------------------------------------------------------------------
 

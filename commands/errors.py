@@ -66,7 +66,3 @@ class TransientError(MeshbotError):
         self.status = status
         self.reason = reason or message
         super().__init__(message)
-
-
-class ApprovalError(MeshbotError):
-    """An approval click or request that the two-person rule refuses."""

@@ -219,7 +219,8 @@ def test_mesh_root_from_the_configmap_when_no_ca_secret_is_readable() -> None:
     assert evidence["fingerprint"] == root.cert.fingerprint(root.cert.signature_hash_algorithm).hex(":").upper()
     assert (evidence["serial"], evidence["days_left"]) == (root.serial_hex, 19)
     assert set(evidence) == {"subject", "issuer", "sans", "serial", "not_before", "not_after", "fingerprint",
-                             "days_left", "dependents"}
+                             "days_left", "dependents", "role"}
+    assert evidence["role"] == "mesh-root"  # triage tells the mesh root from gateway certificates by it
 
 
 def test_expired_self_signed_root_is_renewed_in_place_by_istiods_rotator_never_by_deleting_the_secret() -> None:

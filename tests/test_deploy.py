@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,10 @@ KUBERNETES_VERSION = "1.37.0"
 ADMISSION_POLICIES = KUSTOMIZE_DIR / "admission-policy.yaml"
 LOCK_FILE = ROOT / "requirements.lock"
 MESHBOT_USER = "system:serviceaccount:meshbot:meshbot"
-# The default render, and one overlay per optional component (deploy/kubernetes/components/NAME).
-COMPONENTS = {"with-ca": "ca-secrets", "with-gateway-secrets": "gateway-secrets",
-              "with-network-policy": "network-policy", "with-namespaced-actions": "namespaced-actions"}
+# The default render, one overlay per optional component (deploy/kubernetes/components/NAME), and all of them.
+COMPONENTS = {"with-ca": ("ca-secrets",), "with-gateway-secrets": ("gateway-secrets",),
+              "with-network-policy": ("network-policy",), "with-namespaced-actions": ("namespaced-actions",)}
+COMPONENTS["with-all-components"] = tuple(name for names in COMPONENTS.values() for name in names)
 VARIANTS = ("base", *COMPONENTS)
 # The only checkov findings the manifests may skip, each with its reason in the Deployment's annotations.
 EXPECTED_CHECKOV_SKIPS = {"CKV_K8S_43", "CKV_K8S_38"}
@@ -68,9 +70,9 @@ CHECKOV_MISSING = ("checkov is not installed: scripts/test.sh installs it into .
                    "or point CHECKOV at a checkov binary")
 
 
-def checkov() -> str:
+def checkov(where: Path = ROOT / ".venv-checkov" / "bin") -> str:
     """checkov's large dependency tree lives in a venv of its own; without it, skip saying so (fail in CI)."""
-    found = find_tool("checkov", env="CHECKOV", where=ROOT / ".venv-checkov" / "bin")
+    found = find_tool("checkov", env="CHECKOV", where=where)
     if found:
         return found
     if os.environ.get("CI"):
@@ -98,11 +100,11 @@ def rendered(tmp_path_factory) -> Path:
     kubectl = tool("kubectl")
     tree = tmp_path_factory.mktemp("overlay")
     shutil.copytree(KUSTOMIZE_DIR, tree / "base")
-    for variant, component in COMPONENTS.items():
+    for variant, components in COMPONENTS.items():
         (tree / variant).mkdir()
         (tree / variant / "kustomization.yaml").write_text(yaml.safe_dump({
             "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": ["../base"], "components": [f"../base/components/{component}"]}))
+            "resources": ["../base"], "components": [f"../base/components/{name}" for name in components]}))
     for variant in VARIANTS:
         result = run(kubectl, "kustomize", str(tree / variant))
         assert result.returncode == 0, result.stderr
@@ -137,6 +139,17 @@ def find(objs: list[dict], kind: str, name: str) -> dict[str, Any]:
 def container(objs: list[dict]) -> dict[str, Any]:
     [only] = find(objs, "Deployment", "meshbot")["spec"]["template"]["spec"]["containers"]
     return only
+
+
+def test_without_checkov_its_tests_skip_saying_how_to_install_it_and_fail_in_ci(tmp_path, monkeypatch):
+    monkeypatch.delenv("CHECKOV", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))   # no checkov on PATH, none in the (empty) venv directory
+    with pytest.raises(pytest.skip.Exception, match=r"scripts/test\.sh installs it into \.venv-checkov"):
+        checkov(where=tmp_path)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="checkov is not installed"):
+        checkov(where=tmp_path)
 
 
 # -- container image ---------------------------------------------------------------------------
@@ -716,6 +729,93 @@ def test_meshbot_may_not_delete_or_create_destination_rules_it_does_not_own():
     theirs = destination_rule()
     assert review("networking.istio.io", "destinationrules", "DELETE", None, theirs) != []
     assert review("networking.istio.io", "destinationrules", "CREATE", theirs, None) != []
+
+
+ADMISSION_RESOURCES = {"Deployment": ("apps", "deployments"), "Namespace": ("", "namespaces"),
+                       "PeerAuthentication": ("security.istio.io", "peerauthentications"),
+                       "DestinationRule": ("networking.istio.io", "destinationrules")}
+OPERATIONS = {Op.CREATE: "CREATE", Op.PATCH: "UPDATE", Op.DELETE: "DELETE"}
+
+
+def cluster_objects() -> list[dict[str, Any]]:
+    """A meshed namespace as the API server stores it: STRICT policy, mTLS rules, two Deployments, istiod."""
+    payments = namespace()
+    payments["metadata"]["name"] = payments["metadata"]["labels"]["kubernetes.io/metadata.name"] = "payments"
+    root = namespace()
+    root["metadata"]["name"] = root["metadata"]["labels"]["kubernetes.io/metadata.name"] = "istio-system"
+    del root["metadata"]["labels"]["istio-injection"]
+    objs: list[dict[str, Any]] = [payments, root]
+    for name, ns in (("reviews", "payments"), ("ratings", "payments"), ("istiod", "istio-system")):
+        obj = deployment()
+        obj["metadata"].update(name=name, namespace=ns, labels={"app": name})
+        obj["spec"]["selector"] = {"matchLabels": {"app": name}}
+        obj["spec"]["template"]["metadata"]["labels"] = {"app": name}
+        objs.append(obj)
+    objs.append({"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": "reviews-1", "namespace": "payments",
+                              "labels": {"app": "reviews", "security.istio.io/tlsMode": "istio"}},
+                 "spec": {"containers": [{"name": "reviews"}, {"name": "istio-proxy"}]}})
+    strict = peer_authentication("default", {"mtls": {"mode": "STRICT"}})
+    strict["metadata"]["namespace"] = "payments"
+    objs.append(strict)
+    rule = destination_rule()
+    rule["metadata"].update(name="reviews", namespace="payments")
+    rule["spec"]["host"] = "reviews"
+    rule["spec"]["trafficPolicy"]["portLevelSettings"] = [{"port": {"number": 9080}, "tls": {"mode": "ISTIO_MUTUAL"}}]
+    objs.append(rule)
+    return objs
+
+
+def replay_through_admission(plan, state: dict[tuple[str, str | None, str], dict]) -> list[str]:
+    """Every change of ``plan`` as the API server would admit it, in order; ``state`` follows the writes."""
+    denials = []
+    for change in plan.changes:
+        key = (change.kind, change.namespace, change.name)
+        old = state.get(key)
+        if change.op == Op.CREATE:
+            new = copy.deepcopy(dict(change.body or {}))
+        elif change.op == Op.PATCH:
+            new = merge_patch(old, change.merge_patch())
+        else:
+            new = None
+        group, resource = ADMISSION_RESOURCES[change.kind]
+        denials += [f"{change.op} {change.origin}: {m}" for m in review(group, resource, OPERATIONS[change.op], new, old)]
+        if new is None:
+            state.pop(key, None)
+        else:
+            state[key] = new
+    return denials
+
+
+@pytest.mark.parametrize("action, kinds", [
+    ("permissive-mtls payments", {"PeerAuthentication", "DestinationRule"}),
+    ("permissive-mtls --mesh", {"PeerAuthentication", "DestinationRule"}),
+    ("bypass reviews -n payments", {"Deployment"}),
+    ("bypass namespace payments", {"Namespace", "Deployment"}),
+    ("restart istiod", {"Deployment"}),
+    ("restart reviews -n payments", {"Deployment"}),
+])
+def test_every_write_of_an_action_and_of_its_rollback_is_admitted(kube, action, kinds):
+    """The planners' own plans, against a cluster in kmock, replayed through the admission policies."""
+    from commands.actions import parse_action, plan_action, rollback_plan
+
+    objs = cluster_objects()
+    kube.add(*copy.deepcopy(objs))
+    plan = plan_action(kube.client(), parse_action(action.split()), datetime(2026, 11, 30, 6, 0, tzinfo=timezone.utc))
+    assert {c.kind for c in plan.changes} == kinds, plan.changes
+    state = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): copy.deepcopy(o) for o in objs}
+    assert replay_through_admission(plan, state) == []
+    if plan.reversible:
+        assert replay_through_admission(rollback_plan(plan), state) == []
+        # Removing the last annotation leaves an empty map, which the API server does not store (omitempty).
+        assert without_empty_maps(state) == without_empty_maps(
+            {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objs})
+
+
+def without_empty_maps(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: without_empty_maps(v) for k, v in value.items() if v != {}}
+    return value
 
 
 def test_what_stays_broad_is_written_down():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from commands.checks.certs import CertRole
+from commands.certificates.inventory import CertRole
 from commands.clients.lease import LeaderElector
 from commands.certificates.reminders import Expiry, LedgerError, decode_ledger, due, encode_ledger
 from tests.support.certs import Minted, mint

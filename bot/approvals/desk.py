@@ -136,7 +136,7 @@ class ApprovalDesk:
             request_id = self.store.insert(
                 db, incident_id=incident.id, plan=plan, dry_run=rehearsal.to_dict(), requester=requester,
                 reason=reason, channel=incident.channel or channel, required=self.policy.required, now=now,
-                expires_at=now + self.policy.ttl, rollback_of=rollback_of)
+                expires_at=now + self.policy.ttl, key=self.incidents.key, rollback_of=rollback_of)
             self.incidents.append(db, incident.id, requester, EventKind.APPROVAL_REQUESTED, {
                 "request_id": request_id, "action": plan.action, "plan_hash": plan.hash, "summary": plan.summary,
                 "changes": [f"{c.op} {c.origin}" for c in plan.changes], "notes": list(plan.notes),
@@ -294,6 +294,13 @@ class ApprovalDesk:
         if request.plan.hash != request.plan_hash:
             return {"ok": False, "applied": 0, "error": "the stored plan does not match its hash; nothing was run",
                     "steps": []}, None
+        if not request.binding_holds(self.incidents.key):
+            # The plain hash can be recomputed by whoever edits the database; the binding needs the audit key.
+            log.error("approval request #%s: the stored plan is not the one bound to it; refusing to execute",
+                      request.id)
+            return {"ok": False, "applied": 0, "steps": [],
+                    "error": "the stored plan is not the one approved for this request (its binding with the audit "
+                             "key fails: edited in the database, or opened before the audit key); nothing was run"}, None
         try:
             client = self.kube()
             outcome = apply(client, request.plan)

@@ -24,13 +24,6 @@ class RequestState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
-    @property
-    def open(self) -> bool:
-        return self == RequestState.PENDING
-
-
-FINISHED = frozenset({RequestState.EXECUTING, RequestState.SUCCEEDED, RequestState.FAILED})
-
 
 class Vote(StrEnum):
     APPROVE = "approve"

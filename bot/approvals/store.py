@@ -1,7 +1,14 @@
-"""Approval requests and votes in SQLite.  Every method runs inside the caller's transaction."""
+"""Approval requests and votes in SQLite.  Every method runs inside the caller's transaction.
+
+The stored plan is bound to its request with the audit key (HMAC over the
+canonical plan and the request id): whoever can edit the database but not read
+the key cannot change what an approved request will execute, nor move a plan
+to another request.  The plain ``plan_hash`` stays for display and the log.
+"""
 
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +18,7 @@ import sqlite_utils
 
 from bot.approvals.rule import Ballot, RequestState, Vote
 from bot.storage.database import migration
-from bot.incidents.log import iso, parse_time
+from bot.incidents.log import AuditKey, iso, parse_time
 from commands.actions import Plan
 
 
@@ -51,8 +58,19 @@ def _create_approval_tables(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migration(6, "approval plans bound to their request with the audit key")
+def plan_binding(db: sqlite_utils.Database) -> None:
+    # Requests opened before the key have no binding: they cannot execute and must be requested again.
+    db.execute("ALTER TABLE approval_requests ADD COLUMN plan_binding TEXT")
+
+
 MIGRATIONS = (_create_approval_tables,)
-"""This module's schema changes, oldest first; ``bot.server.schema`` puts every module's in one list."""
+"""This module's first schema change; ``plan_binding`` (6) is listed after the others in ``bot.server.schema``."""
+
+
+def bind_plan(key: AuditKey, plan: Plan, request_id: int) -> str:
+    """HMAC-SHA256 over the request id and the canonical plan: what was approved, for this request only."""
+    return key.mac(f"approval-plan:{request_id}:".encode() + plan.canonical_json().encode())
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,12 @@ class ApprovalRequest:
     rollback_of: int | None
     rolled_back_by: int | None
     approvals: tuple[str, ...]
+    plan_binding: str | None = None
+
+    def binding_holds(self, key: AuditKey) -> bool:
+        """True when the stored plan is the one bound to this request with ``key`` when it was opened."""
+        return self.plan_binding is not None and hmac.compare_digest(self.plan_binding,
+                                                                     bind_plan(key, self.plan, self.id))
 
     def ballot(self) -> Ballot:
         return Ballot(requester=self.requester, state=self.state, required=self.required,
@@ -99,13 +123,16 @@ def _json(text: str | None) -> Any:
 class ApprovalStore:
     def insert(self, db: sqlite_utils.Database, *, incident_id: int, plan: Plan, dry_run: dict[str, Any],
                requester: str, reason: str, channel: str, required: int, now: datetime, expires_at: datetime,
-               rollback_of: int | None = None) -> int:
+               key: AuditKey, rollback_of: int | None = None) -> int:
         cursor = db.execute(
             "INSERT INTO approval_requests (incident_id, action, plan, plan_hash, dry_run, requester, reason, channel, "
             "state, required, created_at, expires_at, rollback_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
             [incident_id, plan.action, plan.canonical_json(), plan.hash, json.dumps(dry_run), requester, reason,
              channel, required, iso(now), iso(expires_at), rollback_of])
-        return cursor.lastrowid
+        request_id = cursor.lastrowid
+        db.execute("UPDATE approval_requests SET plan_binding = ? WHERE id = ?",
+                   [bind_plan(key, plan, request_id), request_id])
+        return request_id
 
     def set_message(self, db: sqlite_utils.Database, request_id: int, entry: int) -> None:
         db.execute("UPDATE approval_requests SET message_entry = ? WHERE id = ?", [entry, request_id])
@@ -125,7 +152,8 @@ class ApprovalStore:
             message_entry=row["message_entry"], state=RequestState(row["state"]), required=row["required"],
             created_at=parse_time(row["created_at"]), expires_at=parse_time(row["expires_at"]),
             decided_by=row["decided_by"], result=_json(row["result"]), verification=_json(row["verification"]),
-            rollback_of=row["rollback_of"], rolled_back_by=row["rolled_back_by"], approvals=approvals)
+            rollback_of=row["rollback_of"], rolled_back_by=row["rolled_back_by"], approvals=approvals,
+            plan_binding=row.get("plan_binding"))
 
     def add_vote(self, db: sqlite_utils.Database, request_id: int, user: str, vote: Vote, now: datetime) -> None:
         db.execute("INSERT OR IGNORE INTO approval_votes (request_id, user, vote, at) VALUES (?, ?, ?, ?)",

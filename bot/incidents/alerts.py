@@ -6,10 +6,11 @@ required field is refused whole with a reason, never half-processed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -20,6 +21,10 @@ SEVERITY_ORDER = ("critical", "error", "warning", "info", "none")
 NAMESPACE_LABELS = ("namespace", "destination_service_namespace", "source_namespace", "exported_namespace")
 SERVICE_LABELS = ("destination_service_name", "service", "destination_workload", "app")
 ZERO_TIME = "0001-01-01T00:00:00Z"
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
+"""No alert of a running system started before this: an earlier time is a broken clock or a forged body."""
+MAX_FUTURE = timedelta(days=1)
+"""Prometheus sets a firing alert's endsAt a few minutes ahead (its resend delay); a day is beyond any of that."""
 
 
 class PayloadError(UserError):
@@ -53,6 +58,10 @@ class Alert:
     @property
     def summary(self) -> str:
         return self.annotations.get("summary") or self.annotations.get("description") or self.name
+
+    @property
+    def namespace(self) -> str | None:
+        return next((self.labels[n] for n in NAMESPACE_LABELS if self.labels.get(n)), None)
 
 
 @dataclass(frozen=True)
@@ -116,8 +125,44 @@ def _label_values(alerts: Sequence[Alert], names: Sequence[str]) -> list[str]:
 # -- parsing -------------------------------------------------------------------------
 
 
-def parse_notification(body: bytes) -> Notification:
-    """Decode and validate a webhook body; raises PayloadError with the reason."""
+# -- occurrences already ended (a resolve that arrived before its late firing) -----------------
+
+
+EndedAlerts = Mapping[str, Sequence[tuple[datetime, datetime]]]
+"""fingerprint -> the (startsAt, endsAt) periods Alertmanager already reported resolved."""
+
+
+def ended_alerts(bodies: Iterable[str]) -> dict[str, list[tuple[datetime, datetime]]]:
+    """The resolved alerts of stored notification bodies, by fingerprint."""
+    ended: dict[str, list[tuple[datetime, datetime]]] = {}
+    for body in bodies:
+        for alert in parse_notification(body.encode()).alerts:
+            if alert.status == AlertStatus.RESOLVED and alert.ends_at is not None:
+                ended.setdefault(alert.fingerprint, []).append((alert.starts_at, alert.ends_at))
+    return ended
+
+
+def ended_before(alert: Alert, ended: EndedAlerts) -> bool:
+    """A firing that started inside a period already reported resolved is a late copy, not a new firing."""
+    return alert.status == AlertStatus.FIRING and any(
+        start <= alert.starts_at <= end for start, end in ended.get(alert.fingerprint, ()))
+
+
+def as_ended(alert: Alert, ended: EndedAlerts) -> Alert:
+    """The alert as it stands once the resolves already received are taken into account."""
+    if not ended_before(alert, ended):
+        return alert
+    end = max(end for start, end in ended[alert.fingerprint] if start <= alert.starts_at <= end)
+    return dataclasses.replace(alert, status=AlertStatus.RESOLVED, ends_at=end)
+
+
+# -- parsing -------------------------------------------------------------------------
+
+
+def parse_notification(body: bytes, now: datetime | None = None) -> Notification:
+    """Decode and validate a webhook body; raises PayloadError with the reason.
+
+    Times must fall between 2000 and a day after ``now`` (default: the current time)."""
     try:
         text = body.decode("utf-8")  # what Alertmanager sends; also what the incident log can store
     except UnicodeDecodeError as exc:
@@ -140,7 +185,8 @@ def parse_notification(body: bytes) -> Notification:
     alerts_data = _require(data, "alerts", list)
     if not alerts_data:
         raise PayloadError("alerts: empty; a notification carries at least one alert")
-    alerts = tuple(_parse_alert(item, i) for i, item in enumerate(alerts_data))
+    latest = (now or datetime.now(timezone.utc)) + MAX_FUTURE
+    alerts = tuple(_parse_alert(item, i, latest) for i, item in enumerate(alerts_data))
     return Notification(
         group_key=group_key,
         status=status,
@@ -199,26 +245,29 @@ def _labels(value: Any, where: str) -> dict[str, str]:
     return dict(value)
 
 
-def _time(value: Any, where: str) -> datetime | None:
+def _time(value: Any, where: str, latest: datetime) -> datetime | None:
     if not isinstance(value, str):
         raise PayloadError(f"{where}: expected an RFC 3339 time string")
     if value.startswith("0001-01-01"):
-        return None
+        return None  # Go's zero time: Alertmanager's "not set"
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise PayloadError(f"{where}: {value!r} is not an RFC 3339 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    if not EARLIEST_TIME <= moment <= latest:
+        raise PayloadError(f"{where}: {value[:40]!r} is outside the accepted range (2000-01-01 to a day from now)")
+    return moment
 
 
-def _parse_alert(item: Any, index: int) -> Alert:
+def _parse_alert(item: Any, index: int, latest: datetime) -> Alert:
     where = f"alerts[{index}]."
     if not isinstance(item, dict):
         raise PayloadError(f"alerts[{index}]: expected an object")
     labels = _labels(_require(item, "labels", dict, where=where), f"{where}labels")
     if not labels.get("alertname"):
         raise PayloadError(f"{where}labels.alertname: required label is missing")
-    starts_at = _time(_require(item, "startsAt", str, where=where), f"{where}startsAt")
+    starts_at = _time(_require(item, "startsAt", str, where=where), f"{where}startsAt", latest)
     if starts_at is None:
         raise PayloadError(f"{where}startsAt: must be a real time")
     return Alert(
@@ -226,7 +275,7 @@ def _parse_alert(item: Any, index: int) -> Alert:
         labels=labels,
         annotations=_labels(item.get("annotations"), f"{where}annotations"),
         starts_at=starts_at,
-        ends_at=_time(item.get("endsAt", ZERO_TIME), f"{where}endsAt"),
+        ends_at=_time(item.get("endsAt", ZERO_TIME), f"{where}endsAt", latest),
         fingerprint=_require(item, "fingerprint", str, non_empty=True, where=where),
         generator_url=str(item.get("generatorURL") or ""),
     )

@@ -24,7 +24,8 @@ import sqlite_utils
 
 from bot.slack import blocks
 from bot.storage.background import WakeableLoop
-from bot.incidents.alerts import Alert, AlertStatus, Notification, parse_notification
+from bot.incidents.alerts import Alert, AlertStatus, Notification, as_ended, ended_alerts, ended_before, \
+    parse_notification
 from bot.storage.database import Database
 from bot.diagnosis import Diagnostician
 from bot.incidents.log import EventKind, Incident, IncidentLog, iso
@@ -153,9 +154,18 @@ class IncidentFlow:
         firing = notification.firing()
         if notification.status == AlertStatus.RESOLVED or not firing:
             return None
+        # A firing that arrives after its group's resolve (Alertmanager retried it late) opens nothing.
+        ended = ended_alerts(self.incidents.resolutions_without_incident(db, notification.group_key))
+        firing = [a for a in firing if not ended_before(a, ended)]
+        if not firing:
+            return None
         occurrences = [a.occurrence for a in firing]
-        seen = {a for a in occurrences
-                if db.execute("SELECT 1 FROM incident_alerts WHERE occurrence = ? LIMIT 1", [a]).fetchone()}
+        # Only this group's resolved incidents count: with `continue: true` another open group holds the same
+        # occurrence, and it belongs in both incidents.
+        seen = {a for a in occurrences if db.execute(
+            "SELECT 1 FROM incident_alerts JOIN incidents ON incidents.id = incident_alerts.incident_id "
+            "WHERE occurrence = ? AND incidents.group_key = ? AND incidents.status = 'resolved' LIMIT 1",
+            [a, notification.group_key]).fetchone()}
         if seen.issuperset(occurrences):
             # These firings belong to an incident someone already resolved: do not reopen it.
             return None
@@ -171,7 +181,7 @@ class IncidentFlow:
             "group_key": notification.group_key, "receiver": notification.receiver, "severity": notification.severity,
             "group_labels": dict(notification.group_labels), "playbook": playbook.name})
         for alert in notification.alerts:
-            self._record_alert(db, incident_id, alert)
+            self._record_alert(db, incident_id, as_ended(alert, ended))
         incident = self.incidents.get_in(db, incident_id)
         top = self.outbox.post(db, incident_id=incident_id, channel=self.channel,
                                message=blocks.incident_message(incident, self._alerts(db, incident_id), self.clock()))
@@ -188,7 +198,10 @@ class IncidentFlow:
         if not rows:
             self._record_alert(db, incident.id, alert)
             if alert.status == AlertStatus.FIRING:
-                self._thread_post(db, incident, blocks.alert_line(self._alert_row(db, incident.id, alert)))
+                self.outbox.post_alert_update(db, incident_id=incident.id, channel=incident.channel,
+                                              message=blocks.alert_line(self._alert_row(db, incident.id, alert)),
+                                              thread_of=incident.top_message, namespace=alert.namespace,
+                                              resolved=False)
             return True
         if rows[0]["status"] == "firing" and alert.status == AlertStatus.RESOLVED:
             db.execute("UPDATE incident_alerts SET status = 'resolved', ends_at = ? WHERE incident_id = ? "
@@ -196,7 +209,10 @@ class IncidentFlow:
             self.incidents.append(db, incident.id, ALERTMANAGER, EventKind.ALERT_RESOLVED,
                                   {"alertname": alert.name, "fingerprint": alert.fingerprint,
                                    "ends_at": iso(alert.ends_at)})
-            self._thread_post(db, incident, blocks.alert_line(self._alert_row(db, incident.id, alert), resolved=True))
+            self.outbox.post_alert_update(db, incident_id=incident.id, channel=incident.channel,
+                                          message=blocks.alert_line(self._alert_row(db, incident.id, alert),
+                                                                    resolved=True),
+                                          thread_of=incident.top_message, namespace=alert.namespace, resolved=True)
             return True
         return False
 

@@ -1,26 +1,49 @@
-"""The incident log: incidents, their alerts, and an append-only, hash-chained timeline of events.
+"""The incident log: incidents, their alerts, and an append-only, keyed hash chain of events.
 
-Every event stores the hash of the one before it, so editing or deleting a
-row anywhere but the very end breaks the chain, and ``meshbot incidents
-verify`` says where.  SQLite triggers refuse UPDATE and DELETE on events.
+Every event stores an HMAC-SHA256 (keyed with the audit key, which is not in
+the database) over its content and the previous event's hash, so editing a
+row, or rewriting the chain from there on, is detected by ``meshbot incidents
+verify`` unless the editor also holds the key.  Deleting events at the very
+end leaves a valid chain, so the head (event id + hash prefix) is also
+anchored outside the database — a file next to it, the scheduler's Lease, and
+the incident's Slack thread — and ``verify`` compares the chain with them.
+Events written before the key existed keep their plain SHA-256 hashes as a
+legacy prefix.  SQLite triggers refuse UPDATE and DELETE on events.
+The threat model is in docs/security.md.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import logging
+import os
+import secrets
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import sqlite_utils
 
 from bot.storage.database import Database, migration
-from commands.errors import UserError
+from commands.clients.kube import KubeClient
+from commands.errors import MeshbotError, UserError
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+AUDIT_KEY_MIN_CHARS = 32
+ANCHOR_PREFIX_CHARS = 16
+"""64 bits of the head's HMAC: enough that nobody without the key can forge a matching event."""
+ANCHOR_ANNOTATION = "meshbot.io/audit-head"
+ANCHOR_EVERY = timedelta(minutes=5)
+"""The head is anchored at least this often while events are written (and at every state change)."""
+STATE_CHANGE_KINDS = ("incident_opened", "state_changed")
 
 
 class IncidentStatus(StrEnum):
@@ -112,8 +135,181 @@ def _create_incident_tables(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migration(5, "keyed audit chain: events written before the audit key stay a legacy (unkeyed) prefix")
+def keyed_audit_chain(db: sqlite_utils.Database) -> None:
+    # Events already in the log keep their plain SHA-256 hashes (nothing is rewritten, nothing lost);
+    # every event after ``legacy_until`` is an HMAC with the audit key.
+    db.executescript("""
+        CREATE TABLE audit_chain (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            legacy_until INTEGER NOT NULL,
+            keyed_since TEXT NOT NULL,
+            thread_anchored_until INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO audit_chain (id, legacy_until, keyed_since, thread_anchored_until)
+            SELECT 1, COALESCE(MAX(id), 0), strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), COALESCE(MAX(id), 0) FROM events;
+        CREATE TRIGGER audit_chain_legacy_fixed BEFORE UPDATE OF legacy_until ON audit_chain
+            BEGIN SELECT RAISE(ABORT, 'the legacy prefix of the incident log is fixed'); END;
+    """)
+
+
 MIGRATIONS = (_create_incident_tables,)
-"""This module's schema changes, oldest first; ``bot.server.schema`` puts every module's in one list."""
+"""This module's first schema change; ``keyed_audit_chain`` (5) is listed after the others in ``bot.server.schema``."""
+
+
+# -- the audit key ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditKey:
+    """The HMAC key of the event chain and of approval plans; never logged, never stored in the database."""
+
+    secret: bytes = field(repr=False)
+    source: str
+    """Where it came from (a setting's name or a file path), for messages."""
+
+    def mac(self, message: bytes) -> str:
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+
+    @classmethod
+    def generate(cls, source: str = "ephemeral") -> AuditKey:
+        return cls(secrets.token_hex(32).encode(), source)
+
+
+def audit_key_path(db_path: str | os.PathLike) -> Path:
+    """Where a generated audit key lives: next to the database, in its data directory."""
+    path = Path(db_path)
+    return path.with_name(path.name + ".audit-key")
+
+
+def load_audit_key(configured: str | None, db_path: str | os.PathLike) -> AuditKey:
+    """The configured key (MESHBOT_AUDIT_KEY / _FILE), else the generated one next to the database.
+
+    The first start without a configured key writes a new random key with mode 0600 and says so: the log
+    can only be verified with it, so it must be backed up (or MESHBOT_AUDIT_KEY set from a Secret)."""
+    if configured:
+        if len(configured) < AUDIT_KEY_MIN_CHARS:
+            raise UserError(f"MESHBOT_AUDIT_KEY must be at least {AUDIT_KEY_MIN_CHARS} characters")
+        return AuditKey(configured.encode(), "MESHBOT_AUDIT_KEY")
+    if str(db_path) == ":memory:":
+        return AuditKey.generate()
+    path = audit_key_path(db_path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_key_file(path)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(secrets.token_hex(32) + "\n")
+    log.warning("generated a new audit key at %s (mode 0600): the incident log is signed with it and can only be "
+                "verified with it; back it up, or set MESHBOT_AUDIT_KEY(_FILE) from a Secret", path)
+    return _read_key_file(path)
+
+
+def _read_key_file(path: Path) -> AuditKey:
+    text = path.read_text(encoding="ascii").strip()
+    if len(text) < AUDIT_KEY_MIN_CHARS:
+        raise UserError(f"audit key file {path} is shorter than {AUDIT_KEY_MIN_CHARS} characters")
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("audit key file %s is readable by other users; chmod 600 it", path)
+    return AuditKey(text.encode(), str(path))
+
+
+# -- anchors: the head of the chain, kept outside the database ----------------------------------
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The chain's head at one moment: whoever later holds a shorter or rewritten chain is caught by it."""
+
+    event_id: int
+    hash_prefix: str
+    at: datetime
+    legacy_until: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({"event": self.event_id, "hash": self.hash_prefix, "at": iso(self.at),
+                           "legacy_until": self.legacy_until}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Anchor:
+        data = json.loads(text)
+        return cls(int(data["event"]), str(data["hash"]), parse_time(data["at"]), int(data.get("legacy_until", 0)))
+
+    @property
+    def line(self) -> str:
+        """What the incident thread shows."""
+        return f"Audit log head: event #{self.event_id} \u00b7 {self.hash_prefix} ({iso(self.at)})"
+
+
+class AnchorStore(Protocol):
+    """Somewhere outside the database that keeps the latest anchor."""
+
+    name: str
+
+    def publish(self, anchor: Anchor) -> None: ...
+
+    def latest(self) -> Anchor | None: ...
+
+
+@dataclass
+class FileAnchorStore:
+    """The latest anchor in a small JSON file (next to the database, or on another volume)."""
+
+    path: Path
+    name: str = "file"
+
+    def publish(self, anchor: Anchor) -> None:
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            temporary.write_text(anchor.to_json() + "\n", encoding="utf-8")
+            os.replace(temporary, self.path)  # atomic: a crash leaves the old anchor or the new, never half
+        except OSError as exc:
+            log.warning("could not write the audit anchor %s: %s", self.path, exc.strerror)
+
+    def latest(self) -> Anchor | None:
+        try:
+            return Anchor.from_json(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"audit anchor {self.path} is unreadable ({exc}); it may have been tampered with") \
+                from None
+
+
+@dataclass
+class LeaseAnchorStore:
+    """The latest anchor as an annotation of the Lease meshbot already owns (leader election)."""
+
+    client: Callable[[], KubeClient]
+    namespace: str
+    lease: str
+    name: str = "lease"
+
+    def publish(self, anchor: Anchor) -> None:
+        try:
+            self.client().patch("Lease", self.namespace, self.lease,
+                                {"metadata": {"annotations": {ANCHOR_ANNOTATION: anchor.to_json()}}})
+        except MeshbotError as exc:
+            log.warning("could not anchor the audit head on Lease %s/%s: %s", self.namespace, self.lease, exc)
+
+    def latest(self) -> Anchor | None:
+        try:
+            lease = self.client().get("Lease", self.namespace, self.lease)
+        except MeshbotError as exc:
+            raise UserError(f"cannot read the audit anchor on Lease {self.namespace}/{self.lease}: {exc}") from None
+        text = ((lease.get("metadata") or {}).get("annotations") or {}).get(ANCHOR_ANNOTATION)
+        try:
+            return Anchor.from_json(text) if text else None
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"annotation {ANCHOR_ANNOTATION} on Lease {self.namespace}/{self.lease} is not an "
+                            "anchor; it may have been tampered with") from None
+
+
+def default_anchor_stores(db_path: str | os.PathLike) -> tuple[AnchorStore, ...]:
+    if str(db_path) == ":memory:":
+        return ()
+    path = Path(db_path)
+    return (FileAnchorStore(path.with_name(path.name + ".anchor")),)
 
 
 @dataclass(frozen=True)
@@ -181,10 +377,28 @@ class ChainReport:
     events: int
     broken_at: int | None = None
     reason: str | None = None
+    unkeyed: int = 0
+    """Events 1..unkeyed were written before the audit key (plain SHA-256)."""
+    anchors: tuple[str, ...] = ()
+    """Each anchor the chain was compared with, as 'file: event #131 at 04:12 UTC'."""
 
     @property
     def intact(self) -> bool:
         return self.broken_at is None
+
+    def lines(self) -> list[str]:
+        """What ``meshbot incidents verify`` prints."""
+        if not self.intact:
+            out = [f"incident log TAMPERED: event {self.broken_at}: {self.reason} ({self.events} events checked)"]
+        else:
+            out = [f"incident log intact: {self.events} events, hash chain verified (HMAC-SHA256 with the audit key)"]
+        if self.unkeyed:
+            out.append(f"events 1\u2013{self.unkeyed} are unkeyed (written before the audit key): "
+                       "they show edits, not a recomputed chain")
+        out += [f"anchor {a}" for a in self.anchors]
+        if self.intact and not self.anchors:
+            out.append("no anchor found outside the database: deleting the newest events would not be detected")
+        return out
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -198,10 +412,23 @@ def parse_time(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def _canonical_event(prev_hash: str, incident_id: int | None, at: str, actor: str, kind: str, data: str) -> bytes:
+    return json.dumps([prev_hash, incident_id, at, actor, kind, data], separators=(",", ":")).encode()
+
+
 def event_hash(prev_hash: str, incident_id: int | None, at: str, actor: str, kind: str, data: str) -> str:
-    """SHA-256 over the previous hash and this event's canonical content."""
-    canonical = json.dumps([prev_hash, incident_id, at, actor, kind, data], separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """SHA-256 over the previous hash and this event's canonical content (events from before the audit key)."""
+    return hashlib.sha256(_canonical_event(prev_hash, incident_id, at, actor, kind, data)).hexdigest()
+
+
+def event_mac(key: AuditKey, prev_hash: str, incident_id: int | None, at: str, actor: str, kind: str,
+              data: str) -> str:
+    """HMAC-SHA256 with the audit key over the same content: recomputing it needs the key."""
+    return key.mac(_canonical_event(prev_hash, incident_id, at, actor, kind, data))
+
+
+def _anchor_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%H:%M UTC on %Y-%m-%d")
 
 
 def utcnow() -> datetime:
@@ -212,6 +439,18 @@ def utcnow() -> datetime:
 class IncidentLog:
     database: Database
     clock: Callable[[], datetime] = field(default=utcnow)
+    key: AuditKey | None = None
+    """None: the key generated next to the database (``load_audit_key``)."""
+    anchor_stores: tuple[AnchorStore, ...] | None = None
+    """None: the anchor file next to the database."""
+    anchor_every: timedelta = ANCHOR_EVERY
+    _last_anchor: Anchor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.key is None:
+            self.key = load_audit_key(None, self.database.path)
+        if self.anchor_stores is None:
+            self.anchor_stores = default_anchor_stores(self.database.path)
 
     # -- events -------------------------------------------------------------------
 
@@ -222,7 +461,7 @@ class IncidentLog:
         prev = row[0] if row else GENESIS
         at = iso(self.clock())
         payload = json.dumps(dict(data or {}), sort_keys=True, default=str)
-        digest = event_hash(prev, incident_id, at, actor, str(kind), payload)
+        digest = event_mac(self.key, prev, incident_id, at, actor, str(kind), payload)
         cursor = db.execute("INSERT INTO events (incident_id, at, actor, kind, data, prev_hash, hash) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?)", [incident_id, at, actor, str(kind), payload, prev, digest])
         return cursor.lastrowid
@@ -236,19 +475,95 @@ class IncidentLog:
         rows = self.database.db.query("SELECT * FROM events WHERE incident_id = ? ORDER BY id", [incident_id])
         return [Event.from_row(r) for r in rows]
 
-    def verify(self) -> ChainReport:
-        """Recompute the whole chain; the first event whose hash or link does not match breaks it."""
-        prev, count = GENESIS, 0
+    def legacy_until(self, db: sqlite_utils.Database | None = None) -> int:
+        row = (db or self.database.db).execute("SELECT legacy_until FROM audit_chain WHERE id = 1").fetchone()
+        return row[0] if row else 0
+
+    def verify(self, anchors: Sequence[AnchorStore] | None = None) -> ChainReport:
+        """Recompute the chain, then compare its head with every anchor kept outside the database."""
+        legacy_until = self.legacy_until()
+        prev, count, last_id = GENESIS, 0, 0
+        stores = self.anchor_stores if anchors is None else anchors
+        named = [(store.name, anchor) for store in stores if (anchor := store.latest()) is not None]
+        wanted = {anchor.event_id for _, anchor in named}
+        seen: dict[int, str] = {}
         for row in self.database.db.query("SELECT * FROM events ORDER BY id"):
             count += 1
-            if row["prev_hash"] != prev:
-                return ChainReport(count, row["id"], "prev_hash does not match the previous event "
-                                                     "(an event was removed or reordered)")
-            expected = event_hash(prev, row["incident_id"], row["at"], row["actor"], row["kind"], row["data"])
-            if row["hash"] != expected:
-                return ChainReport(count, row["id"], "content does not match its hash (the event was edited)")
-            prev = row["hash"]
-        return ChainReport(count)
+            broken = self._check_event(row, prev, legacy_until)
+            if broken:
+                return ChainReport(count, row["id"], broken, unkeyed=legacy_until)
+            if row["id"] in wanted:
+                seen[row["id"]] = row["hash"]
+            prev, last_id = row["hash"], row["id"]
+        described = []
+        for store, anchor in sorted(named, key=lambda item: -item[1].event_id):
+            where = f"the anchor of {_anchor_time(anchor.at)} ({store})"
+            broken_at, reason = self._against_anchor(anchor, where, last_id, seen, legacy_until)
+            if reason:
+                return ChainReport(count, broken_at, reason, unkeyed=legacy_until)
+            described.append(f"{store}: event #{anchor.event_id} of {_anchor_time(anchor.at)} matches")
+        return ChainReport(count, unkeyed=legacy_until, anchors=tuple(described))
+
+    def _check_event(self, row: Mapping[str, Any], prev: str, legacy_until: int) -> str | None:
+        if row["prev_hash"] != prev:
+            return "prev_hash does not match the previous event (an event was removed or reordered)"
+        content = (prev, row["incident_id"], row["at"], row["actor"], row["kind"], row["data"])
+        if row["id"] <= legacy_until:
+            if row["hash"] != event_hash(*content):
+                return "content does not match its hash (the event was edited)"
+            return None
+        if not hmac.compare_digest(row["hash"], event_mac(self.key, *content)):
+            return ("content does not match its hash (HMAC-SHA256 with the audit key): the event was edited, "
+                    "or the chain was recomputed without the key")
+        return None
+
+    @staticmethod
+    def _against_anchor(anchor: Anchor, where: str, last_id: int, seen: Mapping[int, str],
+                        legacy_until: int) -> tuple[int | None, str | None]:
+        if anchor.event_id > last_id:
+            return last_id + 1, (f"chain ends at #{last_id} but {where} names #{anchor.event_id}: "
+                                 "events were deleted from the end of the log")
+        if anchor.event_id not in seen:
+            return anchor.event_id, f"{where} names #{anchor.event_id}, which is missing from the log"
+        if not seen[anchor.event_id].startswith(anchor.hash_prefix):
+            return anchor.event_id, (f"event #{anchor.event_id} does not match {where}: the chain was rewritten "
+                                     "(recomputed) from there on or before")
+        if legacy_until > anchor.legacy_until:
+            return anchor.legacy_until + 1, (f"the log says events 1\u2013{legacy_until} are unkeyed but {where} "
+                                             f"says only 1\u2013{anchor.legacy_until} were")
+        return None, None
+
+    # -- anchoring the head outside the database -----------------------------------------
+
+    def head(self, db: sqlite_utils.Database | None = None) -> Anchor | None:
+        """The newest event as an anchor (None while the log is empty)."""
+        db = db or self.database.db
+        row = db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return Anchor(row[0], row[1][:ANCHOR_PREFIX_CHARS], self.clock(), self.legacy_until(db))
+
+    def anchor_if_due(self) -> Anchor | None:
+        """Publish the head to every anchor store when it moved and a state changed or ``anchor_every`` passed."""
+        head = self.head()
+        last = self._last_anchor
+        if head is None or (last is not None and head.event_id == last.event_id):
+            return None
+        state_changed = self.database.db.execute(
+            "SELECT 1 FROM events WHERE id > ? AND kind IN (?, ?) LIMIT 1",
+            [last.event_id if last else 0, *STATE_CHANGE_KINDS]).fetchone()
+        if last is not None and not state_changed and head.at - last.at < self.anchor_every:
+            return None
+        return self.anchor_now(head)
+
+    def anchor_now(self, head: Anchor | None = None) -> Anchor | None:
+        head = head or self.head()
+        if head is None:
+            return None
+        for store in self.anchor_stores:
+            store.publish(head)
+        self._last_anchor = head
+        return head
 
     # -- incidents ----------------------------------------------------------------
 
@@ -268,6 +583,12 @@ class IncidentLog:
     def open_for_group(self, db: sqlite_utils.Database, group_key: str) -> Incident | None:
         rows = list(db.query("SELECT * FROM incidents WHERE group_key = ? AND status = 'open'", [group_key]))
         return Incident.from_row(rows[0]) if rows else None
+
+    def resolutions_without_incident(self, db: sqlite_utils.Database, group_key: str, limit: int = 50) -> list[str]:
+        """Bodies of the group's latest resolved notifications that found no open incident (they came first)."""
+        return [r[0] for r in db.execute(
+            "SELECT body FROM notifications WHERE group_key = ? AND status = 'resolved' AND processed_at IS NOT NULL "
+            "AND error = 'no incident to update' ORDER BY id DESC LIMIT ?", [group_key, limit])]
 
     def list_open(self) -> list[Incident]:
         rows = self.database.db.query("SELECT * FROM incidents WHERE status = 'open' ORDER BY id")

@@ -1,8 +1,15 @@
 """No lost messages: every Slack post an incident needs is written here first, then delivered.
 
-Entries are delivered per channel strictly in the order they were recorded
-(a thread reply never overtakes its parent, an update never its message),
-at most one new message per second per channel (Slack's rate limit), and
+Entries are delivered in lanes — one per incident (or per message and its
+thread when there is no incident) — strictly in the order they were recorded
+within a lane (a thread reply never overtakes its parent, an update never its
+message).  Lanes with a new incident's first message or a resolved incident
+go first, so neither waits behind another incident's backlog.  Alert updates
+in a thread are batched: at most one reply per incident per
+``batch_interval`` summarises everything that arrived meanwhile ("+9,000
+alerts, 12 namespaces; full list attached", the list as a file).  At most one
+new message per second per channel (Slack's rate limit), paced with the
+injected clock, and
 retried with exponential backoff while Slack is down or rate-limiting —
 including after a restart, since the queue lives in SQLite.  Errors Slack
 will never accept (``not_in_channel``, ``invalid_blocks``) end an entry as
@@ -17,8 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
@@ -27,15 +33,18 @@ from typing import Any
 import sqlite_utils
 
 from bot.storage.background import WakeableLoop
-from bot.slack.blocks import Message
+from bot.slack.blocks import Message, context, message_of
 from bot.storage.database import Database, migration
-from bot.incidents.log import EventKind, IncidentLog, iso, parse_time
+from bot.incidents.log import STATE_CHANGE_KINDS, EventKind, IncidentLog, iso, parse_time
 from bot.server.metrics import Metrics
 from bot.slack.client import SlackClient, SlackError
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 60.0
+BATCH_INLINE = 5
+"""Up to this many alert updates are posted as lines of one message; more become a summary and a file."""
+MAX_BATCH = 20_000
 PERMANENT_ERRORS = frozenset({
     "not_in_channel", "channel_not_found", "is_archived", "invalid_blocks", "invalid_blocks_format",
     "msg_too_long", "no_text", "message_not_found", "cant_update_message", "edit_window_closed",
@@ -102,12 +111,64 @@ class Entry:
     payload: dict[str, Any]
     attempts: int
     next_attempt_at: datetime | None
+    incident_resolved: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Entry:
         return cls(id=row["id"], incident_id=row["incident_id"], channel=row["channel"], op=Op(row["op"]),
                    parent_id=row["parent_id"], target_id=row["target_id"], payload=json.loads(row["payload"]),
-                   attempts=row["attempts"], next_attempt_at=parse_time(row["next_attempt_at"]))
+                   attempts=row["attempts"], next_attempt_at=parse_time(row["next_attempt_at"]),
+                   incident_resolved=row.get("incident_status") == "resolved")
+
+    @property
+    def lane(self) -> tuple[str, int]:
+        """Entries of one lane keep their order; lanes are independent of each other."""
+        if self.incident_id is not None:
+            return ("incident", self.incident_id)
+        return ("message", self.parent_id or self.target_id or self.id)
+
+    @property
+    def batchable(self) -> bool:
+        return self.op == Op.POST and "batch" in self.payload
+
+    @property
+    def top_level(self) -> bool:
+        return self.op == Op.POST and self.parent_id is None
+
+
+def lanes_by_priority(entries: Sequence[Entry]) -> list[list[Entry]]:
+    """Pending entries grouped in lanes; a new incident or a resolved one first, then oldest first."""
+    lanes: dict[tuple[str, str, int], list[Entry]] = {}
+    for entry in entries:
+        lanes.setdefault((entry.channel, *entry.lane), []).append(entry)
+
+    def rank(lane: list[Entry]) -> tuple[int, int]:
+        urgent = lane[0].top_level or lane[0].incident_resolved
+        return (0 if urgent else 1, lane[0].id)
+
+    return sorted(lanes.values(), key=rank)
+
+
+def batch_run(lane: Sequence[Entry], start: int) -> list[Entry]:
+    """The consecutive alert updates from ``start`` on that go out as one reply."""
+    run: list[Entry] = []
+    for entry in lane[start:start + MAX_BATCH]:
+        if not entry.batchable or entry.parent_id != lane[start].parent_id:
+            break
+        run.append(entry)
+    return run
+
+
+def batch_summary(run: Sequence[Entry]) -> str:
+    """'+9,000 alerts, 12 namespaces' (and how many resolved) for the reply that stands for ``run``."""
+    items = [entry.payload["batch"] for entry in run]
+    firing = sum(1 for item in items if item.get("status") != "resolved")
+    resolved = len(items) - firing
+    namespaces = {item.get("namespace") for item in items if item.get("namespace")}
+    parts = [f"+{firing:,} alert{'s' * (firing != 1)}"] * bool(firing)
+    parts += [f"{resolved:,} resolved"] * bool(resolved)
+    parts += [f"{len(namespaces):,} namespace{'s' * (len(namespaces) != 1)}"] * bool(namespaces)
+    return ", ".join(parts)
 
 
 def backoff_seconds(attempts: int, retry_after: float | None = None) -> float:
@@ -130,7 +191,12 @@ class Outbox:
     min_post_interval: float = 1.0
     """Seconds between two new messages in one channel."""
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
-    _last_post: dict[str, float] = field(default_factory=dict)
+    batch_interval: float = 30.0
+    """Seconds between two alert-update replies in one incident's thread (MESHBOT_THREAD_BATCH_SECONDS)."""
+    _last_post: dict[str, datetime] = field(default_factory=dict)
+    _last_batch: dict[int, datetime] = field(default_factory=dict)
+    _batch_members: dict[int, list[int]] = field(default_factory=dict)
+    """For a batch Slack accepted but not yet recorded: every entry it stood for."""
     _loop: WakeableLoop = field(init=False)
     _delivery_lock: threading.Lock = field(default_factory=threading.Lock)
     _delivered_unrecorded: dict[int, str | None] = field(default_factory=dict)
@@ -153,6 +219,13 @@ class Outbox:
         """Record a new message (a thread reply when ``thread_of`` is another entry's id)."""
         return self._insert(db, incident_id=incident_id, channel=channel, op=Op.POST, parent_id=thread_of,
                             payload={"text": message.text, "blocks": message.blocks})
+
+    def post_alert_update(self, db: sqlite_utils.Database, *, incident_id: int, channel: str, message: Message,
+                          thread_of: int | None, namespace: str | None, resolved: bool) -> int:
+        """Record one alert's firing/resolved line for a thread; delivered batched with its neighbours."""
+        return self._insert(db, incident_id=incident_id, channel=channel, op=Op.POST, parent_id=thread_of,
+                            payload={"text": message.text, "blocks": message.blocks,
+                                     "batch": {"namespace": namespace, "status": "resolved" if resolved else "firing"}})
 
     def update(self, db: sqlite_utils.Database, *, incident_id: int | None, channel: str, message: Message,
                of: int) -> int:
@@ -180,31 +253,77 @@ class Outbox:
             return self._deliver_pass()
 
     def _deliver_pass(self) -> float | None:
+        self._queue_anchor_posts()
         now = self.clock()
         # Materialised: a cursor left open across the writes below would pin an old snapshot and make
         # SQLite refuse them ("database is locked") instead of waiting.
-        rows = list(self.database.db.query("SELECT * FROM outbox WHERE state = 'pending' ORDER BY id"))
+        rows = list(self.database.db.query(
+            "SELECT outbox.*, incidents.status AS incident_status FROM outbox "
+            "LEFT JOIN incidents ON incidents.id = outbox.incident_id WHERE outbox.state = 'pending' "
+            "ORDER BY outbox.id"))
         blocked: set[str] = set()
         next_due: float | None = None
         self._workspace_error = None
-        for entry in (Entry.from_row(r) for r in rows):
+        for lane in lanes_by_priority([Entry.from_row(r) for r in rows]):
             if self._workspace_error:
                 break  # the token is refused: every channel waits for the retry of this entry
-            if entry.channel in blocked:
+            if lane[0].channel in blocked:
                 continue
-            wait = self._seconds_until_sendable(entry, now)
-            if wait > 0:
-                blocked.add(entry.channel)
+            wait, channel_waits = self._deliver_lane(lane, now)
+            if wait is not None:
                 next_due = wait if next_due is None else min(next_due, wait)
-                continue
-            if not self._deliver(entry):
-                blocked.add(entry.channel)
-                retry = self._seconds_until_sendable(Entry.from_row(self._row(entry.id)), self.clock()) \
-                    if self._row(entry.id)["state"] == State.PENDING else 0.0
-                next_due = retry if next_due is None else min(next_due, retry)
+            if channel_waits:
+                blocked.add(lane[0].channel)
         if self.metrics:
             self.metrics.outbox_pending.set(self.pending_count())
+        self.incidents.anchor_if_due()
         return next_due
+
+    def _deliver_lane(self, lane: list[Entry], now: datetime) -> tuple[float | None, bool]:
+        """Deliver a lane's entries in order until one must wait: (seconds until due, whether the channel waits)."""
+        index = 0
+        while index < len(lane):
+            entry = lane[index]
+            run = batch_run(lane, index) if entry.batchable else [entry]
+            followed = index + len(run) < len(lane) or entry.incident_resolved
+            batch_wait = self._seconds_until_next_batch(entry, now) if entry.batchable and not followed else 0.0
+            wait = self._seconds_until_sendable(entry, now)
+            if wait > 0:
+                return wait, True
+            if batch_wait > 0:
+                return batch_wait, False  # only this incident's thread waits; other lanes go on
+            if not self._deliver(entry, run if entry.batchable else None):
+                row = self._row(entry.id)
+                retry = self._seconds_until_sendable(Entry.from_row(row), self.clock()) \
+                    if row["state"] == State.PENDING else 0.0
+                return retry, True
+            index += len(run)
+        return None, False
+
+    def _seconds_until_next_batch(self, entry: Entry, now: datetime) -> float:
+        last = self._last_batch.get(entry.incident_id)
+        if last is None:
+            return 0.0
+        return max(self.batch_interval - (now - last).total_seconds(), 0.0)
+
+    def _queue_anchor_posts(self) -> None:
+        """When incidents opened or resolved, post the log's head in their threads: an anchor outside the database."""
+        marker = self.database.db.execute("SELECT thread_anchored_until FROM audit_chain WHERE id = 1").fetchone()
+        if marker is None:
+            return
+        changed = [r[0] for r in self.database.db.execute(
+            "SELECT DISTINCT incident_id FROM events WHERE id > ? AND kind IN (?, ?) AND incident_id IS NOT NULL",
+            [marker[0], *STATE_CHANGE_KINDS])]
+        if not changed:
+            return
+        with self.database.transaction() as db:
+            head = self.incidents.head(db)
+            for incident_id in changed:
+                incident = self.incidents.get_in(db, incident_id)
+                if incident.top_message and incident.channel:
+                    self.post(db, incident_id=incident_id, channel=incident.channel, thread_of=incident.top_message,
+                              message=message_of(head.line, [context(f":link: {head.line}")]))
+            db.execute("UPDATE audit_chain SET thread_anchored_until = ? WHERE id = 1", [head.event_id])
 
     def _row(self, entry_id: int) -> dict[str, Any]:
         return list(self.database.db.query("SELECT * FROM outbox WHERE id = ?", [entry_id]))[0]
@@ -213,18 +332,20 @@ class Outbox:
         wait = 0.0
         if entry.next_attempt_at and entry.next_attempt_at > now:
             wait = (entry.next_attempt_at - now).total_seconds()
-        if entry.op in (Op.POST, Op.UPLOAD):
-            since = time.monotonic() - self._last_post.get(entry.channel, float("-inf"))
+        last = self._last_post.get(entry.channel)
+        if entry.op in (Op.POST, Op.UPLOAD) and last is not None:
+            since = (now - last).total_seconds()
             wait = max(wait, self.min_post_interval - since)
         return wait
 
-    def _deliver(self, entry: Entry) -> bool:
-        """Send one entry; True when the channel may go on (sent, or failed for good)."""
+    def _deliver(self, entry: Entry, run: list[Entry] | None = None) -> bool:
+        """Send one entry (or a batch of alert updates headed by it); True when the channel may go on."""
         if entry.id in self._delivered_unrecorded:
-            self._sent(entry, self._delivered_unrecorded[entry.id])
+            self._sent(entry, self._delivered_unrecorded[entry.id], self._batch_members.get(entry.id))
             return True
+        members = [e.id for e in run] if run and len(run) > 1 else None
         try:
-            ts = self._send(entry)
+            ts = self._send_batch(entry, run) if members else self._send(entry)
         except _Dependency as exc:
             self._fail(entry, str(exc))
             return True
@@ -241,8 +362,28 @@ class Outbox:
             self._retry_later(entry, exc)
             return False
         self._delivered_unrecorded[entry.id] = ts
-        self._sent(entry, ts)
+        if members:
+            self._batch_members[entry.id] = members
+        if run is not None and entry.incident_id is not None:
+            self._last_batch[entry.incident_id] = self.clock()
+        self._sent(entry, ts, members)
         return True
+
+    def _send_batch(self, head: Entry, run: list[Entry]) -> str | None:
+        """One reply for many alert updates: their lines, or beyond a few a summary with the full list as a file."""
+        thread_ts = self._required_ts(head.parent_id, "its thread's first message") if head.parent_id else None
+        lines = [e.payload["text"] for e in run]
+        try:
+            if len(run) <= BATCH_INLINE:
+                blocks = [block for e in run for block in e.payload["blocks"]]
+                return self.slack.post_message(head.channel, "\n".join(lines), blocks, thread_ts=thread_ts).ts
+            summary = f"{batch_summary(run)}; full list attached"
+            self.slack.upload_text(head.channel, thread_ts, filename=f"incident-{head.incident_id}-alerts.txt",
+                                   title=f"Alert updates for incident #{head.incident_id} ({len(run):,})",
+                                   content="\n".join(lines) + "\n", comment=summary)
+            return None
+        finally:
+            self._last_post[head.channel] = self.clock()
 
     def _send(self, entry: Entry) -> str | None:
         payload = entry.payload
@@ -252,7 +393,7 @@ class Outbox:
                 return self.slack.post_message(entry.channel, payload["text"], payload["blocks"],
                                                thread_ts=thread_ts).ts
             finally:  # paced from the end of the call, so Slack never sees two posts closer than the interval
-                self._last_post[entry.channel] = time.monotonic()
+                self._last_post[entry.channel] = self.clock()
         if entry.op == Op.UPDATE:
             ts = self._required_ts(entry.target_id, "the message it updates")
             self.slack.update_message(entry.channel, ts, payload["text"], payload["blocks"])
@@ -262,7 +403,7 @@ class Outbox:
             self.slack.upload_text(entry.channel, thread_ts, filename=payload["filename"], title=payload["title"],
                                    content=payload["content"])
         finally:
-            self._last_post[entry.channel] = time.monotonic()
+            self._last_post[entry.channel] = self.clock()
         return None
 
     def _required_ts(self, entry_id: int | None, what: str) -> str:
@@ -273,15 +414,19 @@ class Outbox:
             raise _Dependency(f"{what} could not be posted")
         raise SlackError("outbox", "waiting for an earlier message", transient=True)
 
-    def _sent(self, entry: Entry, ts: str | None) -> None:
+    def _sent(self, entry: Entry, ts: str | None, members: list[int] | None = None) -> None:
+        ids = members or [entry.id]
         with self.database.transaction() as db:
-            db.execute("UPDATE outbox SET state = 'sent', ts = ?, sent_at = ?, attempts = attempts + 1 WHERE id = ?",
-                       [ts, iso(self.clock()), entry.id])
+            db.execute("UPDATE outbox SET state = 'sent', ts = ?, sent_at = ?, attempts = attempts + 1 "
+                       "WHERE id IN (SELECT value FROM json_each(?))", [ts, iso(self.clock()), json.dumps(ids)])
             if entry.incident_id is not None:
-                self.incidents.append(db, entry.incident_id, "meshbot", EventKind.MESSAGE_POSTED,
-                                      {"outbox_id": entry.id, "op": str(entry.op), "ts": ts,
-                                       "thread_of": entry.parent_id, "text": _first_line(entry.payload)})
+                data = {"outbox_id": entry.id, "op": str(entry.op), "ts": ts, "thread_of": entry.parent_id,
+                        "text": _first_line(entry.payload)}
+                if members:  # one event for the batch; the entries it stood for are named by their range
+                    data.update(batched=len(ids), last_outbox_id=ids[-1])
+                self.incidents.append(db, entry.incident_id, "meshbot", EventKind.MESSAGE_POSTED, data)
         self._delivered_unrecorded.pop(entry.id, None)
+        self._batch_members.pop(entry.id, None)
 
     def _fail(self, entry: Entry, error: str) -> None:
         log.warning("giving up on Slack message %s in %s: %s", entry.id, entry.channel, error)

@@ -24,6 +24,7 @@ from bot.incidents.playbooks import CHECK_NAMES, FROM_FINDING, DiagnosticStep, M
     PlaybookSet, RemediationRule, is_namespace, meshbot_action, template_placeholders
 from commands.actions.targets import USAGE
 from commands.codes import ALL_CODES
+from commands.validation import NAMESPACE_RULE
 
 log = logging.getLogger(__name__)
 
@@ -337,8 +338,7 @@ def _check_fallback_fields(document: _Document, data: Mapping[str, Any], fallbac
 
 def _require_namespace(document: _Document, path: list[str | int], value: str, *, what: str) -> None:
     if not is_namespace(value):
-        raise document.error(path, f"{value!r} is not a valid {what} (DNS-1123 label: lower-case letters, "
-                                   "digits and '-', at most 63 characters)")
+        raise document.error(path, f"{value!r} is not a valid {what} (DNS-1123 label: {NAMESPACE_RULE})")
 
 
 def _matcher(document: _Document, index: int, text: str) -> Matcher:

@@ -20,7 +20,7 @@ from commands.checks.catalog import default_checks
 from commands.checks.registry import ALL
 from commands.errors import InputError
 from commands.findings import Finding, by_severity
-from commands.validation import is_dns1123_label, is_dns1123_subdomain
+from commands.validation import is_dns1123_subdomain, namespace_problem
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,12 @@ class PlaybookError(InputError):
 
 
 def is_namespace(value: str) -> bool:
-    """A DNS-1123 label.  ``commands.validation`` uses ``$``, which also accepts a trailing newline."""
-    return "\n" not in value and is_dns1123_label(value)
+    return namespace_problem(value) is None
 
 
 def is_object_name(value: str) -> bool:
-    """A DNS-1123 subdomain (pod and Deployment names), with no trailing newline either."""
-    return "\n" not in value and is_dns1123_subdomain(value)
+    """A DNS-1123 subdomain (pod and Deployment names)."""
+    return is_dns1123_subdomain(value)
 
 
 # -- actions ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 from bot.slack.blocks import Message, escape, message_of, section
 from commands.certificates.reminders import Expiry, Reminder
+from commands.thresholds import DEFAULT_THRESHOLDS
 
 MAX_LISTED = 25
 
@@ -28,8 +29,11 @@ def _left(expiry: Expiry) -> str:
 def _icon(expiry: Expiry) -> str:
     if expiry.expired:
         return ":rotating_light:"
-    return ":red_circle:" if expiry.days_left <= 7 else ":large_orange_circle:" if expiry.days_left <= 30 \
-        else ":large_blue_circle:"
+    if expiry.days_left <= DEFAULT_THRESHOLDS.cert_error_days:
+        return ":red_circle:"
+    if expiry.days_left <= DEFAULT_THRESHOLDS.cert_warning_days:
+        return ":large_orange_circle:"
+    return ":large_blue_circle:"
 
 
 def reminder_lines(reminder: Reminder, tz: ZoneInfo) -> list[str]:

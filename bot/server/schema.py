@@ -21,6 +21,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     *outbox.MIGRATIONS,  # 2: the Slack outbox
     *approval_store.MIGRATIONS,  # 3: approval requests and their votes
     *reminder_service.MIGRATIONS,  # 4: certificate reminders already posted
+    incident_log.keyed_audit_chain,  # 5: keyed audit chain (older events stay an unkeyed prefix)
+    approval_store.plan_binding,  # 6: approval plans bound to their request with the audit key
 )
 
 

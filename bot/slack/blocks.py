@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
 from slack_sdk.models.blocks import (
     ActionsBlock, Block, ButtonElement, ContextBlock, DividerBlock, HeaderBlock, MarkdownTextObject, SectionBlock,
@@ -73,14 +75,21 @@ def scope(namespace: str | None) -> str:
 
 
 def counts_text(findings: Sequence[Finding]) -> str:
+    """``:red_circle: 2 errors · :large_orange_circle: 1 warning``; a level with nothing is left out, so a red
+    dot always means there is something to fix."""
     counts = count_by_level(findings)
-    return " \u00b7 ".join(f"{LEVEL_EMOJI[level]} {counts[level]} {_plural(level, counts[level])}"
-                           for level in Level)
+    shown = [f"{LEVEL_EMOJI[level]} {plural(counts[level], _LEVEL_WORD[level])}" for level in Level if counts[level]]
+    return " \u00b7 ".join(shown) or ":white_check_mark: no findings"
 
 
-def _plural(level: Level, n: int) -> str:
-    word = {Level.ERROR: "error", Level.WARNING: "warning", Level.INFO: "info"}[level]
-    return word if n == 1 or level == Level.INFO else word + "s"
+_LEVEL_WORD = {Level.ERROR: "error", Level.WARNING: "warning", Level.INFO: "info"}
+
+
+def plural(count: int, word: str) -> str:
+    """``1 warning``, ``2 warnings``, ``1 sidecar``; "info" is a mass noun and stays as it is."""
+    if count == 1 or word == "info":
+        return f"{count} {word}"
+    return f"{count} {word}es" if word.endswith(("s", "sh", "ch", "x")) else f"{count} {word}s"
 
 
 # -- slash-command diagnostics -----------------------------------------------------------
@@ -111,7 +120,7 @@ def failed(check: str, namespace: str | None, user: str, reason: str) -> Message
 
 def _plain_counts(findings: Sequence[Finding]) -> str:
     counts = count_by_level(findings)
-    return (f"{counts[Level.ERROR]} errors, {counts[Level.WARNING]} warnings, {counts[Level.INFO]} info")
+    return ", ".join(plural(counts[level], _LEVEL_WORD[level]) for level in Level)
 
 
 def finding_text(finding: Finding) -> str:
@@ -154,11 +163,6 @@ def cluster_unavailable(reason: str) -> Message:
     return message_of(text, [section(f":warning: *Could not diagnose.* {escape(reason)}")])
 
 
-def notice(text: str) -> Message:
-    """A one-section message (ephemeral answers, refusals)."""
-    return message_of(text, [section(escape(text))])
-
-
 def buttons(*elements: ButtonElement, block_id: str | None = None) -> ActionsBlock:
     return ActionsBlock(elements=list(elements)[:25], block_id=block_id)
 
@@ -166,6 +170,11 @@ def buttons(*elements: ButtonElement, block_id: str | None = None) -> ActionsBlo
 # -- incidents ------------------------------------------------------------------------------
 
 SEVERITY_EMOJI = {"critical": ":rotating_light:", "error": ":red_circle:", "warning": ":warning:"}
+SUGGESTED_BUTTON = "remediation_request"
+"""A suggested action's button (value ``INCIDENT:INDEX`` into the incident's stored suggestions)."""
+ROLLBACK_BUTTON = "approval_rollback"
+"""Rollback of a finished request (value: the request number)."""
+MAX_DESCRIPTION = 500
 
 
 def link(url: str, label: str) -> str | None:
@@ -175,33 +184,249 @@ def link(url: str, label: str) -> str | None:
     return f"<{url.replace('|', '%7C')}|{escape(label)}>"
 
 
-def incident_message(incident, alerts: Sequence[dict], now) -> Message:
-    """The incident's top-level message: what, how bad, where, since when, and links."""
-    firing = [a for a in alerts if a["status"] == "firing"]
-    resolved = incident.status == "resolved"
-    icon = ":white_check_mark:" if resolved else SEVERITY_EMOJI.get(incident.severity, ":bell:")
-    if resolved:
-        state = f"Resolved after {incident.duration(now)}"
-    elif alerts:
-        state = (f"Firing since {incident.opened_at:%H:%M} UTC ({incident.duration(now)}), "
-                 f"{len(firing)} alert{'s' * (len(firing) != 1)}")
-    else:
-        state = f"Opened by {incident.source} at {incident.opened_at:%H:%M} UTC ({incident.duration(now)})"
-    lines = [f"{icon} *{escape(incident.severity.upper())} \u00b7 {escape(incident.title)}*",
-             f"*Status:* {state} \u00b7 Incident #{incident.id}"]
-    if incident.namespaces:
-        lines.append("*Namespaces:* " + ", ".join(f"`{escape(n)}`" for n in incident.namespaces))
-    if incident.services:
-        lines.append("*Services:* " + ", ".join(f"`{escape(s)}`" for s in incident.services))
-    links = [link(a["generator_url"], "Prometheus") for a in alerts[:1]] + [link(incident.external_url,
-                                                                                "Alertmanager")]
-    links = [x for x in links if x]
-    footer = " \u00b7 ".join(links + ([f"playbook `{escape(incident.playbook)}`"] if incident.playbook else []))
-    text = f"{'RESOLVED' if resolved else incident.severity.upper()}: {incident.title} (incident #{incident.id})"
-    parts: list[Block] = [section("\n".join(lines))]
+def slack_time(moment: datetime) -> str:
+    """A time Slack shows in each reader's own zone, with the date; the fallback is UTC."""
+    moment = moment.astimezone(timezone.utc)
+    return f"<!date^{int(moment.timestamp())}^{{date_short_pretty}} {{time}}|{moment:%Y-%m-%d %H:%M} UTC>"
+
+
+def utc_time(moment: datetime) -> str:
+    return f"{moment.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def human_duration(seconds: float) -> str:
+    """``1h 12m``, ``2d 3h``, ``under a minute``."""
+    minutes = int(max(seconds, 0) // 60)
+    if minutes == 0:
+        return "under a minute"
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h" if hours else f"{days}d"
+    return f"{hours}h {minutes}m" if hours and minutes else f"{hours}h" if hours else f"{minutes}m"
+
+
+@dataclass(frozen=True)
+class FirstStep:
+    summary: str
+    action: str | None = None
+    """A meshbot action (``permissive-mtls prod``): offered as a button that asks for approval."""
+    command: str | None = None
+    """Otherwise the command to run by hand."""
+    button_value: str | None = None
+    """``INCIDENT:INDEX`` of the action among the incident's stored suggestions."""
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The probable cause an incident's triage puts first."""
+
+    key: str
+    title: str
+    explains: str
+    confidence: str
+    because: tuple[str, ...] = ()
+    first_step: FirstStep | None = None
+
+
+@dataclass(frozen=True)
+class InEffect:
+    """A change an executed request left in the cluster, until it is rolled back."""
+
+    what: str
+    since: datetime
+    request_id: int
+
+
+@dataclass(frozen=True)
+class JoinedTo:
+    incident_id: int
+    cause: str
+    thread_url: str | None = None
+
+
+@dataclass(frozen=True)
+class TopView:
+    """Everything the incident's top-level message shows, read from the incident log."""
+
+    incident: Any
+    alerts: Sequence[dict] = ()
+    runbook_url: str = ""
+    description: str = ""
+    headline: Headline | None = None
+    diagnosed: bool = False
+    joined: JoinedTo | None = None
+    in_effect: tuple[InEffect, ...] = ()
+    opened_by: str | None = None
+    requested_action: str | None = None
+    """Manual incidents: the action someone asked for outside any incident."""
+
+    @property
+    def resolved(self) -> bool:
+        return str(self.incident.status) == "resolved"
+
+    @property
+    def started(self) -> datetime:
+        """When the trouble began: the earliest alert's ``startsAt``, not when meshbot heard of it."""
+        starts = [_time(a["starts_at"]) for a in self.alerts if a.get("starts_at")]
+        return min(starts) if starts else self.incident.opened_at
+
+    def ended(self, now: datetime) -> datetime:
+        """The last alert's ``endsAt`` once resolved; otherwise (or without one) when it was resolved, or now."""
+        if not self.resolved:
+            return now
+        ends = [_time(a["ends_at"]) for a in self.alerts if a.get("ends_at")]
+        if ends and len(ends) == len(self.alerts):
+            return max(ends)
+        return self.incident.resolved_at or now
+
+    def lasted(self, now: datetime) -> str:
+        return human_duration((self.ended(now) - self.started).total_seconds())
+
+
+def _time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def incident_message(view: TopView, now: datetime) -> Message:
+    """The incident's top-level message: the headline (probable cause, impact, first step), since when, links.
+
+    Open: severity in bold, the cause and the first step (a button when meshbot can do it), what an
+    executed action left in effect.  Resolved: no bold severity, how long it lasted from the first
+    ``startsAt`` to the last ``endsAt``.  Joined: one line pointing at the incident it belongs to.
+    """
+    if view.joined is not None:
+        return _joined_message(view, now)
+    incident = view.incident
+    parts: list[Block] = [section("\n".join(_headline_lines(view, now)))]
+    step = view.headline.first_step if view.headline and not view.resolved else None
+    elements = []
+    if step and step.action and step.button_value:
+        elements.append(ButtonElement(text=clip(f"Request: /mesh {step.action}", 75),
+                                      action_id=f"{SUGGESTED_BUTTON}:0", value=step.button_value, style="primary"))
+    for index, effect in enumerate(view.in_effect[:4], start=1):
+        elements.append(ButtonElement(text=clip(f"Rollback #{effect.request_id}", 75),
+                                      action_id=f"{ROLLBACK_BUTTON}:{index}", value=str(effect.request_id)))
+    if elements:
+        parts.append(buttons(*elements, block_id=f"incident-{incident.id}"))
+    if view.description and not view.resolved:
+        parts.append(section("> " + escape(clip(view.description, MAX_DESCRIPTION)).replace("\n", "\n> ")))
+    footer = _footer(view)
     if footer:
         parts.append(context(footer))
-    return message_of(text, parts)
+    return message_of(_fallback(view, now), parts)
+
+
+def _headline_lines(view: TopView, now: datetime) -> list[str]:
+    incident = view.incident
+    if view.resolved:
+        lines = [f":white_check_mark: Resolved \u00b7 {escape(incident.title)}",
+                 f"Lasted {view.lasted(now)} ({_span(view, now)}) \u00b7 was {escape(incident.severity)}"
+                 + (f" \u00b7 resolved by <@{incident.resolved_by}>" if _is_user(incident.resolved_by) else "")
+                 + f" \u00b7 incident #{incident.id}"]
+    else:
+        icon = SEVERITY_EMOJI.get(incident.severity, ":bell:")
+        lines = [f"{icon} *{escape(incident.severity.upper())} \u00b7 {escape(incident.title)}*", _since_line(view, now)]
+    if view.requested_action and not view.resolved:
+        who = f"<@{view.opened_by}>" if _is_user(view.opened_by) else "Someone"
+        lines.append(f"{who} asked for `/mesh {escape(view.requested_action)}`; the plan, the approvals and the "
+                     "outcome are in this thread.")
+    where = [f"`{escape(n)}`" for n in incident.namespaces] + [f"`{escape(s)}`" for s in incident.services]
+    if where and not view.resolved:
+        lines.append("*Where:* " + ", ".join(where))
+    lines += _cause_lines(view)
+    for effect in view.in_effect:
+        lines.append(f":warning: *{escape(effect.what)} since {slack_time(effect.since)}* (request "
+                     f"#{effect.request_id}) \u2014 *Rollback* undoes it")
+    return lines
+
+
+def _since_line(view: TopView, now: datetime) -> str:
+    incident = view.incident
+    elapsed = human_duration((now - view.started).total_seconds())
+    if view.alerts:
+        firing = sum(1 for a in view.alerts if a["status"] == "firing")
+        return (f"Firing since {slack_time(view.started)} ({elapsed}) \u00b7 {plural(firing, 'alert')} firing "
+                f"\u00b7 incident #{incident.id}")
+    return f"Opened by {escape(incident.source)} {slack_time(view.started)} ({elapsed}) \u00b7 incident #{incident.id}"
+
+
+def _span(view: TopView, now: datetime) -> str:
+    return f"{utc_time(view.started)} \u2192 {utc_time(view.ended(now))}"
+
+
+def _cause_lines(view: TopView) -> list[str]:
+    headline = view.headline
+    if view.requested_action:
+        return []
+    if headline is None:
+        if view.resolved:
+            return []
+        return (["*Probable cause:* none found in the diagnosis \u2014 see the thread"] if view.diagnosed
+                else ["_Diagnosing\u2026 the probable cause and the first step will appear here._"])
+    if view.resolved:
+        return [f"Probable cause was: {escape(headline.title)}"]
+    lines = [f"*Probable cause* ({escape(headline.confidence)} confidence): {escape(headline.title)}",
+             f"*Impact:* {escape(headline.explains)}"]
+    step = headline.first_step
+    if step:
+        line = f"*First step:* {escape(step.summary)}"
+        if step.action:
+            line += f"\n`/mesh {escape(step.action)}` (runs after approval)"
+        elif step.command:
+            line += f"\n`{escape(step.command)}`"
+        lines.append(line)
+    return lines
+
+
+def _footer(view: TopView) -> str:
+    links = [link(view.runbook_url, "Runbook") if view.runbook_url else None]
+    links += [link(a["generator_url"], "Prometheus") for a in view.alerts[:1] if a.get("generator_url")]
+    links.append(link(view.incident.external_url, "Alertmanager") if view.incident.external_url else None)
+    shown = [x for x in links if x]
+    if view.incident.playbook:
+        shown.append(f"playbook `{escape(view.incident.playbook)}`")
+    return " \u00b7 ".join(shown)
+
+
+def _fallback(view: TopView, now: datetime) -> str:
+    incident = view.incident
+    if view.resolved:
+        return f"RESOLVED: {incident.title} (incident #{incident.id}) after {view.lasted(now)}"
+    text = f"{incident.severity.upper()}: {incident.title} (incident #{incident.id})"
+    if view.headline:
+        text += f" \u2014 probable cause: {view.headline.title}"
+    return text
+
+
+def _joined_message(view: TopView, now: datetime) -> Message:
+    incident, joined = view.incident, view.joined
+    where = f"<{joined.thread_url}|incident #{joined.incident_id}>" if joined.thread_url else \
+        f"incident #{joined.incident_id}"
+    if view.resolved:
+        head = f":white_check_mark: Resolved \u00b7 {escape(incident.title)} \u00b7 lasted {view.lasted(now)}"
+    else:
+        head = (f":link: *{escape(incident.title)}* \u00b7 firing since {slack_time(view.started)} \u00b7 "
+                f"incident #{incident.id}")
+    body = f"{head}\nSame probable cause as {where} ({escape(joined.cause)}): the conversation is in its thread."
+    text = (f"{'RESOLVED: ' if view.resolved else ''}{incident.title} (incident #{incident.id}): part of incident "
+            f"#{joined.incident_id}, same probable cause")
+    return message_of(text, [section(body)])
+
+
+def _is_user(value: str | None) -> bool:
+    return bool(value) and value[0] in "UW" and value.isalnum()
+
+
+def joined_note(incident, cause: str, elsewhere_link: str | None) -> Message:
+    """The short post in the joined incident's thread when another alert group turns out to be the same outage."""
+    other = f"<{elsewhere_link}|incident #{incident.id}>" if elsewhere_link else f"incident #{incident.id}"
+    text = f"{incident.title} ({'incident #' + str(incident.id)}) joined this incident: same probable cause, {cause}"
+    return message_of(text, [section(f":link: *{escape(incident.title)}* fired too ({other}); its diagnosis names the "
+                                     f"same probable cause: {escape(cause)}. It is followed here.")])
 
 
 def alert_line(alert: dict, *, resolved: bool = False) -> Message:
@@ -218,10 +443,13 @@ def alert_line(alert: dict, *, resolved: bool = False) -> Message:
     return message_of(text, [section(body)])
 
 
-def incident_resolved_note(incident, now, actor: str | None = None) -> Message:
-    who = f" by <@{actor}>" if actor else ""
-    text = f"Incident #{incident.id} resolved{who} after {incident.duration(now)}"
-    return message_of(text, [section(f":white_check_mark: *Resolved*{who} after {incident.duration(now)}.")])
+def incident_resolved_note(view: TopView, now: datetime, actor: str | None = None) -> Message:
+    """The one thread reply that says it is over (Slack notifies thread followers of replies, not of edits)."""
+    incident = view.incident
+    who = f" by <@{actor}>" if _is_user(actor) else ""
+    text = f"Incident #{incident.id} resolved{who}: lasted {view.lasted(now)}"
+    return message_of(text, [section(f":white_check_mark: *Resolved*{who}. {escape(incident.title)} lasted "
+                                     f"{view.lasted(now)} ({_span(view, now)}).")])
 
 
 def note_message(user: str, text: str) -> Message:
@@ -232,7 +460,7 @@ def suggestions_blocks(suggestions: Sequence, *, extra: str | None = None) -> li
     """Suggested remediations as text (approval buttons are added by the approvals flow)."""
     if not suggestions:
         return []
-    lines = ["*Suggested remediations* (each needs two approvals before it runs):"]
+    lines = ["*Suggested remediations* (each needs approval before it runs):"]
     for s in suggestions:
         line = f"\u2022 *{escape(s.title)}*"
         if s.action:
@@ -247,7 +475,5 @@ def suggestions_blocks(suggestions: Sequence, *, extra: str | None = None) -> li
 
 def manual_incident_message(incident, requester: str, action: str) -> Message:
     """The top message of an incident opened by a remediation request typed outside any incident."""
-    text = f"Incident #{incident.id}: <@{requester}> requested /mesh {action}"
-    return message_of(text, [section(f":wrench: *Incident #{incident.id} \u00b7 Remediation requested*\n"
-                                     f"<@{requester}> asked for `/mesh {escape(action)}`. The plan, the approvals "
-                                     "and the outcome are in this thread.")])
+    return incident_message(TopView(incident=incident, opened_by=requester, requested_action=action,
+                                    diagnosed=True), incident.opened_at)

@@ -117,11 +117,6 @@ class SlackClient:
     def update_message(self, channel: str, ts: str, text: str, blocks: Sequence[dict] | None = None) -> None:
         self._call("chat.update", channel=channel, ts=ts, text=text, blocks=list(blocks or []))
 
-    def post_ephemeral(self, channel: str, user: str, text: str, blocks: Sequence[dict] | None = None, *,
-                       thread_ts: str | None = None) -> None:
-        self._call("chat.postEphemeral", channel=channel, user=user, text=text,
-                   blocks=list(blocks or []) or None, thread_ts=thread_ts)
-
     def upload_text(self, channel: str, thread_ts: str | None, *, filename: str, title: str, content: str,
                     comment: str | None = None) -> str:
         """A text snippet in a thread (files.getUploadURLExternal + upload + completeUploadExternal)."""

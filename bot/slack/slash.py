@@ -15,7 +15,7 @@ from typing import Any
 
 from commands.checks.registry import ALL, CheckRegistry
 from commands.errors import UserError
-from commands.validation import is_dns1123_label, is_dns1123_subdomain
+from commands.validation import namespace_problem
 
 
 class UsageError(UserError):
@@ -80,15 +80,9 @@ def _help(words: list[str], rest: str) -> HelpRequest:
 
 def namespace_argument(value: str) -> str:
     """A namespace typed by a person: must be a DNS-1123 label before it goes near the API."""
-    if not is_dns1123_label(value):
-        raise UsageError(f"`{value[:80]}` is not a valid namespace name (lower-case letters, digits and '-', "
-                         "at most 63 characters)")
-    return value
-
-
-def object_name_argument(value: str, what: str) -> str:
-    if not is_dns1123_subdomain(value):
-        raise UsageError(f"`{value[:80]}` is not a valid {what} name")
+    problem = namespace_problem(value)
+    if problem:
+        raise UsageError(problem)
     return value
 
 

@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from commands.actions.plan import Change, Op, Plan, value_at
-from commands.errors import MeshbotError, NotFound, TransientError
+from commands.errors import Conflict, MeshbotError, NotFound, TransientError
 from commands.clients.kube import KubeClient
 
 
@@ -77,13 +77,46 @@ def in_state(change: Change, obj: Mapping[str, Any] | None, *, after: bool) -> b
     return all(value_at(obj, path) == value for path, value in values)
 
 
-def _write(client: KubeClient, change: Change, *, dry_run: bool) -> None:
+def _write(client: KubeClient, change: Change, *, dry_run: bool, resource_version: str | None = None) -> None:
     if change.op == Op.CREATE:
         client.create(change.kind, change.body or {}, namespace=change.namespace, dry_run=dry_run)
     elif change.op == Op.DELETE:
         client.delete(change.kind, change.namespace, change.name, dry_run=dry_run)
     else:
-        client.patch(change.kind, change.namespace, change.name, change.merge_patch(), dry_run=dry_run)
+        client.patch(change.kind, change.namespace, change.name,
+                     _locked(change.merge_patch(), resource_version), dry_run=dry_run)
+
+
+def _locked(patch: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
+    """The patch applies only to the object as read (optimistic concurrency, like kubectl and kopf): a write
+    that landed in between makes the API server answer 409 Conflict instead of merging onto it."""
+    if not resource_version:
+        return patch
+    return {**patch, "metadata": {**(patch.get("metadata") or {}), "resourceVersion": resource_version}}
+
+
+def _resource_version(obj: Mapping[str, Any] | None) -> str | None:
+    return (obj or {}).get("metadata", {}).get("resourceVersion") if obj else None
+
+
+def _write_reread_on_conflict(client: KubeClient, change: Change, *, dry_run: bool,
+                              resource_version: str | None) -> StepState:
+    """Write once; on 409 re-read: done by the other writer -> ALREADY, still as expected -> write again on the
+    fresh version, anything else -> a Conflict saying nothing of this change was written."""
+    try:
+        _write(client, change, dry_run=dry_run, resource_version=resource_version)
+        return StepState.DONE
+    except Conflict:
+        if change.op != Op.PATCH:
+            raise  # create: someone created it first; a delete carries no version and cannot conflict
+    current = read(client, change)
+    if in_state(change, current, after=True):
+        return StepState.ALREADY
+    if not in_state(change, current, after=False):
+        raise Conflict(f"{change.origin} was changed by another writer between the check and the write "
+                       "(HTTP 409); nothing of this change was written; ask for the action again", status=409)
+    _write(client, change, dry_run=dry_run, resource_version=_resource_version(current))
+    return StepState.DONE
 
 
 def _drift(change: Change) -> str:
@@ -94,11 +127,15 @@ def _drift(change: Change) -> str:
     return f"{change.origin} changed since the plan was made; ask for the action again"
 
 
-def _preflight(client: KubeClient, plan: Plan) -> tuple[list[bool], str | None]:
-    """Which changes still need writing; an error when any object drifted from the plan."""
+def _preflight(client: KubeClient, plan: Plan,
+               versions: list[str | None] | None = None) -> tuple[list[bool], str | None]:
+    """Which changes still need writing; an error when any object drifted from the plan.  ``versions`` gets
+    each object's resourceVersion as read, so the write can insist on it."""
     pending: list[bool] = []
     for change in plan.changes:
         obj = read(client, change)
+        if versions is not None:
+            versions.append(_resource_version(obj))
         refusal = next((why for path, why in change.refuse_if if value_at(obj, path)), None)
         if refusal:
             return pending, f"{change.origin} {refusal}"
@@ -116,8 +153,9 @@ def _not_run(plan: Plan, start: int) -> list[Step]:
 
 
 def _run(client: KubeClient, plan: Plan, *, dry_run: bool) -> Outcome:
+    versions: list[str | None] = []
     try:
-        pending, drift = _preflight(client, plan)
+        pending, drift = _preflight(client, plan, versions)
     except MeshbotError as exc:
         return Outcome(False, tuple(_not_run(plan, 0)), 0, f"reading the objects failed: {exc}")
     if drift:
@@ -128,14 +166,14 @@ def _run(client: KubeClient, plan: Plan, *, dry_run: bool) -> Outcome:
             steps.append(Step(change.origin, str(change.op), StepState.ALREADY))
             continue
         try:
-            _write(client, change, dry_run=dry_run)
+            state = _write_reread_on_conflict(client, change, dry_run=dry_run, resource_version=versions[index])
         except MeshbotError as exc:
             steps.append(Step(change.origin, str(change.op), StepState.FAILED, str(exc)))
             steps += _not_run(plan, index + 1)
             # A write that timed out or hit a 5xx may have landed: the rollback must cover it.
             maybe_applied = index + 1 if isinstance(exc, TransientError) else index
             return Outcome(False, tuple(steps), 0 if dry_run else maybe_applied, f"{change.op} {change.origin}: {exc}")
-        steps.append(Step(change.origin, str(change.op), StepState.DONE))
+        steps.append(Step(change.origin, str(change.op), state))
     return Outcome(True, tuple(steps), 0 if dry_run else len(plan.changes))
 
 

@@ -14,10 +14,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from commands.checks.certs import CertRole, InventoryEntry
+from commands.certificates.inventory import CertRole, InventoryEntry
 from commands.certificates.x509 import CertInfo, days_left, iso
+from commands.thresholds import DEFAULT_THRESHOLDS
 
-DEFAULT_DAYS = (90, 30, 7)
+DEFAULT_DAYS = DEFAULT_THRESHOLDS.reminder_days
 
 
 @dataclass(frozen=True)

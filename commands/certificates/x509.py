@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
-from commands.checks.registry import Thresholds
+from commands.thresholds import Thresholds
 from commands.errors import MeshbotError
 
 PEM_CERTIFICATE_MARKER = "-----BEGIN CERTIFICATE-----"

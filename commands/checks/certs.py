@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from enum import StrEnum
 from typing import Any
 
 from commands import codes
@@ -22,6 +20,13 @@ from commands.checks.envoy import admin_unreachable
 from commands.errors import MeshbotError
 from commands.findings import Finding, Remediation
 from commands.certificates.gateway_credentials import CredentialRef, credential_refs
+from commands.certificates.inventory import (
+    Certificate,
+    CertificateInventory,
+    CertRole,
+    InventoryEntry,
+    LoadedCert,
+)
 from commands.cluster.pods import sidecar_spec
 from commands.cluster.snapshot import Resource
 from commands.certificates.x509 import (
@@ -63,87 +68,6 @@ ISTIOD_EXPIRY_GAUGES = {
     "citadel_server_cert_chain_expiry_timestamp": "mesh CA certificate chain",
 }
 ROTATION_DOCS = "https://istio.io/latest/docs/tasks/security/cert-management/plugin-ca-cert/"
-
-
-class CertRole(StrEnum):
-    MESH_ROOT = "mesh root CA"
-    MESH_CA = "mesh CA certificate"
-    GATEWAY = "gateway TLS certificate"
-    TLS = "TLS certificate"
-    WORKLOAD = "workload certificate"
-
-
-@dataclass(frozen=True)
-class LoadedCert:
-    """A certificate as Envoy's ``/certs`` describes it: no subject, issuer or fingerprint there."""
-
-    serial: str
-    sans: tuple[str, ...]
-    not_before: datetime | None
-    not_after: datetime
-
-    def evidence(self, now: datetime) -> dict[str, Any]:
-        return {"sans": list(self.sans), "serial": self.serial,
-                "not_before": iso(self.not_before) if self.not_before else None,
-                "not_after": iso(self.not_after), "days_left": days_left(self.not_after, now)}
-
-
-Certificate = CertInfo | LoadedCert
-
-
-# -- the inventory: each distinct certificate once, with who depends on it ------------
-
-@dataclass
-class InventoryEntry:
-    cert: Certificate
-    role: CertRole
-    origin: str
-    reference: str | None
-    remediation: Remediation
-    namespaces: set[str] = field(default_factory=set)
-    dependents: set[str] = field(default_factory=set)
-
-    @property
-    def what(self) -> str:
-        label = self.cert.subject if isinstance(self.cert, CertInfo) else ", ".join(self.cert.sans)
-        text = f'{self.role} "{label}"' if label else f"{self.role} (serial {self.cert.serial})"
-        return text[0].upper() + text[1:]
-
-
-class CertificateInventory:
-    """Certificates keyed by fingerprint; Envoy's copies are matched by serial and notAfter."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, InventoryEntry] = {}
-        self._by_serial: dict[tuple[str, datetime], str] = {}
-        self.mesh_ca: MeshCa | None = None
-        """The CA istiod signs with, once ``find_mesh_ca`` has run."""
-
-    def add(self, cert: Certificate, *, role: CertRole, origin: str, remediation: Remediation,
-            namespace: str | None, dependent: str | None = None, reference: str | None = None) -> None:
-        key = self._key(cert)
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = InventoryEntry(cert, role, origin, reference, remediation)
-            self._by_serial[(cert.serial, cert.not_after)] = key
-        self.add_dependent(cert, dependent, namespace)
-
-    def add_dependent(self, cert: Certificate, dependent: str | None, namespace: str | None) -> None:
-        entry = self._entries.get(self._key(cert))
-        if entry is None:
-            return
-        if dependent:
-            entry.dependents.add(dependent)
-        if namespace:
-            entry.namespaces.add(namespace)
-
-    def entries(self) -> list[InventoryEntry]:
-        return list(self._entries.values())
-
-    def _key(self, cert: Certificate) -> str:
-        if isinstance(cert, CertInfo):
-            return cert.fingerprint
-        return self._by_serial.get((cert.serial, cert.not_after), f"serial:{cert.serial}")
 
 
 # -- the check ------------------------------------------------------------------------
@@ -198,7 +122,8 @@ def _expiry_findings(entry: InventoryEntry, ctx: CheckContext, mesh_ca: MeshCa |
         code, args = _workload_rotation(cert, ctx.now, args)
     if code is None:
         return
-    evidence = {**cert.evidence(ctx.now), "dependents": sorted(entry.dependents)}
+    evidence = {**cert.evidence(ctx.now), "role": entry.role.name.lower().replace("_", "-"),
+                "dependents": sorted(entry.dependents)}
     successor = _superseded_by(entry, code, mesh_ca, ctx.now)
     if successor is not None:
         yield _superseded_root(entry, successor, evidence, ctx.now)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from commands import codes
-from commands.checks.registry import CheckContext, Thresholds, check
+from commands.checks.registry import CheckContext, check
+from commands.thresholds import Thresholds
 from commands.cluster.endpoints import PodRef
 from commands.errors import MeshbotError
 from commands.findings import Finding, Remediation

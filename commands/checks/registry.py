@@ -20,27 +20,12 @@ from commands.cluster.endpoints import EndpointResolver
 from commands.errors import MeshbotError, UserError
 from commands.findings import Finding, by_severity
 from commands.cluster.snapshot import Snapshot, SnapshotSource
+from commands.thresholds import Thresholds
 
 log = logging.getLogger(__name__)
 
 ALL = "all"
 """What a user types for every check, in report order."""
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    cert_error_days: int = 7
-    cert_warning_days: int = 30
-    cert_info_days: int = 90
-    restart_warning: int = 3
-    memory_near_limit_ratio: float = 0.9
-    envoy_memory_warning_mb: int = 300
-    envoy_memory_error_mb: int = 500
-    upstream_503_share: float = 0.10
-    retry_share: float = 0.20
-    min_requests: int = 20
-    """Clusters with fewer requests are too quiet for a share to mean anything."""
-    stats_count_warning: int = 50_000
 
 
 @dataclass

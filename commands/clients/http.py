@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from commands.errors import AccessDenied, ClusterError, NotFound, TransientError
+from commands.errors import AccessDenied, ClusterError, NotFound, TransientError, UserError
 
 DEFAULT_TIMEOUT = 10.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -16,18 +16,32 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 class HttpEndpoint:
     """A base URL answering GETs; every failure becomes a meshbot error naming the URL."""
 
-    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, client: httpx.Client | None = None):
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, client: httpx.Client | None = None,
+                 bearer_token_file: str | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._client = client
+        self.bearer_token_file = bearer_token_file
+        """Sent as ``Authorization: Bearer``; read at every request because projected tokens rotate."""
+
+    def _headers(self) -> dict[str, str]:
+        if not self.bearer_token_file:
+            return {}
+        try:
+            with open(self.bearer_token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise UserError(f"cannot read the token file {self.bearer_token_file}: {exc.strerror}") from None
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def get_text(self, path: str) -> str:
         url = f"{self.url}/{path.lstrip('/')}"
+        headers = self._headers()
         try:
             if self._client is not None:
-                response = self._client.get(url, timeout=self.timeout)
+                response = self._client.get(url, timeout=self.timeout, headers=headers)
             else:
-                response = httpx.get(url, timeout=self.timeout)
+                response = httpx.get(url, timeout=self.timeout, headers=headers)
         except httpx.TimeoutException:
             raise TransientError(f"no answer within {self.timeout:g}s", endpoint=url) from None
         except httpx.HTTPError as exc:

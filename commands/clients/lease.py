@@ -171,9 +171,16 @@ class LeaderElector:
             return
         self.is_leader = False
         try:
-            lease = self._read()
-            if LeaseView.of(lease).holder == self.identity:
-                self.client.patch("Lease", self.namespace, self.name,
-                                  {"spec": {"holderIdentity": None, "renewTime": None}})
+            view = LeaseView.of(self._read())
+            if view.holder != self.identity:
+                return
+            # With the resourceVersion just read: if our lease ran out and another replica took it over in
+            # between, the API server answers 409 instead of letting us clear the new holder's claim.
+            self.client.patch("Lease", self.namespace, self.name, {
+                "metadata": {"resourceVersion": view.resource_version},
+                "spec": {"holderIdentity": None, "renewTime": None}})
+        except Conflict:
+            log.info("leader election: Lease %s/%s changed hands before release; left to its new holder",
+                     self.namespace, self.name)
         except MeshbotError as exc:
             log.warning("leader election: could not release the lease (%s); it expires on its own", exc)

@@ -1,18 +1,164 @@
-"""A stand-in for istiod's monitoring port (:15014): ``/debug/syncz`` JSON and ``/metrics`` text over HTTP."""
+"""A stand-in for istiod's monitoring port (:15014) that refuses what the real one refuses.
+
+Answers are programmed per path (``istiod_server.answer("/debug/syncz", [...])``).  Access is
+decided as istiod does it:
+
+* ``/debug/*`` (pilot/pkg/xds/debug.go ``allowAuthenticatedOrLocalhost``, since Istio 1.11,
+  istio/istio#32903): a loopback caller is served; anyone else must authenticate or gets
+  401 with an empty body.  Real istiod authenticates a client certificate or a Kubernetes
+  service-account JWT (``Authorization: Bearer``, checked with a TokenReview for audience
+  ``istio-ca``, security/pkg/server/ca/authenticate/kubeauth/kube_jwt.go); the fake accepts
+  the tokens it was given (token -> SPIFFE identity) and refuses every other one.
+* With ``ENABLE_DEBUG_ENDPOINT_AUTH`` (default on since 1.27.6 / 1.28.4 / 1.29.0,
+  istio/istio#58925) an authenticated caller outside the system namespace and
+  ``DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES`` may read only config_dump/ndsz/edsz: anything
+  else is 403 with an empty body (``AuthorizeDebugRequest``).
+* ``/metrics``: open, unless ``METRICS_LOCALHOST_ACCESS_ONLY`` (pilot/pkg/bootstrap/monitoring.go),
+  then a non-loopback caller gets 403 "Only requests from localhost are allowed".
+* ``/version``: open.
+
+Loopback is judged from the connection's source address, as istiod judges ``RemoteAddr``.
+On one test machine every address in 127.0.0.0/8 is local, so the fake counts only
+127.0.0.1 and ::1 as loopback (real istiod takes all of 127/8): a client that binds its
+source to ``POD_NETWORK_SOURCE`` (127.0.0.2) stands for a caller from another pod.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
-from tests.support.http_server import ProgrammableServer, start_server
+from tests.support.http_server import Answer
+
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+POD_NETWORK_SOURCE = "127.0.0.2"
+"""Source address tests bind to look like a caller from another pod."""
+SYSTEM_NAMESPACE = "istio-system"
+NAMESPACE_DEBUGGERS = frozenset({"config_dump", "ndsz", "edsz"})
+"""pilot/pkg/xds/debug.go ``activeNamespaceDebuggers``: what a non-system namespace may read."""
+METRICS_REFUSAL = b"Only requests from localhost are allowed\n"
+
+
+@dataclass
+class IstiodRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    client_ip: str
+    status: int = 0
+
+
+@dataclass
+class FakeIstiod:
+    """What the test programs and reads back; the server behind it applies istiod's access rules."""
+
+    answers: dict[str, Answer] = field(default_factory=dict)
+    requests: list[IstiodRequest] = field(default_factory=list)
+    url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+    tokens: dict[str, str] = field(default_factory=dict)
+    """Bearer token -> SPIFFE identity it authenticates as (istiod: TokenReview of a service-account JWT)."""
+    debug_endpoint_auth: bool = True
+    allowed_namespaces: frozenset[str] = frozenset()
+    metrics_localhost_only: bool = False
+
+    def answer(self, path: str, body: Any = b"", *, status: int = 200, delay: float = 0.0) -> None:
+        """Program ``path``: dicts/lists are sent as JSON, str as text."""
+        if isinstance(body, (dict, list)):
+            self.answers[path] = Answer(status, json.dumps(body).encode(), "application/json", delay)
+        else:
+            data = body.encode() if isinstance(body, str) else body
+            self.answers[path] = Answer(status, data, "text/plain", delay)
+
+    def accept_token(self, token: str, identity: str) -> None:
+        self.tokens[token] = identity
+
+    # -- istiod's decisions -------------------------------------------------------------------------
+
+    def refusal(self, path: str, client_ip: str, headers: Mapping[str, str]) -> tuple[int, bytes] | None:
+        """(status, body) when istiod would refuse, else None."""
+        if path == "/metrics" and self.metrics_localhost_only and client_ip not in LOOPBACK:
+            return 403, METRICS_REFUSAL
+        if not path.startswith("/debug/") or client_ip in LOOPBACK:
+            return None
+        identity = self._authenticated(headers)
+        if identity is None:
+            return 401, b""
+        if self.debug_endpoint_auth and not self._authorized(identity, path):
+            return 403, b""
+        return None
+
+    def _authenticated(self, headers: Mapping[str, str]) -> str | None:
+        # security.ExtractRequestToken: "Bearer <jwt>" (or "Istio <jwt>") in the Authorization header.
+        value = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+        for prefix in ("Bearer ", "Istio "):
+            if value.startswith(prefix):
+                return self.tokens.get(value.removeprefix(prefix))
+        return None
+
+    def _authorized(self, identity: str, path: str) -> bool:
+        namespace = _spiffe_namespace(identity)
+        if not namespace:
+            return False
+        if namespace == SYSTEM_NAMESPACE or namespace in self.allowed_namespaces:
+            return True
+        return path.removeprefix("/debug/") in NAMESPACE_DEBUGGERS
+
+
+def _spiffe_namespace(identity: str) -> str:
+    """``spiffe://cluster.local/ns/NS/sa/SA`` -> NS."""
+    parts = identity.removeprefix("spiffe://").split("/")
+    return parts[2] if len(parts) >= 5 and parts[1] == "ns" and parts[3] == "sa" else ""
+
+
+def start_istiod(host: str = "127.0.0.1") -> tuple[FakeIstiod, ThreadingHTTPServer]:
+    state = FakeIstiod(host=host)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            path = self.path.split("?")[0]
+            record = IstiodRequest(self.command, self.path, dict(self.headers), body, self.client_address[0])
+            state.requests.append(record)
+            refused = state.refusal(path, record.client_ip, self.headers)
+            answer = (Answer(refused[0], refused[1], "text/plain; charset=utf-8") if refused
+                      else state.answers.get(path, Answer(404, b"not programmed")))
+            if answer.delay:
+                time.sleep(answer.delay)
+            record.status = answer.status
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, 0), Handler)
+    server.daemon_threads = True
+    state.port = server.server_address[1]
+    state.url = f"http://{host}:{state.port}"
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return state, server
 
 
 @pytest.fixture
-def istiod_server() -> Iterator[ProgrammableServer]:
-    """An HTTP server tests program with ``istiod_server.answer("/debug/syncz", [...])``."""
-    state, server = start_server()
+def istiod_server() -> Iterator[FakeIstiod]:
+    """istiod's :15014 on a free port of 127.0.0.1; program with ``istiod_server.answer(path, body)``."""
+    state, server = start_istiod()
     yield state
     server.shutdown()
     server.server_close()

@@ -12,6 +12,9 @@ whatever ``fail``/``slow`` say, so seed accordingly.  What it lacks is added in 
 (a kmock 0.8 parser bug), fieldSelector/labelSelector filtering on lists, and two
 behaviours of a real API server that kmock 0.8 does not have: ``dryRun=All`` writes
 store nothing, and a write refused by ``fail`` (403, 409, 500…) changes nothing.
+Optimistic concurrency, as the real API server does it: every stored object has a
+``metadata.resourceVersion`` that each write bumps, and a patch carrying a stale one
+is answered 409 Conflict (kmock 0.8 ignores it).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, TypeVar
 
 import kmock
 import pytest
-from kmock._internal import apps, parsing
+from kmock._internal import apps, k8s, parsing
 
 from commands.cluster.kinds import KINDS, KindInfo
 from commands.clients.kube import KubeClient
@@ -136,22 +139,55 @@ def _has_selector(request: kmock.Request) -> bool:
 _WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
 
 
+def _conflict(request: Any) -> k8s.KubernetesObjectConflictError:
+    """409 for a write whose ``metadata.resourceVersion`` is not the stored one, in the API server's words."""
+    # k8s.io/apimachinery/pkg/api/errors NewConflict + registry/generic/registry/store.go OptimisticLockErrorMsg
+    what = f"{request.resource.plural}.{request.resource.group}" if request.resource.group \
+        else request.resource.plural
+    return k8s.KubernetesObjectConflictError(reason="Conflict", message=(
+        f'Operation cannot be fulfilled on {what} "{request.name}": the object has been modified; '
+        "please apply your changes to the latest version and try again"))
+
+
 class ApiServerEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator, with dry-run writes and refused writes leaving the stored objects alone."""
+    """kmock's emulator, with dry-run writes and refused writes leaving the stored objects alone,
+    and resourceVersion enforced on patches."""
 
     refusals: list[Callable[[Any], bool]]
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.refusals = []
+        self.last_resource_version = 0
+
+    def next_resource_version(self) -> str:
+        self.last_resource_version += 1
+        return str(self.last_resource_version)
 
     async def _handle(self, request: Any) -> Any:
         if request.resource is not None and request.action in _WRITES:
             if any(refused(request) for refused in self.refusals):
                 return await apps.RawHandler._handle(self, request)  # the reaction answers; nothing is stored
+            # No await between this check and kmock's own write below, so no other write can slip in between.
+            if request.action == kmock.action.UPDATE and request.name is not None and self._stale(request):
+                raise _conflict(request)
+            if request.action in (kmock.action.CREATE, kmock.action.UPDATE) and isinstance(request.data, dict):
+                # Stamped into the write itself, so the stored object and the answer both carry the new version
+                # (so does the recorded request: ``requests()`` shows the stamped version, not the one sent).
+                request.data.setdefault("metadata", {})["resourceVersion"] = self.next_resource_version()
             if request.params.get("dryRun") == "All":
                 return await self._dry_run(request)
         return await super()._handle(request)
+
+    def _stale(self, request: Any) -> bool:
+        """A patch naming a resourceVersion other than the stored object's (absent: last write wins)."""
+        wanted = ((request.data or {}).get("metadata") or {}).get("resourceVersion") \
+            if isinstance(request.data, dict) else None
+        key = (request.resource, request.namespace, request.name)
+        if wanted is None or key not in self._objects or self._objects[key].deleted:
+            return False  # a missing object is kmock's 404 to give
+        stored = (self._objects[key].get("metadata") or {}).get("resourceVersion")
+        return str(wanted) != str(stored)
 
     async def _dry_run(self, request: Any) -> Any:
         """Answer as the real write would, then put every stored object back as it was."""
@@ -197,6 +233,7 @@ class FakeKube:
             meta = obj["metadata"]
             key = (resource_of(info), meta.get("namespace") if info.namespaced else None, meta["name"])
             stored = copy.deepcopy(dict(obj))
+            stored["metadata"].setdefault("resourceVersion", self.loop.call(self.emulator.next_resource_version))
             self.loop.call(lambda: self.emulator.objects.__setitem__(key, stored))
 
     def object(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:

@@ -1,0 +1,205 @@
+"""``meshbot demo``: the real bot (``bot.server.wiring.build``) between an embedded Slack and cluster.
+
+Only the two outside worlds are replaced: Slack by ``bot.demo.workspace`` (reached
+through ``SLACK_API_URL``, with signed requests into ``/slack/events``) and the
+cluster by ``bot.demo.cluster`` (reached through a kubeconfig).  Playbooks,
+approvals (ON: bob and carol approve), the scheduler and the incident log are the
+ones ``meshbot serve`` runs.
+
+Two things differ from a live cluster, both in the diagnosis runner handed to
+``build``: the clock is the scenario's (its 3 AM, moving on in real time, so the
+story's certificate dates stay true), and istiod's and the sidecar's HTTP answers
+come from the scenario's captured files through its endpoint resolver (kmock has no
+pods to port-forward to).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from bot.cluster import ClusterAccess
+from bot.demo.alerts import BY_KEY, AlertState, webhook_body
+from bot.demo.cluster import EmbeddedCluster
+from bot.demo.console import Console, ConsoleServer
+from bot.demo.controller import DemoController
+from bot.demo.workspace import CHANNEL, PEOPLE, Workspace
+from bot.server.meshbot import Meshbot
+from bot.server.wiring import build
+from bot.settings import Settings
+from commands.checks.catalog import default_checks
+from commands.checks.registry import Thresholds
+from commands.cluster.demo import Scenario, load_scenario
+from commands.cluster.endpoints import PodRef
+from commands.clients.kube import KubeClient
+from commands.findings import Finding
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8080
+
+
+@dataclass(frozen=True)
+class ScenarioClock:
+    """The scenario's moment, moving on at the speed of real time from when the demo started."""
+
+    start: datetime
+    started: float = field(default_factory=time.monotonic)
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=time.monotonic() - self.started)
+
+
+def demo_settings(*, api_url: str, kubeconfig: Path, db_path: Path, bot_token: str, signing_secret: str,
+                  alertmanager_token: str) -> Settings:
+    """The bot's settings for the demo, validated like any other (``Settings.load``, not the environment)."""
+    approvers = ",".join(p.id for p in PEOPLE if p.approver)
+    return Settings.load(environ={
+        "SLACK_BOT_TOKEN": bot_token, "SLACK_SIGNING_SECRET": signing_secret, "SLACK_API_URL": api_url,
+        "ALERTMANAGER_TOKEN": alertmanager_token, "MESHBOT_CHANNEL": CHANNEL, "MESHBOT_APPROVERS": approvers,
+        "KUBECONFIG": str(kubeconfig), "MESHBOT_DB": str(db_path), "MESHBOT_HOST": "127.0.0.1",
+        "MESHBOT_PORT": "0", "MESHBOT_WORKERS": "4", "MESHBOT_HTTP_THREADS": "4", "MESHBOT_KUBE_TIMEOUT": "5",
+    })
+
+
+class DiagnosisRunner:
+    """The bot's diagnosis on the embedded cluster, with the scenario's clock and captured endpoints."""
+
+    def __init__(self, settings: Settings, scenario: Scenario, clock: ScenarioClock):
+        self.cluster = ClusterAccess(settings)
+        self.scenario = scenario
+        self.clock = clock
+        self.checks = default_checks()
+
+    def __call__(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = ()) -> list[Finding]:
+        endpoints = self.scenario.endpoints()
+        endpoints.focus_pods = tuple(pods)
+        return self.checks.diagnose(checks, self.cluster.source(), namespace=namespace, now=self.clock.now(),
+                                    thresholds=Thresholds(), endpoints=endpoints)
+
+    def close(self) -> None:
+        self.cluster.client().close()
+
+
+class Demo:
+    """Everything ``meshbot demo`` runs; ``start`` then ``stop`` (or use it as a context manager)."""
+
+    def __init__(self, *, scenario: str | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT):
+        self.scenario = load_scenario(scenario)
+        self.host, self.port = host, port
+        self.clock = ScenarioClock(self.scenario.now)
+        self._secrets = {"bot_token": "xoxb-demo-" + secrets.token_hex(12),
+                         "signing_secret": secrets.token_hex(16), "alertmanager_token": secrets.token_hex(16)}
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.cluster: EmbeddedCluster | None = None
+        self.controller: DemoController | None = None
+        self.workspace: Workspace | None = None
+        self.console: ConsoleServer | None = None
+        self.bot: Meshbot | None = None
+        self.runner: DiagnosisRunner | None = None
+        self._controller_client: KubeClient | None = None
+        self._firing_since: dict[str, datetime] = {}
+
+    @property
+    def url(self) -> str:
+        return self.console.url if self.console else ""
+
+    def start(self) -> Demo:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="meshbot-demo-")
+        tmp = Path(self._tmp.name)
+        self.cluster = EmbeddedCluster().start()
+        self.cluster.load_scenario(self.scenario)
+        self._controller_client = KubeClient.for_host(self.cluster.url, timeout=5)
+        self.controller = DemoController(self._controller_client, clock=self.clock.now).start()
+
+        self.workspace = Workspace(bot_token=self._secrets["bot_token"],
+                                   signing_secret=self._secrets["signing_secret"])
+        console = Console(self.workspace, self.send_alert, self.cluster.stored)
+        self.console = ConsoleServer(console, self.host, self.port).start()
+        self.workspace.base_url = self.console.url
+
+        settings = demo_settings(api_url=self.console.url + "/api/", kubeconfig=self.cluster.kubeconfig(
+            tmp / "kubeconfig"), db_path=tmp / "meshbot.db", **self._secrets)
+        self.runner = DiagnosisRunner(settings, self.scenario, self.clock)
+        self.bot = build(settings, runner=self.runner).start()
+        self.workspace.bot_url = self.bot.url
+
+    def send_alert(self, key: str, state: AlertState) -> int:
+        """POST one alert to the bot's /alertmanager as Alertmanager would, with the bearer token."""
+        alert = BY_KEY[key]
+        now = self.clock.now()
+        starts_at = self._firing_since.setdefault(key, now)
+        if state == AlertState.RESOLVED:
+            self._firing_since.pop(key, None)
+        body = webhook_body(alert, state, starts_at=starts_at, now=now)
+        answer = httpx.post(f"{self.bot.url}/alertmanager", content=body, timeout=10.0, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {self._secrets['alertmanager_token']}"})
+        return answer.status_code
+
+    def stop(self) -> None:
+        """People first (the console), then the bot, then the world it acts on. Idempotent."""
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
+        if self.bot is not None:
+            self.bot.stop()
+            self.bot = None
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+        if self._controller_client is not None:
+            self._controller_client.close()
+            self._controller_client = None
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> Demo:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_until_interrupted(demo: Demo, *, announce=print) -> None:
+    """Start, print the console's URL, serve until SIGINT/SIGTERM, stop cleanly."""
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        demo.start()
+        announce(f"meshbot demo: open {demo.url} (Ctrl-C stops it)")
+        while not stopping.wait(0.5):
+            pass
+        announce("meshbot demo: stopping")
+    finally:
+        demo.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

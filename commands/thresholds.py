@@ -1,0 +1,42 @@
+"""Every number meshbot judges by, in one place: certificate-expiry days and the check thresholds.
+
+The defaults live here only; settings, the CLI, reminders and the Slack icons derive from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # Istio's own cert-expiry guidance warns 30 days ahead (istio.io/latest/docs/ops/configuration/security/
+    # root-transition); 7 days leaves a working week to rotate, 90 a quarter to plan it.
+    cert_error_days: int = 7
+    cert_warning_days: int = 30
+    cert_info_days: int = 90
+    restart_warning: int = 3
+    memory_near_limit_ratio: float = 0.9
+    envoy_memory_warning_mb: int = 300
+    envoy_memory_error_mb: int = 500
+    upstream_503_share: float = 0.10
+    retry_share: float = 0.20
+    min_requests: int = 20
+    """Clusters with fewer requests are too quiet for a share to mean anything."""
+    stats_count_warning: int = 50_000
+
+    @property
+    def cert_days(self) -> tuple[int, int, int]:
+        """(error, warning, notice) days, as ``--cert-days`` takes them."""
+        return (self.cert_error_days, self.cert_warning_days, self.cert_info_days)
+
+    @property
+    def reminder_days(self) -> tuple[int, ...]:
+        """The days before expiry at which reminders are posted, furthest first."""
+        return (self.cert_info_days, self.cert_warning_days, self.cert_error_days)
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+CERT_DAYS_TEXT = ",".join(str(d) for d in DEFAULT_THRESHOLDS.cert_days)
+"""``7,30,90``: the CLI's default and its help text."""
+REMINDER_DAYS_TEXT = ",".join(str(d) for d in DEFAULT_THRESHOLDS.reminder_days)
