@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -77,9 +78,15 @@ def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser
     diagnose.add_argument("-o", "--output", choices=("text", "json"), default="text")
     diagnose.set_defaults(handler=cmd_diagnose, checks=checks)
 
-    demo = sub.add_parser("demo", help="diagnose the bundled broken-mesh scenario (no cluster needed)")
+    demo = sub.add_parser("demo", help="the whole bot in a browser on the bundled outage (no Slack, no cluster)")
     demo.add_argument("--scenario", default=None, help="scenario.yaml (default: examples/demo/scenario.yaml)")
-    demo.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    shown = demo.add_mutually_exclusive_group()
+    shown.add_argument("--once", action="store_true",
+                       help="print the scenario's diagnosis and exit (the default when not run from a terminal)")
+    shown.add_argument("--serve", action="store_true",
+                       help="serve the console until Ctrl-C (the default from a terminal)")
+    demo.add_argument("--port", type=int, default=8080, help="console port on 127.0.0.1 (default 8080; 0: any)")
+    demo.add_argument("-o", "--output", choices=("text", "json"), default="text", help="with --once")
     demo.set_defaults(handler=cmd_demo, checks=checks)
 
     plan = sub.add_parser("plan", help="show what a remediation would change and dry-run it (changes nothing)")
@@ -172,12 +179,36 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from commands.cluster.demo import load_scenario
 
+    if _demo_serves(args):
+        return _serve_demo(args)
     scenario = load_scenario(args.scenario)
     if args.output == "text":
         print(f"# {scenario.title}\n# {scenario.story}\n", flush=True)
     source, endpoints = scenario.source(), scenario.endpoints()
     args.namespace, args.now, args.cert_days = None, scenario.now, CERT_DAYS_TEXT
     _diagnose_and_print([ALL], source, endpoints, args, title_source=str(scenario.cluster_dir))
+    return EXIT_OK
+
+
+def _demo_serves(args: argparse.Namespace) -> bool:
+    """The console from a terminal; the printed diagnosis for scripts, pipes and ``-o json``."""
+    if args.once or args.output == "json":
+        return False
+    return args.serve or (sys.stdin.isatty() and sys.stdout.isatty())
+
+
+def _serve_demo(args: argparse.Namespace) -> int:
+    try:
+        from bot.demo.run import Demo, serve_until_interrupted
+    except ImportError as exc:
+        raise UserError(f"the demo console needs the `demo` extra ({exc.name} is missing): "
+                        "pip install -e '.[demo]', or scripts/demo.sh") from None
+    try:
+        serve_until_interrupted(Demo(scenario=args.scenario, port=args.port),
+                                announce=lambda line: print(line, flush=True))
+    except OSError as exc:
+        raise UserError(f"cannot serve the console on 127.0.0.1:{args.port}: {exc.strerror or exc} "
+                        "(another program uses the port? try --port 8081)") from None
     return EXIT_OK
 
 
@@ -245,26 +276,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def stop(signum: int, frame: object) -> None:
         if not stopping.is_set():
             stopping.set()
-            log.info("signal %s: shutting down", signum)
-            threading.Thread(target=bot.stop, name="shutdown", daemon=True).start()
+            log.info("signal %s: shutting down (grace %.0fs)", signum, settings.shutdown_grace_seconds)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    bot.wait()
+    while bot.serving and not stopping.wait(0.5):
+        pass
+    if not bot.stop():
+        # Work still running past the grace (a slow Kubernetes call) would keep the interpreter alive at
+        # exit (it joins the pools' threads); what it recorded is in the database, so exit without it.
+        logging.shutdown()
+        os._exit(EXIT_OK)
     return EXIT_OK
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
     from bot.server.schema import open_database
     from bot.incidents.report import to_json, to_markdown
-    from bot.incidents.log import IncidentLog
+    from bot.incidents.log import IncidentLog, load_audit_key
     from bot.settings import Settings
 
-    path = args.db or Settings.load().db_path
+    settings = Settings.load()
+    path = args.db or settings.db_path
     if not Path(path).exists():
         raise UserError(f"no incident database at {path} (set MESHBOT_DB or pass --db)")
     database = open_database(path)
-    log_ = IncidentLog(database)
+    log_ = IncidentLog(database, key=load_audit_key(settings.audit_key, path, create=False),
+                       anchor_stores=_audit_anchors(settings, path))
     now = datetime.now(timezone.utc)
     if args.incidents_command == "list":
         incidents = log_.list_all() if args.all else log_.list_open()
@@ -283,12 +321,24 @@ def cmd_incidents(args: argparse.Namespace) -> int:
                          else to_markdown(incident, alerts, events, now))
         return EXIT_OK
     report = log_.verify()
-    if report.intact:
-        print(f"incident log intact: {report.events} events, hash chain verified")
-        return EXIT_OK
-    print(f"incident log TAMPERED: event {report.broken_at}: {report.reason} "
-          f"({report.events} events checked)", file=sys.stderr)
-    return 1
+    print("\n".join(report.lines()), file=sys.stdout if report.intact else sys.stderr)
+    return EXIT_OK if report.intact else 1
+
+
+def _audit_anchors(settings, db_path: str) -> tuple:
+    """The anchors ``verify`` compares the chain with: the file next to the database, and the Lease if used."""
+    import socket
+
+    from bot.cluster import ClusterAccess
+    from bot.incidents.log import LeaseAnchorStore, default_anchor_stores
+    from commands.clients.lease import LeaderElector
+
+    stores = default_anchor_stores(db_path)
+    if settings.leader_election:  # read only: verify never takes the lease
+        elector = LeaderElector(ClusterAccess(settings).client(), settings.lease_namespace,
+                                settings.pod_name or socket.gethostname())
+        stores += (LeaseAnchorStore(elector),)
+    return stores
 
 
 def cmd_settings(args: argparse.Namespace) -> int:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,6 +30,17 @@ class SettingsError(MeshbotError):
     """A setting is missing or malformed; the message names it."""
 
 
+class Audience(StrEnum):
+    """Who may do something (``bot.slack.roles`` decides membership)."""
+
+    EVERYONE = "everyone"
+    """Anyone in a channel of MESHBOT_ALLOWED_CHANNELS."""
+    RESPONDERS = "responders"
+    """MESHBOT_RESPONDERS and MESHBOT_APPROVERS (users, or members of the user groups)."""
+    APPROVERS = "approvers"
+    """MESHBOT_APPROVERS only."""
+
+
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
@@ -37,22 +50,36 @@ def _text(value: str) -> str:
     return value
 
 
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("not a whole number") from None
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError("not a number") from None
+
+
 def _port(value: str) -> int:
-    number = int(value)
+    number = _int(value)
     if not 0 <= number <= 65535:
         raise ValueError("not a port number (0-65535)")
     return number
 
 
 def _positive_int(value: str) -> int:
-    number = int(value)
+    number = _int(value)
     if number < 1:
         raise ValueError("must be at least 1")
     return number
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
+    number = _float(value)
     if number <= 0:
         raise ValueError("must be greater than 0")
     return number
@@ -85,10 +112,44 @@ def _approvers(value: str) -> tuple[str, ...]:
     return items
 
 
+def _base_url(value: str) -> str:
+    """An http(s) URL with a host and no credentials, query or fragment (they would end up in logs)."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("expected an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the URL must not carry credentials (user:password@); tokens come from their own settings")
+    if parts.query or parts.fragment:
+        raise ValueError("the URL must not have a query or fragment")
+    return value
+
+
 def _url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("expected an http(s) URL")
+    """A base URL other paths are appended to (``SLACK_API_URL``): always ends with ``/``."""
+    value = _base_url(value)
     return value if value.endswith("/") else value + "/"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return value.upper()
+
+
+def _audience(value: str) -> Audience:
+    try:
+        return Audience(value.strip().lower())
+    except ValueError:
+        raise ValueError(f"expected one of {', '.join(a.value for a in Audience)}") from None
 
 
 def _namespace(value: str) -> str:
@@ -163,9 +224,20 @@ class Settings:
     kubeconfig: str | None = _setting("KUBECONFIG", doc="kubeconfig file; unset: in-cluster service account or "
                                                         "`~/.kube/config`.")
     kube_context: str | None = _setting("MESHBOT_KUBE_CONTEXT", doc="kubeconfig context.")
-    istiod_url: str | None = _setting("MESHBOT_ISTIOD_URL", doc="istiod monitoring URL "
+    istiod_url: str | None = _setting("MESHBOT_ISTIOD_URL", _base_url, doc="istiod monitoring URL "
                                                               "(`http://istiod.istio-system:15014`); unset: "
                                                               "discover istiod pods.")
+    istiod_token_file: str | None = _setting(
+        "MESHBOT_ISTIOD_TOKEN_FILE",
+        doc="Token sent as `Authorization: Bearer` when istiod is reached directly (MESHBOT_ISTIOD_URL or "
+            "MESHBOT_ISTIOD_DIRECT): a projected service-account token with audience `istio-ca`, which istiod "
+            "verifies with a TokenReview. Unset: none (istiod then answers /debug/* only through the "
+            "port-forward).")
+    istiod_direct: bool = _setting(
+        "MESHBOT_ISTIOD_DIRECT", _bool, default=False,
+        doc="In-cluster, reach istiod pods on their pod IP instead of a port-forward. istiod answers /debug/* "
+            "to non-loopback callers only with MESHBOT_ISTIOD_TOKEN_FILE, and (Istio 1.27.6+/1.28.4+/1.29+) "
+            "only if meshbot's namespace is in DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES.")
     istio_namespace: str = _setting("MESHBOT_ISTIO_NAMESPACE", _namespace, default="istio-system",
                                     doc="Istio root namespace.")
     scenario: str | None = _setting("MESHBOT_SCENARIO", doc="Diagnose a captured scenario "
@@ -180,7 +252,11 @@ class Settings:
                             doc="Background threads running diagnostics and actions.")
     http_threads: int = _setting("MESHBOT_HTTP_THREADS", _positive_int, default=16,
                                  doc="Threads of the HTTP server answering Slack and Alertmanager.")
-    log_level: str = _setting("MESHBOT_LOG_LEVEL", default="INFO", doc="DEBUG, INFO, WARNING or ERROR.")
+    log_level: str = _setting("MESHBOT_LOG_LEVEL", _log_level, default="INFO", doc="DEBUG, INFO, WARNING or ERROR.")
+    shutdown_grace_seconds: float = _setting(
+        "MESHBOT_SHUTDOWN_GRACE_SECONDS", _positive_float, default=20.0,
+        doc="On SIGTERM, seconds to finish running work before exiting anyway. Keep it below the pod's "
+            "`terminationGracePeriodSeconds` (30 by default), or Kubernetes kills meshbot mid-shutdown.")
     alertmanager_token: str | None = _setting("ALERTMANAGER_TOKEN", secret=True,
                                               doc="Bearer token Alertmanager must send to `/alertmanager`; "
                                                   "unset: the endpoint refuses everything.")
@@ -188,6 +264,19 @@ class Settings:
                                                                 "(default: the bundled `playbooks/`).")
     approvers: tuple[str, ...] = _setting("MESHBOT_APPROVERS", _approvers, default=(),
                                           doc="Slack user IDs and/or user group IDs allowed to approve actions.")
+    responders: tuple[str, ...] = _setting("MESHBOT_RESPONDERS", _approvers, default=(),
+                                           doc="Slack user IDs and/or user group IDs of on-call responders: with "
+                                               "the approvers, the `responders` audience below.")
+    diagnostics_audience: Audience = _setting(
+        "MESHBOT_DIAGNOSTICS_BY", _audience, default=Audience.EVERYONE,
+        doc="Who may run diagnostics and read incidents: `everyone` (in MESHBOT_ALLOWED_CHANNELS), "
+            "`responders` (MESHBOT_RESPONDERS and MESHBOT_APPROVERS) or `approvers`.")
+    request_audience: Audience = _setting(
+        "MESHBOT_REQUEST_BY", _audience, default=Audience.RESPONDERS,
+        doc="Who may ask for a remediation action (or its rollback): `everyone`, `responders` or `approvers`.")
+    resolve_audience: Audience = _setting(
+        "MESHBOT_RESOLVE_BY", _audience, default=Audience.RESPONDERS,
+        doc="Who may resolve an incident by hand: `everyone`, `responders` or `approvers`.")
     required_approvals: int = _setting("MESHBOT_REQUIRED_APPROVALS", _positive_int, default=2,
                                        doc="Approvals (from people other than the requester) an action needs.")
     approval_ttl_minutes: int = _setting("MESHBOT_APPROVAL_TTL_MINUTES", _positive_int, default=30,
@@ -213,6 +302,11 @@ class Settings:
                                            doc="At most one alert-update reply per incident thread per this many "
                                                "seconds; what arrives meanwhile is summarised in the next one.")
 
+    def __post_init__(self) -> None:
+        quorum_problem = quorum_exceeds_approvers(self.approvers, self.required_approvals)
+        if quorum_problem:
+            raise SettingsError(quorum_problem)
+
     # -- loading -------------------------------------------------------------------
 
     @classmethod
@@ -229,8 +323,7 @@ class Settings:
             try:
                 values[spec.name] = spec.metadata["parse"](raw.strip())
             except ValueError as exc:
-                shown = "(hidden)" if spec.metadata["secret"] else repr(raw)
-                raise SettingsError(f"{env}: {shown} is invalid: {exc}") from None
+                raise SettingsError(_invalid(env, raw, str(exc), secret=spec.metadata["secret"])) from None
         unknown = set(from_file) - {f.name for f in fields(cls)} - {f.metadata["env"] for f in fields(cls)}
         if unknown:
             raise SettingsError(f"{config_file}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -257,6 +350,39 @@ class Settings:
     def secret_values(self) -> list[str]:
         """Every secret value set, for the log redaction filter."""
         return [getattr(self, f.name) for f in fields(self) if f.metadata["secret"] and getattr(self, f.name)]
+
+
+_LOOKS_SECRET = re.compile(r"xox[a-z]-|xapp-|://[^/\s]*@|-----BEGIN", re.IGNORECASE)
+
+
+def _invalid(env: str, raw: str, reason: str, *, secret: bool) -> str:
+    """``NAME: 'value' is invalid: why`` — the value only when it helps and cannot be a pasted secret."""
+    raw = raw.strip()
+    if secret or _LOOKS_SECRET.search(raw):
+        # A parser's message may quote what it parsed (int() does); then it goes too.
+        return f"{env}: the value (hidden) is invalid: {'malformed' if raw and raw in reason else reason}"
+    shown = repr(raw) if len(raw) <= 80 else repr(raw[:40] + "…")
+    return f"{env}: {shown} is invalid: {reason}"
+
+
+def quorum_exceeds_approvers(approvers: tuple[str, ...], required: int, group_members: int | None = None) -> str | None:
+    """Why MESHBOT_REQUIRED_APPROVALS can never be met by MESHBOT_APPROVERS, or None.
+
+    A user group counts by its members, which only Slack knows: without ``group_members`` a list with a
+    group is not judged here (the approval desk checks it at start-up, when the group is readable).  An
+    empty list is allowed: then nobody can approve, and meshbot says so in its log.
+    """
+    users = [a for a in approvers if not a.startswith("S")]
+    groups = [a for a in approvers if a.startswith("S")]
+    if not approvers or (groups and group_members is None):
+        return None
+    people = len(set(users)) + (group_members or 0)
+    if required <= people:
+        return None
+    listed = f"{len(set(users))} user{'s' * (len(set(users)) != 1)}" + (
+        f" and {group_members} user-group member{'s' * (group_members != 1)}" if groups else "")
+    return (f"MESHBOT_REQUIRED_APPROVALS is {required} but MESHBOT_APPROVERS lists only {listed}, so no action "
+            f"could ever be approved; lower the quorum or add approvers")
 
 
 def _raw_value(env: str, name: str, environ: Mapping[str, str], from_file: Mapping[str, Any]) -> str | None:

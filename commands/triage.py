@@ -9,9 +9,10 @@ explains become causes of their own, so independent problems stay separate.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from commands.findings import Finding, Level, Remediation, by_severity
 
@@ -182,6 +183,19 @@ def root_trust_is_broken(findings: Sequence[Finding]) -> Iterable[Link]:
                 continue
             confidence = Confidence.MEDIUM if effect.code in CALLER_SYMPTOMS else Confidence.HIGH
             yield Link(cause, effect, f"mTLS handshakes {where} fail while the root is not trusted", confidence)
+        if scope is None:
+            yield from _proxies_cannot_trust_istiod(cause, findings)
+
+
+def _proxies_cannot_trust_istiod(root: Finding, findings: Sequence[Finding]) -> Iterable[Link]:
+    """With the default PILOT_CERT_PROVIDER=istiod, istiod's xDS/CA port 15012 serves a certificate its own CA
+    signs ("Generating istiod-signed cert", pilot/pkg/bootstrap/certcontroller.go initDNSCerts), and
+    istio-agent verifies it against the mesh root it was given.  Once that root has expired, proxies that
+    reconnect (istiod restarting is enough) can neither fetch config nor renew their certificate."""
+    for effect in findings:
+        if effect.code in SYNC_TROUBLE and not effect.evidence.get("last_error"):
+            yield Link(root, effect, "proxies cannot verify istiod's certificate, which the expired root signed",
+                       Confidence.MEDIUM)
 
 
 def control_plane_is_down(findings: Sequence[Finding]) -> Iterable[Link]:
@@ -242,7 +256,7 @@ def first_step(cause: Finding, explained: Sequence[Finding]) -> Remediation | No
             then = ("let istiod rewrite the namespace's istio-ca-root-cert and restart the workloads there"
                     if mismatch else "rotate the root in place (never delete istio-ca-secret)")
             return Remediation(
-                summary=f"Restore traffic in {namespace} first: accept and send plaintext there (two approvals); "
+                summary=f"Restore traffic in {namespace} first: accept and send plaintext there (needs approval); "
                         f"then {then}",
                 action=f"permissive-mtls {namespace}")
     if cause.code == "MB1002" and _is_istiod(cause):
@@ -295,8 +309,20 @@ def triage(findings: Sequence[Finding], rules: Sequence[Rule] = RULES) -> Triage
             first_step=first_step(finding, explained),
             errors_total=errors_total,
         ))
-    causes.sort(key=lambda c: (-c.explained_errors, c.confidence.rank, c.finding.sort_key))
+    causes.sort(key=lambda c: (not breaks_traffic(c), -c.explained_errors, c.confidence.rank, c.finding.sort_key))
     return Triage(causes=tuple(causes), findings=tuple(findings))
+
+
+def breaks_traffic(cause: Cause) -> bool:
+    """True for a cause that stops requests between workloads now: a root that is not trusted, or one that
+    explains failing sidecars or callers' 503s.  Such causes come first: an istiod outage alone leaves
+    every proxy serving with the configuration it last accepted (Envoy keeps xDS resources it has while the
+    management server is away: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol) and its
+    workload certificate (24 h by default, WORKLOAD_CERT_TTL in pkg/istio-agent), so restoring traffic is
+    the first safe step and the control plane the second."""
+    if cause.finding.code in ROOT_MISMATCH or (cause.finding.code in ROOT_EXPIRED and _is_mesh_root(cause.finding)):
+        return True
+    return any(f.code in CALLER_SYMPTOMS | SIDECAR_BROKEN and f.level == Level.ERROR for f in cause.explains)
 
 
 def _links_from(finding: Finding, effects: dict[int, list[Link]]) -> list[Link]:
@@ -321,3 +347,71 @@ def _confidence(finding: Finding, effects: dict[int, list[Link]]) -> Confidence:
     if not direct:
         return Confidence.LOW if finding.level != Level.ERROR else Confidence.MEDIUM
     return min((link.confidence for link in direct), key=lambda c: c.rank)
+
+
+# -- one alert's view ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scoped:
+    """A triage narrowed to where one alert points: the causes that touch it, with their findings, and the rest."""
+
+    causes: tuple[Cause, ...]
+    findings: tuple[Finding, ...]
+    """Everything shown in that alert's thread: the causes, what they explain, and other findings in scope."""
+    elsewhere: tuple[Finding, ...]
+    """Findings about other namespaces that no cause in scope explains: summarised, not listed."""
+
+    @property
+    def top(self) -> Cause | None:
+        return self.causes[0] if self.causes else None
+
+    @property
+    def elsewhere_namespaces(self) -> tuple[str, ...]:
+        return tuple(sorted({ns for f in self.elsewhere if (ns := namespace_of(f))}))
+
+
+def scoped(result: Triage, namespaces: Iterable[str]) -> Scoped:
+    """The part of ``result`` an alert about ``namespaces`` is about (everything when it names none).
+
+    A finding touches the scope when it is about one of those namespaces, calls a service there, or is
+    not about any namespace (mesh-wide).  A cause is kept when it or anything it explains touches the
+    scope: an expired root in istio-system stays in a prod alert's thread because it explains prod's 503s.
+    """
+    scope = frozenset(namespaces)
+    if not scope:
+        return Scoped(result.causes, result.findings, ())
+
+    def touches(finding: Finding) -> bool:
+        own = namespace_of(finding)
+        upstream = upstream_of(finding)
+        return own is None or own in scope or (upstream is not None and upstream[0] in scope)
+
+    causes = tuple(c for c in result.causes if touches(c.finding) or any(touches(e) for e in c.explains))
+    kept = {id(f) for c in causes for f in (c.finding, *c.explains)}
+    claimed = {id(f) for c in result.causes for f in (c.finding, *c.explains)}
+    shown, elsewhere = [], []
+    for finding in result.findings:
+        if id(finding) in kept or (id(finding) not in claimed and touches(finding)):
+            shown.append(finding)
+        else:
+            elsewhere.append(finding)
+    return Scoped(causes, tuple(shown), tuple(elsewhere))
+
+
+def shared_cause(ours: Sequence[Cause], theirs: Sequence[Mapping[str, Any]]) -> str | None:
+    """The title of the cause two diagnoses share, when they are one outage; None otherwise.
+
+    ``theirs`` is another diagnosis's stored triage (``Cause.to_dict`` items).  Shared means one side's first
+    cause is also a cause on the other side, and on both sides it explains other findings: a lone error both
+    diagnoses happen to see (a gateway certificate expiring next week) does not make two alerts one outage.
+    """
+    if not ours or not theirs:
+        return None
+    our_chains = {c.key: c.title for c in ours if c.is_chain}
+    their_chains = {str(c["key"]): str(c["title"]) for c in theirs if c.get("explained")}
+    our_top, their_top = ours[0].key, str(theirs[0]["key"])
+    if our_top in our_chains and our_top in their_chains:
+        return our_chains[our_top]
+    if their_top in their_chains and their_top in our_chains:
+        return their_chains[their_top]
+    return None

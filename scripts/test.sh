@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The tests use the real Alertmanager/amtool and promtool (../shared/TESTING.md).
+# The tests use the real Alertmanager/amtool and promtool (../shared/TESTING.md) and a real browser.
 missing=()
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 command -v promtool >/dev/null || missing+=(prometheus)
+# tests/test_demo_console.py drives Debian's headless chromium through chromedriver (no browser download).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

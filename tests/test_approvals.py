@@ -455,3 +455,102 @@ def test_a_playbook_suggestion_button_opens_a_request_in_the_incident_thread(act
     request = meshbot.approvals.get(request_id)
     assert request.incident_id == int(incident_id) and request.action == "restart istiod -n istio-system"
     assert request.requester == "UALICE" and "suggested by the playbook" in request.reason
+
+
+# -- the request message, the quorum, and what the incident shows -------------------------------------
+
+
+def latest_blocks(fake_slack: FakeSlack, message: dict) -> list[dict]:
+    updates = [c.args for c in fake_slack.of("chat.update") if c.args.get("_ok") and c.args.get("ts") == message["_ts"]]
+    return updates[-1]["blocks"] if updates else message["blocks"]
+
+
+def button(blocks: list[dict], action_id: str) -> dict:
+    return next(e for b in blocks if b["type"] == "actions" for e in b["elements"] if e["action_id"] == action_id)
+
+
+def test_request_message_puts_status_asker_change_and_buttons_above_the_diff_and_mentions_approvers(
+        action_bot, cluster, fake_slack):
+    meshbot = action_bot(required_approvals=3)
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments --reason 503s after root rotation")
+    blocks = request_message(fake_slack, request_id)["blocks"]
+    first = blocks[0]["text"]["text"]
+    assert first.index("Waiting for approval* \u2014 0/3") < first.index("Asked by <@UALICE>: 503s after root rotation")
+    assert "*Changes:* " in first
+    assert "*Approvers:* <@UBOB>, <@UCAROL>, <!subteam^S0SRE> \u2014 3 approvals from people other than the " \
+           "requester" in first
+    assert blocks[1]["type"] == "actions", "the buttons come before the diff"
+    assert any(b.get("text", {}).get("text", "").startswith("*Diff") for b in blocks[2:])
+    assert "two" not in str(blocks)
+    assert button(blocks, "approval_approve")["confirm"]["text"]["text"].startswith("This is approval 1 of 3")
+    reject = button(blocks, "approval_reject")["confirm"]
+    assert reject["title"]["text"] == "Reject this request?" and "nothing changes" in reject["text"]["text"]
+
+
+def test_with_a_quorum_of_3_the_last_approver_is_told_the_action_runs_now(action_bot, cluster, fake_slack):
+    meshbot = action_bot(required_approvals=3)
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    message = request_message(fake_slack, request_id)
+    assert "Approval recorded (approval 1 of 3)" in press(meshbot, fake_slack, "approval_approve", str(request_id),
+                                                          "UBOB")
+    press(meshbot, fake_slack, "approval_approve", str(request_id), "UCAROL")
+    confirm = fake_slack.wait_for(lambda: "2/3" in str(latest_blocks(fake_slack, message)) and button(
+        latest_blocks(fake_slack, message), "approval_approve")["confirm"], what="the request at 2 of 3")
+    assert confirm["title"]["text"] == "Approve and run now?"
+    assert confirm["text"]["text"].startswith("Yours is the last approval needed: meshbot runs `/mesh permissive-mtls")
+    assert "running now" in press(meshbot, fake_slack, "approval_approve", str(request_id), "UDAVE")
+    assert wait_finished(meshbot, fake_slack, request_id).state == RequestState.SUCCEEDED
+
+
+def test_a_quorum_larger_than_the_approver_list_is_refused_at_start(action_bot, cluster, fake_slack):
+    from bot.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="MESHBOT_REQUIRED_APPROVALS is 3 but MESHBOT_APPROVERS lists only 2 "
+                                            "users"):
+        Settings(approvers=("UBOB", "UCAROL"), required_approvals=3)
+    # A user group counts by its members, read from Slack at start-up: UBOB, UCAROL and UDAVE make 3, not 4.
+    with pytest.raises(SettingsError, match="lists only 2 users and 1 user-group member"):
+        action_bot(required_approvals=4)
+
+
+def test_an_executed_action_shows_in_the_incident_top_message_until_it_is_rolled_back(action_bot, cluster,
+                                                                                     fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    top = fake_slack.wait_for(lambda: fake_slack.messages(top_level=True), what="the manual incident")[0]
+    approve(meshbot, fake_slack, request_id, "UBOB", "UCAROL")
+    wait_finished(meshbot, fake_slack, request_id)
+    shown = fake_slack.wait_for(lambda: "accepts plaintext" in str(latest_blocks(fake_slack, top))
+                                and latest_blocks(fake_slack, top), what="the change in the top message")
+    assert ":warning: *payments accepts plaintext since <!date^" in shown[0]["text"]["text"]
+    assert button(shown, "approval_rollback:1")["value"] == str(request_id)
+    assert IncidentLog(meshbot.database).get(1).status == "open", "open while the change is in place"
+
+    rollback_id = ask_rollback(meshbot, fake_slack, request_id, "UBOB")
+    approve(meshbot, fake_slack, rollback_id, "UCAROL", "UDAVE")
+    wait_finished(meshbot, fake_slack, rollback_id)
+    final = fake_slack.wait_for(lambda: "Resolved" in str(latest_blocks(fake_slack, top))
+                                and latest_blocks(fake_slack, top), what="the incident resolved")
+    assert "accepts plaintext" not in str(final)
+    original = fake_slack.wait_for(lambda: "Rolled back" in str(latest_blocks(fake_slack, request_message(
+        fake_slack, request_id))) and latest_blocks(fake_slack, request_message(fake_slack, request_id)),
+        what="the first request's final state")
+    assert f"*Rolled back* by request #{rollback_id}" in str(original)
+    assert IncidentLog(meshbot.database).get(1).status == "resolved"
+
+
+def test_a_rejected_request_typed_outside_any_incident_closes_its_incident(action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    assert "closed" in press(meshbot, fake_slack, "approval_reject", str(request_id), "UCAROL")
+    fake_slack.wait_for(lambda: IncidentLog(meshbot.database).get(1).status == "resolved", what="the manual incident closed")
+
+
+def test_a_long_diff_is_collapsed_into_the_attached_plan(action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "bypass namespace payments")
+    blocks = request_message(fake_slack, request_id)["blocks"]
+    diff = next(b["text"]["text"] for b in blocks if b.get("text", {}).get("text", "").startswith("*Diff"))
+    assert diff.startswith("*Diff* (first 12 lines; the full plan is attached below)")
+    upload = fake_slack.wait_for(lambda: fake_slack.of("files.getUploadURLExternal"), what="the plan upload")[0]
+    assert upload.args["filename"] == f"request-{request_id}-plan.txt"

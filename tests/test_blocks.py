@@ -59,6 +59,71 @@ def test_empty_report_says_no_problems():
 
 def test_a_special_mention_in_an_alert_title_or_note_notifies_nobody():
     message = blocks.note_message("UALICE", "paging <!channel> and <!subteam^S0SRE>")
-    assert "<!" not in message.text and "&lt;!channel>" in message.text
+    assert "<!" not in message.text and "&lt;!channel" in message.text
     assert "<@UALICE>" in message.text, "meshbot's own mention of the author stays"
     assert "<!" not in str(message.blocks)
+
+
+# -- counts, plurals, the incident's top message, the triage reply -----------------------------------
+
+def test_counts_leave_out_empty_levels_and_use_the_singular_for_one():
+    text = blocks.counts_text([finding(1, Level.WARNING), finding(2, Level.INFO)])
+    assert text == ":large_orange_circle: 1 warning \u00b7 :large_blue_circle: 1 info"
+    assert blocks.plural(1, "sidecar") == "1 sidecar" and blocks.plural(3, "sidecar") == "3 sidecars"
+
+
+def incident_row(status="open", resolved_at=None, severity="critical"):
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=7, title="ServiceMeshHighErrorRate: payment answers 38% 5xx", severity=severity,
+                           status=status, namespaces=("prod",), services=(), external_url="", playbook="p",
+                           source="alertmanager", opened_at=datetime(2026, 11, 24, 4, 3, tzinfo=timezone.utc),
+                           resolved_at=resolved_at, resolved_by=None)
+
+
+ALERT = {"status": "firing", "starts_at": "2026-11-24T02:58:00Z", "ends_at": None, "generator_url": ""}
+
+
+def test_open_top_message_counts_firing_time_from_starts_at_not_from_when_meshbot_heard():
+    from datetime import datetime, timezone
+
+    view = blocks.TopView(incident=incident_row(), alerts=[ALERT])
+    text = blocks.incident_message(view, datetime(2026, 11, 24, 4, 10, tzinfo=timezone.utc)).blocks[0]["text"]["text"]
+    assert "Firing since <!date^1795489080^{date_short_pretty} {time}|2026-11-24 02:58 UTC> (1h 12m)" in text
+
+
+def test_resolved_top_message_drops_the_bold_severity_and_says_how_long_it_lasted():
+    from datetime import datetime, timezone
+
+    ended = datetime(2026, 11, 24, 4, 10, tzinfo=timezone.utc)
+    view = blocks.TopView(incident=incident_row("resolved", resolved_at=datetime(2026, 11, 24, 4, 11,
+                                                                                 tzinfo=timezone.utc)),
+                          alerts=[{**ALERT, "status": "resolved", "ends_at": "2026-11-24T04:10:00Z"}])
+    message = blocks.incident_message(view, ended)
+    text = message.blocks[0]["text"]["text"]
+    assert text.startswith(":white_check_mark: Resolved \u00b7 ServiceMeshHighErrorRate")
+    assert "Lasted 1h 12m (2026-11-24 02:58 UTC \u2192 2026-11-24 04:10 UTC) \u00b7 was critical" in text
+    assert "*CRITICAL" not in str(message.blocks) and message.text.startswith("RESOLVED:")
+
+
+def test_a_first_step_that_is_a_command_is_shown_as_the_command_without_a_button():
+    from datetime import datetime, timezone
+
+    step = blocks.FirstStep(summary="raise istiod's memory limit", command="kubectl -n istio-system set resources "
+                                                                           "deployment/istiod --limits=memory=4Gi")
+    view = blocks.TopView(incident=incident_row(), alerts=[ALERT], diagnosed=True, headline=blocks.Headline(
+        key="MB1002:Pod istio-system/istiod", title="istiod OOMKilled", explains="explains 2 of 2 errors",
+        confidence="high", first_step=step))
+    message = blocks.incident_message(view, datetime(2026, 11, 24, 4, 10, tzinfo=timezone.utc))
+    assert "`kubectl -n istio-system set resources deployment/istiod --limits=memory=4Gi`" in str(message.blocks)
+    assert not [b for b in message.blocks if b["type"] == "actions"]
+
+
+def test_a_triage_reply_with_many_causes_and_findings_stays_within_slacks_limits():
+    from commands.triage import scoped, triage
+
+    findings = [finding(i) for i in range(300)]
+    message, hidden = blocks.triage_report("Triage", scoped(triage(findings), []))
+    assert len(message.blocks) <= blocks.MAX_BLOCKS
+    assert hidden > 0 and "the full report is attached" in str(message.blocks[-1])

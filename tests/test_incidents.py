@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import json
 import subprocess
 import sys
@@ -47,8 +48,52 @@ def thread(fake_slack: FakeSlack, top: dict) -> list[dict]:
 
 
 def wait_for_diagnostics(fake_slack: FakeSlack, top: dict) -> dict:
-    return fake_slack.wait_for(lambda: [m for m in thread(fake_slack, top) if "Diagnostics" in m["text"]],
-                               timeout=20, what="the diagnostics in the thread")[0]
+    return fake_slack.wait_for(lambda: [m for m in thread(fake_slack, top) if m["text"].startswith("Triage")],
+                               timeout=20, what="the triage in the thread")[0]
+
+
+def replies(fake_slack: FakeSlack, top: dict) -> list[dict]:
+    """The thread's replies, without the audit log's own heads (another feature's)."""
+    return [m for m in thread(fake_slack, top) if not m["text"].startswith("Audit log head")]
+
+
+def last_update(fake_slack: FakeSlack, top: dict, contains: str = "") -> dict:
+    """The latest chat.update of ``top`` (waiting for one whose text contains ``contains``)."""
+    def updates():
+        found = [c.args for c in fake_slack.of("chat.update") if c.args.get("_ok") and c.args["ts"] == top["_ts"]]
+        return found if found and contains in found[-1]["text"] + str(found[-1]["blocks"]) else None
+    return fake_slack.wait_for(updates, timeout=20, what=f"an update of the top message with {contains!r}")[-1]
+
+
+# The bundled outage (examples/demo/scenario.yaml) as Alertmanager sends it, with the annotations of
+# deploy/prometheus/meshbot-alerts.rules.yaml.
+def outage_alert(name: str, labels: dict, annotations: dict, starts_at: str, fingerprint: str) -> dict:
+    return {"version": "4", "groupKey": f'{{}}:{{alertname="{name}"}}', "status": "firing", "receiver": "meshbot",
+            "groupLabels": {"alertname": name}, "commonLabels": {"alertname": name, **labels},
+            "commonAnnotations": annotations, "externalURL": "http://alertmanager.monitoring.svc:9093",
+            "truncatedAlerts": 0,
+            "alerts": [{"status": "firing", "labels": {"alertname": name, **labels}, "annotations": annotations,
+                        "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z", "fingerprint": fingerprint,
+                        "generatorURL": "http://prometheus.monitoring.svc:9090/graph?g0.expr=up"}]}
+
+
+def high_error_rate() -> dict:
+    return outage_alert(
+        "ServiceMeshHighErrorRate", {"namespace": "prod", "destination_service_namespace": "prod",
+                                     "destination_service_name": "payment-service", "severity": "critical"},
+        {"summary": "payment-service.prod answers 38% 5xx",
+         "description": "More than 5% of the requests to this service fail with a 5xx.",
+         "runbook_url": "https://github.com/example/meshbot/blob/main/playbooks/service-mesh-high-error-rate.yaml"},
+        "2026-11-24T02:58:00Z", "5be1c0a2d3e4f506")
+
+
+def istiod_down() -> dict:
+    return outage_alert(
+        "IstiodDown", {"namespace": "istio-system", "severity": "critical"},
+        {"summary": "istiod is down", "description": "No istiod instance in istio-system has answered Prometheus "
+                                                     "for a minute.",
+         "runbook_url": "https://github.com/example/meshbot/blob/main/playbooks/istiod-down.yaml"},
+        "2026-11-24T03:01:00Z", "9a8b7c6d5e4f3a2b")
 
 
 def stored_notifications(meshbot) -> int:
@@ -64,11 +109,11 @@ def test_first_notification_opens_an_incident_with_a_top_level_message_and_diagn
     assert top["channel"] == "CINCIDENT"
     assert top["text"].startswith("CRITICAL: EnvoySidecarCrashLoop")
     text = str(top["blocks"])
-    assert "`prod`" in text and "Alertmanager" in text and "Incident #1" in text
+    assert "`prod`" in text and "Alertmanager" in text and "incident #1" in text
+    assert "Diagnosing" in text, "the headline says the cause is coming"
     diagnostics = wait_for_diagnostics(fake_slack, top)
     assert "playbook envoy-sidecar-crash-loop" in diagnostics["text"]
     assert "CrashLoopBackOff (25 restarts)" in str(diagnostics["blocks"])
-    assert "Bypass the mesh for the crash-looping workload" in str(diagnostics["blocks"])
 
 
 def test_resent_notifications_for_the_group_never_open_a_second_incident(incident_bot, fake_slack):
@@ -78,7 +123,7 @@ def test_resent_notifications_for_the_group_never_open_a_second_incident(inciden
     wait_for_diagnostics(fake_slack, top)
     time.sleep(1.5)
     assert len(top_levels(fake_slack)) == 1
-    assert len(thread(fake_slack, top)) == 1  # only the diagnostics: nothing new happened
+    assert len(replies(fake_slack, top)) == 1  # only the triage: nothing new happened
     assert incident_bot.database.db.execute("SELECT COUNT(*) FROM incidents").fetchone()[0] == 1
 
 
@@ -102,9 +147,26 @@ def test_group_resolution_updates_the_top_message_and_closes_the_incident(incide
                                           if c.args["_ok"] and c.args["text"].startswith("RESOLVED")],
                                  what="the resolved update")[0]
     assert update["ts"] == top["_ts"]
-    assert "Resolved after" in str(update["blocks"])
+    shown = update["blocks"][0]["text"]["text"]
+    # From the alerts' startsAt to their endsAt, not from when meshbot heard of them; no bold CRITICAL.
+    assert shown.startswith(":white_check_mark: Resolved \u00b7 EnvoySidecarCrashLoop")
+    assert "Lasted 19m (2024-05-14 09:12 UTC \u2192 2024-05-14 09:31 UTC) \u00b7 was critical" in shown
+    assert "*CRITICAL" not in str(update["blocks"])
     row = next(iter(incident_bot.database.db.query("SELECT status, resolved_at FROM incidents")))
     assert row["status"] == "resolved" and row["resolved_at"]
+
+
+def test_a_resolved_group_gets_one_thread_reply_saying_so_not_one_per_alert(incident_bot, fake_slack):
+    send(incident_bot, payload("firing.json"))
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    wait_for_diagnostics(fake_slack, top)
+    before = len(replies(fake_slack, top))
+    send(incident_bot, payload("resolved.json"))
+    [note] = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, top) if "Resolved" in str(m["blocks"])],
+                                 what="the resolved reply")
+    time.sleep(1.0)
+    assert len(replies(fake_slack, top)) == before + 1
+    assert "lasted 19m" in str(note["blocks"])
 
 
 def test_a_restart_does_not_open_a_second_incident_for_the_same_group(bot_factory, fake_slack):
@@ -144,7 +206,7 @@ def test_diagnostics_are_posted_once_even_if_a_second_run_is_started(incident_bo
 
     incident_bot.incident_flow.diagnose(incident_id)  # what a restart's catch-up racing the processor would do
 
-    assert len([m for m in thread(fake_slack, top) if "Diagnostics" in m["text"]]) == 1
+    assert len([m for m in thread(fake_slack, top) if m["text"].startswith("Triage")]) == 1
     runs = [e for e in IncidentLog(incident_bot.database).timeline(incident_id) if e.kind == "diagnostics_run"]
     assert len(runs) == 1
 
@@ -228,7 +290,7 @@ def test_incident_slash_commands_list_show_note_and_resolve(incident_bot, fake_s
     assert ephemeral_answers(fake_slack, 2)[1] == "Noted on incident #1."
     slash(incident_bot, fake_slack, "incident show 1")
     timeline = ephemeral_answers(fake_slack, 3)[2]
-    assert "note: restarted payment by hand, watching" in timeline and "UALICE" in timeline
+    assert "<@UALICE>: Note: restarted payment by hand, watching" in timeline
     slash(incident_bot, fake_slack, "incident resolve #1", user="UBOB")
     assert ephemeral_answers(fake_slack, 4)[3] == "Incident #1 resolved."
     fake_slack.wait_for(lambda: [m for m in thread(fake_slack, top) if "resolved by <@UBOB>" in m["text"]],
@@ -269,9 +331,11 @@ def test_export_is_a_postmortem_ready_timeline_in_markdown_and_json(incident_bot
     assert markdown.returncode == 0, markdown.stderr
     text = markdown.stdout
     assert text.startswith("# Incident #1: EnvoySidecarCrashLoop")
-    for expected in ("## Alerts", "## Findings", "## Timeline", "Diagnostics (playbook `envoy-sidecar-crash-loop`)",
-                     "Posted to Slack (ts", "State open \u2192 resolved"):
+    for expected in ("## Alerts", "## Findings", "## Timeline", "Diagnosis (playbook `envoy-sidecar-crash-loop`): ",
+                     "| Firing since | 2024-05-14 09:12:00 UTC |", "| Duration | 19m (from the first alert's startsAt) |",
+                     "Posted in Slack: ", "Resolved: all alerts of the group resolved"):
         assert expected in text, expected
+    assert "(ts " not in text and "{'" not in text, "no Slack timestamps, no Python dicts"
     exported = json.loads(meshbot_cli("incidents", "--db", db, "export", "1", "--format", "json").stdout)
     kinds = [e["kind"] for e in exported["events"]]
     assert kinds[0] == "incident_opened" and "diagnostics_run" in kinds and kinds[-1] in ("state_changed",
@@ -296,3 +360,146 @@ def test_verify_detects_an_edited_event(incident_bot, fake_slack):
     result = meshbot_cli("incidents", "--db", db, "verify")
     assert result.returncode == 1
     assert "event 2: content does not match its hash" in result.stderr
+
+
+# -- the bundled outage: triage at the top, one conversation ---------------------------------------
+
+def test_top_message_carries_the_probable_cause_impact_first_step_runbook_and_firing_since_starts_at(
+        incident_bot, fake_slack):
+    send(incident_bot, high_error_rate())
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    update = last_update(fake_slack, top, contains="Probable cause")
+    shown = update["blocks"][0]["text"]["text"]
+    assert shown.startswith(":rotating_light: *CRITICAL \u00b7 ServiceMeshHighErrorRate")
+    assert "|2026-11-24 02:58 UTC>" in shown, "firing since the alert's startsAt, not when meshbot received it"
+    assert '*Probable cause* (high confidence): Mesh root CA "CN=Istio CA,O=cluster.local" expired' in shown
+    assert "*Impact:* explains" in shown
+    assert "*First step:* Restore traffic in prod first" in shown
+    [button] = [e for b in update["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert button["action_id"] == "remediation_request:0" and button["value"] == "1:0"
+    assert button["text"]["text"] == "Request: /mesh permissive-mtls prod"
+    text = str(update["blocks"])
+    assert "> More than 5% of the requests to this service fail with a 5xx." in text
+    assert "<https://github.com/example/meshbot/blob/main/playbooks/service-mesh-high-error-rate.yaml|Runbook>" in text
+    assert update["text"].startswith("CRITICAL: ServiceMeshHighErrorRate") and "probable cause: Mesh root CA" in \
+        update["text"]
+
+
+def test_first_reply_is_the_triage_with_findings_under_their_cause_and_the_rest_summarised(
+        incident_bot, fake_slack):
+    send(incident_bot, high_error_rate())
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    triage_reply = wait_for_diagnostics(fake_slack, top)
+    assert replies(fake_slack, top)[0]["_ts"] == triage_reply["_ts"], "the triage is the first reply"
+    sections = [b["text"]["text"] for b in triage_reply["blocks"] if b["type"] == "section"]
+    cause = next(i for i, t in enumerate(sections) if t.startswith("*1. Mesh root CA"))
+    crash = next(i for i, t in enumerate(sections) if "`MB1011`" in t)
+    assert cause < crash, "the crash-looping sidecar is listed under the root that explains it"
+    text = str(triage_reply["blocks"])
+    assert "permissive-mtls istio-system" not in text, "suggestions take their namespace from the finding"
+    assert ":red_circle: 0" not in text
+
+
+def test_findings_outside_the_alerts_scope_are_summarised_not_listed(incident_bot, fake_slack):
+    send(incident_bot, istiod_down())
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    text = str(wait_for_diagnostics(fake_slack, top)["blocks"])
+    assert "`MB3010`" not in text, "the root mismatch in legacy is outside an istio-system alert's scope"
+    assert "findings elsewhere (`legacy`" in text
+    assert fake_slack.wait_for(lambda: fake_slack.of("files.completeUploadExternal"), what="the full report")
+
+
+def test_a_second_group_whose_triage_names_the_same_cause_joins_the_open_incident(incident_bot, fake_slack):
+    send(incident_bot, istiod_down())
+    [first] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the first incident")
+    wait_for_diagnostics(fake_slack, first)
+    send(incident_bot, high_error_rate())
+    second = fake_slack.wait_for(lambda: top_levels(fake_slack)[1:], what="the second group's message")[0]
+    pointer = last_update(fake_slack, second, contains="Same probable cause")
+    assert "Same probable cause as <https://slack.com/archives/CINCIDENT/p" in pointer["blocks"][0]["text"]["text"]
+    assert "|incident #1>" in pointer["blocks"][0]["text"]["text"]
+    joined = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, first) if "joined this incident" in m["text"]],
+                                 what="the short post in the first thread")[0]
+    assert "ServiceMeshHighErrorRate" in joined["text"] and "Mesh root CA" in joined["text"]
+    time.sleep(1.0)
+    assert len(top_levels(fake_slack)) == 2
+    assert not [m for m in replies(fake_slack, second) if m["text"].startswith("Triage")], "no second full diagnosis"
+
+
+def test_a_joined_group_resolving_says_so_in_the_conversation_it_joined(incident_bot, fake_slack):
+    send(incident_bot, istiod_down())
+    [first] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the first incident")
+    wait_for_diagnostics(fake_slack, first)
+    rate = high_error_rate()
+    send(incident_bot, rate)
+    second = fake_slack.wait_for(lambda: top_levels(fake_slack)[1:], what="the second group's message")[0]
+    last_update(fake_slack, second, contains="Same probable cause")
+    rate["status"] = rate["alerts"][0]["status"] = "resolved"
+    rate["alerts"][0]["endsAt"] = "2026-11-24T04:10:00Z"
+    send(incident_bot, rate)
+    note = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, first) if "lasted" in m["text"]],
+                               what="the resolution in the joined thread")[0]
+    assert "lasted 1h 12m" in note["text"]
+    assert "lasted 1h 12m" in last_update(fake_slack, second, contains="Resolved")["blocks"][0]["text"]["text"]
+
+
+def test_incident_show_says_when_in_date_time_and_zone_who_as_a_mention_and_what_in_words(incident_bot, fake_slack):
+    send(incident_bot, payload("firing.json"))
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    wait_for_diagnostics(fake_slack, top)
+    slash(incident_bot, fake_slack, "incident resolve 1", user="UBOB")
+    ephemeral_answers(fake_slack, 1)
+    slash(incident_bot, fake_slack, "incident show 1")
+    shown = ephemeral_answers(fake_slack, 2)[1]
+    lines = shown.splitlines()
+    assert lines[0].startswith("*Incident #1* [critical] EnvoySidecarCrashLoop") and "resolved, lasted" in lines[0]
+    assert all(re.match(r"<!date\^\d+\^\{date_num\} \{time_secs\}\|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC> \u00b7 ",
+                        line) for line in lines[1:]), lines
+    assert "Alertmanager: Alert EnvoySidecarCrashLoop firing since 2024-05-14 09:12 UTC" in shown
+    assert "Diagnosis (playbook `envoy-sidecar-crash-loop`): " in shown and "{'" not in shown
+    assert "<@UBOB>: Resolved: resolved by <@UBOB> in Slack" in shown
+    assert "&lt;@" not in shown and "Posted in Slack" not in shown and "(ts " not in shown
+
+
+def test_an_open_incidents_top_message_is_re_rendered_so_its_elapsed_time_stays_current(incident_bot, fake_slack):
+    send(incident_bot, payload("firing.json"))
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    last_update(fake_slack, top, contains="Probable cause")
+    before = len([c for c in fake_slack.of("chat.update") if c.args.get("ts") == top["_ts"]])
+    assert incident_bot.incident_flow.refresh_open_tops(every=0) == 1
+    fake_slack.wait_for(lambda: len([c for c in fake_slack.of("chat.update") if c.args.get("ts") == top["_ts"]])
+                        > before, what="the refreshed top message")
+
+
+# -- suggestions take their namespace from the finding ---------------------------------------------
+
+def permissive_for_root_mismatch():
+    from bot.incidents.playbooks import Playbook, RemediationRule
+
+    rule = RemediationRule(codes=("MB3010",), action="permissive-mtls {namespace}", title="Switch to permissive",
+                           advice=None, namespace_label="destination_service_namespace")
+    return Playbook(name="p", description="", alertname="A", matchers=(), diagnostics=(), remediations=(rule,),
+                    fallback=False, source="test")
+
+
+def test_a_suggestion_takes_its_namespace_from_the_finding_not_from_the_alert_label():
+    from bot.incidents.playbooks import suggest
+    from commands import codes
+
+    mismatch = codes.finding("MB3010", origin="ConfigMap legacy/istio-ca-root-cert", namespace="legacy",
+                             expected="0C:D9")
+    [suggestion] = suggest(permissive_for_root_mismatch(), [mismatch],
+                           {"destination_service_namespace": "istio-system"})
+    assert suggestion.action == "permissive-mtls legacy"
+
+
+def test_a_finding_about_no_namespace_falls_back_to_the_alert_label():
+    from dataclasses import replace
+
+    from bot.incidents.playbooks import suggest
+    from commands import codes
+
+    mesh_wide = replace(codes.finding("MB3010", origin="ConfigMap legacy/istio-ca-root-cert", namespace="legacy",
+                                      expected="0C:D9"), origin="Mesh")
+    [suggestion] = suggest(permissive_for_root_mismatch(), [mesh_wide], {"destination_service_namespace": "prod"})
+    assert suggestion.action == "permissive-mtls prod"

@@ -32,6 +32,11 @@ def deployment(name: str = "payment", namespace: str = "prod") -> dict[str, Any]
             "spec": {"replicas": 2}}
 
 
+def as_stored(obj: dict[str, Any], resource_version: str) -> dict[str, Any]:
+    """``obj`` as the API server answers it: with the resourceVersion every stored object has."""
+    return {**obj, "metadata": {**obj["metadata"], "resourceVersion": resource_version}}
+
+
 # -- reads ------------------------------------------------------------------------------
 
 
@@ -40,7 +45,8 @@ def test_list_returns_plain_dicts_with_kind_and_api_version(kube: FakeKube, kube
 
     items = kube_client.list("Pod")
 
-    assert items == [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "payment-1", "namespace": "prod"}}]
+    assert items == [{"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": "payment-1", "namespace": "prod", "resourceVersion": "1"}}]
     assert all(type(item) is dict for item in items)
 
 
@@ -71,7 +77,7 @@ def test_list_of_custom_resources_uses_their_group_path(kube: FakeKube, kube_cli
           "metadata": {"name": "shop", "namespace": "prod"}, "spec": {"hosts": ["shop"]}}
     kube.add(vs)
 
-    assert kube_client.list("VirtualService") == [vs]
+    assert kube_client.list("VirtualService") == [as_stored(vs, "1")]
     assert kube.count("GET", "/apis/networking.istio.io/v1/virtualservices") == 1
 
 
@@ -85,7 +91,7 @@ def test_list_of_namespaces_works_around_the_kmock_path_bug(kube: FakeKube, kube
 def test_get_returns_the_object(kube: FakeKube, kube_client: KubeClient):
     kube.add(pod())
 
-    assert kube_client.get("Pod", "prod", "payment-1") == pod()
+    assert kube_client.get("Pod", "prod", "payment-1") == as_stored(pod(), "1")
 
 
 def test_get_of_a_missing_object_raises_not_found(kube: FakeKube, kube_client: KubeClient):

@@ -171,3 +171,19 @@ def test_an_action_raced_by_a_writer_making_the_same_change_reports_it_already_i
     assert outcome.ok and [s.state for s in outcome.steps] == ["already in place"]
     assert inject_label(kube) == "false"
 
+
+
+def test_a_restart_raced_by_a_writer_pausing_the_deployment_is_refused_with_nothing_written(kube):
+    kube.add(deployment("payment", "prod"))
+    plan = plan_for(kube, "restart payment -n prod")
+    client = interrupted_client(kube)
+    other = kube.client()
+    client.rival = lambda: other.patch("Deployment", "prod", "payment", {"spec": {"paused": True}})
+
+    outcome = apply(client, plan)
+
+    assert not outcome.ok and outcome.applied == 0
+    assert "Deployment prod/payment is paused now" in outcome.error
+    assert "nothing of this change was written" in outcome.error
+    annotations = kube.object("Deployment", "prod", "payment")["spec"]["template"]["metadata"].get("annotations")
+    assert "kubectl.kubernetes.io/restartedAt" not in (annotations or {})

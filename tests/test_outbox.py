@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from slack_sdk import WebClient
@@ -15,7 +15,7 @@ from bot.storage.database import Database
 from bot.incidents.log import IncidentLog
 from bot.incidents.outbox import Outbox, backoff_seconds, not_before
 from bot.slack.client import SlackClient, build_web_client
-from tests.support.slack import BOT_TOKEN, FakeSlack
+from tests.support.slack import BOT_TOKEN, FakeSlack, post_signed, slash_command_body
 
 CHANNEL = "CINCIDENT"
 
@@ -183,22 +183,162 @@ def test_replies_to_a_message_that_failed_for_good_fail_too_instead_of_waiting_f
     assert states == ["failed", "failed", "failed", "failed"]
 
 
-def test_posts_to_one_channel_are_paced_to_one_per_second(database, fake_slack):
-    outbox = make_outbox(database, fake_slack, min_post_interval=1.0)
+class Clock:
+    """The outbox's injected clock: tests move time on instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 30, 4, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def clocked_outbox(database: Database, fake_slack: FakeSlack, clock: Clock, **options) -> Outbox:
+    client = SlackClient(build_web_client(BOT_TOKEN, fake_slack.api_url, max_retries=0))
+    return Outbox(database, client, IncidentLog(database, clock=clock), clock=clock, **options)
+
+
+def run_until(outbox: Outbox, clock: Clock, done, limit: float = 600.0) -> float:
+    """Deliver, moving the clock on by what the outbox says it waits for; returns the simulated seconds."""
+    started = clock.now
+    while True:
+        wait = outbox.deliver_due()
+        if done():
+            break
+        assert wait is not None, "the queue ran dry first"
+        clock.advance(max(wait, 0.001))
+        assert (clock.now - started).total_seconds() < limit, f"not done within {limit} simulated seconds"
+    return (clock.now - started).total_seconds()
+
+
+def test_posts_to_one_channel_are_paced_to_one_per_second_by_the_injected_clock(database, fake_slack):
+    clock = Clock()
+    outbox = clocked_outbox(database, fake_slack, clock, min_post_interval=1.0)
     incident_id = incident(database)
     with database.transaction() as db:
         for i in range(3):
             outbox.post(db, incident_id=incident_id, channel=CHANNEL, message=Message(f"m{i}", []))
+    assert outbox.deliver_due() == pytest.approx(1.0)
+    assert outbox.deliver_due() == pytest.approx(1.0)  # no time passed: still one post
+    assert [m["text"] for m in fake_slack.messages()] == ["m0"]
+    clock.advance(0.99)
     outbox.deliver_due()
     assert len(fake_slack.messages()) == 1
-    import time
-    time.sleep(1.05)
+    clock.advance(0.01)
     outbox.deliver_due()
-    time.sleep(1.05)
+    clock.advance(1.0)
     outbox.deliver_due()
-    posted = fake_slack.of("chat.postMessage")
-    assert [p.args["text"] for p in posted] == ["m0", "m1", "m2"]
-    assert posted[1].at - posted[0].at >= 1.0 and posted[2].at - posted[1].at >= 1.0
+    assert [m["text"] for m in fake_slack.messages()] == ["m0", "m1", "m2"]
+
+
+def open_incident(outbox: Outbox, database: Database, title: str) -> tuple[int, int]:
+    """An incident with its top-level message recorded: (incident id, outbox entry of the message)."""
+    log = IncidentLog(database)
+    with database.transaction() as db:
+        incident_id = log.create(db, group_key=title, title=title, severity="critical", channel=CHANNEL, labels={},
+                                 namespaces=[], services=[], external_url="", playbook=None)
+        top = outbox.post(db, incident_id=incident_id, channel=CHANNEL, message=Message(f"CRITICAL: {title}", []))
+        log.set_top_message(db, incident_id, top)
+    return incident_id, top
+
+
+def alert_updates(outbox: Outbox, database: Database, incident_id: int, top: int, count: int,
+                  namespaces: int = 12) -> None:
+    with database.transaction() as db:
+        for i in range(count):
+            namespace = f"team-{i % namespaces}"
+            outbox.post_alert_update(db, incident_id=incident_id, channel=CHANNEL, thread_of=top,
+                                     message=Message(f"Alert firing: KubePodCrashLooping (namespace={namespace}, "
+                                                     f"pod=worker-{i})", []),
+                                     namespace=namespace, resolved=False)
+
+
+def posted_texts(fake_slack: FakeSlack) -> list[str]:
+    return [m["text"] for m in fake_slack.messages()]
+
+
+def test_9000_alerts_in_one_group_become_one_reply_with_the_list_attached_and_istiod_down_posts_within_seconds(
+        database, fake_slack):
+    clock = Clock()
+    outbox = clocked_outbox(database, fake_slack, clock, min_post_interval=1.0)
+    storm, storm_top = open_incident(outbox, database, "KubePodCrashLooping")
+    run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    alert_updates(outbox, database, storm, storm_top, 9000)
+    _, istiod_top = open_incident(outbox, database, "IstiodDown")
+
+    took = run_until(outbox, clock, lambda: "CRITICAL: IstiodDown" in posted_texts(fake_slack))
+    assert took <= 2.0
+    run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    [upload] = fake_slack.of("files.completeUploadExternal")
+    assert upload.args["initial_comment"] == "+9,000 alerts, 12 namespaces; full list attached"
+    assert upload.args["thread_ts"] == fake_slack.messages(top_level=True)[0]["_ts"]
+    [content] = fake_slack.uploads.values()
+    assert len(content.decode().splitlines()) == 9000
+    assert len(fake_slack.of("chat.postMessage")) == 2  # the two top-level messages; no 9,000 replies
+    [batch_event] = [e for e in IncidentLog(database).timeline(storm) if e.data.get("batched")]
+    assert batch_event.data["batched"] == 9000
+
+
+def test_a_new_incident_is_not_queued_behind_another_incidents_thread_backlog(database, fake_slack):
+    clock = Clock()
+    outbox = clocked_outbox(database, fake_slack, clock, min_post_interval=1.0)
+    busy, busy_top = open_incident(outbox, database, "GatewayErrors")
+    run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    with database.transaction() as db:  # replies that are not alert updates (notes, diagnostics) are not batched
+        for i in range(50):
+            outbox.post(db, incident_id=busy, channel=CHANNEL, message=Message(f"note {i}", []), thread_of=busy_top)
+    open_incident(outbox, database, "IstiodDown")
+    assert run_until(outbox, clock, lambda: "CRITICAL: IstiodDown" in posted_texts(fake_slack)) <= 2.0
+    run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    notes = [t for t in posted_texts(fake_slack) if t.startswith("note")]
+    assert notes == [f"note {i}" for i in range(50)]  # one incident's thread keeps its order
+
+
+def test_a_resolve_goes_out_before_another_incidents_backlog(database, fake_slack):
+    clock = Clock()
+    outbox = clocked_outbox(database, fake_slack, clock, min_post_interval=1.0)
+    log = IncidentLog(database, clock=clock)
+    busy, busy_top = open_incident(outbox, database, "GatewayErrors")
+    done, done_top = open_incident(outbox, database, "CertExpiring")
+    run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    with database.transaction() as db:
+        for i in range(30):
+            outbox.post(db, incident_id=busy, channel=CHANNEL, message=Message(f"note {i}", []), thread_of=busy_top)
+        log.close(db, done, "alertmanager", "all alerts of the group resolved")
+        outbox.post(db, incident_id=done, channel=CHANNEL, message=Message("Incident resolved", []),
+                    thread_of=done_top)
+    assert run_until(outbox, clock, lambda: "Incident resolved" in posted_texts(fake_slack)) <= 3.0
+
+
+def test_alert_updates_wait_for_the_batch_interval_and_are_summarised_together(database, fake_slack):
+    clock = Clock()
+    outbox = clocked_outbox(database, fake_slack, clock, min_post_interval=1.0, batch_interval=30.0)
+    storm, storm_top = open_incident(outbox, database, "KubePodCrashLooping")
+    run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    alert_updates(outbox, database, storm, storm_top, 3, namespaces=2)
+    run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    assert posted_texts(fake_slack)[-1].count("Alert firing") == 3  # a few: their lines in one reply
+    alert_updates(outbox, database, storm, storm_top, 2)
+    clock.advance(5)
+    assert outbox.deliver_due() == pytest.approx(25.0, abs=1.01)  # at most one reply per 30 s per incident
+    alert_updates(outbox, database, storm, storm_top, 40, namespaces=4)
+    took = run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    assert 24.0 <= took <= 27.0
+    [upload] = fake_slack.of("files.completeUploadExternal")
+    assert upload.args["initial_comment"] == "+42 alerts, 4 namespaces; full list attached"
+
+
+def test_a_lone_alert_update_is_posted_as_it_is(database, fake_slack):
+    clock = Clock()
+    outbox = clocked_outbox(database, fake_slack, clock)
+    storm, storm_top = open_incident(outbox, database, "KubePodCrashLooping")
+    alert_updates(outbox, database, storm, storm_top, 1)
+    run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    assert posted_texts(fake_slack) == ["CRITICAL: KubePodCrashLooping",
+                                        "Alert firing: KubePodCrashLooping (namespace=team-0, pod=worker-0)"]
 
 
 def test_every_delivery_is_an_event_with_its_slack_ts(database, fake_slack):
@@ -240,3 +380,32 @@ def test_a_request_slack_sdk_refuses_to_build_fails_that_message_instead_of_bloc
     assert outbox.pending_count() == 0
     errors = [r[0] for r in database.db.execute("SELECT last_error FROM outbox ORDER BY id")]
     assert errors == ["request_error", "the message it updates could not be posted"]
+
+
+# -- slash-command answers are as durable as incident posts ---------------------------------------------
+
+
+def test_diagnose_findings_ready_while_slack_is_down_are_delivered_when_it_is_back(meshbot, fake_slack):
+    posted = []
+
+    def down_after_the_running_message(method: str) -> None:
+        if method == "chat.postMessage":
+            posted.append(method)
+            fake_slack.down = len(posted) > 1  # "Running…" got through; Slack fails when the findings are ready
+
+    fake_slack.before_answer = down_after_the_running_message
+    body = slash_command_body("diagnose prod", response_url=fake_slack.response_url())
+    assert post_signed(f"{meshbot.url}/slack/events", body).status_code == 200
+    fake_slack.wait_for(lambda: meshbot.outbox.pending_count() and len(posted) > 1, timeout=15,
+                        what="a refused attempt to post the findings")
+    assert fake_slack.messages(thread_ts=fake_slack.messages(top_level=True)[0]["_ts"]) == []
+    fake_slack.before_answer = None
+    fake_slack.down = False
+    meshbot.outbox.wake()
+    [top] = fake_slack.messages(top_level=True)
+    [report] = fake_slack.wait_for(lambda: fake_slack.messages(thread_ts=top["_ts"]), timeout=15,
+                                   what="the findings after Slack came back")
+    assert "CrashLoopBackOff (25 restarts)" in str(report["blocks"])
+    fake_slack.wait_for(lambda: [c for c in fake_slack.of("chat.update") if c.args.get("_ok")
+                                 and c.args["ts"] == top["_ts"] and c.args["text"].startswith("diagnose for prod")],
+                        timeout=15, what="the Running message replaced by the outcome")

@@ -1,4 +1,6 @@
-"""No remediation meshbot can emit tells anyone to delete istio-ca-secret or restart/delete ztunnel.
+"""No remediation meshbot can emit tells anyone to delete istio-ca-secret or restart/delete ztunnel, restarts an
+OOMKilled istiod without raising its memory first, or offers permissive-mtls without saying what it does; every
+playbook remediation cites its source.
 
 - Deleting istio-ca-secret makes istiod mint a new key and root (istio security/pkg/pki/ca/ca.go
   NewSelfSignedIstioCAOptions): every workload holding a certificate from the old root fails mTLS until it
@@ -6,6 +8,13 @@
   (security/pkg/pki/ca/selfsignedcarootcertrotator.go).
 - ztunnel carries every ambient pod's traffic on its node; restarting or deleting it drops all of their
   connections at once (https://istio.io/latest/docs/ambient/upgrade/helm/ upgrades it node by node for that reason).
+
+- A restart keeps a container's memory limit, so an OOMKilled istiod restarted alone is OOMKilled again; istiod's
+  limit (or, in Istio's chart, only a 2048Mi request) comes from `resources` in its Helm values
+  (manifests/charts/istio-control/istio-discovery/values.yaml).
+- PERMISSIVE only lets servers accept plaintext; with auto mTLS client sidecars keep originating mTLS unless a
+  DestinationRule says tls DISABLE (pilot/pkg/networking/core/cluster_tls.go), and AuthorizationPolicy principals
+  and namespaces need mTLS (https://istio.io/latest/docs/reference/config/security/authorization-policy/#Source).
 
 The texts are collected three ways: the code catalogue and the shipped playbooks as loaded, every string
 literal of the modules that write remediations and action plans (f-string holes read as ``X``), and the
@@ -22,11 +31,14 @@ from pathlib import Path
 
 import pytest
 
-from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
+from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbook_file, load_playbooks
+from bot.incidents.playbooks import suggest
+from commands.checks.catalog import default_checks
 from commands.checks.certs import certs
 from commands.checks.registry import CheckContext, Thresholds
 from commands.codes import ALL_CODES
 from commands.findings import Finding
+from tests.support.analysis import snapshot_from_yaml
 from tests.support.certs import mint
 from tests.test_certs import (
     ISTIO, ingress_gateway, injected_pod, istio_cacerts, root_ca, root_configmap, secret, secret_with, snapshot,
@@ -208,3 +220,191 @@ def test_no_rendered_certificate_remediation_deletes_istio_ca_secret() -> None:
     assert {where.split("]")[0] for where, _ in texts} >= {f"certs [{name}" for name, _ in
                                                            certificate_clusters(datetime.now(timezone.utc))}
     assert violations(iter(texts)) == []
+
+
+# -- an OOMKilled istiod: raise its memory before any restart -----------------------------------------------------
+
+_RESTART = re.compile(r"\brestart", re.IGNORECASE)
+_RAISES_MEMORY = re.compile(r"\brais(?:e|es|ing)\b[^.;]*?\b(?:memory|limit|request)", re.IGNORECASE)
+_RESTART_ALONE_FAILS = re.compile(r"\brestart\w*\s+alone\b", re.IGNORECASE)
+
+
+def restarts_oomkilled_without_raising(text: str) -> bool:
+    """Advice for an OOMKilled container that restarts it without saying: raise the memory first, a restart alone
+    is OOMKilled again."""
+    text = " ".join(text.split())
+    return bool(_RESTART.search(text)) and not (_RAISES_MEMORY.search(text) and _RESTART_ALONE_FAILS.search(text))
+
+
+@pytest.mark.parametrize("text", [
+    "Restart istiod (OOMKilled)",
+    "istiod ran out of memory and stopped pushing; restart it and raise its memory limit.",
+    "istiod is crash-looping, so no proxy gets updates; read its previous log, then restart it.",
+    "A restart brings it back for now; raise its memory limit too.",
+    "Raise the memory limit. Restart it on its own if that is not possible.",
+])
+def test_restarting_an_oomkilled_istiod_without_raising_memory_first_is_caught(text: str) -> None:
+    assert restarts_oomkilled_without_raising(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Raise the discovery container's memory limit first. A restart alone keeps the same limit and is OOMKilled "
+    "again.",
+    "Raise its memory request to 4096Mi first. A restart alone can land on a node as short of memory.",
+    "istiod issues the workload certificates; while it is down none are renewed.",  # no restart at all
+])
+def test_oom_advice_that_raises_memory_first_or_does_not_restart_is_fine(text: str) -> None:
+    assert not restarts_oomkilled_without_raising(text)
+
+
+def oomkilled_istiod_clusters() -> Iterator[tuple[str, str]]:
+    """An OOMKilled istiod as the status check sees it: crash-looping or back but not ready; with and without a
+    limit (Istio's chart sets none)."""
+    for limit_name, resources in (("2Gi limit", "{limits: {memory: 2Gi}}"),
+                                  ("chart default, no limit", "{requests: {cpu: 500m, memory: 2048Mi}}")):
+        for state_name, ready, state in (("crash-looping", "false", "{waiting: {reason: CrashLoopBackOff}}"),
+                                         ("restarted, not ready", "false", "{running: {}}")):
+            yield f"{limit_name}, {state_name}", f"""
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istiod-7c9d8-x2
+  namespace: istio-system
+  labels: {{app: istiod}}
+  ownerReferences: [{{kind: ReplicaSet, name: istiod-7c9d8, apiVersion: apps/v1, uid: u}}]
+spec:
+  containers: [{{name: discovery, image: "docker.io/istio/pilot:1.24.1", resources: {resources}}}]
+status:
+  phase: Running
+  conditions: [{{type: Ready, status: "False"}}]
+  containerStatuses:
+  - {{name: discovery, ready: {ready}, restartCount: 6, state: {state},
+      lastState: {{terminated: {{reason: OOMKilled, exitCode: 137}}}}}}
+"""
+
+
+def oomkilled_istiod_findings(cluster_yaml: str) -> list[Finding]:
+    ctx = CheckContext(snapshot=snapshot_from_yaml(cluster_yaml), thresholds=Thresholds())
+    findings = default_checks().run("status", ctx)
+    assert "MB1002" in {f.code for f in findings}
+    return findings
+
+
+def test_status_tells_an_oomkilled_istiod_to_raise_memory_before_any_restart() -> None:
+    for name, cluster in oomkilled_istiod_clusters():
+        for finding in oomkilled_istiod_findings(cluster):
+            if finding.remediation:
+                text = " ".join(filter(None, (finding.remediation.summary, finding.remediation.action)))
+                assert not restarts_oomkilled_without_raising(text), f"{name} {finding.code}: {text!r}"
+
+
+def test_no_playbook_restarts_an_oomkilled_istiod_without_raising_its_memory_first() -> None:
+    playbooks = load_playbooks(DEFAULT_PLAYBOOKS_DIR).playbooks
+    suggested = 0
+    for name, cluster in oomkilled_istiod_clusters():
+        findings = oomkilled_istiod_findings(cluster)
+        for playbook in playbooks:
+            labels = {"alertname": playbook.alertname or "Other", "namespace": "istio-system"}
+            for suggestion in suggest(playbook, findings, labels):
+                suggested += 1
+                text = " ".join(filter(None, (suggestion.title, suggestion.advice, suggestion.action)))
+                assert not restarts_oomkilled_without_raising(text), f"{playbook.source} [{name}]: {text!r}"
+    assert suggested >= 8  # IstiodDown, IstiodHighMemory, EnvoyConfigSyncLag, the certificate playbook, the fallback
+
+
+def test_every_playbook_rule_for_an_oomkilled_control_plane_raises_memory_before_restarting() -> None:
+    """The rules themselves, whatever the message: gateways run out of memory the same way."""
+    for playbook in load_playbooks(DEFAULT_PLAYBOOKS_DIR).playbooks:
+        for rule in playbook.remediations:
+            if "MB1002" in rule.codes:
+                text = " ".join(filter(None, (rule.title, rule.advice, rule.action)))
+                assert not restarts_oomkilled_without_raising(text), f"{playbook.source} {rule.title!r}"
+
+
+# -- permissive-mtls for certificate problems: both halves and the risk --------------------------------------------
+
+def test_every_playbook_offering_permissive_mtls_says_both_halves_and_the_risk() -> None:
+    offered = 0
+    for playbook in load_playbooks(DEFAULT_PLAYBOOKS_DIR).playbooks:
+        for rule in playbook.remediations:
+            if rule.action and rule.action.startswith("permissive-mtls") and "--servers-only" not in rule.action:
+                offered += 1
+                advice = " ".join((rule.advice or "").split())
+                where = f"{playbook.source} {rule.title!r}"
+                assert "PERMISSIVE" in advice and "DestinationRule" in advice and "DISABLE" in advice, where
+                assert "plaintext" in advice and "AuthorizationPolicies" in advice, where
+    assert offered >= 5
+
+
+# -- every playbook remediation cites its source -------------------------------------------------------------------
+
+_CITATION = re.compile(r"#.*(?:\bsource:|https?://)", re.IGNORECASE)
+
+
+def remediation_entries(text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, the entry's lines plus the comment lines directly above it) for each item of
+    ``remediations:``, read from the file text because the YAML loader drops comments."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == "remediations:"), None)
+    if start is None:
+        return
+    items = [i for i in range(start + 1, len(lines)) if re.match(r"\s*- ", lines[i])
+             and len(lines[i]) - len(lines[i].lstrip()) == _item_indent(lines, start)]
+    end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()
+                and not lines[i].startswith(("#", "-"))), len(lines))
+    for n, first in enumerate(items):
+        last = items[n + 1] if n + 1 < len(items) else end
+        above = first
+        while above - 1 > start and lines[above - 1].strip().startswith("#"):
+            above -= 1
+        while last - 1 > first and (not lines[last - 1].strip() or lines[last - 1].strip().startswith("#")):
+            last -= 1  # comments at the end belong to the next item, above it
+        yield first + 1, lines[above:last]
+
+
+def _item_indent(lines: list[str], start: int) -> int:
+    first = next(line for line in lines[start + 1:] if re.match(r"\s*- ", line))
+    return len(first) - len(first.lstrip())
+
+
+def cites_source(entry: list[str]) -> bool:
+    return any(_CITATION.search(line) for line in entry)
+
+
+def test_the_source_comment_finder_reads_entries_and_the_comments_above_them() -> None:
+    text = """name: x
+remediations:
+  # source: https://istio.io/latest/docs/ops/
+  - codes: [MB1002]
+    title: Raise it
+  - codes: [MB1003]   # the crash loop
+    title: Read the log
+
+  # why, but no source
+  - codes: [IST0109]
+    title: Merge   # source: pkg/config/analysis/msg/messages.yaml IST0109
+  - codes: [IST0101]
+    # https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage
+    title: Fix the reference
+  - codes: [IST0173]
+    title: Fix the subset
+
+  # source: for the next one only
+  - codes: [IST0174]
+    title: Fix the host
+"""
+    entries = list(remediation_entries(text))
+    assert [line for line, _ in entries] == [4, 6, 10, 12, 15, 19]
+    assert [cites_source(entry) for _, entry in entries] == [True, False, True, True, False, True]
+
+
+def test_every_playbook_remediation_has_a_source_comment() -> None:
+    missing = []
+    for path in sorted(DEFAULT_PLAYBOOKS_DIR.glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        entries = list(remediation_entries(text))
+        rules = (load_playbook_file(path).playbook.remediations)
+        assert len(entries) == len(rules), path.name  # the text reader sees every rule the loader does
+        missing += [f"{path.name}:{line}" for line, entry in entries if not cites_source(entry)]
+    assert missing == []
+

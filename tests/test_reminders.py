@@ -6,11 +6,20 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+from apscheduler.job import Job
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from bot.reminders.scheduler import MISFIRE_GRACE, SCAN_JOB, CertificateScheduler, SchedulerCollector
 from commands.certificates.inventory import CertRole
 from commands.clients.lease import LeaderElector
 from commands.certificates.reminders import Expiry, LedgerError, decode_ledger, due, encode_ledger
@@ -332,3 +341,151 @@ def test_an_api_error_means_follower_not_crash(kube):
     kube.fail("Lease", 403, verb="get")
     assert not a.tick()
 
+
+
+def test_a_replica_in_another_time_zone_does_not_repost_the_daily_reminder_on_the_same_real_day(
+        reminder_bot, kube, fake_slack):
+    root = mint("Istio CA", is_ca=True, days=400)  # nothing due at start-up
+    mesh_with(kube, root)
+    # 20:00 UTC: already tomorrow 09:00 in Auckland (UTC+13), still today 12:00 in Los Angeles (UTC-8).
+    at = (root.cert.not_valid_after_utc - timedelta(days=5)).replace(hour=20, minute=0, second=0)
+    auckland = reminder_bot(timezone="Pacific/Auckland")
+    wait_startup_scan(auckland, fake_slack)
+    [seven] = scan(auckland, fake_slack, at)
+    assert "7-day reminder" in seven
+    auckland.stop()
+
+    los_angeles = reminder_bot(timezone="America/Los_Angeles")  # same database: the same ledger
+    wait_startup_scan(los_angeles, fake_slack)
+    assert scan(los_angeles, fake_slack, at + timedelta(hours=1)) == [], "one daily reminder per real (UTC) day"
+    [next_day] = scan(los_angeles, fake_slack, at + timedelta(days=1))
+    assert "daily reminder" in next_day
+
+
+# -- the daily job in APScheduler's SQLite job store ----------------------------------------------------
+
+
+class CountingScans:
+    """Stands in for the ReminderService: the scheduler only calls ``scan()``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def scan(self) -> None:
+        self.calls += 1
+
+
+def certificate_scheduler(db_path: Path, scans: CountingScans, **options) -> CertificateScheduler:
+    options = {"at": (9, 0), "timezone": ZoneInfo("UTC"), "scan_at_start": False, **options}
+    return CertificateScheduler(scans, str(db_path), **options)  # type: ignore[arg-type]
+
+
+def store_scan_job_due(db_path: Path, due: datetime, func: str = "bot.reminders.scheduler:scheduled_scan") -> None:
+    """The stored daily job as meshbot left it when it went down before ``due`` (the real job store)."""
+    scheduler = BackgroundScheduler(timezone=ZoneInfo("UTC"))  # never started: only builds the Job
+    job = Job(scheduler, id=SCAN_JOB, func=func, trigger=CronTrigger(hour=9, minute=0, timezone=ZoneInfo("UTC")),
+              executor="default", args=[str(db_path)], kwargs={}, name="daily certificate scan",
+              misfire_grace_time=int(MISFIRE_GRACE.total_seconds()), coalesce=True, max_instances=1,
+              next_run_time=due)
+    store = SQLAlchemyJobStore(url=f"sqlite:///{db_path}")
+    store.start(scheduler, "default")
+    store.add_job(job)
+    store.shutdown()
+
+
+def wait_until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("func", ["bot.reminders.scheduler:scheduled_scan", "bot.scheduler:scheduled_scan"])
+def test_a_daily_scan_missed_while_down_runs_once_at_start_through_the_job_stores_misfire_handling(tmp_path, func):
+    db_path = tmp_path / "meshbot.db"
+    store_scan_job_due(db_path, datetime.now(timezone.utc) - timedelta(hours=3), func)
+    scans = CountingScans()
+
+    scheduler = certificate_scheduler(db_path, scans, scan_at_start=True).start()
+    try:
+        wait_until(lambda: scans.calls >= 1, "the missed scan")
+        assert scheduler.last_scan.trigger == "schedule"
+        assert scheduler.next_scan() > datetime.now(timezone.utc), "then back on the daily schedule"
+        time.sleep(0.3)
+        assert scans.calls == 1, "coalesced: once, not once per missed day, and no second start-up scan"
+    finally:
+        scheduler.stop()
+
+
+def test_a_scan_missed_by_more_than_the_grace_time_is_left_to_the_next_day(tmp_path):
+    db_path = tmp_path / "meshbot.db"
+    store_scan_job_due(db_path, datetime.now(timezone.utc) - MISFIRE_GRACE - timedelta(hours=1))
+    scans = CountingScans()
+
+    scheduler = certificate_scheduler(db_path, scans).start()
+    try:
+        wait_until(lambda: scheduler.next_scan() > datetime.now(timezone.utc), "the job to be rescheduled")
+        assert scans.calls == 0, "the start-up scan (off here) is what covers a day missed for this long"
+    finally:
+        scheduler.stop()
+
+
+def test_a_changed_scan_time_reschedules_the_stored_job(tmp_path):
+    db_path = tmp_path / "meshbot.db"
+    store_scan_job_due(db_path, datetime.now(timezone.utc) + timedelta(hours=1))
+    scheduler = certificate_scheduler(db_path, CountingScans(), at=(6, 45),
+                                      timezone=ZoneInfo("Europe/Berlin")).start()
+    try:
+        next_run = scheduler.next_scan()
+        assert (next_run.hour, next_run.minute, str(next_run.tzinfo)) == (6, 45, "Europe/Berlin")
+    finally:
+        scheduler.stop()
+
+
+# -- scheduled-work health (for /readyz and /metrics) ----------------------------------------------------
+
+
+def test_a_forbidden_lease_shows_as_a_lease_error_in_health_and_metrics(kube, tmp_path):
+    kube.fail("Lease", 403, verb="get")
+    elector = LeaderElector(kube.client(), "meshbot", "meshbot-a")
+    scheduler = certificate_scheduler(tmp_path / "meshbot.db", CountingScans(), elector=elector)
+    assert not scheduler.run_scan("test")
+
+    health = scheduler.describe()["scheduler"]
+
+    assert health["lease"] == "error"
+    assert "cannot get leases.coordination.k8s.io meshbot/meshbot-scheduler: forbidden" in health["lease_error"]
+    samples = scraped(scheduler)
+    assert samples["meshbot_scheduler_lease_error"] == 1 and samples["meshbot_scheduler_lease_held"] == 0
+
+
+def test_a_lease_that_times_out_shows_as_a_lease_error(kube, tmp_path):
+    kube.slow("Lease", 3, verb="get", namespace="meshbot")
+    elector = LeaderElector(kube.client(), "meshbot", "meshbot-a")
+    scheduler = certificate_scheduler(tmp_path / "meshbot.db", CountingScans(), elector=elector)
+    assert not scheduler.run_scan("test")
+    assert "no answer within 1s" in scheduler.health().lease_error
+
+
+def test_a_held_lease_and_a_scan_show_in_health_and_metrics_without_an_error(kube, tmp_path):
+    elector = LeaderElector(kube.client(), "meshbot", "meshbot-a")
+    scheduler = certificate_scheduler(tmp_path / "meshbot.db", CountingScans(), elector=elector).start()
+    try:
+        assert scheduler.run_scan("test")
+        health = scheduler.describe()["scheduler"]
+        samples = scraped(scheduler)
+    finally:
+        scheduler.stop()
+    assert (health["lease"], health["lease_error"], health["last_scan_ok"]) == ("held", None, True)
+    assert samples["meshbot_scheduler_lease_held"] == 1 and samples["meshbot_scheduler_lease_error"] == 0
+    assert samples["meshbot_scheduler_last_scan_success"] == 1
+    assert samples["meshbot_scheduler_next_scan_timestamp_seconds"] > time.time()
+    assert abs(samples["meshbot_scheduler_last_scan_timestamp_seconds"] - time.time()) < 60
+
+
+def scraped(scheduler: CertificateScheduler) -> dict[str, float]:
+    """The scheduler's gauges as Prometheus would scrape them (text exposition, parsed)."""
+    registry = CollectorRegistry()
+    registry.register(SchedulerCollector(scheduler))
+    text = generate_latest(registry).decode()
+    return {family.name: family.samples[0].value for family in text_string_to_metric_families(text)}

@@ -88,3 +88,71 @@ def test_settings_page_table_matches_the_settings():
     text = (ROOT / "docs" / "settings.md").read_text()
     block = text.split("<!-- settings:start -->", 1)[1].split("<!-- settings:end -->", 1)[0].strip()
     assert block == settings_table(), "run `meshbot settings --markdown` and paste it into docs/settings.md"
+
+
+def test_an_unknown_log_level_stops_serve_with_one_line_and_exit_78_not_a_traceback(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SLACK_BOT_TOKEN": "xoxb-test",
+           "SLACK_SIGNING_SECRET": "test-secret", "MESHBOT_DB": str(tmp_path / "meshbot.db"),
+           "MESHBOT_LOG_LEVEL": "verbose"}
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "serve"], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=60)
+    assert result.returncode == 78
+    assert result.stderr.strip() == ("meshbot: configuration error: MESHBOT_LOG_LEVEL: 'verbose' is invalid: "
+                                     "expected one of DEBUG, INFO, WARNING, ERROR")
+
+
+def test_log_level_is_case_insensitive():
+    assert Settings.load({"MESHBOT_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("env, pasted", [
+    ({"MESHBOT_AUDIT_KEY": "hunter2-too-short"}, "hunter2-too-short"),            # a secret setting
+    ({"MESHBOT_WORKERS": "xoxb-1234-5678-pasted-here"}, "xoxb-1234-5678-pasted-here"),  # a token in the wrong place
+    ({"SLACK_API_URL": "https://meshbot:s3cr3t-pw@slack.example/api/"}, "s3cr3t-pw"),
+])
+def test_setting_errors_never_echo_a_secret(env, pasted):
+    with pytest.raises(SettingsError) as caught:
+        Settings.load(env)
+    assert pasted not in str(caught.value)
+    assert str(caught.value).startswith(f"{next(iter(env))}: the value (hidden) is invalid")
+
+
+def test_secret_file_errors_never_echo_its_content(tmp_path):
+    key = tmp_path / "audit-key"
+    key.write_text("short-secret-in-a-file\n")
+    with pytest.raises(SettingsError) as caught:
+        Settings.load({"MESHBOT_AUDIT_KEY_FILE": str(key)})
+    assert "short-secret-in-a-file" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["SLACK_API_URL", "MESHBOT_ISTIOD_URL"])
+@pytest.mark.parametrize("url, complaint", [
+    ("ftp://slack.example/api", "expected an http:// or https:// URL"),
+    ("https://user:pw@slack.example/api", "must not carry credentials"),
+    ("https:///api", "has no host"),
+    ("https://slack.example/api?token=x", "must not have a query or fragment"),
+    ("http://istiod:port/", "not a valid URL"),
+])
+def test_url_settings_are_http_urls_with_a_host_and_no_credentials(name, url, complaint):
+    with pytest.raises(SettingsError, match=complaint):
+        Settings.load({name: url})
+
+
+def test_a_plain_istiod_url_is_accepted_as_given():
+    settings = Settings.load({"MESHBOT_ISTIOD_URL": "http://istiod.istio-system:15014"})
+    assert settings.istiod_url == "http://istiod.istio-system:15014"
+
+
+def test_roles_default_to_the_safe_audiences_and_refuse_unknown_ones():
+    from bot.settings import Audience
+
+    settings = Settings.load({})
+    assert settings.diagnostics_audience is Audience.EVERYONE
+    assert settings.request_audience is Audience.RESPONDERS and settings.resolve_audience is Audience.RESPONDERS
+    assert Settings.load({"MESHBOT_RESOLVE_BY": "Approvers"}).resolve_audience is Audience.APPROVERS
+    with pytest.raises(SettingsError, match="MESHBOT_REQUEST_BY: 'anyone' is invalid"):
+        Settings.load({"MESHBOT_REQUEST_BY": "anyone"})
+
+
+def test_shutdown_grace_defaults_below_kubernetes_termination_grace_period():
+    assert Settings.load({}).shutdown_grace_seconds == 20.0  # terminationGracePeriodSeconds defaults to 30

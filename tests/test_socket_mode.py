@@ -113,3 +113,31 @@ def test_without_a_signing_secret_http_events_are_refused_even_signed_with_the_p
     assert "/mesh status [NAMESPACE]" in fake_socket_mode.wait_for_ack(envelope_id)["payload"]["text"]
     time.sleep(0.3)
     assert posts(fake_slack) == []
+
+
+def test_an_envelope_delivered_again_with_the_same_envelope_id_runs_once(
+        fake_socket_mode, bot_factory, fake_slack, kube, tmp_path):
+    from tests.support.kube import write_kubeconfig
+    from tests.test_actions import namespace
+
+    kube.add(namespace("payments"))
+    meshbot = bot_factory(slack_app_token=APP_TOKEN, scenario=None, kube_context="kmock", channel="CINCIDENT",
+                          kubeconfig=write_kubeconfig(tmp_path / "kubeconfig", kube.url),
+                          approvers=("UBOB", "UCAROL"))
+    fake_socket_mode.wait_for_connection()
+    payload = slash_command_payload(fake_slack, "permissive-mtls payments")
+
+    envelope_id = fake_socket_mode.push("slash_commands", payload)
+    fake_socket_mode.wait_for_ack(envelope_id)
+    # Slack did not see that ack in time and delivers the same envelope again.
+    fake_socket_mode.push("slash_commands", payload, envelope_id=envelope_id, retry_attempt=1)
+
+    fake_slack.wait_for(lambda: len([m for m in fake_socket_mode.received() if m.get("envelope_id") == envelope_id])
+                        == 2, timeout=3, what="the ack of the second delivery")
+    fake_slack.wait_for(lambda: [m for m in fake_slack.messages() if "request #1:" in m.get("text", "")],
+                        timeout=15, what="request #1 in the thread")
+    time.sleep(1.0)  # a second run would plan, dry-run and post within this
+    count = meshbot.database.db.execute("SELECT COUNT(*) FROM approval_requests").fetchone()[0]
+    assert count == 1
+    assert [m for m in fake_slack.messages() if "request #2" in m.get("text", "")] == []
+    assert 'meshbot_slack_duplicates_total{transport="socket_mode"} 1.0' in meshbot.services.metrics.exposition().decode()

@@ -8,7 +8,7 @@ import sys
 
 from commands import codes
 from commands.findings import Remediation
-from commands.triage import Confidence, triage
+from commands.triage import Confidence, scoped, shared_cause, triage
 
 CLUSTER_TO_PAYMENT = "outbound|8080||payment-service.prod.svc.cluster.local"
 
@@ -152,3 +152,70 @@ def test_bundled_outage_puts_the_expired_root_first_with_its_first_safe_step():
     causes = text.index("Probable causes")
     assert causes < text.index("Error [MB1001]")
     assert "1. [high confidence] Mesh root CA" in text[causes:]
+
+
+# -- the expired root and istiod's own certificate -----------------------------------------------
+
+def test_expired_mesh_root_explains_proxies_that_cannot_sync_with_istiod():
+    root, stale = expired_root(), stale_proxy()
+    result = triage([root, stale])
+    assert stale in result.cause_of(root).explains
+    assert "proxies cannot verify istiod's certificate" in " ".join(result.cause_of(root).reasons)
+
+
+def test_a_root_mismatch_in_one_namespace_does_not_explain_proxies_failing_to_sync():
+    mismatch, stale = root_mismatch("legacy"), stale_proxy()
+    result = triage([mismatch, stale])
+    assert stale not in result.cause_of(mismatch).explains
+
+
+def test_a_nacking_proxy_is_not_blamed_on_the_expired_root():
+    nack = stale_proxy(last_error="Proto constraint validation failed")
+    result = triage([expired_root(), nack])
+    assert nack not in result.cause_of(expired_root()).explains
+
+
+def test_a_cause_that_breaks_traffic_comes_before_one_that_explains_more_control_plane_errors():
+    # istiod OOMKilled explains two errors, the expired root one: the root still leads, because Envoy keeps
+    # serving with its last config while istiod is away, but no handshake survives an expired root.
+    result = triage([istiod_oomkilled(), istiod_not_ready(), stale_proxy(), expired_root()])
+    assert [c.finding.code for c in result.causes] == ["MB3001", "MB1002"]
+    assert result.causes[1].explained_errors > result.causes[0].explained_errors
+
+
+def test_without_a_traffic_breaking_cause_the_one_explaining_most_errors_still_leads():
+    result = triage([envoy_memory_critical(), istiod_oomkilled(), istiod_not_ready()])
+    assert [c.finding.code for c in result.causes] == ["MB1002", "MB4005"]
+
+
+# -- one alert's scope -----------------------------------------------------------------------------
+
+def test_scope_keeps_a_cause_elsewhere_that_explains_findings_here_and_counts_the_rest_as_elsewhere():
+    root, crash, mismatch = expired_root(), sidecar_crash_loop(), root_mismatch("legacy")
+    view = scoped(triage([root, crash, mismatch]), ["prod"])
+    assert [c.finding for c in view.causes] == [root]
+    assert crash in view.findings and root in view.findings
+    assert view.elsewhere == (mismatch,)
+    assert view.elsewhere_namespaces == ("legacy",)
+
+
+def test_scope_of_an_alert_about_no_namespace_is_everything():
+    result = triage([expired_root(), root_mismatch("legacy")])
+    view = scoped(result, [])
+    assert view.elsewhere == () and len(view.causes) == len(result.causes)
+
+
+# -- one conversation per outage --------------------------------------------------------------------
+
+def test_two_diagnoses_whose_first_cause_is_the_same_root_are_one_outage():
+    first = triage([expired_root(), sidecar_crash_loop()]).to_list()
+    second = triage([expired_root(), stale_proxy(), upstream_503s()]).causes
+    assert shared_cause(second, first).startswith('Mesh root CA "CN=Istio CA"')
+
+
+def test_a_lone_error_both_diagnoses_see_does_not_join_them():
+    gateway = codes.finding("MB3002", origin="Secret istio-system/shop-tls", what='Gateway TLS certificate "CN=shop"',
+                            left="5 days", not_after="2026-11-29T05:07:00Z")
+    first = triage([gateway, istiod_oomkilled(), istiod_not_ready()]).to_list()
+    second = triage([gateway, sidecar_crash_loop(), upstream_503s()]).causes
+    assert shared_cause(second, first) is None

@@ -9,15 +9,18 @@ from slack_sdk.models.blocks import Block, ButtonElement, ConfirmObject, Divider
 
 from bot.approvals.rule import RequestState
 from bot.approvals.store import ApprovalRequest
-from bot.slack.blocks import Message, buttons, clip, context, escape, message_of, section
+from bot.slack.blocks import (
+    ROLLBACK_BUTTON, SUGGESTED_BUTTON, Message, buttons, clip, context, escape, message_of, section,
+)
 from commands.actions import plan_diff
 
 APPROVE = "approval_approve"
 REJECT = "approval_reject"
-ROLLBACK = "approval_rollback"
-SUGGESTED = "remediation_request"
+ROLLBACK = ROLLBACK_BUTTON
+SUGGESTED = SUGGESTED_BUTTON
 
 MAX_DIFF = 2400
+MAX_CONFIRM_TEXT = 300  # Slack's limit for a confirmation dialog's text
 MAX_NOTES = 8
 
 STATE_LINE = {
@@ -62,19 +65,76 @@ def _outcome_lines(request: ApprovalRequest) -> list[str]:
         lines.append("*Verify:* " + ("passed" if verification.get("ok") else "FAILED"))
         lines += [escape(line) for line in verification.get("lines") or []][:10]
     if request.rolled_back_by:
-        lines.append(f":leftwards_arrow_with_hook: Rollback requested as request #{request.rolled_back_by}")
+        # Set only once the rollback request has executed: the change is gone.
+        lines.append(f":leftwards_arrow_with_hook: *Rolled back* by request #{request.rolled_back_by}: this "
+                     "change is no longer in place.")
+    if request.rollback_of and request.state == RequestState.SUCCEEDED:
+        lines.append(f":leftwards_arrow_with_hook: Request #{request.rollback_of} is rolled back.")
     return lines
 
 
-def request_message(request: ApprovalRequest, now: datetime) -> Message:
+def mention(approver: str) -> str:
+    """``<@U…>`` for a user, ``<!subteam^S…>`` for a user group (Slack notifies its members)."""
+    return f"<!subteam^{approver}>" if approver.startswith("S") else f"<@{approver}>"
+
+
+def quorum_text(required: int) -> str:
+    return f"{required} approval{'s' * (required != 1)} from people other than the requester"
+
+
+def _approve_confirm(request: ApprovalRequest) -> ConfirmObject:
+    """The last approval runs the action at once, and the person giving it should know that."""
+    action = clip(request.action, 200)
+    if len(request.approvals) + 1 >= request.required:
+        return ConfirmObject(title="Approve and run now?",
+                             text=clip(f"Yours is the last approval needed: meshbot runs `/mesh {action}` as soon as "
+                                       "you confirm.", MAX_CONFIRM_TEXT), confirm="Approve and run", deny="Cancel")
+    return ConfirmObject(title="Approve this action?",
+                         text=clip(f"This is approval {len(request.approvals) + 1} of {request.required}: meshbot "
+                                   f"runs `/mesh {action}` once {quorum_text(request.required)} are in.",
+                                   MAX_CONFIRM_TEXT),
+                         confirm="Approve", deny="Cancel")
+
+
+def _reject_confirm(request: ApprovalRequest) -> ConfirmObject:
+    return ConfirmObject(title="Reject this request?",
+                         text=clip(f"Rejecting closes request #{request.id}: nothing changes, and `/mesh "
+                                   f"{request.action}` has to be asked for again.", MAX_CONFIRM_TEXT),
+                         confirm="Reject", deny="Cancel", style="danger")
+
+
+def request_message(request: ApprovalRequest, now: datetime, *, approvers: Sequence[str] = (),
+                    plan_attached: bool = False) -> Message:
+    """Status, who asked, what it changes in one line, the buttons — then the diff and the notes.
+
+    ``approvers`` are @-mentioned while the request waits; a diff longer than MAX_DIFF_LINES is only
+    summarised here when ``plan_attached`` (the desk uploads the full plan next to the message).
+    """
     plan = request.plan
     title = "Rollback" if request.rollback_of else "Remediation"
-    head = (f":rotating_light: *{title} request #{request.id}: `/mesh {escape(request.action)}`*\n"
-            f"Asked by <@{request.requester}>" + (f": {escape(request.reason)}" if request.reason else ""))
-    parts: list[Block] = [section(head), section(f"*Plan:* {escape(plan.summary)}")]
+    lines = [f"*{title} request #{request.id}: `/mesh {escape(request.action)}`*", _status(request, now),
+             f"Asked by <@{request.requester}>" + (f": {escape(request.reason)}" if request.reason else ""),
+             f"*Changes:* {escape(plan.summary)}"]
+    if request.state == RequestState.PENDING and approvers:
+        lines.append(f"*Approvers:* {', '.join(mention(a) for a in approvers)} \u2014 "
+                     f"{quorum_text(request.required)}")
+    lines += _outcome_lines(request)
+    parts: list[Block] = [section("\n".join(lines))]
+    value = str(request.id)
+    if request.state == RequestState.PENDING:
+        parts.append(buttons(
+            ButtonElement(text="Approve", action_id=APPROVE, value=value, style="primary",
+                          confirm=_approve_confirm(request)),
+            ButtonElement(text="Reject", action_id=REJECT, value=value, style="danger",
+                          confirm=_reject_confirm(request)),
+            block_id=f"approval-{request.id}"))
+    elif request.can_roll_back:
+        parts.append(buttons(ButtonElement(text="Rollback", action_id=ROLLBACK, value=value),
+                             block_id=f"rollback-{request.id}"))
+    parts.append(DividerBlock())
     diff = plan_diff(plan)
     if diff:
-        parts.append(section("```" + clip(escape(diff), MAX_DIFF) + "```"))
+        parts.append(section(_diff_text(diff, plan_attached)))
     if plan.notes:
         notes = [f"\u2022 {escape(n)}" for n in plan.notes[:MAX_NOTES]]
         if len(plan.notes) > MAX_NOTES:  # say so: a hidden note may name a rule the plan leaves alone
@@ -85,24 +145,35 @@ def request_message(request: ApprovalRequest, now: datetime) -> Message:
                                                      f"{escape(str(dry.get('error')))}")
                          + f" \u00b7 plan `{request.plan_hash[:12]}`"
                          + ("" if plan.reversible else " \u00b7 no rollback for this action")))
-    parts.append(DividerBlock())
-    status = [_status(request, now)] + _outcome_lines(request)
-    parts.append(section("\n".join(status)))
-    value = str(request.id)
-    if request.state == RequestState.PENDING:
-        parts.append(buttons(
-            ButtonElement(text="Approve", action_id=APPROVE, value=value, style="primary",
-                          confirm=ConfirmObject(title="Approve this action?",
-                                                text=f"meshbot will run `{clip(request.action, 200)}` once "
-                                                     f"{request.required} people have approved.",
-                                                confirm="Approve", deny="Cancel")),
-            ButtonElement(text="Reject", action_id=REJECT, value=value, style="danger"),
-            block_id=f"approval-{request.id}"))
-    elif request.can_roll_back:
-        parts.append(buttons(ButtonElement(text="Rollback", action_id=ROLLBACK, value=value),
-                             block_id=f"rollback-{request.id}"))
     text = f"{title} request #{request.id}: /mesh {request.action} \u2014 {request.state}"
     return message_of(text, parts)
+
+
+MAX_DIFF_LINES = 12
+
+
+def diff_is_long(diff: str) -> bool:
+    return len(diff.splitlines()) > MAX_DIFF_LINES or len(diff) > MAX_DIFF
+
+
+def _diff_text(diff: str, plan_attached: bool) -> str:
+    if not diff_is_long(diff):
+        return "*Diff:*\n```" + escape(diff) + "```"
+    head = "\n".join(diff.splitlines()[:MAX_DIFF_LINES])
+    rest = len(diff.splitlines()) - MAX_DIFF_LINES
+    where = "the full plan is attached below" if plan_attached else "`meshbot plan` shows all of it"
+    return (f"*Diff* (first {MAX_DIFF_LINES} lines; {where}):\n```" + clip(escape(head), MAX_DIFF) + "```"
+            + (f"\n_\u2026{rest} more line{'s' * (rest != 1)}_" if rest > 0 else ""))
+
+
+def plan_file(request: ApprovalRequest) -> str:
+    """The whole plan as a text file, for a diff too long to read in the message."""
+    plan = request.plan
+    parts = [f"Request #{request.id}: /mesh {request.action}", f"Plan {request.plan_hash}", "", plan.summary, "",
+             plan_diff(plan)]
+    if plan.notes:
+        parts += ["", "Notes:", *(f"- {n}" for n in plan.notes)]
+    return "\n".join(parts) + "\n"
 
 
 def result_note(request: ApprovalRequest) -> Message:

@@ -23,6 +23,8 @@ from datetime import datetime, timedelta, timezone
 import sqlite_utils
 
 from bot.approvals import blocks as approval_blocks
+from bot.incidents import headline
+from bot.settings import SettingsError, quorum_exceeds_approvers
 from bot.slack import blocks
 from bot.storage.background import WakeableLoop
 from bot.approvals.rule import Click, Decision, RequestState, Verdict, Vote, decide, is_approver
@@ -31,7 +33,7 @@ from bot.storage.database import Database
 from bot.incidents.log import EventKind, Incident, IncidentLog
 from bot.incidents.outbox import Outbox
 from bot.slack.client import SlackClient, SlackError
-from commands.actions import ActionTarget, Plan, apply, dry_run, plan_action, rollback_plan, verify
+from commands.actions import ActionTarget, Plan, apply, dry_run, plan_action, plan_diff, rollback_plan, verify
 from commands.errors import MeshbotError, UserError
 from commands.clients.kube import KubeClient
 
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 GROUP_CACHE_SECONDS = 300.0
 MESHBOT = "meshbot"
+MANUAL_SOURCE = "slack"
+"""``Incident.source`` of the incident a request typed outside any incident opens."""
 
 
 MAX_ID_DIGITS = 12
@@ -46,7 +50,8 @@ MAX_ID_DIGITS = 12
 
 def request_number(value: str) -> int | None:
     """The request ID a button carries, or None when the value is not one."""
-    return int(value) if value.isdigit() and len(value) <= MAX_ID_DIGITS else None
+    # isdigit() also accepts "²" and other Unicode digits, which int() refuses: ASCII digits only.
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= MAX_ID_DIGITS else None
 
 
 @dataclass(frozen=True)
@@ -144,9 +149,13 @@ class ApprovalDesk:
                 "rollback_of": rollback_of})
             request = self._get(db, request_id)
             entry = self.outbox.post(db, incident_id=incident.id, channel=request.channel,
-                                     message=approval_blocks.request_message(request, now),
-                                     thread_of=incident.top_message)
+                                     message=self._request_message(request, now), thread_of=incident.top_message)
             self.store.set_message(db, request_id, entry)
+            if self._plan_attached(request):
+                self.outbox.upload(db, incident_id=incident.id, channel=request.channel,
+                                   thread_of=incident.top_message, filename=f"request-{request_id}-plan.txt",
+                                   title=f"Plan of request #{request_id}: /mesh {request.action}",
+                                   content=approval_blocks.plan_file(request))
         self.outbox.wake()
         return request_id
 
@@ -155,7 +164,7 @@ class ApprovalDesk:
         incident_id = self.incidents.create(
             db, group_key=f"manual:{uuid.uuid4()}", title=f"Remediation requested: {plan.action}",
             severity="warning", channel=channel, labels={}, namespaces=[], services=[], external_url="",
-            playbook=None, source="slack")
+            playbook=None, source=MANUAL_SOURCE)
         self.incidents.mark_diagnosed(db, incident_id)
         self.incidents.append(db, incident_id, requester, EventKind.INCIDENT_OPENED,
                               {"source": "slack", "reason": f"/mesh {plan.action}"})
@@ -214,6 +223,7 @@ class ApprovalDesk:
         updated = self._update_message(db, request.id, now)
         if to in (RequestState.REJECTED, RequestState.EXPIRED):
             self._thread_note(db, updated)
+            self._settle_incident(db, updated.incident_id)
 
     def _expire(self, db: sqlite_utils.Database, request: ApprovalRequest, now: datetime) -> None:
         self._move(db, request, RequestState.EXPIRED, None, now)
@@ -287,6 +297,7 @@ class ApprovalDesk:
                 self._update_message(db, request.rollback_of, self.clock())
             done = self._update_message(db, request_id, self.clock())
             self._thread_note(db, done)
+            self._settle_incident(db, done.incident_id)
         self.outbox.wake()
         return done
 
@@ -323,7 +334,31 @@ class ApprovalDesk:
             self.outbox.wake()
         return len(expired)
 
+    def check_quorum(self) -> None:
+        """Refuse a quorum the approvers can never meet (SettingsError); a user group counts by its members.
+
+        Settings already refuse a list of users that is too short; a group's size only Slack knows.  When the
+        group cannot be read now, start anyway (the log says why): clicks read it again when they come.
+        """
+        if not self.policy.groups:
+            return
+        members: set[str] = set()
+        for group in self.policy.groups:
+            try:
+                found = frozenset(self.slack.usergroup_members(group))
+            except SlackError as exc:
+                log.warning("cannot read approver group %s (%s) to check MESHBOT_REQUIRED_APPROVALS against it",
+                            group, exc.error)
+                return
+            self._groups[group] = (time.monotonic(), found)
+            members |= found
+        problem = quorum_exceeds_approvers(self.policy.approvers, self.policy.required,
+                                           len(members - self.policy.users))
+        if problem:
+            raise SettingsError(problem)
+
     def start(self, interval: float = 30.0) -> ApprovalDesk:
+        self.check_quorum()
         self._sweeper = WakeableLoop("approvals", self._sweep_pass, idle=interval)
         self._sweeper.start()
         with self.database.transaction() as db:
@@ -356,8 +391,39 @@ class ApprovalDesk:
         request = self._get(db, request_id)
         if request.message_entry is not None:
             self.outbox.update(db, incident_id=request.incident_id, channel=request.channel,
-                               message=approval_blocks.request_message(request, now), of=request.message_entry)
+                               message=self._request_message(request, now), of=request.message_entry)
         return request
+
+    def _request_message(self, request: ApprovalRequest, now: datetime) -> blocks.Message:
+        return approval_blocks.request_message(request, now, approvers=self.policy.approvers,
+                                               plan_attached=self._plan_attached(request))
+
+    @staticmethod
+    def _plan_attached(request: ApprovalRequest) -> bool:
+        return approval_blocks.diff_is_long(plan_diff(request.plan))
+
+    def _settle_incident(self, db: sqlite_utils.Database, incident_id: int) -> None:
+        """After an outcome: the incident's top message shows what is in effect now; a manual incident (one
+        request typed outside any incident) closes once nothing is waiting, running or left to roll back."""
+        incident = self.incidents.get_in(db, incident_id)
+        if incident.source == MANUAL_SOURCE and incident.status == "open" and self._nothing_left(db, incident_id):
+            self.incidents.close(db, incident_id, MESHBOT, "its action and any rollback ended")
+            view = headline.refresh_top(db, self.incidents, self.outbox, incident_id, self.clock())
+            if incident.top_message is not None:
+                self.outbox.post(db, incident_id=incident_id, channel=incident.channel or "",
+                                 message=blocks.incident_resolved_note(view, self.clock()),
+                                 thread_of=incident.top_message)
+            return
+        headline.refresh_top(db, self.incidents, self.outbox, incident_id, self.clock())
+
+    def _nothing_left(self, db: sqlite_utils.Database, incident_id: int) -> bool:
+        requests = [self._get(db, row[0]) for row in db.execute(
+            "SELECT id FROM approval_requests WHERE incident_id = ?", [incident_id]).fetchall()]
+        waiting = any(r.state in (RequestState.PENDING, RequestState.EXECUTING) for r in requests)
+        # A reversible change that is still in place keeps the incident open until it is rolled back (or someone
+        # resolves it with /mesh incident resolve): the top message keeps saying what is in effect.
+        in_place = any(r.can_roll_back for r in requests)
+        return not waiting and not in_place
 
     def _thread_note(self, db: sqlite_utils.Database, request: ApprovalRequest) -> None:
         incident = self.incidents.get_in(db, request.incident_id)

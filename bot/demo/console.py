@@ -34,7 +34,7 @@ from bot.demo.workspace import CHANNEL_NAME, PEOPLE, Message, SlackRefusal, Work
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1_000_000
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
@@ -106,16 +106,20 @@ def _pod_line(pod: Mapping[str, Any]) -> str:
             f"<td>{mark}<br>{html.escape(sidecar)}{'<br>' + detail if detail else ''}</td></tr>")
 
 
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
 def cluster_html(objects: Iterable[Mapping[str, Any]]) -> str:
     """What the actions change, at a glance: pods (readiness, sidecar), mTLS policies, restarts."""
     by_kind: dict[str, list[Mapping[str, Any]]] = {}
     for obj in objects:
         by_kind.setdefault(str(obj.get("kind")), []).append(obj)
-    key = lambda o: ((o.get("metadata") or {}).get("namespace") or "", (o.get("metadata") or {}).get("name"))  # noqa: E731
-    pods = "".join(_pod_line(p) for p in sorted(by_kind.get("Pod", []), key=key))
+    pods = "".join(_pod_line(p) for p in sorted(by_kind.get("Pod", []), key=_key))
     policies = []
     for kind in ("PeerAuthentication", "DestinationRule"):
-        for obj in sorted(by_kind.get(kind, []), key=key):
+        for obj in sorted(by_kind.get(kind, []), key=_key):
             meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
             mode = (spec.get("mtls") or {}).get("mode") or ((spec.get("trafficPolicy") or {}).get("tls") or {}).get(
                 "mode") or ""
@@ -123,7 +127,7 @@ def cluster_html(objects: Iterable[Mapping[str, Any]]) -> str:
             policies.append(f"<tr{new}><td>{kind}<br>{html.escape(meta.get('namespace', ''))}/"
                             f"{html.escape(meta.get('name', ''))}</td><td>{html.escape(mode)}</td></tr>")
     restarts = []
-    for deployment in sorted(by_kind.get("Deployment", []), key=key):
+    for deployment in sorted(by_kind.get("Deployment", []), key=_key):
         meta = deployment.get("metadata") or {}
         template = (deployment.get("spec") or {}).get("template") or {}
         stamp = ((template.get("metadata") or {}).get("annotations") or {}).get("kubectl.kubernetes.io/restartedAt")
@@ -200,8 +204,8 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
             self._send(status, json.dumps(data).encode(), "application/json")
 
         def _loopback_host(self) -> bool:
-            host = (self.headers.get("Host") or "").rsplit(":", 1)[0] if "]" not in (
-                self.headers.get("Host") or "") else (self.headers.get("Host") or "").split("]")[0] + "]"
+            """A page on another site that rebinds its DNS name to 127.0.0.1 still sends its own Host."""
+            host = urllib.parse.urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
             return host in LOOPBACK_HOSTS
 
         def _body(self) -> bytes | None:

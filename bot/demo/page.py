@@ -61,6 +61,9 @@ code { background: #f3f3f3; color: #c01343; padding: 0 3px; border-radius: 3px; 
 #dialog .box { background: #fff; border-radius: 8px; padding: 16px 20px; width: 420px; }
 #dialog h3 { margin: 0 0 8px; } #dialog .buttons { text-align: right; margin-top: 16px; }
 #status { font-size: 12px; opacity: .9; }
+.emoji { font-weight: bold; } .emoji.red { color: #e01e5a; } .emoji.orange { color: #e8912d; }
+.emoji.yellow { color: #ecb22e; } .emoji.blue { color: #1264a3; } .emoji.green { color: #007a5a; }
+.emoji.grey { color: #616061; }
 """
 
 SCRIPT = """
@@ -88,6 +91,7 @@ async function refresh() {
       const box = $("channel");
       const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
       box.innerHTML = state.channel;   // server-rendered, every value escaped
+      box.dataset.user = state.user;   // whose view this is (tests wait for it after switching)
       if (atBottom || shownVersion === null) box.scrollTop = box.scrollHeight;
       shownVersion = key;
     }
@@ -169,7 +173,7 @@ def page(people: Iterable[Person], alerts: Iterable[DemoAlert], channel_name: st
 <p>An embedded Slack workspace. The bot is the real meshbot; the cluster is the bundled 3&nbsp;AM outage
 in an embedded Kubernetes API. Send an alert, type <code>/mesh help</code>, switch users to approve.</p></nav>
 <main><div id="channel"></div>
-<form id="composer" autocomplete="off"><input id="command" placeholder="/mesh diagnose all prod" maxlength="3000">
+<form id="composer" autocomplete="off"><input id="command" placeholder="/mesh diagnose prod" maxlength="3000">
 <button id="send" type="submit">Send</button></form></main>
 <aside><div id="cluster"></div></aside>
 <div id="dialog" role="dialog" aria-modal="true"><div class="box"><h3 id="dialog-title"></h3><p id="dialog-text"></p>

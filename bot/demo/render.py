@@ -16,13 +16,22 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 EMOJI = {
-    "rotating_light": "\U0001f6a8", "white_check_mark": "\u2705", "x": "\u274c", "warning": "\u26a0\ufe0f",
-    "no_entry": "\u26d4", "hourglass": "\u231b", "leftwards_arrow_with_hook": "\u21a9\ufe0f", "fire": "\U0001f525",
-    "red_circle": "\U0001f534", "large_orange_circle": "\U0001f7e0", "large_yellow_circle": "\U0001f7e1",
-    "large_blue_circle": "\U0001f535", "information_source": "\u2139\ufe0f", "mag": "\U0001f50d",
-    "green_heart": "\U0001f49a", "memo": "\U0001f4dd", "lock": "\U0001f512", "bell": "\U0001f514",
-    "stopwatch": "\u23f1\ufe0f", "wrench": "\U0001f527", "heavy_check_mark": "\u2714\ufe0f",
+    # Glyphs every system font has (DejaVu, Liberation, …), coloured by the stylesheet: the console then looks
+    # the same in a bare headless browser as on a desktop with an emoji font.
+    "red_circle": ("\u25cf", "red"), "large_orange_circle": ("\u25cf", "orange"),
+    "large_yellow_circle": ("\u25cf", "yellow"), "large_blue_circle": ("\u25cf", "blue"),
+    "white_check_mark": ("\u2714", "green"), "heavy_check_mark": ("\u2714", "green"), "x": ("\u2718", "red"),
+    "warning": ("\u26a0", "orange"), "rotating_light": ("\u2691", "red"), "no_entry": ("\u2298", "red"),
+    "no_entry_sign": ("\u2298", "red"), "hourglass": ("\u231b", "grey"), "hourglass_flowing_sand": ("\u231b", "grey"),
+    "leftwards_arrow_with_hook": ("\u21a9", "blue"), "memo": ("\u270e", "grey"), "gear": ("\u2699", "grey"),
+    "bell": ("\u2691", "orange"), "link": ("\u2197", "blue"), "tada": ("\u2726", "green"),
+    "heavy_plus_sign": ("+", "grey"), "memory": ("\u25a4", "grey"), "fire": ("\u2668", "red"),
 }
+RAW_EMOJI = {"\u2705": ("\u2714", "green"), "\u274c": ("\u2718", "red"), "\U0001f534": ("\u25cf", "red"),
+             "\U0001f7e0": ("\u25cf", "orange"), "\U0001f7e1": ("\u25cf", "yellow"),
+             "\U0001f535": ("\u25cf", "blue"), "\U0001f6a8": ("\u2691", "red")}
+"""Emoji the bot writes as characters, drawn with the same plain glyphs."""
+_RAW_EMOJI = re.compile("|".join(RAW_EMOJI))
 _TOKEN = re.compile(r"<([^<>]*)>")
 _SLACK_ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))
 _SAFE_URL = re.compile(r"^https?://[^\s\"'<>]+$")
@@ -42,7 +51,16 @@ def _inline(escaped: str) -> str:
     escaped = re.sub(r"(?<![\w*])\*(?!\s)([^*\n]+?)\*(?![\w*])", r"<b>\1</b>", escaped)
     escaped = re.sub(r"(?<![\w_])_(?!\s)([^_\n]+?)_(?![\w_])", r"<i>\1</i>", escaped)
     escaped = re.sub(r"(?<![\w~])~(?!\s)([^~\n]+?)~(?![\w~])", r"<s>\1</s>", escaped)
-    return re.sub(r":([a-z0-9_+-]+):", lambda m: EMOJI.get(m.group(1), m.group(0)), escaped)
+    escaped = _RAW_EMOJI.sub(lambda m: '<span class="emoji {1}">{0}</span>'.format(*RAW_EMOJI[m.group(0)]), escaped)
+    return re.sub(r":([a-z0-9_+-]+):", _emoji, escaped)
+
+
+def _emoji(match: re.Match) -> str:
+    known = EMOJI.get(match.group(1))
+    if known is None:
+        return match.group(0)
+    glyph, colour = known
+    return f'<span class="emoji {colour}" title=":{match.group(1)}:">{glyph}</span>'
 
 
 def _token(body: str, names: Names) -> str:
@@ -52,6 +70,10 @@ def _token(body: str, names: Names) -> str:
         return f'<span class="mention">@{html.escape(names(target[1:]))}</span>'
     if target.startswith("#"):
         return f'<span class="mention">#{html.escape(_slack_unescape(label) or names(target[1:]))}</span>'
+    if target.startswith("!date^"):
+        return html.escape(_slack_unescape(label))  # the fallback text Slack shows where it cannot localise
+    if target.startswith("!subteam^"):
+        return f'<span class="mention">@{html.escape(_slack_unescape(label) or target.split("^", 1)[1])}</span>'
     if target.startswith("!"):
         return f'<span class="mention">@{html.escape(target[1:].split("^")[0])}</span>'
     url = _slack_unescape(target)
@@ -81,11 +103,15 @@ def mrkdwn(text: str, names: Names = str) -> str:
         if index % 2:
             out.append(f"<pre>{html.escape(_slack_unescape(chunk.strip(chr(10))))}</pre>")
             continue
-        for part_index, part in enumerate(re.split(r"`([^`\n]+)`", chunk)):
-            if part_index % 2:
-                out.append(f"<code>{html.escape(_slack_unescape(part))}</code>")
-            else:
-                out.append(_plain_run(part, names, formatting=True))
+        # Code spans become placeholders first, so *bold `code` text* still reads as bold around the code.
+        spans: list[str] = []
+
+        def hold(match: re.Match) -> str:
+            spans.append(f"<code>{html.escape(_slack_unescape(match.group(1)))}</code>")
+            return f"\x00{len(spans) - 1}\x00"
+        text_with_holes = re.sub(r"`([^`\n]+)`", hold, chunk.replace("\x00", ""))
+        rendered = _plain_run(text_with_holes, names, formatting=True)
+        out.append(re.sub(r"\x00(\d+)\x00", lambda m: spans[int(m.group(1))], rendered))
     return "".join(out).replace("\n", "<br>")
 
 
@@ -97,7 +123,8 @@ def text_object(obj: Mapping[str, Any] | str | None, names: Names = str) -> str:
         return html.escape(obj)
     if obj.get("type") == "mrkdwn":
         return mrkdwn(str(obj.get("text", "")), names)
-    return _inline(html.escape(str(obj.get("text", ""))))
+    return _RAW_EMOJI.sub(lambda m: '<span class="emoji {1}">{0}</span>'.format(*RAW_EMOJI[m.group(0)]),
+                          re.sub(r":([a-z0-9_+-]+):", _emoji, html.escape(str(obj.get("text", "")))))
 
 
 def _attr(value: Any) -> str:

@@ -3,8 +3,8 @@
 Only the two outside worlds are replaced: Slack by ``bot.demo.workspace`` (reached
 through ``SLACK_API_URL``, with signed requests into ``/slack/events``) and the
 cluster by ``bot.demo.cluster`` (reached through a kubeconfig).  Playbooks,
-approvals (ON: bob and carol approve), the scheduler and the incident log are the
-ones ``meshbot serve`` runs.
+approvals (ON: bob and carol approve) and the incident log are the ones ``meshbot
+serve`` runs; only the daily certificate scan is off (see ``demo_settings``).
 
 Two things differ from a live cluster, both in the diagnosis runner handed to
 ``build``: the clock is the scenario's (its 3 AM, moving on in real time, so the
@@ -64,11 +64,16 @@ def demo_settings(*, api_url: str, kubeconfig: Path, db_path: Path, bot_token: s
                   alertmanager_token: str) -> Settings:
     """The bot's settings for the demo, validated like any other (``Settings.load``, not the environment)."""
     approvers = ",".join(p.id for p in PEOPLE if p.approver)
+    responders = ",".join(p.id for p in PEOPLE if not p.approver)  # on call: may ask for actions, not approve
     return Settings.load(environ={
         "SLACK_BOT_TOKEN": bot_token, "SLACK_SIGNING_SECRET": signing_secret, "SLACK_API_URL": api_url,
         "ALERTMANAGER_TOKEN": alertmanager_token, "MESHBOT_CHANNEL": CHANNEL, "MESHBOT_APPROVERS": approvers,
+        "MESHBOT_RESPONDERS": responders,
         "KUBECONFIG": str(kubeconfig), "MESHBOT_DB": str(db_path), "MESHBOT_HOST": "127.0.0.1",
         "MESHBOT_PORT": "0", "MESHBOT_WORKERS": "4", "MESHBOT_HTTP_THREADS": "4", "MESHBOT_KUBE_TIMEOUT": "5",
+        # The daily certificate scan reads the wall clock, not the scenario's 3 AM: it would date the
+        # story's certificates from today (and `/mesh reminders` says they are off).
+        "MESHBOT_REMINDERS": "false",
     })
 
 
@@ -123,6 +128,8 @@ class Demo:
         return self
 
     def _start(self) -> None:
+        # kmock's server logs every request at INFO; the demo's own log should stay readable.
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
         self._tmp = tempfile.TemporaryDirectory(prefix="meshbot-demo-")
         tmp = Path(self._tmp.name)
         self.cluster = EmbeddedCluster().start()
@@ -155,13 +162,13 @@ class Demo:
         return answer.status_code
 
     def stop(self) -> None:
-        """People first (the console), then the bot, then the world it acts on. Idempotent."""
+        """The bot, then the workspace and console it talks to, then the cluster it acts on. Idempotent."""
+        if self.bot is not None:  # first, so that what it is still posting reaches the workspace
+            self.bot.stop()
+            self.bot = None
         if self.console is not None:
             self.console.stop()
             self.console = None
-        if self.bot is not None:
-            self.bot.stop()
-            self.bot = None
         if self.runner is not None:
             self.runner.close()
             self.runner = None

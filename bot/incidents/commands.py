@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.log import Incident
-from bot.incidents.report import describe_event
+from bot.incidents import headline
+from bot.incidents.report import NOISE, Style, describe_event, event_time, person
 from bot.slack.app import Handlers, Invocation
-from bot.slack.blocks import escape
+from bot.slack.blocks import escape, human_duration
 from bot.slack.slash import SlashCommands, UsageError, expect_at_most
 
 MAX_TIMELINE_EVENTS = 40
@@ -28,7 +29,7 @@ class IncidentRequest:
 def incident_number(value: str) -> int:
     """``12`` or ``#12`` as typed by a person."""
     number = value.lstrip("#")
-    if not number.isdigit() or len(number) > 12:
+    if not (number.isascii() and number.isdigit()) or len(number) > 12:  # "²".isdigit() is True; int() refuses it
         raise UsageError(f"`{value[:20]}` is not an incident number. Usage: `/mesh {INCIDENT_USAGE}`")
     return int(number)
 
@@ -69,6 +70,21 @@ class IncidentCommands:
         """An unknown incident number raises UserError, which the asker reads as a warning."""
         who.tell(self._answer(who, request))
 
+    def _timeline(self, incident: Incident, now: datetime) -> str:
+        """The incident and its events: date, time and zone, who (as a mention), what happened in words."""
+        events = [e for e in self.flow.incidents.timeline(incident.id) if e.kind not in NOISE]
+        view = headline.top_view(self.flow.database.db, self.flow.incidents, self.flow.outbox, incident.id)
+        state = (f"resolved, lasted {view.lasted(now)}" if view.resolved
+                 else f"open, firing for {human_duration((now - view.started).total_seconds())}")
+        lines = [f"*Incident #{incident.id}* [{escape(incident.severity)}] {escape(incident.title)} \u2014 {state}"]
+        shown = events[-MAX_TIMELINE_EVENTS:]
+        if len(events) > len(shown):
+            lines.append(f"_\u2026{len(events) - len(shown)} earlier events; `meshbot incidents export "
+                         f"{incident.id}` has them all_")
+        lines += [f"{event_time(e.at, Style.SLACK)} \u00b7 {person(e.actor, Style.SLACK)}: "
+                  f"{describe_event(e, Style.SLACK)}" for e in shown]
+        return "\n".join(lines)[:3900]
+
     def _answer(self, who: Invocation, request: IncidentRequest) -> str:
         flow = self.flow
         log = flow.incidents
@@ -85,15 +101,7 @@ class IncidentCommands:
             return "\n".join(lines)
         incident = log.get(request.incident_id)
         if request.op == "show":
-            events = log.timeline(incident.id)
-            lines = [f"*Incident #{incident.id}* [{incident.severity}] {escape(incident.title)} \u2014 "
-                     f"{incident.status}, {incident.duration(now)}"]
-            shown = events[-MAX_TIMELINE_EVENTS:]
-            if len(events) > len(shown):
-                lines.append(f"_\u2026{len(events) - len(shown)} earlier events; `meshbot incidents export "
-                             f"{incident.id}` has them all_")
-            lines += [f"`{e.at:%H:%M:%S}` {escape(e.actor)}: {escape(describe_event(e))}" for e in shown]
-            return "\n".join(lines)[:3900]
+            return self._timeline(incident, now)
         if request.op == "note":
             flow.note(incident.id, who.user, request.text)
             return f"Noted on incident #{incident.id}."

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import sqlite_utils
 
 from bot.slack import blocks
 from bot.storage.background import WakeableLoop
+from bot.incidents import headline
 from bot.incidents.alerts import Alert, AlertStatus, Notification, as_ended, ended_alerts, ended_before, \
     parse_notification
 from bot.storage.database import Database
@@ -31,18 +33,33 @@ from bot.diagnosis import Diagnostician
 from bot.incidents.log import EventKind, Incident, IncidentLog, iso
 from bot.server.metrics import Metrics
 from bot.incidents.outbox import Outbox
-from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest
+from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest, with_first_step
 from commands.cluster.endpoints import PodRef
 from commands.errors import UserError
 from commands.findings import Finding, by_severity, count_by_level
-from commands.report import diagnose_text
+from commands.report import diagnose_text, split_summary
+from commands.triage import Scoped, scoped, shared_cause, triage
 
 log = logging.getLogger(__name__)
 
 MAX_FINDINGS_IN_LOG = 200
 PROCESS_EVERY = 5.0
+TOP_REFRESH_SECONDS = 300.0
 ALERTMANAGER = "alertmanager"
 MESHBOT = "meshbot"
+
+def alert_links(notification: Notification) -> dict[str, str]:
+    """The group's ``runbook_url`` and ``description`` annotations (common ones first, else the first firing
+    alert's), recorded when the incident opens so its top message can show them."""
+    firing = notification.firing()
+    first = dict(firing[0].annotations) if firing else {}
+    links = {}
+    for name in ("runbook_url", "description"):
+        value = notification.common_annotations.get(name) or first.get(name)
+        if value:
+            links[name] = value[:2000]
+    return links
+
 
 SuggestionRenderer = Callable[[Incident, list[SuggestedRemediation]], list]
 """Turns suggestions into blocks; the approvals flow replaces the text version with buttons."""
@@ -63,6 +80,8 @@ class IncidentFlow:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     _loop: WakeableLoop = field(init=False)
     _processing: threading.Lock = field(default_factory=threading.Lock)
+    _top_refreshed: dict[int, float] = field(default_factory=dict)
+    """When each open incident's top message was last re-rendered only to advance its elapsed time."""
 
     # -- intake (HTTP thread) ----------------------------------------------------------
 
@@ -97,7 +116,23 @@ class IncidentFlow:
 
     def _process_pass(self) -> float:
         self.process_pending()
+        self.refresh_open_tops()
         return PROCESS_EVERY  # also without a wake-up, so nothing stored waits longer than this
+
+    def refresh_open_tops(self, every: float = TOP_REFRESH_SECONDS) -> int:
+        """Keep "firing since … (1h 12m)" current: re-render open incidents' top messages every few minutes
+        (Slack renders the time itself in each reader's zone; the elapsed time is ours to update)."""
+        now = time.monotonic()
+        due = [i.id for i in self.incidents.list_open()
+               if i.top_message is not None and now - self._top_refreshed.setdefault(i.id, now) >= every]
+        if not due:
+            return 0
+        with self.database.transaction() as db:
+            for incident_id in due:
+                self._refresh_top(db, incident_id)
+                self._top_refreshed[incident_id] = now
+        self.outbox.wake()
+        return len(due)
 
     def process_pending(self) -> int:
         """Apply every stored, unprocessed notification in arrival order; returns how many."""
@@ -142,8 +177,10 @@ class IncidentFlow:
         if incident is None:
             return self._open(db, notification, to_diagnose)
         changed = False
+        # When the whole group resolves, the one "Resolved" reply says it; a line per alert would repeat it.
+        announce = notification.status != AlertStatus.RESOLVED
         for alert in notification.alerts:
-            changed |= self._apply_alert(db, incident, alert)
+            changed |= self._apply_alert(db, incident, alert, announce=announce)
         if notification.status == AlertStatus.RESOLVED:
             self._resolve(db, incident, ALERTMANAGER, "all alerts of the group resolved")
         elif changed:
@@ -179,19 +216,20 @@ class IncidentFlow:
             external_url=notification.external_url, playbook=playbook.name)
         self.incidents.append(db, incident_id, ALERTMANAGER, EventKind.INCIDENT_OPENED, {
             "group_key": notification.group_key, "receiver": notification.receiver, "severity": notification.severity,
-            "group_labels": dict(notification.group_labels), "playbook": playbook.name})
+            "group_labels": dict(notification.group_labels), "playbook": playbook.name,
+            **alert_links(notification)})
         for alert in notification.alerts:
             self._record_alert(db, incident_id, as_ended(alert, ended))
-        incident = self.incidents.get_in(db, incident_id)
-        top = self.outbox.post(db, incident_id=incident_id, channel=self.channel,
-                               message=blocks.incident_message(incident, self._alerts(db, incident_id), self.clock()))
+        top = self.outbox.post(db, incident_id=incident_id, channel=self.channel, message=blocks.incident_message(
+            headline.top_view(db, self.incidents, self.outbox, incident_id), self.clock()))
         self.incidents.set_top_message(db, incident_id, top)
         to_diagnose.append(incident_id)
         if self.metrics:
             self.metrics.requests.labels(kind="incident_opened").inc()
         return incident_id
 
-    def _apply_alert(self, db: sqlite_utils.Database, incident: Incident, alert: Alert) -> bool:
+    def _apply_alert(self, db: sqlite_utils.Database, incident: Incident, alert: Alert, *,
+                     announce: bool = True) -> bool:
         """Record one alert of a re-sent or follow-up notification; True when the incident changed."""
         rows = list(db.query("SELECT status FROM incident_alerts WHERE incident_id = ? AND occurrence = ?",
                              [incident.id, alert.occurrence]))
@@ -209,10 +247,12 @@ class IncidentFlow:
             self.incidents.append(db, incident.id, ALERTMANAGER, EventKind.ALERT_RESOLVED,
                                   {"alertname": alert.name, "fingerprint": alert.fingerprint,
                                    "ends_at": iso(alert.ends_at)})
-            self.outbox.post_alert_update(db, incident_id=incident.id, channel=incident.channel,
-                                          message=blocks.alert_line(self._alert_row(db, incident.id, alert),
-                                                                    resolved=True),
-                                          thread_of=incident.top_message, namespace=alert.namespace, resolved=True)
+            if announce:
+                self.outbox.post_alert_update(db, incident_id=incident.id, channel=incident.channel,
+                                              message=blocks.alert_line(self._alert_row(db, incident.id, alert),
+                                                                        resolved=True),
+                                              thread_of=incident.top_message, namespace=alert.namespace,
+                                              resolved=True)
             return True
         return False
 
@@ -239,19 +279,21 @@ class IncidentFlow:
         return self.outbox.post(db, incident_id=incident.id, channel=incident.channel, message=message,
                                 thread_of=incident.top_message)
 
-    def _refresh_top(self, db: sqlite_utils.Database, incident_id: int) -> None:
-        incident = self.incidents.get_in(db, incident_id)
-        message = blocks.incident_message(incident, self._alerts(db, incident_id), self.clock())
-        self.outbox.update(db, incident_id=incident_id, channel=incident.channel, message=message,
-                           of=incident.top_message)
+    def _refresh_top(self, db: sqlite_utils.Database, incident_id: int) -> blocks.TopView:
+        return headline.refresh_top(db, self.incidents, self.outbox, incident_id, self.clock())
 
     def _resolve(self, db: sqlite_utils.Database, incident: Incident, actor: str, reason: str) -> bool:
+        """Close it: the top message loses its bold severity and says how long it lasted, and one thread reply
+        says so (Slack notifies a thread's followers of replies, not of edits)."""
         if not self.incidents.close(db, incident.id, actor, reason):
             return False
-        closed = self.incidents.get_in(db, incident.id)
-        self._refresh_top(db, incident.id)
-        self._thread_post(db, closed, blocks.incident_resolved_note(closed, self.clock(),
-                                                                   actor if actor not in (ALERTMANAGER,) else None))
+        view = self._refresh_top(db, incident.id)
+        note = blocks.incident_resolved_note(view, self.clock(), actor if actor not in (ALERTMANAGER,) else None)
+        if view.joined is not None:
+            # The conversation is in the joined incident's thread: say it there.
+            self._thread_post(db, self.incidents.get_in(db, view.joined.incident_id), note)
+        else:
+            self._thread_post(db, view.incident, note)
         return True
 
     # -- diagnostics (worker pool) ------------------------------------------------------------
@@ -263,36 +305,84 @@ class IncidentFlow:
             log.exception("diagnosing incident #%s failed", incident_id)
 
     def diagnose(self, incident_id: int) -> list[Finding]:
-        """Run the incident's playbook and post what it found in the incident's thread."""
+        """Run the incident's playbook; post its triage as the thread's first reply and the probable cause with
+        the first step in the top message — or, when an open incident's triage names the same cause, join it."""
         incident = self.incidents.get(incident_id)
         playbook = self.playbooks.get(incident.playbook or "") or self.playbooks.match(incident.labels)
         findings, errors, steps = self._run_playbook(playbook, incident.labels)
-        suggestions = suggest(playbook, findings, incident.labels)
-        title = f"Diagnostics \u00b7 incident #{incident.id} \u00b7 playbook {playbook.name}"
+        summaries, rest = split_summary(findings)
+        result = triage(rest)
+        view = scoped(result, incident.namespaces)
+        view = Scoped(view.causes, (*summaries, *view.findings), view.elsewhere)
+        # Fix causes, not symptoms: a finding another one explains (istiod not ready because it is OOMKilled)
+        # suggests nothing of its own ("restart istiod" would OOM again); its cause's first step leads.
+        explained = {id(f) for cause in result.causes for f in cause.explains}
+        suggestions = with_first_step(view.top, suggest(
+            playbook, [f for f in view.findings if id(f) not in explained], incident.labels))
+        title = f"Triage \u00b7 incident #{incident.id} \u00b7 playbook {playbook.name}"
         extra = self.render_suggestions(incident, suggestions)
-        report, hidden = blocks.findings_report(title, findings, extra_blocks=extra)
+        report, hidden = blocks.triage_report(title, view, extra_blocks=extra)
+        record = {
+            "playbook": playbook.name, "steps": steps, "errors": errors,
+            "counts": {str(k): v for k, v in count_by_level(findings).items()},
+            "findings": [f.to_dict() for f in by_severity(findings)[:MAX_FINDINGS_IN_LOG]],
+            "findings_total": len(findings), "elsewhere": len(view.elsewhere),
+            "triage": [c.to_dict() for c in view.causes],
+            "suggested": [{"title": s.title, "action": s.action, "codes": list(s.codes)} for s in suggestions]}
         with self.database.transaction() as db:
             if self.incidents.get_in(db, incident.id).diagnosed:
                 return findings  # another run (a restart's catch-up) posted them already
-            self.incidents.append(db, incident.id, MESHBOT, EventKind.DIAGNOSTICS_RUN, {
-                "playbook": playbook.name, "steps": steps, "errors": errors,
-                "counts": {str(k): v for k, v in count_by_level(findings).items()},
-                "findings": [f.to_dict() for f in by_severity(findings)[:MAX_FINDINGS_IN_LOG]],
-                "findings_total": len(findings),
-                "suggested": [{"title": s.title, "action": s.action, "codes": list(s.codes)} for s in suggestions]})
-            for error in errors:
-                self._thread_post(db, incident, blocks.cluster_unavailable(error))
-            self._thread_post(db, incident, report)
-            if hidden:
-                self.outbox.upload(db, incident_id=incident.id, channel=incident.channel,
-                                   thread_of=incident.top_message, filename=f"incident-{incident.id}-findings.txt",
-                                   title=f"Full report: {title}", content=diagnose_text(findings, title=title))
+            same = self._same_outage(db, incident, view)
+            if same is not None:
+                target, cause = same
+                record.update(joined=target.id, joined_cause=cause)
+            self.incidents.append(db, incident.id, MESHBOT, EventKind.DIAGNOSTICS_RUN, record)
             self.incidents.mark_diagnosed(db, incident.id)
+            if same is not None:
+                self._join(db, incident, same[0], same[1])
+            else:
+                self._post_triage(db, incident, report, errors, title, findings, upload=bool(hidden or view.elsewhere))
+                self._refresh_top(db, incident.id)
         self.outbox.wake()
         if self.metrics:
             for finding in findings:
                 self.metrics.findings_posted.labels(level=str(finding.level)).inc()
         return findings
+
+    def _post_triage(self, db: sqlite_utils.Database, incident: Incident, report: blocks.Message, errors: list[str],
+                     title: str, findings: list[Finding], *, upload: bool) -> None:
+        """The triage first (the reply people read), then what could not be checked, then the full report."""
+        self._thread_post(db, incident, report)
+        for error in errors:
+            self._thread_post(db, incident, blocks.cluster_unavailable(error))
+        if upload:
+            self.outbox.upload(db, incident_id=incident.id, channel=incident.channel,
+                               thread_of=incident.top_message, filename=f"incident-{incident.id}-findings.txt",
+                               title=f"Full report: {title}", content=diagnose_text(findings, title=title))
+
+    def _same_outage(self, db: sqlite_utils.Database, incident: Incident, view: Scoped) -> tuple[Incident, str] | None:
+        """The oldest open, diagnosed incident whose triage shares this one's cause (``shared_cause``), and that
+        cause's title; None when this alert group is a conversation of its own."""
+        rows = db.query("SELECT id FROM incidents WHERE status = 'open' AND diagnosed = 1 AND id != ? ORDER BY id",
+                        [incident.id])
+        for other in [self.incidents.get_in(db, row["id"]) for row in rows]:
+            stored = headline.latest_diagnosis(db, other.id) or {}
+            if stored.get("joined"):
+                continue  # join the conversation, not another pointer to it
+            cause = shared_cause(view.causes, stored.get("triage") or [])
+            if cause is not None:
+                return other, cause
+        return None
+
+    def _join(self, db: sqlite_utils.Database, incident: Incident, target: Incident, cause: str) -> None:
+        """One conversation per outage: a short post in the target's thread, and this group's top message
+        becomes a one-line pointer to it."""
+        self._refresh_top(db, incident.id)
+        own = headline.thread_url(self.outbox, incident.channel, incident.top_message)
+        self._thread_post(db, target, blocks.joined_note(incident, cause, own))
+        self.incidents.append(db, target.id, MESHBOT, EventKind.NOTE,
+                              {"text": f"incident #{incident.id} ({incident.title}) joined: same probable cause, "
+                                       f"{cause}"})
 
     def _run_playbook(self, playbook: Playbook, labels: dict) -> tuple[list[Finding], list[str], list[dict]]:
         findings: dict[tuple[str, str, str], Finding] = {}
@@ -331,9 +421,8 @@ class IncidentFlow:
                 namespaces=namespaces, services=[], external_url="", playbook=playbook.name, source=MESHBOT)
             self.incidents.append(db, incident_id, MESHBOT, EventKind.INCIDENT_OPENED,
                                   {"group_key": group_key, "reason": reason, "playbook": playbook.name})
-            incident = self.incidents.get_in(db, incident_id)
-            top = self.outbox.post(db, incident_id=incident_id, channel=self.channel,
-                                   message=blocks.incident_message(incident, [], self.clock()))
+            top = self.outbox.post(db, incident_id=incident_id, channel=self.channel, message=blocks.incident_message(
+                headline.top_view(db, self.incidents, self.outbox, incident_id), self.clock()))
             self.incidents.set_top_message(db, incident_id, top)
         self.outbox.wake()
         self.workers.submit(self._diagnose_safely, incident_id)

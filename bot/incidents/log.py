@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import sqlite_utils
 
 from bot.storage.database import Database, migration
-from commands.clients.kube import KubeClient
+from commands.clients.lease import LeaderElector
 from commands.errors import MeshbotError, UserError
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def audit_key_path(db_path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".audit-key")
 
 
-def load_audit_key(configured: str | None, db_path: str | os.PathLike) -> AuditKey:
+def load_audit_key(configured: str | None, db_path: str | os.PathLike, *, create: bool = True) -> AuditKey:
     """The configured key (MESHBOT_AUDIT_KEY / _FILE), else the generated one next to the database.
 
     The first start without a configured key writes a new random key with mode 0600 and says so: the log
@@ -194,6 +194,9 @@ def load_audit_key(configured: str | None, db_path: str | os.PathLike) -> AuditK
     if str(db_path) == ":memory:":
         return AuditKey.generate()
     path = audit_key_path(db_path)
+    if not create and not path.exists():
+        raise UserError(f"no audit key: set MESHBOT_AUDIT_KEY(_FILE) or restore {path} (without the key the log "
+                        "cannot be verified)")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -225,15 +228,18 @@ class Anchor:
     hash_prefix: str
     at: datetime
     legacy_until: int = 0
+    replica: str = ""
+    """Whose database the anchor is of (replicas with leader election keep one each)."""
 
     def to_json(self) -> str:
         return json.dumps({"event": self.event_id, "hash": self.hash_prefix, "at": iso(self.at),
-                           "legacy_until": self.legacy_until}, sort_keys=True)
+                           "legacy_until": self.legacy_until, "replica": self.replica}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Anchor:
         data = json.loads(text)
-        return cls(int(data["event"]), str(data["hash"]), parse_time(data["at"]), int(data.get("legacy_until", 0)))
+        return cls(int(data["event"]), str(data["hash"]), parse_time(data["at"]), int(data.get("legacy_until", 0)),
+                   str(data.get("replica") or ""))
 
     @property
     def line(self) -> str:
@@ -278,31 +284,33 @@ class FileAnchorStore:
 
 @dataclass
 class LeaseAnchorStore:
-    """The latest anchor as an annotation of the Lease meshbot already owns (leader election)."""
+    """The latest anchor as an annotation of the scheduler's Lease, which meshbot already owns.
 
-    client: Callable[[], KubeClient]
-    namespace: str
-    lease: str
+    Written through the leader elector (its lock and its read-then-conditional-patch), so it never races the
+    elector's own renewals and notes; only the leader writes.  Each replica has a database of its own, so an
+    anchor names its replica and a replica compares its chain only with its own."""
+
+    elector: LeaderElector
     name: str = "lease"
 
     def publish(self, anchor: Anchor) -> None:
-        try:
-            self.client().patch("Lease", self.namespace, self.lease,
-                                {"metadata": {"annotations": {ANCHOR_ANNOTATION: anchor.to_json()}}})
-        except MeshbotError as exc:
-            log.warning("could not anchor the audit head on Lease %s/%s: %s", self.namespace, self.lease, exc)
+        mine = Anchor(anchor.event_id, anchor.hash_prefix, anchor.at, anchor.legacy_until, self.elector.identity)
+        self.elector.annotate(ANCHOR_ANNOTATION, mine.to_json())  # False (logged) when not leading
 
     def latest(self) -> Anchor | None:
+        elector = self.elector
         try:
-            lease = self.client().get("Lease", self.namespace, self.lease)
+            lease = elector.client.get("Lease", elector.namespace, elector.name)
         except MeshbotError as exc:
-            raise UserError(f"cannot read the audit anchor on Lease {self.namespace}/{self.lease}: {exc}") from None
+            raise UserError(f"cannot read the audit anchor on Lease {elector.namespace}/{elector.name}: {exc}") \
+                from None
         text = ((lease.get("metadata") or {}).get("annotations") or {}).get(ANCHOR_ANNOTATION)
         try:
-            return Anchor.from_json(text) if text else None
+            anchor = Anchor.from_json(text) if text else None
         except (ValueError, KeyError, TypeError):
-            raise UserError(f"annotation {ANCHOR_ANNOTATION} on Lease {self.namespace}/{self.lease} is not an "
+            raise UserError(f"annotation {ANCHOR_ANNOTATION} on Lease {elector.namespace}/{elector.name} is not an "
                             "anchor; it may have been tampered with") from None
+        return anchor if anchor and anchor.replica == elector.identity else None
 
 
 def default_anchor_stores(db_path: str | os.PathLike) -> tuple[AnchorStore, ...]:

@@ -35,7 +35,7 @@ import sqlite_utils
 from bot.storage.background import WakeableLoop
 from bot.slack.blocks import Message, context, message_of
 from bot.storage.database import Database, migration
-from bot.incidents.log import STATE_CHANGE_KINDS, EventKind, IncidentLog, iso, parse_time
+from bot.incidents.log import EventKind, IncidentLog, iso, parse_time
 from bot.server.metrics import Metrics
 from bot.slack.client import SlackClient, SlackError
 
@@ -238,6 +238,14 @@ class Outbox:
         return self._insert(db, incident_id=incident_id, channel=channel, op=Op.UPLOAD, parent_id=thread_of,
                             payload={"filename": filename, "title": title, "content": content})
 
+    def adopt(self, db: sqlite_utils.Database, *, channel: str, ts: str) -> int:
+        """Record a message posted directly (a slash command's "Running…") so its replies can queue here."""
+        cursor = db.execute(
+            "INSERT INTO outbox (incident_id, channel, op, payload, state, ts, created_at, sent_at) "
+            "VALUES (NULL, ?, ?, ?, 'sent', ?, ?, ?)",
+            [channel, str(Op.POST), json.dumps({"adopted": True}), ts, iso(self.clock()), iso(self.clock())])
+        return cursor.lastrowid
+
     def ts_of(self, entry_id: int) -> str | None:
         rows = list(self.database.db.query("SELECT ts FROM outbox WHERE id = ? AND state = 'sent'", [entry_id]))
         return rows[0]["ts"] if rows else None
@@ -307,13 +315,16 @@ class Outbox:
         return max(self.batch_interval - (now - last).total_seconds(), 0.0)
 
     def _queue_anchor_posts(self) -> None:
-        """When incidents opened or resolved, post the log's head in their threads: an anchor outside the database."""
+        """When incidents change state (resolved, reopened), post the log's head in their threads.
+
+        Not when they open: the first reply in a new thread is its triage, and the head is anchored in the file
+        and the Lease then anyway."""
         marker = self.database.db.execute("SELECT thread_anchored_until FROM audit_chain WHERE id = 1").fetchone()
         if marker is None:
             return
         changed = [r[0] for r in self.database.db.execute(
-            "SELECT DISTINCT incident_id FROM events WHERE id > ? AND kind IN (?, ?) AND incident_id IS NOT NULL",
-            [marker[0], *STATE_CHANGE_KINDS])]
+            "SELECT DISTINCT incident_id FROM events WHERE id > ? AND kind = ? AND incident_id IS NOT NULL",
+            [marker[0], str(EventKind.STATE_CHANGED)])]
         if not changed:
             return
         with self.database.transaction() as db:
@@ -334,7 +345,7 @@ class Outbox:
             wait = (entry.next_attempt_at - now).total_seconds()
         last = self._last_post.get(entry.channel)
         if entry.op in (Op.POST, Op.UPLOAD) and last is not None:
-            since = (now - last).total_seconds()
+            since = (self.clock() - last).total_seconds()  # now: a post earlier in this pass set ``last``
             wait = max(wait, self.min_post_interval - since)
         return wait
 
@@ -367,7 +378,21 @@ class Outbox:
         if run is not None and entry.incident_id is not None:
             self._last_batch[entry.incident_id] = self.clock()
         self._sent(entry, ts, members)
+        self._backoff_over()
         return True
+
+    def _backoff_over(self) -> None:
+        """Slack took a message: the others stop waiting out the backoff of an outage that is over.
+
+        Without this an entry that failed at the end of an outage waits its full backoff (up to a minute,
+        and a channel waits for its first entry) although Slack is back.  Rate limits (Retry-After) stay.
+        """
+        cleared = self.database.db.execute(
+            "UPDATE outbox SET next_attempt_at = NULL WHERE state = 'pending' AND next_attempt_at IS NOT NULL "
+            "AND COALESCE(last_error, '') != 'ratelimited'").rowcount
+        if cleared:
+            log.info("Slack is answering again: %d pending message(s) no longer wait for their backoff", cleared)
+            self.wake()  # this pass planned with the old times; the next one reads the new ones
 
     def _send_batch(self, head: Entry, run: list[Entry]) -> str | None:
         """One reply for many alert updates: their lines, or beyond a few a summary with the full list as a file."""

@@ -20,6 +20,7 @@ from commands.checks.catalog import default_checks
 from commands.checks.registry import ALL
 from commands.errors import InputError
 from commands.findings import Finding, by_severity
+from commands.triage import Cause, namespace_of
 from commands.validation import is_dns1123_subdomain, namespace_problem
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,18 @@ def pod_from(labels: Mapping[str, str], label: str | None) -> str | None:
     return value if isinstance(value, str) and is_object_name(value) else None
 
 
+def finding_namespace(finding: Finding) -> str | None:
+    """The namespace a finding is about (``Pod prod/x``, ``ConfigMap legacy/…``, ``Namespace prod``), if valid."""
+    value = namespace_of(finding)
+    return value if value and is_namespace(value) else None
+
+
+def finding_pod(finding: Finding) -> str | None:
+    kind, _, rest = finding.origin.partition(" ")
+    name = rest.split(" ", 1)[0].split("/", 1)[-1] if kind == "Pod" and "/" in rest else None
+    return name if name and is_object_name(name) else None
+
+
 @dataclass(frozen=True)
 class DiagnosticStep:
     check: str
@@ -173,17 +186,21 @@ class RemediationRule:
         if self.action == FROM_FINDING:
             action = finding.remediation.action if finding.remediation else None
         else:
-            action = self._filled(labels)
+            action = self._filled(finding, labels)
         if action and meshbot_action(action) is None:
             log.warning("playbook action %r (for %s) is not a meshbot action; not suggested", action, finding.code)
             return None
         return " ".join(action.split()) if action else action
 
-    def _filled(self, labels: Mapping[str, str]) -> str | None:
+    def _filled(self, finding: Finding, labels: Mapping[str, str]) -> str | None:
+        """The template with ``{namespace}``/``{pod}`` taken from the finding that triggered it, and only when
+        the finding names none, from the alert's labels: a root mismatch in ``legacy`` found while
+        diagnosing an alert about ``istio-system`` must suggest acting on ``legacy``."""
         if self.action is None:
             return None
-        values = {"namespace": namespace_from(labels, self.namespace_label, self.namespace),
-                  "pod": pod_from(labels, self.pod_label)}
+        values = {"namespace": finding_namespace(finding) or namespace_from(labels, self.namespace_label,
+                                                                              self.namespace),
+                  "pod": finding_pod(finding) or pod_from(labels, self.pod_label)}
         needed = template_placeholders(self.action)
         if any(values[name] is None for name in needed):
             return None
@@ -283,3 +300,19 @@ def suggest(playbook: Playbook, findings: Sequence[Finding], labels: Mapping[str
             draft = drafts.setdefault(key, _Draft(rule.title, action, rule.advice))
             draft.add(finding)
     return [draft.freeze() for draft in drafts.values()]
+
+
+def with_first_step(cause: Cause | None, suggestions: list[SuggestedRemediation]) -> list[SuggestedRemediation]:
+    """``suggestions`` with the probable cause's first step first, when it is a meshbot action.
+
+    The top message's button and the thread's buttons point into this one list (``INCIDENT:INDEX``), so the
+    first step is index 0 whichever message it is pressed in.
+    """
+    step = cause.first_step if cause else None
+    action = " ".join(step.action.split()) if step and step.action else None
+    if cause is None or step is None or action is None or meshbot_action(action) is None:
+        return suggestions
+    first = next((s for s in suggestions if s.action == action), None) or SuggestedRemediation(
+        title="First step for the probable cause", action=action, advice=step.summary, codes=(cause.finding.code,),
+        origins=(cause.finding.origin,))
+    return [first, *(s for s in suggestions if s is not first)]

@@ -3,66 +3,157 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from datetime import datetime
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
-from bot.incidents.log import Event, Incident, iso
+from bot.incidents.log import Event, Incident, iso, parse_time
+from bot.slack.blocks import TopView, escape, plural
 
 DASH = "\u2014"
 
 
-def describe_event(event: Event) -> str:
-    """One line per event, for people: the facts that matter for that kind."""
-    data = event.data
-    details = {
-        "incident_opened": lambda: f"incident opened by {data.get('receiver') or 'Alertmanager'} "
-                                   f"(playbook {data.get('playbook')})",
-        "alert_received": lambda: f"alert {data.get('alertname')} {data.get('status')}",
-        "alert_resolved": lambda: f"alert {data.get('alertname')} resolved",
-        "diagnostics_run": lambda: f"diagnostics ({data.get('playbook')}): {data.get('counts')}",
-        "message_posted": lambda: f"posted to Slack (ts {data.get('ts')}): {data.get('text', '')[:80]}",
-        "message_failed": lambda: f"Slack refused a message: {data.get('error')}",
-        "note": lambda: f"note: {data.get('text', '')}",
-        "state_changed": lambda: f"{data.get('from')} \u2192 {data.get('to')} ({data.get('reason')})",
-        "approval_requested": lambda: f"asked for `{data.get('action')}` (request #{data.get('request_id')}, "
-                                      f"plan {str(data.get('plan_hash'))[:12]}, dry run "
-                                      f"{'passed' if (data.get('dry_run') or {}).get('ok') else 'failed'})",
-        "approval_click": lambda: f"{data.get('vote')} on request #{data.get('request_id')}: "
-                                  f"{'accepted' if data.get('accepted') else 'refused'} ({data.get('reason')})",
-        "approval_state": lambda: f"request #{data.get('request_id')}: {data.get('from')} \u2192 {data.get('to')}",
-        "action_executed": lambda: f"executed `{data.get('action')}` (request #{data.get('request_id')})",
-        "action_failed": lambda: f"`{data.get('action')}` failed (request #{data.get('request_id')}): "
-                                 f"{data.get('error')}",
-        "action_verified": lambda: f"verify {'passed' if data.get('ok') else 'FAILED'} "
-                                   f"(request #{data.get('request_id')})",
-    }.get(event.kind, lambda: f"{event.kind}: {dict(data)}")
-    return details()
+class Style(StrEnum):
+    """Where an event line goes: Slack mrkdwn (mentions that notify, times in the reader's zone) or Markdown."""
+
+    SLACK = "slack"
+    MARKDOWN = "markdown"
 
 
-def _describe(event: Event) -> str:
+_MENTION = re.compile(r"<@([UW][A-Z0-9]{2,})>")
+_ESCAPED_MENTION = re.compile(r"&lt;@([UW][A-Z0-9]{2,})&gt;")
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+NOISE = frozenset({"message_posted"})
+"""Kinds ``/mesh incident show`` leaves out: every Slack post is in the export; in Slack they are the thread."""
+
+
+def person(actor: str, style: Style) -> str:
+    """A Slack user as a mention (``<@U…>``) in Slack, ``@U…`` in Markdown; meshbot and Alertmanager by name."""
+    if _USER_ID.match(actor):
+        return f"<@{actor}>" if style == Style.SLACK else f"@{actor}"
+    return {"alertmanager": "Alertmanager", "meshbot": "meshbot"}.get(actor, actor)
+
+
+def free_text(text: Any, style: Style) -> str:
+    """Text from outside (notes, alert summaries, reasons): escaped for Slack, user mentions kept."""
+    value = str(text or "")
+    if style == Style.SLACK:
+        return _ESCAPED_MENTION.sub(r"<@\1>", escape(value))
+    return _MENTION.sub(r"@\1", value)
+
+
+def counts_phrase(counts: Mapping[str, int]) -> str:
+    """``2 errors, 1 warning`` (levels with nothing left out), ``no findings``."""
+    words = {"error": "error", "warning": "warning", "info": "info"}
+    parts = [plural(int(n), words.get(level.lower(), level.lower())) for level, n in counts.items() if n]
+    return ", ".join(parts) or "no findings"
+
+
+def describe_event(event: Event, style: Style = Style.SLACK) -> str:
+    """One line per event, for people: what happened, in words, with the facts that matter for that kind."""
     data = event.data
-    kind = event.kind
-    if kind == "incident_opened":
-        return f"Incident opened from Alertmanager group `{data.get('group_key')}` (playbook `{data.get('playbook')}`)"
-    if kind in ("alert_received", "alert_resolved"):
-        return f"Alert **{data.get('alertname')}** {data.get('status', 'resolved')}: {data.get('summary', '')}".rstrip(
-            ": ")
-    if kind == "diagnostics_run":
-        counts = data.get("counts") or {}
-        found = ", ".join(f"{v} {k.lower()}" for k, v in counts.items())
-        return f"Diagnostics (playbook `{data.get('playbook')}`): {found or 'no findings'}"
-    if kind == "message_posted":
-        return f"Posted to Slack (ts `{data.get('ts')}`): {data.get('text', '')}"
-    if kind == "message_failed":
-        return f"Slack refused a message ({data.get('error')}): {data.get('text', '')}"
-    if kind == "note":
-        return f"Note: {data.get('text', '')}"
-    if kind == "state_changed":
-        return f"State {data.get('from')} \u2192 {data.get('to')}: {data.get('reason', '')}"
-    if kind.startswith(("approval", "action")):
-        return describe_event(event)
-    return f"{kind}: {json.dumps(dict(data), sort_keys=True)[:300]}"
+    describe = _DESCRIBERS.get(event.kind)
+    if describe is not None:
+        return describe(data, style)
+    # A kind this version does not know (a newer meshbot wrote it): its fields, readably.
+    fields = "; ".join(f"{k.replace('_', ' ')}: {free_text(v, style)}" for k, v in sorted(data.items())
+                       if isinstance(v, (str, int, float)))
+    return f"{event.kind.replace('_', ' ')}" + (f" ({fields})" if fields else "")
+
+
+def _opened(data: Mapping[str, Any], style: Style) -> str:
+    if data.get("source") == "slack":
+        return f"Incident opened for `{free_text(data.get('reason'), style)}`"
+    if data.get("group_key"):
+        where = "Alertmanager" + (f" (receiver {free_text(data['receiver'], style)})" if data.get("receiver") else "")
+        return f"Incident opened from {where}, playbook `{free_text(data.get('playbook'), style)}`"
+    return f"Incident opened by meshbot: {free_text(data.get('reason'), style)}"
+
+
+def _alert(data: Mapping[str, Any], style: Style) -> str:
+    name = free_text(data.get("alertname"), style)
+    if data.get("status", "resolved") == "resolved":
+        ended = data.get("ends_at")
+        return f"Alert {name} resolved" + (f" (ended {_when(ended)})" if ended else "")
+    since = f" since {_when(data['starts_at'])}" if data.get("starts_at") else ""
+    summary = free_text(data.get("summary"), style)
+    return f"Alert {name} firing{since}" + (f": {summary}" if summary and summary != name else "")
+
+
+def _diagnosed(data: Mapping[str, Any], style: Style) -> str:
+    line = f"Diagnosis (playbook `{free_text(data.get('playbook'), style)}`): {counts_phrase(data.get('counts') or {})}"
+    causes = data.get("triage") or []
+    if causes:
+        line += f"; probable cause: {free_text(causes[0].get('title'), style)}"
+    if data.get("joined"):
+        line += f"; joined incident #{data['joined']} (same probable cause)"
+    if data.get("errors"):
+        line += f"; {plural(len(data['errors']), 'check')} could not run"
+    return line
+
+
+def _state(data: Mapping[str, Any], style: Style) -> str:
+    reason = free_text(data.get("reason"), style)
+    if data.get("to") == "resolved":
+        return "Resolved" + (f": {reason}" if reason else "")
+    return f"State {data.get('from')} \u2192 {data.get('to')}" + (f": {reason}" if reason else "")
+
+
+def _requested(data: Mapping[str, Any], style: Style) -> str:
+    dry = "passed" if (data.get("dry_run") or {}).get("ok") else "failed"
+    what = "rollback" if data.get("rollback_of") else "action"
+    return (f"Asked for the {what} `/mesh {free_text(data.get('action'), style)}` (request #{data.get('request_id')}, "
+            f"needs {plural(int(data.get('required') or 0), 'approval')}; server-side dry run {dry})")
+
+
+def _click(data: Mapping[str, Any], style: Style) -> str:
+    vote = {"approve": "Approved", "reject": "Rejected"}.get(str(data.get("vote") or data.get("button")), "Pressed")
+    target = f"request #{data['request_id']}" if data.get("request_id") else "an unknown request"
+    if data.get("accepted"):
+        return f"{vote} {target} ({free_text(data.get('reason'), style)})"
+    return f"{vote} {target}: refused, {free_text(data.get('reason'), style)}"
+
+
+def _executed(data: Mapping[str, Any], style: Style) -> str:
+    approved = ", ".join(person(u, style) for u in data.get("approved_by") or [])
+    return (f"Ran `/mesh {free_text(data.get('action'), style)}` (request #{data.get('request_id')})"
+            + (f", approved by {approved}" if approved else ""))
+
+
+_DESCRIBERS: dict[str, Callable[[Mapping[str, Any], Style], str]] = {
+    "incident_opened": _opened,
+    "alert_received": _alert,
+    "alert_resolved": lambda d, s: _alert({**d, "status": "resolved"}, s),
+    "diagnostics_run": _diagnosed,
+    "message_posted": lambda d, s: f"Posted in Slack: {free_text(d.get('text'), s)}",
+    "message_failed": lambda d, s: f"Slack refused a message ({free_text(d.get('error'), s)}): "
+                                   f"{free_text(d.get('text'), s)}",
+    "note": lambda d, s: f"Note: {free_text(d.get('text'), s)}",
+    "state_changed": _state,
+    "reminder": lambda d, s: f"Certificate reminder ({free_text(d.get('slot'), s)})",
+    "approval_requested": _requested,
+    "approval_click": _click,
+    "approval_state": lambda d, s: f"Request #{d.get('request_id')}: {d.get('from')} \u2192 {d.get('to')}",
+    "action_executed": _executed,
+    "action_failed": lambda d, s: f"`/mesh {free_text(d.get('action'), s)}` failed (request #{d.get('request_id')}): "
+                                  f"{free_text(d.get('error'), s)}",
+    "action_verified": lambda d, s: f"Verify {'passed' if d.get('ok') else 'FAILED'} (request #{d.get('request_id')})",
+}
+
+
+def _when(value: Any) -> str:
+    moment = parse_time(str(value)) if value else None
+    return f"{moment:%Y-%m-%d %H:%M} UTC" if moment else str(value)
+
+
+def event_time(moment: datetime, style: Style) -> str:
+    """Date, time and zone: in Slack, in each reader's own zone (UTC as the fallback)."""
+    utc = f"{moment.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+    if style == Style.SLACK:
+        return f"<!date^{int(moment.timestamp())}^{{date_num}} {{time_secs}}|{utc}>"
+    return utc
 
 
 def _cell(text: str) -> str:
@@ -70,21 +161,25 @@ def _cell(text: str) -> str:
 
 
 def to_markdown(incident: Incident, alerts: Sequence[dict[str, Any]], events: Sequence[Event], now: datetime) -> str:
+    view = TopView(incident=incident, alerts=alerts)
+    resolved_by = f" by {person(incident.resolved_by, Style.MARKDOWN)}" if incident.resolved_by else ""
     lines = [f"# Incident #{incident.id}: {incident.title}", "",
              "| | |", "|---|---|",
              f"| Severity | {incident.severity} |",
              f"| Status | {incident.status} |",
-             f"| Opened | {iso(incident.opened_at)} |",
-             f"| Resolved | {iso(incident.resolved_at) or DASH}"
-             + (f" by {incident.resolved_by}" if incident.resolved_by else "") + " |",
-             f"| Duration | {incident.duration(now)} |",
+             f"| Firing since | {event_time(view.started, Style.MARKDOWN)} |",
+             f"| Opened | {event_time(incident.opened_at, Style.MARKDOWN)} |",
+             f"| Resolved | {event_time(incident.resolved_at, Style.MARKDOWN) if incident.resolved_at else DASH}"
+             f"{resolved_by} |",
+             f"| Duration | {view.lasted(now)} (from the first alert's startsAt) |",
              f"| Namespaces | {', '.join(incident.namespaces) or DASH} |",
              f"| Services | {', '.join(incident.services) or DASH} |",
              f"| Playbook | {incident.playbook or DASH} |",
              f"| Alertmanager group | `{incident.group_key}` |", ""]
     if alerts:
         lines += ["## Alerts", "", "| Alert | Status | Started | Ended | Summary |", "|---|---|---|---|---|"]
-        lines += [f"| {_cell(a['alertname'])} | {a['status']} | {a['starts_at']} | {a['ends_at'] or DASH} "
+        lines += [f"| {_cell(a['alertname'])} | {a['status']} | {_when(a['starts_at'])} | "
+                  f"{_when(a['ends_at']) if a['ends_at'] else DASH} "
                   f"| {_cell(a.get('summary') or '')} |" for a in alerts]
         lines.append("")
     diagnostics = [e for e in events if e.kind == "diagnostics_run"]
@@ -99,8 +194,9 @@ def to_markdown(incident: Incident, alerts: Sequence[dict[str, Any]], events: Se
             if hidden > 0:
                 lines.append(f"- \u2026 {hidden} more (see the JSON export)")
         lines.append("")
-    lines += ["## Timeline", "", "| Time (UTC) | Who | What |", "|---|---|---|"]
-    lines += [f"| {iso(e.at)} | {_cell(e.actor)} | {_cell(_describe(e))} |" for e in events]
+    lines += ["## Timeline", "", "| Time | Who | What |", "|---|---|---|"]
+    lines += [f"| {event_time(e.at, Style.MARKDOWN)} | {_cell(person(e.actor, Style.MARKDOWN))} "
+              f"| {_cell(describe_event(e, Style.MARKDOWN))} |" for e in events]
     lines += ["", f"_Exported by meshbot. Event hashes chain from #{events[0].id if events else 0}; "
                   "`meshbot incidents verify` checks them._", ""]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 
 import sqlite_utils
@@ -83,6 +83,13 @@ class LeaseLedger:
             self.elector.annotate(LEDGER_ANNOTATION, text)
 
 
+def reminder_day(now: datetime) -> date:
+    """The day a daily reminder belongs to: the UTC date, whatever MESHBOT_TIMEZONE says.  Replicas in
+    different zones share one ledger (the Lease); keyed by a local date, a replica whose zone is already on
+    the next day would post that day's reminder again on the same real day.  The zone stays for display."""
+    return now.astimezone(timezone.utc).date()
+
+
 @dataclass(frozen=True)
 class ScanResult:
     now: datetime
@@ -131,7 +138,7 @@ class ReminderService:
         """What a scan at ``now`` would post (nothing is written)."""
         now = now or self.now()
         expiries, problems = self.expiries(now)
-        today = now.astimezone(self.timezone).date()
+        today = reminder_day(now)
         return ScanResult(now, expiries, due(expiries, today, self.sent(), self.days), problems)
 
     def scan(self, now: datetime | None = None) -> ScanResult:
@@ -139,7 +146,7 @@ class ReminderService:
         result = self.plan(now)
         if self.database is None or self.outbox is None or not self.channel:
             raise RuntimeError("posting reminders needs the database, the outbox and MESHBOT_CHANNEL")
-        today = result.now.astimezone(self.timezone).date()
+        today = reminder_day(result.now)
         shared = self.shared.load() if self.shared else set()
         for reminder in result.due:
             self._post(reminder, result.now, today)

@@ -1,10 +1,11 @@
 """meshbot's WSGI application: a small route table in front of Bolt, and the readiness probe.
 
 Routes:
-  POST /slack/events   slash commands, interactivity and events (Bolt verifies every signature);
+  POST /slack/events   slash commands, interactivity and events: ``bot.slack.ingress`` verifies the
+                       signature before anything parses the body (401/400), drops replays (200), then Bolt;
                        404 without SLACK_SIGNING_SECRET, when they come over Socket Mode only
-  GET  /healthz        the process is alive
-  GET  /readyz         the database is writable and Slack accepts the token
+  GET  /healthz        the process is alive (depends on nothing outside it)
+  GET  /readyz         the database takes a write; Slack's state (checked in the background) is reported
   GET  /metrics        Prometheus text format
   POST /alertmanager   Alertmanager webhooks (bearer token), added by ``bot.server.wiring``
 """
@@ -18,7 +19,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt import App
@@ -27,12 +27,13 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from bot.server.metrics import Metrics
 from bot.server.routes import Route, json_answer
 from bot.slack.client import SlackClient, SlackError
+from bot.slack.ingress import Admission, RateLimitedLog, SlackHeaders, SlackRequestGate
+from bot.storage.background import WakeableLoop
 from bot.storage.database import Database, DatabaseError
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-READY_CACHE_SECONDS = 30.0
 
 StartResponse = Callable[..., Any]
 
@@ -56,54 +57,130 @@ def request_kind(body: bytes, content_type: str) -> str:
     return "unknown"
 
 
-@dataclass
-class Readiness:
-    database: Database
-    slack: SlackClient
-    _checked_at: float = 0.0
-    _slack_ok: tuple[bool, str] = (False, "not checked yet")
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+SLACK_CHECK_SECONDS = 30.0
+SLACK_CHECK_TIMEOUT = 5
+DATABASE_CHECK_TIMEOUT = 2.0
 
-    def check(self) -> tuple[bool, dict[str, str]]:
-        details: dict[str, str] = {}
+
+class SlackStatus:
+    """Whether Slack accepts the token, as last seen by a background ``auth.test`` every ``interval`` seconds.
+
+    The readiness probe only reads the last answer: a slow or unreachable Slack must never hold an HTTP
+    thread (Kubernetes' probe times out after a few seconds, and liveness shares those threads).
+    """
+
+    def __init__(self, slack: SlackClient, interval: float = SLACK_CHECK_SECONDS):
+        self._slack = slack
+        self._interval = interval
+        self._state: tuple[bool | None, str] = (None, "not checked yet")
+        self._checked_at: float | None = None
+        self._loop = WakeableLoop("slack-status", self._check_once, idle=interval)
+
+    def start(self) -> SlackStatus:
+        self._loop.start()
+        return self
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._loop.stop(timeout)
+
+    def _check_once(self) -> float:
+        try:
+            self._slack.auth_test()
+            state = (True, "ok")
+        except SlackError as exc:
+            reason = "unreachable" if exc.transient else "token not accepted"
+            state = (False, f"{reason}: {exc.error}")
+        self._state, self._checked_at = state, time.monotonic()
+        return self._interval
+
+    def refresh(self) -> None:
+        """Check again now (in the background thread)."""
+        self._loop.wake()
+
+    def describe(self) -> dict[str, Any]:
+        ok, detail = self._state
+        age = None if self._checked_at is None else round(time.monotonic() - self._checked_at, 1)
+        return {"slack": detail, "slack_checked_seconds_ago": age}
+
+
+class Readiness:
+    """``/readyz``: ready when the database takes a write; Slack's state is reported but does not gate.
+
+    Alertmanager only delivers to ready endpoints.  Its notifications are stored before anything is posted
+    and the outbox posts them when Slack is back, so a Slack outage must not turn meshbot not-ready:
+    that would make Alertmanager drop the very notifications the outbox exists to keep.
+    """
+
+    def __init__(self, database: Database, slack: SlackStatus,
+                 reporters: Iterable[Callable[[], dict[str, Any]]] = ()):
+        self.database = database
+        self.slack = slack
+        self.reporters = list(reporters)
+        """More facts for the body that do not gate readiness (scheduled work, for example)."""
+        self._database_check: threading.Thread | None = None
+        self._database_state = "not checked yet"
+        self._lock = threading.Lock()
+
+    def add_reporter(self, reporter: Callable[[], dict[str, Any]]) -> None:
+        self.reporters.append(reporter)
+
+    def check(self) -> tuple[bool, dict[str, Any]]:
+        details: dict[str, Any] = {"database": self._database(), **self.slack.describe()}
+        for reporter in self.reporters:
+            try:
+                details.update(reporter())
+            except Exception as exc:  # a report is informational; the probe still answers
+                details[getattr(reporter, "__name__", "reporter")] = f"failed: {type(exc).__name__}"
+        return details["database"] == "ok", details
+
+    def _database(self) -> str:
+        """One write at a time, waited for at most DATABASE_CHECK_TIMEOUT: a busy database makes the probe
+        answer "busy", never queue probes behind it."""
+        with self._lock:
+            if self._database_check is None or not self._database_check.is_alive():
+                self._database_check = threading.Thread(target=self._write_once, name="readiness-db", daemon=True)
+                self._database_check.start()
+            check = self._database_check
+        check.join(DATABASE_CHECK_TIMEOUT)
+        if check.is_alive():
+            return f"busy: no write committed within {DATABASE_CHECK_TIMEOUT:.0f}s"
+        return self._database_state
+
+    def _write_once(self) -> None:
         try:
             self.database.check_writable()
-            details["database"] = "ok"
+            self._database_state = "ok"
         except DatabaseError as exc:
-            details["database"] = str(exc)
-        with self._lock:
-            if time.monotonic() - self._checked_at > READY_CACHE_SECONDS or not self._slack_ok[0]:
-                try:
-                    self.slack.auth_test()
-                    self._slack_ok = (True, "ok")
-                except SlackError as exc:
-                    self._slack_ok = (False, f"token not accepted: {exc.error}")
-                self._checked_at = time.monotonic()
-            details["slack"] = self._slack_ok[1]
-        return all(v == "ok" for v in details.values()), details
+            self._database_state = str(exc)
 
 
 class WebApp:
     """The WSGI application: a small route table in front of Bolt."""
 
-    def __init__(self, bolt: App, metrics: Metrics, readiness: Readiness, *, slack_events_over_http: bool = True):
+    def __init__(self, bolt: App, metrics: Metrics, readiness: Readiness, *, gate: SlackRequestGate | None):
+        """``gate`` is None when Slack events come over Socket Mode only (no signing secret): then
+        ``/slack/events`` answers 404, since Bolt would verify against a placeholder anyone can sign with."""
         self.bolt = bolt
         self.metrics = metrics
         self._slack = SlackRequestHandler(bolt)
-        self.slack_events_over_http = slack_events_over_http
+        self.gate = gate
+        self._rejections = RateLimitedLog(log)
         self.routes: dict[tuple[str, str], Route] = {
+            # Liveness: nothing outside this process (no database, no Slack), so a slow dependency never
+            # gets the pod restarted; it only answers from one of the HTTP threads.
             ("GET", "/healthz"): lambda environ, body: json_answer(200, {"status": "alive"}),
             ("GET", "/readyz"): self._ready,
             ("GET", "/metrics"): lambda environ, body: (200, {"Content-Type": metrics.content_type},
                                                         metrics.exposition()),
         }
-        self._readiness = readiness
+        self.readiness = readiness
+        """Its Slack status thread is started and stopped with the server (``bot.server.meshbot``)."""
 
     def add_route(self, method: str, path: str, route: Route) -> None:
         self.routes[(method, path)] = route
 
     def _ready(self, environ: dict, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        ready, details = self._readiness.check()
+        ready, details = self.readiness.check()
         return json_answer(200 if ready else 503, {"ready": ready, **details})
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
@@ -116,8 +193,7 @@ class WebApp:
             return self._send(start_response, 413, {"Content-Type": "text/plain"}, b"request body too large")
         body = environ["wsgi.input"].read(length) if length else b""
         if path == "/slack/events":
-            if not self.slack_events_over_http:
-                # With no signing secret Bolt would verify against a placeholder anyone can sign with.
+            if self.gate is None:
                 return self._send(start_response, 404, {"Content-Type": "text/plain"},
                                   b"Slack events come over Socket Mode here (SLACK_SIGNING_SECRET is not set)")
             if method != "POST":
@@ -137,23 +213,39 @@ class WebApp:
 
     def _slack_events(self, environ: dict, body: bytes, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
+        content_type = environ.get("CONTENT_TYPE", "")
+        admission = self.gate.admit(SlackHeaders.from_environ(environ), body, content_type)
+        if admission.rejection is not None:
+            return self._reject(environ, body, admission, start_response)
+        if admission.duplicate:
+            self.metrics.duplicates.labels(transport="http").inc()
+            self._rejections.warning("duplicate", "Slack request from %s answered without running it again: %s",
+                                     _client(environ), admission.detail)
+            return self._send(start_response, 200, {"Content-Type": "text/plain"}, b"")
         environ["wsgi.input"] = io.BytesIO(body)
-        captured: dict[str, str] = {}
-
-        def remember_status(status: str, headers: list, exc_info: Any = None) -> Any:
-            captured["status"] = status
-            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
-
-        answer = list(self._slack(environ, remember_status))
-        kind = request_kind(body, environ.get("CONTENT_TYPE", ""))
-        if captured.get("status", "").startswith("401"):
-            kind = "rejected"
-        self.metrics.requests.labels(kind=kind).inc()
+        answer = list(self._slack(environ, start_response))
+        self.metrics.requests.labels(kind=request_kind(body, content_type)).inc()
         self.metrics.ack_seconds.observe(time.perf_counter() - started)
         return answer
+
+    def _reject(self, environ: dict, body: bytes, admission: Admission,
+                start_response: StartResponse) -> list[bytes]:
+        """One log line (rate-limited) without the body, a count by reason, and a 401 or 400 with no details."""
+        reason = admission.rejection
+        self.metrics.requests.labels(kind="rejected").inc()
+        self.metrics.rejected.labels(reason=reason.value).inc()
+        self._rejections.warning(reason.value, "refused Slack request from %s (%d bytes): %s: %s",
+                                 _client(environ), len(body), reason.value, admission.detail)
+        status = reason.status
+        return self._send(start_response, status, {"Content-Type": "application/json"},
+                          json.dumps({"error": "invalid request" if status == 401 else "malformed request"}).encode())
 
     @staticmethod
     def _send(start_response: StartResponse, status: int, headers: dict[str, str], body: bytes) -> list[bytes]:
         start_response(f"{status} {_REASONS.get(status, '')}".strip(),
                        [*headers.items(), ("Content-Length", str(len(body)))])
         return [body]
+
+
+def _client(environ: dict) -> str:
+    return str(environ.get("REMOTE_ADDR") or "unknown")

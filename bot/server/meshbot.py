@@ -10,8 +10,11 @@ import contextlib
 import logging
 import socket
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
@@ -23,12 +26,17 @@ from bot.reminders.scheduler import CertificateScheduler
 from bot.server.http import MAX_BODY_BYTES, WebApp
 from bot.server.services import Services
 from bot.settings import Settings, SettingsError
+from bot.slack.replays import ReplayGuard
 from bot.storage.database import Database
 
 if TYPE_CHECKING:
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
 log = logging.getLogger(__name__)
+
+ENVELOPE_MEMORY_SECONDS = 10 * 60
+"""Slack re-delivers an unacknowledged envelope (``retry_attempt``) like it retries Events API requests:
+at once, after 1 minute and after 5 minutes (https://docs.slack.dev/apis/events-api/#retries)."""
 
 
 @dataclass
@@ -77,6 +85,7 @@ class Meshbot:
                                     ident="meshbot", clear_untrusted_proxy_headers=True)
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._thread.start()
+        self.web.readiness.slack.start()
         self.outbox.start()
         self.incident_flow.start()
         if self.approvals:
@@ -98,8 +107,10 @@ class Meshbot:
     def _start_socket_mode(self) -> None:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-        self.socket_mode = SocketModeHandler(self.web.bolt, app_token=self.settings.slack_app_token,
-                                             logger=logging.getLogger("meshbot.socket_mode"))
+        self.socket_mode = _once_per_envelope(SocketModeHandler)(
+            self.web.bolt, app_token=self.settings.slack_app_token, logger=logging.getLogger("meshbot.socket_mode"),
+            seen=ReplayGuard(ENVELOPE_MEMORY_SECONDS),
+            on_duplicate=lambda: self.services.metrics.duplicates.labels(transport="socket_mode").inc())
         try:
             self.socket_mode.connect()
         except SlackApiError as exc:
@@ -119,30 +130,94 @@ class Meshbot:
         self.socket_mode.close()
         log.info("disconnected from Slack's Socket Mode")
 
+    @property
+    def serving(self) -> bool:
+        """The HTTP server thread is running."""
+        return bool(self._thread and self._thread.is_alive())
+
     def wait(self) -> None:
         while self._thread and self._thread.is_alive():
             self._thread.join(0.5)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking requests, let running work finish (bounded), close the database. Idempotent."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop taking requests, let running work finish within ``timeout`` seconds in all, close the database.
+
+        ``timeout`` defaults to MESHBOT_SHUTDOWN_GRACE_SECONDS, which must stay below the pod's
+        terminationGracePeriodSeconds (30 s by default) so the outbox is closed before the SIGKILL.  Work
+        still running when it is up (a slow Kubernetes call) is abandoned: the caller should then exit
+        without waiting for it.  Returns True when everything finished in time.  Idempotent.
+        """
         if self._stopped:
-            return
+            return True
         self._stopped = True
+        deadline = time.monotonic() + (self.settings.shutdown_grace_seconds if timeout is None else timeout)
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
+        finished = True
         if self.socket_mode is not None:
             self._stop_socket_mode()
         if self.server is not None:
             self.server.close()
             # close() stops accepting; the request threads end only when the dispatcher is shut down.
-            self.server.task_dispatcher.shutdown(cancel_pending=False, timeout=timeout)
-        self.incident_flow.stop(timeout)
+            self.server.task_dispatcher.shutdown(cancel_pending=False, timeout=left())
+        self.web.readiness.slack.stop(timeout=min(left(), 1.0))
+        self.incident_flow.stop(left())
         if self.approvals:
-            self.approvals.stop()
+            finished &= _within(left(), "approval sweeper", self.approvals.stop)
         if self.scheduler:
-            self.scheduler.stop()
-        self.services.messengers.shutdown(wait=True, cancel_futures=False)
-        self.services.workers.shutdown(wait=True, cancel_futures=False)
+            finished &= _within(left(), "certificate scheduler", self.scheduler.stop)
+        for name, pool in (("messenger", self.services.messengers), ("worker", self.services.workers)):
+            finished &= _within(left(), f"{name} pool", _drain(pool))
         # Whatever is still queued stays in the database and is delivered after the next start.
-        self.outbox.stop(timeout)
+        self.outbox.stop(left())
         if self._thread:
-            self._thread.join(timeout)
+            self._thread.join(left())
         self.database.close()
+        if not finished:
+            log.warning("shutdown grace period over with work still running; it is abandoned (the incident log "
+                        "and the outbox keep what was recorded)")
+        return finished
+
+
+def _drain(pool: ThreadPoolExecutor) -> Callable[[], None]:
+    """Run what was submitted, start nothing new."""
+    return lambda: pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _within(seconds: float, what: str, stop: Callable[[], Any]) -> bool:
+    """Call ``stop`` but wait for it at most ``seconds``; False when it was still running then."""
+    runner = threading.Thread(target=stop, name=f"stop-{what.replace(' ', '-')}", daemon=True)
+    runner.start()
+    runner.join(seconds)
+    if runner.is_alive():
+        log.warning("shutdown: the %s did not stop within the grace period", what)
+        return False
+    return True
+
+
+def _once_per_envelope(handler_class: type) -> type:
+    """Bolt's Socket Mode handler, acknowledging a re-delivered envelope (same envelope_id) without running it.
+
+    Slack re-sends an envelope whose ack it did not get, with the same envelope_id and ``retry_attempt``
+    raised; running it again would, for example, open a second approval request.
+    """
+    from slack_sdk.socket_mode.response import SocketModeResponse
+
+    class OncePerEnvelope(handler_class):
+        def __init__(self, *args: Any, seen: ReplayGuard, on_duplicate: Callable[[], None], **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._seen = seen
+            self._on_duplicate = on_duplicate
+
+        def handle(self, client: Any, req: Any) -> None:
+            if req.envelope_id and not self._seen.first_time(req.envelope_id):
+                log.info("Socket Mode envelope %s delivered again (retry_attempt %s): acknowledged, not run again",
+                         req.envelope_id, getattr(req, "retry_attempt", None))
+                client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+                self._on_duplicate()
+                return
+            super().handle(client, req)
+
+    return OncePerEnvelope

@@ -16,6 +16,12 @@ class Metrics:
         self.requests = Counter("meshbot_requests", "Inbound requests by kind "
                                 "(slash_command, block_actions, event, alertmanager, rejected)",
                                 ["kind"], registry=self.registry)
+        self.rejected = Counter("meshbot_slack_requests_rejected", "Requests to /slack/events refused before "
+                                "Bolt saw them, by reason (missing_signature, bad_timestamp, stale_timestamp, "
+                                "bad_signature: 401; malformed: 400)", ["reason"], registry=self.registry)
+        self.duplicates = Counter("meshbot_slack_duplicates", "Slack deliveries answered without running again, "
+                                  "by transport (http: replay or X-Slack-Retry-Num; socket_mode: envelope_id)",
+                                  ["transport"], registry=self.registry)
         self.ack_seconds = Histogram("meshbot_slack_ack_seconds", "Time to answer a Slack request (the ack)",
                                      buckets=ACK_BUCKETS, registry=self.registry)
         self.diagnosis_seconds = Histogram("meshbot_diagnosis_seconds", "Duration of diagnostics by check",

@@ -9,6 +9,7 @@ registered by importing a module, and nothing is filled in afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -23,14 +24,14 @@ from bot.diagnosis import Diagnostician, Runner
 from bot.incidents import commands as incident_commands
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.intake import alertmanager_route
-from bot.incidents.log import Incident, IncidentLog
+from bot.incidents.log import Incident, IncidentLog, LeaseAnchorStore, default_anchor_stores, load_audit_key
 from bot.incidents.outbox import Outbox
 from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
 from bot.incidents.playbooks import PlaybookError, PlaybookSet, SuggestedRemediation
 from bot.reminders import commands as reminder_commands
 from bot.reminders.scheduler import CertificateScheduler
 from bot.reminders.service import LeaseLedger, ReminderService
-from bot.server.http import Readiness, WebApp
+from bot.server.http import SLACK_CHECK_TIMEOUT, Readiness, SlackStatus, WebApp
 from bot.server.meshbot import Meshbot
 from bot.server.metrics import Metrics
 from bot.server.schema import open_database
@@ -38,8 +39,10 @@ from bot.server.services import Services
 from bot.settings import Settings, SettingsError
 from bot.slack import blocks
 from bot.slack import diagnoses as diagnosis_commands
-from bot.slack.app import Handlers, build_bolt_app
+from bot.slack.app import Handlers, RefusedCommand, build_bolt_app
 from bot.slack.client import SlackClient, build_web_client
+from bot.slack.ingress import SlackRequestGate
+from bot.slack.roles import Permission, RoleCheck, Roles
 from bot.slack.slash import SlashCommands
 from bot.storage.database import Database
 from commands.checks.catalog import default_checks
@@ -48,6 +51,8 @@ from commands.clients.lease import LeaderElector
 log = logging.getLogger(__name__)
 
 MESSENGER_THREADS = 4
+COMMAND_REFUSED = "command_refused"
+"""Incident-log event kind of a ``/mesh`` command refused for want of a role."""
 
 
 def build(settings: Settings, *, runner: Runner | None = None) -> Meshbot:
@@ -71,8 +76,10 @@ def build(settings: Settings, *, runner: Runner | None = None) -> Meshbot:
     workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="work")
     messengers = ThreadPoolExecutor(max_workers=MESSENGER_THREADS, thread_name_prefix="messenger")
 
-    incidents = IncidentLog(database)
-    outbox = Outbox(database, outbox_slack, incidents, metrics)
+    elector = _elector(settings, cluster)
+    incidents = IncidentLog(database, key=load_audit_key(settings.audit_key, settings.db_path),
+                            anchor_stores=_audit_anchors(settings, elector))
+    outbox = Outbox(database, outbox_slack, incidents, metrics, batch_interval=settings.thread_batch_seconds)
     approvals: ApprovalDesk | None = None  # a captured scenario has no cluster to act on
     if not settings.scenario:
         approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack,
@@ -80,18 +87,25 @@ def build(settings: Settings, *, runner: Runner | None = None) -> Meshbot:
     flow = IncidentFlow(database=database, incidents=incidents, outbox=outbox, playbooks=playbooks,
                         diagnostician=diagnostician, workers=workers, channel=settings.channel, metrics=metrics,
                         render_suggestions=_suggestion_buttons if approvals else _suggestion_text)
-    reminders, scheduler = _reminders(settings, database, cluster, outbox, incidents, flow)
+    reminders, scheduler = _reminders(settings, database, cluster, outbox, incidents, flow, elector)
 
     commands, handlers = SlashCommands(), Handlers()
     diagnosis_commands.register(commands, handlers, checks, diagnostician=diagnostician, slack=slack,
-                                metrics=metrics, workers=workers)
+                                metrics=metrics, workers=workers, outbox=outbox)
     incident_commands.register(commands, handlers, flow)
     approval_commands.register(commands, handlers, approvals, workers=workers,
                                istio_namespace=settings.istio_namespace)
     reminder_commands.register(commands, handlers, reminders, workers=workers)
-    bolt = build_bolt_app(settings, web_client, messengers, commands, handlers)
+    _permissions(handlers)
+    handlers.audit_refused_commands(_refused_command_recorder(database, incidents))
+    roles = RoleCheck(Roles.from_settings(settings), slack.usergroup_members)
+    bolt = build_bolt_app(settings, web_client, messengers, commands, handlers, roles)
 
-    web = WebApp(bolt, metrics, Readiness(database, slack), slack_events_over_http=bool(settings.slack_signing_secret))
+    # Readiness asks Slack in the background, with a short timeout and no retries of its own.
+    slack_status = SlackStatus(SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url,
+                                                            max_retries=0, timeout=SLACK_CHECK_TIMEOUT)))
+    gate = SlackRequestGate(settings.slack_signing_secret) if settings.slack_signing_secret else None
+    web = WebApp(bolt, metrics, Readiness(database, slack_status), gate=gate)
     web.add_route("POST", "/alertmanager", alertmanager_route(flow, settings.alertmanager_token, metrics))
 
     services = Services(settings=settings, metrics=metrics, checks=checks, database=database, slack=slack,
@@ -101,12 +115,47 @@ def build(settings: Settings, *, runner: Runner | None = None) -> Meshbot:
     return Meshbot(services=services, web=web)
 
 
+def _elector(settings: Settings, cluster: ClusterAccess) -> LeaderElector | None:
+    if not settings.leader_election:
+        return None
+    return LeaderElector(cluster.client(), settings.lease_namespace, settings.pod_name or socket.gethostname())
+
+
+def _audit_anchors(settings: Settings, elector: LeaderElector | None) -> tuple:
+    """Where the audit log's head is kept outside the database: a file next to it, and the Lease when there is one."""
+    stores = default_anchor_stores(settings.db_path)
+    return stores + (LeaseAnchorStore(elector),) if elector else stores
+
+
 def require_settings(settings: Settings) -> None:
     settings.require("slack_bot_token")
     if not settings.slack_app_token:
         settings.require("slack_signing_secret")
     if settings.alertmanager_token:
         settings.require("channel")
+
+
+def _permissions(handlers: Handlers) -> None:
+    """What needs more than the diagnostics audience (MESHBOT_REQUEST_BY, MESHBOT_RESOLVE_BY)."""
+    handlers.require(approval_commands.ActionRequest, Permission.REQUEST)
+    handlers.require_for_button(approval_blocks.ROLLBACK, Permission.REQUEST)
+    handlers.require_for_button(approval_blocks.SUGGESTED, Permission.REQUEST)
+    handlers.require(incident_commands.IncidentRequest, Permission.RESOLVE, when=lambda request: request.op == "resolve")
+
+
+def _refused_command_recorder(database: Database, incidents: IncidentLog) -> RefusedCommand:
+    """Refused commands go to the incident log like refused clicks (on the incident's timeline when they name one)."""
+    def record(user: str, channel: str, request: object, reason: str) -> None:
+        incident_id = getattr(request, "incident_id", None)
+        fields = dataclasses.asdict(request) if dataclasses.is_dataclass(request) else {}
+        with database.transaction() as db:
+            if incident_id is not None and db.execute("SELECT 1 FROM incidents WHERE id = ?",
+                                                      [incident_id]).fetchone() is None:
+                incident_id = None
+            incidents.append(db, incident_id, user, COMMAND_REFUSED, {
+                "channel": channel, "command": type(request).__name__,
+                "request": {k: str(v)[:200] for k, v in fields.items()}, "reason": reason})
+    return record
 
 
 def approval_policy(settings: Settings) -> ApprovalPolicy:
@@ -127,13 +176,11 @@ def _suggestion_text(incident: Incident, suggestions: list[SuggestedRemediation]
 
 
 def _reminders(settings: Settings, database: Database, cluster: ClusterAccess, outbox: Outbox, incidents: IncidentLog,
-               flow: IncidentFlow) -> tuple[ReminderService | None, CertificateScheduler | None]:
+               flow: IncidentFlow, elector: LeaderElector | None) -> tuple[ReminderService | None,
+                                                                           CertificateScheduler | None]:
     """The reminder service and its daily schedule; (None, None) when reminders are off."""
     if not (settings.reminders and settings.channel):
         return None, None
-    elector = None
-    if settings.leader_election:
-        elector = LeaderElector(cluster.client(), settings.lease_namespace, settings.pod_name or socket.gethostname())
     zone = ZoneInfo(settings.timezone)
     reminders = ReminderService(
         database=database, cluster=cluster, channel=settings.channel, outbox=outbox, incidents=incidents,

@@ -24,6 +24,7 @@ from slack_sdk import WebClient
 
 from bot.settings import Settings
 from bot.slack.errors import user_message, usage_answer
+from bot.slack.roles import Permission, RoleCheck
 from bot.slack.slash import HelpRequest, SlashCommands, UsageError
 from commands.errors import MeshbotError
 
@@ -50,6 +51,8 @@ Handler = Callable[[Invocation, Any], None]
 """(who asked, the parsed request or the button's value): runs on the messenger pool; raises for the user to read."""
 RefusedClick = Callable[[str, str, str, str], None]
 """(user, button, value, reason): audits a press refused before any handler ran."""
+RefusedCommand = Callable[[str, str, Any, str], None]
+"""(user, channel, the parsed request, reason): audits a ``/mesh`` command its author may not run."""
 
 
 class Handlers:
@@ -59,6 +62,9 @@ class Handlers:
         self._requests: dict[type, Handler] = {}
         self._buttons: dict[str, Handler] = {}
         self._refused_click_audits: list[RefusedClick] = []
+        self._refused_command_audits: list[RefusedCommand] = []
+        self._request_permissions: dict[type, list[tuple[Permission, Callable[[Any], bool]]]] = {}
+        self._button_permissions: dict[str, Permission] = {}
 
     def on_request(self, request_type: type, handler: Handler) -> None:
         if request_type in self._requests:
@@ -74,6 +80,27 @@ class Handlers:
     def audit_refused_clicks(self, audit: RefusedClick) -> None:
         self._refused_click_audits.append(audit)
 
+    def audit_refused_commands(self, audit: RefusedCommand) -> None:
+        self._refused_command_audits.append(audit)
+
+    def require(self, request_type: type, permission: Permission,
+                when: Callable[[Any], bool] = lambda request: True) -> None:
+        """Requests of this type (those ``when`` selects) need ``permission``; any other needs DIAGNOSE."""
+        self._request_permissions.setdefault(request_type, []).append((permission, when))
+
+    def require_for_button(self, action_id: str, permission: Permission) -> None:
+        """Presses of this button need ``permission``; other buttons are judged by their handler (votes)."""
+        self._button_permissions[action_id] = permission
+
+    def permission_for(self, request: Any) -> Permission:
+        for permission, applies in self._request_permissions.get(type(request), ()):
+            if applies(request):
+                return permission
+        return Permission.DIAGNOSE
+
+    def permission_for_button(self, action_id: str) -> Permission | None:
+        return self._button_permissions.get(action_id)
+
     def for_request(self, request: Any) -> Handler | None:
         return self._requests.get(type(request))
 
@@ -87,6 +114,10 @@ class Handlers:
         for audit in self._refused_click_audits:
             audit(user, button, value, reason)
 
+    def refused_command(self, user: str, channel: str, request: Any, reason: str) -> None:
+        for audit in self._refused_command_audits:
+            audit(user, channel, request, reason)
+
 
 def channel_refusal(settings: Settings, channel: str) -> str | None:
     """The polite refusal for a channel outside MESHBOT_ALLOWED_CHANNELS, or None when allowed."""
@@ -98,10 +129,13 @@ def channel_refusal(settings: Settings, channel: str) -> str | None:
 
 
 def build_bolt_app(settings: Settings, web_client: WebClient, executor: ThreadPoolExecutor,
-                   commands: SlashCommands, handlers: Handlers) -> App:
+                   commands: SlashCommands, handlers: Handlers, roles: RoleCheck) -> App:
     app = App(signing_secret=settings.slack_signing_secret or "unused-in-socket-mode",
               client=web_client, token_verification_enabled=False, listener_executor=executor,
-              raise_error_for_unhandled_request=False, request_verification_enabled=True,
+              raise_error_for_unhandled_request=False,
+              # bot.slack.ingress verified the signature before the request got here (and answered 401
+              # without parsing); Bolt's own check would log the whole body, response_url included, at INFO.
+              request_verification_enabled=False,
               # Listeners run in the request thread and only ack; slow work goes to `executor`.
               process_before_response=True,
               logger=logging.getLogger("meshbot.bolt"))
@@ -124,7 +158,12 @@ def build_bolt_app(settings: Settings, web_client: WebClient, executor: ThreadPo
             return
         ack()
         invocation = Invocation(user=command["user_id"], channel=command["channel_id"], respond=respond)
-        executor.submit(run_in_background, handler, invocation, request)
+        permission = handlers.permission_for(request)
+        if roles.needs_check(permission):
+            # Group membership may need Slack (usergroups.users.list): not on the ack path.
+            executor.submit(run_if_allowed, roles, permission, handlers, handler, invocation, request)
+        else:
+            executor.submit(run_in_background, handler, invocation, request)
 
     def block_action(ack: Ack, body: dict, action: dict, respond: Respond) -> None:
         ack()
@@ -138,7 +177,12 @@ def build_bolt_app(settings: Settings, web_client: WebClient, executor: ThreadPo
             executor.submit(handlers.refused_click, invocation.user, button, value, refusal)
             return
         handler = handlers.for_button(button)
-        if handler is not None:
+        if handler is None:
+            return
+        permission = handlers.permission_for_button(button)
+        if permission is not None and roles.needs_check(permission):
+            executor.submit(_press_if_allowed, roles, permission, handlers, handler, invocation, button, value)
+        else:
             executor.submit(run_in_background, handler, invocation, value)
 
     app.command("/mesh")(mesh_command)
@@ -146,6 +190,38 @@ def build_bolt_app(settings: Settings, web_client: WebClient, executor: ThreadPo
         names = "|".join(re.escape(name) for name in sorted(handlers.button_ids()))
         app.action(re.compile(rf"^({names})(:\d+)?$"))(block_action)
     return app
+
+
+def run_if_allowed(roles: RoleCheck, permission: Permission, handlers: Handlers, handler: Handler,
+                   invocation: Invocation, request: Any) -> None:
+    """A command that needs a role: refused politely (and audited) unless its author has it."""
+    refusal = roles.refusal_for(invocation.user, permission)
+    if refusal is None:
+        run_in_background(handler, invocation, request)
+        return
+    log.info("refused /mesh %s from %s in %s: no %s permission", type(request).__name__, invocation.user,
+             invocation.channel, permission)
+    invocation.tell(refusal)
+    _audit(handlers.refused_command, invocation.user, invocation.channel, request, refusal)
+
+
+def _press_if_allowed(roles: RoleCheck, permission: Permission, handlers: Handlers, handler: Handler,
+                      invocation: Invocation, button: str, value: str) -> None:
+    refusal = roles.refusal_for(invocation.user, permission)
+    if refusal is None:
+        run_in_background(handler, invocation, value)
+        return
+    log.info("refused button %s from %s in %s: no %s permission", button, invocation.user, invocation.channel,
+             permission)
+    invocation.tell(refusal)
+    _audit(handlers.refused_click, invocation.user, button, value, refusal)
+
+
+def _audit(record: Callable[..., None], *args: Any) -> None:
+    try:
+        record(*args)
+    except Exception:  # the refusal stands; the log keeps why it could not be recorded
+        log.exception("could not record a refusal in the incident log")
 
 
 def run_in_background(handler: Handler, invocation: Invocation, request: Any) -> None:

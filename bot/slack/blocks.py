@@ -19,6 +19,7 @@ from slack_sdk.models.blocks import (
 
 from commands.findings import Finding, Level, count_by_level
 from commands.report import split_summary
+from commands.triage import Cause, Scoped
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -50,6 +51,13 @@ def clip(text: str, limit: int) -> str:
 def message_of(text: str, blocks: Sequence[Block]) -> Message:
     rendered = [b.to_dict() for b in blocks][:MAX_BLOCKS]
     return Message(text=clip(defuse_special_mentions(text), MAX_FALLBACK_TEXT), blocks=rendered)
+
+
+def plain(text: str) -> str:
+    """Text from outside (alert labels, titles, notes) for a message's fallback ``text``: Slack parses that
+    field like mrkdwn, so raw ``<@U…>``, ``<#C…>`` or ``<https://…|label>`` would ping, link or mislead there
+    exactly as in a block.  https://docs.slack.dev/messaging/formatting-message-text/#escaping"""
+    return escape(text)
 
 
 def defuse_special_mentions(text: str) -> str:
@@ -155,6 +163,72 @@ def findings_report(title: str, findings: Sequence[Finding], *, limit: int = FIN
                               "attached below as a file."))
     top = "; ".join(f"{f.level} {f.code} {f.origin}" for f in shown[:3])
     text = f"{title}: {_plain_counts(findings)}" + (f". Most severe: {top}" if top else "")
+    return message_of(text, blocks[:MAX_BLOCKS]), hidden
+
+
+MAX_CAUSES_SHOWN = 4
+FINDINGS_PER_CAUSE = 6
+
+
+def cause_text(number: int, cause: Cause) -> str:
+    """One probable cause: what it is, what it explains and why, and the first step."""
+    finding = cause.finding
+    lines = [f"*{number}. {escape(cause.title)}*",
+             f"{LEVEL_EMOJI[finding.level]} `{finding.code}` \u00b7 {escape(finding.origin)} \u00b7 "
+             f"{cause.confidence} confidence \u00b7 {escape(cause.explains_line)}"]
+    if cause.reasons:
+        lines.append("_because " + escape("; ".join(cause.reasons)) + "_")
+    step = cause.first_step
+    if step:
+        line = f"*First step:* {escape(step.summary)}"
+        if step.action:
+            line += f"\n`/mesh {escape(step.action)}` (runs after approval)"
+        elif step.command:
+            line += f"\n`{escape(step.command)}`"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def triage_report(title: str, view: Scoped, *, limit: int = FINDINGS_PER_MESSAGE,
+                  extra_blocks: Sequence[Block] = ()) -> tuple[Message, int]:
+    """The incident's first thread reply: the probable causes, each with the findings it explains, then the
+    other findings in the alert's scope; findings elsewhere are counted, not listed.  Returns (message,
+    how many findings did not fit), so the caller attaches the full report."""
+    summaries, ordered = split_summary(view.findings)
+    blocks: list[Block] = [header(title), section(counts_text(ordered) if ordered
+                                                  else ":white_check_mark: No problems found.")]
+    if summaries:
+        blocks.append(section("\n".join(f"_{escape(f.check)}_: {escape(f.message)}" for f in summaries)))
+    budget = limit
+    listed: set[int] = set()
+    for number, cause in enumerate(view.causes[:MAX_CAUSES_SHOWN], start=1):
+        blocks += [DividerBlock(), section(cause_text(number, cause))]
+        listed.add(id(cause.finding))
+        in_view = [f for f in cause.explains if f in view.findings and id(f) not in listed]
+        for finding in in_view[:min(FINDINGS_PER_CAUSE, budget)]:
+            blocks.append(section(finding_text(finding)))
+            listed.add(id(finding))
+            budget -= 1
+    others = [f for f in ordered if id(f) not in listed and not any(f is c.finding for c in view.causes)]
+    if others and budget > 0:
+        blocks += [DividerBlock(), section("*Other findings here*")]
+        for finding in others[:budget]:
+            blocks.append(section(finding_text(finding)))
+            listed.add(id(finding))
+    shown_causes = {id(c.finding) for c in view.causes[:MAX_CAUSES_SHOWN]}
+    hidden = len([f for f in ordered if id(f) not in listed and id(f) not in shown_causes])
+    if view.elsewhere:
+        where = ", ".join(f"`{escape(ns)}`" for ns in view.elsewhere_namespaces)
+        blocks.append(context(f"+{plural(len(view.elsewhere), 'finding')} elsewhere"
+                              + (f" ({where})" if where else "") + ", outside this alert's scope: in the attached "
+                              "report."))
+    blocks.extend(extra_blocks)
+    if hidden:
+        blocks.append(context(f"\u2026and {plural(hidden, 'more finding')} here: the full report is attached below "
+                              "as a file."))
+    top = view.top
+    text = (f"{title}: " + (f"probable cause: {top.title} \u2014 {top.explains_line}. " if top else "")
+            + _plain_counts(ordered))
     return message_of(text, blocks[:MAX_BLOCKS]), hidden
 
 
@@ -395,10 +469,10 @@ def _footer(view: TopView) -> str:
 def _fallback(view: TopView, now: datetime) -> str:
     incident = view.incident
     if view.resolved:
-        return f"RESOLVED: {incident.title} (incident #{incident.id}) after {view.lasted(now)}"
-    text = f"{incident.severity.upper()}: {incident.title} (incident #{incident.id})"
+        return f"RESOLVED: {plain(incident.title)} (incident #{incident.id}) after {view.lasted(now)}"
+    text = f"{plain(incident.severity.upper())}: {plain(incident.title)} (incident #{incident.id})"
     if view.headline:
-        text += f" \u2014 probable cause: {view.headline.title}"
+        text += f" \u2014 probable cause: {plain(view.headline.title)}"
     return text
 
 
@@ -412,7 +486,7 @@ def _joined_message(view: TopView, now: datetime) -> Message:
         head = (f":link: *{escape(incident.title)}* \u00b7 firing since {slack_time(view.started)} \u00b7 "
                 f"incident #{incident.id}")
     body = f"{head}\nSame probable cause as {where} ({escape(joined.cause)}): the conversation is in its thread."
-    text = (f"{'RESOLVED: ' if view.resolved else ''}{incident.title} (incident #{incident.id}): part of incident "
+    text = (f"{'RESOLVED: ' if view.resolved else ''}{plain(incident.title)} (incident #{incident.id}): part of incident "
             f"#{joined.incident_id}, same probable cause")
     return message_of(text, [section(body)])
 
@@ -424,7 +498,8 @@ def _is_user(value: str | None) -> bool:
 def joined_note(incident, cause: str, elsewhere_link: str | None) -> Message:
     """The short post in the joined incident's thread when another alert group turns out to be the same outage."""
     other = f"<{elsewhere_link}|incident #{incident.id}>" if elsewhere_link else f"incident #{incident.id}"
-    text = f"{incident.title} ({'incident #' + str(incident.id)}) joined this incident: same probable cause, {cause}"
+    text = (f"{plain(incident.title)} ({'incident #' + str(incident.id)}) joined this incident: same probable cause, "
+            f"{plain(cause)}")
     return message_of(text, [section(f":link: *{escape(incident.title)}* fired too ({other}); its diagnosis names the "
                                      f"same probable cause: {escape(cause)}. It is followed here.")])
 
@@ -435,7 +510,7 @@ def alert_line(alert: dict, *, resolved: bool = False) -> Message:
     labels = json.loads(alert["labels"]) if isinstance(alert["labels"], str) else alert["labels"]
     where = ", ".join(f"{k}={labels[k]}" for k in ("namespace", "pod", "service", "destination_service_name")
                       if labels.get(k))
-    text = f"Alert {verb}: {alert['alertname']}" + (f" ({where})" if where else "")
+    text = f"Alert {verb}: {plain(alert['alertname'])}" + (f" ({plain(where)})" if where else "")
     summary = alert.get("summary") or ""
     body = f"{icon} *Alert {verb}:* {escape(alert['alertname'])}" + (f" ({escape(where)})" if where else "")
     if summary and not resolved:
@@ -453,7 +528,7 @@ def incident_resolved_note(view: TopView, now: datetime, actor: str | None = Non
 
 
 def note_message(user: str, text: str) -> Message:
-    return message_of(f"Note from <@{user}>: {text}", [section(f":memo: *Note from <@{user}>:* {escape(text)}")])
+    return message_of(f"Note from <@{user}>: {plain(text)}", [section(f":memo: *Note from <@{user}>:* {escape(text)}")])
 
 
 def suggestions_blocks(suggestions: Sequence, *, extra: str | None = None) -> list[Block]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from bot.diagnosis import Diagnostician
 from bot.server.metrics import Metrics
@@ -19,6 +20,24 @@ from commands.checks.registry import CheckRegistry
 from commands.report import diagnose_text
 
 
+class Outbox(Protocol):
+    """``bot.incidents.outbox.Outbox`` as this module uses it (bot.slack does not import bot.incidents)."""
+
+    database: Any
+
+    def adopt(self, db: Any, *, channel: str, ts: str) -> int: ...
+
+    def post(self, db: Any, *, incident_id: int | None, channel: str, message: blocks.Message,
+             thread_of: int | None = None) -> int: ...
+
+    def upload(self, db: Any, *, incident_id: int | None, channel: str, thread_of: int, filename: str, title: str,
+               content: str) -> int: ...
+
+    def update(self, db: Any, *, incident_id: int | None, channel: str, message: blocks.Message, of: int) -> int: ...
+
+    def wake(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class DiagnosisCommands:
     diagnostician: Diagnostician
@@ -27,6 +46,8 @@ class DiagnosisCommands:
     workers: ThreadPoolExecutor
     """Slow work (diagnoses). Handlers themselves run on the messenger pool, which only talks to Slack,
     so the "Running…" message appears at once even when every worker is busy."""
+    outbox: Outbox | None = None
+    """Where the findings are queued (durable: a Slack outage when they are ready delays them, loses nothing)."""
 
     def start(self, who: Invocation, request: DiagnoseRequest) -> None:
         started = blocks.running(request.label, request.namespace, who.user)
@@ -47,9 +68,15 @@ class DiagnosisCommands:
             return
         title = f"{label} \u00b7 {namespace or 'all namespaces'}"
         report, hidden = blocks.findings_report(title, result.findings)
-        slack.post_message(who.channel, report.text, report.blocks, thread_ts=top.ts)
         for finding in result.findings:
             metrics.findings_posted.labels(level=str(finding.level)).inc()
+        if self.outbox is not None:
+            full = (f"meshbot-{label}-{namespace or 'all'}.txt", f"Full report: {title} ({len(result.findings)} findings)",
+                    diagnose_text(result.findings, title=title)) if hidden else None
+            self._queue_report(who, top, report, full,
+                               blocks.outcome(label, namespace, who.user, result.findings, result.seconds))
+            return
+        slack.post_message(who.channel, report.text, report.blocks, thread_ts=top.ts)
         if hidden:
             slack.upload_text(who.channel, top.ts, filename=f"meshbot-{label}-{namespace or 'all'}.txt",
                               title=f"Full report: {title} ({len(result.findings)} findings)",
@@ -57,8 +84,22 @@ class DiagnosisCommands:
         done = blocks.outcome(label, namespace, who.user, result.findings, result.seconds)
         slack.update_message(who.channel, top.ts, done.text, done.blocks)
 
+    def _queue_report(self, who: Invocation, top: Posted, report: blocks.Message,
+                      full: tuple[str, str, str] | None, done: blocks.Message) -> None:
+        """The findings, the full report and the outcome through the outbox, in one transaction."""
+        outbox = self.outbox
+        with outbox.database.transaction() as db:
+            running = outbox.adopt(db, channel=who.channel, ts=top.ts)
+            outbox.post(db, incident_id=None, channel=who.channel, message=report, thread_of=running)
+            if full:
+                filename, title, content = full
+                outbox.upload(db, incident_id=None, channel=who.channel, thread_of=running, filename=filename,
+                              title=title, content=content)
+            outbox.update(db, incident_id=None, channel=who.channel, message=done, of=running)
+        outbox.wake()
+
 
 def register(commands: SlashCommands, handlers: Handlers, checks: CheckRegistry, *, diagnostician: Diagnostician,
-             slack: SlackClient, metrics: Metrics, workers: ThreadPoolExecutor) -> None:
+             slack: SlackClient, metrics: Metrics, workers: ThreadPoolExecutor, outbox: Outbox | None = None) -> None:
     add_diagnoses(commands, checks)
-    handlers.on_request(DiagnoseRequest, DiagnosisCommands(diagnostician, slack, metrics, workers).start)
+    handlers.on_request(DiagnoseRequest, DiagnosisCommands(diagnostician, slack, metrics, workers, outbox).start)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from bot.settings import SettingsError
 from commands.errors import MeshbotError
 
 MigrationFunction = Callable[[sqlite_utils.Database], None]
@@ -35,6 +36,29 @@ class Migration:
 
 class DatabaseError(MeshbotError):
     pass
+
+
+class DatabaseUnusable(DatabaseError, SettingsError):
+    """MESHBOT_DB names a file meshbot cannot use (corrupted, truncated, read-only…).  A SettingsError too, so
+    ``meshbot serve`` ends with one line naming the file and the fix and the settings exit code (78)."""
+
+
+def unusable(path: str, exc: BaseException) -> DatabaseUnusable:
+    """One line: which file, what SQLite (or the OS) said, and what to do about it."""
+    said = str(exc) or type(exc).__name__
+    lowered = said.lower()
+    # SQLite's own wording (sqlite3.c sqlite3ErrStr): SQLITE_NOTADB, SQLITE_CORRUPT, SQLITE_READONLY, SQLITE_CANTOPEN.
+    if "not a database" in lowered or "malformed" in lowered:
+        fix = ("restore it from a backup, or move it aside so meshbot starts a new one "
+               "(the incident log and reminder ledger then start empty)")
+    elif "readonly" in lowered or "read-only" in lowered or isinstance(exc, PermissionError):
+        fix = (f"make the file and its directory writable by meshbot's user (SQLite's WAL mode also writes "
+               f"{path}-wal and {path}-shm beside it), or point MESHBOT_DB at a writable volume")
+    elif "unable to open" in lowered or isinstance(exc, OSError):
+        fix = "check that the directory exists and is writable, or point MESHBOT_DB at a writable volume"
+    else:
+        fix = "check the file (sqlite3 FILE 'PRAGMA integrity_check'), or point MESHBOT_DB elsewhere"
+    return DatabaseUnusable(f"MESHBOT_DB {path}: cannot use the database ({said}): {fix}")
 
 
 def migration(version: int, description: str) -> Callable[[MigrationFunction], Migration]:
@@ -62,7 +86,10 @@ class Database:
         # busy handler they would poll with sleeps of up to 100 ms (the webhook's p99 in the alert storm).
         self._write_lock = threading.Lock()
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise unusable(self.path, exc) from None
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -72,13 +99,18 @@ class Database:
             try:
                 connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             except sqlite3.Error as exc:
-                raise DatabaseError(f"cannot open database {self.path}: {exc}") from None
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA busy_timeout=30000")
-            # With WAL, NORMAL syncs at checkpoints instead of every commit: a crash of meshbot loses
-            # nothing; only a power loss can roll back the last moments (SQLite docs, "WAL mode").
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute("PRAGMA foreign_keys=ON")
+                raise unusable(self.path, exc) from None
+            try:
+                # The first statements to touch the file: a corrupted or read-only one fails here.
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA busy_timeout=30000")
+                # With WAL, NORMAL syncs at checkpoints instead of every commit: a crash of meshbot loses
+                # nothing; only a power loss can roll back the last moments (SQLite docs, "WAL mode").
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.Error as exc:
+                connection.close()
+                raise unusable(self.path, exc) from None
             db = self._local.db = sqlite_utils.Database(connection)
         return db
 
@@ -96,7 +128,14 @@ class Database:
             db.execute("COMMIT")
 
     def migrate(self) -> int:
-        """Run the migrations this database has not seen; returns the schema version."""
+        """Run the migrations this database has not seen; returns the schema version.  A file SQLite cannot
+        read or write raises DatabaseUnusable (one line naming it and the fix)."""
+        try:
+            return self._migrate()
+        except sqlite3.Error as exc:
+            raise unusable(self.path, exc) from None
+
+    def _migrate(self) -> int:
         with self.transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version "
                        "(version INTEGER PRIMARY KEY, description TEXT, applied_at TEXT)")

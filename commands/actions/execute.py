@@ -112,6 +112,10 @@ def _write_reread_on_conflict(client: KubeClient, change: Change, *, dry_run: bo
     current = read(client, change)
     if in_state(change, current, after=True):
         return StepState.ALREADY
+    refusal = next((why for path, why in change.refuse_if if value_at(current, path)), None)
+    if refusal:  # e.g. the Deployment was paused by the other writer: the same refusal as before the plan ran
+        raise Conflict(f"{change.origin} {refusal} (changed by another writer during the write); "
+                       "nothing of this change was written", status=409)
     if not in_state(change, current, after=False):
         raise Conflict(f"{change.origin} was changed by another writer between the check and the write "
                        "(HTTP 409); nothing of this change was written; ask for the action again", status=409)

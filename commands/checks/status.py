@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -37,8 +38,12 @@ def status(ctx: CheckContext) -> list[Finding]:
     if not istiods and ctx.in_scope(snapshot.istio_namespace):
         findings.append(codes.finding(
             "MB1006", origin=f"Namespace {snapshot.istio_namespace}", namespace=snapshot.istio_namespace,
-            remediation=Remediation("Check the istiod Deployment and its events",
-                                    command=f"kubectl -n {snapshot.istio_namespace} describe deployment istiod")))
+            # Every revision's istiod Deployment carries app=istiod, so the selector also finds canaries
+            # (manifests/charts/istio-control/istio-discovery/templates/deployment.yaml).
+            remediation=Remediation(
+                "Find why no istiod pod runs: a Deployment scaled to 0, a rollout that failed, pods that cannot be "
+                "scheduled, or istiod uninstalled; restarting has nothing to restart",
+                command=f"kubectl -n {snapshot.istio_namespace} describe deployment -l app=istiod")))
     for pod in snapshot.of_kind("Pod"):
         if not ctx.in_scope(pod.namespace):
             continue
@@ -62,33 +67,133 @@ def memory_usage_by_container(snapshot: Snapshot) -> dict[tuple[str | None, str,
     return usage
 
 
+# Where the remediations below come from (istio/istio paths unless a URL):
+# - istiod's Helm chart requests 2048Mi and sets no memory limit; the gateway chart limits istio-proxy to
+#   1024Mi. Both read `resources` from their values, so a later `helm upgrade` puts back whatever a kubectl
+#   edit changed (manifests/charts/istio-control/istio-discovery/values.yaml, manifests/charts/gateway/values.yaml).
+# - istiod's memory grows with the configuration and proxies it tracks, not with a restart
+#   (https://istio.io/latest/docs/ops/deployment/performance-and-scalability/#control-plane-performance).
+# - Sidecar resources: the injector reads sidecar.istio.io/proxyCPU, proxyMemory, proxyCPULimit and
+#   proxyMemoryLimit from the pod, and once any of them is set it drops the defaults of global.proxy.resources
+#   (manifests/charts/istio-control/istio-discovery/files/injection-template.yaml, define "resources");
+#   Kubernetes then uses a container's limit as its request when no request is given
+#   (https://kubernetes.io/docs/concepts/configuration/manage-resources-containers/#requests-and-limits).
+# - Bypass: the pod label sidecar.istio.io/inject=false wins over the annotation and the namespace label
+#   (pkg/kube/inject/inject.go injectRequired;
+#   https://istio.io/latest/docs/setup/additional-setup/sidecar-injection/#controlling-the-injection-policy).
+#   A pod without a sidecar has no mTLS identity: STRICT servers refuse its plaintext and nothing enforces its
+#   AuthorizationPolicies (https://istio.io/latest/docs/concepts/security/#peer-authentication,
+#   #authorization-architecture).
+PROXY_RESOURCE_ANNOTATIONS = (
+    ("requests", "cpu", "sidecar.istio.io/proxyCPU"),
+    ("requests", "memory", "sidecar.istio.io/proxyMemory"),
+    ("limits", "cpu", "sidecar.istio.io/proxyCPULimit"),
+    ("limits", "memory", "sidecar.istio.io/proxyMemoryLimit"),
+)
+ISTIOD_CHART_MEMORY_REQUEST = "2048Mi"
+KEEP_IN_VALUES = ("then set the same value in the Helm values that installed it (resources), or the next "
+                  "helm upgrade puts the old one back")
+
+
+def _resources(pod: Resource, container: str) -> Mapping[str, Mapping[str, Any]]:
+    return (container_spec(pod, container) or {}).get("resources") or {}
+
+
 def _memory_limit(pod: Resource, container: str) -> float | None:
-    spec = container_spec(pod, container) or {}
-    return parse_bytes(((spec.get("resources") or {}).get("limits") or {}).get("memory"))
+    return parse_bytes((_resources(pod, container).get("limits") or {}).get("memory"))
 
 
+def _memory_request(pod: Resource, container: str) -> float | None:
+    return parse_bytes((_resources(pod, container).get("requests") or {}).get("memory"))
 
-def _restart_remediation(pod: Resource, what: str) -> Remediation:
+
+def _mebibytes(value: float) -> str:
+    return f"{int(value / 2**20)}Mi"
+
+
+def _restart_action(pod: Resource) -> str | None:
     deployment = owner_deployment(pod)
-    if deployment:
-        return Remediation(f"Restart {what} once the cause is fixed",
-                           command=f"kubectl -n {pod.namespace} rollout restart deployment/{deployment}",
-                           action=f"restart {deployment} -n {pod.namespace}")
-    return Remediation("Delete the pod so its controller recreates it",
-                       command=f"kubectl -n {pod.namespace} delete pod {pod.name}")
+    return f"restart {deployment} -n {pod.namespace}" if deployment else None
 
 
-def _raise_memory_remediation(pod: Resource, container: str, limit: float | None) -> Remediation:
-    """Doubling the limit is the runbook's first move for an OOMKilled control plane."""
+def _raise_memory_remediation(pod: Resource, container: str) -> Remediation:
+    """An OOMKilled istiod or gateway needs more memory first: restarted at the same limit, it is killed again.
+
+    Doubling is a first step for an outage, not a sizing rule; the restart action stays for the playbooks
+    that offer it, and the summary says it is not enough on its own.
+    """
     deployment = owner_deployment(pod)
-    restart = _restart_remediation(pod, "it")
+    if not deployment:
+        return Remediation(f"Raise the memory limit of {container} in whatever created {pod.qualified_name} (it has "
+                           "no Deployment); a new pod with the same limit is OOMKilled again")
+    target = f"deployment/{deployment} -c {container}"
+    limit = _memory_limit(pod, container)
+    if limit:
+        new_limit = _mebibytes(limit * 2)
+        return Remediation(
+            f"Raise the memory limit of {deployment}/{container} first, from {human_bytes(limit)} to {new_limit} "
+            f"(the command rolls its pods), {KEEP_IN_VALUES}. A restart alone keeps the {human_bytes(limit)} "
+            "limit and is OOMKilled again.",
+            command=f"kubectl -n {pod.namespace} set resources {target} --limits=memory={new_limit}",
+            action=_restart_action(pod))
+    request = _memory_request(pod, container)
+    new_request = _mebibytes(request * 2) if request else ISTIOD_CHART_MEMORY_REQUEST
+    return Remediation(
+        f"{deployment}/{container} has no memory limit, so it was killed because its node ran out of memory. "
+        f"Raise its memory request to {new_request} first so the scheduler places it where that memory is free "
+        f"(the command rolls its pods; if no node has that much unreserved, the new pod stays Pending), "
+        f"{KEEP_IN_VALUES}. A restart alone can land on a node as short of memory and be OOMKilled again.",
+        command=f"kubectl -n {pod.namespace} set resources {target} --requests=memory={new_request}",
+        action=_restart_action(pod))
+
+
+def _crash_loop_remediation(pod: Resource, health: ContainerHealth) -> Remediation:
+    if health.oom_killed:
+        raise_first = _raise_memory_remediation(pod, health.name)
+        return Remediation(f"It crash-loops because it is OOMKilled. {raise_first.summary}",
+                           command=raise_first.command)
+    # `kubectl logs --previous` prints the run that exited (https://kubernetes.io/docs/reference/kubectl/generated/
+    # kubectl_logs/); a crash that is not an OOMKill repeats on restart until its cause is fixed.
+    return Remediation("Read the crashing container's previous log for why it exits; restarted before that cause "
+                       "is fixed, it crashes the same way",
+                       command=f"kubectl -n {pod.namespace} logs {pod.name} -c {health.name} --previous")
+
+
+def _sidecar_memory_remediation(pod: Resource) -> Remediation:
+    """Raise the sidecar's limit through the injector's annotations, keeping the other three values."""
+    deployment = owner_deployment(pod)
+    limit = _memory_limit(pod, SIDECAR_CONTAINER)
     if not deployment or not limit:
-        return restart
-    new_limit = f"{int(limit * 2 / 2**20)}Mi"
-    return Remediation(f"Raise the memory limit of {deployment}/{container} (to {new_limit}), which restarts it",
-                       command=f"kubectl -n {pod.namespace} set resources deployment/{deployment} -c {container} "
-                               f"--limits=memory={new_limit}",
-                       action=restart.action)
+        return Remediation("Raise the sidecar's memory with the sidecar.istio.io/proxyMemoryLimit and proxyMemory "
+                           "annotations on the pod template of whatever created it; recreated with the same "
+                           "memory, it is OOMKilled again", action=_restart_action(pod))
+    resources = _resources(pod, SIDECAR_CONTAINER)
+    annotations = {name: str((resources.get(kind) or {})[resource])
+                   for kind, resource, name in PROXY_RESOURCE_ANNOTATIONS
+                   if (resources.get(kind) or {}).get(resource) is not None}
+    new_limit = _mebibytes(limit * 2)
+    annotations["sidecar.istio.io/proxyMemoryLimit"] = new_limit
+    patch = json.dumps({"spec": {"template": {"metadata": {"annotations": annotations}}}}, separators=(",", ":"))
+    return Remediation(
+        f"Raise the sidecar's memory limit from {human_bytes(limit)} to {new_limit} with the pod-template "
+        "annotation sidecar.istio.io/proxyMemoryLimit (the patch rolls the pods and the injector applies it). The "
+        "command also pins the sidecar's current CPU and memory request and CPU limit, because once one of these "
+        "annotations is set the injector drops its defaults and Kubernetes would request the whole limit. A "
+        f"restart alone keeps the {human_bytes(limit)} limit and is OOMKilled again.",
+        command=f"kubectl -n {pod.namespace} patch deployment/{deployment} --type merge -p '{patch}'",
+        action=_restart_action(pod))
+
+
+def _bypass_remediation(pod: Resource, health: ContainerHealth) -> Remediation:
+    first = ("The sidecar is OOMKilled: raise its memory first (the OOMKilled finding) rather than leave the mesh. "
+             if health.oom_killed else "")
+    return Remediation(
+        f"{first}Read the sidecar's previous log; if the mesh is the cause, bypass it for this workload (needs "
+        "approval). Bypassing rolls its pods without a sidecar: they leave mTLS, nothing enforces their "
+        "AuthorizationPolicies, their calls to servers with STRICT mTLS fail, and so do callers whose "
+        "DestinationRule demands ISTIO_MUTUAL for them.",
+        command=f"kubectl -n {pod.namespace} logs {pod.name} -c {SIDECAR_CONTAINER} --previous",
+        action=_bypass_action(pod))
 
 
 def _evidence(pod: Resource, health: ContainerHealth, **extra: Any) -> dict[str, Any]:
@@ -116,13 +221,10 @@ def _control_plane_findings(pod: Resource, role: str, usage: Mapping, ctx: Check
         args = dict(role=role, container=health.name, pod=pod.qualified_name, restarts=health.restarts)
         if health.oom_killed:
             yield codes.finding("MB1002", origin=pod.origin, evidence=evidence, limit=limit_text,
-                                remediation=_raise_memory_remediation(pod, health.name, limit), **args)
+                                remediation=_raise_memory_remediation(pod, health.name), **args)
         if health.crash_looping:
             yield codes.finding("MB1003", origin=pod.origin, evidence=evidence,
-                                remediation=Remediation("Read the crashing container's previous log",
-                                                        command=f"kubectl -n {pod.namespace} logs {pod.name} "
-                                                                f"-c {health.name} --previous"),
-                                **args)
+                                remediation=_crash_loop_remediation(pod, health), **args)
         elif health.restarts >= ctx.thresholds.restart_warning and not health.oom_killed:
             yield codes.finding("MB1004", origin=pod.origin, evidence=evidence, **args)
         yield from _memory_near_limit("MB1005", pod, health.name, usage, ctx, role=role)
@@ -143,14 +245,10 @@ def _sidecar_findings(pod: Resource, usage: Mapping, ctx: CheckContext) -> Itera
     name = pod.qualified_name
     if health.crash_looping:
         yield codes.finding("MB1011", origin=pod.origin, evidence=evidence, pod=name, restarts=health.restarts,
-                            remediation=Remediation(
-                                "Read the sidecar's previous log; if the mesh is the cause, bypass it for "
-                                "this workload (needs approval)",
-                                command=f"kubectl -n {pod.namespace} logs {pod.name} -c istio-proxy --previous",
-                                action=_bypass_action(pod)))
+                            remediation=_bypass_remediation(pod, health))
     if health.oom_killed:
         yield codes.finding("MB1012", origin=pod.origin, evidence=evidence, pod=name, restarts=health.restarts,
-                            limit=limit_text, remediation=_restart_remediation(pod, "the workload"))
+                            limit=limit_text, remediation=_sidecar_memory_remediation(pod))
     if not health.ready and not health.crash_looping and pod.status.get("phase") == "Running":
         yield codes.finding("MB1013", origin=pod.origin, evidence=evidence, pod=name)
     if (health.restarts >= ctx.thresholds.restart_warning and not health.crash_looping

@@ -78,7 +78,7 @@ class ApiCall:
         if self.namespace and kind.namespaced:
             parts += ["namespaces", self.namespace]
         parts.append(kind.plural)
-        if self.name and self.verb != "create":
+        if self.name and (self.verb != "create" or self.subresource):  # pods/NAME/portforward is a create
             parts.append(self.name)
         if self.subresource:
             parts.append(self.subresource)

@@ -72,6 +72,9 @@ class LeaderElector:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _annotations: dict[str, str] = field(default_factory=dict, repr=False)
     """The Lease's annotations as last read."""
+    last_error: str | None = None
+    """Why the latest tick could not reach the Lease (403, timeout…); None when it could."""
+    last_tick: datetime | None = None
 
     def tick(self) -> bool:
         """Acquire, renew or wait; True while this replica is the leader.  API errors mean 'not leader'.
@@ -82,10 +85,13 @@ class LeaderElector:
             return self._tick_locked()
 
     def _tick_locked(self) -> bool:
+        self.last_tick = self.clock()
         try:
             leading = self._tick()
+            self.last_error = None
         except MeshbotError as exc:
             log.warning("leader election: %s; acting as a follower until the next try", exc)
+            self.last_error = str(exc)
             leading = False
         if leading != self.is_leader:
             log.info("leader election: %s %s the leader of Lease %s/%s", self.identity,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
-from commands.errors import TransientError, UserError
+from commands.errors import AccessDenied, TransientError, UserError
 from commands.cluster.snapshot import Resource, Snapshot
 from commands.validation import validate_dns1123_label
 
@@ -86,6 +86,65 @@ class PortForwarder(Protocol):
 HttpFactory = Callable[[str], Endpoint]
 """Builds an Endpoint for a base URL (``commands.clients.http.HttpEndpoint`` in production)."""
 
+# Why istiod refuses, from its code.  pilot/pkg/xds/debug.go allowAuthenticatedOrLocalhost (Istio 1.11+,
+# istio/istio#32903): /debug/* is served unauthenticated only to loopback callers; anyone else must present a
+# client certificate or a service-account JWT istiod can verify (TokenReview, audience istio-ca), else 401.
+# AuthorizeDebugRequest under ENABLE_DEBUG_ENDPOINT_AUTH (default on since 1.27.6, 1.28.4 and 1.29.0,
+# istio/istio#58925): an authenticated caller outside the system namespace and
+# DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES may read only config_dump, ndsz and edsz, else 403.
+# pilot/pkg/bootstrap/monitoring.go: /metrics is 403 to non-loopback callers under METRICS_LOCALHOST_ACCESS_ONLY.
+ISTIOD_REFUSED_UNAUTHENTICATED = (
+    "istiod refused the debug request from a non-loopback address (pilot/pkg/xds/debug.go); meshbot reaches it "
+    "through a port-forward \u2014 check RBAC pods/portforward in istio-system")
+ISTIOD_REFUSED_NAMESPACE = (
+    "istiod refused the authenticated debug request: with ENABLE_DEBUG_ENDPOINT_AUTH (on by default since "
+    "Istio 1.27.6/1.28.4/1.29.0) callers outside istio-system may read only config_dump, ndsz and edsz "
+    "(pilot/pkg/xds/debug.go AuthorizeDebugRequest) \u2014 add meshbot's namespace to istiod's "
+    "DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES, or let meshbot use the port-forward")
+ISTIOD_REFUSED_METRICS = (
+    "istiod serves /metrics to loopback callers only (METRICS_LOCALHOST_ACCESS_ONLY, "
+    "pilot/pkg/bootstrap/monitoring.go) \u2014 let meshbot use the port-forward")
+
+
+class IstiodEndpoint:
+    """An istiod endpoint whose refusals (401/403) say why istiod refused and what to change."""
+
+    def __init__(self, inner: Endpoint, *, direct: bool):
+        self._inner = inner
+        self.url: str = getattr(inner, "url", "")
+        self.direct = direct
+        """True when reached on its own address (not through a port-forward, where requests arrive as loopback)."""
+
+    def get_text(self, path: str) -> str:
+        with self._explained(path):
+            return self._inner.get_text(path)
+
+    def get_json(self, path: str) -> Any:
+        with self._explained(path):
+            return self._inner.get_json(path)
+
+    @contextlib.contextmanager
+    def _explained(self, path: str) -> Iterator[None]:
+        try:
+            yield
+        except AccessDenied as exc:
+            why = _istiod_refusal(path, exc.status)
+            if why is None:
+                raise
+            endpoint = getattr(exc, "endpoint", None) or self.url
+            how = ("; reached directly: leave the istiod URL unset to use the port-forward, or give it a "
+                   "service-account token istiod accepts" if self.direct else " (through the port-forward)")
+            raise AccessDenied(f"{why} [HTTP {exc.status} from {endpoint}{how}]", status=exc.status,
+                               endpoint=endpoint, reason=why) from None
+
+
+def _istiod_refusal(path: str, status: int | None) -> str | None:
+    if path.split("?")[0].startswith("/debug/"):
+        return {401: ISTIOD_REFUSED_UNAUTHENTICATED, 403: ISTIOD_REFUSED_NAMESPACE}.get(status or 0)
+    if path.split("?")[0] == "/metrics" and status == 403:
+        return ISTIOD_REFUSED_METRICS
+    return None
+
 
 def parse_envoy_admin_option(value: str) -> tuple[PodRef, str]:
     """``NAMESPACE/POD=URL`` from ``--envoy-admin``."""
@@ -106,8 +165,14 @@ class EndpointResolver:
     istiod_urls: list[str] = field(default_factory=list)
     port_forwarder: PortForwarder | None = None
     direct_pod_ips: bool = False
-    """In-cluster: reach istiod on its pod IP instead of port-forwarding.  Never Envoy admin: Istio binds it
-    to 127.0.0.1 inside the pod, so only a port-forward (through the API server) reaches it."""
+    """In-cluster: pod IPs are reachable.  Used for istiod only with ``istiod_direct``; never for Envoy admin:
+    Istio binds it to 127.0.0.1 inside the pod, so only a port-forward (through the API server) reaches it."""
+    istiod_direct: bool = False
+    """Reach istiod pods on their pod IP instead of a port-forward.  istiod then sees a non-loopback caller
+    and answers /debug/* only to one it can authenticate (``istiod_http`` must carry a token it accepts)."""
+    istiod_http: HttpFactory | None = None
+    """Builds direct istiod endpoints (explicit URLs and pod IPs), e.g. with a bearer token; default ``http``."""
+    istiod_port: int = ISTIOD_MONITORING_PORT
     max_envoy_targets: int = 10
     focus_pods: tuple[PodRef, ...] = ()
     """When set (an alert names its pod), Envoy checks look at exactly these pods."""
@@ -118,11 +183,13 @@ class EndpointResolver:
         return CaptureEndpoint(url.removeprefix("file://"))
 
     @contextlib.contextmanager
-    def _open_pod(self, pod: Resource | PodRef, port: int, *, pod_ip_reachable: bool) -> Iterator[Endpoint]:
+    def _open_pod(self, pod: Resource | PodRef, port: int, *, direct_http: HttpFactory | None = None
+                  ) -> Iterator[Endpoint]:
+        """Through a port-forward, or on the pod IP when ``direct_http`` is given and pod IPs are reachable."""
         ref = pod if isinstance(pod, PodRef) else PodRef.of(pod)
         ip = pod.status.get("podIP") if isinstance(pod, Resource) else None
-        if self.direct_pod_ips and pod_ip_reachable and ip:
-            yield self.http(f"http://{ip}:{port}")
+        if direct_http is not None and self.direct_pod_ips and ip:
+            yield direct_http(f"http://{ip}:{port}")
             return
         if self.port_forwarder is None:
             raise UserError(f"no way to reach pod {ref} port {port}: give its URL explicitly")
@@ -153,7 +220,7 @@ class EndpointResolver:
             yield self._open_url(url)
             return
         pod = snapshot.get("Pod", target.namespace, target.name) if snapshot else None
-        with self._open_pod(pod or target, ENVOY_ADMIN_PORT, pod_ip_reachable=False) as endpoint:
+        with self._open_pod(pod or target, ENVOY_ADMIN_PORT) as endpoint:
             yield endpoint
 
     # -- istiod -----------------------------------------------------------------
@@ -169,8 +236,15 @@ class EndpointResolver:
 
     @contextlib.contextmanager
     def open_istiod(self, target: str | Resource) -> Iterator[Endpoint]:
+        """A port-forward to the pod's :15014 by default: istiod then sees a loopback caller, the only kind it
+        serves /debug/* without authentication (pilot/pkg/xds/debug.go)."""
+        direct_http = self.istiod_http or self.http
         if isinstance(target, str):
-            yield self._open_url(target)
+            if not target.startswith(("http://", "https://")):
+                yield self._open_url(target)
+                return
+            yield IstiodEndpoint(direct_http(target), direct=True)
             return
-        with self._open_pod(target, ISTIOD_MONITORING_PORT, pod_ip_reachable=True) as endpoint:
-            yield endpoint
+        direct = self.istiod_direct and self.direct_pod_ips and bool(target.status.get("podIP"))
+        with self._open_pod(target, self.istiod_port, direct_http=direct_http if direct else None) as endpoint:
+            yield IstiodEndpoint(endpoint, direct=direct)

@@ -18,8 +18,10 @@ DEMO_SCENARIO = str(Path(__file__).resolve().parents[2] / "examples" / "demo" / 
 def bot_settings(fake_slack: FakeSlack, tmp_path: Path, **overrides) -> Settings:
     values = dict(slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET, slack_api_url=fake_slack.api_url,
                   host="127.0.0.1", port=0, db_path=str(tmp_path / "meshbot.db"), scenario=DEMO_SCENARIO,
-                  workers=8, http_threads=8, reminders=False)
+                  workers=8, http_threads=8, reminders=False, responders=("UALICE", "UBOB"))
     # Reminder scans post on their own at start-up; only the reminder tests turn them on.
+    # UALICE and UBOB, who type the tests' commands, are on call (MESHBOT_RESPONDERS); tests/
+    # test_http_hardening.py proves who else is refused.
     values.update(overrides)
     return Settings(**values)
 

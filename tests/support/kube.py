@@ -172,12 +172,25 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             if request.action == kmock.action.UPDATE and request.name is not None and self._stale(request):
                 raise _conflict(request)
             if request.action in (kmock.action.CREATE, kmock.action.UPDATE) and isinstance(request.data, dict):
-                # Stamped into the write itself, so the stored object and the answer both carry the new version
-                # (so does the recorded request: ``requests()`` shows the stamped version, not the one sent).
-                request.data.setdefault("metadata", {})["resourceVersion"] = self.next_resource_version()
+                return await self._stamped(request)
             if request.params.get("dryRun") == "All":
                 return await self._dry_run(request)
         return await super()._handle(request)
+
+    async def _stamped(self, request: Any) -> Any:
+        """The write with a new resourceVersion in it, so the stored object and the answer carry it; put back
+        afterwards so ``requests()`` shows what the client sent.  (kmock's Request is frozen and its reactions
+        match the recorded instance, so the instance is changed in place rather than copied.)"""
+        sent = request.data
+        stamped = copy.deepcopy(sent)
+        stamped.setdefault("metadata", {})["resourceVersion"] = self.next_resource_version()
+        object.__setattr__(request, "data", stamped)
+        try:
+            if request.params.get("dryRun") == "All":
+                return await self._dry_run(request)
+            return await super()._handle(request)
+        finally:
+            object.__setattr__(request, "data", sent)
 
     def _stale(self, request: Any) -> bool:
         """A patch naming a resourceVersion other than the stored object's (absent: last write wins)."""

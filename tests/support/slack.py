@@ -14,8 +14,6 @@ a fake Socket Mode WebSocket server (``tests/support/socket_mode.py``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import json
 import threading
@@ -28,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
+from bot.demo.signing import signed_headers
 
 if TYPE_CHECKING:  # imported by the fixture only, so the HTTP fakes do not need `websockets`
     from tests.support.socket_mode import FakeSocketMode
@@ -329,11 +329,8 @@ def fake_socket_mode(fake_slack: FakeSlack) -> Iterator[FakeSocketMode]:
 # -- requests from Slack into the bot ----------------------------------------------------
 
 def sign(body: bytes, *, secret: str = SIGNING_SECRET, timestamp: int | None = None) -> dict[str, str]:
-    """The headers Slack sends: ``v0=HMAC-SHA256(secret, "v0:{ts}:{body}")``."""
-    timestamp = int(time.time()) if timestamp is None else timestamp
-    base = f"v0:{timestamp}:".encode() + body
-    signature = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
-    return {"X-Slack-Request-Timestamp": str(timestamp), "X-Slack-Signature": signature}
+    """The headers Slack sends: ``v0=HMAC-SHA256(secret, "v0:{ts}:{body}")`` (one source with the demo's Slack)."""
+    return signed_headers(secret, body, timestamp=timestamp)
 
 
 def slash_command_body(text: str, *, user_id: str = "UALICE", channel_id: str = "CINCIDENT",

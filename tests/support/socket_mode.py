@@ -76,11 +76,17 @@ class FakeSocketMode:
         return self._wait(lambda: next((c for c in self.connections if not c.closed.is_set()), None),
                           timeout, "a Socket Mode client to connect")
 
-    def push(self, envelope_type: str, payload: dict[str, Any], *, accepts_response_payload: bool = True) -> str:
-        """Send an envelope to the connected client like Slack does; returns its envelope_id."""
-        envelope_id = str(uuid.uuid4())
+    def push(self, envelope_type: str, payload: dict[str, Any], *, accepts_response_payload: bool = True,
+             envelope_id: str | None = None, retry_attempt: int | None = None) -> str:
+        """Send an envelope to the connected client like Slack does; returns its envelope_id.
+
+        Slack re-delivers an envelope it saw no ack for with the same ``envelope_id`` and ``retry_attempt``
+        raised: pass both to play that."""
+        envelope_id = envelope_id or str(uuid.uuid4())
         envelope = {"envelope_id": envelope_id, "type": envelope_type, "payload": payload,
                     "accepts_response_payload": accepts_response_payload}
+        if retry_attempt is not None:
+            envelope.update(retry_attempt=retry_attempt, retry_reason="timeout")
         self.wait_for_connection().websocket.send(json.dumps(envelope))
         return envelope_id
 

@@ -1,0 +1,123 @@
+"""What an incident's top-level message shows, read back from the incident log, and the one way to refresh it.
+
+The flow (alerts, diagnosis, resolve) and the approval desk (an executed action, a rollback) both change
+what the top message must say; both call ``refresh_top`` so they never disagree.  Everything comes from
+the database: the alerts' ``startsAt``/``endsAt``, the annotations recorded when the incident opened,
+the triage stored with the diagnosis, and the actions executed and rolled back (events), so a restart
+renders the same message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+
+from bot.incidents.log import Event, EventKind, IncidentLog
+from bot.incidents.outbox import Outbox
+from bot.slack import blocks
+from commands.actions.targets import ActionName, ActionUsageError, Scope, parse_action
+
+
+def latest_diagnosis(db: sqlite_utils.Database, incident_id: int) -> Mapping[str, Any] | None:
+    """The data of the incident's last ``diagnostics_run`` event (it carries the triage), or None."""
+    row = db.execute("SELECT data FROM events WHERE incident_id = ? AND kind = ? ORDER BY id DESC LIMIT 1",
+                     [incident_id, str(EventKind.DIAGNOSTICS_RUN)]).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def events_of(db: sqlite_utils.Database, incident_id: int) -> list[Event]:
+    return [Event.from_row(r) for r in db.query("SELECT * FROM events WHERE incident_id = ? ORDER BY id",
+                                                [incident_id])]
+
+
+def headline_of(diagnosis: Mapping[str, Any] | None, incident_id: int) -> blocks.Headline | None:
+    """The first probable cause stored with a diagnosis, its first step a button when it is a suggested action."""
+    causes = (diagnosis or {}).get("triage") or []
+    if not causes:
+        return None
+    cause = causes[0]
+    step = cause.get("first_step")
+    first = None
+    if step:
+        action = step.get("action")
+        actions = [s.get("action") for s in (diagnosis or {}).get("suggested") or []]
+        value = f"{incident_id}:{actions.index(action)}" if action and action in actions else None
+        first = blocks.FirstStep(summary=step.get("summary", ""), action=action, command=step.get("command"),
+                                 button_value=value)
+    return blocks.Headline(key=cause["key"], title=cause["title"], explains=cause.get("explains", ""),
+                           confidence=cause.get("confidence", ""), because=tuple(cause.get("because") or ()),
+                           first_step=first)
+
+
+def effect_of(action: str) -> str | None:
+    """What an executed action leaves in place, in words; None when nothing lasts (a restart)."""
+    try:
+        target = parse_action(action.split())
+    except ActionUsageError:
+        return None
+    if target.action == ActionName.PERMISSIVE_MTLS:
+        return "the whole mesh accepts plaintext" if target.scope == Scope.MESH else \
+            f"{target.namespace} accepts plaintext"
+    if target.action == ActionName.BYPASS:
+        return (f"namespace {target.namespace} runs outside the mesh" if target.scope == Scope.NAMESPACE
+                else f"{target.namespace}/{target.name} runs without a sidecar")
+    return None
+
+
+def in_effect(events: Sequence[Event]) -> tuple[blocks.InEffect, ...]:
+    """Executed actions whose change is still in place: executed, lasting, and not rolled back since."""
+    rollback_of = {e.data.get("request_id"): e.data.get("rollback_of") for e in events
+                   if e.kind == EventKind.APPROVAL_REQUESTED and e.data.get("rollback_of") is not None}
+    executed = [e for e in events if e.kind == EventKind.ACTION_EXECUTED and e.data.get("ok", True)]
+    undone = {rollback_of[e.data.get("request_id")] for e in executed if e.data.get("request_id") in rollback_of}
+    effects = []
+    for event in executed:
+        request_id = event.data.get("request_id")
+        what = effect_of(str(event.data.get("action", "")))
+        if request_id in rollback_of or request_id in undone or what is None:
+            continue
+        effects.append(blocks.InEffect(what=what, since=event.at, request_id=int(request_id)))
+    return tuple(effects)
+
+
+def top_view(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbox, incident_id: int) -> blocks.TopView:
+    incident = incidents.get_in(db, incident_id)
+    alerts = list(db.query("SELECT * FROM incident_alerts WHERE incident_id = ? ORDER BY starts_at", [incident_id]))
+    events = events_of(db, incident_id)
+    opened = next((e for e in events if e.kind == EventKind.INCIDENT_OPENED), None)
+    opened_data = opened.data if opened else {}
+    diagnosis = latest_diagnosis(db, incident_id)
+    joined = None
+    if diagnosis and diagnosis.get("joined"):
+        target = incidents.get_in(db, int(diagnosis["joined"]))
+        joined = blocks.JoinedTo(incident_id=target.id, cause=str(diagnosis.get("joined_cause", "")),
+                                 thread_url=thread_url(outbox, target.channel, target.top_message))
+    manual = incident.source == "slack"
+    return blocks.TopView(
+        incident=incident, alerts=alerts, runbook_url=str(opened_data.get("runbook_url") or ""),
+        description=str(opened_data.get("description") or ""), headline=headline_of(diagnosis, incident_id),
+        diagnosed=incident.diagnosed, joined=joined, in_effect=in_effect(events),
+        opened_by=opened.actor if opened else None,
+        requested_action=str(opened_data.get("reason", "")).removeprefix("/mesh ") if manual else None)
+
+
+def thread_url(outbox: Outbox, channel: str | None, entry: int | None) -> str | None:
+    """A link to a top-level message once Slack has given it a ts (the outbox may not have sent it yet)."""
+    ts = outbox.ts_of(entry) if entry is not None else None
+    if not channel or not ts:
+        return None
+    return f"https://slack.com/archives/{channel}/p{ts.replace('.', '')}"
+
+
+def refresh_top(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbox, incident_id: int,
+                now: datetime) -> blocks.TopView:
+    """Queue an update of the incident's top message to what the log says now; returns what it shows."""
+    view = top_view(db, incidents, outbox, incident_id)
+    if view.incident.top_message is not None and view.incident.channel:
+        outbox.update(db, incident_id=incident_id, channel=view.incident.channel,
+                      message=blocks.incident_message(view, now), of=view.incident.top_message)
+    return view

@@ -1,0 +1,174 @@
+"""`meshbot demo` in a real headless browser: an alert, a request, two approvals, the cluster changed.
+
+Debian's chromium and chromedriver drive the console (no browser download); the bot
+behind it is the real one, with the embedded Slack and Kubernetes API of ``bot.demo``.
+The screenshot lands in docs/img/demo-console.png (the README's tour shows it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from bot.demo.run import Demo
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "demo-console.png"
+WAIT = 60  # seconds; each step normally takes well under one
+
+
+@pytest.fixture
+def demo():
+    with Demo(port=0) as running:
+        yield running
+
+
+@pytest.fixture
+def browser():
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: install Debian's browser with "
+                    "`apt-get install -y chromium chromium-driver` (scripts/test.sh does)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("selenium is not installed: pip install -e '.[test]'")
+    profile = tempfile.mkdtemp(prefix="meshbot-chromium-")
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1500,1100",
+                f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    options.binary_location = str(CHROMIUM)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+class Console:
+    """The page, driven the way a person would: menus, the command box, buttons, dialogs."""
+
+    def __init__(self, driver, url: str):
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver = driver
+        # The page redraws the channel when something new arrives: an element found just before may be gone.
+        self.wait = WebDriverWait(driver, WAIT, poll_frequency=0.2,
+                                  ignored_exceptions=(StaleElementReferenceException,))
+        driver.get(url)
+        self.wait.until(lambda d: d.find_element("id", "channel").text)
+
+    def channel_text(self) -> str:
+        return self.driver.find_element("id", "channel").text
+
+    def cluster_text(self) -> str:
+        return self.driver.find_element("id", "cluster").text
+
+    def wait_for_text(self, *needles: str, where: str = "channel") -> str:
+        read = self.channel_text if where == "channel" else self.cluster_text
+
+        def shown(_):
+            text = read()
+            return text if all(n in text for n in needles) else False
+        return self.wait.until(shown, message=f"{needles} never appeared in the {where}")
+
+    def be(self, user_id: str) -> None:
+        from selenium.webdriver.support.ui import Select
+
+        Select(self.driver.find_element("id", "user")).select_by_value(user_id)
+        self.wait.until(lambda d: d.find_element("id", "channel").get_attribute("data-user") == user_id,
+                        message=f"the channel never showed {user_id}'s view")
+
+    def send_alert(self, value: str) -> None:
+        from selenium.webdriver.support.ui import Select
+
+        Select(self.driver.find_element("id", "alert")).select_by_value(value)
+        self.driver.find_element("id", "fire").click()
+
+    def type_command(self, text: str) -> None:
+        box = self.driver.find_element("id", "command")
+        box.clear()
+        box.send_keys(text)
+        self.driver.find_element("id", "send").click()
+
+    def show_message_containing(self, text: str) -> None:
+        """Scroll the channel so the end of the (innermost) message showing ``text`` is in view, for the screenshot."""
+        messages = [m for m in self.driver.find_elements("css selector", "#channel .message") if text in m.text]
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'end'});", messages[-1])
+
+    def press(self, label: str, *, in_message_containing: str, confirm: bool = False) -> None:
+        """Press the button ``label`` of the message showing ``in_message_containing``; confirm its dialog."""
+        def pressed(driver):
+            # Innermost first: a thread's parent message also contains its replies' buttons.
+            for message in reversed(driver.find_elements("css selector", "#channel .message")):
+                if in_message_containing in message.text:
+                    for candidate in message.find_elements("css selector", ".bk-button"):
+                        if candidate.text == label and candidate.is_displayed():
+                            candidate.click()
+                            return True
+            return False
+        self.wait.until(pressed, message=f"no {label!r} button on a message with {in_message_containing!r}")
+        if confirm:
+            self.wait.until(lambda d: d.find_element("id", "dialog-confirm").is_displayed())
+            self.driver.find_element("id", "dialog-confirm").click()
+
+
+def test_alert_to_approved_actions_to_changed_cluster_in_a_real_browser(demo, browser):
+    console = Console(browser, demo.url)
+
+    console.send_alert("IstiodDown/istio-system|firing")
+    console.wait_for_text("IstiodDown", "Triage", "OOMKilled", "MB1002")
+
+    console.type_command("/mesh permissive-mtls prod")
+    console.wait_for_text("Remediation request #1", "Approve")
+    assert "Only visible to you" in console.channel_text()  # alice's private confirmation
+
+    console.be("UBOB")
+    console.press("Approve", in_message_containing="Remediation request #1", confirm=True)
+    console.wait_for_text("Approval recorded")
+    console.be("UCAROL")
+    assert "Approval recorded" not in console.channel_text()  # bob's ephemeral answer is bob's alone
+    console.press("Approve", in_message_containing="Remediation request #1", confirm=True)
+
+    console.wait_for_text("executed and verified (request #1)")
+    console.wait_for_text("meshbot-emergency-permissive", "PERMISSIVE", where="cluster")
+    console.show_message_containing("Remediation request #1")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOT))
+
+    console.type_command("/mesh diagnose prod")
+    report = console.wait_for_text("diagnose \u00b7 prod", "MB3001")
+    # What changed is in the cluster; what did not is in the diagnosis: permissive mTLS does not un-expire a root.
+    assert "expired" in report
+    assert SCREENSHOT.stat().st_size > 10_000
+
+    # The playbook's suggestion in the incident thread: restart istiod; then istiod is healthy again.
+    console.be("UALICE")
+    console.press("Request: restart istiod -n istio-system", in_message_containing="Suggested remediations")
+    console.wait_for_text("Remediation request #2", "Approve")
+    for approver in ("UBOB", "UCAROL"):
+        console.be(approver)
+        console.press("Approve", in_message_containing="Remediation request #2", confirm=True)
+    console.wait_for_text("executed and verified (request #2)")
+    pods = console.wait_for_text("istio-system/istiod-", where="cluster")
+    assert "istiod-5d8f7c9b6-qx7wz" not in pods and "OOMKilled" not in pods
+    console.type_command("/mesh status istio-system")
+    console.wait_for_text("status for istio-system", "no findings")  # the OOMKilled istiod is gone
+
+
+def test_console_refuses_cross_site_form_posts(demo):
+    import httpx
+
+    answer = httpx.post(f"{demo.url}/console/command", data={"user": "UALICE", "text": "diagnose"})
+    assert answer.status_code == 415
+    rebound = httpx.get(f"{demo.url}/console/state?user=UALICE", headers={"Host": "evil.example:8080"})
+    assert rebound.status_code == 421
