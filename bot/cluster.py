@@ -58,11 +58,16 @@ class ClusterAccess:
             return self.scenario().endpoints()
         client = self.client()
         timeout = self.settings.kube_timeout
+        token_file = self.settings.istiod_token_file
         return EndpointResolver(
             http=lambda url: HttpEndpoint(url, timeout=timeout),
             istiod_urls=[self.settings.istiod_url] if self.settings.istiod_url else [],
             port_forwarder=KubePortForwarder(client),
-            direct_pod_ips=client.is_in_cluster)
+            direct_pod_ips=client.is_in_cluster,
+            # istiod answers /debug/* unauthenticated only to loopback (pilot/pkg/xds/debug.go), so it is reached
+            # through a port-forward unless the operator opts into direct calls with a token istiod accepts.
+            istiod_direct=self.settings.istiod_direct,
+            istiod_http=lambda url: HttpEndpoint(url, timeout=timeout, bearer_token_file=token_file))
 
     def thresholds(self) -> Thresholds:
         return Thresholds()

@@ -225,8 +225,11 @@ class Settings:
                                                         "`~/.kube/config`.")
     kube_context: str | None = _setting("MESHBOT_KUBE_CONTEXT", doc="kubeconfig context.")
     istiod_url: str | None = _setting("MESHBOT_ISTIOD_URL", _base_url, doc="istiod monitoring URL "
-                                                              "(`http://istiod.istio-system:15014`); unset: "
-                                                              "discover istiod pods.")
+                                                              "(`http://istiod.istio-system:15014`; istiod "
+                                                              "answers its /debug endpoints there only with "
+                                                              "MESHBOT_ISTIOD_TOKEN_FILE). Unset: discover "
+                                                              "istiod pods and reach each through a "
+                                                              "port-forward.")
     istiod_token_file: str | None = _setting(
         "MESHBOT_ISTIOD_TOKEN_FILE",
         doc="Token sent as `Authorization: Bearer` when istiod is reached directly (MESHBOT_ISTIOD_URL or "

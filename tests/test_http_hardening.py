@@ -448,3 +448,13 @@ def test_the_outbox_stops_waiting_out_its_backoff_once_slack_takes_a_message(tmp
     outbox.deliver_due()
     outbox.deliver_due()
     assert [m["text"] for m in fake_slack.messages()] == ["first", "second"]
+
+
+def test_scheduled_work_is_reported_in_readyz_and_on_metrics_without_gating_readiness(bot_factory, fake_slack):
+    meshbot = bot_factory(reminders=True, channel="CINCIDENT")
+    body = httpx.get(f"{meshbot.url}/readyz").json()
+    assert body["ready"] is True
+    assert body["scheduler"]["lease"] == "not used" and body["scheduler"]["next_scan"]
+    exposed = metrics(meshbot)
+    assert exposed.count("meshbot_scheduler_lease_held 1.0") == 1
+    assert "meshbot_scheduler_next_scan_timestamp_seconds" in exposed

@@ -352,7 +352,7 @@ def test_unknown_kinds_are_a_user_error(kube: FakeKube):
         read(kube, ["Pod", "Banana"])
 
 
-def test_in_cluster_istiod_is_reached_on_its_pod_ip_but_envoy_admin_always_through_a_port_forward():
+def test_in_cluster_istiod_and_envoy_admin_are_both_reached_through_a_port_forward_unless_istiod_direct_is_set():
     import contextlib
 
     from commands.cluster.endpoints import EndpointResolver, PodRef
@@ -381,5 +381,13 @@ def test_in_cluster_istiod_is_reached_on_its_pod_ip_but_envoy_admin_always_throu
         pass
     with resolver.open_istiod(istiod):
         pass
-    assert opened == ["http://127.0.0.1:55000", "http://10.0.0.5:15014"]
-    assert forwarded == [(PodRef("prod", "web-1"), 15000)]
+    # istiod answers /debug/* unauthenticated only to loopback (pilot/pkg/xds/debug.go): a forward makes us loopback.
+    assert opened == ["http://127.0.0.1:55000", "http://127.0.0.1:55014"]
+    assert forwarded == [(PodRef("prod", "web-1"), 15000), (PodRef("istio-system", "istiod-1"), 15014)]
+
+    opened.clear()
+    direct = EndpointResolver(http=lambda url: opened.append(url) or url, port_forwarder=RecordingForwarder(),
+                              direct_pod_ips=True, istiod_direct=True, istiod_http=lambda url: opened.append(url) or url)
+    with direct.open_istiod(istiod):
+        pass
+    assert opened == ["http://10.0.0.5:15014"]

@@ -74,6 +74,10 @@ def demo_settings(*, api_url: str, kubeconfig: Path, db_path: Path, bot_token: s
         # The daily certificate scan reads the wall clock, not the scenario's 3 AM: it would date the
         # story's certificates from today (and `/mesh reminders` says they are off).
         "MESHBOT_REMINDERS": "false",
+        # The incident log lives in a temporary directory for one run, so does its key.
+        "MESHBOT_AUDIT_KEY": secrets.token_hex(32),
+        # Alert updates in a thread are batched (30 s in production); a demo should answer at once.
+        "MESHBOT_THREAD_BATCH_SECONDS": "2",
     })
 
 

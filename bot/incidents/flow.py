@@ -80,6 +80,9 @@ class IncidentFlow:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     _loop: WakeableLoop = field(init=False)
     _processing: threading.Lock = field(default_factory=threading.Lock)
+    _intake: threading.Condition = field(default_factory=threading.Condition)
+    _storing: int = 0
+    """Webhooks storing right now: the processor lets them have the database first (Alertmanager waits on them)."""
     _top_refreshed: dict[int, float] = field(default_factory=dict)
     """When each open incident's top message was last re-rendered only to advance its elapsed time."""
 
@@ -88,10 +91,17 @@ class IncidentFlow:
     def accept(self, body: bytes) -> int:
         """Validate and store a webhook body; PayloadError (nothing stored) when it is not valid."""
         notification = parse_notification(body)
-        with self.database.transaction() as db:
-            cursor = db.execute("INSERT INTO notifications (received_at, group_key, status, body) VALUES (?, ?, ?, ?)",
-                                [iso(self.clock()), notification.group_key, str(notification.status),
-                                 body.decode()])
+        with self._intake:
+            self._storing += 1
+        try:
+            with self.database.transaction() as db:
+                cursor = db.execute("INSERT INTO notifications (received_at, group_key, status, body) "
+                                    "VALUES (?, ?, ?, ?)", [iso(self.clock()), notification.group_key,
+                                                            str(notification.status), body.decode()])
+        finally:
+            with self._intake:
+                self._storing -= 1
+                self._intake.notify_all()
         self.wake()
         return cursor.lastrowid
 
@@ -144,8 +154,15 @@ class IncidentFlow:
                 if not rows:
                     return done
                 for row in rows:
+                    self._let_webhooks_store_first()
                     self._process_safely(row["id"], row["body"])
                     done += 1
+
+    def _let_webhooks_store_first(self, at_most: float = 0.05) -> None:
+        """During a storm, a webhook waiting for the write lock behind notification after notification misses its
+        latency target; the processor is behind anyway, so it waits (briefly) until no webhook is storing."""
+        with self._intake:
+            self._intake.wait_for(lambda: self._storing == 0, timeout=at_most)
 
     def _process_safely(self, notification_id: int, body: str) -> None:
         """One notification that cannot be applied must not hold up every one after it."""

@@ -387,9 +387,13 @@ class Outbox:
         Without this an entry that failed at the end of an outage waits its full backoff (up to a minute,
         and a channel waits for its first entry) although Slack is back.  Rate limits (Retry-After) stay.
         """
-        cleared = self.database.db.execute(
-            "UPDATE outbox SET next_attempt_at = NULL WHERE state = 'pending' AND next_attempt_at IS NOT NULL "
-            "AND COALESCE(last_error, '') != 'ratelimited'").rowcount
+        # A read first (it never blocks a writer under WAL): after most posts nothing is waiting.
+        if self.database.db.execute("SELECT 1 FROM outbox WHERE state = 'pending' AND next_attempt_at IS NOT NULL "
+                                    "AND COALESCE(last_error, '') != 'ratelimited' LIMIT 1").fetchone() is None:
+            return
+        with self.database.transaction() as db:  # queued behind this process's writers, not SQLite's busy loop
+            cleared = db.execute("UPDATE outbox SET next_attempt_at = NULL WHERE state = 'pending' AND next_attempt_at "
+                                 "IS NOT NULL AND COALESCE(last_error, '') != 'ratelimited'").rowcount
         if cleared:
             log.info("Slack is answering again: %d pending message(s) no longer wait for their backoff", cleared)
             self.wake()  # this pass planned with the old times; the next one reads the new ones

@@ -29,7 +29,7 @@ from bot.incidents.outbox import Outbox
 from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
 from bot.incidents.playbooks import PlaybookError, PlaybookSet, SuggestedRemediation
 from bot.reminders import commands as reminder_commands
-from bot.reminders.scheduler import CertificateScheduler
+from bot.reminders.scheduler import CertificateScheduler, SchedulerCollector
 from bot.reminders.service import LeaseLedger, ReminderService
 from bot.server.http import SLACK_CHECK_TIMEOUT, Readiness, SlackStatus, WebApp
 from bot.server.meshbot import Meshbot
@@ -105,7 +105,12 @@ def build(settings: Settings, *, runner: Runner | None = None) -> Meshbot:
     slack_status = SlackStatus(SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url,
                                                             max_retries=0, timeout=SLACK_CHECK_TIMEOUT)))
     gate = SlackRequestGate(settings.slack_signing_secret) if settings.slack_signing_secret else None
-    web = WebApp(bolt, metrics, Readiness(database, slack_status), gate=gate)
+    # Scheduled work (Lease, last and next scan) is reported in /readyz's body and on /metrics; it never
+    # gates readiness (a follower replica is healthy).
+    reporters = [scheduler.describe] if scheduler else []
+    if scheduler:
+        metrics.registry.register(SchedulerCollector(scheduler))
+    web = WebApp(bolt, metrics, Readiness(database, slack_status, reporters), gate=gate)
     web.add_route("POST", "/alertmanager", alertmanager_route(flow, settings.alertmanager_token, metrics))
 
     services = Services(settings=settings, metrics=metrics, checks=checks, database=database, slack=slack,
