@@ -190,6 +190,15 @@ def _audit_key(value: str) -> str:
     return value
 
 
+def _database_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ValueError("must be a PostgreSQL URL, postgresql://USER@HOST:PORT/DATABASE")
+    if parts.password is not None:
+        raise ValueError("must not contain the password: put it in MESHBOT_DATABASE_PASSWORD_FILE")
+    return value
+
+
 def _cron_time(value: str) -> str:
     if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
         raise ValueError("expected HH:MM (24-hour clock)")
@@ -214,6 +223,12 @@ class Settings:
     slack_api_url: str = _setting("SLACK_API_URL", _url, default="https://slack.com/api/",
                                   doc="Slack Web API base URL (tests point it at a fake).")
     db_path: str = _setting("MESHBOT_DB", default="meshbot.db", doc="SQLite database file (incident log).")
+    database_url: str | None = _setting("MESHBOT_DATABASE_URL", _database_url,
+                                        doc="PostgreSQL for several replicas (`postgresql://USER@HOST:PORT/DB`, "
+                                            "no password in it); unset: SQLite at MESHBOT_DB. See docs/deployment.md.")
+    database_password: str | None = _setting("MESHBOT_DATABASE_PASSWORD", secret=True,
+                                             doc="Password of MESHBOT_DATABASE_URL's user (or "
+                                                 "MESHBOT_DATABASE_PASSWORD_FILE).")
     host: str = _setting("MESHBOT_HOST", default="0.0.0.0", doc="Address the HTTP server binds.")
     port: int = _setting("MESHBOT_PORT", _port, default=3000, doc="Port of the HTTP server.")
     channel: str | None = _setting("MESHBOT_CHANNEL", _channel,

@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.support.slack",
     "tests.support.bot",
     "tests.support.alertmanager",
+    "tests.support.postgres",  # a real PostgreSQL server (session) and the both-backends database fixture
 ]

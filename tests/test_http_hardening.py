@@ -233,7 +233,7 @@ def test_someone_outside_the_responders_cannot_ask_for_an_action_is_told_politel
     time.sleep(0.5)
     assert meshbot.database.db.execute("SELECT COUNT(*) FROM approval_requests").fetchone()[0] == 0
     assert fake_slack.messages() == []
-    [event] = events_of(meshbot, "command_refused")
+    [event] = fake_slack.wait_for(lambda: events_of(meshbot, "command_refused"), what="the audit event")
     assert event["actor"] == "UMALLORY"
     data = json.loads(event["data"])
     assert data["command"] == "ActionRequest" and data["reason"] == answer
@@ -280,7 +280,7 @@ def test_resolving_by_hand_is_refused_to_someone_outside_the_responders_and_the_
     answer = ask(meshbot, fake_slack, "incident resolve 1", "UMALLORY", "mallory")
     assert answer.startswith("Sorry, only the responders (MESHBOT_RESPONDERS) and approvers may resolve incidents")
     assert IncidentLog(meshbot.database).get(1).status == "open"
-    [event] = events_of(meshbot, "command_refused")
+    [event] = fake_slack.wait_for(lambda: events_of(meshbot, "command_refused"), what="the audit event")
     assert event["incident_id"] == 1 and event["actor"] == "UMALLORY"
     assert ask(meshbot, fake_slack, "incident resolve 1", "UALICE", "alice") == "Incident #1 resolved."
 
@@ -329,7 +329,7 @@ def test_while_slack_is_down_readyz_stays_ready_and_says_so_and_webhooks_are_acc
     response = httpx.post(f"{meshbot.url}/alertmanager", content=(ALERTS / "firing.json").read_bytes(),
                           headers={"Content-Type": "application/json", "Authorization": f"Bearer {AM_TOKEN}"})
     assert response.status_code == 200
-    assert meshbot.outbox.pending_count() >= 1
+    fake_slack.wait_for(lambda: meshbot.outbox.pending_count() >= 1, what="the incident post waiting in the outbox")
     fake_slack.down = False
     fake_slack.wait_for(lambda: fake_slack.messages(top_level=True), timeout=30, what="the incident after Slack is back")
 

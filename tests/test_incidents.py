@@ -503,3 +503,15 @@ def test_a_finding_about_no_namespace_falls_back_to_the_alert_label():
                                       expected="0C:D9"), origin="Mesh")
     [suggestion] = suggest(permissive_for_root_mismatch(), [mesh_wide], {"destination_service_namespace": "prod"})
     assert suggestion.action == "permissive-mtls prod"
+
+
+def test_joining_keeps_the_independent_causes_the_new_group_found(incident_bot, fake_slack):
+    send(incident_bot, high_error_rate())  # as in the story: the error rate pages first
+    [first] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the first incident")
+    wait_for_diagnostics(fake_slack, first)
+    send(incident_bot, istiod_down())
+    joined = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, first) if "joined this incident" in m["text"]],
+                                 what="the short post in the first thread")[0]
+    text = joined["blocks"][0]["text"]["text"]
+    assert "It also found: istiod container discovery in istio-system/istiod-5d8f7c9b6-qx7wz was OOMKilled" in text
+    assert "*First step:* istiod runs out of memory: raise its memory limit" in text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -10,21 +9,20 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackRequestError
 
 from bot.slack.blocks import Message
-from bot.server.schema import MIGRATIONS
 from bot.storage.database import Database
 from bot.incidents.log import IncidentLog
 from bot.incidents.outbox import Outbox, backoff_seconds, not_before
 from bot.slack.client import SlackClient, build_web_client
+from tests.support.postgres import DATABASE_ERRORS, reopen
 from tests.support.slack import BOT_TOKEN, FakeSlack, post_signed, slash_command_body
 
 CHANNEL = "CINCIDENT"
 
 
 @pytest.fixture
-def database(tmp_path) -> Database:
-    database = Database(tmp_path / "outbox.db", MIGRATIONS)
-    database.migrate()
-    return database
+def database(backend_database) -> Database:
+    """Every test here runs on SQLite and on PostgreSQL (tests/support/postgres.py)."""
+    return backend_database
 
 
 def make_outbox(database: Database, fake_slack: FakeSlack, *, min_post_interval: float = 0.0) -> Outbox:
@@ -152,8 +150,7 @@ def test_pending_messages_survive_a_restart_and_are_delivered_by_the_next_proces
     database.close()
 
     fake_slack.down = False
-    reopened = Database(tmp_path / "outbox.db", MIGRATIONS)
-    reopened.migrate()
+    reopened = reopen(database)
     with reopened.transaction() as db:
         db.execute("UPDATE outbox SET next_attempt_at = NULL")
     second = make_outbox(reopened, fake_slack)
@@ -359,9 +356,9 @@ def test_backoff_doubles_up_to_a_minute_and_honours_retry_after(attempts, retry_
 def test_the_database_refuses_to_edit_or_delete_events(database):
     log = IncidentLog(database)
     log.record(None, "meshbot", "note", {"text": "x"})
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises(DATABASE_ERRORS, match="append-only"):
         database.db.execute("UPDATE events SET actor = 'mallory'")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises(DATABASE_ERRORS, match="append-only"):
         database.db.execute("DELETE FROM events")
 
 

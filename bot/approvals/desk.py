@@ -12,6 +12,8 @@ verification and rollback is an event in the incident log.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -30,6 +32,7 @@ from bot.storage.background import WakeableLoop
 from bot.approvals.rule import Click, Decision, RequestState, Verdict, Vote, decide, is_approver
 from bot.approvals.store import ApprovalRequest, ApprovalStore
 from bot.storage.database import Database
+from bot.storage.dialect import Dialect
 from bot.incidents.log import EventKind, Incident, IncidentLog
 from bot.incidents.outbox import Outbox
 from bot.slack.client import SlackClient, SlackError
@@ -46,6 +49,7 @@ MANUAL_SOURCE = "slack"
 
 
 MAX_ID_DIGITS = 12
+EXECUTION_LEASE = timedelta(seconds=30)
 
 
 def request_number(value: str) -> int | None:
@@ -95,6 +99,10 @@ class ApprovalDesk:
     _running: set[int] = field(default_factory=set)
     """Requests being executed by this process: a click and the start-up resume must not both run one."""
     _running_lock: threading.Lock = field(default_factory=threading.Lock)
+    executor: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    """This replica, as the executor of the requests it runs (with several replicas on PostgreSQL)."""
+    execution_lease: timedelta = EXECUTION_LEASE
+    """An executor that has not heartbeated for this long is taken for dead; one survivor resumes its request."""
 
     # -- asking ------------------------------------------------------------------------------
 
@@ -259,12 +267,40 @@ class ApprovalDesk:
                 self._running.discard(request_id)
 
     def _execute(self, request_id: int) -> ApprovalRequest:
+        now = self.clock()
         with self.database.transaction() as db:
             request = self._get(db, request_id)
-        if request.state != RequestState.EXECUTING:
-            return request
-        result, verification = self._run(request)
+            if request.state != RequestState.EXECUTING:
+                return request
+            # The conditional claim is what makes clicks on different replicas execute once: only one replica
+            # becomes the executor while the one before it is alive.
+            if not self.store.claim_execution(db, request_id, self.executor, now, self._stale_before(now)):
+                return request
+        stop = threading.Event()
+        beating = threading.Thread(target=self._heartbeat, args=(request_id, stop), name=f"heartbeat-{request_id}",
+                                   daemon=True)
+        beating.start()
+        try:
+            result, verification = self._run(request)
+        finally:
+            stop.set()
+            beating.join()
         return self._finish(request, result, verification)
+
+    def _stale_before(self, now: datetime) -> datetime:
+        """Heartbeats older than this are a dead executor's.  On SQLite one process owns the file, so whatever is
+        executing at its start was the previous process's: taken over at once, as before."""
+        if self.database.dialect == Dialect.SQLITE:
+            return now + self.execution_lease
+        return now - self.execution_lease
+
+    def _heartbeat(self, request_id: int, stop: threading.Event) -> None:
+        while not stop.wait(self.execution_lease.total_seconds() / 3):
+            try:
+                with self.database.transaction() as db:
+                    self.store.heartbeat(db, request_id, self.executor, self.clock())
+            except Exception:
+                log.exception("approval request #%s: could not record this replica's heartbeat", request_id)
 
     def _record_crash(self, request_id: int, exc: Exception) -> None:
         """An unexpected error must not leave a request 'executing' forever with a frozen message."""
@@ -361,16 +397,23 @@ class ApprovalDesk:
         self.check_quorum()
         self._sweeper = WakeableLoop("approvals", self._sweep_pass, idle=interval)
         self._sweeper.start()
+        self.resume_abandoned()
+        return self
+
+    def resume_abandoned(self) -> int:
+        """Resume requests interrupted while executing (this process's predecessor, or a replica that died);
+        applying again is safe (changes already in place are skipped).  Returns how many were submitted."""
         with self.database.transaction() as db:
-            interrupted = self.store.executing(db)
+            interrupted = self.store.abandoned(db, self._stale_before(self.clock()))
         for request_id in interrupted:
-            # Stopped mid-action: applying again is safe (changes already in place are skipped).
             log.warning("resuming approval request #%s, interrupted while executing", request_id)
             self.workers.submit(self._execute_safely, request_id)
-        return self
+        return len(interrupted)
 
     def _sweep_pass(self) -> None:
         self.expire_due()  # None: the loop waits `interval` before the next sweep
+        if self.database.dialect != Dialect.SQLITE:
+            self.resume_abandoned()  # a replica that died mid-action: one survivor's claim wins
 
     def stop(self) -> None:
         if self._sweeper:

@@ -64,8 +64,16 @@ def plan_binding(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE approval_requests ADD COLUMN plan_binding TEXT")
 
 
+@migration(8, "execution leases: which replica executes an approved request, and its last heartbeat")
+def execution_lease(db: sqlite_utils.Database) -> None:
+    # With several replicas on PostgreSQL, a request whose executor stopped heartbeating is resumed by one survivor.
+    db.execute("ALTER TABLE approval_requests ADD COLUMN executor TEXT")
+    db.execute("ALTER TABLE approval_requests ADD COLUMN heartbeat_at TEXT")
+
+
 MIGRATIONS = (_create_approval_tables,)
-"""This module's first schema change; ``plan_binding`` (6) is listed after the others in ``bot.server.schema``."""
+"""This module's first schema change; ``plan_binding`` (6) and ``execution_lease`` (8) are listed after the others
+in ``bot.server.schema``."""
 
 
 def bind_plan(key: AuditKey, plan: Plan, request_id: int) -> str:
@@ -187,6 +195,23 @@ class ApprovalStore:
     def expired_ids(self, db: sqlite_utils.Database, now: datetime) -> list[int]:
         return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?",
                                          [iso(now)]).fetchall()]
+
+    def claim_execution(self, db: sqlite_utils.Database, request_id: int, executor: str, now: datetime,
+                        stale_before: datetime) -> bool:
+        """Become the request's executor unless a live one holds it (heartbeat after ``stale_before``)."""
+        cursor = db.execute("UPDATE approval_requests SET executor = ?, heartbeat_at = ? WHERE id = ? "
+                            "AND state = 'executing' AND (executor IS NULL OR executor = ? OR heartbeat_at < ?)",
+                            [executor, iso(now), request_id, executor, iso(stale_before)])
+        return cursor.rowcount == 1
+
+    def heartbeat(self, db: sqlite_utils.Database, request_id: int, executor: str, now: datetime) -> None:
+        db.execute("UPDATE approval_requests SET heartbeat_at = ? WHERE id = ? AND executor = ? "
+                   "AND state = 'executing'", [iso(now), request_id, executor])
+
+    def abandoned(self, db: sqlite_utils.Database, stale_before: datetime) -> list[int]:
+        """Requests left executing by an executor that stopped heartbeating (a replica that died)."""
+        return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'executing' AND "
+                                         "COALESCE(heartbeat_at, decided_at) < ? ORDER BY id", [iso(stale_before)])]
 
     def executing(self, db: sqlite_utils.Database) -> list[int]:
         return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'executing' ORDER BY id")]

@@ -6,7 +6,10 @@ thread applies stored notifications in arrival order, each in one
 transaction.  Alerts are remembered by occurrence (fingerprint + startsAt), so
 re-sent notifications, retries and restarts change nothing twice.
 Diagnostics run on the worker pool; an incident not yet diagnosed when the
-bot stopped is diagnosed when it starts again.
+bot stopped is diagnosed when it starts again.  A diagnosis is triaged: its
+probable cause and first step go in the top message (``headline``) and the
+triage is the thread's first reply — unless an open incident's triage names the
+same cause, in which case the group joins that conversation instead.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 MAX_FINDINGS_IN_LOG = 200
 PROCESS_EVERY = 5.0
 TOP_REFRESH_SECONDS = 300.0
+MAX_CAUSES_IN_JOIN = 2
 ALERTMANAGER = "alertmanager"
 MESHBOT = "meshbot"
 
@@ -133,8 +137,9 @@ class IncidentFlow:
         """Keep "firing since … (1h 12m)" current: re-render open incidents' top messages every few minutes
         (Slack renders the time itself in each reader's zone; the elapsed time is ours to update)."""
         now = time.monotonic()
-        due = [i.id for i in self.incidents.list_open()
-               if i.top_message is not None and now - self._top_refreshed.setdefault(i.id, now) >= every]
+        open_ids = {i.id for i in self.incidents.list_open() if i.top_message is not None}
+        self._top_refreshed = {i: t for i, t in self._top_refreshed.items() if i in open_ids}  # forget closed ones
+        due = [i for i in sorted(open_ids) if now - self._top_refreshed.setdefault(i, now) >= every]
         if not due:
             return 0
         with self.database.transaction() as db:
@@ -180,6 +185,8 @@ class IncidentFlow:
         notification = parse_notification(body.encode())
         to_diagnose: list[int] = []
         with self.database.transaction() as db:
+            if db.execute("SELECT processed_at FROM notifications WHERE id = ?", [notification_id]).fetchone()[0]:
+                return  # another replica on the same PostgreSQL applied it since this one read the queue
             incident_id = self._apply(db, notification, to_diagnose)
             db.execute("UPDATE notifications SET processed_at = ?, error = ? WHERE id = ?",
                        [iso(self.clock()), None if incident_id else "no incident to update", notification_id])
@@ -356,7 +363,7 @@ class IncidentFlow:
             self.incidents.append(db, incident.id, MESHBOT, EventKind.DIAGNOSTICS_RUN, record)
             self.incidents.mark_diagnosed(db, incident.id)
             if same is not None:
-                self._join(db, incident, same[0], same[1])
+                self._join(db, incident, same[0], same[1], view)
             else:
                 self._post_triage(db, incident, report, errors, title, findings, upload=bool(hidden or view.elsewhere))
                 self._refresh_top(db, incident.id)
@@ -391,12 +398,17 @@ class IncidentFlow:
                 return other, cause
         return None
 
-    def _join(self, db: sqlite_utils.Database, incident: Incident, target: Incident, cause: str) -> None:
+    def _join(self, db: sqlite_utils.Database, incident: Incident, target: Incident, cause: str,
+              view: Scoped) -> None:
         """One conversation per outage: a short post in the target's thread, and this group's top message
-        becomes a one-line pointer to it."""
+        becomes a one-line pointer to it.  Causes this group found that the target's triage does not name
+        (istiod OOMKilled next to the shared expired root) are independent problems: the post names them with
+        their first step, so joining loses none."""
         self._refresh_top(db, incident.id)
         own = headline.thread_url(self.outbox, incident.channel, incident.top_message)
-        self._thread_post(db, target, blocks.joined_note(incident, cause, own))
+        known = {c["key"] for c in (headline.latest_diagnosis(db, target.id) or {}).get("triage") or []}
+        others = [c for c in view.causes if c.key not in known and c.title != cause][:MAX_CAUSES_IN_JOIN]
+        self._thread_post(db, target, blocks.joined_note(incident, cause, own, others))
         self.incidents.append(db, target.id, MESHBOT, EventKind.NOTE,
                               {"text": f"incident #{incident.id} ({incident.title}) joined: same probable cause, "
                                        f"{cause}"})

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from bot.storage.database import Database, migration
+from bot.storage.database import Database, has_local_file, migration
 from commands.clients.lease import LeaderElector
 from commands.errors import MeshbotError, UserError
 
@@ -191,7 +191,7 @@ def load_audit_key(configured: str | None, db_path: str | os.PathLike, *, create
         if len(configured) < AUDIT_KEY_MIN_CHARS:
             raise UserError(f"MESHBOT_AUDIT_KEY must be at least {AUDIT_KEY_MIN_CHARS} characters")
         return AuditKey(configured.encode(), "MESHBOT_AUDIT_KEY")
-    if str(db_path) == ":memory:":
+    if not has_local_file(db_path):  # in memory, or PostgreSQL (a URL)
         return AuditKey.generate()
     path = audit_key_path(db_path)
     if not create and not path.exists():
@@ -314,7 +314,7 @@ class LeaseAnchorStore:
 
 
 def default_anchor_stores(db_path: str | os.PathLike) -> tuple[AnchorStore, ...]:
-    if str(db_path) == ":memory:":
+    if not has_local_file(db_path):  # in memory, or PostgreSQL (a URL)
         return ()
     path = Path(db_path)
     return (FileAnchorStore(path.with_name(path.name + ".anchor")),)

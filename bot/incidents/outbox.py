@@ -34,7 +34,7 @@ import sqlite_utils
 
 from bot.storage.background import WakeableLoop
 from bot.slack.blocks import Message, context, message_of
-from bot.storage.database import Database, migration
+from bot.storage.database import Claim, Database, migration
 from bot.incidents.log import EventKind, IncidentLog, iso, parse_time
 from bot.server.metrics import Metrics
 from bot.slack.client import SlackClient, SlackError
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 60.0
 BATCH_INLINE = 5
 """Up to this many alert updates are posted as lines of one message; more become a summary and a file."""
-MAX_BATCH = 20_000
 PERMANENT_ERRORS = frozenset({
     "not_in_channel", "channel_not_found", "is_archived", "invalid_blocks", "invalid_blocks_format",
     "msg_too_long", "no_text", "message_not_found", "cant_update_message", "edit_window_closed",
@@ -149,14 +148,22 @@ def lanes_by_priority(entries: Sequence[Entry]) -> list[list[Entry]]:
     return sorted(lanes.values(), key=rank)
 
 
-def batch_run(lane: Sequence[Entry], start: int) -> list[Entry]:
-    """The consecutive alert updates from ``start`` on that go out as one reply."""
+def batch_segment(lane: Sequence[Entry], start: int) -> tuple[list[Entry], list[Entry], int]:
+    """From the alert update at ``start``: (the updates that go out as one reply, the message edits recorded
+    among them, where the segment ends).  It ends at the next other post in the thread, which must follow
+    the batch; edits of earlier messages (the top message's refresh) do not depend on it."""
     run: list[Entry] = []
-    for entry in lane[start:start + MAX_BATCH]:
-        if not entry.batchable or entry.parent_id != lane[start].parent_id:
+    edits: list[Entry] = []
+    end = start
+    for entry in lane[start:]:
+        if entry.op == Op.UPDATE:
+            edits.append(entry)
+        elif entry.batchable and entry.parent_id == lane[start].parent_id:
+            run.append(entry)
+        else:
             break
-        run.append(entry)
-    return run
+        end += 1
+    return run, edits, end
 
 
 def batch_summary(run: Sequence[Entry]) -> str:
@@ -195,6 +202,8 @@ class Outbox:
     """Seconds between two alert-update replies in one incident's thread (MESHBOT_THREAD_BATCH_SECONDS)."""
     _last_post: dict[str, datetime] = field(default_factory=dict)
     _last_batch: dict[int, datetime] = field(default_factory=dict)
+    _anchors_scanned: int = 0
+    """Events up to here were looked at for state changes (the database keeps what was posted)."""
     _batch_members: dict[int, list[int]] = field(default_factory=dict)
     """For a batch Slack accepted but not yet recorded: every entry it stood for."""
     _loop: WakeableLoop = field(init=False)
@@ -263,28 +272,51 @@ class Outbox:
     def _deliver_pass(self) -> float | None:
         self._queue_anchor_posts()
         now = self.clock()
+        next_due: float | None = None
+        self._workspace_error = None
+        # Channel by channel, the channel with the most urgent lane first.  On PostgreSQL each channel is
+        # claimed (a row locked FOR UPDATE SKIP LOCKED) so one replica at a time delivers it: each message
+        # once, in order, paced 1/s from the shared next-post time; a channel another replica holds is skipped.
+        channels = dict.fromkeys(lane[0].channel for lane in lanes_by_priority(self._pending()))
+        for channel in channels:
+            if self._workspace_error:
+                break  # the token is refused: every channel waits for the retry of this entry
+            with self.database.claim(f"outbox:{channel}") as claim:
+                if claim is None:
+                    continue
+                wait = self._deliver_channel(channel, claim, now)
+            if wait is not None:
+                next_due = wait if next_due is None else min(next_due, wait)
+        if self.metrics:
+            self.metrics.outbox_pending.set(self.pending_count())
+        self.incidents.anchor_if_due()
+        return next_due
+
+    def _pending(self, channel: str | None = None) -> list[Entry]:
         # Materialised: a cursor left open across the writes below would pin an old snapshot and make
         # SQLite refuse them ("database is locked") instead of waiting.
         rows = list(self.database.db.query(
             "SELECT outbox.*, incidents.status AS incident_status FROM outbox "
             "LEFT JOIN incidents ON incidents.id = outbox.incident_id WHERE outbox.state = 'pending' "
-            "ORDER BY outbox.id"))
-        blocked: set[str] = set()
+            "AND outbox.channel = COALESCE(?, outbox.channel) ORDER BY outbox.id", [channel]))
+        return [Entry.from_row(r) for r in rows]
+
+    def _deliver_channel(self, channel: str, claim: Claim, now: datetime) -> float | None:
+        """Deliver one claimed channel's lanes (read again: another replica may have sent some meanwhile)."""
+        if claim.next_at is not None:  # the last post of whichever replica held the channel before
+            shared = claim.next_at - timedelta(seconds=self.min_post_interval)
+            self._last_post[channel] = max(self._last_post.get(channel, shared), shared)
         next_due: float | None = None
-        self._workspace_error = None
-        for lane in lanes_by_priority([Entry.from_row(r) for r in rows]):
+        for lane in lanes_by_priority(self._pending(channel)):
             if self._workspace_error:
-                break  # the token is refused: every channel waits for the retry of this entry
-            if lane[0].channel in blocked:
-                continue
+                break
             wait, channel_waits = self._deliver_lane(lane, now)
             if wait is not None:
                 next_due = wait if next_due is None else min(next_due, wait)
             if channel_waits:
-                blocked.add(lane[0].channel)
-        if self.metrics:
-            self.metrics.outbox_pending.set(self.pending_count())
-        self.incidents.anchor_if_due()
+                break
+        if channel in self._last_post:
+            claim.next_at = self._last_post[channel] + timedelta(seconds=self.min_post_interval)
         return next_due
 
     def _deliver_lane(self, lane: list[Entry], now: datetime) -> tuple[float | None, bool]:
@@ -292,21 +324,34 @@ class Outbox:
         index = 0
         while index < len(lane):
             entry = lane[index]
-            run = batch_run(lane, index) if entry.batchable else [entry]
-            followed = index + len(run) < len(lane) or entry.incident_resolved
-            batch_wait = self._seconds_until_next_batch(entry, now) if entry.batchable and not followed else 0.0
-            wait = self._seconds_until_sendable(entry, now)
-            if wait > 0:
-                return wait, True
+            if not entry.batchable:
+                blocked = self._deliver_in_turn(entry, None, now)
+                if blocked:
+                    return blocked
+                index += 1
+                continue
+            run, edits, end = batch_segment(lane, index)
+            followed = end < len(lane) or entry.incident_resolved  # a resolve or a note must not wait
+            batch_wait = 0.0 if followed else self._seconds_until_next_batch(entry, now)
+            for step, members in ([] if batch_wait > 0 else [(entry, run)]) + [(e, None) for e in edits]:
+                blocked = self._deliver_in_turn(step, members, now)
+                if blocked:
+                    return blocked
             if batch_wait > 0:
-                return batch_wait, False  # only this incident's thread waits; other lanes go on
-            if not self._deliver(entry, run if entry.batchable else None):
-                row = self._row(entry.id)
-                retry = self._seconds_until_sendable(Entry.from_row(row), self.clock()) \
-                    if row["state"] == State.PENDING else 0.0
-                return retry, True
-            index += len(run)
+                return batch_wait, False  # only this incident's alert updates wait; its edits and other lanes go on
+            index = end
         return None, False
+
+    def _deliver_in_turn(self, entry: Entry, run: list[Entry] | None, now: datetime) -> tuple[float, bool] | None:
+        """Deliver one entry (or batch) when due; otherwise (seconds until it is, True: the channel waits too)."""
+        wait = self._seconds_until_sendable(entry, now)
+        if wait > 0:
+            return wait, True
+        if self._deliver(entry, run):
+            return None
+        row = self._row(entry.id)
+        retry = self._seconds_until_sendable(Entry.from_row(row), self.clock()) if row["state"] == State.PENDING else 0.0
+        return retry, True
 
     def _seconds_until_next_batch(self, entry: Entry, now: datetime) -> float:
         last = self._last_batch.get(entry.incident_id)
@@ -322,12 +367,17 @@ class Outbox:
         marker = self.database.db.execute("SELECT thread_anchored_until FROM audit_chain WHERE id = 1").fetchone()
         if marker is None:
             return
+        start = max(marker[0], self._anchors_scanned)
+        newest = self.database.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
         changed = [r[0] for r in self.database.db.execute(
-            "SELECT DISTINCT incident_id FROM events WHERE id > ? AND kind = ? AND incident_id IS NOT NULL",
-            [marker[0], str(EventKind.STATE_CHANGED)])]
+            "SELECT DISTINCT incident_id FROM events WHERE id > ? AND id <= ? AND kind = ? AND incident_id IS NOT NULL",
+            [start, newest, str(EventKind.STATE_CHANGED)])]
+        self._anchors_scanned = newest  # each pass reads only the events written since the last one
         if not changed:
             return
         with self.database.transaction() as db:
+            if db.execute("SELECT thread_anchored_until FROM audit_chain WHERE id = 1").fetchone()[0] != marker[0]:
+                return  # another replica posted these anchors meanwhile
             head = self.incidents.head(db)
             for incident_id in changed:
                 incident = self.incidents.get_in(db, incident_id)

@@ -14,7 +14,8 @@ from bot.approvals import store as approval_store
 from bot.incidents import log as incident_log
 from bot.incidents import outbox
 from bot.reminders import service as reminder_service
-from bot.storage.database import Database, Migration
+from bot.storage.backend import database_for
+from bot.storage.database import Database, Migration, claims_table
 
 MIGRATIONS: tuple[Migration, ...] = (
     *incident_log.MIGRATIONS,  # 1: incidents, incident alerts, hash-chained events, raw notifications
@@ -23,11 +24,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     *reminder_service.MIGRATIONS,  # 4: certificate reminders already posted
     incident_log.keyed_audit_chain,  # 5: keyed audit chain (older events stay an unkeyed prefix)
     approval_store.plan_binding,  # 6: approval plans bound to their request with the audit key
+    claims_table,  # 7: claims (a channel's outbox held by one replica at a time, its next post time)
+    approval_store.execution_lease,  # 8: which replica executes an approved request, and its heartbeat
 )
 
 
-def open_database(path: str | Path) -> Database:
-    """The database at ``path``, brought up to this meshbot's schema (a newer one is refused)."""
-    database = Database(path, MIGRATIONS)
+def open_database(path: str | Path, *, url: str | None = None, password: str | None = None) -> Database:
+    """The database at ``path`` (or PostgreSQL at ``url``), brought up to this meshbot's schema (a newer one is
+    refused).  Replicas starting together on PostgreSQL migrate once: the first holds the migration lock."""
+    database = database_for(path, MIGRATIONS, url=url, password=password)
     database.migrate()
     return database

@@ -70,7 +70,7 @@ def build(settings: Settings, *, runner: Runner | None = None) -> Meshbot:
     # The outbox does its own backoff per channel, so its client must not sleep on retries itself.
     outbox_slack = SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url, max_retries=0),
                                on_error=metrics.slack_error)
-    database = open_database(settings.db_path)
+    database = open_database(settings.db_path, url=settings.database_url, password=settings.database_password)
     cluster = ClusterAccess(settings)
     diagnostician = Diagnostician(cluster, checks, runner=runner)
     workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="work")
@@ -138,6 +138,10 @@ def require_settings(settings: Settings) -> None:
         settings.require("slack_signing_secret")
     if settings.alertmanager_token:
         settings.require("channel")
+    if settings.database_url and not settings.audit_key:
+        # Every replica signs the one shared chain: a key generated next to MESHBOT_DB would differ per pod.
+        raise SettingsError("MESHBOT_DATABASE_URL needs MESHBOT_AUDIT_KEY (or MESHBOT_AUDIT_KEY_FILE) from a Secret "
+                            "shared by every replica")
 
 
 def _permissions(handlers: Handlers) -> None:
@@ -192,7 +196,9 @@ def _reminders(settings: Settings, database: Database, cluster: ClusterAccess, o
         open_incident=flow.open_incident, days=settings.reminder_days, timezone=zone,
         shared=LeaseLedger(elector) if elector else None)
     hour, minute = (int(part) for part in settings.reminder_time.split(":"))
-    scheduler = CertificateScheduler(reminders, database.path, zone, (hour, minute), elector)
+    # APScheduler 3 must not share a job store between processes (its FAQ): each replica keeps its own next to
+    # MESHBOT_DB, also on PostgreSQL; the Lease decides which one's scan runs.
+    scheduler = CertificateScheduler(reminders, settings.db_path, zone, (hour, minute), elector)
     return reminders, scheduler
 
 

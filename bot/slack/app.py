@@ -2,7 +2,9 @@
 
 Slack wants an answer within 3 seconds.  Every listener therefore acks at once,
 in the request thread, after pure checks only (parsing, channel allowlist), and
-hands the rest to the messenger pool.  (Bolt's lazy listeners would do the same
+hands the rest to the messenger pool, which first checks the author's role when
+the request needs one (``bot.slack.roles``: group membership may ask Slack).
+(Bolt's lazy listeners would do the same
 but deep-copy every request and share their executor with the acks; under load
 acks then queue behind diagnoses.)
 
@@ -201,8 +203,8 @@ def run_if_allowed(roles: RoleCheck, permission: Permission, handlers: Handlers,
         return
     log.info("refused /mesh %s from %s in %s: no %s permission", type(request).__name__, invocation.user,
              invocation.channel, permission)
-    invocation.tell(refusal)
     _audit(handlers.refused_command, invocation.user, invocation.channel, request, refusal)
+    invocation.tell(refusal)
 
 
 def _press_if_allowed(roles: RoleCheck, permission: Permission, handlers: Handlers, handler: Handler,
@@ -213,8 +215,8 @@ def _press_if_allowed(roles: RoleCheck, permission: Permission, handlers: Handle
         return
     log.info("refused button %s from %s in %s: no %s permission", button, invocation.user, invocation.channel,
              permission)
-    invocation.tell(refusal)
     _audit(handlers.refused_click, invocation.user, button, value, refusal)
+    invocation.tell(refusal)
 
 
 def _audit(record: Callable[..., None], *args: Any) -> None:

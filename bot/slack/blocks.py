@@ -128,7 +128,7 @@ def failed(check: str, namespace: str | None, user: str, reason: str) -> Message
 
 def _plain_counts(findings: Sequence[Finding]) -> str:
     counts = count_by_level(findings)
-    return ", ".join(plural(counts[level], _LEVEL_WORD[level]) for level in Level)
+    return ", ".join(plural(counts[level], _LEVEL_WORD[level]) for level in Level if counts[level]) or "no findings"
 
 
 def finding_text(finding: Finding) -> str:
@@ -495,13 +495,22 @@ def _is_user(value: str | None) -> bool:
     return bool(value) and value[0] in "UW" and value.isalnum()
 
 
-def joined_note(incident, cause: str, elsewhere_link: str | None) -> Message:
-    """The short post in the joined incident's thread when another alert group turns out to be the same outage."""
+def joined_note(incident, cause: str, elsewhere_link: str | None, others: Sequence[Cause] = ()) -> Message:
+    """The short post in the joined incident's thread when another alert group turns out to be the same outage;
+    ``others`` are causes that group found and this thread's triage does not name, with their first step."""
     other = f"<{elsewhere_link}|incident #{incident.id}>" if elsewhere_link else f"incident #{incident.id}"
-    text = (f"{plain(incident.title)} ({'incident #' + str(incident.id)}) joined this incident: same probable cause, "
-            f"{plain(cause)}")
-    return message_of(text, [section(f":link: *{escape(incident.title)}* fired too ({other}); its diagnosis names the "
-                                     f"same probable cause: {escape(cause)}. It is followed here.")])
+    text = f"{incident.title} (incident #{incident.id}) joined this incident: same probable cause, {cause}"
+    lines = [f":link: *{escape(incident.title)}* fired too ({other}); its diagnosis names the same probable cause: "
+             f"{escape(cause)}. It is followed here."]
+    for extra in others:
+        step = extra.first_step
+        line = f"\u2022 It also found: {escape(extra.title)} ({escape(extra.explains_line)})"
+        if step:
+            how = f"`/mesh {escape(step.action)}`" if step.action else (f"`{escape(step.command)}`" if step.command
+                                                                       else "")
+            line += f"\n    *First step:* {escape(step.summary)}" + (f" {how}" if how else "")
+        lines.append(line)
+    return message_of(text, [section("\n".join(lines))])
 
 
 def alert_line(alert: dict, *, resolved: bool = False) -> Message:

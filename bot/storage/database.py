@@ -10,14 +10,18 @@ is given the full ordered list (``bot.server.schema``); nothing registers itself
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
+
+from bot.storage.dialect import Dialect
 
 from bot.settings import SettingsError
 from commands.errors import MeshbotError
@@ -76,7 +80,54 @@ def in_order(migrations: Sequence[Migration]) -> tuple[Migration, ...]:
     return tuple(migrations)
 
 
+def has_local_file(path: str | os.PathLike) -> bool:
+    """False for SQLite in memory and for a PostgreSQL URL: nothing (audit key, anchor) can be kept beside it."""
+    text = str(path)
+    return text != ":memory:" and "://" not in text
+
+
+def apply_pending(db: Any, migrations: Sequence[Migration], where: str) -> int:
+    """Inside the caller's transaction: run what ``schema_version`` does not list yet; the version after.
+    The same on both backends (``db`` is sqlite-utils' Database or ``postgres.PostgresConnection``)."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version "
+               "(version INTEGER PRIMARY KEY, description TEXT, applied_at TEXT)")
+    current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+    known = migrations[-1].version if migrations else 0
+    if current > known:
+        raise DatabaseError(f"database {where} has schema version {current}, newer than this "
+                            f"meshbot knows ({known}); upgrade meshbot")
+    for step in migrations:
+        if step.version <= current:
+            continue
+        step.apply(db)
+        db.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
+                   [step.version, step.description, datetime.now(timezone.utc).isoformat()])
+        current = step.version
+    return current
+
+
+@dataclass
+class Claim:
+    """Work one replica holds for now (a Slack channel's outbox), and when that work may next be done."""
+
+    name: str
+    next_at: datetime | None = None
+    """Shared by every replica on PostgreSQL: e.g. when the channel may take its next post (1/s per channel)."""
+
+
+@migration(7, "claims: work one replica at a time holds (a channel's outbox), with its next due time")
+def claims_table(db: Any) -> None:
+    db.executescript("""
+        CREATE TABLE claims (
+            name TEXT PRIMARY KEY,
+            next_at TEXT
+        );
+    """)
+
+
 class Database:
+    dialect = Dialect.SQLITE
+
     def __init__(self, path: str | Path, migrations: Sequence[Migration]):
         self.path = str(path)
         self.migrations = in_order(migrations)
@@ -137,21 +188,7 @@ class Database:
 
     def _migrate(self) -> int:
         with self.transaction() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version "
-                       "(version INTEGER PRIMARY KEY, description TEXT, applied_at TEXT)")
-            current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-            known = self.migrations[-1].version if self.migrations else 0
-            if current > known:
-                raise DatabaseError(f"database {self.path} has schema version {current}, newer than this "
-                                    f"meshbot knows ({known}); upgrade meshbot")
-            for step in self.migrations:
-                if step.version <= current:
-                    continue
-                step.apply(db)
-                db.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
-                           [step.version, step.description, datetime.now(timezone.utc).isoformat()])
-                current = step.version
-        return current
+            return apply_pending(db, self.migrations, self.path)
 
     def check_writable(self) -> None:
         """Raise DatabaseError unless a write can be committed (the readiness probe)."""
@@ -161,6 +198,11 @@ class Database:
                 db.execute("INSERT OR REPLACE INTO health VALUES (1, ?)", [datetime.now(timezone.utc).isoformat()])
         except sqlite3.Error as exc:
             raise DatabaseError(f"database {self.path} is not writable: {exc}") from None
+
+    @contextlib.contextmanager
+    def claim(self, name: str) -> Iterator[Claim | None]:
+        """One process owns a SQLite file, so a claim is always granted (PostgreSQL's locks a row)."""
+        yield Claim(name)
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
