@@ -119,6 +119,9 @@ def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser
     export.add_argument("incident_id", type=int, metavar="ID")
     export.add_argument("--format", choices=("md", "json"), default="md")
     incident_sub.add_parser("verify", help="check the hash chain of the incident log")
+    migrate = incident_sub.add_parser("migrate", help="copy the SQLite log to PostgreSQL, audit chain intact")
+    migrate.add_argument("--to", required=True, metavar="URL",
+                         help="postgresql://USER@HOST:PORT/DB (password: MESHBOT_DATABASE_PASSWORD(_FILE))")
     incidents.set_defaults(handler=cmd_incidents)
 
     settings = sub.add_parser("settings", help="list settings")
@@ -303,6 +306,8 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     database = open_database(path)
     log_ = IncidentLog(database, key=load_audit_key(settings.audit_key, path, create=False),
                        anchor_stores=_audit_anchors(settings, path))
+    if args.incidents_command == "migrate":
+        return _migrate_to(log_, args.to, settings)
     now = datetime.now(timezone.utc)
     if args.incidents_command == "list":
         incidents = log_.list_all() if args.all else log_.list_open()
@@ -323,6 +328,38 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     report = log_.verify()
     print("\n".join(report.lines()), file=sys.stdout if report.intact else sys.stderr)
     return EXIT_OK if report.intact else 1
+
+
+def _migrate_to(source_log, url: str, settings) -> int:
+    """Copy the SQLite log into PostgreSQL, then verify the copied chain with the same key to the same head."""
+    from bot.incidents.log import IncidentLog
+    from bot.server.schema import open_database
+    from bot.settings import _database_url
+    from bot.storage.copy import copy_database
+
+    try:
+        url = _database_url(url)
+    except ValueError as exc:
+        raise UserError(f"--to {exc}") from None
+    source_report = source_log.verify(anchors=())
+    if not source_report.intact:
+        raise UserError("the SQLite log does not verify; nothing copied: " + source_report.lines()[0])
+    target = open_database(settings.db_path, url=url, password=settings.database_password)
+    report = copy_database(source_log.database, target)
+    copied = IncidentLog(target, key=source_log.key, anchor_stores=())
+    check = copied.verify()
+    source_head, target_head = source_log.head(), copied.head()
+    same_head = (source_head and target_head and (source_head.event_id, source_head.hash_prefix)
+                 == (target_head.event_id, target_head.hash_prefix)) or source_head is target_head is None
+    print("\n".join(report.lines()))
+    if not (check.intact and same_head):
+        print("\n".join(check.lines()), file=sys.stderr)
+        return 1
+    head = f"event #{target_head.event_id} \u00b7 {target_head.hash_prefix}" if target_head else "no events yet"
+    print(f"audit chain verified on {target.path}: {check.events} events, same head as the SQLite log ({head})")
+    if source_log.key.source != "MESHBOT_AUDIT_KEY":
+        print(f"every replica needs this log's audit key: set MESHBOT_AUDIT_KEY(_FILE) from {source_log.key.source}")
+    return EXIT_OK
 
 
 def _audit_anchors(settings, db_path: str) -> tuple:

@@ -7,8 +7,10 @@ Kubernetes client (and its connection pool) is built once and shared.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Callable
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 from bot.settings import Settings
 from commands.thresholds import Thresholds
@@ -77,3 +79,21 @@ class ClusterAccess:
         if self.settings.scenario:
             return self.scenario().now
         return datetime.now(timezone.utc)
+
+    def incident_clock(self) -> Callable[[], datetime]:
+        """What incidents are timed by: the scenario's moving clock for a scenario, else the wall clock."""
+        if self.settings.scenario:
+            return ScenarioClock(self.scenario().now).now
+        return lambda: datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ScenarioClock:
+    """A scenario's moment, moving on at the speed of real time from when the bot started, so incident times
+    and the findings' "as of" agree in the demo and with MESHBOT_SCENARIO."""
+
+    start: datetime
+    started: float = field(default_factory=time.monotonic)
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=time.monotonic() - self.started)

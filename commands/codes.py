@@ -198,7 +198,7 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "Sidecar istio-proxy in {pod} uses {usage} of its {limit} memory limit ({percent}%)",
           "Memory use at or above the near-limit ratio."),
     _code("MB1020", "NamespaceSidecarSummary", I, "status",
-          "Namespace {namespace}: {total} sidecars, {ready} ready, {crashlooping} crash-looping, "
+          "Namespace {namespace}: {sidecars}, {ready} ready, {crashlooping} crash-looping, "
           "{restarting} restarting",
           "Per-namespace sidecar counts."),
     # proxy-status follows istioctl proxy-status (istioctl/pkg/writer/pilot/status.go) over istiod's

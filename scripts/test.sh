@@ -11,6 +11,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 # tests/test_demo_console.py drives Debian's headless chromium through chromedriver (no browser download).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# tests/support/postgres.py starts a real PostgreSQL (initdb/pg_ctl into a temp dir) for the second backend.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

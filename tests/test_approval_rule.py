@@ -76,3 +76,11 @@ def test_approvers_are_listed_users_or_members_of_a_listed_group():
     assert is_approver("UBOB", ("UBOB",), frozenset())
     assert is_approver("UDAVE", ("S0SRE",), frozenset({"UDAVE"}))
     assert not is_approver("UMALLORY", ("UBOB", "S0SRE"), frozenset({"UDAVE"}))
+
+
+@pytest.mark.parametrize("required, says", [(1, "another person must approve it"),
+                                            (3, "3 other people must approve it")])
+def test_the_refusal_to_the_requester_names_the_configured_quorum(required, says):
+    decision = decide(ballot(required=required), click("UALICE"))
+    assert decision.verdict == Verdict.REFUSED
+    assert says in decision.reason

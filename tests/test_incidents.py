@@ -515,3 +515,12 @@ def test_joining_keeps_the_independent_causes_the_new_group_found(incident_bot, 
     text = joined["blocks"][0]["text"]["text"]
     assert "It also found: istiod container discovery in istio-system/istiod-5d8f7c9b6-qx7wz was OOMKilled" in text
     assert "*First step:* istiod runs out of memory: raise its memory limit" in text
+
+
+def test_with_a_captured_scenario_incidents_are_timed_by_the_scenarios_clock_like_its_findings(incident_bot,
+                                                                                                fake_slack):
+    send(incident_bot, payload("firing.json"))
+    fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    [opened] = incident_bot.database.db.execute("SELECT opened_at FROM incidents").fetchone()
+    # examples/demo/scenario.yaml is frozen at 2026-11-24 03:07 UTC; the bot's clock moves on from there.
+    assert opened.startswith("2026-11-24T03:0"), opened

@@ -328,6 +328,31 @@ def test_alert_updates_wait_for_the_batch_interval_and_are_summarised_together(d
     assert upload.args["initial_comment"] == "+42 alerts, 4 namespaces; full list attached"
 
 
+def test_top_message_refreshes_between_alert_updates_go_out_while_the_batch_waits(database, fake_slack):
+    # The flow records each notification's alert lines, then a refresh of the incident's top message.
+    clock = Clock()
+    outbox = clocked_outbox(database, fake_slack, clock, min_post_interval=1.0, batch_interval=30.0)
+    storm, storm_top = open_incident(outbox, database, "KubePodCrashLooping")
+
+    def notification(alerts: int, version: int) -> None:
+        alert_updates(outbox, database, storm, storm_top, alerts)
+        with database.transaction() as db:
+            outbox.update(db, incident_id=storm, channel=CHANNEL, message=Message(f"top v{version}", []),
+                          of=storm_top)
+
+    notification(3, 1)
+    run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    notification(2, 2)
+    notification(4, 3)
+    clock.advance(5)
+    assert outbox.deliver_due() == pytest.approx(25.0, abs=1.01)
+    assert [c.args["text"] for c in fake_slack.of("chat.update")] == ["top v1", "top v2", "top v3"]
+    assert outbox.pending_count() == 6  # the 2 + 4 alert updates wait for one reply
+    run_until(outbox, clock, lambda: outbox.pending_count() == 0)
+    replies = fake_slack.messages(thread_ts=fake_slack.messages(top_level=True)[0]["_ts"])
+    assert len(replies) == 1 and len(fake_slack.of("files.completeUploadExternal")) == 1  # 3 lines, then 6 as one
+
+
 def test_a_lone_alert_update_is_posted_as_it_is(database, fake_slack):
     clock = Clock()
     outbox = clocked_outbox(database, fake_slack, clock)

@@ -50,7 +50,7 @@ def codes_of(findings):
 def test_healthy_mesh_reports_only_namespace_summaries():
     findings = status_findings(HEALTHY_ISTIOD + pod("web-1", "prod"))
     assert codes_of(findings) == ["MB1020"]
-    assert findings[0].message == "Namespace prod: 1 sidecars, 1 ready, 0 crash-looping, 0 restarting"
+    assert findings[0].message == "Namespace prod: 1 sidecar, 1 ready, 0 crash-looping, 0 restarting"
 
 
 def test_missing_istiod_is_an_error():

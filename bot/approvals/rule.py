@@ -89,8 +89,8 @@ def decide(ballot: Ballot, click: Click) -> Decision:
     if click.user == ballot.requester:
         if click.vote == Vote.REJECT:
             return Decision(Verdict.REJECTED, "withdrawn by the requester", ballot.approvals)
-        return refuse("you asked for this action, so your approval does not count; "
-                      "two other people must approve it")
+        others = "another person" if ballot.required == 1 else f"{ballot.required} other people"
+        return refuse(f"you asked for this action, so your approval does not count; {others} must approve it")
     if not click.is_approver:
         return refuse("you are not in MESHBOT_APPROVERS, so you cannot approve or reject actions")
     if click.vote == Vote.REJECT:

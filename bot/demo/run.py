@@ -20,15 +20,13 @@ import secrets
 import signal
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
-from bot.cluster import ClusterAccess
+from bot.cluster import ClusterAccess, ScenarioClock
 from bot.demo.alerts import BY_KEY, AlertState, webhook_body
 from bot.demo.cluster import EmbeddedCluster
 from bot.demo.console import Console, ConsoleServer
@@ -47,17 +45,6 @@ from commands.findings import Finding
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8080
-
-
-@dataclass(frozen=True)
-class ScenarioClock:
-    """The scenario's moment, moving on at the speed of real time from when the demo started."""
-
-    start: datetime
-    started: float = field(default_factory=time.monotonic)
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=time.monotonic() - self.started)
 
 
 def demo_settings(*, api_url: str, kubeconfig: Path, db_path: Path, bot_token: str, signing_secret: str,
@@ -150,7 +137,7 @@ class Demo:
         settings = demo_settings(api_url=self.console.url + "/api/", kubeconfig=self.cluster.kubeconfig(
             tmp / "kubeconfig"), db_path=tmp / "meshbot.db", **self._secrets)
         self.runner = DiagnosisRunner(settings, self.scenario, self.clock)
-        self.bot = build(settings, runner=self.runner).start()
+        self.bot = build(settings, runner=self.runner, clock=self.clock.now).start()
         self.workspace.bot_url = self.bot.url
 
     def send_alert(self, key: str, state: AlertState) -> int:

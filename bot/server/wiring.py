@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bot.approvals import blocks as approval_blocks
@@ -55,10 +56,12 @@ COMMAND_REFUSED = "command_refused"
 """Incident-log event kind of a ``/mesh`` command refused for want of a role."""
 
 
-def build(settings: Settings, *, runner: Runner | None = None) -> Meshbot:
+def build(settings: Settings, *, runner: Runner | None = None,
+          clock: Callable[[], datetime] | None = None) -> Meshbot:
     """Wire the bot from settings; raises SettingsError for what ``serve`` cannot run without.
 
-    ``runner`` replaces how a diagnosis is computed (the Slack benchmark pads it to a fixed duration).
+    ``runner`` replaces how a diagnosis is computed (the Slack benchmark pads it to a fixed duration);
+    ``clock`` what incidents are timed by (default: the scenario's moving clock, or the wall clock).
     """
     require_settings(settings)
     checks = default_checks()
@@ -73,12 +76,13 @@ def build(settings: Settings, *, runner: Runner | None = None) -> Meshbot:
     database = open_database(settings.db_path, url=settings.database_url, password=settings.database_password)
     cluster = ClusterAccess(settings)
     diagnostician = Diagnostician(cluster, checks, runner=runner)
+    clock = clock or cluster.incident_clock()
     workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="work")
     messengers = ThreadPoolExecutor(max_workers=MESSENGER_THREADS, thread_name_prefix="messenger")
 
     elector = _elector(settings, cluster)
     incidents = IncidentLog(database, key=load_audit_key(settings.audit_key, settings.db_path),
-                            anchor_stores=_audit_anchors(settings, elector))
+                            anchor_stores=_audit_anchors(settings, elector), clock=clock)
     outbox = Outbox(database, outbox_slack, incidents, metrics, batch_interval=settings.thread_batch_seconds)
     approvals: ApprovalDesk | None = None  # a captured scenario has no cluster to act on
     if not settings.scenario:
@@ -86,7 +90,7 @@ def build(settings: Settings, *, runner: Runner | None = None) -> Meshbot:
                                  policy=approval_policy(settings), kube=cluster.client, workers=workers)
     flow = IncidentFlow(database=database, incidents=incidents, outbox=outbox, playbooks=playbooks,
                         diagnostician=diagnostician, workers=workers, channel=settings.channel, metrics=metrics,
-                        render_suggestions=_suggestion_buttons if approvals else _suggestion_text)
+                        render_suggestions=_suggestion_buttons if approvals else _suggestion_text, clock=clock)
     reminders, scheduler = _reminders(settings, database, cluster, outbox, incidents, flow, elector)
 
     commands, handlers = SlashCommands(), Handlers()

@@ -199,6 +199,9 @@ class Database:
         except sqlite3.Error as exc:
             raise DatabaseError(f"database {self.path} is not writable: {exc}") from None
 
+    def continue_ids(self, db: Any, tables: Sequence[str]) -> None:
+        """After rows were copied in with their ids: new rows get the next ids (SQLite does this by itself)."""
+
     @contextlib.contextmanager
     def claim(self, name: str) -> Iterator[Claim | None]:
         """One process owns a SQLite file, so a claim is always granted (PostgreSQL's locks a row)."""

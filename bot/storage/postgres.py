@@ -205,6 +205,13 @@ class PostgresDatabase(Database):
             self.close()
             raise unreachable(self.path, exc) from None
 
+    def continue_ids(self, db: PostgresConnection, tables: Sequence[str]) -> None:
+        """Identity sequences continue after ids copied in explicitly (they do not see them by themselves)."""
+        for table in tables:
+            if table in self._identity:
+                db.conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
+                                f"COALESCE(MAX(id), 0) + 1, false) FROM {table}")
+
     @contextlib.contextmanager
     def claim(self, name: str) -> Iterator[Claim | None]:
         """The named row of ``claims``, locked for this replica until the block ends; None while another

@@ -305,5 +305,5 @@ def _namespace_summaries(snapshot: Snapshot, ctx: CheckContext) -> Iterator[Find
     for namespace in sorted(counts):
         tally = counts[namespace]
         yield codes.finding("MB1020", origin=f"Namespace {namespace}", namespace=namespace,
-                            total=tally["total"], ready=tally["ready"], crashlooping=tally["crashlooping"],
+                            sidecars=f"{tally['total']} sidecar{'s' * (tally['total'] != 1)}", ready=tally["ready"], crashlooping=tally["crashlooping"],
                             restarting=tally["restarting"], evidence=dict(tally))

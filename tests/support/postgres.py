@@ -27,7 +27,15 @@ from bot.server.schema import MIGRATIONS
 from bot.storage.database import Database
 from bot.storage.postgres import PostgresDatabase, with_password
 
-PG_BIN = Path(os.environ.get("MESHBOT_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _server_binaries() -> Path:
+    """MESHBOT_TEST_PG_BIN, else the newest Debian ``postgresql`` server's bin directory."""
+    if os.environ.get("MESHBOT_TEST_PG_BIN"):
+        return Path(os.environ["MESHBOT_TEST_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _server_binaries()
 USER = "meshbot"
 PASSWORD = "test-only-password-0123456789"
 

@@ -1,0 +1,115 @@
+"""Approvals with three replicas on one PostgreSQL: clicks on different replicas execute a request once, and a
+request whose replica died mid-action is resumed once, by one survivor.
+
+The replicas are three meshbot servers in this process (each with its own HTTP port, connections and workers),
+sharing the database, kmock's API server and the fake Slack, as three pods share them."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from bot.approvals.rule import RequestState
+from bot.incidents.log import EventKind, iso
+from tests.support.kube import FakeKube, write_kubeconfig
+from tests.support.postgres import PASSWORD
+from tests.support.slack import post_signed, slash_command_body
+from tests.test_actions import deployment, namespace
+from tests.test_approvals import APPROVERS, ask, created_peer_authentications, events, press, wait_finished
+
+AUDIT_KEY = "ha-test-audit-key-0123456789abcdef0123"
+REQUESTS = 20
+
+
+@pytest.fixture
+def replicas(bot_factory, kube: FakeKube, fake_slack, tmp_path, postgres):
+    """Three replicas on one fresh PostgreSQL database (the audit key shared, as from one Secret)."""
+    for n in range(REQUESTS):
+        kube.add(namespace(f"team-{n}"), deployment("api", f"team-{n}"))
+    kube.add(namespace("istio-system"), deployment("istiod", "istio-system"))
+    fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
+    config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
+    url = postgres.create()
+    return [bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
+                        approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", database_url=url,
+                        database_password=PASSWORD, audit_key=AUDIT_KEY, db_path=str(tmp_path / f"replica{i}.db"))
+            for i in range(3)]
+
+
+def ask_in(meshbot, fake_slack, text: str, channel: str) -> int:
+    """``/mesh text`` typed in ``channel``: each request in a channel of its own, so Slack's pacing of one post per
+    second per channel does not serialise the test."""
+    name = f"ask-{channel}"
+    body = slash_command_body(text, channel_id=channel, response_url=fake_slack.response_url(name))
+    assert post_signed(f"{meshbot.url}/slack/events", body).status_code == 200
+    answer = fake_slack.wait_for(lambda: fake_slack.answers_to(name), what=f"the answer to /mesh {text}")[0]
+    request_id = int(answer.split("Request #", 1)[1].split()[0])
+    fake_slack.wait_for(lambda: [m for m in fake_slack.messages() if f"request #{request_id}:" in m.get("text", "")],
+                        what=f"request #{request_id} in its thread")
+    return request_id
+
+
+def executions(meshbot, request_id: int, incident_id: int) -> int:
+    return sum(1 for e in events(meshbot, incident_id)
+               if e.kind in (EventKind.ACTION_EXECUTED, EventKind.ACTION_FAILED) and e.data["request_id"] == request_id)
+
+
+def test_twenty_approvals_clicked_on_different_replicas_at_once_each_execute_once(replicas, kube, fake_slack):
+    with ThreadPoolExecutor(max_workers=REQUESTS) as pool:
+        asked = list(pool.map(lambda n: ask_in(replicas[n % 3], fake_slack, f"permissive-mtls team-{n}", f"CTEAM{n}"),
+                              range(REQUESTS)))
+    barrier = threading.Barrier(2 * REQUESTS)
+
+    def click(replica: int, request_id: int, user: str) -> str:
+        barrier.wait(timeout=30)  # every click lands at the same moment, on two different replicas per request
+        return press(replicas[replica], fake_slack, "approval_approve", str(request_id), user)
+
+    with ThreadPoolExecutor(max_workers=2 * REQUESTS) as pool:
+        clicks = [pool.submit(click, (n + 1) % 3, request_id, "UBOB") for n, request_id in enumerate(asked)]
+        clicks += [pool.submit(click, (n + 2) % 3, request_id, "UCAROL") for n, request_id in enumerate(asked)]
+        for answer in clicks:
+            answer.result(timeout=60)
+
+    finished = [wait_finished(replicas[0], fake_slack, request_id) for request_id in asked]
+    assert {r.state for r in finished} == {RequestState.SUCCEEDED}
+    assert created_peer_authentications(kube) == REQUESTS  # one write per request, none twice
+    assert [executions(replicas[0], r.id, r.incident_id) for r in finished] == [1] * REQUESTS
+
+
+def abandon(meshbot, request_id: int, heartbeat: datetime) -> None:
+    """What a replica leaves behind when it is killed after the approving click, mid-action."""
+    with meshbot.database.transaction() as db:
+        db.execute("UPDATE approval_requests SET state = 'executing', executor = 'replica-killed', heartbeat_at = ? "
+                   "WHERE id = ?", [iso(heartbeat), request_id])
+
+
+def test_a_request_whose_replica_died_mid_action_is_resumed_once_by_one_survivor(replicas, kube, fake_slack):
+    request_id, _ = ask(replicas[0], fake_slack, "permissive-mtls team-1")
+    abandon(replicas[0], request_id, datetime.now(timezone.utc) - timedelta(minutes=5))
+    survivors = [replicas[1].approvals, replicas[2].approvals]
+    barrier = threading.Barrier(2)
+
+    def sweep(desk) -> None:
+        barrier.wait(timeout=10)
+        desk.resume_abandoned()
+
+    threads = [threading.Thread(target=sweep, args=(desk,)) for desk in survivors]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    done = wait_finished(replicas[1], fake_slack, request_id)
+    assert done.state == RequestState.SUCCEEDED
+    assert created_peer_authentications(kube) == 1
+    assert executions(replicas[1], request_id, done.incident_id) == 1
+
+
+def test_a_request_whose_executor_is_still_heartbeating_is_not_taken_over(replicas, kube, fake_slack):
+    request_id, _ = ask(replicas[0], fake_slack, "permissive-mtls team-2")
+    abandon(replicas[0], request_id, datetime.now(timezone.utc))  # alive: heartbeat just now
+    assert replicas[1].approvals.resume_abandoned() == 0
+    assert replicas[1].approvals.get(request_id).state == RequestState.EXECUTING
+    assert created_peer_authentications(kube) == 0
