@@ -295,12 +295,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_incidents(args: argparse.Namespace) -> int:
     from bot.server.schema import open_database
-    from bot.incidents.report import to_json, to_markdown
     from bot.incidents.log import IncidentLog, load_audit_key
     from bot.settings import Settings
 
     settings = Settings.load()
     path = args.db or settings.db_path
+    if settings.database_url and not args.db and args.incidents_command != "migrate":
+        # The replicas' PostgreSQL (MESHBOT_DATABASE_URL): its audit key is MESHBOT_AUDIT_KEY, required there.
+        if not settings.audit_key:
+            raise UserError("MESHBOT_DATABASE_URL is set: set MESHBOT_AUDIT_KEY(_FILE) to the replicas' audit key")
+        database = open_database(path, url=settings.database_url, password=settings.database_password)
+        log_ = IncidentLog(database, key=load_audit_key(settings.audit_key, database.path, create=False),
+                           anchor_stores=_audit_anchors(settings, database.path))
+        return _incidents_command(args, database, log_)
     if not Path(path).exists():
         raise UserError(f"no incident database at {path} (set MESHBOT_DB or pass --db)")
     database = open_database(path)
@@ -308,6 +315,12 @@ def cmd_incidents(args: argparse.Namespace) -> int:
                        anchor_stores=_audit_anchors(settings, path))
     if args.incidents_command == "migrate":
         return _migrate_to(log_, args.to, settings)
+    return _incidents_command(args, database, log_)
+
+
+def _incidents_command(args: argparse.Namespace, database, log_) -> int:
+    from bot.incidents.report import to_json, to_markdown
+
     now = datetime.now(timezone.utc)
     if args.incidents_command == "list":
         incidents = log_.list_all() if args.all else log_.list_open()

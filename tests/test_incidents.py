@@ -292,7 +292,8 @@ def test_incident_slash_commands_list_show_note_and_resolve(incident_bot, fake_s
     timeline = ephemeral_answers(fake_slack, 3)[2]
     assert "<@UALICE>: Note: restarted payment by hand, watching" in timeline
     slash(incident_bot, fake_slack, "incident resolve #1", user="UBOB")
-    assert ephemeral_answers(fake_slack, 4)[3] == "Incident #1 resolved."
+    assert ephemeral_answers(fake_slack, 4)[3] == ("Incident #1 resolved. If its alert is still firing, "
+                                                   "Alertmanager's next repeat reopens it.")
     fake_slack.wait_for(lambda: [m for m in thread(fake_slack, top) if "resolved by <@UBOB>" in m["text"]],
                         what="the resolution in the thread")
     slash(incident_bot, fake_slack, "incident list")
@@ -524,3 +525,30 @@ def test_with_a_captured_scenario_incidents_are_timed_by_the_scenarios_clock_lik
     [opened] = incident_bot.database.db.execute("SELECT opened_at FROM incidents").fetchone()
     # examples/demo/scenario.yaml is frozen at 2026-11-24 03:07 UTC; the bot's clock moves on from there.
     assert opened.startswith("2026-11-24T03:0"), opened
+
+
+def test_an_incident_resolved_by_hand_is_reopened_when_alertmanager_repeats_the_still_firing_alert(
+        incident_bot, fake_slack):
+    send(incident_bot, payload("firing.json"))
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    slash(incident_bot, fake_slack, "incident resolve 1", user="UBOB")
+    fake_slack.wait_for(lambda: [m for m in thread(fake_slack, top) if "resolved by <@UBOB>" in m["text"]],
+                        what="the hand resolve in the thread")
+    send(incident_bot, payload("firing.json"))  # Alertmanager's repeat_interval re-sends the firing group
+    fake_slack.wait_for(lambda: [m for m in thread(fake_slack, top) if m["text"].startswith("Reopened")],
+                        what="the reopen note in the thread")
+    [status] = incident_bot.database.db.execute("SELECT status FROM incidents WHERE id = 1").fetchone()
+    assert status == "open"
+    assert len(top_levels(fake_slack)) == 1, "reopened in place, not a second incident"
+
+
+def test_an_incident_alertmanager_resolved_stays_closed_when_a_late_firing_copy_arrives(incident_bot, fake_slack):
+    send(incident_bot, payload("firing.json"))
+    fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    send(incident_bot, payload("resolved.json"))
+    incident_bot.incident_flow.process_pending()
+    send(incident_bot, payload("firing.json"))  # a retry of the old firing notification, delivered late
+    incident_bot.incident_flow.process_pending()
+    [status] = incident_bot.database.db.execute("SELECT status FROM incidents WHERE id = 1").fetchone()
+    assert status == "resolved"
+    assert incident_bot.database.db.execute("SELECT COUNT(*) FROM incidents").fetchone()[0] == 1

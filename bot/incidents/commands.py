@@ -106,7 +106,8 @@ class IncidentCommands:
             flow.note(incident.id, who.user, request.text)
             return f"Noted on incident #{incident.id}."
         if flow.resolve(incident.id, who.user):
-            return f"Incident #{incident.id} resolved."
+            return (f"Incident #{incident.id} resolved. If its alert is still firing, Alertmanager's next repeat "
+                    "reopens it.")
         return f"Incident #{incident.id} was already resolved."
 
 

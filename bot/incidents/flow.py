@@ -228,8 +228,10 @@ class IncidentFlow:
             "WHERE occurrence = ? AND incidents.group_key = ? AND incidents.status = 'resolved' LIMIT 1",
             [a, notification.group_key]).fetchone()}
         if seen.issuperset(occurrences):
-            # These firings belong to an incident someone already resolved: do not reopen it.
-            return None
+            # These firings belong to an incident that is resolved.  Alertmanager re-sends a firing group at its
+            # repeat_interval, so one resolved by a person while the alert still fires comes back here: reopen it,
+            # or a hand resolve would silence the alert for good.  One Alertmanager closed stays closed.
+            return self._reopen_if_resolved_by_hand(db, notification.group_key, occurrences)
         if not self.channel:
             raise UserError("MESHBOT_CHANNEL is not set, so incidents cannot be posted")
         labels = notification.labels_for_playbook
@@ -250,6 +252,24 @@ class IncidentFlow:
         to_diagnose.append(incident_id)
         if self.metrics:
             self.metrics.requests.labels(kind="incident_opened").inc()
+        return incident_id
+
+    def _reopen_if_resolved_by_hand(self, db: sqlite_utils.Database, group_key: str,
+                                    occurrences: list[str]) -> int | None:
+        row = db.execute(
+            "SELECT incidents.id, incidents.resolved_by FROM incidents JOIN incident_alerts "
+            "ON incidents.id = incident_alerts.incident_id WHERE incidents.group_key = ? "
+            "AND incidents.status = 'resolved' AND incident_alerts.status = 'firing' "
+            f"AND incident_alerts.occurrence IN ({', '.join('?' * len(occurrences))}) "
+            "ORDER BY incidents.id DESC LIMIT 1", [group_key, *occurrences]).fetchone()
+        if row is None or row[1] in (None, ALERTMANAGER, MESHBOT):
+            return None
+        incident_id, resolved_by = row
+        if not self.incidents.reopen(db, incident_id, ALERTMANAGER,
+                                     f"its alert is still firing after <@{resolved_by}> resolved it"):
+            return None
+        view = self._refresh_top(db, incident_id)
+        self._thread_post(db, view.incident, blocks.incident_reopened_note(resolved_by))
         return incident_id
 
     def _apply_alert(self, db: sqlite_utils.Database, incident: Incident, alert: Alert, *,

@@ -635,3 +635,13 @@ class IncidentLog:
         self.append(db, incident_id, actor, EventKind.STATE_CHANGED, {"from": "open", "to": "resolved",
                                                                       "reason": reason})
         return True
+
+    def reopen(self, db: sqlite_utils.Database, incident_id: int, actor: str, reason: str) -> bool:
+        """Open a resolved incident again; False when it is not resolved (nothing written)."""
+        cursor = db.execute("UPDATE incidents SET status = 'open', resolved_at = NULL, resolved_by = NULL "
+                            "WHERE id = ? AND status = 'resolved'", [incident_id])
+        if cursor.rowcount == 0:
+            return False
+        self.append(db, incident_id, actor, EventKind.STATE_CHANGED, {"from": "resolved", "to": "open",
+                                                                      "reason": reason})
+        return True

@@ -527,6 +527,14 @@ def alert_line(alert: dict, *, resolved: bool = False) -> Message:
     return message_of(text, [section(body)])
 
 
+def incident_reopened_note(resolved_by: str) -> Message:
+    """Alertmanager still reports the alert firing after someone resolved the incident by hand."""
+    text = f"Reopened: the alert is still firing after <@{resolved_by}> resolved this incident"
+    return message_of(text, [section(f":repeat: *Reopened.* Alertmanager still reports the alert firing after "
+                                     f"<@{resolved_by}> resolved this incident by hand; it closes when the alert "
+                                     "resolves, or resolve it again once the cause is fixed.")])
+
+
 def incident_resolved_note(view: TopView, now: datetime, actor: str | None = None) -> Message:
     """The one thread reply that says it is over (Slack notifies thread followers of replies, not of edits)."""
     incident = view.incident
