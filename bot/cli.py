@@ -125,11 +125,11 @@ def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser
     incidents.set_defaults(handler=cmd_incidents)
 
     settings = sub.add_parser("settings", help="list settings")
-    settings.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+    settings.add_argument("--markdown", action="store_true", help="as the markdown table in docs/settings.md")
     settings.set_defaults(handler=cmd_settings)
 
     codes = sub.add_parser("codes", help="list finding codes")
-    codes.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+    codes.add_argument("--markdown", action="store_true", help="as the markdown table in docs/codes.md")
     codes.set_defaults(handler=cmd_codes)
     return parser
 

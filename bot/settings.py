@@ -1,6 +1,6 @@
 """One Settings object from environment variables and an optional YAML file, validated at start-up.
 
-Every knob meshbot has is a field here with a default and a README row; nothing
+Every knob meshbot has is a field here with a default and a row in docs/settings.md; nothing
 else reads ``os.environ``.  Precedence: environment, then ``--config`` YAML,
 then the default.  Secrets may also come from files (``SLACK_BOT_TOKEN_FILE``),
 the way Kubernetes mounts them.  A missing or malformed value raises
@@ -438,7 +438,7 @@ def _read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def settings_table() -> str:
-    """The README's settings table."""
+    """The settings table in docs/settings.md."""
     rows = ["| Variable | YAML key | Default | Meaning |", "|---|---|---|---|"]
     for spec in fields(Settings):
         default = spec.default

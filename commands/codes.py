@@ -2,8 +2,8 @@
 
 A code fixes the level and the message template; checks fill in the arguments.
 ``IST`` entries mirror istio/istio ``pkg/config/analysis/msg/messages.yaml`` so
-messages read exactly as ``istioctl analyze`` prints them.  The README's code
-table is generated from ``MESHBOT_CODES`` (``meshbot codes --markdown``).
+messages read exactly as ``istioctl analyze`` prints them.  The table
+in docs/codes.md is generated from ``MESHBOT_CODES`` (``meshbot codes --markdown``).
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ ISTIO_CODES: dict[str, Code] = {c.code: c for c in [
 ]}
 
 # meshbot's own codes.  Ranges: MB00xx reading the cluster, MB1xxx status, MB2xxx
-# proxy-status, MB3xxx certs, MB4xxx envoy.  Keep the README table in step
+# proxy-status, MB3xxx certs, MB4xxx envoy.  Keep docs/codes.md's table in step
 # (tests/test_codes.py fails when it is not).
 MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
     _code("MB0001", "ClusterAccessDenied", E, "cluster",
@@ -383,7 +383,7 @@ def finding(
 
 
 def markdown_table(codes: Mapping[str, Code] = MESHBOT_CODES) -> str:
-    """The README's table of meshbot codes."""
+    """The table of meshbot codes in docs/codes.md."""
     rows = ["| Code | Name | Level | Check | Meaning |", "|---|---|---|---|---|"]
     for entry in codes.values():
         rows.append(f"| <a id=\"{entry.code.lower()}\"></a>{entry.code} | {entry.name} | {entry.level} "

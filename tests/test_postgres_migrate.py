@@ -63,10 +63,17 @@ def migrate(tmp_path: Path, db: Path, url: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
 
 
-def test_migrate_copies_every_row_and_the_chain_verifies_to_the_same_head(postgres, tmp_path):
-    source = sqlite_log(tmp_path / "meshbot.db")
+@pytest.fixture(scope="module")
+def migrated(postgres, tmp_path_factory):
+    """One SQLite log migrated once (each ``meshbot`` run is a process start): (source log, run, url, work dir)."""
+    work = tmp_path_factory.mktemp("migrate")
+    source = sqlite_log(work / "meshbot.db")
     url = postgres.create()
-    result = migrate(tmp_path, tmp_path / "meshbot.db", url)
+    return source, migrate(work, work / "meshbot.db", url), url, work
+
+
+def test_migrate_copies_every_row_and_the_chain_verifies_to_the_same_head(migrated):
+    source, result, url, _ = migrated
     assert result.returncode == 0, result.stderr
     assert "copied 1 row(s) of incidents" in result.stdout
     head = source.head()
@@ -80,23 +87,29 @@ def test_migrate_copies_every_row_and_the_chain_verifies_to_the_same_head(postgr
     assert target.db.execute(votes).fetchall() == source.database.db.execute(votes).fetchall()
 
 
-def test_the_copied_log_goes_on_where_the_sqlite_one_stopped(postgres, tmp_path):
-    source = sqlite_log(tmp_path / "meshbot.db")
-    url = postgres.create()
-    assert migrate(tmp_path, tmp_path / "meshbot.db", url).returncode == 0
+def test_incidents_verify_reads_the_replicas_postgresql_when_its_url_is_set(migrated):
+    _, _, url, work = migrated
+    env = {"PATH": os.environ["PATH"], "HOME": str(work), "MESHBOT_DATABASE_URL": url, "MESHBOT_AUDIT_KEY": KEY,
+           "MESHBOT_DATABASE_PASSWORD": PASSWORD, "MESHBOT_DB": str(work / "absent.db")}
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "incidents", "verify"], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("incident log intact: 7 events")
+
+
+def test_migrate_refuses_a_database_that_already_holds_incidents(migrated):
+    _, _, url, work = migrated
+    again = migrate(work, work / "meshbot.db", url)
+    assert again.returncode != 0 and "already holds incidents" in again.stderr
+
+
+def test_the_copied_log_goes_on_where_the_sqlite_one_stopped(migrated):
+    source, _, url, _ = migrated
     target = PostgresDatabase(url, MIGRATIONS, password=PASSWORD)
     copied = IncidentLog(target, key=source.key, anchor_stores=())
     new_id = copied.record(1, "UBOB", EventKind.NOTE, {"text": "after the move"})
     assert new_id == source.head().event_id + 1
     assert copied.verify().intact
-
-
-def test_migrate_refuses_a_database_that_already_holds_incidents(postgres, tmp_path):
-    sqlite_log(tmp_path / "meshbot.db")
-    url = postgres.create()
-    assert migrate(tmp_path, tmp_path / "meshbot.db", url).returncode == 0
-    again = migrate(tmp_path, tmp_path / "meshbot.db", url)
-    assert again.returncode != 0 and "already holds incidents" in again.stderr
 
 
 def test_migrate_refuses_a_tampered_sqlite_log_and_copies_nothing(postgres, tmp_path):
@@ -116,4 +129,5 @@ def test_migrate_refuses_a_url_with_a_password_in_it(tmp_path):
     sqlite_log(tmp_path / "meshbot.db")
     result = migrate(tmp_path, tmp_path / "meshbot.db", "postgresql://meshbot:hunter2@127.0.0.1:1/x")
     assert result.returncode != 0 and "hunter2" not in result.stderr + result.stdout
+
 

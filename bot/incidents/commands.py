@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
+from enum import StrEnum
 
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.log import Incident
@@ -18,10 +19,16 @@ INCIDENT_USAGE = "incident list | incident show ID | incident note ID TEXT | inc
 MAX_NOTE_LENGTH = 2000
 
 
+class IncidentOp(StrEnum):
+    LIST = "list"
+    SHOW = "show"
+    NOTE = "note"
+    RESOLVE = "resolve"
+
+
 @dataclass(frozen=True)
 class IncidentRequest:
-    op: str
-    """list, show, note or resolve."""
+    op: IncidentOp
     incident_id: int | None = None
     text: str = ""
 
@@ -37,23 +44,24 @@ def incident_number(value: str) -> int:
 def parse_incident(words: list[str], rest: str) -> IncidentRequest:
     if not words:
         raise UsageError(f"which incident command? Usage: `/mesh {INCIDENT_USAGE}`")
-    op = words[0].lower()
-    if op == "list":
+    try:
+        op = IncidentOp(words[0].lower())
+    except ValueError:
+        raise UsageError(f"unknown incident command `{words[0][:20]}`. Usage: `/mesh {INCIDENT_USAGE}`") from None
+    if op == IncidentOp.LIST:
         expect_at_most(words, 1, "incident list")
-        return IncidentRequest("list")
-    if op in ("show", "resolve"):
+        return IncidentRequest(op)
+    if op in (IncidentOp.SHOW, IncidentOp.RESOLVE):
         if len(words) != 2:
             raise UsageError(f"usage: `/mesh incident {op} ID`")
         return IncidentRequest(op, incident_number(words[1]))
-    if op == "note":
-        if len(words) < 3:
-            raise UsageError("usage: `/mesh incident note ID TEXT`")
-        incident_id = incident_number(words[1])
-        text = rest.split(None, 2)[2].strip()
-        if len(text) > MAX_NOTE_LENGTH:
-            raise UsageError(f"a note can be at most {MAX_NOTE_LENGTH} characters")
-        return IncidentRequest("note", incident_id, text)
-    raise UsageError(f"unknown incident command `{op[:20]}`. Usage: `/mesh {INCIDENT_USAGE}`")
+    if len(words) < 3:
+        raise UsageError("usage: `/mesh incident note ID TEXT`")
+    incident_id = incident_number(words[1])
+    text = rest.split(None, 2)[2].strip()
+    if len(text) > MAX_NOTE_LENGTH:
+        raise UsageError(f"a note can be at most {MAX_NOTE_LENGTH} characters")
+    return IncidentRequest(op, incident_id, text)
 
 
 def thread_link(incident: Incident, ts: str | None) -> str:
@@ -88,8 +96,8 @@ class IncidentCommands:
     def _answer(self, who: Invocation, request: IncidentRequest) -> str:
         flow = self.flow
         log = flow.incidents
-        now = datetime.now(timezone.utc)
-        if request.op == "list":
+        now = flow.clock()  # the incidents' own clock (a scenario's, in the demo)
+        if request.op == IncidentOp.LIST:
             incidents = log.list_open()
             if not incidents:
                 return "No open incidents. :tada:"
@@ -100,9 +108,9 @@ class IncidentCommands:
                              f"{incident.duration(now)}{thread_link(incident, ts)}")
             return "\n".join(lines)
         incident = log.get(request.incident_id)
-        if request.op == "show":
+        if request.op == IncidentOp.SHOW:
             return self._timeline(incident, now)
-        if request.op == "note":
+        if request.op == IncidentOp.NOTE:
             flow.note(incident.id, who.user, request.text)
             return f"Noted on incident #{incident.id}."
         if flow.resolve(incident.id, who.user):

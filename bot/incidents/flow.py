@@ -256,12 +256,13 @@ class IncidentFlow:
 
     def _reopen_if_resolved_by_hand(self, db: sqlite_utils.Database, group_key: str,
                                     occurrences: list[str]) -> int | None:
-        row = db.execute(
+        rows = [db.execute(
             "SELECT incidents.id, incidents.resolved_by FROM incidents JOIN incident_alerts "
             "ON incidents.id = incident_alerts.incident_id WHERE incidents.group_key = ? "
             "AND incidents.status = 'resolved' AND incident_alerts.status = 'firing' "
-            f"AND incident_alerts.occurrence IN ({', '.join('?' * len(occurrences))}) "
-            "ORDER BY incidents.id DESC LIMIT 1", [group_key, *occurrences]).fetchone()
+            "AND incident_alerts.occurrence = ? ORDER BY incidents.id DESC LIMIT 1",
+            [group_key, occurrence]).fetchone() for occurrence in occurrences]
+        row = max((r for r in rows if r is not None), default=None)
         if row is None or row[1] in (None, ALERTMANAGER, MESHBOT):
             return None
         incident_id, resolved_by = row

@@ -3,7 +3,7 @@
 Each file is checked twice: against ``PLAYBOOK_SCHEMA`` (structure and types, with
 ``jsonschema``), then for meaning (known checks and finding codes, regexes that
 compile, actions meshbot knows).  Every refusal is a ``PlaybookError`` that names the
-``file:line`` of the offending YAML node.  The format is documented in the README
+``file:line`` of the offending YAML node.  The format is documented in docs/incidents.md
 (*Playbooks*).
 """
 

@@ -153,7 +153,8 @@ def _permissions(handlers: Handlers) -> None:
     handlers.require(approval_commands.ActionRequest, Permission.REQUEST)
     handlers.require_for_button(approval_blocks.ROLLBACK, Permission.REQUEST)
     handlers.require_for_button(approval_blocks.SUGGESTED, Permission.REQUEST)
-    handlers.require(incident_commands.IncidentRequest, Permission.RESOLVE, when=lambda request: request.op == "resolve")
+    handlers.require(incident_commands.IncidentRequest, Permission.RESOLVE,
+                     when=lambda request: request.op == incident_commands.IncidentOp.RESOLVE)
 
 
 def _refused_command_recorder(database: Database, incidents: IncidentLog) -> RefusedCommand:
