@@ -43,7 +43,8 @@ LOCK_FILE = ROOT / "requirements.lock"
 MESHBOT_USER = "system:serviceaccount:meshbot:meshbot"
 # The default render, one overlay per optional component (deploy/kubernetes/components/NAME), and all of them.
 COMPONENTS = {"with-ca": ("ca-secrets",), "with-gateway-secrets": ("gateway-secrets",),
-              "with-network-policy": ("network-policy",), "with-namespaced-actions": ("namespaced-actions",)}
+              "with-network-policy": ("network-policy",), "with-namespaced-actions": ("namespaced-actions",),
+              "with-high-availability": ("high-availability",)}
 COMPONENTS["with-all-components"] = tuple(name for names in COMPONENTS.values() for name in names)
 VARIANTS = ("base", *COMPONENTS)
 # The only checkov findings the manifests may skip, each with its reason in the Deployment's annotations.

@@ -354,7 +354,15 @@ def test_action_template_is_filled_from_alert_labels(tmp_path):
                                     {"destination_service_namespace": "prod\n"}])
 def test_action_whose_placeholder_cannot_be_filled_safely_is_dropped(tmp_path, labels):
     playbook = one_playbook(tmp_path, TEMPLATE_RULE)
-    assert suggest(playbook, [finding("MB3010")], labels) == []
+    # A finding that names no namespace: the label is the only source left, and it is unusable.
+    assert suggest(playbook, [finding("MB3010", origin="istiod /debug/syncz")], labels) == []
+
+
+def test_action_template_takes_the_namespace_from_the_finding_before_the_alert_label(tmp_path):
+    playbook = one_playbook(tmp_path, TEMPLATE_RULE)
+    mismatch = finding("MB3010", origin="ConfigMap legacy/istio-ca-root-cert")
+    [suggestion] = suggest(playbook, [mismatch], {"destination_service_namespace": "istio-system"})
+    assert suggestion.action == "permissive-mtls legacy"
 
 
 def test_fixed_namespace_fills_the_template_when_the_label_is_missing(tmp_path):
@@ -365,7 +373,8 @@ def test_fixed_namespace_fills_the_template_when_the_label_is_missing(tmp_path):
           namespace: istio-system
           title: Restart istiod
         """)
-    assert [s.action for s in suggest(playbook, [finding("MB1003")], {})] == ["restart istiod -n istio-system"]
+    no_namespace = finding("MB1003", origin="istiod /debug/syncz")
+    assert [s.action for s in suggest(playbook, [no_namespace], {})] == ["restart istiod -n istio-system"]
 
 
 def test_pod_placeholder_is_filled_from_its_label(tmp_path):
@@ -378,6 +387,18 @@ def test_pod_placeholder_is_filled_from_its_label(tmp_path):
         """)
     labels = {"namespace": "prod", "deployment": "payment"}
     assert [s.action for s in suggest(playbook, [finding("MB1011")], labels)] == ["bypass payment -n prod"]
+
+
+def test_pod_placeholder_without_a_label_names_the_deployment_behind_the_findings_pod(tmp_path):
+    playbook = one_playbook(tmp_path, """\
+        - codes: [MB1011]
+          action: bypass {pod} -n {namespace}
+          namespace_label: namespace
+          pod_label: deployment
+          title: Bypass
+        """)
+    crash = finding("MB1011", origin="Pod prod/payment-service-7d9f8c6b5-x2x4k")
+    assert [s.action for s in suggest(playbook, [crash], {})] == ["bypass payment-service -n prod"]
 
 
 def test_same_action_from_two_rules_is_suggested_once_with_all_codes(tmp_path):

@@ -33,7 +33,7 @@ from bot.incidents.alerts import Alert, AlertStatus, Notification, as_ended, end
     parse_notification
 from bot.storage.database import Database
 from bot.diagnosis import Diagnostician
-from bot.incidents.log import EventKind, Incident, IncidentLog, iso
+from bot.incidents.log import EventKind, Incident, IncidentLog, NotificationWriter, iso
 from bot.server.metrics import Metrics
 from bot.incidents.outbox import Outbox
 from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest, with_first_step
@@ -83,6 +83,7 @@ class IncidentFlow:
         default=lambda incident, suggestions: blocks.suggestions_blocks(suggestions))
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     _loop: WakeableLoop = field(init=False)
+    _writer: NotificationWriter = field(init=False)
     _processing: threading.Lock = field(default_factory=threading.Lock)
     _intake: threading.Condition = field(default_factory=threading.Condition)
     _storing: int = 0
@@ -98,21 +99,20 @@ class IncidentFlow:
         with self._intake:
             self._storing += 1
         try:
-            with self.database.transaction() as db:
-                cursor = db.execute("INSERT INTO notifications (received_at, group_key, status, body) "
-                                    "VALUES (?, ?, ?, ?)", [iso(self.clock()), notification.group_key,
-                                                            str(notification.status), body.decode()])
+            notification_id = self._writer.store(iso(self.clock()), notification.group_key, str(notification.status),
+                                                 body.decode())
         finally:
             with self._intake:
                 self._storing -= 1
                 self._intake.notify_all()
         self.wake()
-        return cursor.lastrowid
+        return notification_id
 
     # -- the processor thread --------------------------------------------------------------
 
     def __post_init__(self) -> None:
         self._loop = WakeableLoop("incidents", self._process_pass, idle=PROCESS_EVERY)
+        self._writer = NotificationWriter(self.database)
 
     def wake(self) -> None:
         self._loop.wake()

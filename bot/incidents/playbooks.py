@@ -20,7 +20,7 @@ from commands.checks.catalog import default_checks
 from commands.checks.registry import ALL
 from commands.errors import InputError
 from commands.findings import Finding, by_severity
-from commands.triage import Cause, namespace_of
+from commands.triage import Cause, namespace_of, workload_of
 from commands.validation import is_dns1123_subdomain, namespace_problem
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,10 @@ def finding_namespace(finding: Finding) -> str | None:
     return value if value and is_namespace(value) else None
 
 
-def finding_pod(finding: Finding) -> str | None:
-    kind, _, rest = finding.origin.partition(" ")
-    name = rest.split(" ", 1)[0].split("/", 1)[-1] if kind == "Pod" and "/" in rest else None
-    return name if name and is_object_name(name) else None
+def finding_workload(finding: Finding) -> str | None:
+    """The Deployment behind a finding about one of its pods (actions act on Deployments, not pods)."""
+    found = workload_of(finding)
+    return found[1] if found and is_object_name(found[1]) else None
 
 
 @dataclass(frozen=True)
@@ -198,9 +198,11 @@ class RemediationRule:
         diagnosing an alert about ``istio-system`` must suggest acting on ``legacy``."""
         if self.action is None:
             return None
+        # {pod} names the workload an action acts on: a label the rule names explicitly (pod_label) knows
+        # the Deployment; a pod's own name only lets us guess it from the ReplicaSet naming scheme.
         values = {"namespace": finding_namespace(finding) or namespace_from(labels, self.namespace_label,
                                                                               self.namespace),
-                  "pod": finding_pod(finding) or pod_from(labels, self.pod_label)}
+                  "pod": pod_from(labels, self.pod_label) or finding_workload(finding)}
         needed = template_placeholders(self.action)
         if any(values[name] is None for name in needed):
             return None

@@ -156,3 +156,15 @@ def reopen(database: Database) -> Database:
         again = Database(database.path, MIGRATIONS)
     again.migrate()
     return again
+
+
+AUDIT_KEY = "backend-test-audit-key-0123456789abcdef"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_settings(request) -> dict[str, str]:
+    """Settings overrides that put a test's meshbot on each backend in turn ({} keeps SQLite at MESHBOT_DB)."""
+    if request.param == "sqlite":
+        return {}
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return {"database_url": server.create(), "database_password": PASSWORD, "audit_key": AUDIT_KEY}
