@@ -348,7 +348,7 @@ def _migrate_to(source_log, url: str, settings) -> int:
     from bot.incidents.log import IncidentLog
     from bot.server.schema import open_database
     from bot.settings import _database_url
-    from bot.storage.copy import copy_database
+    from bot.storage.transfer import copy_database
 
     try:
         url = _database_url(url)

@@ -153,3 +153,64 @@ def test_an_occurrence_in_two_open_groups_is_recorded_in_both_incidents(incident
             "SELECT fingerprint FROM incident_alerts WHERE incident_id = ?", [incident_id])}
         assert fingerprints == {"6aa515aaad54c153", "358ca9991abeabbd"}
 
+
+
+# -- storing: webhooks arriving together share one transaction --------------------------------------------
+
+
+def writer_database(tmp_path):
+    from bot.server.schema import MIGRATIONS
+    from bot.storage.database import Database
+
+    database = Database(tmp_path / "intake.db", MIGRATIONS)
+    database.migrate()
+    return database
+
+
+def store_concurrently(writer, bodies: list[str]) -> list:
+    """Every body from its own thread, released at once; each result is an id or the error raised."""
+    import threading
+
+    start = threading.Barrier(len(bodies))
+    results: list = [None] * len(bodies)
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = writer.store("2026-11-30T04:00:00Z", f"group-{i % 3}", "firing", bodies[i])
+        except Exception as exc:  # noqa: BLE001 - the test looks at what each webhook would have answered
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+def test_concurrent_webhooks_are_each_stored_once_and_answered_with_their_own_row(tmp_path):
+    from bot.incidents.log import NotificationWriter
+
+    database = writer_database(tmp_path)
+    bodies = [json.dumps({"n": i}) for i in range(40)]
+    ids = store_concurrently(NotificationWriter(database), bodies)
+    assert all(isinstance(i, int) for i in ids) and len(set(ids)) == 40
+    stored = {r["id"]: r["body"] for r in database.db.query("SELECT id, body FROM notifications")}
+    assert [stored[i] for i in ids] == bodies
+
+
+def test_a_failed_group_commit_answers_every_webhook_in_it_with_the_error_and_stores_none(tmp_path):
+    import sqlite3
+
+    from bot.incidents.log import NotificationWriter
+
+    database = writer_database(tmp_path)
+    database.db.execute("CREATE TRIGGER refuse BEFORE INSERT ON notifications "
+                        "WHEN NEW.body LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    results = store_concurrently(NotificationWriter(database), ["poison"] + [json.dumps({"n": i}) for i in range(9)])
+    assert isinstance(results[0], sqlite3.DatabaseError)
+    for result in results[1:]:  # in the poisoned group: refused too; in a later group: stored
+        assert isinstance(result, (int, sqlite3.DatabaseError))
+    stored = database.db.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
+    assert stored == sum(isinstance(r, int) for r in results)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import psycopg
 import pytest
 
@@ -19,6 +20,7 @@ from bot.storage.database import DatabaseError
 from bot.storage.dialect import script_to_postgres, to_postgres
 from bot.storage.postgres import PostgresDatabase, redacted
 from tests.support.postgres import DATABASE_ERRORS, PASSWORD
+from tests.support.replicas import notification
 from tests.support.slack import BOT_TOKEN
 
 CHANNEL = "CINCIDENT"
@@ -146,16 +148,33 @@ def test_an_unreachable_database_is_reported_by_the_readiness_check_without_the_
     assert PASSWORD not in str(failed.value)
 
 
-def test_a_replica_that_loses_the_database_fails_its_check_and_recovers_when_it_is_back(postgres):
-    database = postgres.fresh()
-    database.check_writable()
-    admin = psycopg.connect(postgres.admin_url, autocommit=True)
-    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'meshbot' "
-                  "AND pid <> pg_backend_pid()")
-    admin.close()
-    with pytest.raises(DatabaseError, match="unreachable"):
-        database.check_writable()  # the connection it had is gone
-    database.check_writable()  # and the next check connects again
+def allow_connections(postgres, url: str, allowed: bool) -> None:
+    """Take a database away from every client (and end their sessions), or give it back: a lost database."""
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres.admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+        if not allowed:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+
+
+def test_a_replica_that_loses_the_database_is_not_ready_says_why_and_refuses_alerts_until_it_is_back(
+        postgres, bot_factory):
+    url = postgres.create()
+    meshbot = bot_factory(database_url=url, database_password=PASSWORD, audit_key="k" * 40, alertmanager_token="t",
+                          channel=CHANNEL)
+    assert httpx.get(f"{meshbot.url}/readyz").status_code == 200
+
+    allow_connections(postgres, url, False)
+    try:
+        lost = httpx.get(f"{meshbot.url}/readyz")
+        assert lost.status_code == 503
+        assert lost.json()["database"].startswith(f"PostgreSQL {redacted(url)} is unreachable")
+        alert = httpx.post(f"{meshbot.url}/alertmanager", content=notification(0, 0),
+                           headers={"Authorization": "Bearer t", "Content-Type": "application/json"})
+        assert alert.status_code >= 500  # not taken: Alertmanager retries it, on a replica that is ready
+    finally:
+        allow_connections(postgres, url, True)
+    assert httpx.get(f"{meshbot.url}/readyz").status_code == 200
 
 
 def test_redacted_url_keeps_user_host_and_database_but_not_the_password():

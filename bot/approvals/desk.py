@@ -36,7 +36,8 @@ from bot.storage.dialect import Dialect
 from bot.incidents.log import EventKind, Incident, IncidentLog
 from bot.incidents.outbox import Outbox
 from bot.slack.client import SlackClient, SlackError
-from commands.actions import ActionTarget, Plan, apply, dry_run, plan_action, plan_diff, rollback_plan, verify
+from commands.actions import (ActionTarget, Outcome, Plan, Verification, apply, dry_run, plan_action, plan_diff,
+                              rollback_plan, verify)
 from commands.errors import MeshbotError, UserError
 from commands.clients.kube import KubeClient
 
@@ -281,11 +282,11 @@ class ApprovalDesk:
                                    daemon=True)
         beating.start()
         try:
-            result, verification = self._run(request)
+            outcome, verification = self._run(request)
         finally:
             stop.set()
             beating.join()
-        return self._finish(request, result, verification)
+        return self._finish(request, outcome, verification)
 
     def _stale_before(self, now: datetime) -> datetime:
         """Heartbeats older than this are a dead executor's.  On SQLite one process owns the file, so whatever is
@@ -309,26 +310,28 @@ class ApprovalDesk:
             if request.state == RequestState.EXECUTING:
                 # Unknown how far it got: count every change as possibly in place, so a rollback covers them all
                 # (it skips those that never landed).
-                self._finish(request, {"ok": False, "applied": len(request.plan.changes), "steps": [],
-                                       "error": f"meshbot hit an internal error while executing ({type(exc).__name__}); "
-                                                "changes may be in place, see its log"}, None)
+                self._finish(request, Outcome.failed(
+                    f"meshbot hit an internal error while executing ({type(exc).__name__}); changes may be in "
+                    "place, see its log", applied=len(request.plan.changes)), None)
         except Exception:
             log.exception("could not record the failure of approval request #%s", request_id)
 
-    def _finish(self, request: ApprovalRequest, result: dict, verification: dict | None) -> ApprovalRequest:
+    def _finish(self, request: ApprovalRequest, outcome: Outcome, verification: Verification | None
+                ) -> ApprovalRequest:
         request_id = request.id
+        result, checked = outcome.to_dict(), verification.to_dict() if verification else None
         with self.database.transaction() as db:
-            state = RequestState.SUCCEEDED if result.get("ok") else RequestState.FAILED
-            if not self.store.finish(db, request_id, state, result, verification):
+            state = RequestState.SUCCEEDED if outcome.ok else RequestState.FAILED
+            if not self.store.finish(db, request_id, state, result, checked):
                 return self._get(db, request_id)  # someone else recorded the outcome first
-            kind = EventKind.ACTION_EXECUTED if result.get("ok") else EventKind.ACTION_FAILED
+            kind = EventKind.ACTION_EXECUTED if outcome.ok else EventKind.ACTION_FAILED
             self.incidents.append(db, request.incident_id, MESHBOT, kind, {
                 "request_id": request_id, "action": request.action, "plan_hash": request.plan_hash,
                 "approved_by": list(request.approvals), **result})
-            if verification is not None:
+            if checked is not None:
                 self.incidents.append(db, request.incident_id, MESHBOT, EventKind.ACTION_VERIFIED,
-                                      {"request_id": request_id, **verification})
-            if request.rollback_of is not None and result.get("ok"):
+                                      {"request_id": request_id, **checked})
+            if request.rollback_of is not None and outcome.ok:
                 self.store.mark_rolled_back(db, request.rollback_of, request_id)
                 self._update_message(db, request.rollback_of, self.clock())
             done = self._update_message(db, request_id, self.clock())
@@ -337,24 +340,23 @@ class ApprovalDesk:
         self.outbox.wake()
         return done
 
-    def _run(self, request: ApprovalRequest) -> tuple[dict, dict | None]:
+    def _run(self, request: ApprovalRequest) -> tuple[Outcome, Verification | None]:
         if request.plan.hash != request.plan_hash:
-            return {"ok": False, "applied": 0, "error": "the stored plan does not match its hash; nothing was run",
-                    "steps": []}, None
+            return Outcome.failed("the stored plan does not match its hash; nothing was run"), None
         if not request.binding_holds(self.incidents.key):
             # The plain hash can be recomputed by whoever edits the database; the binding needs the audit key.
             log.error("approval request #%s: the stored plan is not the one bound to it; refusing to execute",
                       request.id)
-            return {"ok": False, "applied": 0, "steps": [],
-                    "error": "the stored plan is not the one approved for this request (its binding with the audit "
-                             "key fails: edited in the database, or opened before the audit key); nothing was run"}, None
+            return Outcome.failed("the stored plan is not the one approved for this request (its binding with the "
+                                  "audit key fails: edited in the database, or opened before the audit key); "
+                                  "nothing was run"), None
         try:
             client = self.kube()
             outcome = apply(client, request.plan)
             checked = verify(client, request.plan) if outcome.applied or outcome.ok else None
         except MeshbotError as exc:
-            return {"ok": False, "applied": 0, "error": str(exc), "steps": []}, None
-        return outcome.to_dict(), checked.to_dict() if checked else None
+            return Outcome.failed(str(exc)), None
+        return outcome, checked
 
     # -- housekeeping -------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from bot.incidents import headline
 from bot.incidents.alerts import Alert, AlertStatus, Notification, as_ended, ended_alerts, ended_before, \
     parse_notification
 from bot.storage.database import Database
+from bot.storage.dialect import Dialect
 from bot.diagnosis import Diagnostician
 from bot.incidents.log import EventKind, Incident, IncidentLog, NotificationWriter, iso
 from bot.server.metrics import Metrics
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 MAX_FINDINGS_IN_LOG = 200
 PROCESS_EVERY = 5.0
+ORPHANED_DIAGNOSIS_SECONDS = 10.0
+"""An incident undiagnosed this long after a replica first saw it is diagnosed by that replica (its opener died)."""
 TOP_REFRESH_SECONDS = 300.0
 MAX_CAUSES_IN_JOIN = 2
 ALERTMANAGER = "alertmanager"
@@ -90,6 +93,8 @@ class IncidentFlow:
     """Webhooks storing right now: the processor lets them have the database first (Alertmanager waits on them)."""
     _top_refreshed: dict[int, float] = field(default_factory=dict)
     """When each open incident's top message was last re-rendered only to advance its elapsed time."""
+    _undiagnosed_since: dict[int, float] = field(default_factory=dict)
+    """Since when (monotonic) this replica has seen each incident undiagnosed (PostgreSQL only)."""
 
     # -- intake (HTTP thread) ----------------------------------------------------------
 
@@ -131,7 +136,22 @@ class IncidentFlow:
     def _process_pass(self) -> float:
         self.process_pending()
         self.refresh_open_tops()
+        self.adopt_orphaned_diagnoses()
         return PROCESS_EVERY  # also without a wake-up, so nothing stored waits longer than this
+
+    def adopt_orphaned_diagnoses(self) -> int:
+        """With several replicas: diagnose incidents another replica opened but died before diagnosing (seen
+        undiagnosed for ORPHANED_DIAGNOSIS_SECONDS; the claim in _diagnose_safely skips one still being run)."""
+        if self.database.dialect == Dialect.SQLITE:
+            return 0  # one process: start() diagnoses what its predecessor left
+        now = time.monotonic()
+        waiting = {incident.id for incident in self.incidents.undiagnosed()}
+        self._undiagnosed_since = {i: self._undiagnosed_since.get(i, now) for i in waiting}
+        due = [i for i, since in self._undiagnosed_since.items() if now - since >= ORPHANED_DIAGNOSIS_SECONDS]
+        for incident_id in due:
+            self._undiagnosed_since[incident_id] = now  # tried again at most once per interval
+            self.workers.submit(self._diagnose_safely, incident_id)
+        return len(due)
 
     def refresh_open_tops(self, every: float = TOP_REFRESH_SECONDS) -> int:
         """Keep "firing since … (1h 12m)" current: re-render open incidents' top messages every few minutes
@@ -345,7 +365,11 @@ class IncidentFlow:
 
     def _diagnose_safely(self, incident_id: int) -> None:
         try:
-            self.diagnose(incident_id)
+            # With several replicas on PostgreSQL one at a time diagnoses an incident; a dead one's claim goes with
+            # its connection.  (diagnose() posts once anyway; the claim saves the cluster a second run.)
+            with self.database.claim(f"diagnose:{incident_id}") as claim:
+                if claim is not None:
+                    self.diagnose(incident_id)
         except Exception:
             log.exception("diagnosing incident #%s failed", incident_id)
 

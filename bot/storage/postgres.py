@@ -196,13 +196,14 @@ class PostgresDatabase(Database):
         return version
 
     def check_writable(self) -> None:
+        """The readiness probe: a write committed on a connection of its own (each probe runs in a new thread, so
+        a thread's connection would outlive it), without the writer lock (PostgreSQL takes concurrent writers)."""
         try:
-            with self.transaction() as db:
-                db.execute("CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at TEXT)")
-                db.execute("INSERT INTO health VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                           [datetime.now(timezone.utc).isoformat()])
+            with self.connect() as conn, conn.transaction():
+                conn.execute("CREATE TABLE IF NOT EXISTS health (id BIGINT PRIMARY KEY, at TEXT)")
+                conn.execute("INSERT INTO health VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                             [datetime.now(timezone.utc).isoformat()])
         except psycopg.Error as exc:
-            self.close()
             raise unreachable(self.path, exc) from None
 
     def continue_ids(self, db: PostgresConnection, tables: Sequence[str]) -> None:
@@ -216,8 +217,9 @@ class PostgresDatabase(Database):
     def claim(self, name: str) -> Iterator[Claim | None]:
         """The named row of ``claims``, locked for this replica until the block ends; None while another
         replica holds it (``FOR UPDATE SKIP LOCKED``: nobody waits, and a dead replica's lock goes with its
-        connection).  A connection of its own, so the caller's transactions go on beside it."""
-        conn = self.connect()
+        connection).  A connection of its own (one per thread, kept), so the caller's transactions go on
+        beside it."""
+        conn = self._claim_connection()
         try:
             conn.execute("INSERT INTO claims (name) VALUES (%s) ON CONFLICT DO NOTHING", [name])
             conn.execute("BEGIN")
@@ -231,14 +233,26 @@ class PostgresDatabase(Database):
             if claim.next_at != _parse(row[0]):
                 conn.execute("UPDATE claims SET next_at = %s WHERE name = %s", [_iso(claim.next_at), name])
             conn.execute("COMMIT")
-        finally:
-            conn.close()
+        except BaseException:
+            conn.close()  # whatever it held is released with it; the next claim connects again
+            self._local.claims = None
+            raise
+
+    def _claim_connection(self) -> psycopg.Connection:
+        conn = getattr(self._local, "claims", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._local.claims = self.connect()
+        return conn
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
             db.conn.close()
             self._local.db = None
+        claims = getattr(self._local, "claims", None)
+        if claims is not None:
+            claims.close()
+            self._local.claims = None
 
 
 def _parse(text: str | None) -> datetime | None:

@@ -43,6 +43,11 @@ class Outcome:
     """Leading changes that are (or may be) in place; a rollback undoes exactly these."""
     error: str | None = None
 
+    @classmethod
+    def failed(cls, error: str, *, applied: int = 0) -> Outcome:
+        """Nothing ran (``applied`` 0), or an unknown part did: then every change counts as possibly in place."""
+        return cls(ok=False, steps=(), applied=applied, error=error)
+
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "applied": self.applied, "error": self.error,
                 "steps": [{"origin": s.origin, "op": s.op, "state": str(s.state), "detail": s.detail}

@@ -159,6 +159,11 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.refusals = []
         self.last_resource_version = 0
+        # A dry run is emulated by writing and then restoring the store; a real API server never stores it, so
+        # nothing else may see that moment: writes queue behind each other and reads wait for it to pass.
+        self._writes = asyncio.Lock()
+        self._no_dry_run = asyncio.Event()
+        self._no_dry_run.set()
 
     def next_resource_version(self) -> str:
         self.last_resource_version += 1
@@ -166,15 +171,21 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: Any) -> Any:
         if request.resource is not None and request.action in _WRITES:
-            if any(refused(request) for refused in self.refusals):
-                return await apps.RawHandler._handle(self, request)  # the reaction answers; nothing is stored
-            # No await between this check and kmock's own write below, so no other write can slip in between.
-            if request.action == kmock.action.UPDATE and request.name is not None and self._stale(request):
-                raise _conflict(request)
-            if request.action in (kmock.action.CREATE, kmock.action.UPDATE) and isinstance(request.data, dict):
-                return await self._stamped(request)
-            if request.params.get("dryRun") == "All":
-                return await self._dry_run(request)
+            async with self._writes:
+                return await self._write(request)
+        await self._no_dry_run.wait()
+        return await super()._handle(request)
+
+    async def _write(self, request: Any) -> Any:
+        if any(refused(request) for refused in self.refusals):
+            return await apps.RawHandler._handle(self, request)  # the reaction answers; nothing is stored
+        # Writes are serialised by _writes, so no other write slips in between this check and the write.
+        if request.action == kmock.action.UPDATE and request.name is not None and self._stale(request):
+            raise _conflict(request)
+        if request.action in (kmock.action.CREATE, kmock.action.UPDATE) and isinstance(request.data, dict):
+            return await self._stamped(request)
+        if request.params.get("dryRun") == "All":
+            return await self._dry_run(request)
         return await super()._handle(request)
 
     async def _stamped(self, request: Any) -> Any:
@@ -205,10 +216,12 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     async def _dry_run(self, request: Any) -> Any:
         """Answer as the real write would, then put every stored object back as it was."""
         saved = copy.deepcopy(self._objects)
+        self._no_dry_run.clear()
         try:
             return await super()._handle(request)
         finally:
             self._objects = saved
+            self._no_dry_run.set()
 
 
 class FakeKube:
