@@ -37,7 +37,7 @@ INJECTED_LABELS = ("security.istio.io/tlsMode", "service.istio.io/canonical-name
 """Labels Istio's injector adds to a pod (istio/istio pkg/kube/inject/inject.go), not part of its template."""
 
 
-def _patch_namespace_paths() -> None:
+def patch_namespace_paths() -> None:
     """kmock 0.8 cannot parse ``/api/v1/namespaces[/NAME]`` (/work/shared/TESTING.md); idempotent."""
     original = parsing.parse_path
     if getattr(original, "meshbot_patched", False):
@@ -189,7 +189,7 @@ class EmbeddedCluster:
     """The emulator on its own event loop thread; ``url`` is ``http://127.0.0.1:PORT``."""
 
     def __init__(self) -> None:
-        _patch_namespace_paths()
+        patch_namespace_paths()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="demo-kube", daemon=True)
         self._stack = contextlib.AsyncExitStack()

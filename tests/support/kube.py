@@ -28,7 +28,9 @@ from typing import Any, TypeVar
 
 import kmock
 import pytest
-from kmock._internal import apps, k8s, parsing
+from kmock._internal import apps, k8s
+
+from bot.demo.cluster import patch_namespace_paths, selected
 
 from commands.cluster.kinds import KINDS, KindInfo
 from commands.clients.kube import KubeClient
@@ -46,23 +48,7 @@ _REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Alread
             422: "Invalid", 500: "InternalError", 503: "ServiceUnavailable"}
 
 
-def _patch_namespace_paths() -> None:
-    """kmock 0.8 cannot parse ``/api/v1/namespaces[/NAME]`` (see TESTING.md)."""
-    original = parsing.parse_path
-    if getattr(original, "meshbot_patched", False):
-        return
-
-    def parse_path(path: str) -> parsing.ParsedPath:
-        parts = path.strip("/").split("/")
-        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
-            return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
-        return original(path)
-
-    parse_path.meshbot_patched = True  # type: ignore[attr-defined]
-    parsing.parse_path = parse_path
-
-
-_patch_namespace_paths()
+patch_namespace_paths()
 
 
 def resource_of(kind: str | KindInfo) -> kmock.resource:
@@ -98,38 +84,7 @@ class EventLoopThread:
         self._thread.join(timeout=5)
 
 
-# -- selectors: kmock lists ignore them, a real API server does not ----------------------
-
-
-def _parse_selector(text: str) -> list[tuple[str, str, str | None]]:
-    """``a=b,c!=d,e`` -> [(key, op, value)]: equality, inequality and existence only."""
-    terms = []
-    for term in filter(None, (t.strip() for t in text.split(","))):
-        for op in ("!=", "==", "="):
-            key, sep, value = term.partition(op)
-            if sep:
-                terms.append((key.strip(), "!=" if op == "!=" else "=", value.strip()))
-                break
-        else:
-            terms.append((term, "exists", None))
-    return terms
-
-
-def _field_value(obj: Mapping[str, Any], path: str) -> str | None:
-    value: Any = obj
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    return None if value is None else str(value)
-
-
-def _selected(obj: Mapping[str, Any], fields: str, labels: str) -> bool:
-    obj_labels = (obj.get("metadata") or {}).get("labels") or {}
-    checks = [(_field_value(obj, key), op, value) for key, op, value in _parse_selector(fields)]
-    checks += [(obj_labels.get(key), op, value) for key, op, value in _parse_selector(labels)]
-    for actual, op, value in checks:
-        if (op == "=" and actual != value) or (op == "!=" and actual == value) or (op == "exists" and actual is None):
-            return False
-    return True
+# -- selectors: kmock lists ignore them, a real API server does not (bot.demo.cluster.selected) --
 
 
 def _has_selector(request: kmock.Request) -> bool:
@@ -248,7 +203,7 @@ class FakeKube:
                  if resource == request.resource and not obj.deleted
                  and (request.namespace is None or namespace == request.namespace)]
         fields, labels = request.params.get("fieldSelector", ""), request.params.get("labelSelector", "")
-        return {"metadata": {"resourceVersion": "1"}, "items": [i for i in items if _selected(i, fields, labels)]}
+        return {"metadata": {"resourceVersion": "1"}, "items": [i for i in items if selected(i, fields, labels)]}
 
     # -- seeding -------------------------------------------------------------------------
 
