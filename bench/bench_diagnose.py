@@ -26,7 +26,7 @@ CHECKS = ["analyze", "status", "certs"]
 
 def measure(pods: int, mode: str, workdir: str) -> dict:
     from bench.mesh_generator import generate
-    from commands.checks.catalog import default_checks
+    from commands.catalog import default_checks
     from commands.findings import count_by_level
     from commands.cluster.snapshot import Resource, Snapshot
 

@@ -33,7 +33,7 @@ WORKERS = int(os.environ.get("MESHBOT_WORKERS", "16"))  # the setting's default
 def diagnoses_padded_to_two_seconds(settings):
     """The bot's diagnosis runner: the real demo-scenario diagnosis, then a sleep up to 2 s."""
     from bot.cluster import ClusterAccess
-    from commands.checks.catalog import default_checks
+    from commands.catalog import default_checks
 
     cluster, registry = ClusterAccess(settings), default_checks()
 

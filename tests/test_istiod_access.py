@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from commands.checks.catalog import default_checks
+from commands.catalog import default_checks
 from commands.checks.registry import CheckContext
 from commands.clients.http import HttpEndpoint, http_endpoint
 from commands.clients.kube import KubePortForwarder, LocalBridge

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from commands.checks.catalog import default_checks
+from commands.catalog import default_checks
 from commands.checks.registry import CheckContext
 from commands.cluster.endpoints import EndpointResolver
 from commands.clients.http import http_endpoint

@@ -33,7 +33,7 @@ import pytest
 
 from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbook_file, load_playbooks
 from bot.incidents.playbooks import suggest
-from commands.checks.catalog import default_checks
+from commands.catalog import default_checks
 from commands.checks.certs import certs
 from commands.checks.registry import CheckContext, Thresholds
 from commands.codes import ALL_CODES

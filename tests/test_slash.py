@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.slack.slash import DiagnoseRequest, HelpRequest, SlashCommands, UsageError, add_diagnoses
-from commands.checks.catalog import default_checks
+from commands.catalog import default_checks
 
 COMMANDS = SlashCommands()
 add_diagnoses(COMMANDS, default_checks())

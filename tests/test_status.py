@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from commands.checks.catalog import default_checks
+from commands.catalog import default_checks
 from commands.checks.registry import CheckContext, Thresholds
 from tests.support.analysis import snapshot_from_yaml
 

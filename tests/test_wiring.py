@@ -10,7 +10,7 @@ from bot.server.schema import MIGRATIONS, open_database
 from bot.slack.app import Invocation, run_in_background
 from bot.slack.slash import SlashCommands, add_diagnoses
 from bot.storage.database import Database
-from commands.checks.catalog import default_checks
+from commands.catalog import default_checks
 from commands.checks.registry import CheckRegistry
 from commands.checks.status import status
 from commands.errors import UserError

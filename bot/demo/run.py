@@ -35,7 +35,7 @@ from bot.demo.workspace import CHANNEL, PEOPLE, Workspace
 from bot.server.meshbot import Meshbot
 from bot.server.wiring import build
 from bot.settings import Settings
-from commands.checks.catalog import default_checks
+from commands.catalog import default_checks
 from commands.checks.registry import Thresholds
 from commands.cluster.demo import Scenario, load_scenario
 from commands.cluster.endpoints import PodRef

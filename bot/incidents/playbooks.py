@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 
 from commands.actions.targets import ActionTarget, ActionUsageError, parse_action
-from commands.checks.catalog import default_checks
+from commands.catalog import default_checks
 from commands.checks.registry import ALL
 from commands.errors import InputError
 from commands.findings import Finding, by_severity

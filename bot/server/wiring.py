@@ -46,7 +46,7 @@ from bot.slack.ingress import SlackRequestGate
 from bot.slack.roles import Permission, RoleCheck, Roles
 from bot.slack.slash import SlashCommands
 from bot.storage.database import Database
-from commands.checks.catalog import default_checks
+from commands.catalog import default_checks
 from commands.clients.lease import LeaderElector
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ A check is a plain function ``(CheckContext) -> list[Finding]`` described with
 ``@check(name, kinds=..., summary=...)``; the decorator returns a ``CheckSpec``
 and registers nothing.  ``kinds`` says which objects the snapshot must hold, so
 a live run lists only what the chosen checks read.  Which checks exist, and in
-which order they report, is ``commands.checks.catalog.default_checks()``: this
+which order they report, is ``commands.catalog.default_checks()``: this
 module imports no check.
 """
 
