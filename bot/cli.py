@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bot.settings import SettingsError
-from commands.checks.catalog import default_checks
+from commands.catalog import default_checks
 from commands.checks.registry import ALL, CheckRegistry
 from commands.thresholds import CERT_DAYS_TEXT, Thresholds
 from commands.errors import InputError, MeshbotError, UserError
@@ -348,7 +348,7 @@ def _migrate_to(source_log, url: str, settings) -> int:
     from bot.incidents.log import IncidentLog
     from bot.server.schema import open_database
     from bot.settings import _database_url
-    from bot.storage.transfer import copy_database
+    from bot.storage.copy import copy_database
 
     try:
         url = _database_url(url)

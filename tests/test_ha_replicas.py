@@ -11,8 +11,8 @@ import pytest
 from tests.support.postgres import PASSWORD, with_password
 from tests.support.replicas import CHANNEL, Storm, notification, start_replicas, stop_replicas, wait_drained
 
-GROUPS = 4
-PER_GROUP = 15
+GROUPS = 3
+PER_GROUP = 16
 
 
 @pytest.fixture
@@ -54,6 +54,7 @@ def test_a_storm_spread_over_three_replicas_opens_one_thread_per_group_and_posts
     done = wait_drained(url, timeout=60)
 
     assert storm.sent == GROUPS * PER_GROUP and done["notifications"] == GROUPS * PER_GROUP
+    assert len(storm.accepted_by) == 3 * GROUPS  # every group's notifications reached every replica
     assert done["unprocessed"] == done["pending"] == done["failed"] == 0
     assert done["incidents"] == GROUPS and done["undiagnosed"] == 0
     tops = top_level_posts(fake_slack)

@@ -10,9 +10,10 @@ import httpx
 import psycopg
 import pytest
 
-from bot.incidents.log import IncidentLog
+from bot.incidents.log import AuditKey, EventKind, IncidentLog
 from bot.incidents.outbox import Outbox
 from bot.server.schema import MIGRATIONS, open_database
+from bot.server.wiring import require_settings
 from bot.settings import Settings, SettingsError
 from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
@@ -110,6 +111,27 @@ def test_three_replicas_starting_together_migrate_once(postgres):
     assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]  # each step recorded once
 
 
+def test_events_appended_by_two_replicas_at_once_form_one_intact_chain(postgres):
+    first = postgres.fresh()
+    replicas = [first, PostgresDatabase(first.url, MIGRATIONS)]
+    key = AuditKey.generate()
+    logs = [IncidentLog(database, key=key, anchor_stores=()) for database in replicas]
+    barrier = threading.Barrier(8)
+
+    def append(log: IncidentLog, writer: int) -> None:
+        barrier.wait(timeout=10)
+        for n in range(25):
+            log.record(None, f"writer-{writer}", EventKind.NOTE, {"n": n})
+
+    threads = [threading.Thread(target=append, args=(logs[w % 2], w)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    report = logs[1].verify()
+    assert report.intact and report.events == 200  # each prev_hash is the hash written just before it
+
+
 def test_a_claim_is_held_by_one_replica_and_released_when_its_connection_dies(postgres):
     first, second = postgres.fresh(), None
     second = PostgresDatabase(first.url, MIGRATIONS)
@@ -127,6 +149,22 @@ def test_a_claim_is_held_by_one_replica_and_released_when_its_connection_dies(po
     dying.close()
     with second.claim("outbox:C1") as after:
         assert after is not None
+
+
+def test_named_work_is_done_by_one_replica_at_a_time_and_freed_when_its_session_dies(postgres):
+    first = postgres.fresh()
+    second = PostgresDatabase(first.url, MIGRATIONS)
+    with first.exclusively("diagnose:7") as mine:
+        with second.exclusively("diagnose:7") as theirs, second.exclusively("diagnose:8") as other:
+            assert (mine, theirs, other) == (True, False, True)
+    with second.exclusively("diagnose:7") as after:
+        assert after
+
+    with first.exclusively("diagnose:9") as held:
+        assert held
+        first.db.conn.close()  # the replica dies with the lock held
+        with second.exclusively("diagnose:9") as taken_over:
+            assert taken_over
 
 
 def test_the_password_comes_from_its_own_setting_and_a_url_carrying_one_is_refused(tmp_path):
@@ -221,3 +259,11 @@ def test_two_replicas_deliver_each_message_once_in_order_and_paced_per_channel(p
         assert [p.args["text"] for p in mine] == [f"{channel} #{n}" for n in range(6)]  # once each, in order
         gaps = [later.at - earlier.at for earlier, later in zip(mine, mine[1:])]
         assert min(gaps) >= interval * 0.9, gaps  # paced across replicas, not per replica
+
+
+def test_postgresql_needs_the_shared_audit_key_because_every_replica_signs_one_chain():
+    settings = Settings(slack_bot_token="xoxb-1", slack_signing_secret="s",
+                        database_url="postgresql://meshbot@db:5432/meshbot")
+    with pytest.raises(SettingsError, match="MESHBOT_DATABASE_URL needs MESHBOT_AUDIT_KEY"):
+        require_settings(settings)
+    require_settings(Settings(slack_bot_token="xoxb-1", slack_signing_secret="s"))  # SQLite: a generated key will do

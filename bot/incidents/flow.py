@@ -141,7 +141,7 @@ class IncidentFlow:
 
     def adopt_orphaned_diagnoses(self) -> int:
         """With several replicas: diagnose incidents another replica opened but died before diagnosing (seen
-        undiagnosed for ORPHANED_DIAGNOSIS_SECONDS; the claim in _diagnose_safely skips one still being run)."""
+        undiagnosed for ORPHANED_DIAGNOSIS_SECONDS; the lock in _diagnose_safely skips one still being run)."""
         if self.database.dialect == Dialect.SQLITE:
             return 0  # one process: start() diagnoses what its predecessor left
         now = time.monotonic()
@@ -365,10 +365,10 @@ class IncidentFlow:
 
     def _diagnose_safely(self, incident_id: int) -> None:
         try:
-            # With several replicas on PostgreSQL one at a time diagnoses an incident; a dead one's claim goes with
-            # its connection.  (diagnose() posts once anyway; the claim saves the cluster a second run.)
-            with self.database.claim(f"diagnose:{incident_id}") as claim:
-                if claim is not None:
+            # With several replicas on PostgreSQL one at a time diagnoses an incident; a dead one's lock goes with
+            # its connection.  (diagnose() posts once anyway; the lock saves the cluster a second run.)
+            with self.database.exclusively(f"diagnose:{incident_id}") as alone:
+                if alone:
                     self.diagnose(incident_id)
         except Exception:
             log.exception("diagnosing incident #%s failed", incident_id)

@@ -8,12 +8,6 @@ from pathlib import Path
 from bot.storage.database import Database, Migration
 from bot.storage.postgres import PostgresDatabase
 
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_postgres_url(url: str | None) -> bool:
-    return bool(url) and url.startswith(POSTGRES_SCHEMES)
-
 
 def database_for(path: str | Path, migrations: Sequence[Migration], *, url: str | None = None,
                  password: str | None = None) -> Database:

@@ -5,6 +5,8 @@ WAL lets readers (``/mesh incident list``) run while a writer commits, and
 Migrations are numbered; ``schema_version`` records which ran, so an old
 database is brought forward on start and a newer one is refused.  The database
 is given the full ordered list (``bot.server.schema``); nothing registers itself.
+With MESHBOT_DATABASE_URL the same interface runs on PostgreSQL (``bot.storage.postgres``, a subclass),
+with the same SQL translated by ``bot.storage.dialect``.
 """
 
 from __future__ import annotations
@@ -201,6 +203,12 @@ class Database:
 
     def continue_ids(self, db: Any, tables: Sequence[str]) -> None:
         """After rows were copied in with their ids: new rows get the next ids (SQLite does this by itself)."""
+
+    @contextlib.contextmanager
+    def exclusively(self, name: str) -> Iterator[bool]:
+        """True while this replica alone does the named work (False: another one is doing it now).  One process
+        owns a SQLite file, so there it is always True; PostgreSQL holds a session advisory lock."""
+        yield True
 
     @contextlib.contextmanager
     def claim(self, name: str) -> Iterator[Claim | None]:

@@ -23,6 +23,7 @@ tables with an identity ``id`` so ``cursor.lastrowid`` means the same on both ba
 
 from __future__ import annotations
 
+import functools
 import re
 from enum import StrEnum
 
@@ -58,6 +59,7 @@ def _replace_outside_literals(sql: str, *, placeholders: bool) -> str:
     return _TOKENS.sub(swap, sql)
 
 
+@functools.lru_cache(maxsize=1024)  # meshbot's statements are constants: each is translated once
 def to_postgres(sql: str) -> str:
     """One statement with ``?`` parameters, as PostgreSQL (psycopg's ``%s``) wants it."""
     ignore = bool(_INSERT_OR_IGNORE.match(sql))
@@ -70,6 +72,7 @@ def to_postgres(sql: str) -> str:
     return sql
 
 
+@functools.lru_cache(maxsize=1024)
 def inserted_table(sql: str) -> str | None:
     """The table an INSERT writes to (None for any other statement)."""
     match = _INSERT_TABLE.match(sql)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 WRITE_LOCK = 0x6D657368  # "mesh": the one writer lock (SQLite's BEGIN IMMEDIATE)
 MIGRATION_LOCK = 0x6D696772  # "migr": held while one replica migrates
+NAMED_LOCKS = 0x6D62  # "mb": first key of ``exclusively``'s two-key locks (the second: the name's hash)
 CONNECT_TIMEOUT_SECONDS = 5
 STATEMENT_TIMEOUT_MS = 30_000
 """Like SQLite's busy_timeout: a writer waits this long for the lock, then fails instead of hanging."""
@@ -212,6 +213,18 @@ class PostgresDatabase(Database):
             if table in self._identity:
                 db.conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
                                 f"COALESCE(MAX(id), 0) + 1, false) FROM {table}")
+
+    @contextlib.contextmanager
+    def exclusively(self, name: str) -> Iterator[bool]:
+        """``pg_try_advisory_lock`` on this thread's own connection: no extra connection, nobody waits, and a
+        dead replica's lock ends with its session.  (Two-key locks: a space apart from WRITE_LOCK's.)"""
+        db = self.db
+        held = db.conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [NAMED_LOCKS, name]).fetchone()[0]
+        try:
+            yield held
+        finally:
+            if held and not (db.conn.closed or db.conn.broken):
+                db.conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [NAMED_LOCKS, name])
 
     @contextlib.contextmanager
     def claim(self, name: str) -> Iterator[Claim | None]:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,10 @@ def wait_ready(replica: Replica, timeout: float = 60.0) -> None:
 
 
 def stop_replicas(replicas: Sequence[Replica]) -> None:
+    """SIGTERM to all at once (each drains on its own), then wait for each (SIGKILL after 10 s)."""
+    for replica in replicas:
+        if replica.alive():
+            replica.process.terminate()
     for replica in replicas:
         stop_process(replica.process, timeout=10)
 
@@ -126,18 +131,23 @@ def notification(group: int, sequence: int) -> bytes:
 
 @dataclass
 class Storm:
-    """Alertmanager in front of several replicas: each body to the next replica in turn, and on a failure
+    """Alertmanager in front of several replicas: the bodies spread over all of them, and on a failure
     (a replica killed mid-request) retried on another, as Alertmanager retries a failed webhook."""
 
     replicas: list[Replica]
     sent: int = 0
     retried: int = 0
     latencies: list[float] = field(default_factory=list)
+    accepted_by: Counter = field(default_factory=Counter)
+    """(replica name, group key) -> notifications that replica accepted."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, index: int, body: bytes) -> None:
-        for attempt in range(len(self.replicas) * 3):
-            replica = self.replicas[(index + attempt) % len(self.replicas)]
+        count = len(self.replicas)
+        # Rotated every round, so a group whose notifications come every ``count``-th body still reaches them all.
+        first = index + index // count
+        for attempt in range(count * 3):
+            replica = self.replicas[(first + attempt) % count]
             if not replica.alive():
                 continue
             started = time.perf_counter()
@@ -152,6 +162,7 @@ class Storm:
                 with self._lock:
                     self.sent += 1
                     self.latencies.append(time.perf_counter() - started)
+                    self.accepted_by[replica.name, json.loads(body)["groupKey"]] += 1
                 return
             with self._lock:
                 self.retried += 1
