@@ -137,7 +137,7 @@ def test_a_receiver_answering_500_gets_the_same_group_again(alertmanager: Runnin
     assert {d.payload["groupKey"] for d in received} == {CRASHLOOP_GROUP}
     # A retry within one flush (exponential back-off from ~0.5 s), not the next group_interval.
     assert failed[1].received_at - failed[0].received_at < GROUP_INTERVAL
-    assert re.search(r'msg="Notify success" attempts=([2-9]|\d\d)', alertmanager.log())
+    assert alertmanager.wait_for_log(r'msg="Notify success" attempts=([2-9]|\d\d)')
 
 
 def test_amtool_adds_an_alert_that_alertmanager_delivers(alertmanager: RunningAlertmanager,

@@ -15,6 +15,7 @@ import json
 import shutil
 import socket
 import subprocess
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,19 @@ class RunningAlertmanager:
     def log(self) -> str:
         """Everything Alertmanager wrote to stderr (logfmt lines: level=… component=… msg=…)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """The first match of ``pattern`` in the log, waiting for it: Alertmanager logs a delivery's outcome
+        after the receiver has answered, so the line may land a moment after the webhook did."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(pattern, self.log())
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Alertmanager did not log {pattern!r} within {timeout} s; its log:\n"
+                                     f"{self.log()[-2000:]}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         stop_process(self.process)
