@@ -14,7 +14,6 @@ delivered and the smallest gap between two posts in the incident channel
 from __future__ import annotations
 
 import http.client
-import json
 import sqlite3
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import Processes, peak_rss_mb, percentile  # noqa: E402
+from tests.support import replicas  # noqa: E402
 
 TOKEN = "bench-alertmanager-token"
 MAX_ALERTS = 8
@@ -34,24 +34,8 @@ ALERTNAMES = ["EnvoySidecarCrashLoop", "IstiodHighMemory", "EnvoyHighMemoryUsage
 
 
 def notification(group: int, sequence: int) -> bytes:
-    """The ``sequence``-th notification of a group: up to MAX_ALERTS alerts, joining one by one."""
-    alertname = ALERTNAMES[group % len(ALERTNAMES)]
-    namespace = f"team-{group:02d}"
-    alerts = [{
-        "status": "firing",
-        "labels": {"alertname": alertname, "namespace": namespace, "pod": f"app-{group}-{n}", "severity": "critical"},
-        "annotations": {"summary": f"{alertname} in {namespace}"},
-        "startsAt": "2026-11-24T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "http://prometheus:9090/graph", "fingerprint": f"{group:04x}{n:012x}",
-    } for n in range(min(sequence // 6 + 1, MAX_ALERTS))]
-    return json.dumps({
-        "version": "4", "groupKey": f'{{}}:{{alertname="{alertname}", namespace="{namespace}"}}',
-        "truncatedAlerts": 0, "status": "firing", "receiver": "meshbot",
-        "groupLabels": {"alertname": alertname, "namespace": namespace},
-        "commonLabels": {"alertname": alertname, "namespace": namespace, "severity": "critical"},
-        "commonAnnotations": {"summary": f"{alertname} in {namespace}"},
-        "externalURL": "http://alertmanager:9093", "alerts": alerts,
-    }).encode()
+    """The ``sequence``-th notification of a group: up to MAX_ALERTS alerts, one joining every sixth."""
+    return replicas.notification(group, sequence, new_alert_every=6, max_alerts=MAX_ALERTS, alertnames=ALERTNAMES)
 
 
 def main() -> None:

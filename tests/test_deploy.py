@@ -78,7 +78,7 @@ def checkov(where: Path = ROOT / ".venv-checkov" / "bin") -> str:
         return found
     if os.environ.get("CI"):
         pytest.fail(CHECKOV_MISSING, pytrace=False)
-    pytest.skip(CHECKOV_MISSING)
+    pytest.skip(reason=CHECKOV_MISSING)
 
 
 def run(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:

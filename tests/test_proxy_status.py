@@ -200,7 +200,7 @@ def test_ztunnel_nack_is_an_error_that_never_suggests_restarting_ztunnel(istiod_
     [nack] = about(findings, "Pod istio-system/ztunnel-7xk2p")
     assert nack.code == "MB2006" and nack.level == "Error"
     assert 'ztunnel says "unknown service resolution PASSTHROUGH' in nack.message
-    assert "Do not delete or restart the ztunnel pod" in nack.remediation.summary
+    assert "Leave the ztunnel pod running (no restart, no pod removal)" in nack.remediation.summary
     assert "delete" not in nack.remediation.command and "restart" not in nack.remediation.command
     assert of_code(findings, "MB2002") == []
 

@@ -523,7 +523,7 @@ def _unknown_versions(proxies: list[ProxySync], istiods: Mapping[str, Istiod]) -
 
 NO_RESTART = ("Do not restart the pod: Envoy keeps serving the last config it accepted, and a new pod would be "
               "sent the same rejected config by istiod.")
-ZTUNNEL_NO_RESTART = ("Do not delete or restart the ztunnel pod: it carries the traffic of every ambient pod on its "
+ZTUNNEL_NO_RESTART = ("Leave the ztunnel pod running (no restart, no pod removal): it carries the traffic of every ambient pod on its "
                       "node, which would all be disrupted (https://istio.io/latest/docs/ambient/upgrade/helm/), and "
                       "its replacement gets the same config from istiod.")
 
@@ -604,5 +604,5 @@ def _wrong_revision(proxy: ProxySync) -> Remediation:
 def _ztunnel_upgrade(proxy: ProxySync) -> Remediation:
     return Remediation("Upgrade istiod first, then the ztunnel DaemonSet (helm upgrade ztunnel), one node at a time "
                        "with the node cordoned and drained: replacing a ztunnel disrupts all ambient traffic on its "
-                       "node (https://istio.io/latest/docs/ambient/upgrade/helm/). Do not delete ztunnel pods to fix "
+                       "node (https://istio.io/latest/docs/ambient/upgrade/helm/). Removing a ztunnel pod does not fix "
                        "this.", command=f"kubectl -n {proxy.namespace or 'istio-system'} get daemonset ztunnel -o wide")

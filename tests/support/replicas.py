@@ -108,9 +108,11 @@ def stop_replicas(replicas: Sequence[Replica]) -> None:
         stop_process(replica.process, timeout=10)
 
 
-def notification(group: int, sequence: int) -> bytes:
-    """The ``sequence``-th notification of a group (Alertmanager's webhook body): alerts join one by one."""
-    alertname = ALERTNAMES[group % len(ALERTNAMES)]
+def notification(group: int, sequence: int, *, new_alert_every: int = 3, max_alerts: int = 8,
+                 alertnames: Sequence[str] = ALERTNAMES) -> bytes:
+    """The ``sequence``-th notification of a group (Alertmanager's webhook body): an alert joins every
+    ``new_alert_every`` notifications, up to ``max_alerts``."""
+    alertname = alertnames[group % len(alertnames)]
     namespace = f"team-{group:02d}"
     alerts = [{
         "status": "firing",
@@ -118,7 +120,7 @@ def notification(group: int, sequence: int) -> bytes:
         "annotations": {"summary": f"{alertname} in {namespace}"},
         "startsAt": "2026-11-24T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
         "generatorURL": "http://prometheus:9090/graph", "fingerprint": f"{group:04x}{n:012x}",
-    } for n in range(min(sequence // 3 + 1, 8))]
+    } for n in range(min(sequence // new_alert_every + 1, max_alerts))]
     return json.dumps({
         "version": "4", "groupKey": f'{{}}:{{alertname="{alertname}", namespace="{namespace}"}}',
         "truncatedAlerts": 0, "status": "firing", "receiver": "meshbot",
