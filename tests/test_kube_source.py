@@ -185,6 +185,17 @@ def test_ca_secrets_are_not_read_unless_opted_in(mesh: FakeKube):
     assert not [r for r in mesh.requests() if r.url.path.endswith(("/istio-ca-secret", "/cacerts"))]
 
 
+def test_a_gateway_naming_the_ca_secret_does_not_make_meshbot_read_it_without_the_opt_in(mesh: FakeKube):
+    # Anyone who may create a Gateway could otherwise point its credentialName at the CA's private key.
+    mesh.add(obj("Gateway", "sneaky", ISTIO, spec={"servers": [{
+        "port": {"number": 443}, "hosts": ["*"], "tls": {"mode": "SIMPLE", "credentialName": "istio-ca-secret"}}]}))
+
+    snapshot = read(mesh, ["Secret"], extra_secrets=[(ISTIO, "cacerts")])
+
+    assert snapshot.get("Secret", ISTIO, "istio-ca-secret") is None
+    assert not [r for r in mesh.requests() if r.url.path.endswith(("/istio-ca-secret", "/cacerts"))]
+
+
 def test_ca_secrets_are_read_when_opted_in_without_their_keys(mesh: FakeKube):
     snapshot = read(mesh, ["Secret"], read_ca_secrets=True)
 

@@ -17,9 +17,11 @@ class HttpEndpoint:
     """A base URL answering GETs; every failure becomes a meshbot error naming the URL."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, client: httpx.Client | None = None,
-                 bearer_token_file: str | None = None):
+                 bearer_token_file: str | None = None, max_body: int = MAX_BODY_BYTES):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.max_body = max_body
+        """Bodies are read in chunks and refused past this size, so a runaway answer never sits in memory whole."""
         self._client = client
         self.bearer_token_file = bearer_token_file
         """Sent as ``Authorization: Bearer``; read at every request because projected tokens rotate."""
@@ -37,19 +39,32 @@ class HttpEndpoint:
     def get_text(self, path: str) -> str:
         url = f"{self.url}/{path.lstrip('/')}"
         headers = self._headers()
+        client = self._client or httpx.Client()
         try:
-            if self._client is not None:
-                response = self._client.get(url, timeout=self.timeout, headers=headers)
-            else:
-                response = httpx.get(url, timeout=self.timeout, headers=headers)
+            with client.stream("GET", url, timeout=self.timeout, headers=headers) as response:
+                _raise_for_status(response, url)
+                body = self._capped_body(response, url)
+                encoding = response.encoding or "utf-8"
         except httpx.TimeoutException:
             raise TransientError(f"no answer within {self.timeout:g}s", endpoint=url) from None
         except httpx.HTTPError as exc:
             raise TransientError(f"connection failed ({type(exc).__name__}: {exc})", endpoint=url) from None
-        _raise_for_status(response, url)
-        if len(response.content) > MAX_BODY_BYTES:
-            raise TransientError(f"answer larger than {MAX_BODY_BYTES // 2**20} MiB", endpoint=url)
-        return response.text
+        finally:
+            if client is not self._client:
+                client.close()
+        return body.decode(encoding, errors="replace")
+
+    def _capped_body(self, response: httpx.Response, url: str) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_body:
+                raise TransientError(f"answer larger than {self.max_body // 2**20 or self.max_body} "
+                                     f"{'MiB' if self.max_body >= 2**20 else 'bytes'}; not read further",
+                                     endpoint=url)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def get_json(self, path: str) -> Any:
         text = self.get_text(path)

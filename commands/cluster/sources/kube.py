@@ -149,9 +149,12 @@ class KubeSource:
 
     def _secret_names(self, snapshot: Snapshot) -> set[tuple[str, str]]:
         names = secret_names_needed(snapshot) | self.extra_secrets
+        ca_secrets = {(self.istio_namespace, name) for name in CA_SECRETS}
         if self.read_ca_secrets:
-            names |= {(self.istio_namespace, name) for name in CA_SECRETS}
-        return names
+            return names | ca_secrets
+        # The CA's Secrets hold its private key (SECURITY.md): without the opt-in they are never fetched, even
+        # when a Gateway's credentialName or MESHBOT_EXTRA_SECRETS names them; RBAC is the second fence.
+        return names - ca_secrets
 
 
 def _reading_order(kinds: set[str]) -> list[str]:
