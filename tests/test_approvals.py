@@ -29,7 +29,21 @@ def cluster(kube: FakeKube) -> FakeKube:
 
 
 @pytest.fixture
-def action_bot(bot_factory, cluster, fake_slack, tmp_path):
+def action_bot(bot_factory, cluster, fake_slack, tmp_path, backend_settings):
+    """A bot that acts on the emulated cluster, on SQLite and then on PostgreSQL."""
+    def start(**overrides):
+        config = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
+        settings = dict(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
+                        approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", **backend_settings)
+        settings.update(overrides)
+        return bot_factory(**settings)
+    fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
+    return start
+
+
+@pytest.fixture
+def sqlite_action_bot(bot_factory, cluster, fake_slack, tmp_path):
+    """``action_bot`` on SQLite only: for tests that edit the database file behind meshbot's back."""
     def start(**overrides):
         config = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
         settings = dict(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
@@ -38,12 +52,6 @@ def action_bot(bot_factory, cluster, fake_slack, tmp_path):
         return bot_factory(**settings)
     fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
     return start
-
-
-@pytest.fixture
-def any_backend_action_bot(action_bot, backend_settings):
-    """``action_bot`` on SQLite, then on PostgreSQL (tests/support/postgres.py): the core guarantees on both."""
-    return lambda **overrides: action_bot(**backend_settings, **overrides)
 
 
 def ask(meshbot, fake_slack: FakeSlack, text: str, user: str = "UALICE") -> tuple[int, str]:
@@ -110,8 +118,8 @@ def created_peer_authentications(kube: FakeKube) -> int:
 
 
 def test_permissive_mtls_runs_after_two_other_people_approve_and_the_thread_and_log_show_who_did_what(
-        any_backend_action_bot, cluster, fake_slack):
-    meshbot = any_backend_action_bot()
+        action_bot, cluster, fake_slack):
+    meshbot = action_bot()
     request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments --reason 503s after root rotation")
     message = request_message(fake_slack, request_id)
     assert "Waiting for approval* \u2014 0/2" in str(message["blocks"])
@@ -143,9 +151,9 @@ def test_permissive_mtls_runs_after_two_other_people_approve_and_the_thread_and_
     assert meshbot.services.incidents.verify().intact  # with the bot's own audit key (MESHBOT_AUDIT_KEY on PostgreSQL)
 
 
-def test_rollback_is_a_new_request_under_the_same_rule_and_restores_the_cluster(any_backend_action_bot, cluster, fake_slack):
+def test_rollback_is_a_new_request_under_the_same_rule_and_restores_the_cluster(action_bot, cluster, fake_slack):
     cluster.add(peer_authentication("default", "payments", "STRICT"))
-    meshbot = any_backend_action_bot()
+    meshbot = action_bot()
     request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
     press(meshbot, fake_slack, "approval_approve", str(request_id), "UBOB")
     press(meshbot, fake_slack, "approval_approve", str(request_id), "UDAVE")  # a member of the approver group
@@ -203,9 +211,9 @@ def test_restart_istiod_is_stamped_like_kubectl_and_offers_no_rollback(action_bo
 # -- the guarantees ------------------------------------------------------------------------------
 
 
-def test_twenty_concurrent_approvals_execute_the_action_exactly_once(any_backend_action_bot, cluster, fake_slack):
+def test_twenty_concurrent_approvals_execute_the_action_exactly_once(action_bot, cluster, fake_slack):
     people = tuple(f"UAPPROVER{i:02d}" for i in range(20))
-    meshbot = any_backend_action_bot(approvers=people)
+    meshbot = action_bot(approvers=people)
     request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(lambda user: press(meshbot, fake_slack, "approval_approve", str(request_id), user),
@@ -309,21 +317,21 @@ def test_the_sweep_closes_expired_requests_and_says_so_in_the_thread(action_bot,
     fake_slack.wait_for(lambda: any("expired" in m["text"] for m in fake_slack.messages()), what="expiry note")
 
 
-def test_pending_requests_survive_a_restart_and_still_work(any_backend_action_bot, cluster, fake_slack):
-    first = any_backend_action_bot()
+def test_pending_requests_survive_a_restart_and_still_work(action_bot, cluster, fake_slack):
+    first = action_bot()
     request_id, _ = ask(first, fake_slack, "permissive-mtls payments")
     press(first, fake_slack, "approval_approve", str(request_id), "UBOB")
     first.stop()
 
-    second = any_backend_action_bot()
+    second = action_bot()
     assert "counts once" in press(second, fake_slack, "approval_approve", str(request_id), "UBOB")
     press(second, fake_slack, "approval_approve", str(request_id), "UCAROL")
     assert wait_finished(second, fake_slack, request_id).state == RequestState.SUCCEEDED
     assert created_peer_authentications(cluster) == 1
 
 
-def test_what_runs_is_the_stored_plan_bound_to_its_hash(action_bot, cluster, fake_slack, tmp_path):
-    meshbot = action_bot()
+def test_what_runs_is_the_stored_plan_bound_to_its_hash(sqlite_action_bot, cluster, fake_slack, tmp_path):
+    meshbot = sqlite_action_bot()
     request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
     with sqlite3.connect(tmp_path / "meshbot.db") as db:  # someone edits the stored plan behind meshbot's back
         db.execute("UPDATE approval_requests SET plan = replace(plan, 'payments', 'kube-system') WHERE id = ?",

@@ -27,14 +27,15 @@ def payload(name: str) -> dict:
 
 
 @pytest.fixture
-def incident_bot(bot_factory):
-    return bot_factory(alertmanager_token=TOKEN, channel="CINCIDENT")
+def incident_bot(bot_factory, backend_settings):
+    """The incident bot on SQLite, then on PostgreSQL (tests/support/postgres.py): every guarantee on both."""
+    return bot_factory(alertmanager_token=TOKEN, channel="CINCIDENT", **backend_settings)
 
 
 @pytest.fixture
-def any_backend_bot(bot_factory, backend_settings):
-    """The incident bot on SQLite, then on PostgreSQL (tests/support/postgres.py): the core guarantees on both."""
-    return bot_factory(alertmanager_token=TOKEN, channel="CINCIDENT", **backend_settings)
+def sqlite_incident_bot(bot_factory):
+    """On SQLite only: for tests that edit the database file or run the CLI on it."""
+    return bot_factory(alertmanager_token=TOKEN, channel="CINCIDENT")
 
 
 def send(meshbot, body: dict | bytes, *, token: str | None = TOKEN) -> httpx.Response:
@@ -107,9 +108,9 @@ def stored_notifications(meshbot) -> int:
 
 
 def test_first_notification_opens_an_incident_with_a_top_level_message_and_diagnostics_in_its_thread(
-        any_backend_bot, fake_slack):
+        incident_bot, fake_slack):
     started = time.monotonic()
-    response = send(any_backend_bot, payload("firing.json"))
+    response = send(incident_bot, payload("firing.json"))
     assert response.status_code == 200 and time.monotonic() - started < 1.0
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
     assert top["channel"] == "CINCIDENT"
@@ -122,15 +123,15 @@ def test_first_notification_opens_an_incident_with_a_top_level_message_and_diagn
     assert "CrashLoopBackOff (25 restarts)" in str(diagnostics["blocks"])
 
 
-def test_resent_notifications_for_the_group_never_open_a_second_incident(any_backend_bot, fake_slack):
+def test_resent_notifications_for_the_group_never_open_a_second_incident(incident_bot, fake_slack):
     for _ in range(5):
-        assert send(any_backend_bot, payload("firing.json")).status_code == 200
+        assert send(incident_bot, payload("firing.json")).status_code == 200
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
     wait_for_diagnostics(fake_slack, top)
     time.sleep(1.5)
     assert len(top_levels(fake_slack)) == 1
     assert len(replies(fake_slack, top)) == 1  # only the triage: nothing new happened
-    assert any_backend_bot.database.db.execute("SELECT COUNT(*) FROM incidents").fetchone()[0] == 1
+    assert incident_bot.database.db.execute("SELECT COUNT(*) FROM incidents").fetchone()[0] == 1
 
 
 def test_a_new_firing_alert_in_the_group_is_appended_to_the_thread(incident_bot, fake_slack):
@@ -145,10 +146,10 @@ def test_a_new_firing_alert_in_the_group_is_appended_to_the_thread(incident_bot,
     assert len(top_levels(fake_slack)) == 1
 
 
-def test_group_resolution_updates_the_top_message_and_closes_the_incident(any_backend_bot, fake_slack):
-    send(any_backend_bot, payload("firing.json"))
+def test_group_resolution_updates_the_top_message_and_closes_the_incident(incident_bot, fake_slack):
+    send(incident_bot, payload("firing.json"))
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
-    send(any_backend_bot, payload("resolved.json"))
+    send(incident_bot, payload("resolved.json"))
     update = fake_slack.wait_for(lambda: [c.args for c in fake_slack.of("chat.update")
                                           if c.args["_ok"] and c.args["text"].startswith("RESOLVED")],
                                  what="the resolved update")[0]
@@ -158,7 +159,7 @@ def test_group_resolution_updates_the_top_message_and_closes_the_incident(any_ba
     assert shown.startswith(":white_check_mark: Resolved \u00b7 EnvoySidecarCrashLoop")
     assert "Lasted 19m (2024-05-14 09:12 UTC \u2192 2024-05-14 09:31 UTC) \u00b7 was critical" in shown
     assert "*CRITICAL" not in str(update["blocks"])
-    row = next(iter(any_backend_bot.database.db.query("SELECT status, resolved_at FROM incidents")))
+    row = next(iter(incident_bot.database.db.query("SELECT status, resolved_at FROM incidents")))
     assert row["status"] == "resolved" and row["resolved_at"]
 
 
@@ -204,16 +205,16 @@ def test_a_stored_notification_that_cannot_be_applied_is_set_aside_and_the_next_
     assert "meshbot_alert_notifications_failed_total 1.0" in metrics
 
 
-def test_diagnostics_are_posted_once_even_if_a_second_run_is_started(any_backend_bot, fake_slack):
-    send(any_backend_bot, payload("firing.json"))
+def test_diagnostics_are_posted_once_even_if_a_second_run_is_started(incident_bot, fake_slack):
+    send(incident_bot, payload("firing.json"))
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
     wait_for_diagnostics(fake_slack, top)
-    incident_id = any_backend_bot.database.db.execute("SELECT id FROM incidents").fetchone()[0]
+    incident_id = incident_bot.database.db.execute("SELECT id FROM incidents").fetchone()[0]
 
-    any_backend_bot.incident_flow.diagnose(incident_id)  # what a restart's catch-up racing the processor would do
+    incident_bot.incident_flow.diagnose(incident_id)  # what a restart's catch-up racing the processor would do
 
     assert len([m for m in thread(fake_slack, top) if m["text"].startswith("Triage")]) == 1
-    runs = [e for e in IncidentLog(any_backend_bot.database).timeline(incident_id) if e.kind == "diagnostics_run"]
+    runs = [e for e in IncidentLog(incident_bot.database).timeline(incident_id) if e.kind == "diagnostics_run"]
     assert len(runs) == 1
 
 
@@ -326,14 +327,14 @@ def meshbot_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-def test_export_is_a_postmortem_ready_timeline_in_markdown_and_json(incident_bot, fake_slack):
-    send(incident_bot, payload("firing.json"))
+def test_export_is_a_postmortem_ready_timeline_in_markdown_and_json(sqlite_incident_bot, fake_slack):
+    send(sqlite_incident_bot, payload("firing.json"))
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
     wait_for_diagnostics(fake_slack, top)
-    send(incident_bot, payload("resolved.json"))
+    send(sqlite_incident_bot, payload("resolved.json"))
     fake_slack.wait_for(lambda: [c for c in fake_slack.of("chat.update") if c.args["text"].startswith("RESOLVED")],
                         what="the resolution")
-    db = incident_bot.settings.db_path
+    db = sqlite_incident_bot.settings.db_path
     markdown = meshbot_cli("incidents", "--db", db, "export", "1", "--format", "md")
     assert markdown.returncode == 0, markdown.stderr
     text = markdown.stdout
@@ -351,12 +352,12 @@ def test_export_is_a_postmortem_ready_timeline_in_markdown_and_json(incident_bot
     assert "#1" in listing.stdout and "resolved" in listing.stdout
 
 
-def test_verify_detects_an_edited_event(incident_bot, fake_slack):
-    send(incident_bot, payload("firing.json"))
+def test_verify_detects_an_edited_event(sqlite_incident_bot, fake_slack):
+    send(sqlite_incident_bot, payload("firing.json"))
     fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
-    db = incident_bot.settings.db_path
+    db = sqlite_incident_bot.settings.db_path
     assert meshbot_cli("incidents", "--db", db, "verify").returncode == 0
-    incident_bot.stop()
+    sqlite_incident_bot.stop()
     import sqlite3
 
     connection = sqlite3.connect(db)
