@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -24,6 +25,9 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes
+    client_ip: str = ""
+    status: int = 0
+    """What the server answered."""
 
 
 @dataclass
@@ -31,6 +35,12 @@ class ProgrammableServer:
     answers: dict[str, Answer] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def refusal(self, path: str, client_ip: str, headers: Mapping[str, str]) -> tuple[int, bytes] | None:
+        """(status, body) to answer instead of the programmed answer; stand-ins of stricter servers override it."""
+        return None
 
     def answer(self, path: str, body: Any = b"", *, status: int = 200, delay: float = 0.0) -> None:
         """Program ``path``: dicts/lists are sent as JSON, str as text."""
@@ -41,17 +51,23 @@ class ProgrammableServer:
             self.answers[path] = Answer(status, data, "text/plain", delay)
 
 
-def start_server() -> tuple[ProgrammableServer, ThreadingHTTPServer]:
-    state = ProgrammableServer()
+def start_server(state: ProgrammableServer | None = None) -> tuple[ProgrammableServer, ThreadingHTTPServer]:
+    """Serve ``state`` (a new ProgrammableServer by default) on a free port of ``state.host``."""
+    state = state or ProgrammableServer()
 
     class Handler(BaseHTTPRequestHandler):
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            state.requests.append(Recorded(self.command, self.path, dict(self.headers), body))
-            answer = state.answers.get(self.path.split("?")[0], Answer(404, b"not programmed"))
+            path = self.path.split("?")[0]
+            record = Recorded(self.command, self.path, dict(self.headers), body, self.client_address[0])
+            state.requests.append(record)
+            refused = state.refusal(path, record.client_ip, self.headers)
+            answer = (Answer(refused[0], refused[1], "text/plain; charset=utf-8") if refused
+                      else state.answers.get(path, Answer(404, b"not programmed")))
             if answer.delay:
                 time.sleep(answer.delay)
+            record.status = answer.status
             self.send_response(answer.status)
             self.send_header("Content-Type", answer.content_type)
             self.send_header("Content-Length", str(len(answer.body)))
@@ -63,8 +79,9 @@ def start_server() -> tuple[ProgrammableServer, ThreadingHTTPServer]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((state.host, 0), Handler)
     server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    state.port = server.server_address[1]
+    state.url = f"http://{state.host}:{state.port}"
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return state, server

@@ -25,17 +25,13 @@ source to ``POD_NETWORK_SOURCE`` (127.0.0.2) stands for a caller from another po
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 
 import pytest
 
-from tests.support.http_server import Answer
+from tests.support.http_server import ProgrammableServer, Recorded, start_server
 
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 POD_NETWORK_SOURCE = "127.0.0.2"
@@ -46,38 +42,19 @@ NAMESPACE_DEBUGGERS = frozenset({"config_dump", "ndsz", "edsz"})
 METRICS_REFUSAL = b"Only requests from localhost are allowed\n"
 
 
-@dataclass
-class IstiodRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    client_ip: str
-    status: int = 0
+IstiodRequest = Recorded
+"""A request the fake istiod saw, with the caller's address and the status it answered."""
 
 
 @dataclass
-class FakeIstiod:
+class FakeIstiod(ProgrammableServer):
     """What the test programs and reads back; the server behind it applies istiod's access rules."""
 
-    answers: dict[str, Answer] = field(default_factory=dict)
-    requests: list[IstiodRequest] = field(default_factory=list)
-    url: str = ""
-    host: str = "127.0.0.1"
-    port: int = 0
     tokens: dict[str, str] = field(default_factory=dict)
     """Bearer token -> SPIFFE identity it authenticates as (istiod: TokenReview of a service-account JWT)."""
     debug_endpoint_auth: bool = True
     allowed_namespaces: frozenset[str] = frozenset()
     metrics_localhost_only: bool = False
-
-    def answer(self, path: str, body: Any = b"", *, status: int = 200, delay: float = 0.0) -> None:
-        """Program ``path``: dicts/lists are sent as JSON, str as text."""
-        if isinstance(body, (dict, list)):
-            self.answers[path] = Answer(status, json.dumps(body).encode(), "application/json", delay)
-        else:
-            data = body.encode() if isinstance(body, str) else body
-            self.answers[path] = Answer(status, data, "text/plain", delay)
 
     def accept_token(self, token: str, identity: str) -> None:
         self.tokens[token] = identity
@@ -122,36 +99,7 @@ def _spiffe_namespace(identity: str) -> str:
 
 def start_istiod(host: str = "127.0.0.1") -> tuple[FakeIstiod, ThreadingHTTPServer]:
     state = FakeIstiod(host=host)
-
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            path = self.path.split("?")[0]
-            record = IstiodRequest(self.command, self.path, dict(self.headers), body, self.client_address[0])
-            state.requests.append(record)
-            refused = state.refusal(path, record.client_ip, self.headers)
-            answer = (Answer(refused[0], refused[1], "text/plain; charset=utf-8") if refused
-                      else state.answers.get(path, Answer(404, b"not programmed")))
-            if answer.delay:
-                time.sleep(answer.delay)
-            record.status = answer.status
-            self.send_response(answer.status)
-            self.send_header("Content-Type", answer.content_type)
-            self.send_header("Content-Length", str(len(answer.body)))
-            self.end_headers()
-            self.wfile.write(answer.body)
-
-        do_GET = do_POST = _serve
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer((host, 0), Handler)
-    server.daemon_threads = True
-    state.port = server.server_address[1]
-    state.url = f"http://{host}:{state.port}"
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    _, server = start_server(state)
     return state, server
 
 
