@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bot.demo.alerts import CATALOGUE, AlertState, webhook_body
+from bot.demo.alerts import CATALOGUE, webhook_body
 from bot.incidents.alerts import AlertStatus, parse_notification
 from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
 
@@ -23,8 +23,8 @@ def test_every_demo_alert_has_its_own_playbook_not_the_fallback(alert):
 
 def test_resolved_alert_is_the_same_occurrence_as_the_firing_one():
     alert = CATALOGUE[0]
-    firing = parse_notification(webhook_body(alert, AlertState.FIRING, starts_at=STARTED))
-    resolved = parse_notification(webhook_body(alert, AlertState.RESOLVED, starts_at=STARTED,
+    firing = parse_notification(webhook_body(alert, AlertStatus.FIRING, starts_at=STARTED))
+    resolved = parse_notification(webhook_body(alert, AlertStatus.RESOLVED, starts_at=STARTED,
                                                now=datetime(2026, 11, 24, 3, 40, tzinfo=timezone.utc)))
 
     assert firing.status == AlertStatus.FIRING and resolved.status == AlertStatus.RESOLVED
@@ -35,5 +35,5 @@ def test_resolved_alert_is_the_same_occurrence_as_the_firing_one():
 
 def test_error_rate_alert_points_the_playbook_at_the_service_namespace():
     alert = next(a for a in CATALOGUE if a.name == "ServiceMeshHighErrorRate")
-    notification = parse_notification(webhook_body(alert, AlertState.FIRING, starts_at=STARTED))
+    notification = parse_notification(webhook_body(alert, AlertStatus.FIRING, starts_at=STARTED))
     assert notification.namespaces == ["prod"] and notification.services == ["payment-service"]

@@ -12,14 +12,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from enum import StrEnum
+
+from bot.incidents.alerts import AlertStatus
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
-
-
-class AlertState(StrEnum):
-    FIRING = "firing"
-    RESOLVED = "resolved"
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,7 @@ def _fingerprint(labels: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def webhook_body(alert: DemoAlert, state: AlertState, *, starts_at: datetime,
+def webhook_body(alert: DemoAlert, state: AlertStatus, *, starts_at: datetime,
                  now: datetime | None = None) -> bytes:
     """One notification for one alert, as Alertmanager POSTs it to a webhook receiver."""
     now = now or datetime.now(timezone.utc)
@@ -77,7 +73,7 @@ def webhook_body(alert: DemoAlert, state: AlertState, *, starts_at: datetime,
         "truncatedAlerts": 0, "groupLabels": group, "commonLabels": labels, "commonAnnotations": annotations,
         "externalURL": "http://alertmanager.demo:9093",
         "alerts": [{"status": str(state), "labels": labels, "annotations": annotations, "startsAt": stamp,
-                    "endsAt": ended if state == AlertState.RESOLVED else ZERO_TIME,
+                    "endsAt": ended if state == AlertStatus.RESOLVED else ZERO_TIME,
                     "generatorURL": "http://prometheus.demo:9090/graph", "fingerprint": _fingerprint(labels)}],
     }
     return json.dumps(body).encode()

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from bot.demo import render
-from bot.demo.alerts import BY_KEY, CATALOGUE, AlertState
+from bot.demo.alerts import BY_KEY, CATALOGUE, AlertStatus
 from bot.demo.page import SCRIPT, STYLE, page
 from bot.demo.workspace import CHANNEL_NAME, PEOPLE, Message, SlackRefusal, Workspace
 
@@ -38,7 +38,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
-AlertSender = Callable[[str, AlertState], int]
+AlertSender = Callable[[str, AlertStatus], int]
 """(alert key, firing|resolved) -> HTTP status of the bot's /alertmanager answer."""
 ClusterView = Callable[[], Iterable[Mapping[str, Any]]]
 """Every object stored in the embedded cluster."""
@@ -176,9 +176,9 @@ class Console:
 
     def alert(self, body: Mapping[str, Any]) -> int:
         key, state = str(body.get("key", "")), str(body.get("state", ""))
-        if key not in BY_KEY or state not in {s.value for s in AlertState}:
+        if key not in BY_KEY or state not in {s.value for s in AlertStatus}:
             raise SlackRefusal("unknown alert")
-        return self.send_alert(key, AlertState(state))
+        return self.send_alert(key, AlertStatus(state))
 
 
 def _handler(console: Console) -> type[BaseHTTPRequestHandler]:

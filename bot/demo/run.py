@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from bot.cluster import ClusterAccess, ScenarioClock
-from bot.demo.alerts import BY_KEY, AlertState, webhook_body
+from bot.demo.alerts import BY_KEY, AlertStatus, webhook_body
 from bot.demo.cluster import EmbeddedCluster
 from bot.demo.console import Console, ConsoleServer
 from bot.demo.controller import DemoController
@@ -140,12 +140,12 @@ class Demo:
         self.bot = build(settings, runner=self.runner, clock=self.clock.now).start()
         self.workspace.bot_url = self.bot.url
 
-    def send_alert(self, key: str, state: AlertState) -> int:
+    def send_alert(self, key: str, state: AlertStatus) -> int:
         """POST one alert to the bot's /alertmanager as Alertmanager would, with the bearer token."""
         alert = BY_KEY[key]
         now = self.clock.now()
         starts_at = self._firing_since.setdefault(key, now)
-        if state == AlertState.RESOLVED:
+        if state == AlertStatus.RESOLVED:
             self._firing_since.pop(key, None)
         body = webhook_body(alert, state, starts_at=starts_at, now=now)
         answer = httpx.post(f"{self.bot.url}/alertmanager", content=body, timeout=10.0, headers={
