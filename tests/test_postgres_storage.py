@@ -146,7 +146,9 @@ def test_a_claim_is_held_by_one_replica_and_released_when_its_connection_dies(po
     dying = first.connect()  # a replica killed while holding a claim: PostgreSQL ends its session
     dying.execute("BEGIN")
     dying.execute("SELECT 1 FROM claims WHERE name = 'outbox:C1' FOR UPDATE")
+    pid = dying.info.backend_pid
     dying.close()
+    postgres.wait_until_session_ends(pid)
     with second.claim("outbox:C1") as after:
         assert after is not None
 
@@ -162,7 +164,9 @@ def test_named_work_is_done_by_one_replica_at_a_time_and_freed_when_its_session_
 
     with first.exclusively("diagnose:9") as held:
         assert held
+        pid = first.db.conn.info.backend_pid
         first.db.conn.close()  # the replica dies with the lock held
+        postgres.wait_until_session_ends(pid)
         with second.exclusively("diagnose:9") as taken_over:
             assert taken_over
 

@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,18 @@ class PostgresServer:
         database = PostgresDatabase(f"{self._shared}?options=-csearch_path%3D{schema}", MIGRATIONS, password=PASSWORD)
         database.migrate()
         return database
+
+    def wait_until_session_ends(self, pid: int, timeout: float = 10.0) -> None:
+        """Block until the server has ended backend ``pid``.  A client's close only *sends* Terminate; the
+        backend releases its row and advisory locks when it processes that message, a moment later (the
+        race CI once lost).  A replica that dies is in the same position: its locks go when PostgreSQL
+        notices, not at the instant of death."""
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            while conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"PostgreSQL still runs backend {pid} {timeout:.0f} s after its client closed")
+                time.sleep(0.02)
 
 
 def start_postgres() -> tuple[PostgresServer, Callable[[], None]]:
