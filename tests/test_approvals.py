@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -523,8 +524,11 @@ def test_a_quorum_larger_than_the_approver_list_is_refused_at_start(action_bot, 
                                             "users"):
         Settings(approvers=("UBOB", "UCAROL"), required_approvals=3)
     # A user group counts by its members, read from Slack at start-up: UBOB, UCAROL and UDAVE make 3, not 4.
+    running = set(threading.enumerate())
     with pytest.raises(SettingsError, match="lists only 2 users and 1 user-group member"):
         action_bot(required_approvals=4)
+    # The refused start leaves nothing behind: no HTTP server, outbox or incident processor still running.
+    assert sorted(t.name for t in set(threading.enumerate()) - running if t.is_alive()) == []
 
 
 def test_an_executed_action_shows_in_the_incident_top_message_until_it_is_rolled_back(action_bot, cluster,

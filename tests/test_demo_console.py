@@ -115,8 +115,16 @@ class Console:
 
     def show_message_containing(self, text: str) -> None:
         """Scroll the channel so the end of the (innermost) message showing ``text`` is in view, for the screenshot."""
-        messages = [m for m in self.driver.find_elements("css selector", "#channel .message") if text in m.text]
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'end'});", messages[-1])
+        # Found and scrolled in one script: the page may redraw the channel between two WebDriver calls, which
+        # leaves a Python-side element reference stale (CI once lost that race).
+        def scrolled(driver):
+            return driver.execute_script(
+                "const found = [...document.querySelectorAll('#channel .message')]"
+                "  .filter(m => m.innerText.includes(arguments[0]));"
+                "if (!found.length) return false;"
+                "found[found.length - 1].scrollIntoView({block: 'end'});"
+                "return true;", text)
+        self.wait.until(scrolled, message=f"no message shows {text!r}")
 
     def press(self, label: str, *, in_message_containing: str, confirm: bool = False) -> None:
         """Press the button ``label`` of the message showing ``in_message_containing``; confirm its dialog."""

@@ -79,7 +79,18 @@ class Meshbot:
         return f"http://{self.settings.host}:{self.server.effective_port}"
 
     def start(self) -> Meshbot:
-        """Bind the port (``settings.port``; 0 picks a free one) and serve in a background thread."""
+        """Bind the port (``settings.port``; 0 picks a free one) and serve in a background thread.
+
+        A start that fails half-way (an approver quorum Slack's groups cannot meet, Socket Mode refused)
+        stops whatever it had started before raising: no server thread or outbox is left running behind
+        the error."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Meshbot:
         self.server = create_server(self.web, host=self.settings.host, port=self.settings.port,
                                     threads=self.settings.http_threads, max_request_body_size=MAX_BODY_BYTES,
                                     ident="meshbot", clear_untrusted_proxy_headers=True)
@@ -114,7 +125,6 @@ class Meshbot:
         try:
             self.socket_mode.connect()
         except SlackApiError as exc:
-            self.stop()
             raise SettingsError(f"SLACK_APP_TOKEN: Slack refused it for Socket Mode "
                                 f"({exc.response.get('error', 'unknown error')})") from None
         log.info("connected to Slack in Socket Mode")

@@ -259,11 +259,10 @@ class WebhookDeliveries:
     def __call__(self) -> list[Delivery]:
         """Every delivery so far, oldest first."""
         posts = [r for r in self.receiver.requests if r.method == "POST" and r.path.split("?")[0] == self.path]
-        now = time.monotonic()
         for request in posts[len(self._seen):]:
             headers = {name.lower(): value for name, value in request.headers.items()}
             self._seen.append(Delivery(authorization=headers.get("authorization", ""),
-                                       payload=json.loads(request.body), received_at=now))
+                                       payload=json.loads(request.body), received_at=request.at))
         return list(self._seen)
 
     def wait_for(self, predicate: Callable[[list[Delivery]], bool], *, timeout: float = 10.0,

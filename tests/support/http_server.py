@@ -28,6 +28,8 @@ class Recorded:
     client_ip: str = ""
     status: int = 0
     """What the server answered."""
+    at: float = field(default_factory=time.monotonic)
+    """When the request was read (``time.monotonic``), for tests that measure when something arrived."""
 
 
 @dataclass
