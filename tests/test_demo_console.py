@@ -77,22 +77,18 @@ class Console:
     def cluster_text(self) -> str:
         return self.driver.find_element("id", "cluster").text
 
+    def wait_until(self, condition, *, where: str = "channel", what: str) -> str:
+        """Wait until ``condition(text)`` holds for the text shown in ``where``; that text.  The page refreshes by
+        polling, so every check of what the bot did is a wait, never a single read."""
+        read = self.channel_text if where == "channel" else self.cluster_text
+
+        def holds(_):
+            text = read()
+            return text if condition(text) else False
+        return self.wait.until(holds, message=f"{what} never showed in the {where}")
+
     def wait_for_text(self, *needles: str, where: str = "channel") -> str:
-        read = self.channel_text if where == "channel" else self.cluster_text
-
-        def shown(_):
-            text = read()
-            return text if all(n in text for n in needles) else False
-        return self.wait.until(shown, message=f"{needles} never appeared in the {where}")
-
-    def wait_for_text_gone(self, needle: str, *, where: str = "channel") -> str:
-        """Wait until ``needle`` is no longer shown (the page refreshes by polling, after the bot acted)."""
-        read = self.channel_text if where == "channel" else self.cluster_text
-
-        def gone(_):
-            text = read()
-            return text if needle not in text else False
-        return self.wait.until(gone, message=f"{needle!r} never left the {where}")
+        return self.wait_until(lambda text: all(n in text for n in needles), where=where, what=str(needles))
 
     def be(self, user_id: str) -> None:
         from selenium.webdriver.support.ui import Select
@@ -151,7 +147,7 @@ def test_alert_to_approved_actions_to_changed_cluster_in_a_real_browser(demo, br
 
     console.type_command("/mesh permissive-mtls prod")
     console.wait_for_text("Remediation request #1", "Approve")
-    assert "Only visible to you" in console.channel_text()  # alice's private confirmation
+    console.wait_for_text("Only visible to you")  # alice's private confirmation (it may arrive after the request)
 
     console.be("UBOB")
     console.press("Approve", in_message_containing="Remediation request #1", confirm=True)
@@ -180,8 +176,11 @@ def test_alert_to_approved_actions_to_changed_cluster_in_a_real_browser(demo, br
         console.be(approver)
         console.press("Approve", in_message_containing="Remediation request #2", confirm=True)
     console.wait_for_text("executed and verified (request #2)")
-    pods = console.wait_for_text_gone("istiod-5d8f7c9b6-qx7wz", where="cluster")
-    assert "istio-system/istiod-" in pods and "OOMKilled" not in pods
+    # A rollout removes the old pod before its replacement is listed: wait for both, not for the first alone
+    # (CI once read the cluster panel in between).
+    pods = console.wait_until(lambda text: "istiod-5d8f7c9b6-qx7wz" not in text and "istio-system/istiod-" in text,
+                              where="cluster", what="a new istiod pod in place of the OOMKilled one")
+    assert "OOMKilled" not in pods
     console.type_command("/mesh status istio-system")
     console.wait_for_text("status for istio-system", "no findings")  # the OOMKilled istiod is gone
 
