@@ -345,6 +345,17 @@ def test_stop_is_bounded_by_its_timeout_even_during_a_slow_kubernetes_call(bot_f
     assert time.monotonic() - started < 3.5
 
 
+def test_stop_closes_idle_keep_alive_connections_instead_of_waiting_out_the_grace_period(bot_factory):
+    meshbot = bot_factory()
+    with httpx.Client(timeout=10) as client, ThreadPoolExecutor(max_workers=12) as pool:
+        # Twelve keep-alive connections, idle once answered, as Alertmanager's and the kubelet's clients leave them.
+        assert set(pool.map(lambda _: client.get(f"{meshbot.url}/healthz").status_code, range(12))) == {200}
+        started = time.monotonic()
+        assert meshbot.stop(timeout=10) is True
+        assert time.monotonic() - started < 3.0  # waitress's loop wakes every second; the grace is 10 s
+        assert not meshbot.serving
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -172,6 +172,13 @@ class Meshbot:
             self.server.close()
             # close() stops accepting; the request threads end only when the dispatcher is shut down.
             self.server.task_dispatcher.shutdown(cancel_pending=False, timeout=left())
+            # waitress's loop runs while any connection is open, so one idle keep-alive connection (Alertmanager's
+            # HTTP client keeps them) would hold the join below for the whole grace period.  Ask every connection
+            # to close once its output is flushed, as waitress's own maintenance() does with idle ones; the loop
+            # thread acts on it within asyncore_loop_timeout (1 s) and ends when the last one is gone.
+            # (A MultiSocketServer, for a host with several addresses, has no such list: its close() closes all.)
+            for channel in list(getattr(self.server, "active_channels", {}).values()):
+                channel.will_close = True
         self.web.readiness.slack.stop(timeout=min(left(), 1.0))
         self.incident_flow.stop(left())
         if self.approvals:
