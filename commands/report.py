@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from commands.findings import Finding, Level, Remediation, by_severity, count_by_level
-from commands.triage import Triage, triage
+from commands.triage import Cause, Triage, triage
 
 # Findings that summarise a whole check; printed before the severity-sorted list.
 SUMMARY_CODES = frozenset({"MB2000", "MB1020"})
@@ -66,8 +66,19 @@ def triage_lines(result: Triage) -> list[str]:
             lines.append(f"   first step: {step_text(cause.first_step)}")
     if lone:
         lines.append("Other errors, not explained by the above:" if chains else "Errors, none explaining another:")
-        lines += [f"- {cause.title}" for cause in lone]
+        lines += lone_lines(lone)
     return lines + [""] if lines else []
+
+
+def lone_lines(lone: Sequence[Cause]) -> list[str]:
+    """One line per distinct error.  Istio reports some problems once per resource involved, with the same
+    text (IST0109 names both conflicting VirtualServices on each of them): one line, naming where each is."""
+    by_title: dict[str, list[Cause]] = {}
+    for cause in lone:
+        by_title.setdefault(cause.title, []).append(cause)
+    return [f"- {title}" + (f" ({len(same)} findings: {', '.join(c.finding.origin for c in same)})"
+                            if len(same) > 1 else "")
+            for title, same in by_title.items()]
 
 
 def diagnose_text(findings: Sequence[Finding], *, title: str) -> str:

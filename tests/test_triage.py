@@ -8,6 +8,7 @@ import sys
 
 from commands import codes
 from commands.findings import Remediation
+from commands.report import triage_lines
 from commands.triage import Confidence, scoped, shared_cause, triage
 
 CLUSTER_TO_PAYMENT = "outbound|8080||payment-service.prod.svc.cluster.local"
@@ -139,6 +140,21 @@ def test_triage_serialises_to_plain_data_for_json():
     assert data[0]["finding"] == {"code": "MB3001", "origin": "Secret istio-system/istio-ca-secret"}
     assert data[0]["first_step"]["action"] == "permissive-mtls prod"
     assert data[0]["explained"] == [{"code": "MB1011", "origin": "Pod prod/payment-service-7d9f8c6b5-x2x4k"}]
+
+
+def test_an_error_istio_reports_on_each_resource_involved_is_one_line_naming_them_all():
+    # IST0109 is reported on every VirtualService of the conflict, with the same text (Istio's
+    # pkg/config/analysis/analyzers/virtualservice/conflictingmeshgatewayhosts.go).
+    conflict = [codes.finding("IST0109", origin=f"VirtualService prod/{name}",
+                              virtual_services="prod/order-canary,prod/order-routes",
+                              host="*/order-service.prod.svc.cluster.local") for name in ("order-canary", "order-routes")]
+    lines = triage_lines(triage([*conflict, envoy_memory_critical()]))
+
+    assert lines[0] == "Errors, none explaining another:"
+    [conflict_line] = [line for line in lines if "order-service" in line]
+    assert conflict_line.endswith("(2 findings: VirtualService prod/order-canary, VirtualService prod/order-routes)")
+    [memory_line] = [line for line in lines if "860 MiB" in line]
+    assert "findings:" not in memory_line  # an error reported once stays one plain line
 
 
 def test_bundled_outage_puts_the_expired_root_first_with_its_first_safe_step():
