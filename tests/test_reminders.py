@@ -380,10 +380,13 @@ def certificate_scheduler(db_path: Path, scans: CountingScans, **options) -> Cer
     return CertificateScheduler(scans, str(db_path), **options)  # type: ignore[arg-type]
 
 
-def store_scan_job_due(db_path: Path, due: datetime, func: str = "bot.reminders.scheduler:scheduled_scan") -> None:
-    """The stored daily job as meshbot left it when it went down before ``due`` (the real job store)."""
+def store_scan_job_due(db_path: Path, due: datetime, func: str = "bot.reminders.scheduler:scheduled_scan",
+                       at: tuple[int, int] = (9, 0)) -> None:
+    """The stored daily job (daily at ``at`` UTC) as meshbot left it when it went down before ``due`` (the real
+    job store)."""
     scheduler = BackgroundScheduler(timezone=ZoneInfo("UTC"))  # never started: only builds the Job
-    job = Job(scheduler, id=SCAN_JOB, func=func, trigger=CronTrigger(hour=9, minute=0, timezone=ZoneInfo("UTC")),
+    job = Job(scheduler, id=SCAN_JOB, func=func,
+              trigger=CronTrigger(hour=at[0], minute=at[1], timezone=ZoneInfo("UTC")),
               executor="default", args=[str(db_path)], kwargs={}, name="daily certificate scan",
               misfire_grace_time=int(MISFIRE_GRACE.total_seconds()), coalesce=True, max_instances=1,
               next_run_time=due)
@@ -419,10 +422,15 @@ def test_a_daily_scan_missed_while_down_runs_once_at_start_through_the_job_store
 
 def test_a_scan_missed_by_more_than_the_grace_time_is_left_to_the_next_day(tmp_path):
     db_path = tmp_path / "meshbot.db"
-    store_scan_job_due(db_path, datetime.now(timezone.utc) - MISFIRE_GRACE - timedelta(hours=1))
+    # The daily time is chosen so that its last occurrence is the missed one, more than the grace ago.  (A fixed
+    # 09:00 made the test depend on the hour it ran: between 09:00 and 21:00 UTC today's 09:00 is also missed,
+    # by less than the grace, and APScheduler rightly runs that one, coalesced.)
+    missed = (datetime.now(timezone.utc) - MISFIRE_GRACE - timedelta(hours=1)).replace(minute=0, second=0,
+                                                                                         microsecond=0)
+    store_scan_job_due(db_path, missed, at=(missed.hour, 0))
     scans = CountingScans()
 
-    scheduler = certificate_scheduler(db_path, scans).start()
+    scheduler = certificate_scheduler(db_path, scans, at=(missed.hour, 0)).start()
     try:
         wait_until(lambda: scheduler.next_scan() > datetime.now(timezone.utc), "the job to be rescheduled")
         assert scans.calls == 0, "the start-up scan (off here) is what covers a day missed for this long"
