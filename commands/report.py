@@ -66,11 +66,11 @@ def triage_lines(result: Triage) -> list[str]:
             lines.append(f"   first step: {step_text(cause.first_step)}")
     if lone:
         lines.append("Other errors, not explained by the above:" if chains else "Errors, none explaining another:")
-        lines += lone_lines(lone)
+        lines += _lone_lines(lone)
     return lines + [""] if lines else []
 
 
-def lone_lines(lone: Sequence[Cause]) -> list[str]:
+def _lone_lines(lone: Sequence[Cause]) -> list[str]:
     """One line per distinct error.  Istio reports some problems once per resource involved, with the same
     text (IST0109 names both conflicting VirtualServices on each of them): one line, naming where each is."""
     by_title: dict[str, list[Cause]] = {}
