@@ -267,7 +267,7 @@ def cmd_remind(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
-    from bot.server import redaction
+    from bot.runtime import redaction
     from bot.server.wiring import build
     from bot.settings import Settings
 

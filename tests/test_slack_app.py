@@ -248,7 +248,7 @@ def test_slack_api_errors_are_counted_by_method(meshbot, fake_slack):
 
 
 def test_tokens_and_signing_secret_never_appear_in_logs(meshbot, fake_slack, caplog):
-    from bot.server.redaction import install
+    from bot.runtime.redaction import install
 
     install([BOT_TOKEN, SIGNING_SECRET], "DEBUG")
     caplog.set_level(logging.DEBUG)

@@ -28,7 +28,7 @@ from bot.approvals import blocks as approval_blocks
 from bot.incidents import headline
 from bot.settings import SettingsError, quorum_exceeds_approvers
 from bot.slack import blocks
-from bot.storage.background import WakeableLoop
+from bot.runtime.loops import WakeableLoop
 from bot.approvals.rule import Click, Decision, RequestState, Verdict, Vote, decide, is_approver
 from bot.approvals.store import ApprovalRequest, ApprovalStore
 from bot.storage.database import Database

@@ -27,7 +27,7 @@ from typing import Any
 import sqlite_utils
 
 from bot.slack import blocks
-from bot.storage.background import WakeableLoop
+from bot.runtime.loops import WakeableLoop
 from bot.incidents import headline
 from bot.incidents.alerts import Alert, AlertStatus, Notification, as_ended, ended_alerts, ended_before, \
     parse_notification
@@ -35,7 +35,7 @@ from bot.storage.database import Database
 from bot.storage.dialect import Dialect
 from bot.diagnosis import Diagnostician
 from bot.incidents.log import EventKind, Incident, IncidentLog, NotificationWriter, iso
-from bot.server.metrics import Metrics
+from bot.runtime.metrics import Metrics
 from bot.incidents.outbox import Outbox
 from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest, with_first_step
 from commands.cluster.endpoints import PodRef

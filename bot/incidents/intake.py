@@ -14,8 +14,8 @@ import logging
 
 from bot.incidents.alerts import PayloadError
 from bot.incidents.flow import IncidentFlow
-from bot.server.metrics import Metrics
-from bot.server.routes import Answer, json_answer
+from bot.runtime.metrics import Metrics
+from bot.runtime.routes import Answer, json_answer
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from typing import Any
 
 import sqlite_utils
 
-from bot.storage.background import WakeableLoop
+from bot.runtime.loops import WakeableLoop
 from bot.slack.blocks import Message, context, message_of
 from bot.storage.database import Claim, Database, migration
 from bot.incidents.log import EventKind, IncidentLog, iso, parse_time
-from bot.server.metrics import Metrics
+from bot.runtime.metrics import Metrics
 from bot.slack.client import SlackClient, SlackError
 
 log = logging.getLogger(__name__)

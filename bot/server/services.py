@@ -13,7 +13,7 @@ from bot.incidents.log import IncidentLog
 from bot.incidents.outbox import Outbox
 from bot.reminders.scheduler import CertificateScheduler
 from bot.reminders.service import ReminderService
-from bot.server.metrics import Metrics
+from bot.runtime.metrics import Metrics
 from bot.settings import Settings
 from bot.slack.client import SlackClient
 from bot.storage.database import Database

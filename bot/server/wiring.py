@@ -34,7 +34,7 @@ from bot.reminders.scheduler import CertificateScheduler, SchedulerCollector
 from bot.reminders.service import LeaseLedger, ReminderService
 from bot.server.http import SLACK_CHECK_TIMEOUT, Readiness, SlackStatus, WebApp
 from bot.server.meshbot import Meshbot
-from bot.server.metrics import Metrics
+from bot.runtime.metrics import Metrics
 from bot.server.schema import open_database
 from bot.server.services import Services
 from bot.settings import Settings, SettingsError

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bot.diagnosis import Diagnostician
-from bot.server.metrics import Metrics
+from bot.runtime.metrics import Metrics
 from bot.slack import blocks
 from bot.slack.app import Handlers, Invocation, run_in_background
 from bot.slack.client import Posted, SlackClient
