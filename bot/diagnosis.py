@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from bot.cluster import ClusterAccess
 from commands.checks.registry import CheckRegistry
-from commands.cluster.endpoints import PodRef
+from commands.resources.references import PodRef
 from commands.errors import MeshbotError
 from commands.findings import Finding
 

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from commands.certificates.secrets import public_secret
 from commands.checks.certs import certs
 from commands.checks.registry import CheckContext, Thresholds
-from commands.cluster.endpoints import EndpointResolver, PodRef
+from commands.cluster.endpoints import EndpointResolver
+from commands.resources.references import PodRef
 from commands.findings import Finding, Level
 from commands.clients.http import http_endpoint
 from commands.cluster.snapshot import Resource, Snapshot

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from commands.checks.registry import CheckContext, Thresholds
-from commands.cluster.endpoints import EndpointResolver, PodRef
+from commands.cluster.endpoints import EndpointResolver
+from commands.resources.references import PodRef
 from commands.checks.envoy import STATS_INCLUSION_REGEX, envoy, memory_bytes, parse_stats
 from commands.findings import Finding, Level
 from commands.clients.http import http_endpoint

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from commands.cluster.endpoints import PodRef
+from commands.resources.references import PodRef
 from commands.errors import AccessDenied, ClusterError, Conflict, MeshbotError, NotFound, TransientError, UserError
 from commands.clients.kube import KubeClient, KubePortForwarder, LocalBridge, PatchStrategy
 from tests.support.kube import FakeKube

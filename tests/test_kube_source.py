@@ -12,7 +12,7 @@ import pytest
 
 from commands.errors import UserError
 from commands.findings import Level
-from commands.cluster.kinds import KINDS
+from commands.resources.kinds import KINDS
 from commands.clients.kube import KubeClient
 from commands.cluster.snapshot import Snapshot
 from commands.cluster.sources.kube import KubeSource
@@ -366,7 +366,8 @@ def test_unknown_kinds_are_a_user_error(kube: FakeKube):
 def test_in_cluster_istiod_and_envoy_admin_are_both_reached_through_a_port_forward_unless_istiod_direct_is_set():
     import contextlib
 
-    from commands.cluster.endpoints import EndpointResolver, PodRef
+    from commands.cluster.endpoints import EndpointResolver
+    from commands.resources.references import PodRef
     from commands.cluster.snapshot import Resource, Snapshot
 
     forwarded: list[tuple[PodRef, int]] = []

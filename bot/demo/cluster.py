@@ -28,7 +28,7 @@ import yaml
 from kmock._internal import parsing
 
 from commands.cluster.demo import Scenario
-from commands.cluster.kinds import KINDS, KindInfo
+from commands.resources.kinds import KINDS, KindInfo
 
 TEMPLATE_HASH_LABEL = "pod-template-hash"
 SIDECAR = "istio-proxy"

@@ -38,7 +38,7 @@ from bot.settings import Settings
 from commands.catalog import default_checks
 from commands.checks.registry import Thresholds
 from commands.cluster.demo import Scenario, load_scenario
-from commands.cluster.endpoints import PodRef
+from commands.resources.references import PodRef
 from commands.clients.kube import KubeClient
 from commands.findings import Finding
 

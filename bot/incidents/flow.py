@@ -38,7 +38,7 @@ from bot.incidents.log import EventKind, Incident, IncidentLog, NotificationWrit
 from bot.runtime.metrics import Metrics
 from bot.incidents.outbox import Outbox
 from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest, with_first_step
-from commands.cluster.endpoints import PodRef
+from commands.resources.references import PodRef
 from commands.errors import UserError
 from commands.findings import Finding, by_severity, count_by_level
 from commands.report import diagnose_text, split_summary

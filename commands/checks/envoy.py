@@ -10,7 +10,7 @@ from typing import Any
 from commands import codes
 from commands.checks.registry import CheckContext, check
 from commands.thresholds import Thresholds
-from commands.cluster.endpoints import PodRef
+from commands.resources.references import PodRef
 from commands.errors import MeshbotError
 from commands.findings import Finding, Remediation
 from commands.cluster.pods import owner_deployment

@@ -16,6 +16,7 @@ from typing import Any, ContextManager, Protocol
 
 from commands.errors import AccessDenied, TransientError, UserError
 from commands.cluster.snapshot import Resource, Snapshot
+from commands.resources.references import PodRef
 from commands.validation import validate_dns1123_label
 
 ENVOY_ADMIN_PORT = 15000
@@ -28,19 +29,6 @@ class Endpoint(Protocol):
     def get_text(self, path: str) -> str: ...
 
     def get_json(self, path: str) -> Any: ...
-
-
-@dataclass(frozen=True, order=True)
-class PodRef:
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @classmethod
-    def of(cls, pod: Resource) -> PodRef:
-        return cls(pod.namespace or "default", pod.name)
 
 
 class CaptureEndpoint:

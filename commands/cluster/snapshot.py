@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from commands.findings import Finding
-from commands.cluster.kinds import is_namespaced
+from commands.resources.kinds import is_namespaced
 
 DEFAULT_ISTIO_NAMESPACE = "istio-system"
 

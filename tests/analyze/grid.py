@@ -19,7 +19,7 @@ from pathlib import Path
 
 from commands.analyze import ANALYZE_KINDS, run_analyzers
 from commands.checks.registry import CheckContext
-from commands.cluster.kinds import is_namespaced
+from commands.resources.kinds import is_namespaced
 from commands.cluster.sources.files import FileSource
 from commands.findings import Finding
 

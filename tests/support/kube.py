@@ -32,7 +32,7 @@ from kmock._internal import apps, k8s
 
 from bot.demo.cluster import patch_namespace_paths, selected
 
-from commands.cluster.kinds import KINDS, KindInfo
+from commands.resources.kinds import KINDS, KindInfo
 from commands.clients.kube import KubeClient
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from commands.certificates.x509 import parse_iso
 from commands.checks.certs.mesh_ca import root_remediation
 from commands.checks.envoy import admin_unreachable
 from commands.checks.registry import CheckContext
-from commands.cluster.endpoints import PodRef
+from commands.resources.references import PodRef
 from commands.errors import MeshbotError
 from commands.findings import Finding, Remediation
 

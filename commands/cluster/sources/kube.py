@@ -18,7 +18,7 @@ from commands import codes
 from commands.cluster.endpoints import PortForwarder
 from commands.errors import AccessDenied, ClusterError, MeshbotError, NotFound, TransientError, UserError
 from commands.certificates.gateway_credentials import secret_names_needed
-from commands.cluster.kinds import KINDS, kind_info
+from commands.resources.kinds import KINDS, kind_info
 from commands.clients.kube import ApiCall, KubeClient, failure_reason
 from commands.certificates.secrets import public_secret
 from commands.cluster.snapshot import DEFAULT_ISTIO_NAMESPACE, Resource, Snapshot
