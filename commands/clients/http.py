@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -39,7 +41,7 @@ class HttpEndpoint:
     def get_text(self, path: str) -> str:
         url = f"{self.url}/{path.lstrip('/')}"
         headers = self._headers()
-        client = self._client or httpx.Client()
+        client = self._client or httpx.Client(trust_env=not is_loopback(self.url))
         try:
             with client.stream("GET", url, timeout=self.timeout, headers=headers) as response:
                 _raise_for_status(response, url)
@@ -73,6 +75,23 @@ class HttpEndpoint:
         except json.JSONDecodeError as exc:
             raise TransientError(f"answer is not JSON ({exc.msg} at line {exc.lineno})",
                                  endpoint=f"{self.url}{path}") from None
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this host: the local end of a port-forward, never to be sent through a proxy.
+
+    httpx honours HTTP_PROXY/HTTPS_PROXY/ALL_PROXY unless NO_PROXY lists the host; a corporate proxy
+    cannot reach this pod's 127.0.0.1, so a loopback request sent to it fails (or reaches the proxy's own
+    loopback).  Other URLs (istiod's Service) keep the environment's proxy settings, NO_PROXY included:
+    docs/deployment.md says which hosts to list there.
+    """
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _raise_for_status(response: httpx.Response, url: str) -> None:
