@@ -12,8 +12,7 @@ from cryptography.hazmat.primitives import hashes
 
 from commands.checks.registry import Thresholds
 from commands.certificates.x509 import (
-    CertificateError, anchoring_roots, days_left, expiry_code, human_duration, iso, parse_base64_pem, parse_iso,
-    parse_pem_bundle,
+    CertificateError, anchoring_roots, days_left, expiry_code, parse_base64_pem, parse_pem_bundle,
 )
 from tests.support.certs import Minted, mint
 
@@ -115,24 +114,6 @@ def test_days_left_counts_whole_days_and_goes_negative_after_expiry() -> None:
     assert days_left(NOW + timedelta(days=5, hours=2), NOW) == 5
     assert days_left(NOW - timedelta(days=2, hours=5), NOW) == -2
     assert days_left(NOW - timedelta(minutes=26), NOW) == 0
-
-
-@pytest.mark.parametrize("delta, text", [
-    (timedelta(days=3, hours=4, minutes=5), "3 days 4 hours"),
-    (timedelta(days=5), "5 days"),
-    (timedelta(days=1, hours=1), "1 day 1 hour"),
-    (timedelta(hours=2, minutes=5), "2 hours 5 minutes"),
-    (timedelta(minutes=26), "26 minutes"),
-    (timedelta(seconds=20), "less than a minute"),
-    (-timedelta(days=2, hours=3), "2 days 3 hours"),
-])
-def test_human_durations(delta: timedelta, text: str) -> None:
-    assert human_duration(delta) == text
-
-
-def test_times_round_trip_as_utc_z() -> None:
-    assert iso(parse_iso("2026-11-24T02:41:00Z")) == "2026-11-24T02:41:00Z"
-    assert parse_iso("2026-11-24T04:41:00+02:00") == datetime(2026, 11, 24, 2, 41, tzinfo=timezone.utc)
 
 
 # -- which roots a chain rests on (signature, not just the issuer name) -----------------------------------------

@@ -28,6 +28,7 @@ from commands.actions.plan import ROLLOUT_TRIGGER, Change, Op, Plan, value_at
 from commands.actions.targets import ActionName, ActionTarget, ClientMode, Scope
 from commands.errors import NotFound, UserError
 from commands.clients.kube import KubeClient
+from commands.times import rfc3339
 
 EMERGENCY_POLICY = "meshbot-emergency-permissive"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshbot"}
@@ -36,6 +37,7 @@ INJECT_LABEL = ("spec", "template", "metadata", "labels", "sidecar.istio.io/inje
 MUST_NOT_BE_PAUSED = ((("spec", "paused"),
                        "is paused now, so its pods would not roll; `kubectl rollout resume` it and ask again"),)
 NAMESPACE_INJECTION = ("metadata", "labels", "istio-injection")
+# ``kubectl rollout restart`` writes this annotation as RFC 3339 to the second (commands.times.rfc3339).
 RESTARTED_AT = ROLLOUT_TRIGGER
 
 
@@ -64,11 +66,6 @@ def _deployment(client: KubeClient, namespace: str, name: str) -> dict[str, Any]
         return client.get("Deployment", namespace, name)
     except NotFound:
         raise UserError(f"there is no Deployment {name} in namespace {namespace}") from None
-
-
-def restart_stamp(now: datetime) -> str:
-    """What ``kubectl rollout restart`` writes: RFC 3339, seconds."""
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- permissive mTLS ------------------------------------------------------------------------
@@ -280,7 +277,7 @@ def _plan_bypass_namespace(client: KubeClient, target: ActionTarget, now: dateti
     changes = [Change(Op.PATCH, "Namespace", None, target.namespace,
                       before=((NAMESPACE_INJECTION, current),), after=((NAMESPACE_INJECTION, "disabled"),))]
     notes = []
-    stamp = restart_stamp(now)
+    stamp = rfc3339(now)
     for deployment in sorted(client.list("Deployment", target.namespace), key=_name):
         if (deployment.get("spec") or {}).get("paused"):
             notes.append(f"Deployment {target.namespace}/{_name(deployment)} is paused and is not restarted; "
@@ -326,5 +323,5 @@ def plan_restart(client: KubeClient, target: ActionTarget, now: datetime) -> Pla
                 summary=f"Rollout restart of Deployment {target.namespace}/{name} ({replicas} replica(s))",
                 changes=(Change(Op.PATCH, "Deployment", target.namespace, name,
                                 before=((RESTARTED_AT, value_at(deployment, RESTARTED_AT)),),
-                                after=((RESTARTED_AT, restart_stamp(now)),), refuse_if=MUST_NOT_BE_PAUSED),),
+                                after=((RESTARTED_AT, rfc3339(now)),), refuse_if=MUST_NOT_BE_PAUSED),),
                 reversible=False)

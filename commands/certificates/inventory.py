@@ -11,8 +11,9 @@ from enum import StrEnum
 from typing import Any
 
 from commands.certificates.mesh_ca import MeshCa
-from commands.certificates.x509 import CertInfo, days_left, iso
+from commands.certificates.x509 import CertInfo, days_left
 from commands.findings import Remediation
+from commands.times import rfc3339
 
 
 class CertRole(StrEnum):
@@ -34,8 +35,8 @@ class LoadedCert:
 
     def evidence(self, now: datetime) -> dict[str, Any]:
         return {"sans": list(self.sans), "serial": self.serial,
-                "not_before": iso(self.not_before) if self.not_before else None,
-                "not_after": iso(self.not_after), "days_left": days_left(self.not_after, now)}
+                "not_before": rfc3339(self.not_before) if self.not_before else None,
+                "not_after": rfc3339(self.not_after), "days_left": days_left(self.not_after, now)}
 
 
 Certificate = CertInfo | LoadedCert

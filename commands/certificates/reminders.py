@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from commands.certificates.inventory import CertRole, InventoryEntry
-from commands.certificates.x509 import CertInfo, days_left, iso
+from commands.certificates.x509 import CertInfo, days_left
 from commands.thresholds import DEFAULT_THRESHOLDS
+from commands.times import rfc3339
 
 DEFAULT_DAYS = DEFAULT_THRESHOLDS.reminder_days
 
@@ -49,7 +50,7 @@ class Expiry:
     def to_dict(self) -> dict:
         return {"key": self.key, "what": self.what, "role": str(self.role), "origin": self.origin,
                 "subject": self.subject, "sans": list(self.sans), "serial": self.serial,
-                "not_after": iso(self.not_after), "days_left": self.days_left, "namespaces": list(self.namespaces),
+                "not_after": rfc3339(self.not_after), "days_left": self.days_left, "namespaces": list(self.namespaces),
                 "dependents": list(self.dependents), "renewal": self.renewal,
                 "renewal_command": self.renewal_command, "expired": self.expired}
 
@@ -65,7 +66,7 @@ class Reminder:
 
 def expiry_of(entry: InventoryEntry, now: datetime) -> Expiry:
     cert = entry.cert
-    key = cert.fingerprint if isinstance(cert, CertInfo) else f"serial:{cert.serial}:{iso(cert.not_after)}"
+    key = cert.fingerprint if isinstance(cert, CertInfo) else f"serial:{cert.serial}:{rfc3339(cert.not_after)}"
     return Expiry(
         key=key, what=entry.what, role=entry.role, origin=entry.origin,
         subject=cert.subject if isinstance(cert, CertInfo) else "", sans=tuple(cert.sans), serial=cert.serial,

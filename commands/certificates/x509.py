@@ -10,15 +10,16 @@ import base64
 import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
-from commands.thresholds import Thresholds
 from commands.errors import MeshbotError
+from commands.thresholds import Thresholds
+from commands.times import rfc3339
 
 PEM_CERTIFICATE_MARKER = "-----BEGIN CERTIFICATE-----"
 
@@ -56,8 +57,8 @@ class CertInfo:
             "issuer": self.issuer,
             "sans": list(self.sans),
             "serial": self.serial,
-            "not_before": iso(self.not_before),
-            "not_after": iso(self.not_after),
+            "not_before": rfc3339(self.not_before),
+            "not_after": rfc3339(self.not_after),
             "fingerprint": self.fingerprint,
             "days_left": days_left(self.not_after, now),
         }
@@ -174,32 +175,3 @@ def expiry_code(not_after: datetime, now: datetime, thresholds: Thresholds,
 def days_left(not_after: datetime, now: datetime) -> int:
     """Whole days until ``not_after`` (negative: days since expiry), as the messages count them."""
     return int((not_after - now) / timedelta(days=1))
-
-
-def human_duration(delta: timedelta) -> str:
-    """``3 days 4 hours``, ``5 days``, ``2 hours 5 minutes``, ``12 minutes``: the two largest units."""
-    seconds = int(abs(delta).total_seconds())
-    days, seconds = divmod(seconds, 86400)
-    hours, seconds = divmod(seconds, 3600)
-    units = [(days, "day"), (hours, "hour"), (seconds // 60, "minute"), (0, "")]
-    for index, (count, unit) in enumerate(units[:-1]):
-        if count:
-            following, following_unit = units[index + 1]
-            text = _plural(count, unit)
-            return f"{text} {_plural(following, following_unit)}" if following else text
-    return "less than a minute"
-
-
-def _plural(count: int, unit: str) -> str:
-    return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
-
-
-def iso(moment: datetime) -> str:
-    """``2026-11-24T02:41:00Z``: UTC, seconds precision, as Envoy prints times."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(value: str) -> datetime:
-    """An RFC 3339 time (``Z`` or an offset) as an aware UTC datetime."""
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)

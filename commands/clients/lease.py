@@ -23,21 +23,11 @@ from typing import Any
 
 from commands.errors import Conflict, MeshbotError, NotFound
 from commands.clients.kube import KubeClient
+from commands.times import parse_rfc3339_or_none, rfc3339_micro
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = "meshbot-scheduler"
-
-
-def micro_time(moment: datetime) -> str:
-    """Kubernetes MicroTime: RFC 3339 with microseconds, UTC."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_micro_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -51,7 +41,7 @@ class LeaseView:
     @classmethod
     def of(cls, lease: Mapping[str, Any]) -> LeaseView:
         spec = lease.get("spec") or {}
-        return cls(holder=spec.get("holderIdentity") or None, renewed=parse_micro_time(spec.get("renewTime")),
+        return cls(holder=spec.get("holderIdentity") or None, renewed=parse_rfc3339_or_none(spec.get("renewTime")),
                    duration=timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0)),
                    transitions=int(spec.get("leaseTransitions") or 0),
                    resource_version=(lease.get("metadata") or {}).get("resourceVersion"))
@@ -107,11 +97,11 @@ class LeaderElector:
             return self._create(now)
         view = LeaseView.of(lease)
         if view.holder == self.identity:
-            return self._write(view, {"renewTime": micro_time(now)})
+            return self._write(view, {"renewTime": rfc3339_micro(now)})
         if not view.expired(now):
             return False
-        return self._write(view, {"holderIdentity": self.identity, "acquireTime": micro_time(now),
-                                  "renewTime": micro_time(now), "leaseDurationSeconds": self._seconds,
+        return self._write(view, {"holderIdentity": self.identity, "acquireTime": rfc3339_micro(now),
+                                  "renewTime": rfc3339_micro(now), "leaseDurationSeconds": self._seconds,
                                   "leaseTransitions": view.transitions + 1})
 
     @property
@@ -122,7 +112,7 @@ class LeaderElector:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": self.name, "namespace": self.namespace},
                 "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self._seconds,
-                         "acquireTime": micro_time(now), "renewTime": micro_time(now), "leaseTransitions": 0}}
+                         "acquireTime": rfc3339_micro(now), "renewTime": rfc3339_micro(now), "leaseTransitions": 0}}
         try:
             self.client.create("Lease", body, namespace=self.namespace)
         except Conflict:

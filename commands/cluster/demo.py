@@ -12,6 +12,7 @@ from commands.cluster.endpoints import EndpointResolver, parse_envoy_admin_optio
 from commands.errors import InputError
 from commands.clients.http import http_endpoint
 from commands.cluster.sources.files import FileSource
+from commands.times import parse_rfc3339
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "examples" / "demo" / "scenario.yaml"
 
@@ -54,7 +55,7 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
         raise InputError("a scenario needs at least `cluster: <directory>`", path=str(path))
     base = path.parent
     try:
-        now = datetime.fromisoformat(str(data.get("now"))) if data.get("now") else datetime.now(timezone.utc)
+        now = parse_rfc3339(str(data.get("now"))) if data.get("now") else datetime.now(timezone.utc)
     except ValueError:
         raise InputError(f"now: {data.get('now')!r} is not an ISO 8601 time", path=str(path)) from None
     return Scenario(

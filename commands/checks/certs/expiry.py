@@ -11,10 +11,11 @@ from commands.certificates.inventory import Certificate, CertRole, InventoryEntr
 from commands.certificates.mesh_ca import MeshCa
 from commands.certificates.x509 import EXPIRED as EXPIRED_CODE
 from commands.certificates.x509 import NOT_YET_VALID as NOT_YET_VALID_CODE
-from commands.certificates.x509 import CertInfo, expiry_code, human_duration, iso
+from commands.certificates.x509 import CertInfo, expiry_code
 from commands.checks.certs.mesh_ca import ROTATION_DOCS
 from commands.checks.registry import CheckContext
 from commands.findings import Finding, Remediation
+from commands.times import human_duration, rfc3339
 
 # Istio rotates workload certificates at half their lifetime (SECRET_GRACE_PERIOD_RATIO=0.5);
 # one still in use at 75% means rotation is failing.
@@ -58,7 +59,7 @@ def _workload_rotation(cert: Certificate, now: datetime, args: dict[str, str]) -
 
 
 def expiry_args(what: str, not_after: datetime, not_before: datetime | None, now: datetime) -> dict[str, str]:
-    return {"what": what, "not_after": iso(not_after), "not_before": iso(not_before) if not_before else "",
+    return {"what": what, "not_after": rfc3339(not_after), "not_before": rfc3339(not_before) if not_before else "",
             "ago": human_duration(now - not_after), "left": human_duration(not_after - now)}
 
 
@@ -80,7 +81,7 @@ def _superseded_root(entry: InventoryEntry, successor: CertInfo, evidence: dict[
              else f"expires in {human_duration(cert.not_after - now)}")
     return codes.finding(
         "MB3018", origin=entry.origin, reference=entry.reference, what=entry.what, state=state,
-        successor=successor.subject, successor_not_after=iso(successor.not_after),
+        successor=successor.subject, successor_not_after=rfc3339(successor.not_after),
         evidence={**evidence, "anchored_by": successor.evidence(now)},
         # A peer accepts a chain ending at any root of its bundle (Envoy's trusted_ca holds them all),
         # so only the third step of a root rotation is left: drop the old root.

@@ -6,12 +6,13 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 from commands import codes
-from commands.certificates.x509 import days_left, expiry_code, human_duration, iso
+from commands.certificates.x509 import days_left, expiry_code
 from commands.checks.certs.expiry import expiry_args
 from commands.checks.certs.mesh_ca import root_remediation
 from commands.checks.registry import CheckContext
 from commands.errors import MeshbotError
 from commands.findings import Finding
+from commands.times import human_duration, rfc3339
 
 METRICS_PATH = "/metrics"
 ISTIOD_EXPIRY_GAUGES = {
@@ -64,11 +65,11 @@ def istiod_ca_expiry(ctx: CheckContext, reported: set[datetime]) -> Iterator[Fin
 
 
 def _istiod_finding(what: str, metric: str, not_after: datetime, origin: str, ctx: CheckContext) -> Finding:
-    evidence = {"metric": metric, "not_after": iso(not_after), "days_left": days_left(not_after, ctx.now)}
+    evidence = {"metric": metric, "not_after": rfc3339(not_after), "days_left": days_left(not_after, ctx.now)}
     remediation = root_remediation(ctx.snapshot.istio_namespace)
     code = expiry_code(not_after, ctx.now, ctx.thresholds)
     if code is None:
-        when = f"on {iso(not_after)} (in {human_duration(not_after - ctx.now)})"
+        when = f"on {rfc3339(not_after)} (in {human_duration(not_after - ctx.now)})"
         return codes.finding("MB3015", origin=origin, what=what, when=when, evidence=evidence)
     return codes.finding(code, origin=origin, evidence=evidence, remediation=remediation,
                          **expiry_args(f"{what[0].upper()}{what[1:]} (per istiod)", not_after, None, ctx.now))

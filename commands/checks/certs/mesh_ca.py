@@ -7,12 +7,22 @@ from datetime import datetime, timedelta
 
 from commands import codes
 from commands.certificates.inventory import CertificateInventory, CertRole
-from commands.certificates.mesh_ca import ISTIO_LAYOUT, PLUGGED_IN_SECRET, SELF_SIGNED_SECRET, TLS_LAYOUT, CaLayout, \
-    CaMode, MeshCa, pem_of, read_mesh_ca
-from commands.certificates.x509 import CertificateError, CertInfo, expiry_code, human_duration, parse_pem_bundle
+from commands.certificates.mesh_ca import (
+    ISTIO_LAYOUT,
+    PLUGGED_IN_SECRET,
+    SELF_SIGNED_SECRET,
+    TLS_LAYOUT,
+    CaLayout,
+    CaMode,
+    MeshCa,
+    pem_of,
+    read_mesh_ca,
+)
+from commands.certificates.x509 import CertificateError, CertInfo, expiry_code, parse_pem_bundle
 from commands.checks.registry import CheckContext
 from commands.cluster.snapshot import Resource
 from commands.findings import Finding, Remediation
+from commands.times import human_duration
 
 ROTATION_DOCS = "https://istio.io/latest/docs/tasks/security/cert-management/plugin-ca-cert/"
 

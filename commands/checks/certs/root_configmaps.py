@@ -8,12 +8,13 @@ from datetime import datetime
 from commands import codes
 from commands.certificates.inventory import CertificateInventory
 from commands.certificates.mesh_ca import ROOT_CONFIGMAP, ROOT_CONFIGMAP_KEY, MeshCa
-from commands.certificates.x509 import CertInfo, fingerprints, iso
+from commands.certificates.x509 import CertInfo, fingerprints
 from commands.checks.certs.mesh_ca import parse_key
 from commands.checks.registry import CheckContext
 from commands.cluster.pods import sidecar_spec
 from commands.cluster.snapshot import Resource
 from commands.findings import Finding, Remediation
+from commands.times import rfc3339
 
 
 def root_configmaps(ctx: CheckContext, mesh_ca: MeshCa | None, inventory: CertificateInventory) -> Iterator[Finding]:
@@ -55,7 +56,7 @@ def _compare_with_mesh(configmap: Resource, mesh_ca: MeshCa, found: list[CertInf
 
 
 def _found_evidence(found: list[CertInfo]) -> list[dict[str, str]]:
-    return [{"subject": c.subject, "fingerprint": c.fingerprint, "not_after": iso(c.not_after)} for c in found]
+    return [{"subject": c.subject, "fingerprint": c.fingerprint, "not_after": rfc3339(c.not_after)} for c in found]
 
 
 def _root_mismatch(configmap: Resource, mesh_ca: MeshCa, found: list[CertInfo], expected: list[str]) -> Finding:

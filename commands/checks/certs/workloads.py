@@ -7,13 +7,13 @@ from typing import Any
 
 from commands import codes
 from commands.certificates.inventory import CertificateInventory, CertRole, LoadedCert
-from commands.certificates.x509 import parse_iso
 from commands.checks.certs.mesh_ca import root_remediation
 from commands.checks.envoy import admin_unreachable
 from commands.checks.registry import CheckContext
-from commands.resources.references import PodRef
 from commands.errors import MeshbotError
 from commands.findings import Finding, Remediation
+from commands.resources.references import PodRef
+from commands.times import parse_rfc3339
 
 CERTS_PATH = "/certs"
 
@@ -35,8 +35,8 @@ def _add_loaded(into: dict[str, LoadedCert], details: Mapping[str, Any]) -> None
     # days_until_expiration is a string that reads "0" both on the last day and long after
     # expiry, so the decision is made from expiration_time / valid_from only.
     try:
-        not_after = parse_iso(details["expiration_time"])
-        not_before = parse_iso(details["valid_from"]) if details.get("valid_from") else None
+        not_after = parse_rfc3339(details["expiration_time"])
+        not_before = parse_rfc3339(details["valid_from"]) if details.get("valid_from") else None
         serial = format(int(details.get("serial_number") or "0", 16), "x")
     except (KeyError, TypeError, ValueError):
         return
