@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from commands.findings import Finding, Level, Remediation, by_severity, count_by_level
-from commands.triage import Cause, Triage, triage
+from commands.triage import ORDERING, Cause, Triage, triage
 
 # Findings that summarise a whole check; printed before the severity-sorted list.
 SUMMARY_CODES = frozenset({"MB2000", "MB1020"})
@@ -58,7 +58,7 @@ def triage_lines(result: Triage) -> list[str]:
     lone = [c for c in result.causes if not c.is_chain]
     lines: list[str] = []
     if chains:
-        lines.append("Probable causes, the one explaining most first:")
+        lines.append(f"Probable causes, {ORDERING}:")
     for number, cause in enumerate(chains, 1):
         lines.append(f"{number}. [{cause.confidence} confidence] {cause.title} \u2014 {cause.explains_line}")
         lines += [f"   because {reason}" for reason in cause.reasons]

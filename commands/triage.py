@@ -15,6 +15,10 @@ from enum import StrEnum
 from typing import Any
 
 from commands.findings import Finding, Level, Remediation, by_severity
+from commands.preconditions import MeshHealth, gate
+
+ORDERING = "what the other steps wait on first, then the one explaining most errors"
+"""How causes are ordered, in the words every rendering uses (CLI, thread, top message, JSON)."""
 
 
 class Confidence(StrEnum):
@@ -49,6 +53,8 @@ class Cause:
     first_step: Remediation | None
     errors_total: int
     """Errors in the whole diagnosis, for "explains 9 of 13 errors"."""
+    unblocks: tuple[str, ...] = ()
+    """Keys of the causes whose first step cannot work until this one is fixed (it is ordered before them)."""
 
     @property
     def is_chain(self) -> bool:
@@ -78,6 +84,7 @@ class Cause:
             "finding": {"code": self.finding.code, "origin": self.finding.origin},
             "explained": [{"code": f.code, "origin": f.origin} for f in self.explains],
             "first_step": self.first_step.to_dict() if self.first_step else None,
+            "unblocks": list(self.unblocks),
         }
 
 
@@ -281,7 +288,12 @@ def _most_affected_namespace(findings: Sequence[Finding]) -> str | None:
 # -- putting it together -------------------------------------------------------------------------
 
 def triage(findings: Sequence[Finding], rules: Sequence[Rule] = RULES) -> Triage:
-    """Probable causes, the one explaining most errors first."""
+    """Probable causes: what the other steps wait on first, then the one explaining most errors (``ORDERING``).
+
+    A cause's first step is gated by ``commands.preconditions``: a step whose dependency (istiod, the CA, the
+    injection webhook, the revision) another cause shows failing becomes "fix that first", and the cause it
+    waits on is ordered before it, so the first step on top is the first one that can take effect.
+    """
     findings = by_severity(findings)
     links = [link for rule in rules for link in rule(findings)]
     effects: dict[int, list[Link]] = {}
@@ -290,7 +302,8 @@ def triage(findings: Sequence[Finding], rules: Sequence[Rule] = RULES) -> Triage
             effects.setdefault(id(link.cause), []).append(link)
     explained_ids = {id(link.effect) for link in links}
     errors_total = sum(1 for f in findings if f.level == Level.ERROR)
-    causes = []
+    health = MeshHealth.from_findings(findings)
+    candidates: list[tuple[Finding, tuple[Finding, ...], Remediation | None]] = []
     for finding in findings:
         if id(finding) in explained_ids:
             continue
@@ -298,31 +311,54 @@ def triage(findings: Sequence[Finding], rules: Sequence[Rule] = RULES) -> Triage
             continue
         reached = _reach(finding, effects)
         explained = tuple(f for f in findings if id(f) in reached)
+        candidates.append((finding, explained, first_step(finding, explained)))
+    waits = _waits_on(candidates, health)
+    causes = []
+    for finding, explained, step in candidates:
         reasons = tuple(dict.fromkeys(link.why for link in _links_from(finding, effects)))
         causes.append(Cause(
-            key=f"{finding.code}:{finding.origin}",
+            key=_key(finding),
             title=finding.message,
             finding=finding,
             explains=explained,
             reasons=reasons,
             confidence=_confidence(finding, effects),
-            first_step=first_step(finding, explained),
+            first_step=gate(step, health, namespace_of(finding), blocker_of=finding) if step else None,
             errors_total=errors_total,
+            unblocks=tuple(sorted(waits.get(id(finding), {}))),
         ))
-    causes.sort(key=lambda c: (not breaks_traffic(c), -c.explained_errors, c.confidence.rank, c.finding.sort_key))
+    rank = _dependency_ranks(candidates, health, waits)
+    # Causes nothing waits on come after every dependency rank (the Dependency enum's length bounds them).
+    causes.sort(key=lambda c: (rank.get(id(c.finding), 99), -c.explained_errors, c.confidence.rank,
+                               c.finding.sort_key))
     return Triage(causes=tuple(causes), findings=tuple(findings))
 
 
-def breaks_traffic(cause: Cause) -> bool:
-    """True for a cause that stops requests between workloads now: a root that is not trusted, or one that
-    explains failing sidecars or callers' 503s.  Such causes come first: an istiod outage alone leaves
-    every proxy serving with the configuration it last accepted (Envoy keeps xDS resources it has while the
-    management server is away: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol) and its
-    workload certificate (24 h by default, WORKLOAD_CERT_TTL in pkg/istio-agent), so restoring traffic is
-    the first safe step and the control plane the second."""
-    if cause.finding.code in ROOT_MISMATCH or (cause.finding.code in ROOT_EXPIRED and _is_mesh_root(cause.finding)):
-        return True
-    return any(f.code in CALLER_SYMPTOMS | SIDECAR_BROKEN and f.level == Level.ERROR for f in cause.explains)
+def _key(finding: Finding) -> str:
+    return f"{finding.code}:{finding.origin}"
+
+
+def _waits_on(candidates: Sequence[tuple[Finding, tuple[Finding, ...], Remediation | None]],
+              health: MeshHealth) -> dict[int, dict[str, None]]:
+    """For each cause's finding, the keys of the other causes whose first step it blocks."""
+    waits: dict[int, dict[str, None]] = {}
+    for finding, _, step in candidates:
+        if step is None:
+            continue
+        for blocker in health.blockers(step, namespace_of(finding)):
+            if blocker.finding is not finding:
+                waits.setdefault(id(blocker.finding), {})[_key(finding)] = None
+    return waits
+
+
+def _dependency_ranks(candidates: Sequence[tuple[Finding, tuple[Finding, ...], Remediation | None]],
+                      health: MeshHealth, waits: Mapping[int, object]) -> dict[int, int]:
+    """Causes other steps wait on (by id of their finding), by how fundamental what they break is."""
+    ranks: dict[int, int] = {}
+    for finding, _, _ in candidates:
+        if id(finding) in waits:
+            ranks[id(finding)] = min(b.dependency.rank for b in health.failing if b.finding is finding)
+    return ranks
 
 
 def _links_from(finding: Finding, effects: dict[int, list[Link]]) -> list[Link]:

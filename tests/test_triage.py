@@ -157,17 +157,21 @@ def test_an_error_istio_reports_on_each_resource_involved_is_one_line_naming_the
     assert "findings:" not in memory_line  # an error reported once stays one plain line
 
 
-def test_bundled_outage_puts_the_expired_root_first_with_its_first_safe_step():
+def test_bundled_outage_puts_istiods_memory_fix_first_because_the_traffic_remedy_waits_on_it():
     out = subprocess.run([sys.executable, "-m", "bot.cli", "demo", "-o", "json"], capture_output=True, text=True,
                          check=True).stdout
-    first = json.loads(out)["triage"][0]
-    assert first["finding"] == {"code": "MB3001", "origin": "Secret istio-system/istio-ca-secret"}
-    assert first["first_step"]["action"] == "permissive-mtls prod"
+    first, second = json.loads(out)["triage"][:2]
+    assert first["finding"]["code"] == "MB1002"
+    assert "set resources deployment/istiod" in first["first_step"]["command"]
+    assert first["unblocks"] == ["MB3001:Secret istio-system/istio-ca-secret"]
+    assert second["finding"] == {"code": "MB3001", "origin": "Secret istio-system/istio-ca-secret"}
+    assert second["first_step"]["summary"].startswith("Not yet: istiod is not serving")
+    assert "restore traffic in prod first" in second["first_step"]["summary"]
     text = subprocess.run([sys.executable, "-m", "bot.cli", "demo"], capture_output=True, text=True,
                           check=True).stdout
     causes = text.index("Probable causes")
     assert causes < text.index("Error [MB1001]")
-    assert "1. [high confidence] Mesh root CA" in text[causes:]
+    assert "1. [high confidence] istiod container discovery" in text[causes:]
 
 
 # -- the expired root and istiod's own certificate -----------------------------------------------
@@ -191,17 +195,23 @@ def test_a_nacking_proxy_is_not_blamed_on_the_expired_root():
     assert nack not in result.cause_of(expired_root()).explains
 
 
-def test_a_cause_that_breaks_traffic_comes_before_one_that_explains_more_control_plane_errors():
-    # istiod OOMKilled explains two errors, the expired root one: the root still leads, because Envoy keeps
-    # serving with its last config while istiod is away, but no handshake survives an expired root.
+def test_a_cause_another_causes_step_waits_on_comes_first_and_the_waiting_step_says_so():
+    # The expired root's first step (permissive mTLS) is new config, which only istiod can push; istiod is
+    # OOMKilled, so its memory fix leads and the root's step waits for it.
     result = triage([istiod_oomkilled(), istiod_not_ready(), stale_proxy(), expired_root()])
-    assert [c.finding.code for c in result.causes] == ["MB3001", "MB1002"]
-    assert result.causes[1].explained_errors > result.causes[0].explained_errors
+    assert [c.finding.code for c in result.causes] == ["MB1002", "MB3001"]
+    istiod, root = result.causes
+    assert istiod.unblocks == (root.key,)
+    assert root.first_step.action is None
+    assert root.first_step.summary.startswith("Not yet: istiod is not serving")
 
 
-def test_without_a_traffic_breaking_cause_the_one_explaining_most_errors_still_leads():
-    result = triage([envoy_memory_critical(), istiod_oomkilled(), istiod_not_ready()])
-    assert [c.finding.code for c in result.causes] == ["MB1002", "MB4005"]
+def test_without_dependencies_the_cause_explaining_more_errors_leads():
+    # A crash-looping sidecar explains one caller's 503s (two errors); a lone error explains only itself.
+    crash, callers = sidecar_crash_loop(), upstream_503s()
+    result = triage([envoy_memory_critical(), crash, callers])
+    assert result.causes[0].finding is crash
+    assert result.causes[0].explained_errors > result.causes[1].explained_errors
 
 
 # -- one alert's scope -----------------------------------------------------------------------------

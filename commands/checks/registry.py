@@ -19,6 +19,7 @@ from commands import codes
 from commands.cluster.endpoints import EndpointResolver
 from commands.errors import MeshbotError, UserError
 from commands.findings import Finding, by_severity
+from commands.preconditions import gate_findings
 from commands.cluster.snapshot import Snapshot, SnapshotSource
 from commands.thresholds import Thresholds
 
@@ -120,7 +121,12 @@ class CheckRegistry:
     def diagnose(self, names: Sequence[str], source: SnapshotSource, *, namespace: str | None = None,
                  now: datetime | None = None, thresholds: Thresholds | None = None,
                  endpoints: EndpointResolver | None = None) -> list[Finding]:
-        """Read what the checks need from ``source`` once, run them, return findings most severe first."""
+        """Read what the checks need from ``source`` once, run them, return findings most severe first.
+
+        Every remediation is then gated against what the same diagnosis found failing
+        (``commands.preconditions``): a restart is never offered while the CA, istiod, the injection webhook or
+        the revision it depends on is down; the fix of that dependency is offered instead.
+        """
         names = self.resolve(names)
         snapshot = source.snapshot(self.kinds_for(names))
         ctx = CheckContext(snapshot=snapshot, now=now or datetime.now(timezone.utc), namespace=namespace,
@@ -128,4 +134,4 @@ class CheckRegistry:
         findings = list(snapshot.read_problems)
         for name in names:
             findings.extend(self.run(name, ctx))
-        return by_severity(findings)
+        return by_severity(gate_findings(findings))

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from commands import codes
+from commands.checks.admission import admission_findings
 from commands.checks.registry import CheckContext, check
 from commands.findings import Finding, Remediation
 from commands.cluster.pods import (
@@ -26,8 +27,10 @@ from commands.cluster.quantity import human_bytes, parse_bytes
 from commands.cluster.snapshot import Resource, Snapshot
 
 
-@check("status", kinds=("Pod", "PodMetrics", "Deployment"),
-       summary="istiod, gateway and sidecar health: readiness, restarts, OOMKilled, CrashLoopBackOff, memory")
+@check("status", kinds=("Pod", "PodMetrics", "Deployment", "Namespace", "Service", "MutatingWebhookConfiguration",
+                        "Event"),
+       summary="istiod, gateway and sidecar health (readiness, restarts, OOMKilled, CrashLoopBackOff, memory) and "
+               "whether new pods can be admitted (injection webhook, revisions, refused pod creation)")
 def status(ctx: CheckContext) -> list[Finding]:
     snapshot = ctx.snapshot
     usage = memory_usage_by_container(snapshot)
@@ -52,6 +55,7 @@ def status(ctx: CheckContext) -> list[Finding]:
             findings.extend(_control_plane_findings(pod, role, usage, ctx))
         elif has_sidecar(pod):
             findings.extend(_sidecar_findings(pod, usage, ctx))
+    findings.extend(admission_findings(ctx))
     findings.extend(_namespace_summaries(snapshot, ctx))
     return findings
 

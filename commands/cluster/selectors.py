@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from commands.cluster.snapshot import Resource, Snapshot
 
@@ -11,6 +12,31 @@ from commands.cluster.snapshot import Resource, Snapshot
 def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """Equality-based ``matchLabels`` semantics: every selector pair must be present."""
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def label_selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """A full ``metav1.LabelSelector`` (matchLabels and matchExpressions) against labels.
+
+    An absent selector matches everything; an empty one too (apimachinery pkg/apis/meta/v1/helpers.go
+    LabelSelectorAsSelector: "An empty label selector matches all objects").
+    """
+    if not selector:
+        return True
+    if not matches(selector.get("matchLabels") or {}, labels):
+        return False
+    for expression in selector.get("matchExpressions") or ():
+        key, operator = expression.get("key"), expression.get("operator")
+        values = expression.get("values") or ()
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
 
 
 def format_selector(selector: Mapping[str, str]) -> str:

@@ -53,6 +53,7 @@ class KubeSource:
         self._readers: dict[str, Callable[[Snapshot], None]] = {
             "ConfigMap": self._read_configmaps,
             "Secret": self._read_secrets,
+            "Event": self._read_events,
         }
 
     def snapshot(self, kinds: Iterable[str]) -> Snapshot:
@@ -117,6 +118,12 @@ class KubeSource:
         self._list_into(snapshot, "ConfigMap", field_selector=f"metadata.name={ROOT_CERT_CONFIGMAP}")
         self._list_into(snapshot, "ConfigMap", namespace=self.istio_namespace)
         snapshot.mesh_config = self._mesh_config(snapshot)
+
+    def _read_events(self, snapshot: Snapshot) -> None:
+        """Warning Events only: Normal ones (Scheduled, Pulled, Started) are most of a busy cluster's Events and
+        explain no outage (the core/v1 events field selector supports ``type``: pkg/registry/core/event/strategy.go
+        ToSelectableFields)."""
+        self._list_into(snapshot, "Event", field_selector="type=Warning")
 
     def _mesh_config(self, snapshot: Snapshot) -> dict[str, Any]:
         configmap = snapshot.get("ConfigMap", self.istio_namespace, MESH_CONFIGMAP)
