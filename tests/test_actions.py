@@ -221,6 +221,23 @@ def test_in_a_meshed_namespace_with_no_rules_the_plan_is_the_policy_and_a_plaint
     assert "send plaintext" in plan.summary
 
 
+def test_a_namespace_with_disabled_injection_and_a_revision_label_gets_no_plaintext_rule(kube: FakeKube):
+    # istio-injection=disabled wins over istio.io/rev (commands.cluster.injection), as in the analyzers: no
+    # sidecar here, so auto mTLS already sends these servers plaintext.
+    kube.add(namespace("payments", {"istio-injection": "disabled", "istio.io/rev": "canary"}))
+    plan = plan_for(kube, "permissive-mtls payments")
+
+    assert changed(plan) == [("create", "PeerAuthentication", f"payments/{EMERGENCY_POLICY}")]
+    assert any("no DestinationRule is added" in note for note in plan.notes)
+
+
+def test_a_namespace_with_only_a_revision_label_gets_the_plaintext_rule(kube: FakeKube):
+    kube.add(namespace("payments", {"istio.io/rev": "canary"}))
+    plan = plan_for(kube, "permissive-mtls payments")
+
+    assert ("create", "DestinationRule", f"payments/{PLAINTEXT_RULE}") in changed(plan)
+
+
 def test_a_dry_run_sends_both_halves_with_dry_run_all_and_stores_neither(kube: FakeKube):
     kube.add(meshed_namespace("payments"), destination_rule("reviews", "payments", "reviews", "ISTIO_MUTUAL"))
     client = kube.client()

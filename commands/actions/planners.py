@@ -28,6 +28,7 @@ from commands.actions.plan import ROLLOUT_TRIGGER, Change, Op, Plan, value_at
 from commands.actions.targets import ActionName, ActionTarget, ClientMode, Scope
 from commands.errors import NotFound, UserError
 from commands.clients.kube import KubeClient
+from commands.cluster.injection import DATAPLANE_MODE_LABEL, INJECTION_LABEL, REVISION_LABEL, NamespaceInjection
 from commands.times import rfc3339
 
 EMERGENCY_POLICY = "meshbot-emergency-permissive"
@@ -36,7 +37,7 @@ MODE = ("spec", "mtls", "mode")
 INJECT_LABEL = ("spec", "template", "metadata", "labels", "sidecar.istio.io/inject")
 MUST_NOT_BE_PAUSED = ((("spec", "paused"),
                        "is paused now, so its pods would not roll; `kubectl rollout resume` it and ask again"),)
-NAMESPACE_INJECTION = ("metadata", "labels", "istio-injection")
+NAMESPACE_INJECTION = ("metadata", "labels", INJECTION_LABEL)
 # ``kubectl rollout restart`` writes this annotation as RFC 3339 to the second (commands.times.rfc3339).
 RESTARTED_AT = ROLLOUT_TRIGGER
 
@@ -113,7 +114,9 @@ MAKES_WORSE = ("How this can make things worse: while it is in place, traffic be
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 """The label injected pods carry; istiod gives an endpoint auto mTLS when it reads ``istio``
 (``GetTLSModeFromEndpointLabels`` in istio/istio pilot/pkg/model/service.go)."""
-INJECTION_LABELS = ("istio-injection=enabled", "istio.io/rev")
+# Label selectors that narrow the Namespace list to candidates; NamespaceInjection decides (istio-injection=disabled
+# next to istio.io/rev is listed by the second selector and is not enrolled).
+ENROLMENT_CANDIDATES = (f"{INJECTION_LABEL}=enabled", REVISION_LABEL, f"{DATAPLANE_MODE_LABEL}=ambient")
 
 
 def _where(target: ActionTarget) -> str:
@@ -166,7 +169,8 @@ def _permissive_servers(client: KubeClient, target: ActionTarget) -> tuple[list[
 
 
 def _meshed_workloads(client: KubeClient, target: ActionTarget, labels: Mapping[str, str]) -> bool:
-    """Whether the scope has servers that auto mTLS sends mTLS to: injected pods or an injection label.
+    """Whether the scope has servers that auto mTLS sends mTLS to: injected pods or a namespace the mesh enrols
+    (commands.cluster.injection: the rule the analyzers use too).
 
     ``labels`` are the acted-in namespace's; the injection label counts even while no pod runs
     (they may all be crash-looping on the broken certificates).
@@ -175,8 +179,9 @@ def _meshed_workloads(client: KubeClient, target: ActionTarget, labels: Mapping[
     if client.list("Pod", scope, label_selector=f"{TLS_MODE_LABEL}=istio"):
         return True
     if scope is None:
-        return any(client.list("Namespace", label_selector=selector) for selector in INJECTION_LABELS)
-    return labels.get("istio-injection") == "enabled" or "istio.io/rev" in labels
+        return any(NamespaceInjection.of_labels((ns.get("metadata") or {}).get("labels") or {}).enrolled
+                   for selector in ENROLMENT_CANDIDATES for ns in client.list("Namespace", label_selector=selector))
+    return NamespaceInjection.of_labels(labels).enrolled
 
 
 def _plaintext_clients(client: KubeClient, target: ActionTarget) -> tuple[list[Change], list[str]]:

@@ -11,7 +11,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from commands.analyze import analyzer, report, unique
-from commands.analyze.injection import INJECT_ANNOTATION, INJECTION_LABEL
+from commands.analyze.injection import INJECT_ANNOTATION
+from commands.cluster.injection import INJECTION_LABEL
 from commands.analyze.service import GATEWAY_MANAGED_LABEL, is_control_plane
 from commands.checks.registry import CheckContext
 from commands.codes import go_list

@@ -4,82 +4,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from commands.analyze import analyzer, report
 from commands.checks.registry import CheckContext
 from commands.codes import go_list
 from commands.findings import Finding
+from commands.cluster.injection import DATAPLANE_MODE_LABEL, DEFAULT_REVISION, NamespaceInjection
 from commands.cluster.pods import sidecar_spec
 from commands.cluster.selectors import PodIndex
 from commands.shapes import mapping
 from commands.cluster.snapshot import Resource, Snapshot
 
-INJECTION_LABEL = "istio-injection"
-REVISION_LABEL = "istio.io/rev"
-DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
 INJECT_ANNOTATION = "sidecar.istio.io/inject"
 PROXY_IMAGE_ANNOTATION = "sidecar.istio.io/proxyImage"
 PROXY_IMAGE_TYPE_ANNOTATION = "sidecar.istio.io/proxyImageType"
 INJECTOR_CONFIGMAP = "istio-sidecar-injector"
-DEFAULT_REVISION = "default"
 # Istio's inject.IgnoredNamespaces: the webhook never injects here.
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "local-path-storage"})
 # Image variants the injector appends to the tag (``proxyv2:1.22.1-distroless``).
 KNOWN_IMAGE_VARIANTS = frozenset({"distroless", "debug"})
-
-
-@dataclass(frozen=True)
-class NamespaceInjection:
-    """What a namespace's labels say about sidecar injection."""
-
-    injection: str | None
-    """The ``istio-injection`` label, None when absent."""
-    revision: str | None
-    """The ``istio.io/rev`` label, None when absent."""
-    ambient: bool
-
-    @classmethod
-    def of(cls, namespace: Resource) -> NamespaceInjection:
-        labels = namespace.labels
-        return cls(injection=_label(labels, INJECTION_LABEL), revision=_label(labels, REVISION_LABEL),
-                   ambient=labels.get(DATAPLANE_MODE_LABEL) == "ambient")
-
-    @property
-    def unlabelled(self) -> bool:
-        """Neither injection label (an empty ``istio-injection`` counts as absent, as in istioctl)."""
-        return not self.injection and self.revision is None
-
-    @property
-    def injector_revision(self) -> str | None:
-        """The revision whose webhook injects sidecars here, None when nothing does."""
-        if self.ambient:
-            return None
-        if self.injection == "enabled":
-            # The default webhook selects istio-injection=enabled; revision webhooks require the
-            # label to be absent, so with both labels the default revision injects.
-            return DEFAULT_REVISION
-        if self.injection:
-            return None  # "disabled" or any other value: deliberately not injected
-        if self.revision is not None:
-            return self.revision or DEFAULT_REVISION
-        return None
-
-    def conflicting_labels(self) -> list[str]:
-        """The injection labels when there is more than one kind, in istioctl's order."""
-        found = [] if self.injection is None else [f"{INJECTION_LABEL}={self.injection}"]
-        if self.injection is None or self.injection == "enabled":
-            if self.revision is not None:
-                found.append(f"{REVISION_LABEL}={self.revision}")
-            # Only ambient mode competes with sidecar injection; dataplane-mode=none is an opt-out.
-            if self.ambient:
-                found.append(f"{DATAPLANE_MODE_LABEL}=ambient")
-        return found if len(found) > 1 else []
-
-
-def _label(labels: Mapping[str, Any], key: str) -> str | None:
-    return None if labels.get(key) is None else str(labels[key])
 
 
 def is_system_namespace(name: str, snapshot: Snapshot) -> bool:
@@ -94,7 +38,7 @@ def pod_opts_out(pod: Resource) -> bool:
 
 def namespace_injection(snapshot: Snapshot) -> dict[str, NamespaceInjection]:
     """Injection labels of every Namespace object in the snapshot."""
-    return {ns.name: NamespaceInjection.of(ns) for ns in snapshot.of_kind("Namespace")}
+    return {ns.name: NamespaceInjection.of_labels(ns.labels) for ns in snapshot.of_kind("Namespace")}
 
 
 class InjectorConfigs:
@@ -157,7 +101,7 @@ def injection(ctx: CheckContext) -> list[Finding]:
     for namespace in snapshot.of_kind("Namespace"):
         if is_system_namespace(namespace.name, snapshot):
             continue
-        labels = NamespaceInjection.of(namespace)
+        labels = NamespaceInjection.of_labels(namespace.labels)
         conflicting = labels.conflicting_labels()
         if conflicting:
             findings.append(report("IST0123", namespace, labels=go_list(conflicting)))
@@ -192,7 +136,7 @@ def proxy_images(ctx: CheckContext) -> list[Finding]:
     pods = PodIndex.of(snapshot)
     findings: list[Finding] = []
     for namespace in snapshot.of_kind("Namespace"):
-        revision = NamespaceInjection.of(namespace).injector_revision
+        revision = NamespaceInjection.of_labels(namespace.labels).injector_revision
         expected = injectors.proxy_image(revision) if revision else None
         if revision is None or expected is None:
             continue  # no injector config for this revision: nothing to compare with

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from commands.analyze import analyzer, report
-from commands.analyze.injection import INJECT_ANNOTATION, NamespaceInjection, namespace_injection, pod_opts_out
+from commands.analyze.injection import INJECT_ANNOTATION, namespace_injection, pod_opts_out
+from commands.cluster.injection import NamespaceInjection
 from commands.analyze.sidecar import WorkloadEntryIndex, as_workload
 from commands.checks.registry import CheckContext
 from commands.findings import Finding
@@ -63,7 +64,7 @@ def in_mesh(pod: Resource, namespace: NamespaceInjection | None) -> bool:
         return not pod_opts_out(pod)
     # istioctl honours only istio-injection=enabled here; a revision label or ambient mode
     # enrols the namespace just as well, so they count too.
-    return namespace is not None and (namespace.injector_revision is not None or namespace.ambient)
+    return namespace is not None and namespace.enrolled
 
 
 @analyzer("auth.AuthorizationPoliciesAnalyzer", inputs=("AuthorizationPolicy", "Pod", "Namespace"))

@@ -152,6 +152,17 @@ def test_pod_in_disabled_or_unlabelled_namespace_is_not_ist0103():
     none_of(text, "IST0103")
 
 
+def test_disabled_injection_wins_over_a_revision_label_so_its_pods_are_not_ist0103():
+    # The revision webhook requires istio-injection DoesNotExist (istio-discovery mutatingwebhook.yaml).
+    text = namespace("opted-out", "{istio-injection: disabled, istio.io/rev: canary}") + pod("a", ns="opted-out")
+    none_of(text, "IST0103")
+
+
+def test_enabled_injection_wins_over_a_revision_label_and_the_default_revision_injects():
+    text = INJECTOR + namespace("both", "{istio-injection: enabled, istio.io/rev: canary}") + pod("a", ns="both")
+    assert only(text, "IST0103").origin == "Pod both/a"
+
+
 def test_pod_in_namespace_injected_by_default_is_not_ist0103():
     # istioctl reports the namespace (IST0148) and checks none of its pods.
     injector = """
