@@ -133,6 +133,11 @@ ISTIO_CODES: dict[str, Code] = {c.code: c for c in [
     _code("IST0165", "ReferencedInternalGateway", W, "analyze",
           "Gateway reference in VirtualService {virtual_service} is to an implementation-generated internal "
           "Gateway: {gateway}."),
+    _code("IST0166", "IneffectiveSelector", W, "analyze",
+          "Ineffective selector on Kubernetes Gateway {gateway}. Use the TargetRef field instead."),
+    _code("IST0171", "NegativeConditionStatus", W, "analyze",
+          "A condition with a negative status is present: type={condition_type}, reason={reason}, "
+          "message={condition_message}."),
     _code("IST0173", "DestinationRuleSubsetNotSelectPods", E, "analyze",
           "The Subset {subset} defined in the DestinationRule does not select any pods. Which may lead to "
           "503 UH (NoHealthyUpstream)."),
@@ -352,6 +357,31 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "proxyStatsMatcher); circuit breakers, 503 share and retries cannot be checked there",
           "cluster_manager.active_clusters counts service clusters, but /stats has no cluster.<name>.* "
           "counters for any of them."),
+    # MB7xxx AuthorizationPolicy (commands/authz): an ALLOW policy without rules becomes an Envoy RBAC policy
+    # that never matches (istio/istio pilot/pkg/security/authz/builder/builder.go rbacPolicyMatchNever), and
+    # with any ALLOW policy applying, a request no ALLOW rule matches gets 403 "RBAC: access denied"
+    # (https://istio.io/latest/docs/reference/config/security/authorization-policy/).
+    _code("MB7001", "AllowPolicyDeniesEverything", E, "analyze",
+          "ALLOW policy {policy} has no rules: it denies every request to {workloads} (403 RBAC: access denied)",
+          "An enforced ALLOW AuthorizationPolicy with no rules, and no other ALLOW policy with rules on the same "
+          "workloads."),
+    # An empty rule ({}) matches any request (istio.io authorization-policy reference, "rules"); DENY is
+    # evaluated before ALLOW, so nothing can allow around it.
+    _code("MB7002", "DenyPolicyMatchesEverything", E, "analyze",
+          "DENY policy {policy} rule {rule} matches every request: {workloads} answer 403 RBAC: access denied "
+          "to every caller",
+          "An enforced DENY AuthorizationPolicy with a rule that has no from, to or when."),
+    # pilot/pkg/security/trustdomain/bundle.go: only cluster.local, the trust domain and its aliases are
+    # rewritten to this mesh's identities; pilot/pkg/security/authz/model/generator.go matches principals
+    # and service accounts against the peer's SPIFFE URI spiffe://<td>/ns/<ns>/sa/<sa>.
+    _code("MB7003", "PolicySourceCannotMatch", W, "analyze",
+          "{action} policy {policy} rule {rule} names {field} {value}, which {reason}: {consequence}",
+          "A principal or service account no workload of this mesh presents (other trust domain, missing "
+          "namespace, unused service account, malformed)."),
+    _code("MB7004", "RbacDenialExplained", E, "envoy",
+          "Envoy in {pod} {seen} with 403 RBAC: access denied; {action} policy {policy} {why}",
+          "A workload's RBAC denials traced to the AuthorizationPolicy that causes them "
+          "(commands.authz.explain.denial_findings)."),
 ]}
 
 ALL_CODES: dict[str, Code] = {**ISTIO_CODES, **MESHBOT_CODES}

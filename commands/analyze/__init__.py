@@ -38,6 +38,9 @@ ANALYZER_MODULES = (
     "commands.analyze.serviceentry",
     "commands.analyze.envoyfilter",
     "commands.analyze.deployment",
+    "commands.analyze.authorization",
+    "commands.analyze.conditions",
+    "commands.analyze.k8sgateway",
 )
 
 # Every kind any analyzer reads; the live source lists exactly these for `analyze`.
@@ -45,6 +48,7 @@ ANALYZE_KINDS = (
     "Namespace", "Pod", "Service", "Deployment", "Secret", "ConfigMap", "MutatingWebhookConfiguration",
     "VirtualService", "DestinationRule", "Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry",
     "EnvoyFilter", "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication", "Telemetry",
+    "WasmPlugin", "HTTPRoute", "GRPCRoute",
 )
 
 

@@ -49,6 +49,9 @@ _ALL = [
     KindInfo("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"),
     KindInfo("RequestAuthentication", "security.istio.io", "v1", "requestauthentications"),
     KindInfo("Telemetry", "telemetry.istio.io", "v1", "telemetries"),
+    KindInfo("WasmPlugin", "extensions.istio.io", "v1alpha1", "wasmplugins"),
+    KindInfo("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes"),
+    KindInfo("GRPCRoute", "gateway.networking.k8s.io", "v1", "grpcroutes"),
     KindInfo("Lease", "coordination.k8s.io", "v1", "leases"),
 ]
 

@@ -50,6 +50,8 @@ ANALYZER_MAP: dict[str, tuple[str, ...]] = {
     "serviceentry.ConflictingServiceEntryProtocolAnalyzer": ("serviceentry.ConflictingServiceEntryProtocolAnalyzer",),
     "envoyfilter.EnvoyPatchAnalyzer": ("envoyfilter.EnvoyPatchAnalyzer",),
     "telemetry.SelectorAnalyzer": ("telemetry.SelectorAnalyzer",),
+    "conditions.ConditionAnalyzer": ("conditions.ConditionAnalyzer",),
+    "k8sgateway.SelectorAnalyzer": ("k8sgateway.SelectorAnalyzer",),
 }
 
 
@@ -273,6 +275,19 @@ GRID: tuple[Case, ...] = (
          ("IST0101", "Telemetry default/maps-to-nonexistent"), ("IST0101", "Telemetry other/maps-to-different-ns"),
          ("IST0159", "Telemetry default/dupe-1"), ("IST0159", "Telemetry default/dupe-2"),
          ("IST0159", "Telemetry default/overlap-1"), ("IST0159", "Telemetry default/overlap-2")),
+    case("Condition Analyzer", "condition-analyzer.yaml", "conditions.ConditionAnalyzer",
+         ("IST0171", "Service default/negative-condition-svc"),
+         ("IST0171", "ServiceEntry default/negative-condition-svcEntry"),
+         ("IST0171", "AuthorizationPolicy default/negative-condition-authz"),
+         ("IST0171", "Gateway default/negative-condition-gateway"),
+         ("IST0171", "HTTPRoute default/negative-condition-httproute"),
+         ("IST0171", "GRPCRoute default/negative-condition-grpcroute"),
+         ("IST0171", "AuthorizationPolicy default/negative-condition-authz-partially-invalid")),
+    case("KubernetesGatewaySelector", "k8sgateway-selector.yaml", "k8sgateway.SelectorAnalyzer",
+         ("IST0166", "RequestAuthentication default/ra-ineffective"),
+         ("IST0166", "AuthorizationPolicy default/ap-ineffective"),
+         ("IST0166", "WasmPlugin default/wasmplugin-ineffective"),
+         ("IST0166", "Telemetry default/telemetry-ineffective")),
 )
 
 
