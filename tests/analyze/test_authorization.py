@@ -164,3 +164,19 @@ def test_denial_findings_put_the_rule_less_allow_policy_first():
     assert found.message == ("Envoy in prod/payments-1 denied 42 requests with 403 RBAC: access denied; ALLOW "
                              "policy prod/payments-allow has no rules, so it denies every request")
     assert found.remediation.command == "kubectl get authorizationpolicy -n prod payments-allow -o yaml"
+
+
+# -- the playbook for 403 bursts --------------------------------------------------------------------------------
+
+def test_403_alert_runs_the_analysis_that_names_the_policy():
+    from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
+    from bot.incidents.playbooks import suggest
+
+    labels = {"alertname": "ServiceMeshHighErrorRate", "response_class": "403", "namespace": "prod",
+              "destination_service_namespace": "prod", "destination_service_name": "payments"}
+    playbook = load_playbooks(DEFAULT_PLAYBOOKS_DIR).match(labels)
+    assert playbook.name == "mesh-authorization-denied"
+    assert ("analyze", "destination_service_namespace") in [(s.check, s.namespace_label) for s in playbook.diagnostics]
+    [found] = findings(policy("payments-allow", SELECT_PAYMENTS), "MB7001")
+    [suggestion] = suggest(playbook, [found], labels)
+    assert suggestion.action is None and "rules" in suggestion.title
