@@ -149,7 +149,7 @@ ISTIO_CODES: dict[str, Code] = {c.code: c for c in [
 ]}
 
 # meshbot's own codes.  Ranges: MB00xx reading the cluster, MB1xxx status, MB2xxx
-# proxy-status, MB3xxx certs, MB4xxx envoy.  Keep docs/codes.md's table in step
+# proxy-status, MB3xxx certs, MB4xxx envoy, MB6xxx telemetry.  Keep docs/codes.md's table in step
 # (tests/test_codes.py fails when it is not).
 MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
     _code("MB0001", "ClusterAccessDenied", E, "cluster",
@@ -357,6 +357,50 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "proxyStatsMatcher); circuit breakers, 503 share and retries cannot be checked there",
           "cluster_manager.active_clusters counts service clusters, but /stats has no cluster.<name>.* "
           "counters for any of them."),
+    # MB6xxx telemetry (commands/telemetry): Prometheus with Istio's standard metrics
+    # (https://istio.io/latest/docs/reference/config/metrics/), istiod's pilot_*/citadel_* metrics
+    # (pilot/pkg/xds/monitoring.go, security/pkg/server/ca/monitoring.go) and Kubernetes Warning Events.
+    _code("MB6001", "PrometheusNotConfigured", I, "telemetry",
+          "No Prometheus configured (MESHBOT_PROMETHEUS_URL): {missing} not checked",
+          "Without Prometheus meshbot diagnoses as before and says what it could not see."),
+    _code("MB6002", "PrometheusUnavailable", I, "telemetry",
+          "Prometheus at {endpoint} did not answer ({reason}): {missing} not checked",
+          "Slow (past MESHBOT_PROMETHEUS_TIMEOUT), down, refusing the query or the token; the rest of the "
+          "diagnosis still ran."),
+    _code("MB6003", "PrometheusTooManySeries", I, "telemetry",
+          "Prometheus answered {count} series for {what}, more than the {limit} meshbot reads: {missing} not "
+          "checked; narrow the question to a namespace",
+          "An answer over MESHBOT_PROMETHEUS_MAX_SERIES is refused rather than read whole."),
+    _code("MB6004", "IstioMetricsMissing", I, "telemetry",
+          "Prometheus at {endpoint} has none of Istio's standard metrics (istio_requests_total, istio_tcp_*){scope} "
+          "between {start} and {end}: failing edges and onsets are unknown",
+          "The sidecars' :15020/stats/prometheus is not scraped (or Telemetry disabled the metrics)."),
+    _code("MB6010", "EdgeFailing", E, "telemetry",
+          "{edge}: {errors} of {total} requests failed ({percent}%) {since}: {codes}",
+          "Failed requests (5xx, 0, 401, 403, 429) on a source -> destination edge in Istio's metrics, with "
+          "the onset where its error ratio left its baseline."),
+    _code("MB6011", "TcpEdgeFailing", W, "telemetry",
+          "{edge}: {count} TCP connections closed with Envoy response flags {flags} in the last {window}",
+          "istio_tcp_connections_closed_total with a response flag (UF, UH, …): TCP traffic failing."),
+    _code("MB6020", "IstiodMemoryRising", W, "telemetry",
+          "istiod {pod} memory rose from {first} to {peak} in the last {window}",
+          "Working set (or resident memory) growing before an OOM kill: config size or a push storm."),
+    _code("MB6021", "ProxiesRejectConfig", W, "telemetry",
+          "Proxies rejected {count} configuration pushes from istiod in the last {window} "
+          "(pilot_total_xds_rejects)",
+          "Envoy NACKed xDS; proxy-status names the proxies and Envoy's error."),
+    _code("MB6022", "ConfigConvergenceSlow", W, "telemetry",
+          "99% of configuration pushes took up to {seconds} s to reach proxies in the last {window} "
+          "(pilot_proxy_convergence_time; meshbot warns above {threshold} s)",
+          "istiod is slow to push: large config, many proxies or CPU starvation."),
+    _code("MB6023", "CsrSigningErrors", E, "telemetry",
+          "istiod's CA failed to sign {count} certificate requests in the last {window} "
+          "(citadel_server_csr_sign_err_count); new and rotating workloads get no certificate",
+          "The mesh CA errors while signing: a broken or expired CA certificate or key."),
+    _code("MB6030", "WarningEvents", W, "telemetry",
+          "{reason} on {object} ({count}×, last {last_seen}): {message}",
+          "Kubernetes Warning Events for the workloads in scope and the Istio namespace, one line per reason "
+          "and object."),
     # MB7xxx AuthorizationPolicy (commands/authz): an ALLOW policy without rules becomes an Envoy RBAC policy
     # that never matches (istio/istio pilot/pkg/security/authz/builder/builder.go rbacPolicyMatchNever), and
     # with any ALLOW policy applying, a request no ALLOW rule matches gets 403 "RBAC: access denied"

@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.support.bot",
     "tests.support.alertmanager",
     "tests.support.postgres",  # a real PostgreSQL server (session) and the both-backends database fixture
+    "tests.support.prometheus",  # a real Prometheus on a TSDB backfilled with Istio's metrics (session)
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import ssl
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +21,8 @@ class HttpEndpoint:
     """A base URL answering GETs; every failure becomes a meshbot error naming the URL."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, client: httpx.Client | None = None,
-                 bearer_token_file: str | None = None, max_body: int = MAX_BODY_BYTES):
+                 bearer_token_file: str | None = None, max_body: int = MAX_BODY_BYTES,
+                 bearer_token: str | None = None, ca_file: str | None = None, keep_client: bool = False):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.max_body = max_body
@@ -27,10 +30,17 @@ class HttpEndpoint:
         self._client = client
         self.bearer_token_file = bearer_token_file
         """Sent as ``Authorization: Bearer``; read at every request because projected tokens rotate."""
+        self.bearer_token = bearer_token
+        """A fixed token (e.g. a Prometheus behind an authenticating proxy); the file wins when both are set."""
+        self.ca_file = ca_file
+        """PEM bundle that verifies the server's certificate instead of the system's roots."""
+        self.keep_client = keep_client
+        """Keep one client (its connections and loaded CA roots, ~0.2 s to build) for every request; for an
+        endpoint asked several questions in a row, like Prometheus in one diagnosis."""
 
     def _headers(self) -> dict[str, str]:
         if not self.bearer_token_file:
-            return {}
+            return {"Authorization": f"Bearer {self.bearer_token}"} if self.bearer_token else {}
         try:
             with open(self.bearer_token_file, encoding="utf-8") as handle:
                 token = handle.read().strip()
@@ -38,12 +48,14 @@ class HttpEndpoint:
             raise UserError(f"cannot read the token file {self.bearer_token_file}: {exc.strerror}") from None
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    def get_text(self, path: str) -> str:
+    def get_text(self, path: str, params: Mapping[str, str] | None = None) -> str:
         url = f"{self.url}/{path.lstrip('/')}"
         headers = self._headers()
-        client = self._client or httpx.Client(trust_env=not is_loopback(self.url))
+        if self._client is None and self.keep_client:
+            self._client = self._new_client()
+        client = self._client or self._new_client()
         try:
-            with client.stream("GET", url, timeout=self.timeout, headers=headers) as response:
+            with client.stream("GET", url, params=params, timeout=self.timeout, headers=headers) as response:
                 _raise_for_status(response, url)
                 body = self._capped_body(response, url)
                 encoding = response.encoding or "utf-8"
@@ -55,6 +67,23 @@ class HttpEndpoint:
             if client is not self._client:
                 client.close()
         return body.decode(encoding, errors="replace")
+
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(trust_env=not is_loopback(self.url), verify=self._verify())
+
+    def close(self) -> None:
+        """Close the kept client (``keep_client``); a later request opens a new one."""
+        if self._client is not None and self.keep_client:
+            self._client.close()
+            self._client = None
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if not self.ca_file:
+            return True
+        try:
+            return ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise UserError(f"cannot read the CA file {self.ca_file}: {getattr(exc, 'strerror', None) or exc}") from None
 
     def _capped_body(self, response: httpx.Response, url: str) -> bytes:
         chunks: list[bytes] = []
@@ -68,8 +97,8 @@ class HttpEndpoint:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def get_json(self, path: str) -> Any:
-        text = self.get_text(path)
+    def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        text = self.get_text(path, params)
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
