@@ -100,10 +100,24 @@ ISTIO_CODES: dict[str, Code] = {c.code: c for c in [
     _code("IST0138", "GatewayDuplicateCertificate", W, "analyze",
           "Duplicate certificate in multiple gateways {gateways} may cause 404s if clients re-use HTTP2 "
           "connections."),
+    _code("IST0139", "InvalidWebhook", E, "analyze", "{error}"),
     _code("IST0144", "InvalidApplicationUID", W, "analyze",
           "User ID (UID) 1337 is reserved for the sidecar proxy."),
     _code("IST0145", "ConflictingGateways", E, "analyze",
           "Conflict with gateways {gateways} (workload selector {selector}, port {port}, hosts {hosts})."),
+    _code("IST0146", "ImageAutoWithoutInjectionWarning", W, "analyze",
+          "{resource_type} {resource_name} contains `image: auto` but does not match any Istio injection webhook "
+          "selectors."),
+    _code("IST0147", "ImageAutoWithoutInjectionError", E, "analyze",
+          "{resource_type} {resource_name} contains `image: auto` but does not match any Istio injection webhook "
+          "selectors."),
+    _code("IST0149", "JwtClaimBasedRoutingWithoutRequestAuthN", E, "analyze",
+          "The virtual service uses the JWT claim based routing (key: {key}) but found no request authentication "
+          "for the gateway ({gateway}) pod ({pod}). The request authentication must first be applied for the "
+          "gateway pods to validate the JWT token and make the claims available for routing."),
+    _code("IST0150", "ExternalNameServiceTypeInvalidPortName", W, "analyze",
+          "Port name for ExternalName service is invalid. Proxy may prevent tcp named ports and unmatched traffic "
+          "for ports serving TCP protocol from being forwarded correctly"),
     _code("IST0151", "EnvoyFilterUsesRelativeOperation", W, "analyze",
           "This EnvoyFilter does not have a priority and has a relative patch operation set which can cause the "
           "EnvoyFilter not to be applied. Using the INSERT_FIRST of ADD option or setting the priority may help "

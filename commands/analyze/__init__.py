@@ -41,6 +41,9 @@ ANALYZER_MODULES = (
     "commands.analyze.authorization",
     "commands.analyze.conditions",
     "commands.analyze.k8sgateway",
+    "commands.analyze.webhook",
+    "commands.analyze.jwt_routing",
+    "commands.analyze.external_name",
 )
 
 # Every kind any analyzer reads; the live source lists exactly these for `analyze`.

@@ -33,7 +33,7 @@ ANALYZER_MAP: dict[str, tuple[str, ...]] = {
     "gateway.CertificateAnalyzer": ("gateway.CertificateAnalyzer",),
     "injection.Analyzer": ("injection.Analyzer",),
     "injection.ImageAnalyzer": ("injection.ImageAnalyzer",),
-    "service.PortNameAnalyzer": ("service.PortNameAnalyzer",),
+    "service.PortNameAnalyzer": ("service.PortNameAnalyzer", "service.ExternalNamePortNameAnalyzer"),
     "sidecar.SelectorAnalyzer": ("sidecar.SelectorAnalyzer", "sidecar.DefaultSelectorAnalyzer"),
     "virtualservice.ConflictingMeshGatewayHostsAnalyzer": ("virtualservice.ConflictingMeshGatewayHostsAnalyzer",),
     "virtualservice.DestinationHostAnalyzer": ("virtualservice.DestinationHostAnalyzer",),
@@ -52,6 +52,9 @@ ANALYZER_MAP: dict[str, tuple[str, ...]] = {
     "telemetry.SelectorAnalyzer": ("telemetry.SelectorAnalyzer",),
     "conditions.ConditionAnalyzer": ("conditions.ConditionAnalyzer",),
     "k8sgateway.SelectorAnalyzer": ("k8sgateway.SelectorAnalyzer",),
+    "webhook.Analyzer": ("webhook.Analyzer",),
+    "injection.ImageAutoAnalyzer": ("injection.ImageAutoAnalyzer",),
+    "virtualservice.JWTClaimRouteAnalyzer": ("virtualservice.JWTClaimRouteAnalyzer",),
 }
 
 
@@ -288,6 +291,21 @@ GRID: tuple[Case, ...] = (
          ("IST0166", "AuthorizationPolicy default/ap-ineffective"),
          ("IST0166", "WasmPlugin default/wasmplugin-ineffective"),
          ("IST0166", "Telemetry default/telemetry-ineffective")),
+    case("webook", "webhook.yaml", "webhook.Analyzer",
+         ("IST0139", "MutatingWebhookConfiguration istio-sidecar-injector-missing-overlap"),
+         ("IST0139", "MutatingWebhookConfiguration istio-sidecar-injector-missing-overlap"),
+         ("IST0139", "MutatingWebhookConfiguration istio-sidecar-injector-overlap")),
+    case("Detect `image: auto` in non-injected pods", "image-auto.yaml", "injection.ImageAutoAnalyzer",
+         ("IST0146", "Deployment not-injected/non-injected-gateway-deployment"),
+         ("IST0147", "Pod default/injected-pod")),
+    case("virtualServiceJWTClaimRoute", "virtualservice_jwtclaimroute.yaml", "virtualservice.JWTClaimRouteAnalyzer",
+         ("IST0149", "VirtualService foo")),
+    case("ExternalNameServiceTypeInvalidPortName", "incorrect-port-name-external-name-service-type.yaml",
+         "service.PortNameAnalyzer",
+         ("IST0150", "Service nginx-ns/nginx"), ("IST0150", "Service nginx-ns2/nginx-svc2"),
+         ("IST0150", "Service nginx-ns3/nginx-svc3")),
+    case("ExternalNameServiceTypeValidPortName", "correct-port-name-external-name-service-type.yaml",
+         "service.PortNameAnalyzer"),
 )
 
 
