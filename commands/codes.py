@@ -324,14 +324,16 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
     # above 0 (envoyproxy/envoy docs/root/configuration/upstream/cluster_manager/cluster_stats.rst); a
     # breaker gauge at 1 alone is MB4009/MB4010.
     _code("MB4001", "CircuitBreakerRejectedRequests", E, "envoy",
-          "Envoy in {pod}: circuit breaking rejected {rejected} requests to {cluster} with a local 503 "
+          "Envoy in {pod}: circuit breaking rejected {rejected} requests to {service} with a local 503 "
           "({overflows}); {state}",
           "Overflow counters show requests refused by a circuit breaker (503 UO)."),
     _code("MB4002", "UpstreamErrorShareHigh", E, "envoy",
-          "Envoy in {pod}: {percent}% of requests to {cluster} got 503 ({errors} of {total})",
-          "upstream_rq_503 share at or above the threshold (default 10%)."),
+          "Envoy in {pod}: {percent}% of requests to {service} failed with 5xx ({errors} of {total}; by response "
+          "flag: {breakdown})",
+          "5xx share at or above the threshold (default 10%), counting requests that never got a connection "
+          "(UH, UF, UO), which upstream_rq_total leaves out."),
     _code("MB4003", "RetryStorm", W, "envoy",
-          "Envoy in {pod}: {retries} retries for {total} requests to {cluster} ({percent}%); a retry storm "
+          "Envoy in {pod}: {retries} retries for {total} requests to {service} ({percent}%); a retry storm "
           "amplifies the outage",
           "upstream_rq_retry at or above the threshold share of requests (default 20%)."),
     _code("MB4004", "EnvoyMemoryHigh", W, "envoy",
@@ -350,27 +352,88 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
     # MB4008-MB4012: envoyproxy/envoy cluster_stats.rst and intro/arch_overview/upstream/circuit_breaking.rst;
     # MB4012: istio/istio pkg/bootstrap/config.go and https://istio.io/latest/docs/ops/configuration/telemetry/envoy-stats/
     _code("MB4008", "RetriesCutByCircuitBreaker", W, "envoy",
-          "Envoy in {pod}: {count} retries to {cluster} were not attempted because the retry circuit breaker "
-          "was full (upstream_rq_retry_overflow); callers got the failed answer",
+          "Envoy in {pod}: {count} retries to {service} were not attempted because the retry circuit breaker "
+          "was full; callers got the failed answer",
           "upstream_rq_retry_overflow above 0: max_retries or the retry budget stopped retries."),
     _code("MB4009", "ConnectionLimitAtCapacity", I, "envoy",
-          "Envoy in {pod}: the {breaker} circuit breaker for {cluster} is at capacity but rejected nothing; "
+          "Envoy in {pod}: the {breaker} circuit breaker for {service} is at capacity but rejected nothing; "
           "new requests wait for a free connection",
           "cx_open is 1 and no overflow counter grew (e.g. one idle keep-alive connection under "
           "maxConnections 1)."),
     _code("MB4010", "RequestLimitAtCapacity", W, "envoy",
-          "Envoy in {pod}: the {breaker} circuit breaker for {cluster} is at capacity but rejected nothing "
+          "Envoy in {pod}: the {breaker} circuit breaker for {service} is at capacity but rejected nothing "
           "yet; {consequence}",
           "rq_open, rq_pending_open, rq_retry_open or cx_pool_open is 1 and no request overflowed yet."),
     _code("MB4011", "ConnectionLimitDelayedRequests", I, "envoy",
-          "Envoy in {pod}: the max_connections circuit breaker for {cluster} refused {count} new connections "
-          "(upstream_cx_overflow); requests waited for a connection but none was rejected",
+          "Envoy in {pod}: the max_connections circuit breaker for {service} refused {count} new connections; "
+          "requests waited for a connection but none was rejected",
           "upstream_cx_overflow above 0 with no request overflow."),
     _code("MB4012", "ClusterStatsNotExported", I, "envoy",
           "Envoy in {pod} exports no upstream stats for {count} of its clusters (Istio's default "
-          "proxyStatsMatcher); circuit breakers, 503 share and retries cannot be checked there",
+          "proxyStatsMatcher): not checked there are circuit breakers (UO), no-healthy-upstream counts (UH), "
+          "TLS failure causes, retries (URX), the 5xx share, no route (NR) and no cluster (NC); host health, "
+          "connect failures and timeouts were read from /clusters",
           "cluster_manager.active_clusters counts service clusters, but /stats has no cluster.<name>.* "
           "counters for any of them."),
+    # MB4013-MB4027: one code per row of the response-flag table, commands/checks/envoy/flags.py (Envoy's
+    # access_log/usage.rst response flags, cluster_stats.rst, admin.rst /clusters, rbac_filter.rst,
+    # listeners/stats.rst TLS statistics, mgmt_server.rst xDS subscription statistics); docs/response-flags.md.
+    _code("MB4013", "NoHealthyUpstream", E, "envoy",
+          "Envoy in {pod}: {count} {unit} to {service} found no healthy upstream (UH){detail}; probable cause: "
+          "{cause}",
+          "503 UH: upstream_cx_none_healthy, or every host ejected/unready/absent in /clusters."),
+    _code("MB4014", "UpstreamConnectFailure", E, "envoy",
+          "Envoy in {pod}: {count} {unit} to {service} failed to connect (UF){detail}; probable cause: {cause}",
+          "503 UF without a TLS cause: upstream_cx_connect_fail / connect_timeout, per-host cx_connect_fail."),
+    _code("MB4015", "UpstreamTlsFailure", E, "envoy",
+          "Envoy in {pod}: {count} {unit} to {service} failed the TLS handshake{detail} (UF); probable cause: "
+          "{cause}",
+          "503 UF from ssl.fail_verify_error (untrusted root), fail_verify_san (wrong identity) or "
+          "connection_error (no mTLS peer)."),
+    _code("MB4016", "RetriesExhausted", E, "envoy",
+          "Envoy in {pod}: {count} {unit} to {service} failed after their last retry (URX){detail}; probable cause: "
+          "{cause}",
+          "upstream_rq_retry_limit_exceeded."),
+    _code("MB4017", "UpstreamTimeout", E, "envoy",
+          "Envoy in {pod}: {count} {unit} to {service} timed out (UT, 504){detail}; probable cause: {cause}",
+          "upstream_rq_timeout or per-host rq_timeout."),
+    _code("MB4018", "UpstreamConnectionTerminated", E, "envoy",
+          "Envoy in {pod}: {count} {unit} to {service} were closed by the upstream with a request in flight "
+          "(UC){detail}; probable cause: {cause}",
+          "upstream_cx_destroy_remote_with_active_rq."),
+    _code("MB4019", "CallerDisconnected", W, "envoy",
+          "Envoy in {pod}: {count} {unit} to {service} were abandoned by the caller before the answer "
+          "(DC){detail}; probable cause: {cause}",
+          "Per-host rq_total above rq_success + rq_error + rq_active in /clusters."),
+    _code("MB4020", "NoRoute", E, "envoy",
+          "Envoy in {pod}: {count} requests on {listener} matched no route (NR, 404); probable cause: {cause}",
+          "http.<listener>.no_route."),
+    _code("MB4021", "NoCluster", E, "envoy",
+          "Envoy in {pod}: {count} requests on {listener} were routed to a destination it has no cluster for "
+          "(NC, 503); probable cause: {cause}",
+          "http.<listener>.no_cluster."),
+    _code("MB4022", "RbacDenied", E, "envoy",
+          "Envoy in {pod} denied {count} requests on {listener} with 403 RBAC: access denied ({allowed} allowed); "
+          "probable cause: {cause}",
+          "rbac.denied of an enforced policy; the advice is never PERMISSIVE mTLS or a restart."),
+    _code("MB4023", "RbacDryRunWouldDeny", I, "envoy",
+          "Envoy in {pod}: a dry-run AuthorizationPolicy would have denied {count} requests on {listener}; "
+          "nothing was denied",
+          "shadow_denied only (istio.io/dry-run): not an outage."),
+    _code("MB4024", "RegistryOnlyDropped", E, "envoy",
+          "Envoy in {pod}: {count} {what} on {listener} (outboundTrafficPolicy REGISTRY_ONLY); probable cause: "
+          "{cause}",
+          "BlackHoleCluster connections, or direct 502s on an outbound port whose routes hold block_all."),
+    _code("MB4025", "ConfigUpdateRejected", W, "envoy",
+          "Envoy in {pod} rejected {count} {what} updates from istiod since it started and kept its previous "
+          "config; probable cause: {cause}",
+          "cluster_manager.cds / listener_manager.lds update_rejected; proxy-status says if the latest is rejected."),
+    _code("MB4026", "NoTrafficSeen", I, "envoy",
+          "Envoy in {pod}: no traffic through it since it started ({what}), so its health was not judged",
+          "Silence is earned: without traffic the check cannot say the mesh path works."),
+    _code("MB4027", "HostHealthNotRead", I, "envoy",
+          "Envoy in {pod}: host health and outlier state were not checked: {reason}",
+          "/clusters?format=json could not be read."),
     # MB6xxx telemetry (commands/telemetry): Prometheus with Istio's standard metrics
     # (https://istio.io/latest/docs/reference/config/metrics/), istiod's pilot_*/citadel_* metrics
     # (pilot/pkg/xds/monitoring.go, security/pkg/server/ca/monitoring.go) and Kubernetes Warning Events.

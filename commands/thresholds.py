@@ -23,6 +23,9 @@ class Thresholds:
     retry_share: float = 0.20
     min_requests: int = 20
     """Clusters with fewer requests are too quiet for a share to mean anything."""
+    min_flag_failures: int = 5
+    """Fewer failures of one response flag (UH, UF, NR, a 403 …) since Envoy started are noise, not an outage:
+    Envoy's counters only grow, and a rollout or one bad deploy leaves a few behind on every sidecar."""
     stats_count_warning: int = 50_000
 
     @property

@@ -51,10 +51,18 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+# /clusters of a sidecar that served 100 inbound requests: traffic seen, so silence means healthy.
+INBOUND_TRAFFIC = {"cluster_statuses": [{"name": "inbound|8080||", "host_statuses": [{
+    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}},
+    "stats": [{"name": "rq_total", "value": "100"}, {"name": "rq_success", "value": "100"}],
+    "health_status": {"eds_health_status": "HEALTHY"}}]}]}
+
+
 def capture(directory: Path, *, memory: Mapping[str, str], stats: str = "server.live: 1\n") -> str:
     directory.mkdir(exist_ok=True)
     (directory / "memory.json").write_text(json.dumps(memory))
     (directory / "stats.txt").write_text(stats)
+    (directory / "clusters.json").write_text(json.dumps(INBOUND_TRAFFIC))
     return str(directory)
 
 
@@ -94,13 +102,14 @@ def test_requests_refused_by_full_breaker_are_error_with_their_count(
     breaker = only(findings, "MB4001")
     assert breaker.level is Level.ERROR
     assert breaker.origin == f"Pod {POD}"
-    assert "rejected 23 requests" in breaker.message and proxy.cluster in breaker.message
+    assert "rejected 23 requests to payment.prod:8080" in breaker.message
+    assert "|" not in breaker.message  # Istio's cluster name never reaches a person
     assert "23 over max_pending_requests (http1MaxPendingRequests)" in breaker.message
     assert "rq_open and rq_pending_open still at capacity" in breaker.message
     assert breaker.evidence["upstream_rq_pending_overflow"] == 23
     assert "default.rq_open" in breaker.evidence["open_circuit_breakers"]
     assert "connectionPool" in breaker.remediation.summary
-    assert "--fqdn payment.prod.svc.cluster.local" in breaker.remediation.command
+    assert "--fqdn payment.prod.svc.cluster.local --port 8080" in breaker.remediation.command
 
 
 @pytest.mark.envoy
@@ -115,7 +124,8 @@ def test_503_share_counts_refused_requests_that_upstream_rq_total_leaves_out(
     # Envoy counts a request in upstream_rq_total only once it gets a connection: 1 here, below
     # min_requests, while 23 callers got 503 UO. Requests = total + refused.
     assert (share.evidence["upstream_rq_total"], share.evidence["requests"]) == (1, 24)
-    assert "(23 of 24)" in share.message and "95.8% of requests" in share.message
+    assert "(23 of 24;" in share.message and "95.8% of requests" in share.message
+    assert "by response flag: UO 23" in share.message
 
 
 @pytest.mark.envoy
@@ -215,10 +225,10 @@ def test_suggested_inclusion_regex_exports_what_the_check_reads(
 
 
 @pytest.mark.envoy
-def test_istio_default_stats_with_only_the_control_plane_cluster_is_quiet(envoy_factory) -> None:
+def test_istio_default_stats_without_traffic_says_nothing_was_judged(envoy_factory) -> None:
     proxy = envoy_factory(stats_config=istio_stats_config(), control_plane_cluster=True)
 
-    assert run_envoy_check({POD: proxy.admin_url}) == []
+    assert codes_of(run_envoy_check({POD: proxy.admin_url})) == ["MB4026"]
 
 
 @pytest.mark.envoy
@@ -233,7 +243,7 @@ def test_503_share_from_real_traffic_is_error(failing_upstream_envoy: FailingUps
     # Envoy counts every attempt in upstream_rq_total (25 requests + 50 retries) but only
     # the final answer in upstream_rq_503: the share is of requests, not attempts.
     assert (share.evidence["upstream_rq_503"], share.evidence["upstream_rq_total"]) == (25, 75)
-    assert "100% of requests" in share.message and "(25 of 25)" in share.message
+    assert "100% of requests" in share.message and "(25 of 25;" in share.message
 
 
 @pytest.mark.envoy
@@ -253,14 +263,19 @@ def test_too_few_requests_are_not_judged_by_share(failing_upstream_envoy: Failin
     proxy = failing_upstream_envoy
     proxy.send("/pay", 15)  # 45 upstream attempts but 15 requests, under min_requests
 
-    assert codes_of(run_envoy_check({POD: proxy.envoy.admin_url})) == []
+    findings = codes_of(run_envoy_check({POD: proxy.envoy.admin_url}))
+
+    # The 15 failures still show as exhausted retries (URX), a count, not a share.
+    assert "MB4002" not in findings and "MB4003" not in findings and "MB4016" in findings
 
 
 @pytest.mark.envoy
-def test_healthy_real_envoy_has_no_findings(envoy_factory) -> None:
+def test_real_envoy_without_traffic_is_not_called_healthy(envoy_factory) -> None:
     quiet = envoy_factory(cert_pem=(cert := mint("payment")).cert_pem, key_pem=cert.key_pem)
 
-    assert run_envoy_check({POD: quiet.admin_url}) == []
+    findings = run_envoy_check({POD: quiet.admin_url})
+
+    assert codes_of(findings) == ["MB4026"] and findings[0].level is Level.INFO
 
 
 @pytest.mark.envoy
@@ -330,7 +345,9 @@ def test_restart_action_is_left_out_when_the_owner_is_unknown(tmp_path: Path) ->
     warning = only(run_envoy_check({POD: admin}), "MB4004")
 
     assert warning.remediation.action is None
-    assert warning.remediation.command == f"kubectl -n prod delete pod {POD.name}"
+    # Never a pod deletion as a first step: find the owner to roll it.
+    assert warning.remediation.command == (f"kubectl -n prod get pod {POD.name} "
+                                           "-o jsonpath='{.metadata.ownerReferences[*].name}'")
 
 
 def test_no_endpoints_means_the_check_is_skipped() -> None:
@@ -340,17 +357,17 @@ def test_no_endpoints_means_the_check_is_skipped() -> None:
 
 
 def test_captured_overflow_stats_are_error_and_503_share_over_refused_requests() -> None:
-    # tests/data/envoy-overflow: real /stats and /memory of Envoy 1.40 (limits 1, 25 concurrent requests to an
-    # upstream that holds them), captured with tests/support/envoy.py.
-    findings = run_envoy_check({POD: str(DATA / "envoy-overflow")})
+    # tests/data/envoy-uo-overflow: real /stats, /clusters and /memory of Envoy 1.40 (limits 1, 25 concurrent
+    # requests to an upstream that holds them), captured by scripts/capture_envoy_cases.py.
+    findings = run_envoy_check({POD: str(DATA / "envoy-uo-overflow")})
 
     assert codes_of(findings) == ["MB4001", "MB4002"]
     assert only(findings, "MB4002").evidence["requests"] == 24
 
 
 def test_captured_istio_default_stats_say_the_stats_are_not_exported() -> None:
-    # tests/data/envoy-istio-default-stats: the same overload behind Istio's default stats inclusion list.
-    assert codes_of(run_envoy_check({POD: str(DATA / "envoy-istio-default-stats")})) == ["MB4012"]
+    # tests/data/envoy-uo-overflow-istio-defaults: the same overload behind Istio's default stats inclusion list.
+    assert codes_of(run_envoy_check({POD: str(DATA / "envoy-uo-overflow-istio-defaults")})) == ["MB4012"]
 
 
 def test_connection_pool_overflow_counts_as_rejected_requests(tmp_path: Path) -> None:

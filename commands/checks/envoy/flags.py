@@ -1,0 +1,295 @@
+"""How a mesh request fails, organised by Envoy's response flags: the table the envoy check follows.
+
+One ``FailureMode`` per flag an SRE meets in an outage: the Envoy evidence that shows it, the configuration or
+control-plane states that cause it (each with how to tell it apart and a safe first step), the meshbot code
+that reports it and the real-Envoy capture that proves the check reads it.  docs/response-flags.md is generated
+from ``FAILURE_MODES`` (``scripts/response_flags_doc.py``) and a test keeps it fresh.  Data only: long by nature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from commands.findings import Remediation
+
+ENVOY = "https://www.envoyproxy.io/docs/envoy/latest/"
+FLAGS_DOC = ENVOY + "configuration/observability/access_log/usage#config-access-log-format-response-flags"
+CLUSTER_STATS = ENVOY + "configuration/upstream/cluster_manager/cluster_stats"
+ADMIN_CLUSTERS = ENVOY + "operations/admin#get--clusters"
+RBAC_DOC = ENVOY + "configuration/http/http_filters/rbac_filter"
+ROUTER_DOC = ENVOY + "configuration/http/http_filters/router_filter"
+TLS_STATS = ENVOY + "configuration/listeners/stats#tls-statistics"
+XDS_STATS = ENVOY + "configuration/overview/mgmt_server#xds-subscription-statistics"
+ISTIO = "istio/istio "
+
+STATS, CLUSTERS, CONFIG_DUMP = "/stats", "/clusters?format=json", "/config_dump"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    endpoint: str
+    """The admin path it is read from."""
+    what: str
+    istio_default: bool
+    """True when a sidecar with Istio's default stats matcher exposes it (/clusters always does)."""
+
+
+@dataclass(frozen=True)
+class Cause:
+    key: str
+    state: str
+    """The configuration or control-plane state that produces the flag."""
+    tell_apart: str
+    """What in the evidence says it is this cause and not another."""
+    first_step: str
+    command: str
+    """``str.format`` template: ``{pod}``, ``{namespace}``, ``{filter}`` (istioctl's --fqdn/--port),
+    ``{svc_namespace}``, ``{svc_name}``, ``{port}``, ``{listener_port}``."""
+
+    def remediation(self, **fields: Any) -> Remediation:
+        return Remediation(self.first_step, command=self.command.format(**fields))
+
+
+@dataclass(frozen=True)
+class FailureMode:
+    flag: str
+    """Envoy's response flag, or ``-`` when Envoy sets none (an RBAC 403, a direct 502)."""
+    title: str
+    status: str
+    envoy_meaning: str
+    code: str
+    """The meshbot code that reports it (docs/codes.md)."""
+    evidence: tuple[Evidence, ...]
+    causes: tuple[Cause, ...]
+    captures: tuple[str, ...]
+    """tests/data/envoy-<case> directories captured from the real Envoy that show this failure."""
+    sources: tuple[str, ...]
+
+    def cause(self, key: str) -> Cause:
+        return next(c for c in self.causes if c.key == key)
+
+
+class FailureModel:
+    """The failure modes in table order; everything that lists them (docs, tests) asks this object."""
+
+    def __init__(self, modes: Iterable[FailureMode]):
+        self._modes: dict[str, FailureMode] = {}
+        for mode in modes:
+            if mode.code in self._modes:
+                raise ValueError(f"{mode.code} is described twice")
+            self._modes[mode.code] = mode
+
+    def __iter__(self) -> Iterator[FailureMode]:
+        return iter(self._modes.values())
+
+    def __getitem__(self, code: str) -> FailureMode:
+        return self._modes[code]
+
+    def markdown(self) -> str:
+        """The summary table and one section per failure mode (docs/response-flags.md)."""
+        rows = ["| Flag | Status | meshbot code | Evidence | Causes | Safe first step | Capture |",
+                "|---|---|---|---|---|---|---|"]
+        for m in self:
+            evidence = "<br>".join(f"`{e.endpoint}` {e.what}" for e in m.evidence)
+            causes = "<br>".join(c.state for c in m.causes)
+            steps = "<br>".join(c.first_step.split(";")[0].split(":")[0] for c in m.causes)
+            captures = "<br>".join(f"`{c}`" for c in m.captures)
+            rows.append(f"| {m.flag} | {m.status} | [{m.code}](codes.md#{m.code.lower()}) | {evidence} | {causes} "
+                        f"| {steps} | {captures} |")
+        sections = ["\n".join(rows)]
+        for m in self:
+            lines = [f"### {m.flag} \u2014 {m.title} ({m.code})", "", f"Envoy: {m.envoy_meaning}", "",
+                     "Evidence meshbot reads:", ""]
+            lines += [f"- `{e.endpoint}` {e.what}" + ("" if e.istio_default else
+                                                       " (hidden by Istio's default stats matcher)")
+                      for e in m.evidence]
+            lines += ["", "| Cause | How to tell it apart | Safe first step |", "|---|---|---|"]
+            lines += [f"| {c.state} | {c.tell_apart} | {c.first_step} (`{c.command}`) |" for c in m.causes]
+            lines += ["", "Sources: " + "; ".join(m.sources), ""]
+            sections.append("\n".join(lines))
+        return "\n\n".join(sections).rstrip() + "\n"
+
+
+_PC_ENDPOINT = "istioctl proxy-config endpoint {pod} -n {namespace}{filter}"
+_PC_CLUSTER = "istioctl proxy-config cluster {pod} -n {namespace}{filter} -o json"
+_PC_ROUTE = "istioctl proxy-config route {pod} -n {namespace} --name {listener_port} -o json"
+_PC_SECRET = "istioctl proxy-config secret {pod} -n {namespace}"
+_ENDPOINT_SLICES = "kubectl -n {svc_namespace} get endpointslices -l kubernetes.io/service-name={svc_name} -o wide"
+_NOT_IN_DEFAULTS = False
+
+FAILURE_MODES = FailureModel([
+    FailureMode(
+        "UO", "upstream overflow (circuit breaking)", "503", "Upstream overflow (circuit breaking) in addition to "
+        "503 response code.", "MB4001",
+        (Evidence(STATS, "cluster.&lt;c&gt;.upstream_rq_pending_overflow, upstream_rq_active_overflow, "
+                         "upstream_cx_pool_overflow (requests refused), circuit_breakers.*.*_open", _NOT_IN_DEFAULTS),),
+        (Cause("connection-pool", "DestinationRule connectionPool limits (http1MaxPendingRequests, http2MaxRequests, "
+               "maxConnections) below the load, often because the upstream slowed down",
+               "an *_overflow counter above 0; a gauge at 1 with no overflow only means at capacity (MB4009/MB4010)",
+               "Read the limits Envoy applies and raise them only if the upstream can take more; otherwise find why "
+               "it is slow", _PC_CLUSTER),),
+        ("envoy-uo-overflow",),
+        (CLUSTER_STATS, ENVOY + "intro/arch_overview/upstream/circuit_breaking", FLAGS_DOC,
+         ISTIO + "pilot/pkg/networking/core/cluster_traffic_policy.go applyConnectionPool")),
+    FailureMode(
+        "UH", "no healthy upstream", "503", "No healthy upstream hosts in upstream cluster in addition to 503 "
+        "response code.", "MB4013",
+        (Evidence(CLUSTERS, "hosts of the cluster: none, or every one with health_status.failed_outlier_check, "
+                            "failed_active_health_check or eds_health_status UNHEALTHY/DRAINING", True),
+         Evidence(STATS, "cluster.&lt;c&gt;.upstream_cx_none_healthy (requests that found no host), "
+                         "outlier_detection.ejections_active", _NOT_IN_DEFAULTS)),
+        (Cause("no-endpoints", "the Service selects no ready pod, or a DestinationRule subset's labels match no pod "
+               "(IST0173)", "/clusters lists no host for the cluster",
+               "Check which pods back the service and that its selector and subset labels match them",
+               _ENDPOINT_SLICES),
+         Cause("outlier-ejected", "every endpoint ejected by DestinationRule outlierDetection after consecutive "
+               "5xx or connect failures; Istio sets panic threshold 0, so ejected hosts take no traffic",
+               "failed_outlier_check on every host",
+               "Fix why the endpoints failed (their own errors, UF or UT below); they return after "
+               "baseEjectionTime. Do not delete outlierDetection to hide it", _PC_ENDPOINT),
+         Cause("not-ready", "every endpoint not ready or terminating (EDS UNHEALTHY or DRAINING), e.g. a failing "
+               "readiness probe or a rollout with no ready pod", "eds_health_status on every host",
+               "Look at the backing pods' readiness", _ENDPOINT_SLICES)),
+        ("envoy-uh-outlier", "envoy-uh-no-endpoints"),
+        (FLAGS_DOC, ADMIN_CLUSTERS, CLUSTER_STATS, ENVOY + "intro/arch_overview/upstream/outlier",
+         ISTIO + "pilot/pkg/networking/core/cluster_traffic_policy.go (outlierDetection, HealthyPanicThreshold)",
+         ISTIO + "pilot/pkg/xds/endpoints/endpoint_builder.go")),
+    FailureMode(
+        "UF", "upstream connection failure", "503", "Upstream connection failure in addition to 503 response code.",
+        "MB4014",
+        (Evidence(CLUSTERS, "per-host cx_connect_fail", True),
+         Evidence(STATS, "cluster.&lt;c&gt;.upstream_cx_connect_fail, upstream_cx_connect_timeout, "
+                         "upstream_rq_pending_failure_eject (requests failed for it)", _NOT_IN_DEFAULTS)),
+        (Cause("refused", "nothing listens on the endpoint's port: the Service targetPort is wrong, the app is not "
+               "up yet or listens on 127.0.0.1 only", "connect failures without connect timeouts or TLS errors",
+               "Compare the endpoints' port with the port the container listens on", _ENDPOINT_SLICES),
+         Cause("timeout", "connections never answered: a NetworkPolicy or firewall drops them, or the node is gone",
+               "upstream_cx_connect_timeout grows with the failures",
+               "Check NetworkPolicies on the destination namespace and that the endpoints' pods are running",
+               "kubectl -n {svc_namespace} get networkpolicies")),
+        ("envoy-uf-refused",),
+        (FLAGS_DOC, CLUSTER_STATS, ADMIN_CLUSTERS)),
+    FailureMode(
+        "UF", "TLS handshake or certificate verification failure", "503", "Upstream connection failure in addition "
+        "to 503 response code; the handshake is part of connecting (upstream_reset_before_response_started"
+        "{connection_failure,TLS_error})", "MB4015",
+        (Evidence(STATS, "cluster.&lt;c&gt;.ssl.fail_verify_error, ssl.fail_verify_san, ssl.fail_verify_no_cert, "
+                         "ssl.connection_error", _NOT_IN_DEFAULTS),
+         Evidence(CLUSTERS, "per-host cx_connect_fail", True)),
+        (Cause("untrusted-root", "the destination's certificate does not chain to a root this proxy trusts: roots "
+               "differ between clusters or namespaces, or cacerts was replaced without a transition",
+               "ssl.fail_verify_error",
+               "Compare the ROOTCA of this proxy with the destination's; never switch to PERMISSIVE to hide it",
+               _PC_SECRET),
+         Cause("wrong-identity", "the destination presents another SPIFFE identity than istiod expects: pods run "
+               "under an unexpected ServiceAccount, a DestinationRule subjectAltNames is wrong, or trust domains "
+               "differ", "ssl.fail_verify_san",
+               "Compare the service account of the destination's pods with the identities the cluster accepts",
+               _PC_CLUSTER),
+         Cause("handshake", "the destination does not speak Istio mTLS: no sidecar, a DestinationRule tls mode that "
+               "does not match the server, or a protocol mismatch", "ssl.connection_error without verify failures",
+               "Check the destination has a sidecar and what tls mode the DestinationRule sets", _PC_CLUSTER)),
+        ("envoy-tls-wrong-ca", "envoy-tls-wrong-san"),
+        (TLS_STATS, FLAGS_DOC, ISTIO + "pilot/pkg/networking/core/cluster_tls.go (ISTIO_MUTUAL SAN matching)")),
+    FailureMode(
+        "URX", "retries exhausted", "503 (the last attempt's code)", "The request was rejected because the upstream "
+        "retry limit (HTTP) or maximum connect attempts (TCP) was reached.", "MB4016",
+        (Evidence(STATS, "cluster.&lt;c&gt;.upstream_rq_retry_limit_exceeded, upstream_rq_retry", _NOT_IN_DEFAULTS),
+         Evidence(CLUSTERS, "per-host rq_error above rq_total of the callers", True)),
+        (Cause("persistent-failure", "the upstream fails every attempt; retries (Istio's default: 2 on connect "
+               "failures and retriable codes) only multiply its load",
+               "the retried attempts failed the same way: look at the cluster's other flags",
+               "Fix the upstream's failures; lower VirtualService retries.attempts if the load hurts it",
+               _PC_ENDPOINT),),
+        ("envoy-urx-retries",),
+        (FLAGS_DOC, ROUTER_DOC, ISTIO + "pilot/pkg/networking/core/route/retry/retry.go (default policy)")),
+    FailureMode(
+        "UT", "upstream request timeout", "504", "Upstream request timeout in addition to 504 response code.",
+        "MB4017",
+        (Evidence(CLUSTERS, "per-host rq_timeout", True),
+         Evidence(STATS, "cluster.&lt;c&gt;.upstream_rq_timeout", _NOT_IN_DEFAULTS)),
+        (Cause("slow-upstream", "the upstream answers slower than the route timeout (VirtualService http.timeout; "
+               "Istio sets none by default), or a per-try timeout is shorter than its latency",
+               "rq_timeout grows; the same hosts answer other requests",
+               "Compare the route's timeout with the upstream's latency before raising it", _PC_ROUTE),),
+        ("envoy-ut-timeout",),
+        (FLAGS_DOC, ROUTER_DOC, ADMIN_CLUSTERS)),
+    FailureMode(
+        "UC", "upstream connection termination", "503", "Upstream connection termination in addition to 503 "
+        "response code.", "MB4018",
+        (Evidence(STATS, "cluster.&lt;c&gt;.upstream_cx_destroy_remote_with_active_rq", _NOT_IN_DEFAULTS),
+         Evidence(CLUSTERS, "per-host rq_error", True)),
+        (Cause("upstream-closed", "the upstream closed the connection mid-request: it crashed or restarted, or it "
+               "closes idle keep-alive connections sooner than Envoy reuses them",
+               "destroy_remote_with_active_rq grows; restarts of the destination pods",
+               "Check the destination pods' restarts and its idle timeout against DestinationRule "
+               "connectionPool.http.idleTimeout", _ENDPOINT_SLICES),),
+        ("envoy-uc-reset",),
+        (FLAGS_DOC, CLUSTER_STATS)),
+    FailureMode(
+        "DC", "downstream connection termination", "0 (no response)", "Downstream connection termination.",
+        "MB4019",
+        (Evidence(CLUSTERS, "per-host rq_total above rq_success + rq_error + rq_active (requests nobody waited "
+                            "for)", True),),
+        (Cause("caller-gave-up", "the caller closed the request before the answer: its own timeout is shorter than "
+               "the upstream's latency, or it was killed", "no upstream error; the attempts simply end",
+               "Compare the caller's client timeout with the upstream's latency", _PC_ROUTE),),
+        ("envoy-dc-caller-gone",),
+        (FLAGS_DOC, ADMIN_CLUSTERS)),
+    FailureMode(
+        "NR", "no route", "404", "No route configured for a given request in addition to 404 response code, or no "
+        "matching filter chain for a downstream connection.", "MB4020",
+        (Evidence(STATS, "http.&lt;listener&gt;.no_route", _NOT_IN_DEFAULTS),),
+        (Cause("no-virtual-host", "the Host the caller used matches no Service, ServiceEntry or VirtualService "
+               "host on that port, or a Sidecar's egress hosts leave it out",
+               "no_route grows on the caller's outbound port",
+               "List the hosts this port routes and compare them with the Host the caller sends", _PC_ROUTE),),
+        ("envoy-nr-no-route",),
+        (FLAGS_DOC, ROUTER_DOC, ISTIO + "pilot/pkg/networking/core/httproute.go")),
+    FailureMode(
+        "NC", "no cluster", "503", "Upstream cluster not found.", "MB4021",
+        (Evidence(STATS, "http.&lt;listener&gt;.no_cluster", _NOT_IN_DEFAULTS),),
+        (Cause("missing-subset", "a VirtualService routes to a subset no DestinationRule defines (IST0101) or to a "
+               "host outside the Sidecar's egress", "no_cluster grows on the caller's outbound port",
+               "Run istio's analyzers on the namespace and fix the route's destination", "istioctl analyze -n {namespace}"),),
+        ("envoy-nc-no-cluster",),
+        (FLAGS_DOC, ROUTER_DOC)),
+    FailureMode(
+        "-", "denied by RBAC (AuthorizationPolicy)", "403", "RBAC filter: \"RBAC: access denied\", response code "
+        "details rbac_access_denied_matched_policy[...]; no response flag.", "MB4022",
+        (Evidence(STATS, "http.&lt;inbound listener&gt;.rbac.denied, tcp.rbac.denied; shadow_denied is a dry run "
+                         "and not an outage", True),),
+        (Cause("policy-denies", "an AuthorizationPolicy denies the caller: an ALLOW policy it does not match, a DENY "
+               "policy it matches, or principals that need mTLS the caller lacks",
+               "rbac.denied grows on this pod's inbound port (shadow_denied alone is istio.io/dry-run)",
+               "Find which policy decides for this pod and test it with the caller's identity; never switch to "
+               "PERMISSIVE or restart for a 403", "istioctl x authz check {pod} -n {namespace}"),),
+        ("envoy-rbac-denied",),
+        (RBAC_DOC, ISTIO + "pilot/pkg/security/authz/builder/builder.go (shadow rules, istio_dry_run_ prefixes)")),
+    FailureMode(
+        "UH / -", "dropped by REGISTRY_ONLY (BlackHoleCluster)", "502 (HTTP) or closed connection (TCP)",
+        "HTTP: the block_all virtual host answers 502 directly; TCP: BlackHoleCluster has no host (UH).", "MB4024",
+        (Evidence(STATS, "cluster.BlackHoleCluster;.upstream_cx_none_healthy, tcp.BlackHoleCluster.downstream_cx_total",
+                  _NOT_IN_DEFAULTS),
+         Evidence(STATS, "http.&lt;outbound listener&gt;.rq_direct_response", _NOT_IN_DEFAULTS),
+         Evidence(CONFIG_DUMP, "a block_all virtual host on that port", True)),
+        (Cause("unregistered-destination", "outboundTrafficPolicy REGISTRY_ONLY and the destination has no "
+               "ServiceEntry (or the Sidecar's egress hosts leave it out); with ALLOW_ANY the same calls would leave "
+               "through PassthroughCluster", "BlackHoleCluster counters or direct 502s on a port with block_all",
+               "Find the destination in the sidecar's access log and add a ServiceEntry for it",
+               "kubectl -n {namespace} logs {pod} -c istio-proxy --tail=500"),),
+        ("envoy-blackhole-tcp", "envoy-blackhole-http"),
+        (ISTIO + "pilot/pkg/networking/core/listener_builder.go and httproute.go (block_all)", CLUSTER_STATS)),
+    FailureMode(
+        "(any)", "pushed configuration rejected", "stale configuration", "An xDS update Envoy rejected is NACKed; "
+        "the proxy keeps serving its previous configuration.", "MB4025",
+        (Evidence(STATS, "cluster_manager.cds.update_rejected, listener_manager.lds.update_rejected", True),),
+        (Cause("invalid-config", "istiod pushed config Envoy refuses, usually from an EnvoyFilter (or a Sidecar, "
+               "Gateway) or a proxy older than istiod", "update_rejected grows; proxy-status shows the error",
+               "Read the rejection in proxy-status and fix or remove the resource that produced it",
+               "istioctl proxy-status {pod}.{namespace}"),),
+        ("envoy-cds-rejected",),
+        (XDS_STATS, ISTIO + "pilot/pkg/xds (NACK handling)")),
+])

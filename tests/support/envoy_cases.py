@@ -1,0 +1,371 @@
+"""One real-Envoy case per row of the response-flag table: a sidecar-shaped Envoy driven into the failure, and a
+healthy twin of the same shape.  ``capture_all`` stores what the check reads under tests/data/envoy-<case>/
+(``python scripts/capture_envoy_cases.py`` regenerates them); tests/test_envoy_flags.py runs the same cases live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from commands.checks.envoy import STATS_INCLUSION_REGEX
+from tests.support import sidecar as s
+from tests.support.certs import mint
+from tests.support.envoy import RunningEnvoy, istio_stats_config, start_envoy
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+CAPTURED_PATHS = {"/stats": "stats.txt", "/clusters?format=json": "clusters.json", "/memory": "memory.json"}
+
+
+@dataclass
+class Lab:
+    """Starts sidecar-shaped Envoys and misbehaving upstreams; ``close`` stops every one of them."""
+
+    binary: str
+    workdir: Path
+    envoys: list[RunningEnvoy] = field(default_factory=list)
+    upstreams: list[s.Upstream] = field(default_factory=list)
+    istio_defaults_only: bool = False
+    """Istio's default stats matcher alone (no proxyStatsMatcher), as a sidecar nobody tuned."""
+
+    def upstream(self, mode: str = "ok", *, delay: float = 0.0, tls: tuple[Path, Path] | None = None) -> int:
+        upstream = s.Upstream(mode=mode, delay=delay, tls=tls)
+        self.upstreams.append(upstream)
+        return upstream.port
+
+    def start(self, listeners: list[dict[str, Any]], clusters: list[dict[str, Any]],
+              **extra: Any) -> RunningEnvoy:
+        workdir = self.workdir / f"envoy-{len(self.envoys)}"
+        workdir.mkdir(parents=True)
+        inclusions = () if self.istio_defaults_only else (STATS_INCLUSION_REGEX,)
+        # istiod's bootstrap names the node sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local; xDS needs one.
+        config = {"node": {"id": "sidecar~10.0.0.7~api.prod~prod.svc.cluster.local", "cluster": "api.prod"},
+                  "admin": {"address": s.address(0)}, "stats_config": istio_stats_config(*inclusions),
+                  "static_resources": {"listeners": listeners, "clusters": clusters}, **extra}
+        envoy = start_envoy(self.binary, workdir, config)
+        self.envoys.append(envoy)
+        return envoy
+
+    def close(self) -> None:
+        for envoy in self.envoys:
+            envoy.stop()
+        for upstream in self.upstreams:
+            upstream.stop()
+
+
+def port_of(envoy: RunningEnvoy, listener: str = f"0.0.0.0_{s.PORT}") -> int:
+    return envoy.listener_ports[listener]
+
+
+def send(envoy: RunningEnvoy, count: int, *, host: str = s.SERVICE, listener: str = f"0.0.0.0_{s.PORT}",
+         timeout: float = 10.0) -> list[int]:
+    """``count`` sequential GETs through a listener; their statuses (0 when the caller gave up)."""
+    statuses = []
+    with httpx.Client(timeout=timeout) as client:
+        for _ in range(count):
+            try:
+                statuses.append(client.get(f"http://127.0.0.1:{port_of(envoy, listener)}/",
+                                           headers={"Host": host}).status_code)
+            except httpx.TimeoutException:
+                statuses.append(0)
+    return statuses
+
+
+def tcp_connections(envoy: RunningEnvoy, listener: str, count: int) -> None:
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port_of(envoy, listener)), timeout=5) as connection:
+            connection.sendall(b"GET / HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n")
+            connection.settimeout(5)
+            # Until the proxy or the upstream closes it; BlackHoleCluster's close may arrive as a reset.
+            with contextlib.suppress(ConnectionResetError):
+                while connection.recv(4096):
+                    pass
+
+
+def wait_for(envoy: RunningEnvoy, condition: Callable[[str], bool], timeout: float = 10.0) -> None:
+    """Poll ``/stats`` until ``condition(text)`` holds (counters are flushed asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not condition(text := httpx.get(f"{envoy.admin_url}/stats", timeout=5).text):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Envoy's stats never reached the expected state:\n{text[-2000:]}")
+        time.sleep(0.05)
+
+
+def stat(name: str, value: int) -> Callable[[str], bool]:
+    return lambda text: f"{name}: {value}\n" in text + "\n"
+
+
+# -- the cases: each builds the failing sidecar (healthy=False) or its healthy twin (healthy=True) -----------
+
+def overflow(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UO: limits of 1 and 25 concurrent requests to an upstream that holds them (a stuck dependency)."""
+    port = lab.upstream(delay=0.0 if healthy else 30.0)
+    limit = 50 if healthy else 1
+    envoy = lab.start([s.outbound_listener([s.service_vhost()])], [s.outbound_cluster(port, max_requests=limit)])
+    if healthy:
+        send(envoy, 20)
+        return envoy
+    client = httpx.Client(timeout=40, limits=httpx.Limits(max_connections=25))
+    pool = ThreadPoolExecutor(max_workers=25)
+    requests = [pool.submit(client.get, f"http://127.0.0.1:{port_of(envoy)}/", headers={"Host": s.SERVICE})
+                for _ in range(25)]
+    # 1 request at the upstream, 1 pending, 23 refused at once; stopping Envoy later ends the held ones.
+    deadline = time.monotonic() + 10
+    while sum(r.done() for r in requests) < 23:
+        assert time.monotonic() < deadline, "the circuit breaker did not refuse 23 requests"
+        time.sleep(0.02)
+    pool.shutdown(wait=False)
+    return envoy
+
+
+def _hosts_total(envoy: RunningEnvoy, counter: str) -> int:
+    answer = httpx.get(f"{envoy.admin_url}/clusters?format=json", timeout=5).json()
+    return sum(int(stat_.get("value", 0)) for c in answer["cluster_statuses"] for h in c.get("host_statuses", [])
+               for stat_ in h["stats"] if stat_["name"] == counter)
+
+
+def outlier_ejected(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UH: the only endpoint answers 503, outlierDetection consecutive5xxErrors 3 ejects it."""
+    port = lab.upstream("ok" if healthy else "fail")
+    envoy = lab.start([s.outbound_listener([s.service_vhost()])], [s.outbound_cluster(port, outlier_5xx=3)])
+    send(envoy, 20)
+    return envoy
+
+
+def no_endpoints(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UH: the service has no endpoints (no ready pod, or a subset that selects none)."""
+    port = lab.upstream() if healthy else None
+    envoy = lab.start([s.outbound_listener([s.service_vhost()])], [s.outbound_cluster(port)])
+    send(envoy, 20)
+    return envoy
+
+
+def connect_refused(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UF: the endpoint's port has no listener (wrong targetPort)."""
+    port = lab.upstream() if healthy else s.closed_port()
+    envoy = lab.start([s.outbound_listener([s.service_vhost()])], [s.outbound_cluster(port)])
+    send(envoy, 20)
+    return envoy
+
+
+def _tls_case(lab: Lab, healthy: bool, *, wrong: str) -> RunningEnvoy:
+    mesh_root = mint("mesh-root", is_ca=True)
+    signer = mint("other-root", is_ca=True) if wrong == "ca" and not healthy else mesh_root
+    identity = "reviews" if wrong == "san" and not healthy else "payment"
+    leaf = mint("payment", issuer=signer, uris=(s.SPIFFE.format(identity),))
+    directory = lab.workdir / f"tls-{len(lab.upstreams)}"
+    directory.mkdir(parents=True)
+    for name, text in (("ca.pem", mesh_root.cert_pem), ("cert.pem", leaf.cert_pem), ("key.pem", leaf.key_pem)):
+        (directory / name).write_text(text)
+    port = lab.upstream(tls=(directory / "cert.pem", directory / "key.pem"))
+    tls = s.upstream_tls(str(directory / "ca.pem"), s.SPIFFE.format("payment"))
+    envoy = lab.start([s.outbound_listener([s.service_vhost()])], [s.outbound_cluster(port, tls=tls)])
+    send(envoy, 20)
+    return envoy
+
+
+def wrong_ca(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UF + ssl.fail_verify_error: the destination's certificate chains to another root."""
+    return _tls_case(lab, healthy, wrong="ca")
+
+
+def wrong_san(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UF + ssl.fail_verify_san: the destination presents another service account's identity."""
+    return _tls_case(lab, healthy, wrong="san")
+
+
+def retries_exhausted(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """URX: two retries on 5xx against an upstream that always answers 503."""
+    port = lab.upstream("ok" if healthy else "fail")
+    envoy = lab.start([s.outbound_listener([s.service_vhost(s.route(retries=2))])], [s.outbound_cluster(port)])
+    send(envoy, 20)
+    return envoy
+
+
+def upstream_timeout(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UT: the upstream takes 0.3 s and the route allows 0.05 s (healthy: 5 s)."""
+    port = lab.upstream(delay=0.3)
+    timeout = "5s" if healthy else "0.05s"
+    envoy = lab.start([s.outbound_listener([s.service_vhost(s.route(timeout=timeout))])], [s.outbound_cluster(port)])
+    send(envoy, 6)
+    return envoy
+
+
+def upstream_reset(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UC: the upstream reads the request and closes the connection without answering."""
+    port = lab.upstream("ok" if healthy else "reset")
+    envoy = lab.start([s.outbound_listener([s.service_vhost()])], [s.outbound_cluster(port)])
+    send(envoy, 20)
+    return envoy
+
+
+def caller_gone(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """DC: callers give up after 0.1 s on an upstream that takes 0.5 s (healthy: they wait)."""
+    port = lab.upstream(delay=0.5)
+    envoy = lab.start([s.outbound_listener([s.service_vhost()])], [s.outbound_cluster(port)])
+    send(envoy, 6, timeout=5.0 if healthy else 0.1)
+    # The upstream requests end when Envoy resets them; wait until no request is in flight any more.
+    deadline = time.monotonic() + 10
+    while _hosts_total(envoy, "rq_active") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return envoy
+
+
+def no_route(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """NR: the caller's Host matches no virtual host on the port (only the service's own names do)."""
+    port = lab.upstream()
+    envoy = lab.start([s.outbound_listener([s.service_vhost(domains=(s.SERVICE, "payment.prod"))])],
+                      [s.outbound_cluster(port)])
+    send(envoy, 20, host=s.SERVICE if healthy else "payments.prod.svc.cluster.local")
+    return envoy
+
+
+def no_cluster(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """NC: the route names subset v2's cluster, which no DestinationRule created."""
+    port = lab.upstream()
+    target = s.CLUSTER if healthy else f"outbound|{s.PORT}|v2|{s.SERVICE}"
+    envoy = lab.start([s.outbound_listener([s.service_vhost(s.route(target))])], [s.outbound_cluster(port)])
+    send(envoy, 20)
+    return envoy
+
+
+def rbac_denied(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """403: an ALLOW policy on the inbound port that the caller does not match."""
+    port = lab.upstream()
+    envoy = lab.start([s.inbound_rbac_listener(port, deny=not healthy)], [s.inbound_cluster(port)])
+    send(envoy, 20, listener=f"0.0.0.0_{s.INBOUND_PORT}")
+    return envoy
+
+
+def rbac_dry_run(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """Not an outage: a dry-run policy would deny every request, the enforced one allows them."""
+    port = lab.upstream()
+    envoy = lab.start([s.inbound_rbac_listener(port, deny=False, shadow_deny=not healthy)], [s.inbound_cluster(port)])
+    send(envoy, 20, listener=f"0.0.0.0_{s.INBOUND_PORT}")
+    return envoy
+
+
+def blackhole_tcp(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """REGISTRY_ONLY (TCP): connections to an unregistered destination go to BlackHoleCluster (healthy: ALLOW_ANY
+    sends them through PassthroughCluster)."""
+    port = lab.upstream()
+    cluster = s.passthrough_cluster(port) if healthy else s.blackhole_cluster()
+    envoy = lab.start([s.blackhole_tcp_listener(cluster["name"])], [cluster])
+    tcp_connections(envoy, "virtualOutbound-blackhole", 6)
+    return envoy
+
+
+def blackhole_http(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """REGISTRY_ONLY (HTTP): a Host with no ServiceEntry meets the block_all virtual host and a direct 502."""
+    port = lab.upstream()
+    envoy = lab.start([s.outbound_listener([s.service_vhost(domains=(s.SERVICE,)), s.block_all_vhost()])],
+                      [s.outbound_cluster(port)])
+    send(envoy, 20, host=s.SERVICE if healthy else "api.example.com")
+    return envoy
+
+
+def cds_rejected(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """A pushed cluster update Envoy refuses (an invalid connect timeout, as a broken EnvoyFilter patch makes)."""
+    workdir = lab.workdir / f"xds-{len(lab.envoys)}"
+    workdir.mkdir(parents=True)
+    port = lab.upstream()
+    s.write_xds(workdir / "cds.json", [s.outbound_cluster(port)], s.CLUSTER_TYPE)
+    s.write_xds(workdir / "lds.json", [s.outbound_listener([s.service_vhost()])], s.LISTENER_TYPE)
+    envoy = lab.start([], [], **s.xds_files_bootstrap(workdir))
+    wait_for(envoy, stat("listener_manager.lds.update_success", 1))
+    envoy.listener_ports = {f"0.0.0.0_{s.PORT}": _listener_port(envoy)}
+    send(envoy, 20)
+    pushed = s.outbound_cluster(port, connect_timeout="5s" if healthy else "-1s")
+    s.write_xds(workdir / "cds.json", [pushed], s.CLUSTER_TYPE)
+    wait_for(envoy, stat("cluster_manager.cds.update_success" if healthy else "cluster_manager.cds.update_rejected",
+                         2 if healthy else 1))
+    return envoy
+
+
+def _listener_port(envoy: RunningEnvoy) -> int:
+    statuses = envoy.admin_json("/listeners?format=json")["listener_statuses"]
+    return int(statuses[0]["local_address"]["socket_address"]["port_value"])
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[Lab, bool], RunningEnvoy]
+    expect: tuple[str, ...]
+    """The codes the failing sidecar must produce (exactly these, most severe first)."""
+    istio_defaults_only: bool = False
+    config_dump: bool = False
+    """Also capture /config_dump (the check reads it for block_all)."""
+
+    @property
+    def directory(self) -> Path:
+        return DATA / f"envoy-{self.name}"
+
+
+CASES = (
+    Case("uo-overflow", overflow, ("MB4001", "MB4002")),
+    Case("uo-overflow-istio-defaults", overflow, ("MB4012",), istio_defaults_only=True),
+    Case("uh-outlier", outlier_ejected, ("MB4013", "MB4002")),
+    Case("uh-outlier-istio-defaults", outlier_ejected, ("MB4013", "MB4012"), istio_defaults_only=True),
+    Case("uh-no-endpoints", no_endpoints, ("MB4013", "MB4002")),
+    Case("uf-refused", connect_refused, ("MB4014", "MB4002")),
+    Case("uf-refused-istio-defaults", connect_refused, ("MB4014", "MB4012"), istio_defaults_only=True),
+    Case("tls-wrong-ca", wrong_ca, ("MB4015", "MB4002")),
+    Case("tls-wrong-san", wrong_san, ("MB4015", "MB4002")),
+    Case("urx-retries", retries_exhausted, ("MB4003", "MB4016", "MB4002")),
+    Case("ut-timeout", upstream_timeout, ("MB4017",)),
+    Case("uc-reset", upstream_reset, ("MB4018", "MB4002")),
+    Case("dc-caller-gone", caller_gone, ("MB4019",)),
+    Case("nr-no-route", no_route, ("MB4020",)),
+    Case("nc-no-cluster", no_cluster, ("MB4021",)),
+    Case("rbac-denied", rbac_denied, ("MB4022",)),
+    Case("rbac-dry-run", rbac_dry_run, ("MB4023",)),
+    Case("blackhole-tcp", blackhole_tcp, ("MB4024",)),
+    Case("blackhole-http", blackhole_http, ("MB4024",), config_dump=True),
+    Case("cds-rejected", cds_rejected, ("MB4025",)),
+)
+CASES_BY_NAME = {case.name: case for case in CASES}
+
+
+def run_case(binary: str, workdir: Path, case: Case, *, healthy: bool) -> tuple[Lab, RunningEnvoy]:
+    """Start the case's sidecar and drive it; the caller closes the Lab."""
+    lab = Lab(binary=binary, workdir=workdir, istio_defaults_only=case.istio_defaults_only)
+    try:
+        return lab, case.build(lab, healthy)
+    except BaseException:
+        lab.close()
+        raise
+
+
+def capture(envoy: RunningEnvoy, case: Case, directory: Path) -> None:
+    """Write what the check reads from ``envoy`` into ``directory`` (JSON pretty-printed, stable order)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = dict(CAPTURED_PATHS, **({"/config_dump": "config_dump.json"} if case.config_dump else {}))
+    for path, filename in paths.items():
+        answer = httpx.get(f"{envoy.admin_url}{path}", timeout=10)
+        answer.raise_for_status()
+        text = answer.text if filename.endswith(".txt") else json.dumps(answer.json(), indent=1, sort_keys=True)
+        (directory / filename).write_text(text if text.endswith("\n") else text + "\n")
+
+
+def capture_all(binary: str, workdir: Path, names: tuple[str, ...] = ()) -> list[Path]:
+    written = []
+    for case in CASES:
+        if names and case.name not in names:
+            continue
+        lab, envoy = run_case(binary, workdir / case.name, case, healthy=False)
+        try:
+            capture(envoy, case, case.directory)
+        finally:
+            lab.close()
+        written.append(case.directory)
+    return written

@@ -1,0 +1,197 @@
+"""Every row of the response-flag table (commands/checks/envoy/flags.py, docs/response-flags.md) against the real
+Envoy: the failing sidecar is found with its cause, its healthy twin stays quiet, and the captures under
+tests/data/envoy-<case>/ (scripts/capture_envoy_cases.py) give the same answer offline."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from commands.checks.envoy import envoy
+from commands.checks.envoy.flags import FAILURE_MODES
+from commands.checks.envoy.names import ClusterName, listener_port
+from commands.checks.registry import CheckContext
+from commands.clients.http import http_endpoint
+from commands.cluster.endpoints import EndpointResolver
+from commands.cluster.snapshot import Snapshot
+from commands.codes import MESHBOT_CODES
+from commands.findings import Finding, Level
+from commands.resources.references import PodRef
+from commands.thresholds import Thresholds
+from tests.support.envoy_cases import CASES, CASES_BY_NAME, Case, Lab, run_case, send
+from tests.support.envoy import RunningEnvoy
+from tests.support import sidecar
+
+POD = PodRef("prod", "checkout-6b7c9d8f5-k2m4p")
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS_PAGE = ROOT / "docs" / "response-flags.md"
+# What must never reach a person: Istio's cluster names and the stat names built from them.
+MACHINE_NAME = re.compile(r"outbound\||inbound\||;\.|\bcluster\.[\w|]+\.upstream_|\bupstream_rq_|\bupstream_cx_")
+
+
+def check(admin_url: str, thresholds: Thresholds | None = None) -> list[Finding]:
+    endpoints = EndpointResolver(http=http_endpoint, envoy_admin_urls={POD: admin_url})
+    return envoy(CheckContext(snapshot=Snapshot(), thresholds=thresholds or Thresholds(), endpoints=endpoints))
+
+
+def codes_of(findings: list[Finding]) -> list[str]:
+    return [f.code for f in findings]
+
+
+def texts(findings: list[Finding]) -> Iterator[str]:
+    for finding in findings:
+        yield finding.message
+        if finding.remediation:
+            yield finding.remediation.summary
+            yield finding.remediation.command or ""
+
+
+@pytest.fixture
+def lab_case(envoy_binary: str, tmp_path: Path) -> Iterator[Callable[[Case, bool], RunningEnvoy]]:
+    labs: list[Lab] = []
+
+    def start(case: Case, healthy: bool) -> RunningEnvoy:
+        lab, proxy = run_case(envoy_binary, tmp_path / f"{case.name}-{len(labs)}", case, healthy=healthy)
+        labs.append(lab)
+        return proxy
+
+    yield start
+    for lab in labs:
+        lab.close()
+
+
+# -- the captures: every row, offline ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_captured_failure_is_found_with_its_cause(case: Case) -> None:
+    findings = check(str(case.directory))
+
+    assert codes_of(findings) == list(case.expect)
+    for finding in findings:
+        mode = next((m for m in FAILURE_MODES if m.code == finding.code), None)
+        if mode and "{cause}" in MESHBOT_CODES[finding.code].template:
+            assert any(c.state in finding.message for c in mode.causes), finding.message
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_no_istio_cluster_or_stat_name_reaches_messages_or_commands(case: Case) -> None:
+    leaked = [text for text in texts(check(str(case.directory))) if MACHINE_NAME.search(text)]
+
+    assert leaked == []
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_no_first_step_restarts_deletes_or_relaxes_mtls(case: Case) -> None:
+    steps = [f.remediation for f in check(str(case.directory)) if f.remediation]
+
+    for step in steps:
+        assert step.action is None
+        assert not re.search(r"delete pod|rollout restart|mode: PERMISSIVE", step.command or ""), step.command
+        assert "switch to PERMISSIVE" not in step.summary.replace("never switch to PERMISSIVE", "")
+
+
+# -- the real Envoy: each row live, and its healthy twin ---------------------------------------------------
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_real_sidecar_driven_into_the_failure_is_found(case: Case, lab_case) -> None:
+    proxy = lab_case(case, False)
+
+    assert codes_of(check(proxy.admin_url)) == list(case.expect)
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_healthy_traffic_of_the_same_shape_stays_quiet(case: Case, lab_case) -> None:
+    proxy = lab_case(case, True)
+
+    findings = check(proxy.admin_url)
+
+    # Under Istio's default stats matcher the one thing to say is what could not be checked.
+    assert codes_of(findings) == (["MB4012"] if case.istio_defaults_only else [])
+
+
+# -- silence is earned -------------------------------------------------------------------------------------
+
+@pytest.mark.envoy
+def test_sidecar_without_traffic_says_nothing_was_judged(envoy_binary: str, tmp_path: Path) -> None:
+    lab = Lab(binary=envoy_binary, workdir=tmp_path)
+    try:
+        proxy = lab.start([sidecar.outbound_listener([sidecar.service_vhost()])],
+                          [sidecar.outbound_cluster(lab.upstream())])
+        findings = check(proxy.admin_url)
+    finally:
+        lab.close()
+
+    assert codes_of(findings) == ["MB4026"] and findings[0].level is Level.INFO
+    assert "no traffic" in findings[0].message and "not judged" in findings[0].message
+
+
+@pytest.mark.envoy
+def test_sidecar_with_traffic_and_nothing_wrong_is_silent(envoy_binary: str, tmp_path: Path) -> None:
+    lab = Lab(binary=envoy_binary, workdir=tmp_path)
+    try:
+        proxy = lab.start([sidecar.outbound_listener([sidecar.service_vhost()])],
+                          [sidecar.outbound_cluster(lab.upstream())])
+        assert send(proxy, 20) == [200] * 20
+        findings = check(proxy.admin_url)
+    finally:
+        lab.close()
+
+    assert findings == []
+
+
+def test_unreadable_host_health_is_said_not_passed_over(tmp_path: Path) -> None:
+    captured = CASES_BY_NAME["nr-no-route"].directory
+    for name in ("stats.txt", "memory.json"):
+        (tmp_path / name).write_text((captured / name).read_text())
+
+    findings = check(str(tmp_path))
+
+    unread = next(f for f in findings if f.code == "MB4027")
+    assert unread.level is Level.INFO and "/clusters?format=json did not answer" in unread.message
+    assert "MB4020" in codes_of(findings)
+
+
+def test_fewer_failures_than_the_floor_are_noise(tmp_path: Path) -> None:
+    findings = check(str(CASES_BY_NAME["nr-no-route"].directory), Thresholds(min_flag_failures=21))
+
+    assert "MB4020" not in codes_of(findings)
+
+
+# -- the table itself ---------------------------------------------------------------------------------------
+
+def test_every_row_has_a_code_of_the_envoy_check_and_a_capture_that_shows_it() -> None:
+    for mode in FAILURE_MODES:
+        assert MESHBOT_CODES[mode.code].check == "envoy", mode.code
+        assert mode.causes and mode.sources and mode.evidence, mode.code
+        for capture in mode.captures:
+            case = CASES_BY_NAME[capture.removeprefix("envoy-")]
+            assert mode.code in case.expect and case.directory.is_dir(), capture
+
+
+def test_the_flags_page_is_generated_from_the_table() -> None:
+    page = FLAGS_PAGE.read_text(encoding="utf-8")
+    block = page.split("<!-- flags:start -->", 1)[1].split("<!-- flags:end -->", 1)[0]
+
+    assert block.strip() == FAILURE_MODES.markdown().strip(), "run python scripts/response_flags_doc.py"
+
+
+@pytest.mark.parametrize(("name", "service"), [
+    ("outbound|8080||payment.prod.svc.cluster.local;", "payment.prod:8080"),
+    ("outbound|9080|v2|reviews.bookinfo.svc.cluster.local", "reviews.bookinfo:9080 subset v2"),
+    ("outbound|443||api.stripe.com", "api.stripe.com:443"),
+    ("inbound|9080||", "its own inbound port 9080"),
+    ("BlackHoleCluster", "destinations outside the service registry"),
+])
+def test_istio_cluster_names_read_as_services(name: str, service: str) -> None:
+    assert ClusterName.parse(name).service == service
+
+
+def test_listener_stat_prefixes_read_as_ports() -> None:
+    names: Mapping[str, str] = {"outbound_0.0.0.0_8080;": "outbound port 8080",
+                                "inbound_0.0.0.0_9080;": "inbound port 9080", "ingress": "ingress"}
+    assert {prefix: listener_port(prefix) for prefix in names} == names
