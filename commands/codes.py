@@ -144,6 +144,13 @@ ISTIO_CODES: dict[str, Code] = {c.code: c for c in [
           "The gateway is listening on a target port (port {port}) that is not defined in the Service "
           "associated with its workload instances (Pod selector {selector}). If you need to access the "
           "gateway port through the gateway Service, it will not be available."),
+    _code("IST0163", "InvalidExternalControlPlaneConfig", W, "analyze",
+          "The hostname ({hostname}) that was provided for the webhook ({webhook}) to reach the ingress gateway on "
+          "the external control plane cluster {problem}. Traffic may not flow properly."),
+    _code("IST0164", "ExternalControlPlaneAddressIsNotAHostname", I, "analyze",
+          "The address ({hostname}) that was provided for the webhook ({webhook}) to reach the ingress gateway on "
+          "the external control plane cluster is an IP address. This is not recommended for a production "
+          "environment."),
     _code("IST0165", "ReferencedInternalGateway", W, "analyze",
           "Gateway reference in VirtualService {virtual_service} is to an implementation-generated internal "
           "Gateway: {gateway}."),

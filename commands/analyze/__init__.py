@@ -44,11 +44,13 @@ ANALYZER_MODULES = (
     "commands.analyze.webhook",
     "commands.analyze.jwt_routing",
     "commands.analyze.external_name",
+    "commands.analyze.external_control_plane",
 )
 
 # Every kind any analyzer reads; the live source lists exactly these for `analyze`.
 ANALYZE_KINDS = (
     "Namespace", "Pod", "Service", "Deployment", "Secret", "ConfigMap", "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
     "VirtualService", "DestinationRule", "Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry",
     "EnvoyFilter", "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication", "Telemetry",
     "WasmPlugin", "HTTPRoute", "GRPCRoute",

@@ -38,6 +38,8 @@ _ALL = [
     KindInfo("PodMetrics", "metrics.k8s.io", "v1beta1", "pods"),
     KindInfo("MutatingWebhookConfiguration", "admissionregistration.k8s.io", "v1",
              "mutatingwebhookconfigurations", namespaced=False),
+    KindInfo("ValidatingWebhookConfiguration", "admissionregistration.k8s.io", "v1",
+             "validatingwebhookconfigurations", namespaced=False),
     KindInfo("VirtualService", "networking.istio.io", "v1", "virtualservices"),
     KindInfo("DestinationRule", "networking.istio.io", "v1", "destinationrules"),
     KindInfo("Gateway", "networking.istio.io", "v1", "gateways"),

@@ -55,6 +55,7 @@ ANALYZER_MAP: dict[str, tuple[str, ...]] = {
     "webhook.Analyzer": ("webhook.Analyzer",),
     "injection.ImageAutoAnalyzer": ("injection.ImageAutoAnalyzer",),
     "virtualservice.JWTClaimRouteAnalyzer": ("virtualservice.JWTClaimRouteAnalyzer",),
+    "externalcontrolplane.ExternalControlPlaneAnalyzer": ("externalcontrolplane.ExternalControlPlaneAnalyzer",),
 }
 
 
@@ -76,6 +77,7 @@ GW_PORT, VS_GW = "gateway.IngressGatewayPortAnalyzer", "virtualservice.GatewayAn
 CONFLICT, CA = "gateway.ConflictingGatewayAnalyzer", "destinationrule.CaCertificateAnalyzer"
 EF, SE = "envoyfilter.EnvoyPatchAnalyzer", "serviceentry.ProtocolAddressesAnalyzer"
 SE_CONFLICT, UID = "serviceentry.ConflictingServiceEntryProtocolAnalyzer", "deployment.ApplicationUIDAnalyzer"
+ECP = "externalcontrolplane.ExternalControlPlaneAnalyzer"
 DR_PODS, INJECTOR = "destinationrule.PodNotSelectedAnalyzer", "common/sidecar-injector-configmap.yaml"
 NOT_FOUND_GW = [("IST0132", f"VirtualService default/{n}") for n in (
     "testing-service-02-test-01", "testing-service-02-test-02", "testing-service-02-test-03",
@@ -306,6 +308,16 @@ GRID: tuple[Case, ...] = (
          ("IST0150", "Service nginx-ns3/nginx-svc3")),
     case("ExternalNameServiceTypeValidPortName", "correct-port-name-external-name-service-type.yaml",
          "service.PortNameAnalyzer"),
+    case("externalControlPlaneMissingWebhooks", "externalcontrolplane-missing-urls.yaml", ECP,
+         ("IST0163", "MutatingWebhookConfiguration istio-sidecar-injector-external-istiod"),
+         ("IST0163", "ValidatingWebhookConfiguration istio-validator-external-istiod")),
+    case("externalControlPlaneMissingWebhooks (custom namespace)", "externalcontrolplane-missing-urls-custom-ns.yaml",
+         ECP, ("IST0163", "MutatingWebhookConfiguration istio-sidecar-injector-custom-ns"),
+         ("IST0163", "ValidatingWebhookConfiguration istio-validator-custom-ns")),
+    case("externalControlPlaneUsingIpAddresses", "externalcontrolplane-using-ip-addr.yaml", ECP,
+         ("IST0164", "MutatingWebhookConfiguration istio-sidecar-injector-external-istiod")),
+    case("externalControlPlaneValidWebhooks", "externalcontrolplane-valid-urls.yaml", ECP),
+    case("externalControlPlaneValidWebhooks (custom namespace)", "externalcontrolplane-valid-urls-custom-ns.yaml", ECP),
 )
 
 

@@ -169,3 +169,35 @@ def test_external_name_service_with_a_tcp_or_unnamed_port_is_reported_once_per_p
     found = with_code(analyze_yaml(text), "IST0150")
     assert [f.evidence["port"]["port"] for f in found] == [443, 8443]
     assert with_code(analyze_yaml(text), "IST0118") == []
+
+
+# -- IST0163 / IST0164 -------------------------------------------------------------------------------------------
+
+def remote_injector(url: str) -> str:
+    return f"""
+        apiVersion: admissionregistration.k8s.io/v1
+        kind: MutatingWebhookConfiguration
+        metadata: {{name: istio-sidecar-injector-external-istiod}}
+        webhooks:
+        - name: namespace.sidecar-injector.istio.io
+          clientConfig: {{url: {url}}}
+          failurePolicy: Fail
+        """
+
+
+def test_blank_injector_url_of_an_external_control_plane_is_reported():
+    [found] = with_code(analyze_yaml(remote_injector("null")), "IST0163")
+    assert found.message == (
+        "The hostname () that was provided for the webhook (namespace.sidecar-injector.istio.io) to reach the "
+        "ingress gateway on the external control plane cluster is blank. Traffic may not flow properly.")
+
+
+def test_unparsable_port_in_the_injector_url_is_reported():
+    [found] = with_code(analyze_yaml(remote_injector("'https://istiod.example.com:15o17/inject'")), "IST0163")
+    assert "was provided in an invalid format" in found.message
+
+
+def test_ip_address_in_the_injector_url_is_only_information():
+    findings = analyze_yaml(remote_injector("'https://10.0.0.7:15017/inject'"))
+    assert [f.level for f in with_code(findings, "IST0164")] == [Level.INFO]
+    assert with_code(findings, "IST0163") == []
