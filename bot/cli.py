@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bot.settings import SettingsError
@@ -34,6 +34,15 @@ def parse_now(value: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r} (e.g. 2026-12-01T09:00:00Z)") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def parse_duration(value: str) -> timedelta:
+    """``90s``, ``30m``, ``2h``, ``1d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = value[:-1], value[-1:].lower()
+    if unit not in units or not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {value!r} (e.g. 30m, 2h, 1d)")
+    return timedelta(seconds=int(number) * units[unit])
 
 
 def _cluster_options(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +86,21 @@ def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser
                           help=f"certificate expiry thresholds in days (default {CERT_DAYS_TEXT})")
     diagnose.add_argument("-o", "--output", choices=("text", "json"), default="text")
     diagnose.set_defaults(handler=cmd_diagnose, checks=checks)
+
+    timeline = sub.add_parser("timeline", help="when it started, which calls fail and what changed just before")
+    _cluster_options(timeline)
+    timeline.add_argument("-n", "--namespace", dest="namespaces", action="append", default=[], metavar="NAMESPACE",
+                          help="only edges, changes and events of this namespace (repeatable; the Istio namespace "
+                               "is always read)")
+    timeline.add_argument("--since", type=parse_duration, default=timedelta(minutes=30), metavar="DURATION",
+                          help="how far back before --at to look for the onset, e.g. 30m, 2h (default 30m)")
+    timeline.add_argument("--at", type=parse_now, help="the alert's time (ISO 8601; default now)")
+    timeline.add_argument("--prometheus-url", metavar="URL",
+                          help="Prometheus with Istio's metrics (default: $MESHBOT_PROMETHEUS_URL)")
+    timeline.add_argument("--demo", action="store_true",
+                          help="the bundled demo outage's captured timeline (no cluster, no Prometheus)")
+    timeline.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    timeline.set_defaults(handler=cmd_timeline)
 
     demo = sub.add_parser("demo", help="the whole bot in a browser on the bundled outage (no Slack, no cluster)")
     demo.add_argument("--scenario", default=None, help="scenario.yaml (default: examples/demo/scenario.yaml)")
@@ -127,6 +151,10 @@ def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser
     settings = sub.add_parser("settings", help="list settings")
     settings.add_argument("--markdown", action="store_true", help="as the markdown table in docs/settings.md")
     settings.set_defaults(handler=cmd_settings)
+
+    listed = sub.add_parser("checks", help="list the checks, in report order")
+    listed.add_argument("--markdown", action="store_true", help="as the markdown table in docs/cli.md")
+    listed.set_defaults(handler=cmd_checks, checks=checks)
 
     codes = sub.add_parser("codes", help="list finding codes")
     codes.add_argument("--markdown", action="store_true", help="as the markdown table in docs/codes.md")
@@ -191,6 +219,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.namespace, args.now, args.cert_days = None, scenario.now, CERT_DAYS_TEXT
     _diagnose_and_print([ALL], source, endpoints, args, title_source=str(scenario.cluster_dir))
     return EXIT_OK
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    """The onset, failing edges, changes and Warning Events around an alert; read-only."""
+    from commands.telemetry.timeline import Timeline, captured_timeline, live_timeline, timeline_text
+
+    timeline: Timeline
+    if args.demo:
+        from commands.cluster.demo import DEFAULT_SCENARIO, load_scenario
+
+        scenario = load_scenario(None)
+        directory = DEFAULT_SCENARIO.parent / "timeline"
+        timeline = captured_timeline(directory, at=args.at or scenario.now, since=args.since,
+                                     namespaces=args.namespaces, istio_namespace=args.istio_namespace)
+        source = f"captured in {directory}"
+    else:
+        from commands.clients.kube import KubeClient
+
+        client = KubeClient.connect(args.kubeconfig, args.context, timeout=args.timeout)
+        prometheus = _prometheus(args)
+        try:
+            timeline = live_timeline(client, prometheus, at=args.at or datetime.now(timezone.utc), since=args.since,
+                                     namespaces=args.namespaces, istio_namespace=args.istio_namespace)
+        finally:
+            if prometheus is not None:
+                prometheus.close()
+        source = f"Prometheus {prometheus.url}" if prometheus else "no Prometheus"
+    if args.output == "json":
+        import json
+
+        print(json.dumps(timeline.to_dict(), indent=2))
+    else:
+        sys.stdout.write(timeline_text(timeline, source=source))
+    return EXIT_OK
+
+
+def _prometheus(args: argparse.Namespace):
+    """The Prometheus of --prometheus-url or MESHBOT_PROMETHEUS_URL (with its token, CA and limits), or None."""
+    from bot.settings import Settings
+    from commands.clients.prometheus import PrometheusClient
+
+    settings = Settings.load()
+    url = args.prometheus_url or settings.prometheus_url
+    if not url:
+        return None
+    return PrometheusClient(url, timeout=settings.prometheus_timeout, bearer_token=settings.prometheus_token,
+                            bearer_token_file=settings.prometheus_token_file, ca_file=settings.prometheus_ca_file,
+                            max_series=settings.prometheus_max_series)
 
 
 def _demo_serves(args: argparse.Namespace) -> bool:
@@ -295,7 +371,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_incidents(args: argparse.Namespace) -> int:
     from bot.server.schema import open_database
-    from bot.incidents.log import IncidentLog, load_audit_key
+    from bot.incidents.audit import load_audit_key
+    from bot.incidents.log import IncidentLog
     from bot.settings import Settings
 
     settings = Settings.load()
@@ -307,7 +384,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
         database = open_database(path, url=settings.database_url, password=settings.database_password)
         log_ = IncidentLog(database, key=load_audit_key(settings.audit_key, database.path, create=False),
                            anchor_stores=_audit_anchors(settings, database.path))
-        return _incidents_command(args, database, log_)
+        return _incidents_command(args, log_)
     if not Path(path).exists():
         raise UserError(f"no incident database at {path} (set MESHBOT_DB or pass --db)")
     database = open_database(path)
@@ -315,10 +392,10 @@ def cmd_incidents(args: argparse.Namespace) -> int:
                        anchor_stores=_audit_anchors(settings, path))
     if args.incidents_command == "migrate":
         return _migrate_to(log_, args.to, settings)
-    return _incidents_command(args, database, log_)
+    return _incidents_command(args, log_)
 
 
-def _incidents_command(args: argparse.Namespace, database, log_) -> int:
+def _incidents_command(args: argparse.Namespace, log_) -> int:
     from bot.incidents.report import to_json, to_markdown
 
     now = datetime.now(timezone.utc)
@@ -332,8 +409,7 @@ def _incidents_command(args: argparse.Namespace, database, log_) -> int:
         return EXIT_OK
     if args.incidents_command == "export":
         incident = log_.get(args.incident_id)
-        alerts = list(database.db.query("SELECT * FROM incident_alerts WHERE incident_id = ? ORDER BY starts_at",
-                                        [incident.id]))
+        alerts = log_.alerts(incident.id)
         events = log_.timeline(incident.id)
         sys.stdout.write(to_json(incident, alerts, events) if args.format == "json"
                          else to_markdown(incident, alerts, events, now))
@@ -380,7 +456,7 @@ def _audit_anchors(settings, db_path: str) -> tuple:
     import socket
 
     from bot.cluster import ClusterAccess
-    from bot.incidents.log import LeaseAnchorStore, default_anchor_stores
+    from bot.incidents.anchors import LeaseAnchorStore, default_anchor_stores
     from commands.clients.lease import LeaderElector
 
     stores = default_anchor_stores(db_path)
@@ -398,6 +474,15 @@ def cmd_settings(args: argparse.Namespace) -> int:
         print(settings_table())
     else:
         print(repr(Settings.load()))
+    return EXIT_OK
+
+
+def cmd_checks(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(args.checks.markdown_table())
+        return EXIT_OK
+    for spec in args.checks:
+        print(f"{spec.name:<14}  {spec.summary}")
     return EXIT_OK
 
 

@@ -12,7 +12,8 @@ from datetime import timedelta
 import pytest
 
 from bot.approvals.rule import RequestState
-from bot.incidents.log import Event, IncidentLog
+from bot.incidents.log import IncidentLog
+from bot.incidents.records import Event
 from commands.actions.planners import EMERGENCY_POLICY
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack, block_action_body, post_signed, slash_command_body

@@ -13,9 +13,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bot.approvals.rule import RequestState
-from bot.incidents.log import (GENESIS, Anchor, AuditKey, EventKind, FileAnchorStore, IncidentLog, LeaseAnchorStore,
-                               audit_key_path, event_hash, event_mac, load_audit_key)
-from bot.incidents.outbox import Outbox
+from bot.incidents.anchors import Anchor, FileAnchorStore, LeaseAnchorStore
+from bot.incidents.audit import GENESIS, AuditKey, audit_key_path, event_hash, event_mac, load_audit_key
+from bot.incidents.log import IncidentLog
+from bot.incidents.records import EventKind
+from bot.incidents.delivery import IncidentDeliveries
+from bot.slack.outbox import Outbox
 from bot.server.schema import MIGRATIONS
 from bot.settings import Settings, SettingsError
 from bot.slack.blocks import Message
@@ -205,8 +208,8 @@ def test_the_head_is_anchored_again_on_a_state_change_and_otherwise_every_few_mi
 def test_resolving_an_incident_posts_the_head_in_its_thread_but_opening_one_does_not(database, fake_slack):
     clock = Clock()
     log = IncidentLog(database, clock=clock, key=KEY, anchor_stores=())
-    outbox = Outbox(database, SlackClient(build_web_client(BOT_TOKEN, fake_slack.api_url, max_retries=0)), log,
-                    min_post_interval=0.0, clock=clock)
+    outbox = Outbox(database, SlackClient(build_web_client(BOT_TOKEN, fake_slack.api_url, max_retries=0)),
+                    record=IncidentDeliveries(log), min_post_interval=0.0, clock=clock)
     with database.transaction() as db:
         incident_id = log.create(db, group_key="g", title="IstiodDown", severity="critical", channel=CHANNEL,
                                  labels={}, namespaces=[], services=[], external_url="", playbook=None)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bot.approvals.rule import RequestState
-from bot.incidents.log import EventKind, iso
+from bot.incidents.records import EventKind, iso
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.postgres import PASSWORD
 from tests.support.slack import post_signed, slash_command_body

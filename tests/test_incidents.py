@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from bot.incidents.log import IncidentLog
+from tests.support.bot import quiesce
 from tests.support.kube import write_kubeconfig
 from tests.support.slack import FakeSlack
 
@@ -128,7 +129,7 @@ def test_resent_notifications_for_the_group_never_open_a_second_incident(inciden
         assert send(incident_bot, payload("firing.json")).status_code == 200
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
     wait_for_diagnostics(fake_slack, top)
-    time.sleep(1.5)
+    quiesce(incident_bot)
     assert len(top_levels(fake_slack)) == 1
     assert len(replies(fake_slack, top)) == 1  # only the triage: nothing new happened
     assert incident_bot.database.db.execute("SELECT COUNT(*) FROM incidents").fetchone()[0] == 1
@@ -171,7 +172,7 @@ def test_a_resolved_group_gets_one_thread_reply_saying_so_not_one_per_alert(inci
     send(incident_bot, payload("resolved.json"))
     [note] = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, top) if "Resolved" in str(m["blocks"])],
                                  what="the resolved reply")
-    time.sleep(1.0)
+    quiesce(incident_bot)
     assert len(replies(fake_slack, top)) == before + 1
     assert "lasted 19m" in str(note["blocks"])
 
@@ -211,7 +212,7 @@ def test_diagnostics_are_posted_once_even_if_a_second_run_is_started(incident_bo
     wait_for_diagnostics(fake_slack, top)
     incident_id = incident_bot.database.db.execute("SELECT id FROM incidents").fetchone()[0]
 
-    incident_bot.incident_flow.diagnose(incident_id)  # what a restart's catch-up racing the processor would do
+    incident_bot.incident_flow.diagnosis.diagnose(incident_id)  # what a restart's catch-up racing the processor would do
 
     assert len([m for m in thread(fake_slack, top) if m["text"].startswith("Triage")]) == 1
     runs = [e for e in IncidentLog(incident_bot.database).timeline(incident_id) if e.kind == "diagnostics_run"]
@@ -221,7 +222,9 @@ def test_diagnostics_are_posted_once_even_if_a_second_run_is_started(incident_bo
 def test_posts_recorded_while_slack_is_down_are_delivered_in_order_after_it_comes_back(incident_bot, fake_slack):
     fake_slack.down = True
     send(incident_bot, payload("firing.json"))
-    time.sleep(1.0)
+    # Slack answers 503 to everything: the outbox tried, and the post is still queued.
+    fake_slack.wait_for(lambda: [c for c in fake_slack.of("chat.postMessage") if not c.args["_ok"]],
+                        what="a delivery attempt while Slack is down")
     assert top_levels(fake_slack) == []
     fake_slack.down = False
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), timeout=15, what="delivery after the outage")
@@ -429,7 +432,7 @@ def test_a_second_group_whose_triage_names_the_same_cause_joins_the_open_inciden
     joined = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, first) if "joined this incident" in m["text"]],
                                  what="the short post in the first thread")[0]
     assert "ServiceMeshHighErrorRate" in joined["text"] and "Mesh root CA" in joined["text"]
-    time.sleep(1.0)
+    quiesce(incident_bot)
     assert len(top_levels(fake_slack)) == 2
     assert not [m for m in replies(fake_slack, second) if m["text"].startswith("Triage")], "no second full diagnosis"
 

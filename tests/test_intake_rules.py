@@ -190,11 +190,12 @@ def store_concurrently(writer, bodies: list[str]) -> list:
 
 
 def test_concurrent_webhooks_are_each_stored_once_and_answered_with_their_own_row(tmp_path):
-    from bot.incidents.log import NotificationWriter
+    from bot.incidents.notifications import NotificationWriter
+    from bot.incidents.store import IncidentStore
 
     database = writer_database(tmp_path)
     bodies = [json.dumps({"n": i}) for i in range(40)]
-    ids = store_concurrently(NotificationWriter(database), bodies)
+    ids = store_concurrently(NotificationWriter(IncidentStore(database)), bodies)
     assert all(isinstance(i, int) for i in ids) and len(set(ids)) == 40
     stored = {r["id"]: r["body"] for r in database.db.query("SELECT id, body FROM notifications")}
     assert [stored[i] for i in ids] == bodies
@@ -203,12 +204,14 @@ def test_concurrent_webhooks_are_each_stored_once_and_answered_with_their_own_ro
 def test_a_failed_group_commit_answers_every_webhook_in_it_with_the_error_and_stores_none(tmp_path):
     import sqlite3
 
-    from bot.incidents.log import NotificationWriter
+    from bot.incidents.notifications import NotificationWriter
+    from bot.incidents.store import IncidentStore
 
     database = writer_database(tmp_path)
     database.db.execute("CREATE TRIGGER refuse BEFORE INSERT ON notifications "
                         "WHEN NEW.body LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
-    results = store_concurrently(NotificationWriter(database), ["poison"] + [json.dumps({"n": i}) for i in range(9)])
+    bodies = ["poison"] + [json.dumps({"n": i}) for i in range(9)]
+    results = store_concurrently(NotificationWriter(IncidentStore(database)), bodies)
     assert isinstance(results[0], sqlite3.DatabaseError)
     for result in results[1:]:  # in the poisoned group: refused too; in a later group: stored
         assert isinstance(result, (int, sqlite3.DatabaseError))

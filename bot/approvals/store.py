@@ -18,7 +18,8 @@ import sqlite_utils
 
 from bot.approvals.rule import Ballot, RequestState, Vote
 from bot.storage.database import migration
-from bot.incidents.log import AuditKey, iso, parse_time
+from bot.incidents.audit import AuditKey
+from bot.incidents.records import iso, parse_time
 from commands.actions import Plan
 
 

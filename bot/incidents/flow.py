@@ -5,55 +5,47 @@ Alertmanager never times out and retries into duplicates); a single processor
 thread applies stored notifications in arrival order, each in one
 transaction.  Alerts are remembered by occurrence (fingerprint + startsAt), so
 re-sent notifications, retries and restarts change nothing twice.
-Diagnostics run on the worker pool; an incident not yet diagnosed when the
-bot stopped is diagnosed when it starts again.  A diagnosis is triaged: its
-probable cause and first step go in the top message (``headline``) and the
-triage is the thread's first reply — unless an open incident's triage names the
-same cause, in which case the group joins that conversation instead.
+Diagnostics run on the worker pool (``bot.incidents.diagnosis``); an incident
+not yet diagnosed when the bot stopped is diagnosed when it starts again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import sqlite_utils
 
-from bot.slack import blocks
 from bot.runtime.loops import WakeableLoop
-from bot.incidents import headline
+from bot.incidents import blocks, headline
 from bot.incidents.alerts import Alert, AlertStatus, Notification, as_ended, ended_alerts, ended_before, \
     parse_notification
 from bot.storage.database import Database
 from bot.storage.dialect import Dialect
 from bot.diagnosis import Diagnostician
-from bot.incidents.log import EventKind, Incident, IncidentLog, NotificationWriter, iso
+from bot.incidents.diagnosis import MESHBOT, IncidentDiagnosis, SuggestionRenderer
+from bot.incidents.log import IncidentLog
+from bot.incidents.notifications import NotificationWriter
+from bot.incidents.records import EventKind, Incident, iso, utcnow
 from bot.runtime.metrics import Metrics
-from bot.incidents.outbox import Outbox
-from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest, with_first_step
-from commands.resources.references import PodRef
+from bot.slack.blocks import Message
+from bot.slack.outbox import Outbox
+from bot.incidents.playbooks import PlaybookSet
 from commands.errors import UserError
-from commands.findings import Finding, by_severity, count_by_level
-from commands.report import diagnose_text, split_summary
-from commands.triage import Scoped, scoped, shared_cause, triage
 
 log = logging.getLogger(__name__)
 
-MAX_FINDINGS_IN_LOG = 200
 PROCESS_EVERY = 5.0
 ORPHANED_DIAGNOSIS_SECONDS = 10.0
 """An incident undiagnosed this long after a replica first saw it is diagnosed by that replica (its opener died)."""
 TOP_REFRESH_SECONDS = 300.0
-MAX_CAUSES_IN_JOIN = 2
 ALERTMANAGER = "alertmanager"
-MESHBOT = "meshbot"
 
 def alert_links(notification: Notification) -> dict[str, str]:
     """The group's ``runbook_url`` and ``description`` annotations (common ones first, else the first firing
@@ -68,10 +60,6 @@ def alert_links(notification: Notification) -> dict[str, str]:
     return links
 
 
-SuggestionRenderer = Callable[[Incident, list[SuggestedRemediation]], list]
-"""Turns suggestions into blocks; the approvals flow replaces the text version with buttons."""
-
-
 @dataclass
 class IncidentFlow:
     database: Database
@@ -84,7 +72,8 @@ class IncidentFlow:
     metrics: Metrics | None = None
     render_suggestions: SuggestionRenderer = field(
         default=lambda incident, suggestions: blocks.suggestions_blocks(suggestions))
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    clock: Callable[[], datetime] = field(default=utcnow)
+    diagnosis: IncidentDiagnosis = field(init=False)
     _loop: WakeableLoop = field(init=False)
     _writer: NotificationWriter = field(init=False)
     _processing: threading.Lock = field(default_factory=threading.Lock)
@@ -117,7 +106,11 @@ class IncidentFlow:
 
     def __post_init__(self) -> None:
         self._loop = WakeableLoop("incidents", self._process_pass, idle=PROCESS_EVERY)
-        self._writer = NotificationWriter(self.database)
+        self._writer = NotificationWriter(self.incidents)
+        self.diagnosis = IncidentDiagnosis(
+            database=self.database, incidents=self.incidents, outbox=self.outbox, playbooks=self.playbooks,
+            diagnostician=self.diagnostician, workers=self.workers, metrics=self.metrics,
+            render_suggestions=self.render_suggestions, clock=self.clock)
 
     def wake(self) -> None:
         self._loop.wake()
@@ -127,7 +120,7 @@ class IncidentFlow:
         undiagnosed = self.incidents.undiagnosed()
         self._loop.start()
         for incident in undiagnosed:
-            self.workers.submit(self._diagnose_safely, incident.id)
+            self.diagnosis.submit(incident.id)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -141,7 +134,7 @@ class IncidentFlow:
 
     def adopt_orphaned_diagnoses(self) -> int:
         """With several replicas: diagnose incidents another replica opened but died before diagnosing (seen
-        undiagnosed for ORPHANED_DIAGNOSIS_SECONDS; the lock in _diagnose_safely skips one still being run)."""
+        undiagnosed for ORPHANED_DIAGNOSIS_SECONDS; the diagnosis lock skips one still being run)."""
         if self.database.dialect == Dialect.SQLITE:
             return 0  # one process: start() diagnoses what its predecessor left
         now = time.monotonic()
@@ -150,7 +143,7 @@ class IncidentFlow:
         due = [i for i, since in self._undiagnosed_since.items() if now - since >= ORPHANED_DIAGNOSIS_SECONDS]
         for incident_id in due:
             self._undiagnosed_since[incident_id] = now  # tried again at most once per interval
-            self.workers.submit(self._diagnose_safely, incident_id)
+            self.diagnosis.submit(incident_id)
         return len(due)
 
     def refresh_open_tops(self, every: float = TOP_REFRESH_SECONDS) -> int:
@@ -174,13 +167,12 @@ class IncidentFlow:
         done = 0
         with self._processing:
             while True:
-                rows = list(self.database.db.query(
-                    "SELECT id, body FROM notifications WHERE processed_at IS NULL ORDER BY id LIMIT 100"))
-                if not rows:
+                pending = self.incidents.unprocessed_notifications()
+                if not pending:
                     return done
-                for row in rows:
+                for notification_id, body in pending:
                     self._let_webhooks_store_first()
-                    self._process_safely(row["id"], row["body"])
+                    self._process_safely(notification_id, body)
                     done += 1
 
     def _let_webhooks_store_first(self, at_most: float = 0.05) -> None:
@@ -196,8 +188,7 @@ class IncidentFlow:
         except Exception as exc:
             log.exception("notification %s could not be applied; set aside (kept, with the error)", notification_id)
             with self.database.transaction() as db:
-                db.execute("UPDATE notifications SET processed_at = ?, error = ? WHERE id = ?",
-                           [iso(self.clock()), f"not applied: {type(exc).__name__}: {exc}"[:500], notification_id])
+                self.incidents.mark_processed(db, notification_id, f"not applied: {type(exc).__name__}: {exc}"[:500])
             if self.metrics:
                 self.metrics.notification_failed()
 
@@ -205,14 +196,13 @@ class IncidentFlow:
         notification = parse_notification(body.encode())
         to_diagnose: list[int] = []
         with self.database.transaction() as db:
-            if db.execute("SELECT processed_at FROM notifications WHERE id = ?", [notification_id]).fetchone()[0]:
+            if self.incidents.notification_processed(db, notification_id):
                 return  # another replica on the same PostgreSQL applied it since this one read the queue
             incident_id = self._apply(db, notification, to_diagnose)
-            db.execute("UPDATE notifications SET processed_at = ?, error = ? WHERE id = ?",
-                       [iso(self.clock()), None if incident_id else "no incident to update", notification_id])
+            self.incidents.mark_processed(db, notification_id, None if incident_id else "no incident to update")
         self.outbox.wake()
         for incident_id in to_diagnose:
-            self.workers.submit(self._diagnose_safely, incident_id)
+            self.diagnosis.submit(incident_id)
 
     # -- applying one notification (inside its transaction) --------------------------
 
@@ -243,10 +233,7 @@ class IncidentFlow:
         occurrences = [a.occurrence for a in firing]
         # Only this group's resolved incidents count: with `continue: true` another open group holds the same
         # occurrence, and it belongs in both incidents.
-        seen = {a for a in occurrences if db.execute(
-            "SELECT 1 FROM incident_alerts JOIN incidents ON incidents.id = incident_alerts.incident_id "
-            "WHERE occurrence = ? AND incidents.group_key = ? AND incidents.status = 'resolved' LIMIT 1",
-            [a, notification.group_key]).fetchone()}
+        seen = {a for a in occurrences if self.incidents.resolved_with_occurrence(db, notification.group_key, a)}
         if seen.issuperset(occurrences):
             # These firings belong to an incident that is resolved.  Alertmanager re-sends a firing group at its
             # repeat_interval, so one resolved by a person while the alert still fires comes back here: reopen it,
@@ -276,12 +263,7 @@ class IncidentFlow:
 
     def _reopen_if_resolved_by_hand(self, db: sqlite_utils.Database, group_key: str,
                                     occurrences: list[str]) -> int | None:
-        rows = [db.execute(
-            "SELECT incidents.id, incidents.resolved_by FROM incidents JOIN incident_alerts "
-            "ON incidents.id = incident_alerts.incident_id WHERE incidents.group_key = ? "
-            "AND incidents.status = 'resolved' AND incident_alerts.status = 'firing' "
-            "AND incident_alerts.occurrence = ? ORDER BY incidents.id DESC LIMIT 1",
-            [group_key, occurrence]).fetchone() for occurrence in occurrences]
+        rows = [self.incidents.resolved_while_firing(db, group_key, occurrence) for occurrence in occurrences]
         row = max((r for r in rows if r is not None), default=None)
         if row is None or row[1] in (None, ALERTMANAGER, MESHBOT):
             return None
@@ -296,9 +278,8 @@ class IncidentFlow:
     def _apply_alert(self, db: sqlite_utils.Database, incident: Incident, alert: Alert, *,
                      announce: bool = True) -> bool:
         """Record one alert of a re-sent or follow-up notification; True when the incident changed."""
-        rows = list(db.query("SELECT status FROM incident_alerts WHERE incident_id = ? AND occurrence = ?",
-                             [incident.id, alert.occurrence]))
-        if not rows:
+        stored = self.incidents.alert(db, incident.id, alert.occurrence)
+        if stored is None:
             self._record_alert(db, incident.id, alert)
             if alert.status == AlertStatus.FIRING:
                 self.outbox.post_alert_update(db, incident_id=incident.id, channel=incident.channel,
@@ -306,9 +287,8 @@ class IncidentFlow:
                                               thread_of=incident.top_message, namespace=alert.namespace,
                                               resolved=False)
             return True
-        if rows[0]["status"] == "firing" and alert.status == AlertStatus.RESOLVED:
-            db.execute("UPDATE incident_alerts SET status = 'resolved', ends_at = ? WHERE incident_id = ? "
-                       "AND occurrence = ?", [iso(alert.ends_at or self.clock()), incident.id, alert.occurrence])
+        if stored["status"] == "firing" and alert.status == AlertStatus.RESOLVED:
+            self.incidents.end_alert(db, incident.id, alert.occurrence, alert.ends_at or self.clock())
             self.incidents.append(db, incident.id, ALERTMANAGER, EventKind.ALERT_RESOLVED,
                                   {"alertname": alert.name, "fingerprint": alert.fingerprint,
                                    "ends_at": iso(alert.ends_at)})
@@ -322,25 +302,17 @@ class IncidentFlow:
         return False
 
     def _record_alert(self, db: sqlite_utils.Database, incident_id: int, alert: Alert) -> None:
-        db.execute("INSERT OR IGNORE INTO incident_alerts (incident_id, occurrence, fingerprint, alertname, status, "
-                   "starts_at, ends_at, summary, labels, generator_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   [incident_id, alert.occurrence, alert.fingerprint, alert.name, str(alert.status),
-                    iso(alert.starts_at), iso(alert.ends_at), alert.summary,
-                    json.dumps(dict(alert.labels), sort_keys=True), alert.generator_url])
+        self.incidents.add_alert(db, incident_id, alert)
         kind = EventKind.ALERT_RECEIVED if alert.status == AlertStatus.FIRING else EventKind.ALERT_RESOLVED
         self.incidents.append(db, incident_id, ALERTMANAGER, kind, {
             "alertname": alert.name, "fingerprint": alert.fingerprint, "status": str(alert.status),
             "starts_at": iso(alert.starts_at), "labels": dict(alert.labels), "summary": alert.summary,
             "generator_url": alert.generator_url})
 
-    def _alerts(self, db: sqlite_utils.Database, incident_id: int) -> list[dict[str, Any]]:
-        return list(db.query("SELECT * FROM incident_alerts WHERE incident_id = ? ORDER BY starts_at", [incident_id]))
-
     def _alert_row(self, db: sqlite_utils.Database, incident_id: int, alert: Alert) -> dict[str, Any]:
-        return list(db.query("SELECT * FROM incident_alerts WHERE incident_id = ? AND occurrence = ?",
-                             [incident_id, alert.occurrence]))[0]
+        return self.incidents.alert(db, incident_id, alert.occurrence)
 
-    def _thread_post(self, db: sqlite_utils.Database, incident: Incident, message: blocks.Message) -> int:
+    def _thread_post(self, db: sqlite_utils.Database, incident: Incident, message: Message) -> int:
         return self.outbox.post(db, incident_id=incident.id, channel=incident.channel, message=message,
                                 thread_of=incident.top_message)
 
@@ -360,122 +332,6 @@ class IncidentFlow:
         else:
             self._thread_post(db, view.incident, note)
         return True
-
-    # -- diagnostics (worker pool) ------------------------------------------------------------
-
-    def _diagnose_safely(self, incident_id: int) -> None:
-        try:
-            # With several replicas on PostgreSQL one at a time diagnoses an incident; a dead one's lock goes with
-            # its connection.  (diagnose() posts once anyway; the lock saves the cluster a second run.)
-            with self.database.exclusively(f"diagnose:{incident_id}") as alone:
-                if alone:
-                    self.diagnose(incident_id)
-        except Exception:
-            log.exception("diagnosing incident #%s failed", incident_id)
-
-    def diagnose(self, incident_id: int) -> list[Finding]:
-        """Run the incident's playbook; post its triage as the thread's first reply and the probable cause with
-        the first step in the top message — or, when an open incident's triage names the same cause, join it."""
-        incident = self.incidents.get(incident_id)
-        playbook = self.playbooks.get(incident.playbook or "") or self.playbooks.match(incident.labels)
-        findings, errors, steps = self._run_playbook(playbook, incident.labels)
-        summaries, rest = split_summary(findings)
-        result = triage(rest)
-        view = scoped(result, incident.namespaces)
-        view = Scoped(view.causes, (*summaries, *view.findings), view.elsewhere)
-        # Fix causes, not symptoms: a finding another one explains (istiod not ready because it is OOMKilled)
-        # suggests nothing of its own ("restart istiod" would OOM again); its cause's first step leads.
-        explained = {id(f) for cause in result.causes for f in cause.explains}
-        suggestions = with_first_step(view.top, suggest(
-            playbook, [f for f in view.findings if id(f) not in explained], incident.labels))
-        title = f"Triage \u00b7 incident #{incident.id} \u00b7 playbook {playbook.name}"
-        extra = self.render_suggestions(incident, suggestions)
-        report, hidden = blocks.triage_report(title, view, extra_blocks=extra)
-        record = {
-            "playbook": playbook.name, "steps": steps, "errors": errors,
-            "counts": {str(k): v for k, v in count_by_level(findings).items()},
-            "findings": [f.to_dict() for f in by_severity(findings)[:MAX_FINDINGS_IN_LOG]],
-            "findings_total": len(findings), "elsewhere": len(view.elsewhere),
-            "triage": [c.to_dict() for c in view.causes],
-            "suggested": [{"title": s.title, "action": s.action, "codes": list(s.codes)} for s in suggestions]}
-        with self.database.transaction() as db:
-            if self.incidents.get_in(db, incident.id).diagnosed:
-                return findings  # another run (a restart's catch-up) posted them already
-            same = self._same_outage(db, incident, view)
-            if same is not None:
-                target, cause = same
-                record.update(joined=target.id, joined_cause=cause)
-            self.incidents.append(db, incident.id, MESHBOT, EventKind.DIAGNOSTICS_RUN, record)
-            self.incidents.mark_diagnosed(db, incident.id)
-            if same is not None:
-                self._join(db, incident, same[0], same[1], view)
-            else:
-                self._post_triage(db, incident, report, errors, title, findings, upload=bool(hidden or view.elsewhere))
-                self._refresh_top(db, incident.id)
-        self.outbox.wake()
-        if self.metrics:
-            for finding in findings:
-                self.metrics.findings_posted.labels(level=str(finding.level)).inc()
-        return findings
-
-    def _post_triage(self, db: sqlite_utils.Database, incident: Incident, report: blocks.Message, errors: list[str],
-                     title: str, findings: list[Finding], *, upload: bool) -> None:
-        """The triage first (the reply people read), then what could not be checked, then the full report."""
-        self._thread_post(db, incident, report)
-        for error in errors:
-            self._thread_post(db, incident, blocks.cluster_unavailable(error))
-        if upload:
-            self.outbox.upload(db, incident_id=incident.id, channel=incident.channel,
-                               thread_of=incident.top_message, filename=f"incident-{incident.id}-findings.txt",
-                               title=f"Full report: {title}", content=diagnose_text(findings, title=title))
-
-    def _same_outage(self, db: sqlite_utils.Database, incident: Incident, view: Scoped) -> tuple[Incident, str] | None:
-        """The oldest open, diagnosed incident whose triage shares this one's cause (``shared_cause``), and that
-        cause's title; None when this alert group is a conversation of its own."""
-        rows = db.query("SELECT id FROM incidents WHERE status = 'open' AND diagnosed = 1 AND id != ? ORDER BY id",
-                        [incident.id])
-        for other in [self.incidents.get_in(db, row["id"]) for row in rows]:
-            stored = headline.latest_diagnosis(db, other.id) or {}
-            if stored.get("joined"):
-                continue  # join the conversation, not another pointer to it
-            cause = shared_cause(view.causes, stored.get("triage") or [])
-            if cause is not None:
-                return other, cause
-        return None
-
-    def _join(self, db: sqlite_utils.Database, incident: Incident, target: Incident, cause: str,
-              view: Scoped) -> None:
-        """One conversation per outage: a short post in the target's thread, and this group's top message
-        becomes a one-line pointer to it.  Causes this group found that the target's triage does not name
-        (istiod OOMKilled next to the shared expired root) are independent problems: the post names them with
-        their first step, so joining loses none."""
-        self._refresh_top(db, incident.id)
-        own = headline.thread_url(self.outbox, incident.channel, incident.top_message)
-        known = {c["key"] for c in (headline.latest_diagnosis(db, target.id) or {}).get("triage") or []}
-        others = [c for c in view.causes if c.key not in known and c.title != cause][:MAX_CAUSES_IN_JOIN]
-        self._thread_post(db, target, blocks.joined_note(incident, cause, own, others))
-        self.incidents.append(db, target.id, MESHBOT, EventKind.NOTE,
-                              {"text": f"incident #{incident.id} ({incident.title}) joined: same probable cause, "
-                                       f"{cause}"})
-
-    def _run_playbook(self, playbook: Playbook, labels: dict) -> tuple[list[Finding], list[str], list[dict]]:
-        findings: dict[tuple[str, str, str], Finding] = {}
-        errors: list[str] = []
-        steps: list[dict] = []
-        for step in playbook.diagnostics:
-            namespace = step.namespace_for(labels)
-            pod = step.pod_for(labels)
-            pods = (PodRef(namespace, pod),) if pod and namespace else ()
-            result = self.diagnostician.run([step.check], namespace, pods)
-            steps.append({"check": step.check, "namespace": namespace, "pod": pod, "seconds": round(result.seconds, 2),
-                          "error": result.error})
-            if self.metrics:
-                self.metrics.diagnosis_seconds.labels(check=step.check).observe(result.seconds)
-            if result.error:
-                errors.append(f"{step.check}: {result.error}")
-            for finding in result.findings:
-                findings.setdefault((finding.code, finding.origin, finding.message), finding)
-        return list(findings.values()), errors, steps
 
     # -- incidents meshbot opens itself (an expired mesh root) -----------------------------
 
@@ -499,7 +355,7 @@ class IncidentFlow:
                 headline.top_view(db, self.incidents, self.outbox, incident_id), self.clock()))
             self.incidents.set_top_message(db, incident_id, top)
         self.outbox.wake()
-        self.workers.submit(self._diagnose_safely, incident_id)
+        self.diagnosis.submit(incident_id)
         return incident_id
 
     # -- people (slash commands) ------------------------------------------------------

@@ -9,42 +9,28 @@ renders the same message.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import sqlite_utils
 
-from bot.incidents.log import Event, EventKind, IncidentLog
-from bot.incidents.outbox import Outbox
-from bot.slack import blocks
+from bot.incidents.log import IncidentLog
+from bot.incidents.records import DiagnosisRecord, Event, EventKind
+from bot.slack.outbox import Outbox
+from bot.incidents import blocks
 from commands.actions.targets import ActionName, ActionUsageError, Scope, parse_action
 
 
-def latest_diagnosis(db: sqlite_utils.Database, incident_id: int) -> Mapping[str, Any] | None:
-    """The data of the incident's last ``diagnostics_run`` event (it carries the triage), or None."""
-    row = db.execute("SELECT data FROM events WHERE incident_id = ? AND kind = ? ORDER BY id DESC LIMIT 1",
-                     [incident_id, str(EventKind.DIAGNOSTICS_RUN)]).fetchone()
-    return json.loads(row[0]) if row else None
-
-
-def events_of(db: sqlite_utils.Database, incident_id: int) -> list[Event]:
-    return [Event.from_row(r) for r in db.query("SELECT * FROM events WHERE incident_id = ? ORDER BY id",
-                                                [incident_id])]
-
-
-def headline_of(diagnosis: Mapping[str, Any] | None, incident_id: int) -> blocks.Headline | None:
+def headline_of(diagnosis: DiagnosisRecord | None, incident_id: int) -> blocks.Headline | None:
     """The first probable cause stored with a diagnosis, its first step a button when it is a suggested action."""
-    causes = (diagnosis or {}).get("triage") or []
-    if not causes:
+    if diagnosis is None or not diagnosis.triage:
         return None
-    cause = causes[0]
+    cause = diagnosis.triage[0]
     step = cause.get("first_step")
     first = None
     if step:
         action = step.get("action")
-        actions = [s.get("action") for s in (diagnosis or {}).get("suggested") or []]
+        actions = [s.get("action") for s in diagnosis.suggested]
         value = f"{incident_id}:{actions.index(action)}" if action and action in actions else None
         first = blocks.FirstStep(summary=step.get("summary", ""), action=action, command=step.get("command"),
                                  button_value=value)
@@ -86,15 +72,15 @@ def in_effect(events: Sequence[Event]) -> tuple[blocks.InEffect, ...]:
 
 def top_view(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbox, incident_id: int) -> blocks.TopView:
     incident = incidents.get_in(db, incident_id)
-    alerts = list(db.query("SELECT * FROM incident_alerts WHERE incident_id = ? ORDER BY starts_at", [incident_id]))
-    events = events_of(db, incident_id)
+    alerts = incidents.alerts(incident_id, db)
+    events = incidents.timeline(incident_id, db)
     opened = next((e for e in events if e.kind == EventKind.INCIDENT_OPENED), None)
     opened_data = opened.data if opened else {}
-    diagnosis = latest_diagnosis(db, incident_id)
+    diagnosis = incidents.latest_diagnosis(incident_id, db)
     joined = None
-    if diagnosis and diagnosis.get("joined"):
-        target = incidents.get_in(db, int(diagnosis["joined"]))
-        joined = blocks.JoinedTo(incident_id=target.id, cause=str(diagnosis.get("joined_cause", "")),
+    if diagnosis and diagnosis.joined:
+        target = incidents.get_in(db, diagnosis.joined)
+        joined = blocks.JoinedTo(incident_id=target.id, cause=diagnosis.joined_cause,
                                  thread_url=thread_url(outbox, target.channel, target.top_message))
     manual = incident.source == "slack"
     return blocks.TopView(

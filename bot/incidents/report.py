@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from bot.incidents.log import Event, Incident, iso, parse_time
-from bot.slack.blocks import TopView, escape, plural
+from bot.incidents.records import DiagnosisRecord, Event, EventKind, Incident, iso, parse_time
+from bot.incidents.blocks import TopView
+from bot.slack.blocks import escape, plural
 
 DASH = "\u2014"
 
@@ -83,14 +84,14 @@ def _alert(data: Mapping[str, Any], style: Style) -> str:
 
 
 def _diagnosed(data: Mapping[str, Any], style: Style) -> str:
-    line = f"Diagnosis (playbook `{free_text(data.get('playbook'), style)}`): {counts_phrase(data.get('counts') or {})}"
-    causes = data.get("triage") or []
-    if causes:
-        line += f"; probable cause: {free_text(causes[0].get('title'), style)}"
-    if data.get("joined"):
-        line += f"; joined incident #{data['joined']} (same probable cause)"
-    if data.get("errors"):
-        line += f"; {plural(len(data['errors']), 'check')} could not run"
+    diagnosis = DiagnosisRecord.from_data(data)
+    line = f"Diagnosis (playbook `{free_text(diagnosis.playbook, style)}`): {counts_phrase(diagnosis.counts)}"
+    if diagnosis.triage:
+        line += f"; probable cause: {free_text(diagnosis.triage[0].get('title'), style)}"
+    if diagnosis.joined:
+        line += f"; joined incident #{diagnosis.joined} (same probable cause)"
+    if diagnosis.errors:
+        line += f"; {plural(len(diagnosis.errors), 'check')} could not run"
     return line
 
 
@@ -126,7 +127,7 @@ _DESCRIBERS: dict[str, Callable[[Mapping[str, Any], Style], str]] = {
     "incident_opened": _opened,
     "alert_received": _alert,
     "alert_resolved": lambda d, s: _alert({**d, "status": "resolved"}, s),
-    "diagnostics_run": _diagnosed,
+    EventKind.DIAGNOSTICS_RUN: _diagnosed,
     "message_posted": lambda d, s: f"Posted in Slack: {free_text(d.get('text'), s)}",
     "message_failed": lambda d, s: f"Slack refused a message ({free_text(d.get('error'), s)}): "
                                    f"{free_text(d.get('text'), s)}",
@@ -182,15 +183,15 @@ def to_markdown(incident: Incident, alerts: Sequence[dict[str, Any]], events: Se
                   f"{_when(a['ends_at']) if a['ends_at'] else DASH} "
                   f"| {_cell(a.get('summary') or '')} |" for a in alerts]
         lines.append("")
-    diagnostics = [e for e in events if e.kind == "diagnostics_run"]
-    if diagnostics:
+    diagnoses = [DiagnosisRecord.from_data(e.data) for e in events if e.kind == EventKind.DIAGNOSTICS_RUN]
+    if diagnoses:
         lines += ["## Findings", ""]
-        for event in diagnostics:
-            for finding in event.data.get("findings", [])[:50]:
+        for diagnosis in diagnoses:
+            for finding in diagnosis.findings[:50]:
                 fix = (finding.get("remediation") or {}).get("command")
                 lines.append(f"- **{finding['level']}** `{finding['code']}` {finding['origin']}: {finding['message']}"
                              + (f" \u2014 fix: `{fix}`" if fix else ""))
-            hidden = event.data.get("findings_total", 0) - min(len(event.data.get("findings", [])), 50)
+            hidden = diagnosis.findings_total - min(len(diagnosis.findings), 50)
             if hidden > 0:
                 lines.append(f"- \u2026 {hidden} more (see the JSON export)")
         lines.append("")

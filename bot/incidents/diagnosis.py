@@ -1,0 +1,177 @@
+"""Diagnosing an incident: run its playbook, triage the findings, and post the result — or join an outage.
+
+A diagnosis is triaged: its probable cause and first step go in the top
+message (``headline``) and the triage is the thread's first reply — unless an
+open incident's triage names the same cause, in which case the group joins
+that conversation instead.  Diagnostics run on the worker pool; what they
+found is stored as a ``DiagnosisRecord`` with the incident's events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import sqlite_utils
+
+from bot.diagnosis import Diagnostician
+from bot.incidents import blocks, headline
+from bot.incidents.log import IncidentLog
+from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest, with_first_step
+from bot.incidents.records import DiagnosisRecord, EventKind, Incident, utcnow
+from bot.runtime.metrics import Metrics
+from bot.slack.blocks import Message, cluster_unavailable
+from bot.slack.outbox import Outbox
+from bot.storage.database import Database
+from commands.findings import Finding, by_severity, count_by_level
+from commands.report import diagnose_text, split_summary
+from commands.resources.references import PodRef
+from commands.triage import Scoped, scoped, shared_cause, triage
+
+log = logging.getLogger(__name__)
+
+MAX_FINDINGS_IN_LOG = 200
+MAX_CAUSES_IN_JOIN = 2
+MESHBOT = "meshbot"
+"""The actor of what meshbot does by itself (a diagnosis, an incident it opens)."""
+
+SuggestionRenderer = Callable[[Incident, list[SuggestedRemediation]], list]
+"""Turns suggestions into blocks; the approvals flow replaces the text version with buttons."""
+
+
+@dataclass
+class IncidentDiagnosis:
+    database: Database
+    incidents: IncidentLog
+    outbox: Outbox
+    playbooks: PlaybookSet
+    diagnostician: Diagnostician
+    workers: ThreadPoolExecutor
+    metrics: Metrics | None = None
+    render_suggestions: SuggestionRenderer = field(
+        default=lambda incident, suggestions: blocks.suggestions_blocks(suggestions))
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+    def submit(self, incident_id: int) -> None:
+        """Diagnose on the worker pool."""
+        self.workers.submit(self._diagnose_safely, incident_id)
+
+    def _diagnose_safely(self, incident_id: int) -> None:
+        try:
+            # With several replicas on PostgreSQL one at a time diagnoses an incident; a dead one's lock goes with
+            # its connection.  (diagnose() posts once anyway; the lock saves the cluster a second run.)
+            with self.database.exclusively(f"diagnose:{incident_id}") as alone:
+                if alone:
+                    self.diagnose(incident_id)
+        except Exception:
+            log.exception("diagnosing incident #%s failed", incident_id)
+
+    def diagnose(self, incident_id: int) -> list[Finding]:
+        """Run the incident's playbook; post its triage as the thread's first reply and the probable cause with
+        the first step in the top message — or, when an open incident's triage names the same cause, join it."""
+        incident = self.incidents.get(incident_id)
+        playbook = self.playbooks.get(incident.playbook or "") or self.playbooks.match(incident.labels)
+        findings, errors, steps = self._run_playbook(playbook, incident.labels)
+        summaries, rest = split_summary(findings)
+        result = triage(rest)
+        view = scoped(result, incident.namespaces)
+        view = Scoped(view.causes, (*summaries, *view.findings), view.elsewhere)
+        # Fix causes, not symptoms: a finding another one explains (istiod not ready because it is OOMKilled)
+        # suggests nothing of its own ("restart istiod" would OOM again); its cause's first step leads.
+        explained = {id(f) for cause in result.causes for f in cause.explains}
+        suggestions = with_first_step(view.top, suggest(
+            playbook, [f for f in view.findings if id(f) not in explained], incident.labels))
+        title = f"Triage \u00b7 incident #{incident.id} \u00b7 playbook {playbook.name}"
+        extra = self.render_suggestions(incident, suggestions)
+        report, hidden = blocks.triage_report(title, view, extra_blocks=extra)
+        record = DiagnosisRecord(
+            playbook=playbook.name, steps=tuple(steps), errors=tuple(errors),
+            counts={str(k): v for k, v in count_by_level(findings).items()},
+            findings=tuple(f.to_dict() for f in by_severity(findings)[:MAX_FINDINGS_IN_LOG]),
+            findings_total=len(findings), elsewhere=len(view.elsewhere),
+            triage=tuple(c.to_dict() for c in view.causes),
+            suggested=tuple({"title": s.title, "action": s.action, "codes": list(s.codes)} for s in suggestions))
+        with self.database.transaction() as db:
+            if self.incidents.get_in(db, incident.id).diagnosed:
+                return findings  # another run (a restart's catch-up) posted them already
+            same = self._same_outage(db, incident, view)
+            if same is not None:
+                target, cause = same
+                record = replace(record, joined=target.id, joined_cause=cause)
+            self.incidents.record_diagnosis(db, incident.id, MESHBOT, record)
+            if same is not None:
+                self._join(db, incident, same[0], same[1], view)
+            else:
+                self._post_triage(db, incident, report, errors, title, findings, upload=bool(hidden or view.elsewhere))
+                headline.refresh_top(db, self.incidents, self.outbox, incident.id, self.clock())
+        self.outbox.wake()
+        if self.metrics:
+            for finding in findings:
+                self.metrics.findings_posted.labels(level=str(finding.level)).inc()
+        return findings
+
+    def _thread_post(self, db: sqlite_utils.Database, incident: Incident, message: Message) -> int:
+        return self.outbox.post(db, incident_id=incident.id, channel=incident.channel, message=message,
+                                thread_of=incident.top_message)
+
+    def _post_triage(self, db: sqlite_utils.Database, incident: Incident, report: Message, errors: list[str],
+                     title: str, findings: list[Finding], *, upload: bool) -> None:
+        """The triage first (the reply people read), then what could not be checked, then the full report."""
+        self._thread_post(db, incident, report)
+        for error in errors:
+            self._thread_post(db, incident, cluster_unavailable(error))
+        if upload:
+            self.outbox.upload(db, incident_id=incident.id, channel=incident.channel,
+                               thread_of=incident.top_message, filename=f"incident-{incident.id}-findings.txt",
+                               title=f"Full report: {title}", content=diagnose_text(findings, title=title))
+
+    def _same_outage(self, db: sqlite_utils.Database, incident: Incident, view: Scoped) -> tuple[Incident, str] | None:
+        """The oldest open, diagnosed incident whose triage shares this one's cause (``shared_cause``), and that
+        cause's title; None when this alert group is a conversation of its own."""
+        for other in self.incidents.open_diagnosed_except(db, incident.id):
+            stored = self.incidents.latest_diagnosis(other.id, db) or DiagnosisRecord(playbook="")
+            if stored.joined:
+                continue  # join the conversation, not another pointer to it
+            cause = shared_cause(view.causes, list(stored.triage))
+            if cause is not None:
+                return other, cause
+        return None
+
+    def _join(self, db: sqlite_utils.Database, incident: Incident, target: Incident, cause: str,
+              view: Scoped) -> None:
+        """One conversation per outage: a short post in the target's thread, and this group's top message
+        becomes a one-line pointer to it.  Causes this group found that the target's triage does not name
+        (istiod OOMKilled next to the shared expired root) are independent problems: the post names them with
+        their first step, so joining loses none."""
+        headline.refresh_top(db, self.incidents, self.outbox, incident.id, self.clock())
+        own = headline.thread_url(self.outbox, incident.channel, incident.top_message)
+        stored = self.incidents.latest_diagnosis(target.id, db)
+        known = stored.cause_keys if stored else frozenset()
+        others = [c for c in view.causes if c.key not in known and c.title != cause][:MAX_CAUSES_IN_JOIN]
+        self._thread_post(db, target, blocks.joined_note(incident, cause, own, others))
+        self.incidents.append(db, target.id, MESHBOT, EventKind.NOTE,
+                              {"text": f"incident #{incident.id} ({incident.title}) joined: same probable cause, "
+                                       f"{cause}"})
+
+    def _run_playbook(self, playbook: Playbook, labels: dict) -> tuple[list[Finding], list[str], list[dict]]:
+        findings: dict[tuple[str, str, str], Finding] = {}
+        errors: list[str] = []
+        steps: list[dict] = []
+        for step in playbook.diagnostics:
+            namespace = step.namespace_for(labels)
+            pod = step.pod_for(labels)
+            pods = (PodRef(namespace, pod),) if pod and namespace else ()
+            result = self.diagnostician.run([step.check], namespace, pods)
+            steps.append({"check": step.check, "namespace": namespace, "pod": pod, "seconds": round(result.seconds, 2),
+                          "error": result.error})
+            if self.metrics:
+                self.metrics.diagnosis_seconds.labels(check=step.check).observe(result.seconds)
+            if result.error:
+                errors.append(f"{step.check}: {result.error}")
+            for finding in result.findings:
+                findings.setdefault((finding.code, finding.origin, finding.message), finding)
+        # Steps run one check each, in the playbook's order; a diagnosis reads in the registry's report order.
+        return by_severity(findings.values(), self.diagnostician.checks.report_order()), errors, steps
