@@ -220,7 +220,10 @@ class MeshHealth:
     @classmethod
     def from_findings(cls, findings: Iterable[Finding]) -> MeshHealth:
         found = [b for f in findings for b in blockers_of(f)]
-        return cls(tuple(sorted(found, key=lambda b: (b.dependency.rank, b.finding.sort_key))))
+        # Stable: blockers of one dependency keep the findings' (the registry's report) order, except that a
+        # finding carrying a fix comes first: "istiod was OOMKilled: raise its memory" is the step to offer,
+        # "istiod is not ready" only the symptom.
+        return cls(tuple(sorted(found, key=lambda b: (b.dependency.rank, b.finding.remediation is None))))
 
     def blockers(self, step: Remediation, namespace: str | None = None) -> tuple[Blocker, ...]:
         """What stops ``step`` from working now, most fundamental first; empty when nothing does."""
@@ -252,9 +255,11 @@ def gate(step: Remediation, health: MeshHealth, namespace: str | None = None, *,
     if first_fix:
         summary += f" ({what})"
     summary += f". Then: {_lower_first(step.summary)}"
-    return Remediation(summary=summary,
-                       command=first_fix.command if first_fix else None,
-                       action=first_fix.action if first_fix else None)
+    # The blocker's command is its fix; a meshbot action beside it (istiod's "restart", kept for playbooks) is
+    # offered only when there is no command, since a restart alone is rarely what unblocks anything.
+    command = first_fix.command if first_fix else None
+    return Remediation(summary=summary, command=command,
+                       action=first_fix.action if first_fix and not command else None)
 
 
 def gate_findings(findings: Sequence[Finding]) -> list[Finding]:

@@ -39,8 +39,12 @@ def finding_line(finding: Finding, *, with_fix: bool = True) -> str:
     where = f"{finding.origin} {finding.reference}" if finding.reference else finding.origin
     line = f"{finding.level} [{finding.code}] ({where}) {finding.message}"
     if with_fix and finding.remediation:
-        fix = finding.remediation.command or finding.remediation.summary
-        line += f" Fix: {fix}"
+        blocked_by = finding.evidence.get("blocked_by")
+        if blocked_by:
+            # Gated by commands.preconditions: what to run first is not this finding's fix, so it is not "Fix:".
+            line += f" Waits on {', '.join(blocked_by)}: {finding.remediation.summary}"
+        else:
+            line += f" Fix: {finding.remediation.command or finding.remediation.summary}"
     return line
 
 

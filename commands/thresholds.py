@@ -27,6 +27,9 @@ class Thresholds:
     """Fewer failures of one response flag (UH, UF, NR, a 403 …) since Envoy started are noise, not an outage:
     Envoy's counters only grow, and a rollout or one bad deploy leaves a few behind on every sidecar."""
     stats_count_warning: int = 50_000
+    ca_sign_error_share: float = 0.10
+    """Share of CSRs istiod's CA failed to sign (since it started) that is an outage, not a blip: every signing
+    error is the CA's own (the CSR parsed and the caller authenticated: security/pkg/server/ca/server.go)."""
 
     @property
     def cert_days(self) -> tuple[int, int, int]:

@@ -235,9 +235,11 @@ def test_expired_self_signed_root_is_renewed_in_place_by_istiods_rotator_never_b
     assert "expired 26 minutes ago" in finding.message
     summary, command = finding.remediation.summary, finding.remediation.command
     assert "from the same key" in summary and "Never delete istio-ca-secret" in summary
+    # Not Istio's defaults (1h, 20%, jitter on), which would change nothing: a 10-minute check without jitter.
     assert command == ("kubectl -n istio-system set env deployment/istiod -c discovery "
-                       "CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL=1h "
-                       "CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE=20")
+                       "CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL=10m "
+                       "CITADEL_ENABLE_JITTER_FOR_ROOT_CERT_ROTATOR=false")
+    assert "istiod was not running" in summary and "put the env back" in summary
     assert "delete" not in command
 
 
@@ -394,6 +396,44 @@ def test_unreachable_istiod_metrics_skip_only_that_part(istiod_server: Programma
     finding = only(run_certs(snapshot(), istiod=[istiod_server.url]), "MB0004")
 
     assert finding.level is Level.INFO and "istiod CA metrics" in finding.message
+
+
+def ca_counters(requests: int, issued: int, sign_errors: int, auth_failures: int = 0) -> str:
+    # Names and labels as security/pkg/server/ca/monitoring.go registers them.
+    return (
+        "# TYPE citadel_server_csr_count counter\n"
+        f"citadel_server_csr_count {requests}\n"
+        "# TYPE citadel_server_success_cert_issuance_count counter\n"
+        f"citadel_server_success_cert_issuance_count {issued}\n"
+        "# TYPE citadel_server_csr_sign_err_count counter\n"
+        f'citadel_server_csr_sign_err_count{{error_type="CA_CERT_ERROR"}} {sign_errors}\n'
+        "# TYPE citadel_server_authentication_failure_count counter\n"
+        f"citadel_server_authentication_failure_count {auth_failures}\n"
+    )
+
+
+def test_istiod_ca_failing_to_sign_is_an_error_that_forbids_restarts(istiod_server: ProgrammableServer) -> None:
+    istiod_server.answer("/metrics", ca_counters(requests=52, issued=12, sign_errors=40))
+
+    finding = only(run_certs(snapshot(), istiod=[istiod_server.url]), "MB3020")
+
+    assert finding.level is Level.ERROR
+    assert finding.message.startswith(f"istiod's CA in {istiod_server.url} failed 40 of 52 certificate requests")
+    assert "do not restart" in finding.remediation.summary
+    assert "delete" not in finding.remediation.command
+
+
+def test_a_healthy_ca_and_callers_failing_authentication_are_not_a_failing_ca(
+        istiod_server: ProgrammableServer) -> None:
+    istiod_server.answer("/metrics", ca_counters(requests=500, issued=480, sign_errors=0, auth_failures=20))
+
+    assert [f for f in run_certs(snapshot(), istiod=[istiod_server.url]) if f.code == "MB3020"] == []
+
+
+def test_a_few_signing_errors_long_ago_among_many_issued_stay_quiet(istiod_server: ProgrammableServer) -> None:
+    istiod_server.answer("/metrics", ca_counters(requests=1000, issued=995, sign_errors=5))
+
+    assert [f for f in run_certs(snapshot(), istiod=[istiod_server.url]) if f.code == "MB3020"] == []
 
 
 # -- security ----------------------------------------------------------------------------
@@ -573,7 +613,7 @@ def test_istio_generated_cacerts_is_istiods_self_signed_ca_renewed_by_the_rotato
 
     assert finding.origin == f"Secret {ISTIO}/cacerts"
     assert "re-issues ca-cert.pem in cacerts" in finding.remediation.summary
-    assert "CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE" in finding.remediation.command
+    assert "CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL=10m" in finding.remediation.command
 
 
 def test_rotator_grace_period_in_the_command_covers_a_short_lived_root() -> None:

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from commands import codes
-from commands.findings import Remediation
+from commands.catalog import default_checks
+from commands.findings import Remediation, by_severity
 from commands.report import triage_lines
 from commands.triage import Confidence, scoped, shared_cause, triage
 
@@ -35,8 +36,9 @@ def sidecar_crash_loop(pod="payment-service-7d9f8c6b5-x2x4k", namespace="prod"):
 
 
 def upstream_503s(cluster=CLUSTER_TO_PAYMENT, caller="prod/api-service-6b7c9d8f5-k2m4p"):
-    return codes.finding("MB4002", origin=f"Pod {caller}", pod=caller, percent="92.9", cluster=cluster,
-                         errors=1180, total=1270, evidence={"cluster": cluster})
+    service = cluster.rsplit("|", 1)[-1].split(".svc.")[0].replace(".", " in ", 1)
+    return codes.finding("MB4002", origin=f"Pod {caller}", pod=caller, percent="92.9", service=service,
+                         errors=1180, total=1270, breakdown="UH 1180", evidence={"cluster": cluster})
 
 
 def istiod_oomkilled():
@@ -64,7 +66,8 @@ def envoy_memory_critical():
 
 def test_expired_root_explains_crash_looping_sidecars_and_503s_through_the_chain():
     root, crash, errors = expired_root(), sidecar_crash_loop(), upstream_503s()
-    result = triage([errors, crash, root])
+    # A diagnosis arrives in the registry's report order (status before envoy); triage keeps it.
+    result = triage(by_severity([errors, crash, root], default_checks().report_order()))
     assert result.top.finding == root
     assert [f.code for f in result.top.explains] == ["MB1011", "MB4002"]
     assert result.top.explains_line == "explains 3 of 3 errors (2 other findings)"
@@ -163,7 +166,7 @@ def test_bundled_outage_puts_istiods_memory_fix_first_because_the_traffic_remedy
     first, second = json.loads(out)["triage"][:2]
     assert first["finding"]["code"] == "MB1002"
     assert "set resources deployment/istiod" in first["first_step"]["command"]
-    assert first["unblocks"] == ["MB3001:Secret istio-system/istio-ca-secret"]
+    assert "MB3001:Secret istio-system/istio-ca-secret" in first["unblocks"]
     assert second["finding"] == {"code": "MB3001", "origin": "Secret istio-system/istio-ca-secret"}
     assert second["first_step"]["summary"].startswith("Not yet: istiod is not serving")
     assert "restore traffic in prod first" in second["first_step"]["summary"]

@@ -1,4 +1,4 @@
-"""The CA expiry istiod itself reports on its metrics (no Secret access needed)."""
+"""What istiod itself reports about its CA on ``/metrics`` (no Secret access needed): expiry and signing health."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from commands.checks.certs.expiry import expiry_args
 from commands.checks.certs.mesh_ca import root_remediation
 from commands.checks.registry import CheckContext
 from commands.errors import MeshbotError
-from commands.findings import Finding
+from commands.findings import Finding, Remediation
 from commands.times import human_duration, rfc3339
 
 METRICS_PATH = "/metrics"
@@ -19,6 +19,61 @@ ISTIOD_EXPIRY_GAUGES = {
     "citadel_server_root_cert_expiry_timestamp": "mesh root CA",
     "citadel_server_cert_chain_expiry_timestamp": "mesh CA certificate chain",
 }
+
+
+# security/pkg/server/ca/monitoring.go: counters since istiod started.  Only signing errors are the CA's own
+# failure; a CSR that does not parse, an identity that cannot be extracted or a caller that fails authentication
+# is the caller's problem (server.go CreateCertificate returns before signing), so those are context only.
+CA_REQUESTS = "citadel_server_csr_count"
+CA_ISSUED = "citadel_server_success_cert_issuance_count"
+CA_SIGN_ERRORS = "citadel_server_csr_sign_err_count"
+CALLER_ERRORS = {
+    "citadel_server_csr_parsing_err_count": "CSRs that did not parse",
+    "citadel_server_id_extraction_err_count": "callers without an identity",
+    "citadel_server_authentication_failure_count": "callers failing authentication",
+}
+
+
+def sum_counters(text: str, names: set[str] | frozenset[str]) -> dict[str, float]:
+    """Each named metric summed over its label sets, from Prometheus text exposition."""
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition("{") if "{" in line.split(" ", 1)[0] else line.partition(" ")
+        if name not in names:
+            continue
+        value = rest.rpartition("}")[2] if "}" in rest else rest
+        try:
+            sums[name] = sums.get(name, 0.0) + float(value.split()[0])
+        except (IndexError, ValueError):
+            continue
+    return sums
+
+
+def ca_signing_finding(text: str, origin: str, ctx: CheckContext) -> Finding | None:
+    """MB3020 when istiod's CA fails to sign a share of the CSRs it received (``thresholds.ca_sign_error_share``).
+
+    The counters are cumulative since istiod started, so a failure that began after a long healthy run shows
+    late; Prometheus (rates) sees it sooner.
+    """
+    counters = sum_counters(text, {CA_REQUESTS, CA_ISSUED, CA_SIGN_ERRORS, *CALLER_ERRORS})
+    errors, requests = int(counters.get(CA_SIGN_ERRORS, 0)), int(counters.get(CA_REQUESTS, 0))
+    if errors == 0 or errors < ctx.thresholds.ca_sign_error_share * max(requests, errors):
+        return None
+    causes = [f"{errors} signing errors", f"{int(counters.get(CA_ISSUED, 0))} issued"]
+    causes += [f"{int(counters[name])} {what}" for name, what in CALLER_ERRORS.items() if counters.get(name)]
+    pod = origin.split(" ", 1)[-1]
+    return codes.finding(
+        "MB3020", origin=origin, pod=pod, errors=errors, requests=max(requests, errors), causes=", ".join(causes),
+        evidence={name: int(value) for name, value in counters.items()},
+        # A new pod asks this CA for its first certificate (pkg/istio-agent), so nothing that creates pods helps;
+        # istiod logs why signing fails (a plugged-in CA whose key or chain is wrong, an external signer that is
+        # down: security/pkg/pki/ca/ca.go Sign).
+        remediation=Remediation(
+            "Find why istiod's CA cannot sign (its log names the error: a wrong or expired plugged-in CA, an external "
+            "signer that is down); do not restart or scale workloads until it signs again",
+            command=f"kubectl -n {ctx.snapshot.istio_namespace} logs -l app=istiod --tail=200 | grep -iE 'csr|sign'"))
 
 
 def parse_ca_expiry_metrics(text: str) -> dict[str, datetime]:
@@ -49,11 +104,15 @@ def istiod_ca_expiry(ctx: CheckContext, reported: set[datetime]) -> Iterator[Fin
         origin = f"istiod {target}" if isinstance(target, str) else target.origin
         try:
             with ctx.endpoints.open_istiod(target) as endpoint:
-                gauges = parse_ca_expiry_metrics(endpoint.get_text(METRICS_PATH))
+                text = endpoint.get_text(METRICS_PATH)
         except MeshbotError as exc:
             yield codes.finding("MB0004", check="certs", origin=origin, check_name="certs (istiod CA metrics)",
                                 reason=str(exc), evidence={"endpoint": getattr(exc, "endpoint", None)})
             continue
+        gauges = parse_ca_expiry_metrics(text)
+        signing = ca_signing_finding(text, origin, ctx)
+        if signing:
+            yield signing
         for name, moment in gauges.items():
             expiries.setdefault(name, (moment, origin))
     for name, (not_after, origin) in expiries.items():

@@ -119,12 +119,15 @@ def _unused_ca_secret(leftover: Resource, mesh_ca: MeshCa, ctx: CheckContext) ->
             f"expecting a fallback: istiod would go back to {leftover.name}'s root and workloads that trust "
             "the current root would fail mTLS until every one restarted"))
 
-# istiod's root rotator (security/pkg/pki/ca/selfsignedcarootcertrotator.go) renews once the root is inside
-# the last CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE of its lifetime (default 20,
-# security/pkg/cmd/constants.go DefaultRootCertGracePeriodPercentile), checking every
-# CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL (default 1h); both are read in pilot/pkg/bootstrap/istio_ca.go.
+# istiod's root rotator (security/pkg/pki/ca/selfsignedcarootcertrotator.go, checkAndRotateRootCertForSigningCertCitadel)
+# renews once the root is inside the last CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE of its lifetime or
+# expired (default 20, security/pkg/cmd/constants.go), on a ticker of CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL
+# (default 1h; 0 or less turns it off; Istio suggests at least 10 minutes) that starts after a random jitter below
+# that interval unless CITADEL_ENABLE_JITTER_FOR_ROOT_CERT_ROTATOR=false (all read in pilot/pkg/bootstrap/
+# istio_ca.go).  Setting the defaults again changes nothing: forcing a renewal means a short interval without
+# jitter, so the first check runs that long after istiod starts.
 DEFAULT_GRACE_PERCENTILE = 20
-ROTATOR_CHECK_INTERVAL = "1h"
+FORCED_CHECK_INTERVAL = "10m"
 
 
 def rotator_grace_percentile(root: CertInfo, now: datetime) -> int:
@@ -150,22 +153,24 @@ def _self_signed_root_remediation(secret: str, root: CertInfo, now: datetime, is
     # makes istiod mint a new key and root (ca.go NewSelfSignedIstioCAOptions) and mTLS fails mesh-wide
     # until every workload has restarted.
     percentile = rotator_grace_percentile(root, now)
+    window = (f" CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE={percentile}"
+              if percentile > DEFAULT_GRACE_PERCENTILE else "")
     return Remediation(
-        f"istiod renews its self-signed root in place, from the same key: its root rotator re-issues ca-cert.pem "
-        f"in {secret} once the root is in the last CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE "
-        f"(default {DEFAULT_GRACE_PERCENTILE}%) of its lifetime or expired, checking every "
-        "CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL (default 1h; 0 or less turns it off). Workload "
-        "certificates keep verifying because the key and subject stay the same. This root was not renewed, so "
-        "the rotator is off or failing: read istiod's log for rootcertrotator lines. The command turns it on "
-        f"with a grace period that covers this root ({percentile}%) and rolls istiod (safe: workloads keep "
-        "their certificates); put the same env in your install values (pilot.env) so an upgrade keeps it. "
-        "Verify: ca-cert.pem's notAfter moved and its public key did not change, and istio-ca-root-cert in "
-        f"every namespace shows the new root. Never delete {secret}: istiod would mint a new key and root, "
-        "and mTLS would fail across the mesh until every workload restarted "
-        "(security/pkg/pki/ca/selfsignedcarootcertrotator.go)",
+        f"istiod renews its self-signed root in place, from the same key: a Ready istiod's root rotator re-issues "
+        f"ca-cert.pem in {secret} once the root is in the last {DEFAULT_GRACE_PERCENTILE}% of its lifetime or "
+        "expired, checking every CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL (default 1h, first check after a "
+        "random jitter below it). This root was not renewed, so istiod was not running, or the rotator is off "
+        "(interval 0 or less in the install values) or failing (istiod's log: rootCertRotator lines). Once istiod "
+        "is Ready, the command forces a check 10 minutes after istiod restarts (interval 10m, no jitter"
+        + (f", and a grace period covering this root: {percentile}%" if window else "")
+        + "); it rolls istiod, which is safe for workloads (they keep their certificates). Verify: ca-cert.pem's "
+        "notAfter moved and its public key did not change, and istio-ca-root-cert in every namespace shows the "
+        "new root; then put the env back to your install's values. Never delete "
+        f"{secret}: istiod would mint a new key and root, and mTLS would fail across the mesh until every "
+        "workload restarted (security/pkg/pki/ca/selfsignedcarootcertrotator.go, pilot/pkg/bootstrap/istio_ca.go)",
         command=f"kubectl -n {istio_namespace} set env deployment/istiod -c discovery "
-                f"CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL={ROTATOR_CHECK_INTERVAL} "
-                f"CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE={percentile}")
+                f"CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL={FORCED_CHECK_INTERVAL} "
+                f"CITADEL_ENABLE_JITTER_FOR_ROOT_CERT_ROTATOR=false{window}")
 
 
 def _plugged_in_root_remediation(layout: CaLayout, istio_namespace: str) -> Remediation:
@@ -208,8 +213,8 @@ def root_remediation(istio_namespace: str) -> Remediation:
     """For a root seen without its CA Secret (the ConfigMap, Envoy, istiod's metrics)."""
     return Remediation(
         "Rotate the mesh root in place. Self-signed (istio-ca-secret): istiod's root rotator renews it from the "
-        "same key, so workloads keep trusting it; if it has not, it is off or failing (check "
-        "CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL and istiod's rootcertrotator log). Plugged-in (cacerts): "
+        "same key, so workloads keep trusting it; if it has not, istiod was not running or the rotator is off or "
+        "failing (CITADEL_SELF_SIGNED_ROOT_CERT_CHECK_INTERVAL, istiod's rootCertRotator log). Plugged-in (cacerts): "
         "add the new root next to the old one, then switch the intermediate, then drop the old root "
         f"({ROTATION_DOCS}). Never delete istio-ca-secret: a new key and root break mTLS mesh-wide until every "
         "workload restarts. The command shows which CA Secret istiod uses",
