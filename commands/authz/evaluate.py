@@ -178,6 +178,10 @@ def decide(policies: Iterable[Policy], caller: Caller, request: Request, trust: 
                         dry_run=dry_run)
     if allowed is Match.UNKNOWN:
         unsure.append(f"whether a rule of ALLOW {_names(allows)} matches depends on what is not known")
+    if custom:
+        providers = ", ".join(sorted({p.provider or "?" for p in custom}))
+        verb = "sends" if len(custom) == 1 else "send"
+        unsure.append(f"CUSTOM {_names(custom)} {verb} it to the external authorizer ({providers}), which decides first")
     if unsure:
         return Decision(Verdict.UNDETERMINED, "; ".join(unsure), custom=custom, dry_run=dry_run)
     reason = f"ALLOW {_names(allows)} matches" if allows else "no ALLOW or DENY policy stops it"

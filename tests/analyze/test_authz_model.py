@@ -198,10 +198,16 @@ def test_ip_blocks_match_cidrs():
     assert verdict(text, Caller("front", "web", ip="10.2.0.1")).verdict is Verdict.ALLOWED
 
 
-def test_custom_policy_is_listed_as_delegating():
+def test_custom_policy_leaves_the_decision_to_its_external_authorizer():
     text = policy_yaml("ext", "action: CUSTOM\n  provider: {name: opa}\n  rules: [{to: [{operation: {paths: ['/*']}}]}]")
     decision = verdict(text, request=Request(path="/pay"))
-    assert [p.name for p in decision.custom] == ["ext"] and decision.verdict is Verdict.ALLOWED
+    assert [p.name for p in decision.custom] == ["ext"] and decision.verdict is Verdict.UNDETERMINED
+    assert "external authorizer (opa)" in decision.reason
+
+
+def test_custom_policy_whose_rules_do_not_match_leaves_rbac_to_decide():
+    text = policy_yaml("ext", "action: CUSTOM\n  provider: {name: opa}\n  rules: [{to: [{operation: {paths: ['/admin']}}]}]")
+    assert verdict(text, request=Request(path="/pay")).verdict is Verdict.ALLOWED
 
 
 # -- trust domains (pilot/pkg/security/trustdomain/bundle.go) ----------------------------------------------------
