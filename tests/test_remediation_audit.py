@@ -37,7 +37,9 @@ from commands.catalog import default_checks
 from commands.checks.certs import certs
 from commands.checks.registry import CheckContext, Thresholds
 from commands.codes import ALL_CODES
-from commands.findings import Finding
+from commands import codes
+from commands.findings import Finding, Level, Remediation
+from commands.preconditions import Effect, effect_of, gate_findings
 from tests.support.analysis import snapshot_from_yaml
 from tests.support.certs import mint
 from tests.test_certs import (
@@ -408,3 +410,50 @@ def test_every_playbook_remediation_has_a_source_comment() -> None:
         missing += [f"{path.name}:{line}" for line, entry in entries if not cites_source(entry)]
     assert missing == []
 
+
+
+# -- no restart while what the restart depends on is failing (commands/preconditions.py) -------------------------
+
+def failing_dependencies() -> Iterator[tuple[str, Finding]]:
+    """One finding per dependency a restart needs, as the checks report it (codes from the catalogue)."""
+    _, istiod_cluster = next(oomkilled_istiod_clusters())
+    yield "istiod OOMKilled", next(f for f in oomkilled_istiod_findings(istiod_cluster) if f.code == "MB1002")
+    yield "CA not signing", codes.finding(
+        "MB3020", origin="Pod istio-system/istiod-7c9d8-x2", pod="istio-system/istiod-7c9d8-x2", errors=40,
+        requests=52, causes="40 signing errors")
+    yield "injection webhook unreachable", codes.finding(
+        "MB1040", origin="MutatingWebhookConfiguration istio-sidecar-injector", webhook="istio-sidecar-injector",
+        reason="Service istio-system/istiod has no Ready pod", scope="prod", evidence={"namespaces": ["prod"]})
+    yield "revision not served", codes.finding(
+        "MB1041", origin="Namespace prod", namespace="prod", revision="1-24-canary", served="[default]")
+
+
+def restart_advice() -> Iterator[tuple[str, Remediation]]:
+    """Every pod-restarting command meshbot's remediation modules can write, with its holes filled for prod."""
+    for where, text in source_literals():
+        if effect_of(Remediation("x", command=text)) is Effect.NEW_PODS and "kubectl" in text:
+            command = re.sub(r"\bX\b", "prod", text, count=1).replace("X", "payment-7d9f8c6b5-x2x4k")
+            yield where, Remediation("restart it", command=command)
+    for where, action in (("action restart", "restart payment -n prod"),):
+        yield where, Remediation("restart it", action=action)
+
+
+def test_restart_advice_is_collected_from_every_module_that_writes_it() -> None:
+    sources = {where.split(":")[0] for where, _ in restart_advice()}
+    assert any(s.startswith("commands/checks/certs") for s in sources)  # kubectl delete pod for ageing certs
+    assert len(sources) >= 3
+
+
+@pytest.mark.parametrize(("dependency", "blocker"), list(failing_dependencies()), ids=lambda v: str(v)[:30])
+def test_no_restart_is_offered_while_a_dependency_of_the_restart_is_failing(dependency: str,
+                                                                               blocker: Finding) -> None:
+    offered = []
+    for where, step in restart_advice():
+        victim = Finding(check="status", code="MB1011", level=Level.ERROR, message="x",
+                         origin="Pod prod/payment-7d9f8c6b5-x2x4k", remediation=step)
+        gated = next(f for f in gate_findings([blocker, victim]) if f.code == "MB1011")
+        text = " ".join(filter(None, (gated.remediation.command, gated.remediation.action)))
+        if effect_of(gated.remediation) is Effect.NEW_PODS or "delete pod" in text or "rollout restart" in text:
+            offered.append(f"{where}: {text}")
+        assert gated.evidence.get("blocked_by"), where
+    assert offered == [], f"{dependency}: restart still offered"
