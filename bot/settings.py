@@ -256,6 +256,24 @@ class Settings:
         doc="In-cluster, reach istiod pods on their pod IP instead of a port-forward. istiod answers /debug/* "
             "to non-loopback callers only with MESHBOT_ISTIOD_TOKEN_FILE, and (Istio 1.27.6+/1.28.4+/1.29+) "
             "only if meshbot's namespace is in DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES.")
+    prometheus_url: str | None = _setting(
+        "MESHBOT_PROMETHEUS_URL", _base_url,
+        doc="Prometheus that scrapes Istio's standard metrics (`http://prometheus.monitoring:9090`): failing "
+            "edges, their onset and istiod's trends (docs/timeline.md). Unset: meshbot diagnoses without them "
+            "and says so.")
+    prometheus_token: str | None = _setting("MESHBOT_PROMETHEUS_TOKEN", secret=True,
+                                            doc="Bearer token for MESHBOT_PROMETHEUS_URL (e.g. behind an "
+                                                "authenticating proxy).")
+    prometheus_token_file: str | None = _setting(
+        "MESHBOT_PROMETHEUS_TOKEN_FILE",
+        doc="File holding that token, read at every query (a projected service-account token rotates).")
+    prometheus_ca_file: str | None = _setting("MESHBOT_PROMETHEUS_CA_FILE",
+                                              doc="PEM CA bundle that verifies an https Prometheus.")
+    prometheus_timeout: float = _setting("MESHBOT_PROMETHEUS_TIMEOUT", _positive_float, default=5.0,
+                                         doc="Seconds per Prometheus query; Prometheus is told to stop evaluating "
+                                             "just before. A slow or down Prometheus costs one timeout.")
+    prometheus_max_series: int = _setting("MESHBOT_PROMETHEUS_MAX_SERIES", _positive_int, default=500,
+                                          doc="Answers with more series are refused (an Info finding), not read.")
     istio_namespace: str = _setting("MESHBOT_ISTIO_NAMESPACE", _namespace, default="istio-system",
                                     doc="Istio root namespace.")
     scenario: str | None = _setting("MESHBOT_SCENARIO", doc="Diagnose a captured scenario "

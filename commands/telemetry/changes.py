@@ -228,3 +228,32 @@ class _Reader:
             # An unreachable API server answers every further list the same way, after the same timeout.
             self._down = isinstance(exc, TransientError) and not exc.status
             return []
+
+
+def changes_from_objects(objects: Iterable[Mapping[str, Any]], namespaces: Sequence[str],
+                         istio_namespace: str) -> list[Change]:
+    """The same changes ``read_changes`` finds, from objects already in hand (captured files, the demo)."""
+    objects = list(objects)
+    scope = {*namespaces, istio_namespace}
+
+    def in_scope(obj: Mapping[str, Any]) -> bool:
+        return not namespaces or (obj.get("metadata") or {}).get("namespace") in scope
+
+    deployments = {((d.get("metadata") or {}).get("namespace"), (d.get("metadata") or {}).get("name")): d
+                   for d in objects if d.get("kind") == "Deployment"}
+    found: list[Change] = []
+    for obj in objects:
+        kind, metadata = obj.get("kind"), obj.get("metadata") or {}
+        if kind in MESH_KINDS and in_scope(obj):
+            found += config_changes(obj)
+        elif kind == "Namespace" and (not namespaces or metadata.get("name") in scope):
+            found += injection_changes(obj)
+        elif kind == "ReplicaSet" and in_scope(obj):
+            found += rollout_changes(obj, deployments)
+        elif kind == "Pod" and metadata.get("namespace") == istio_namespace and \
+                (metadata.get("labels") or {}).get("app") == "istiod":
+            found += istiod_restarts(obj)
+        elif kind == "ConfigMap" and metadata.get("namespace") == istio_namespace and \
+                metadata.get("name") == ROOT_CERT_CONFIGMAP:
+            found += certificate_changes(obj)
+    return sorted(found)

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from commands.clients.prometheus import PrometheusApi, Series
 from commands.telemetry import metrics as m
 from commands.telemetry.onset import DEFAULT_RULE, Onset, OnsetRule, find_onset
+from commands.times import rfc3339
 
 MAX_EDGES = 50
 """Failing edges read in detail: topk keeps the worst, so a mesh-wide outage stays one bounded answer."""
@@ -79,7 +80,7 @@ class FailingEdge:
                 "service": self.service, "reporter": self.reporter, "errors": round(self.errors),
                 "total": round(self.total), "share": round(self.share, 4), "codes": dict(self.codes),
                 "flags": dict(self.flags),
-                "onset": self.onset.at.isoformat() if self.onset and self.onset.at else None,
+                "onset": rfc3339(self.onset.at) if self.onset and self.onset.at else None,
                 "failing_before_window": bool(self.onset and self.onset.already_failing)}
 
 

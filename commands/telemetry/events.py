@@ -114,13 +114,15 @@ def unreadable(verb: str, kind: str | KindInfo, namespace: str | None,
 
 def _evidence(event: Mapping[str, Any], involved: Mapping[str, Any], namespace: str) -> EventEvidence:
     kind, name = involved.get("kind") or "Object", involved.get("name") or "?"
+    # A Node's events live in the default namespace, but the Node itself has none.
+    shown = involved.get("namespace") or ""
     series = event.get("series") or {}
     count = int(series.get("count") or event.get("count") or 1)
     last = (parse_rfc3339_or_none(series.get("lastObservedTime")) or parse_rfc3339_or_none(event.get("lastTimestamp"))
             or parse_rfc3339_or_none(event.get("eventTime"))
             or parse_rfc3339_or_none(event.get("firstTimestamp")))
     reason, message = event.get("reason") or "", event.get("message") or ""
-    return EventEvidence(reason=reason, object=f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}",
+    return EventEvidence(reason=reason, object=f"{kind} {shown}/{name}" if shown else f"{kind} {name}",
                          namespace=namespace, message=message, count=count, last_seen=last,
                          type=event.get("type") or "Normal", meaning=_meaning(reason, message))
 

@@ -18,7 +18,7 @@ from commands.times import short_duration
 
 STEP = timedelta(minutes=1)
 MEMORY_GROWTH = 1.5
-"""Working set at its peak at least 1.5 times its first value in the window: growth, not a steady state."""
+"""Working set rising to at least 1.5 times an earlier value in the window: growth, not a steady state."""
 CONVERGENCE_WARNING_SECONDS = 5.0
 """pilot_proxy_convergence_time's buckets run 0.1 s to 30 s (pilot/pkg/xds/monitoring.go); a p99 past 5 s
 means proxies run on configuration seconds old after every change."""
@@ -78,13 +78,25 @@ def trend_findings(trends: IstiodTrends, istio_namespace: str, window: timedelta
 
 
 def _memory_finding(series: Series, istio_namespace: str, span: str) -> Finding | None:
-    values = [v for _, v in series.points]
-    if len(values) < 2 or values[0] <= 0 or max(values) < values[0] * MEMORY_GROWTH:
+    growth = _largest_growth([v for _, v in series.points])
+    if growth is None or growth[1] < growth[0] * MEMORY_GROWTH:
         return None
+    low, high = growth
     pod = series.labels.get("pod", "istiod")
-    return codes.finding("MB6020", origin=f"Pod {istio_namespace}/{pod}", pod=pod, first=_mib(values[0]),
-                         peak=_mib(max(values)), window=span,
-                         evidence={"first_bytes": values[0], "peak_bytes": max(values), "last_bytes": values[-1]})
+    return codes.finding("MB6020", origin=f"Pod {istio_namespace}/{pod}", pod=pod, first=_mib(low),
+                         peak=_mib(high), window=span,
+                         evidence={"low_bytes": low, "peak_bytes": high, "last_bytes": series.points[-1][1]})
+
+
+def _largest_growth(values: Sequence[float]) -> tuple[float, float] | None:
+    """(low, high) of the largest rise from a value to a later one: an OOM kill resets memory, and the climb
+    after it counts as much as the one before."""
+    best, low = None, None
+    for value in values:
+        low = value if low is None or value < low else low
+        if low > 0 and (best is None or value / low > best[1] / best[0]):
+            best = (low, value)
+    return best
 
 
 def _scalar(answer: Sequence[Series]) -> float | None:

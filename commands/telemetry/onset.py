@@ -1,6 +1,6 @@
 """When a series left its baseline: the onset of an edge's errors (pure).
 
-The baseline is the median of the window's first quarter, its noise the median absolute deviation.
+The baseline is the median of the window's first points (a quarter, at most ``BASELINE_POINTS``), its noise the median absolute deviation.
 A point *departs* when it is above ``baseline + max(min_rise, 3 × 1.4826 × MAD)`` (1.4826 scales the MAD
 to a standard deviation for normal noise); the onset is the first departing point that starts a
 *sustained* excursion (at least ``min_share`` of the next ``sustain`` points depart, so one scrape's spike
@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 MAD_TO_SIGMA = 1.4826
+BASELINE_POINTS = 8
+"""At most this many leading points make the baseline (4 minutes at a 30 s step): an alert window opened
+shortly before the onset must still see a normal stretch."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def find_onset(points: Sequence[tuple[float, float]], rule: OnsetRule = DEFAULT_
     if len(points) < max(rule.sustain, 4):
         return None
     values = [value for _, value in points]
-    head = values[:max(len(values) // 4, 3)]
+    head = values[:max(min(len(values) // 4, BASELINE_POINTS), 3)]
     baseline = statistics.median(head)
     spread = statistics.median(abs(v - baseline) for v in head) * MAD_TO_SIGMA
     peak = max(values)
