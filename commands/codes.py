@@ -510,6 +510,13 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "Envoy in {pod} {seen} with 403 RBAC: access denied; {action} policy {policy} {why}",
           "A workload's RBAC denials traced to the AuthorizationPolicy that causes them "
           "(commands.authz.explain.denial_findings)."),
+    # https://istio.io/latest/docs/tasks/security/authorization/authz-tcp/ and pilot/pkg/security/authz/model/
+    # model.go checkError: on TCP an ALLOW rule with HTTP-only fields is skipped, a DENY rule drops them.
+    _code("MB7005", "PolicyHttpFieldsOnTcpPort", W, "analyze",
+          "{action} policy {policy} rule {rule} uses {fields}, which Envoy cannot read on TCP port {port} of "
+          "Service {service}; {consequence}",
+          "An ALLOW or DENY rule with methods, paths, hosts, requestPrincipals or request.* conditions on a "
+          "workload port Istio proxies as TCP."),
 ]}
 
 ALL_CODES: dict[str, Code] = {**ISTIO_CODES, **MESHBOT_CODES}

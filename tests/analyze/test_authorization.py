@@ -136,6 +136,48 @@ def test_service_accounts_field_is_checked_in_the_policy_namespace():
     assert "names serviceAccount batch, which no pod" in found.message
 
 
+# -- MB7005 ------------------------------------------------------------------------------------------------------
+
+PAYMENTS_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: payments, namespace: prod}
+spec:
+  selector: {app: payments}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: tcp-ledger, port: 5432, targetPort: 5432}]
+---
+"""
+
+
+def test_deny_on_methods_denies_every_connection_to_a_tcp_port():
+    text = PAYMENTS_SERVICE + policy("deny-delete", "action: DENY\n  " + SELECT_PAYMENTS
+                                     + "\n  rules: [{to: [{operation: {methods: [DELETE]}}]}]")
+    [found] = findings(text, "MB7005")
+    assert found.message == ("DENY policy prod/deny-delete rule 0 uses methods, which Envoy cannot read on TCP port "
+                             "5432 of Service prod/payments; there the rule drops them and denies every connection its "
+                             "other fields match")
+    assert found.level is Level.WARNING
+
+
+def test_allow_on_paths_allows_nothing_on_a_tcp_port():
+    text = PAYMENTS_SERVICE + policy("allow-api", SELECT_PAYMENTS
+                                     + "\n  rules: [{to: [{operation: {paths: ['/api/*']}}]}]")
+    [found] = findings(text, "MB7005")
+    assert "uses paths" in found.message and "allows no connection" in found.message
+
+
+def test_rule_limited_to_http_ports_is_quiet():
+    text = PAYMENTS_SERVICE + policy("deny-delete", "action: DENY\n  rules: [{to: [{operation: "
+                                     "{methods: [DELETE], ports: ['8080']}}]}]")
+    assert findings(text, "MB7005") == []
+
+
+def test_principal_only_rule_is_quiet_on_tcp():
+    text = PAYMENTS_SERVICE + policy("allow-web", "rules: [{from: [{source: {principals: "
+                                     "[cluster.local/ns/front/sa/web]}}]}]")
+    assert findings(text, "MB7005") == []
+
+
 # -- explain_rbac_denials / denial_findings ---------------------------------------------------------------------
 
 def test_explanation_names_the_deny_policy_deciding_for_a_caller():
