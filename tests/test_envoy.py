@@ -105,7 +105,7 @@ def test_requests_refused_by_full_breaker_are_error_with_their_count(
     assert "rejected 23 requests to payment.prod:8080" in breaker.message
     assert "|" not in breaker.message  # Istio's cluster name never reaches a person
     assert "23 over max_pending_requests (http1MaxPendingRequests)" in breaker.message
-    assert "rq_open and rq_pending_open still at capacity" in breaker.message
+    assert "max_requests and max_pending_requests still at capacity" in breaker.message
     assert breaker.evidence["upstream_rq_pending_overflow"] == 23
     assert "default.rq_open" in breaker.evidence["open_circuit_breakers"]
     assert "connectionPool" in breaker.remediation.summary
@@ -154,7 +154,7 @@ def test_idle_keepalive_connection_at_max_connections_is_info_not_rejection(
 
     assert codes_of(findings) == ["MB4009"]
     assert findings[0].level is Level.INFO
-    assert "cx_open circuit breaker" in findings[0].message and "rejected nothing" in findings[0].message
+    assert "max_connections circuit breaker" in findings[0].message and "rejected nothing" in findings[0].message
     assert "rejected (" not in findings[0].message
 
 

@@ -98,9 +98,16 @@ def _breaker_state(open_breakers: tuple[str, ...]) -> str:
     return "no breaker is at capacity now"
 
 
+# The threshold each gauge watches (cluster_stats.rst "Circuit breakers statistics"; the Cluster proto's
+# CircuitBreakers.Thresholds): people configure thresholds, so findings name those, not the gauges.
+_THRESHOLD_OF_GAUGE = {"cx_open": "max_connections", "rq_open": "max_requests",
+                       "rq_pending_open": "max_pending_requests", "rq_retry_open": "max_retries",
+                       "cx_pool_open": "max_connection_pools"}
+
+
 def _breaker_names(open_breakers: tuple[str, ...]) -> str:
-    """``default.rq_open``, ``high.cx_open`` -> ``rq_open and high-priority cx_open``."""
-    names = [name if priority == "default" else f"{priority}-priority {name}"
+    """``default.rq_open``, ``high.cx_open`` -> ``max_requests and high-priority max_connections``."""
+    names = [_THRESHOLD_OF_GAUGE[name] if priority == "default" else f"{priority}-priority {_THRESHOLD_OF_GAUGE[name]}"
              for priority, _, name in (b.partition(".") for b in open_breakers)]
     return " and ".join(names)
 

@@ -196,8 +196,7 @@ FAILURE_MODES = FailureModel([
     FailureMode(
         "URX", "retries exhausted", "503 (the last attempt's code)", "The request was rejected because the upstream "
         "retry limit (HTTP) or maximum connect attempts (TCP) was reached.", "MB4016",
-        (Evidence(STATS, "cluster.&lt;c&gt;.upstream_rq_retry_limit_exceeded, upstream_rq_retry", _NOT_IN_DEFAULTS),
-         Evidence(CLUSTERS, "per-host rq_error above rq_total of the callers", True)),
+        (Evidence(STATS, "cluster.&lt;c&gt;.upstream_rq_retry_limit_exceeded, upstream_rq_retry", _NOT_IN_DEFAULTS),),
         (Cause("persistent-failure", "the upstream fails every attempt; retries (Istio's default: 2 on connect "
                "failures and retriable codes) only multiply its load",
                "the retried attempts failed the same way: look at the cluster's other flags",
@@ -219,8 +218,7 @@ FAILURE_MODES = FailureModel([
     FailureMode(
         "UC", "upstream connection termination", "503", "Upstream connection termination in addition to 503 "
         "response code.", "MB4018",
-        (Evidence(STATS, "cluster.&lt;c&gt;.upstream_cx_destroy_remote_with_active_rq", _NOT_IN_DEFAULTS),
-         Evidence(CLUSTERS, "per-host rq_error", True)),
+        (Evidence(STATS, "cluster.&lt;c&gt;.upstream_cx_destroy_remote_with_active_rq", _NOT_IN_DEFAULTS),),
         (Cause("upstream-closed", "the upstream closed the connection mid-request: it crashed or restarted, or it "
                "closes idle keep-alive connections sooner than Envoy reuses them",
                "destroy_remote_with_active_rq grows; restarts of the destination pods",
