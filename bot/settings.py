@@ -288,6 +288,10 @@ class Settings:
                             doc="Background threads running diagnostics and actions.")
     http_threads: int = _setting("MESHBOT_HTTP_THREADS", _positive_int, default=16,
                                  doc="Threads of the HTTP server answering Slack and Alertmanager.")
+    http_loop_seconds: float = _setting(
+        "MESHBOT_HTTP_LOOP_SECONDS", _positive_float, default=1.0,
+        doc="How long the HTTP server's socket loop waits between checks (waitress's `asyncore_loop_timeout`): a "
+            "stop takes up to this long to close the last connections. Tests lower it.")
     log_level: str = _setting("MESHBOT_LOG_LEVEL", _log_level, default="INFO", doc="DEBUG, INFO, WARNING or ERROR.")
     shutdown_grace_seconds: float = _setting(
         "MESHBOT_SHUTDOWN_GRACE_SECONDS", _positive_float, default=20.0,

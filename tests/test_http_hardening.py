@@ -29,6 +29,7 @@ from bot.slack.blocks import Message, alert_line, note_message
 from bot.slack.client import SlackClient, build_web_client
 from bot.slack.replays import ReplayGuard
 from bot.storage.database import Database
+from tests.support.bot import quiesce
 from tests.support.kube import write_kubeconfig
 from tests.support.slack import (
     BOT_TOKEN, SIGNING_SECRET, FakeSlack, block_action_body, post_signed, sign, slash_command_body,
@@ -133,7 +134,7 @@ def test_signed_but_malformed_requests_are_400_and_do_nothing(meshbot, fake_slac
     assert response.json() == {"error": "malformed request"}
     assert "Traceback" not in logged(caplog)
     assert 'meshbot_slack_requests_rejected_total{reason="malformed"} 1.0' in metrics(meshbot)
-    time.sleep(0.2)
+    quiesce(meshbot)
     assert posts(fake_slack) == []
 
 
@@ -171,7 +172,7 @@ def test_an_exact_replay_of_a_handled_slash_command_is_answered_200_and_runs_onc
     fake_slack.wait_for(lambda: fake_slack.messages(top_level=True), what="the first run's message")
     replay = httpx.post(events_url(meshbot), content=body, headers=headers)
     assert first.status_code == 200 and replay.status_code == 200
-    time.sleep(1.0)
+    quiesce(meshbot)
     assert len(fake_slack.messages(top_level=True)) == 1
     assert 'meshbot_slack_duplicates_total{transport="http"} 1.0' in metrics(meshbot)
 
@@ -230,7 +231,7 @@ def test_someone_outside_the_responders_cannot_ask_for_an_action_is_told_politel
     answer = ask(meshbot, fake_slack, "permissive-mtls payments --reason testing", "UMALLORY", "mallory")
     assert answer.startswith("Sorry, only the responders (MESHBOT_RESPONDERS) and approvers may ask for "
                              "remediation actions")
-    time.sleep(0.5)
+    quiesce(meshbot)
     assert meshbot.database.db.execute("SELECT COUNT(*) FROM approval_requests").fetchone()[0] == 0
     assert fake_slack.messages() == []
     [event] = fake_slack.wait_for(lambda: events_of(meshbot, "command_refused"), what="the audit event")

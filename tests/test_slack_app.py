@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from tests.support.bot import quiesce
 from tests.support.kube import write_kubeconfig
 from tests.support.slack import (
     BOT_TOKEN, SIGNING_SECRET, FakeSlack, post_signed, slash_command_body,
@@ -69,8 +70,16 @@ def test_help_and_empty_text_answer_ephemerally_without_posting(meshbot, fake_sl
         assert response.status_code == 200
         assert response.json()["response_type"] == "ephemeral"
         assert "/mesh diagnose [NAMESPACE]" in response.json()["text"]
-    time.sleep(0.3)
+    quiesce(meshbot)
     assert fake_slack.messages() == []
+
+
+def test_quiesce_returns_only_once_work_already_handed_to_the_pools_has_finished(meshbot):
+    finished = []
+    meshbot.services.messengers.submit(lambda: meshbot.services.workers.submit(
+        lambda: (time.sleep(0.3), finished.append("worker"))))  # a handler handing slow work on, as diagnoses do
+    quiesce(meshbot)
+    assert finished == ["worker"]
 
 
 @pytest.mark.parametrize("text, complaint", [
@@ -85,7 +94,7 @@ def test_bad_arguments_get_an_ephemeral_usage_message_and_no_thread(meshbot, fak
     assert answer["response_type"] == "ephemeral"
     assert complaint in answer["text"]
     assert "/mesh status [NAMESPACE]" in answer["text"]
-    time.sleep(0.3)
+    quiesce(meshbot)
     assert posts(fake_slack) == []
 
 
@@ -93,7 +102,7 @@ def test_forged_signature_is_rejected_with_401_and_nothing_posted(meshbot, fake_
     body = slash_command_body("diagnose prod", response_url=fake_slack.response_url())
     response = post_signed(f"{meshbot.url}/slack/events", body, secret="not-the-signing-secret")
     assert response.status_code == 401
-    time.sleep(0.5)
+    quiesce(meshbot)
     assert posts(fake_slack) == []
 
 
@@ -101,7 +110,7 @@ def test_stale_timestamp_is_rejected_with_401_and_nothing_posted(meshbot, fake_s
     body = slash_command_body("diagnose prod", response_url=fake_slack.response_url())
     response = post_signed(f"{meshbot.url}/slack/events", body, timestamp=int(time.time()) - 6 * 60)
     assert response.status_code == 401
-    time.sleep(0.5)
+    quiesce(meshbot)
     assert posts(fake_slack) == []
 
 
@@ -121,7 +130,7 @@ def test_channel_outside_the_allowlist_is_refused_politely(bot_factory, fake_sla
     assert response.status_code == 200
     assert response.json() == {"text": "Sorry, meshbot only answers in <#CALLOWED>. Please ask there.",
                                "response_type": "ephemeral"}
-    time.sleep(0.3)
+    quiesce(meshbot)
     assert posts(fake_slack) == []
 
 

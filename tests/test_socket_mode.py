@@ -8,6 +8,7 @@ import urllib.parse
 
 import pytest
 
+from tests.support.bot import quiesce
 from tests.support.slack import FakeSlack, post_signed, slash_command_body
 from tests.support.socket_mode import FakeSocketMode
 
@@ -73,7 +74,7 @@ def test_unknown_subcommand_is_acked_with_an_ephemeral_usage_text_and_nothing_is
     assert ack["payload"]["response_type"] == "ephemeral"
     assert "unknown subcommand `frobnicate`" in ack["payload"]["text"]
     assert "/mesh status [NAMESPACE]" in ack["payload"]["text"]
-    time.sleep(0.3)
+    quiesce(socket_meshbot)
     assert posts(fake_slack) == []
 
 
@@ -92,6 +93,8 @@ def test_stop_drops_the_connection_at_once_without_reconnecting_or_leaving_threa
     assert connection.closed_at - started < 0.5
     # slack_sdk's builtin client closes TCP without a Close frame; Slack's end sees 1006 and lets go.
     assert connection.close_code == 1006
+    # The bot is stopped, so there is no pool to drain: this gives slack_sdk's own reconnect thread time to
+    # (wrongly) open a second connection, which nothing else would signal.
     time.sleep(0.3)
     assert len(fake_slack.of("apps.connections.open")) == 1
     assert len(fake_socket_mode.connections) == 1
@@ -111,7 +114,7 @@ def test_without_a_signing_secret_http_events_are_refused_even_signed_with_the_p
     assert response.status_code == 404
     envelope_id = fake_socket_mode.push("slash_commands", slash_command_payload(fake_slack, "help"))
     assert "/mesh status [NAMESPACE]" in fake_socket_mode.wait_for_ack(envelope_id)["payload"]["text"]
-    time.sleep(0.3)
+    quiesce(meshbot)
     assert posts(fake_slack) == []
 
 
@@ -136,7 +139,7 @@ def test_an_envelope_delivered_again_with_the_same_envelope_id_runs_once(
                         == 2, timeout=3, what="the ack of the second delivery")
     fake_slack.wait_for(lambda: [m for m in fake_slack.messages() if "request #1:" in m.get("text", "")],
                         timeout=15, what="request #1 in the thread")
-    time.sleep(1.0)  # a second run would plan, dry-run and post within this
+    quiesce(meshbot)  # a second run would have planned, dry-run and posted by the time the bot is idle
     count = meshbot.database.db.execute("SELECT COUNT(*) FROM approval_requests").fetchone()[0]
     assert count == 1
     assert [m for m in fake_slack.messages() if "request #2" in m.get("text", "")] == []

@@ -16,19 +16,28 @@ from commands.checks.status import status
 from commands.errors import UserError
 
 REPORT_ORDER = ("status", "proxy-status", "certs", "envoy", "analyze")
+"""The shipped checks in the order they report.  A new check may go anywhere in the catalogue, so the tests
+below pin these five's order among themselves, never the whole list (CONTRIBUTING's recipe edits no test)."""
+
+
+def shipped(names) -> list[str]:
+    return [name for name in names if name in REPORT_ORDER]
 
 
 def test_default_checks_are_listed_in_report_order():
-    assert default_checks().names() == REPORT_ORDER
+    assert shipped(default_checks().names()) == list(REPORT_ORDER)
 
 
 def test_all_expands_to_every_check_once_in_report_order():
-    assert default_checks().resolve(["certs", "all"]) == ["certs", "status", "proxy-status", "envoy", "analyze"]
+    names = default_checks().names()
+    expanded = default_checks().resolve(["certs", "all"])
+    assert expanded == ["certs", *(name for name in names if name != "certs")]
+    assert shipped(expanded) == ["certs", "status", "proxy-status", "envoy", "analyze"]
 
 
 def test_an_unknown_check_is_a_user_error_naming_the_valid_ones():
-    with pytest.raises(UserError, match="unknown check 'mtls'; choose from: status, proxy-status, certs, envoy, "
-                                        "analyze, all"):
+    choices = ", ".join(default_checks().names())
+    with pytest.raises(UserError, match=f"unknown check 'mtls'; choose from: {choices}, all"):
         default_checks().resolve(["mtls"])
 
 
@@ -47,8 +56,8 @@ def test_a_check_name_cannot_be_registered_twice():
 def test_slash_help_has_one_subcommand_per_check_with_the_checks_summary():
     commands = SlashCommands()
     checks = default_checks()
-    add_diagnoses(commands, checks)
-    assert commands.names() == ("help", *REPORT_ORDER, "diagnose")
+    add_diagnoses(commands, checks, lambda who, request: None)
+    assert commands.names() == ("help", *checks.names(), "diagnose")
     for spec in checks:
         assert f"`/mesh {spec.name} [NAMESPACE]` \u2014 {spec.summary}" in commands.help_text()
 

@@ -7,15 +7,15 @@ to the person who clicked is ephemeral; the thread shows the request's state.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bot.approvals import blocks as approval_blocks
 from bot.approvals.desk import ApprovalDesk, request_number
 from bot.approvals.rule import Vote
 from bot.incidents.commands import incident_number
-from bot.slack.app import Handlers, Invocation, run_in_background
+from bot.slack.app import Buttons, Invocation
 from bot.slack.errors import explaining
+from bot.slack.roles import Permission
 from bot.slack.slash import Parser, SlashCommands, UsageError
 from commands.actions import ActionUsageError, parse_action
 from commands.actions.targets import USAGE, ActionName
@@ -74,14 +74,13 @@ def button_number(value: str) -> int:
 
 @dataclass(frozen=True)
 class ApprovalCommands:
+    """Asking plans against the cluster, so ``ask``, ``roll_back`` and ``take_suggestion`` are registered to run
+    on the worker pool; votes only touch the database and run on the messenger pool."""
+
     desk: ApprovalDesk
-    workers: ThreadPoolExecutor
     istio_namespace: str
 
     def ask(self, who: Invocation, request: ActionRequest) -> None:
-        self.workers.submit(run_in_background, self._open_request, who, request)
-
-    def _open_request(self, who: Invocation, request: ActionRequest) -> None:
         target = parse_action(request.words, istio_namespace=self.istio_namespace)
         with explaining(f"cannot plan `/mesh {target.command}`"):
             request_id = self.desk.request(target, requester=who.user, reason=request.reason,
@@ -106,27 +105,21 @@ class ApprovalCommands:
         who.tell(answer.text)
 
     def roll_back(self, who: Invocation, value: str) -> None:
-        self.workers.submit(run_in_background, self._open_rollback, who, value)
-
-    def _open_rollback(self, who: Invocation, value: str) -> None:
         with explaining("cannot roll back"):
             request_id = self.desk.request_rollback(button_number(value), requester=who.user)
         who.tell(f"Rollback request #{request_id} is in the thread; it needs approvals like any other action.")
 
     def take_suggestion(self, who: Invocation, value: str) -> None:
-        self.workers.submit(run_in_background, self._open_suggested, who, value)
-
-    def _open_suggested(self, who: Invocation, value: str) -> None:
         """A playbook button: the action comes from the incident's stored diagnostics, not from the button."""
         incident_part, _, index_part = value.partition(":")
         incident_id, index = button_number(incident_part), button_number(index_part)
-        runs = [e for e in self.desk.incidents.timeline(incident_id) if e.kind == "diagnostics_run"]
-        suggested = runs[-1].data.get("suggested") if runs else None
-        if not suggested or index >= len(suggested) or not suggested[index].get("action"):
+        diagnosis = self.desk.incidents.latest_diagnosis(incident_id)
+        suggestion = diagnosis.suggestion(index) if diagnosis else None
+        if suggestion is None:
             raise UserError("that suggestion is no longer available; use the `/mesh` command it shows")
-        target = parse_action(suggested[index]["action"].split(), istio_namespace=self.istio_namespace)
+        target = parse_action(suggestion["action"].split(), istio_namespace=self.istio_namespace)
         request_id = self.desk.request(target, requester=who.user, channel=who.channel,
-                                       reason=f"suggested by the playbook: {suggested[index]['title']}",
+                                       reason=f"suggested by the playbook: {suggestion['title']}",
                                        incident_id=incident_id)
         who.tell(f"Request #{request_id} is in the thread; it needs approvals before anything changes.")
 
@@ -135,24 +128,21 @@ def refuse_without_cluster(who: Invocation, request: object) -> None:
     who.tell(NO_LIVE_CLUSTER)
 
 
-BUTTONS = (approval_blocks.APPROVE, approval_blocks.REJECT, approval_blocks.ROLLBACK, approval_blocks.SUGGESTED)
+def register(commands: SlashCommands, buttons: Buttons, desk: ApprovalDesk | None, *, istio_namespace: str) -> None:
+    """The action sub-commands and buttons; without a desk (a captured scenario) they explain why not.
 
-
-def register(commands: SlashCommands, handlers: Handlers, desk: ApprovalDesk | None, *,
-             workers: ThreadPoolExecutor, istio_namespace: str) -> None:
-    """The action subcommands and buttons; without a desk (a captured scenario) they explain why not."""
+    Asking for an action or a rollback needs REQUEST (MESHBOT_REQUEST_BY); approving and rejecting are judged
+    by the two-person rule itself (``bot.approvals.rule``), so those buttons declare no permission."""
+    approvals = ApprovalCommands(desk, istio_namespace) if desk is not None else None
     for name in ActionName:
         commands.add(name.value, usage=f"{USAGE[name]} {ACTION_OPTIONS}", summary=SUMMARIES[name],
-                     parse=action_parser(name.value))
-    if desk is None:
-        handlers.on_request(ActionRequest, refuse_without_cluster)
-        for button in BUTTONS:
-            handlers.on_button(button, refuse_without_cluster)
-        return
-    approvals = ApprovalCommands(desk, workers, istio_namespace)
-    handlers.on_request(ActionRequest, approvals.ask)
-    handlers.on_button(approval_blocks.APPROVE, approvals.approve)
-    handlers.on_button(approval_blocks.REJECT, approvals.reject)
-    handlers.on_button(approval_blocks.ROLLBACK, approvals.roll_back)
-    handlers.on_button(approval_blocks.SUGGESTED, approvals.take_suggestion)
-    handlers.audit_refused_clicks(desk.record_refused_click)
+                     parse=action_parser(name.value), handle=approvals.ask if approvals else refuse_without_cluster,
+                     permission=Permission.REQUEST, background=True)
+    buttons.add(approval_blocks.APPROVE, approvals.approve if approvals else refuse_without_cluster)
+    buttons.add(approval_blocks.REJECT, approvals.reject if approvals else refuse_without_cluster)
+    buttons.add(approval_blocks.ROLLBACK, approvals.roll_back if approvals else refuse_without_cluster,
+                permission=Permission.REQUEST, background=True)
+    buttons.add(approval_blocks.SUGGESTED, approvals.take_suggestion if approvals else refuse_without_cluster,
+                permission=Permission.REQUEST, background=True)
+    if desk is not None:
+        buttons.audit_refused_clicks(desk.record_refused_click)

@@ -10,9 +10,10 @@ from bot.incidents.flow import IncidentFlow
 from bot.incidents.log import Incident
 from bot.incidents import headline
 from bot.incidents.report import NOISE, Style, describe_event, event_time, person
-from bot.slack.app import Handlers, Invocation
+from bot.slack.app import Invocation
+from bot.slack.roles import Permission
 from bot.slack.blocks import escape, human_duration
-from bot.slack.slash import SlashCommands, UsageError, expect_at_most
+from bot.slack.slash import PermissionWhen, SlashCommands, UsageError, expect_at_most
 
 MAX_TIMELINE_EVENTS = 40
 INCIDENT_USAGE = "incident list | incident show ID | incident note ID TEXT | incident resolve ID"
@@ -119,7 +120,13 @@ class IncidentCommands:
         return f"Incident #{incident.id} was already resolved."
 
 
-def register(commands: SlashCommands, handlers: Handlers, flow: IncidentFlow) -> None:
+def resolves(request: IncidentRequest) -> bool:
+    return request.op == IncidentOp.RESOLVE
+
+
+def register(commands: SlashCommands, flow: IncidentFlow) -> None:
+    """``/mesh incident``: reading and noting need only DIAGNOSE; resolving by hand needs RESOLVE
+    (MESHBOT_RESOLVE_BY).  It reads the database only, so it answers from the messenger pool."""
     commands.add("incident", usage=INCIDENT_USAGE, summary="open incidents, a timeline, add a note, resolve",
-                 parse=parse_incident)
-    handlers.on_request(IncidentRequest, IncidentCommands(flow).handle)
+                 parse=parse_incident, handle=IncidentCommands(flow).handle,
+                 permission=PermissionWhen(Permission.RESOLVE, resolves, "`incident resolve`"))

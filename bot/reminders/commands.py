@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bot.reminders import blocks as reminder_blocks
 from bot.reminders.service import ReminderService
-from bot.slack.app import Handlers, Invocation, run_in_background
+from bot.slack.app import Invocation
 from bot.slack.errors import explaining
 from bot.slack.slash import SlashCommands, expect_at_most
 
@@ -27,12 +26,9 @@ def parse_reminders(words: list[str], rest: str) -> RemindersRequest:
 @dataclass(frozen=True)
 class ReminderCommands:
     reminders: ReminderService
-    workers: ThreadPoolExecutor
 
     def handle(self, who: Invocation, request: RemindersRequest) -> None:
-        self.workers.submit(run_in_background, self._list, who, request)
-
-    def _list(self, who: Invocation, request: RemindersRequest) -> None:
+        """Reads the cluster's certificates: registered to run on the worker pool."""
         with explaining("could not read the certificates"):
             result = self.reminders.plan()
         text = reminder_blocks.upcoming_text(result.expiries, self.reminders.timezone, result.now)
@@ -45,9 +41,8 @@ def reminders_off(who: Invocation, request: RemindersRequest) -> None:
     who.tell(REMINDERS_OFF)
 
 
-def register(commands: SlashCommands, handlers: Handlers, reminders: ReminderService | None, *,
-             workers: ThreadPoolExecutor) -> None:
+def register(commands: SlashCommands, reminders: ReminderService | None) -> None:
+    """``/mesh reminders``; with reminders off it says so (still on the worker pool, like the real answer)."""
     commands.add("reminders", usage="reminders", summary="certificates by expiry, soonest first",
-                 parse=parse_reminders)
-    handlers.on_request(RemindersRequest,
-                        ReminderCommands(reminders, workers).handle if reminders is not None else reminders_off)
+                 parse=parse_reminders, background=True,
+                 handle=ReminderCommands(reminders).handle if reminders is not None else reminders_off)

@@ -93,7 +93,8 @@ class Meshbot:
     def _start(self) -> Meshbot:
         self.server = create_server(self.web, host=self.settings.host, port=self.settings.port,
                                     threads=self.settings.http_threads, max_request_body_size=MAX_BODY_BYTES,
-                                    ident="meshbot", clear_untrusted_proxy_headers=True)
+                                    ident="meshbot", clear_untrusted_proxy_headers=True,
+                                    asyncore_loop_timeout=self.settings.http_loop_seconds)
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._thread.start()
         self.web.readiness.slack.start()
@@ -175,7 +176,8 @@ class Meshbot:
             # waitress's loop runs while any connection is open, so one idle keep-alive connection (Alertmanager's
             # HTTP client keeps them) would hold the join below for the whole grace period.  Ask every connection
             # to close once its output is flushed, as waitress's own maintenance() does with idle ones; the loop
-            # thread acts on it within asyncore_loop_timeout (1 s) and ends when the last one is gone.
+            # thread acts on it within asyncore_loop_timeout (MESHBOT_HTTP_LOOP_SECONDS) and ends when the last
+            # one is gone.
             # (A MultiSocketServer, for a host with several addresses, has no such list: its close() closes all.)
             for channel in list(getattr(self.server, "active_channels", {}).values()):
                 channel.will_close = True

@@ -16,6 +16,7 @@ from bot.reminders.service import ReminderService
 from bot.runtime.metrics import Metrics
 from bot.settings import Settings
 from bot.slack.client import SlackClient
+from bot.slack.slash import SlashCommands
 from bot.storage.database import Database
 from commands.checks.registry import CheckRegistry
 
@@ -43,3 +44,5 @@ class Services:
     """None when reminders are off (MESHBOT_REMINDERS, or no MESHBOT_CHANNEL)."""
     scheduler: CertificateScheduler | None
     """The daily certificate scan; present exactly when ``reminders`` is."""
+    slash: SlashCommands
+    """The ``/mesh`` sub-commands as registered: ``/mesh help``, the role check and docs/mesh-commands.md read it."""

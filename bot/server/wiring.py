@@ -40,11 +40,11 @@ from bot.server.services import Services
 from bot.settings import Settings, SettingsError
 from bot.slack import blocks
 from bot.slack import diagnoses as diagnosis_commands
-from bot.slack.app import Handlers, RefusedCommand, build_bolt_app
+from bot.slack.app import Buttons, Pools, build_bolt_app
 from bot.slack.client import SlackClient, build_web_client
 from bot.slack.ingress import SlackRequestGate
-from bot.slack.roles import Permission, RoleCheck, Roles
-from bot.slack.slash import SlashCommands
+from bot.slack.roles import RoleCheck, Roles
+from bot.slack.slash import RefusedCommand, SlashCommands
 from bot.storage.database import Database
 from commands.catalog import default_checks
 from commands.clients.lease import LeaderElector
@@ -93,17 +93,17 @@ def build(settings: Settings, *, runner: Runner | None = None,
                         render_suggestions=_suggestion_buttons if approvals else _suggestion_text, clock=clock)
     reminders, scheduler = _reminders(settings, database, cluster, outbox, incidents, flow, elector)
 
-    commands, handlers = SlashCommands(), Handlers()
-    diagnosis_commands.register(commands, handlers, checks, diagnostician=diagnostician, slack=slack,
-                                metrics=metrics, workers=workers, outbox=outbox)
-    incident_commands.register(commands, handlers, flow)
-    approval_commands.register(commands, handlers, approvals, workers=workers,
-                               istio_namespace=settings.istio_namespace)
-    reminder_commands.register(commands, handlers, reminders, workers=workers)
-    _permissions(handlers)
-    handlers.audit_refused_commands(_refused_command_recorder(database, incidents))
+    # Each sub-command and button is registered by its feature in one call (parser, handler, permission, pool).
+    commands, buttons = SlashCommands(), Buttons()
+    diagnosis_commands.register(commands, checks, diagnostician=diagnostician, slack=slack, metrics=metrics,
+                                workers=workers, outbox=outbox)
+    incident_commands.register(commands, flow)
+    approval_commands.register(commands, buttons, approvals, istio_namespace=settings.istio_namespace)
+    reminder_commands.register(commands, reminders)
+    commands.audit_refused(_refused_command_recorder(database, incidents))
     roles = RoleCheck(Roles.from_settings(settings), slack.usergroup_members)
-    bolt = build_bolt_app(settings, web_client, messengers, commands, handlers, roles)
+    bolt = build_bolt_app(settings, web_client, Pools(messengers=messengers, workers=workers), commands, buttons,
+                          roles)
 
     # Readiness asks Slack in the background, with a short timeout and no retries of its own.
     slack_status = SlackStatus(SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url,
@@ -120,7 +120,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     services = Services(settings=settings, metrics=metrics, checks=checks, database=database, slack=slack,
                         cluster=cluster, diagnostician=diagnostician, workers=workers, messengers=messengers,
                         incidents=incidents, outbox=outbox, incident_flow=flow, approvals=approvals,
-                        reminders=reminders, scheduler=scheduler)
+                        reminders=reminders, scheduler=scheduler, slash=commands)
     return Meshbot(services=services, web=web)
 
 
@@ -146,15 +146,6 @@ def require_settings(settings: Settings) -> None:
         # Every replica signs the one shared chain: a key generated next to MESHBOT_DB would differ per pod.
         raise SettingsError("MESHBOT_DATABASE_URL needs MESHBOT_AUDIT_KEY (or MESHBOT_AUDIT_KEY_FILE) from a Secret "
                             "shared by every replica")
-
-
-def _permissions(handlers: Handlers) -> None:
-    """What needs more than the diagnostics audience (MESHBOT_REQUEST_BY, MESHBOT_RESOLVE_BY)."""
-    handlers.require(approval_commands.ActionRequest, Permission.REQUEST)
-    handlers.require_for_button(approval_blocks.ROLLBACK, Permission.REQUEST)
-    handlers.require_for_button(approval_blocks.SUGGESTED, Permission.REQUEST)
-    handlers.require(incident_commands.IncidentRequest, Permission.RESOLVE,
-                     when=lambda request: request.op == incident_commands.IncidentOp.RESOLVE)
 
 
 def _refused_command_recorder(database: Database, incidents: IncidentLog) -> RefusedCommand:

@@ -8,8 +8,10 @@ the request needs one (``bot.slack.roles``: group membership may ask Slack).
 but deep-copy every request and share their executor with the acks; under load
 acks then queue behind diagnoses.)
 
-What a request or a button does is in ``Handlers``, filled by each feature's
-``register`` function from ``bot.server.wiring``; this module knows no feature.
+What a sub-command does is in ``SlashCommands`` (``bot.slack.slash``), what a
+button does in ``Buttons``; each feature's ``register`` function fills them
+from ``bot.server.wiring``, and this module knows no feature.  A handler
+registered with ``background=True`` is submitted to the worker pool instead.
 """
 
 from __future__ import annotations
@@ -50,75 +52,55 @@ class Invocation:
 
 
 Handler = Callable[[Invocation, Any], None]
-"""(who asked, the parsed request or the button's value): runs on the messenger pool; raises for the user to read."""
+"""(who asked, the parsed request or the button's value): raises for the user to read."""
 RefusedClick = Callable[[str, str, str, str], None]
 """(user, button, value, reason): audits a press refused before any handler ran."""
-RefusedCommand = Callable[[str, str, Any, str], None]
-"""(user, channel, the parsed request, reason): audits a ``/mesh`` command its author may not run."""
 
 
-class Handlers:
-    """What each ``/mesh`` request type and each button does; features add theirs in ``register``."""
+@dataclass(frozen=True)
+class Button:
+    action_id: str
+    handle: Handler
+    permission: Permission | None = None
+    """None: the handler judges the press itself (a vote checks the approver list)."""
+    background: bool = False
+    """True: the handler runs on the worker pool (planning reads the cluster); False: on the messenger pool."""
+
+
+class Buttons:
+    """What each button does; features add theirs in ``register``, one ``add`` per button."""
 
     def __init__(self) -> None:
-        self._requests: dict[type, Handler] = {}
-        self._buttons: dict[str, Handler] = {}
+        self._buttons: dict[str, Button] = {}
         self._refused_click_audits: list[RefusedClick] = []
-        self._refused_command_audits: list[RefusedCommand] = []
-        self._request_permissions: dict[type, list[tuple[Permission, Callable[[Any], bool]]]] = {}
-        self._button_permissions: dict[str, Permission] = {}
 
-    def on_request(self, request_type: type, handler: Handler) -> None:
-        if request_type in self._requests:
-            raise ValueError(f"{request_type.__name__} has a handler already")
-        self._requests[request_type] = handler
-
-    def on_button(self, action_id: str, handler: Handler) -> None:
+    def add(self, action_id: str, handle: Handler, *, permission: Permission | None = None,
+            background: bool = False) -> None:
         """``action_id`` is the part before any ``:suffix`` (buttons in one message need distinct IDs)."""
         if action_id in self._buttons:
             raise ValueError(f"button {action_id} has a handler already")
-        self._buttons[action_id] = handler
+        self._buttons[action_id] = Button(action_id, handle, permission, background)
 
     def audit_refused_clicks(self, audit: RefusedClick) -> None:
         self._refused_click_audits.append(audit)
 
-    def audit_refused_commands(self, audit: RefusedCommand) -> None:
-        self._refused_command_audits.append(audit)
-
-    def require(self, request_type: type, permission: Permission,
-                when: Callable[[Any], bool] = lambda request: True) -> None:
-        """Requests of this type (those ``when`` selects) need ``permission``; any other needs DIAGNOSE."""
-        self._request_permissions.setdefault(request_type, []).append((permission, when))
-
-    def require_for_button(self, action_id: str, permission: Permission) -> None:
-        """Presses of this button need ``permission``; other buttons are judged by their handler (votes)."""
-        self._button_permissions[action_id] = permission
-
-    def permission_for(self, request: Any) -> Permission:
-        for permission, applies in self._request_permissions.get(type(request), ()):
-            if applies(request):
-                return permission
-        return Permission.DIAGNOSE
-
-    def permission_for_button(self, action_id: str) -> Permission | None:
-        return self._button_permissions.get(action_id)
-
-    def for_request(self, request: Any) -> Handler | None:
-        return self._requests.get(type(request))
-
-    def for_button(self, action_id: str) -> Handler | None:
+    def get(self, action_id: str) -> Button | None:
         return self._buttons.get(action_id)
 
-    def button_ids(self) -> tuple[str, ...]:
+    def ids(self) -> tuple[str, ...]:
         return tuple(self._buttons)
 
     def refused_click(self, user: str, button: str, value: str, reason: str) -> None:
         for audit in self._refused_click_audits:
             audit(user, button, value, reason)
 
-    def refused_command(self, user: str, channel: str, request: Any, reason: str) -> None:
-        for audit in self._refused_command_audits:
-            audit(user, channel, request, reason)
+
+@dataclass(frozen=True)
+class Pools:
+    """Where handlers run: ``messengers`` only talk to Slack; ``workers`` do the slow work."""
+
+    messengers: ThreadPoolExecutor
+    workers: ThreadPoolExecutor
 
 
 def channel_refusal(settings: Settings, channel: str) -> str | None:
@@ -130,8 +112,9 @@ def channel_refusal(settings: Settings, channel: str) -> str | None:
     return f"Sorry, meshbot only answers in {where}. Please ask there."
 
 
-def build_bolt_app(settings: Settings, web_client: WebClient, executor: ThreadPoolExecutor,
-                   commands: SlashCommands, handlers: Handlers, roles: RoleCheck) -> App:
+def build_bolt_app(settings: Settings, web_client: WebClient, pools: Pools, commands: SlashCommands,
+                   buttons: Buttons, roles: RoleCheck) -> App:
+    executor = pools.messengers
     app = App(signing_secret=settings.slack_signing_secret or "unused-in-socket-mode",
               client=web_client, token_verification_enabled=False, listener_executor=executor,
               raise_error_for_unhandled_request=False,
@@ -150,73 +133,99 @@ def build_bolt_app(settings: Settings, web_client: WebClient, executor: ThreadPo
             ack(text=refusal, response_type="ephemeral")
             return
         try:
-            request = commands.parse(command.get("text", ""))
+            parsed = commands.command(command.get("text", ""))
         except UsageError as exc:
             ack(text=usage_answer(exc, commands.help_text()), response_type="ephemeral")
             return
-        handler = handlers.for_request(request)
-        if isinstance(request, HelpRequest) or handler is None:
+        subcommand = parsed.subcommand
+        if isinstance(parsed.request, HelpRequest) or subcommand.handle is None:
             ack(text=commands.help_text(), response_type="ephemeral")
             return
         ack()
         invocation = Invocation(user=command["user_id"], channel=command["channel_id"], respond=respond)
-        permission = handlers.permission_for(request)
+        job = Job(subcommand.handle, invocation, parsed.request, subcommand.background)
+        permission = parsed.permission
         if roles.needs_check(permission):
             # Group membership may need Slack (usergroups.users.list): not on the ack path.
-            executor.submit(run_if_allowed, roles, permission, handlers, handler, invocation, request)
+            executor.submit(run_if_allowed, roles, permission, commands.refused, job, pools)
         else:
-            executor.submit(run_in_background, handler, invocation, request)
+            job.run(pools)
 
     def block_action(ack: Ack, body: dict, action: dict, respond: Respond) -> None:
         ack()
         invocation = Invocation(user=(body.get("user") or {}).get("id", ""),
                                 channel=(body.get("channel") or {}).get("id", ""), respond=respond)
-        button = str(action.get("action_id", "")).split(":", 1)[0]
+        action_id = str(action.get("action_id", "")).split(":", 1)[0]
         value = str(action.get("value") or "")
         refusal = channel_refusal(settings, invocation.channel)
         if refusal:
             executor.submit(invocation.tell, refusal)
-            executor.submit(handlers.refused_click, invocation.user, button, value, refusal)
+            executor.submit(buttons.refused_click, invocation.user, action_id, value, refusal)
             return
-        handler = handlers.for_button(button)
-        if handler is None:
+        button = buttons.get(action_id)
+        if button is None:
             return
-        permission = handlers.permission_for_button(button)
-        if permission is not None and roles.needs_check(permission):
-            executor.submit(_press_if_allowed, roles, permission, handlers, handler, invocation, button, value)
+        job = Job(button.handle, invocation, value, button.background)
+        if button.permission is not None and roles.needs_check(button.permission):
+            executor.submit(_press_if_allowed, roles, button.permission, buttons, job, action_id, pools)
         else:
-            executor.submit(run_in_background, handler, invocation, value)
+            job.run(pools)
 
     app.command("/mesh")(mesh_command)
-    if handlers.button_ids():
-        names = "|".join(re.escape(name) for name in sorted(handlers.button_ids()))
+    if buttons.ids():
+        names = "|".join(re.escape(name) for name in sorted(buttons.ids()))
         app.action(re.compile(rf"^({names})(:\d+)?$"))(block_action)
     return app
 
 
-def run_if_allowed(roles: RoleCheck, permission: Permission, handlers: Handlers, handler: Handler,
-                   invocation: Invocation, request: Any) -> None:
+@dataclass(frozen=True)
+class Job:
+    """A handler with what it was given, and the pool it belongs on."""
+
+    handle: Handler
+    invocation: Invocation
+    request: Any
+    background: bool
+
+    def run(self, pools: Pools) -> None:
+        """Submit it to its pool (called on the ack path, or on the messenger pool after a role check)."""
+        pool = pools.workers if self.background else pools.messengers
+        pool.submit(run_in_background, self.handle, self.invocation, self.request)
+
+
+def run_if_allowed(roles: RoleCheck, permission: Permission, refused: Callable[[str, str, Any, str], None],
+                   job: Job, pools: Pools) -> None:
     """A command that needs a role: refused politely (and audited) unless its author has it."""
+    invocation, request = job.invocation, job.request
     refusal = roles.refusal_for(invocation.user, permission)
     if refusal is None:
-        run_in_background(handler, invocation, request)
+        _continue(job, pools)
         return
     log.info("refused /mesh %s from %s in %s: no %s permission", type(request).__name__, invocation.user,
              invocation.channel, permission)
-    _audit(handlers.refused_command, invocation.user, invocation.channel, request, refusal)
+    _audit(refused, invocation.user, invocation.channel, request, refusal)
     invocation.tell(refusal)
 
 
-def _press_if_allowed(roles: RoleCheck, permission: Permission, handlers: Handlers, handler: Handler,
-                      invocation: Invocation, button: str, value: str) -> None:
+def _press_if_allowed(roles: RoleCheck, permission: Permission, buttons: Buttons, job: Job, action_id: str,
+                      pools: Pools) -> None:
+    invocation = job.invocation
     refusal = roles.refusal_for(invocation.user, permission)
     if refusal is None:
-        run_in_background(handler, invocation, value)
+        _continue(job, pools)
         return
-    log.info("refused button %s from %s in %s: no %s permission", button, invocation.user, invocation.channel,
+    log.info("refused button %s from %s in %s: no %s permission", action_id, invocation.user, invocation.channel,
              permission)
-    _audit(handlers.refused_click, invocation.user, button, value, refusal)
+    _audit(buttons.refused_click, invocation.user, action_id, job.request, refusal)
     invocation.tell(refusal)
+
+
+def _continue(job: Job, pools: Pools) -> None:
+    """After the role check (on the messenger pool): run here, or hand the job to the workers."""
+    if job.background:
+        job.run(pools)
+    else:
+        run_in_background(job.handle, job.invocation, job.request)
 
 
 def _audit(record: Callable[..., None], *args: Any) -> None:

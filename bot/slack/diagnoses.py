@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from bot.diagnosis import Diagnostician
 from bot.runtime.metrics import Metrics
 from bot.slack import blocks
-from bot.slack.app import Handlers, Invocation, run_in_background
+from bot.slack.app import Invocation, run_in_background
 from bot.slack.client import Posted, SlackClient
 from bot.slack.slash import DiagnoseRequest, SlashCommands, add_diagnoses
 from commands.checks.registry import CheckRegistry
@@ -99,7 +99,6 @@ class DiagnosisCommands:
         outbox.wake()
 
 
-def register(commands: SlashCommands, handlers: Handlers, checks: CheckRegistry, *, diagnostician: Diagnostician,
-             slack: SlackClient, metrics: Metrics, workers: ThreadPoolExecutor, outbox: Outbox | None = None) -> None:
-    add_diagnoses(commands, checks)
-    handlers.on_request(DiagnoseRequest, DiagnosisCommands(diagnostician, slack, metrics, workers, outbox).start)
+def register(commands: SlashCommands, checks: CheckRegistry, *, diagnostician: Diagnostician, slack: SlackClient,
+             metrics: Metrics, workers: ThreadPoolExecutor, outbox: Outbox | None = None) -> None:
+    add_diagnoses(commands, checks, DiagnosisCommands(diagnostician, slack, metrics, workers, outbox).start)

@@ -1,18 +1,21 @@
-"""``/mesh …`` text -> a typed request.  Pure: no Slack, no cluster.
+"""``/mesh …`` text -> a typed request, and the registry that says what each sub-command does.
 
-``SlashCommands`` is the registry of subcommands: each feature's ``register``
-adds its own (name, usage, summary, parser), ``bot.server.wiring`` hands the
-one registry to every feature, and ``help`` lists whatever was added.  Anything
-wrong with the text raises ``UsageError`` whose message is shown to the user
-(ephemerally) together with the usage lines.
+``SlashCommands`` is the registry: one ``add`` per sub-command carries its
+usage, summary, parser, handler, the permission its author needs and whether
+it runs on the worker pool.  ``bot.server.wiring`` hands the one registry to
+every feature's ``register``; ``/mesh help``, the role check in
+``bot.slack.app`` and the table in docs/mesh-commands.md all read it.
+Parsing is pure (no Slack, no cluster): anything wrong with the text raises
+``UsageError``, whose message is shown to the user (ephemerally) with the usage lines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bot.slack.roles import Permission
 from commands.checks.registry import ALL, CheckRegistry
 from commands.errors import UserError
 from commands.validation import namespace_problem
@@ -29,6 +32,19 @@ class HelpRequest:
 
 Parser = Callable[[list[str], str], Any]
 """(words after the subcommand, the raw rest of the text) -> request."""
+Handler = Callable[[Any, Any], None]
+"""(``bot.slack.app.Invocation``: who asked, the parsed request): raises for the user to read."""
+RefusedCommand = Callable[[str, str, Any, str], None]
+"""(user, channel, the parsed request, reason): audits a ``/mesh`` command its author may not run."""
+
+
+@dataclass(frozen=True)
+class PermissionWhen:
+    """``permission`` for the requests ``applies`` selects (``case`` names them in the docs); DIAGNOSE for the rest."""
+
+    permission: Permission
+    applies: Callable[[Any], bool]
+    case: str
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,47 @@ class Subcommand:
     usage: str
     summary: str
     parse: Parser
+    handle: Handler | None
+    """None only for ``help``, which the app answers itself with ``help_text``."""
+    permission: Permission | PermissionWhen = Permission.DIAGNOSE
+    background: bool = False
+    """True: the handler runs on the worker pool (cluster reads, planning); False: on the messenger pool,
+    which only talks to Slack and so answers at once even when every worker is busy."""
+    listed_as: tuple[str, str] | None = None
+    """(usage, summary) of the one row the docs table shows for a family of sub-commands, e.g. one per check:
+    the checks have their own generated table, so adding a check leaves docs/mesh-commands.md unchanged."""
+
+    def permission_for(self, request: Any) -> Permission:
+        rule = self.permission
+        if isinstance(rule, Permission):
+            return rule
+        return rule.permission if rule.applies(request) else Permission.DIAGNOSE
+
+    def who_may(self) -> str:
+        """The permission in words, as the docs table shows it."""
+        if self.handle is None:
+            return "anyone in an allowed channel"
+        rule = self.permission
+        if isinstance(rule, Permission):
+            return str(rule)
+        return f"{rule.permission} for {rule.case}, else {Permission.DIAGNOSE}"
+
+    def runs_on(self) -> str:
+        if self.handle is None:
+            return "the request thread (the answer is the ack)"
+        return "worker pool" if self.background else "messenger pool"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A parsed ``/mesh`` line: which sub-command, and its typed request."""
+
+    subcommand: Subcommand
+    request: Any
+
+    @property
+    def permission(self) -> Permission:
+        return self.subcommand.permission_for(self.request)
 
 
 class SlashCommands:
@@ -44,31 +101,64 @@ class SlashCommands:
 
     def __init__(self) -> None:
         self._subcommands: dict[str, Subcommand] = {}
-        self.add("help", usage="help", summary="this list", parse=_help)
+        self._refusal_audits: list[RefusedCommand] = []
+        self.add("help", usage="help", summary="this list", parse=_help, handle=None)
 
-    def add(self, name: str, *, usage: str, summary: str, parse: Parser) -> None:
+    def add(self, name: str, *, usage: str, summary: str, parse: Parser, handle: Handler | None,
+            permission: Permission | PermissionWhen = Permission.DIAGNOSE, background: bool = False,
+            listed_as: tuple[str, str] | None = None) -> None:
+        """Register ``/mesh name``: everything about it in one call (see ``Subcommand`` for the fields)."""
         if name in self._subcommands:
             raise ValueError(f"/mesh {name} is registered twice")
-        self._subcommands[name] = Subcommand(name, usage, summary, parse)
+        if handle is None and self._subcommands:
+            raise ValueError(f"/mesh {name} needs a handler")
+        self._subcommands[name] = Subcommand(name, usage, summary, parse, handle, permission, background,
+                                             listed_as)
+
+    def audit_refused(self, audit: RefusedCommand) -> None:
+        """``audit`` records each command refused for want of a role (the incident log does)."""
+        self._refusal_audits.append(audit)
+
+    def refused(self, user: str, channel: str, request: Any, reason: str) -> None:
+        for audit in self._refusal_audits:
+            audit(user, channel, request, reason)
+
+    def __iter__(self) -> Iterator[Subcommand]:
+        return iter(self._subcommands.values())
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._subcommands)
 
-    def parse(self, text: str) -> Any:
-        """The request for ``/mesh <text>``; empty text is ``help``."""
+    def command(self, text: str) -> Command:
+        """The sub-command and request for ``/mesh <text>``; empty text is ``help``."""
         words = text.split()
         if not words:
-            return HelpRequest()
+            return Command(self._subcommands["help"], HelpRequest())
         name, rest = words[0].lower(), text.strip()[len(words[0]):].strip()
         spec = self._subcommands.get(name)
         if spec is None:
             raise UsageError(f"unknown subcommand `{words[0][:40]}`. Try `/mesh help`.")
-        return spec.parse(words[1:], rest)
+        return Command(spec, spec.parse(words[1:], rest))
+
+    def parse(self, text: str) -> Any:
+        """The request for ``/mesh <text>``."""
+        return self.command(text).request
 
     def help_text(self) -> str:
         lines = ["*meshbot* \u2014 service-mesh diagnostics and approved remediations", ""]
         lines += [f"`/mesh {spec.usage}` \u2014 {spec.summary}" for spec in self._subcommands.values()]
         return "\n".join(lines)
+
+    def markdown_table(self) -> str:
+        """The table in docs/mesh-commands.md (who may run each sub-command, and where it runs)."""
+        rows = ["| command | what it does | permission | runs on |", "|---|---|---|---|"]
+        for spec in self._subcommands.values():
+            usage, summary = spec.listed_as or (spec.usage, spec.summary)
+            usage = usage.replace("|", "\\|")  # a table cell ends at a bare pipe, also inside code
+            row = f"| `/mesh {usage}` | {summary} | {spec.who_may()} | {spec.runs_on()} |"
+            if row not in rows:
+                rows.append(row)
+        return "\n".join(rows)
 
 
 def _help(words: list[str], rest: str) -> HelpRequest:
@@ -104,6 +194,8 @@ class DiagnoseRequest:
 
 DIAGNOSE_ALL = "diagnose"
 """The subcommand that runs every check."""
+ONE_CHECK = ("CHECK [NAMESPACE]", "one check by name, e.g. `/mesh certs prod`; the checks are listed in "
+                                  "[cli.md](cli.md) and by `/mesh help`")
 
 
 def diagnose_parser(label: str, checks: tuple[str, ...]) -> Parser:
@@ -116,10 +208,13 @@ def diagnose_parser(label: str, checks: tuple[str, ...]) -> Parser:
     return parse_diagnose
 
 
-def add_diagnoses(commands: SlashCommands, checks: CheckRegistry) -> None:
-    """One subcommand per check (its summary from the check), then ``diagnose`` for all of them."""
+def add_diagnoses(commands: SlashCommands, checks: CheckRegistry, handle: Handler) -> None:
+    """One subcommand per check (its summary from the check), then ``diagnose`` for all of them.
+
+    ``handle`` posts "Running…" and hands the diagnosis to the worker pool itself, so the sub-commands run on
+    the messenger pool (``background=False``): the message appears at once even when every worker is busy."""
     for spec in checks:
         commands.add(spec.name, usage=f"{spec.name} [NAMESPACE]", summary=spec.summary,
-                     parse=diagnose_parser(spec.name, (spec.name,)))
+                     parse=diagnose_parser(spec.name, (spec.name,)), handle=handle, listed_as=ONE_CHECK)
     commands.add(DIAGNOSE_ALL, usage=f"{DIAGNOSE_ALL} [NAMESPACE]", summary="all of the above",
-                 parse=diagnose_parser(DIAGNOSE_ALL, (ALL,)))
+                 parse=diagnose_parser(DIAGNOSE_ALL, (ALL,)), handle=handle)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,12 +17,17 @@ from bot.settings import Settings
 from tests.support.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 
 DEMO_SCENARIO = str(Path(__file__).resolve().parents[2] / "examples" / "demo" / "scenario.yaml")
+TEST_HTTP_LOOP_SECONDS = 0.05
+"""waitress's loop checks for closed connections this often; at the 1 s default every bot's stop waited ~1 s."""
 
 
-def bot_settings(fake_slack: FakeSlack, tmp_path: Path, **overrides) -> Settings:
-    values = dict(slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET, slack_api_url=fake_slack.api_url,
+def bot_settings(fake_slack: FakeSlack | None, tmp_path: Path, **overrides) -> Settings:
+    """The tests' settings; without a fake Slack (a bot that is only built, never started) no Slack URL is used."""
+    api_url = fake_slack.api_url if fake_slack else "http://127.0.0.1:9/api/"
+    values = dict(slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET, slack_api_url=api_url,
                   host="127.0.0.1", port=0, db_path=str(tmp_path / "meshbot.db"), scenario=DEMO_SCENARIO,
-                  workers=8, http_threads=8, reminders=False, responders=("UALICE", "UBOB"))
+                  workers=8, http_threads=8, reminders=False, responders=("UALICE", "UBOB"),
+                  http_loop_seconds=TEST_HTTP_LOOP_SECONDS)
     # Reminder scans post on their own at start-up; only the reminder tests turn them on.
     # UALICE and UBOB, who type the tests' commands, are on call (MESHBOT_RESPONDERS); tests/
     # test_http_hardening.py proves who else is refused.
@@ -44,3 +53,61 @@ def bot_factory(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Callable[...,
 def meshbot(bot_factory) -> Meshbot:
     """A bot diagnosing the bundled demo scenario."""
     return bot_factory()
+
+
+@contextlib.contextmanager
+def built_bot(tmp_path: Path, **overrides) -> Iterator[Meshbot]:
+    """``build()`` on the tests' settings, never started: what it registered, without serving (docs, recipes)."""
+    meshbot = build(bot_settings(None, tmp_path, **overrides))
+    try:
+        yield meshbot
+    finally:
+        meshbot.stop(timeout=5)
+
+
+def quiesce(meshbot: Meshbot, timeout: float = 10.0) -> None:
+    """Wait until the bot has nothing left to do: both pools drained, no unapplied Alertmanager notification,
+    nothing pending in the outbox; raises AssertionError when that does not happen within ``timeout``.
+
+    Tests that prove something did *not* happen call this instead of sleeping: once it returns, whatever the
+    request set off has run to the end, so an empty fake Slack means nothing was (or will be) sent.  Two
+    quiet rounds in a row are needed because one stage hands work to the next (messenger -> worker ->
+    outbox)."""
+    deadline = time.monotonic() + timeout
+    services = meshbot.services
+    quiet_rounds = 0
+    while quiet_rounds < 2:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"the bot did not settle within {timeout}s "
+                                 f"({services.outbox.pending_count()} outbox entries pending)")
+        drain(services.messengers, left)
+        drain(services.workers, left)
+        applied = services.incident_flow.process_pending()
+        pending = services.outbox.pending_count()
+        if pending:
+            services.outbox.wake()
+            _poll_pause()
+        quiet_rounds = quiet_rounds + 1 if not (applied or pending) else 0
+
+
+def drain(pool: ThreadPoolExecutor, timeout: float) -> None:
+    """Return once every task submitted to ``pool`` before the call has finished.
+
+    One barrier task per thread: the pool's queue is first in, first out, so they start only after the
+    earlier tasks were taken, and they meet only once every thread is free (a task still running holds its
+    thread).  ``_max_workers`` is the pool's size; ThreadPoolExecutor has no public name for it."""
+    size = pool._max_workers
+    barrier = threading.Barrier(size + 1)
+    for _ in range(size):
+        pool.submit(barrier.wait, timeout)
+    try:
+        barrier.wait(timeout)
+    except threading.BrokenBarrierError:
+        raise AssertionError(f"a pool still had work running after {timeout:.1f}s") from None
+
+
+def _poll_pause() -> None:
+    # The outbox paces posts (one per second per channel, Slack's chat.postMessage tier); waiting for a
+    # paced entry is waiting for a condition that the loop fulfils on its own schedule.
+    time.sleep(0.05)
