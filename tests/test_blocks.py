@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
+from bot.incidents import blocks as incident_blocks
+from bot.incidents.records import Incident, IncidentStatus
 from bot.slack import blocks
 from commands.findings import Finding, Level, Remediation
 
@@ -58,7 +62,7 @@ def test_empty_report_says_no_problems():
 
 
 def test_a_special_mention_in_an_alert_title_or_note_notifies_nobody():
-    message = blocks.note_message("UALICE", "paging <!channel> and <!subteam^S0SRE>")
+    message = incident_blocks.note_message("UALICE", "paging <!channel> and <!subteam^S0SRE>")
     assert "<!" not in message.text and "&lt;!channel" in message.text
     assert "<@UALICE>" in message.text, "meshbot's own mention of the author stays"
     assert "<!" not in str(message.blocks)
@@ -72,35 +76,28 @@ def test_counts_leave_out_empty_levels_and_use_the_singular_for_one():
     assert blocks.plural(1, "sidecar") == "1 sidecar" and blocks.plural(3, "sidecar") == "3 sidecars"
 
 
-def incident_row(status="open", resolved_at=None, severity="critical"):
-    from datetime import datetime, timezone
-    from types import SimpleNamespace
-
-    return SimpleNamespace(id=7, title="ServiceMeshHighErrorRate: payment answers 38% 5xx", severity=severity,
-                           status=status, namespaces=("prod",), services=(), external_url="", playbook="p",
-                           source="alertmanager", opened_at=datetime(2026, 11, 24, 4, 3, tzinfo=timezone.utc),
-                           resolved_at=resolved_at, resolved_by=None)
+def incident_row(status="open", resolved_at=None, severity="critical") -> Incident:
+    return Incident(id=7, group_key="g", title="ServiceMeshHighErrorRate: payment answers 38% 5xx", severity=severity,
+                    status=IncidentStatus(status), channel="CINCIDENT", top_message=1,
+                    opened_at=datetime(2026, 11, 24, 4, 3, tzinfo=timezone.utc), resolved_at=resolved_at,
+                    resolved_by=None, labels={}, namespaces=("prod",), services=(), external_url="", playbook="p",
+                    diagnosed=False, source="alertmanager")
 
 
 ALERT = {"status": "firing", "starts_at": "2026-11-24T02:58:00Z", "ends_at": None, "generator_url": ""}
+NOW = datetime(2026, 11, 24, 4, 10, tzinfo=timezone.utc)
 
 
 def test_open_top_message_counts_firing_time_from_starts_at_not_from_when_meshbot_heard():
-    from datetime import datetime, timezone
-
-    view = blocks.TopView(incident=incident_row(), alerts=[ALERT])
-    text = blocks.incident_message(view, datetime(2026, 11, 24, 4, 10, tzinfo=timezone.utc)).blocks[0]["text"]["text"]
+    view = incident_blocks.TopView(incident=incident_row(), alerts=[ALERT])
+    text = incident_blocks.incident_message(view, NOW).blocks[0]["text"]["text"]
     assert "Firing since <!date^1795489080^{date_short_pretty} {time}|2026-11-24 02:58 UTC> (1h 12m)" in text
 
 
 def test_resolved_top_message_drops_the_bold_severity_and_says_how_long_it_lasted():
-    from datetime import datetime, timezone
-
-    ended = datetime(2026, 11, 24, 4, 10, tzinfo=timezone.utc)
-    view = blocks.TopView(incident=incident_row("resolved", resolved_at=datetime(2026, 11, 24, 4, 11,
-                                                                                 tzinfo=timezone.utc)),
-                          alerts=[{**ALERT, "status": "resolved", "ends_at": "2026-11-24T04:10:00Z"}])
-    message = blocks.incident_message(view, ended)
+    view = incident_blocks.TopView(incident=incident_row("resolved", resolved_at=NOW + timedelta(minutes=1)),
+                                   alerts=[{**ALERT, "status": "resolved", "ends_at": "2026-11-24T04:10:00Z"}])
+    message = incident_blocks.incident_message(view, NOW)
     text = message.blocks[0]["text"]["text"]
     assert text.startswith(":white_check_mark: Resolved \u00b7 ServiceMeshHighErrorRate")
     assert "Lasted 1h 12m (2026-11-24 02:58 UTC \u2192 2026-11-24 04:10 UTC) \u00b7 was critical" in text
@@ -108,22 +105,35 @@ def test_resolved_top_message_drops_the_bold_severity_and_says_how_long_it_laste
 
 
 def test_a_first_step_that_is_a_command_is_shown_as_the_command_without_a_button():
-    from datetime import datetime, timezone
-
-    step = blocks.FirstStep(summary="raise istiod's memory limit", command="kubectl -n istio-system set resources "
-                                                                           "deployment/istiod --limits=memory=4Gi")
-    view = blocks.TopView(incident=incident_row(), alerts=[ALERT], diagnosed=True, headline=blocks.Headline(
-        key="MB1002:Pod istio-system/istiod", title="istiod OOMKilled", explains="explains 2 of 2 errors",
-        confidence="high", first_step=step))
-    message = blocks.incident_message(view, datetime(2026, 11, 24, 4, 10, tzinfo=timezone.utc))
+    step = incident_blocks.FirstStep(summary="raise istiod's memory limit",
+                                     command="kubectl -n istio-system set resources deployment/istiod "
+                                             "--limits=memory=4Gi")
+    view = incident_blocks.TopView(incident=incident_row(), alerts=[ALERT], diagnosed=True,
+                                   headline=incident_blocks.Headline(
+                                       key="MB1002:Pod istio-system/istiod", title="istiod OOMKilled",
+                                       explains="explains 2 of 2 errors", confidence="high", first_step=step))
+    message = incident_blocks.incident_message(view, NOW)
     assert "`kubectl -n istio-system set resources deployment/istiod --limits=memory=4Gi`" in str(message.blocks)
     assert not [b for b in message.blocks if b["type"] == "actions"]
+
+
+def test_a_first_step_meshbot_can_take_is_a_button_with_the_incidents_own_action_id():
+    step = incident_blocks.FirstStep(summary="let plaintext in while the CA is fixed", action="permissive-mtls prod",
+                                     button_value="7:0")
+    view = incident_blocks.TopView(incident=incident_row(), alerts=[ALERT], diagnosed=True,
+                                   headline=incident_blocks.Headline(
+                                       key="MB2001:Namespace prod", title="mTLS handshakes fail",
+                                       explains="explains 1 of 1 errors", confidence="high", first_step=step))
+    [actions] = [b for b in incident_blocks.incident_message(view, NOW).blocks if b["type"] == "actions"]
+    [button] = actions["elements"]
+    assert button["action_id"] == f"{incident_blocks.SUGGESTED_BUTTON}:0" and button["value"] == "7:0"
+    assert actions["block_id"] == "incident-7"
 
 
 def test_a_triage_reply_with_many_causes_and_findings_stays_within_slacks_limits():
     from commands.triage import scoped, triage
 
     findings = [finding(i) for i in range(300)]
-    message, hidden = blocks.triage_report("Triage", scoped(triage(findings), []))
+    message, hidden = incident_blocks.triage_report("Triage", scoped(triage(findings), []))
     assert len(message.blocks) <= blocks.MAX_BLOCKS
     assert hidden > 0 and "the full report is attached" in str(message.blocks[-1])

@@ -8,11 +8,13 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackRequestError
 
-from bot.slack.blocks import Message
-from bot.storage.database import Database
+from bot.incidents.delivery import IncidentDeliveries
 from bot.incidents.log import IncidentLog
-from bot.incidents.outbox import Outbox, backoff_seconds, not_before
-from bot.slack.client import SlackClient, build_web_client
+from bot.slack.blocks import Message
+from bot.slack.client import SlackClient, SlackError, SlackErrorKind, build_web_client
+from bot.slack.entries import backoff_seconds, not_before
+from bot.slack.outbox import Outbox
+from bot.storage.database import Database
 from tests.support.postgres import DATABASE_ERRORS, reopen
 from tests.support.slack import BOT_TOKEN, FakeSlack, post_signed, slash_command_body
 
@@ -27,7 +29,7 @@ def database(backend_database) -> Database:
 
 def make_outbox(database: Database, fake_slack: FakeSlack, *, min_post_interval: float = 0.0) -> Outbox:
     client = SlackClient(build_web_client(BOT_TOKEN, fake_slack.api_url, max_retries=0))
-    return Outbox(database, client, IncidentLog(database), min_post_interval=min_post_interval)
+    return Outbox(database, client, record=IncidentDeliveries(IncidentLog(database)), min_post_interval=min_post_interval)
 
 
 def incident(database: Database) -> int:
@@ -180,6 +182,75 @@ def test_replies_to_a_message_that_failed_for_good_fail_too_instead_of_waiting_f
     assert states == ["failed", "failed", "failed", "failed"]
 
 
+def test_an_internal_error_answered_with_status_200_is_retried_later_not_failed(database, fake_slack):
+    outbox = make_outbox(database, fake_slack)
+    queue_thread(outbox, database, incident(database), replies=0)
+    fake_slack.fail_next("chat.postMessage", error="internal_error")
+    assert outbox.deliver_due() is not None
+    row = next(iter(database.db.query("SELECT state, attempts, last_error FROM outbox ORDER BY id LIMIT 1")))
+    assert row == {"state": "pending", "attempts": 1, "last_error": "internal_error"}
+
+
+@pytest.mark.parametrize("error, transient, kind", [
+    ("token_revoked", False, SlackErrorKind.WORKSPACE),
+    ("channel_not_found", False, SlackErrorKind.NOT_IN_CHANNEL),
+    ("is_archived", True, SlackErrorKind.NOT_IN_CHANNEL),
+    ("msg_too_long", True, SlackErrorKind.PERMANENT),  # Slack's code wins over a 5xx status
+    ("ratelimited", False, SlackErrorKind.TRANSIENT),
+    ("HTTP 502", True, SlackErrorKind.TRANSIENT),
+    ("some_new_code", False, SlackErrorKind.PERMANENT),
+])
+def test_one_classifier_decides_what_a_slack_error_means(error, transient, kind):
+    assert SlackError("chat.postMessage", error, transient=transient).kind == kind
+
+
+class RecordedDeliveries:
+    """A DeliveryRecord that keeps what it is told, and what the outbox row said at that moment."""
+
+    def __init__(self) -> None:
+        self.deliveries = []
+        self.passes = 0
+
+    def recorded(self, db, delivery) -> None:
+        [state] = db.execute("SELECT state FROM outbox WHERE id = ?", [delivery.entry.id]).fetchone()
+        self.deliveries.append((delivery, state))
+
+    def finished(self, incident_ids):
+        return ()
+
+    def before_pass(self, outbox) -> None:
+        self.passes += 1
+
+    def after_pass(self) -> None:
+        pass
+
+
+def test_the_record_is_told_each_sent_message_with_its_ts_and_thread_in_the_transaction_that_marks_it_sent(
+        database, fake_slack):
+    record = RecordedDeliveries()
+    client = SlackClient(build_web_client(BOT_TOKEN, fake_slack.api_url, max_retries=0))
+    outbox = Outbox(database, client, record=record, min_post_interval=0.0)
+    top = queue_thread(outbox, database, incident(database), replies=1)
+    drain(outbox)
+    posted = fake_slack.messages()
+    sent = [(d.entry.op, d.ts, d.thread_of, state) for d, state in record.deliveries]
+    assert sent == [("post", posted[0]["_ts"], None, "sent"), ("post", posted[1]["_ts"], top, "sent"),
+                    ("update", posted[0]["_ts"], None, "sent")]
+    assert record.passes >= 1
+
+
+def test_an_outbox_with_no_record_delivers_posts_that_belong_to_no_incident(database, fake_slack):
+    outbox = Outbox(database, SlackClient(build_web_client(BOT_TOKEN, fake_slack.api_url, max_retries=0)),
+                    min_post_interval=0.0)
+    with database.transaction() as db:
+        top = outbox.post(db, incident_id=None, channel=CHANNEL, message=Message("reminder", []))
+        outbox.post(db, incident_id=None, channel=CHANNEL, message=Message("details", []), thread_of=top)
+    drain(outbox)
+    first, reply = fake_slack.messages()
+    assert (first["text"], reply["text"], reply["thread_ts"]) == ("reminder", "details", first["_ts"])
+    assert database.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+
+
 class Clock:
     """The outbox's injected clock: tests move time on instead of sleeping."""
 
@@ -195,7 +266,8 @@ class Clock:
 
 def clocked_outbox(database: Database, fake_slack: FakeSlack, clock: Clock, **options) -> Outbox:
     client = SlackClient(build_web_client(BOT_TOKEN, fake_slack.api_url, max_retries=0))
-    return Outbox(database, client, IncidentLog(database, clock=clock), clock=clock, **options)
+    return Outbox(database, client, record=IncidentDeliveries(IncidentLog(database, clock=clock)), clock=clock,
+                  **options)
 
 
 def run_until(outbox: Outbox, clock: Clock, done, limit: float = 600.0) -> float:
@@ -396,7 +468,7 @@ class _RefusingWebClient(WebClient):
 
 def test_a_request_slack_sdk_refuses_to_build_fails_that_message_instead_of_blocking_the_channel(database, fake_slack):
     outbox = Outbox(database, SlackClient(_RefusingWebClient(token=BOT_TOKEN, base_url=fake_slack.api_url)),
-                    IncidentLog(database), min_post_interval=0.0)
+                    record=IncidentDeliveries(IncidentLog(database)), min_post_interval=0.0)
     queue_thread(outbox, database, incident(database), replies=0)
     drain(outbox)
     assert outbox.pending_count() == 0

@@ -3,8 +3,10 @@
 Every call retries on 429 (honouring ``Retry-After``), connection errors and
 5xx through slack_sdk's retry handlers; failures that remain become
 ``SlackError`` with Slack's error code, and are counted per method for
-``/metrics``.  Tokens never reach a log line: slack_sdk redacts the
-Authorization header and ``bot.logging`` scrubs anything else.
+``/metrics``.  ``SlackError.kind`` is the one place a failure is classified
+(retry later, fix the token, invite the bot, or give up on this request).
+Tokens never reach a log line: slack_sdk redacts the Authorization header and
+``bot.logging`` scrubs anything else.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from slack_sdk import WebClient
@@ -27,6 +30,50 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 15
 
 
+class SlackErrorKind(StrEnum):
+    """What a failed call means for whoever made it."""
+
+    TRANSIENT = "transient"
+    """Try again later: rate-limited, Slack down, or no answer at all."""
+    WORKSPACE = "workspace"
+    """The token or the app's installation is refused: every call would fail alike until someone fixes it."""
+    NOT_IN_CHANNEL = "not_in_channel"
+    """meshbot cannot post in that channel (not invited, gone, archived): it will never accept this post."""
+    PERMANENT = "permanent"
+    """This request will never be accepted as it is (bad blocks, too long, the message is gone)."""
+
+
+# ok:false codes, from the "Errors" tables of https://docs.slack.dev/reference/methods/chat.postMessage,
+# chat.update and files.completeUploadExternal.  The token's or installation's: any call would get them.
+WORKSPACE_ERRORS = frozenset({"invalid_auth", "account_inactive", "token_revoked", "token_expired", "not_authed",
+                              "missing_scope", "team_access_not_granted"})
+# The channel refuses meshbot; people can fix it with /invite.
+NOT_IN_CHANNEL_ERRORS = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
+# This message will never be accepted, even when the HTTP status says "server error".
+PERMANENT_ERRORS = frozenset({
+    "invalid_blocks", "invalid_blocks_format", "msg_too_long", "no_text", "message_not_found",
+    "cant_update_message", "edit_window_closed", "restricted_action",
+})
+# "Try again later" although the HTTP status may be 200 (https://docs.slack.dev/apis/web-api/rate-limits).
+TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
+                              "request_timeout"})
+
+
+def classify(error: str, *, transient: bool) -> SlackErrorKind:
+    """Slack's error code (and whether the transport said "retry": 429, 5xx, no answer) as one kind.
+
+    The code wins over the status: a 5xx carrying ``invalid_blocks`` is still a message Slack will refuse."""
+    if error in WORKSPACE_ERRORS:
+        return SlackErrorKind.WORKSPACE
+    if error in NOT_IN_CHANNEL_ERRORS:
+        return SlackErrorKind.NOT_IN_CHANNEL
+    if error in PERMANENT_ERRORS:
+        return SlackErrorKind.PERMANENT
+    if transient or error in TRANSIENT_ERRORS:
+        return SlackErrorKind.TRANSIENT
+    return SlackErrorKind.PERMANENT
+
+
 class SlackError(MeshbotError):
     """A Slack Web API call failed after retries; ``error`` is Slack's code (``not_in_channel``)."""
 
@@ -34,9 +81,14 @@ class SlackError(MeshbotError):
         self.method = method
         self.error = error
         self.transient = transient
+        """The transport's verdict only (429, 5xx, no answer); ``kind`` also reads Slack's code."""
         self.retry_after = retry_after
         """Seconds Slack asked us to wait (429 Retry-After)."""
         super().__init__(f"Slack {method} failed: {error}")
+
+    @property
+    def kind(self) -> SlackErrorKind:
+        return classify(self.error, transient=self.transient)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from bot.slack.client import SlackError
+from bot.slack.client import SlackError, SlackErrorKind
 from bot.slack.slash import UsageError
 from commands.errors import MeshbotError
 
 INTERNAL_ERROR = ":x: meshbot hit an internal error; the details are in its log."
-NOT_IN_CHANNEL = {"not_in_channel", "channel_not_found", "is_archived"}
 
 
 class Failed(MeshbotError):
@@ -50,7 +49,7 @@ def user_message(error: BaseException) -> str:
 
 
 def slack_problem(error: SlackError) -> str:
-    if error.error in NOT_IN_CHANNEL:
+    if error.kind == SlackErrorKind.NOT_IN_CHANNEL:
         return ("meshbot is not a member of this channel, so it cannot post the results here. "
                 "Invite it with `/invite @meshbot` and try again.")
     return f"meshbot could not post to Slack ({error.error}), so it did nothing."

@@ -1,4 +1,9 @@
-"""No lost messages: every Slack post an incident needs is written here first, then delivered.
+"""No lost messages: every Slack post meshbot makes for later delivery is written here first, then delivered.
+
+Incidents, approvals, reminders and slash-command answers queue their posts here.  The outbox knows
+nothing of incidents: each entry names the incident (its conversation) it belongs to only to keep that
+conversation's posts in order, and what it sent or gave up on goes to the ``DeliveryRecord`` it is built
+with (the incident log keeps each as an event, in the same transaction).
 
 Entries are delivered in lanes — one per incident (or per message and its
 thread when there is no incident) — strictly in the order they were recorded
@@ -13,10 +18,11 @@ injected clock, and
 retried with exponential backoff while Slack is down or rate-limiting —
 including after a restart, since the queue lives in SQLite.  Errors Slack
 will never accept (``not_in_channel``, ``invalid_blocks``) end an entry as
-failed, recorded in the incident log, so one bad message cannot block a
-channel forever.  Errors about the token or workspace (``invalid_auth``,
-``token_revoked``…) are nobody's message's fault: they hold the whole queue,
-retried with backoff, until someone fixes the token.
+failed (and recorded), so one bad message cannot block a channel forever.
+Errors about the token or workspace (``invalid_auth``, ``token_revoked``…) are
+nobody's message's fault: they hold the whole queue, retried with backoff,
+until someone fixes the token.  ``SlackError.kind`` (bot.slack.client) decides
+which is which; the entries and their planning are in ``bot.slack.entries``.
 """
 
 from __future__ import annotations
@@ -24,52 +30,27 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import sqlite_utils
 
 from bot.runtime.loops import WakeableLoop
-from bot.slack.blocks import Message, context, message_of
-from bot.storage.database import Claim, Database, migration
-from bot.incidents.log import EventKind, IncidentLog, iso, parse_time
 from bot.runtime.metrics import Metrics
-from bot.slack.client import SlackClient, SlackError
+from bot.slack.blocks import Message
+from bot.slack.client import SlackClient, SlackError, SlackErrorKind
+from bot.slack.entries import (
+    Delivery, Entry, Op, State, backoff_seconds, batch_segment, batch_summary, lanes_by_priority, not_before,
+    stored_time,
+)
+from bot.storage.database import Claim, Database, migration
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_SECONDS = 60.0
 BATCH_INLINE = 5
 """Up to this many alert updates are posted as lines of one message; more become a summary and a file."""
-PERMANENT_ERRORS = frozenset({
-    "not_in_channel", "channel_not_found", "is_archived", "invalid_blocks", "invalid_blocks_format",
-    "msg_too_long", "no_text", "message_not_found", "cant_update_message", "edit_window_closed",
-    "restricted_action",
-})
-
-# ok:false answers about the token or the app's installation: every message would get them.
-WORKSPACE_ERRORS = frozenset({"invalid_auth", "account_inactive", "token_revoked", "token_expired", "not_authed",
-                              "missing_scope", "team_access_not_granted"})
-
-
-# ok:false answers that mean "try again later" rather than "never".
-TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
-                              "request_timeout"})
-
-
-class Op(StrEnum):
-    POST = "post"
-    UPDATE = "update"
-    UPLOAD = "upload"
-
-
-class State(StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"
 
 
 @migration(2, "the Slack outbox")
@@ -99,102 +80,47 @@ MIGRATIONS = (_create_outbox,)
 """This module's schema changes, oldest first; ``bot.server.schema`` puts every module's in one list."""
 
 
-@dataclass(frozen=True)
-class Entry:
-    id: int
-    incident_id: int | None
-    channel: str
-    op: Op
-    parent_id: int | None
-    target_id: int | None
-    payload: dict[str, Any]
-    attempts: int
-    next_attempt_at: datetime | None
-    incident_resolved: bool = False
+class DeliveryRecord(Protocol):
+    """Whoever keeps a record of what the outbox delivered (the incident log, in bot.incidents.delivery).
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Entry:
-        return cls(id=row["id"], incident_id=row["incident_id"], channel=row["channel"], op=Op(row["op"]),
-                   parent_id=row["parent_id"], target_id=row["target_id"], payload=json.loads(row["payload"]),
-                   attempts=row["attempts"], next_attempt_at=parse_time(row["next_attempt_at"]),
-                   incident_resolved=row.get("incident_status") == "resolved")
+    bot.slack does not import bot.incidents: the record is handed to the outbox when it is built."""
 
-    @property
-    def lane(self) -> tuple[str, int]:
-        """Entries of one lane keep their order; lanes are independent of each other."""
-        if self.incident_id is not None:
-            return ("incident", self.incident_id)
-        return ("message", self.parent_id or self.target_id or self.id)
+    def recorded(self, db: sqlite_utils.Database, delivery: Delivery) -> None:
+        """Called inside the transaction that marks the entry sent or failed: both are kept, or neither."""
 
-    @property
-    def batchable(self) -> bool:
-        return self.op == Op.POST and "batch" in self.payload
+    def finished(self, incident_ids: Collection[int]) -> Collection[int]:
+        """Of these incidents, the ones that are over (their posts go first and are not batched)."""
 
-    @property
-    def top_level(self) -> bool:
-        return self.op == Op.POST and self.parent_id is None
+    def before_pass(self, outbox: Outbox) -> None:
+        """At the start of each delivery pass: may queue entries of its own."""
+
+    def after_pass(self) -> None:
+        """At the end of each delivery pass, once what could be sent was."""
 
 
-def lanes_by_priority(entries: Sequence[Entry]) -> list[list[Entry]]:
-    """Pending entries grouped in lanes; a new incident or a resolved one first, then oldest first."""
-    lanes: dict[tuple[str, str, int], list[Entry]] = {}
-    for entry in entries:
-        lanes.setdefault((entry.channel, *entry.lane), []).append(entry)
+class Unrecorded:
+    """No record: an outbox for posts nobody keeps an account of."""
 
-    def rank(lane: list[Entry]) -> tuple[int, int]:
-        urgent = lane[0].top_level or lane[0].incident_resolved
-        return (0 if urgent else 1, lane[0].id)
+    def recorded(self, db: sqlite_utils.Database, delivery: Delivery) -> None:
+        pass
 
-    return sorted(lanes.values(), key=rank)
+    def finished(self, incident_ids: Collection[int]) -> Collection[int]:
+        return ()
 
+    def before_pass(self, outbox: Outbox) -> None:
+        pass
 
-def batch_segment(lane: Sequence[Entry], start: int) -> tuple[list[Entry], list[Entry], int]:
-    """From the alert update at ``start``: (the updates that go out as one reply, the message edits recorded
-    among them, where the segment ends).  It ends at the next other post in the thread, which must follow
-    the batch; edits of earlier messages (the top message's refresh) do not depend on it."""
-    run: list[Entry] = []
-    edits: list[Entry] = []
-    end = start
-    for entry in lane[start:]:
-        if entry.op == Op.UPDATE:
-            edits.append(entry)
-        elif entry.batchable and entry.parent_id == lane[start].parent_id:
-            run.append(entry)
-        else:
-            break
-        end += 1
-    return run, edits, end
-
-
-def batch_summary(run: Sequence[Entry]) -> str:
-    """'+9,000 alerts, 12 namespaces' (and how many resolved) for the reply that stands for ``run``."""
-    items = [entry.payload["batch"] for entry in run]
-    firing = sum(1 for item in items if item.get("status") != "resolved")
-    resolved = len(items) - firing
-    namespaces = {item.get("namespace") for item in items if item.get("namespace")}
-    parts = [f"+{firing:,} alert{'s' * (firing != 1)}"] * bool(firing)
-    parts += [f"{resolved:,} resolved"] * bool(resolved)
-    parts += [f"{len(namespaces):,} namespace{'s' * (len(namespaces) != 1)}"] * bool(namespaces)
-    return ", ".join(parts)
-
-
-def backoff_seconds(attempts: int, retry_after: float | None = None) -> float:
-    """1, 2, 4 … 60 s; never sooner than Slack's Retry-After."""
-    delay = min(2.0 ** min(max(attempts - 1, 0), 16), MAX_BACKOFF_SECONDS)  # capped: 2.0 ** 1025 overflows
-    return max(delay, retry_after or 0.0)
-
-
-def not_before(moment: datetime) -> datetime:
-    """``moment`` rounded up to a whole second, as stored: a retry is never due before Retry-After."""
-    return moment if moment.microsecond == 0 else moment.replace(microsecond=0) + timedelta(seconds=1)
+    def after_pass(self) -> None:
+        pass
 
 
 @dataclass
 class Outbox:
     database: Database
     slack: SlackClient
-    incidents: IncidentLog
     metrics: Metrics | None = None
+    record: DeliveryRecord = field(default_factory=Unrecorded)
+    """Told of every entry sent or failed, and around every pass."""
     min_post_interval: float = 1.0
     """Seconds between two new messages in one channel."""
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
@@ -202,8 +128,6 @@ class Outbox:
     """Seconds between two alert-update replies in one incident's thread (MESHBOT_THREAD_BATCH_SECONDS)."""
     _last_post: dict[str, datetime] = field(default_factory=dict)
     _last_batch: dict[int, datetime] = field(default_factory=dict)
-    _anchors_scanned: int = 0
-    """Events up to here were looked at for state changes (the database keeps what was posted)."""
     _batch_members: dict[int, list[int]] = field(default_factory=dict)
     """For a batch Slack accepted but not yet recorded: every entry it stood for."""
     _loop: WakeableLoop = field(init=False)
@@ -220,7 +144,7 @@ class Outbox:
         cursor = db.execute(
             "INSERT INTO outbox (incident_id, channel, op, parent_id, target_id, payload, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [incident_id, channel, str(op), parent_id, target_id, json.dumps(payload), iso(self.clock())])
+            [incident_id, channel, str(op), parent_id, target_id, json.dumps(payload), stored_time(self.clock())])
         return cursor.lastrowid
 
     def post(self, db: sqlite_utils.Database, *, incident_id: int | None, channel: str, message: Message,
@@ -252,7 +176,8 @@ class Outbox:
         cursor = db.execute(
             "INSERT INTO outbox (incident_id, channel, op, payload, state, ts, created_at, sent_at) "
             "VALUES (NULL, ?, ?, ?, 'sent', ?, ?, ?)",
-            [channel, str(Op.POST), json.dumps({"adopted": True}), ts, iso(self.clock()), iso(self.clock())])
+            [channel, str(Op.POST), json.dumps({"adopted": True}), ts, stored_time(self.clock()),
+             stored_time(self.clock())])
         return cursor.lastrowid
 
     def ts_of(self, entry_id: int) -> str | None:
@@ -270,7 +195,7 @@ class Outbox:
             return self._deliver_pass()
 
     def _deliver_pass(self) -> float | None:
-        self._queue_anchor_posts()
+        self.record.before_pass(self)
         now = self.clock()
         next_due: float | None = None
         self._workspace_error = None
@@ -289,17 +214,16 @@ class Outbox:
                 next_due = wait if next_due is None else min(next_due, wait)
         if self.metrics:
             self.metrics.outbox_pending.set(self.pending_count())
-        self.incidents.anchor_if_due()
+        self.record.after_pass()
         return next_due
 
     def _pending(self, channel: str | None = None) -> list[Entry]:
         # Materialised: a cursor left open across the writes below would pin an old snapshot and make
         # SQLite refuse them ("database is locked") instead of waiting.
         rows = list(self.database.db.query(
-            "SELECT outbox.*, incidents.status AS incident_status FROM outbox "
-            "LEFT JOIN incidents ON incidents.id = outbox.incident_id WHERE outbox.state = 'pending' "
-            "AND outbox.channel = COALESCE(?, outbox.channel) ORDER BY outbox.id", [channel]))
-        return [Entry.from_row(r) for r in rows]
+            "SELECT * FROM outbox WHERE state = 'pending' AND channel = COALESCE(?, channel) ORDER BY id", [channel]))
+        finished = set(self.record.finished({r["incident_id"] for r in rows if r["incident_id"] is not None}))
+        return [Entry.from_row(r, finished=r["incident_id"] in finished) for r in rows]
 
     def _deliver_channel(self, channel: str, claim: Claim, now: datetime) -> float | None:
         """Deliver one claimed channel's lanes (read again: another replica may have sent some meanwhile)."""
@@ -331,7 +255,7 @@ class Outbox:
                 index += 1
                 continue
             run, edits, end = batch_segment(lane, index)
-            followed = end < len(lane) or entry.incident_resolved  # a resolve or a note must not wait
+            followed = end < len(lane) or entry.finished  # a resolve or a note must not wait
             batch_wait = 0.0 if followed else self._seconds_until_next_batch(entry, now)
             for step, members in ([] if batch_wait > 0 else [(entry, run)]) + [(e, None) for e in edits]:
                 blocked = self._deliver_in_turn(step, members, now)
@@ -359,33 +283,6 @@ class Outbox:
             return 0.0
         return max(self.batch_interval - (now - last).total_seconds(), 0.0)
 
-    def _queue_anchor_posts(self) -> None:
-        """When incidents change state (resolved, reopened), post the log's head in their threads.
-
-        Not when they open: the first reply in a new thread is its triage, and the head is anchored in the file
-        and the Lease then anyway."""
-        marker = self.database.db.execute("SELECT thread_anchored_until FROM audit_chain WHERE id = 1").fetchone()
-        if marker is None:
-            return
-        start = max(marker[0], self._anchors_scanned)
-        newest = self.database.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-        changed = [r[0] for r in self.database.db.execute(
-            "SELECT DISTINCT incident_id FROM events WHERE id > ? AND id <= ? AND kind = ? AND incident_id IS NOT NULL",
-            [start, newest, str(EventKind.STATE_CHANGED)])]
-        self._anchors_scanned = newest  # each pass reads only the events written since the last one
-        if not changed:
-            return
-        with self.database.transaction() as db:
-            if db.execute("SELECT thread_anchored_until FROM audit_chain WHERE id = 1").fetchone()[0] != marker[0]:
-                return  # another replica posted these anchors meanwhile
-            head = self.incidents.head(db)
-            for incident_id in changed:
-                incident = self.incidents.get_in(db, incident_id)
-                if incident.top_message and incident.channel:
-                    self.post(db, incident_id=incident_id, channel=incident.channel, thread_of=incident.top_message,
-                              message=message_of(head.line, [context(f":link: {head.line}")]))
-            db.execute("UPDATE audit_chain SET thread_anchored_until = ? WHERE id = 1", [head.event_id])
-
     def _row(self, entry_id: int) -> dict[str, Any]:
         return list(self.database.db.query("SELECT * FROM outbox WHERE id = ?", [entry_id]))[0]
 
@@ -411,13 +308,13 @@ class Outbox:
             self._fail(entry, str(exc))
             return True
         except SlackError as exc:
-            if exc.error in WORKSPACE_ERRORS:
+            if exc.kind == SlackErrorKind.WORKSPACE:
                 log.error("Slack refuses meshbot's token or installation (%s); holding all %d pending message(s) "
                           "until it is fixed", exc.error, self.pending_count())
                 self._workspace_error = exc.error
                 self._retry_later(entry, exc)
                 return False
-            if exc.error in PERMANENT_ERRORS or not (exc.transient or exc.error in TRANSIENT_ERRORS):
+            if exc.kind != SlackErrorKind.TRANSIENT:  # this message will never go out; the channel goes on
                 self._fail(entry, exc.error)
                 return True
             self._retry_later(entry, exc)
@@ -497,13 +394,8 @@ class Outbox:
         ids = members or [entry.id]
         with self.database.transaction() as db:
             db.execute("UPDATE outbox SET state = 'sent', ts = ?, sent_at = ?, attempts = attempts + 1 "
-                       "WHERE id IN (SELECT value FROM json_each(?))", [ts, iso(self.clock()), json.dumps(ids)])
-            if entry.incident_id is not None:
-                data = {"outbox_id": entry.id, "op": str(entry.op), "ts": ts, "thread_of": entry.parent_id,
-                        "text": _first_line(entry.payload)}
-                if members:  # one event for the batch; the entries it stood for are named by their range
-                    data.update(batched=len(ids), last_outbox_id=ids[-1])
-                self.incidents.append(db, entry.incident_id, "meshbot", EventKind.MESSAGE_POSTED, data)
+                       "WHERE id IN (SELECT value FROM json_each(?))", [ts, stored_time(self.clock()), json.dumps(ids)])
+            self.record.recorded(db, Delivery(entry, ts=ts, batch=tuple(members or ())))
         self._delivered_unrecorded.pop(entry.id, None)
         self._batch_members.pop(entry.id, None)
 
@@ -512,10 +404,7 @@ class Outbox:
         with self.database.transaction() as db:
             db.execute("UPDATE outbox SET state = 'failed', last_error = ?, attempts = attempts + 1 WHERE id = ?",
                        [error, entry.id])
-            if entry.incident_id is not None:
-                self.incidents.append(db, entry.incident_id, "meshbot", EventKind.MESSAGE_FAILED,
-                                      {"outbox_id": entry.id, "op": str(entry.op), "error": error,
-                                       "text": _first_line(entry.payload)})
+            self.record.recorded(db, Delivery(entry, error=error))
 
     def _retry_later(self, entry: Entry, error: SlackError) -> None:
         attempts = entry.attempts + 1
@@ -523,7 +412,7 @@ class Outbox:
         when = not_before(self.clock() + timedelta(seconds=delay))
         log.info("Slack %s for message %s (attempt %d); retrying in %.0fs", error.error, entry.id, attempts, delay)
         self.database.db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-                                 [attempts, iso(when), error.error, entry.id])
+                                 [attempts, stored_time(when), error.error, entry.id])
 
     # -- the dispatcher thread ---------------------------------------------------------
 
@@ -543,8 +432,3 @@ class Outbox:
 
 class _Dependency(Exception):
     """The message this entry depends on failed for good."""
-
-
-def _first_line(payload: dict[str, Any]) -> str:
-    text = payload.get("text") or payload.get("title") or ""
-    return text.splitlines()[0][:200] if text else ""
