@@ -22,10 +22,12 @@ import pytest
 
 from bot.approvals import blocks as approval_blocks
 from bot.incidents.log import IncidentLog
-from bot.incidents.outbox import Outbox
+from bot.incidents.blocks import alert_line, note_message
+from bot.incidents.delivery import IncidentDeliveries
+from bot.slack.outbox import Outbox
 from bot.server.schema import MIGRATIONS
 from bot.settings import Audience
-from bot.slack.blocks import Message, alert_line, note_message
+from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
 from bot.slack.replays import ReplayGuard
 from bot.storage.database import Database
@@ -434,7 +436,8 @@ def test_the_outbox_stops_waiting_out_its_backoff_once_slack_takes_a_message(tmp
     database.migrate()
     now = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
     client = SlackClient(build_web_client(BOT_TOKEN, fake_slack.api_url, max_retries=0))
-    outbox = Outbox(database, client, IncidentLog(database), min_post_interval=0.0, clock=lambda: now[0])
+    outbox = Outbox(database, client, record=IncidentDeliveries(IncidentLog(database)), min_post_interval=0.0,
+                    clock=lambda: now[0])
 
     def queue(channel: str, text: str) -> None:
         with database.transaction() as db:

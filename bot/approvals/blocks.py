@@ -9,13 +9,13 @@ from slack_sdk.models.blocks import Block, ButtonElement, ConfirmObject, Divider
 
 from bot.approvals.rule import RequestState
 from bot.approvals.store import ApprovalRequest
-from bot.slack.blocks import (
-    ROLLBACK_BUTTON, SUGGESTED_BUTTON, Message, buttons, clip, context, escape, message_of, section,
-)
+from bot.incidents.blocks import ROLLBACK_BUTTON, SUGGESTED_BUTTON
+from bot.slack.blocks import Message, buttons, clip, context, escape, message_of, section
 from commands.actions import plan_diff
 
 APPROVE = "approval_approve"
 REJECT = "approval_reject"
+# The incident's top message carries these two (bot.incidents.blocks owns their ids); approvals handle them.
 ROLLBACK = ROLLBACK_BUTTON
 SUGGESTED = SUGGESTED_BUTTON
 

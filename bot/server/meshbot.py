@@ -21,7 +21,7 @@ from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
 from bot.approvals.desk import ApprovalDesk
 from bot.incidents.flow import IncidentFlow
-from bot.incidents.outbox import Outbox
+from bot.slack.outbox import Outbox
 from bot.reminders.scheduler import CertificateScheduler
 from bot.server.http import MAX_BODY_BYTES, WebApp
 from bot.server.services import Services

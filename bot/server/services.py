@@ -10,7 +10,7 @@ from bot.cluster import ClusterAccess
 from bot.diagnosis import Diagnostician
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.log import IncidentLog
-from bot.incidents.outbox import Outbox
+from bot.slack.outbox import Outbox
 from bot.reminders.scheduler import CertificateScheduler
 from bot.reminders.service import ReminderService
 from bot.runtime.metrics import Metrics

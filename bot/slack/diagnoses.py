@@ -8,34 +8,16 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from bot.diagnosis import Diagnostician
 from bot.runtime.metrics import Metrics
 from bot.slack import blocks
 from bot.slack.app import Invocation, run_in_background
 from bot.slack.client import Posted, SlackClient
+from bot.slack.outbox import Outbox
 from bot.slack.slash import DiagnoseRequest, SlashCommands, add_diagnoses
 from commands.checks.registry import CheckRegistry
 from commands.report import diagnose_text
-
-
-class Outbox(Protocol):
-    """``bot.incidents.outbox.Outbox`` as this module uses it (bot.slack does not import bot.incidents)."""
-
-    database: Any
-
-    def adopt(self, db: Any, *, channel: str, ts: str) -> int: ...
-
-    def post(self, db: Any, *, incident_id: int | None, channel: str, message: blocks.Message,
-             thread_of: int | None = None) -> int: ...
-
-    def upload(self, db: Any, *, incident_id: int | None, channel: str, thread_of: int, filename: str, title: str,
-               content: str) -> int: ...
-
-    def update(self, db: Any, *, incident_id: int | None, channel: str, message: blocks.Message, of: int) -> int: ...
-
-    def wake(self) -> None: ...
 
 
 @dataclass(frozen=True)
