@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -25,8 +25,8 @@ class Level(StrEnum):
 
 _LEVEL_RANK = {Level.ERROR: 0, Level.WARNING: 1, Level.INFO: 2}
 
-# Within a level, control-plane trouble first: it usually explains the rest.
-CHECK_RANK = {name: i for i, name in enumerate(("cluster", "status", "proxy-status", "certs", "envoy", "analyze"))}
+READ_PROBLEMS = "cluster"
+"""The check name of what could not be read from the cluster (MB0001-MB0003): it reports before every check."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,6 @@ class Finding:
     """``file:line`` when the object came from a file."""
     documentation_url: str | None = None
 
-    @property
-    def sort_key(self) -> tuple:
-        return (self.level.rank, CHECK_RANK.get(self.check, len(CHECK_RANK)), self.check, self.code, self.origin,
-                self.message)
-
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "check": self.check,
@@ -104,9 +99,20 @@ class Finding:
         )
 
 
-def by_severity(findings: Iterable[Finding]) -> list[Finding]:
-    """Most severe first; stable and deterministic within a level."""
-    return sorted(findings, key=lambda f: f.sort_key)
+def by_severity(findings: Iterable[Finding], check_order: Sequence[str] | None = None) -> list[Finding]:
+    """Most severe first; within a level by check, then code, origin and message.
+
+    ``check_order`` (``CheckRegistry.report_order()``: control-plane checks first, since their trouble usually
+    explains the rest) orders the checks; the registry sorts every diagnosis with it.  Without it the checks of
+    a level keep the order they arrive in, so a diagnosis re-sorted downstream keeps the registry's order.
+    """
+    findings = list(findings)
+    if check_order is None:
+        arrival = {(f.level, f.check): index for index, f in reversed(list(enumerate(findings)))}
+        return sorted(findings, key=lambda f: (f.level.rank, arrival[f.level, f.check], f.code, f.origin, f.message))
+    rank = {name: index for index, name in enumerate(check_order)}
+    return sorted(findings, key=lambda f: (f.level.rank, rank.get(f.check, len(rank)), f.check, f.code, f.origin,
+                                           f.message))
 
 
 def count_by_level(findings: Iterable[Finding]) -> dict[Level, int]:

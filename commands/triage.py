@@ -329,8 +329,8 @@ def triage(findings: Sequence[Finding], rules: Sequence[Rule] = RULES) -> Triage
         ))
     rank = _dependency_ranks(candidates, health, waits)
     # Causes nothing waits on come after every dependency rank (the Dependency enum's length bounds them).
-    causes.sort(key=lambda c: (rank.get(id(c.finding), 99), -c.explained_errors, c.confidence.rank,
-                               c.finding.sort_key))
+    # A stable sort: equal causes keep the order of their findings, which is the registry's report order.
+    causes.sort(key=lambda c: (rank.get(id(c.finding), 99), -c.explained_errors, c.confidence.rank))
     return Triage(causes=tuple(causes), findings=tuple(findings))
 
 

@@ -9,6 +9,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from commands.catalog import default_checks
 from commands.codes import MESHBOT_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,3 +134,9 @@ def test_github_slugs_drop_punctuation_and_code_marks():
 
 def test_repeated_headings_get_numbered_anchors():
     assert {"speed", "speed-1"} <= anchors("## Speed\n\ntext\n\n## Speed\n")
+
+
+def test_cli_page_table_of_checks_matches_the_registry():
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    block = text.split("<!-- checks:start -->", 1)[1].split("<!-- checks:end -->", 1)[0].strip()
+    assert block == default_checks().markdown_table(), "run `meshbot checks --markdown` and paste it into docs/cli.md"

@@ -10,6 +10,7 @@ compile, actions meshbot knows).  Every refusal is a ``PlaybookError`` that name
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -20,9 +21,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from bot.incidents.playbooks import CHECK_NAMES, FROM_FINDING, DiagnosticStep, Matcher, Playbook, PlaybookError, \
+from bot.incidents.playbooks import FROM_FINDING, DiagnosticStep, Matcher, Playbook, PlaybookError, \
     PlaybookSet, RemediationRule, is_namespace, meshbot_action, template_placeholders
 from commands.actions.targets import USAGE
+from commands.catalog import default_checks
+from commands.checks.registry import ALL, CheckRegistry
 from commands.codes import ALL_CODES
 from commands.validation import NAMESPACE_RULE
 
@@ -48,7 +51,8 @@ _TEXT = {"type": "string", "pattern": r"\S", "description": "non-blank text"}
 STEP_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "check": {"enum": list(CHECK_NAMES)},
+        # The registry's check names (and ``all``) are put in as an enum when a set of playbooks is loaded.
+        "check": {"type": "string"},
         "namespace": _NAMESPACE,
         "namespace_label": _LABEL_NAME,
         "pod_label": _LABEL_NAME,
@@ -92,13 +96,32 @@ PLAYBOOK_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-_VALIDATOR = jsonschema.Draft202012Validator(PLAYBOOK_SCHEMA)
+
+
+def playbook_schema(check_names: Sequence[str]) -> dict[str, Any]:
+    """``PLAYBOOK_SCHEMA`` with ``diagnostics[].check`` limited to ``check_names``, in report order."""
+    step = {**STEP_SCHEMA, "properties": {**STEP_SCHEMA["properties"], "check": {"enum": list(check_names)}}}
+    properties = {**PLAYBOOK_SCHEMA["properties"], "diagnostics": {**PLAYBOOK_SCHEMA["properties"]["diagnostics"],
+                                                                   "items": step}}
+    return {**PLAYBOOK_SCHEMA, "properties": properties}
+
+
+@functools.lru_cache(maxsize=4)
+def _validator(check_names: tuple[str, ...]) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(playbook_schema(check_names))
+
+
+def _check_names(checks: CheckRegistry | None) -> tuple[str, ...]:
+    return (*(checks or default_checks()).names(), ALL)
 
 
 # -- loading ------------------------------------------------------------------------------
 
-def load_playbooks(directory: str | Path) -> PlaybookSet:
-    """Every ``*.yaml``/``*.yml`` file in ``directory`` (one playbook each), validated as a set."""
+def load_playbooks(directory: str | Path, checks: CheckRegistry | None = None) -> PlaybookSet:
+    """Every ``*.yaml``/``*.yml`` file in ``directory`` (one playbook each), validated as a set.
+
+    ``checks`` names the checks a step may run (default: ``commands.catalog.default_checks()``).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise PlaybookError("no such directory", path=str(directory))
@@ -107,7 +130,7 @@ def load_playbooks(directory: str | Path) -> PlaybookSet:
     if not files:
         raise PlaybookError(f"no playbook files ({', '.join('*' + s for s in PLAYBOOK_SUFFIXES)}) in this directory",
                             path=str(directory))
-    loaded = [load_playbook_file(path) for path in files]
+    loaded = [load_playbook_file(path, checks) for path in files]
     _check_set(loaded, directory)
     return PlaybookSet(tuple(item.playbook for item in loaded))
 
@@ -123,12 +146,12 @@ class LoadedPlaybook:
         return PlaybookError(reason, path=self.path, line=self.lines.get(key) or self.lines.get(""))
 
 
-def load_playbook_file(path: str | Path) -> LoadedPlaybook:
+def load_playbook_file(path: str | Path, checks: CheckRegistry | None = None) -> LoadedPlaybook:
     """One playbook file, checked on its own; PlaybookError names the offending line."""
     where = str(path)
     document = _Document(where, _compose(where, _read(where)))
     data = document.data
-    _check_schema(document, data)
+    _check_schema(document, data, _validator(_check_names(checks)))
     return LoadedPlaybook(_build_playbook(document, data), where, document.top_level_lines())
 
 
@@ -244,8 +267,8 @@ def _dotted(path: Sequence[str | int]) -> str:
 
 # -- structure (jsonschema) ---------------------------------------------------------------
 
-def _check_schema(document: _Document, data: Any) -> None:
-    errors = list(_VALIDATOR.iter_errors(data))
+def _check_schema(document: _Document, data: Any, validator: jsonschema.Draft202012Validator) -> None:
+    errors = list(validator.iter_errors(data))
     if not errors:
         return
     # Report the error nearest the top of the file, as a person reads it.

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 
 
 from commands.actions.targets import ActionTarget, ActionUsageError, parse_action
-from commands.catalog import default_checks
-from commands.checks.registry import ALL
 from commands.errors import InputError
 from commands.findings import Finding, by_severity
 from commands.triage import Cause, namespace_of, workload_of
@@ -25,7 +23,6 @@ from commands.validation import is_dns1123_subdomain, namespace_problem
 
 log = logging.getLogger(__name__)
 
-CHECK_NAMES = (*default_checks().names(), ALL)
 FROM_FINDING = "from-finding"
 MATCH_OPS = ("=", "!=", "=~", "!~")
 PLACEHOLDERS = ("namespace", "pod")

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from commands import codes
 from commands.cluster.endpoints import EndpointResolver
 from commands.errors import MeshbotError, UserError
-from commands.findings import Finding, by_severity
+from commands.findings import READ_PROBLEMS, Finding, by_severity
 from commands.preconditions import gate_findings
 from commands.cluster.snapshot import Snapshot, SnapshotSource
 from commands.thresholds import Thresholds
@@ -82,6 +82,18 @@ class CheckRegistry:
     def names(self) -> tuple[str, ...]:
         """Every check's name, in report order (without ``all``)."""
         return tuple(self._checks)
+
+    def report_order(self) -> tuple[str, ...]:
+        """How findings of one level are ordered: what could not be read first, then the checks in order."""
+        return (READ_PROBLEMS, *self._checks)
+
+    def markdown_table(self) -> str:
+        """The table of checks in docs/cli.md (``meshbot checks --markdown``), in report order."""
+        rows = ["| check | what it looks at | objects it reads |", "|---|---|---|"]
+        for spec in self:
+            kinds = ", ".join(spec.kinds) or "none (endpoints only)"
+            rows.append(f"| `{spec.name}` | {spec.summary} | {kinds} |")
+        return "\n".join(rows)
 
     def __iter__(self) -> Iterator[CheckSpec]:
         return iter(self._checks.values())
