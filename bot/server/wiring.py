@@ -51,6 +51,7 @@ from commands.clients.lease import LeaderElector
 
 log = logging.getLogger(__name__)
 
+from commands.checks.registry import CheckRegistry
 MESSENGER_THREADS = 4
 COMMAND_REFUSED = "command_refused"
 """Incident-log event kind of a ``/mesh`` command refused for want of a role."""
@@ -65,7 +66,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     """
     require_settings(settings)
     checks = default_checks()
-    playbooks = _load_playbooks(settings)
+    playbooks = _load_playbooks(settings, checks)
     metrics = Metrics()
 
     web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url)
@@ -198,9 +199,9 @@ def _reminders(settings: Settings, database: Database, cluster: ClusterAccess, o
     return reminders, scheduler
 
 
-def _load_playbooks(settings: Settings) -> PlaybookSet:
+def _load_playbooks(settings: Settings, checks: CheckRegistry) -> PlaybookSet:
     try:
-        return load_playbooks(settings.playbooks_dir or DEFAULT_PLAYBOOKS_DIR)
+        return load_playbooks(settings.playbooks_dir or DEFAULT_PLAYBOOKS_DIR, checks)
     except PlaybookError as exc:
         raise SettingsError(f"invalid playbook: {exc}") from None
 
