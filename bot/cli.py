@@ -100,6 +100,8 @@ def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser
     timeline.add_argument("--demo", action="store_true",
                           help="the bundled demo outage's captured timeline (no cluster, no Prometheus)")
     timeline.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    timeline.add_argument("--png", metavar="FILE", help="also draw the failing edges' error ratio, the onset and the "
+                                                       "changes into this PNG (needs the `graphs` extra)")
     timeline.set_defaults(handler=cmd_timeline)
 
     demo = sub.add_parser("demo", help="the whole bot in a browser on the bundled outage (no Slack, no cluster)")
@@ -246,6 +248,14 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             if prometheus is not None:
                 prometheus.close()
         source = f"Prometheus {prometheus.url}" if prometheus else "no Prometheus"
+    if args.png:
+        from commands.telemetry.graph import error_ratio_png
+
+        png = error_ratio_png(timeline.telemetry.edges, timeline.changes, timeline.onset)
+        try:
+            Path(args.png).write_bytes(png)
+        except OSError as exc:
+            raise UserError(f"cannot write {args.png}: {exc.strerror}") from None
     if args.output == "json":
         import json
 

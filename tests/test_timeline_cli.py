@@ -89,3 +89,12 @@ def test_since_must_be_a_positive_duration_with_a_unit(text):
 def test_since_accepts_seconds_minutes_hours_and_days():
     assert [parse_duration(t) for t in ("90s", "30m", "2h", "1d")] == [
         timedelta(seconds=90), timedelta(minutes=30), timedelta(hours=2), timedelta(days=1)]
+
+
+def test_png_option_writes_the_error_ratio_graph(tmp_path):
+    picture = tmp_path / "timeline.png"
+
+    result = meshbot("--demo", "--png", str(picture))
+
+    assert result.returncode == 0, result.stderr
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
