@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from slack_sdk.models.blocks import Block, ButtonElement, DividerBlock
@@ -22,6 +22,7 @@ from bot.slack.blocks import (
     header, human_duration, link, message_of, plain, plain_counts, plural, section, slack_time, utc_time,
 )
 from commands.report import split_summary
+from commands.times import parse_rfc3339
 from commands.triage import Cause, Scoped
 
 SEVERITY_EMOJI = {"critical": ":rotating_light:", "error": ":red_circle:", "warning": ":warning:"}
@@ -178,10 +179,8 @@ class TopView:
 
 
 def _time(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    """An alert row's ``starts_at``/``ends_at``, a datetime or RFC 3339 text as the row gives it."""
+    return value if isinstance(value, datetime) else parse_rfc3339(str(value))
 
 
 def incident_message(view: TopView, now: datetime) -> Message:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from slack_sdk.models.blocks import (
     ActionsBlock, Block, ButtonElement, ContextBlock, DividerBlock, HeaderBlock, MarkdownTextObject, SectionBlock,
@@ -18,6 +18,7 @@ from slack_sdk.models.blocks import (
 
 from commands.findings import Finding, Level, count_by_level
 from commands.report import split_summary
+from commands.times import short_duration, utc_minute
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -187,16 +188,9 @@ def slack_time(moment: datetime) -> str:
 
 
 def utc_time(moment: datetime) -> str:
-    return f"{moment.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    return utc_minute(moment)
 
 
 def human_duration(seconds: float) -> str:
     """``1h 12m``, ``2d 3h``, ``under a minute``."""
-    minutes = int(max(seconds, 0) // 60)
-    if minutes == 0:
-        return "under a minute"
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d {hours}h" if hours else f"{days}d"
-    return f"{hours}h {minutes}m" if hours and minutes else f"{hours}h" if hours else f"{minutes}m"
+    return short_duration(timedelta(seconds=seconds))

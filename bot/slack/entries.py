@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+from commands.times import parse_rfc3339_or_none
 
 MAX_BACKOFF_SECONDS = 60.0
 
@@ -46,7 +48,7 @@ class Entry:
     def from_row(cls, row: dict[str, Any], *, finished: bool = False) -> Entry:
         return cls(id=row["id"], incident_id=row["incident_id"], channel=row["channel"], op=Op(row["op"]),
                    parent_id=row["parent_id"], target_id=row["target_id"], payload=json.loads(row["payload"]),
-                   attempts=row["attempts"], next_attempt_at=parse_stored_time(row["next_attempt_at"]),
+                   attempts=row["attempts"], next_attempt_at=parse_rfc3339_or_none(row["next_attempt_at"]),
                    finished=finished)
 
     @property
@@ -144,15 +146,3 @@ class Delivery:
 def first_line(payload: dict[str, Any]) -> str:
     text = payload.get("text") or payload.get("title") or ""
     return text.splitlines()[0][:200] if text else ""
-
-
-# Stored times in the incident log's format (bot.incidents.log.iso/parse_time), which bot.slack may not import.
-def stored_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def parse_stored_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

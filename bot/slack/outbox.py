@@ -43,9 +43,9 @@ from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, SlackError, SlackErrorKind
 from bot.slack.entries import (
     Delivery, Entry, Op, State, backoff_seconds, batch_segment, batch_summary, lanes_by_priority, not_before,
-    stored_time,
 )
 from bot.storage.database import Claim, Database, migration
+from commands.times import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Outbox:
         cursor = db.execute(
             "INSERT INTO outbox (incident_id, channel, op, parent_id, target_id, payload, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [incident_id, channel, str(op), parent_id, target_id, json.dumps(payload), stored_time(self.clock())])
+            [incident_id, channel, str(op), parent_id, target_id, json.dumps(payload), rfc3339(self.clock())])
         return cursor.lastrowid
 
     def post(self, db: sqlite_utils.Database, *, incident_id: int | None, channel: str, message: Message,
@@ -176,8 +176,8 @@ class Outbox:
         cursor = db.execute(
             "INSERT INTO outbox (incident_id, channel, op, payload, state, ts, created_at, sent_at) "
             "VALUES (NULL, ?, ?, ?, 'sent', ?, ?, ?)",
-            [channel, str(Op.POST), json.dumps({"adopted": True}), ts, stored_time(self.clock()),
-             stored_time(self.clock())])
+            [channel, str(Op.POST), json.dumps({"adopted": True}), ts, rfc3339(self.clock()),
+             rfc3339(self.clock())])
         return cursor.lastrowid
 
     def ts_of(self, entry_id: int) -> str | None:
@@ -394,7 +394,7 @@ class Outbox:
         ids = members or [entry.id]
         with self.database.transaction() as db:
             db.execute("UPDATE outbox SET state = 'sent', ts = ?, sent_at = ?, attempts = attempts + 1 "
-                       "WHERE id IN (SELECT value FROM json_each(?))", [ts, stored_time(self.clock()), json.dumps(ids)])
+                       "WHERE id IN (SELECT value FROM json_each(?))", [ts, rfc3339(self.clock()), json.dumps(ids)])
             self.record.recorded(db, Delivery(entry, ts=ts, batch=tuple(members or ())))
         self._delivered_unrecorded.pop(entry.id, None)
         self._batch_members.pop(entry.id, None)
@@ -412,7 +412,7 @@ class Outbox:
         when = not_before(self.clock() + timedelta(seconds=delay))
         log.info("Slack %s for message %s (attempt %d); retrying in %.0fs", error.error, entry.id, attempts, delay)
         self.database.db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-                                 [attempts, stored_time(when), error.error, entry.id])
+                                 [attempts, rfc3339(when), error.error, entry.id])
 
     # -- the dispatcher thread ---------------------------------------------------------
 
