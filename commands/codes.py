@@ -441,6 +441,10 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
     _code("MB4027", "HostHealthNotRead", I, "envoy",
           "Envoy in {pod}: host health and outlier state were not checked: {reason}",
           "/clusters?format=json could not be read."),
+    _code("MB4028", "ExternalAuthorizationDenied", E, "envoy",
+          "Envoy in {pod}: {count} requests on {listener} were {what} (UAEX, CUSTOM AuthorizationPolicy); "
+          "probable cause: {cause}",
+          "ext_authz.denied (the provider said no) or ext_authz.error (it did not answer; failOpen false denies)."),
     # MB6xxx telemetry (commands/telemetry): Prometheus with Istio's standard metrics
     # (https://istio.io/latest/docs/reference/config/metrics/), istiod's pilot_*/citadel_* metrics
     # (pilot/pkg/xds/monitoring.go, security/pkg/server/ca/monitoring.go) and Kubernetes Warning Events.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from commands.checks.envoy import envoy
+from commands.checks.envoy import envoy, parse_stats
 from commands.checks.envoy.flags import FAILURE_MODES
 from commands.checks.envoy.names import ClusterName, listener_port
 from commands.checks.registry import CheckContext
@@ -160,6 +160,18 @@ def test_fewer_failures_than_the_floor_are_noise(tmp_path: Path) -> None:
     findings = check(str(CASES_BY_NAME["nr-no-route"].directory), Thresholds(min_flag_failures=21))
 
     assert "MB4020" not in codes_of(findings)
+
+
+def test_custom_policy_selection_rules_are_not_mistaken_for_a_dry_run() -> None:
+    # CUSTOM policies mark the requests to send to the authorizer with shadow rules prefixed istio_ext_authz_
+    # (istio/istio pilot/pkg/security/authz/builder/extauthz.go); a request they do not select is "shadow denied".
+    text = "\n".join(["http.inbound_0.0.0.0_9080;.rbac.allowed: 40",
+                      "http.inbound_0.0.0.0_9080;.rbac.istio_ext_authz_.shadow_denied: 40",
+                      "http.inbound_0.0.0.0_9080;.downstream_rq_total: 40"])
+
+    rbac = parse_stats(text).rbac
+
+    assert [(r.allowed, r.shadow_denied) for r in rbac] == [(40, 0)]
 
 
 # -- the table itself ---------------------------------------------------------------------------------------

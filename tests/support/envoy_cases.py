@@ -254,6 +254,24 @@ def rbac_dry_run(lab: Lab, healthy: bool) -> RunningEnvoy:
     return envoy
 
 
+def _ext_authz(lab: Lab, authorizer_port: int) -> RunningEnvoy:
+    app = lab.upstream()
+    envoy = lab.start([s.inbound_ext_authz_listener()],
+                      [s.inbound_cluster(app), s.outbound_cluster(authorizer_port, name=s.AUTHZ_CLUSTER)])
+    send(envoy, 20, listener=f"0.0.0.0_{s.INBOUND_PORT}")
+    return envoy
+
+
+def ext_authz_denied(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UAEX: a CUSTOM policy's authorizer answers 403 to every check (healthy: 200)."""
+    return _ext_authz(lab, lab.upstream("ok" if healthy else "forbid"))
+
+
+def ext_authz_down(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UAEX: the authorizer's endpoint refuses connections, failOpen is false: every request is denied."""
+    return _ext_authz(lab, lab.upstream() if healthy else s.closed_port())
+
+
 def blackhole_tcp(lab: Lab, healthy: bool) -> RunningEnvoy:
     """REGISTRY_ONLY (TCP): connections to an unregistered destination go to BlackHoleCluster (healthy: ALLOW_ANY
     sends them through PassthroughCluster)."""
@@ -329,6 +347,9 @@ CASES = (
     Case("nc-no-cluster", no_cluster, ("MB4021",)),
     Case("rbac-denied", rbac_denied, ("MB4022",)),
     Case("rbac-dry-run", rbac_dry_run, ("MB4023",)),
+    Case("uaex-denied", ext_authz_denied, ("MB4028",)),
+    # The authorizer is an ordinary service: its connect failures show too, and name where to look.
+    Case("uaex-authorizer-down", ext_authz_down, ("MB4014", "MB4002", "MB4028")),
     Case("blackhole-tcp", blackhole_tcp, ("MB4024",)),
     Case("blackhole-http", blackhole_http, ("MB4024",), config_dump=True),
     Case("cds-rejected", cds_rejected, ("MB4025",)),

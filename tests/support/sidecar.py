@@ -136,6 +136,25 @@ def inbound_rbac_listener(upstream_port: int, *, deny: bool, shadow_deny: bool =
         {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}]}
 
 
+AUTHZ_CLUSTER = "outbound|8000||ext-authz.authz.svc.cluster.local"
+
+
+def inbound_ext_authz_listener() -> dict[str, Any]:
+    """An inbound listener with a CUSTOM AuthorizationPolicy's HTTP ext_authz filter as istiod renders it
+    (pilot/pkg/security/authz/builder/extauthz.go generateHTTPConfig: no stat prefix, failOpen false); the
+    provider's service is an ordinary outbound cluster."""
+    authz = {"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+             "transport_api_version": "V3", "failure_mode_allow": False,
+             "http_service": {"server_uri": {"uri": "http://ext-authz.authz.svc.cluster.local:8000",
+                                             "cluster": AUTHZ_CLUSTER, "timeout": "0.6s"}}}
+    manager = {"@type": _HCM, "stat_prefix": INBOUND_PREFIX,
+               "http_filters": [{"name": "envoy.filters.http.ext_authz", "typed_config": authz}, _ROUTER],
+               "route_config": {"name": "inbound|9080||", "virtual_hosts": [{
+                   "name": "inbound|http|9080", "domains": ["*"], "routes": [route(f"inbound|{INBOUND_PORT}||")]}]}}
+    return {"name": f"0.0.0.0_{INBOUND_PORT}", "address": address(0), "filter_chains": [{"filters": [
+        {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}]}
+
+
 def inbound_cluster(port: int) -> dict[str, Any]:
     return outbound_cluster(port, name=f"inbound|{INBOUND_PORT}||")
 
@@ -193,8 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.server.delay:  # type: ignore[attr-defined]
             time.sleep(self.server.delay)  # type: ignore[attr-defined]
-        status = 503 if self.server.mode == "fail" else 200  # type: ignore[attr-defined]
-        body = b"upstream overloaded" if status == 503 else b"ok"
+        status = {"fail": 503, "forbid": 403}.get(self.server.mode, 200)  # type: ignore[attr-defined]
+        body = b"ok" if status == 200 else b"no"
         try:
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
@@ -209,7 +228,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @dataclass
 class Upstream:
-    """A keep-alive HTTP/1.1 upstream: ``ok``, ``fail`` (503), ``reset`` (close before answering), or slow."""
+    """A keep-alive HTTP/1.1 upstream: ``ok``, ``fail`` (503), ``forbid`` (403, an authorizer saying no),
+    ``reset`` (close before answering), or slow."""
 
     mode: str = "ok"
     delay: float = 0.0

@@ -267,6 +267,23 @@ FAILURE_MODES = FailureModel([
         ("envoy-rbac-denied",),
         (RBAC_DOC, ISTIO + "pilot/pkg/security/authz/builder/builder.go (shadow rules, istio_dry_run_ prefixes)")),
     FailureMode(
+        "UAEX", "denied by the external authorizer (CUSTOM AuthorizationPolicy)", "403 (statusOnError when it "
+        "fails)", "The request was denied by the external authorization service.", "MB4028",
+        (Evidence(STATS, "http.&lt;inbound listener&gt;.ext_authz.denied, ext_authz.error, ext_authz.ok",
+                  _NOT_IN_DEFAULTS),),
+        (Cause("provider-denies", "the external authorizer's own policy refuses the caller",
+               "ext_authz.denied grows while ext_authz.error does not",
+               "Read the authorizer's decision log for these requests; the mesh only forwards its answer",
+               "kubectl -n {namespace} logs {pod} -c istio-proxy --tail=500"),
+         Cause("provider-down", "the authorizer named in meshConfig.extensionProviders is unreachable or too slow, "
+               "and failOpen is false, so every request it should check is denied",
+               "ext_authz.error grows; connect failures to the provider's service",
+               "Restore the provider's endpoints (or its timeout); do not remove the CUSTOM policy, which opens "
+               "the workload", "kubectl -n istio-system get configmap istio -o jsonpath={{.data.mesh}}")),
+        ("envoy-uaex-denied", "envoy-uaex-authorizer-down"),
+        (ENVOY + "configuration/http/http_filters/ext_authz_filter", FLAGS_DOC,
+         ISTIO + "pilot/pkg/security/authz/builder/extauthz.go (failOpen, statusOnError)")),
+    FailureMode(
         "UH / -", "dropped by REGISTRY_ONLY (BlackHoleCluster)", "502 (HTTP) or closed connection (TCP)",
         "HTTP: the block_all virtual host answers 502 directly; TCP: BlackHoleCluster has no host (UH).", "MB4024",
         (Evidence(STATS, "cluster.BlackHoleCluster;.upstream_cx_none_healthy, tcp.BlackHoleCluster.downstream_cx_total",

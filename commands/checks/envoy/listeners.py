@@ -1,5 +1,5 @@
-"""What the listeners and managers say: no route (NR), no cluster (NC), RBAC 403s, REGISTRY_ONLY drops and
-rejected xDS updates.  Each finding takes its cause and first step from ``flags.FAILURE_MODES``."""
+"""What the listeners and managers say: no route (NR), no cluster (NC), RBAC 403s, external authorization (UAEX),
+REGISTRY_ONLY drops and rejected xDS updates.  Each finding takes its cause and first step from ``flags.FAILURE_MODES``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ def listener_findings(target: PodRef, stats: EnvoyStats, thresholds: Thresholds,
             if manager[counter] >= floor:
                 yield _finding(target, code, cause, listener=where, count=manager[counter], port=port,
                                evidence={f"{where} {counter}": manager[counter]})
+        for counter, cause, what in (("ext_authz.denied", "provider-denies", "denied by the external authorizer"),
+                                     ("ext_authz.error", "provider-down",
+                                      "refused because the external authorizer did not answer")):
+            if manager[counter] >= floor:
+                yield _finding(target, "MB4028", cause, listener=where, port=port, count=manager[counter],
+                               what=what, evidence={f"{where} {counter}": manager[counter],
+                                                    f"{where} ext_authz.ok": manager["ext_authz.ok"]})
         if registry_only and prefix.startswith("outbound_") and manager["rq_direct_response"] >= floor:
             yield _finding(target, "MB4024", "unregistered-destination", listener=where, port=port,
                            count=manager["rq_direct_response"], what="HTTP requests answered 502 by block_all",

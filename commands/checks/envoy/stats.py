@@ -70,13 +70,17 @@ CLUSTER_COUNTERS = (
     "ssl.fail_verify_cert_hash",
     *(o.counter for o in OVERFLOWS), *BREAKERS,
 )
-HTTP_COUNTERS = ("downstream_rq_total", "no_route", "no_cluster", "rq_direct_response")
+# ext_authz.* are the CUSTOM AuthorizationPolicy filter's (http_filters/ext_authz_filter.rst; istiod sets no stat
+# prefix of its own, pilot/pkg/security/authz/builder/extauthz.go).
+HTTP_COUNTERS = ("downstream_rq_total", "no_route", "no_cluster", "rq_direct_response", "ext_authz.ok",
+                 "ext_authz.denied", "ext_authz.error")
 XDS_REJECTIONS = {"cluster_manager.cds.update_rejected": "clusters (CDS)",
                   "listener_manager.lds.update_rejected": "listeners (LDS)"}
 _CLUSTER_SUFFIXES = tuple(f".{c}" for c in CLUSTER_COUNTERS)
 _HTTP_SUFFIXES = tuple(f".{c}" for c in HTTP_COUNTERS)
 _ACTIVE_CLUSTERS = "cluster_manager.active_clusters"
 _RBAC = ".rbac."
+ISTIO_EXT_AUTHZ_SHADOW_PREFIX = "istio_ext_authz_"
 _ENVOY_OWN_MANAGERS = frozenset({"admin", "async-client"})
 """Envoy's admin listener and its internal client: the check's own reads are not the mesh's traffic."""
 # tcp_proxy to BlackHoleCluster (REGISTRY_ONLY's virtual outbound chain) has stat prefix BlackHoleCluster
@@ -89,6 +93,7 @@ STATS_INCLUSION_REGEX = (
     r"|total))|upstream_(rq_pending|rq_active|cx|cx_pool|rq_retry)_overflow|circuit_breakers\.(default|high)\.\w+_open"
     r"|outlier_detection\.ejections_active|ssl\.(connection_error|fail_verify_\w+))"
     r"|http\.outbound_.*\.(downstream_rq_total|no_route|no_cluster|rq_direct_response)"
+    r"|http\.inbound_.*\.(downstream_rq_total|ext_authz\.(ok|denied|error))"
     r"|tcp\.BlackHoleCluster\.downstream_cx_total")
 """A proxyStatsMatcher inclusion regex that exports exactly the stats this check reads on top of Istio's defaults
 (Envoy matches it against the whole stat name); tests prove it against the real binary."""
@@ -267,8 +272,14 @@ def _split_scoped(rest: str, suffixes: tuple[str, ...], wanted: tuple[str, ...])
 
 
 def _rbac_key(stat: str) -> str:
-    """``denied``, ``allowed``; Istio's dry-run rules count as ``istio_dry_run_allow_shadow_denied`` (the shadow
-    rules stat prefix of pilot/pkg/security/authz/builder/builder.go) -> ``shadow_denied``."""
+    """``denied``, ``allowed``; Istio's dry-run rules count as ``istio_dry_run_allow_.shadow_denied`` (the shadow
+    rules stat prefix of pilot/pkg/security/authz/builder/builder.go) -> ``shadow_denied``.
+
+    CUSTOM policies use shadow rules too, prefixed ``istio_ext_authz_``, only to mark which requests go to the
+    external authorizer (builder.go, extauthz.go): their shadow_denied means "not sent to it", never a dry run.
+    """
+    if stat.startswith(ISTIO_EXT_AUTHZ_SHADOW_PREFIX):
+        return "ext_authz_selection." + stat.rpartition(".")[2]
     if stat.endswith("shadow_denied"):
         return "shadow_denied"
     if stat.endswith("shadow_allowed"):
