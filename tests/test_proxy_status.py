@@ -465,3 +465,93 @@ def test_without_any_istiod_the_check_says_it_was_skipped():
     ctx = CheckContext(snapshot=snapshot_from_yaml(""), endpoints=EndpointResolver(http=http_endpoint))
     [finding] = CHECKS.run("proxy-status", ctx)
     assert finding.code == "MB0004" and "no running istiod" in finding.message
+
+
+# -- during an istiod rollout (issue 28 item 7) ------------------------------------------------------------
+
+def rollout_pods(old_status: str, *, new_ready: str = "True") -> str:
+    """The replacement istiod (Ready unless ``new_ready`` says otherwise) and the old one: ``old_status`` holds
+    its metadata and status."""
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: istiod-new, namespace: istio-system, labels: {{app: istiod}}}}
+spec:
+  containers: [{{name: discovery, image: "docker.io/istio/pilot:1.24.2"}}]
+status: {{phase: Running, conditions: [{{type: Ready, status: "{new_ready}"}}]}}
+---
+apiVersion: v1
+kind: Pod
+{old_status}
+spec:
+  containers: [{{name: discovery, image: "docker.io/istio/pilot:1.24.2"}}]
+"""
+
+
+TERMINATING_OLD = """metadata: {name: istiod-old, namespace: istio-system, labels: {app: istiod},
+           deletionTimestamp: "2026-11-30T05:18:00Z"}
+status: {phase: Running, conditions: [{type: Ready, status: "True"}]}"""
+NOT_READY_OLD = """metadata: {name: istiod-old, namespace: istio-system, labels: {app: istiod}}
+status: {phase: Running, conditions: [{type: Ready, status: "False"}]}"""
+
+
+def run_rollout(new_server, old_server, old_status: str):
+    new_server.answer("/debug/syncz", [syncz_entry("payment-1.prod")])
+    old_server.answer("/debug/syncz", [syncz_entry("payment-1.prod", synced=False, listener_sent="n2",
+                                                   listener_acked="n1")])
+    forwarder = ForwardToFakes({"istiod-new": new_server.url, "istiod-old": old_server.url})
+    ctx = CheckContext(snapshot=snapshot_from_yaml(rollout_pods(old_status)),
+                       endpoints=EndpointResolver(http=http_endpoint, port_forwarder=forwarder))
+    return report_order(CHECKS.run("proxy-status", ctx))
+
+
+@pytest.mark.parametrize("old_status, why", [(TERMINATING_OLD, "is terminating"), (NOT_READY_OLD, "is not Ready")])
+def test_a_terminating_or_not_ready_istiod_is_not_asked(istiod_server, second_istiod, old_status, why):
+    findings = run_rollout(istiod_server, second_istiod, old_status)
+
+    assert "/debug/syncz" not in [r.path for r in second_istiod.requests]
+    assert of_code(findings, "MB2001") == []
+    summary = findings[0]
+    assert summary.message == "1 synced, 0 stale, 0 rejecting config, 0 not sent (1 proxies across 1 istiod)"
+    assert summary.evidence["istiods_not_asked"] == {"istio-system/istiod-old": why}
+
+
+def test_when_no_istiod_is_ready_the_check_says_why_it_asked_none(istiod_server):
+    ctx = CheckContext(snapshot=snapshot_from_yaml(rollout_pods(TERMINATING_OLD, new_ready="False")),
+                       endpoints=EndpointResolver(http=http_endpoint, port_forwarder=ForwardToFakes({})))
+    [finding] = CHECKS.run("proxy-status", ctx)
+    assert finding.code == "MB0004"
+    assert "istio-system/istiod-new is not Ready" in finding.message
+    assert "istio-system/istiod-old is terminating" in finding.message
+
+
+def sent_at(proxy: str, moment: str, *, acked: bool) -> dict:
+    """A 1.24 entry whose listeners were last pushed at ``moment``; ``acked`` False leaves them STALE."""
+    entry = synced_entry(proxy, "1.24.2")
+    for status in entry["resources"].values():
+        status["sentTime"] = moment
+        if not acked:
+            status["acked"] = "an-older-nonce"
+    return entry
+
+
+def test_a_proxy_two_ready_istiods_report_is_shown_once_from_the_istiod_that_pushed_last(istiod_server,
+                                                                                          second_istiod):
+    # The old istiod still lists the proxy (its stream has not closed) with the pushes it never got acked.
+    serve(istiod_server, [sent_at("payment-1.prod", "2026-11-30T05:02:17.210448115Z", acked=False)], "1.24.2")
+    serve(second_istiod, [sent_at("payment-1.prod", "2026-11-30T05:18:55.671230908Z", acked=True)], "1.24.2")
+
+    findings = run_proxy_status([istiod_server.url, second_istiod.url])
+
+    assert of_code(findings, "MB2001") == []
+    assert findings[0].message == "1 synced, 0 stale, 0 rejecting config, 0 not sent (1 proxies across 2 istiod)"
+
+
+def test_the_fresher_report_wins_whichever_istiod_is_asked_first(istiod_server, second_istiod):
+    serve(istiod_server, [sent_at("payment-1.prod", "2026-11-30T05:18:55Z", acked=False)], "1.24.2")
+    serve(second_istiod, [sent_at("payment-1.prod", "2026-11-30T05:02:17Z", acked=True)], "1.24.2")
+
+    findings = run_proxy_status([istiod_server.url, second_istiod.url])
+
+    [stale] = of_code(findings, "MB2001")
+    assert stale.origin == "Pod prod/payment-1" and stale.evidence["istiod"] == istiod_server.url

@@ -10,7 +10,7 @@ from commands import codes
 from commands.checks.registry import CheckContext, check
 from commands.checks.syncz import SYNCZ_PATH, ProxySync, SyncState, parse_syncz
 from commands.checks.versions import Istiod, IstioVersion, Skew, istiod_version, version_skew
-from commands.cluster.pods import ISTIOD_CONTAINER
+from commands.cluster.pods import ISTIOD_CONTAINER, not_ready, terminating
 from commands.cluster.snapshot import Resource
 from commands.errors import MeshbotError
 from commands.findings import Finding, Remediation
@@ -57,6 +57,10 @@ def proxy_status(ctx: CheckContext) -> list[Finding]:
     targets = ctx.endpoints.istiod_targets(ctx.snapshot)
     if not targets:
         return [_skipped(f"no running istiod pods in {ctx.snapshot.istio_namespace} and no --istiod-url")]
+    passed_over = {t.qualified_name: why for t in targets if isinstance(t, Resource) and (why := _not_serving(t))}
+    targets = [t for t in targets if isinstance(t, str) or t.qualified_name not in passed_over]
+    if not targets:
+        return [_skipped("no Ready istiod pod to ask: " + "; ".join(f"{name} {why}" for name, why in passed_over.items()))]
     findings: list[Finding] = []
     proxies: list[ProxySync] = []
     istiods: dict[str, Istiod] = {}
@@ -77,14 +81,51 @@ def proxy_status(ctx: CheckContext) -> list[Finding]:
         proxies.extend(served)
     if not proxies and findings:
         return findings
-    in_scope = [p for p in proxies if ctx.in_scope(p.namespace)]
-    findings.append(_summary(in_scope, istiods=len(targets)))
+    in_scope = [p for p in _connected_now(proxies) if ctx.in_scope(p.namespace)]
+    findings.append(_summary(in_scope, istiods=len(targets), passed_over=passed_over))
     for proxy in sorted(in_scope, key=lambda p: p.proxy):
         istiod = istiods.get(proxy.istiod)
         findings.extend(_sync_findings(proxy, istiod, proxy.evidence(istiod)))
         findings.extend(_version_findings(proxy, istiod, proxy.evidence(istiod)))
     findings.extend(_unknown_versions(in_scope, istiods))
     return findings
+
+
+def _not_serving(pod: Resource) -> str | None:
+    """Why an istiod pod is not asked, None when it serves proxies now.
+
+    A terminating or not-Ready istiod is out of the istiod Service's endpoints, so no proxy connects to it any
+    more; the connections it still lists are draining ones whose proxies are reconnecting elsewhere (istiod lists
+    only its own connections, pilot/pkg/xds/debug.go SyncStatus), and reading them would show a moved proxy
+    twice, STALE on the old pod.
+    """
+    if terminating(pod):
+        return "is terminating"
+    if not_ready(pod):
+        return "is not Ready"
+    return None
+
+
+def _connected_now(proxies: list[ProxySync]) -> list[ProxySync]:
+    """Each proxy once, from the istiod it is connected to now.
+
+    During a rollout two Ready istiods can list the same proxy until the old stream closes; the one that pushed
+    to it last holds its current connection (a proxy takes config from one istiod at a time).  Without
+    ``sentTime`` (syncz before 1.23) the first istiod asked keeps it.
+    """
+    best: dict[tuple[str | None, str], ProxySync] = {}
+    for proxy in proxies:
+        key = (proxy.cluster_id, proxy.proxy)
+        current = best.get(key)
+        if current is None or _fresher(proxy, current):
+            best[key] = proxy
+    return list(best.values())
+
+
+def _fresher(candidate: ProxySync, current: ProxySync) -> bool:
+    if candidate.last_sent is None:
+        return False
+    return current.last_sent is None or candidate.last_sent > current.last_sent
 
 
 def _skipped(reason: str) -> Finding:
@@ -101,7 +142,7 @@ def _unreachable(target: str | Resource, exc: MeshbotError) -> Finding:
                                                  command="kubectl -n istio-system get pods -l app=istiod -o wide"))
 
 
-def _summary(proxies: list[ProxySync], istiods: int) -> Finding:
+def _summary(proxies: list[ProxySync], istiods: int, passed_over: Mapping[str, str]) -> Finding:
     tally = {state: 0 for state in (SyncState.SYNCED, SyncState.STALE, SyncState.ERROR, SyncState.NOT_SENT)}
     for proxy in proxies:
         tally[proxy.overall] += 1
@@ -110,7 +151,7 @@ def _summary(proxies: list[ProxySync], istiods: int) -> Finding:
                          not_sent=tally[SyncState.NOT_SENT], total=len(proxies), istiods=istiods,
                          evidence={"synced": tally[SyncState.SYNCED], "stale": tally[SyncState.STALE],
                                    "error": tally[SyncState.ERROR], "not_sent": tally[SyncState.NOT_SENT],
-                                   "proxies": len(proxies)})
+                                   "proxies": len(proxies), "istiods_not_asked": dict(passed_over)})
 
 
 def _states(proxy: ProxySync, types: Iterable[str]) -> str:

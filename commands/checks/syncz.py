@@ -7,10 +7,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from datetime import datetime
 from typing import Any
 
 from commands.checks.versions import Istiod
 from commands.errors import MeshbotError
+from commands.times import parse_rfc3339
 
 SYNCZ_PATH = "/debug/syncz"
 
@@ -152,6 +154,19 @@ class ProxySync:
     @property
     def is_ztunnel(self) -> bool:
         return self.proxy_type == ZTUNNEL
+
+    @property
+    def last_sent(self) -> datetime | None:
+        """When istiod last pushed this proxy anything (the ``sentTime`` of 1.23+ syncz); None when it does not say."""
+        times = []
+        for sync in self.types.values():
+            if not sync.sent_time:
+                continue
+            try:
+                times.append(parse_rfc3339(sync.sent_time))
+            except ValueError:
+                continue
+        return max(times, default=None)
 
     def types_in(self, *states: SyncState) -> list[str]:
         return [t for t, s in self.types.items() if s.state in states]

@@ -125,3 +125,19 @@ def image_tag(image: str | None) -> str | None:
     image = image.split("@", 1)[0]
     last = image.rsplit("/", 1)[-1]
     return last.split(":", 1)[1] if ":" in last else None
+
+
+def terminating(pod: Resource) -> bool:
+    """The pod is being deleted (``metadata.deletionTimestamp`` set): Kubernetes has taken it out of its
+    Services' endpoints and it is draining (https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/
+    #pod-termination)."""
+    return bool(pod.metadata.get("deletionTimestamp"))
+
+
+def not_ready(pod: Resource) -> bool:
+    """The pod's ``Ready`` condition says False; a pod whose status carries no conditions (a capture) is not
+    judged."""
+    for condition in pod.status.get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return condition.get("status") != "True"
+    return False
