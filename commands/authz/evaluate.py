@@ -91,7 +91,7 @@ class Caller:
     """None: the mesh's own trust domain."""
     mtls: bool = True
     request_principal: str | None = None
-    """``iss/sub`` of a validated JWT; None when unknown."""
+    """``iss/sub`` of a validated JWT; ``""`` when the request carries none; None when unknown."""
     ip: str | None = None
 
     def principal(self, trust: TrustDomains) -> str | None:
@@ -108,7 +108,12 @@ class Request:
     method: str | None = None
     path: str | None = None
     host: str | None = None
+    headers: Mapping[str, str] | None = None
+    """Request headers (any case); None when unknown."""
     http: bool = True
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in (self.headers or {}).items() if k.lower() == name.lower()), None)
 
 
 class Verdict(StrEnum):
@@ -227,11 +232,30 @@ def _condition_match(condition: Condition, policy: Policy, caller: Caller, reque
                      ignore_http: bool) -> Match:
     if ignore_http and condition.http_only:
         return Match.YES
+    if condition.key.startswith(HEADER_CONDITION) and condition.key.endswith("]"):
+        return _header_match(condition.key[len(HEADER_CONDITION):-1], condition.values, request)
     field_name = _CONDITION_FIELDS.get(condition.key)
     if field_name is None:
         # Headers, claims, IPs, SNI and envoy metadata: meshbot does not know them for a caller.
         return Match.UNKNOWN
     return _field_match(field_name, condition.values, policy, caller, request, trust)
+
+
+HEADER_CONDITION = "request.headers["
+
+
+def _header_match(name: str, values: Values, request: Request) -> Match:
+    """generator.go requestHeaderGenerator: a header matcher per value; an absent header matches no value."""
+    if request.headers is None:
+        return Match.UNKNOWN
+    value = request.header(name)
+
+    def one(pattern: str) -> bool:
+        # matcher/header.go HeaderMatcher: "*" is a presence match, which an empty value passes too.
+        return value is not None and (pattern == "*" or _string_match(pattern, value))
+    positive = any(one(v) for v in values.values) if values.values else True
+    negative = any(one(v) for v in values.not_values)
+    return Match.YES if positive and not negative else Match.NO
 
 
 _CONDITION_FIELDS = {

@@ -247,3 +247,16 @@ def test_parse_policy_keeps_target_refs_and_provider():
         "AuthorizationPolicy")
     policy = parse_policy(resource)
     assert (policy.action, policy.provider, len(policy.target_refs)) == (Action.CUSTOM, "opa", 1)
+
+
+def test_header_condition_is_decided_when_the_headers_are_known():
+    text = policy_yaml("allow-hdr", "rules: [{when: [{key: 'request.headers[x-team]', values: [pay]}]}]")
+    assert verdict(text, request=Request(headers={"X-Team": "pay"})).verdict is Verdict.ALLOWED
+    assert verdict(text, request=Request(headers={})).verdict is Verdict.DENIED
+
+
+def test_request_principal_is_decided_once_the_caller_says_it_has_no_jwt():
+    text = policy_yaml("allow-jwt", "rules: [{from: [{source: {requestPrincipals: ['*']}}]}]")
+    assert verdict(text).verdict is Verdict.UNDETERMINED
+    assert verdict(text, Caller("front", "web", request_principal="")).verdict is Verdict.DENIED
+    assert verdict(text, Caller("front", "web", request_principal="https://idp/alice")).verdict is Verdict.ALLOWED
