@@ -16,6 +16,7 @@ from commands.catalog import default_checks
 from commands.checks.registry import ALL, CheckRegistry
 from commands.thresholds import CERT_DAYS_TEXT, Thresholds
 from commands.errors import InputError, MeshbotError, UserError
+from commands.times import parse_rfc3339
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -30,10 +31,9 @@ log = logging.getLogger("meshbot")
 def parse_now(value: str) -> datetime:
     """ISO 8601; a time without zone is UTC."""
     try:
-        moment = datetime.fromisoformat(value)
+        return parse_rfc3339(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r} (e.g. 2026-12-01T09:00:00Z)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def parse_duration(value: str) -> timedelta:

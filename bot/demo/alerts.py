@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from bot.incidents.alerts import AlertStatus
+from commands.times import rfc3339
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -65,8 +66,7 @@ def webhook_body(alert: DemoAlert, state: AlertStatus, *, starts_at: datetime,
     group = {k: labels[k] for k in alert.group_by if k in labels}
     annotations = {"summary": alert.summary, **({"description": alert.description} if alert.description else {}),
                    **alert.annotations}
-    stamp = starts_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    ended = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp, ended = rfc3339(starts_at), rfc3339(now)
     body = {
         "version": "4", "receiver": "meshbot", "status": str(state),
         "groupKey": "{}:{" + ", ".join(f'{k}="{v}"' for k, v in group.items()) + "}",

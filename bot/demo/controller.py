@@ -29,6 +29,7 @@ from typing import Any
 from bot.demo.cluster import INJECTED_LABELS, SIDECAR, TEMPLATE_HASH_LABEL, owning_deployment, template_hash
 from commands.clients.kube import KubeClient
 from commands.errors import MeshbotError
+from commands.times import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,6 @@ def injects_sidecar(template: Mapping[str, Any], namespace_labels: Mapping[str, 
     return was_injected  # injected through a revision label or a mesh-wide default the scenario does not show
 
 
-def _stamp(now: datetime) -> str:
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _sidecar(pod: Mapping[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The old pod's istio-proxy container and its status, if it had one."""
     container = next((c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == SIDECAR), None)
@@ -85,7 +82,7 @@ def _new_pod(deployment: Mapping[str, Any], old: Mapping[str, Any], digest: str,
     labels[TEMPLATE_HASH_LABEL] = digest
     containers = [dict(c) for c in template["spec"].get("containers") or []]
     statuses = [{"name": c["name"], "ready": True, "restartCount": 0, "image": c.get("image"),
-                 "state": {"running": {"startedAt": _stamp(now)}}} for c in containers]
+                 "state": {"running": {"startedAt": rfc3339(now)}}} for c in containers]
     annotations = dict((template.get("metadata") or {}).get("annotations") or {})
     old_sidecar, old_sidecar_status = _sidecar(old)
     if inject:
@@ -107,7 +104,7 @@ def _new_pod(deployment: Mapping[str, Any], old: Mapping[str, Any], digest: str,
         "spec": {**{k: v for k, v in old_spec.items() if k in ("serviceAccountName", "nodeName")},
                  "containers": containers},
         "status": {"phase": "Running", "podIP": (old.get("status") or {}).get("podIP"),
-                   "startTime": _stamp(now),
+                   "startTime": rfc3339(now),
                    "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
                    "containerStatuses": statuses},
     }

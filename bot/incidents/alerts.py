@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from commands.errors import UserError
+from commands.times import parse_rfc3339
 
 SEVERITY_ORDER = ("critical", "error", "warning", "info", "none")
 # Labels that name where an alert points in a mesh (Prometheus/Istio conventions).
@@ -251,10 +252,9 @@ def _time(value: Any, where: str, latest: datetime) -> datetime | None:
     if value.startswith("0001-01-01"):
         return None  # Go's zero time: Alertmanager's "not set"
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = parse_rfc3339(value)
     except ValueError:
         raise PayloadError(f"{where}: {value!r} is not an RFC 3339 time") from None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
     if not EARLIEST_TIME <= moment <= latest:
         raise PayloadError(f"{where}: {value[:40]!r} is outside the accepted range (2000-01-01 to a day from now)")
     return moment
