@@ -22,6 +22,8 @@ from commands.times import rfc3339
 
 MAX_EDGES = 50
 """Failing edges read in detail: topk keeps the worst, so a mesh-wide outage stays one bounded answer."""
+SERIES_PER_EDGE = 4
+"""topk counts series, not edges: a failing edge is reported by both sidecars, often with two codes or flags."""
 STEP = timedelta(seconds=30)
 RATE_WINDOW = "2m"
 """rate() needs at least two scrapes in its window; 2m covers Prometheus's common 15s-60s intervals."""
@@ -88,15 +90,20 @@ def failing_edges(prometheus: PrometheusApi, namespaces: Sequence[str], start: d
                   rule: OnsetRule = DEFAULT_RULE, limit: int = MAX_EDGES) -> list[FailingEdge]:
     """The edges with failed requests in [start, end], worst first, each with its onset."""
     window = _duration(end - start)
-    failed = prometheus.query(_failures_query(namespaces, window, limit), end, purpose="failing edges")
-    by_edge = _merge_reporters(failed)
+    failed = prometheus.query(_failures_query(namespaces, window, limit * SERIES_PER_EDGE), end,
+                              purpose="failing edges")
+    by_edge = dict(sorted(_merge_reporters(failed).items(), key=lambda item: -sum(item[1][2].values()))[:limit])
     if not by_edge:
         return []
+    # Only the failing edges' sources and destinations: the cross product may add a few healthy edges, but
+    # not every caller of a busy destination.
+    sources = sorted({e.source.name for e in by_edge})
     destinations = sorted({e.destination.name for e in by_edge})
-    traffic = prometheus.query(_traffic_query(destinations, namespaces, window), end, purpose="edge traffic")
-    totals = {edge: value for edge, value in _per_edge(traffic).items()}
-    ratios = _per_edge_series(prometheus.query_range(_ratio_query(destinations, namespaces), start, end, STEP,
-                                                     purpose="edge error ratio"))
+    traffic = prometheus.query(_traffic_query(sources, destinations, namespaces, window), end,
+                               purpose="edge traffic")
+    totals = _per_edge(traffic)
+    ratios = _per_edge_series(prometheus.query_range(_ratio_query(sources, destinations, namespaces), start, end,
+                                                     STEP, purpose="edge error ratio"))
     edges = []
     for edge, (reporter, service, codes, flags) in by_edge.items():
         points = ratios.get((reporter, edge)) or next((s for (r, e), s in ratios.items() if e == edge), ())
@@ -151,16 +158,21 @@ def _failures_query(namespaces: Sequence[str], window: str, limit: int) -> str:
     return f"topk({limit}, sum {m.by(m.FAILURE_LABELS)} ({_union(f'increase({errors}[{window}])', namespaces)}))"
 
 
-def _traffic_query(destinations: Sequence[str], namespaces: Sequence[str], window: str) -> str:
-    requests = m.selector(m.REQUESTS, f"{m.DESTINATION_WORKLOAD}=~{m.quote(m.alternatives(destinations))}",
-                          m.SCOPE)
+def _only(sources: Sequence[str], destinations: Sequence[str]) -> tuple[str, str]:
+    return (f"{m.SOURCE_WORKLOAD}=~{m.quote(m.alternatives(sources))}",
+            f"{m.DESTINATION_WORKLOAD}=~{m.quote(m.alternatives(destinations))}")
+
+
+def _traffic_query(sources: Sequence[str], destinations: Sequence[str], namespaces: Sequence[str],
+                   window: str) -> str:
+    requests = m.selector(m.REQUESTS, *_only(sources, destinations), m.SCOPE)
     return f"sum {m.by(m.EDGE_LABELS)} ({_union(f'increase({requests}[{window}])', namespaces)})"
 
 
-def _ratio_query(destinations: Sequence[str], namespaces: Sequence[str]) -> str:
-    only = f"{m.DESTINATION_WORKLOAD}=~{m.quote(m.alternatives(destinations))}"
-    errors = m.selector(m.REQUESTS, only, f"{m.RESPONSE_CODE}=~{m.quote(m.ERROR_CODES)}", m.SCOPE)
-    requests = m.selector(m.REQUESTS, only, m.SCOPE)
+def _ratio_query(sources: Sequence[str], destinations: Sequence[str], namespaces: Sequence[str]) -> str:
+    only = _only(sources, destinations)
+    errors = m.selector(m.REQUESTS, *only, f"{m.RESPONSE_CODE}=~{m.quote(m.ERROR_CODES)}", m.SCOPE)
+    requests = m.selector(m.REQUESTS, *only, m.SCOPE)
     failed = f"sum {m.by(m.EDGE_LABELS)} ({_union(f'rate({errors}[{RATE_WINDOW}])', namespaces)})"
     total = f"sum {m.by(m.EDGE_LABELS)} ({_union(f'rate({requests}[{RATE_WINDOW}])', namespaces)})"
     # An edge with traffic but no failure at a step has no error series there: ``or 0 * total`` makes its
