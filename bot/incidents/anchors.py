@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Protocol
 
-from bot.incidents.records import iso, parse_time
+from bot.incidents.records import iso, stored_time
 from bot.storage.database import has_local_file
 from commands.clients.lease import LeaderElector
 from commands.errors import MeshbotError, UserError
@@ -49,7 +49,7 @@ class Anchor:
     @classmethod
     def from_json(cls, text: str) -> Anchor:
         data = json.loads(text)
-        return cls(int(data["event"]), str(data["hash"]), parse_time(data["at"]), int(data.get("legacy_until", 0)),
+        return cls(int(data["event"]), str(data["hash"]), stored_time(data["at"]), int(data.get("legacy_until", 0)),
                    str(data.get("replica") or ""))
 
     @property

@@ -10,7 +10,7 @@ found is stored as a ``DiagnosisRecord`` with the incident's events.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -156,7 +156,8 @@ class IncidentDiagnosis:
                               {"text": f"incident #{incident.id} ({incident.title}) joined: same probable cause, "
                                        f"{cause}"})
 
-    def _run_playbook(self, playbook: Playbook, labels: dict) -> tuple[list[Finding], list[str], list[dict]]:
+    def _run_playbook(self, playbook: Playbook,
+                      labels: Mapping[str, str]) -> tuple[list[Finding], list[str], list[dict]]:
         findings: dict[tuple[str, str, str], Finding] = {}
         errors: list[str] = []
         steps: list[dict] = []

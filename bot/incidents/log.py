@@ -43,6 +43,11 @@ class IncidentLog(IncidentStore):
         if self.anchor_stores is None:
             self.anchor_stores = default_anchor_stores(self.database.path)
 
+    def _key(self) -> AuditKey:
+        if self.key is None:  # __post_init__ loads one: only setting it to None afterwards gets here
+            raise RuntimeError("the incident log has no audit key")
+        return self.key
+
     # -- events -------------------------------------------------------------------
 
     def append(self, db: sqlite_utils.Database, incident_id: int | None, actor: str, kind: EventKind | str,
@@ -51,7 +56,7 @@ class IncidentLog(IncidentStore):
         prev = self.last_hash(db) or GENESIS
         at = iso(self.clock())
         payload = json.dumps(dict(data or {}), sort_keys=True, default=str)
-        digest = event_mac(self.key, prev, incident_id, at, actor, str(kind), payload)
+        digest = event_mac(self._key(), prev, incident_id, at, actor, str(kind), payload)
         return self.insert_event(db, incident_id, at, actor, str(kind), payload, prev, digest)
 
     def record(self, incident_id: int | None, actor: str, kind: EventKind | str,
@@ -80,13 +85,13 @@ class IncidentLog(IncidentStore):
         """Recompute the chain, then compare its head with every anchor kept outside the database."""
         legacy_until = self.legacy_until()
         prev, count, last_id = GENESIS, 0, 0
-        stores = self.anchor_stores if anchors is None else anchors
+        stores = (self.anchor_stores or ()) if anchors is None else anchors
         named = [(store.name, anchor) for store in stores if (anchor := store.latest()) is not None]
         wanted = {anchor.event_id for _, anchor in named}
         seen: dict[int, str] = {}
         for row in self.chain_rows():
             count += 1
-            broken = broken_event(self.key, row, prev, legacy_until)
+            broken = broken_event(self._key(), row, prev, legacy_until)
             if broken:
                 return ChainReport(count, row["id"], broken, unkeyed=legacy_until)
             if row["id"] in wanted:
@@ -126,7 +131,7 @@ class IncidentLog(IncidentStore):
         head = head or self.head()
         if head is None:
             return None
-        for store in self.anchor_stores:
+        for store in self.anchor_stores or ():
             store.publish(head)
         self._last_anchor = head
         return head

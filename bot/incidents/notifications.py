@@ -48,6 +48,8 @@ class NotificationWriter:
             self._commit_group()
         if mine.error is not None:
             raise mine.error
+        if mine.id is None:  # the committer sets an id or an error before it sets ``done``
+            raise RuntimeError("a stored webhook body got no id")
         return mine.id
 
     def _commit_group(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 
 class IncidentStatus(StrEnum):
@@ -67,7 +67,7 @@ class Incident:
     def from_row(cls, row: Mapping[str, Any]) -> Incident:
         return cls(id=row["id"], group_key=row["group_key"], title=row["title"], severity=row["severity"],
                    status=IncidentStatus(row["status"]), channel=row["channel"], top_message=row["top_message"],
-                   opened_at=parse_time(row["opened_at"]), resolved_at=parse_time(row["resolved_at"]),
+                   opened_at=stored_time(row["opened_at"]), resolved_at=parse_time(row["resolved_at"]),
                    resolved_by=row["resolved_by"], labels=json.loads(row["labels"]),
                    namespaces=tuple(json.loads(row["namespaces"])), services=tuple(json.loads(row["services"])),
                    external_url=row["external_url"], playbook=row["playbook"], diagnosed=bool(row["diagnosed"]),
@@ -95,7 +95,7 @@ class Event:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Event:
-        return cls(id=row["id"], incident_id=row["incident_id"], at=parse_time(row["at"]), actor=row["actor"],
+        return cls(id=row["id"], incident_id=row["incident_id"], at=stored_time(row["at"]), actor=row["actor"],
                    kind=row["kind"], data=json.loads(row["data"]), prev_hash=row["prev_hash"], hash=row["hash"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,15 +161,31 @@ class DiagnosisRecord:
         return self.suggested[index]
 
 
+@overload
+def iso(moment: datetime) -> str: ...
+@overload
+def iso(moment: None) -> None: ...
+@overload
+def iso(moment: datetime | None) -> str | None: ...
 def iso(moment: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a Z, to the second: how the incident tables store times."""
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
 
 
 def parse_time(text: str | None) -> datetime | None:
+    """A stored time back, aware (UTC when it carries no zone); None for no time."""
     if not text:
         return None
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def stored_time(text: str) -> datetime:
+    """A time from a NOT NULL column (or an anchor): never empty, so never None."""
+    moment = parse_time(text)
+    if moment is None:
+        raise ValueError("a stored time is empty")
+    return moment
 
 
 def utcnow() -> datetime:

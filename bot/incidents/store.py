@@ -114,6 +114,13 @@ MIGRATIONS = (_create_incident_tables,)
 """This module's first schema change; ``keyed_audit_chain`` (5) is listed after the others in ``bot.server.schema``."""
 
 
+def _inserted_id(cursor: Any) -> int:
+    """The id of the row an INSERT just wrote (both backends report it; None would mean nothing was written)."""
+    if cursor.lastrowid is None:
+        raise RuntimeError("the database reported no id for an inserted row")
+    return int(cursor.lastrowid)
+
+
 @dataclass
 class IncidentStore:
     """All SQL on the incident tables.  Methods that take ``db`` run inside the caller's
@@ -181,7 +188,7 @@ class IncidentStore:
             "services, external_url, playbook, source) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
             [group_key, title, severity, channel, iso(self.clock()), json.dumps(dict(labels), sort_keys=True),
              json.dumps(list(namespaces)), json.dumps(list(services)), external_url, playbook, source])
-        return cursor.lastrowid
+        return _inserted_id(cursor)
 
     def set_top_message(self, db: sqlite_utils.Database, incident_id: int, outbox_id: int) -> None:
         db.execute("UPDATE incidents SET top_message = ? WHERE id = ?", [outbox_id, incident_id])
@@ -252,7 +259,7 @@ class IncidentStore:
                      data: str, prev_hash: str, digest: str) -> int:
         cursor = db.execute("INSERT INTO events (incident_id, at, actor, kind, data, prev_hash, hash) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?)", [incident_id, at, actor, kind, data, prev_hash, digest])
-        return cursor.lastrowid
+        return _inserted_id(cursor)
 
     def timeline(self, incident_id: int, db: sqlite_utils.Database | None = None) -> list[Event]:
         rows = self._reader(db).query("SELECT * FROM events WHERE incident_id = ? ORDER BY id", [incident_id])
@@ -308,8 +315,8 @@ class IncidentStore:
 
     def add_notification(self, db: sqlite_utils.Database, received_at: str, group_key: str, status: str,
                          body: str) -> int:
-        return db.execute("INSERT INTO notifications (received_at, group_key, status, body) "
-                          "VALUES (?, ?, ?, ?)", [received_at, group_key, status, body]).lastrowid
+        return _inserted_id(db.execute("INSERT INTO notifications (received_at, group_key, status, body) "
+                                       "VALUES (?, ?, ?, ?)", [received_at, group_key, status, body]))
 
     def unprocessed_notifications(self, limit: int = 100) -> list[tuple[int, str]]:
         """The oldest stored notifications not yet applied: (id, body)."""
