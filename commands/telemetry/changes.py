@@ -174,6 +174,15 @@ def _writes(metadata: Mapping[str, Any]) -> list[tuple[datetime, str | None, str
     return found
 
 
+def _by_name(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """Objects by (namespace, name)."""
+    found: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for obj in objects:
+        metadata = obj.get("metadata") or {}
+        found[(str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))] = obj
+    return found
+
+
 def _name(obj: Mapping[str, Any]) -> str:
     metadata = obj.get("metadata") or {}
     namespace = metadata.get("namespace")
@@ -197,8 +206,7 @@ def read_changes(client: KubeClient, namespaces: Sequence[str], istio_namespace:
                 if not namespaces or (ns.get("metadata") or {}).get("name") in scope
                 for c in injection_changes(ns)]
     for namespace in scope:
-        deployments = {((d.get("metadata") or {}).get("namespace"), (d.get("metadata") or {}).get("name")): d
-                       for d in reader.list("Deployment", namespace)}
+        deployments = _by_name(reader.list("Deployment", namespace))
         changes += [c for rs in reader.list(REPLICA_SETS, namespace) for c in rollout_changes(rs, deployments)]
     changes += [c for pod in reader.list("Pod", istio_namespace, label_selector="app=istiod")
                 for c in istiod_restarts(pod)]
@@ -239,8 +247,7 @@ def changes_from_objects(objects: Iterable[Mapping[str, Any]], namespaces: Seque
     def in_scope(obj: Mapping[str, Any]) -> bool:
         return not namespaces or (obj.get("metadata") or {}).get("namespace") in scope
 
-    deployments = {((d.get("metadata") or {}).get("namespace"), (d.get("metadata") or {}).get("name")): d
-                   for d in objects if d.get("kind") == "Deployment"}
+    deployments = _by_name(o for o in objects if o.get("kind") == "Deployment")
     found: list[Change] = []
     for obj in objects:
         kind, metadata = obj.get("kind"), obj.get("metadata") or {}

@@ -26,7 +26,7 @@ def error_ratio_png(edges: Sequence[FailingEdge], changes: Sequence[Change], ons
     the onset and a grey one per change, labelled with the changed object."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.dates import DateFormatter
+        from matplotlib.dates import DateFormatter, date2num
         from matplotlib.figure import Figure
     except ImportError:
         raise UserError("the error-rate graph needs matplotlib: pip install 'meshbot[graphs]'") from None
@@ -35,16 +35,17 @@ def error_ratio_png(edges: Sequence[FailingEdge], changes: Sequence[Change], ons
     axes = figure.add_subplot()
     drawn = [e for e in edges if e.ratio][:MAX_EDGES]
     for edge in drawn:
-        axes.plot([_moment(t) for t, _ in edge.ratio], [100 * v for _, v in edge.ratio], linewidth=1.5,
+        axes.plot(date2num([_moment(t) for t, _ in edge.ratio]), [100 * v for _, v in edge.ratio], linewidth=1.5,
                   label=f"{edge.edge} ({_top_code(edge)})")
     if onset:
-        axes.axvline(onset, color="tab:red", linestyle="--", linewidth=1.2, label=f"onset {onset:%H:%M}")
+        axes.axvline(float(date2num(onset)), color="tab:red", linestyle="--", linewidth=1.2, label=f"onset {onset:%H:%M}")
     stamps = [t for edge in drawn for t, _ in edge.ratio]
-    start, end = (_moment(min(stamps)), _moment(max(stamps))) if stamps else (None, None)
     # Only the changes inside the plotted window: one from an hour earlier would squeeze the errors to a sliver.
-    for change in [c for c in changes if start is None or start <= c.at <= end]:
-        axes.axvline(change.at, color="grey", linestyle=":", linewidth=1)
-        axes.annotate(change.object.split(" ", 1)[-1], (change.at, 0.03), xycoords=("data", "axes fraction"),
+    shown = [c for c in changes if not stamps or min(stamps) <= c.at.timestamp() <= max(stamps)]
+    for change in shown:
+        at = float(date2num(change.at))
+        axes.axvline(at, color="grey", linestyle=":", linewidth=1)
+        axes.annotate(change.object.split(" ", 1)[-1], (at, 0.03), xycoords=("data", "axes fraction"),
                       rotation=90, fontsize=7, color="dimgrey", va="bottom", ha="right")
     axes.set_ylabel("failed requests (%)")
     peak = max((100 * v for edge in drawn for _, v in edge.ratio), default=0.0)

@@ -24,8 +24,9 @@ shortly before the onset must still see a normal stretch."""
 @dataclass(frozen=True)
 class OnsetRule:
     min_rise: float = 0.05
-    """Error-ratio points above the baseline that count as a departure (5 %: the share Istio's own
-    dashboards colour red for a service's success rate under 95 %)."""
+    """Error-ratio points above the baseline that count as a departure (5 %: Istio's Mesh Dashboard colours a
+    workload's success rate red under 95 %, its "Success Rate" thresholds ``.95, 1.00`` in
+    manifests/addons/dashboards/istio-mesh-dashboard.json)."""
     sustain: int = 4
     """Points (of the query step) that make up one excursion."""
     min_share: float = 0.5
