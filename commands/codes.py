@@ -432,8 +432,8 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "{cause}",
           "BlackHoleCluster connections, or direct 502s on an outbound port whose routes hold block_all."),
     _code("MB4025", "ConfigUpdateRejected", W, "envoy",
-          "Envoy in {pod} rejected {count} {what} updates from istiod since it started and kept its previous "
-          "config; probable cause: {cause}",
+          "Envoy in {pod} rejected {count} updates of its {what} from istiod since it started and kept its "
+          "previous config; probable cause: {cause}",
           "cluster_manager.cds / listener_manager.lds update_rejected; proxy-status says if the latest is rejected."),
     _code("MB4026", "NoTrafficSeen", I, "envoy",
           "Envoy in {pod}: no traffic through it since it started ({what}), so its health was not judged",

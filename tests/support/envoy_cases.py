@@ -34,6 +34,7 @@ class Lab:
     workdir: Path
     envoys: list[RunningEnvoy] = field(default_factory=list)
     upstreams: list[s.Upstream] = field(default_factory=list)
+    silent_ports: list[s.SilentPort] = field(default_factory=list)
     istio_defaults_only: bool = False
     """Istio's default stats matcher alone (no proxyStatsMatcher), as a sidecar nobody tuned."""
 
@@ -41,6 +42,11 @@ class Lab:
         upstream = s.Upstream(mode=mode, delay=delay, tls=tls)
         self.upstreams.append(upstream)
         return upstream.port
+
+    def silent_port(self) -> int:
+        port = s.SilentPort()
+        self.silent_ports.append(port)
+        return port.port
 
     def start(self, listeners: list[dict[str, Any]], clusters: list[dict[str, Any]],
               **extra: Any) -> RunningEnvoy:
@@ -60,6 +66,8 @@ class Lab:
             envoy.stop()
         for upstream in self.upstreams:
             upstream.stop()
+        for port in self.silent_ports:
+            port.stop()
 
 
 def port_of(envoy: RunningEnvoy, listener: str = f"0.0.0.0_{s.PORT}") -> int:
@@ -149,6 +157,15 @@ def no_endpoints(lab: Lab, healthy: bool) -> RunningEnvoy:
     return envoy
 
 
+def not_ready(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UH: the only endpoint is not ready (EDS UNHEALTHY) under PILOT_SEND_UNHEALTHY_ENDPOINTS."""
+    port = lab.upstream()
+    envoy = lab.start([s.outbound_listener([s.service_vhost()])],
+                      [s.outbound_cluster(port, health="HEALTHY" if healthy else "UNHEALTHY")])
+    send(envoy, 20)
+    return envoy
+
+
 def connect_refused(lab: Lab, healthy: bool) -> RunningEnvoy:
     """UF: the endpoint's port has no listener (wrong targetPort)."""
     port = lab.upstream() if healthy else s.closed_port()
@@ -157,7 +174,18 @@ def connect_refused(lab: Lab, healthy: bool) -> RunningEnvoy:
     return envoy
 
 
+def connect_timeout(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UF (timeout): the endpoint never answers the handshake, as behind a firewall that drops packets; the
+    cluster's connect timeout is 0.25 s (DestinationRule connectionPool.tcp.connectTimeout)."""
+    port = lab.upstream() if healthy else lab.silent_port()
+    envoy = lab.start([s.outbound_listener([s.service_vhost()])],
+                      [s.outbound_cluster(port, connect_timeout="0.25s")])
+    send(envoy, 6)
+    return envoy
+
+
 def _tls_case(lab: Lab, healthy: bool, *, wrong: str) -> RunningEnvoy:
+    """``wrong``: ``ca`` (another root signed the peer), ``san`` (another identity), ``plaintext`` (no TLS at all)."""
     mesh_root = mint("mesh-root", is_ca=True)
     signer = mint("other-root", is_ca=True) if wrong == "ca" and not healthy else mesh_root
     identity = "reviews" if wrong == "san" and not healthy else "payment"
@@ -166,7 +194,8 @@ def _tls_case(lab: Lab, healthy: bool, *, wrong: str) -> RunningEnvoy:
     directory.mkdir(parents=True)
     for name, text in (("ca.pem", mesh_root.cert_pem), ("cert.pem", leaf.cert_pem), ("key.pem", leaf.key_pem)):
         (directory / name).write_text(text)
-    port = lab.upstream(tls=(directory / "cert.pem", directory / "key.pem"))
+    plaintext = wrong == "plaintext" and not healthy
+    port = lab.upstream(tls=None if plaintext else (directory / "cert.pem", directory / "key.pem"))
     tls = s.upstream_tls(str(directory / "ca.pem"), s.SPIFFE.format("payment"))
     envoy = lab.start([s.outbound_listener([s.service_vhost()])], [s.outbound_cluster(port, tls=tls)])
     send(envoy, 20)
@@ -181,6 +210,11 @@ def wrong_ca(lab: Lab, healthy: bool) -> RunningEnvoy:
 def wrong_san(lab: Lab, healthy: bool) -> RunningEnvoy:
     """UF + ssl.fail_verify_san: the destination presents another service account's identity."""
     return _tls_case(lab, healthy, wrong="san")
+
+
+def plaintext_peer(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UF + ssl.connection_error: the destination answers in plaintext (no sidecar) while ISTIO_MUTUAL is sent."""
+    return _tls_case(lab, healthy, wrong="plaintext")
 
 
 def retries_exhausted(lab: Lab, healthy: bool) -> RunningEnvoy:
@@ -293,6 +327,16 @@ def blackhole_http(lab: Lab, healthy: bool) -> RunningEnvoy:
 
 def cds_rejected(lab: Lab, healthy: bool) -> RunningEnvoy:
     """A pushed cluster update Envoy refuses (an invalid connect timeout, as a broken EnvoyFilter patch makes)."""
+    return _xds_rejected(lab, healthy, rejected="cds")
+
+
+def lds_rejected(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """A pushed listener update Envoy refuses (a Lua filter whose script does not compile, as an EnvoyFilter
+    with a broken Lua patch makes)."""
+    return _xds_rejected(lab, healthy, rejected="lds")
+
+
+def _xds_rejected(lab: Lab, healthy: bool, *, rejected: str) -> RunningEnvoy:
     workdir = lab.workdir / f"xds-{len(lab.envoys)}"
     workdir.mkdir(parents=True)
     port = lab.upstream()
@@ -302,10 +346,20 @@ def cds_rejected(lab: Lab, healthy: bool) -> RunningEnvoy:
     wait_for(envoy, stat("listener_manager.lds.update_success", 1))
     envoy.listener_ports = {f"0.0.0.0_{s.PORT}": _listener_port(envoy)}
     send(envoy, 20)
-    pushed = s.outbound_cluster(port, connect_timeout="5s" if healthy else "-1s")
-    s.write_xds(workdir / "cds.json", [pushed], s.CLUSTER_TYPE)
-    wait_for(envoy, stat("cluster_manager.cds.update_success" if healthy else "cluster_manager.cds.update_rejected",
-                         2 if healthy else 1))
+    if rejected == "cds":
+        s.write_xds(workdir / "cds.json", [s.outbound_cluster(port, connect_timeout="5s" if healthy else "-1s")],
+                    s.CLUSTER_TYPE)
+        manager = "cluster_manager.cds"
+    else:
+        listener = s.outbound_listener([s.service_vhost()])
+        if not healthy:
+            manager_config = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            manager_config["http_filters"].insert(0, {"name": "envoy.filters.http.lua", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": "function envoy_on_request(handle"}}})
+        s.write_xds(workdir / "lds.json", [listener], s.LISTENER_TYPE)
+        manager = "listener_manager.lds"
+    wait_for(envoy, stat(f"{manager}.update_success", 2) if healthy else stat(f"{manager}.update_rejected", 1))
     return envoy
 
 
@@ -335,10 +389,13 @@ CASES = (
     Case("uh-outlier", outlier_ejected, ("MB4013", "MB4002")),
     Case("uh-outlier-istio-defaults", outlier_ejected, ("MB4013", "MB4012"), istio_defaults_only=True),
     Case("uh-no-endpoints", no_endpoints, ("MB4013", "MB4002")),
+    Case("uh-not-ready", not_ready, ("MB4013", "MB4002")),
     Case("uf-refused", connect_refused, ("MB4014", "MB4002")),
+    Case("uf-connect-timeout", connect_timeout, ("MB4014",)),
     Case("uf-refused-istio-defaults", connect_refused, ("MB4014", "MB4012"), istio_defaults_only=True),
     Case("tls-wrong-ca", wrong_ca, ("MB4015", "MB4002")),
     Case("tls-wrong-san", wrong_san, ("MB4015", "MB4002")),
+    Case("tls-plaintext-peer", plaintext_peer, ("MB4015", "MB4002")),
     Case("urx-retries", retries_exhausted, ("MB4003", "MB4016", "MB4002")),
     Case("ut-timeout", upstream_timeout, ("MB4017",)),
     Case("uc-reset", upstream_reset, ("MB4018", "MB4002")),
@@ -353,6 +410,7 @@ CASES = (
     Case("blackhole-tcp", blackhole_tcp, ("MB4024",)),
     Case("blackhole-http", blackhole_http, ("MB4024",), config_dump=True),
     Case("cds-rejected", cds_rejected, ("MB4025",)),
+    Case("lds-rejected", lds_rejected, ("MB4025",)),
 )
 CASES_BY_NAME = {case.name: case for case in CASES}
 

@@ -49,6 +49,11 @@ def outbound_cluster(port: int | None, *, name: str = CLUSTER, health: str | Non
     cluster: dict[str, Any] = {
         "name": name, "alt_stat_name": f"{name};", "type": "STATIC", "connect_timeout": connect_timeout,
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint] if endpoint else []}]}}
+    if health:
+        # istiod sends not-ready endpoints (EDS UNHEALTHY) only for services that support them
+        # (PILOT_SEND_UNHEALTHY_ENDPOINTS, model/service.go SupportsUnhealthyEndpoints) and then sets the panic
+        # threshold to 0 (cluster_traffic_policy.go), so they take no traffic.
+        cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
     if outlier_5xx is not None:
         # A DestinationRule outlierDetection as istiod renders it (cluster_traffic_policy.go applyOutlierDetection):
         # consecutive5xxErrors, baseEjectionTime, maxEjectionPercent 100 so the only host can go.
@@ -197,6 +202,24 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class SilentPort:
+    """A port whose listener never accepts: once its backlog is full the kernel drops new SYNs, so connects
+    hang until Envoy's connect timeout, as behind a firewall that drops packets.  Close it when done."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(0)
+        self.port = int(self.socket.getsockname()[1])
+        # Fill the accept queue so the next SYNs find no room.
+        self._fillers = [socket.create_connection(("127.0.0.1", self.port), timeout=1) for _ in range(1)]
+
+    def stop(self) -> None:
+        for filler in self._fillers:
+            filler.close()
+        self.socket.close()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -130,7 +130,7 @@ def _connect_failures(upstream: Upstream, floor: int) -> Iterator[Finding]:
                     "upstream_cx_connect_timeout": stats["upstream_cx_connect_timeout"],
                     "upstream_rq_pending_failure_eject": stats["upstream_rq_pending_failure_eject"]}
         cause = "timeout" if stats["upstream_cx_connect_timeout"] else "refused"
-        detail = ""
+        detail = " (timed out)" if cause == "timeout" else " (refused or reset)"
     else:
         plain = hosts.total("cx_connect_fail") if hosts else 0
         evidence = {"hosts.cx_connect_fail": plain}

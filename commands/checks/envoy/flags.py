@@ -152,7 +152,7 @@ FAILURE_MODES = FailureModel([
          Cause("not-ready", "every endpoint not ready or terminating (EDS UNHEALTHY or DRAINING), e.g. a failing "
                "readiness probe or a rollout with no ready pod", "eds_health_status on every host",
                "Look at the backing pods' readiness", _ENDPOINT_SLICES)),
-        ("envoy-uh-outlier", "envoy-uh-no-endpoints"),
+        ("envoy-uh-outlier", "envoy-uh-no-endpoints", "envoy-uh-not-ready"),
         (FLAGS_DOC, ADMIN_CLUSTERS, CLUSTER_STATS, ENVOY + "intro/arch_overview/upstream/outlier",
          ISTIO + "pilot/pkg/networking/core/cluster_traffic_policy.go (outlierDetection, HealthyPanicThreshold)",
          ISTIO + "pilot/pkg/xds/endpoints/endpoint_builder.go")),
@@ -169,7 +169,7 @@ FAILURE_MODES = FailureModel([
                "upstream_cx_connect_timeout grows with the failures",
                "Check NetworkPolicies on the destination namespace and that the endpoints' pods are running",
                "kubectl -n {svc_namespace} get networkpolicies")),
-        ("envoy-uf-refused",),
+        ("envoy-uf-refused", "envoy-uf-connect-timeout"),
         (FLAGS_DOC, CLUSTER_STATS, ADMIN_CLUSTERS)),
     FailureMode(
         "UF", "TLS handshake or certificate verification failure", "503", "Upstream connection failure in addition "
@@ -191,7 +191,7 @@ FAILURE_MODES = FailureModel([
          Cause("handshake", "the destination does not speak Istio mTLS: no sidecar, a DestinationRule tls mode that "
                "does not match the server, or a protocol mismatch", "ssl.connection_error without verify failures",
                "Check the destination has a sidecar and what tls mode the DestinationRule sets", _PC_CLUSTER)),
-        ("envoy-tls-wrong-ca", "envoy-tls-wrong-san"),
+        ("envoy-tls-wrong-ca", "envoy-tls-wrong-san", "envoy-tls-plaintext-peer"),
         (TLS_STATS, FLAGS_DOC, ISTIO + "pilot/pkg/networking/core/cluster_tls.go (ISTIO_MUTUAL SAN matching)")),
     FailureMode(
         "URX", "retries exhausted", "503 (the last attempt's code)", "The request was rejected because the upstream "
@@ -305,6 +305,6 @@ FAILURE_MODES = FailureModel([
                "Gateway) or a proxy older than istiod", "update_rejected grows; proxy-status shows the error",
                "Read the rejection in proxy-status and fix or remove the resource that produced it",
                "istioctl proxy-status {pod}.{namespace}"),),
-        ("envoy-cds-rejected",),
+        ("envoy-cds-rejected", "envoy-lds-rejected"),
         (XDS_STATS, ISTIO + "pilot/pkg/xds (NACK handling)")),
 ])
