@@ -16,6 +16,8 @@ from typing import Any
 
 from commands import codes
 from commands.checks.registry import CheckContext
+from commands.cluster.injection import REVISION_LABEL, NamespaceInjection
+from commands.cluster.pods import not_ready, terminating
 from commands.cluster.selectors import label_selector_matches, matches
 from commands.cluster.snapshot import Resource, Snapshot
 from commands.findings import Finding, Remediation
@@ -23,8 +25,6 @@ from commands.findings import Finding, Remediation
 # Istio names its injector webhooks ``*.sidecar-injector.istio.io`` (namespace./object. and rev.namespace./
 # rev.object. variants, manifests/charts/istio-control/istio-discovery/templates/mutatingwebhook.yaml).
 INJECTOR_SUFFIX = "sidecar-injector.istio.io"
-REVISION_LABEL = "istio.io/rev"
-INJECTION_LABEL = "istio-injection"
 # The webhook configuration's own labels: istio.io/rev for a revision's webhook, istio.io/tag for a revision
 # tag's (istioctl/pkg/tag/generate.go).
 TAG_LABEL = "istio.io/tag"
@@ -87,11 +87,6 @@ def admission_findings(ctx: CheckContext) -> Iterator[Finding]:
 
 # -- the webhook has nobody behind it --------------------------------------------------------------------
 
-def _ready(pod: Resource) -> bool:
-    conditions = {c.get("type"): c.get("status") for c in pod.status.get("conditions") or ()}
-    return conditions.get("Ready") == "True" and not pod.metadata.get("deletionTimestamp")
-
-
 def _backends(snapshot: Snapshot, service: tuple[str, str]) -> list[Resource] | None:
     """Pods behind ``service`` (None when the Service is not in the snapshot: nothing to judge)."""
     namespace, name = service
@@ -118,7 +113,7 @@ def _unreachable_webhooks(snapshot: Snapshot, webhooks: Sequence[InjectorWebhook
             by_service.setdefault(hook.service, []).append(hook)
     for service, hooks in sorted(by_service.items()):
         pods = _backends(snapshot, service)
-        if pods is None or any(_ready(p) for p in pods):
+        if pods is None or any(not not_ready(p) and not terminating(p) for p in pods):
             continue
         selected = sorted({ns for hook in hooks for ns in _selected(hook, namespaces)})
         selected = [ns for ns in selected if ctx.in_scope(ns)] if ctx.namespace else selected
@@ -151,11 +146,12 @@ def _unserved_revisions(webhooks: Sequence[InjectorWebhook], namespaces: Sequenc
                         ctx: CheckContext) -> Iterator[Finding]:
     served = sorted({h.revision or "default" for h in webhooks})
     for namespace in namespaces:
-        revision = namespace.labels.get(REVISION_LABEL)
-        # istio-injection wins over istio.io/rev in Istio's selectors (the rev webhooks require istio-injection
-        # DoesNotExist): with it set, the namespace is either injected by the default webhook or opted out.
-        if not revision or INJECTION_LABEL in namespace.labels or not ctx.in_scope(namespace.name):
+        labels = NamespaceInjection.of_labels(namespace.labels)
+        # istio-injection wins over istio.io/rev (commands.cluster.injection): with it set, the namespace is either
+        # injected by the default webhook or opted out, so only istio.io/rev alone asks for a revision.
+        if labels.injection is not None or labels.revision is None or not ctx.in_scope(namespace.name):
             continue
+        revision = labels.injector_revision
         if any(label_selector_matches(h.namespace_selector, namespace.labels) for h in webhooks):
             continue
         yield codes.finding(
