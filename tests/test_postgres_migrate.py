@@ -14,8 +14,11 @@ import pytest
 
 from bot.approvals.rule import Vote
 from bot.approvals.store import ApprovalStore
-from bot.incidents.log import AuditKey, EventKind, IncidentLog
-from bot.incidents.outbox import Outbox
+from bot.incidents.audit import AuditKey
+from bot.incidents.log import IncidentLog
+from bot.incidents.records import EventKind
+from bot.incidents.delivery import IncidentDeliveries
+from bot.slack.outbox import Outbox
 from bot.server.schema import MIGRATIONS, open_database
 from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
@@ -31,7 +34,8 @@ def sqlite_log(path: Path) -> IncidentLog:
     """A SQLite log with what a running meshbot leaves: an incident, its events, outbox entries, an approval."""
     database = open_database(path)
     log = IncidentLog(database, key=AuditKey(KEY.encode(), "MESHBOT_AUDIT_KEY"), anchor_stores=())
-    outbox = Outbox(database, SlackClient(build_web_client(BOT_TOKEN, "http://127.0.0.1:9/api/")), log)
+    outbox = Outbox(database, SlackClient(build_web_client(BOT_TOKEN, "http://127.0.0.1:9/api/")),
+                    record=IncidentDeliveries(log))
     now = datetime.now(timezone.utc)
     with database.transaction() as db:
         incident = log.create(db, group_key="g1", title="istiod down", severity="critical", channel="CINC",

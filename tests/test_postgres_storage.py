@@ -10,8 +10,11 @@ import httpx
 import psycopg
 import pytest
 
-from bot.incidents.log import AuditKey, EventKind, IncidentLog
-from bot.incidents.outbox import Outbox
+from bot.incidents.audit import AuditKey
+from bot.incidents.log import IncidentLog
+from bot.incidents.records import EventKind
+from bot.incidents.delivery import IncidentDeliveries
+from bot.slack.outbox import Outbox
 from bot.server.schema import MIGRATIONS, open_database
 from bot.server.wiring import require_settings
 from bot.settings import Settings, SettingsError
@@ -234,7 +237,7 @@ def test_open_database_picks_postgresql_when_a_url_is_set(postgres, tmp_path):
 
 def replica_outbox(database: PostgresDatabase, fake_slack, interval: float) -> Outbox:
     client = SlackClient(build_web_client(BOT_TOKEN, fake_slack.api_url, max_retries=0))
-    return Outbox(database, client, IncidentLog(database), min_post_interval=interval)
+    return Outbox(database, client, record=IncidentDeliveries(IncidentLog(database)), min_post_interval=interval)
 
 
 def test_two_replicas_deliver_each_message_once_in_order_and_paced_per_channel(postgres, fake_slack):

@@ -25,16 +25,18 @@ from datetime import datetime, timedelta, timezone
 import sqlite_utils
 
 from bot.approvals import blocks as approval_blocks
+from bot.incidents import blocks as incident_blocks
 from bot.incidents import headline
 from bot.settings import SettingsError, quorum_exceeds_approvers
-from bot.slack import blocks
+from bot.slack.blocks import Message
 from bot.runtime.loops import WakeableLoop
 from bot.approvals.rule import Click, Decision, RequestState, Verdict, Vote, decide, is_approver
 from bot.approvals.store import ApprovalRequest, ApprovalStore
 from bot.storage.database import Database
 from bot.storage.dialect import Dialect
-from bot.incidents.log import EventKind, Incident, IncidentLog
-from bot.incidents.outbox import Outbox
+from bot.incidents.log import IncidentLog
+from bot.incidents.records import EventKind, Incident
+from bot.slack.outbox import Outbox
 from bot.slack.client import SlackClient, SlackError
 from commands.actions import (ActionTarget, Outcome, Plan, Verification, apply, dry_run, plan_action, plan_diff,
                               rollback_plan, verify)
@@ -179,7 +181,7 @@ class ApprovalDesk:
                               {"source": "slack", "reason": f"/mesh {plan.action}"})
         incident = self.incidents.get_in(db, incident_id)
         top = self.outbox.post(db, incident_id=incident_id, channel=channel,
-                               message=blocks.manual_incident_message(incident, requester, plan.action))
+                               message=incident_blocks.manual_incident_message(incident, requester, plan.action))
         self.incidents.set_top_message(db, incident_id, top)
         return self.incidents.get_in(db, incident_id)
 
@@ -439,7 +441,7 @@ class ApprovalDesk:
                                message=self._request_message(request, now), of=request.message_entry)
         return request
 
-    def _request_message(self, request: ApprovalRequest, now: datetime) -> blocks.Message:
+    def _request_message(self, request: ApprovalRequest, now: datetime) -> Message:
         return approval_blocks.request_message(request, now, approvers=self.policy.approvers,
                                                plan_attached=self._plan_attached(request))
 
@@ -456,7 +458,7 @@ class ApprovalDesk:
             view = headline.refresh_top(db, self.incidents, self.outbox, incident_id, self.clock())
             if incident.top_message is not None:
                 self.outbox.post(db, incident_id=incident_id, channel=incident.channel or "",
-                                 message=blocks.incident_resolved_note(view, self.clock()),
+                                 message=incident_blocks.incident_resolved_note(view, self.clock()),
                                  thread_of=incident.top_message)
             return
         headline.refresh_top(db, self.incidents, self.outbox, incident_id, self.clock())

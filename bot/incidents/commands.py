@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from bot.incidents.flow import IncidentFlow
-from bot.incidents.log import Incident
+from bot.incidents.records import Incident
 from bot.incidents import headline
 from bot.incidents.report import NOISE, Style, describe_event, event_time, person
 from bot.slack.app import Invocation

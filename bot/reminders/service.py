@@ -23,8 +23,9 @@ import sqlite_utils
 from bot.reminders import blocks as reminder_blocks
 from bot.cluster import ClusterAccess
 from bot.storage.database import Database, migration
-from bot.incidents.log import EventKind, IncidentLog, iso
-from bot.incidents.outbox import Outbox
+from bot.incidents.log import IncidentLog
+from bot.incidents.records import EventKind, iso
+from bot.slack.outbox import Outbox
 from commands.checks.certs import certificate_inventory, certs
 from commands.checks.registry import CheckContext
 from commands.clients.lease import LeaderElector

@@ -11,18 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.approvals import store as approval_store
-from bot.incidents import log as incident_log
-from bot.incidents import outbox
+from bot.incidents import store as incident_store
+from bot.slack import outbox
 from bot.reminders import service as reminder_service
 from bot.storage.backend import database_for
 from bot.storage.database import Database, Migration, claims_table
 
 MIGRATIONS: tuple[Migration, ...] = (
-    *incident_log.MIGRATIONS,  # 1: incidents, incident alerts, hash-chained events, raw notifications
+    *incident_store.MIGRATIONS,  # 1: incidents, incident alerts, hash-chained events, raw notifications
     *outbox.MIGRATIONS,  # 2: the Slack outbox
     *approval_store.MIGRATIONS,  # 3: approval requests and their votes
     *reminder_service.MIGRATIONS,  # 4: certificate reminders already posted
-    incident_log.keyed_audit_chain,  # 5: keyed audit chain (older events stay an unkeyed prefix)
+    incident_store.keyed_audit_chain,  # 5: keyed audit chain (older events stay an unkeyed prefix)
     approval_store.plan_binding,  # 6: approval plans bound to their request with the audit key
     claims_table,  # 7: claims (a channel's outbox held by one replica at a time, its next post time)
     approval_store.execution_lease,  # 8: which replica executes an approved request, and its heartbeat

@@ -22,11 +22,15 @@ from bot.approvals import commands as approval_commands
 from bot.approvals.desk import ApprovalDesk, ApprovalPolicy
 from bot.cluster import ClusterAccess
 from bot.diagnosis import Diagnostician, Runner
+from bot.incidents import blocks as incident_blocks
 from bot.incidents import commands as incident_commands
+from bot.incidents.delivery import IncidentDeliveries
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.intake import alertmanager_route
-from bot.incidents.log import Incident, IncidentLog, LeaseAnchorStore, default_anchor_stores, load_audit_key
-from bot.incidents.outbox import Outbox
+from bot.incidents.anchors import LeaseAnchorStore, default_anchor_stores
+from bot.incidents.audit import load_audit_key
+from bot.incidents.log import IncidentLog
+from bot.incidents.records import Incident
 from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
 from bot.incidents.playbooks import PlaybookError, PlaybookSet, SuggestedRemediation
 from bot.reminders import commands as reminder_commands
@@ -38,23 +42,21 @@ from bot.runtime.metrics import Metrics
 from bot.server.schema import open_database
 from bot.server.services import Services
 from bot.settings import Settings, SettingsError
-from bot.slack import blocks
 from bot.slack import diagnoses as diagnosis_commands
 from bot.slack.app import Buttons, Pools, build_bolt_app
 from bot.slack.client import SlackClient, build_web_client
 from bot.slack.ingress import SlackRequestGate
+from bot.slack.outbox import Outbox
 from bot.slack.roles import RoleCheck, Roles
 from bot.slack.slash import RefusedCommand, SlashCommands
 from bot.storage.database import Database
 from commands.catalog import default_checks
+from commands.checks.registry import CheckRegistry
 from commands.clients.lease import LeaderElector
 
 log = logging.getLogger(__name__)
 
-from commands.checks.registry import CheckRegistry
 MESSENGER_THREADS = 4
-COMMAND_REFUSED = "command_refused"
-"""Incident-log event kind of a ``/mesh`` command refused for want of a role."""
 
 
 def build(settings: Settings, *, runner: Runner | None = None,
@@ -84,7 +86,8 @@ def build(settings: Settings, *, runner: Runner | None = None,
     elector = _elector(settings, cluster)
     incidents = IncidentLog(database, key=load_audit_key(settings.audit_key, settings.db_path),
                             anchor_stores=_audit_anchors(settings, elector), clock=clock)
-    outbox = Outbox(database, outbox_slack, incidents, metrics, batch_interval=settings.thread_batch_seconds)
+    outbox = Outbox(database, outbox_slack, metrics, record=IncidentDeliveries(incidents),
+                    batch_interval=settings.thread_batch_seconds)
     approvals: ApprovalDesk | None = None  # a captured scenario has no cluster to act on
     if not settings.scenario:
         approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack,
@@ -101,7 +104,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     incident_commands.register(commands, flow)
     approval_commands.register(commands, buttons, approvals, istio_namespace=settings.istio_namespace)
     reminder_commands.register(commands, reminders)
-    commands.audit_refused(_refused_command_recorder(database, incidents))
+    commands.audit_refused(_refused_command_recorder(incidents))
     roles = RoleCheck(Roles.from_settings(settings), slack.usergroup_members)
     bolt = build_bolt_app(settings, web_client, Pools(messengers=messengers, workers=workers), commands, buttons,
                           roles)
@@ -149,18 +152,13 @@ def require_settings(settings: Settings) -> None:
                             "shared by every replica")
 
 
-def _refused_command_recorder(database: Database, incidents: IncidentLog) -> RefusedCommand:
+def _refused_command_recorder(incidents: IncidentLog) -> RefusedCommand:
     """Refused commands go to the incident log like refused clicks (on the incident's timeline when they name one)."""
     def record(user: str, channel: str, request: object, reason: str) -> None:
-        incident_id = getattr(request, "incident_id", None)
         fields = dataclasses.asdict(request) if dataclasses.is_dataclass(request) else {}
-        with database.transaction() as db:
-            if incident_id is not None and db.execute("SELECT 1 FROM incidents WHERE id = ?",
-                                                      [incident_id]).fetchone() is None:
-                incident_id = None
-            incidents.append(db, incident_id, user, COMMAND_REFUSED, {
-                "channel": channel, "command": type(request).__name__,
-                "request": {k: str(v)[:200] for k, v in fields.items()}, "reason": reason})
+        incidents.record_refused_command(user, channel, type(request).__name__,
+                                         {k: str(v)[:200] for k, v in fields.items()}, reason,
+                                         getattr(request, "incident_id", None))
     return record
 
 
@@ -178,7 +176,7 @@ def _suggestion_buttons(incident: Incident, suggestions: list[SuggestedRemediati
 
 def _suggestion_text(incident: Incident, suggestions: list[SuggestedRemediation]) -> list:
     """Without (a captured scenario), they are text to read."""
-    return blocks.suggestions_blocks(suggestions)
+    return incident_blocks.suggestions_blocks(suggestions)
 
 
 def _reminders(settings: Settings, database: Database, cluster: ClusterAccess, outbox: Outbox, incidents: IncidentLog,
