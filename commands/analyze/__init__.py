@@ -118,7 +118,16 @@ def run_analyzers(ctx: CheckContext, *, only: Iterable[str] | None = None) -> li
                 reason=f"could not read {', '.join(unreadable)}"))
             continue
         findings.extend(_run_one(spec, ctx))
-    return [f for f in findings if ctx.namespace is None or origin_namespace(f) in (None, ctx.namespace)]
+    return [f for f in findings if ctx.namespace is None or concerns(f, ctx.namespace)]
+
+
+AFFECTED_NAMESPACES = "affected_namespaces"
+"""Evidence key: namespaces an object elsewhere acts on (a root-namespace policy applies mesh-wide)."""
+
+
+def concerns(finding: Finding, namespace: str) -> bool:
+    """Whether a finding belongs in a run scoped to ``namespace``."""
+    return origin_namespace(finding) in (None, namespace) or namespace in finding.evidence.get(AFFECTED_NAMESPACES, ())
 
 
 def with_offline_defaults(ctx: CheckContext) -> CheckContext:

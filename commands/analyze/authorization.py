@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from commands.analyze import analyzer, report
+from commands.analyze import AFFECTED_NAMESPACES, analyzer, report
 from commands.analyze.workload_selector import MeshWorkloads
 from commands.authz.evaluate import Workload, selecting_policies
 from commands.authz.explain import root_namespace, unmatchable_sources
@@ -69,7 +69,7 @@ def _allow_without_rules(policy: Policy, selected: list[Resource], applying: dic
     if not stranded:
         return []
     return [report("MB7001", policy.resource, policy=policy.qualified_name, workloads=describe(stranded),
-                   evidence={"pods": [p.qualified_name for p in stranded]},
+                   evidence=_pods_evidence(stranded),
                    remediation=_advice(policy, stranded[0],
                                        "Add the rules the callers need (rules: [{}] would allow every request), or "
                                        "annotate the policy istio.io/dry-run=true to observe before enforcing"))]
@@ -82,7 +82,7 @@ def _deny_everything(policy: Policy, selected: list[Resource]) -> list[Finding]:
     if rule is None:
         return []
     return [report("MB7002", policy.resource, policy=policy.qualified_name, rule=rule.index,
-                   workloads=describe(selected), evidence={"pods": [p.qualified_name for p in selected]},
+                   workloads=describe(selected), evidence=_pods_evidence(selected),
                    remediation=_advice(policy, selected[0],
                                        f"Give rule {rule.index} the from/to/when that name what must be denied"))]
 
@@ -134,6 +134,7 @@ def _http_fields_on_tcp(policy: Policy, selected: list[Resource], snapshot: Snap
                     "MB7005", policy.resource, action=str(policy.action), policy=policy.qualified_name,
                     rule=rule.index, fields=", ".join(_http_fields(rule)), port=port,
                     service=service.qualified_name, consequence=consequence,
+                    evidence={AFFECTED_NAMESPACES: [service.namespace]},
                     remediation=_advice(policy, pod, "Move the HTTP-only fields to a rule limited to the HTTP "
                                                      "ports (to.operation.ports), or name the port for its "
                                                      "real protocol")))
@@ -167,6 +168,11 @@ def _unmatchable(ctx: CheckContext, policies: list[Policy]) -> Iterable[Finding]
                          "<caller> -o jsonpath={.spec.serviceAccountName}` and the mesh's trust domain give "
                          "<trust domain>/ns/<ns>/sa/<account>",
                          command=policy.inspect_command))
+
+
+def _pods_evidence(pods: list[Resource]) -> dict[str, Any]:
+    # A root-namespace policy denies in other namespaces: `analyze -n NS` must still show it there.
+    return {"pods": [p.qualified_name for p in pods], AFFECTED_NAMESPACES: sorted({p.namespace or "" for p in pods})}
 
 
 def _advice(policy: Policy, pod: Resource, fix: str) -> Remediation:

@@ -222,3 +222,10 @@ def test_403_alert_runs_the_analysis_that_names_the_policy():
     [found] = findings(policy("payments-allow", SELECT_PAYMENTS), "MB7001")
     [suggestion] = suggest(playbook, [found], labels)
     assert suggestion.action is None and "rules" in suggestion.title
+
+
+def test_root_namespace_policy_shows_in_a_run_scoped_to_the_namespace_it_denies():
+    text = MESH + policy("allow-nothing", "{}", namespace="istio-system")
+    scoped = with_code(analyze_yaml(text, namespace="front"), "MB7001")
+    assert [f.origin for f in scoped] == ["AuthorizationPolicy istio-system/allow-nothing"]
+    assert with_code(analyze_yaml(text, namespace="elsewhere"), "MB7001") == []
