@@ -85,25 +85,30 @@ def explain_rbac_denials(snapshot: Snapshot, namespace: str, labels: Mapping[str
                              check_command=f"istioctl experimental authz check {target}")
 
 
+# Causes that deny every request come first: they explain a 403 whoever calls.
+EVERY_REQUEST, SOME_REQUESTS = 0, 1
+
+
 def _causes(applying: list[Policy], unmatchable: list[Unmatchable]) -> list[DenialCause]:
     enforced = [p for p in applying if p.enforced]
-    causes: list[DenialCause] = []
+    ranked: list[tuple[int, DenialCause]] = []
     for policy in (p for p in enforced if p.action is Action.DENY):
         everything = next((r for r in policy.rules if r.matches_everything), None)
         if everything is not None:
-            causes.append(_cause(policy, everything.index, "matches every request"))
+            ranked.append((EVERY_REQUEST, _cause(policy, everything.index, "matches every request")))
         elif policy.rules:
-            causes.append(_cause(policy, None, f"denies what its {len(policy.rules)} rule(s) match"))
+            ranked.append((SOME_REQUESTS, _cause(policy, None, f"denies what its {len(policy.rules)} rule(s) match")))
     allows = [p for p in enforced if p.action is Action.ALLOW]
     if allows and not any(p.rules for p in allows):
-        causes.extend(_cause(p, None, "has no rules, so it denies every request") for p in allows)
+        ranked.extend((EVERY_REQUEST, _cause(p, None, "has no rules, so it denies every request")) for p in allows)
     elif allows:
         names = ", ".join(p.qualified_name for p in allows)
-        causes.extend(_cause(p, None, f"applies, so a request no rule of {names} matches is denied") for p in allows)
+        ranked.extend((SOME_REQUESTS, _cause(p, None, f"applies, so a request no rule of {names} matches is denied"))
+                      for p in allows)
     for item in unmatchable:
-        causes.append(_cause(item.policy, item.rule, f"names {item.field} {item.value}, which {item.reason}"))
-    order = {"matches every request": 0, "has no rules, so it denies every request": 1}
-    return sorted(causes, key=lambda c: order.get(c.reason, 2))
+        ranked.append((SOME_REQUESTS, _cause(item.policy, item.rule,
+                                             f"names {item.field} {item.value}, which {item.reason}")))
+    return [cause for _, cause in sorted(ranked, key=lambda pair: pair[0])]
 
 
 def _cause(policy: Policy, rule: int | None, what: str) -> DenialCause:
