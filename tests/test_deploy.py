@@ -428,6 +428,14 @@ def test_the_network_policy_component_admits_only_alertmanager_and_the_ingress_c
     assert egress_ports == {53, 443, 6443, 15014}
 
 
+def test_high_availability_behind_the_network_policy_reaches_postgresql_with_database_egress(rendered):
+    """issue 28: the NetworkPolicy let out 53, 443, 6443 and 15014 only; three replicas never reached PostgreSQL."""
+    policy = find(objects(rendered, "with-database-egress"), "NetworkPolicy", "meshbot")
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    assert egress_ports == {53, 443, 6443, 15014, 5432}
+    assert find(objects(rendered, "with-database-egress"), "Deployment", "meshbot")["spec"]["replicas"] == 3
+
+
 def test_the_network_policy_component_lets_dns_reach_coredns_and_nodelocal_dnscache(rendered):
     policy = find(objects(rendered, "with-network-policy"), "NetworkPolicy", "meshbot")
     dns = policy["spec"]["egress"][0]

@@ -204,6 +204,44 @@ def test_the_kustomize_base_is_the_chart_rendered_with_default_values():
     assert kustomization["resources"] == ["namespace.yaml", "meshbot.yaml"]
 
 
+# Each kustomize component stands for chart values: what it renders must be what Helm renders for them.
+COMPONENT_VALUES = {
+    "high-availability": {"replicas": 3, "database": {"postgres": True}},
+    "http-mode": {"slack": {"mode": "http"}},
+    "ca-secrets": {"caSecrets": {"enabled": True}},
+    "namespaced-actions": {"actions": {"namespaces": ["istio-system", "prod"]}},
+}
+
+
+def comparable(objs: list[dict]) -> dict[tuple[str, str, str], dict]:
+    """Objects by identity, env as a mapping (a strategic merge appends where the template inserts)."""
+    out = {}
+    for obj in without_helm_bookkeeping(objs):
+        obj.get("metadata", {}).get("labels", {}).pop("app.kubernetes.io/version", None)
+        for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            container["env"] = {e["name"]: e for e in container.get("env", [])}
+        out[obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]] = obj
+    return out
+
+
+@pytest.mark.parametrize("component", COMPONENT_VALUES)
+def test_each_kustomize_component_renders_what_the_chart_renders_for_its_values(component, tmp_path):
+    import shutil
+
+    shutil.copytree(KUSTOMIZE_DIR, tmp_path / "base")
+    (tmp_path / "overlay").mkdir()
+    (tmp_path / "overlay" / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": ["../base"],
+        "components": [f"../base/components/{component}"]}))
+    result = run(tool("kubectl"), "kustomize", str(tmp_path / "overlay"))
+    assert result.returncode == 0, result.stderr
+    kustomized = comparable([o for o in documents(result.stdout) if o["kind"] != "Namespace"])
+    charted = comparable(render(COMPONENT_VALUES[component]))
+    assert kustomized.keys() == charted.keys()
+    for key in charted:
+        assert kustomized[key] == charted[key], key
+
+
 # -- values ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("values, refused", [
