@@ -244,7 +244,23 @@ def upstream_workload_is_broken(findings: Sequence[Finding]) -> Iterable[Link]:
                            Confidence.MEDIUM)
 
 
-RULES: tuple[Rule, ...] = (root_trust_is_broken, control_plane_is_down, upstream_workload_is_broken)
+def one_config_is_rejected_everywhere(findings: Sequence[Finding]) -> Iterable[Link]:
+    """Proxies rejecting the same push are one cause: the resource that produced the config (MB2012,
+    commands/checks/rejections.py), not N proxies each needing attention (istiod sends every proxy the config
+    built from the same resources: pilot/pkg/xds/ads.go)."""
+    for cause in findings:
+        if cause.code != "MB2012":
+            continue
+        # A proxy has one MB2002 (its last rejection), so the proxies named are exactly the grouped findings.
+        proxies = set(cause.evidence.get("proxies") or ())
+        for effect in findings:
+            if effect.code == "MB2002" and effect.origin in proxies:
+                yield Link(cause, effect, "every one of these proxies rejects the same config from one resource",
+                           Confidence.HIGH)
+
+
+RULES: tuple[Rule, ...] = (root_trust_is_broken, control_plane_is_down, upstream_workload_is_broken,
+                           one_config_is_rejected_everywhere)
 
 
 # -- first safe steps ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from commands import codes
+from commands.checks.rejections import group_rejections
 from commands.checks.registry import CheckContext, check
 from commands.checks.syncz import SYNCZ_PATH, ProxySync, SyncState, parse_syncz
 from commands.checks.versions import Istiod, IstioVersion, Skew, istiod_version, version_skew
@@ -49,7 +50,7 @@ def config_to_fix(xds_type: str, error: str) -> str:
 
 
 
-@check("proxy-status", kinds=("Pod",),
+@check("proxy-status", kinds=("Pod", "EnvoyFilter", "Gateway"),
        summary="xDS sync state of every proxy (istioctl proxy-status) from istiod /debug/syncz")
 def proxy_status(ctx: CheckContext) -> list[Finding]:
     if ctx.endpoints is None:
@@ -88,6 +89,7 @@ def proxy_status(ctx: CheckContext) -> list[Finding]:
         findings.extend(_sync_findings(proxy, istiod, proxy.evidence(istiod)))
         findings.extend(_version_findings(proxy, istiod, proxy.evidence(istiod)))
     findings.extend(_unknown_versions(in_scope, istiods))
+    findings.extend(group_rejections(findings, ctx.snapshot))
     return findings
 
 
