@@ -227,6 +227,20 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "Namespace {namespace}: {sidecars}, {ready} ready, {crashlooping} crash-looping, "
           "{restarting} restarting",
           "Per-namespace sidecar counts."),
+    # Admission: Istio's injector webhook fails closed (failurePolicy: Fail in manifests/charts/istio-control/
+    # istio-discovery/templates/mutatingwebhook.yaml), and its namespaceSelector picks namespaces by
+    # istio-injection / istio.io/rev; the kube-apiserver refuses pods it cannot send to a selected webhook.
+    _code("MB1040", "InjectionWebhookUnavailable", E, "status",
+          "Sidecar injector webhook {webhook} cannot be reached ({reason}) and fails closed: new pods in {scope} "
+          "are refused",
+          "The webhook's Service has no ready istiod behind it; pod creation in injected namespaces fails."),
+    _code("MB1041", "RevisionNotServed", E, "status",
+          "Namespace {namespace} asks for Istio revision {revision}, which no injection webhook serves "
+          "(served: {served}); new pods there start without a sidecar",
+          "A namespace labelled for a revision or tag with no webhook (istio.io/rev on the webhook configuration)."),
+    _code("MB1042", "PodCreationBlocked", E, "status",
+          "{owner} cannot create pods: {reason} ({count} times, last {last_seen})",
+          "A ReplicaSet's ReplicaFailure condition or FailedCreate Events: the workload cannot replace its pods."),
     # proxy-status follows istioctl proxy-status (istioctl/pkg/writer/pilot/status.go) over istiod's
     # /debug/syncz (pilot/pkg/xds/debug.go SyncStatus); the per-type states are statusgen.go debugSyncStatus.
     _code("MB2000", "ProxySyncSummary", I, "proxy-status",
@@ -268,6 +282,10 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "{what} {proxy} runs Istio {proxy_version}, one minor behind its istiod {istiod} ({istiod_version}); "
           "supported while the upgrade finishes",
           "Supported skew (istiod one minor ahead); patch differences are not reported."),
+    # One bad resource makes every proxy it applies to reject the same push (commands/checks/rejections.py).
+    _code("MB2012", "SameConfigRejectedByProxies", E, "proxy-status",
+          '{proxies} the same {types} config from istiod: "{error}"; produced by {source}',
+          "Identical rejections grouped into one cause, naming the EnvoyFilter, Gateway or Sidecar behind them."),
     _code("MB2010", "IstiodVersionUnknown", I, "proxy-status",
           "Version skew not checked for {count} proxies of istiod {istiod}: {reason}",
           "Neither istiod's /version on :15014 nor its image tag gave a version."),
@@ -327,6 +345,13 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "The istio-ca-root-cert in namespace {namespace} holds the current mesh root but lacks the valid "
           "root(s) {lacking} of the mesh's trust bundle; workloads there cannot verify peers chaining to them",
           "A namespace's root ConfigMap is an older copy of the mesh's multi-root bundle."),
+    # security/pkg/server/ca/monitoring.go: citadel_server_csr_count, citadel_server_success_cert_issuance_count
+    # and the per-cause error counters (csr_sign_err_count, csr_parsing_err_count, id_extraction_err_count,
+    # authentication_failure_count) are cumulative since istiod started.
+    _code("MB3020", "CaSigningFailing", E, "certs",
+          "istiod's CA in {pod} failed {errors} of {requests} certificate requests since it started ({causes}); "
+          "new pods get no workload certificate while it fails",
+          "citadel_server_* error counters from istiod's /metrics: the mesh CA does not sign CSRs."),
     # Rejected = upstream_rq_pending_overflow, upstream_rq_active_overflow or upstream_cx_pool_overflow
     # above 0 (envoyproxy/envoy docs/root/configuration/upstream/cluster_manager/cluster_stats.rst); a
     # breaker gauge at 1 alone is MB4009/MB4010.

@@ -35,6 +35,7 @@ _ALL = [
     KindInfo("ConfigMap", "", "v1", "configmaps"),
     KindInfo("Secret", "", "v1", "secrets"),
     KindInfo("Deployment", "apps", "v1", "deployments"),
+    KindInfo("Event", "", "v1", "events"),
     KindInfo("PodMetrics", "metrics.k8s.io", "v1beta1", "pods"),
     KindInfo("MutatingWebhookConfiguration", "admissionregistration.k8s.io", "v1",
              "mutatingwebhookconfigurations", namespaced=False),
