@@ -227,3 +227,11 @@ def test_a_series_failing_from_the_start_has_no_onset_inside_the_window():
     onset = find_onset([(float(t), 0.4) for t in range(0, 1200, 30)])
 
     assert onset is not None and onset.at is None and onset.already_failing
+
+
+def test_connection_security_comes_from_the_servers_proxy(mesh_prometheus):
+    [both] = _read(mesh_prometheus.url, "shop").edges
+    [client_only] = _read(mesh_prometheus.url, "ramp").edges
+
+    assert both.security == ("mutual_tls",)
+    assert client_only.security == ()  # the client's proxy reports "unknown"

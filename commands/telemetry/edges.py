@@ -63,6 +63,8 @@ class FailingEdge:
     codes: Mapping[str, float]
     flags: Mapping[str, float]
     """Envoy response flags seen on failed requests, from either reporter (``-``: none)."""
+    security: tuple[str, ...] = ()
+    """connection_security_policy the server's proxy reported (``mutual_tls``, ``none``); empty when unknown."""
     onset: Onset | None = None
     ratio: tuple[tuple[float, float], ...] = field(default=(), repr=False)
 
@@ -81,7 +83,7 @@ class FailingEdge:
         return {"source": str(self.edge.source), "destination": str(self.edge.destination),
                 "service": self.service, "reporter": self.reporter, "errors": round(self.errors),
                 "total": round(self.total), "share": round(self.share, 4), "codes": dict(self.codes),
-                "flags": dict(self.flags),
+                "flags": dict(self.flags), "connection_security": list(self.security),
                 "onset": rfc3339(self.onset.at) if self.onset and self.onset.at else None,
                 "failing_before_window": bool(self.onset and self.onset.already_failing)}
 
@@ -92,7 +94,7 @@ def failing_edges(prometheus: PrometheusApi, namespaces: Sequence[str], start: d
     window = _duration(end - start)
     failed = prometheus.query(_failures_query(namespaces, window, limit * SERIES_PER_EDGE), end,
                               purpose="failing edges")
-    by_edge = dict(sorted(_merge_reporters(failed).items(), key=lambda item: -sum(item[1][2].values()))[:limit])
+    by_edge = dict(sorted(_merge_reporters(failed).items(), key=lambda item: -item[1].errors)[:limit])
     if not by_edge:
         return []
     # Only the failing edges' sources and destinations: the cross product may add a few healthy edges, but
@@ -105,12 +107,12 @@ def failing_edges(prometheus: PrometheusApi, namespaces: Sequence[str], start: d
     ratios = _per_edge_series(prometheus.query_range(_ratio_query(sources, destinations, namespaces), start, end,
                                                      STEP, purpose="edge error ratio"))
     edges = []
-    for edge, (reporter, service, codes, flags) in by_edge.items():
-        points = ratios.get((reporter, edge)) or next((s for (r, e), s in ratios.items() if e == edge), ())
-        errors = sum(codes.values())
-        failing = FailingEdge(edge=edge, service=service, reporter=reporter, errors=errors,
-                              total=max(totals.get((reporter, edge), 0.0), errors), codes=codes, flags=flags,
-                              onset=find_onset(points, rule), ratio=tuple(points))
+    for edge, seen in by_edge.items():
+        points = ratios.get((seen.reporter, edge)) or next((s for (r, e), s in ratios.items() if e == edge), ())
+        failing = FailingEdge(edge=edge, service=seen.service, reporter=seen.reporter, errors=seen.errors,
+                              total=max(totals.get((seen.reporter, edge), 0.0), seen.errors), codes=seen.codes,
+                              flags=seen.flags, security=seen.security, onset=find_onset(points, rule),
+                              ratio=tuple(points))
         # A steady trickle of errors (a few 503s among thousands of requests) is how healthy traffic looks:
         # an edge fails when its ratio left its baseline, or when errors are a real share of it all along.
         if failing.onset or failing.share >= rule.min_rise:
@@ -188,11 +190,29 @@ def _edge(labels: Mapping[str, str]) -> Edge:
                 Workload(labels.get(m.DESTINATION_NAMESPACE, ""), labels.get(m.DESTINATION_WORKLOAD, "unknown")))
 
 
-def _merge_reporters(failed: Iterable[Series]) -> dict[Edge, tuple[str, str, dict[str, float], dict[str, float]]]:
-    """Per edge: the preferred reporter's counts by code, and the flags either reporter saw."""
+@dataclass(frozen=True)
+class _Seen:
+    """One edge's failures as the failing-edges query saw them, reporters merged."""
+
+    reporter: str
+    service: str
+    codes: dict[str, float]
+    flags: dict[str, float]
+    security: tuple[str, ...]
+
+    @property
+    def errors(self) -> float:
+        return sum(self.codes.values())
+
+
+def _merge_reporters(failed: Iterable[Series]) -> dict[Edge, _Seen]:
+    """Per edge: the preferred reporter's counts by code, the flags either reporter saw, and the connection
+    security the server's proxy reported (the client's says ``unknown``: it cannot know how the server
+    terminated the connection)."""
     counts: dict[Edge, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
     flags: dict[Edge, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
     services: dict[Edge, str] = {}
+    security: dict[Edge, set[str]] = defaultdict(set)
     for series in failed:
         value = series.last or 0.0
         if value <= 0:
@@ -202,6 +222,8 @@ def _merge_reporters(failed: Iterable[Series]) -> dict[Edge, tuple[str, str, dic
         counts[edge][reporter][labels.get(m.RESPONSE_CODE, "")] += value
         flags[edge][reporter][labels.get(m.RESPONSE_FLAGS, "-")] += value
         services.setdefault(edge, labels.get(m.DESTINATION_SERVICE, ""))
+        if reporter == "destination" and labels.get(m.SECURITY_POLICY, "unknown") != "unknown":
+            security[edge].add(labels[m.SECURITY_POLICY])
     merged = {}
     for edge, by_reporter in counts.items():
         reporter = next((r for r in PREFERRED_REPORTER if r in by_reporter), sorted(by_reporter)[0])
@@ -211,8 +233,8 @@ def _merge_reporters(failed: Iterable[Series]) -> dict[Edge, tuple[str, str, dic
         for per_flag in flags[edge].values():
             for flag, value in per_flag.items():
                 seen[flag] = max(seen.get(flag, 0.0), value)
-        merged[edge] = (reporter, services[edge], {c: round(v, 1) for c, v in by_reporter[reporter].items()},
-                        {f: round(v, 1) for f, v in seen.items()})
+        merged[edge] = _Seen(reporter, services[edge], {c: round(v, 1) for c, v in by_reporter[reporter].items()},
+                             {f: round(v, 1) for f, v in seen.items()}, tuple(sorted(security[edge])))
     return merged
 
 
