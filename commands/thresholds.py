@@ -26,6 +26,9 @@ class Thresholds:
     min_flag_failures: int = 5
     """Fewer failures of one response flag (UH, UF, NR, a 403 …) since Envoy started are noise, not an outage:
     Envoy's counters only grow, and a rollout or one bad deploy leaves a few behind on every sidecar."""
+    flag_share: float = 0.05
+    """...and so is a flag below this share of what it could have hit (a cluster's requests or connections, a
+    listener's requests): a long-lived sidecar collects some UF and UC from every upstream rollout."""
     stats_count_warning: int = 50_000
     ca_sign_error_share: float = 0.10
     """Share of CSRs istiod's CA failed to sign (since it started) that is an outage, not a blip: every signing

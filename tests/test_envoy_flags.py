@@ -144,6 +144,23 @@ def test_sidecar_with_traffic_and_nothing_wrong_is_silent(envoy_binary: str, tmp
     assert findings == []
 
 
+@pytest.mark.envoy
+def test_a_few_failures_among_many_requests_are_background_not_an_outage(envoy_binary: str, tmp_path: Path) -> None:
+    # A long-lived sidecar collects a few failures of every kind; 6 unrouted of 206 requests is under 5%.
+    lab = Lab(binary=envoy_binary, workdir=tmp_path)
+    try:
+        proxy = lab.start([sidecar.outbound_listener([sidecar.service_vhost(domains=(sidecar.SERVICE,))])],
+                          [sidecar.outbound_cluster(lab.upstream())])
+        assert set(send(proxy, 200)) == {200} and set(send(proxy, 6, host="payments.prod")) == {404}
+        findings = check(proxy.admin_url)
+        strict = check(proxy.admin_url, Thresholds(flag_share=0.01))
+    finally:
+        lab.close()
+
+    assert findings == []
+    assert codes_of(strict) == ["MB4020"]
+
+
 def test_unreadable_host_health_is_said_not_passed_over(tmp_path: Path) -> None:
     captured = CASES_BY_NAME["nr-no-route"].directory
     for name in ("stats.txt", "memory.json"):

@@ -59,21 +59,31 @@ class Upstream:
                              remediation=chosen.remediation(**self.fields()))
 
 
+def significant(count: int, whole: int | None, thresholds: Thresholds) -> bool:
+    """Enough failures of one flag to be an outage: at least the floor, and at least ``flag_share`` of ``whole``
+    (what they could have hit) when that is known.  Envoy's counters add up since it started."""
+    if count < thresholds.min_flag_failures:
+        return False
+    return not whole or count / whole >= thresholds.flag_share
+
+
 def failure_findings(target: PodRef, name: ClusterName, stats: ClusterStats | None, hosts: ClusterHosts | None,
                      thresholds: Thresholds) -> Iterator[Finding]:
     upstream = Upstream(target, name, stats, hosts)
-    floor = thresholds.min_flag_failures
-    yield from _no_healthy_upstream(upstream, floor)
-    yield from _connect_failures(upstream, floor)
-    for code, counter, host_counter, cause, unit in (
-            ("MB4016", "upstream_rq_retry_limit_exceeded", None, "persistent-failure", "requests"),
-            ("MB4017", "upstream_rq_timeout", "rq_timeout", "slow-upstream", "requests"),
-            ("MB4018", "upstream_cx_destroy_remote_with_active_rq", None, "upstream-closed", "connections")):
+    yield from _no_healthy_upstream(upstream, thresholds)
+    yield from _connect_failures(upstream, thresholds)
+    requests = stats.requests if stats else (hosts.total("rq_total") if hosts else 0)
+    connections = stats["upstream_cx_total"] if stats else 0
+    for code, counter, host_counter, cause, unit, whole in (
+            ("MB4016", "upstream_rq_retry_limit_exceeded", None, "persistent-failure", "requests", requests),
+            ("MB4017", "upstream_rq_timeout", "rq_timeout", "slow-upstream", "requests", requests),
+            ("MB4018", "upstream_cx_destroy_remote_with_active_rq", None, "upstream-closed", "connections",
+             connections)):
         count = stats[counter] if stats else (hosts.total(host_counter) if hosts and host_counter else 0)
-        if count >= floor:
+        if significant(count, whole, thresholds):
             yield upstream.finding(FAILURE_MODES[code], cause, count=count, unit=unit, detail="",
                                    evidence={counter if stats else f"hosts.{host_counter}": count})
-    if hosts and (abandoned := hosts.abandoned) >= floor:
+    if hosts and significant(abandoned := hosts.abandoned, hosts.total("rq_total"), thresholds):
         yield upstream.finding(FAILURE_MODES["MB4019"], "caller-gave-up", count=abandoned, unit="requests",
                                detail="", evidence={"hosts.rq_total": hosts.total("rq_total"),
                                                     "hosts.rq_success": hosts.total("rq_success"),
@@ -82,14 +92,14 @@ def failure_findings(target: PodRef, name: ClusterName, stats: ClusterStats | No
         yield from _error_share(upstream, stats, thresholds)
 
 
-def _no_healthy_upstream(upstream: Upstream, floor: int) -> Iterator[Finding]:
+def _no_healthy_upstream(upstream: Upstream, thresholds: Thresholds) -> Iterator[Finding]:
     """UH: requests that found no host, or (stats hidden) a cluster whose every host is ejected."""
     stats, hosts = upstream.stats, upstream.hosts
     count = stats["upstream_cx_none_healthy"] if stats else 0
     all_ejected = bool(hosts and hosts.hosts and len(hosts.ejected) == len(hosts.hosts))
     # Without stats the only trustworthy sign is ejection: outlier detection ejects a host only after real
     # traffic failed on it, while an empty cluster may simply be a service nobody calls.
-    if count < floor and not (stats is None and all_ejected):
+    if not significant(count, stats.requests if stats else None, thresholds) and not (stats is None and all_ejected):
         return
     cause, detail = _uh_cause(hosts)
     yield upstream.finding(FAILURE_MODES["MB4013"], cause, count=count if stats else UNKNOWN_COUNT,
@@ -113,11 +123,12 @@ def _uh_cause(hosts: ClusterHosts | None) -> tuple[str, str]:
     return "outlier-ejected", f": all {len(hosts.hosts)} endpoints are healthy again now"
 
 
-def _connect_failures(upstream: Upstream, floor: int) -> Iterator[Finding]:
+def _connect_failures(upstream: Upstream, thresholds: Thresholds) -> Iterator[Finding]:
     """UF, split into TLS failures (per ssl counter) and plain connect failures (refused or timed out)."""
     stats, hosts = upstream.stats, upstream.hosts
     tls = {counter: stats[counter] for counter, _ in _TLS_CAUSES if stats and stats[counter]}
-    if stats and sum(tls.values()) >= floor:
+    connections = stats["upstream_cx_total"] if stats else (hosts.total("cx_total") if hosts else 0)
+    if stats and significant(sum(tls.values()), connections, thresholds):
         counter = max(tls, key=lambda c: tls[c])
         cause = dict(_TLS_CAUSES)[counter]
         yield upstream.finding(FAILURE_MODES["MB4015"], cause, count=sum(tls.values()), unit="connections",
@@ -135,7 +146,7 @@ def _connect_failures(upstream: Upstream, floor: int) -> Iterator[Finding]:
         plain = hosts.total("cx_connect_fail") if hosts else 0
         evidence = {"hosts.cx_connect_fail": plain}
         cause, detail = "refused", " (refused, timed out or TLS: this sidecar does not export the counters that tell)"
-    if plain >= floor:
+    if significant(plain, connections, thresholds):
         yield upstream.finding(FAILURE_MODES["MB4014"], cause, count=plain, unit="connections", detail=detail,
                                evidence=evidence)
 

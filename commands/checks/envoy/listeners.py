@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from commands import codes
+from commands.checks.envoy.failures import significant
 from commands.checks.envoy.flags import FAILURE_MODES
 from commands.checks.envoy.names import BLACKHOLE, listener_port
 from commands.checks.envoy.stats import EnvoyStats
@@ -26,24 +27,27 @@ def listener_findings(target: PodRef, stats: EnvoyStats, thresholds: Thresholds,
     for prefix, manager in sorted(stats.connection_managers.items()):
         where = listener_port(prefix)
         port = where.rpartition(" ")[2]
+        requests = manager["downstream_rq_total"]
         for code, counter, cause in (("MB4020", "no_route", "no-virtual-host"),
                                      ("MB4021", "no_cluster", "missing-subset")):
-            if manager[counter] >= floor:
+            if significant(manager[counter], requests, thresholds):
                 yield _finding(target, code, cause, listener=where, count=manager[counter], port=port,
                                evidence={f"{where} {counter}": manager[counter]})
+        checked = manager["ext_authz.ok"] + manager["ext_authz.denied"] + manager["ext_authz.error"]
         for counter, cause, what in (("ext_authz.denied", "provider-denies", "denied by the external authorizer"),
                                      ("ext_authz.error", "provider-down",
                                       "refused because the external authorizer did not answer")):
-            if manager[counter] >= floor:
+            if significant(manager[counter], checked, thresholds):
                 yield _finding(target, "MB4028", cause, listener=where, port=port, count=manager[counter],
                                what=what, evidence={f"{where} {counter}": manager[counter],
                                                     f"{where} ext_authz.ok": manager["ext_authz.ok"]})
-        if registry_only and prefix.startswith("outbound_") and manager["rq_direct_response"] >= floor:
+        if (registry_only and prefix.startswith("outbound_")
+                and significant(manager["rq_direct_response"], requests, thresholds)):
             yield _finding(target, "MB4024", "unregistered-destination", listener=where, port=port,
                            count=manager["rq_direct_response"], what="HTTP requests answered 502 by block_all",
                            evidence={f"{where} rq_direct_response": manager["rq_direct_response"]})
     yield from _blackhole_tcp(target, stats, floor)
-    yield from _rbac(target, stats, floor)
+    yield from _rbac(target, stats, thresholds)
     for what, rejected in sorted(stats.xds_rejected.items()):
         if rejected:
             yield _finding(target, "MB4025", "invalid-config", count=rejected, what=what, port="",
@@ -59,13 +63,13 @@ def _blackhole_tcp(target: PodRef, stats: EnvoyStats, floor: int) -> Iterator[Fi
                        evidence={"BlackHoleCluster connections": dropped})
 
 
-def _rbac(target: PodRef, stats: EnvoyStats, floor: int) -> Iterator[Finding]:
+def _rbac(target: PodRef, stats: EnvoyStats, thresholds: Thresholds) -> Iterator[Finding]:
     for rbac in sorted(stats.rbac, key=lambda r: r.scope):
         where = listener_port(rbac.scope.removeprefix("http.")) if rbac.scope != "tcp" else "TCP ports"
         port = where.rpartition(" ")[2]
         evidence = {"scope": where, "rbac.denied": rbac.denied, "rbac.allowed": rbac.allowed,
                     "shadow_denied": rbac.shadow_denied}
-        if rbac.denied >= floor:
+        if significant(rbac.denied, rbac.denied + rbac.allowed, thresholds):
             yield _finding(target, "MB4022", "policy-denies", listener=where, port=port, count=rbac.denied,
                            allowed=rbac.allowed, evidence=evidence)
         elif rbac.shadow_denied:
