@@ -162,6 +162,35 @@ def test_expired_workload_certificate_makes_only_its_namespace_permissive(shippe
     assert actions == ["permissive-mtls prod"]
 
 
+def test_a_suggested_restart_waits_while_the_ca_fails_to_sign(shipped):
+    labels = {"alertname": "EnvoySidecarCrashLoop", "namespace": "prod", "pod": "payment-7d9f-x2x4q"}
+    oom = finding("MB1012", action="restart payment -n prod")
+    ca = Finding(check="certs", code="MB3020", level=ALL_CODES["MB3020"].level, message="istiod's CA fails to sign",
+                 origin="Pod istio-system/istiod-5d8f",
+                 remediation=Remediation("Find why the CA cannot sign", command="kubectl -n istio-system logs "
+                                                                           "-l app=istiod"))
+    [suggestion] = suggest(shipped.match(labels), [oom, ca], labels)
+    assert suggestion.action is None
+    assert suggestion.title.endswith("(waits on ca)")
+    assert suggestion.advice.startswith("Not yet: the mesh CA cannot issue usable certificates")
+    assert "First: kubectl -n istio-system logs -l app=istiod" in suggestion.advice
+
+
+def test_a_suggested_config_change_waits_while_istiod_is_down(shipped):
+    labels = {"alertname": "IstioCertificateExpiringSoon", "namespace": "prod"}
+    root = finding("MB3001", origin="Secret istio-system/cacerts",
+                   message='Mesh root CA "O=cluster.local" expired 2d ago (notAfter 2025-01-01T00:00:00Z)')
+    oom = Finding(check="status", code="MB1002", level=ALL_CODES["MB1002"].level,
+                  message="istiod container discovery in istio-system/istiod-5d8f was OOMKilled",
+                  origin="Pod istio-system/istiod-5d8f", evidence={"role": "istiod"},
+                  remediation=Remediation("Raise its memory", command="kubectl -n istio-system set resources "
+                                                                      "deployment/istiod -c discovery "
+                                                                      "--limits=memory=4Gi"))
+    [permissive] = [s for s in suggest(shipped.match(labels), [root, oom], labels) if "mesh" in s.advice.lower()
+                    or "permissive" in s.title.lower()]
+    assert permissive.action is None and "no proxy can receive this change" in permissive.advice
+
+
 def test_conflicting_virtualservices_get_merge_advice_without_an_action(shipped):
     labels = {"alertname": "ConfigSyncFailure"}
     conflict = finding("IST0109", origin="VirtualService prod/reviews")

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from commands.actions.targets import ActionTarget, ActionUsageError, parse_action
 from commands.errors import InputError
-from commands.findings import Finding, by_severity
+from commands.findings import Finding, Remediation, by_severity
+from commands.preconditions import MeshHealth
 from commands.triage import Cause, namespace_of, workload_of
 from commands.validation import is_dns1123_subdomain, namespace_problem
 
@@ -298,7 +299,27 @@ def suggest(playbook: Playbook, findings: Sequence[Finding], labels: Mapping[str
             key = ("action", action) if action else ("title", rule.title)
             draft = drafts.setdefault(key, _Draft(rule.title, action, rule.advice))
             draft.add(finding)
-    return [draft.freeze() for draft in drafts.values()]
+    health = MeshHealth.from_findings(findings)
+    return [_gated(draft.freeze(), health) for draft in drafts.values()]
+
+
+def _gated(suggestion: SuggestedRemediation, health: MeshHealth) -> SuggestedRemediation:
+    """A suggested action whose dependency the same diagnosis shows failing becomes advice without a button:
+    the fix of that dependency first (commands.preconditions).  A suggestion never waits on its own findings
+    (istiod's restart does not wait for istiod)."""
+    if not suggestion.action:
+        return suggestion
+    step = Remediation(suggestion.title, action=suggestion.action)
+    blocking = [b for b in health.blockers(step) if b.finding.origin not in suggestion.origins]
+    if not blocking:
+        return suggestion
+    first = blocking[0]
+    fix = first.finding.remediation
+    then = suggestion.advice or suggestion.title
+    advice = (f"Not yet: {first.reason} ({first.finding.message.rstrip('.')}). First: "
+              f"{fix.command or fix.summary if fix else 'fix that'}. Then: {then}")
+    return SuggestedRemediation(f"{suggestion.title} (waits on {first.dependency})", None, advice,
+                                suggestion.codes, suggestion.origins)
 
 
 def with_first_step(cause: Cause | None, suggestions: list[SuggestedRemediation]) -> list[SuggestedRemediation]:
