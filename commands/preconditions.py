@@ -96,8 +96,9 @@ WHY_BLOCKED: dict[Dependency, str] = {
 # endpoint unreachable: it neither pushes config nor signs certificates (istiod is both:
 # https://istio.io/latest/docs/ops/deployment/architecture/#istiod).
 ISTIOD_DOWN = frozenset({"MB1001", "MB1002", "MB1003", "MB1006", "MB2005"})
-CA_FAILING = frozenset({"MB3020"})
-"""istiod answers CSRs with errors (citadel_server_csr_sign_err_count, security/pkg/server/ca/monitoring.go)."""
+CA_FAILING = frozenset({"MB3020", "MB6023"})
+"""istiod answers CSRs with errors (citadel_server_csr_sign_err_count, security/pkg/server/ca/monitoring.go): from
+its /metrics since it started (MB3020) or from Prometheus over the last window (MB6023)."""
 ROOT_EXPIRED = frozenset({"MB3001"})
 INJECTION_DOWN = frozenset({"MB1040", "MB1042"})
 REVISION_UNSERVED = frozenset({"MB1041"})
