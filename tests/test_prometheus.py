@@ -235,3 +235,13 @@ def test_connection_security_comes_from_the_servers_proxy(mesh_prometheus):
 
     assert both.security == ("mutual_tls",)
     assert client_only.security == ()  # the client's proxy reports "unknown"
+
+
+def test_prometheus_settings_refuse_credentials_in_the_url_and_hide_the_token():
+    from bot.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="MESHBOT_PROMETHEUS_URL"):
+        Settings.load({"MESHBOT_PROMETHEUS_URL": "http://admin:pw@prometheus:9090"})
+    settings = Settings.load({"MESHBOT_PROMETHEUS_URL": "http://prometheus:9090", "MESHBOT_PROMETHEUS_TOKEN": "s3cret"})
+    assert "s3cret" not in repr(settings)
+    assert (settings.prometheus_timeout, settings.prometheus_max_series) == (5.0, 500)

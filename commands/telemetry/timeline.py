@@ -145,7 +145,8 @@ def _edge_lines(telemetry: Telemetry) -> list[str]:
             since = "no clear onset"
         share = f"{round(edge.errors)} of {round(edge.total)} failed ({round(100 * edge.share)}%)" \
             if edge.reporter != "tcp" else f"{round(edge.errors)} TCP connections failed"
-        lines.append(f"  {edge.edge}  {share}  {edge.code_summary}  [{since}; reporter {edge.reporter}]")
+        security = f"; {'/'.join(edge.security)}" if edge.security else ""
+        lines.append(f"  {edge.edge}  {share}  {edge.code_summary}  [{since}; reporter {edge.reporter}{security}]")
     return lines
 
 
