@@ -69,7 +69,7 @@ def test_list_sends_field_and_label_selectors(kube: FakeKube, kube_client: KubeC
 
     assert [p["metadata"]["name"] for p in items] == ["a"]
     (request,) = kube.requests("GET", "/api/v1/pods")
-    assert request.params == {"fieldSelector": "metadata.namespace=prod", "labelSelector": "app=shop"}
+    assert request.params == {"fieldSelector": "metadata.namespace=prod", "labelSelector": "app=shop", "limit": "500"}
 
 
 def test_list_of_custom_resources_uses_their_group_path(kube: FakeKube, kube_client: KubeClient):

@@ -138,7 +138,7 @@ def test_configmaps_are_the_root_certs_and_the_istio_namespace_only(mesh: FakeKu
     assert names(snapshot, "ConfigMap") == {
         "prod/istio-ca-root-cert", f"{ISTIO}/istio-ca-root-cert", f"{ISTIO}/istio", f"{ISTIO}/istio-sidecar-injector"}
     (everywhere,) = mesh.requests("GET", "/api/v1/configmaps")
-    assert everywhere.params == {"fieldSelector": "metadata.name=istio-ca-root-cert"}
+    assert everywhere.params == {"fieldSelector": "metadata.name=istio-ca-root-cert", "limit": "500"}
     assert mesh.count("GET", f"/api/v1/namespaces/{ISTIO}/configmaps") == 1
 
 

@@ -1,7 +1,10 @@
 """The one module that talks to the Kubernetes API (the only importer of ``kubernetes``).
 
 ``KubeClient`` answers with plain dicts (no model deserialization) and raises only
-meshbot errors, mapped in ``_raise_for_status``/``_transport_error``.
+meshbot errors, mapped in ``_raise_for_status``/``_transport_error``.  It reads like a
+controller does: lists in pages of ``limit``/``continue`` (an expired continue token
+starts the list again), watches from a resourceVersion with bookmarks, and waits out a
+429 for as long as its Retry-After says (API Priority and Fairness).
 ``KubePortForwarder`` opens ``kubectl port-forward``-style tunnels to pod ports.
 """
 
@@ -15,8 +18,9 @@ import re
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -37,6 +41,44 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 10.0
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
 _PODS = kind_info("Pod")
+
+PAGE_SIZE = 500
+"""Objects per LIST page: client-go's pager default (k8s.io/client-go/tools/pager/pager.go defaultPageSize) and
+kubectl's --chunk-size.  One page of raw JSON is what a list holds in memory beyond the objects it keeps."""
+THROTTLE_RETRIES = 5
+"""429s waited out per call before giving up (client-go retries up to 10: k8s.io/client-go/rest/request.go)."""
+LONGEST_RETRY_AFTER = 10.0
+"""A Retry-After longer than this is cut to it: a diagnosis that waits a minute for one list is no answer."""
+WATCH_SECONDS = 300
+"""Server-side timeoutSeconds of one watch; the informer then watches again from its last resourceVersion."""
+
+Keep = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+"""Applied to each listed object as its page arrives: the part worth keeping, or None to drop it."""
+
+
+class ResourceExpired(ClusterError):
+    """410 Gone: the resourceVersion or continue token is older than the API server's history; list again."""
+
+
+@dataclass
+class Listing:
+    """The objects of one LIST (every page), and the resourceVersion a watch continues from."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    resource_version: str = ""
+    pages: int = 0
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One line of a watch stream: ADDED, MODIFIED, DELETED or BOOKMARK (only a resourceVersion)."""
+
+    type: str
+    object: dict[str, Any]
+
+    @property
+    def resource_version(self) -> str:
+        return str((self.object.get("metadata") or {}).get("resourceVersion") or "")
 
 
 class PatchStrategy(StrEnum):
@@ -120,6 +162,13 @@ def _raise_for_status(call: ApiCall, status: int, data: bytes) -> None:
     if status == 409:
         raise call.failed(Conflict, f"conflict ({_status_message(data) or 'changed or already exists'})",
                           status=status)
+    if status == 410:
+        # A continue token or watch resourceVersion older than etcd's compaction (apimachinery's
+        # NewResourceExpired; client-go's pager and reflector re-list on it).
+        raise call.failed(ResourceExpired, "expired (" + (_status_message(data) or "resourceVersion too old") + ")",
+                          status=status)
+    if status == 429:
+        raise call.failed(TransientError, "the API server is throttling requests (HTTP 429)", status=status)
     if status >= 500:
         raise call.failed(TransientError, f"the API server answered HTTP {status}", status=status)
     message = _status_message(data)
@@ -151,6 +200,7 @@ class KubeClient:
         configuration.retries = False
         self.api = k8s_client.ApiClient(configuration)
         self.timeout = timeout
+        self.throttle_retries = THROTTLE_RETRIES
 
     # -- construction -----------------------------------------------------------
 
@@ -203,18 +253,71 @@ class KubeClient:
     # -- reads ------------------------------------------------------------------
 
     def list(self, kind: str | KindInfo, namespace: str | None = None, *, field_selector: str | None = None,
-             label_selector: str | None = None) -> list[dict[str, Any]]:
+             label_selector: str | None = None, keep: Keep | None = None) -> list[dict[str, Any]]:
         """Every object of ``kind`` (cluster-wide unless ``namespace``), with ``kind``/``apiVersion`` filled in."""
+        return self.read_list(kind, namespace, field_selector=field_selector, label_selector=label_selector,
+                              keep=keep).items
+
+    def read_list(self, kind: str | KindInfo, namespace: str | None = None, *, field_selector: str | None = None,
+                  label_selector: str | None = None, keep: Keep | None = None,
+                  page_size: int = PAGE_SIZE) -> Listing:
+        """A LIST in pages of ``page_size``, each object passed through ``keep`` as its page arrives.
+
+        When the continue token expires between pages (410), the list starts again once with no token, as
+        client-go's pager does (pager.go, FullListIfExpired): the objects of the expired list are discarded
+        rather than mixed with a newer one.
+        """
         info = _kind(kind)
         call = ApiCall("list", info, _namespace(namespace))
-        answer = self._request(call, "GET", [("fieldSelector", field_selector), ("labelSelector", label_selector)])
-        items = answer.get("items") or []
-        for item in items:
-            # List items from built-in APIs carry no kind/apiVersion of their own.
-            item.setdefault("kind", info.kind)
-            item.setdefault("apiVersion", info.api_version)
-        return items
+        selectors = [("fieldSelector", field_selector), ("labelSelector", label_selector)]
+        try:
+            return self._list_pages(call, selectors, keep, page_size)
+        except ResourceExpired:
+            log.info("%s: continue token expired between pages; listing again", call.path)
+            return self._list_pages(call, selectors, keep, page_size)
 
+    def _list_pages(self, call: ApiCall, selectors: list[tuple[str, str | None]], keep: Keep | None,
+                    page_size: int) -> Listing:
+        listing = Listing()
+        token: str | None = None
+        while True:
+            page = self._request(call, "GET", [*selectors, ("limit", str(page_size) if page_size else None),
+                                               ("continue", token)])
+            listing.pages += 1
+            for item in page.get("items") or []:
+                # List items from built-in APIs carry no kind/apiVersion of their own.
+                item.setdefault("kind", call.kind.kind)
+                item.setdefault("apiVersion", call.kind.api_version)
+                kept = keep(item) if keep else item
+                if kept is not None:
+                    listing.items.append(kept)
+            metadata = page.get("metadata") or {}
+            listing.resource_version = str(metadata.get("resourceVersion") or listing.resource_version)
+            token = metadata.get("continue") or None
+            if not token:
+                return listing
+
+    def watch(self, kind: str | KindInfo, namespace: str | None = None, *, resource_version: str,
+              field_selector: str | None = None, label_selector: str | None = None,
+              timeout_seconds: int = WATCH_SECONDS) -> Iterator[WatchEvent]:
+        """Changes after ``resource_version`` until the server ends the watch; raises ResourceExpired on 410.
+
+        Bookmarks are asked for (allowWatchBookmarks) so an idle watch still moves its resourceVersion on, and a
+        watch started again after a quiet hour does not start from a compacted version (KEP-956).
+        """
+        info = _kind(kind)
+        call = ApiCall("watch", info, _namespace(namespace))
+        query = [("watch", "true"), ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", str(timeout_seconds)), ("fieldSelector", field_selector),
+                 ("labelSelector", label_selector)]
+        response = self._send(call, "GET", query, read_timeout=timeout_seconds + self.timeout)
+        try:
+            for line in _lines(response, call, self.timeout):
+                event = _watch_event(call, line)
+                if event is not None:
+                    yield event
+        finally:
+            response.close()  # a watch left early must not hand a half-read stream back to the pool
     def get(self, kind: str | KindInfo, namespace: str | None, name: str) -> dict[str, Any]:
         return self._request(ApiCall("get", _kind(kind), _namespace(namespace), _name(name)), "GET")
 
@@ -242,18 +345,11 @@ class KubeClient:
 
     def _request(self, call: ApiCall, method: str, query: Sequence[tuple[str, str | None]] = (), *,
                  body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        method, url, headers, body, _ = self.api.param_serialize(
-            method, call.path, query_params=_without_empty(query), header_params=headers, body=body,
-            auth_settings=["BearerToken"])
+        response = self._send(call, method, query, body=body, content_type=content_type)
         try:
-            response = self.api.call_api(method, url, headers, body, _request_timeout=self.timeout)
-            data = response.read()
+            data = response.data
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _transport_error(call, exc, self.timeout) from None
-        _raise_for_status(call, response.status, data)
         try:
             answer = json.loads(data) if data else {}
         except ValueError:
@@ -261,6 +357,81 @@ class KubeClient:
         if not isinstance(answer, dict):
             raise call.failed(TransientError, "the API server's answer is not a JSON object")
         return answer
+
+    def _send(self, call: ApiCall, method: str, query: Sequence[tuple[str, str | None]] = (), *, body: Any = None,
+              content_type: str = "application/json", read_timeout: float | None = None) -> Any:
+        """The urllib3 response of one call, its body not yet read; a 429 is waited out as Retry-After asks.
+
+        API Priority and Fairness answers a request it will not queue with 429 and Retry-After; the request did
+        not run, so asking again after the wait is safe for every verb (apiserver filters/priority-and-fairness.go,
+        client-go rest/request.go checkWait).
+        """
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        method, url, headers, body, _ = self.api.param_serialize(
+            method, call.path, query_params=_without_empty(query), header_params=headers, body=body,
+            auth_settings=["BearerToken"])
+        timeout: Any = self.timeout if read_timeout is None else (self.timeout, read_timeout)
+        for attempt in range(self.throttle_retries + 1):
+            try:
+                response = self.api.call_api(method, url, headers, body, _request_timeout=timeout).response
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise _transport_error(call, exc, self.timeout) from None
+            if response.status != 429 or attempt == self.throttle_retries:
+                break
+            wait = _retry_after(response.headers.get("Retry-After"))
+            response.drain_conn()
+            log.info("%s: throttled by the API server (429); trying again in %gs", call.path, wait)
+            time.sleep(wait)
+        if response.status >= 400:
+            try:
+                data = response.data
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise _transport_error(call, exc, self.timeout) from None
+            _raise_for_status(call, response.status, data)
+        return response
+
+
+def _retry_after(header: str | None) -> float:
+    """Seconds to wait from a Retry-After header (the API server sends whole seconds); 1 s when absent or odd."""
+    try:
+        seconds = float(header) if header else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), LONGEST_RETRY_AFTER)
+
+
+def _lines(response: Any, call: ApiCall, timeout: float) -> Iterator[bytes]:
+    """The newline-separated JSON of a watch stream as it arrives."""
+    pending = b""
+    try:
+        for chunk in response.stream(65536, decode_content=True):
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            yield from (line for line in complete if line.strip())
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise _transport_error(call, exc, timeout) from None
+    if pending.strip():
+        yield pending
+
+
+def _watch_event(call: ApiCall, line: bytes) -> WatchEvent | None:
+    """One decoded watch line; an ERROR event raises its Status (410 for a too old resourceVersion)."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        raise call.failed(TransientError, "a watch event is not JSON") from None
+    if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+        return None
+    obj = event["object"]
+    if event.get("type") == "ERROR":
+        status = int(obj.get("code") or 500)
+        _raise_for_status(call, status, json.dumps(obj).encode())
+        return None
+    obj.setdefault("kind", call.kind.kind)
+    obj.setdefault("apiVersion", call.kind.api_version)
+    return WatchEvent(str(event.get("type") or ""), obj)
 
 
 def _kind(kind: str | KindInfo) -> KindInfo:

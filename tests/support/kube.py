@@ -15,17 +15,29 @@ store nothing, and a write refused by ``fail`` (403, 409, 500…) changes nothin
 Optimistic concurrency, as the real API server does it: every stored object has a
 ``metadata.resourceVersion`` that each write bumps, and a patch carrying a stale one
 is answered 409 Conflict (kmock 0.8 ignores it).
+
+Reading like a controller needs three more things a real API server does and kmock 0.8 does not:
+lists served in pages (``limit``/``continue``, ordered by namespace/name as etcd keys are, with
+``remainingItemCount``), watches from a ``resourceVersion`` with bookmarks, and a history that is
+compacted, after which an old continue token or watch resourceVersion is answered 410 Gone.  A
+test can also make the server throttle (429 with Retry-After, API Priority and Fairness).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
+import json
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import aiohttp.web
+import attrs
 import kmock
 import pytest
 from kmock._internal import apps, k8s
@@ -84,13 +96,6 @@ class EventLoopThread:
         self._thread.join(timeout=5)
 
 
-# -- selectors: kmock lists ignore them, a real API server does not (bot.demo.cluster.selected) --
-
-
-def _has_selector(request: kmock.Request) -> bool:
-    return bool(request.params.get("fieldSelector") or request.params.get("labelSelector"))
-
-
 _WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
 
 
@@ -104,9 +109,55 @@ def _conflict(request: Any) -> k8s.KubernetesObjectConflictError:
         "please apply your changes to the latest version and try again"))
 
 
+BOOKMARK_SECONDS = 0.2
+"""How often an idle watch gets a BOOKMARK (a real API server sends one about every minute; tests are short)."""
+
+
+@attrs.frozen
+class Expired(k8s.KubernetesError):
+    """410 Gone, in the API server's words (apimachinery api/errors NewResourceExpired)."""
+
+    status: int = 410
+    reason: str = "Expired"
+    message: str = "too old resource version"
+
+
+@dataclass
+class Throttle:
+    """Answer the next ``times`` matching requests with 429 and Retry-After, as API Priority and Fairness does."""
+
+    resource: kmock.resource | None
+    times: int
+    retry_after: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the watch history: what a watch from an older resourceVersion is sent."""
+
+    resource_version: int
+    resource: Any
+    namespace: str | None
+    event: dict[str, Any]
+
+
+def _continue_token(resource_version: int, namespace: str, name: str) -> str:
+    """Like the apiserver's: the list's resourceVersion and the key to start after (storage/etcd3 continue.go)."""
+    raw = json.dumps({"v": "meta.k8s.io/v1", "rv": resource_version, "start": [namespace, name]})
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _read_continue_token(token: str) -> tuple[int, tuple[str, str]]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(raw["rv"]), (str(raw["start"][0]), str(raw["start"][1]))
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise k8s.KubernetesError() from None
+
+
 class ApiServerEmulator(kmock.KubernetesEmulator):
     """kmock's emulator, with dry-run writes and refused writes leaving the stored objects alone,
-    and resourceVersion enforced on patches."""
+    resourceVersion enforced on patches, paged lists, watches with bookmarks, 410 after compaction and 429."""
 
     refusals: list[Callable[[Any], bool]]
 
@@ -114,6 +165,11 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.refusals = []
         self.last_resource_version = 0
+        self.history: list[Change] = []
+        self.compacted_through = 0
+        """Changes up to this resourceVersion are forgotten: older watches and continue tokens get 410."""
+        self.throttles: list[Throttle] = []
+        self._changed = asyncio.Event()
         # A dry run is emulated by writing and then restoring the store; a real API server never stores it, so
         # nothing else may see that moment: writes queue behind each other and reads wait for it to pass.
         self._writes = asyncio.Lock()
@@ -125,11 +181,124 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         return str(self.last_resource_version)
 
     async def _handle(self, request: Any) -> Any:
+        throttled = self._throttled(request)
+        if throttled is not None:
+            return throttled
         if request.resource is not None and request.action in _WRITES:
             async with self._writes:
-                return await self._write(request)
+                answer = await self._write(request)
+            if request.params.get("dryRun") != "All" and not any(refused(request) for refused in self.refusals):
+                self._record_write(request)
+            return answer
         await self._no_dry_run.wait()
         return await super()._handle(request)
+
+    # -- 429: API Priority and Fairness ------------------------------------------------------
+
+    def _throttled(self, request: Any) -> aiohttp.web.StreamResponse | None:
+        for throttle in self.throttles:
+            if throttle.times > 0 and throttle.resource in (None, request.resource):
+                throttle.times -= 1
+                # apiserver/pkg/server/filters/priority-and-fairness.go answers with tooManyRequests: 429, Retry-After.
+                body = status_body(429, "Too many requests, please try again later.")
+                body["reason"] = "TooManyRequests"
+                return aiohttp.web.json_response(body, status=429, headers={"Retry-After": throttle.retry_after})
+        return None
+
+    # -- the watch history ---------------------------------------------------------------------
+
+    def record(self, event_type: str, resource: Any, namespace: str | None, raw: dict[str, Any]) -> None:
+        """Remember a change for watches; a DELETED object gets a resourceVersion of its own, as etcd gives it."""
+        obj = copy.deepcopy(raw)
+        metadata = obj.setdefault("metadata", {})
+        if event_type == "DELETED" or "resourceVersion" not in metadata:
+            metadata["resourceVersion"] = self.next_resource_version()
+        self.history.append(Change(int(metadata["resourceVersion"]), resource, namespace,
+                                   {"type": event_type, "object": obj}))
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def compact(self) -> None:
+        """Forget the history so far, as etcd compaction does (every 5 minutes in a real cluster)."""
+        self.compacted_through = self.last_resource_version
+        self.history.clear()
+
+    def _record_write(self, request: Any) -> None:
+        data = request.data if isinstance(request.data, dict) else {}
+        namespace = request.namespace or (data.get("metadata") or {}).get("namespace")
+        name = request.name or (data.get("metadata") or {}).get("name")
+        key = (request.resource, namespace, name)
+        if key not in self._objects:
+            return
+        stored = self._objects[key]
+        if stored.deleted:
+            self.record("DELETED", request.resource, namespace, stored.last.raw)
+        else:
+            self.record("ADDED" if request.action == kmock.action.CREATE else "MODIFIED", request.resource,
+                        namespace, stored.raw)
+
+    # -- lists in pages, watches ----------------------------------------------------------------
+
+    def _known(self, resource: Any) -> bool:
+        return any(known == resource for known in self._get_resources())
+
+    async def _serve_list(self, request: Any) -> Any:
+        """A page of the objects in key order, with a continue token while more remain."""
+        if not self._known(request.resource):
+            raise k8s.KubernetesResourceNotFoundError()
+        list_version, start = self.last_resource_version, ("", "")
+        token = request.params.get("continue")
+        if token:
+            list_version, start = _read_continue_token(token)
+            if list_version <= self.compacted_through:
+                # storage/etcd3 store.go: "The provided continue parameter is too old to display a consistent
+                # list result. You can start a new list without the continue parameter..."
+                raise Expired(message="The provided continue parameter is too old to display a consistent list result. "
+                              "You can start a new list without the continue parameter.")
+        # kmock's lists ignore selectors; a real API server does not (bot.demo.cluster.selected).
+        fields, labels = request.params.get("fieldSelector", ""), request.params.get("labelSelector", "")
+        matching = sorted(
+            ((namespace or "", name), obj.raw) for (resource, namespace, name), obj in self._objects.items()
+            if resource == request.resource and not obj.deleted
+            and (request.namespace is None or namespace == request.namespace)
+            and (namespace or "", name) > start and selected(obj.raw, fields, labels))
+        limit = int(request.params.get("limit") or 0)
+        page = matching[:limit] if limit else matching
+        metadata: dict[str, Any] = {"resourceVersion": str(list_version)}
+        if limit and len(matching) > limit:
+            metadata["continue"] = _continue_token(list_version, *page[-1][0])
+            metadata["remainingItemCount"] = len(matching) - limit
+        return {"apiVersion": "v1", "kind": "List", "metadata": metadata, "items": [raw for _, raw in page]}
+
+    async def _serve_watch(self, request: Any) -> Any:
+        """Changes after ``resourceVersion``, then new ones as they happen, with bookmarks, until timeoutSeconds."""
+        yield b""  # the headers go out now, as a real API server's do
+        since = int(request.params.get("resourceVersion") or self.last_resource_version)
+        if since < self.compacted_through:
+            # A real API server answers a too old resourceVersion with an ERROR event in the stream
+            # (apiserver/pkg/storage/cacher: "too old resource version").
+            yield {"type": "ERROR", "object": status_body(410, f"too old resource version: {since} "
+                                                               f"({self.compacted_through})") | {"reason": "Expired"}}
+            return
+        deadline = time.monotonic() + float(request.params.get("timeoutSeconds") or 1800)
+        bookmarks = request.params.get("allowWatchBookmarks") == "true"
+        fields, labels = request.params.get("fieldSelector", ""), request.params.get("labelSelector", "")
+        while True:
+            for change in [c for c in self.history if c.resource_version > since]:
+                since = change.resource_version
+                if change.resource == request.resource and request.namespace in (None, change.namespace) \
+                        and selected(change.event["object"], fields, labels):
+                    yield change.event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            changed = self._changed
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(BOOKMARK_SECONDS, remaining))
+            if bookmarks and not changed.is_set():
+                since = max(since, self.last_resource_version)
+                yield {"type": "BOOKMARK", "object": {"kind": "Status", "apiVersion": "v1",
+                                                      "metadata": {"resourceVersion": str(since)}}}
 
     async def _write(self, request: Any) -> Any:
         if any(refused(request) for refused in self.refusals):
@@ -193,29 +362,40 @@ class FakeKube:
     def _install_defaults(self) -> None:
         for info in KINDS.values():  # every kind is served (lists answer [] rather than 404)
             self.emulator.resources[resource_of(info)] = {}
-        (self.emulator ** -1)[kmock.action.LIST][_has_selector] << self._filtered_list
-
-    def _filtered_list(self, request: kmock.Request) -> dict[str, Any]:
-        if not any(resource == request.resource for resource in self.emulator.resources) and not any(
-                key[0] == request.resource for key, _ in self.emulator.objects.items()):
-            raise kmock.KubernetesResourceNotFoundError()
-        items = [obj.raw for (resource, namespace, _), obj in self.emulator.objects.items()
-                 if resource == request.resource and not obj.deleted
-                 and (request.namespace is None or namespace == request.namespace)]
-        fields, labels = request.params.get("fieldSelector", ""), request.params.get("labelSelector", "")
-        return {"metadata": {"resourceVersion": "1"}, "items": [i for i in items if selected(i, fields, labels)]}
 
     # -- seeding -------------------------------------------------------------------------
 
     def add(self, *objects: Mapping[str, Any]) -> None:
-        """Store objects as if created earlier; ``kind`` picks the resource, metadata the namespace/name."""
-        for obj in objects:
-            info = KINDS[obj["kind"]]
-            meta = obj["metadata"]
-            key = (resource_of(info), meta.get("namespace") if info.namespaced else None, meta["name"])
-            stored = copy.deepcopy(dict(obj))
-            stored["metadata"].setdefault("resourceVersion", self.loop.call(self.emulator.next_resource_version))
-            self.loop.call(lambda: self.emulator.objects.__setitem__(key, stored))
+        """Store objects as if created (or changed) by someone else; watches see them as ADDED or MODIFIED."""
+        self.loop.call(lambda: [self._store(obj) for obj in objects])
+
+    def _store(self, obj: Mapping[str, Any]) -> None:
+        info = KINDS[obj["kind"]]
+        meta = obj["metadata"]
+        key = (resource_of(info), meta.get("namespace") if info.namespaced else None, meta["name"])
+        stored = copy.deepcopy(dict(obj))
+        stored["metadata"].setdefault("resourceVersion", self.emulator.next_resource_version())
+        existed = key in self.emulator.objects and not self.emulator.objects[key].deleted
+        self.emulator.objects[key] = stored
+        self.emulator.record("MODIFIED" if existed else "ADDED", key[0], key[1], stored)
+
+    def remove(self, kind: str, namespace: str | None, name: str) -> None:
+        """Delete an object as someone else would; watches see DELETED."""
+        def delete() -> None:
+            key = (resource_of(kind), namespace, name)
+            raw = copy.deepcopy(self.emulator.objects[key].raw)
+            self.emulator.objects[key].delete()
+            self.emulator.record("DELETED", key[0], namespace, raw)
+        self.loop.call(delete)
+
+    def compact(self) -> None:
+        """etcd compaction: older continue tokens and watch resourceVersions are answered 410 Gone from now on."""
+        self.loop.call(self.emulator.compact)
+
+    def throttle(self, times: int, *, kind: str | None = None, retry_after: str = "1") -> None:
+        """Answer the next ``times`` requests (for ``kind``, or any) with 429 and this Retry-After."""
+        resource = resource_of(kind) if kind else None
+        self.loop.call(lambda: self.emulator.throttles.append(Throttle(resource, times, retry_after)))
 
     def object(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The stored state of an object, or None when absent or deleted."""
