@@ -470,6 +470,10 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "Envoy in {pod}: {count} requests on {listener} were {what} (UAEX, CUSTOM AuthorizationPolicy); "
           "probable cause: {cause}",
           "ext_authz.denied (the provider said no) or ext_authz.error (it did not answer; failOpen false denies)."),
+    _code("MB4029", "ExternalDestinationFailing", E, "envoy",
+          "Envoy in {pod}: {count} calls leaving the mesh through its ALLOW_ANY passthrough failed to connect or "
+          "timed out ({destinations}); probable cause: {cause}",
+          "PassthroughCluster connect failures and timeouts; /clusters names each destination address."),
     # MB6xxx telemetry (commands/telemetry): Prometheus with Istio's standard metrics
     # (https://istio.io/latest/docs/reference/config/metrics/), istiod's pilot_*/citadel_* metrics
     # (pilot/pkg/xds/monitoring.go, security/pkg/server/ca/monitoring.go) and Kubernetes Warning Events.

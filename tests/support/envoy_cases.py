@@ -316,6 +316,16 @@ def blackhole_tcp(lab: Lab, healthy: bool) -> RunningEnvoy:
     return envoy
 
 
+def passthrough_refused(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """ALLOW_ANY: connections to an unregistered destination leave through PassthroughCluster and are refused
+    there (the destination is down, or a firewall rejects the cluster's egress)."""
+    port = lab.upstream() if healthy else s.closed_port()
+    cluster = s.passthrough_cluster(port)
+    envoy = lab.start([s.blackhole_tcp_listener(cluster["name"])], [cluster])
+    tcp_connections(envoy, "virtualOutbound-blackhole", 6)
+    return envoy
+
+
 def blackhole_http(lab: Lab, healthy: bool) -> RunningEnvoy:
     """REGISTRY_ONLY (HTTP): a Host with no ServiceEntry meets the block_all virtual host and a direct 502."""
     port = lab.upstream()
@@ -409,6 +419,7 @@ CASES = (
     Case("uaex-authorizer-down", ext_authz_down, ("MB4014", "MB4002", "MB4028")),
     Case("blackhole-tcp", blackhole_tcp, ("MB4024",)),
     Case("blackhole-http", blackhole_http, ("MB4024",), config_dump=True),
+    Case("passthrough-refused", passthrough_refused, ("MB4029",)),
     Case("cds-rejected", cds_rejected, ("MB4025",)),
     Case("lds-rejected", lds_rejected, ("MB4025",)),
 )

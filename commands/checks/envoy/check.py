@@ -13,10 +13,10 @@ from typing import Any
 
 from commands import codes
 from commands.checks.envoy.breakers import breaker_findings
-from commands.checks.envoy.failures import failure_findings
+from commands.checks.envoy.failures import failure_findings, passthrough_findings
 from commands.checks.envoy.hosts import ClusterHosts, parse_clusters
 from commands.checks.envoy.listeners import holds_block_all, listener_findings
-from commands.checks.envoy.names import CONTROL_PLANE_CLUSTERS, ClusterName
+from commands.checks.envoy.names import CONTROL_PLANE_CLUSTERS, PASSTHROUGH, ClusterName
 from commands.checks.envoy.stats import STATS_INCLUSION_REGEX, EnvoyStats, parse_stats
 from commands.checks.registry import CheckContext, check
 from commands.cluster.pods import owner_deployment
@@ -95,6 +95,9 @@ def sidecar_findings(target: PodRef, evidence: Evidence, ctx: CheckContext) -> I
             yield from breaker_findings(target, cluster_stats, ctx.thresholds)
         yield from failure_findings(target, ClusterName.parse(name), cluster_stats,
                                     hosts.get(name) if hosts is not None else None, ctx.thresholds)
+    if PASSTHROUGH in stats.clusters or PASSTHROUGH in (hosts or {}):
+        yield from passthrough_findings(target, stats.clusters.get(PASSTHROUGH),
+                                        (hosts or {}).get(PASSTHROUGH), ctx.thresholds)
     yield from listener_findings(target, stats, ctx.thresholds, registry_only=evidence.registry_only)
     yield from _unchecked_findings(target, evidence)
     yield from _resource_findings(target, stats, evidence.memory, ctx)

@@ -14,7 +14,7 @@ from typing import Any
 from commands import codes
 from commands.checks.envoy.flags import FAILURE_MODES, FailureMode
 from commands.checks.envoy.hosts import ClusterHosts
-from commands.checks.envoy.names import ClusterName
+from commands.checks.envoy.names import PASSTHROUGH, ClusterName
 from commands.checks.envoy.stats import OVERFLOWS, ClusterStats
 from commands.findings import Finding, Remediation
 from commands.resources.references import PodRef
@@ -168,6 +168,28 @@ def _error_share(upstream: Upstream, stats: ClusterStats, thresholds: Thresholds
                   "upstream_rq_retry": stats.retries, "by_flag": by_flag,
                   **{o.counter: stats[o.counter] for o in OVERFLOWS}},
         remediation=_share_remediation(upstream))
+
+
+def passthrough_findings(target: PodRef, stats: ClusterStats | None, hosts: ClusterHosts | None,
+                         thresholds: Thresholds) -> Iterator[Finding]:
+    """MB4029: calls that left the mesh through PassthroughCluster (ALLOW_ANY) and failed to connect or timed out.
+
+    istiod builds PassthroughCluster as ORIGINAL_DST (core/cluster_builder.go buildDefaultPassthroughCluster), so
+    /clusters lists one host per destination address called: the finding names the failing ones."""
+    failed = (stats["upstream_cx_connect_fail"] + stats["upstream_rq_timeout"] if stats else
+              hosts.total("cx_connect_fail") + hosts.total("rq_timeout") if hosts else 0)
+    attempts = stats["upstream_cx_total"] if stats else (hosts.total("cx_total") if hosts else 0)
+    if not significant(failed, attempts, thresholds):
+        return
+    failing = sorted((h for h in (hosts.hosts if hosts else ()) if h["cx_connect_fail"] or h["rq_timeout"]),
+                     key=lambda h: -(h["cx_connect_fail"] + h["rq_timeout"]))
+    where = ", ".join(h.address for h in failing[:3]) + (f" and {len(failing) - 3} more" if len(failing) > 3 else "")
+    cause = FAILURE_MODES["MB4029"].cause("external-unreachable")
+    yield codes.finding("MB4029", origin=f"Pod {target}", pod=str(target), count=failed,
+                        destinations=where or "addresses not listed", cause=cause.state,
+                        evidence={"cluster": PASSTHROUGH, "failed": failed, "connections": attempts,
+                                  "destinations": [h.address for h in failing]},
+                        remediation=cause.remediation(pod=target.name, namespace=target.namespace))
 
 
 def _share_remediation(upstream: Upstream) -> Remediation:

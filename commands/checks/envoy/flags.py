@@ -298,6 +298,20 @@ FAILURE_MODES = FailureModel([
         ("envoy-blackhole-tcp", "envoy-blackhole-http"),
         (ISTIO + "pilot/pkg/networking/core/listener_builder.go and httproute.go (block_all)", CLUSTER_STATS)),
     FailureMode(
+        "UF / UT", "destination outside the mesh failing (PassthroughCluster)", "503 / 504 (HTTP) or closed "
+        "connection (TCP)", "Upstream connection failure or timeout on the ALLOW_ANY passthrough.", "MB4029",
+        (Evidence(CLUSTERS, "PassthroughCluster's hosts (one per destination address called) and their "
+                            "cx_connect_fail, rq_timeout", True),
+         Evidence(STATS, "cluster.PassthroughCluster;.upstream_cx_connect_fail, upstream_rq_timeout", _NOT_IN_DEFAULTS)),
+        (Cause("external-unreachable", "a destination with no ServiceEntry is down or unreachable from the cluster: "
+               "an egress firewall, NAT, or DNS giving the pod a wrong address",
+               "the failing addresses in /clusters; meshed services are not behind this cluster",
+               "Find the destination in the access log and register it with a ServiceEntry, which gives it its own "
+               "cluster, stats and timeouts", "kubectl -n {namespace} logs {pod} -c istio-proxy --tail=500"),),
+        ("envoy-passthrough-refused",),
+        (ISTIO + "pilot/pkg/networking/core/cluster_builder.go buildDefaultPassthroughCluster (ORIGINAL_DST)",
+         ADMIN_CLUSTERS, CLUSTER_STATS)),
+    FailureMode(
         "(any)", "pushed configuration rejected", "stale configuration", "An xDS update Envoy rejected is NACKed; "
         "the proxy keeps serving its previous configuration.", "MB4025",
         (Evidence(STATS, "cluster_manager.cds.update_rejected, listener_manager.lds.update_rejected", True),),
