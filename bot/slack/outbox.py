@@ -1,9 +1,10 @@
 """No lost messages: every Slack post meshbot makes for later delivery is written here first, then delivered.
 
-Incidents, approvals, reminders and slash-command answers queue their posts here.  The outbox knows
-nothing of incidents: each entry names the incident (its conversation) it belongs to only to keep that
-conversation's posts in order, and what it sent or gave up on goes to the ``DeliveryRecord`` it is built
-with (the incident log keeps each as an event, in the same transaction).
+Incidents, approvals, reminders and slash-command answers queue their posts here.  The outbox imports
+nothing of bot.incidents and writes none of its tables: an entry carries its incident's id only to keep
+that conversation's posts in order (and to batch alert updates), and what was sent or given up on goes
+to the ``DeliveryRecord`` it is built with (the incident log keeps each as an event, in the same
+transaction; bot.incidents.delivery).
 
 Entries are delivered in lanes — one per incident (or per message and its
 thread when there is no incident) — strictly in the order they were recorded
@@ -13,8 +14,8 @@ go first, so neither waits behind another incident's backlog.  Alert updates
 in a thread are batched: at most one reply per incident per
 ``batch_interval`` summarises everything that arrived meanwhile ("+9,000
 alerts, 12 namespaces; full list attached", the list as a file).  At most one
-new message per second per channel (Slack's rate limit), paced with the
-injected clock, and
+new message per second per channel (Slack's rate limit for posting,
+https://docs.slack.dev/apis/web-api/rate-limits), paced with the injected clock, and
 retried with exponential backoff while Slack is down or rate-limiting —
 including after a restart, since the queue lives in SQLite.  Errors Slack
 will never accept (``not_in_channel``, ``invalid_blocks``) end an entry as
