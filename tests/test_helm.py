@@ -7,7 +7,7 @@ ServiceMonitor, HTTPRoute) against their CRDs' openAPIV3Schema (tests/data/crds)
 refused, as the API server's fieldValidation=Strict does.
 
 The chart is the one source of truth: deploy/kubernetes/meshbot.yaml is its render with default values
-(release meshbot, namespace meshbot) minus Helm's bookkeeping labels; ``python tests/test_helm.py``
+(release meshbot, namespace meshbot) minus Helm's bookkeeping labels; ``python -m tests.test_helm``
 regenerates it.
 """
 
@@ -110,7 +110,7 @@ def in_install_order(objs: list[dict]) -> list[dict]:
 def write_kustomize_base() -> None:
     """deploy/kubernetes/meshbot.yaml: the chart with default values, comments kept, as kustomize's base."""
     header = ("# GENERATED from deploy/helm/meshbot with its default values (release meshbot, namespace meshbot),\n"
-              "# without Helm's bookkeeping labels: do not edit; change the chart and run `python tests/test_helm.py`.\n"
+              "# without Helm's bookkeeping labels: do not edit; change the chart and run `python -m tests.test_helm`.\n"
               "# tests/test_helm.py fails when this file and the chart disagree.\n")
     files = [text for path, text in rendered_files().items() if not path.endswith("NOTES.txt") and documents(text)]
     files.sort(key=lambda text: INSTALL_ORDER.index(documents(text)[0]["kind"]))
@@ -199,7 +199,7 @@ def test_the_crd_check_refuses_what_the_api_server_would(tmp_path):
 
 def test_the_kustomize_base_is_the_chart_rendered_with_default_values():
     committed = in_install_order(documents(BASE.read_text()))
-    assert committed == without_helm_bookkeeping(render()), "run `python tests/test_helm.py` to regenerate it"
+    assert committed == without_helm_bookkeeping(render()), "run `python -m tests.test_helm` to regenerate it"
     kustomization = yaml.safe_load((KUSTOMIZE_DIR / "kustomization.yaml").read_text())
     assert kustomization["resources"] == ["namespace.yaml", "meshbot.yaml"]
 
@@ -420,6 +420,18 @@ def test_namespaced_actions_bind_the_write_role_per_namespace_only():
     bindings = [o for o in objs if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "meshbot-actions"]
     assert {b["metadata"]["namespace"] for b in bindings} == {"istio-system", "prod"}
     assert find(objs, "ClusterRoleBinding", "meshbot-read")
+
+
+def test_the_read_role_covers_every_kind_the_diagnostics_read():
+    """commands.resources.kinds lists what a snapshot lists; a kind the role misses becomes a 403 finding."""
+    from commands.resources.kinds import KINDS
+
+    read = find(render(), "ClusterRole", "meshbot-read")
+    granted = {(group, resource) for rule in read["rules"] if {"get", "list"} <= set(rule["verbs"])
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    # Secrets are read one by one by name (rbac-secrets.yaml), the Lease only in meshbot's namespace.
+    listed = {(info.group, info.plural) for info in KINDS.values()} - {("", "secrets"), ("coordination.k8s.io", "leases")}
+    assert listed - granted == set()
 
 
 def test_secret_reads_are_by_name_and_opt_in():
