@@ -15,7 +15,8 @@ SUMMARY_CODES = frozenset({"MB2000", "MB1020"})
 
 def split_summary(findings: Iterable[Finding]) -> tuple[list[Finding], list[Finding]]:
     """(summary findings, the rest most severe first)."""
-    summaries, rest = [], []
+    summaries: list[Finding] = []
+    rest: list[Finding] = []
     for finding in findings:
         (summaries if finding.code in SUMMARY_CODES else rest).append(finding)
     return summaries, by_severity(rest)

@@ -128,8 +128,10 @@ def test_what_csafeloader_refuses_is_refused_the_same_way(text, problem):
 
 
 def test_every_yaml_file_in_the_project_loads_equal_to_csafeloader():
+    # A Helm chart's templates are Go templates that render to YAML, not YAML themselves.
     files = [p for folder in ("examples", "playbooks", "deploy", "tests/data")
-             for p in sorted((ROOT / folder).rglob("*.y*ml"))]
+             for p in sorted((ROOT / folder).rglob("*.y*ml"))
+             if not (p.parent.name == "templates" and (p.parent.parent / "Chart.yaml").exists())]
     assert len(files) > 20
     for path in files:
         text = path.read_text(encoding="utf-8")

@@ -41,7 +41,7 @@ def ca_certificates(ctx: CheckContext) -> list[Finding]:
     for rule in ctx.snapshot.of_kind("DestinationRule"):
         policy = mapping(rule.spec.get("trafficPolicy"))
         host = str(rule.spec.get("host") or "")
-        args = {"destination_rule": rule.qualified_name, "namespace": rule.namespace, "host": host}
+        args: dict[str, Any] = {"destination_rule": rule.qualified_name, "namespace": rule.namespace, "host": host}
         mode = _tls_without_ca(policy.get("tls"), rule)
         if mode:
             findings.append(report("IST0128", rule, mode=mode, **args))

@@ -135,9 +135,9 @@ def check_rules(routes: list[Mapping[str, Any]], *, http: bool, unused: ReportUn
                 continue
             key = match_key(match, http=http)
             if key in seen:
-                earlier = seen[key]
+                first = seen[key]
                 ineffective(name, match_name(match, match_index, http=http),
-                            route_name(routes[earlier], earlier, http=http))
+                            route_name(routes[first], first, http=http))
                 duplicates += 1
                 continue
             seen[key] = index

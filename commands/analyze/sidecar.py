@@ -59,10 +59,10 @@ def selectors(ctx: CheckContext) -> list[Finding]:
         # A Sidecar also configures VMs; istioctl counts pods only, meshbot counts WorkloadEntries too.
         if not selected and not entries.any_match(labels, sidecar.namespace):
             findings.append(report("IST0101", sidecar, reftype="selector", refval=format_selector(labels)))
-    for (_, namespace, pod), sidecars in sidecars_of_pod.items():
+    for (_, namespace, pod_name), sidecars in sidecars_of_pod.items():
         if len(sidecars) > 1:
             names = go_list(sorted(s.name for s in sidecars))
-            findings.extend(report("IST0110", s, sidecars=names, namespace=namespace, pod=pod) for s in sidecars)
+            findings.extend(report("IST0110", s, sidecars=names, namespace=namespace, pod=pod_name) for s in sidecars)
     return findings
 
 

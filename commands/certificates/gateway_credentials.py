@@ -45,7 +45,9 @@ def credential_refs(snapshot: Snapshot) -> list[CredentialRef]:
     for gateway in snapshot.of_kind("Gateway"):
         namespaces = None
         for server in mappings(gateway.spec.get("servers")):
-            tls = server.get("tls") if isinstance(server.get("tls"), dict) else {}
+            tls = server.get("tls")
+            if not isinstance(tls, dict):
+                tls = {}
             name = tls.get("credentialName")
             mode = str(tls.get("mode") or "SIMPLE")
             if not name or mode not in TLS_MODES_WITH_CREDENTIALS:

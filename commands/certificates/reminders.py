@@ -144,7 +144,7 @@ def decode_ledger(text: str | None) -> set[tuple[str, str]]:
         raise LedgerError(f"not JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT or not isinstance(data.get("sent"), dict):
         raise LedgerError(f'expected {{"format": {LEDGER_FORMAT}, "sent": {{key: [slot, ...]}}}}')
-    pairs = set()
+    pairs: set[tuple[str, str]] = set()
     for key, slots in data["sent"].items():
         if not isinstance(slots, list) or not all(isinstance(slot, str) for slot in slots):
             raise LedgerError(f"slots of {key!r} are not a list of strings")

@@ -179,8 +179,7 @@ def _blocked_workloads(snapshot: Snapshot, ctx: CheckContext) -> Iterator[Findin
                 yield _blocked(f"Deployment {deployment.qualified_name}", deployment.namespace, message, 1,
                                str(condition.get("lastUpdateTime", "unknown")))
     for owner, (namespace, message, count, last) in sorted(_failed_create_events(snapshot, ctx).items()):
-        deployment = _deployment_of_replicaset(owner)
-        if (namespace, deployment) in seen:
+        if (namespace, _deployment_of_replicaset(owner)) in seen:
             continue
         yield _blocked(f"ReplicaSet {namespace}/{owner}", namespace, message, count, last)
 

@@ -85,9 +85,9 @@ def proxy_status(ctx: CheckContext) -> list[Finding]:
     in_scope = [p for p in _connected_now(proxies) if ctx.in_scope(p.namespace)]
     findings.append(_summary(in_scope, istiods=len(targets), passed_over=passed_over))
     for proxy in sorted(in_scope, key=lambda p: p.proxy):
-        istiod = istiods.get(proxy.istiod)
-        findings.extend(_sync_findings(proxy, istiod, proxy.evidence(istiod)))
-        findings.extend(_version_findings(proxy, istiod, proxy.evidence(istiod)))
+        served_by = istiods.get(proxy.istiod)
+        findings.extend(_sync_findings(proxy, served_by, proxy.evidence(served_by)))
+        findings.extend(_version_findings(proxy, served_by, proxy.evidence(served_by)))
     findings.extend(_unknown_versions(in_scope, istiods))
     findings.extend(group_rejections(findings, ctx.snapshot))
     return findings
@@ -196,7 +196,7 @@ def _version_findings(proxy: ProxySync, istiod: Istiod | None, evidence: dict[st
     skew = version_skew(proxy_version, istiod.version)
     if skew == Skew.SAME_MINOR:
         return
-    args = dict(origin=proxy.origin, proxy=proxy.proxy, proxy_version=proxy.version, istiod=istiod.name,
+    args: dict[str, Any] = dict(origin=proxy.origin, proxy=proxy.proxy, proxy_version=proxy.version, istiod=istiod.name,
                 istiod_version=str(istiod.version),
                 evidence={**evidence, "istiod_version_source": istiod.version_source})
     if skew == Skew.ONE_MINOR_BEHIND:

@@ -123,8 +123,9 @@ def _restart_action(pod: Resource) -> str | None:
 def _raise_memory_remediation(pod: Resource, container: str) -> Remediation:
     """An OOMKilled istiod or gateway needs more memory first: restarted at the same limit, it is killed again.
 
-    Doubling is a first step for an outage, not a sizing rule; the restart action stays for the playbooks
-    that offer it, and the summary says it is not enough on its own.
+    Doubling is a first step for an outage, not a sizing rule.  The action offered is meshbot's approval-gated
+    ``memory`` (commands/actions/memory.py), the same change as the command; a restart is not offered, since
+    at the same limit it is OOMKilled again.
     """
     deployment = owner_deployment(pod)
     if not deployment:
@@ -139,7 +140,7 @@ def _raise_memory_remediation(pod: Resource, container: str) -> Remediation:
             f"(the command rolls its pods), {KEEP_IN_VALUES}. A restart alone keeps the {human_bytes(limit)} "
             "limit and is OOMKilled again.",
             command=f"kubectl -n {pod.namespace} set resources {target} --limits=memory={new_limit}",
-            action=_restart_action(pod))
+            action=f"memory {deployment} -n {pod.namespace} --limit {new_limit} --container {container}")
     request = _memory_request(pod, container)
     new_request = _mebibytes(request * 2) if request else ISTIOD_CHART_MEMORY_REQUEST
     return Remediation(
@@ -148,7 +149,7 @@ def _raise_memory_remediation(pod: Resource, container: str) -> Remediation:
         f"(the command rolls its pods; if no node has that much unreserved, the new pod stays Pending), "
         f"{KEEP_IN_VALUES}. A restart alone can land on a node as short of memory and be OOMKilled again.",
         command=f"kubectl -n {pod.namespace} set resources {target} --requests=memory={new_request}",
-        action=_restart_action(pod))
+        action=f"memory {deployment} -n {pod.namespace} --request {new_request} --container {container}")
 
 
 def _crash_loop_remediation(pod: Resource, health: ContainerHealth) -> Remediation:
@@ -222,7 +223,7 @@ def _control_plane_findings(pod: Resource, role: str, usage: Mapping, ctx: Check
         limit = _memory_limit(pod, health.name)
         limit_text = human_bytes(limit) if limit else "unset"
         evidence = _evidence(pod, health, memory_limit=limit_text)
-        args = dict(role=role, container=health.name, pod=pod.qualified_name, restarts=health.restarts)
+        args: dict[str, Any] = dict(role=role, container=health.name, pod=pod.qualified_name, restarts=health.restarts)
         if health.oom_killed:
             yield codes.finding("MB1002", origin=pod.origin, evidence=evidence, limit=limit_text,
                                 remediation=_raise_memory_remediation(pod, health.name), **args)

@@ -78,9 +78,9 @@ class _Builder:
             if tag in _SCALAR_TAGS:
                 return self.constructors[tag](self.loader, node)
             raise _WholeDocument
-        if cls is MappingNode and node.tag == MAP_TAG:
+        if isinstance(node, MappingNode) and node.tag == MAP_TAG:
             return self._mapping(node)
-        if cls is SequenceNode and node.tag == SEQ_TAG:
+        if isinstance(node, SequenceNode) and node.tag == SEQ_TAG:
             return self._sequence(node)
         raise _WholeDocument
 
