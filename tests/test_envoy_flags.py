@@ -24,6 +24,7 @@ from commands.thresholds import Thresholds
 from tests.support.envoy_cases import CASES, CASES_BY_NAME, Case, Lab, run_case, send
 from tests.support.envoy import RunningEnvoy
 from tests.support import sidecar
+from tests.support.analysis import snapshot_from_yaml
 
 POD = PodRef("prod", "checkout-6b7c9d8f5-k2m4p")
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,6 +178,34 @@ def test_fewer_failures_than_the_floor_are_noise(tmp_path: Path) -> None:
     findings = check(str(CASES_BY_NAME["nr-no-route"].directory), Thresholds(min_flag_failures=21))
 
     assert "MB4020" not in codes_of(findings)
+
+
+CHECKOUT_WITH_POLICY = f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {POD.name}, namespace: prod, labels: {{app: checkout}}}}
+spec: {{serviceAccountName: checkout, containers: [{{name: app}}, {{name: istio-proxy}}]}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: checkout-allow, namespace: prod}}
+spec:
+  selector: {{matchLabels: {{app: checkout}}}}
+  action: ALLOW
+"""
+
+
+def test_rbac_denials_name_the_authorization_policy_behind_them() -> None:
+    endpoints = EndpointResolver(http=http_endpoint,
+                                 envoy_admin_urls={POD: str(CASES_BY_NAME["rbac-denied"].directory)})
+    snapshot = snapshot_from_yaml(CHECKOUT_WITH_POLICY)
+
+    findings = envoy(CheckContext(snapshot=snapshot, endpoints=endpoints))
+
+    assert codes_of(findings) == ["MB4022", "MB7004"]
+    policy = findings[1]
+    assert "denied 20 requests" in policy.message and "prod/checkout-allow has no rules" in policy.message
+    assert policy.remediation.command == "kubectl get authorizationpolicy -n prod checkout-allow -o yaml"
 
 
 def test_custom_policy_selection_rules_are_not_mistaken_for_a_dry_run() -> None:

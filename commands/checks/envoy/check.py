@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from commands import codes
+from commands.authz.explain import denial_findings
 from commands.checks.envoy.breakers import breaker_findings
 from commands.checks.envoy.failures import failure_findings, passthrough_findings
 from commands.checks.envoy.hosts import ClusterHosts, parse_clusters
@@ -46,7 +47,8 @@ class Evidence:
     registry_only: bool = False
 
 
-@check("envoy", kinds=("Pod",),
+# AuthorizationPolicies (and the namespaces and workloads their sources name) let a 403 name its policy.
+@check("envoy", kinds=("Pod", "AuthorizationPolicy", "Namespace", "Deployment"),
        summary="Envoy sidecars: every response flag (UH, UF, UO, NR, URX, UC, UT, DC, NC, RBAC 403, REGISTRY_ONLY), "
                "rejected config, memory and stats count")
 def envoy(ctx: CheckContext) -> list[Finding]:
@@ -98,9 +100,20 @@ def sidecar_findings(target: PodRef, evidence: Evidence, ctx: CheckContext) -> I
     if PASSTHROUGH in stats.clusters or PASSTHROUGH in (hosts or {}):
         yield from passthrough_findings(target, stats.clusters.get(PASSTHROUGH),
                                         (hosts or {}).get(PASSTHROUGH), ctx.thresholds)
-    yield from listener_findings(target, stats, ctx.thresholds, registry_only=evidence.registry_only)
+    listener = list(listener_findings(target, stats, ctx.thresholds, registry_only=evidence.registry_only))
+    yield from listener
+    yield from _policies_behind_denials(target, listener, ctx.snapshot)
     yield from _unchecked_findings(target, evidence)
     yield from _resource_findings(target, stats, evidence.memory, ctx)
+
+
+def _policies_behind_denials(target: PodRef, findings: list[Finding], snapshot: Snapshot) -> Iterator[Finding]:
+    """For RBAC 403s on the pod's own ports, the AuthorizationPolicies that decide them (MB7004, commands.authz),
+    when the snapshot holds the pod: the first step then names the policy, not only istioctl's check."""
+    denied = sum(int(f.evidence.get("rbac.denied", 0)) for f in findings if f.code == "MB4022")
+    pod = snapshot.get("Pod", target.namespace, target.name) if denied else None
+    if pod is not None:
+        yield from denial_findings(snapshot, pod, denied=denied)
 
 
 def _service_clusters(stats: EnvoyStats, hosts: Mapping[str, ClusterHosts] | None) -> list[str]:
