@@ -49,8 +49,8 @@ class Evidence:
 
 # AuthorizationPolicies (and the namespaces and workloads their sources name) let a 403 name its policy.
 @check("envoy", kinds=("Pod", "AuthorizationPolicy", "Namespace", "Deployment"),
-       summary="Envoy sidecars: every response flag (UH, UF, UO, NR, URX, UC, UT, DC, NC, RBAC 403, REGISTRY_ONLY), "
-               "rejected config, memory and stats count")
+       summary="Envoy sidecars: every response flag (UH, UF, UO, NR, URX, UC, UT, DC, NC, RBAC 403, UAEX, "
+               "REGISTRY_ONLY, passthrough), rejected config, memory and stats count")
 def envoy(ctx: CheckContext) -> list[Finding]:
     if ctx.endpoints is None:
         return [_skipped("no Envoy admin endpoint configured (give --envoy-admin or a cluster)")]
