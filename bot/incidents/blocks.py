@@ -191,7 +191,7 @@ def incident_message(view: TopView, now: datetime) -> Message:
     ``startsAt`` to the last ``endsAt``.  Joined: one line pointing at the incident it belongs to.
     """
     if view.joined is not None:
-        return _joined_message(view, now)
+        return _joined_message(view, view.joined, now)
     incident = view.incident
     parts: list[Block] = [section("\n".join(_headline_lines(view, now)))]
     step = view.headline.first_step if view.headline and not view.resolved else None
@@ -294,8 +294,8 @@ def _fallback(view: TopView, now: datetime) -> str:
     return text
 
 
-def _joined_message(view: TopView, now: datetime) -> Message:
-    incident, joined = view.incident, view.joined
+def _joined_message(view: TopView, joined: JoinedTo, now: datetime) -> Message:
+    incident = view.incident
     where = f"<{joined.thread_url}|incident #{joined.incident_id}>" if joined.thread_url else \
         f"incident #{joined.incident_id}"
     if view.resolved:
@@ -310,7 +310,8 @@ def _joined_message(view: TopView, now: datetime) -> Message:
 
 
 def _is_user(value: str | None) -> bool:
-    return bool(value) and value[0] in "UW" and value.isalnum()
+    """A Slack user id (``U…``/``W…``), not a service name such as ``alertmanager``."""
+    return value is not None and value[:1] in ("U", "W") and value.isalnum()
 
 
 def joined_note(incident: Incident, cause: str, elsewhere_link: str | None, others: Sequence[Cause] = ()) -> Message:

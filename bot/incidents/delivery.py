@@ -66,6 +66,8 @@ class IncidentDeliveries:
             if self.incidents.thread_anchored_until(db) != marker:
                 return  # another replica posted these anchors meanwhile
             head = self.incidents.head(db)
+            if head is None:  # state changes are events, so the log is not empty; kept for the type
+                return
             for incident_id in changed:
                 incident = self.incidents.get_in(db, incident_id)
                 if incident.top_message and incident.channel:

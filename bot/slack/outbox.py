@@ -279,7 +279,7 @@ class Outbox:
         return retry, True
 
     def _seconds_until_next_batch(self, entry: Entry, now: datetime) -> float:
-        last = self._last_batch.get(entry.incident_id)
+        last = self._last_batch.get(entry.incident_id) if entry.incident_id is not None else None
         if last is None:
             return 0.0
         return max(self.batch_interval - (now - last).total_seconds(), 0.0)
@@ -304,7 +304,7 @@ class Outbox:
             return True
         members = [e.id for e in run] if run and len(run) > 1 else None
         try:
-            ts = self._send_batch(entry, run) if members else self._send(entry)
+            ts = self._send_batch(entry, run) if run is not None and members else self._send(entry)
         except _Dependency as exc:
             self._fail(entry, str(exc))
             return True
