@@ -434,6 +434,20 @@ def test_the_read_role_covers_every_kind_the_diagnostics_read():
     assert listed - granted == set()
 
 
+def test_the_read_role_covers_what_the_timeline_lists():
+    """The timeline makes its own list calls (commands/telemetry): mesh config, ReplicaSets, Warning Events."""
+    from commands.resources.kinds import kind_info
+    from commands.telemetry.changes import MESH_KINDS, REPLICA_SETS
+
+    read = find(render(), "ClusterRole", "meshbot-read")
+    granted = {(group, resource) for rule in read["rules"] if {"get", "list"} <= set(rule["verbs"])
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    listed = {(kind_info(kind).group, kind_info(kind).plural) for kind in MESH_KINDS}
+    listed |= {(REPLICA_SETS.group, REPLICA_SETS.plural), ("", "events"), ("", "namespaces"), ("", "pods"),
+               ("", "configmaps")}
+    assert listed - granted == set()
+
+
 def test_secret_reads_are_by_name_and_opt_in():
     objs = render(MATRIX["secrets"])
     grants = {(o["metadata"]["namespace"], name) for o in objs if o["kind"] == "Role" for rule in o["rules"]
