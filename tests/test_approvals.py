@@ -15,6 +15,7 @@ from bot.approvals.rule import RequestState
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import Event
 from commands.actions.planners import EMERGENCY_POLICY
+from tests.support.istiod import FakeIstiod, syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack, block_action_body, post_signed, slash_command_body
 from tests.test_actions import deployment, namespace, peer_authentication
@@ -23,35 +24,64 @@ APPROVERS = ("UBOB", "UCAROL", "S0SRE")
 _answer_names = itertools.count(1)
 
 
+def istiod_pod(*, oom_killed: bool = False) -> dict:
+    """istiod's pod as the Deployment controller leaves it: Ready, or OOMKilled and not Ready."""
+    status = {"name": "discovery", "ready": not oom_killed, "restartCount": 7 if oom_killed else 0,
+              "state": {"waiting": {"reason": "CrashLoopBackOff"}} if oom_killed else {"running": {}}}
+    if oom_killed:
+        status["lastState"] = {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "istiod-5d8f7c9b6-qx7wz", "namespace": "istio-system", "labels": {"app": "istiod"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "istiod-5d8f7c9b6", "uid": "rs-istiod"}]},
+            "spec": {"containers": [{"name": "discovery", "resources": {"limits": {"memory": "2Gi"}}}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": str(not oom_killed)}],
+                       "containerStatuses": [status]}}
+
+
 @pytest.fixture
 def cluster(kube: FakeKube) -> FakeKube:
     kube.add(namespace("payments"), namespace("istio-system"), deployment("istiod", "istio-system"),
-             deployment("reviews", "payments"), deployment("api", "payments"))
+             deployment("reviews", "payments"), deployment("api", "payments"), istiod_pod())
     return kube
 
 
 @pytest.fixture
-def action_bot(bot_factory, cluster, fake_slack, tmp_path, backend_settings):
+def istiod(istiod_server: FakeIstiod) -> FakeIstiod:
+    """istiod's debug port with one synced proxy in payments (MESHBOT_ISTIOD_URL points at it)."""
+    istiod_server.answer("/debug/syncz", [syncz_entry("reviews-1.payments")])
+    return istiod_server
+
+
+@pytest.fixture
+def action_bot(bot_factory, cluster, istiod, fake_slack, tmp_path, backend_settings):
     """A bot that acts on the emulated cluster, on SQLite and then on PostgreSQL."""
     def start(**overrides):
         config = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
         settings = dict(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
-                        approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", **backend_settings)
+                        approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", istiod_url=istiod.url,
+                        **backend_settings)
         settings.update(overrides)
-        return bot_factory(**settings)
+        meshbot = bot_factory(**settings)
+        # The first look after execution polls for the push to be acknowledged; the fake istiod's answers only
+        # change when a test programs them, so a test that wants the wait sets it itself.
+        meshbot.services.approvals.effects.settle = timedelta(0)
+        return meshbot
     fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
     return start
 
 
 @pytest.fixture
-def sqlite_action_bot(bot_factory, cluster, fake_slack, tmp_path):
+def sqlite_action_bot(bot_factory, cluster, istiod, fake_slack, tmp_path):
     """``action_bot`` on SQLite only: for tests that edit the database file behind meshbot's back."""
     def start(**overrides):
         config = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
         settings = dict(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
-                        approvers=APPROVERS, required_approvals=2, channel="CINCIDENT")
+                        approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", istiod_url=istiod.url)
         settings.update(overrides)
-        return bot_factory(**settings)
+        meshbot = bot_factory(**settings)
+        meshbot.services.approvals.effects.settle = timedelta(0)
+        return meshbot
     fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
     return start
 

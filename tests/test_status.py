@@ -58,7 +58,7 @@ def test_missing_istiod_is_an_error():
     assert "MB1006" in codes_of(findings)
 
 
-def test_oomkilled_istiod_is_an_error_with_a_memory_fix_and_restart_action():
+def test_oomkilled_istiod_is_an_error_whose_action_raises_its_memory_not_a_restart():
     findings = status_findings(pod("istiod-abc-1", "istio-system", labels="{app: istiod}", container="discovery",
                                    restarts=7, last="{terminated: {reason: OOMKilled}}", limit="2Gi",
                                    owner="istiod-abc"))
@@ -67,7 +67,7 @@ def test_oomkilled_istiod_is_an_error_with_a_memory_fix_and_restart_action():
     assert "OOMKilled (7 restarts)" in oom.message and "2.0 GiB" in oom.message
     assert oom.remediation.command == ("kubectl -n istio-system set resources deployment/istiod -c discovery "
                                        "--limits=memory=4096Mi")
-    assert oom.remediation.action == "restart istiod -n istio-system"
+    assert oom.remediation.action == "memory istiod -n istio-system --limit 4096Mi --container discovery"
     assert "first" in oom.remediation.summary
     assert "A restart alone keeps the 2.0 GiB limit and is OOMKilled again" in oom.remediation.summary
 
@@ -84,6 +84,7 @@ def test_oomkilled_istiod_without_a_limit_raises_its_request_because_the_node_ra
     [oom] = [f for f in findings if f.code == "MB1002"]
     assert oom.remediation.command == ("kubectl -n istio-system set resources deployment/istiod -c discovery "
                                        "--requests=memory=4096Mi")
+    assert oom.remediation.action == "memory istiod -n istio-system --request 4096Mi --container discovery"
     assert "no memory limit" in oom.remediation.summary and "node ran out of memory" in oom.remediation.summary
     assert "stays Pending" in oom.remediation.summary  # how raising the request can make it worse
     assert "A restart alone" in oom.remediation.summary

@@ -7,14 +7,18 @@ from datetime import datetime
 
 from slack_sdk.models.blocks import Block, ButtonElement, ConfirmObject, DividerBlock
 
+from bot.approvals.card import effect_lines, not_yet_line, review_blocks, what_changes
 from bot.approvals.rule import RequestState
 from bot.approvals.store import ApprovalRequest
+from bot.approvals.verification import verified_by_effect
 from bot.incidents.blocks import ROLLBACK_BUTTON, SUGGESTED_BUTTON
 from bot.slack.blocks import Message, buttons, clip, context, escape, message_of, section
 from commands.actions import plan_diff
+from commands.actions.effect import EffectReport
 
 APPROVE = "approval_approve"
 REJECT = "approval_reject"
+ROLL_BACK_LATER = "approval_rollback_later"
 # The incident's top message carries these two (bot.incidents.blocks owns their ids); approvals handle them.
 ROLLBACK = ROLLBACK_BUTTON
 SUGGESTED = SUGGESTED_BUTTON
@@ -43,6 +47,9 @@ def _status(request: ApprovalRequest, now: datetime) -> str:
                 f"<!date^{int(request.expires_at.timestamp())}^{{time}}|{request.expires_at:%H:%M} UTC>")
         return line
     line = STATE_LINE[request.state]
+    if request.deferred:
+        return (f":leftwards_arrow_with_hook: *Rollback left for later* by <@{request.decided_by}> — request "
+                f"#{request.rollback_of}'s change stays in place")
     if request.decided_by and request.state == RequestState.REJECTED:
         line += f" by <@{request.decided_by}>"
     if request.approvals and request.state != RequestState.REJECTED:
@@ -62,8 +69,9 @@ def _outcome_lines(request: ApprovalRequest) -> list[str]:
         lines.append(f"{request.applied} change(s) may be in place; *Rollback* undoes exactly those.")
     verification = request.verification or {}
     if verification:
-        lines.append("*Verify:* " + ("passed" if verification.get("ok") else "FAILED"))
+        lines.append("*Objects:* " + ("in place" if verification.get("ok") else "NOT in place"))
         lines += [escape(line) for line in verification.get("lines") or []][:10]
+        lines += effect_lines(verification)
     if request.rolled_back_by:
         # Set only once the rollback request has executed: the change is gone.
         lines.append(f":leftwards_arrow_with_hook: *Rolled back* by request #{request.rolled_back_by}: this "
@@ -115,6 +123,9 @@ def request_message(request: ApprovalRequest, now: datetime, *, approvers: Seque
     lines = [f"*{title} request #{request.id}: `/mesh {escape(request.action)}`*", _status(request, now),
              f"Asked by <@{request.requester}>" + (f": {escape(request.reason)}" if request.reason else ""),
              f"*Changes:* {escape(plan.summary)}"]
+    not_yet = not_yet_line(request) if request.state == RequestState.PENDING else None
+    if not_yet:
+        lines.append(not_yet)
     if request.state == RequestState.PENDING and approvers:
         lines.append(f"*Approvers:* {', '.join(mention(a) for a in approvers)} \u2014 "
                      f"{quorum_text(request.required)}")
@@ -122,16 +133,19 @@ def request_message(request: ApprovalRequest, now: datetime, *, approvers: Seque
     parts: list[Block] = [section("\n".join(lines))]
     value = str(request.id)
     if request.state == RequestState.PENDING:
-        parts.append(buttons(
-            ButtonElement(text="Approve", action_id=APPROVE, value=value, style="primary",
-                          confirm=_approve_confirm(request)),
-            ButtonElement(text="Reject", action_id=REJECT, value=value, style="danger",
-                          confirm=_reject_confirm(request)),
-            block_id=f"approval-{request.id}"))
+        choices = [ButtonElement(text="Approve", action_id=APPROVE, value=value, style="primary",
+                                 confirm=_approve_confirm(request)),
+                   ButtonElement(text="Reject", action_id=REJECT, value=value, style="danger",
+                                 confirm=_reject_confirm(request))]
+        if request.rollback_of is not None:
+            choices.append(ButtonElement(text="Roll back later", action_id=ROLL_BACK_LATER, value=value))
+        parts.append(buttons(*choices, block_id=f"approval-{request.id}"))
     elif request.can_roll_back:
         parts.append(buttons(ButtonElement(text="Rollback", action_id=ROLLBACK, value=value),
                              block_id=f"rollback-{request.id}"))
     parts.append(DividerBlock())
+    parts += what_changes(request)
+    parts += review_blocks(request)
     diff = plan_diff(plan)
     if diff:
         parts.append(section(_diff_text(diff, plan_attached)))
@@ -179,11 +193,16 @@ def plan_file(request: ApprovalRequest) -> str:
 def result_note(request: ApprovalRequest) -> Message:
     """A short thread reply so the channel hears about the outcome (the request message is edited in place)."""
     if request.state == RequestState.SUCCEEDED:
-        verified = "verified" if (request.verification or {}).get("ok") else "NOT verified"
-        text = f":white_check_mark: `/mesh {escape(request.action)}` executed and {verified} (request #{request.id})."
+        text = f"{_executed(request)} (request #{request.id})."
+        look = (request.verification or {}).get("effect")
+        if look and look.get("lines"):
+            text += " " + "; ".join(escape(line) for line in look["lines"][:3])
     elif request.state == RequestState.FAILED:
         text = (f":x: `/mesh {escape(request.action)}` failed (request #{request.id}): "
                 f"{escape(str((request.result or {}).get('error')))}")
+    elif request.deferred:
+        text = (f":leftwards_arrow_with_hook: <@{request.decided_by}> left rollback #{request.id} for later: request "
+                f"#{request.rollback_of}'s change stays in place, and its Rollback button stays on the incident.")
     elif request.state == RequestState.REJECTED:
         text = f":no_entry: Request #{request.id} (`/mesh {escape(request.action)}`) was closed: nothing changed."
     else:
@@ -191,10 +210,33 @@ def result_note(request: ApprovalRequest) -> Message:
     return message_of(text, [section(text)])
 
 
+def _executed(request: ApprovalRequest) -> str:
+    """"Verified" only when the effect was seen; the objects being in place is not enough."""
+    action = f"`/mesh {escape(request.action)}`"
+    verification = request.verification or {}
+    if not verification.get("ok"):
+        return f":warning: {action} executed but its objects are NOT in place"
+    look = verification.get("effect")
+    if verified_by_effect(verification):
+        return f":white_check_mark: {action} executed and verified by its effect"
+    if not look:
+        return f":white_check_mark: {action} executed; its objects are in place (effect not measured)"
+    return f":warning: {action} executed; effect {look.get('outcome')}"
+
+
+def follow_up_note(request: ApprovalRequest, report: EffectReport) -> Message:
+    """The second look, a few minutes after execution, as a thread reply."""
+    head = {"seen": ":white_check_mark: verified by its effect", "partly seen": ":large_yellow_circle: effect partly "
+            "seen", "not seen": ":x: effect NOT seen", "not measured": ":grey_question: effect not measured"}
+    text = (f"Follow-up on `/mesh {escape(request.action)}` (request #{request.id}): {head[str(report.outcome)]}. "
+            + "; ".join(escape(line) for line in report.lines[:4]))
+    return message_of(text, [section(text)])
+
+
 def suggestion_buttons(incident_id: int, suggestions: Sequence) -> list[Block]:
     """Playbook suggestions with an action become buttons that open an approval request."""
     lines = ["*Suggested remediations* (each needs approval before it runs):"]
-    elements = []
+    elements: list[ButtonElement] = []
     for index, suggestion in enumerate(suggestions):
         line = f"\u2022 *{escape(suggestion.title)}*"
         if suggestion.action:

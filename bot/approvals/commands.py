@@ -1,4 +1,4 @@
-"""Slack's side of approvals: ``/mesh permissive-mtls|bypass|restart`` and the buttons.
+"""Slack's side of approvals: ``/mesh permissive-mtls|bypass|restart|memory`` and the buttons.
 
 Planning talks to the cluster, so it runs on the worker pool; clicks only touch
 SQLite (and Slack for approver groups) and run where they arrive.  Every answer
@@ -27,6 +27,7 @@ SUMMARIES = {
     ActionName.PERMISSIVE_MTLS: "ask to accept plain-text traffic (needs approvals)",
     ActionName.BYPASS: "ask to take a workload or namespace out of the mesh (needs approvals)",
     ActionName.RESTART: "ask for a rollout restart of istiod or a Deployment (needs approvals)",
+    ActionName.MEMORY: "ask to raise a Deployment container's memory, e.g. istiod's (needs approvals)",
 }
 NO_LIVE_CLUSTER = "Remediation actions need a live cluster; this meshbot runs on a captured scenario."
 
@@ -104,6 +105,15 @@ class ApprovalCommands:
             raise
         who.tell(answer.text)
 
+    def roll_back_later(self, who: Invocation, value: str) -> None:
+        request_id = button_number(value)
+        try:
+            answer = self.desk.defer_rollback(request_id, who.user)
+        except UserError as exc:
+            self.desk.record_refused_click(who.user, approval_blocks.ROLL_BACK_LATER, value, str(exc))
+            raise
+        who.tell(answer.text)
+
     def roll_back(self, who: Invocation, value: str) -> None:
         with explaining("cannot roll back"):
             request_id = self.desk.request_rollback(button_number(value), requester=who.user)
@@ -142,6 +152,9 @@ def register(commands: SlashCommands, buttons: Buttons, desk: ApprovalDesk | Non
     buttons.add(approval_blocks.REJECT, approvals.reject if approvals else refuse_without_cluster)
     buttons.add(approval_blocks.ROLLBACK, approvals.roll_back if approvals else refuse_without_cluster,
                 permission=Permission.REQUEST, background=True)
+    # Leaving a rollback for later changes nothing in the cluster, but it is a decision about one: REQUEST.
+    buttons.add(approval_blocks.ROLL_BACK_LATER, approvals.roll_back_later if approvals else refuse_without_cluster,
+                permission=Permission.REQUEST)
     buttons.add(approval_blocks.SUGGESTED, approvals.take_suggestion if approvals else refuse_without_cluster,
                 permission=Permission.REQUEST, background=True)
     if desk is not None:

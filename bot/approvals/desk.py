@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import sqlite_utils
 
@@ -38,10 +39,16 @@ from bot.incidents.log import IncidentLog
 from bot.incidents.records import EventKind, Incident
 from bot.slack.outbox import Outbox
 from bot.slack.client import SlackClient, SlackError
-from commands.actions import (ActionTarget, Outcome, Plan, Verification, apply, dry_run, plan_action, plan_diff,
-                              rollback_plan, verify)
+from bot.approvals.inspection import MeshInspector
+from bot.approvals.verification import ExecutionChecks, follow_up_due
+from commands.actions import (ActionTarget, Outcome, Plan, apply, dry_run, plan_action, plan_diff, rollback_plan,
+                              verify)
+from commands.actions.annotate import annotate_plan, annotate_rollback, needs_and_scope
+from commands.actions.dependencies import Precondition
+from commands.findings import Finding
 from commands.errors import MeshbotError, UserError
 from commands.clients.kube import KubeClient
+from commands.times import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,8 @@ MANUAL_SOURCE = "slack"
 
 MAX_ID_DIGITS = 12
 EXECUTION_LEASE = timedelta(seconds=30)
+FOLLOW_UP_WINDOW = timedelta(days=1)
+"""Executed requests older than this get no follow-up (a bot down for a day has more to say than that)."""
 
 
 def request_number(value: str) -> int | None:
@@ -106,6 +115,12 @@ class ApprovalDesk:
     """This replica, as the executor of the requests it runs (with several replicas on PostgreSQL)."""
     execution_lease: timedelta = EXECUTION_LEASE
     """An executor that has not heartbeated for this long is taken for dead; one survivor resumes its request."""
+    inspector: MeshInspector | None = None
+    """Fresh diagnoses and observations for preconditions and verification by effect (None: neither)."""
+    effects: ExecutionChecks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.effects = ExecutionChecks(self.inspector)
 
     # -- asking ------------------------------------------------------------------------------
 
@@ -117,6 +132,9 @@ class ApprovalDesk:
             raise UserError(f"incident #{incident.id} has no Slack thread to ask in")
         client = self.kube()
         plan = plan_action(client, target, self.clock())
+        # Preconditions (a fresh diagnosis) and what the card shows beside the diff, bound into the plan's hash.
+        checked, findings = self._preconditions(target)
+        plan = annotate_plan(plan, target, client, checked, findings)
         return self._open(plan, requester=requester, reason=reason, channel=incident.channel if incident else channel,
                           incident=incident, client=client)
 
@@ -130,8 +148,16 @@ class ApprovalDesk:
                 raise UserError(f"request #{request_id} changed nothing that could be rolled back")
         incident = self.incidents.get(original.incident_id)
         plan = rollback_plan(original.plan, original.applied)
+        # What breaks if the original cause is still there, from a diagnosis run now.
+        risk = self.inspector.preconditions if self.inspector else None
+        plan = annotate_rollback(plan, original.plan, risk)
         return self._open(plan, requester=requester, reason=f"rollback of request #{request_id}",
                           channel=original.channel, incident=incident, client=self.kube(), rollback_of=request_id)
+
+    def _preconditions(self, target: ActionTarget) -> tuple[tuple[Precondition, ...], list[Finding]]:
+        if self.inspector is None:
+            return (), []
+        return self.inspector.preconditions(*needs_and_scope(target))
 
     def _refuse_second_rollback(self, db: sqlite_utils.Database, request_id: int) -> None:
         if self._get(db, request_id).rolled_back_by or self.store.pending_rollback_of(db, request_id):
@@ -204,6 +230,24 @@ class ApprovalDesk:
         if decision.verdict == Verdict.EXECUTE:
             self.workers.submit(self._execute_safely, request_id)
         return ClickAnswer(decision.accepted, self._answer(decision, request))
+
+    def defer_rollback(self, request_id: int, user: str) -> ClickAnswer:
+        """"Roll back later": close a pending rollback and leave the change in place, recording who chose so."""
+        now = self.clock()
+        with self.database.transaction() as db:
+            request = self._get(db, request_id)
+            if request.rollback_of is None:
+                raise UserError(f"request #{request_id} is not a rollback; only a rollback can be left for later")
+            if not self.store.close_deferred(db, request_id, user, now):
+                return ClickAnswer(False, f"Rollback #{request_id} is no longer waiting; nothing changed.")
+            self.incidents.append(db, request.incident_id, user, EventKind.APPROVAL_STATE, {
+                "request_id": request_id, "from": "pending", "to": "rejected", "deferred": True})
+            updated = self._update_message(db, request_id, now)
+            self._thread_note(db, updated)
+            self._settle_incident(db, updated.incident_id)
+        self.outbox.wake()
+        return ClickAnswer(True, f"Rollback #{request_id} left for later: request #{request.rollback_of}'s change stays "
+                                 "in place, and its Rollback button stays on the incident's top message.")
 
     def record_refused_click(self, user: str, button: str, value: str, reason: str) -> None:
         """A press refused before the rule was asked (wrong channel, malformed or unknown request): audit it too."""
@@ -284,11 +328,11 @@ class ApprovalDesk:
                                    daemon=True)
         beating.start()
         try:
-            outcome, verification = self._run(request)
+            outcome, checked, preconditions = self._run(request)
         finally:
             stop.set()
             beating.join()
-        return self._finish(request, outcome, verification)
+        return self._finish(request, outcome, checked, preconditions)
 
     def _stale_before(self, now: datetime) -> datetime:
         """Heartbeats older than this are a dead executor's.  On SQLite one process owns the file, so whatever is
@@ -318,10 +362,12 @@ class ApprovalDesk:
         except Exception:
             log.exception("could not record the failure of approval request #%s", request_id)
 
-    def _finish(self, request: ApprovalRequest, outcome: Outcome, verification: Verification | None
-                ) -> ApprovalRequest:
+    def _finish(self, request: ApprovalRequest, outcome: Outcome, checked: dict[str, Any] | None,
+                preconditions: list[dict[str, Any]] | None = None) -> ApprovalRequest:
         request_id = request.id
-        result, checked = outcome.to_dict(), verification.to_dict() if verification else None
+        result = outcome.to_dict()
+        if preconditions:
+            result["preconditions"] = preconditions
         with self.database.transaction() as db:
             state = RequestState.SUCCEEDED if outcome.ok else RequestState.FAILED
             if not self.store.finish(db, request_id, state, result, checked):
@@ -331,8 +377,8 @@ class ApprovalDesk:
                 "request_id": request_id, "action": request.action, "plan_hash": request.plan_hash,
                 "approved_by": list(request.approvals), **result})
             if checked is not None:
-                self.incidents.append(db, request.incident_id, MESHBOT, EventKind.ACTION_VERIFIED,
-                                      {"request_id": request_id, **checked})
+                self.incidents.append(db, request.incident_id, MESHBOT, EventKind.ACTION_VERIFIED, {
+                    "request_id": request_id, **{k: v for k, v in checked.items() if k != "baseline"}})
             if request.rollback_of is not None and outcome.ok:
                 self.store.mark_rolled_back(db, request.rollback_of, request_id)
                 self._update_message(db, request.rollback_of, self.clock())
@@ -342,23 +388,60 @@ class ApprovalDesk:
         self.outbox.wake()
         return done
 
-    def _run(self, request: ApprovalRequest) -> tuple[Outcome, Verification | None]:
+    def _run(self, request: ApprovalRequest) -> tuple[Outcome, dict[str, Any] | None, list[dict[str, Any]]]:
+        """Check the binding and the preconditions, write, verify the objects and then the effect."""
         if request.plan.hash != request.plan_hash:
-            return Outcome.failed("the stored plan does not match its hash; nothing was run"), None
+            return Outcome.failed("the stored plan does not match its hash; nothing was run"), None, []
         if not request.binding_holds(self.incidents.key):
             # The plain hash can be recomputed by whoever edits the database; the binding needs the audit key.
             log.error("approval request #%s: the stored plan is not the one bound to it; refusing to execute",
                       request.id)
             return Outcome.failed("the stored plan is not the one approved for this request (its binding with the "
                                   "audit key fails: edited in the database, or opened before the audit key); "
-                                  "nothing was run"), None
+                                  "nothing was run"), None, []
         try:
+            stop, preconditions = self.effects.blocked(request.plan)
+            if stop:
+                # A change istiod cannot push, or pods the CA cannot certify, would be "done" and change nothing
+                # or make it worse: the precondition's own fix goes first.
+                return Outcome.failed(stop), None, preconditions
+            baseline = self.effects.baseline(request.plan)
             client = self.kube()
             outcome = apply(client, request.plan)
-            checked = verify(client, request.plan) if outcome.applied or outcome.ok else None
+            if not (outcome.applied or outcome.ok):
+                return outcome, None, preconditions
+            checked: dict[str, Any] = verify(client, request.plan).to_dict()
         except MeshbotError as exc:
-            return Outcome.failed(str(exc)), None
-        return outcome, checked
+            return Outcome.failed(str(exc)), None, []
+        if outcome.ok:
+            checked.update(self.effects.after(request.plan, baseline, self.clock()))
+        return outcome, checked, preconditions
+
+    def run_follow_ups(self) -> int:
+        """The second look at executed requests whose follow-up is due; returns how many were looked at."""
+        now = self.clock()
+        with self.database.transaction() as db:
+            due = [r for r in (self._get(db, i) for i in self.store.succeeded_since(db, now - FOLLOW_UP_WINDOW))
+                   if follow_up_due(r.verification, now)]
+        for request in due:
+            report = self.effects.follow_up(request.plan, request.verification or {})
+            if report is None:
+                continue
+            looked = {**(request.verification or {}), "follow_up": {**report.to_dict(), "at": rfc3339(now)}}
+            with self.database.transaction() as db:
+                if not self.store.replace_verification(db, request.id, request.verification, looked):
+                    continue  # another replica recorded it first
+                self.incidents.append(db, request.incident_id, MESHBOT, EventKind.ACTION_VERIFIED, {
+                    "request_id": request.id, "follow_up": True, "effect": report.to_dict()})
+                updated = self._update_message(db, request.id, now)
+                incident = self.incidents.get_in(db, request.incident_id)
+                if incident.top_message is not None:
+                    self.outbox.post(db, incident_id=incident.id, channel=request.channel, thread_of=incident.top_message,
+                                     message=approval_blocks.follow_up_note(updated, report))
+                headline.refresh_top(db, self.incidents, self.outbox, request.incident_id, now)
+        if due:
+            self.outbox.wake()
+        return len(due)
 
     # -- housekeeping -------------------------------------------------------------------------
 
@@ -416,10 +499,12 @@ class ApprovalDesk:
 
     def _sweep_pass(self) -> None:
         self.expire_due()  # None: the loop waits `interval` before the next sweep
+        self.run_follow_ups()
         if self.database.dialect != Dialect.SQLITE:
             self.resume_abandoned()  # a replica that died mid-action: one survivor's claim wins
 
     def stop(self) -> None:
+        self.effects.stop.set()
         if self._sweeper:
             self._sweeper.stop()
 

@@ -120,9 +120,18 @@ class ApprovalRequest:
         return int((self.result or {}).get("applied") or 0)
 
     @property
+    def deferred(self) -> bool:
+        """A rollback someone chose to leave for later ("roll back later")."""
+        return bool((self.result or {}).get("deferred"))
+
+    @property
     def can_roll_back(self) -> bool:
         return (self.plan.reversible and self.rolled_back_by is None and self.applied > 0
                 and self.state in (RequestState.SUCCEEDED, RequestState.FAILED))
+
+
+DEFERRED = {"ok": False, "deferred": True, "applied": 0}
+"""The result of a rollback left for later: nothing ran, and the change it would undo stays in place."""
 
 
 def _json(text: str | None) -> Any:
@@ -216,3 +225,22 @@ class ApprovalStore:
 
     def executing(self, db: sqlite_utils.Database) -> list[int]:
         return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'executing' ORDER BY id")]
+
+    def succeeded_since(self, db: sqlite_utils.Database, since: datetime) -> list[int]:
+        """Executed requests opened since ``since`` that carry a verification (follow-up candidates)."""
+        return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'succeeded' AND "
+                                         "verification IS NOT NULL AND created_at >= ? ORDER BY id", [iso(since)])]
+
+    def replace_verification(self, db: sqlite_utils.Database, request_id: int, expected: dict[str, Any] | None,
+                             verification: dict[str, Any]) -> bool:
+        """Store ``verification`` only if the stored one is still ``expected``: one follow-up across replicas."""
+        cursor = db.execute("UPDATE approval_requests SET verification = ? WHERE id = ? AND verification = ?",
+                            [json.dumps(verification), request_id, json.dumps(expected)])
+        return cursor.rowcount == 1
+
+    def close_deferred(self, db: sqlite_utils.Database, request_id: int, by: str, now: datetime) -> bool:
+        """A pending rollback someone chose to leave for later: closed, the change stays (conditional, once)."""
+        cursor = db.execute("UPDATE approval_requests SET state = 'rejected', decided_by = ?, decided_at = ?, "
+                            "result = ? WHERE id = ? AND state = 'pending' AND rollback_of IS NOT NULL",
+                            [by, iso(now), json.dumps(DEFERRED), request_id])
+        return cursor.rowcount == 1

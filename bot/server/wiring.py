@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from bot.approvals import blocks as approval_blocks
 from bot.approvals import commands as approval_commands
 from bot.approvals.desk import ApprovalDesk, ApprovalPolicy
+from bot.approvals.inspection import MeshInspector
 from bot.cluster import ClusterAccess
 from bot.diagnosis import Diagnostician, Runner
 from bot.incidents import blocks as incident_blocks
@@ -53,6 +54,7 @@ from bot.storage.database import Database
 from commands.catalog import default_checks
 from commands.checks.registry import CheckRegistry
 from commands.clients.lease import LeaderElector
+from commands.cluster.endpoints import EndpointResolver
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,13 @@ MESSENGER_THREADS = 4
 
 
 def build(settings: Settings, *, runner: Runner | None = None,
-          clock: Callable[[], datetime] | None = None) -> Meshbot:
+          clock: Callable[[], datetime] | None = None,
+          endpoints: Callable[[], EndpointResolver] | None = None) -> Meshbot:
     """Wire the bot from settings; raises SettingsError for what ``serve`` cannot run without.
 
     ``runner`` replaces how a diagnosis is computed (the Slack benchmark pads it to a fixed duration);
-    ``clock`` what incidents are timed by (default: the scenario's moving clock, or the wall clock).
+    ``clock`` what incidents are timed by (default: the scenario's moving clock, or the wall clock);
+    ``endpoints`` where verification by effect reads istiod and Envoy (default: the cluster's, as checks do).
     """
     require_settings(settings)
     checks = default_checks()
@@ -91,7 +95,11 @@ def build(settings: Settings, *, runner: Runner | None = None,
     approvals: ApprovalDesk | None = None  # a captured scenario has no cluster to act on
     if not settings.scenario:
         approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack,
-                                 policy=approval_policy(settings), kube=cluster.client, workers=workers)
+                                 policy=approval_policy(settings), kube=cluster.client, workers=workers,
+                                 inspector=MeshInspector(diagnose=diagnostician.run,
+                                                         endpoints=endpoints or cluster.endpoints,
+                                                         source=cluster.source,
+                                                         istio_namespace=settings.istio_namespace, clock=clock))
     flow = IncidentFlow(database=database, incidents=incidents, outbox=outbox, playbooks=playbooks,
                         diagnostician=diagnostician, workers=workers, channel=settings.channel, metrics=metrics,
                         render_suggestions=_suggestion_buttons if approvals else _suggestion_text, clock=clock)

@@ -118,6 +118,10 @@ class Plan:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
+MUST_NOT_BE_PAUSED = ((("spec", "paused"),
+                       "is paused now, so its pods would not roll; `kubectl rollout resume` it and ask again"),)
+"""A paused Deployment does not roll a changed template (kubernetes.io/docs/concepts/workloads/controllers/
+deployment/#pausing-and-resuming-a-deployment): every change meant to roll pods refuses it."""
 ROLLOUT_TRIGGER = ("spec", "template", "metadata", "annotations", "kubectl.kubernetes.io/restartedAt")
 
 
@@ -179,13 +183,80 @@ def change_diff(change: Change) -> str:
     elif change.op == Op.DELETE:
         before, after = _yaml(change.body), []
     else:
-        before = [f"{'.'.join(path)}: {json.dumps(value) if value is not None else '(absent)'}"
-                  for path, value in change.before]
-        after = [f"{'.'.join(path)}: {json.dumps(value) if value is not None else '(absent)'}"
-                 for path, value in change.after]
+        before = [line for path, value in change.before for line in _path_lines(path, value)]
+        after = [line for path, value in change.after for line in _path_lines(path, value)]
     lines = difflib.unified_diff(before, after, fromfile=f"{change.origin} (now)",
                                  tofile=f"{change.origin} ({change.op})", lineterm="", n=2)
     return "\n".join(lines)
+
+
+def _path_lines(path: Path, value: Any) -> list[str]:
+    """``a.b: "x"`` for a scalar; a structured value (a containers list) as YAML under its path, so the diff
+    marks the one line that changes instead of one long JSON line."""
+    if isinstance(value, (Mapping, list)):
+        return [f"{'.'.join(path)}:", *(f"  {line}" for line in _yaml(value))]
+    return [f"{'.'.join(path)}: {json.dumps(value) if value is not None else '(absent)'}"]
+
+
+# -- what a change sets, as flat lines a reviewer cannot miss ----------------------------------------
+
+_IDENTITY = {("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "namespace")}
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"spec.mtls.mode": "PERMISSIVE"}``; list items are keyed by their ``name`` when they have one."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_leaves(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out or {prefix: {}}
+    if isinstance(value, list):
+        out = {}
+        for index, item in enumerate(value):
+            label = item.get("name") if isinstance(item, Mapping) and item.get("name") else index
+            out.update(_leaves(item, f"{prefix}[{label}]"))
+        return out or {prefix: []}
+    return {prefix: value}
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is None else json.dumps(value)
+
+
+def set_lines(change: Change) -> list[str]:
+    """Every value the change sets or removes, one line each: ``spec.mtls.mode: "PERMISSIVE"``,
+    ``...containers[discovery].resources.limits.memory: "2Gi" -> "4Gi"``.  Never shortened: these are what
+    approvers approve (modes, TLS settings, labels, annotations, resources)."""
+    if change.op in (Op.CREATE, Op.DELETE):
+        body = dict(change.body or {})
+        leaves = {k: v for k, v in _leaves(body).items() if tuple(k.split(".")) not in _IDENTITY}
+        verb = "" if change.op == Op.CREATE else "removed: "
+        return [f"{verb}{path}: {_shown(value)}" for path, value in leaves.items()]
+    lines: list[str] = []
+    before = dict(change.before)
+    for path, after_value in change.after:
+        root = ".".join(path)
+        old = _leaves(before.get(path), root) if before.get(path) is not None else {}
+        new = _leaves(after_value, root) if after_value is not None else {}
+        if not old and not new:
+            continue
+        if not isinstance(after_value, (Mapping, list)) and not isinstance(before.get(path), (Mapping, list)):
+            lines.append(f"{root}: {_shown(before.get(path))} -> {_shown(after_value)}")
+            continue
+        for key in [*old, *(k for k in new if k not in old)]:
+            if old.get(key) != new.get(key):
+                lines.append(f"{key}: {_shown(old.get(key))} -> {_shown(new.get(key))}")
+    return lines
+
+
+def changed_lines(plan: Plan) -> list[tuple[str, list[str]]]:
+    """(which objects, what is set on them) per distinct change: the same restart stamp on 30 Deployments is
+    one entry naming the 30, so every distinct value stays visible."""
+    grouped: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+    for change in plan.changes:
+        key = (str(change.op), change.kind, tuple(set_lines(change)))
+        grouped.setdefault(key, []).append(f"{change.namespace}/{change.name}" if change.namespace else change.name)
+    return [(f"{op} {kind} {', '.join(names)}", list(lines)) for (op, kind, lines), names in grouped.items()]
 
 
 def plan_diff(plan: Plan) -> str:

@@ -13,6 +13,7 @@
   plus a rollout restart of its Deployments.
 - restart: ``kubectl rollout restart`` — the pod-template annotation
   ``kubectl.kubernetes.io/restartedAt``; a paused Deployment is refused.
+- memory: a container's memory limit/request in the pod template (``commands.actions.memory``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 from commands.actions.destination_rules import (
     DISABLE, MESH_HOSTS, PLAINTEXT_RULE, TLS_MODE, namespace_hosts, plaintext_patch, plaintext_rule, rules_keeping_mtls,
 )
-from commands.actions.plan import ROLLOUT_TRIGGER, Change, Op, Plan, value_at
+from commands.actions.memory import plan_memory
+from commands.actions.plan import MUST_NOT_BE_PAUSED, ROLLOUT_TRIGGER, Change, Op, Plan, value_at
 from commands.actions.targets import ActionName, ActionTarget, ClientMode, Scope
 from commands.errors import NotFound, UserError
 from commands.clients.kube import KubeClient
@@ -35,8 +37,6 @@ EMERGENCY_POLICY = "meshbot-emergency-permissive"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshbot"}
 MODE = ("spec", "mtls", "mode")
 INJECT_LABEL = ("spec", "template", "metadata", "labels", "sidecar.istio.io/inject")
-MUST_NOT_BE_PAUSED = ((("spec", "paused"),
-                       "is paused now, so its pods would not roll; `kubectl rollout resume` it and ask again"),)
 NAMESPACE_INJECTION = ("metadata", "labels", INJECTION_LABEL)
 # ``kubectl rollout restart`` writes this annotation as RFC 3339 to the second (commands.times.rfc3339).
 RESTARTED_AT = ROLLOUT_TRIGGER
@@ -48,6 +48,9 @@ def plan_action(client: KubeClient, target: ActionTarget, now: datetime | None =
         return plan_permissive_mtls(client, target)
     if target.action == ActionName.BYPASS:
         return plan_bypass(client, target, now)
+    if target.action == ActionName.MEMORY:
+        name = target.name or _istiod_name(client, target.namespace)
+        return plan_memory(target, _deployment(client, target.namespace, name))
     return plan_restart(client, target, now)
 
 
