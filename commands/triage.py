@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from commands.findings import Finding, Level, Remediation, by_severity
 from commands.preconditions import MeshHealth, gate
 
-ORDERING = "what the other steps wait on first, then the one explaining most errors"
-"""How causes are ordered, in the words every rendering uses (CLI, thread, top message, JSON)."""
+ORDERING = ("what the other steps wait on first, then the one explaining most errors, then (with a timeline) the one "
+            "changed closest before the errors began")
+"""How causes are ordered, in the words every rendering uses (CLI, thread, top message, JSON).  Time only breaks
+ties between causes of equal impact: a change minutes before the onset is evidence, not a dependency."""
 
 
 class Confidence(StrEnum):
@@ -55,6 +57,11 @@ class Cause:
     """Errors in the whole diagnosis, for "explains 9 of 13 errors"."""
     unblocks: tuple[str, ...] = ()
     """Keys of the causes whose first step cannot work until this one is fixed (it is ordered before them)."""
+    time_score: float = 0.0
+    """0-1: how strongly a change shortly before the onset on the failing edges ties to this cause (``with_timing``)."""
+    timing: str | None = None
+    """That change in words: "AuthorizationPolicy shop/deny-all applied by argocd 2 minutes before 403s began from
+    frontend to payments"."""
 
     @property
     def is_chain(self) -> bool:
@@ -85,6 +92,7 @@ class Cause:
             "explained": [{"code": f.code, "origin": f.origin} for f in self.explains],
             "first_step": self.first_step.to_dict() if self.first_step else None,
             "unblocks": list(self.unblocks),
+            **({"timing": self.timing, "time_score": round(self.time_score, 3)} if self.timing else {}),
         }
 
 
@@ -344,10 +352,36 @@ def triage(findings: Sequence[Finding], rules: Sequence[Rule] = RULES) -> Triage
             unblocks=tuple(sorted(waits.get(id(finding), {}))),
         ))
     rank = _dependency_ranks(candidates, health, waits)
-    # Causes nothing waits on come after every dependency rank (the Dependency enum's length bounds them).
-    # A stable sort: equal causes keep the order of their findings, which is the registry's report order.
-    causes.sort(key=lambda c: (rank.get(id(c.finding), 99), -c.explained_errors, c.confidence.rank))
+    causes.sort(key=lambda c: _order(c, rank))
     return Triage(causes=tuple(causes), findings=tuple(findings))
+
+
+NO_DEPENDENCY = 99
+"""The rank of a cause nothing waits on: after every dependency rank (the Dependency enum's length bounds them)."""
+
+
+def _order(cause: Cause, rank: Mapping[int, int]) -> tuple[int, int, float, int]:
+    """``ORDERING`` as a sort key.  A stable sort: equal causes keep the order of their findings, which is the
+    registry's report order."""
+    return (rank.get(id(cause.finding), NO_DEPENDENCY), -cause.explained_errors, -cause.time_score,
+            cause.confidence.rank)
+
+
+def with_timing(result: Triage, timings: Mapping[str, tuple[float, str | None]]) -> Triage:
+    """``result`` with each cause's time evidence (cause key -> (score 0-1, sentence)) and re-ordered by ``ORDERING``.
+
+    The hook for ``commands.telemetry.relate``: time is the tie-breaker within equal impact, never above what
+    other steps wait on or what explains more errors; a cause with score 0 (no change shortly before the onset,
+    or no onset at all) keeps its place.
+    """
+    causes = [replace(c, time_score=timings[c.key][0], timing=timings[c.key][1]) if timings.get(c.key, (0, None))[0]
+              else c for c in result.causes]
+    health = MeshHealth.from_findings(result.findings)
+    # A cause others wait on carries their keys in ``unblocks``: its rank is the dependency it breaks, as in triage().
+    rank = {id(c.finding): min(b.dependency.rank for b in health.failing if b.finding is c.finding)
+            for c in causes if c.unblocks}
+    causes.sort(key=lambda c: _order(c, rank))
+    return Triage(causes=tuple(causes), findings=result.findings)
 
 
 def _key(finding: Finding) -> str:

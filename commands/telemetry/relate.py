@@ -12,7 +12,8 @@ each cause which changes it can be tied to, by one stated rule:
 
 The score (0-1) is higher for the cause's own object (1.0 against 0.5 for a neighbour in the namespace)
 and for a change closer to the onset; a cause with no such change scores 0, so healthy traffic (no onset)
-and changes long before the onset never pull a cause up.  The coordinator's triage orders by it.
+and changes long before the onset never pull a cause up.  ``rank_by_time`` hands the scores to triage, which
+breaks ties of equal impact with them (``commands.triage.ORDERING``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from datetime import timedelta
 from commands.telemetry.changes import Change
 from commands.telemetry.edges import FailingEdge
 from commands.times import human_duration
-from commands.triage import Cause, Triage, namespace_of
+from commands.triage import Cause, Triage, namespace_of, with_timing
 
 WINDOW = timedelta(minutes=15)
 SLACK = timedelta(minutes=1)
@@ -125,3 +126,11 @@ def _sentence(change: Change, edge: FailingEdge, lead: timedelta) -> str:
     failures = "TCP failures" if top == "tcp" else f"{top}s"
     return (f"{change.object} {change.what}{by} {when} {failures} began from {edge.edge.source.name} to "
             f"{edge.edge.destination.name}")
+
+
+def rank_by_time(result: Triage, edges: Sequence[FailingEdge], changes: Sequence[Change], *,
+                 istio_namespace: str = "istio-system") -> tuple[Triage, list[CauseTiming]]:
+    """``result`` re-ordered with time as the tie-breaker within equal impact (``commands.triage.with_timing``),
+    and the timing of each cause it used."""
+    timings = relate(result, edges, changes, istio_namespace=istio_namespace)
+    return with_timing(result, {t.cause_key: (t.score, t.because) for t in timings}), timings
