@@ -144,7 +144,14 @@ def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser
     export = incident_sub.add_parser("export", help="a postmortem-ready timeline")
     export.add_argument("incident_id", type=int, metavar="ID")
     export.add_argument("--format", choices=("md", "json"), default="md")
-    incident_sub.add_parser("verify", help="check the hash chain of the incident log")
+    verify = incident_sub.add_parser("verify", help="check the hash chain of the incident log, its anchors and the "
+                                     "rows it vouches for; names every finding")
+    verify.add_argument("--previous-key-file", action="append", default=[], metavar="FILE",
+                        help="an audit key the log was signed with before a rotation (repeatable)")
+    rotate = incident_sub.add_parser("rotate-key", help="sign the incident log with a new audit key from now on "
+                                     "(a rotation event proven with the current key)")
+    rotate.add_argument("--new-key-file", required=True, metavar="FILE",
+                        help="the new key (at least 32 characters); set MESHBOT_AUDIT_KEY(_FILE) to it afterwards")
     migrate = incident_sub.add_parser("migrate", help="copy the SQLite log to PostgreSQL, audit chain intact")
     migrate.add_argument("--to", required=True, metavar="URL",
                          help="postgresql://USER@HOST:PORT/DB (password: MESHBOT_DATABASE_PASSWORD(_FILE))")
@@ -155,7 +162,7 @@ def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser
     settings.set_defaults(handler=cmd_settings)
 
     listed = sub.add_parser("checks", help="list the checks, in report order")
-    listed.add_argument("--markdown", action="store_true", help="as the markdown table in docs/cli.md")
+    listed.add_argument("--markdown", action="store_true", help="as the markdown table in docs/codes.md")
     listed.set_defaults(handler=cmd_checks, checks=checks)
 
     codes = sub.add_parser("codes", help="list finding codes")
@@ -392,23 +399,48 @@ def cmd_incidents(args: argparse.Namespace) -> int:
         if not settings.audit_key:
             raise UserError("MESHBOT_DATABASE_URL is set: set MESHBOT_AUDIT_KEY(_FILE) to the replicas' audit key")
         database = open_database(path, url=settings.database_url, password=settings.database_password)
+        # The pod's own anchor file sits next to MESHBOT_DB (its data directory) even when the log is PostgreSQL.
         log_ = IncidentLog(database, key=load_audit_key(settings.audit_key, database.path, create=False),
-                           anchor_stores=_audit_anchors(settings, database.path))
+                           anchor_stores=_audit_anchors(settings, path), previous_keys=_previous_keys(args))
         return _incidents_command(args, log_)
     if not Path(path).exists():
         raise UserError(f"no incident database at {path} (set MESHBOT_DB or pass --db)")
     database = open_database(path)
     log_ = IncidentLog(database, key=load_audit_key(settings.audit_key, path, create=False),
-                       anchor_stores=_audit_anchors(settings, path))
+                       anchor_stores=_audit_anchors(settings, path), previous_keys=_previous_keys(args))
     if args.incidents_command == "migrate":
         return _migrate_to(log_, args.to, settings)
     return _incidents_command(args, log_)
+
+
+def _previous_keys(args: argparse.Namespace) -> tuple:
+    from bot.incidents.audit import read_key_file
+
+    return tuple(read_key_file(path) for path in getattr(args, "previous_key_file", None) or ())
+
+
+def _rotate_key(args: argparse.Namespace, log_) -> int:
+    """The explicit rotation: a rotation event signed with the new key and proven with the current one."""
+    import getpass
+
+    from bot.incidents.audit import read_key_file
+    from bot.incidents.log import AuditKeyError
+
+    try:
+        event_id = log_.rotate_key(read_key_file(args.new_key_file), f"cli:{getpass.getuser()}")
+    except AuditKeyError as exc:
+        raise SettingsError(str(exc)) from None
+    print(f"audit key rotated at event #{event_id} (check value {log_.key.check}); set MESHBOT_AUDIT_KEY(_FILE) to the "
+          "new key on every replica now, and keep the old one to verify the events before the rotation")
+    return EXIT_OK
 
 
 def _incidents_command(args: argparse.Namespace, log_) -> int:
     from bot.incidents.report import to_json, to_markdown
 
     now = datetime.now(timezone.utc)
+    if args.incidents_command == "rotate-key":
+        return _rotate_key(args, log_)
     if args.incidents_command == "list":
         incidents = log_.list_all() if args.all else log_.list_open()
         if not incidents:
@@ -426,6 +458,8 @@ def _incidents_command(args: argparse.Namespace, log_) -> int:
         return EXIT_OK
     report = log_.verify()
     print("\n".join(report.lines()), file=sys.stdout if report.intact else sys.stderr)
+    if report.wrong_key:
+        return EXIT_CONFIG  # not evidence of tampering: the key given is not the log's
     return EXIT_OK if report.intact else 1
 
 
@@ -547,8 +581,10 @@ def _source(args: argparse.Namespace, *, mesh_config: str | None = None):
         raise UserError("--mesh-config applies to files (-f); a live cluster's mesh config is read from it")
     from commands.cluster.sources.kube import live_source
 
+    # -n lists pods, their metrics, Events and Deployments only there and in the Istio namespace (issue 26).
     return live_source(kubeconfig=args.kubeconfig, context=args.context, timeout=args.timeout,
-                       istio_namespace=args.istio_namespace, read_ca_secrets=args.read_ca_secrets)
+                       istio_namespace=args.istio_namespace, read_ca_secrets=args.read_ca_secrets,
+                       namespace=getattr(args, "namespace", None))
 
 
 def _endpoints(args: argparse.Namespace, source):
