@@ -548,8 +548,17 @@ def _diagnose_and_print(names, source, endpoints, args, *, title_source: str) ->
     from commands import report
     from commands.findings import Level
 
+    from commands.suggestions import unknown_namespace
+
     names = args.checks.resolve(names)
     now = args.now or datetime.now(timezone.utc)
+    if args.namespace:
+        # A typo'd -n must be an error with suggestions, never a clean report of an empty namespace (issue 27).
+        listed = source.snapshot({"Namespace"})
+        refusal = unknown_namespace(args.namespace, listed.namespaces()) if listed.can_trust_absence("Namespace") \
+            else None
+        if refusal:
+            raise UserError(refusal.replace("`", "'"))
     findings = args.checks.diagnose(names, source, namespace=args.namespace, now=now,
                                     thresholds=_thresholds(args.cert_days), endpoints=endpoints)
     if args.output == "json":
@@ -558,7 +567,8 @@ def _diagnose_and_print(names, source, endpoints, args, *, title_source: str) ->
         scope = f"namespace {args.namespace}" if args.namespace else "all namespaces"
         title = (f"meshbot diagnose {' '.join(names)} | {scope} | {title_source} | "
                  f"as of {now.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-        sys.stdout.write(report.diagnose_text(findings, title=title))
+        sys.stdout.write(report.diagnose_text(findings, title=title, scope=args.namespace or "all namespaces",
+                                              checks=names))
     return EXIT_ISSUES if any(f.level == Level.ERROR for f in findings) else EXIT_OK
 
 

@@ -137,6 +137,6 @@ def test_repeated_headings_get_numbered_anchors():
 
 
 def test_cli_page_table_of_checks_matches_the_registry():
-    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs" / "codes.md").read_text(encoding="utf-8")
     block = text.split("<!-- checks:start -->", 1)[1].split("<!-- checks:end -->", 1)[0].strip()
-    assert block == default_checks().markdown_table(), "run `meshbot checks --markdown` and paste it into docs/cli.md"
+    assert block == default_checks().markdown_table(), "run `meshbot checks --markdown` and paste it into docs/codes.md"

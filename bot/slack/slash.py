@@ -18,11 +18,16 @@ from typing import Any
 from bot.slack.roles import Permission
 from commands.checks.registry import ALL, CheckRegistry
 from commands.errors import UserError
+from commands.suggestions import did_you_mean
 from commands.validation import namespace_problem
 
 
 class UsageError(UserError):
     """The slash-command text is wrong; the message says what and how to fix it."""
+
+
+class UnknownSubcommand(UsageError):
+    """No sub-command has that name: the answer is the closest names, not the whole help (issue 27)."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,8 @@ class SlashCommands:
         name, rest = words[0].lower(), text.strip()[len(words[0]):].strip()
         spec = self._subcommands.get(name)
         if spec is None:
-            raise UsageError(f"unknown subcommand `{words[0][:40]}`. Try `/mesh help`.")
+            raise UnknownSubcommand(f"unknown subcommand `{words[0][:40]}`."
+                                    f"{did_you_mean(name[:40], self._subcommands)} `/mesh help` lists them all.")
         return Command(spec, spec.parse(words[1:], rest))
 
     def parse(self, text: str) -> Any:
@@ -195,7 +201,7 @@ class DiagnoseRequest:
 DIAGNOSE_ALL = "diagnose"
 """The subcommand that runs every check."""
 ONE_CHECK = ("CHECK [NAMESPACE]", "one check by name, e.g. `/mesh certs prod`; the checks are listed in "
-                                  "[cli.md](cli.md) and by `/mesh help`")
+                                  "[codes.md](codes.md#checks) and by `/mesh help`")
 
 
 def diagnose_parser(label: str, checks: tuple[str, ...]) -> Parser:

@@ -88,7 +88,7 @@ class CheckRegistry:
         return (READ_PROBLEMS, *self._checks)
 
     def markdown_table(self) -> str:
-        """The table of checks in docs/cli.md (``meshbot checks --markdown``), in report order."""
+        """The table of checks in docs/codes.md (``meshbot checks --markdown``), in report order."""
         rows = ["| check | what it looks at | objects it reads |", "|---|---|---|"]
         for spec in self:
             kinds = ", ".join(spec.kinds) or "none (endpoints only)"
