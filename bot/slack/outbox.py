@@ -28,6 +28,7 @@ which is which; the entries and their planning are in ``bot.slack.entries``.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -172,6 +173,13 @@ class Outbox:
         return self._insert(db, incident_id=incident_id, channel=channel, op=Op.UPLOAD, parent_id=thread_of,
                             payload={"filename": filename, "title": title, "content": content})
 
+    def upload_image(self, db: sqlite_utils.Database, *, incident_id: int | None, channel: str, thread_of: int,
+                     filename: str, title: str, image: bytes, alt_text: str) -> int:
+        """Record a picture for a thread (a PNG of a few dozen KB, kept base64 in the payload until sent)."""
+        return self._insert(db, incident_id=incident_id, channel=channel, op=Op.UPLOAD, parent_id=thread_of,
+                            payload={"filename": filename, "title": title, "alt_text": alt_text,
+                                     "image_base64": base64.b64encode(image).decode("ascii")})
+
     def adopt(self, db: sqlite_utils.Database, *, channel: str, ts: str) -> int:
         """Record a message posted directly (a slash command's "Running…") so its replies can queue here."""
         cursor = db.execute(
@@ -279,7 +287,7 @@ class Outbox:
         return retry, True
 
     def _seconds_until_next_batch(self, entry: Entry, now: datetime) -> float:
-        last = self._last_batch.get(entry.incident_id) if entry.incident_id is not None else None
+        last = self._last_batch.get(entry.incident_id)
         if last is None:
             return 0.0
         return max(self.batch_interval - (now - last).total_seconds(), 0.0)
@@ -304,7 +312,7 @@ class Outbox:
             return True
         members = [e.id for e in run] if run and len(run) > 1 else None
         try:
-            ts = self._send_batch(entry, run) if run is not None and members else self._send(entry)
+            ts = self._send_batch(entry, run) if members else self._send(entry)
         except _Dependency as exc:
             self._fail(entry, str(exc))
             return True
@@ -377,8 +385,13 @@ class Outbox:
             return ts
         thread_ts = self._required_ts(entry.parent_id, "its thread's first message")
         try:
-            self.slack.upload_text(entry.channel, thread_ts, filename=payload["filename"], title=payload["title"],
-                                   content=payload["content"])
+            if "image_base64" in payload:
+                self.slack.upload_image(entry.channel, thread_ts, filename=payload["filename"], title=payload["title"],
+                                        content=base64.b64decode(payload["image_base64"]),
+                                        alt_text=payload["alt_text"])
+            else:
+                self.slack.upload_text(entry.channel, thread_ts, filename=payload["filename"],
+                                       title=payload["title"], content=payload["content"])
         finally:
             self._last_post[entry.channel] = self.clock()
         return None

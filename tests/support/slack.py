@@ -7,7 +7,14 @@ characters, header text over 150, no text and no blocks), and can be told to
 fail: ``fail_next("chat.postMessage", status=429, retry_after=1)`` or
 ``fail_next("chat.postMessage", error="not_in_channel")``.  It also serves the
 ``response_url`` Slack gives slash commands and the upload URLs of
-``files.getUploadURLExternal``.  With the ``fake_socket_mode`` fixture it also
+``files.getUploadURLExternal`` (on the fake's own port).  The upload flow is as strict as Slack's
+(https://docs.slack.dev/reference/methods/files.getUploadURLExternal and files.completeUploadExternal):
+``filename`` and ``length`` are required (``invalid_arguments``; a zero length is ``missing_argument``),
+``alt_txt`` over 1,000 characters is ``alt_txt_too_large``, a snippet over 1 MB ``snippet_too_large``, a file
+over ``max_upload_bytes`` ``file_upload_size_restricted``; the upload URL takes one POST of exactly the
+declared length (anything else is HTTP 400, an unknown URL 404); completing needs ``files`` and uploaded
+ids (``file_not_found``), a ``thread_ts`` needs a ``channel_id``, and a file is completed once.
+Completed files are in ``files`` by id.  With the ``fake_socket_mode`` fixture it also
 answers ``apps.connections.open`` (app-level ``xapp-`` tokens only) with the URL of
 a fake Socket Mode WebSocket server (``tests/support/socket_mode.py``).
 """
@@ -53,6 +60,22 @@ class Failure:
     retry_after: int | None = None
 
 
+@dataclass(frozen=True)
+class SharedFile:
+    id: str
+    filename: str
+    title: str
+    content: bytes
+    channel: str | None
+    thread_ts: str | None
+    alt_txt: str | None
+    snippet_type: str | None
+
+
+SNIPPET_LIMIT = 1024 * 1024
+MAX_ALT_TEXT = 1000
+
+
 @dataclass
 class FakeSlack:
     url: str = ""
@@ -60,6 +83,11 @@ class FakeSlack:
     responses: list[dict[str, Any]] = field(default_factory=list)
     """Bodies POSTed to response_url (ephemeral replies, ``respond()``)."""
     uploads: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, SharedFile] = field(default_factory=dict)
+    """Files completed with files.completeUploadExternal, by id."""
+    max_upload_bytes: int = 1024 ** 3
+    """A workspace may restrict uploads below Slack's 1 GB per file."""
+    _declared: dict[str, dict[str, Any]] = field(default_factory=dict)
     _failures: dict[str, list[Failure]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ts: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -174,15 +202,50 @@ class FakeSlack:
         return {"message_ts": self._next_ts()}
 
     def _files_getUploadURLExternal(self, args: dict) -> dict:
+        if not args.get("filename") or str(args.get("length", "")).strip() == "":
+            raise _SlackError("invalid_arguments")
+        length = int(args["length"])
+        if length <= 0:
+            raise _SlackError("missing_argument")
+        if len(str(args.get("alt_txt") or "")) > MAX_ALT_TEXT:
+            raise _SlackError("alt_txt_too_large")
+        if args.get("snippet_type") and length > SNIPPET_LIMIT:
+            raise _SlackError("snippet_too_large")
+        if length > self.max_upload_bytes:
+            raise _SlackError("file_upload_size_restricted")
         file_id = f"F{next(self._ts):08d}"
+        with self._lock:
+            self._declared[file_id] = {"filename": str(args["filename"]), "length": length,
+                                       "alt_txt": args.get("alt_txt"), "snippet_type": args.get("snippet_type")}
         return {"upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
+
+    def receive_upload(self, file_id: str, body: bytes) -> int:
+        """A POST to an upload URL: the HTTP status Slack's upload service would answer."""
+        with self._lock:
+            declared = self._declared.get(file_id)
+            if declared is None or file_id in self.uploads:
+                return 404
+            if len(body) != declared["length"]:
+                return 400
+            self.uploads[file_id] = body
+            return 200
 
     def _files_completeUploadExternal(self, args: dict) -> dict:
         files = args.get("files")
         files = json.loads(files) if isinstance(files, str) else files
-        missing = [f["id"] for f in files or [] if f.get("id") not in self.uploads]
-        if missing:
-            raise _SlackError("file_not_found")
+        if not files:
+            raise _SlackError("invalid_arguments")
+        if args.get("thread_ts") and not (args.get("channel_id") or args.get("channels")):
+            raise _SlackError("invalid_arguments")  # a reply must say in which channel's thread
+        with self._lock:
+            if any(f.get("id") not in self.uploads or f.get("id") in self.files for f in files):
+                raise _SlackError("file_not_found")
+            for f in files:
+                declared = self._declared[f["id"]]
+                self.files[f["id"]] = SharedFile(
+                    id=f["id"], filename=declared["filename"], title=str(f.get("title") or declared["filename"]),
+                    content=self.uploads[f["id"]], channel=args.get("channel_id"), thread_ts=args.get("thread_ts"),
+                    alt_txt=declared["alt_txt"], snippet_type=declared["snippet_type"])
         return {"files": [{"id": f["id"], "title": f.get("title")} for f in files]}
 
     def _apps_connections_open(self, args: dict) -> dict:
@@ -263,8 +326,8 @@ def start_fake_slack() -> tuple[FakeSlack, ThreadingHTTPServer]:
             body = self.rfile.read(length) if length else b""
             path = urllib.parse.urlparse(self.path).path
             if path.startswith("/upload/"):
-                state.uploads[path.rsplit("/", 1)[1]] = body
-                return self._send(200, b"OK", "text/plain")
+                status = state.receive_upload(path.rsplit("/", 1)[1], body)
+                return self._send(status, f"OK - {len(body)}".encode() if status == 200 else b"", "text/plain")
             if path == "/_stats":  # for benchmarks running the fake in another process
                 return self._send(200, json.dumps(state.stats()).encode(), "application/json")
             if path.startswith("/response/"):
