@@ -415,7 +415,7 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "{cause}",
           "503 UH: upstream_cx_none_healthy, or every host ejected/unready/absent in /clusters."),
     _code("MB4014", "UpstreamConnectFailure", E, "envoy",
-          "Envoy in {pod}: {count} {unit} to {service} failed to connect (UF){detail}; probable cause: {cause}",
+          "Envoy in {pod}: {count} {unit} to {service} failed to connect (UF{detail}); probable cause: {cause}",
           "503 UF without a TLS cause: upstream_cx_connect_fail / connect_timeout, per-host cx_connect_fail."),
     _code("MB4015", "UpstreamTlsFailure", E, "envoy",
           "Envoy in {pod}: {count} {unit} to {service} failed the TLS handshake{detail} (UF); probable cause: "

@@ -5,6 +5,8 @@ tests/data/envoy-<case>/ (scripts/capture_envoy_cases.py) give the same answer o
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -160,6 +162,30 @@ def test_a_few_failures_among_many_requests_are_background_not_an_outage(envoy_b
 
     assert findings == []
     assert codes_of(strict) == ["MB4020"]
+
+
+def meshbot_diagnose_envoy(capture: Path, files: Path) -> subprocess.CompletedProcess[str]:
+    files.mkdir(exist_ok=True)
+    (files / "empty.yaml").write_text("")
+    return subprocess.run([sys.executable, "-m", "bot.cli", "diagnose", "envoy", "-f", str(files),
+                           "--envoy-admin", f"{POD}={capture}"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+
+
+def test_cli_exits_79_on_a_failing_sidecar_and_names_service_and_cause(tmp_path: Path) -> None:
+    result = meshbot_diagnose_envoy(CASES_BY_NAME["uf-refused"].directory, tmp_path)
+
+    assert result.returncode == 79, result.stderr
+    assert "Error [MB4014]" in result.stdout and "payment.prod:8080" in result.stdout
+    assert not MACHINE_NAME.search(result.stdout)
+
+
+def test_cli_never_calls_an_idle_sidecar_healthy(tmp_path: Path) -> None:
+    result = meshbot_diagnose_envoy(CASES_BY_NAME["no-traffic"].directory, tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "Info [MB4026]" in result.stdout and "NOT checked" in result.stdout
+    assert "No problems found" not in result.stdout
 
 
 def test_unreadable_host_health_is_said_not_passed_over(tmp_path: Path) -> None:

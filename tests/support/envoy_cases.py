@@ -141,6 +141,14 @@ def _hosts_total(envoy: RunningEnvoy, counter: str) -> int:
                for stat_ in h["stats"] if stat_["name"] == counter)
 
 
+def idle(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """Silence is earned: a sidecar nobody has called yet (healthy: 20 good requests)."""
+    envoy = lab.start([s.outbound_listener([s.service_vhost()])], [s.outbound_cluster(lab.upstream())])
+    if healthy:
+        send(envoy, 20)
+    return envoy
+
+
 def outlier_ejected(lab: Lab, healthy: bool) -> RunningEnvoy:
     """UH: the only endpoint answers 503, outlierDetection consecutive5xxErrors 3 ejects it."""
     port = lab.upstream("ok" if healthy else "fail")
@@ -394,6 +402,7 @@ class Case:
 
 
 CASES = (
+    Case("no-traffic", idle, ("MB4026",)),
     Case("uo-overflow", overflow, ("MB4001", "MB4002")),
     Case("uo-overflow-istio-defaults", overflow, ("MB4012",), istio_defaults_only=True),
     Case("uh-outlier", outlier_ejected, ("MB4013", "MB4002")),

@@ -141,11 +141,11 @@ def _connect_failures(upstream: Upstream, thresholds: Thresholds) -> Iterator[Fi
                     "upstream_cx_connect_timeout": stats["upstream_cx_connect_timeout"],
                     "upstream_rq_pending_failure_eject": stats["upstream_rq_pending_failure_eject"]}
         cause = "timeout" if stats["upstream_cx_connect_timeout"] else "refused"
-        detail = " (timed out)" if cause == "timeout" else " (refused or reset)"
+        detail = ", timed out" if cause == "timeout" else ", refused or reset"
     else:
         plain = hosts.total("cx_connect_fail") if hosts else 0
         evidence = {"hosts.cx_connect_fail": plain}
-        cause, detail = "refused", " (refused, timed out or TLS: this sidecar does not export the counters that tell)"
+        cause, detail = "refused", ": refused, timed out or TLS; this sidecar does not export the counters that tell"
     if significant(plain, connections, thresholds):
         yield upstream.finding(FAILURE_MODES["MB4014"], cause, count=plain, unit="connections", detail=detail,
                                evidence=evidence)
