@@ -14,6 +14,7 @@ import pytest
 
 from commands.checks.envoy import envoy, parse_stats
 from commands.checks.envoy.flags import FAILURE_MODES
+from commands.checks.envoy.hosts import parse_clusters
 from commands.checks.envoy.names import ClusterName, listener_port
 from commands.checks.registry import CheckContext
 from commands.clients.http import http_endpoint
@@ -244,6 +245,38 @@ def test_custom_policy_selection_rules_are_not_mistaken_for_a_dry_run() -> None:
     rbac = parse_stats(text).rbac
 
     assert [(r.allowed, r.shadow_denied) for r in rbac] == [(40, 0)]
+
+
+def test_istio_delimited_stat_names_read_per_cluster_and_prefixed_variants_do_not_count_twice() -> None:
+    name = "outbound|8080||payment.prod.svc.cluster.local"
+    stats = parse_stats("\n".join([
+        f"cluster.{name};.upstream_rq_503: 40", f"cluster.{name};.external.upstream_rq_503: 40",
+        f"cluster.{name};.retry.upstream_rq_503: 80", f"cluster.{name};.ssl.fail_verify_san: 7",
+        f"cluster.{name};.circuit_breakers.default.rq_open: 1", "http.outbound_0.0.0.0_8080;.no_route: 3",
+        "listener.0.0.0.0_8080.http.outbound_0.0.0.0_8080;.downstream_rq_5xx: 40",
+        "http.admin.downstream_rq_total: 9", "cluster_manager.cds.update_rejected: 2"]))
+
+    payment = stats.clusters[name]
+    assert (payment["upstream_rq_503"], payment["ssl.fail_verify_san"], payment.open_breakers) == (
+        40, 7, ("default.rq_open",))
+    assert list(stats.clusters) == [name]
+    assert {p: dict(m.counters) for p, m in stats.connection_managers.items()} == {
+        "outbound_0.0.0.0_8080": {"no_route": 3}}
+    assert stats.xds_rejected == {"clusters (CDS)": 2}
+
+
+def test_host_counters_arrive_as_strings_and_zeros_are_left_out() -> None:
+    answer = {"cluster_statuses": [{"name": "outbound|8080||payment.prod.svc.cluster.local", "host_statuses": [{
+        "address": {"socket_address": {"address": "10.0.0.7", "port_value": 8080}},
+        "stats": [{"name": "cx_connect_fail", "value": "3"}, {"name": "rq_total"}, {"name": "bad", "value": "x"}],
+        "health_status": {"failed_outlier_check": True, "eds_health_status": "HEALTHY"}}]}]}
+
+    [cluster] = parse_clusters(answer).values()
+
+    [host] = cluster.hosts
+    assert (host.address, host["cx_connect_fail"], host["rq_total"], host.ejected, host.healthy) == (
+        "10.0.0.7:8080", 3, 0, True, False)
+    assert parse_clusters([]) == {} and parse_clusters({"cluster_statuses": None}) == {}
 
 
 # -- the table itself ---------------------------------------------------------------------------------------
