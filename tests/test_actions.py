@@ -604,3 +604,90 @@ def test_plans_round_trip_through_json_with_the_same_hash(kube: FakeKube):
     again = Plan.from_dict(plan.to_dict())
     assert again == plan and again.hash == plan.hash
     assert rollback_plan(plan).rollback_of == plan.hash
+
+
+# -- memory --------------------------------------------------------------------------------------------------
+
+
+def istiod_deployment(limit: str | None = "2Gi", request: str | None = None) -> dict[str, Any]:
+    resources: dict[str, Any] = {}
+    if limit:
+        resources["limits"] = {"memory": limit}
+    if request:
+        resources["requests"] = {"memory": request}
+    body = deployment("istiod", "istio-system")
+    body["spec"]["template"]["spec"]["containers"] = [
+        {"name": "discovery", "image": "docker.io/istio/pilot:1.24.2", "resources": resources}]
+    return body
+
+
+@pytest.mark.parametrize("text, command", [
+    ("memory istiod --limit 4Gi", "memory istiod -n istio-system --limit 4Gi"),
+    ("memory istiod -n istio-canary --limit=4096Mi --request 2Gi",
+     "memory istiod -n istio-canary --limit 4096Mi --request 2Gi"),
+    ("memory payment prod --request 1Gi --container app", "memory payment -n prod --request 1Gi --container app"),
+])
+def test_memory_parses_to_one_canonical_command(text, command):
+    assert parse_action(text.split()).command == command
+
+
+@pytest.mark.parametrize("text, complaint", [
+    ("memory istiod", "--limit"),
+    ("memory istiod --limit lots", "not a memory quantity"),
+    ("memory istiod --limit 4", "not a memory quantity"),  # 4 bytes: a typo, not a fix
+    ("memory istiod --limit 1Gi --request 2Gi", "cannot be larger than the limit"),
+    ("memory istiod --limit 4Gi --limit 8Gi", "given twice"),
+    ("memory payment --limit 1Gi", "usage"),
+])
+def test_malformed_memory_requests_are_refused_with_the_usage(text, complaint):
+    with pytest.raises(ActionUsageError, match=complaint):
+        parse_action(text.split())
+
+
+def test_memory_on_istiod_patches_the_discovery_container_and_rollback_restores_the_old_limit(kube: FakeKube):
+    kube.add(namespace("istio-system"), istiod_deployment("2Gi"))
+    plan = plan_for(kube, "memory istiod --limit 4Gi")
+    assert plan.action == "memory istiod -n istio-system --limit 4Gi" and plan.reversible
+    assert "memory limit 2Gi (2.0 GiB) -> 4Gi of container discovery" in plan.summary
+    assert "+        memory: 4Gi" in plan_diff(plan) and "-        memory: 2Gi" in plan_diff(plan)
+    assert apply(kube.client(), plan).ok and verify(kube.client(), plan).ok
+    [container] = kube.object("Deployment", "istio-system", "istiod")["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["memory"] == "4Gi"
+    assert container["image"] == "docker.io/istio/pilot:1.24.2", "the rest of the container is kept"
+    assert apply(kube.client(), rollback_plan(plan)).ok
+    [container] = kube.object("Deployment", "istio-system", "istiod")["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["memory"] == "2Gi"
+
+
+def test_memory_notes_say_it_needs_only_the_api_server_and_that_a_pod_no_node_fits_stays_pending(kube: FakeKube):
+    kube.add(namespace("istio-system"), istiod_deployment(limit=None, request="2048Mi"))
+    plan = plan_for(kube, "memory istiod --limit 4Gi --request 4Gi")
+    notes = " ".join(plan.notes)
+    assert "API server only" in notes and "istiod need not be healthy" in notes
+    assert "stays Pending" in notes and "manage-resources-containers" in notes
+    assert "pilot.resources" in notes
+
+
+def test_a_limit_without_a_request_says_the_scheduler_must_find_the_limit_free(kube: FakeKube):
+    kube.add(namespace("istio-system"), istiod_deployment("2Gi"))
+    assert any("uses the limit as its request" in n for n in plan_for(kube, "memory istiod --limit 4Gi").notes)
+
+
+def test_memory_refuses_an_unknown_container_a_paused_deployment_and_a_no_op(kube: FakeKube):
+    paused = deployment("payment", "prod", paused=True)
+    kube.add(namespace("istio-system"), istiod_deployment("4Gi"), namespace("prod"), paused)
+    with pytest.raises(UserError, match="no container sidecar"):
+        plan_for(kube, "memory istiod --limit 8Gi --container sidecar")
+    with pytest.raises(UserError, match="paused"):
+        plan_for(kube, "memory payment -n prod --limit 1Gi")
+    with pytest.raises(UserError, match="already has that memory"):
+        plan_for(kube, "memory istiod --limit 4Gi")
+
+
+def test_a_container_edited_after_the_plan_stops_the_memory_change_before_any_write(kube: FakeKube):
+    kube.add(namespace("istio-system"), istiod_deployment("2Gi"))
+    plan = plan_for(kube, "memory istiod --limit 4Gi")
+    edited = istiod_deployment("3Gi")
+    kube.add(edited)
+    outcome = apply(kube.client(), plan)
+    assert not outcome.ok and "changed since the plan was made" in (outcome.error or "")

@@ -157,18 +157,19 @@ def _acknowledged(before: Observation, after: Observation) -> tuple[list[str], l
     return got, missing
 
 
-def _config_lines(before: Observation, after: Observation) -> tuple[bool | None, list[str]]:
+def _config_lines(before: Observation, after: Observation) -> tuple[float | None, list[str]]:
+    """How much of the scope has the new config (1: all, 0: none, between: some), and the sentence."""
     if after.proxies is None:
-        return False, [f"no proxy has the new config: istiod is not pushing ({after.istiod_error})"]
+        return 0.0, [f"no proxy has the new config: istiod is not pushing ({after.istiod_error})"]
     got, missing = _acknowledged(before, after)
     if not got and not missing:
         return None, ["no proxy in scope is connected to istiod, so none could take the change"]
     if not missing:
-        return True, [f"all {len(got)} proxies in scope acknowledged the new config (istiod /debug/syncz)"]
+        return 1.0, [f"all {len(got)} proxies in scope acknowledged the new config (istiod /debug/syncz)"]
     if not got:
-        return False, [f"none of the {len(missing)} proxies in scope acknowledged a push since the change "
+        return 0.0, [f"none of the {len(missing)} proxies in scope acknowledged a push since the change "
                        f"(e.g. {missing[0]}): istiod has not pushed it or they have not applied it"]
-    return False, [f"{len(got)} of {len(got) + len(missing)} proxies acknowledged the new config; not yet: "
+    return len(got) / (len(got) + len(missing)), [f"{len(got)} of {len(got) + len(missing)} proxies acknowledged the new config; not yet: "
                    + ", ".join(missing[:5]) + (" \u2026" if len(missing) > 5 else "")]
 
 
@@ -200,7 +201,8 @@ def _traffic_lines(before: Observation, after: Observation) -> tuple[list[bool],
 
 def judge(effect: Effect, before: Observation, after: Observation) -> EffectReport:
     """Whether the effect the action exists for is seen, from two observations."""
-    signals: list[bool] = []
+    signals: list[float] = []
+    """Per signal, how much of the effect it shows: 1 all of it, 0 none."""
     lines: list[str] = []
     if effect == Effect.CONFIG:
         acked, config_lines = _config_lines(before, after)
@@ -209,7 +211,7 @@ def judge(effect: Effect, before: Observation, after: Observation) -> EffectRepo
             signals.append(acked)
     elif effect == Effect.CONTROL_PLANE:
         serving = after.proxies is not None
-        signals.append(serving)
+        signals.append(1.0 if serving else 0.0)
         if serving:
             synced = sum(1 for types in (after.proxies or {}).values()
                          if all(sent == acked for sent, acked in types.values() if sent))
@@ -219,10 +221,10 @@ def judge(effect: Effect, before: Observation, after: Observation) -> EffectRepo
         else:
             lines.append(f"istiod still does not answer ({after.istiod_error})")
     traffic, traffic_lines = _traffic_lines(before, after)
-    signals += traffic
+    signals += [1.0 if fell else 0.0 for fell in traffic]
     lines += traffic_lines
     if not signals:
         return EffectReport(Outcome.UNMEASURED, tuple(lines or ["no proxy or traffic in scope could be read"]))
-    if all(signals):
+    if all(s == 1.0 for s in signals):
         return EffectReport(Outcome.SEEN, tuple(lines))
     return EffectReport(Outcome.PARTLY if any(signals) else Outcome.NOT_SEEN, tuple(lines))

@@ -5,12 +5,13 @@ is read; a change already in place is skipped, a change whose object no longer
 looks the way the plan saw it stops the whole plan before the first write.
 When a write fails mid-way, ``applied`` says how many leading changes may be in
 place (a timed-out write counts: it may have landed), which is exactly what the
-rollback plan undoes.
+rollback plan undoes.  ``before_write`` is asked before every write: the approval desk's fencing check
+(is this executor's claim still current?), which stops a stale executor by raising.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -161,7 +162,8 @@ def _not_run(plan: Plan, start: int) -> list[Step]:
     return [Step(c.origin, str(c.op), StepState.NOT_RUN) for c in plan.changes[start:]]
 
 
-def _run(client: KubeClient, plan: Plan, *, dry_run: bool) -> Outcome:
+def _run(client: KubeClient, plan: Plan, *, dry_run: bool,
+         before_write: Callable[[Change], None] | None = None) -> Outcome:
     versions: list[str | None] = []
     try:
         pending, drift = _preflight(client, plan, versions)
@@ -174,6 +176,8 @@ def _run(client: KubeClient, plan: Plan, *, dry_run: bool) -> Outcome:
         if not pending[index]:
             steps.append(Step(change.origin, str(change.op), StepState.ALREADY))
             continue
+        if before_write is not None:
+            before_write(change)  # not caught below: a stale executor stops here, with nothing more written
         try:
             state = _write_reread_on_conflict(client, change, dry_run=dry_run, resource_version=versions[index])
         except MeshbotError as exc:
@@ -191,8 +195,8 @@ def dry_run(client: KubeClient, plan: Plan) -> Outcome:
     return _run(client, plan, dry_run=True)
 
 
-def apply(client: KubeClient, plan: Plan) -> Outcome:
-    return _run(client, plan, dry_run=False)
+def apply(client: KubeClient, plan: Plan, *, before_write: Callable[[Change], None] | None = None) -> Outcome:
+    return _run(client, plan, dry_run=False, before_write=before_write)
 
 
 def verify(client: KubeClient, plan: Plan) -> Verification:

@@ -225,7 +225,7 @@ def _shown(value: Any) -> str:
 
 def set_lines(change: Change) -> list[str]:
     """Every value the change sets or removes, one line each: ``spec.mtls.mode: "PERMISSIVE"``,
-    ``...containers[discovery].resources.limits.memory: "2Gi" -> "4Gi"``.  Never shortened: these are what
+    ``...containers[discovery].resources.limits.memory: "2Gi" → "4Gi"``.  Never shortened: these are what
     approvers approve (modes, TLS settings, labels, annotations, resources)."""
     if change.op in (Op.CREATE, Op.DELETE):
         body = dict(change.body or {})
@@ -241,11 +241,11 @@ def set_lines(change: Change) -> list[str]:
         if not old and not new:
             continue
         if not isinstance(after_value, (Mapping, list)) and not isinstance(before.get(path), (Mapping, list)):
-            lines.append(f"{root}: {_shown(before.get(path))} -> {_shown(after_value)}")
+            lines.append(f"{root}: {_shown(before.get(path))} \u2192 {_shown(after_value)}")
             continue
         for key in [*old, *(k for k in new if k not in old)]:
             if old.get(key) != new.get(key):
-                lines.append(f"{key}: {_shown(old.get(key))} -> {_shown(new.get(key))}")
+                lines.append(f"{key}: {_shown(old.get(key))} \u2192 {_shown(new.get(key))}")
     return lines
 
 
