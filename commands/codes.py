@@ -286,6 +286,15 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
     _code("MB2012", "SameConfigRejectedByProxies", E, "proxy-status",
           '{proxies} the same {types} config from istiod: "{error}"; produced by {source}',
           "Identical rejections grouped into one cause, naming the EnvoyFilter, Gateway or Sidecar behind them."),
+    # istiod's push health from /metrics (commands/checks/push_health.py).
+    _code("MB2013", "ListenerConflicts", W, "proxy-status",
+          "istiod {origin_name} dropped {count} listeners in its last push because services claim the same port "
+          "({kinds}); traffic for the losers reaches the winners' listeners",
+          "pilot_conflict_* gauges above 0 (pilot/pkg/model/push_context.go)."),
+    _code("MB2014", "PushQueueBacklog", W, "proxy-status",
+          "Proxies wait in istiod {origin_name}'s push queue {p99} s at p99 since it started, beyond the {ceiling} s "
+          "debounce ceiling: config reaches proxies late",
+          "pilot_proxy_queue_time p99 above PILOT_DEBOUNCE_MAX (pilot/pkg/xds/monitoring.go)."),
     _code("MB2010", "IstiodVersionUnknown", I, "proxy-status",
           "Version skew not checked for {count} proxies of istiod {istiod}: {reason}",
           "Neither istiod's /version on :15014 nor its image tag gave a version."),

@@ -152,7 +152,7 @@ def test_in_cluster_istiod_is_read_through_a_port_forward_and_served_as_loopback
     assert forwarder.forwarded == [(PodRef("istio-system", "istiod-1"), 15014)]
     assert of_code(findings, "MB2000") and not of_code(findings, "MB2005")
     assert {(r.path, r.client_ip, r.status) for r in istiod.requests} == {
-        ("/debug/syncz", "127.0.0.1", 200), ("/version", "127.0.0.1", 200)}
+        ("/debug/syncz", "127.0.0.1", 200), ("/version", "127.0.0.1", 200), ("/metrics", "127.0.0.1", 200)}
 
 
 def test_certificate_metrics_are_read_through_the_same_port_forward(istiod):

@@ -555,3 +555,58 @@ def test_the_fresher_report_wins_whichever_istiod_is_asked_first(istiod_server, 
 
     [stale] = of_code(findings, "MB2001")
     assert stale.origin == "Pod prod/payment-1" and stale.evidence["istiod"] == istiod_server.url
+
+
+# -- istiod's push health (commands/checks/push_health.py) ----------------------------------------------------
+
+HEALTHY_METRICS = Path(__file__).resolve().parent / "data" / "istiod-metrics" / "healthy.txt"
+
+
+def metrics_with(**values: float) -> str:
+    """The healthy istiod metrics with some unlabelled samples set to other values."""
+    lines = HEALTHY_METRICS.read_text().splitlines()
+    return "\n".join(f"{line.split(' ')[0]} {values[line.split(' ')[0]]}" if line.split(" ")[0] in values else line
+                     for line in lines) + "\n"
+
+
+def with_queue_buckets(counts: dict[str, int]) -> str:
+    lines = HEALTHY_METRICS.read_text().splitlines()
+    out = []
+    for line in lines:
+        le = line.partition('le="')[2].partition('"')[0] if line.startswith("pilot_proxy_queue_time_bucket") else ""
+        out.append(f'pilot_proxy_queue_time_bucket{{le="{le}"}} {counts[le]}' if le in counts else line)
+    return "\n".join(out) + "\n"
+
+
+def test_listener_conflicts_istiod_reports_are_a_warning_naming_each_kind(istiod_server):
+    serve(istiod_server, [synced_entry("productpage-v1-1.bookinfo", "1.24.2")], version="1.24.2")
+    istiod_server.answer("/metrics", metrics_with(pilot_conflict_outbound_listener_tcp_over_current_tcp=2,
+                                                  pilot_conflict_inbound_listener=1))
+    [conflict] = of_code(run_proxy_status([istiod_server.url]), "MB2013")
+    assert conflict.level == "Warning"
+    assert "dropped 3 listeners" in conflict.message
+    assert "1 inbound, 2 outbound TCP over TCP" in conflict.message
+    assert "restart" not in (conflict.remediation.command or "")
+
+
+def test_a_push_queue_that_does_not_drain_is_a_warning(istiod_server):
+    serve(istiod_server, [synced_entry("productpage-v1-1.bookinfo", "1.24.2")], version="1.24.2")
+    # 412 pushes: 40 dequeued within 10 s, the rest waited 10-30 s (the default histogram's buckets).
+    slow = with_queue_buckets({"0.1": 10, "0.5": 12, "1": 15, "3": 20, "5": 25, "10": 40, "20": 300, "30": 412,
+                               "+Inf": 412})
+    istiod_server.answer("/metrics", slow)
+    [backlog] = of_code(run_proxy_status([istiod_server.url]), "MB2014")
+    assert "beyond the 10 s debounce ceiling" in backlog.message
+
+
+def test_a_healthy_istiods_push_metrics_say_nothing(istiod_server):
+    serve(istiod_server, [synced_entry("productpage-v1-1.bookinfo", "1.24.2")], version="1.24.2")
+    codes_seen = {f.code for f in run_proxy_status([istiod_server.url])}
+    assert not codes_seen & {"MB2013", "MB2014", "MB0004"}
+
+
+def test_istiod_metrics_refused_to_a_remote_caller_are_said_not_passed_over(istiod_server):
+    serve(istiod_server, [synced_entry("productpage-v1-1.bookinfo", "1.24.2")], version="1.24.2")
+    istiod_server.answer("/metrics", "Only requests from localhost are allowed\n", status=403)
+    [skipped] = of_code(run_proxy_status([istiod_server.url]), "MB0004")
+    assert "istiod push health" in skipped.message

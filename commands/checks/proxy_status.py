@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from commands import codes
+from commands.checks.istiod_metrics import METRICS_PATH, parse_samples
+from commands.checks.push_health import PUSH_METRICS, push_findings
 from commands.checks.rejections import group_rejections
 from commands.checks.registry import CheckContext, check
 from commands.checks.syncz import SYNCZ_PATH, ProxySync, SyncState, parse_syncz
@@ -71,6 +73,7 @@ def proxy_status(ctx: CheckContext) -> list[Finding]:
             with ctx.endpoints.open_istiod(target) as endpoint:
                 entries = endpoint.get_json(SYNCZ_PATH)
                 version, source, problem = istiod_version(endpoint, target, ctx.snapshot)
+                findings.extend(_push_health(endpoint, target, ctx))
             istiod = Istiod(name, version, source or None, problem,
                             pod=target if isinstance(target, Resource) else None)
             served = parse_syncz(entries, istiod=name, resources_map=True if istiod.serves_resources_map else None)
@@ -91,6 +94,17 @@ def proxy_status(ctx: CheckContext) -> list[Finding]:
     findings.extend(_unknown_versions(in_scope, istiods))
     findings.extend(group_rejections(findings, ctx.snapshot))
     return findings
+
+
+def _push_health(endpoint: Any, target: str | Resource, ctx: CheckContext) -> list[Finding]:
+    """Listener conflicts and push-queue backlog from the istiod's /metrics; what could not be read is said."""
+    origin = f"istiod {target}" if isinstance(target, str) else target.origin
+    try:
+        samples = parse_samples(endpoint.get_text(METRICS_PATH), PUSH_METRICS)
+    except MeshbotError as exc:
+        return [codes.finding("MB0004", check="proxy-status", origin=origin,
+                              check_name="proxy-status (istiod push health)", reason=str(exc))]
+    return list(push_findings(samples, origin, ctx.snapshot.istio_namespace))
 
 
 def _not_serving(pod: Resource) -> str | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,7 @@ SYSTEM_NAMESPACE = "istio-system"
 NAMESPACE_DEBUGGERS = frozenset({"config_dump", "ndsz", "edsz"})
 """pilot/pkg/xds/debug.go ``activeNamespaceDebuggers``: what a non-system namespace may read."""
 METRICS_REFUSAL = b"Only requests from localhost are allowed\n"
+HEALTHY_METRICS = Path(__file__).resolve().parent.parent / "data" / "istiod-metrics" / "healthy.txt"
 
 
 IstiodRequest = Recorded
@@ -55,6 +57,10 @@ class FakeIstiod(ProgrammableServer):
     debug_endpoint_auth: bool = True
     allowed_namespaces: frozenset[str] = frozenset()
     metrics_localhost_only: bool = False
+
+    def __post_init__(self) -> None:
+        # Real istiod always serves /metrics; a test that does not program it gets a healthy istiod's.
+        self.answer("/metrics", HEALTHY_METRICS.read_text())
 
     def accept_token(self, token: str, identity: str) -> None:
         self.tokens[token] = identity

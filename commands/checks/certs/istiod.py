@@ -9,12 +9,12 @@ from commands import codes
 from commands.certificates.x509 import days_left, expiry_code
 from commands.checks.certs.expiry import expiry_args
 from commands.checks.certs.mesh_ca import root_remediation
+from commands.checks.istiod_metrics import METRICS_PATH, parse_samples, total
 from commands.checks.registry import CheckContext
 from commands.errors import MeshbotError
 from commands.findings import Finding, Remediation
 from commands.times import human_duration, rfc3339
 
-METRICS_PATH = "/metrics"
 ISTIOD_EXPIRY_GAUGES = {
     "citadel_server_root_cert_expiry_timestamp": "mesh root CA",
     "citadel_server_cert_chain_expiry_timestamp": "mesh CA certificate chain",
@@ -34,30 +34,14 @@ CALLER_ERRORS = {
 }
 
 
-def sum_counters(text: str, names: set[str] | frozenset[str]) -> dict[str, float]:
-    """Each named metric summed over its label sets, from Prometheus text exposition."""
-    sums: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, rest = line.partition("{") if "{" in line.split(" ", 1)[0] else line.partition(" ")
-        if name not in names:
-            continue
-        value = rest.rpartition("}")[2] if "}" in rest else rest
-        try:
-            sums[name] = sums.get(name, 0.0) + float(value.split()[0])
-        except (IndexError, ValueError):
-            continue
-    return sums
-
-
 def ca_signing_finding(text: str, origin: str, ctx: CheckContext) -> Finding | None:
     """MB3020 when istiod's CA fails to sign a share of the CSRs it received (``thresholds.ca_sign_error_share``).
 
     The counters are cumulative since istiod started, so a failure that began after a long healthy run shows
     late; Prometheus (rates) sees it sooner.
     """
-    counters = sum_counters(text, {CA_REQUESTS, CA_ISSUED, CA_SIGN_ERRORS, *CALLER_ERRORS})
+    samples = parse_samples(text, {CA_REQUESTS, CA_ISSUED, CA_SIGN_ERRORS, *CALLER_ERRORS})
+    counters = {name: total(samples, name) for name in {s.name for s in samples}}
     errors, requests = int(counters.get(CA_SIGN_ERRORS, 0)), int(counters.get(CA_REQUESTS, 0))
     if errors == 0 or errors < ctx.thresholds.ca_sign_error_share * max(requests, errors):
         return None
@@ -79,20 +63,10 @@ def ca_signing_finding(text: str, origin: str, ctx: CheckContext) -> Finding | N
 def parse_ca_expiry_metrics(text: str) -> dict[str, datetime]:
     """``citadel_server_*_expiry_timestamp`` gauges (unix seconds) from Prometheus text; unset ones are skipped."""
     found: dict[str, datetime] = {}
-    for line in text.splitlines():
-        if "{" in line:
-            name, _, rest = line.partition("{")
-            rest = rest.rpartition("}")[2]
-        else:
-            name, _, rest = line.partition(" ")
-        if name not in ISTIOD_EXPIRY_GAUGES or name in found:
-            continue
-        try:
-            seconds = float(rest.split()[0])
-        except (IndexError, ValueError):
-            continue
-        if seconds > 0:  # 0 when istiod is not the CA (external CA): nothing to say
-            found[name] = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    for sample in parse_samples(text, ISTIOD_EXPIRY_GAUGES):
+        # 0 when istiod is not the CA (external CA): nothing to say.
+        if sample.name not in found and sample.value > 0:
+            found[sample.name] = datetime.fromtimestamp(sample.value, tz=timezone.utc)
     return found
 
 
