@@ -166,7 +166,12 @@ ROOT_MISMATCH = {"MB3010"}
 CONTROL_PLANE_DOWN = {"MB1001", "MB1002", "MB1003", "MB1006", "MB2005"}
 SIDECAR_BROKEN = {"MB1011", "MB1012", "MB1013"}
 WORKLOAD_CERT_TROUBLE = {"MB3006", "MB3014"}
-CALLER_SYMPTOMS = {"MB4001", "MB4002", "MB4003", "MB4008"}
+CALLER_SYMPTOMS = {"MB4001", "MB4002", "MB4003", "MB4008", "MB4013", "MB4014", "MB4015", "MB4016", "MB4017",
+                   "MB4018"}
+"""What a caller's Envoy sees of a failing upstream: overflows, 5xx share, retries, and the response-flag findings
+(UH, UF, TLS, URX, UT, UC) of commands/checks/envoy, each naming the upstream cluster in its evidence."""
+AUTHZ_DENIES = {"MB7001", "MB7002"}
+"""An AuthorizationPolicy that denies every request to the workloads it selects (commands/analyze/authorization.py)."""
 SYNC_TROUBLE = {"MB2001", "MB2002", "MB2003", "MB2006", "MB2007"}
 
 
@@ -267,8 +272,40 @@ def one_config_is_rejected_everywhere(findings: Sequence[Finding]) -> Iterable[L
                            Confidence.HIGH)
 
 
+def policy_denies_the_requests(findings: Sequence[Finding]) -> Iterable[Link]:
+    """A sidecar answering 403 RBAC: access denied is explained by the policy that denies it: MB7004 names it for that
+    pod (commands.authz.explain), MB7001/MB7002 for every workload of their namespace they select (Envoy's RBAC filter
+    answers 403 "RBAC: access denied", envoyproxy/envoy docs/root/configuration/http/http_filters/rbac_filter.rst)."""
+    for cause in findings:
+        if cause.code not in AUTHZ_DENIES | {"MB7004"}:
+            continue
+        for effect in findings:
+            if effect.code != "MB4022" or effect is cause:
+                continue
+            same_pod = cause.code == "MB7004" and effect.origin == cause.origin
+            same_namespace = cause.code in AUTHZ_DENIES and namespace_of(effect) == namespace_of(cause)
+            if same_pod or same_namespace:
+                yield Link(cause, effect, "the policy denies these requests, so the sidecar answers 403",
+                           Confidence.HIGH if same_pod else Confidence.MEDIUM)
+
+
+def same_failure_seen_by_many_callers(findings: Sequence[Finding]) -> Iterable[Link]:
+    """Several callers failing the same way to the same service are one problem at that service, not one per
+    caller: the first (most severe, in report order) stands for the rest, which it explains."""
+    groups: dict[tuple[str, tuple[str, str]], list[Finding]] = {}
+    for finding in findings:
+        upstream = upstream_of(finding)
+        if finding.code in CALLER_SYMPTOMS and upstream is not None:
+            groups.setdefault((finding.code, upstream), []).append(finding)
+    for (_, (namespace, service)), same in groups.items():
+        for effect in same[1:]:
+            yield Link(same[0], effect, f"{len(same)} callers see the same failure calling {service} in {namespace}",
+                       Confidence.HIGH)
+
+
 RULES: tuple[Rule, ...] = (root_trust_is_broken, control_plane_is_down, upstream_workload_is_broken,
-                           one_config_is_rejected_everywhere)
+                           one_config_is_rejected_everywhere, policy_denies_the_requests,
+                           same_failure_seen_by_many_callers)
 
 
 # -- first safe steps ----------------------------------------------------------------------------

@@ -248,3 +248,54 @@ def test_a_lone_error_both_diagnoses_see_does_not_join_them():
     first = triage([gateway, istiod_oomkilled(), istiod_not_ready()]).to_list()
     second = triage([gateway, sidecar_crash_loop(), upstream_503s()]).causes
     assert shared_cause(second, first) is None
+
+
+# -- causes, not symptoms: many callers, one failure; a policy behind a 403 ------------------------------------
+
+def no_healthy_upstream(caller: str, cluster: str = CLUSTER_TO_PAYMENT):
+    return codes.finding("MB4013", origin=f"Pod prod/{caller}", pod=f"prod/{caller}", count=120, unit="requests",
+                         service="payment-service.prod:8080", detail="", cause="every endpoint is ejected",
+                         evidence={"cluster": cluster})
+
+
+def test_many_callers_failing_the_same_way_to_one_service_are_one_cause_with_its_count():
+    callers = [no_healthy_upstream(f"api-service-6b7c9d8f5-{suffix}") for suffix in ("k2m4p", "z8n3q", "a1b2c")]
+    result = triage(callers)
+    [cause] = result.causes
+    assert len(cause.explains) == 2
+    assert "3 callers see the same failure calling payment-service in prod" in cause.reasons
+
+
+def test_the_same_flag_to_different_services_stays_separate():
+    other = "outbound|8080||orders.prod.svc.cluster.local"
+    result = triage([no_healthy_upstream("api-service-6b7c9d8f5-k2m4p"),
+                     no_healthy_upstream("api-service-6b7c9d8f5-z8n3q", cluster=other)])
+    assert len(result.causes) == 2
+
+
+def test_a_crash_looping_upstream_still_explains_every_caller_directly():
+    crash = sidecar_crash_loop()
+    callers = [no_healthy_upstream(f"api-service-6b7c9d8f5-{suffix}") for suffix in ("k2m4p", "z8n3q")]
+    result = triage([*callers, crash])
+    assert result.top.finding is crash and set(map(id, result.top.explains)) >= set(map(id, callers))
+
+
+def rbac_denied(pod="payments-5c6d7e8f9-abcde", namespace="shop"):
+    return codes.finding("MB4022", origin=f"Pod {namespace}/{pod}", pod=f"{namespace}/{pod}", count=310,
+                         listener="inbound port 8080", allowed=0, cause="an AuthorizationPolicy denies them")
+
+
+def test_an_allow_policy_with_no_rules_explains_the_403s_in_its_namespace():
+    policy = codes.finding("MB7001", origin="AuthorizationPolicy shop/payments-allow", policy="shop/payments-allow",
+                           workloads="payments")
+    denied = rbac_denied()
+    result = triage([denied, policy])
+    assert result.top.finding is policy and denied in result.top.explains
+    assert result.top.first_step is None or "permissive" not in (result.top.first_step.action or "")
+
+
+def test_a_policy_in_another_namespace_does_not_explain_the_403s():
+    policy = codes.finding("MB7001", origin="AuthorizationPolicy billing/allow-nothing", policy="billing/allow-nothing",
+                           workloads="invoices")
+    result = triage([rbac_denied(), policy])
+    assert len(result.causes) == 2
