@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from commands.coverage import Coverage, coverage
 from commands.findings import Finding, Level, Remediation, by_severity, count_by_level
 from commands.triage import ORDERING, Cause, Triage, triage
 
@@ -86,13 +87,24 @@ def _lone_lines(lone: Sequence[Cause]) -> list[str]:
             for title, same in by_title.items()]
 
 
-def diagnose_text(findings: Sequence[Finding], *, title: str) -> str:
+def verdict_line(seen: Coverage) -> str:
+    """``✔ prod: 6 sidecars, 7 proxies checked (…); nothing wrong``, or ``⚠ …`` saying what was not checked."""
+    icon = "\u2714" if seen.all_clear else "\u26a0"
+    return f"{icon} {seen.verdict()}"
+
+
+def diagnose_text(findings: Sequence[Finding], *, title: str, scope: str = "all namespaces",
+                  checks: Sequence[str] = ()) -> str:
+    """The CLI's report: summary, triage, every finding; ✔ only when something was scanned and all was read."""
     summaries, rest = split_summary(findings)
+    seen = coverage(findings, scope=scope, checks=checks)
     lines = [title, f"Summary: {counts_line(findings)}"]
     lines += [f"  {f.check}: {f.message}" for f in summaries]
     lines.append("")
     lines += triage_lines(triage(rest))
-    lines += [finding_line(f) for f in rest] or ["No problems found."]
+    lines += [finding_line(f) for f in rest]
+    if not seen.problems or seen.not_checked:
+        lines.append(verdict_line(seen))
     return "\n".join(lines) + "\n"
 
 

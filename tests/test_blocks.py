@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 from bot.incidents import blocks as incident_blocks
 from bot.incidents.records import Incident, IncidentStatus
 from bot.slack import blocks
+from commands import codes
+from commands.coverage import coverage
 from commands.findings import Finding, Level, Remediation
 
 
@@ -56,9 +58,27 @@ def test_every_message_has_a_plain_text_fallback():
         assert message.text and message.blocks
 
 
-def test_empty_report_says_no_problems():
+def test_an_empty_report_without_what_was_scanned_is_no_all_clear():
     message, hidden = blocks.findings_report("status \u00b7 prod", [])
-    assert hidden == 0 and "No problems found" in str(message.blocks)
+    assert hidden == 0 and "no all-clear" in str(message.blocks)
+    assert "white_check_mark" not in str(message.blocks)
+
+
+def test_an_empty_report_ticks_only_with_what_was_scanned():
+    seen = coverage([], scope="prod", checks=("certs",))
+    message, _ = blocks.findings_report("certs \u00b7 prod", [], seen=seen)
+    assert ":white_check_mark: prod: checked: certs; nothing wrong" in str(message.blocks)
+
+
+def test_evidence_that_could_not_be_read_is_a_warning_not_a_tick():
+    unread = codes.finding("MB0004", check="envoy", origin="check envoy", check_name="envoy",
+                           reason="no running sidecars to inspect")
+    seen = coverage([unread], scope="prod", checks=("envoy",))
+    message, _ = blocks.findings_report("envoy \u00b7 prod", [unread], seen=seen)
+    outcome = blocks.outcome("envoy", "prod", "U1", [unread], 1.0, seen)
+    assert ":warning: prod: checked: envoy; nothing wrong in what was checked, but NOT checked: envoy skipped: " \
+           "no running sidecars to inspect" in str(message.blocks)
+    assert "white_check_mark" not in str(message.blocks) + str(outcome.blocks)
 
 
 def test_a_special_mention_in_an_alert_title_or_note_notifies_nobody():

@@ -82,6 +82,33 @@ def test_quiesce_returns_only_once_work_already_handed_to_the_pools_has_finished
     assert finished == ["worker"]
 
 
+def test_a_mistyped_subcommand_gets_a_suggestion_not_the_whole_help(meshbot, fake_slack):
+    answer = slash(meshbot, fake_slack, "diagnos prod").json()
+    assert answer["response_type"] == "ephemeral"
+    assert answer["text"] == ":warning: unknown subcommand `diagnos`. Did you mean `diagnose`? `/mesh help` lists " \
+                             "them all."
+
+
+def test_a_mistyped_namespace_is_refused_with_a_suggestion_and_never_ticked(meshbot, fake_slack):
+    slash(meshbot, fake_slack, "status prdo")
+    update = wait_for_outcome(fake_slack)
+    [top] = fake_slack.messages(top_level=True)
+    assert update["text"] == "status for prdo not run: no namespace `prdo` exists, so nothing was checked. " \
+                             "Did you mean `prod`?"
+    quiesce(meshbot)
+    assert fake_slack.messages(thread_ts=top["_ts"]) == [], "no findings thread for a namespace that does not exist"
+    assert "white_check_mark" not in str(update)
+
+
+def test_a_diagnosis_says_what_it_scanned_and_what_it_could_not_read(meshbot, fake_slack):
+    slash(meshbot, fake_slack, "diagnose prod")
+    wait_for_outcome(fake_slack)
+    [top] = fake_slack.messages(top_level=True)
+    [thread] = fake_slack.messages(thread_ts=top["_ts"])
+    assert "prod: 6 sidecars, 5 proxies checked (status, proxy-status, certs, envoy, analyze)" in str(thread["blocks"])
+    assert "NOT checked: " in str(thread["blocks"])
+
+
 @pytest.mark.parametrize("text, complaint", [
     ("frobnicate prod", "unknown subcommand `frobnicate`"),
     ("status Prod_Namespace!", "is not a valid namespace name"),
@@ -93,7 +120,8 @@ def test_bad_arguments_get_an_ephemeral_usage_message_and_no_thread(meshbot, fak
     answer = response.json()
     assert answer["response_type"] == "ephemeral"
     assert complaint in answer["text"]
-    assert "/mesh status [NAMESPACE]" in answer["text"]
+    if not text.startswith("frobnicate"):  # a mistyped sub-command gets the closest names, not the whole help
+        assert "/mesh status [NAMESPACE]" in answer["text"]
     quiesce(meshbot)
     assert posts(fake_slack) == []
 

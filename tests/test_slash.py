@@ -59,6 +59,16 @@ def test_bad_text_is_a_usage_error_saying_why(text, complaint):
         parse(text)
 
 
+@pytest.mark.parametrize("text, suggestion", [
+    ("diagnos prod", "Did you mean `diagnose`?"),
+    ("stauts", "Did you mean `status`?"),
+    ("cert prod", "Did you mean `certs`?"),
+])
+def test_a_mistyped_subcommand_suggests_the_closest_registered_ones(text, suggestion):
+    with pytest.raises(UsageError, match=f"unknown subcommand .*{suggestion.replace('?', '[?]')}"):
+        parse(text)
+
+
 def test_help_lists_every_subcommand():
     text = help_text()
     for name in ("status", "proxy-status", "certs", "envoy", "analyze", "diagnose"):

@@ -19,8 +19,11 @@ from bot.incidents.playbooks import SuggestedRemediation
 from bot.incidents.records import Incident, IncidentStatus
 from bot.slack.blocks import (
     FINDINGS_PER_MESSAGE, LEVEL_EMOJI, MAX_BLOCKS, Message, buttons, clip, context, counts_text, escape, finding_text,
-    header, human_duration, link, message_of, plain, plain_counts, plural, section, slack_time, utc_time,
+    header, human_duration, link, message_of, plain, plain_counts, plural, section, slack_time, utc_time, verdict_text,
 )
+from commands.coverage import Coverage
+from bot.timeline.blocks import top_lines
+from bot.timeline.summary import TimelineSummary
 from commands.report import split_summary
 from commands.times import parse_rfc3339
 from commands.triage import Cause, Scoped
@@ -45,6 +48,8 @@ def cause_text(number: int, cause: Cause) -> str:
              f"{cause.confidence} confidence \u00b7 {escape(cause.explains_line)}"]
     if cause.reasons:
         lines.append("_because " + escape("; ".join(cause.reasons)) + "_")
+    if cause.timing:
+        lines.append(f":clock3: {escape(cause.timing)}")
     step = cause.first_step
     if step:
         line = f"*First step:* {escape(step.summary)}"
@@ -57,13 +62,19 @@ def cause_text(number: int, cause: Cause) -> str:
 
 
 def triage_report(title: str, view: Scoped, *, limit: int = FINDINGS_PER_MESSAGE,
-                  extra_blocks: Sequence[Block] = ()) -> tuple[Message, int]:
+                  extra_blocks: Sequence[Block] = (), seen: Coverage | None = None) -> tuple[Message, int]:
     """The incident's first thread reply: the probable causes, each with the findings it explains, then the
     other findings in the alert's scope; findings elsewhere are counted, not listed.  Returns (message,
     how many findings did not fit), so the caller attaches the full report."""
     summaries, ordered = split_summary(view.findings)
-    blocks: list[Block] = [header(title), section(counts_text(ordered) if ordered
-                                                  else ":white_check_mark: No problems found.")]
+    # ✔ only with ``seen`` saying what was scanned: an empty list alone is no all-clear (issue 27).
+    blocks: list[Block] = [header(title)]
+    if ordered and (seen is None or seen.problems):
+        blocks.append(section(counts_text(ordered)))
+    if seen is not None and (not seen.problems or seen.not_checked):
+        blocks.append(section(verdict_text(seen)))
+    elif not ordered:
+        blocks.append(section("No findings (what was scanned is not known, so this is no all-clear)."))
     if summaries:
         blocks.append(section("\n".join(f"_{escape(f.check)}_: {escape(f.message)}" for f in summaries)))
     budget = limit
@@ -120,6 +131,8 @@ class Headline:
     confidence: str
     because: tuple[str, ...] = ()
     first_step: FirstStep | None = None
+    timing: str | None = None
+    """The change shortly before the onset that ties to this cause, in words (``Cause.timing``)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,8 @@ class InEffect:
     what: str
     since: datetime
     request_id: int
+    effect: str = ""
+    """What verification by effect saw last ("verified: ...", "effect not seen: ..."); empty before a look."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +169,8 @@ class TopView:
     opened_by: str | None = None
     requested_action: str | None = None
     """Manual incidents: the action someone asked for outside any incident."""
+    timeline: TimelineSummary | None = None
+    """When it started, the failing edges and the last change before it, from the diagnosis's timeline."""
 
     @property
     def resolved(self) -> bool:
@@ -229,10 +246,13 @@ def _headline_lines(view: TopView, now: datetime) -> list[str]:
     where = [f"`{escape(n)}`" for n in incident.namespaces] + [f"`{escape(s)}`" for s in incident.services]
     if where and not view.resolved:
         lines.append("*Where:* " + ", ".join(where))
+    if view.timeline is not None and not view.resolved and not view.requested_action:
+        lines += top_lines(view.timeline)
     lines += _cause_lines(view)
     for effect in view.in_effect:
         lines.append(f":warning: *{escape(effect.what)} since {slack_time(effect.since)}* (request "
-                     f"#{effect.request_id}) \u2014 *Rollback* undoes it")
+                     f"#{effect.request_id}) \u2014 *Rollback* undoes it"
+                     + (f"\n    {escape(effect.effect)}" if effect.effect else ""))
     return lines
 
 
@@ -263,6 +283,8 @@ def _cause_lines(view: TopView) -> list[str]:
         return [f"Probable cause was: {escape(headline.title)}"]
     lines = [f"*Probable cause* ({escape(headline.confidence)} confidence): {escape(headline.title)}",
              f"*Impact:* {escape(headline.explains)}"]
+    if headline.timing:
+        lines.append(f"*When:* {escape(headline.timing)}")
     step = headline.first_step
     if step:
         line = f"*First step:* {escape(step.summary)}"

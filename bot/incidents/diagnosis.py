@@ -17,15 +17,21 @@ from datetime import datetime
 
 import sqlite_utils
 
-from bot.diagnosis import Diagnostician
+from bot.diagnosis import Diagnostician, Queued, queued_text
 from bot.incidents import blocks, headline
 from bot.incidents.log import IncidentLog
 from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest, with_first_step
-from bot.incidents.records import DiagnosisRecord, EventKind, Incident, utcnow
+from bot.incidents.records import DiagnosisRecord, EventKind, Incident, parse_time, utcnow
 from bot.runtime.metrics import Metrics
 from bot.slack.blocks import Message, cluster_unavailable
 from bot.slack.outbox import Outbox
 from bot.storage.database import Database
+from bot.timeline import thread as timeline_thread
+from bot.timeline.reader import TimelineReader
+from bot.timeline.summary import TimelineSummary
+from commands.telemetry.relate import rank_by_time
+from commands.telemetry.timeline import Timeline
+from commands.coverage import coverage
 from commands.findings import Finding, by_severity, count_by_level
 from commands.report import diagnose_text, split_summary
 from commands.resources.references import PodRef
@@ -54,6 +60,8 @@ class IncidentDiagnosis:
     render_suggestions: SuggestionRenderer = field(
         default=lambda incident, suggestions: blocks.suggestions_blocks(suggestions))
     clock: Callable[[], datetime] = field(default=utcnow)
+    timeline: TimelineReader | None = None
+    """Reads the onset, failing edges, changes and Events around the alert; None: diagnoses are snapshots only."""
 
     def submit(self, incident_id: int) -> None:
         """Diagnose on the worker pool."""
@@ -74,9 +82,14 @@ class IncidentDiagnosis:
         the first step in the top message — or, when an open incident's triage names the same cause, join it."""
         incident = self.incidents.get(incident_id)
         playbook = self.playbooks.get(incident.playbook or "") or self.playbooks.match(incident.labels)
-        findings, errors, steps = self._run_playbook(playbook, incident.labels)
+        findings, errors, steps = self._run_playbook(playbook, incident.labels, self._queued_note(incident))
         summaries, rest = split_summary(findings)
         result = triage(rest)
+        timeline = self._read_timeline(incident)
+        if timeline is not None and self.timeline is not None:
+            # A change shortly before the onset on the failing edges breaks ties of equal impact (triage.ORDERING).
+            result, _ = rank_by_time(result, timeline.telemetry.edges, timeline.changes,
+                                     istio_namespace=self.timeline.settings.istio_namespace)
         view = scoped(result, incident.namespaces)
         view = Scoped(view.causes, (*summaries, *view.findings), view.elsewhere)
         # Fix causes, not symptoms: a finding another one explains (istiod not ready because it is OOMKilled)
@@ -86,14 +99,18 @@ class IncidentDiagnosis:
             playbook, [f for f in view.findings if id(f) not in explained], incident.labels))
         title = f"Triage \u00b7 incident #{incident.id} \u00b7 playbook {playbook.name}"
         extra = self.render_suggestions(incident, suggestions)
-        report, hidden = blocks.triage_report(title, view, extra_blocks=extra)
+        seen = coverage(findings, scope=", ".join(incident.namespaces) or "all namespaces",
+                        checks=tuple(dict.fromkeys(step["check"] for step in steps if not step["error"])))
+        report, hidden = blocks.triage_report(title, view, extra_blocks=extra, seen=seen)
         record = DiagnosisRecord(
             playbook=playbook.name, steps=tuple(steps), errors=tuple(errors),
             counts={str(k): v for k, v in count_by_level(findings).items()},
             findings=tuple(f.to_dict() for f in by_severity(findings)[:MAX_FINDINGS_IN_LOG]),
             findings_total=len(findings), elsewhere=len(view.elsewhere),
             triage=tuple(c.to_dict() for c in view.causes),
-            suggested=tuple({"title": s.title, "action": s.action, "codes": list(s.codes)} for s in suggestions))
+            suggested=tuple({"title": s.title, "action": s.action, "codes": list(s.codes)} for s in suggestions),
+            timeline=TimelineSummary.of(timeline).to_data() if timeline is not None else None)
+        thread_timeline = self._timeline_post(incident, timeline, view)
         with self.database.transaction() as db:
             if self.incidents.get_in(db, incident.id).diagnosed:
                 return findings  # another run (a restart's catch-up) posted them already
@@ -106,12 +123,33 @@ class IncidentDiagnosis:
                 self._join(db, incident, same[0], same[1], view)
             else:
                 self._post_triage(db, incident, report, errors, title, findings, upload=bool(hidden or view.elsewhere))
+                if thread_timeline is not None and incident.channel and incident.top_message is not None:
+                    timeline_thread.queue(db, self.outbox, thread_timeline, incident_id=incident.id,
+                                          channel=incident.channel, thread_of=incident.top_message)
                 headline.refresh_top(db, self.incidents, self.outbox, incident.id, self.clock())
         self.outbox.wake()
         if self.metrics:
             for finding in findings:
                 self.metrics.findings_posted.labels(level=str(finding.level)).inc()
         return findings
+
+    def _read_timeline(self, incident: Incident) -> Timeline | None:
+        """The timeline around the incident's first alert's startsAt (when Alertmanager says the trouble began),
+        or around its opening for an incident without alerts."""
+        if self.timeline is None:
+            return None
+        starts = [parse_time(str(a["starts_at"])) for a in self.incidents.alerts(incident.id) if a.get("starts_at")]
+        at = min((s for s in starts if s is not None), default=incident.opened_at)
+        return self.timeline.read_or_none(at=at, namespaces=incident.namespaces)
+
+    def _timeline_post(self, incident: Incident, timeline: Timeline | None,
+                       view: Scoped) -> timeline_thread.TimelinePost | None:
+        """The thread's timeline (drawn before the transaction); nothing when no timeline was read."""
+        if timeline is None or self.timeline is None or timeline.empty:
+            return None
+        return timeline_thread.prepare(timeline, title=f"Timeline \u00b7 incident #{incident.id}",
+                                       basename=f"incident-{incident.id}-timeline", source=self.timeline.source,
+                                       timing=view.top.timing if view.top else None)
 
     def _thread_post(self, db: sqlite_utils.Database, incident: Incident, message: Message) -> int:
         return self.outbox.post(db, incident_id=incident.id, channel=incident.channel, message=message,
@@ -156,8 +194,21 @@ class IncidentDiagnosis:
                               {"text": f"incident #{incident.id} ({incident.title}) joined: same probable cause, "
                                        f"{cause}"})
 
-    def _run_playbook(self, playbook: Playbook,
-                      labels: Mapping[str, str]) -> tuple[list[Finding], list[str], list[dict]]:
+    def _queued_note(self, incident: Incident) -> Queued:
+        """Says once in the incident's thread that its diagnosis waits for its turn (an alert storm's backlog)."""
+        told = []
+
+        def tell(ahead: int) -> None:
+            if told:
+                return
+            told.append(ahead)
+            with self.database.transaction() as db:
+                self._thread_post(db, incident, Message(text=queued_text(ahead)))
+            self.outbox.wake()
+        return tell
+
+    def _run_playbook(self, playbook: Playbook, labels: Mapping[str, str],
+                      on_queued: Queued | None = None) -> tuple[list[Finding], list[str], list[dict]]:
         findings: dict[tuple[str, str, str], Finding] = {}
         errors: list[str] = []
         steps: list[dict] = []
@@ -165,7 +216,7 @@ class IncidentDiagnosis:
             namespace = step.namespace_for(labels)
             pod = step.pod_for(labels)
             pods = (PodRef(namespace, pod),) if pod and namespace else ()
-            result = self.diagnostician.run([step.check], namespace, pods)
+            result = self.diagnostician.run([step.check], namespace, pods, on_queued=on_queued)
             steps.append({"check": step.check, "namespace": namespace, "pod": pod, "seconds": round(result.seconds, 2),
                           "error": result.error})
             if self.metrics:

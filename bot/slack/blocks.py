@@ -16,6 +16,7 @@ from slack_sdk.models.blocks import (
     ActionsBlock, Block, ButtonElement, ContextBlock, DividerBlock, HeaderBlock, MarkdownTextObject, SectionBlock,
 )
 
+from commands.coverage import Coverage
 from commands.findings import Finding, Level, count_by_level
 from commands.report import split_summary
 from commands.times import short_duration, utc_minute
@@ -86,7 +87,8 @@ def counts_text(findings: Sequence[Finding]) -> str:
     dot always means there is something to fix."""
     counts = count_by_level(findings)
     shown = [f"{LEVEL_EMOJI[level]} {plural(counts[level], _LEVEL_WORD[level])}" for level in Level if counts[level]]
-    return " \u00b7 ".join(shown) or ":white_check_mark: no findings"
+    # No ✔ here: an empty list says nothing about what was scanned (``verdict_text`` does).
+    return " \u00b7 ".join(shown) or "no findings"
 
 
 _LEVEL_WORD = {Level.ERROR: "error", Level.WARNING: "warning", Level.INFO: "info"}
@@ -107,11 +109,18 @@ def running(check: str, namespace: str | None, user: str) -> Message:
                                    f"requested by <@{user}>\u2026")])
 
 
-def outcome(check: str, namespace: str | None, user: str, findings: Sequence[Finding], seconds: float) -> Message:
+def verdict_text(seen: Coverage) -> str:
+    """The all-clear (✔ only when something was scanned and everything was read), or what was not checked."""
+    icon = ":white_check_mark:" if seen.all_clear else ":warning:"
+    return f"{icon} {escape(seen.verdict())}"
+
+
+def outcome(check: str, namespace: str | None, user: str, findings: Sequence[Finding], seconds: float,
+            seen: Coverage | None = None) -> Message:
     counts = count_by_level(findings)
-    icon = (":red_circle:" if counts[Level.ERROR] else ":large_orange_circle:" if counts[Level.WARNING]
-            else ":white_check_mark:")
-    summary = counts_text(findings)
+    quiet = ":white_check_mark:" if seen is None or seen.all_clear else ":warning:"
+    icon = ":red_circle:" if counts[Level.ERROR] else ":large_orange_circle:" if counts[Level.WARNING] else quiet
+    summary = counts_text(findings) if seen is None or seen.problems else escape(seen.verdict())
     text = f"{check} for {namespace or 'all namespaces'}: {plain_counts(findings)} (requested by <@{user}>)"
     return message_of(text, [
         section(f"{icon} *{check}* for {scope(namespace)}, requested by <@{user}>: {summary}"),
@@ -123,6 +132,13 @@ def failed(check: str, namespace: str | None, user: str, reason: str) -> Message
     text = f"{check} for {namespace or 'all namespaces'} failed: {reason}"
     return message_of(text, [section(f":x: *{check}* for {scope(namespace)}, requested by <@{user}>, "
                                    f"failed: {escape(reason)}")])
+
+
+def refused(check: str, namespace: str | None, user: str, reason: str) -> Message:
+    """A diagnosis that did not run because what it names does not exist: an error, never an all-clear."""
+    text = f"{check} for {namespace or 'all namespaces'} not run: {reason}"
+    return message_of(text, [section(f":x: *{check}* for {scope(namespace)}, requested by <@{user}>, not run: "
+                                   f"{escape(reason)}")])
 
 
 def plain_counts(findings: Sequence[Finding]) -> str:
@@ -144,8 +160,11 @@ def finding_text(finding: Finding) -> str:
 
 
 def findings_report(title: str, findings: Sequence[Finding], *, limit: int = FINDINGS_PER_MESSAGE,
-                    extra_blocks: Sequence[Block] = ()) -> tuple[Message, int]:
-    """The thread message with the findings: (message, how many findings did not fit)."""
+                    extra_blocks: Sequence[Block] = (), seen: Coverage | None = None) -> tuple[Message, int]:
+    """The thread message with the findings: (message, how many findings did not fit).
+
+    ``seen`` (what the diagnosis scanned) replaces a bare "no problems" with what was checked, and says what
+    was not checked even when there are findings."""
     summaries, ordered = split_summary(findings)
     shown, hidden = ordered[:limit], max(len(ordered) - limit, 0)
     blocks: list[Block] = [header(title), section(counts_text(findings))]
@@ -154,8 +173,10 @@ def findings_report(title: str, findings: Sequence[Finding], *, limit: int = FIN
     if shown:
         blocks.append(DividerBlock())
         blocks.extend(section(finding_text(f)) for f in shown)
-    elif not summaries:
-        blocks.append(section(":white_check_mark: No problems found."))
+    if seen is not None and (not seen.problems or seen.not_checked):
+        blocks.append(section(verdict_text(seen)))
+    elif not shown and not summaries:
+        blocks.append(section("No findings (what was scanned is not known, so this is no all-clear)."))
     blocks.extend(extra_blocks)
     if hidden:
         blocks.append(context(f"\u2026and {hidden} more finding{'s' * (hidden != 1)}: the full report is "

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 
 from bot.slack.client import SlackError, SlackErrorKind
-from bot.slack.slash import UsageError
+from bot.slack.slash import UnknownSubcommand, UsageError
 from commands.errors import MeshbotError
 
 INTERNAL_ERROR = ":x: meshbot hit an internal error; the details are in its log."
@@ -56,5 +56,8 @@ def slack_problem(error: SlackError) -> str:
 
 
 def usage_answer(error: UsageError, help_text: str) -> str:
-    """Wrong ``/mesh`` text: what is wrong, then the list of subcommands."""
+    """Wrong ``/mesh`` text: what is wrong, then the list of subcommands — except for a mistyped sub-command,
+    whose answer is the closest names (thirteen help lines hide the one "did you mean")."""
+    if isinstance(error, UnknownSubcommand):
+        return f":warning: {error}"
     return f":warning: {error}\n\n{help_text}"
