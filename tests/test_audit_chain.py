@@ -13,9 +13,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bot.approvals.rule import RequestState
-from bot.incidents.anchors import Anchor, FileAnchorStore, LeaseAnchorStore
+from bot.incidents.anchors import FileAnchorStore, LeaseAnchorStore
 from bot.incidents.audit import GENESIS, AuditKey, audit_key_path, event_hash, event_mac, load_audit_key
-from bot.incidents.log import IncidentLog
+from bot.incidents.log import AuditKeyError, IncidentLog
 from bot.incidents.records import EventKind
 from bot.incidents.delivery import IncidentDeliveries
 from bot.slack.outbox import Outbox
@@ -31,7 +31,8 @@ from commands.errors import UserError
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import BOT_TOKEN
 from tests.test_actions import deployment, namespace
-from tests.test_approvals import APPROVERS, approve, ask, wait_finished
+from tests.support.istiod import syncz_entry
+from tests.test_approvals import APPROVERS, approve, ask, istiod_pod, wait_finished
 
 KEY = AuditKey(b"k" * 40, "test")
 T0 = datetime(2026, 11, 30, 4, 12, tzinfo=timezone.utc)
@@ -159,6 +160,11 @@ def held_lease(kube: FakeKube, holder: str) -> None:
                        "leaseTransitions": 0}})
 
 
+def lease_anchor(kube: FakeKube, log: IncidentLog) -> dict:
+    lease = kube.object("Lease", "meshbot", "meshbot-scheduler")
+    return json.loads(lease["metadata"]["annotations"][f"meshbot.io/audit-head.{log.seal().log_id}"])
+
+
 def test_the_head_is_anchored_on_the_lease_and_a_truncation_is_reported_against_it(database, kube: FakeKube):
     held_lease(kube, "meshbot-a")
     elector = LeaderElector(kube.client(), "meshbot", "meshbot-a")
@@ -166,27 +172,42 @@ def test_the_head_is_anchored_on_the_lease_and_a_truncation_is_reported_against_
     log = IncidentLog(database, clock=Clock(), key=KEY, anchor_stores=(LeaseAnchorStore(elector),))
     write_events(log, 4)
     log.anchor_now()
+    anchor = lease_anchor(kube, log)
+    assert (anchor["event"], anchor["log"]) == (4, log.seal().log_id) and anchor["mac"]
     lease = kube.object("Lease", "meshbot", "meshbot-scheduler")
-    anchor = json.loads(lease["metadata"]["annotations"]["meshbot.io/audit-head"])
-    assert (anchor["event"], anchor["replica"]) == (4, "meshbot-a")
     assert lease["spec"]["holderIdentity"] == "meshbot-a" and elector.tick(), "anchoring leaves the lease alone"
     attacker(database).execute("DELETE FROM events WHERE id = 4")
     report = log.verify()
     assert "chain ends at #3 but the anchor of 04:12 UTC on 2026-11-30 (lease) names #4" in report.reason
 
 
-def test_another_replicas_anchor_on_the_lease_is_not_compared_with_this_database(database, kube: FakeKube):
+def test_the_lease_anchor_is_found_by_the_next_pod_whose_name_differs(database, kube: FakeKube):
+    # The pod name changes at every restart; the anchor is the log's (its sealed identity), not the pod's.
+    held_lease(kube, "meshbot-7d9f-abcde")
+    first = LeaderElector(kube.client(), "meshbot", "meshbot-7d9f-abcde")
+    assert first.tick()
+    log = IncidentLog(database, clock=Clock(), key=KEY, anchor_stores=(LeaseAnchorStore(first),))
+    write_events(log, 5)
+    log.anchor_now()
+    attacker(database).execute("DELETE FROM events WHERE id > 2")
+    restarted = LeaderElector(kube.client(), "meshbot", "meshbot-7d9f-xyz12")
+    report = IncidentLog(database, clock=Clock(), key=KEY, anchor_stores=(LeaseAnchorStore(restarted),)).verify()
+    assert report.reason.startswith("chain ends at #2 but the anchor of 04:12 UTC on 2026-11-30 (lease) names #5")
+
+
+def test_another_logs_anchor_on_the_lease_is_not_compared_with_this_database(database, kube: FakeKube, tmp_path):
     held_lease(kube, "meshbot-b")
     leader = LeaderElector(kube.client(), "meshbot", "meshbot-b")
     assert leader.tick()
-    LeaseAnchorStore(leader).publish(Anchor(40, "00ff" * 4, T0))  # meshbot-b's own, longer chain
-    follower = LeaderElector(kube.client(), "meshbot", "meshbot-a")
-    log = IncidentLog(database, clock=Clock(), key=KEY, anchor_stores=(LeaseAnchorStore(follower),))
+    other = Database(tmp_path / "other.db", MIGRATIONS)
+    other.migrate()
+    theirs = IncidentLog(other, clock=Clock(), key=KEY, anchor_stores=(LeaseAnchorStore(leader),))
+    write_events(theirs, 40)
+    theirs.anchor_now()  # meshbot-b's own, longer chain
+    log = IncidentLog(database, clock=Clock(), key=KEY, anchor_stores=(LeaseAnchorStore(leader),))
     write_events(log, 3)
-    log.anchor_now()  # a follower cannot write the Lease
-    assert json.loads(kube.object("Lease", "meshbot", "meshbot-scheduler")["metadata"]["annotations"][
-        "meshbot.io/audit-head"])["replica"] == "meshbot-b"
     assert log.verify().intact
+    assert log.anchor_now().event_id == 3 and lease_anchor(kube, theirs)["event"] == 40
 
 
 def test_the_head_is_anchored_again_on_a_state_change_and_otherwise_every_few_minutes(database, tmp_path):
@@ -202,7 +223,7 @@ def test_the_head_is_anchored_again_on_a_state_change_and_otherwise_every_few_mi
     write_events(log, 1)
     clock.now += timedelta(minutes=6)
     assert log.anchor_if_due().event_id == 5
-    assert anchor.latest().event_id == 5
+    assert anchor.latest(log.seal().log_id).event_id == 5
 
 
 def test_resolving_an_incident_posts_the_head_in_its_thread_but_opening_one_does_not(database, fake_slack):
@@ -286,7 +307,8 @@ def test_stretching_the_legacy_prefix_over_a_recomputed_chain_is_caught_by_the_a
     forger.execute("UPDATE events SET actor = 'mallory' WHERE id = 5")
     recompute_chain(forger, event_hash)
     report = log.verify()
-    assert not report.intact and report.broken_at == 6
+    assert not report.intact and report.broken_at == 0
+    assert "the audit seal does not hold: the legacy boundary" in report.lines()[0]
 
 
 # -- the key ---------------------------------------------------------------------------------------
@@ -330,15 +352,23 @@ def test_a_short_audit_key_is_refused_by_name_without_echoing_it(tmp_path):
 
 @pytest.fixture
 def cluster(kube: FakeKube) -> FakeKube:
-    kube.add(namespace("payments"), namespace("kube-system"), deployment("istiod", "istio-system"))
+    kube.add(namespace("payments"), namespace("kube-system"), namespace("istio-system"),
+             deployment("istiod", "istio-system"), istiod_pod())
     return kube
 
 
 @pytest.fixture
-def action_bot(bot_factory, cluster, fake_slack, tmp_path):
+def action_bot(bot_factory, cluster, istiod_server, fake_slack, tmp_path):
     config = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
-    return lambda: bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
-                               approvers=APPROVERS, required_approvals=2, channel="CINCIDENT")
+    istiod_server.answer("/debug/syncz", [syncz_entry("reviews-1.payments")])
+
+    def start():
+        meshbot = bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
+                              approvers=APPROVERS, required_approvals=2, channel="CINCIDENT",
+                              istiod_url=istiod_server.url)
+        meshbot.services.approvals.effects.settle = timedelta(0)  # as tests/test_approvals.py: no push to wait for
+        return meshbot
+    return start
 
 
 def test_a_plan_edited_in_the_database_with_its_plain_hash_recomputed_does_not_execute(action_bot, cluster,
@@ -373,3 +403,172 @@ def test_an_untouched_bound_plan_executes(action_bot, cluster, fake_slack):
     approve(meshbot, fake_slack, request_id, "UBOB", "UCAROL")
     assert wait_finished(meshbot, fake_slack, request_id).state == RequestState.SUCCEEDED
     assert cluster.object("PeerAuthentication", "payments", EMERGENCY_POLICY) is not None
+
+
+# -- the seal: legacy boundary, log identity, key check value (issue 24 item 2) --------------------------
+
+
+def test_stretching_the_legacy_prefix_with_no_anchor_anywhere_is_caught_by_the_seal(backend_database):
+    log = IncidentLog(backend_database, key=KEY, anchor_stores=())
+    write_events(log, 4)
+    with backend_database.transaction() as db:  # a database writer: triggers are no obstacle to the owner
+        for trigger in ("audit_chain_legacy_fixed", "events_no_update"):
+            db.execute(f"DROP TRIGGER {trigger} ON audit_chain" if trigger.startswith("audit") and
+                       backend_database.dialect == "postgresql" else
+                       f"DROP TRIGGER {trigger}" + (" ON events" if backend_database.dialect == "postgresql" else ""))
+        db.execute("UPDATE audit_chain SET legacy_until = 4")
+        db.execute("UPDATE events SET actor = 'mallory' WHERE id = 2")
+        prev = GENESIS
+        for row in list(db.query("SELECT id, incident_id, at, actor, kind, data FROM events ORDER BY id")):
+            digest = event_hash(prev, row["incident_id"], row["at"], row["actor"], row["kind"], row["data"])
+            db.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?", [prev, digest, row["id"]])
+            prev = digest
+    report = log.verify()
+    assert (report.intact, report.broken_at) == (False, 0)
+    assert "the audit seal does not hold" in report.lines()[0]
+
+
+def test_clearing_the_seal_to_pretend_the_log_predates_the_key_is_reported(database):
+    log = IncidentLog(database, key=KEY, anchor_stores=())
+    write_events(log, 3)
+    attacker(database).execute("UPDATE audit_chain SET seal = NULL")
+    report = log.verify()
+    assert not report.intact and "the log is not sealed with the audit key" in report.lines()[0]
+
+
+def test_a_log_created_keyed_never_accepts_an_unkeyed_event(database):
+    log = IncidentLog(database, key=KEY, anchor_stores=())
+    write_events(log, 3)
+    forger = attacker(database)
+    prev = forger.execute("SELECT hash FROM events WHERE id = 3").fetchone()[0]
+    content = (None, "2026-11-30T05:00:00Z", "mallory", "note", "{}")
+    forger.execute("INSERT INTO events (incident_id, at, actor, kind, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, "
+                   "?)", [*content, prev, event_hash(prev, *content)])
+    report = log.verify()
+    assert report.broken_at == 4 and "recomputed without the key" in report.reason
+
+
+def test_verify_with_a_wrong_key_says_wrong_audit_key_not_tampered(backend_database):
+    write_events(IncidentLog(backend_database, key=KEY, anchor_stores=()), 3)
+    other = AuditKey(b"o" * 40, "MESHBOT_AUDIT_KEY")
+    report = IncidentLog(backend_database, key=other, anchor_stores=()).verify()
+    assert not report.intact and report.broken_at is None
+    [line] = report.lines()
+    assert line.startswith(f"wrong audit key: this log is signed with the key whose check value is {KEY.check}")
+    assert "TAMPERED" not in line
+
+
+def test_writing_with_a_wrong_key_is_refused_instead_of_forking_the_log(backend_database):
+    write_events(IncidentLog(backend_database, key=KEY, anchor_stores=()), 2)
+    other = IncidentLog(backend_database, key=AuditKey(b"o" * 40, "MESHBOT_AUDIT_KEY"), anchor_stores=())
+    assert other.startup_problem().startswith("wrong audit key")
+    with pytest.raises(AuditKeyError, match="wrong audit key"):
+        write_events(other, 1)
+    assert backend_database.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
+
+
+def test_a_log_restored_without_its_key_file_refuses_to_start_a_new_key(tmp_path):
+    database = Database(tmp_path / "meshbot.db", MIGRATIONS)
+    database.migrate()
+    write_events(IncidentLog(database, anchor_stores=()), 2)  # the key generated next to the database
+    audit_key_path(database.path).unlink()  # the backup restored the database, not the key
+    restored = IncidentLog(database, anchor_stores=())
+    problem = restored.startup_problem()
+    assert problem.startswith("the incident log holds events signed with an audit key but none is configured")
+
+
+def test_an_edited_incident_title_severity_or_resolver_is_reported_against_the_log(backend_database):
+    log = IncidentLog(backend_database, key=KEY, anchor_stores=())
+    with backend_database.transaction() as db:
+        incident_id = log.create(db, group_key="g", title="IstiodDown", severity="critical", channel=CHANNEL,
+                                 labels={}, namespaces=[], services=[], external_url="", playbook=None)
+        log.append(db, incident_id, "alertmanager", EventKind.INCIDENT_OPENED, {"group_key": "g"})
+        log.close(db, incident_id, "UALICE", "fixed")
+    assert log.verify().intact
+    with backend_database.transaction() as db:
+        db.execute("UPDATE incidents SET title = 'nothing happened', severity = 'info', resolved_by = 'UBOB'")
+    report = log.verify()
+    assert not report.intact and report.broken_at is None
+    text = "\n".join(report.lines())
+    assert "row(s) or alarm(s) disagree with it" in text
+    assert f"incident #{incident_id}: title is 'nothing happened' in the table but 'IstiodDown' in the log" in text
+    assert f"incident #{incident_id}: resolved_by is 'UBOB' in the table but 'UALICE' in the log" in text
+
+
+# -- anchors: signed, an ancestor of the head, or an alarm --------------------------------------------
+
+
+def test_a_file_anchor_rewritten_to_match_a_truncated_chain_is_reported_as_forged(database, tmp_path):
+    anchor = FileAnchorStore(tmp_path / "meshbot.db.anchor")
+    log = IncidentLog(database, clock=Clock(), key=KEY, anchor_stores=(anchor,))
+    write_events(log, 6)
+    log.anchor_now()
+    attacker(database).execute("DELETE FROM events WHERE id > 3")
+    written = json.loads(anchor.path.read_text())
+    head = database.db.execute("SELECT hash FROM events WHERE id = 3").fetchone()[0]
+    anchor.path.write_text(json.dumps({**written, "event": 3, "hash": head[:16], "mac": "0" * 64}))
+    report = log.verify()
+    assert not report.intact
+    assert "the file anchor naming event #3 is forged: its HMAC does not match the audit key" in report.findings
+
+
+def test_after_an_offline_truncation_the_next_start_raises_an_alarm_instead_of_anchoring_the_shorter_chain(
+        database, tmp_path):
+    anchor = FileAnchorStore(tmp_path / "meshbot.db.anchor")
+    write_events(IncidentLog(database, clock=Clock(), key=KEY, anchor_stores=(anchor,)), 8)
+    IncidentLog(database, clock=Clock(), key=KEY, anchor_stores=(anchor,)).anchor_now()
+    attacker(database).execute("DELETE FROM events WHERE id > 5")  # while meshbot is stopped
+    alarms: list[str] = []
+    restarted = IncidentLog(database, clock=Clock(), key=KEY, anchor_stores=(anchor,),
+                            on_alarm=lambda db, message: alarms.append(message))
+    write_events(restarted, 1)
+    restarted.anchor_if_due()
+    assert anchor.latest(restarted.seal().log_id).event_id == 8, "the evidence is left in place"
+    assert alarms and "the file anchor (event #8) is not an ancestor of the log's head" in alarms[0]
+    assert "events were deleted" in alarms[0]
+    report = restarted.verify()
+    assert not report.intact and "names #8" in report.reason
+
+
+def test_an_idle_tail_is_anchored_by_anchor_now_although_anchor_if_due_waits(database, tmp_path):
+    # anchor_if_due waits ANCHOR_EVERY between notes; shutdown (Meshbot.stop) anchors whatever is left.
+    anchor = FileAnchorStore(tmp_path / "meshbot.db.anchor")
+    log = IncidentLog(database, clock=Clock(), key=KEY, anchor_stores=(anchor,))
+    write_events(log, 2)
+    log.anchor_if_due()
+    write_events(log, 3)
+    assert log.anchor_if_due() is None
+    log.anchor_now()
+    assert anchor.latest(log.seal().log_id).event_id == 5
+
+
+# -- key rotation (issue 24 item 3) ---------------------------------------------------------------------
+
+
+NEW_KEY = AuditKey(b"n" * 40, "new")
+
+
+def test_a_rotated_log_verifies_with_both_keys_and_names_what_the_new_key_alone_cannot_check(backend_database):
+    log = IncidentLog(backend_database, key=KEY, anchor_stores=())
+    write_events(log, 3)
+    rotation = log.rotate_key(NEW_KEY, "operator")
+    write_events(log, 2)
+    assert IncidentLog(backend_database, key=NEW_KEY, previous_keys=(KEY,), anchor_stores=()).verify().intact
+    alone = IncidentLog(backend_database, key=NEW_KEY, anchor_stores=()).verify()
+    assert alone.intact and alone.events == 6
+    assert f"not checked: events 1\u2013{rotation - 1} are signed with an earlier key (check value {KEY.check})" \
+        in "\n".join(alone.lines())
+    assert IncidentLog(backend_database, key=KEY, anchor_stores=()).verify().wrong_key
+
+
+def test_a_rotation_event_forged_by_a_database_writer_is_detected(database):
+    log = IncidentLog(database, key=KEY, anchor_stores=())
+    write_events(log, 3)
+    forger = attacker(database)
+    prev = forger.execute("SELECT hash FROM events WHERE id = 3").fetchone()[0]
+    content = (None, "2026-11-30T05:00:00Z", "mallory", "audit_key_rotated",
+               json.dumps({"from": KEY.check, "to": "feedfacefeedface", "previous_rotation": 0, "proof": "0"}))
+    forger.execute("INSERT INTO events (incident_id, at, actor, kind, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, "
+                   "?)", [*content, prev, event_hash(prev, *content)])
+    report = log.verify()
+    assert report.broken_at == 4 and "the seal names key rotation #0 but the log's newest is #4" in report.reason

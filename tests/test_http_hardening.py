@@ -125,6 +125,12 @@ SIGNED_MALFORMED = {
                                        FORM),
     "slash_command_without_user": (b"command=%2Fmesh&text=status&channel_id=C1", FORM),
     "neither_command_nor_payload": (b"hello=world", FORM),
+    # json.loads recurses per level: ~100,000 levels ended in a RecursionError and a 500 with a traceback.
+    "json_nested_100000_deep": (b'{"type": "event_callback", "event": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                "application/json"),
+    "payload_nested_100000_deep": (urllib.parse.urlencode({"payload": '{"type": "block_actions", "x": '
+                                                           + "[" * 100_000 + "]" * 100_000 + "}"}).encode(), FORM),
+    "json_nested_65_deep_unclosed": (b'{"type": "x", "a": ' + b"{" * 65, "application/json"),
 }
 
 

@@ -3,11 +3,15 @@
 Deleting events at the very end leaves a valid chain, so the head is also
 anchored elsewhere — a file next to the database, the scheduler's Lease, and
 the incident's Slack thread — and ``meshbot incidents verify`` compares the
-chain with them.
+chain with them.  An anchor names the log (its database identity, which a
+restart does not change) and carries an HMAC with the audit key, so an anchor
+rewritten to match a shortened chain is told from a real one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import json
 import logging
 import os
@@ -17,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Protocol
 
+from bot.incidents.audit import AuditKey
 from bot.incidents.records import iso, stored_time
 from bot.storage.database import has_local_file
 from commands.clients.lease import LeaderElector
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 ANCHOR_PREFIX_CHARS = 16
 """64 bits of the head's HMAC: enough that nobody without the key can forge a matching event."""
 ANCHOR_ANNOTATION = "meshbot.io/audit-head"
+"""One annotation per log: ``meshbot.io/audit-head.<log id>`` (a name segment may hold dots, RFC 1123)."""
 ANCHOR_EVERY = timedelta(minutes=5)
 """The head is anchored at least this often while events are written (and at every state change)."""
 
@@ -39,18 +45,30 @@ class Anchor:
     hash_prefix: str
     at: datetime
     legacy_until: int = 0
-    replica: str = ""
-    """Whose database the anchor is of (replicas with leader election keep one each)."""
+    log_id: str = ""
+    """Which log (database) the anchor is of: ``audit_chain.log_id``, sealed with the key."""
+    mac: str | None = None
+    """HMAC with the audit key over the fields above; an anchor without one proves nothing."""
+
+    def _content(self) -> bytes:
+        return json.dumps(["audit-anchor", self.log_id, self.event_id, self.hash_prefix, iso(self.at),
+                           self.legacy_until], separators=(",", ":")).encode()
+
+    def signed(self, key: AuditKey) -> Anchor:
+        return dataclasses.replace(self, mac=key.mac(self._content()))
+
+    def holds(self, key: AuditKey) -> bool:
+        return self.mac is not None and hmac.compare_digest(self.mac, key.mac(self._content()))
 
     def to_json(self) -> str:
         return json.dumps({"event": self.event_id, "hash": self.hash_prefix, "at": iso(self.at),
-                           "legacy_until": self.legacy_until, "replica": self.replica}, sort_keys=True)
+                           "legacy_until": self.legacy_until, "log": self.log_id, "mac": self.mac}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Anchor:
         data = json.loads(text)
         return cls(int(data["event"]), str(data["hash"]), stored_time(data["at"]), int(data.get("legacy_until", 0)),
-                   str(data.get("replica") or ""))
+                   str(data.get("log") or ""), data.get("mac"))
 
     @property
     def line(self) -> str:
@@ -65,7 +83,9 @@ class AnchorStore(Protocol):
 
     def publish(self, anchor: Anchor) -> None: ...
 
-    def latest(self) -> Anchor | None: ...
+    def latest(self, log_id: str) -> Anchor | None:
+        """The newest anchor of this log (an anchor of another log is not this one's)."""
+        ...
 
 
 @dataclass
@@ -83,14 +103,16 @@ class FileAnchorStore:
         except OSError as exc:
             log.warning("could not write the audit anchor %s: %s", self.path, exc.strerror)
 
-    def latest(self) -> Anchor | None:
+    def latest(self, log_id: str) -> Anchor | None:
         try:
-            return Anchor.from_json(self.path.read_text(encoding="utf-8"))
+            anchor = Anchor.from_json(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"audit anchor {self.path} is unreadable ({exc}); it may have been tampered with") \
                 from None
+        # A file from before anchors named their log (no "log") is still compared: its MAC decides.
+        return anchor if anchor.log_id in ("", log_id) else None
 
 
 @dataclass
@@ -98,42 +120,63 @@ class LeaseAnchorStore:
     """The latest anchor as an annotation of the scheduler's Lease, which meshbot already owns.
 
     Written through the leader elector (its lock and its read-then-conditional-patch), so it never races the
-    elector's own renewals and notes; only the leader writes.  Each replica has a database of its own, so an
-    anchor names its replica and a replica compares its chain only with its own."""
+    elector's own renewals and notes; only the leader writes.  The annotation is named after the log's identity
+    (``audit_chain.log_id``), not the pod: a pod's name changes at every restart, and replicas that keep a SQLite
+    database each have a log of their own while replicas sharing PostgreSQL share one."""
 
     elector: LeaderElector
     name: str = "lease"
 
     def publish(self, anchor: Anchor) -> None:
-        mine = Anchor(anchor.event_id, anchor.hash_prefix, anchor.at, anchor.legacy_until, self.elector.identity)
-        self.elector.annotate(ANCHOR_ANNOTATION, mine.to_json())  # False (logged) when not leading
+        self.elector.annotate(annotation_name(anchor.log_id), anchor.to_json())  # False (logged) when not leading
 
-    def latest(self) -> Anchor | None:
+    def latest(self, log_id: str) -> Anchor | None:
         elector = self.elector
         try:
             lease = elector.client.get("Lease", elector.namespace, elector.name)
         except MeshbotError as exc:
             raise UserError(f"cannot read the audit anchor on Lease {elector.namespace}/{elector.name}: {exc}") \
                 from None
-        text = ((lease.get("metadata") or {}).get("annotations") or {}).get(ANCHOR_ANNOTATION)
+        text = ((lease.get("metadata") or {}).get("annotations") or {}).get(annotation_name(log_id))
         try:
-            anchor = Anchor.from_json(text) if text else None
+            return Anchor.from_json(text) if text else None
         except (ValueError, KeyError, TypeError):
-            raise UserError(f"annotation {ANCHOR_ANNOTATION} on Lease {elector.namespace}/{elector.name} is not an "
-                            "anchor; it may have been tampered with") from None
-        return anchor if anchor and anchor.replica == elector.identity else None
+            raise UserError(f"annotation {annotation_name(log_id)} on Lease {elector.namespace}/{elector.name} is "
+                            "not an anchor; it may have been tampered with") from None
+
+
+def annotation_name(log_id: str) -> str:
+    return f"{ANCHOR_ANNOTATION}.{log_id}"
 
 
 def default_anchor_stores(db_path: str | os.PathLike) -> tuple[AnchorStore, ...]:
-    if not has_local_file(db_path):  # in memory, or PostgreSQL (a URL)
+    """The anchor file next to ``db_path``: MESHBOT_DB, which on PostgreSQL still names the pod's data directory
+    (each replica keeps the shared log's head there too, and ``verify`` in that pod reads it)."""
+    if not has_local_file(db_path):  # in memory
         return ()
     path = Path(db_path)
     return (FileAnchorStore(path.with_name(path.name + ".anchor")),)
 
 
+def ancestor_problem(anchor: Anchor, key: AuditKey, last_id: int, hash_of: Mapping[int, str],
+                     legacy_until: int) -> str | None:
+    """Why the head may not replace ``anchor`` (None when the anchored head is an ancestor of ours): publishing
+    over it would erase the evidence of a truncation or a rewrite."""
+    if not anchor.holds(key):
+        return "its HMAC does not match the audit key (forged, or written with another key)"
+    if anchor.event_id > last_id:
+        return f"it names event #{anchor.event_id} but the chain now ends at #{last_id} (events were deleted)"
+    if not hash_of.get(anchor.event_id, "").startswith(anchor.hash_prefix):
+        return f"event #{anchor.event_id} no longer has the anchored hash (the chain was rewritten)"
+    if anchor.legacy_until != legacy_until:
+        return f"it says events 1\u2013{anchor.legacy_until} are unkeyed, the log now says 1\u2013{legacy_until}"
+    return None
+
+
 def against_anchor(anchor: Anchor, where: str, last_id: int, seen: Mapping[int, str],
                    legacy_until: int) -> tuple[int | None, str | None]:
-    """Where and why a verified chain (ending at ``last_id``) disagrees with an anchor; (None, None) if not."""
+    """Where and why a verified chain (ending at ``last_id``) disagrees with an anchor; (None, None) if not.
+    The anchor's HMAC is checked by the caller (which knows the keys)."""
     if anchor.event_id > last_id:
         return last_id + 1, (f"chain ends at #{last_id} but {where} names #{anchor.event_id}: "
                              "events were deleted from the end of the log")

@@ -4,12 +4,16 @@ Every event stores an HMAC-SHA256 (keyed with the audit key, which is not in
 the database) over its content and the previous event's hash, so editing a
 row, or rewriting the chain from there on, is detected by ``meshbot incidents
 verify`` unless the editor also holds the key.  Events written before the key
-existed keep their plain SHA-256 hashes as a legacy prefix.  The threat model
-is in docs/security.md.
+existed keep their plain SHA-256 hashes as a legacy prefix; where that prefix
+ends, which database the log is (its anchors name it) and which key signs it
+(a check value, so a wrong key is told from tampering) are sealed with an HMAC
+too, so stretching the prefix over rewritten events needs the key.  The threat
+model is in docs/security.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 AUDIT_KEY_MIN_CHARS = 32
+KEY_CHECK_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,16 @@ class AuditKey:
     source: str
     """Where it came from (a setting's name or a file path), for messages."""
 
+    generated: bool = field(default=False, compare=False)
+    """True when this process just created it (no key was configured nor found next to the database)."""
+
     def mac(self, message: bytes) -> str:
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+
+    @property
+    def check(self) -> str:
+        """A check value naming the key without revealing it (like a KCV): a wrong key is told from tampering."""
+        return self.mac(b"meshbot-audit-key-check")[:KEY_CHECK_CHARS]
 
     @classmethod
     def generate(cls, source: str = "ephemeral") -> AuditKey:
@@ -76,7 +89,15 @@ def load_audit_key(configured: str | None, db_path: str | os.PathLike, *, create
         handle.write(secrets.token_hex(32) + "\n")
     log.warning("generated a new audit key at %s (mode 0600): the incident log is signed with it and can only be "
                 "verified with it; back it up, or set MESHBOT_AUDIT_KEY(_FILE) from a Secret", path)
-    return _read_key_file(path)
+    return dataclasses.replace(_read_key_file(path), generated=True)
+
+
+def read_key_file(path: str | os.PathLike) -> AuditKey:
+    """A key named on the command line (``--key-file``, ``--previous-key-file``)."""
+    try:
+        return _read_key_file(Path(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read the audit key file {path}: {exc}") from None
 
 
 def _read_key_file(path: Path) -> AuditKey:
@@ -119,6 +140,37 @@ def broken_event(key: AuditKey, row: Mapping[str, Any], prev: str, legacy_until:
 
 
 @dataclass(frozen=True)
+class AuditSeal:
+    """The audit chain's bookkeeping row, sealed with the key: nobody without it moves the legacy boundary, swaps
+    the log's identity or claims another key signs it."""
+
+    legacy_until: int
+    log_id: str | None
+    key_check: str | None
+    rotated_at: int
+    """The id of the newest key rotation event (0: never rotated): events after it are signed with this key."""
+    mac: str | None
+
+    def holds(self, key: AuditKey) -> bool:
+        return self.mac is not None and hmac.compare_digest(self.mac, seal_mac(key, self))
+
+
+def seal_mac(key: AuditKey, seal: AuditSeal) -> str:
+    return key.mac(json.dumps(["audit-seal", seal.log_id, seal.legacy_until, seal.key_check, seal.rotated_at],
+                              separators=(",", ":")).encode())
+
+
+def new_log_id() -> str:
+    """A database's identity for its anchors (a pod's name changes at every restart; a log's never does)."""
+    return secrets.token_hex(8)
+
+
+def wrong_key_message(given: AuditKey, expected_check: str) -> str:
+    return (f"wrong audit key: this log is signed with the key whose check value is {expected_check}, the key from "
+            f"{given.source} has {given.check} (nothing says the log was edited; give the right key)")
+
+
+@dataclass(frozen=True)
 class ChainReport:
     events: int
     broken_at: int | None = None
@@ -127,21 +179,35 @@ class ChainReport:
     """Events 1..unkeyed were written before the audit key (plain SHA-256)."""
     anchors: tuple[str, ...] = ()
     """Each anchor the chain was compared with, as 'file: event #131 at 04:12 UTC'."""
+    wrong_key: str | None = None
+    """Set when the key given is not the log's (its check value differs): not a sign of tampering."""
+    findings: tuple[str, ...] = ()
+    """Rows outside the chain that disagree with it (an incident's title, an approval's state), and alarms the
+    log recorded (an execution refused for want of authority, an anchor that was not an ancestor)."""
+    unchecked: tuple[str, ...] = ()
+    """Ranges signed with an earlier key that was not given (``--previous-key-file``)."""
 
     @property
     def intact(self) -> bool:
-        return self.broken_at is None
+        return self.broken_at is None and self.wrong_key is None and not self.findings
 
     def lines(self) -> list[str]:
-        """What ``meshbot incidents verify`` prints."""
-        if not self.intact:
+        """What ``meshbot incidents verify`` prints: every finding, named."""
+        if self.wrong_key:
+            return [self.wrong_key]
+        if self.broken_at is not None:
             out = [f"incident log TAMPERED: event {self.broken_at}: {self.reason} ({self.events} events checked)"]
+        elif self.findings:
+            out = [f"incident log TAMPERED: the hash chain holds ({self.events} events) but {len(self.findings)} "
+                   "row(s) or alarm(s) disagree with it:"]
         else:
             out = [f"incident log intact: {self.events} events, hash chain verified (HMAC-SHA256 with the audit key)"]
+        out += [f"  {finding}" for finding in self.findings]
         if self.unkeyed:
             out.append(f"events 1\u2013{self.unkeyed} are unkeyed (written before the audit key): "
                        "they show edits, not a recomputed chain")
+        out += [f"not checked: {line}" for line in self.unchecked]
         out += [f"anchor {a}" for a in self.anchors]
-        if self.intact and not self.anchors:
+        if self.broken_at is None and not self.anchors:
             out.append("no anchor found outside the database: deleting the newest events would not be detected")
         return out

@@ -35,8 +35,16 @@ class EventKind(StrEnum):
     ACTION_EXECUTED = "action_executed"
     ACTION_VERIFIED = "action_verified"
     ACTION_FAILED = "action_failed"
+    EXECUTION_SUPERSEDED = "execution_superseded"
+    """An executor found its claim taken over (it was paused past its lease) and stopped without writing more."""
     COMMAND_REFUSED = "command_refused"
     """A ``/mesh`` command refused for want of a role."""
+    APPROVAL_GRANTED = "approval_granted"
+    """The quorum was reached: the single-use grant to execute exactly this plan binding."""
+    AUDIT_KEY_ROTATED = "audit_key_rotated"
+    AUDIT_ALARM = "audit_alarm"
+    """Evidence of tampering meshbot found while running (an anchor that is no ancestor, an execution without
+    authority): ``verify`` reports every one."""
 
 
 STATE_CHANGE_KINDS = (str(EventKind.INCIDENT_OPENED), str(EventKind.STATE_CHANGED))
@@ -128,6 +136,9 @@ class DiagnosisRecord:
     joined: int | None = None
     """The open incident this one joined (same probable cause), if any."""
     joined_cause: str = ""
+    timeline: Mapping[str, Any] | None = None
+    """The onset, worst failing edges and last change before the onset (``bot.timeline.summary.TimelineSummary``
+    data), when the diagnosis read a timeline."""
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> DiagnosisRecord:
@@ -137,7 +148,7 @@ class DiagnosisRecord:
                    findings=tuple(data.get("findings") or ()), findings_total=int(data.get("findings_total") or 0),
                    elsewhere=int(data.get("elsewhere") or 0), triage=tuple(data.get("triage") or ()),
                    suggested=tuple(data.get("suggested") or ()), joined=int(joined) if joined else None,
-                   joined_cause=str(data.get("joined_cause") or ""))
+                   joined_cause=str(data.get("joined_cause") or ""), timeline=data.get("timeline") or None)
 
     def to_data(self) -> dict[str, Any]:
         """The event's data; ``joined`` and ``joined_cause`` only when the incident joined another."""
@@ -148,6 +159,8 @@ class DiagnosisRecord:
             "triage": [dict(c) for c in self.triage], "suggested": [dict(s) for s in self.suggested]}
         if self.joined is not None:
             data.update(joined=self.joined, joined_cause=self.joined_cause)
+        if self.timeline:
+            data["timeline"] = dict(self.timeline)
         return data
 
     @property

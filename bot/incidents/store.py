@@ -20,6 +20,7 @@ from typing import Any
 import sqlite_utils
 
 from bot.incidents.alerts import Alert
+from bot.incidents.audit import AuditSeal
 from bot.incidents.records import STATE_CHANGE_KINDS, DiagnosisRecord, Event, EventKind, Incident, IncidentStatus, \
     iso, utcnow
 from bot.storage.database import Database, migration
@@ -110,8 +111,16 @@ def keyed_audit_chain(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migration(9, "audit seal: the log's identity, its key's check value and the newest rotation, sealed with the key")
+def audit_seal(db: sqlite_utils.Database) -> None:
+    # Filled (and MAC'd) by the first start with the key: a migration has no key to seal with.
+    for column in ("log_id TEXT", "key_check TEXT", "rotated_at INTEGER NOT NULL DEFAULT 0", "seal TEXT"):
+        db.execute(f"ALTER TABLE audit_chain ADD COLUMN {column}")
+
+
 MIGRATIONS = (_create_incident_tables,)
-"""This module's first schema change; ``keyed_audit_chain`` (5) is listed after the others in ``bot.server.schema``."""
+"""This module's first schema change; ``keyed_audit_chain`` (5) and ``audit_seal`` (9) are listed after the others
+in ``bot.server.schema``."""
 
 
 def _inserted_id(cursor: Any) -> int:
@@ -307,6 +316,43 @@ class IncidentStore:
 
     def set_thread_anchored_until(self, db: sqlite_utils.Database, event_id: int) -> None:
         db.execute("UPDATE audit_chain SET thread_anchored_until = ? WHERE id = 1", [event_id])
+
+    def seal(self, db: sqlite_utils.Database | None = None) -> AuditSeal | None:
+        """The audit chain's row; None when it is missing (deleted: nothing then says where the prefix ends)."""
+        row = self._reader(db).execute("SELECT legacy_until, log_id, key_check, rotated_at, seal FROM audit_chain "
+                                       "WHERE id = 1").fetchone()
+        return AuditSeal(row[0], row[1], row[2], row[3], row[4]) if row is not None else None
+
+    def write_seal(self, db: sqlite_utils.Database, seal: AuditSeal, *, first: bool) -> bool:
+        """Store the sealed row; ``first``: only while it was never sealed (two replicas starting at once seal
+        once).  The legacy boundary itself never changes (a trigger refuses it)."""
+        update = "UPDATE audit_chain SET log_id = ?, key_check = ?, rotated_at = ?, seal = ? WHERE id = 1"
+        cursor = db.execute(f"{update} AND seal IS NULL" if first else update,  # noqa: S608 (constants only)
+                            [seal.log_id, seal.key_check, seal.rotated_at, seal.mac])
+        return cursor.rowcount == 1
+
+    def event_row(self, db: sqlite_utils.Database, event_id: int) -> dict[str, Any] | None:
+        rows = list(db.query("SELECT * FROM events WHERE id = ?", [event_id]))
+        return rows[0] if rows else None
+
+    def event_rows(self, db: sqlite_utils.Database, incident_id: int, kinds: Sequence[str]) -> list[dict[str, Any]]:
+        """An incident's events of these kinds, each with the hash of the event before it (``before``)."""
+        marks = ", ".join("?" * len(kinds))
+        # Only "?" placeholders are formatted in; the kinds travel as parameters.
+        before = "(SELECT p.hash FROM events p WHERE p.id < e.id ORDER BY p.id DESC LIMIT 1) AS before"
+        sql = f"SELECT e.*, {before} FROM events e WHERE e.incident_id = ? AND e.kind IN ({marks}) ORDER BY e.id"  # noqa: S608
+        return list(db.query(sql, [incident_id, *kinds]))
+
+    def kind_rows(self, kinds: Sequence[str]) -> list[dict[str, Any]]:
+        """Every event of these kinds, in chain order (few: rotations, alarms, incident and approval milestones)."""
+        marks = ", ".join("?" * len(kinds))
+        return list(self.database.db.query(f"SELECT * FROM events WHERE kind IN ({marks}) ORDER BY id",  # noqa: S608
+                                           list(kinds)))
+
+    def incident_rows(self) -> list[dict[str, Any]]:
+        """Every incident's fields the log also records (to compare them with it)."""
+        return list(self.database.db.query("SELECT id, title, severity, status, resolved_by FROM incidents "
+                                           "ORDER BY id"))
 
     def newest_event_id(self) -> int:
         return self.database.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]

@@ -37,6 +37,10 @@ class Metrics:
                                             "(kept in the notifications table with the error)",
                                             registry=self.registry)
 
+        self.audit_alarms = Counter("meshbot_audit_alarms", "Evidence of tampering found while running (an anchor "
+                                    "that is no ancestor of the log's head, an execution without authority in the "
+                                    "keyed log); each is an audit_alarm event that verify reports", registry=self.registry)
+
     def notification_failed(self) -> None:
         self.notifications_failed.inc()
 

@@ -26,6 +26,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     approval_store.plan_binding,  # 6: approval plans bound to their request with the audit key
     claims_table,  # 7: claims (a channel's outbox held by one replica at a time, its next post time)
     approval_store.execution_lease,  # 8: which replica executes an approved request, and its heartbeat
+    incident_store.audit_seal,  # 9: the audit seal (log identity, key check value, newest rotation), MAC'd
 )
 
 

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import sqlite_utils
+
 from bot.approvals import blocks as approval_blocks
 from bot.approvals import commands as approval_commands
 from bot.approvals.desk import ApprovalDesk, ApprovalPolicy
@@ -45,6 +47,7 @@ from bot.server.services import Services
 from bot.settings import Settings, SettingsError
 from bot.slack import diagnoses as diagnosis_commands
 from bot.slack.app import Buttons, Pools, build_bolt_app
+from bot.slack.blocks import Message, escape
 from bot.slack.client import SlackClient, build_web_client
 from bot.slack.ingress import SlackRequestGate
 from bot.slack.outbox import Outbox
@@ -92,6 +95,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
                             anchor_stores=_audit_anchors(settings, elector), clock=clock)
     outbox = Outbox(database, outbox_slack, metrics, record=IncidentDeliveries(incidents),
                     batch_interval=settings.thread_batch_seconds)
+    incidents.on_alarm = _audit_alarm(metrics, outbox, settings.channel)
     approvals: ApprovalDesk | None = None  # a captured scenario has no cluster to act on
     if not settings.scenario:
         approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack,
@@ -158,6 +162,17 @@ def require_settings(settings: Settings) -> None:
         # Every replica signs the one shared chain: a key generated next to MESHBOT_DB would differ per pod.
         raise SettingsError("MESHBOT_DATABASE_URL needs MESHBOT_AUDIT_KEY (or MESHBOT_AUDIT_KEY_FILE) from a Secret "
                             "shared by every replica")
+
+
+def _audit_alarm(metrics: Metrics, outbox: Outbox, channel: str | None) -> Callable[[sqlite_utils.Database, str],
+                                                                                   None]:
+    """An audit alarm is counted and said in MESHBOT_CHANNEL (in the transaction that records it)."""
+    def raise_alarm(db: sqlite_utils.Database, message: str) -> None:
+        metrics.audit_alarms.inc()
+        if channel:
+            outbox.post(db, incident_id=None, channel=channel,
+                        message=Message(f":rotating_light: Audit alarm: {escape(message)}"))
+    return raise_alarm
 
 
 def _refused_command_recorder(incidents: IncidentLog) -> RefusedCommand:

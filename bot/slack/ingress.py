@@ -173,10 +173,41 @@ def body_problem(body: bytes, content_type: str) -> dict[str, Any] | str:
     return "neither a slash command nor an interaction payload"
 
 
+MAX_JSON_DEPTH = 64
+"""Deeper than any Slack payload (Block Kit nests a few levels; Slack caps a view at 100 blocks): a deeper body
+is refused before ``json.loads``, whose recursion would otherwise end in a RecursionError (a 500)."""
+
+
+def json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply arrays and objects nest in ``text`` (stops counting past ``limit``), strings skipped."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _json_object(text: str) -> dict[str, Any] | None:
+    if json_depth(text) > MAX_JSON_DEPTH:
+        return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: belt and braces for a smaller interpreter stack
         return None
     return value if isinstance(value, dict) else None
 
@@ -184,7 +215,7 @@ def _json_object(text: str) -> dict[str, Any] | None:
 def _json_event_problem(text: str) -> dict[str, Any] | str:
     event = _json_object(text)
     if event is None:
-        return "JSON body is not an object"
+        return f"JSON body is not an object (or nests deeper than {MAX_JSON_DEPTH} levels)"
     kind = event.get("type")
     if kind == "url_verification":
         return event if isinstance(event.get("challenge"), str) else "url_verification without a challenge"
@@ -200,7 +231,7 @@ def _json_event_problem(text: str) -> dict[str, Any] | str:
 def _interaction_problem(payload_text: str) -> dict[str, Any] | str:
     payload = _json_object(payload_text)
     if payload is None:
-        return "payload is not a JSON object"
+        return f"payload is not a JSON object (or nests deeper than {MAX_JSON_DEPTH} levels)"
     kind = payload.get("type")
     if not isinstance(kind, str) or not kind:
         return "payload has no type"
