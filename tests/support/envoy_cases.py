@@ -192,6 +192,14 @@ def connect_timeout(lab: Lab, healthy: bool) -> RunningEnvoy:
     return envoy
 
 
+def app_not_listening(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """UF on the pod's own port: the application does not listen where its sidecar forwards (inbound|9080||)."""
+    port = lab.upstream() if healthy else s.closed_port()
+    envoy = lab.start([s.inbound_listener()], [s.inbound_cluster(port)])
+    send(envoy, 20, listener=f"0.0.0.0_{s.INBOUND_PORT}")
+    return envoy
+
+
 def _tls_case(lab: Lab, healthy: bool, *, wrong: str) -> RunningEnvoy:
     """``wrong``: ``ca`` (another root signed the peer), ``san`` (another identity), ``plaintext`` (no TLS at all)."""
     mesh_root = mint("mesh-root", is_ca=True)
@@ -411,6 +419,7 @@ CASES = (
     Case("uh-not-ready", not_ready, ("MB4013", "MB4002")),
     Case("uf-refused", connect_refused, ("MB4014", "MB4002")),
     Case("uf-connect-timeout", connect_timeout, ("MB4014",)),
+    Case("uf-app-not-listening", app_not_listening, ("MB4014", "MB4002")),
     Case("uf-refused-istio-defaults", connect_refused, ("MB4014", "MB4012"), istio_defaults_only=True),
     Case("tls-wrong-ca", wrong_ca, ("MB4015", "MB4002")),
     Case("tls-wrong-san", wrong_san, ("MB4015", "MB4002")),

@@ -132,11 +132,16 @@ def inbound_rbac_listener(upstream_port: int, *, deny: bool, shadow_deny: bool =
             "permissions": [{"any": True}],
             "principals": [{"header": {"name": "x-caller", "string_match": {"exact": "orders"}}}]}}}
         rbac["shadow_rules_stat_prefix"] = "istio_dry_run_allow_"
-    inbound_cluster = f"inbound|{INBOUND_PORT}||"
-    manager = {"@type": _HCM, "stat_prefix": INBOUND_PREFIX,
-               "http_filters": [{"name": "envoy.filters.http.rbac", "typed_config": rbac}, _ROUTER],
+    return inbound_listener({"name": "envoy.filters.http.rbac", "typed_config": rbac})
+
+
+def inbound_listener(*filters: dict[str, Any]) -> dict[str, Any]:
+    """The pod's inbound HTTP port 9080 (istiod: listener 0.0.0.0_9080 on the virtual inbound listener, stat
+    prefix ``inbound_0.0.0.0_9080;``), routing to the app through ``inbound|9080||``; ``filters`` go before
+    the router (RBAC, ext_authz)."""
+    manager = {"@type": _HCM, "stat_prefix": INBOUND_PREFIX, "http_filters": [*filters, _ROUTER],
                "route_config": {"name": "inbound|9080||", "virtual_hosts": [{
-                   "name": "inbound|http|9080", "domains": ["*"], "routes": [route(inbound_cluster)]}]}}
+                   "name": "inbound|http|9080", "domains": ["*"], "routes": [route(f"inbound|{INBOUND_PORT}||")]}]}}
     return {"name": f"0.0.0.0_{INBOUND_PORT}", "address": address(0), "filter_chains": [{"filters": [
         {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}]}
 
@@ -152,12 +157,7 @@ def inbound_ext_authz_listener() -> dict[str, Any]:
              "transport_api_version": "V3", "failure_mode_allow": False,
              "http_service": {"server_uri": {"uri": "http://ext-authz.authz.svc.cluster.local:8000",
                                              "cluster": AUTHZ_CLUSTER, "timeout": "0.6s"}}}
-    manager = {"@type": _HCM, "stat_prefix": INBOUND_PREFIX,
-               "http_filters": [{"name": "envoy.filters.http.ext_authz", "typed_config": authz}, _ROUTER],
-               "route_config": {"name": "inbound|9080||", "virtual_hosts": [{
-                   "name": "inbound|http|9080", "domains": ["*"], "routes": [route(f"inbound|{INBOUND_PORT}||")]}]}}
-    return {"name": f"0.0.0.0_{INBOUND_PORT}", "address": address(0), "filter_chains": [{"filters": [
-        {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}]}
+    return inbound_listener({"name": "envoy.filters.http.ext_authz", "typed_config": authz})
 
 
 def inbound_cluster(port: int) -> dict[str, Any]:

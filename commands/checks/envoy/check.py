@@ -117,7 +117,9 @@ def _policies_behind_denials(target: PodRef, findings: list[Finding], snapshot: 
 
 
 def _service_clusters(stats: EnvoyStats, hosts: Mapping[str, ClusterHosts] | None) -> list[str]:
-    names = {c.name for c in stats.service_clusters} | {n for n in hosts or {} if ClusterName.parse(n).is_service}
+    # Outbound services, and the pod's own inbound ports (an app that does not listen is a UF there).
+    names = {n for n in [*stats.clusters, *(hosts or {})]
+             if ClusterName.parse(n).is_service or ClusterName.parse(n).is_inbound}
     return sorted(names)
 
 

@@ -77,8 +77,8 @@ def failure_findings(target: PodRef, name: ClusterName, stats: ClusterStats | No
     for code, counter, host_counter, cause, unit, whole in (
             ("MB4016", "upstream_rq_retry_limit_exceeded", None, "persistent-failure", "requests", requests),
             ("MB4017", "upstream_rq_timeout", "rq_timeout", "slow-upstream", "requests", requests),
-            ("MB4018", "upstream_cx_destroy_remote_with_active_rq", None, "upstream-closed", "connections",
-             connections)):
+            ("MB4018", "upstream_cx_destroy_remote_with_active_rq", None,
+             "app-closed" if name.is_inbound else "upstream-closed", "connections", connections)):
         count = stats[counter] if stats else (hosts.total(host_counter) if hosts and host_counter else 0)
         if significant(count, whole, thresholds):
             yield upstream.finding(FAILURE_MODES[code], cause, count=count, unit=unit, detail="",
@@ -141,11 +141,14 @@ def _connect_failures(upstream: Upstream, thresholds: Thresholds) -> Iterator[Fi
                     "upstream_cx_connect_timeout": stats["upstream_cx_connect_timeout"],
                     "upstream_rq_pending_failure_eject": stats["upstream_rq_pending_failure_eject"]}
         cause = "timeout" if stats["upstream_cx_connect_timeout"] else "refused"
+        cause = "app-not-listening" if upstream.name.is_inbound else cause
         detail = ", timed out" if cause == "timeout" else ", refused or reset"
     else:
         plain = hosts.total("cx_connect_fail") if hosts else 0
         evidence = {"hosts.cx_connect_fail": plain}
         cause, detail = "refused", ": refused, timed out or TLS; this sidecar does not export the counters that tell"
+        if upstream.name.is_inbound:
+            cause, detail = "app-not-listening", ""
     if significant(plain, connections, thresholds):
         yield upstream.finding(FAILURE_MODES["MB4014"], cause, count=plain, unit="connections", detail=detail,
                                evidence=evidence)

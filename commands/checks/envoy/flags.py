@@ -117,6 +117,7 @@ _PC_CLUSTER = "istioctl proxy-config cluster {pod} -n {namespace}{filter} -o jso
 _PC_ROUTE = "istioctl proxy-config route {pod} -n {namespace} --name {listener_port} -o json"
 _PC_SECRET = "istioctl proxy-config secret {pod} -n {namespace}"
 _ENDPOINT_SLICES = "kubectl -n {svc_namespace} get endpointslices -l kubernetes.io/service-name={svc_name} -o wide"
+_POD_PORTS = "kubectl -n {namespace} get pod {pod} -o jsonpath={{.spec.containers[*].ports}}"
 _NOT_IN_DEFAULTS = False
 
 FAILURE_MODES = FailureModel([
@@ -168,8 +169,13 @@ FAILURE_MODES = FailureModel([
          Cause("timeout", "connections never answered: a NetworkPolicy or firewall drops them, or the node is gone",
                "upstream_cx_connect_timeout grows with the failures",
                "Check NetworkPolicies on the destination namespace and that the endpoints' pods are running",
-               "kubectl -n {svc_namespace} get networkpolicies")),
-        ("envoy-uf-refused", "envoy-uf-connect-timeout"),
+               "kubectl -n {svc_namespace} get networkpolicies"),
+         Cause("app-not-listening", "on the pod's own inbound port: the application in the pod does not listen on "
+               "the port its sidecar forwards to (it crashed, has not started, or uses another port)",
+               "connect failures on the inbound cluster; callers see 503 UF from this pod",
+               "Compare the container's ports and its logs with the port the sidecar forwards to",
+               _POD_PORTS)),
+        ("envoy-uf-refused", "envoy-uf-connect-timeout", "envoy-uf-app-not-listening"),
         (FLAGS_DOC, CLUSTER_STATS, ADMIN_CLUSTERS)),
     FailureMode(
         "UF", "TLS handshake or certificate verification failure", "503", "Upstream connection failure in addition "
@@ -223,7 +229,11 @@ FAILURE_MODES = FailureModel([
                "closes idle keep-alive connections sooner than Envoy reuses them",
                "destroy_remote_with_active_rq grows; restarts of the destination pods",
                "Check the destination pods' restarts and its idle timeout against DestinationRule "
-               "connectionPool.http.idleTimeout", _ENDPOINT_SLICES),),
+               "connectionPool.http.idleTimeout", _ENDPOINT_SLICES),
+         Cause("app-closed", "on the pod's own inbound port: the application closed connections with requests in "
+               "flight (it crashed or restarted, or closes keep-alive connections early)",
+               "destroy_remote_with_active_rq on the inbound cluster",
+               "Check the app container's restarts and logs", _POD_PORTS)),
         ("envoy-uc-reset",),
         (FLAGS_DOC, CLUSTER_STATS)),
     FailureMode(

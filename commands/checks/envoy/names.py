@@ -47,6 +47,11 @@ class ClusterName:
         return self.direction == "outbound" and bool(self.host)
 
     @property
+    def is_inbound(self) -> bool:
+        """The pod's own port: its sidecar forwards to the application in the pod through this cluster."""
+        return self.direction == "inbound" and self.port is not None
+
+    @property
     def service(self) -> str:
         """``payment.prod:8080``, ``payment.prod:8080 subset v2``, ``api.stripe.com:443``, ``inbound port 9080``."""
         if self.direction == "inbound":

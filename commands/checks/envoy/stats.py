@@ -88,7 +88,7 @@ _ENVOY_OWN_MANAGERS = frozenset({"admin", "async-client"})
 _BLACKHOLE_TCP = f"tcp.{BLACKHOLE}.downstream_cx_total"
 
 STATS_INCLUSION_REGEX = (
-    r"cluster\.(outbound\|.*|BlackHoleCluster;|PassthroughCluster;)\.(upstream_(rq_(total|completed|5xx|503|retry|retry_limit_exceeded"
+    r"cluster\.(outbound\|.*|inbound\|.*|BlackHoleCluster;|PassthroughCluster;)\.(upstream_(rq_(total|completed|5xx|503|retry|retry_limit_exceeded"
     r"|timeout|pending_failure_eject)|cx_(none_healthy|connect_fail|connect_timeout|destroy_remote_with_active_rq"
     r"|total))|upstream_(rq_pending|rq_active|cx|cx_pool|rq_retry)_overflow|circuit_breakers\.(default|high)\.\w+_open"
     r"|outlier_detection\.ejections_active|ssl\.(connection_error|fail_verify_\w+))"
