@@ -1,16 +1,21 @@
-"""Running diagnostics for the bot: one run per (checks, namespace) at a time, shared by everyone who asked.
+"""Running diagnostics for the bot: one run per (checks, namespace) at a time, a few runs at once, the rest queued.
 
 When fifty people type ``/mesh diagnose prod`` during an outage, the cluster is
 read once: requests arriving while an identical diagnosis is running wait for
-its result instead of starting their own (single flight).
+its result instead of starting their own (single flight).  Different diagnoses
+take turns: at most ``max_running`` read the cluster and run checks at once,
+the others wait in arrival order and are told how many are ahead of them, so a
+storm of alerts neither exhausts meshbot's memory nor floods the API server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -22,6 +27,11 @@ from commands.findings import Finding
 
 log = logging.getLogger(__name__)
 
+MAX_RUNNING_DIAGNOSES = 4
+"""Diagnoses reading the cluster and running checks at once.  A namespace diagnosis is CPU-bound once its lists
+are in (JSON decoding, checks) and the Deployment asks for 2 cores at most, so more at once only makes each slower
+and holds more snapshots in memory together (docs/deployment.md, "Memory and CPU")."""
+
 
 @dataclass(frozen=True)
 class DiagnosisResult:
@@ -29,27 +39,92 @@ class DiagnosisResult:
     seconds: float = 0.0
     error: str | None = None
     """Set when the diagnosis could not run at all (bad kubeconfig, a bug): a sentence for humans."""
+    queued_seconds: float = 0.0
+    """How long it waited for its turn (not part of ``seconds``)."""
 
 
 Runner = Callable[..., list[Finding]]
 """(checks, namespace, pods=()) -> findings."""
 
+Queued = Callable[[int], None]
+"""Told once, before a diagnosis waits, how many diagnoses are ahead of it (running and queued)."""
+
+
+def queued_text(ahead: int) -> str:
+    """The thread's note while a diagnosis waits for its turn."""
+    noun = "diagnosis" if ahead == 1 else "diagnoses"
+    return f":hourglass_flowing_sand: Queued behind {ahead} {noun}; it starts as soon as one finishes."
+
+
+class DiagnosisQueue:
+    """At most ``limit`` holders at once; the others wait first come, first served."""
+
+    def __init__(self, limit: int):
+        self.limit = max(limit, 1)
+        self._running = 0
+        self._waiting: deque[object] = deque()
+        self._turns = threading.Condition()
+
+    @property
+    def depth(self) -> int:
+        """Diagnoses running or waiting now."""
+        with self._turns:
+            return self._running + len(self._waiting)
+
+    @contextlib.contextmanager
+    def turn(self, on_queued: Queued | None = None) -> Iterator[None]:
+        ticket = object()
+        with self._turns:
+            ahead = self._running + len(self._waiting)
+            must_wait = self._running >= self.limit or bool(self._waiting)
+            if must_wait:
+                self._waiting.append(ticket)
+            else:
+                self._running += 1
+        if must_wait:
+            _tell(on_queued, ahead)
+            with self._turns:
+                self._turns.wait_for(lambda: self._waiting[0] is ticket and self._running < self.limit)
+                self._waiting.popleft()
+                self._running += 1
+                self._turns.notify_all()
+        try:
+            yield
+        finally:
+            with self._turns:
+                self._running -= 1
+                self._turns.notify_all()
+
+
+def _tell(on_queued: Queued | None, ahead: int) -> None:
+    """Outside the queue's lock (it talks to Slack); a failure to tell must not cost the diagnosis its turn."""
+    if on_queued is None:
+        return
+    try:
+        on_queued(ahead)
+    except Exception:
+        log.warning("could not say that a diagnosis is queued behind %d", ahead, exc_info=True)
+
 
 class Diagnostician:
-    def __init__(self, cluster: ClusterAccess, checks: CheckRegistry, *, runner: Runner | None = None):
+    def __init__(self, cluster: ClusterAccess, checks: CheckRegistry, *, runner: Runner | None = None,
+                 max_running: int = MAX_RUNNING_DIAGNOSES):
         self.cluster = cluster
         self.checks = checks
         self._runner = runner or self._diagnose
         self._lock = threading.Lock()
         self._running: dict[tuple, Future[DiagnosisResult]] = {}
+        self.queue = DiagnosisQueue(max_running)
 
     def _diagnose(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = ()) -> list[Finding]:
         endpoints = self.cluster.endpoints()
         endpoints.focus_pods = tuple(pods)
-        return self.checks.diagnose(checks, self.cluster.source(), namespace=namespace, now=self.cluster.now(),
-                                    thresholds=self.cluster.thresholds(), endpoints=endpoints)
+        return self.checks.diagnose(checks, self.cluster.source(namespace), namespace=namespace,
+                                    now=self.cluster.now(), thresholds=self.cluster.thresholds(), endpoints=endpoints)
 
-    def run(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = ()) -> DiagnosisResult:
+    def run(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = (), *,
+            on_queued: Queued | None = None) -> DiagnosisResult:
+        """The findings of ``checks``; ``on_queued(ahead)`` is called when it has to wait for its turn first."""
         key = (tuple(checks), namespace, tuple(pods))
         with self._lock:
             running = self._running.get(key)
@@ -59,9 +134,16 @@ class Diagnostician:
         if not owner:
             return running.result()
         try:
-            result = self._run_once(checks, namespace, tuple(pods))
+            queued = time.monotonic()
+            with self.queue.turn(on_queued):
+                waited = time.monotonic() - queued
+                result = self._run_once(checks, namespace, tuple(pods))
+            result = DiagnosisResult(result.findings, result.seconds, result.error, queued_seconds=waited)
             running.set_result(result)
             return result
+        except BaseException as exc:
+            running.set_exception(exc)  # whoever joined this run must not wait forever
+            raise
         finally:
             with self._lock:
                 self._running.pop(key, None)

@@ -129,6 +129,8 @@ class Throttle:
     resource: kmock.resource | None
     times: int
     retry_after: str
+    action: Any = None
+    """Only this kmock action (LIST, WATCH, …); None for any."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.refusals = []
+        self.after_write: list[Callable[[Any], None]] = []
+        """Called once a write is stored, before it is answered (a fault test stops the writer right there)."""
         self.last_resource_version = 0
         self.history: list[Change] = []
         self.compacted_through = 0
@@ -189,6 +193,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 answer = await self._write(request)
             if request.params.get("dryRun") != "All" and not any(refused(request) for refused in self.refusals):
                 self._record_write(request)
+                for hook in self.after_write:
+                    hook(request)
             return answer
         await self._no_dry_run.wait()
         return await super()._handle(request)
@@ -197,7 +203,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
 
     def _throttled(self, request: Any) -> aiohttp.web.StreamResponse | None:
         for throttle in self.throttles:
-            if throttle.times > 0 and throttle.resource in (None, request.resource):
+            if throttle.times > 0 and throttle.resource in (None, request.resource) \
+                    and throttle.action in (None, request.action):
                 throttle.times -= 1
                 # apiserver/pkg/server/filters/priority-and-fairness.go answers with tooManyRequests: 429, Retry-After.
                 body = status_body(429, "Too many requests, please try again later.")
@@ -274,16 +281,16 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         """Changes after ``resourceVersion``, then new ones as they happen, with bookmarks, until timeoutSeconds."""
         yield b""  # the headers go out now, as a real API server's do
         since = int(request.params.get("resourceVersion") or self.last_resource_version)
-        if since < self.compacted_through:
-            # A real API server answers a too old resourceVersion with an ERROR event in the stream
-            # (apiserver/pkg/storage/cacher: "too old resource version").
-            yield {"type": "ERROR", "object": status_body(410, f"too old resource version: {since} "
-                                                               f"({self.compacted_through})") | {"reason": "Expired"}}
-            return
         deadline = time.monotonic() + float(request.params.get("timeoutSeconds") or 1800)
         bookmarks = request.params.get("allowWatchBookmarks") == "true"
         fields, labels = request.params.get("fieldSelector", ""), request.params.get("labelSelector", "")
         while True:
+            if since < self.compacted_through:
+                # A too old resourceVersion is an ERROR event in the stream (apiserver/pkg/storage/cacher: "too old
+                # resource version"); so is history a running watch had not yet sent (etcd's ErrCompacted).
+                yield {"type": "ERROR", "object": status_body(410, f"too old resource version: {since} "
+                                                                   f"({self.compacted_through})") | {"reason": "Expired"}}
+                return
             for change in [c for c in self.history if c.resource_version > since]:
                 since = change.resource_version
                 if change.resource == request.resource and request.namespace in (None, change.namespace) \
@@ -392,10 +399,12 @@ class FakeKube:
         """etcd compaction: older continue tokens and watch resourceVersions are answered 410 Gone from now on."""
         self.loop.call(self.emulator.compact)
 
-    def throttle(self, times: int, *, kind: str | None = None, retry_after: str = "1") -> None:
-        """Answer the next ``times`` requests (for ``kind``, or any) with 429 and this Retry-After."""
+    def throttle(self, times: int, *, kind: str | None = None, verb: str | None = None,
+                 retry_after: str = "1") -> None:
+        """Answer the next ``times`` requests (for ``kind`` and ``verb``, or any) with 429 and this Retry-After."""
         resource = resource_of(kind) if kind else None
-        self.loop.call(lambda: self.emulator.throttles.append(Throttle(resource, times, retry_after)))
+        action = {**_ACTIONS, "watch": kmock.action.WATCH}[verb] if verb else None
+        self.loop.call(lambda: self.emulator.throttles.append(Throttle(resource, times, retry_after, action)))
 
     def object(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The stored state of an object, or None when absent or deleted."""
