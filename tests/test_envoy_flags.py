@@ -235,6 +235,21 @@ def test_rbac_denials_name_the_authorization_policy_behind_them() -> None:
     assert policy.remediation.command == "kubectl get authorizationpolicy -n prod checkout-allow -o yaml"
 
 
+def test_a_serviceentry_host_gets_envoys_endpoints_not_kubernetes_endpointslices(tmp_path: Path) -> None:
+    # The uf-refused capture with its cluster renamed as istiod names a ServiceEntry's (no Kubernetes Service).
+    captured = CASES_BY_NAME["uf-refused"].directory
+    for name in ("stats.txt", "clusters.json", "memory.json"):
+        text = (captured / name).read_text().replace("outbound|8080||payment.prod.svc.cluster.local",
+                                                     "outbound|443||api.stripe.com")
+        (tmp_path / name).write_text(text)
+
+    refused = next(f for f in check(str(tmp_path)) if f.code == "MB4014")
+
+    assert "to api.stripe.com:443" in refused.message
+    assert refused.remediation.command == (f"istioctl proxy-config endpoint {POD.name} -n prod "
+                                           "--fqdn api.stripe.com --port 443")
+
+
 def test_custom_policy_selection_rules_are_not_mistaken_for_a_dry_run() -> None:
     # CUSTOM policies mark the requests to send to the authorizer with shadow rules prefixed istio_ext_authz_
     # (istio/istio pilot/pkg/security/authz/builder/extauthz.go); a request they do not select is "shadow denied".

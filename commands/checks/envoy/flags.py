@@ -125,10 +125,11 @@ FAILURE_MODES = FailureModel([
         "UO", "upstream overflow (circuit breaking)", "503", "Upstream overflow (circuit breaking) in addition to "
         "503 response code.", "MB4001",
         (Evidence(STATS, "cluster.&lt;c&gt;.upstream_rq_pending_overflow, upstream_rq_active_overflow, "
-                         "upstream_cx_pool_overflow (requests refused), circuit_breakers.*.*_open", _NOT_IN_DEFAULTS),),
+                         "upstream_cx_pool_overflow (requests refused), circuit_breakers.&lt;priority&gt;.&lt;limit&gt;_open",
+                  _NOT_IN_DEFAULTS),),
         (Cause("connection-pool", "DestinationRule connectionPool limits (http1MaxPendingRequests, http2MaxRequests, "
                "maxConnections) below the load, often because the upstream slowed down",
-               "an *_overflow counter above 0; a gauge at 1 with no overflow only means at capacity (MB4009/MB4010)",
+               "an overflow counter above 0; a gauge at 1 with no overflow only means at capacity (MB4009/MB4010)",
                "Read the limits Envoy applies and raise them only if the upstream can take more; otherwise find why "
                "it is slow", _PC_CLUSTER),),
         ("envoy-uo-overflow",),
