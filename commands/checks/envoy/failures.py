@@ -43,22 +43,22 @@ class Upstream:
     stats: ClusterStats | None
     hosts: ClusterHosts | None
 
-    def fields(self, **extra: Any) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
         """The names a cause's command template may use."""
         svc = self.name.kubernetes_service or (self.target.namespace, self.name.host)
         return {"pod": self.target.name, "namespace": self.target.namespace, "filter": self.name.istioctl_filter(),
                 "svc_namespace": svc[0], "svc_name": svc[1], "port": self.name.port,
-                "listener_port": self.name.port, **extra}
+                "listener_port": self.name.port}
 
     def finding(self, mode: FailureMode, cause: str, *, count: int | str, unit: str, detail: str,
-                evidence: Mapping[str, Any], code: str | None = None) -> Finding:
+                evidence: Mapping[str, Any]) -> Finding:
         chosen = mode.cause(cause)
         remediation = chosen.remediation(**self.fields())
         if "{svc_name}" in chosen.command and self.name.kubernetes_service is None:
             # A ServiceEntry host (api.stripe.com) has no EndpointSlices: the endpoints Envoy holds are the evidence.
             remediation = Remediation(chosen.first_step, command=f"istioctl proxy-config endpoint {self.target.name} "
                                                                  f"-n {self.target.namespace}{self.name.istioctl_filter()}")
-        return codes.finding(code or mode.code, origin=f"Pod {self.target}", pod=str(self.target),
+        return codes.finding(mode.code, origin=f"Pod {self.target}", pod=str(self.target),
                              service=self.name.service, count=count, unit=unit, cause=chosen.state, detail=detail,
                              evidence={"cluster": self.name.raw, "cause": cause, **evidence}, remediation=remediation)
 
