@@ -456,7 +456,9 @@ def _incidents_command(args: argparse.Namespace, log_) -> int:
         sys.stdout.write(to_json(incident, alerts, events) if args.format == "json"
                          else to_markdown(incident, alerts, events, now))
         return EXIT_OK
-    report = log_.verify()
+    from bot.approvals.authority import verify_with_approvals
+
+    report = verify_with_approvals(log_)  # the chain, its anchors, incident rows, then the approval rows
     print("\n".join(report.lines()), file=sys.stdout if report.intact else sys.stderr)
     if report.wrong_key:
         return EXIT_CONFIG  # not evidence of tampering: the key given is not the log's

@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlite_utils
 
+from bot.approvals import authority
 from bot.approvals import blocks as approval_blocks
 from bot.incidents import blocks as incident_blocks
 from bot.incidents import headline
@@ -264,6 +265,7 @@ class ApprovalDesk:
         if decision.verdict == Verdict.REJECTED:
             self._move(db, request, RequestState.REJECTED, user, now)
         elif decision.verdict == Verdict.EXECUTE:
+            authority.grant(db, self.incidents, request, decision.approvals)  # the single-use grant, HMAC'd
             self._move(db, request, RequestState.EXECUTING, user, now)
         else:
             self._update_message(db, request.id, now)
@@ -323,6 +325,12 @@ class ApprovalDesk:
             # becomes the executor while the one before it is alive.
             if not self.store.claim_execution(db, request_id, self.executor, now, self._stale_before(now)):
                 return request
+            # The row's state, required count, expiry and vote rows are columns a database writer sets: the
+            # authority to run (and to resume) is recomputed from the keyed log (bot.approvals.authority).
+            refused = authority.refusal(db, self.incidents, request, self.policy.required, self.policy.ttl)
+            if refused:
+                authority.refuse(db, self.incidents, self.store, request, refused)
+                return self._get(db, request_id)
         stop = threading.Event()
         beating = threading.Thread(target=self._heartbeat, args=(request_id, stop), name=f"heartbeat-{request_id}",
                                    daemon=True)

@@ -106,3 +106,65 @@ def decide(ballot: Ballot, click: Click) -> Decision:
 def is_approver(user: str, approvers: tuple[str, ...] | frozenset[str], group_members: frozenset[str]) -> bool:
     """A user is an approver when listed by ID or a member of a listed user group."""
     return user in approvers or user in group_members
+
+
+# -- authority: what the keyed log says, recomputed before every execution (issue 24 item 1) --------------
+
+
+@dataclass(frozen=True)
+class LoggedVote:
+    """An ``approval_click`` event that carries the audit key's HMAC."""
+
+    user: str
+    vote: Vote
+    at: datetime
+    accepted: bool
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The ``approval_granted`` event the quorum wrote: these approvers, for exactly this plan binding."""
+
+    approvers: tuple[str, ...]
+    binding: str
+
+
+@dataclass(frozen=True)
+class Authority:
+    """What the keyed log says about one request, as opposed to what its table row says."""
+
+    requester: str
+    required: int
+    """The larger of the required approvals logged when it was opened and the policy's now."""
+    expires_at: datetime
+    """Opened (the logged time) plus the approval TTL: a later expiry in the table is not believed."""
+    binding: str | None
+    """The request's plan binding (an HMAC with the audit key over its id and plan)."""
+    votes: tuple[LoggedVote, ...]
+    grants: tuple[Grant, ...]
+    finished: bool
+    """An outcome (executed or failed) is logged: the grant was used."""
+
+
+def authority_refusal(authority: Authority | None) -> str | None:
+    """Why the request may not execute now (None: the keyed log authorises it).
+
+    Executing and resuming both ask: at least ``required`` distinct approvers other than the requester, before
+    the expiry, no accepted reject, a single-use grant for this very plan binding that no outcome has used."""
+    if authority is None:
+        return "the keyed log holds no approval_requested event for it"
+    if authority.finished:
+        return "the keyed log already holds its outcome: a grant runs once"
+    if any(v.accepted and v.vote == Vote.REJECT for v in authority.votes):
+        return "the keyed log says it was rejected"
+    approvers = sorted({v.user for v in authority.votes if v.accepted and v.vote == Vote.APPROVE
+                        and v.user != authority.requester and v.at < authority.expires_at})
+    if len(approvers) < authority.required:
+        return (f"the keyed log holds {len(approvers)} approval(s) by people other than the requester before its "
+                f"expiry; {authority.required} are required")
+    if authority.binding is None:
+        return "it has no plan binding"
+    granted = [g for g in authority.grants if g.binding == authority.binding and set(g.approvers) <= set(approvers)]
+    if not granted:
+        return "the keyed log holds no grant for this plan binding from these approvers"
+    return None

@@ -4,6 +4,9 @@ The stored plan is bound to its request with the audit key (HMAC over the
 canonical plan and the request id): whoever can edit the database but not read
 the key cannot change what an approved request will execute, nor move a plan
 to another request.  The plain ``plan_hash`` stays for display and the log.
+The other columns (state, required, expiry) and the vote rows are for display
+and for finding work: authority to execute is recomputed from the keyed log
+(``bot.approvals.authority``).
 """
 
 from __future__ import annotations
@@ -193,6 +196,14 @@ class ApprovalStore:
                             [str(state), json.dumps(result), json.dumps(verification) if verification else None,
                              request_id])
         return cursor.rowcount == 1
+
+    def restore_state(self, db: sqlite_utils.Database, request_id: int, state: RequestState) -> None:
+        """Put a row back to the state the keyed log gives it (its column was edited in the database)."""
+        db.execute("UPDATE approval_requests SET state = ?, executor = NULL WHERE id = ?", [str(state), request_id])
+
+    def all_requests(self, db: sqlite_utils.Database) -> list[ApprovalRequest]:
+        return [request for row in db.execute("SELECT id FROM approval_requests ORDER BY id").fetchall()
+                if (request := self.get(db, row[0])) is not None]
 
     def mark_rolled_back(self, db: sqlite_utils.Database, request_id: int, by_request: int) -> None:
         db.execute("UPDATE approval_requests SET rolled_back_by = ? WHERE id = ?", [by_request, request_id])
