@@ -9,6 +9,7 @@ the way Kubernetes mounts them.  A missing or malformed value raises
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import urllib.parse
@@ -50,18 +51,31 @@ def _text(value: str) -> str:
     return value
 
 
+MAX_INT = 1_000_000_000
+"""No count, port, day or second meshbot reads comes near this; a larger one is a typo, not a setting."""
+MAX_SECONDS = 86_400.0
+"""A day: every duration in seconds (timeouts, leases, grace periods, batches) stays below it.  float() also
+reads 'nan' and 'inf': with inf as MESHBOT_SHUTDOWN_GRACE_SECONDS a SIGTERM ended in an OverflowError (exit 1)."""
+
+
 def _int(value: str) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ValueError("not a whole number") from None
+    if abs(number) > MAX_INT:
+        raise ValueError(f"out of range (at most {MAX_INT:,})")
+    return number
 
 
 def _float(value: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ValueError("not a number") from None
+    if not math.isfinite(number):
+        raise ValueError("not a finite number (nan and inf are refused)")
+    return number
 
 
 def _port(value: str) -> int:
@@ -82,6 +96,8 @@ def _positive_float(value: str) -> float:
     number = _float(value)
     if number <= 0:
         raise ValueError("must be greater than 0")
+    if number > MAX_SECONDS:
+        raise ValueError(f"must be at most {MAX_SECONDS:.0f} (a day)")
     return number
 
 
@@ -354,6 +370,9 @@ class Settings:
         """Environment over YAML over defaults; raises SettingsError naming the first bad setting."""
         environ = os.environ if environ is None else environ
         from_file = _read_config_file(config_file) if config_file else {}
+        # A secret pasted into the wrong setting must not be echoed by that setting's error either.
+        secrets = {raw.strip() for spec in fields(cls) if spec.metadata["secret"]
+                   and (raw := _raw_value(spec.metadata["env"], spec.name, environ, from_file))}
         values: dict[str, Any] = {}
         for spec in fields(cls):
             env = spec.metadata["env"]
@@ -363,7 +382,8 @@ class Settings:
             try:
                 values[spec.name] = spec.metadata["parse"](raw.strip())
             except ValueError as exc:
-                raise SettingsError(_invalid(env, raw, str(exc), secret=spec.metadata["secret"])) from None
+                raise SettingsError(_invalid(env, raw, str(exc), secret=spec.metadata["secret"],
+                                             secrets=secrets)) from None
         unknown = set(from_file) - {f.name for f in fields(cls)} - {f.metadata["env"] for f in fields(cls)}
         if unknown:
             raise SettingsError(f"{config_file}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -380,10 +400,13 @@ class Settings:
     def __repr__(self) -> str:
         """Never shows secrets: Settings may end up in a log line or a traceback."""
         shown = []
+        secrets = set(self.secret_values())
         for spec in fields(self):
             value = getattr(self, spec.name)
             if spec.metadata["secret"] and value:
                 value = "(set)"
+            elif isinstance(value, str) and looks_secret(value, secrets):
+                value = "(hidden)"
             shown.append(f"{spec.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -395,10 +418,36 @@ class Settings:
 _LOOKS_SECRET = re.compile(r"xox[a-z]-|xapp-|://[^/\s]*@|-----BEGIN", re.IGNORECASE)
 
 
-def _invalid(env: str, raw: str, reason: str, *, secret: bool) -> str:
+def looks_secret(value: str, secrets: set[str] | frozenset[str] = frozenset()) -> bool:
+    """Whether a value may be a secret: a configured one (or holding one), token-shaped, or high-entropy."""
+    value = value.strip()
+    if any(secret and len(secret) >= 6 and secret in value for secret in secrets) or _LOOKS_SECRET.search(value):
+        return True
+    return _high_entropy(value)
+
+
+def _high_entropy(value: str) -> bool:
+    """A random-looking word: 16+ characters of a token alphabet mixing letters and digits, >= 3 bits/char.
+
+    Names meshbot reads (``payments-namespace``, ``C0123ABCD``, ``istio-system/gw-cert``, URLs) are shorter, lack
+    digits, or carry ':', '.' or spaces; API keys, hex and base64 secrets do not."""
+    if len(value) < 16 or not _TOKEN_ALPHABET.fullmatch(value):
+        return False
+    if not (any(c.isdigit() for c in value) and any(c.isalpha() for c in value)):
+        return False
+    counts = {c: value.count(c) for c in set(value)}
+    entropy = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
+    return entropy >= 3.0
+
+
+_TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9+/=_-]+")
+
+
+def _invalid(env: str, raw: str, reason: str, *, secret: bool, secrets: set[str] | frozenset[str] = frozenset()
+             ) -> str:
     """``NAME: 'value' is invalid: why`` — the value only when it helps and cannot be a pasted secret."""
     raw = raw.strip()
-    if secret or _LOOKS_SECRET.search(raw):
+    if secret or looks_secret(raw, secrets):
         # A parser's message may quote what it parsed (int() does); then it goes too.
         return f"{env}: the value (hidden) is invalid: {'malformed' if raw and raw in reason else reason}"
     shown = repr(raw) if len(raw) <= 80 else repr(raw[:40] + "…")
