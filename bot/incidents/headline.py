@@ -51,7 +51,24 @@ def effect_of(action: str) -> str | None:
     if target.action == ActionName.BYPASS:
         return (f"namespace {target.namespace} runs outside the mesh" if target.scope == Scope.NAMESPACE
                 else f"{target.namespace}/{target.name} runs without a sidecar")
+    if target.action == ActionName.MEMORY and target.memory is not None:
+        return f"{target.namespace}/{target.name or 'istiod'} runs with {target.memory.flags}"
     return None
+
+
+EFFECT_WORDS = {"seen": "verified by its effect", "partly seen": "effect only partly seen",
+                "not seen": "effect NOT seen", "not measured": "effect not measured"}
+
+
+def effect_seen(events: Sequence[Event], request_id: int) -> str:
+    """The latest verification by effect of an executed request, in words (the follow-up once it ran)."""
+    looks = [e.data.get("effect") for e in events if e.kind == EventKind.ACTION_VERIFIED
+             and e.data.get("request_id") == request_id and e.data.get("effect")]
+    if not looks:
+        return ""
+    latest = looks[-1]
+    first = (latest.get("lines") or [""])[0]
+    return f"{EFFECT_WORDS.get(latest.get('outcome'), 'effect')}" + (f": {first}" if first else "")
 
 
 def in_effect(events: Sequence[Event]) -> tuple[blocks.InEffect, ...]:
@@ -66,7 +83,8 @@ def in_effect(events: Sequence[Event]) -> tuple[blocks.InEffect, ...]:
         what = effect_of(str(event.data.get("action", "")))
         if request_id in rollback_of or request_id in undone or what is None:
             continue
-        effects.append(blocks.InEffect(what=what, since=event.at, request_id=int(request_id)))
+        effects.append(blocks.InEffect(what=what, since=event.at, request_id=int(request_id),
+                                       effect=effect_seen(events, int(request_id))))
     return tuple(effects)
 
 
