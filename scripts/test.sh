@@ -13,6 +13,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 # tests/support/postgres.py starts a real PostgreSQL (initdb/pg_ctl into a temp dir) for the second backend.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# tests/test_faults.py runs one replica with its clock minutes ahead under libfaketime.
+command -v faketime >/dev/null || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from bot.approvals.desk import EXECUTION_LEASE
 from bot.approvals.rule import RequestState
 from bot.incidents.records import EventKind, iso
 from tests.support.kube import FakeKube, write_kubeconfig
@@ -81,9 +82,12 @@ def test_twenty_approvals_clicked_on_different_replicas_at_once_each_execute_onc
 
 def abandon(meshbot, request_id: int, heartbeat: datetime) -> None:
     """What a replica leaves behind when it is killed after the approving click, mid-action."""
+    # The lease ends ``EXECUTION_LEASE`` after the heartbeat, on the database's clock (as the store writes it).
+    lease_left = (heartbeat + EXECUTION_LEASE - datetime.now(timezone.utc)).total_seconds()
     with meshbot.database.transaction() as db:
-        db.execute("UPDATE approval_requests SET state = 'executing', executor = 'replica-killed', heartbeat_at = ? "
-                   "WHERE id = ?", [iso(heartbeat), request_id])
+        db.execute("UPDATE approval_requests SET state = 'executing', executor = 'replica-killed', heartbeat_at = ?, "
+                   "attempt = attempt + 1, lease_until = ((julianday('now') - 2440587.5) * 86400.0) + ? WHERE id = ?",
+                   [iso(heartbeat), lease_left, request_id])
 
 
 def test_a_request_whose_replica_died_mid_action_is_resumed_once_by_one_survivor(replicas, kube, fake_slack):

@@ -61,6 +61,12 @@ MANUAL_SOURCE = "slack"
 
 MAX_ID_DIGITS = 12
 EXECUTION_LEASE = timedelta(seconds=30)
+"""How long an execution claim lasts without a heartbeat (renewed every third of it) before a survivor resumes it."""
+
+
+def _database_clock() -> datetime:
+    """Stands for the desk's database's clock until ``__post_init__`` puts ``Database.now`` in its place."""
+    return datetime.now(timezone.utc)
 FOLLOW_UP_WINDOW = timedelta(days=1)
 """Executed requests older than this get no follow-up (a bot down for a day has more to say than that)."""
 
@@ -105,7 +111,9 @@ class ApprovalDesk:
     kube: Callable[[], KubeClient]
     """The cluster client for planning and executing (raises when actions are not possible)."""
     workers: ThreadPoolExecutor
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    clock: Callable[[], datetime] = field(default=_database_clock)
+    """What requests are timed by (created, expiring, clicked): the database's clock unless a test gives one, so a
+    replica whose own clock is minutes off expires nothing early (``Database.now``)."""
     store: ApprovalStore = field(default_factory=ApprovalStore)
     _groups: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
     _sweeper: WakeableLoop | None = None
@@ -120,8 +128,13 @@ class ApprovalDesk:
     """Fresh diagnoses and observations for preconditions and verification by effect (None: neither)."""
     effects: ExecutionChecks = field(init=False)
 
+    _claims: dict[int, int] = field(default_factory=dict)
+    """Requests this process holds the execution claim of, with its fencing token (attempt): handed back on stop."""
+
     def __post_init__(self) -> None:
         self.effects = ExecutionChecks(self.inspector)
+        if self.clock is _database_clock:
+            self.clock = self.database.now
 
     # -- asking ------------------------------------------------------------------------------
 
@@ -299,9 +312,10 @@ class ApprovalDesk:
     def _execute_safely(self, request_id: int) -> None:
         try:
             self.execute(request_id)
-        except Exception as exc:
+        except Exception:
+            # Before the claim (the database unreachable): nothing ran, and the request stays executing with no
+            # live lease, so the sweeper's resume picks it up.  After it, ``_execute`` records the crash itself.
             log.exception("executing approval request #%s failed", request_id)
-            self._record_crash(request_id, exc)
 
     def execute(self, request_id: int) -> ApprovalRequest:
         """Run an approved request's stored plan once, verify it, and record everything."""
@@ -316,14 +330,16 @@ class ApprovalDesk:
                 self._running.discard(request_id)
 
     def _execute(self, request_id: int) -> ApprovalRequest:
-        now = self.clock()
         with self.database.transaction() as db:
             request = self._get(db, request_id)
             if request.state != RequestState.EXECUTING:
                 return request
             # The conditional claim is what makes clicks on different replicas execute once: only one replica
-            # becomes the executor while the one before it is alive.
-            if not self.store.claim_execution(db, request_id, self.executor, now, self._stale_before(now)):
+            # becomes the executor while the one before it holds a lease (on the database's clock).  Its attempt
+            # number is the fencing token every later write of this execution checks.
+            attempt = self.store.claim_execution(db, request_id, self.executor, self._lease_seconds,
+                                                 take_over_live=self.database.dialect == Dialect.SQLITE)
+            if attempt is None:
                 return request
             # The row's state, required count, expiry and vote rows are columns a database writer sets: the
             # authority to run (and to resume) is recomputed from the keyed log (bot.approvals.authority).
@@ -331,34 +347,83 @@ class ApprovalDesk:
             if refused:
                 authority.refuse(db, self.incidents, self.store, request, refused)
                 return self._get(db, request_id)
+        with self._running_lock:
+            self._claims[request_id] = attempt
         stop = threading.Event()
-        beating = threading.Thread(target=self._heartbeat, args=(request_id, stop), name=f"heartbeat-{request_id}",
-                                   daemon=True)
+        beating = threading.Thread(target=self._heartbeat, args=(request_id, attempt, stop),
+                                   name=f"heartbeat-{request_id}", daemon=True)
         beating.start()
         try:
-            outcome, checked, preconditions = self._run(request)
+            outcome, checked, preconditions = self._run(request, attempt)
+            return self._finish(request, outcome, checked, preconditions, attempt=attempt)
+        except Superseded as exc:
+            return self._superseded(request, attempt, str(exc))
+        except Exception as exc:
+            log.exception("executing approval request #%s failed", request_id)
+            self._record_crash(request_id, exc, attempt)
+            return self.get(request_id)
         finally:
             stop.set()
             beating.join()
-        return self._finish(request, outcome, checked, preconditions)
+            with self._running_lock:
+                self._claims.pop(request_id, None)
 
-    def _stale_before(self, now: datetime) -> datetime:
-        """Heartbeats older than this are a dead executor's.  On SQLite one process owns the file, so whatever is
-        executing at its start was the previous process's: taken over at once, as before."""
-        if self.database.dialect == Dialect.SQLITE:
-            return now + self.execution_lease
-        return now - self.execution_lease
+    @property
+    def _lease_seconds(self) -> float:
+        return self.execution_lease.total_seconds()
 
-    def _heartbeat(self, request_id: int, stop: threading.Event) -> None:
-        while not stop.wait(self.execution_lease.total_seconds() / 3):
+    def _fence(self, request_id: int, attempt: int) -> None:
+        """Raise Superseded unless this executor's claim is still the request's current one; renews its lease.
+
+        Asked before every Kubernetes write: an executor paused past its lease (SIGSTOP, a long GC) while a
+        survivor finished the request and people rolled it back must not wake up and re-apply the change."""
+        with self.database.transaction() as db:
+            if self.store.renew(db, request_id, self.executor, attempt, self._lease_seconds):
+                return
+        raise Superseded(f"request #{request_id}: this executor's claim (attempt {attempt}) was taken over or the "
+                         "request is no longer executing; stopping with nothing more written")
+
+    def _superseded(self, request: ApprovalRequest, attempt: int, why: str) -> ApprovalRequest:
+        """A stale executor stops and says so: in its log and as an event on the incident's timeline."""
+        log.error("approval request #%s: %s", request.id, why)
+        with self.database.transaction() as db:
+            current = self._get(db, request.id)
+            self.incidents.append(db, request.incident_id, MESHBOT, EventKind.EXECUTION_SUPERSEDED, {
+                "request_id": request.id, "executor": self.executor, "attempt": attempt, "state": str(current.state)})
+        return current
+
+    def _heartbeat(self, request_id: int, attempt: int, stop: threading.Event) -> None:
+        while not stop.wait(self._lease_seconds / 3):
             try:
                 with self.database.transaction() as db:
-                    self.store.heartbeat(db, request_id, self.executor, self.clock())
+                    held = self.store.renew(db, request_id, self.executor, attempt, self._lease_seconds)
             except Exception:
                 log.exception("approval request #%s: could not record this replica's heartbeat", request_id)
+                continue
+            if not held:  # finished meanwhile, or taken over: then the next write's fence check says so, loudly
+                log.info("approval request #%s: this executor's claim (attempt %d) is no longer current", request_id,
+                         attempt)
+                return
 
-    def _record_crash(self, request_id: int, exc: Exception) -> None:
-        """An unexpected error must not leave a request 'executing' forever with a frozen message."""
+    def release_claims(self) -> int:
+        """Hand back every execution claim this process holds (SIGTERM): a survivor resumes them at its next sweep
+        instead of waiting out the lease.  An execution still running here is fenced off at its next write."""
+        with self._running_lock:
+            held = dict(self._claims)
+        released = 0
+        for request_id, attempt in held.items():
+            try:
+                with self.database.transaction() as db:
+                    released += self.store.release(db, request_id, self.executor, attempt)
+            except Exception:
+                log.exception("approval request #%s: could not hand back this replica's claim", request_id)
+        if released:
+            log.warning("handed back %d execution claim(s) for another replica to resume", released)
+        return released
+
+    def _record_crash(self, request_id: int, exc: Exception, attempt: int) -> None:
+        """An unexpected error must not leave a request 'executing' forever with a frozen message (recorded only
+        while this executor's claim is current: a survivor's execution is not ended by a stale crash)."""
         try:
             request = self.get(request_id)
             if request.state == RequestState.EXECUTING:
@@ -366,19 +431,24 @@ class ApprovalDesk:
                 # (it skips those that never landed).
                 self._finish(request, Outcome.failed(
                     f"meshbot hit an internal error while executing ({type(exc).__name__}); changes may be in "
-                    "place, see its log", applied=len(request.plan.changes)), None)
+                    "place, see its log", applied=len(request.plan.changes)), None, attempt=attempt)
+        except Superseded as superseded:
+            log.error("approval request #%s: %s", request_id, superseded)
         except Exception:
             log.exception("could not record the failure of approval request #%s", request_id)
 
     def _finish(self, request: ApprovalRequest, outcome: Outcome, checked: dict[str, Any] | None,
-                preconditions: list[dict[str, Any]] | None = None) -> ApprovalRequest:
+                preconditions: list[dict[str, Any]] | None = None, *, attempt: int | None = None) -> ApprovalRequest:
         request_id = request.id
         result = outcome.to_dict()
         if preconditions:
             result["preconditions"] = preconditions
         with self.database.transaction() as db:
             state = RequestState.SUCCEEDED if outcome.ok else RequestState.FAILED
-            if not self.store.finish(db, request_id, state, result, checked):
+            if not self.store.finish(db, request_id, state, result, checked, attempt=attempt):
+                if attempt is not None:  # it held the claim: only a takeover can have moved the request on
+                    raise Superseded(f"request #{request_id}: another executor took this execution over before its "
+                                     f"outcome ({state}) could be recorded; recorded nothing")
                 return self._get(db, request_id)  # someone else recorded the outcome first
             kind = EventKind.ACTION_EXECUTED if outcome.ok else EventKind.ACTION_FAILED
             self.incidents.append(db, request.incident_id, MESHBOT, kind, {
@@ -396,7 +466,8 @@ class ApprovalDesk:
         self.outbox.wake()
         return done
 
-    def _run(self, request: ApprovalRequest) -> tuple[Outcome, dict[str, Any] | None, list[dict[str, Any]]]:
+    def _run(self, request: ApprovalRequest,
+             attempt: int) -> tuple[Outcome, dict[str, Any] | None, list[dict[str, Any]]]:
         """Check the binding and the preconditions, write, verify the objects and then the effect."""
         if request.plan.hash != request.plan_hash:
             return Outcome.failed("the stored plan does not match its hash; nothing was run"), None, []
@@ -415,7 +486,7 @@ class ApprovalDesk:
                 return Outcome.failed(stop), None, preconditions
             baseline = self.effects.baseline(request.plan)
             client = self.kube()
-            outcome = apply(client, request.plan)
+            outcome = apply(client, request.plan, before_write=lambda change: self._fence(request.id, attempt))
             if not (outcome.applied or outcome.ok):
                 return outcome, None, preconditions
             checked: dict[str, Any] = verify(client, request.plan).to_dict()
@@ -490,7 +561,8 @@ class ApprovalDesk:
 
     def start(self, interval: float = 30.0) -> ApprovalDesk:
         self.check_quorum()
-        self._sweeper = WakeableLoop("approvals", self._sweep_pass, idle=interval)
+        # Sweeps at least twice a lease, so an orphaned execution is resumed within 1.5 leases of its last renewal.
+        self._sweeper = WakeableLoop("approvals", self._sweep_pass, idle=min(interval, self._lease_seconds / 2))
         self._sweeper.start()
         self.resume_abandoned()
         return self
@@ -499,7 +571,9 @@ class ApprovalDesk:
         """Resume requests interrupted while executing (this process's predecessor, or a replica that died);
         applying again is safe (changes already in place are skipped).  Returns how many were submitted."""
         with self.database.transaction() as db:
-            interrupted = self.store.abandoned(db, self._stale_before(self.clock()))
+            interrupted = self.store.abandoned(db, all_executing=self.database.dialect == Dialect.SQLITE)
+        with self._running_lock:
+            interrupted = [request_id for request_id in interrupted if request_id not in self._running]
         for request_id in interrupted:
             log.warning("resuming approval request #%s, interrupted while executing", request_id)
             self.workers.submit(self._execute_safely, request_id)
@@ -508,13 +582,15 @@ class ApprovalDesk:
     def _sweep_pass(self) -> None:
         self.expire_due()  # None: the loop waits `interval` before the next sweep
         self.run_follow_ups()
-        if self.database.dialect != Dialect.SQLITE:
-            self.resume_abandoned()  # a replica that died mid-action: one survivor's claim wins
+        # A replica that died mid-action (one survivor's claim wins), or an execution whose claim could not be
+        # written (the database was unreachable at that moment): resumed, on both backends.
+        self.resume_abandoned()
 
     def stop(self) -> None:
         self.effects.stop.set()
         if self._sweeper:
             self._sweeper.stop()
+        self.release_claims()
 
     def get(self, request_id: int) -> ApprovalRequest:
         return self._get(self.database.db, request_id)
@@ -588,3 +664,7 @@ class ApprovalDesk:
             self._groups[group] = (time.monotonic(), users)
             members |= users
         return frozenset(members)
+
+
+class Superseded(Exception):
+    """This executor's claim is no longer the request's current one (fencing): it stops and writes nothing more."""

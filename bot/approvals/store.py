@@ -75,9 +75,20 @@ def execution_lease(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE approval_requests ADD COLUMN heartbeat_at TEXT")
 
 
+@migration(10, "execution fencing: each claim's attempt number and its lease end on the database's clock")
+def execution_fencing(db: sqlite_utils.Database) -> None:
+    # ``attempt`` is the fencing token: every claim increments it, and every later write of the execution
+    # (a Kubernetes write, the heartbeat, the outcome) checks it is still the holder's, so an executor paused
+    # past its lease (SIGSTOP, a long GC) finds it superseded instead of re-applying a rolled-back change.
+    # ``lease_until`` is epoch seconds on the database's clock (``DATABASE_EPOCH``), never a replica's own; double
+    # precision on both backends (PostgreSQL's REAL is 4 bytes: about two minutes of resolution at today's epoch).
+    db.execute("ALTER TABLE approval_requests ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE approval_requests ADD COLUMN lease_until DOUBLE PRECISION")
+
+
 MIGRATIONS = (_create_approval_tables,)
-"""This module's first schema change; ``plan_binding`` (6) and ``execution_lease`` (8) are listed after the others
-in ``bot.server.schema``."""
+"""This module's first schema change; ``plan_binding`` (6), ``execution_lease`` (8) and ``execution_fencing`` (10)
+are listed after the others in ``bot.server.schema``."""
 
 
 def bind_plan(key: AuditKey, plan: Plan, request_id: int) -> str:
@@ -189,12 +200,13 @@ class ApprovalStore:
         return cursor.rowcount == 1
 
     def finish(self, db: sqlite_utils.Database, request_id: int, state: RequestState, result: dict[str, Any],
-               verification: dict[str, Any] | None) -> bool:
-        """Record how an execution ended; False when the request was no longer executing (nothing written)."""
+               verification: dict[str, Any] | None, *, attempt: int | None = None) -> bool:
+        """Record how an execution ended; False when the request was no longer executing, or (``attempt`` given)
+        another executor's claim superseded this one (nothing written)."""
         cursor = db.execute("UPDATE approval_requests SET state = ?, result = ?, verification = ? WHERE id = ? "
-                            "AND state = 'executing'",
+                            "AND state = 'executing' AND attempt = COALESCE(?, attempt)",
                             [str(state), json.dumps(result), json.dumps(verification) if verification else None,
-                             request_id])
+                             request_id, attempt])
         return cursor.rowcount == 1
 
     def restore_state(self, db: sqlite_utils.Database, request_id: int, state: RequestState) -> None:
@@ -217,22 +229,49 @@ class ApprovalStore:
         return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?",
                                          [iso(now)]).fetchall()]
 
-    def claim_execution(self, db: sqlite_utils.Database, request_id: int, executor: str, now: datetime,
-                        stale_before: datetime) -> bool:
-        """Become the request's executor unless a live one holds it (heartbeat after ``stale_before``)."""
-        cursor = db.execute("UPDATE approval_requests SET executor = ?, heartbeat_at = ? WHERE id = ? "
-                            "AND state = 'executing' AND (executor IS NULL OR executor = ? OR heartbeat_at < ?)",
-                            [executor, iso(now), request_id, executor, iso(stale_before)])
+    def claim_execution(self, db: sqlite_utils.Database, request_id: int, executor: str, lease_seconds: float, *,
+                        take_over_live: bool = False) -> int | None:
+        """Become the request's executor unless a live one holds it (its lease not yet over on the database's
+        clock); returns the claim's fencing token (the attempt number), None when another executor holds it.
+        ``take_over_live``: SQLite at start-up, where whatever is executing was the previous process's.
+        The database's clock is ``bot.storage.dialect.DATABASE_EPOCH``, spelled out (PostgreSQL gets its own);
+        ``heartbeat_at`` is that clock too, for people to read (nothing compares it)."""
+        cursor = db.execute(
+            "UPDATE approval_requests SET executor = ?, attempt = attempt + 1, "
+            "lease_until = ((julianday('now') - 2440587.5) * 86400.0) + ?, "
+            "heartbeat_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE id = ? AND state = 'executing' AND "
+            "(executor IS NULL OR lease_until IS NULL OR lease_until < ((julianday('now') - 2440587.5) * 86400.0) "
+            "OR ?)",
+            [executor, lease_seconds, request_id, take_over_live])
+        if cursor.rowcount != 1:
+            return None
+        return int(db.execute("SELECT attempt FROM approval_requests WHERE id = ?", [request_id]).fetchone()[0])
+
+    def renew(self, db: sqlite_utils.Database, request_id: int, executor: str, attempt: int,
+              lease_seconds: float) -> bool:
+        """Extend the lease if the claim ``attempt`` is still the request's current one (the fencing check, in the
+        caller's transaction); False: another executor took it over, or the request is no longer executing.
+        A lease that ran out but nobody took over is still this holder's: the token, not the time, decides."""
+        cursor = db.execute(
+            "UPDATE approval_requests SET lease_until = ((julianday('now') - 2440587.5) * 86400.0) + ?, "
+            "heartbeat_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') "
+            "WHERE id = ? AND executor = ? AND attempt = ? AND state = 'executing'",
+            [lease_seconds, request_id, executor, attempt])
         return cursor.rowcount == 1
 
-    def heartbeat(self, db: sqlite_utils.Database, request_id: int, executor: str, now: datetime) -> None:
-        db.execute("UPDATE approval_requests SET heartbeat_at = ? WHERE id = ? AND executor = ? "
-                   "AND state = 'executing'", [iso(now), request_id, executor])
+    def release(self, db: sqlite_utils.Database, request_id: int, executor: str, attempt: int) -> bool:
+        """Hand a claim back (SIGTERM): its lease ends now, so a survivor resumes the request at its next sweep."""
+        cursor = db.execute("UPDATE approval_requests SET lease_until = ((julianday('now') - 2440587.5) * 86400.0) - 1 "
+                            "WHERE id = ? AND executor = ? AND attempt = ? AND state = 'executing'",
+                            [request_id, executor, attempt])
+        return cursor.rowcount == 1
 
-    def abandoned(self, db: sqlite_utils.Database, stale_before: datetime) -> list[int]:
-        """Requests left executing by an executor that stopped heartbeating (a replica that died)."""
-        return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'executing' AND "
-                                         "COALESCE(heartbeat_at, decided_at) < ? ORDER BY id", [iso(stale_before)])]
+    def abandoned(self, db: sqlite_utils.Database, *, all_executing: bool = False) -> list[int]:
+        """Requests left executing by an executor whose lease ran out on the database's clock (a replica that died,
+        or handed them back); ``all_executing`` for SQLite's start-up, where every one was the previous process's."""
+        return [r[0] for r in db.execute(
+            "SELECT id FROM approval_requests WHERE state = 'executing' AND (? OR executor IS NULL OR lease_until IS "
+            "NULL OR lease_until < ((julianday('now') - 2440587.5) * 86400.0)) ORDER BY id", [all_executing])]
 
     def executing(self, db: sqlite_utils.Database) -> list[int]:
         return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'executing' ORDER BY id")]

@@ -27,6 +27,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     claims_table,  # 7: claims (a channel's outbox held by one replica at a time, its next post time)
     approval_store.execution_lease,  # 8: which replica executes an approved request, and its heartbeat
     incident_store.audit_seal,  # 9: the audit seal (log identity, key check value, newest rotation), MAC'd
+    approval_store.execution_fencing,  # 10: each execution claim's attempt (fencing token) and database-time lease
 )
 
 

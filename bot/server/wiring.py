@@ -100,6 +100,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     if not settings.scenario:
         approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack,
                                  policy=approval_policy(settings), kube=cluster.client, workers=workers,
+                                 execution_lease=timedelta(seconds=settings.execution_lease_seconds),
                                  inspector=MeshInspector(diagnose=diagnostician.run,
                                                          endpoints=endpoints or cluster.endpoints,
                                                          source=cluster.source,

@@ -201,6 +201,11 @@ class Database:
         except sqlite3.Error as exc:
             raise DatabaseError(f"database {self.path} is not writable: {exc}") from None
 
+    def now(self) -> datetime:
+        """The database's clock: one process owns a SQLite file, so its clock is this machine's (PostgreSQL's is
+        the server's, shared by every replica)."""
+        return datetime.now(timezone.utc)
+
     def continue_ids(self, db: Any, tables: Sequence[str]) -> None:
         """After rows were copied in with their ids: new rows get the next ids (SQLite does this by itself)."""
 

@@ -207,6 +207,11 @@ class PostgresDatabase(Database):
         except psycopg.Error as exc:
             raise unreachable(self.path, exc) from None
 
+    def now(self) -> datetime:
+        """PostgreSQL's clock, which every replica shares: a replica whose own clock is minutes off still times
+        approvals, leases and expiry like the others (docs: functions-datetime, ``clock_timestamp()``)."""
+        return self.db.conn.execute("SELECT clock_timestamp()").fetchone()[0].astimezone(timezone.utc)
+
     def continue_ids(self, db: PostgresConnection, tables: Sequence[str]) -> None:
         """Identity sequences continue after ids copied in explicitly (they do not see them by themselves)."""
         for table in tables:

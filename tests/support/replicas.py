@@ -61,7 +61,8 @@ class Replica:
 
 
 def start_replicas(count: int, *, database_url: str, password_file: Path, slack_api_url: str, work: Path,
-                   extra_env: dict[str, str] | None = None) -> list[Replica]:
+                   extra_env: dict[str, str] | None = None, prefix: Sequence[str] | None = None) -> list[Replica]:
+    """``count`` replicas, ready; ``prefix`` runs each under another command (``faketime -f +5m``: a skewed clock)."""
     env_base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work),
                 "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_API_URL": slack_api_url,
                 "MESHBOT_HOST": "127.0.0.1", "MESHBOT_DATABASE_URL": database_url,
@@ -75,7 +76,7 @@ def start_replicas(count: int, *, database_url: str, password_file: Path, slack_
         log = work / f"replica-{n}.log"
         env = {**env_base, "MESHBOT_PORT": str(port), "MESHBOT_DB": str(work / f"replica-{n}.db"),
                "POD_NAME": f"meshbot-{n}"}
-        process = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], cwd=ROOT, env=env,
+        process = subprocess.Popen([*(prefix or ()), sys.executable, "-m", "bot.cli", "serve"], cwd=ROOT, env=env,
                                    stdout=log.open("wb"), stderr=subprocess.STDOUT)
         replicas.append(Replica(f"meshbot-{n}", process, port, log))
     for replica in replicas:

@@ -1,0 +1,178 @@
+"""Faults a cluster produces, on real ``meshbot serve`` processes sharing one real PostgreSQL: a paused executor
+(SIGSTOP/SIGCONT, as a long GC or node pressure pauses a pod) and a replica whose clock is minutes off (faketime).
+
+Each replica is the CLI a container runs, acting on kmock's API server and posting to the fake Slack, both served
+from this test process.  Every process a test starts is stopped by its fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support.istiod import syncz_entry
+from tests.support.kube import FakeKube, write_kubeconfig
+from tests.support.postgres import PASSWORD, with_password
+from tests.support.replicas import Replica, start_replicas, stop_replicas
+from tests.support.slack import block_action_body, post_signed
+from tests.test_actions import deployment, injected_pod, meshed_namespace, namespace
+from tests.test_approvals import APPROVERS, ask, ask_rollback, istiod_pod
+
+LEASE_SECONDS = 2.0
+"""The execution lease the replicas run with: short, so a takeover happens within seconds."""
+
+
+@pytest.fixture
+def mesh(kube: FakeKube) -> FakeKube:
+    """payments is meshed (an injected pod), so permissive-mtls writes two objects: PERMISSIVE, then plaintext."""
+    kube.add(meshed_namespace("payments"), namespace("istio-system"), deployment("istiod", "istio-system"),
+             deployment("api", "payments"), injected_pod("api-1", "payments"), istiod_pod())
+    return kube
+
+
+@pytest.fixture
+def fleet(postgres, mesh, istiod_server, fake_slack, tmp_path) -> Iterator[tuple[str, dict[str, str]]]:
+    """What every replica of a test is started with: the shared database's URL and their environment."""
+    fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
+    istiod_server.answer("/debug/syncz", [syncz_entry("api-1.payments")])  # istiod up and pushing: preconditions hold
+    password_file = tmp_path / "database-password"
+    password_file.write_text(PASSWORD + "\n")
+    env = {"KUBECONFIG": write_kubeconfig(tmp_path / "kubeconfig", mesh.url), "MESHBOT_KUBE_CONTEXT": "kmock",
+           "MESHBOT_KUBE_TIMEOUT": "5", "MESHBOT_SCENARIO": "", "MESHBOT_APPROVERS": ",".join(APPROVERS),
+           "MESHBOT_RESPONDERS": "UALICE,UBOB", "MESHBOT_REQUIRED_APPROVALS": "2",
+           "MESHBOT_EXECUTION_LEASE_SECONDS": str(LEASE_SECONDS),
+           "MESHBOT_ISTIOD_URL": istiod_server.url, "MESHBOT_LOG_LEVEL": "INFO"}
+    yield postgres.create(), {"password_file": str(password_file), **env}
+
+
+def serve(fleet: tuple[str, dict[str, str]], fake_slack, work: Path, count: int, *,
+          prefix: list[str] | None = None) -> list[Replica]:
+    url, env = fleet
+    env = dict(env)
+    password_file = Path(env.pop("password_file"))
+    return start_replicas(count, database_url=url, password_file=password_file, slack_api_url=fake_slack.api_url,
+                          work=work, extra_env=env, prefix=prefix)
+
+
+def query(url: str, sql: str, params: list | None = None) -> list[tuple]:
+    """Read the shared database directly, as an operator would with psql."""
+    with psycopg.connect(with_password(url, PASSWORD)) as conn:
+        return conn.execute(sql, params or []).fetchall()
+
+
+def wait_until(condition, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def state_of(url: str, request_id: int) -> str:
+    return query(url, "SELECT state FROM approval_requests WHERE id = %s", [request_id])[0][0]
+
+
+def wait_state(url: str, request_id: int, *states: str, timeout: float = 40.0) -> str:
+    return wait_until(lambda: (s := state_of(url, request_id)) in states and s, f"request #{request_id} in {states}",
+                      timeout)
+
+
+def click(replica: Replica, fake_slack, request_id: int, user: str, action_id: str = "approval_approve") -> None:
+    """A button press delivered to one replica; its private answer is not waited for (the replica may be paused)."""
+    body = block_action_body(action_id, str(request_id), user_id=user, response_url=fake_slack.response_url(user))
+    assert post_signed(f"{replica.url}/slack/events", body).status_code == 200
+
+
+def writes_of(kube: FakeKube, resource: str) -> int:
+    return len([r for r in kube.requests("POST") if resource in r.url.path and r.params.get("dryRun") != "All"])
+
+
+def test_an_executor_paused_past_its_lease_never_reapplies_a_change_a_survivor_finished_and_people_rolled_back(
+        fleet, mesh, fake_slack, tmp_path):
+    paused, survivor = serve(fleet, fake_slack, tmp_path, 2)
+    url = fleet[0]
+    try:
+        request_id, _ = ask(paused, fake_slack, "permissive-mtls payments")
+        stopped = threading.Event()
+
+        def pause_the_executor(request) -> None:
+            # The first object is stored; its writer is stopped before it hears so (SIGSTOP, as a long GC would).
+            if "peerauthentications" in request.url.path and not stopped.is_set() and request.method.value == "POST":
+                os.kill(paused.process.pid, signal.SIGSTOP)
+                stopped.set()
+        mesh.emulator.after_write.append(pause_the_executor)
+        click(paused, fake_slack, request_id, "UBOB")
+        click(paused, fake_slack, request_id, "UCAROL")
+        assert stopped.wait(30), "the executor never wrote its first object"
+
+        # The survivor resumes the orphaned execution once the lease is over, and people roll it back.
+        assert wait_state(url, request_id, "succeeded", "failed") == "succeeded"
+        rollback_id = ask_rollback(survivor, fake_slack, request_id, "UBOB")
+        click(survivor, fake_slack, rollback_id, "UCAROL")
+        click(survivor, fake_slack, rollback_id, "UDAVE")
+        assert wait_state(url, rollback_id, "succeeded", "failed") == "succeeded"
+        assert mesh.object("PeerAuthentication", "payments", "meshbot-emergency-permissive") is None
+        assert mesh.object("DestinationRule", "payments", "meshbot-emergency-plaintext") is None
+
+        os.kill(paused.process.pid, signal.SIGCONT)
+        superseded = wait_until(lambda: query(url, "SELECT data FROM events WHERE kind = 'execution_superseded'"),
+                                "the woken executor to say it was superseded")
+    finally:
+        if paused.alive():
+            os.kill(paused.process.pid, signal.SIGCONT)
+        stop_replicas([paused, survivor])
+
+    assert '"attempt": 1' in superseded[0][0]
+    assert "stopping with nothing more written" in paused.log.read_text()
+    # Nothing re-applied: the rolled-back objects stay gone, and the plaintext rule was written once (by the survivor).
+    assert mesh.object("PeerAuthentication", "payments", "meshbot-emergency-permissive") is None
+    assert mesh.object("DestinationRule", "payments", "meshbot-emergency-plaintext") is None
+    assert writes_of(mesh, "destinationrules") == 1
+    assert writes_of(mesh, "peerauthentications") == 1
+
+
+@pytest.fixture
+def faketime() -> str:
+    found = shutil.which("faketime")
+    if found is None:
+        pytest.fail("faketime not found: apt-get install -y faketime (scripts/test.sh installs it)")
+    return found
+
+
+def test_a_replica_whose_clock_is_five_minutes_ahead_takes_no_live_execution_over(fleet, mesh, fake_slack, tmp_path,
+                                                                                   faketime):
+    (executor,) = serve(fleet, fake_slack, tmp_path / "a", 1)
+    # Only the wall clock is skewed (libfaketime): Python's waits run on the monotonic clock, as in a real pod.
+    (ahead,) = serve(fleet, fake_slack, tmp_path / "b", 1,
+                     prefix=["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", faketime, "-f", "+5m"])
+    url = fleet[0]
+    try:
+        request_id, _ = ask(executor, fake_slack, "permissive-mtls payments")
+        held = threading.Event()
+
+        def hold_the_write(request) -> None:
+            # The executor stays live (its heartbeat renews the lease) while its first write takes two leases,
+            # long enough for the replica ahead to sweep several times.
+            if "peerauthentications" in request.url.path and request.method.value == "POST" and not held.is_set():
+                held.set()
+                time.sleep(LEASE_SECONDS * 2)
+        mesh.emulator.after_write.append(hold_the_write)
+        click(executor, fake_slack, request_id, "UBOB")
+        click(executor, fake_slack, request_id, "UCAROL")
+        assert wait_state(url, request_id, "succeeded", "failed") == "succeeded"
+    finally:
+        stop_replicas([executor, ahead])
+
+    attempts = query(url, "SELECT attempt, executor FROM approval_requests WHERE id = %s", [request_id])[0]
+    assert attempts[0] == 1, f"the replica 5 minutes ahead took the execution over: {attempts}"
+    assert writes_of(mesh, "peerauthentications") == 1
