@@ -9,8 +9,9 @@ serve`` runs; only the daily certificate scan is off (see ``demo_settings``).
 Two things differ from a live cluster, both in the diagnosis runner handed to
 ``build``: the clock is the scenario's (its 3 AM, moving on in real time, so the
 story's certificate dates stay true), and istiod's and the sidecar's HTTP answers
-come from the scenario's captured files through its endpoint resolver (kmock has no
-pods to port-forward to).
+come from the scenario's captured files (kmock has no pods to port-forward to),
+moved by what the bot's actions change in the cluster (``bot.demo.mesh``), so
+verification by effect sees a fix work.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from bot.demo.alerts import BY_KEY, AlertStatus, webhook_body
 from bot.demo.cluster import EmbeddedCluster
 from bot.demo.console import Console, ConsoleServer
 from bot.demo.controller import DemoController
+from bot.demo.mesh import DemoMesh
 from bot.demo.workspace import CHANNEL, PEOPLE, Workspace
 from bot.server.meshbot import Meshbot
 from bot.server.wiring import build
 from bot.settings import Settings
 from commands.catalog import default_checks
 from commands.checks.registry import Thresholds
-from commands.cluster.demo import Scenario, load_scenario
+from commands.cluster.demo import load_scenario
 from commands.resources.references import PodRef
 from commands.clients.kube import KubeClient
 from commands.findings import Finding
@@ -69,16 +71,17 @@ def demo_settings(*, api_url: str, kubeconfig: Path, db_path: Path, bot_token: s
 
 
 class DiagnosisRunner:
-    """The bot's diagnosis on the embedded cluster, with the scenario's clock and captured endpoints."""
+    """The bot's diagnosis on the embedded cluster, with the scenario's clock and its endpoints as the cluster's
+    state makes them (``bot.demo.mesh``)."""
 
-    def __init__(self, settings: Settings, scenario: Scenario, clock: ScenarioClock):
+    def __init__(self, settings: Settings, mesh: DemoMesh, clock: ScenarioClock):
         self.cluster = ClusterAccess(settings)
-        self.scenario = scenario
+        self.mesh = mesh
         self.clock = clock
         self.checks = default_checks()
 
     def __call__(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = ()) -> list[Finding]:
-        endpoints = self.scenario.endpoints()
+        endpoints = self.mesh.endpoints()
         endpoints.focus_pods = tuple(pods)
         return self.checks.diagnose(checks, self.cluster.source(), namespace=namespace, now=self.clock.now(),
                                     thresholds=Thresholds(), endpoints=endpoints)
@@ -136,8 +139,9 @@ class Demo:
 
         settings = demo_settings(api_url=self.console.url + "/api/", kubeconfig=self.cluster.kubeconfig(
             tmp / "kubeconfig"), db_path=tmp / "meshbot.db", **self._secrets)
-        self.runner = DiagnosisRunner(settings, self.scenario, self.clock)
-        self.bot = build(settings, runner=self.runner, clock=self.clock.now).start()
+        mesh = DemoMesh(self._controller_client, self.scenario)
+        self.runner = DiagnosisRunner(settings, mesh, self.clock)
+        self.bot = build(settings, runner=self.runner, clock=self.clock.now, endpoints=mesh.endpoints).start()
         self.workspace.bot_url = self.bot.url
 
     def send_alert(self, key: str, state: AlertStatus) -> int:

@@ -221,8 +221,14 @@ def judge(effect: Effect, before: Observation, after: Observation) -> EffectRepo
         else:
             lines.append(f"istiod still does not answer ({after.istiod_error})")
     traffic, traffic_lines = _traffic_lines(before, after)
-    signals += [1.0 if fell else 0.0 for fell in traffic]
-    lines += traffic_lines
+    if effect == Effect.CONTROL_PLANE:
+        # istiod serving again is the whole effect of an istiod fix; traffic that still fails has another cause
+        # (an expired root, a policy) whose own remedy is next, so it is shown but does not judge this one.
+        lines += [f"{line} (another cause remains)" if line.endswith("did not fall") else line
+                  for line in traffic_lines]
+    else:
+        signals += [1.0 if fell else 0.0 for fell in traffic]
+        lines += traffic_lines
     if not signals:
         return EffectReport(Outcome.UNMEASURED, tuple(lines or ["no proxy or traffic in scope could be read"]))
     if all(s == 1.0 for s in signals):
