@@ -15,6 +15,7 @@ from bot.approvals.rule import RequestState
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import Event
 from commands.actions.planners import EMERGENCY_POLICY
+from tests.support.bot import quiesce
 from tests.support.istiod import FakeIstiod, syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack, block_action_body, post_signed, slash_command_body
@@ -593,6 +594,55 @@ def test_a_rejected_request_typed_outside_any_incident_closes_its_incident(actio
     request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
     assert "closed" in press(meshbot, fake_slack, "approval_reject", str(request_id), "UCAROL")
     fake_slack.wait_for(lambda: IncidentLog(meshbot.database).get(1).status == "resolved", what="the manual incident closed")
+
+
+def typed(meshbot, fake_slack: FakeSlack, text: str, user: str) -> str:
+    """Type ``/mesh text`` as ``user``; returns what meshbot told them privately."""
+    name = f"typed{next(_answer_names)}"
+    body = slash_command_body(text, user_id=user, response_url=fake_slack.response_url(name))
+    assert post_signed(f"{meshbot.url}/slack/events", body).status_code == 200
+    return fake_slack.wait_for(lambda: fake_slack.answers_to(name), what=f"the answer to /mesh {text}")[0]
+
+
+def test_approve_and_rollback_typed_as_text_follow_the_two_person_rule_of_the_buttons(action_bot, cluster,
+                                                                                       fake_slack):
+    cluster.add(peer_authentication("default", "payments", "STRICT"))
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    assert "your approval does not count" in typed(meshbot, fake_slack, f"approve {request_id}", "UALICE")
+    assert "Approval recorded" in typed(meshbot, fake_slack, f"approve #{request_id}", "UBOB")
+    assert "counts once" in typed(meshbot, fake_slack, f"approve {request_id}", "UBOB")
+    assert "running now" in typed(meshbot, fake_slack, f"approve {request_id}", "UCAROL")
+    assert wait_finished(meshbot, fake_slack, request_id).state == RequestState.SUCCEEDED
+
+    answer = typed(meshbot, fake_slack, f"rollback {request_id}", "UBOB")
+    rollback_id = int(answer.split("Rollback request #", 1)[1].split()[0])
+    approve(meshbot, fake_slack, rollback_id, "UCAROL", "UDAVE")
+    assert wait_finished(meshbot, fake_slack, rollback_id).state == RequestState.SUCCEEDED
+    assert cluster.object("PeerAuthentication", "payments", "default")["spec"]["mtls"]["mode"] == "STRICT"
+    clicks = [(e.actor, e.data["accepted"]) for e in events(meshbot, meshbot.approvals.get(request_id).incident_id)
+              if e.kind == "approval_click" and e.data.get("request_id") == request_id]
+    assert clicks[:3] == [("UALICE", False), ("UBOB", True), ("UBOB", False)], "typed votes are audited as clicks"
+
+
+def test_reject_typed_as_text_closes_the_request(action_bot, cluster, fake_slack):
+    meshbot = action_bot()
+    request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    assert "closed" in typed(meshbot, fake_slack, f"reject {request_id}", "UCAROL")
+    assert request_state(meshbot, request_id) == RequestState.REJECTED
+    body = slash_command_body("reject twelve", user_id="UCAROL", response_url=fake_slack.response_url())
+    assert "not a request number" in post_signed(f"{meshbot.url}/slack/events", body).json()["text"]
+
+
+def test_a_request_typed_during_an_open_incident_about_its_namespace_joins_that_incident(action_bot, cluster,
+                                                                                        fake_slack):
+    meshbot = action_bot()
+    first, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
+    second, name = ask(meshbot, fake_slack, "bypass namespace payments")
+    assert meshbot.approvals.get(second).incident_id == meshbot.approvals.get(first).incident_id
+    assert "It is part of incident #1, which is open about `payments`" in fake_slack.answers_to(name)[0]
+    quiesce(meshbot)
+    assert len(fake_slack.messages(top_level=True)) == 1, "one top-level post for one conversation"
 
 
 def test_a_long_diff_is_collapsed_into_the_attached_plan(action_bot, cluster, fake_slack):

@@ -454,6 +454,40 @@ def test_a_joined_group_resolving_says_so_in_the_conversation_it_joined(incident
     assert "lasted 1h 12m" in last_update(fake_slack, second, contains="Resolved")["blocks"][0]["text"]["text"]
 
 
+def test_a_resolved_outage_resolves_the_incidents_that_joined_it_and_says_which(incident_bot, fake_slack):
+    send(incident_bot, istiod_down())
+    [first] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the first incident")
+    wait_for_diagnostics(fake_slack, first)
+    send(incident_bot, high_error_rate())
+    second = fake_slack.wait_for(lambda: top_levels(fake_slack)[1:], what="the second group's message")[0]
+    last_update(fake_slack, second, contains="Same probable cause")
+    down = istiod_down()
+    down["status"] = down["alerts"][0]["status"] = "resolved"
+    down["alerts"][0]["endsAt"] = "2026-11-24T04:10:00Z"
+    send(incident_bot, down)
+    note = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, first) if "Also resolved" in m["text"]],
+                               what="the linked incidents named in the outage's thread")[0]
+    assert note["text"] == "Also resolved with incident #1: #2 (part of the same outage)"
+    quiesce(incident_bot)
+    statuses = {row["id"]: (row["status"], row["resolved_by"])
+                for row in incident_bot.database.db.query("SELECT id, status, resolved_by FROM incidents")}
+    assert statuses == {1: ("resolved", "alertmanager"), 2: ("resolved", "meshbot")}
+
+
+def test_a_diagnosis_typed_during_an_open_incident_answers_in_its_thread(incident_bot, fake_slack):
+    send(incident_bot, istiod_down())
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    wait_for_diagnostics(fake_slack, top)
+    slash(incident_bot, fake_slack, "status istio-system")
+    told = ephemeral_answers(fake_slack, 1)[0]
+    assert told.startswith("Answering in the thread of incident #1, which is open about `istio-system`")
+    fake_slack.wait_for(lambda: [m for m in thread(fake_slack, top) if m["text"].startswith("status \u00b7 ")],
+                        what="the findings in the incident's thread")
+    quiesce(incident_bot)
+    assert len(top_levels(fake_slack)) == 1, "one top-level post per outage"
+    assert any(m["text"].startswith("Running status for istio-system") for m in thread(fake_slack, top))
+
+
 def test_incident_show_says_when_in_date_time_and_zone_who_as_a_mention_and_what_in_words(incident_bot, fake_slack):
     send(incident_bot, payload("firing.json"))
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")

@@ -7,12 +7,14 @@ to the person who clicked is ephemeral; the thread shows the request's state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.approvals import blocks as approval_blocks
 from bot.approvals.desk import ApprovalDesk, request_number
 from bot.approvals.rule import Vote
 from bot.incidents.commands import incident_number
+from bot.incidents.conversation import Conversation
 from bot.slack.app import Buttons, Invocation
 from bot.slack.errors import explaining
 from bot.slack.roles import Permission
@@ -74,22 +76,59 @@ def button_number(value: str) -> int:
 
 
 @dataclass(frozen=True)
+class RequestVerb:
+    """``/mesh approve|reject|rollback N``: what the buttons do, typed (a phone, a screen reader)."""
+
+    request_id: int
+
+
+def request_verb_parser(verb: str) -> Parser:
+    def parse_verb(words: list[str], rest: str) -> RequestVerb:
+        if len(words) != 1:
+            raise UsageError(f"usage: `/mesh {verb} N` (N: the request number its card shows)")
+        number = request_number(words[0].lstrip("#"))
+        if number is None:
+            raise UsageError(f"`{words[0][:20]}` is not a request number. Usage: `/mesh {verb} N`")
+        return RequestVerb(number)
+    return parse_verb
+
+
+@dataclass(frozen=True)
 class ApprovalCommands:
     """Asking plans against the cluster, so ``ask``, ``roll_back`` and ``take_suggestion`` are registered to run
     on the worker pool; votes only touch the database and run on the messenger pool."""
 
     desk: ApprovalDesk
     istio_namespace: str
+    conversation: Callable[[str, str | None], Conversation | None] | None = None
+    """The open incident a request typed without ``--incident`` belongs to (one conversation per outage)."""
 
     def ask(self, who: Invocation, request: ActionRequest) -> None:
         target = parse_action(request.words, istio_namespace=self.istio_namespace)
+        incident_id, attached = request.incident_id, ""
+        if incident_id is None and self.conversation is not None:
+            # A restart typed during an outage belongs in that outage's thread, not in an incident of its own.
+            found = self.conversation(who.channel, target.namespace)
+            if found is not None:
+                incident_id = found.incident_id
+                attached = (f" It is part of incident #{found.incident_id}, which is open about `{target.namespace}` "
+                            "(`--incident ID` picks another).")
         with explaining(f"cannot plan `/mesh {target.command}`"):
             request_id = self.desk.request(target, requester=who.user, reason=request.reason,
-                                           channel=who.channel, incident_id=request.incident_id)
+                                           channel=who.channel, incident_id=incident_id)
         policy = self.desk.policy
         who.tell(f"Request #{request_id} for `/mesh {target.command}` is in the thread. It runs once "
-                 f"{policy.required} approver(s) other than you press Approve (within "
-                 f"{int(policy.ttl.total_seconds() // 60)} minutes).")
+                 f"{policy.required} approver(s) other than you approve it (within "
+                 f"{int(policy.ttl.total_seconds() // 60)} minutes).{attached}")
+
+    def approve_typed(self, who: Invocation, request: RequestVerb) -> None:
+        self._vote(who, str(request.request_id), Vote.APPROVE)
+
+    def reject_typed(self, who: Invocation, request: RequestVerb) -> None:
+        self._vote(who, str(request.request_id), Vote.REJECT)
+
+    def roll_back_typed(self, who: Invocation, request: RequestVerb) -> None:
+        self.roll_back(who, str(request.request_id))
 
     def approve(self, who: Invocation, value: str) -> None:
         self._vote(who, value, Vote.APPROVE)
@@ -138,16 +177,29 @@ def refuse_without_cluster(who: Invocation, request: object) -> None:
     who.tell(NO_LIVE_CLUSTER)
 
 
-def register(commands: SlashCommands, buttons: Buttons, desk: ApprovalDesk | None, *, istio_namespace: str) -> None:
+def register(commands: SlashCommands, buttons: Buttons, desk: ApprovalDesk | None, *, istio_namespace: str,
+             conversation: Callable[[str, str | None], Conversation | None] | None = None) -> None:
     """The action sub-commands and buttons; without a desk (a captured scenario) they explain why not.
 
     Asking for an action or a rollback needs REQUEST (MESHBOT_REQUEST_BY); approving and rejecting are judged
-    by the two-person rule itself (``bot.approvals.rule``), so those buttons declare no permission."""
-    approvals = ApprovalCommands(desk, istio_namespace) if desk is not None else None
+    by the two-person rule itself (``bot.approvals.rule``), so those buttons and the commands typed for them
+    declare no permission of their own."""
+    approvals = ApprovalCommands(desk, istio_namespace, conversation) if desk is not None else None
     for name in ActionName:
         commands.add(name.value, usage=f"{USAGE[name]} {ACTION_OPTIONS}", summary=SUMMARIES[name],
                      parse=action_parser(name.value), handle=approvals.ask if approvals else refuse_without_cluster,
                      permission=Permission.REQUEST, background=True)
+    # Everything a button does can be typed, under the same rule and audit (the click path itself).
+    commands.add("approve", usage="approve N", summary="approve request N, as its Approve button does",
+                 parse=request_verb_parser("approve"),
+                 handle=approvals.approve_typed if approvals else refuse_without_cluster)
+    commands.add("reject", usage="reject N", summary="reject request N, as its Reject button does",
+                 parse=request_verb_parser("reject"),
+                 handle=approvals.reject_typed if approvals else refuse_without_cluster)
+    commands.add("rollback", usage="rollback N", summary="ask to roll back request N (needs approvals like any "
+                 "action)", parse=request_verb_parser("rollback"),
+                 handle=approvals.roll_back_typed if approvals else refuse_without_cluster,
+                 permission=Permission.REQUEST, background=True)
     buttons.add(approval_blocks.APPROVE, approvals.approve if approvals else refuse_without_cluster)
     buttons.add(approval_blocks.REJECT, approvals.reject if approvals else refuse_without_cluster)
     buttons.add(approval_blocks.ROLLBACK, approvals.roll_back if approvals else refuse_without_cluster,

@@ -385,6 +385,14 @@ def incident_resolved_note(view: TopView, now: datetime, actor: str | None = Non
                                      f"{view.lasted(now)} ({_span(view, now)}).")])
 
 
+def linked_resolved_note(parent_id: int, linked: Sequence[int]) -> Message:
+    """The incidents that were part of this outage closed with it: said once, in the outage's thread."""
+    numbers = ", ".join(f"#{i}" for i in linked)
+    text = f"Also resolved with incident #{parent_id}: {numbers} (part of the same outage)"
+    return message_of(text, [context(f"Also resolved with it: {numbers}, which joined this outage (same probable "
+                                     "cause).")])
+
+
 def note_message(user: str, text: str) -> Message:
     return message_of(f"Note from <@{user}>: {plain(text)}", [section(f":memo: *Note from <@{user}>:* {escape(text)}")])
 

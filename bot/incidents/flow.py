@@ -331,7 +331,23 @@ class IncidentFlow:
             self._thread_post(db, self.incidents.get_in(db, view.joined.incident_id), note)
         else:
             self._thread_post(db, view.incident, note)
+            self._resolve_linked(db, view.incident)
         return True
+
+    def _resolve_linked(self, db: sqlite_utils.Database, parent: Incident) -> list[int]:
+        """Incidents that joined this one's outage (same probable cause) close with it, and the thread says which:
+        #4-#7 must not stay open after #1 resolves (issue 27).  Closed by meshbot, so a late repeat of their
+        alert does not reopen them (``_reopen_if_resolved_by_hand``)."""
+        linked = [other for other in self.incidents.open_diagnosed_except(db, parent.id)
+                  if (stored := self.incidents.latest_diagnosis(other.id, db)) and stored.joined == parent.id]
+        closed = [other.id for other in linked
+                  if self.incidents.close(db, other.id, MESHBOT, f"resolved with incident #{parent.id}, whose "
+                                                                 "outage it was part of")]
+        for incident_id in closed:
+            self._refresh_top(db, incident_id)
+        if closed:
+            self._thread_post(db, parent, blocks.linked_resolved_note(parent.id, closed))
+        return closed
 
     # -- incidents meshbot opens itself (an expired mesh root) -----------------------------
 

@@ -27,6 +27,7 @@ from bot.cluster import ClusterAccess
 from bot.diagnosis import Diagnostician, Runner
 from bot.incidents import blocks as incident_blocks
 from bot.incidents import commands as incident_commands
+from bot.incidents.conversation import Conversations
 from bot.incidents.delivery import IncidentDeliveries
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.intake import alertmanager_route
@@ -112,10 +113,13 @@ def build(settings: Settings, *, runner: Runner | None = None,
 
     # Each sub-command and button is registered by its feature in one call (parser, handler, permission, pool).
     commands, buttons = SlashCommands(), Buttons()
+    # While an incident about the same scope is open in the channel, commands answer in its thread (issue 27).
+    conversations = Conversations(incidents, outbox)
     diagnosis_commands.register(commands, checks, diagnostician=diagnostician, slack=slack, metrics=metrics,
-                                workers=workers, outbox=outbox)
+                                workers=workers, outbox=outbox, conversation=conversations)
     incident_commands.register(commands, flow)
-    approval_commands.register(commands, buttons, approvals, istio_namespace=settings.istio_namespace)
+    approval_commands.register(commands, buttons, approvals, istio_namespace=settings.istio_namespace,
+                               conversation=conversations)
     reminder_commands.register(commands, reminders)
     commands.audit_refused(_refused_command_recorder(incidents))
     roles = RoleCheck(Roles.from_settings(settings), slack.usergroup_members)
