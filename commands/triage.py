@@ -267,7 +267,8 @@ def one_config_is_rejected_everywhere(findings: Sequence[Finding]) -> Iterable[L
         # A proxy has one MB2002 (its last rejection), so the proxies named are exactly the grouped findings.
         proxies = set(cause.evidence.get("proxies") or ())
         for effect in findings:
-            if effect.code == "MB2002" and effect.origin in proxies:
+            # MB4025 is the same rejection seen from the proxy's side (Envoy's lds/cds update_rejected counters).
+            if effect.code in {"MB2002", "MB4025"} and effect.origin in proxies:
                 yield Link(cause, effect, "every one of these proxies rejects the same config from one resource",
                            Confidence.HIGH)
 

@@ -299,3 +299,14 @@ def test_a_policy_in_another_namespace_does_not_explain_the_403s():
                            workloads="invoices")
     result = triage([rbac_denied(), policy])
     assert len(result.causes) == 2
+
+
+def test_a_grouped_rejection_also_explains_the_proxies_own_rejected_update_counters():
+    pods = ["Pod bookinfo/reviews-v2-5b64f5c8d6-xk2lp", "Pod bookinfo/ratings-v1-7d9f8c6b5-q2w3e"]
+    grouped = codes.finding("MB2012", origin="EnvoyFilter bookinfo/custom-auth", proxies="2 proxies reject",
+                            types="LDS", error="Error adding/updating listener(s) virtualInbound", source="x",
+                            evidence={"proxies": pods})
+    counters = [codes.finding("MB4025", origin=pod, pod=pod.split(" ")[1], count=3, what="listeners", cause="x")
+                for pod in pods]
+    result = triage([*counters, grouped])
+    assert [c.finding for c in result.causes] == [grouped]
