@@ -3,10 +3,14 @@ refused (its own fix first) when the dependency fails, unaffected when it does n
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from commands import codes
 from commands.actions import parse_action
+from commands.actions.memory import DEPENDS_ON, MAY_STAY_PENDING, REQUEST_FOLLOWS_LIMIT
+from commands.actions.review import UNDO, restart_judgement
 from commands.actions.dependencies import (
     Diagnosis, State, checks_for, effect_of_target, evaluate, fix_first_text, rollback_needs, unmet,
 )
@@ -118,3 +122,24 @@ def test_new_pods_are_checked_with_certs_and_config_without():
 def test_rolling_back_permissive_mtls_depends_on_the_ca_the_change_worked_around():
     needs = rollback_needs(parse_action("permissive-mtls prod".split()))
     assert Dependency.CA in needs and Dependency.ISTIOD in needs
+
+
+# -- every judgement a card shows cites where it comes from (the remediation audit, for actions) -------------
+
+SOURCE = re.compile(r"https://\S+|\b(?:pilot|security|pkg|manifests)/\S+\.(?:go|yaml)\b")
+
+
+def card_judgements() -> list[str]:
+    target = parse_action("restart payment -n prod".split())
+    oom = codes.finding("MB1002", origin="Pod prod/payment-7d9f8c6b5-x2x4k", role="workload", container="app",
+                        pod="prod/payment-7d9f8c6b5-x2x4k", restarts=3, limit="1Gi")
+    crash = codes.finding("MB1003", origin="Pod prod/payment-7d9f8c6b5-x2x4k", role="workload", pod="prod/payment-7d9f8c6b5-x2x4k",
+                          container="app", restarts=9, reason="CrashLoopBackOff")
+    judgements = [restart_judgement(target, "payment", findings) for findings in ([oom], [crash], [])]
+    return [*judgements, *(risk for _, risk in UNDO.values() if risk), DEPENDS_ON, MAY_STAY_PENDING,
+            REQUEST_FOLLOWS_LIMIT]
+
+
+@pytest.mark.parametrize("text", card_judgements())
+def test_every_judgement_on_an_approval_card_cites_its_source(text):
+    assert SOURCE.search(text), text

@@ -129,8 +129,11 @@ def restart_judgement(target: ActionTarget, name: str, findings: Sequence[Findin
     crash = next((f for f in own if f.code == CRASH_LOOP), None)
     if crash is not None:
         return ("Won't help alone: it crash-loops, and a new pod runs the same code and config; read its previous "
-                "log for the cause (kubectl logs --previous).")
-    return "May help: nothing in a fresh diagnosis says its pods fail for a reason a restart keeps."
+                "log for the cause (kubectl logs --previous, https://kubernetes.io/docs/reference/kubectl/generated/"
+                "kubectl_logs/).")
+    return ("May help: nothing in a fresh diagnosis says its pods fail for a reason a restart keeps (a restart "
+            "replaces the pods and keeps the template: https://kubernetes.io/docs/reference/kubectl/generated/"
+            "kubectl_rollout/kubectl_rollout_restart/).")
 
 
 def review(client: KubeClient, target: ActionTarget, name: str | None, findings: Sequence[Finding]) -> Review:
