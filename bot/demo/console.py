@@ -6,6 +6,7 @@ Routes:
   ``POST /console/command|click|alert``          JSON from the page: a ``/mesh`` command, a button, an alert
   ``POST /api/<method>``                         the Web API (``bot.demo.workspace``)
   ``POST /upload/<file>``, ``/response/<token>`` files upload v2 and response_url
+  ``GET /files/<file>``                          an uploaded picture (the timeline's graph), shown inline
 
 It listens on loopback only.  The console's POSTs must be ``application/json`` (a
 cross-site form cannot send that without a CORS preflight, which is never granted)
@@ -29,7 +30,7 @@ from typing import Any
 from bot.demo import render
 from bot.demo.alerts import BY_KEY, CATALOGUE, AlertStatus
 from bot.demo.page import SCRIPT, STYLE, page
-from bot.demo.workspace import CHANNEL_NAME, PEOPLE, Message, SlackRefusal, Workspace
+from bot.demo.workspace import CHANNEL_NAME, PEOPLE, File, Message, SlackRefusal, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,7 @@ def _when(ts: str) -> str:
 def message_html(message: Message, names: render.Names, replies: list[Message] | None = None) -> str:
     info = {"ts": message.ts, "ephemeral": "1" if message.visible_to else ""}
     body = render.blocks(message.blocks, info, names) if message.blocks else render.mrkdwn(message.text, names)
-    files = "".join(
-        f'<details class="file"><summary>\U0001f4c4 {html.escape(f.title or f.filename)}</summary>'
-        f"<pre>{html.escape(f.content)}</pre></details>" for f in message.files)
+    files = "".join(_file_html(f) for f in message.files)
     classes = "message ephemeral" if message.visible_to else "message"
     only = '<span class="only-you">Only visible to you</span> ' if message.visible_to else ""
     edited = ' <span class="edited">(edited)</span>' if message.edited else ""
@@ -70,6 +69,17 @@ def message_html(message: Message, names: render.Names, replies: list[Message] |
             f'<span class="who">{html.escape(names(message.user))}</span>'
             f'<span class="when">{_when(message.ts)}</span>{edited}'
             f'<div class="body">{body}{files}</div>{thread}</div>')
+
+
+def _file_html(file: File) -> str:
+    """A picture inline (served by ``GET /files/<id>`` from this origin, as the CSP's img-src allows), a text file
+    folded like Slack's snippet preview."""
+    title = html.escape(file.title or file.filename)
+    if file.image:
+        return (f'<figure class="file image"><img src="/files/{urllib.parse.quote(file.id)}" '
+                f'alt="{html.escape(file.alt_text or file.title, quote=True)}"><figcaption>{title}</figcaption>'
+                "</figure>")
+    return f'<details class="file"><summary>\U0001f4c4 {title}</summary><pre>{html.escape(file.content)}</pre></details>'
 
 
 def channel_html(messages: list[Message], names: render.Names) -> str:
@@ -225,6 +235,11 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, STYLE.encode(), "text/css; charset=utf-8")
             if url.path == "/console.js":
                 return self._send(200, SCRIPT.encode(), "text/javascript; charset=utf-8")
+            if url.path.startswith("/files/"):
+                shared = workspace.file(urllib.parse.unquote(url.path.removeprefix("/files/")))
+                if shared is None or not shared.image:
+                    return self._json(404, {"error": "not found"})
+                return self._send(200, shared.image, "image/png")
             if url.path == "/console/state":
                 user = urllib.parse.parse_qs(url.query).get("user", [""])[0]
                 try:

@@ -55,6 +55,8 @@ pre { background: #f8f8f8; border: 1px solid #e1e1e1; padding: 6px; white-space:
 code { background: #f3f3f3; color: #c01343; padding: 0 3px; border-radius: 3px; }
 .mention { background: #e8f5fa; color: #1264a3; }
 .file { border: 1px solid #ddd; border-radius: 6px; padding: 4px 8px; margin: 4px 0; }
+.file.image img { display: block; max-width: 100%; height: auto; }
+.file.image figcaption { font-size: 12px; color: #555; }
 #dialog { position: fixed; inset: 0; background: rgba(0,0,0,.4); display: none; align-items: center;
           justify-content: center; }
 #dialog.open { display: flex; }

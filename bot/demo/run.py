@@ -39,6 +39,7 @@ from bot.server.wiring import build
 from bot.settings import Settings
 from commands.catalog import default_checks
 from commands.checks.registry import Thresholds
+from bot.timeline.reader import CAPTURES
 from commands.cluster.demo import load_scenario
 from commands.resources.references import PodRef
 from commands.clients.kube import KubeClient
@@ -141,7 +142,9 @@ class Demo:
             tmp / "kubeconfig"), db_path=tmp / "meshbot.db", **self._secrets)
         mesh = DemoMesh(self._controller_client, self.scenario)
         self.runner = DiagnosisRunner(settings, mesh, self.clock)
-        self.bot = build(settings, runner=self.runner, clock=self.clock.now, endpoints=mesh.endpoints).start()
+        # The outage's telemetry, Events and changes are captured beside the scenario: no Prometheus to run.
+        self.bot = build(settings, runner=self.runner, clock=self.clock.now, endpoints=mesh.endpoints,
+                         timeline_captures=self.scenario.cluster_dir.parent / CAPTURES).start()
         self.workspace.bot_url = self.bot.url
 
     def send_alert(self, key: str, state: AlertStatus) -> int:

@@ -50,12 +50,19 @@ class Person:
 PEOPLE = (Person("UALICE", "alice"), Person("UBOB", "bob", approver=True), Person("UCAROL", "carol", approver=True))
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 @dataclass
 class File:
     id: str
     title: str = ""
     filename: str = ""
     content: str = ""
+    """A text file's text; empty for an image."""
+    image: bytes = b""
+    """A PNG's bytes (the console shows it as a picture, as Slack does)."""
+    alt_text: str = ""
 
 
 @dataclass
@@ -74,7 +81,8 @@ class Message:
     def public(self) -> dict[str, Any]:
         return {"ts": self.ts, "channel": self.channel, "user": self.user, "text": self.text, "blocks": self.blocks,
                 "thread_ts": self.thread_ts, "edited": self.edited, "ephemeral": self.visible_to is not None,
-                "files": [{"id": f.id, "title": f.title, "filename": f.filename} for f in self.files]}
+                "files": [{"id": f.id, "title": f.title, "filename": f.filename, "image": bool(f.image)}
+                          for f in self.files]}
 
 
 class SlackRefusal(Exception):
@@ -213,7 +221,8 @@ class Workspace:
     def _files_getUploadURLExternal(self, args: dict) -> dict:
         file_id = f"F{next(self._ts):08d}"
         with self._lock:
-            self._pending_files[file_id] = File(file_id, filename=str(args.get("filename") or ""))
+            self._pending_files[file_id] = File(file_id, filename=str(args.get("filename") or ""),
+                                                alt_text=str(args.get("alt_txt") or ""))
         return {"upload_url": f"{self.base_url}/upload/{file_id}", "file_id": file_id}
 
     def upload(self, file_id: str, content: bytes) -> bool:
@@ -232,8 +241,12 @@ class Workspace:
             done = []
             for entry in files:
                 pending = self._pending_files.pop(entry["id"])
-                content = self.uploads.get(entry["id"], b"").decode("utf-8", "replace")
-                done.append(File(entry["id"], str(entry.get("title") or pending.filename), pending.filename, content))
+                data = self.uploads.get(entry["id"], b"")
+                title = str(entry.get("title") or pending.filename)
+                if data.startswith(PNG_SIGNATURE):
+                    done.append(File(entry["id"], title, pending.filename, image=data, alt_text=pending.alt_text))
+                else:
+                    done.append(File(entry["id"], title, pending.filename, data.decode("utf-8", "replace")))
         channel = args.get("channel_id")
         if channel:
             if channel != CHANNEL:

@@ -284,7 +284,7 @@ def _cause_lines(view: TopView) -> list[str]:
     lines = [f"*Probable cause* ({escape(headline.confidence)} confidence): {escape(headline.title)}",
              f"*Impact:* {escape(headline.explains)}"]
     if headline.timing:
-        lines.append(f"*When:* {escape(headline.timing)}")
+        lines.append(f"*Just before the errors:* {escape(headline.timing)}")
     step = headline.first_step
     if step:
         line = f"*First step:* {escape(step.summary)}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -82,10 +82,11 @@ class IncidentDiagnosis:
         the first step in the top message — or, when an open incident's triage names the same cause, join it."""
         incident = self.incidents.get(incident_id)
         playbook = self.playbooks.get(incident.playbook or "") or self.playbooks.match(incident.labels)
+        pending_timeline = self._start_timeline(incident)
         findings, errors, steps = self._run_playbook(playbook, incident.labels, self._queued_note(incident))
         summaries, rest = split_summary(findings)
         result = triage(rest)
-        timeline = self._read_timeline(incident)
+        timeline = pending_timeline.result() if pending_timeline is not None else None
         if timeline is not None and self.timeline is not None:
             # A change shortly before the onset on the failing edges breaks ties of equal impact (triage.ORDERING).
             result, _ = rank_by_time(result, timeline.telemetry.edges, timeline.changes,
@@ -133,14 +134,14 @@ class IncidentDiagnosis:
                 self.metrics.findings_posted.labels(level=str(finding.level)).inc()
         return findings
 
-    def _read_timeline(self, incident: Incident) -> Timeline | None:
+    def _start_timeline(self, incident: Incident) -> Future[Timeline | None] | None:
         """The timeline around the incident's first alert's startsAt (when Alertmanager says the trouble began),
-        or around its opening for an incident without alerts."""
+        or around its opening for an incident without alerts; read while the playbook runs."""
         if self.timeline is None:
             return None
         starts = [parse_time(str(a["starts_at"])) for a in self.incidents.alerts(incident.id) if a.get("starts_at")]
         at = min((s for s in starts if s is not None), default=incident.opened_at)
-        return self.timeline.read_or_none(at=at, namespaces=incident.namespaces)
+        return self.timeline.start(at=at, namespaces=incident.namespaces)
 
     def _timeline_post(self, incident: Incident, timeline: Timeline | None,
                        view: Scoped) -> timeline_thread.TimelinePost | None:

@@ -36,6 +36,7 @@ from bot.incidents.records import EventKind, Incident, iso, utcnow
 from bot.runtime.metrics import Metrics
 from bot.slack.blocks import Message
 from bot.slack.outbox import Outbox
+from bot.timeline.reader import TimelineReader
 from bot.incidents.playbooks import PlaybookSet
 from commands.errors import UserError
 
@@ -73,6 +74,8 @@ class IncidentFlow:
     render_suggestions: SuggestionRenderer = field(
         default=lambda incident, suggestions: blocks.suggestions_blocks(suggestions))
     clock: Callable[[], datetime] = field(default=utcnow)
+    timeline: TimelineReader | None = None
+    """The timeline each diagnosis reads around its alert (docs/timeline.md); None: snapshots only."""
     diagnosis: IncidentDiagnosis = field(init=False)
     _loop: WakeableLoop = field(init=False)
     _writer: NotificationWriter = field(init=False)
@@ -110,7 +113,7 @@ class IncidentFlow:
         self.diagnosis = IncidentDiagnosis(
             database=self.database, incidents=self.incidents, outbox=self.outbox, playbooks=self.playbooks,
             diagnostician=self.diagnostician, workers=self.workers, metrics=self.metrics,
-            render_suggestions=self.render_suggestions, clock=self.clock)
+            render_suggestions=self.render_suggestions, clock=self.clock, timeline=self.timeline)
 
     def wake(self) -> None:
         self._loop.wake()

@@ -18,6 +18,7 @@ from bot.incidents.log import IncidentLog
 from bot.incidents.records import DiagnosisRecord, Event, EventKind
 from bot.slack.outbox import Outbox
 from bot.incidents import blocks
+from bot.timeline.summary import TimelineSummary
 from commands.actions.targets import ActionName, ActionUsageError, Scope, parse_action
 
 
@@ -36,7 +37,7 @@ def headline_of(diagnosis: DiagnosisRecord | None, incident_id: int) -> blocks.H
                                  button_value=value)
     return blocks.Headline(key=cause["key"], title=cause["title"], explains=cause.get("explains", ""),
                            confidence=cause.get("confidence", ""), because=tuple(cause.get("because") or ()),
-                           first_step=first)
+                           first_step=first, timing=cause.get("timing"))
 
 
 def effect_of(action: str) -> str | None:
@@ -106,7 +107,8 @@ def top_view(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbox, 
         description=str(opened_data.get("description") or ""), headline=headline_of(diagnosis, incident_id),
         diagnosed=incident.diagnosed, joined=joined, in_effect=in_effect(events),
         opened_by=opened.actor if opened else None,
-        requested_action=str(opened_data.get("reason", "")).removeprefix("/mesh ") if manual else None)
+        requested_action=str(opened_data.get("reason", "")).removeprefix("/mesh ") if manual else None,
+        timeline=TimelineSummary.from_data(diagnosis.timeline) if diagnosis and diagnosis.timeline else None)
 
 
 def thread_url(outbox: Outbox, channel: str | None, entry: int | None) -> str | None:

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import sqlite_utils
@@ -55,6 +56,8 @@ from bot.slack.outbox import Outbox
 from bot.slack.roles import RoleCheck, Roles
 from bot.slack.slash import RefusedCommand, SlashCommands
 from bot.storage.database import Database
+from bot.timeline import commands as timeline_commands
+from bot.timeline.reader import TimelineReader
 from commands.catalog import default_checks
 from commands.checks.registry import CheckRegistry
 from commands.clients.lease import LeaderElector
@@ -67,12 +70,14 @@ MESSENGER_THREADS = 4
 
 def build(settings: Settings, *, runner: Runner | None = None,
           clock: Callable[[], datetime] | None = None,
-          endpoints: Callable[[], EndpointResolver] | None = None) -> Meshbot:
+          endpoints: Callable[[], EndpointResolver] | None = None,
+          timeline_captures: Path | None = None) -> Meshbot:
     """Wire the bot from settings; raises SettingsError for what ``serve`` cannot run without.
 
     ``runner`` replaces how a diagnosis is computed (the Slack benchmark pads it to a fixed duration);
     ``clock`` what incidents are timed by (default: the scenario's moving clock, or the wall clock);
-    ``endpoints`` where verification by effect reads istiod and Envoy (default: the cluster's, as checks do).
+    ``endpoints`` where verification by effect reads istiod and Envoy (default: the cluster's, as checks do);
+    ``timeline_captures`` captured timeline answers read instead of the cluster and Prometheus (the demo's).
     """
     require_settings(settings)
     checks = default_checks()
@@ -88,6 +93,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     cluster = ClusterAccess(settings)
     diagnostician = Diagnostician(cluster, checks, runner=runner)
     clock = clock or cluster.incident_clock()
+    timeline = TimelineReader(settings, cluster, clock, captures=timeline_captures)
     workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="work")
     messengers = ThreadPoolExecutor(max_workers=MESSENGER_THREADS, thread_name_prefix="messenger")
 
@@ -108,7 +114,8 @@ def build(settings: Settings, *, runner: Runner | None = None,
                                                          istio_namespace=settings.istio_namespace, clock=clock))
     flow = IncidentFlow(database=database, incidents=incidents, outbox=outbox, playbooks=playbooks,
                         diagnostician=diagnostician, workers=workers, channel=settings.channel, metrics=metrics,
-                        render_suggestions=_suggestion_buttons if approvals else _suggestion_text, clock=clock)
+                        render_suggestions=_suggestion_buttons if approvals else _suggestion_text, clock=clock,
+                        timeline=timeline)
     reminders, scheduler = _reminders(settings, database, cluster, outbox, incidents, flow, elector)
 
     # Each sub-command and button is registered by its feature in one call (parser, handler, permission, pool).
@@ -121,6 +128,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     approval_commands.register(commands, buttons, approvals, istio_namespace=settings.istio_namespace,
                                conversation=conversations)
     reminder_commands.register(commands, reminders)
+    timeline_commands.register(commands, timeline, slack=slack, outbox=outbox)
     commands.audit_refused(_refused_command_recorder(incidents))
     roles = RoleCheck(Roles.from_settings(settings), slack.usergroup_members)
     bolt = build_bolt_app(settings, web_client, Pools(messengers=messengers, workers=workers), commands, buttons,

@@ -42,6 +42,11 @@ class Timeline:
         return self.telemetry.onset
 
     @property
+    def empty(self) -> bool:
+        """Nothing to show: no failing edge, no change and no event (a scenario with no captured telemetry)."""
+        return not (self.telemetry.edges or self.telemetry.tcp_edges or self.changes or self.events)
+
+    @property
     def findings(self) -> list[Finding]:
         return by_severity([*self.telemetry.findings, *event_findings(self.events), *self.problems])
 
