@@ -15,6 +15,7 @@ from bot.incidents.blocks import ROLLBACK_BUTTON, SUGGESTED_BUTTON
 from bot.slack.blocks import Message, buttons, clip, context, escape, message_of, section
 from commands.actions import plan_diff
 from commands.actions.effect import EffectReport
+from commands.actions.plan import changed_lines
 
 APPROVE = "approval_approve"
 REJECT = "approval_reject"
@@ -184,7 +185,10 @@ def plan_file(request: ApprovalRequest) -> str:
     """The whole plan as a text file, for a diff too long to read in the message."""
     plan = request.plan
     parts = [f"Request #{request.id}: /mesh {request.action}", f"Plan {request.plan_hash}", "", plan.summary, "",
-             plan_diff(plan)]
+             "What changes:"]
+    for objects, values in changed_lines(plan):
+        parts += [f"- {objects}", *(f"    {v}" for v in values)]
+    parts += ["", plan_diff(plan)]
     if plan.notes:
         parts += ["", "Notes:", *(f"- {n}" for n in plan.notes)]
     return "\n".join(parts) + "\n"
