@@ -44,10 +44,11 @@ def syncz(istiod_server: FakeIstiod) -> FakeIstiod:
 @pytest.fixture
 def start_bot(kube, bot_factory, syncz, fake_slack, tmp_path):
     """Starts after the emulated cluster, so it stops before the cluster does."""
-    def start(kube: FakeKube, *, settle: timedelta = timedelta(0), follow_up: timedelta | None = None):
+    def start(kube: FakeKube, *, settle: timedelta = timedelta(0), follow_up: timedelta | None = None, **backend):
         config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
         meshbot = bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
-                              approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", istiod_url=syncz.url)
+                              approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", istiod_url=syncz.url,
+                              **backend)
         meshbot.services.approvals.effects.settle = settle
         if follow_up is not None:
             meshbot.services.approvals.effects.follow_up_after = follow_up
@@ -122,8 +123,9 @@ def test_a_config_change_no_proxy_acknowledges_is_executed_but_not_called_verifi
     assert shown
 
 
-def test_the_follow_up_looks_again_and_says_what_changed_in_the_thread(start_bot, healthy, syncz, fake_slack):
-    meshbot = start_bot(healthy, follow_up=timedelta(0))
+def test_the_follow_up_looks_again_once_and_says_what_changed_in_the_thread(start_bot, healthy, syncz, fake_slack,
+                                                                            backend_settings):
+    meshbot = start_bot(healthy, follow_up=timedelta(0), **backend_settings)
     request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
     approve(meshbot, fake_slack, request_id, "UBOB", "UCAROL")
     wait_finished(meshbot, fake_slack, request_id)
