@@ -11,6 +11,7 @@ import pytest
 from bot.approvals.authority import verify_with_approvals
 from bot.approvals.rule import RequestState
 from bot.incidents.log import IncidentLog
+from bot.slack.groups import GROUP_CACHE_SECONDS, GroupDirectory
 from commands.actions.planners import EMERGENCY_POLICY
 from tests.support.istiod import syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
@@ -22,7 +23,7 @@ LONG_AGO = "2026-01-01T00:00:00Z"
 
 
 @pytest.fixture
-def authority_bot(bot_factory, kube: FakeKube, istiod_server, fake_slack, tmp_path, backend_settings):
+def authority_bot(kube: FakeKube, istiod_server, fake_slack, tmp_path, backend_settings, bot_factory):
     kube.add(namespace("payments"), namespace("istio-system"), deployment("istiod", "istio-system"),
              deployment("reviews", "payments"), istiod_pod())
     istiod_server.answer("/debug/syncz", [syncz_entry("reviews-1.payments")])
@@ -117,3 +118,28 @@ def test_an_untampered_request_runs_and_verify_finds_nothing(authority_bot, kube
     log = IncidentLog(authority_bot.database, key=authority_bot.services.incidents.key, anchor_stores=())
     report = verify_with_approvals(log)
     assert report.intact, report.lines()
+
+
+# -- approver groups fail closed (issue 24 item 4) ---------------------------------------------------------------
+
+
+def test_a_vote_needing_a_group_slack_cannot_list_after_expiry_is_refused_and_audited(authority_bot, fake_slack):
+    clock = [0.0]
+    desk = authority_bot.approvals
+    desk.groups = GroupDirectory(authority_bot.services.slack.usergroup_members, clock=lambda: clock[0])
+    first, _ = ask(authority_bot, fake_slack, "permissive-mtls payments")
+    assert "Approval recorded" in press(authority_bot, fake_slack, "approval_approve", str(first), "UDAVE")
+    second, _ = ask(authority_bot, fake_slack, "permissive-mtls payments --reason again")
+    fake_slack.usergroups = {"S0SRE": []}  # UDAVE was removed from the approvers' group...
+    fake_slack.fail_next("usergroups.users.list", error="ratelimited", times=10)  # ...and Slack cannot say so
+    clock[0] += GROUP_CACHE_SECONDS + 1  # the cached answer (UDAVE in S0SRE) has expired
+
+    answer = press(authority_bot, fake_slack, "approval_approve", str(second), "UDAVE")
+
+    assert "could not check whether you are in an approver user group" in answer
+    assert authority_bot.approvals.get(second).approvals == ()
+    [refused] = [e for e in IncidentLog(authority_bot.database, key=authority_bot.services.incidents.key,
+                                        anchor_stores=()).timeline(authority_bot.approvals.get(second).incident_id)
+                 if e.kind == "approval_click" and e.data.get("request_id") == second]
+    assert refused.actor == "UDAVE" and refused.data["accepted"] is False
+    assert "could not check" in refused.data["reason"]

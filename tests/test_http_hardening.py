@@ -29,10 +29,12 @@ from bot.server.schema import MIGRATIONS
 from bot.settings import Audience
 from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
-from bot.slack.replays import ReplayGuard
+from bot.slack.replays import DeliveryLedger, ReplayGuard
 from bot.storage.database import Database
 from tests.support.bot import quiesce
 from tests.support.kube import write_kubeconfig
+from tests.support.postgres import AUDIT_KEY as PG_AUDIT_KEY
+from tests.support.postgres import PASSWORD as PG_PASSWORD
 from tests.support.slack import (
     BOT_TOKEN, SIGNING_SECRET, FakeSlack, block_action_body, post_signed, sign, slash_command_body,
 )
@@ -479,3 +481,52 @@ def test_scheduled_work_is_reported_in_readyz_and_on_metrics_without_gating_read
     exposed = metrics(meshbot)
     assert exposed.count("meshbot_scheduler_lease_held 1.0") == 1
     assert "meshbot_scheduler_next_scan_timestamp_seconds" in exposed
+
+
+# -- replays across replicas and restarts (issue 24 item 5) ----------------------------------------------------
+
+
+def test_two_replicas_sharing_a_database_handle_one_delivery_once(backend_database):
+    now = time.time()
+    first, second = DeliveryLedger(backend_database, 300), DeliveryLedger(backend_database, 300)
+    assert first.first_time(("signature", "1765000000", "v0=ab"), now + 300)
+    assert not second.first_time(("signature", "1765000000", "v0=ab"), now + 300), "the other replica saw it"
+    assert second.first_time(("signature", "1765000000", "v0=cd"), now + 300)
+
+
+def test_the_shared_memory_expires_with_the_requests_timestamp_not_first_sight(backend_database):
+    clock = [1_765_000_000.0]
+    ledger = DeliveryLedger(backend_database, 300, clock=lambda: clock[0])
+    signed_at = clock[0] - 290  # first seen 290 s after Slack signed it: 10 s of its window are left
+    assert ledger.first_time("envelope:late", signed_at + 300)
+    clock[0] += 11
+    later = DeliveryLedger(backend_database, 300, clock=lambda: clock[0])  # a restart: nothing in memory
+    assert later.first_time("envelope:late", signed_at + 300), "expired with the request, not 300 s after sight"
+
+
+def test_a_replay_after_a_restart_does_not_run_again(bot_factory, fake_slack):
+    body = slash_command_body("status prod", response_url=fake_slack.response_url())
+    headers = {"Content-Type": FORM, **sign(body)}
+    first = bot_factory()
+    assert httpx.post(events_url(first), content=body, headers=headers).status_code == 200
+    fake_slack.wait_for(lambda: fake_slack.messages(top_level=True), what="the first run's message")
+    quiesce(first)
+    first.stop()
+    restarted = bot_factory()  # the same database (tmp_path's), a new process's memory
+    assert httpx.post(events_url(restarted), content=body, headers=headers).status_code == 200
+    quiesce(restarted)
+    assert len(fake_slack.messages(top_level=True)) == 1
+    assert 'meshbot_slack_duplicates_total{transport="http"} 1.0' in metrics(restarted)
+
+
+def test_a_replay_to_another_replica_on_postgresql_does_not_run_again(bot_factory, fake_slack, postgres):
+    shared = {"database_url": postgres.create(), "database_password": PG_PASSWORD, "audit_key": PG_AUDIT_KEY}
+    one, two = bot_factory(**shared), bot_factory(**shared)
+    body = slash_command_body("status prod", response_url=fake_slack.response_url())
+    headers = {"Content-Type": FORM, **sign(body)}
+    assert httpx.post(events_url(one), content=body, headers=headers).status_code == 200
+    assert httpx.post(events_url(two), content=body, headers=headers).status_code == 200
+    quiesce(one)
+    quiesce(two)
+    assert len(fake_slack.messages(top_level=True)) == 1
+    assert 'meshbot_slack_duplicates_total{transport="http"} 1.0' in metrics(two)

@@ -78,9 +78,8 @@ def logged_state(events: Sequence[dict[str, Any]]) -> RequestState | None:
 
 def refusal(db: sqlite_utils.Database, incidents: IncidentLog, request: ApprovalRequest, required: int,
             ttl: timedelta) -> str | None:
-    """Why the request may not execute now, from the keyed log (None: it may)."""
-    if incidents.key is None or not request.binding_holds(incidents.key):
-        return "its plan binding does not hold with the audit key"
+    """Why the request may not execute now, from the keyed log (None: it may).  Whether the stored plan is the
+    bound one is the desk's next check (it records why the run failed); here the grant must name that binding."""
     events = logged_events(db, incidents, request.id, request.incident_id)
     return authority_refusal(read_authority(events, request, required, ttl))
 
@@ -94,9 +93,10 @@ def refuse(db: sqlite_utils.Database, incidents: IncidentLog, store: ApprovalSto
         # The log saw the switch to executing but the authority does not hold (e.g. the grant's approvers are not
         # the logged ones): end it as failed, in the table and in the log, so nothing resumes it.
         state = RequestState.FAILED
+        result = {"ok": False, "applied": 0, "error": f"no authority to execute: {reason}; nothing was run"}
+        store.finish(db, request.id, state, result, None)
         incidents.append(db, request.incident_id, MESHBOT, EventKind.ACTION_FAILED, {
-            "request_id": request.id, "action": request.action, "plan_hash": request.plan_hash, "ok": False,
-            "applied": 0, "error": f"no authority to execute: {reason}"})
+            "request_id": request.id, "action": request.action, "plan_hash": request.plan_hash, **result})
     store.restore_state(db, request.id, state)
     incidents.alarm(f"approval request #{request.id} was {request.state} in the database but may not execute: "
                     f"{reason}; nothing was run and the row is back to {state} (its columns were edited)",

@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +39,7 @@ from bot.incidents.log import IncidentLog
 from bot.incidents.records import EventKind, Incident
 from bot.slack.outbox import Outbox
 from bot.slack.client import SlackClient, SlackError
+from bot.slack.groups import GroupDirectory
 from bot.approvals.inspection import MeshInspector
 from bot.approvals.verification import ExecutionChecks, follow_up_due
 from commands.actions import (ActionTarget, Outcome, Plan, apply, dry_run, plan_action, plan_diff, rollback_plan,
@@ -53,7 +53,6 @@ from commands.times import rfc3339
 
 log = logging.getLogger(__name__)
 
-GROUP_CACHE_SECONDS = 300.0
 MESHBOT = "meshbot"
 MANUAL_SOURCE = "slack"
 """``Incident.source`` of the incident a request typed outside any incident opens."""
@@ -115,7 +114,8 @@ class ApprovalDesk:
     """What requests are timed by (created, expiring, clicked): the database's clock unless a test gives one, so a
     replica whose own clock is minutes off expires nothing early (``Database.now``)."""
     store: ApprovalStore = field(default_factory=ApprovalStore)
-    _groups: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
+    groups: GroupDirectory | None = None
+    """Who is in the approver user groups, shared with the role checks (None: a directory of its own)."""
     _sweeper: WakeableLoop | None = None
     _running: set[int] = field(default_factory=set)
     """Requests being executed by this process: a click and the start-up resume must not both run one."""
@@ -132,6 +132,8 @@ class ApprovalDesk:
     """Requests this process holds the execution claim of, with its fencing token (attempt): handed back on stop."""
 
     def __post_init__(self) -> None:
+        if self.groups is None:
+            self.groups = GroupDirectory(self.slack.usergroup_members)
         self.effects = ExecutionChecks(self.inspector)
         if self.clock is _database_clock:
             self.clock = self.database.now
@@ -228,7 +230,7 @@ class ApprovalDesk:
     # -- voting ---------------------------------------------------------------------------------
 
     def click(self, request_id: int, user: str, vote: Vote) -> ClickAnswer:
-        approver = is_approver(user, self.policy.users, self._group_members())
+        approver = self._approver(user)  # None: a group could not be read (refused as "could not check", audited)
         with self.database.transaction() as db:
             request = self._get(db, request_id)
             now = self.clock()
@@ -552,7 +554,7 @@ class ApprovalDesk:
                 log.warning("cannot read approver group %s (%s) to check MESHBOT_REQUIRED_APPROVALS against it",
                             group, exc.error)
                 return
-            self._groups[group] = (time.monotonic(), found)
+            self._directory().remember(group, found)
             members |= found
         problem = quorum_exceeds_approvers(self.policy.approvers, self.policy.required,
                                            len(members - self.policy.users))
@@ -647,23 +649,26 @@ class ApprovalDesk:
             self.outbox.post(db, incident_id=incident.id, channel=request.channel,
                              message=approval_blocks.result_note(request), thread_of=incident.top_message)
 
-    def _group_members(self) -> frozenset[str]:
-        """Members of the approver user groups, cached for five minutes; a Slack error keeps the last answer."""
-        members: set[str] = set()
+    def _directory(self) -> GroupDirectory:
+        if self.groups is None:  # __post_init__ sets it: only clearing it afterwards gets here
+            raise RuntimeError("the approval desk has no group directory")
+        return self.groups
+
+    def _approver(self, user: str) -> bool | None:
+        """Whether ``user`` may vote: listed by ID, or in an approver group; None when a group they might be in
+        could not be read (its cached answer expired and Slack did not answer): fail closed, never the last
+        known members (a removed approver's vote must not count)."""
+        if is_approver(user, self.policy.users, frozenset()):
+            return True
+        unreadable = []
         for group in self.policy.groups:
-            cached = self._groups.get(group)
-            if cached and time.monotonic() - cached[0] < GROUP_CACHE_SECONDS:
-                members |= cached[1]
-                continue
             try:
-                users = frozenset(self.slack.usergroup_members(group))
+                if user in self._directory().members(group):
+                    return True
             except SlackError as exc:
-                log.warning("cannot read approver group %s (%s); using the last known members", group, exc.error)
-                members |= cached[1] if cached else frozenset()
-                continue
-            self._groups[group] = (time.monotonic(), users)
-            members |= users
-        return frozenset(members)
+                log.warning("cannot read approver group %s (%s): votes needing it are refused", group, exc.error)
+                unreadable.append(group)
+        return None if unreadable else False
 
 
 class Superseded(Exception):

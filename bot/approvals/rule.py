@@ -1,7 +1,8 @@
 """The two-person rule, as a pure function: given a request and one click, what happens?
 
 - The requester never counts as an approver (they may withdraw their request with Reject).
-- Only people in MESHBOT_APPROVERS (users, or members of a listed user group) may vote.
+- Only people in MESHBOT_APPROVERS (users, or members of a listed user group) may vote; when a group cannot be
+  read, nobody's membership in it is assumed (the vote is refused as "could not check").
 - The same person approving twice counts once.
 - One Reject closes the request.
 - A request expires MESHBOT_APPROVAL_TTL_MINUTES after it was opened.
@@ -59,7 +60,8 @@ class Click:
     user: str
     vote: Vote
     at: datetime
-    is_approver: bool
+    is_approver: bool | None
+    """None: an approver user group could not be read, so nobody knows (the vote is refused, not counted)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,9 @@ def decide(ballot: Ballot, click: Click) -> Decision:
             return Decision(Verdict.REJECTED, "withdrawn by the requester", ballot.approvals)
         others = "another person" if ballot.required == 1 else f"{ballot.required} other people"
         return refuse(f"you asked for this action, so your approval does not count; {others} must approve it")
+    if click.is_approver is None:
+        return refuse("meshbot could not check whether you are in an approver user group (Slack did not answer), "
+                      "so your vote was not counted; please try again")
     if not click.is_approver:
         return refuse("you are not in MESHBOT_APPROVERS, so you cannot approve or reject actions")
     if click.vote == Vote.REJECT:

@@ -28,7 +28,7 @@ from bot.runtime.loops import WakeableLoop
 from bot.server.http import MAX_BODY_BYTES, WebApp
 from bot.server.services import Services
 from bot.settings import Settings, SettingsError
-from bot.slack.replays import ReplayGuard
+from bot.slack.replays import Deliveries, DeliveryLedger
 from bot.storage.database import Database
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class Meshbot:
 
         self.socket_mode = _once_per_envelope(SocketModeHandler)(
             self.web.bolt, app_token=self.settings.slack_app_token, logger=logging.getLogger("meshbot.socket_mode"),
-            seen=ReplayGuard(ENVELOPE_MEMORY_SECONDS),
+            seen=DeliveryLedger(self.database, ENVELOPE_MEMORY_SECONDS),  # shared: another replica's too
             on_duplicate=lambda: self.services.metrics.duplicates.labels(transport="socket_mode").inc())
         try:
             self.socket_mode.connect()
@@ -255,7 +255,7 @@ def _once_per_envelope(handler_class: type) -> type:
     from slack_sdk.socket_mode.response import SocketModeResponse
 
     class OncePerEnvelope(handler_class):
-        def __init__(self, *args: Any, seen: ReplayGuard, on_duplicate: Callable[[], None], **kwargs: Any):
+        def __init__(self, *args: Any, seen: Deliveries, on_duplicate: Callable[[], None], **kwargs: Any):
             super().__init__(*args, **kwargs)
             self._seen = seen
             self._on_duplicate = on_duplicate

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bot.approvals import store as approval_store
 from bot.incidents import store as incident_store
-from bot.slack import outbox
+from bot.slack import outbox, replays
 from bot.reminders import service as reminder_service
 from bot.storage.backend import database_for
 from bot.storage.database import Database, Migration, claims_table
@@ -28,6 +28,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     approval_store.execution_lease,  # 8: which replica executes an approved request, and its heartbeat
     incident_store.audit_seal,  # 9: the audit seal (log identity, key check value, newest rotation), MAC'd
     approval_store.execution_fencing,  # 10: each execution claim's attempt (fencing token) and database-time lease
+    replays.deliveries_table,  # 11: Slack deliveries already handled, shared by replicas and kept across restarts
 )
 
 

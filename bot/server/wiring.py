@@ -51,8 +51,9 @@ from bot.slack import diagnoses as diagnosis_commands
 from bot.slack.app import Buttons, Pools, build_bolt_app
 from bot.slack.blocks import Message, escape
 from bot.slack.client import SlackClient, build_web_client
-from bot.slack.ingress import SlackRequestGate
+from bot.slack.ingress import WINDOW_SECONDS, SlackRequestGate
 from bot.slack.outbox import Outbox
+from bot.slack.replays import DeliveryLedger
 from bot.slack.roles import RoleCheck, Roles
 from bot.slack.slash import RefusedCommand, SlashCommands
 from bot.storage.database import Database
@@ -137,7 +138,9 @@ def build(settings: Settings, *, runner: Runner | None = None,
     # Readiness asks Slack in the background, with a short timeout and no retries of its own.
     slack_status = SlackStatus(SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url,
                                                             max_retries=0, timeout=SLACK_CHECK_TIMEOUT)))
-    gate = SlackRequestGate(settings.slack_signing_secret) if settings.slack_signing_secret else None
+    # Replays and Slack's retries are remembered in the database every replica shares (and across restarts).
+    gate = SlackRequestGate(settings.slack_signing_secret, replays=DeliveryLedger(database, WINDOW_SECONDS)) \
+        if settings.slack_signing_secret else None
     # Scheduled work (Lease, last and next scan) is reported in /readyz's body and on /metrics; it never
     # gates readiness (a follower replica is healthy).
     reporters = [scheduler.describe] if scheduler else []

@@ -32,7 +32,7 @@ from typing import Any
 
 from slack_sdk.signature import Clock, SignatureVerifier
 
-from bot.slack.replays import ReplayGuard
+from bot.slack.replays import Deliveries, ReplayGuard
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,11 @@ class SlackRequestGate:
     """Verify, check the shape, drop replays: what ``/slack/events`` does before Bolt sees a request."""
 
     def __init__(self, signing_secret: str, *, clock: Callable[[], float] = time.time,
-                 replays: ReplayGuard | None = None):
+                 replays: Deliveries | None = None):
         self._verifier = SignatureVerifier(signing_secret, clock=_WallClock(clock))
         self._secret = signing_secret.encode()
         self._clock = clock
-        self.replays = replays or ReplayGuard(WINDOW_SECONDS)
+        self.replays: Deliveries = replays or ReplayGuard(WINDOW_SECONDS)
 
     def admit(self, headers: SlackHeaders, body: bytes, content_type: str) -> Admission:
         rejection, detail = self._signature_problem(headers, body)
@@ -140,11 +140,16 @@ class SlackRequestGate:
 
     def _seen(self, headers: SlackHeaders, fields: dict[str, Any]) -> bool:
         """Remember this request; True when it (or, for a retried event, its event_id) was handled already."""
-        replayed = not self.replays.first_time(("signature", headers.timestamp, headers.signature))
+        # Remembered until the request's own timestamp leaves Slack's window: after that the signature check
+        # refuses it as stale, so the key is no longer needed (however late this replica first saw it).
+        signed_at = int(headers.timestamp or 0)
+        replayed = not self.replays.first_time(("signature", headers.timestamp, headers.signature),
+                                               signed_at + WINDOW_SECONDS)
         event_id = fields.get("event_id")
         if isinstance(event_id, str) and event_id:
-            # A retry is signed anew (new timestamp), so only the event_id tells it is the same event.
-            retried = not self.replays.first_time(("event", event_id))
+            # A retry is signed anew (new timestamp), so only the event_id tells it is the same event.  Slack
+            # retries for up to five minutes after the first delivery, each retry valid five minutes itself.
+            retried = not self.replays.first_time(("event", event_id), signed_at + 2 * WINDOW_SECONDS)
             return replayed or (retried and headers.retry_num is not None)
         return replayed
 

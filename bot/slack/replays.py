@@ -1,15 +1,31 @@
-"""Remember what was already handled for a while, in bounded memory: HTTP replays and Socket Mode re-deliveries."""
+"""Remember what was already handled for a while: HTTP replays and Socket Mode re-deliveries.
+
+``ReplayGuard`` keeps keys in bounded memory (one process); ``DeliveryLedger`` keeps them in the database every
+replica shares, so a replay to another replica or after a restart is seen too (issue 24 item 5).
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Protocol
+
+import sqlite_utils
+
+from bot.storage.database import Database, migration
 
 DEFAULT_CAPACITY = 50_000
 """Keys kept at most.  Only Slack can produce a key (requests are verified first), so this bounds memory
 against a flood of genuine traffic: at 100 requests/s five minutes is 30,000 keys."""
+
+
+class Deliveries(Protocol):
+    """What remembers handled deliveries: ``ReplayGuard`` (one process) or ``DeliveryLedger`` (every replica)."""
+
+    def first_time(self, key: Hashable, expires_at: float | None = None) -> bool: ...
 
 
 class ReplayGuard:
@@ -22,7 +38,8 @@ class ReplayGuard:
         self._expiry: OrderedDict[Hashable, float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def first_time(self, key: Hashable) -> bool:
+    def first_time(self, key: Hashable, expires_at: float | None = None) -> bool:
+        """``expires_at`` (wall-clock seconds) is for the shared ledger; memory keeps every key ``ttl`` seconds."""
         now = self._clock()
         with self._lock:
             self._forget_expired(now)
@@ -46,3 +63,49 @@ class ReplayGuard:
             if expires > now:
                 return
             del self._expiry[key]
+
+
+@migration(11, "Slack deliveries already handled (request signatures, event ids, Socket Mode envelope ids)")
+def deliveries_table(db: sqlite_utils.Database) -> None:
+    # Shared by every replica and kept across restarts: a replay to another pod, or after a restart, is seen.
+    db.executescript("""
+        CREATE TABLE slack_deliveries (
+            key TEXT PRIMARY KEY,
+            expires_at DOUBLE PRECISION NOT NULL  -- epoch seconds: PostgreSQL's REAL (float4) would round them by ~2 minutes
+        );
+        CREATE INDEX slack_deliveries_by_expiry ON slack_deliveries(expires_at);
+    """)
+
+
+SWEEP_EVERY = 200
+"""Expired rows are deleted on every this many deliveries (each lookup ignores an expired row anyway)."""
+
+
+class DeliveryLedger:
+    """``first_time(key, expires_at)`` in the database: once per key until it expires, across replicas and restarts.
+
+    The expiry comes from the request (its signed timestamp plus Slack's five-minute window: a replay after that
+    is refused as stale by the signature check), not from when this replica first saw it.  A process-local
+    ``ReplayGuard`` answers repeats without a database round trip."""
+
+    def __init__(self, database: Database, ttl: float, *, clock: Callable[[], float] = time.time):
+        self.database = database
+        self.ttl = ttl
+        self._clock = clock
+        self._local = ReplayGuard(ttl, clock=clock)
+        self._count = 0
+
+    def first_time(self, key: Hashable, expires_at: float | None = None) -> bool:
+        if not self._local.first_time(key):
+            return False
+        now = self._clock()
+        name = key if isinstance(key, str) else json.dumps(key, default=str)
+        with self.database.transaction() as db:
+            db.execute("DELETE FROM slack_deliveries WHERE key = ? AND expires_at <= ?", [name, now])
+            inserted = db.execute("INSERT OR IGNORE INTO slack_deliveries (key, expires_at) VALUES (?, ?)",
+                                  [name, max(expires_at if expires_at is not None else now + self.ttl, now + 1)])
+            first = inserted.rowcount == 1
+            self._count += 1
+            if self._count % SWEEP_EVERY == 0:
+                db.execute("DELETE FROM slack_deliveries WHERE expires_at <= ?", [now])
+        return first
