@@ -10,7 +10,8 @@ from commands import codes
 from commands.catalog import default_checks
 from commands.findings import Remediation, by_severity
 from commands.report import triage_lines
-from commands.triage import Confidence, scoped, shared_cause, triage
+from commands.explanations import Confidence
+from commands.triage import scoped, shared_cause, triage
 
 CLUSTER_TO_PAYMENT = "outbound|8080||payment-service.prod.svc.cluster.local"
 

@@ -19,7 +19,8 @@ from commands.actions.targets import ActionTarget, ActionUsageError, parse_actio
 from commands.errors import InputError
 from commands.findings import Finding, Remediation, by_severity
 from commands.preconditions import MeshHealth
-from commands.triage import Cause, namespace_of, workload_of
+from commands.explanations import namespace_of, workload_of
+from commands.triage import Cause
 from commands.validation import is_dns1123_subdomain, namespace_problem
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from datetime import timedelta
 from commands.telemetry.changes import Change
 from commands.telemetry.edges import FailingEdge
 from commands.times import human_duration
-from commands.triage import Cause, Triage, namespace_of, with_timing
+from commands.explanations import namespace_of
+from commands.triage import Cause, Triage, with_timing
 
 WINDOW = timedelta(minutes=15)
 SLACK = timedelta(minutes=1)
