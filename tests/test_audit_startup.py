@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 from bot.cli import main
+from bot.incidents.anchors import FileAnchorStore
 from bot.incidents.audit import AuditKey, audit_key_path
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import EventKind
 from bot.server.schema import open_database
+from tests.support.postgres import PASSWORD as PG_PASSWORD
 from tests.test_database_startup import EXIT_CONFIG, ROOT, serve_env
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -69,3 +71,26 @@ def test_rotate_key_writes_a_rotation_event_and_verify_names_both_keys(tmp_path,
     out = capsys.readouterr().out
     assert "incident log intact: 4 events" in out and "not checked" not in out
     assert not audit_key_path(db_path).exists()
+
+
+def test_verify_on_postgresql_reads_the_pods_anchor_file_and_reports_a_truncation(tmp_path, postgres, monkeypatch,
+                                                                                  capsys):
+    url = postgres.create()
+    monkeypatch.setenv("MESHBOT_DATABASE_URL", url)
+    monkeypatch.setenv("MESHBOT_DATABASE_PASSWORD", PG_PASSWORD)
+    monkeypatch.setenv("MESHBOT_AUDIT_KEY", KEY)
+    monkeypatch.setenv("MESHBOT_DB", str(tmp_path / "meshbot.db"))  # the pod's data directory keeps its anchor
+    database = open_database(tmp_path / "meshbot.db", url=url, password=PG_PASSWORD)
+    log = IncidentLog(database, key=AuditKey(KEY.encode(), "MESHBOT_AUDIT_KEY"),
+                      anchor_stores=(FileAnchorStore(tmp_path / "meshbot.db.anchor"),))
+    for n in range(20):
+        log.record(None, "alertmanager", EventKind.NOTE, {"n": n})
+    log.anchor_now()
+    assert main(["incidents", "verify"]) == 0
+    assert "anchor file: event #20" in capsys.readouterr().out
+    with database.transaction() as db:  # 15 events deleted by someone with SQL access
+        db.execute("DROP TRIGGER events_no_delete ON events")
+        db.execute("DELETE FROM events WHERE id > 5")
+    database.close()
+    assert main(["incidents", "verify"]) == 1
+    assert "chain ends at #5 but the anchor of" in capsys.readouterr().err
