@@ -69,7 +69,7 @@ class ClusterView:
                 del self._reads[stale]
             read = self._reads.get(key)
             owner = read is None
-            if owner:
+            if read is None:
                 watched = namespace is None and info.kind not in NAMESPACE_SCOPED_READS
                 read = self._reads[key] = _Read(watched=watched, fresh_until=now + self.fresh_seconds)
         if not owner:

@@ -129,7 +129,7 @@ class Diagnostician:
         with self._lock:
             running = self._running.get(key)
             owner = running is None
-            if owner:
+            if running is None:
                 running = self._running[key] = Future()
         if not owner:
             return running.result()

@@ -21,7 +21,7 @@ import json
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kmock
 import yaml
@@ -108,7 +108,8 @@ class DemoApiServer(kmock.KubernetesEmulator):
         return await super()._handle(request)
 
     async def _serve_list(self, request: Any) -> Any:
-        answer = await super()._serve_list(request)
+        # kmock types its answers as any payload; a list's is always the JSON object it built.
+        answer = cast(dict[str, Any], await super()._serve_list(request))
         fields, labels = request.params.get("fieldSelector", ""), request.params.get("labelSelector", "")
         if fields or labels:
             answer["items"] = [item for item in answer["items"] if selected(item, fields, labels)]
@@ -205,20 +206,27 @@ class EmbeddedCluster:
         emulator = await self._stack.enter_async_context(DemoApiServer())
         server = await self._stack.enter_async_context(kmock.Server(emulator, host="127.0.0.1", port=0))
         for info in KINDS.values():  # every kind is served: an empty list, not a 404 "CRD not installed"
-            emulator.resources[resource_of(info)] = {}
+            emulator.resources[resource_of(info)] = kmock.ResourceInfo()
         return emulator, str(server.url).rstrip("/")
+
+    def _started(self) -> DemoApiServer:
+        if self.emulator is None:
+            raise RuntimeError("the embedded cluster is not started: call start() first")
+        return self.emulator
 
     def _run(self, coroutine: Any, timeout: float = 10) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def load(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """Store objects as if created earlier (on the loop thread, where kmock's state lives)."""
+        emulator = self._started()
+
         async def store() -> None:
             for obj in objects:
                 info = KINDS[obj["kind"]]
                 meta = obj["metadata"]
                 key = (resource_of(info), meta.get("namespace") if info.namespaced else None, meta["name"])
-                self.emulator.objects[key] = copy.deepcopy(dict(obj))
+                emulator.objects[key] = copy.deepcopy(dict(obj))
         self._run(store())
 
     def load_scenario(self, scenario: Scenario) -> None:
@@ -231,8 +239,10 @@ class EmbeddedCluster:
 
     def stored(self) -> Iterator[dict[str, Any]]:
         """A copy of every stored object (for the console's cluster panel and tests)."""
+        emulator = self._started()
+
         async def snapshot() -> list[dict[str, Any]]:
-            return [copy.deepcopy(obj.raw) for obj in self.emulator.objects.values() if not obj.deleted]
+            return [copy.deepcopy(obj.raw) for obj in emulator.objects.values() if not obj.deleted]
         return iter(self._run(snapshot()))
 
     def kubeconfig(self, path: Path) -> Path:

@@ -38,9 +38,9 @@ def install(secrets: Iterable[str], level: str = "INFO") -> RedactSecrets:
     redactor = RedactSecrets(secrets)
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+        stderr = logging.StreamHandler()
+        stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(stderr)
     for handler in root.handlers:
         handler.addFilter(redactor)
     root.setLevel(level.upper())

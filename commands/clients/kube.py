@@ -54,6 +54,9 @@ WATCH_SECONDS = 300
 
 Keep = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 """Applied to each listed object as its page arrives: the part worth keeping, or None to drop it."""
+# Named outside KubeClient, whose own `list` method would shadow the builtin in annotations inside the class.
+QueryParams = list[tuple[str, str | None]]
+JsonPatchOperations = list[Any]
 
 
 class ResourceExpired(ClusterError):
@@ -276,7 +279,7 @@ class KubeClient:
             log.info("%s: continue token expired between pages; listing again", call.path)
             return self._list_pages(call, selectors, keep, page_size)
 
-    def _list_pages(self, call: ApiCall, selectors: list[tuple[str, str | None]], keep: Keep | None,
+    def _list_pages(self, call: ApiCall, selectors: QueryParams, keep: Keep | None,
                     page_size: int) -> Listing:
         listing = Listing()
         token: str | None = None
@@ -330,7 +333,7 @@ class KubeClient:
                        _name(metadata["name"]) if metadata.get("name") else None)
         return self._request(call, "POST", _dry_run(dry_run), body=dict(body))
 
-    def patch(self, kind: str | KindInfo, namespace: str | None, name: str, patch: Mapping[str, Any] | list, *,
+    def patch(self, kind: str | KindInfo, namespace: str | None, name: str, patch: Mapping[str, Any] | JsonPatchOperations, *,
               strategy: PatchStrategy = PatchStrategy.MERGE, dry_run: bool = False) -> dict[str, Any]:
         call = ApiCall("patch", _kind(kind), _namespace(namespace), _name(name))
         body = list(patch) if isinstance(patch, list) else dict(patch)

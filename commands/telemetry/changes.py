@@ -224,11 +224,12 @@ class _Reader:
         self.problems: list[Finding] = []
         self._down = False
 
-    def list(self, kind: str | KindInfo, namespace: str | None, **selectors: str) -> list[dict[str, Any]]:
+    def list(self, kind: str | KindInfo, namespace: str | None, *, field_selector: str | None = None,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
         if self._down:
             return []
         try:
-            return self.client.list(kind, namespace, **selectors)
+            return self.client.list(kind, namespace, field_selector=field_selector, label_selector=label_selector)
         except NotFound:
             return []
         except (ClusterError, TransientError) as exc:
