@@ -1,5 +1,7 @@
 """The finding-code catalogue: Istio's IST#### analyzer messages and meshbot's own MB#### codes.
 
+Longer than 450 lines because it is one table (every code once, with its level and message), not several concepts.
+
 A code fixes the level and the message template; checks fill in the arguments.
 ``IST`` entries mirror istio/istio ``pkg/config/analysis/msg/messages.yaml`` so
 messages read exactly as ``istioctl analyze`` prints them.  The table

@@ -10,7 +10,6 @@ compile, actions meshbot knows).  Every refusal is a ``PlaybookError`` that name
 from __future__ import annotations
 
 import difflib
-import functools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -21,11 +20,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from bot.incidents.playbook_schema import check_names, validator
 from bot.incidents.playbooks import FROM_FINDING, DiagnosticStep, Matcher, Playbook, PlaybookError, \
     PlaybookSet, RemediationRule, is_namespace, meshbot_action, template_placeholders
 from commands.actions.targets import USAGE
-from commands.catalog import default_checks
-from commands.checks.registry import ALL, CheckRegistry
+from commands.checks.registry import CheckRegistry
 from commands.codes import ALL_CODES
 from commands.validation import NAMESPACE_RULE
 
@@ -38,81 +37,6 @@ PLAYBOOK_SUFFIXES = (".yaml", ".yml")
 # has a dot (valid for an object name, not for a namespace), so ``{pod}`` in a
 # namespace slot is refused at load rather than at 3 AM.
 _STAND_INS = {"namespace": "example-namespace", "pod": "example.pod"}
-
-
-# -- the schema ---------------------------------------------------------------------------
-
-_NAMESPACE = {"type": "string", "maxLength": 63, "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-              "description": "a namespace name (DNS-1123 label: lower-case letters, digits and '-')"}
-_LABEL_NAME = {"type": "string", "pattern": r"^[a-zA-Z_][a-zA-Z0-9_]*$",
-               "description": "an alert label name (letters, digits and '_', not starting with a digit)"}
-_TEXT = {"type": "string", "pattern": r"\S", "description": "non-blank text"}
-
-STEP_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        # The registry's check names (and ``all``) are put in as an enum when a set of playbooks is loaded.
-        "check": {"type": "string"},
-        "namespace": _NAMESPACE,
-        "namespace_label": _LABEL_NAME,
-        "pod_label": _LABEL_NAME,
-    },
-    "required": ["check"],
-    "additionalProperties": False,
-}
-
-RULE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "codes": {"type": "array", "minItems": 1,
-                  "items": {"type": "string", "pattern": r"^(MB|IST)[0-9]{4}$",
-                            "description": "a finding code (MB#### or IST####)"}},
-        "title": _TEXT,
-        "action": _TEXT,
-        "advice": _TEXT,
-        "namespace": _NAMESPACE,
-        "namespace_label": _LABEL_NAME,
-        "pod_label": _LABEL_NAME,
-        "message_pattern": _TEXT,
-    },
-    "required": ["codes", "title"],
-    "additionalProperties": False,
-}
-
-PLAYBOOK_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "meshbot playbook",
-    "type": "object",
-    "properties": {
-        "name": {**_NAMESPACE, "description": "a DNS-1123 label (lower-case letters, digits and '-')"},
-        "description": _TEXT,
-        "alertname": _TEXT,  # any text: Grafana and other senders allow spaces
-        "fallback": {"type": "boolean"},
-        "matchers": {"type": "array", "items": {"type": "string"}},
-        "diagnostics": {"type": "array", "minItems": 1, "items": STEP_SCHEMA},
-        "remediations": {"type": "array", "items": RULE_SCHEMA},
-    },
-    "required": ["name", "description", "diagnostics"],
-    "additionalProperties": False,
-}
-
-
-
-def playbook_schema(check_names: Sequence[str]) -> dict[str, Any]:
-    """``PLAYBOOK_SCHEMA`` with ``diagnostics[].check`` limited to ``check_names``, in report order."""
-    step = {**STEP_SCHEMA, "properties": {**STEP_SCHEMA["properties"], "check": {"enum": list(check_names)}}}
-    properties = {**PLAYBOOK_SCHEMA["properties"], "diagnostics": {**PLAYBOOK_SCHEMA["properties"]["diagnostics"],
-                                                                   "items": step}}
-    return {**PLAYBOOK_SCHEMA, "properties": properties}
-
-
-@functools.lru_cache(maxsize=4)
-def _validator(check_names: tuple[str, ...]) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(playbook_schema(check_names))
-
-
-def _check_names(checks: CheckRegistry | None) -> tuple[str, ...]:
-    return (*(checks or default_checks()).names(), ALL)
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -151,7 +75,7 @@ def load_playbook_file(path: str | Path, checks: CheckRegistry | None = None) ->
     where = str(path)
     document = _Document(where, _compose(where, _read(where)))
     data = document.data
-    _check_schema(document, data, _validator(_check_names(checks)))
+    _check_schema(document, data, validator(check_names(checks)))
     return LoadedPlaybook(_build_playbook(document, data), where, document.top_level_lines())
 
 
