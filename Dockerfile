@@ -19,8 +19,9 @@ COPY requirements.lock pyproject.toml README.md ./
 COPY bot ./bot
 COPY commands ./commands
 # pip byte-compiles what it installs, so the read-only final image never needs to write a .pyc.
-# --constraint: meshbot's dependencies at the versions in requirements.lock, nothing newer.
-RUN /opt/meshbot/bin/pip install --constraint requirements.lock .
+# --constraint: meshbot's dependencies at the versions in requirements.lock, nothing newer.  The `graphs`
+# extra (matplotlib) draws the error-ratio graph an incident's thread gets (docs/timeline.md#in-slack).
+RUN /opt/meshbot/bin/pip install --constraint requirements.lock ".[graphs]"
 
 FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 LABEL org.opencontainers.image.title="meshbot" \

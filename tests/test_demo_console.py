@@ -198,11 +198,11 @@ def test_the_demo_incident_shows_its_timeline_and_the_graph_as_an_image_in_a_rea
 
     page = Console(browser, demo.url)
 
-    page.send_alert("IstiodDown/istio-system|firing")
-    text = page.wait_for_text("Timeline \u00b7 incident #1", "Last change before it", "Error ratio")
+    page.send_alert("ServiceMeshHighErrorRate/payment-service/prod|firing")
+    text = page.wait_for_text("Timeline \u00b7 incident #1", "Error ratio", "Last change before it")
 
     # The captured outage (examples/demo/timeline): the VirtualService applied two minutes before the 503s.
-    assert "VirtualService prod/payment-routes applied by argocd-controller" in text
+    assert "Last change before it: VirtualService prod/payment-routes applied by argocd-controller" in text
     image = page.wait.until(lambda d: d.execute_script(
         "const img = document.querySelector('figure.file.image img');"
         "return img && img.complete && img.naturalWidth ? [img.naturalWidth, img.alt, img.getAttribute('src')] "

