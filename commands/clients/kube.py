@@ -573,7 +573,10 @@ class KubePortForwarder:
     def open_stream(self, pod: PodRef, port: int) -> StreamSocket:
         """One port-forward tunnel to ``pod:port`` as a socket."""
         call = ApiCall("create", _PODS, _namespace(pod.namespace), _name(pod.name), subresource="portforward")
-        api = k8s_client.CoreV1Api(self.client.api)
+        # kubernetes.stream swaps call_api on the ApiClient it is given for the length of the handshake
+        # (kubernetes/stream/stream.py _websocket_request): on the shared client, a list running meanwhile in
+        # another diagnosis would be sent as a websocket.  Each tunnel gets an ApiClient of its own.
+        api = k8s_client.CoreV1Api(k8s_client.ApiClient(self.client.api.configuration))
         result: dict[str, Any] = {}
 
         def open_tunnel() -> None:
