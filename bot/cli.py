@@ -144,6 +144,10 @@ def build_parser(checks: CheckRegistry | None = None) -> argparse.ArgumentParser
     export = incident_sub.add_parser("export", help="a postmortem-ready timeline")
     export.add_argument("incident_id", type=int, metavar="ID")
     export.add_argument("--format", choices=("md", "json"), default="md")
+    postmortem = incident_sub.add_parser("postmortem", help="a Markdown postmortem draft from the incident's timeline "
+                                         "(what happened when, who approved what, what changed, time to mitigate "
+                                         "and to resolve)")
+    postmortem.add_argument("incident_id", type=int, metavar="ID")
     verify = incident_sub.add_parser("verify", help="check the hash chain of the incident log, its anchors and the "
                                      "rows it vouches for; names every finding")
     verify.add_argument("--previous-key-file", action="append", default=[], metavar="FILE",
@@ -456,6 +460,8 @@ def _incidents_command(args: argparse.Namespace, log_) -> int:
         sys.stdout.write(to_json(incident, alerts, events) if args.format == "json"
                          else to_markdown(incident, alerts, events, now))
         return EXIT_OK
+    if args.incidents_command == "postmortem":
+        return _postmortem(log_, args.incident_id, now)
     from bot.approvals.authority import verify_with_approvals
 
     report = verify_with_approvals(log_)  # the chain, its anchors, incident rows, then the approval rows
@@ -463,6 +469,17 @@ def _incidents_command(args: argparse.Namespace, log_) -> int:
     if report.wrong_key:
         return EXIT_CONFIG  # not evidence of tampering: the key given is not the log's
     return EXIT_OK if report.intact else 1
+
+
+def _postmortem(log_, incident_id: int, now: datetime) -> int:
+    from bot.incidents.lifecycle import LifecycleStore
+    from bot.incidents.postmortem import postmortem_markdown
+
+    incident = log_.get(incident_id)
+    lifecycle = LifecycleStore(log_.database)
+    sys.stdout.write(postmortem_markdown(incident, log_.alerts(incident.id), log_.timeline(incident.id),
+                                         lifecycle.get(incident.id), lifecycle.follow_ups(incident.id), now))
+    return EXIT_OK
 
 
 def _migrate_to(source_log, url: str, settings) -> int:

@@ -36,17 +36,58 @@ def counts_line(findings: Sequence[Finding]) -> str:
     return ", ".join(parts)
 
 
+READ_ONLY_VERBS = {
+    "kubectl": frozenset({"get", "describe", "logs", "top", "explain", "auth", "events", "api-resources", "version"}),
+    "istioctl": frozenset({"proxy-status", "proxy-config", "analyze", "x", "version", "experimental"}),
+}
+"""Commands that only look (kubectl's read verbs, istioctl's inspection commands): a next step, never a "Fix"."""
+_OPTIONS_WITH_VALUES = frozenset({"-n", "--namespace", "--context", "-c", "--container", "-l", "--selector", "-o"})
+
+
+def changes_something(command: str) -> bool:
+    """True for a command that changes the cluster (``kubectl set resources …``), False for one that only reads
+    (``kubectl -n prod logs … | grep``, ``istioctl proxy-status``) or is not a known tool's."""
+    words = command.split("|", 1)[0].split()
+    if not words or words[0] not in READ_ONLY_VERBS:
+        return False
+    skip = False
+    for word in words[1:]:
+        if skip:
+            skip = False
+        elif word in _OPTIONS_WITH_VALUES:
+            skip = True
+        elif not word.startswith("-"):
+            return word not in READ_ONLY_VERBS[words[0]]
+    return False
+
+
+def remediation_label(finding: Finding) -> str:
+    """``Fix`` only for a command that fixes; ``Waits on X`` when a dependency must be fixed first (gated by
+    ``commands.preconditions``); ``Next step`` for advice or a command that only looks (issue 27: "run the
+    check again in a minute" is no fix)."""
+    blocked_by = finding.evidence.get("blocked_by")
+    if blocked_by:
+        return f"Waits on {', '.join(blocked_by)}"
+    remediation = finding.remediation
+    if remediation is not None and remediation.command and changes_something(remediation.command):
+        return "Fix"
+    return "Next step"
+
+
 def finding_line(finding: Finding, *, with_fix: bool = True) -> str:
     """``Error [IST0101] (VirtualService ns/name file.yaml:12) message`` — istioctl's layout."""
     where = f"{finding.origin} {finding.reference}" if finding.reference else finding.origin
     line = f"{finding.level} [{finding.code}] ({where}) {finding.message}"
-    if with_fix and finding.remediation:
-        blocked_by = finding.evidence.get("blocked_by")
-        if blocked_by:
-            # Gated by commands.preconditions: what to run first is not this finding's fix, so it is not "Fix:".
-            line += f" Waits on {', '.join(blocked_by)}: {finding.remediation.summary}"
+    remediation = finding.remediation
+    if with_fix and remediation:
+        label = remediation_label(finding)
+        if label == "Fix":
+            line += f" Fix: {remediation.command}"
+        elif label.startswith("Waits on"):
+            # What to run first is not this finding's fix, so it is not "Fix:".
+            line += f" {label}: {remediation.summary}"
         else:
-            line += f" Fix: {finding.remediation.command or finding.remediation.summary}"
+            line += f" Next step: {remediation.summary}" + (f" ({remediation.command})" if remediation.command else "")
     return line
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from bot.incidents import blocks as incident_blocks
+from bot.incidents import triage_reply
 from bot.incidents.records import Incident, IncidentStatus
 from bot.slack import blocks
 from commands import codes
@@ -154,6 +155,6 @@ def test_a_triage_reply_with_many_causes_and_findings_stays_within_slacks_limits
     from commands.triage import scoped, triage
 
     findings = [finding(i) for i in range(300)]
-    message, hidden = incident_blocks.triage_report("Triage", scoped(triage(findings), []))
+    message, hidden = triage_reply.triage_report("Triage", scoped(triage(findings), []))
     assert len(message.blocks) <= blocks.MAX_BLOCKS
     assert hidden > 0 and "the full report is attached" in str(message.blocks[-1])

@@ -302,13 +302,60 @@ def test_incident_slash_commands_list_show_note_and_resolve(incident_bot, fake_s
     slash(incident_bot, fake_slack, "incident show 1")
     timeline = ephemeral_answers(fake_slack, 3)[2]
     assert "<@UALICE>: Note: restarted payment by hand, watching" in timeline
-    slash(incident_bot, fake_slack, "incident resolve #1", user="UBOB")
-    assert ephemeral_answers(fake_slack, 4)[3] == ("Incident #1 resolved. If its alert is still firing, "
-                                                   "Alertmanager's next repeat reopens it.")
+    slash(incident_bot, fake_slack, "incident resolve #1 payment restarted, errors gone", user="UBOB")
+    assert ephemeral_answers(fake_slack, 4)[3] == ("Incident #1 resolved. Its alert still fires: Alertmanager's next "
+                                                   "repeat reopens it.")
     fake_slack.wait_for(lambda: [m for m in thread(fake_slack, top) if "resolved by <@UBOB>" in m["text"]],
                         what="the resolution in the thread")
     slash(incident_bot, fake_slack, "incident list")
     assert ephemeral_answers(fake_slack, 5)[4] == "No open incidents. :tada:"
+
+
+def test_resolving_while_the_alert_fires_asks_for_a_note_and_changes_nothing_without_one(incident_bot, fake_slack):
+    send(incident_bot, payload("firing.json"))
+    fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    slash(incident_bot, fake_slack, "incident resolve 1", user="UBOB")
+    answer = ephemeral_answers(fake_slack, 1)[0]
+    assert answer.startswith("EnvoySidecarCrashLoop is still firing, so incident #1 stays open.")
+    assert "`/mesh incident resolve 1 NOTE`" in answer
+    assert IncidentLog(incident_bot.database).get(1).status == "open"
+
+
+def test_lead_status_updates_severity_and_follow_ups_show_in_the_top_message_thread_and_log(incident_bot,
+                                                                                           fake_slack):
+    send(incident_bot, payload("firing.json"))
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    wait_for_diagnostics(fake_slack, top)
+    slash(incident_bot, fake_slack, "incident lead 1 <@UBOB|bob>")
+    assert ephemeral_answers(fake_slack, 1)[0] == "<@UBOB> leads incident #1 now."
+    slash(incident_bot, fake_slack, "incident status 1 mitigated traffic moved to the standby cluster")
+    slash(incident_bot, fake_slack, "incident severity 1 warning")
+    slash(incident_bot, fake_slack, "incident followup 1 alert on sidecar memory before it OOMs")
+    assert ephemeral_answers(fake_slack, 4)[1:] == [
+        "Incident #1: Mitigated.", "Incident #1 is warning now.",
+        "Follow-up recorded on incident #1; `meshbot incidents postmortem 1` lists it."]
+    owner = last_update(fake_slack, top, contains="WARNING")["blocks"][0]["text"]["text"]
+    assert "*Lead:* <@UBOB> \u00b7 *Status:* *Mitigated*: traffic moved to the standby cluster" in owner
+    assert owner.startswith(":warning: *WARNING \u00b7 EnvoySidecarCrashLoop")
+    said = [m["text"] for m in thread(fake_slack, top)]
+    assert "Mitigated: traffic moved to the standby cluster (<@UALICE>)" in said
+    kinds = [e.kind for e in IncidentLog(incident_bot.database).timeline(1)]
+    assert {"lead_set", "stage_changed", "severity_changed", "follow_up"} <= set(kinds)
+
+
+def test_the_top_message_is_at_most_ten_lines_and_the_triage_reply_at_most_twenty(incident_bot, fake_slack):
+    from bot.incidents.blocks import rendered_lines
+    from bot.slack.blocks import Message
+
+    send(incident_bot, istiod_down())
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    triage = wait_for_diagnostics(fake_slack, top)
+    updated = last_update(fake_slack, top, contains="Probable cause")
+    assert rendered_lines(Message(updated["text"], updated["blocks"])) <= 10
+    assert rendered_lines(Message(triage["text"], triage["blocks"])) <= 20
+    text = str(triage["blocks"])
+    assert text.count("MB1002") == 1, "each finding once"
+    assert "*Fix:*" not in text
 
 
 @pytest.mark.parametrize("text, complaint", [("incident", "which incident command"),
@@ -354,6 +401,29 @@ def test_export_is_a_postmortem_ready_timeline_in_markdown_and_json(sqlite_incid
                                                                                       "message_posted")
     listing = meshbot_cli("incidents", "--db", db, "list", "--all")
     assert "#1" in listing.stdout and "resolved" in listing.stdout
+
+
+def test_postmortem_draft_tells_what_happened_when_who_decided_and_how_long_it_took(sqlite_incident_bot,
+                                                                                     fake_slack):
+    send(sqlite_incident_bot, payload("firing.json"))
+    [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
+    wait_for_diagnostics(fake_slack, top)
+    slash(sqlite_incident_bot, fake_slack, "incident lead 1 <@UBOB|bob>")
+    slash(sqlite_incident_bot, fake_slack, "incident status 1 mitigated payment scaled out on the old nodes")
+    slash(sqlite_incident_bot, fake_slack, "incident followup 1 cap sidecar memory per namespace")
+    ephemeral_answers(fake_slack, 3)
+    send(sqlite_incident_bot, payload("resolved.json"))
+    fake_slack.wait_for(lambda: [c for c in fake_slack.of("chat.update") if c.args["text"].startswith("RESOLVED")],
+                        what="the resolution")
+    draft = meshbot_cli("incidents", "--db", sqlite_incident_bot.settings.db_path, "postmortem", "1")
+    assert draft.returncode == 0, draft.stderr
+    text = draft.stdout
+    assert text.startswith("# Postmortem draft: incident #1 \u2014 EnvoySidecarCrashLoop")
+    for expected in ("| Lead | @UBOB |", "| Time to resolve | 19m", "## What happened when", "## Who approved what",
+                     "## What changed", "- [ ] cap sidecar memory per namespace (@UALICE, ",
+                     "Mitigated: payment scaled out on the old nodes (@UALICE).", "meshbot's probable cause: "):
+        assert expected in text, expected
+    assert "| Time to mitigate | \u2014 |" not in text, "mitigation was recorded, so its time is known"
 
 
 def test_verify_detects_an_edited_event(sqlite_incident_bot, fake_slack):
@@ -493,7 +563,7 @@ def test_incident_show_says_when_in_date_time_and_zone_who_as_a_mention_and_what
     send(incident_bot, payload("firing.json"))
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
     wait_for_diagnostics(fake_slack, top)
-    slash(incident_bot, fake_slack, "incident resolve 1", user="UBOB")
+    slash(incident_bot, fake_slack, "incident resolve 1 fixed by hand", user="UBOB")
     ephemeral_answers(fake_slack, 1)
     slash(incident_bot, fake_slack, "incident show 1")
     shown = ephemeral_answers(fake_slack, 2)[1]

@@ -15,18 +15,17 @@ from typing import Any
 
 from slack_sdk.models.blocks import Block, ButtonElement, DividerBlock
 
+from bot.incidents.lifecycle import Lifecycle
 from bot.incidents.playbooks import SuggestedRemediation
 from bot.incidents.records import Incident, IncidentStatus
 from bot.slack.blocks import (
-    FINDINGS_PER_MESSAGE, LEVEL_EMOJI, MAX_BLOCKS, Message, buttons, clip, context, counts_text, escape, finding_text,
-    header, human_duration, link, message_of, plain, plain_counts, plural, section, slack_time, utc_time, verdict_text,
+    Message, buttons, clip, context, escape, human_duration, link, message_of, plain, plural, section, slack_time,
+    utc_time,
 )
-from commands.coverage import Coverage
 from bot.timeline.blocks import top_lines
 from bot.timeline.summary import TimelineSummary
-from commands.report import split_summary
 from commands.times import parse_rfc3339
-from commands.triage import Cause, Scoped
+from commands.triage import Cause
 
 SEVERITY_EMOJI = {"critical": ":rotating_light:", "error": ":red_circle:", "warning": ":warning:"}
 SUGGESTED_BUTTON = "remediation_request"
@@ -34,80 +33,11 @@ SUGGESTED_BUTTON = "remediation_request"
 ROLLBACK_BUTTON = "approval_rollback"
 """Rollback of a finished request (value: the request number)."""
 MAX_DESCRIPTION = 500
-
-
-MAX_CAUSES_SHOWN = 4
-FINDINGS_PER_CAUSE = 6
-
-
-def cause_text(number: int, cause: Cause) -> str:
-    """One probable cause: what it is, what it explains and why, and the first step."""
-    finding = cause.finding
-    lines = [f"*{number}. {escape(cause.title)}*",
-             f"{LEVEL_EMOJI[finding.level]} `{finding.code}` \u00b7 {escape(finding.origin)} \u00b7 "
-             f"{cause.confidence} confidence \u00b7 {escape(cause.explains_line)}"]
-    if cause.reasons:
-        lines.append("_because " + escape("; ".join(cause.reasons)) + "_")
-    if cause.timing:
-        lines.append(f":clock3: {escape(cause.timing)}")
-    step = cause.first_step
-    if step:
-        line = f"*First step:* {escape(step.summary)}"
-        if step.action:
-            line += f"\n`/mesh {escape(step.action)}` (runs after approval)"
-        elif step.command:
-            line += f"\n`{escape(step.command)}`"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def triage_report(title: str, view: Scoped, *, limit: int = FINDINGS_PER_MESSAGE,
-                  extra_blocks: Sequence[Block] = (), seen: Coverage | None = None) -> tuple[Message, int]:
-    """The incident's first thread reply: the probable causes, each with the findings it explains, then the
-    other findings in the alert's scope; findings elsewhere are counted, not listed.  Returns (message,
-    how many findings did not fit), so the caller attaches the full report."""
-    summaries, ordered = split_summary(view.findings)
-    # ✔ only with ``seen`` saying what was scanned: an empty list alone is no all-clear (issue 27).
-    blocks: list[Block] = [header(title)]
-    if ordered and (seen is None or seen.problems):
-        blocks.append(section(counts_text(ordered)))
-    if seen is not None and (not seen.problems or seen.not_checked):
-        blocks.append(section(verdict_text(seen)))
-    elif not ordered:
-        blocks.append(section("No findings (what was scanned is not known, so this is no all-clear)."))
-    if summaries:
-        blocks.append(section("\n".join(f"_{escape(f.check)}_: {escape(f.message)}" for f in summaries)))
-    budget = limit
-    listed: set[int] = set()
-    for number, cause in enumerate(view.causes[:MAX_CAUSES_SHOWN], start=1):
-        blocks += [DividerBlock(), section(cause_text(number, cause))]
-        listed.add(id(cause.finding))
-        in_view = [f for f in cause.explains if f in view.findings and id(f) not in listed]
-        for finding in in_view[:min(FINDINGS_PER_CAUSE, budget)]:
-            blocks.append(section(finding_text(finding)))
-            listed.add(id(finding))
-            budget -= 1
-    others = [f for f in ordered if id(f) not in listed and not any(f is c.finding for c in view.causes)]
-    if others and budget > 0:
-        blocks += [DividerBlock(), section("*Other findings here*")]
-        for finding in others[:budget]:
-            blocks.append(section(finding_text(finding)))
-            listed.add(id(finding))
-    shown_causes = {id(c.finding) for c in view.causes[:MAX_CAUSES_SHOWN]}
-    hidden = len([f for f in ordered if id(f) not in listed and id(f) not in shown_causes])
-    if view.elsewhere:
-        where = ", ".join(f"`{escape(ns)}`" for ns in view.elsewhere_namespaces)
-        blocks.append(context(f"+{plural(len(view.elsewhere), 'finding')} elsewhere"
-                              + (f" ({where})" if where else "") + ", outside this alert's scope: in the attached "
-                              "report."))
-    blocks.extend(extra_blocks)
-    if hidden:
-        blocks.append(context(f"\u2026and {plural(hidden, 'more finding')} here: the full report is attached below "
-                              "as a file."))
-    top = view.top
-    text = (f"{title}: " + (f"probable cause: {top.title} \u2014 {top.explains_line}. " if top else "")
-            + plain_counts(ordered))
-    return message_of(text, blocks[:MAX_BLOCKS]), hidden
+MAX_TOP_LINES = 10
+"""The top message at 3 AM: status, since when, cause, first step, owner (issue 27)."""
+MAX_STEP_TEXT = 240
+"""A first step is one line here; the triage reply and the attached report have it whole."""
+"""The top message at 3 AM: status, since when, cause, first step, owner (issue 27)."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +101,13 @@ class TopView:
     """Manual incidents: the action someone asked for outside any incident."""
     timeline: TimelineSummary | None = None
     """When it started, the failing edges and the last change before it, from the diagnosis's timeline."""
+    lifecycle: Lifecycle = Lifecycle()
+    """Severity set by people, the lead, the stage and its note (``bot.incidents.lifecycle``)."""
+
+    @property
+    def severity(self) -> str:
+        """The severity people set, else the alert's."""
+        return self.lifecycle.severity or self.incident.severity
 
     @property
     def resolved(self) -> bool:
@@ -210,8 +147,20 @@ def incident_message(view: TopView, now: datetime) -> Message:
     if view.joined is not None:
         return _joined_message(view, view.joined, now)
     incident = view.incident
-    parts: list[Block] = [section("\n".join(_headline_lines(view, now)))]
+    lines = _headline_lines(view, now)
+    footer = _footer(view)
+    description = view.description if view.description and not view.resolved else ""
+    # Short by design (issue 27): at most MAX_TOP_LINES lines; the alert's description goes first, then the
+    # timeline's lines (the thread's timeline reply has them all).
     step = view.headline.first_step if view.headline and not view.resolved else None
+    has_buttons = bool(step and step.action and step.button_value) or bool(view.in_effect)
+    extra = bool(description) + bool(footer) + has_buttons
+    if len(_lines(lines)) + extra > MAX_TOP_LINES:
+        description, extra = "", bool(footer) + has_buttons
+    timeline = set(top_lines(view.timeline)) if view.timeline is not None else set()
+    while len(_lines(lines)) + extra > MAX_TOP_LINES and any(line in timeline for line in lines):
+        lines.remove(next(line for line in reversed(lines) if line in timeline))
+    parts: list[Block] = [section("\n".join(lines))]
     elements = []
     if step and step.action and step.button_value:
         elements.append(ButtonElement(text=clip(f"Request: /mesh {step.action}", 75),
@@ -221,9 +170,8 @@ def incident_message(view: TopView, now: datetime) -> Message:
                                       action_id=f"{ROLLBACK_BUTTON}:{index}", value=str(effect.request_id)))
     if elements:
         parts.append(buttons(*elements, block_id=f"incident-{incident.id}"))
-    if view.description and not view.resolved:
-        parts.append(section("> " + escape(clip(view.description, MAX_DESCRIPTION)).replace("\n", "\n> ")))
-    footer = _footer(view)
+    if description:
+        parts.append(section("> " + escape(clip(" ".join(description.split()), MAX_DESCRIPTION))))
     if footer:
         parts.append(context(footer))
     return message_of(_fallback(view, now), parts)
@@ -237,18 +185,20 @@ def _headline_lines(view: TopView, now: datetime) -> list[str]:
                  + (f" \u00b7 resolved by <@{incident.resolved_by}>" if _is_user(incident.resolved_by) else "")
                  + f" \u00b7 incident #{incident.id}"]
     else:
-        icon = SEVERITY_EMOJI.get(incident.severity, ":bell:")
-        lines = [f"{icon} *{escape(incident.severity.upper())} \u00b7 {escape(incident.title)}*", _since_line(view, now)]
+        icon = SEVERITY_EMOJI.get(view.severity, ":bell:")
+        lines = [f"{icon} *{escape(view.severity.upper())} \u00b7 {escape(incident.title)}*", _since_line(view, now)]
     if view.requested_action and not view.resolved:
         who = f"<@{view.opened_by}>" if _is_user(view.opened_by) else "Someone"
         lines.append(f"{who} asked for `/mesh {escape(view.requested_action)}`; the plan, the approvals and the "
                      "outcome are in this thread.")
     where = [f"`{escape(n)}`" for n in incident.namespaces] + [f"`{escape(s)}`" for s in incident.services]
     if where and not view.resolved:
-        lines.append("*Where:* " + ", ".join(where))
+        lines[-1] += " \u00b7 in " + ", ".join(where)
     if view.timeline is not None and not view.resolved and not view.requested_action:
         lines += top_lines(view.timeline)
     lines += _cause_lines(view)
+    if not view.resolved:
+        lines.append(_owner_line(view))
     for effect in view.in_effect:
         lines.append(f":warning: *{escape(effect.what)} since {slack_time(effect.since)}* (request "
                      f"#{effect.request_id}) \u2014 *Rollback* undoes it"
@@ -281,19 +231,48 @@ def _cause_lines(view: TopView) -> list[str]:
                 else ["_Diagnosing\u2026 the probable cause and the first step will appear here._"])
     if view.resolved:
         return [f"Probable cause was: {escape(headline.title)}"]
-    lines = [f"*Probable cause* ({escape(headline.confidence)} confidence): {escape(headline.title)}",
-             f"*Impact:* {escape(headline.explains)}"]
+    lines = [f"*Probable cause* ({escape(headline.confidence)} confidence): {escape(headline.title)} \u2014 "
+             f"{escape(headline.explains)}"]
     if headline.timing:
         lines.append(f"*Just before the errors:* {escape(headline.timing)}")
     step = headline.first_step
     if step:
-        line = f"*First step:* {escape(step.summary)}"
+        line = f"*First step:* {escape(clip(step.summary, MAX_STEP_TEXT))}"
         if step.action:
             line += f"\n`/mesh {escape(step.action)}` (runs after approval)"
         elif step.command:
             line += f"\n`{escape(step.command)}`"
         lines.append(line)
     return lines
+
+
+def _owner_line(view: TopView) -> str:
+    """Who owns it and where the response stands: the lead, the stage and its note (``/mesh incident …``)."""
+    lifecycle, number = view.lifecycle, view.incident.id
+    lead = f"<@{lifecycle.lead}>" if _is_user(lifecycle.lead) else escape(lifecycle.lead) if lifecycle.lead \
+        else f"nobody yet (`/mesh incident lead {number} @you`)"
+    stage = f"*{lifecycle.stage.label}*" + (f": {escape(clip(lifecycle.stage_note, 120))}"
+                                             if lifecycle.stage_note else "")
+    return f"*Lead:* {lead} \u00b7 *Status:* {stage}"
+
+
+def _lines(lines: Sequence[str]) -> list[str]:
+    return "\n".join(lines).split("\n")
+
+
+def rendered_lines(message: Message) -> int:
+    """How many lines a message shows (sections and contexts by their text's lines, headers and button rows one
+    each): what "short by design" counts."""
+    count = 0
+    for block in message.blocks:
+        kind = block.get("type")
+        if kind == "section":
+            count += len(block["text"]["text"].split("\n"))
+        elif kind in ("header", "actions"):
+            count += 1
+        elif kind == "context":
+            count += max((len(e.get("text", "").split("\n")) for e in block.get("elements", [])), default=0)
+    return count
 
 
 def _footer(view: TopView) -> str:

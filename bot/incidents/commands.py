@@ -1,12 +1,18 @@
-"""``/mesh incident list|show|note|resolve``: the incident log from Slack (answers only the asker sees)."""
+"""``/mesh incident …``: the incident log and its lifecycle from Slack (answers only the asker sees).
+
+Reading, noting and the lifecycle (lead, status updates, severity, follow-ups) need DIAGNOSE; resolving by hand
+needs RESOLVE.  The lifecycle's rules are ``bot.incidents.response``'s."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from bot.incidents.flow import IncidentFlow
+from bot.incidents.lifecycle import SEVERITIES, LifecycleStore, Stage
+from bot.incidents.response import IncidentResponse
 from bot.incidents.records import Incident
 from bot.incidents import headline
 from bot.incidents.report import NOISE, Style, describe_event, event_time, person
@@ -14,10 +20,14 @@ from bot.slack.app import Invocation
 from bot.slack.roles import Permission
 from bot.slack.blocks import escape, human_duration
 from bot.slack.slash import PermissionWhen, SlashCommands, UsageError, expect_at_most
+from commands.suggestions import did_you_mean
 
 MAX_TIMELINE_EVENTS = 40
-INCIDENT_USAGE = "incident list | incident show ID | incident note ID TEXT | incident resolve ID"
+INCIDENT_USAGE = ("incident list | show ID | note ID TEXT | lead ID @someone | status ID investigating|fixing|"
+                  "mitigated|monitoring NOTE | severity ID critical|error|warning|info | followup ID TEXT | "
+                  "resolve ID [NOTE]")
 MAX_NOTE_LENGTH = 2000
+_MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
 
 
 class IncidentOp(StrEnum):
@@ -25,6 +35,10 @@ class IncidentOp(StrEnum):
     SHOW = "show"
     NOTE = "note"
     RESOLVE = "resolve"
+    LEAD = "lead"
+    STATUS = "status"
+    SEVERITY = "severity"
+    FOLLOWUP = "followup"
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,8 @@ class IncidentRequest:
     op: IncidentOp
     incident_id: int | None = None
     text: str = ""
+    value: str = ""
+    """The lead (a user id when Slack escaped the mention), the stage or the severity."""
 
 
 def incident_number(value: str) -> int:
@@ -42,27 +58,59 @@ def incident_number(value: str) -> int:
     return int(number)
 
 
+def _text_after(rest: str, words: int) -> str:
+    """The raw text after the first ``words`` words (notes keep their spacing)."""
+    parts = rest.split(None, words)
+    text = parts[words].strip() if len(parts) > words else ""
+    if len(text) > MAX_NOTE_LENGTH:
+        raise UsageError(f"a note can be at most {MAX_NOTE_LENGTH} characters")
+    return text
+
+
 def parse_incident(words: list[str], rest: str) -> IncidentRequest:
     if not words:
         raise UsageError(f"which incident command? Usage: `/mesh {INCIDENT_USAGE}`")
     try:
         op = IncidentOp(words[0].lower())
     except ValueError:
-        raise UsageError(f"unknown incident command `{words[0][:20]}`. Usage: `/mesh {INCIDENT_USAGE}`") from None
+        suggestion = did_you_mean(words[0][:20].lower(), [str(o) for o in IncidentOp])
+        raise UsageError(f"unknown incident command `{words[0][:20]}`.{suggestion} Usage: `/mesh {INCIDENT_USAGE}`") \
+            from None
     if op == IncidentOp.LIST:
         expect_at_most(words, 1, "incident list")
         return IncidentRequest(op)
-    if op in (IncidentOp.SHOW, IncidentOp.RESOLVE):
-        if len(words) != 2:
-            raise UsageError(f"usage: `/mesh incident {op} ID`")
-        return IncidentRequest(op, incident_number(words[1]))
-    if len(words) < 3:
-        raise UsageError("usage: `/mesh incident note ID TEXT`")
+    if len(words) < 2:
+        raise UsageError(f"usage: `/mesh incident {op} ID …`")
     incident_id = incident_number(words[1])
-    text = rest.split(None, 2)[2].strip()
-    if len(text) > MAX_NOTE_LENGTH:
-        raise UsageError(f"a note can be at most {MAX_NOTE_LENGTH} characters")
-    return IncidentRequest(op, incident_id, text)
+    if op == IncidentOp.SHOW:
+        expect_at_most(words, 2, "incident show ID")
+        return IncidentRequest(op, incident_id)
+    if op == IncidentOp.RESOLVE:
+        return IncidentRequest(op, incident_id, _text_after(rest, 2))
+    if op in (IncidentOp.NOTE, IncidentOp.FOLLOWUP):
+        text = _text_after(rest, 2)
+        if not text:
+            raise UsageError(f"usage: `/mesh incident {op} ID TEXT`")
+        return IncidentRequest(op, incident_id, text)
+    if len(words) < 3:
+        raise UsageError(f"usage: `/mesh {INCIDENT_USAGE}`")
+    value = words[2]
+    if op == IncidentOp.LEAD:
+        mention = _MENTION.match(value)
+        return IncidentRequest(op, incident_id, value=mention.group(1) if mention else value[:80])
+    if op == IncidentOp.SEVERITY:
+        if value.lower() not in SEVERITIES:
+            raise UsageError(f"severity is one of {', '.join(SEVERITIES)}")
+        return IncidentRequest(op, incident_id, value=value.lower())
+    try:
+        stage = Stage(value.lower())
+    except ValueError:
+        raise UsageError(f"a status is one of {', '.join(str(s) for s in Stage)} (resolving is "
+                         f"`/mesh incident resolve {incident_id}`)") from None
+    note = _text_after(rest, 3)
+    if not note:
+        raise UsageError(f"say what changed in a short note: `/mesh incident status {incident_id} {stage} NOTE`")
+    return IncidentRequest(op, incident_id, note, value=str(stage))
 
 
 def thread_link(incident: Incident, ts: str | None) -> str:
@@ -74,6 +122,7 @@ def thread_link(incident: Incident, ts: str | None) -> str:
 @dataclass(frozen=True)
 class IncidentCommands:
     flow: IncidentFlow
+    response: IncidentResponse
 
     def handle(self, who: Invocation, request: IncidentRequest) -> None:
         """An unknown incident number raises UserError, which the asker reads as a warning."""
@@ -108,25 +157,37 @@ class IncidentCommands:
                 lines.append(f"\u2022 *#{incident.id}* [{incident.severity}] {escape(incident.title)} \u2014 open "
                              f"{incident.duration(now)}{thread_link(incident, ts)}")
             return "\n".join(lines)
+        if request.incident_id is None:  # the parser names one for every command but list
+            raise UsageError(f"which incident? Usage: `/mesh {INCIDENT_USAGE}`")
         incident = log.get(request.incident_id)
         if request.op == IncidentOp.SHOW:
             return self._timeline(incident, now)
         if request.op == IncidentOp.NOTE:
             flow.note(incident.id, who.user, request.text)
             return f"Noted on incident #{incident.id}."
-        if flow.resolve(incident.id, who.user):
-            return (f"Incident #{incident.id} resolved. If its alert is still firing, Alertmanager's next repeat "
-                    "reopens it.")
-        return f"Incident #{incident.id} was already resolved."
+        response = self.response
+        if request.op == IncidentOp.LEAD:
+            return response.set_lead(incident.id, who.user, request.value)
+        if request.op == IncidentOp.SEVERITY:
+            return response.set_severity(incident.id, who.user, request.value)
+        if request.op == IncidentOp.STATUS:
+            return response.update_stage(incident.id, who.user, Stage(request.value), request.text)
+        if request.op == IncidentOp.FOLLOWUP:
+            return response.follow_up(incident.id, who.user, request.text)
+        return response.resolve(incident.id, who.user, request.text)
 
 
 def resolves(request: IncidentRequest) -> bool:
-    return request.op == IncidentOp.RESOLVE
+    """Resolving, and steering the response (lead, status, severity), need RESOLVE: the people who may close it."""
+    return request.op in (IncidentOp.RESOLVE, IncidentOp.LEAD, IncidentOp.STATUS, IncidentOp.SEVERITY)
 
 
 def register(commands: SlashCommands, flow: IncidentFlow) -> None:
-    """``/mesh incident``: reading and noting need only DIAGNOSE; resolving by hand needs RESOLVE
-    (MESHBOT_RESOLVE_BY).  It reads the database only, so it answers from the messenger pool."""
-    commands.add("incident", usage=INCIDENT_USAGE, summary="open incidents, a timeline, add a note, resolve",
-                 parse=parse_incident, handle=IncidentCommands(flow).handle,
-                 permission=PermissionWhen(Permission.RESOLVE, resolves, "`incident resolve`"))
+    """``/mesh incident``: reading, notes and follow-ups need only DIAGNOSE; resolving by hand and steering the
+    response need RESOLVE (MESHBOT_RESOLVE_BY).  It touches the database only, so it answers from the messenger
+    pool."""
+    response = IncidentResponse(flow, LifecycleStore(flow.database))
+    commands.add("incident", usage=INCIDENT_USAGE, summary="open incidents, a timeline, notes, the lead, status "
+                 "updates, severity, follow-ups, resolve", parse=parse_incident,
+                 handle=IncidentCommands(flow, response).handle,
+                 permission=PermissionWhen(Permission.RESOLVE, resolves, "`incident resolve|lead|status|severity`"))

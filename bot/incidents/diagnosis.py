@@ -86,7 +86,7 @@ class IncidentDiagnosis:
         findings, errors, steps = self._run_playbook(playbook, incident.labels, self._queued_note(incident))
         summaries, rest = split_summary(findings)
         result = triage(rest)
-        timeline = pending_timeline.result() if pending_timeline is not None else None
+        timeline = self.timeline.finished(pending_timeline) if self.timeline and pending_timeline else None
         if timeline is not None and self.timeline is not None:
             # A change shortly before the onset on the failing edges breaks ties of equal impact (triage.ORDERING).
             result, _ = rank_by_time(result, timeline.telemetry.edges, timeline.changes,

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import sqlite_utils
 
+from bot.incidents.lifecycle import LifecycleStore
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import DiagnosisRecord, Event, EventKind
 from bot.slack.outbox import Outbox
@@ -108,7 +109,8 @@ def top_view(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbox, 
         diagnosed=incident.diagnosed, joined=joined, in_effect=in_effect(events),
         opened_by=opened.actor if opened else None,
         requested_action=str(opened_data.get("reason", "")).removeprefix("/mesh ") if manual else None,
-        timeline=TimelineSummary.from_data(diagnosis.timeline) if diagnosis and diagnosis.timeline else None)
+        timeline=TimelineSummary.from_data(diagnosis.timeline) if diagnosis and diagnosis.timeline else None,
+        lifecycle=LifecycleStore(incidents.database).get(incident_id, db))
 
 
 def thread_url(outbox: Outbox, channel: str | None, entry: int | None) -> str | None:

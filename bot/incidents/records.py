@@ -41,6 +41,11 @@ class EventKind(StrEnum):
     """A ``/mesh`` command refused for want of a role."""
     APPROVAL_GRANTED = "approval_granted"
     """The quorum was reached: the single-use grant to execute exactly this plan binding."""
+    SEVERITY_CHANGED = "severity_changed"
+    LEAD_SET = "lead_set"
+    STAGE_CHANGED = "stage_changed"
+    """A status update: the response's stage (investigating, fixing, mitigated, monitoring) with a short note."""
+    FOLLOW_UP = "follow_up"
     AUDIT_KEY_ROTATED = "audit_key_rotated"
     AUDIT_ALARM = "audit_alarm"
     """Evidence of tampering meshbot found while running (an anchor that is no ancestor, an execution without

@@ -141,6 +141,10 @@ _DESCRIBERS: dict[str, Callable[[Mapping[str, Any], Style], str]] = {
     "action_failed": lambda d, s: f"`/mesh {free_text(d.get('action'), s)}` failed (request #{d.get('request_id')}): "
                                   f"{free_text(d.get('error'), s)}",
     "action_verified": lambda d, s: f"Verify {'passed' if d.get('ok') else 'FAILED'} (request #{d.get('request_id')})",
+    "lead_set": lambda d, s: f"Lead: {person(str(d.get('lead')), s)}",
+    "severity_changed": lambda d, s: f"Severity set to {free_text(d.get('severity'), s)}",
+    "stage_changed": lambda d, s: f"{str(d.get('stage', '')).capitalize()}: {free_text(d.get('note'), s)}",
+    "follow_up": lambda d, s: f"Follow-up: {free_text(d.get('text'), s)}",
 }
 
 

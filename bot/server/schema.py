@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.approvals import store as approval_store
+from bot.incidents import lifecycle as incident_lifecycle
 from bot.incidents import store as incident_store
 from bot.slack import outbox, replays
 from bot.reminders import service as reminder_service
@@ -29,6 +30,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     incident_store.audit_seal,  # 9: the audit seal (log identity, key check value, newest rotation), MAC'd
     approval_store.execution_fencing,  # 10: each execution claim's attempt (fencing token) and database-time lease
     replays.deliveries_table,  # 11: Slack deliveries already handled, shared by replicas and kept across restarts
+    incident_lifecycle.lifecycle_tables,  # 13: incident severity set by people, lead, stage, mitigation; follow-ups
 )
 
 

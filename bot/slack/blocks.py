@@ -18,7 +18,7 @@ from slack_sdk.models.blocks import (
 
 from commands.coverage import Coverage
 from commands.findings import Finding, Level, count_by_level
-from commands.report import split_summary
+from commands.report import remediation_label, split_summary
 from commands.times import short_duration, utc_minute
 
 MAX_BLOCKS = 50
@@ -152,10 +152,12 @@ def finding_text(finding: Finding) -> str:
              escape(finding.message)]
     remediation = finding.remediation
     if remediation:
+        # "Fix:" only for a command that fixes; advice and commands that only look are a next step (issue 27).
+        label = escape(remediation_label(finding))
         if remediation.command:
-            lines.append(f"*Fix:* {escape(remediation.summary)}\n`{escape(remediation.command)}`")
+            lines.append(f"*{label}:* {escape(remediation.summary)}\n`{escape(remediation.command)}`")
         else:
-            lines.append(f"*Fix:* {escape(remediation.summary)}")
+            lines.append(f"*{label}:* {escape(remediation.summary)}")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +26,11 @@ CAPTURES = "timeline"
 """The folder beside a scenario file holding its captured Prometheus answers and cluster objects."""
 READERS = 4
 """Timelines read at once for incidents (each a few list calls and Prometheus queries, mostly waiting)."""
+LIST_CALLS = 12
+"""About how many Kubernetes list calls one timeline makes (the mesh kinds, ReplicaSets, Pods, Namespaces,
+ConfigMaps, Events)."""
+PROMETHEUS_QUESTIONS = 8
+"""The questions one timeline asks Prometheus (one file each in examples/demo/timeline/prometheus)."""
 CAPTURED_SLACK = timedelta(hours=2)
 """How far an alert's time may lie from the captures' moment and still be the window's centre."""
 
@@ -94,6 +99,20 @@ class TimelineReader:
         finally:
             if prometheus is not None:
                 prometheus.close()
+
+    def budget(self) -> float:
+        """Seconds a diagnosis waits for its timeline: every list call and Prometheus question at its timeout
+        (a Prometheus that times out is asked nothing more, docs/timeline.md "Prometheus", so this is rare)."""
+        return LIST_CALLS * self.settings.kube_timeout + PROMETHEUS_QUESTIONS * self.settings.prometheus_timeout
+
+    def finished(self, pending: Future[Timeline | None]) -> Timeline | None:
+        """The timeline ``start`` began, or None when it is not read within ``budget``: the diagnosis goes on
+        without it rather than wait on a cluster that does not answer."""
+        try:
+            return pending.result(timeout=self.budget())
+        except FutureTimeout:
+            log.warning("the timeline was not read within %.0f s; the diagnosis goes on without it", self.budget())
+            return None
 
     def read_or_none(self, *, at: datetime, namespaces: Sequence[str],
                      since: timedelta = DEFAULT_SINCE) -> Timeline | None:
