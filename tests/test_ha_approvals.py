@@ -19,25 +19,35 @@ from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.postgres import PASSWORD
 from tests.support.slack import post_signed, slash_command_body
 from tests.test_actions import deployment, namespace
-from tests.test_approvals import APPROVERS, ask, created_peer_authentications, events, press, wait_finished
+from tests.support.istiod import syncz_entry
+from tests.test_approvals import (
+    APPROVERS, ask, created_peer_authentications, events, istiod_pod, press, wait_finished,
+)
 
 AUDIT_KEY = "ha-test-audit-key-0123456789abcdef0123"
 REQUESTS = 20
 
 
 @pytest.fixture
-def replicas(bot_factory, kube: FakeKube, fake_slack, tmp_path, postgres):
-    """Three replicas on one fresh PostgreSQL database (the audit key shared, as from one Secret)."""
+def replicas(kube: FakeKube, bot_factory, fake_slack, tmp_path, postgres, istiod_server):
+    """Three replicas on one fresh PostgreSQL database (the audit key shared, as from one Secret), with a healthy
+    istiod (its pod Ready, its syncz answering) so the actions' preconditions hold."""
     for n in range(REQUESTS):
         kube.add(namespace(f"team-{n}"), deployment("api", f"team-{n}"))
-    kube.add(namespace("istio-system"), deployment("istiod", "istio-system"))
+    kube.add(namespace("istio-system"), deployment("istiod", "istio-system"), istiod_pod())
+    istiod_server.answer("/debug/syncz", [syncz_entry("api-1.team-0")])
     fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
     config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
     url = postgres.create()
-    return [bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
-                        approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", database_url=url,
-                        database_password=PASSWORD, audit_key=AUDIT_KEY, db_path=str(tmp_path / f"replica{i}.db"))
-            for i in range(3)]
+    started = [bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
+                           approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", database_url=url,
+                           database_password=PASSWORD, audit_key=AUDIT_KEY, db_path=str(tmp_path / f"replica{i}.db"),
+                           istiod_url=istiod_server.url)
+               for i in range(3)]
+    for meshbot in started:
+        # No test here is about the effect: the first look after execution need not wait for acknowledgements.
+        meshbot.services.approvals.effects.settle = timedelta(0)
+    return started
 
 
 def ask_in(meshbot, fake_slack, text: str, channel: str) -> int:
@@ -75,7 +85,8 @@ def test_twenty_approvals_clicked_on_different_replicas_at_once_each_execute_onc
             answer.result(timeout=60)
 
     finished = [wait_finished(replicas[0], fake_slack, request_id) for request_id in asked]
-    assert {r.state for r in finished} == {RequestState.SUCCEEDED}
+    assert {r.state for r in finished} == {RequestState.SUCCEEDED}, [
+        r.result for r in finished if r.state != RequestState.SUCCEEDED]
     assert created_peer_authentications(kube) == REQUESTS  # one write per request, none twice
     assert [executions(replicas[0], r.id, r.incident_id) for r in finished] == [1] * REQUESTS
 
