@@ -22,6 +22,7 @@ from tests.support.slack import FakeSlack, block_action_body, post_signed, slash
 from tests.test_actions import deployment, namespace, peer_authentication
 
 APPROVERS = ("UBOB", "UCAROL", "S0SRE")
+ASK_TIMEOUT = 30.0
 _answer_names = itertools.count(1)
 
 
@@ -92,7 +93,9 @@ def ask(meshbot, fake_slack: FakeSlack, text: str, user: str = "UALICE") -> tupl
     name = f"ask{next(_answer_names)}"
     body = slash_command_body(text, user_id=user, response_url=fake_slack.response_url(name))
     assert post_signed(f"{meshbot.url}/slack/events", body).status_code == 200
-    answer = fake_slack.wait_for(lambda: fake_slack.answers_to(name), what=f"the answer to /mesh {text}")[0]
+    # Asking plans, runs a diagnosis for the preconditions and dry-runs: allow for a loaded machine.
+    answer = fake_slack.wait_for(lambda: fake_slack.answers_to(name), timeout=ASK_TIMEOUT,
+                                 what=f"the answer to /mesh {text}")[0]
     assert "Request #" in answer, answer
     request_id = int(answer.split("Request #", 1)[1].split()[0])
     request_message(fake_slack, request_id)

@@ -21,7 +21,7 @@ from tests.support.slack import post_signed, slash_command_body
 from tests.test_actions import deployment, namespace
 from tests.support.istiod import syncz_entry
 from tests.test_approvals import (
-    APPROVERS, ask, created_peer_authentications, events, istiod_pod, press, wait_finished,
+    APPROVERS, ASK_TIMEOUT, ask, created_peer_authentications, events, istiod_pod, press, wait_finished,
 )
 
 AUDIT_KEY = "ha-test-audit-key-0123456789abcdef0123"
@@ -56,7 +56,9 @@ def ask_in(meshbot, fake_slack, text: str, channel: str) -> int:
     name = f"ask-{channel}"
     body = slash_command_body(text, channel_id=channel, response_url=fake_slack.response_url(name))
     assert post_signed(f"{meshbot.url}/slack/events", body).status_code == 200
-    answer = fake_slack.wait_for(lambda: fake_slack.answers_to(name), what=f"the answer to /mesh {text}")[0]
+    # Asking plans, runs a diagnosis for the preconditions and dry-runs: allow for a loaded machine.
+    answer = fake_slack.wait_for(lambda: fake_slack.answers_to(name), timeout=ASK_TIMEOUT,
+                                 what=f"the answer to /mesh {text}")[0]
     request_id = int(answer.split("Request #", 1)[1].split()[0])
     fake_slack.wait_for(lambda: [m for m in fake_slack.messages() if f"request #{request_id}:" in m.get("text", "")],
                         what=f"request #{request_id} in its thread")
