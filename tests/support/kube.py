@@ -389,14 +389,22 @@ class FakeKube:
     def seed(self, objects: Iterable[dict[str, Any]]) -> None:
         """Store objects created before anyone watched (no watch history), taking them over without a copy:
         for benchmarks that seed tens of thousands."""
-        def store() -> None:
-            for obj in objects:
+        def store(batch: list[dict[str, Any]]) -> None:
+            for obj in batch:
                 info = KINDS[obj["kind"]]
                 meta = obj["metadata"]
                 meta.setdefault("resourceVersion", self.emulator.next_resource_version())
                 key = (resource_of(info), meta.get("namespace") if info.namespaced else None, meta["name"])
                 self.emulator.objects[key] = obj
-        self.loop.call(store)
+
+        # Built here, stored on the loop a batch at a time: the loop keeps serving meanwhile.
+        batch: list[dict[str, Any]] = []
+        for obj in objects:
+            batch.append(obj)
+            if len(batch) == 200:
+                self.loop.call(lambda done=batch: store(done))
+                batch = []
+        self.loop.call(lambda: store(batch))
 
     def remove(self, kind: str, namespace: str | None, name: str) -> None:
         """Delete an object as someone else would; watches see DELETED."""
