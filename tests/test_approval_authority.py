@@ -143,3 +143,14 @@ def test_a_vote_needing_a_group_slack_cannot_list_after_expiry_is_refused_and_au
                  if e.kind == "approval_click" and e.data.get("request_id") == second]
     assert refused.actor == "UDAVE" and refused.data["accepted"] is False
     assert "could not check" in refused.data["reason"]
+
+
+def test_roles_and_votes_share_one_answer_per_group(authority_bot, fake_slack):
+    # The start-up quorum check listed S0SRE; asking (a role: MESHBOT_APPROVERS are responders) and voting
+    # (the two-person rule) both read that one answer instead of asking Slack again.
+    assert len(fake_slack.of("usergroups.users.list")) == 1
+    first, _ = ask(authority_bot, fake_slack, "permissive-mtls payments", user="UDAVE")
+    second, _ = ask(authority_bot, fake_slack, "permissive-mtls payments --reason again")
+    assert "Approval recorded" in press(authority_bot, fake_slack, "approval_approve", str(second), "UDAVE")
+    assert len(fake_slack.of("usergroups.users.list")) == 1
+    assert authority_bot.approvals.get(first).requester == "UDAVE"

@@ -51,6 +51,7 @@ from bot.slack import diagnoses as diagnosis_commands
 from bot.slack.app import Buttons, Pools, build_bolt_app
 from bot.slack.blocks import Message, escape
 from bot.slack.client import SlackClient, build_web_client
+from bot.slack.groups import GroupDirectory
 from bot.slack.ingress import WINDOW_SECONDS, SlackRequestGate
 from bot.slack.outbox import Outbox
 from bot.slack.replays import DeliveryLedger
@@ -104,9 +105,11 @@ def build(settings: Settings, *, runner: Runner | None = None,
     outbox = Outbox(database, outbox_slack, metrics, record=IncidentDeliveries(incidents),
                     batch_interval=settings.thread_batch_seconds)
     incidents.on_alarm = _audit_alarm(metrics, outbox, settings.channel)
+    # One answer per user group for roles and votes alike, failing closed when it expires and Slack cannot answer.
+    groups = GroupDirectory(slack.usergroup_members)
     approvals: ApprovalDesk | None = None  # a captured scenario has no cluster to act on
     if not settings.scenario:
-        approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack,
+        approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack, groups=groups,
                                  policy=approval_policy(settings), kube=cluster.client, workers=workers,
                                  execution_lease=timedelta(seconds=settings.execution_lease_seconds),
                                  inspector=MeshInspector(diagnose=diagnostician.run,
@@ -131,7 +134,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     reminder_commands.register(commands, reminders)
     timeline_commands.register(commands, timeline, slack=slack, outbox=outbox)
     commands.audit_refused(_refused_command_recorder(incidents))
-    roles = RoleCheck(Roles.from_settings(settings), slack.usergroup_members)
+    roles = RoleCheck(Roles.from_settings(settings), groups)
     bolt = build_bolt_app(settings, web_client, Pools(messengers=messengers, workers=workers), commands, buttons,
                           roles)
 

@@ -7,23 +7,21 @@ action or resolve an incident.  Approving stays with the two-person rule
 (``bot.approvals.rule``), which checks the approver list itself.
 
 User groups (``S…``) are expanded through Slack's ``usergroups.users.list`` and
-cached for ``GROUP_CACHE_SECONDS`` at most: someone removed from the on-call
-group loses the right within that time.  When Slack cannot tell who is in a
+cached for ``GROUP_CACHE_SECONDS`` at most, in the ``GroupDirectory`` the approval
+desk shares: someone removed from the on-call group loses the right within that
+time.  When Slack cannot tell who is in a
 group, the answer is no (fail closed) and the refusal says why.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.settings import Audience, Settings
 from bot.slack.client import SlackError
-
-GROUP_CACHE_SECONDS = 300.0
+from bot.slack.groups import GroupDirectory
 
 
 class Permission(StrEnum):
@@ -82,14 +80,10 @@ def refusal(permission: Permission, audience: Audience) -> str:
 class RoleCheck:
     """``refusal_for(user, permission)``: None when allowed, else the polite sentence to show them."""
 
-    def __init__(self, roles: Roles, usergroup_members: Callable[[str], list[str]],
-                 clock: Callable[[], float] = time.monotonic, max_age: float = GROUP_CACHE_SECONDS):
+    def __init__(self, roles: Roles, groups: GroupDirectory):
         self.roles = roles
-        self._lookup = usergroup_members
-        self._clock = clock
-        self._max_age = max_age
-        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
-        self._lock = threading.Lock()
+        self._groups = groups
+        """Shared with the approval desk: one answer per group for roles and votes alike, fail closed."""
 
     def needs_check(self, permission: Permission) -> bool:
         return self.roles.audience(permission) is not Audience.EVERYONE
@@ -99,20 +93,9 @@ class RoleCheck:
         if audience is Audience.EVERYONE:
             return None
         try:
-            if is_member(user, self.roles.ids(audience), self._members):
+            if is_member(user, self.roles.ids(audience), self._groups.members):
                 return None
         except SlackError as exc:
             return (f"Sorry, meshbot could not check whether you may {WHAT[permission]} (Slack answered "
                     f"{exc.error} when asked who is in the user groups), so it did nothing. Please try again.")
         return refusal(permission, audience)
-
-    def _members(self, group: str) -> frozenset[str]:
-        now = self._clock()
-        with self._lock:
-            cached = self._groups.get(group)
-            if cached is not None and now - cached[0] < self._max_age:
-                return cached[1]
-        members = frozenset(self._lookup(group))
-        with self._lock:
-            self._groups[group] = (now, members)
-        return members
