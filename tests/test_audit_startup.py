@@ -94,3 +94,15 @@ def test_verify_on_postgresql_reads_the_pods_anchor_file_and_reports_a_truncatio
     database.close()
     assert main(["incidents", "verify"]) == 1
     assert "chain ends at #5 but the anchor of" in capsys.readouterr().err
+
+
+def test_meshbot_anchors_the_idle_tail_at_shutdown(bot_factory, tmp_path):
+    meshbot = bot_factory()
+    incidents = meshbot.services.incidents
+    for n in range(3):  # notes: no state change, so anchor_if_due waits ANCHOR_EVERY before anchoring them
+        incidents.record(None, "alertmanager", EventKind.NOTE, {"n": n})
+    newest = incidents.newest_event_id()
+    log_id = incidents.seal().log_id
+    meshbot.stop()
+    anchor = FileAnchorStore(Path(meshbot.settings.db_path).with_name("meshbot.db.anchor")).latest(log_id)
+    assert anchor is not None and anchor.event_id >= newest and anchor.holds(incidents.key)
