@@ -96,3 +96,12 @@ def test_the_outbox_delivers_a_recorded_image_into_its_thread_after_the_message(
     [shared] = fake_slack.files.values()
     assert shared.content == PNG
     assert shared.thread_ts == fake_slack.messages(top_level=True)[0]["_ts"]
+
+
+def test_a_text_report_over_a_snippets_1_mb_goes_as_a_plain_file_and_a_small_one_as_a_snippet(fake_slack):
+    client = _client(fake_slack)
+    big = client.upload_text(CHANNEL, None, filename="all.txt", title="All", content="x" * (1024 * 1024 + 1))
+    small = client.upload_text(CHANNEL, None, filename="few.txt", title="Few", content="x" * 10)
+
+    assert fake_slack.files[big].snippet_type is None
+    assert fake_slack.files[small].snippet_type == "text"

@@ -28,6 +28,8 @@ from commands.errors import MeshbotError
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 15
+SNIPPET_LIMIT = 1024 * 1024
+"""Slack refuses a snippet longer than 1 MB (files.getUploadURLExternal: ``snippet_too_large``)."""
 
 
 class SlackErrorKind(StrEnum):
@@ -171,9 +173,11 @@ class SlackClient:
 
     def upload_text(self, channel: str, thread_ts: str | None, *, filename: str, title: str, content: str,
                     comment: str | None = None) -> str:
-        """A text snippet in a thread (files.getUploadURLExternal + upload + completeUploadExternal)."""
+        """A text snippet in a thread (files.getUploadURLExternal + upload + completeUploadExternal); past Slack's
+        1 MB for a snippet (``snippet_too_large``, files.getUploadURLExternal's errors) a plain text file."""
+        snippet = "text" if len(content.encode()) <= SNIPPET_LIMIT else None
         return self._upload(channel=channel, thread_ts=thread_ts, filename=filename, title=title, content=content,
-                            initial_comment=comment, snippet_type="text")
+                            initial_comment=comment, snippet_type=snippet)
 
     def upload_image(self, channel: str, thread_ts: str | None, *, filename: str, title: str, content: bytes,
                      alt_text: str) -> str:
