@@ -70,7 +70,8 @@ class IncidentLog(IncidentStore):
         if self.anchor_stores is None:
             self.anchor_stores = default_anchor_stores(self.database.path)
 
-    def _key(self) -> AuditKey:
+    def audit_key(self) -> AuditKey:
+        """The key this log MACs and checks events with (loaded at construction)."""
         if self.key is None:  # __post_init__ loads one: only setting it to None afterwards gets here
             raise RuntimeError("the incident log has no audit key")
         return self.key
@@ -79,7 +80,7 @@ class IncidentLog(IncidentStore):
 
     def _sealed(self, db: sqlite_utils.Database) -> AuditSeal:
         """The log's seal, written now if this is its first keyed write; refuses a log sealed with another key."""
-        key, seal = self._key(), self.seal(db)
+        key, seal = self.audit_key(), self.seal(db)
         if seal is None:
             raise AuditKeyError("the audit_chain row is gone (deleted in the database): nothing says where the "
                                 "unkeyed prefix ends; refusing to write the incident log")
@@ -103,12 +104,12 @@ class IncidentLog(IncidentStore):
         if newest is None or newest[0] <= seal.legacy_until:
             return None
         row = self.event_row(db, newest[0])
-        if row is None or broken_event(self._key(), row, row["prev_hash"], seal.legacy_until) is None:
+        if row is None or broken_event(self.audit_key(), row, row["prev_hash"], seal.legacy_until) is None:
             return None
         return self._wrong_key("(unknown: the log predates check values)")
 
     def _wrong_key(self, expected: str) -> str:
-        key = self._key()
+        key = self.audit_key()
         if key.generated:
             return (f"the incident log holds events signed with an audit key but none is configured (a new one was "
                     f"just generated at {key.source}): set MESHBOT_AUDIT_KEY(_FILE) or restore the key file; a new "
@@ -127,7 +128,7 @@ class IncidentLog(IncidentStore):
     def rotate_key(self, new: AuditKey, actor: str) -> int:
         """Sign the log with ``new`` from now on: a rotation event (HMAC with the new key, and a proof made with
         the old one) that the seal names.  Returns the event's id; set MESHBOT_AUDIT_KEY to the new key next."""
-        old = self._key()
+        old = self.audit_key()
         if new.check == old.check:
             raise UserError("the new audit key is the current one")
         with self.database.transaction() as db:
@@ -161,7 +162,7 @@ class IncidentLog(IncidentStore):
         prev = self.last_hash(db) or GENESIS
         at = iso(self.clock())
         payload = json.dumps(fields, sort_keys=True, default=str)
-        digest = event_mac(self._key(), prev, incident_id, at, actor, str(kind), payload)
+        digest = event_mac(self.audit_key(), prev, incident_id, at, actor, str(kind), payload)
         return self.insert_event(db, incident_id, at, actor, str(kind), payload, prev, digest)
 
     def record(self, incident_id: int | None, actor: str, kind: EventKind | str,
@@ -194,7 +195,9 @@ class IncidentLog(IncidentStore):
         for row in self.event_rows(db, incident_id, kinds):
             if row["id"] <= legacy_until or row["prev_hash"] != (row.pop("before") or GENESIS):
                 continue
-            if broken_event(self._key(), row, row["prev_hash"], legacy_until) is None:
+            # The current key, or one it replaced (a request opened before a rotation keeps its authority).
+            if any(broken_event(key, row, row["prev_hash"], legacy_until) is None
+                   for key in (self.audit_key(), *self.previous_keys)):
                 out.append({**row, "data": json.loads(row["data"])})
         return out
 
@@ -225,7 +228,7 @@ class IncidentLog(IncidentStore):
     def verify(self, anchors: Sequence[AnchorStore] | None = None) -> ChainReport:
         """Recompute the chain, compare its head with every anchor kept outside the database, and the incident
         rows with the events; every finding is named."""
-        keys = {k.check: k for k in (*self.previous_keys, self._key())}
+        keys = {k.check: k for k in (*self.previous_keys, self.audit_key())}
         seal = self.seal()
         events = self.newest_event_id()
         if seal is None:
@@ -239,7 +242,7 @@ class IncidentLog(IncidentStore):
                                unkeyed=seal.legacy_until)
         sealing = keys.get(seal.key_check or "")
         if sealing is None:
-            return ChainReport(events, wrong_key=wrong_key_message(self._key(), seal.key_check or ""))
+            return ChainReport(events, wrong_key=wrong_key_message(self.audit_key(), seal.key_check or ""))
         if not seal.holds(sealing):
             return ChainReport(events, 0, "the audit seal does not hold: the legacy boundary, the log's identity, "
                                "its key check value or its newest rotation was edited in the database",
@@ -261,7 +264,7 @@ class IncidentLog(IncidentStore):
         for row in self.chain_rows():
             count += 1
             check = segments.check_for(row["id"]) if row["id"] > legacy_until else None
-            key = keys.get(check) if check else self._key()
+            key = keys.get(check) if check else self.audit_key()
             if key is None and check:
                 unchecked.setdefault(check, []).append(row["id"])
             broken = broken_event(key, row, prev, legacy_until) if key else _link_broken(row, prev)
@@ -323,7 +326,7 @@ class IncidentLog(IncidentStore):
             return None
         event_id, digest = newest
         return Anchor(event_id, digest[:ANCHOR_PREFIX_CHARS], self.clock(), seal.legacy_until,
-                      seal.log_id).signed(self._key())
+                      seal.log_id).signed(self.audit_key())
 
     def anchor_if_due(self) -> Anchor | None:
         """Publish the head to every anchor store when it moved and a state changed or ``anchor_every`` passed."""
@@ -348,8 +351,7 @@ class IncidentLog(IncidentStore):
             except UserError as exc:
                 log.warning("not anchoring the audit head on %s: %s", store.name, exc)
                 continue
-            problem = self._not_ancestor(previous, head) if previous is not None else None
-            if problem:
+            if previous is not None and (problem := self._not_ancestor(previous, head)):
                 self.alarm(f"the {store.name} anchor (event #{previous.event_id}) is not an ancestor of the log's "
                            f"head (event #{head.event_id}): {problem}; it was left in place")
                 continue
@@ -361,8 +363,8 @@ class IncidentLog(IncidentStore):
         row = self.event_row(self.database.db, previous.event_id)
         hash_of = {previous.event_id: row["hash"]} if row else {}
         if previous.mac is None:  # written before anchors were signed: compare the chain, not the MAC
-            previous = previous.signed(self._key())
-        keyed = next((k for k in (*self.previous_keys, self._key()) if previous.holds(k)), self._key())
+            previous = previous.signed(self.audit_key())
+        keyed = next((k for k in (*self.previous_keys, self.audit_key()) if previous.holds(k)), self.audit_key())
         return ancestor_problem(previous, keyed, head.event_id, hash_of, head.legacy_until)
 
     # -- state changes (each one an event) -----------------------------------------------
