@@ -49,12 +49,13 @@ class MeshInspector:
         findings = [f for r in results for f in r.findings]
         return evaluate_needs(needs, namespace, Diagnosis(tuple(findings), checks, error)), findings
 
-    def observe(self, namespace: str | None) -> Observation:
-        """istiod's pushes and Envoy's counters in ``namespace`` now; an empty observation saying why on failure."""
+    def observe(self, namespace: str | None, *, traffic: bool = True) -> Observation:
+        """istiod's pushes and (with ``traffic``) Envoy's counters in ``namespace`` now; an empty observation saying
+        why on failure."""
         now = self.clock()
         try:
             snapshot = self.source().snapshot(("Pod",))
-            return observe(self.endpoints(), snapshot, namespace, now)
+            return observe(self.endpoints(), snapshot, namespace, now, traffic=traffic)
         except MeshbotError as exc:
             return Observation(at=now, istiod_error=f"cannot read the cluster: {exc}")
         except Exception as exc:  # a bug must not fail an executed action; the log has the traceback

@@ -26,6 +26,8 @@ SETTLE = timedelta(seconds=10)
 """How long the first look waits for the push to be acknowledged: istiod debounces config for 100 ms to 10 s
 (PILOT_DEBOUNCE_AFTER / PILOT_DEBOUNCE_MAX, pilot/pkg/features/tuning.go) before it pushes."""
 SETTLE_POLL = 1.0
+WAIT_FOR_PUSH = (Effect.CONFIG, Effect.CONTROL_PLANE)
+"""Effects whose first sign is istiod pushing (a config change acked, istiod answering again)."""
 
 
 def effect_of_plan(plan: Plan) -> Effect | None:
@@ -72,11 +74,13 @@ class ExecutionChecks:
         effect = effect_of_plan(plan)
         if self.inspector is None or baseline is None or effect is None:
             return {}
+        if effect in WAIT_FOR_PUSH:
+            # Only istiod is asked while waiting (Envoy's counters need port-forwards and minutes to move).
+            waited = timedelta(0)
+            while (self._look(effect, plan, baseline, traffic=False).outcome != Outcome.SEEN
+                   and waited < self.settle and not self.stop.wait(SETTLE_POLL)):
+                waited += timedelta(seconds=SETTLE_POLL)
         report = self._look(effect, plan, baseline)
-        waited = timedelta(0)
-        while report.outcome != Outcome.SEEN and waited < self.settle and not self.stop.wait(SETTLE_POLL):
-            waited += timedelta(seconds=SETTLE_POLL)
-            report = self._look(effect, plan, baseline)
         return {"effect": report.to_dict(), "baseline": baseline.to_dict(),
                 "follow_up_at": rfc3339(now + self.follow_up_after)}
 
@@ -86,9 +90,9 @@ class ExecutionChecks:
             return None
         return self._look(effect, plan, Observation.from_dict(verification["baseline"]))
 
-    def _look(self, effect: Effect, plan: Plan, baseline: Observation) -> EffectReport:
+    def _look(self, effect: Effect, plan: Plan, baseline: Observation, *, traffic: bool = True) -> EffectReport:
         assert self.inspector is not None
-        return judge(effect, baseline, self.inspector.observe(self._observed_scope(plan)))
+        return judge(effect, baseline, self.inspector.observe(self._observed_scope(plan), traffic=traffic))
 
     @staticmethod
     def _observed_scope(plan: Plan) -> str | None:

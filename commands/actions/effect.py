@@ -103,8 +103,10 @@ def _in_scope(proxy: str, namespace: str | None) -> bool:
     return namespace is None or proxy.rsplit(".", 1)[-1] == namespace
 
 
-def observe(endpoints: EndpointResolver, snapshot: Snapshot, namespace: str | None, now: datetime) -> Observation:
-    """istiod's per-proxy nonces and the Envoy counters of the proxies in ``namespace`` (None: the mesh)."""
+def observe(endpoints: EndpointResolver, snapshot: Snapshot, namespace: str | None, now: datetime, *,
+            traffic: bool = True) -> Observation:
+    """istiod's per-proxy nonces and (with ``traffic``) the Envoy counters of the proxies in ``namespace`` (None:
+    the mesh).  Without ``traffic`` only istiod is asked: a cheap look while waiting for a push to be acked."""
     proxies: dict[str, dict[str, tuple[str | None, str | None]]] = {}
     errors: list[str] = []
     targets = endpoints.istiod_targets(snapshot)
@@ -120,7 +122,7 @@ def observe(endpoints: EndpointResolver, snapshot: Snapshot, namespace: str | No
     answered = bool(targets) and len(errors) < len(targets)
     istiod_error = None if answered else ("; ".join(errors) or f"no istiod pod runs in {snapshot.istio_namespace}")
     return Observation(at=now, proxies=proxies if answered else None, istiod_error=istiod_error,
-                       edges=_edges(endpoints, snapshot, namespace))
+                       edges=_edges(endpoints, snapshot, namespace) if traffic else {})
 
 
 def _edges(endpoints: EndpointResolver, snapshot: Snapshot, namespace: str | None) -> dict[str, Edge]:
