@@ -582,9 +582,10 @@ def test_an_executed_action_shows_in_the_incident_top_message_until_it_is_rolled
     rollback_id = ask_rollback(meshbot, fake_slack, request_id, "UBOB")
     approve(meshbot, fake_slack, rollback_id, "UCAROL", "UDAVE")
     wait_finished(meshbot, fake_slack, rollback_id)
-    final = fake_slack.wait_for(lambda: "Resolved" in str(latest_blocks(fake_slack, top))
-                                and latest_blocks(fake_slack, top), what="the incident resolved")
+    final = fake_slack.wait_for(lambda: "Closed" in str(latest_blocks(fake_slack, top))
+                                and latest_blocks(fake_slack, top), what="the incident closed")
     assert "accepts plaintext" not in str(final)
+    assert "Resolved" not in str(final), "rolling back is no \u2714 Resolved (issue 27)"
     original = fake_slack.wait_for(lambda: "Rolled back" in str(latest_blocks(fake_slack, request_message(
         fake_slack, request_id))) and latest_blocks(fake_slack, request_message(fake_slack, request_id)),
         what="the first request's final state")
@@ -597,6 +598,12 @@ def test_a_rejected_request_typed_outside_any_incident_closes_its_incident(actio
     request_id, _ = ask(meshbot, fake_slack, "permissive-mtls payments")
     assert "closed" in press(meshbot, fake_slack, "approval_reject", str(request_id), "UCAROL")
     fake_slack.wait_for(lambda: IncidentLog(meshbot.database).get(1).status == "resolved", what="the manual incident closed")
+    quiesce(meshbot)
+    top = fake_slack.messages(top_level=True)[0]
+    shown = str(latest_blocks(fake_slack, top)) + str(fake_slack.messages(thread_ts=top["_ts"]))
+    assert "Closed" in shown and "Resolved" not in shown and "white_check_mark" not in shown, \
+        "rejecting a fix resolves nothing (issue 27)"
+    assert "Opened by slack" not in shown
 
 
 def typed(meshbot, fake_slack: FakeSlack, text: str, user: str) -> str:

@@ -92,6 +92,17 @@ class ApprovalPolicy:
         return tuple(a for a in self.approvers if a.startswith("S"))
 
 
+def click_answer(decision: Decision, request_id: int, action: str) -> str:
+    """What the person who clicked (or typed ``/mesh approve N``) is told; docs/slack-app.md tabulates every case."""
+    if decision.verdict == Verdict.REFUSED:
+        return f":no_entry_sign: {decision.reason}."
+    if decision.verdict == Verdict.REJECTED:
+        return f"Request #{request_id} closed ({decision.reason}); nothing was changed."
+    if decision.verdict == Verdict.EXECUTE:
+        return f"Approved: `{action}` is running now."
+    return f"Approval recorded ({decision.reason})."
+
+
 @dataclass(frozen=True)
 class ClickAnswer:
     """What the person who clicked is told (privately), and whether anything changed."""
@@ -301,13 +312,7 @@ class ApprovalDesk:
         self._move(db, request, RequestState.EXPIRED, None, now)
 
     def _answer(self, decision: Decision, request: ApprovalRequest) -> str:
-        if decision.verdict == Verdict.REFUSED:
-            return f":no_entry_sign: {decision.reason}."
-        if decision.verdict == Verdict.REJECTED:
-            return f"Request #{request.id} closed ({decision.reason}); nothing was changed."
-        if decision.verdict == Verdict.EXECUTE:
-            return f"Approved: `{request.action}` is running now."
-        return f"Approval recorded ({decision.reason})."
+        return click_answer(decision, request.id, request.action)
 
     # -- executing ------------------------------------------------------------------------------
 

@@ -179,7 +179,12 @@ def incident_message(view: TopView, now: datetime) -> Message:
 
 def _headline_lines(view: TopView, now: datetime) -> list[str]:
     incident = view.incident
-    if view.resolved:
+    if view.resolved and view.requested_action:
+        # A request's own incident closes when nothing is left to do: rejected, rolled back or done.  That is no
+        # "✔ Resolved" (rejecting a fix resolves nothing; issue 27); the thread says what happened to it.
+        lines = [f":heavy_minus_sign: Closed \u00b7 {escape(incident.title)}",
+                 f"Nothing is waiting, running or left to roll back \u00b7 incident #{incident.id}"]
+    elif view.resolved:
         lines = [f":white_check_mark: Resolved \u00b7 {escape(incident.title)}",
                  f"Lasted {view.lasted(now)} ({_span(view, now)}) \u00b7 was {escape(incident.severity)}"
                  + (f" \u00b7 resolved by <@{incident.resolved_by}>" if _is_user(incident.resolved_by) else "")
@@ -213,7 +218,10 @@ def _since_line(view: TopView, now: datetime) -> str:
         firing = sum(1 for a in view.alerts if a["status"] == "firing")
         return (f"Firing since {slack_time(view.started)} ({elapsed}) \u00b7 {plural(firing, 'alert')} firing "
                 f"\u00b7 incident #{incident.id}")
-    return f"Opened by {escape(incident.source)} {slack_time(view.started)} ({elapsed}) \u00b7 incident #{incident.id}"
+    # A person by mention, meshbot by name; never the transport ("Opened by slack", issue 27).
+    who = f"<@{view.opened_by}>" if _is_user(view.opened_by) else \
+        "meshbot" if incident.source != "slack" else "a `/mesh` request"
+    return f"Opened by {who} {slack_time(view.started)} ({elapsed}) \u00b7 incident #{incident.id}"
 
 
 def _span(view: TopView, now: datetime) -> str:
@@ -358,6 +366,11 @@ def incident_reopened_note(resolved_by: str) -> Message:
 def incident_resolved_note(view: TopView, now: datetime, actor: str | None = None) -> Message:
     """The one thread reply that says it is over (Slack notifies thread followers of replies, not of edits)."""
     incident = view.incident
+    if view.requested_action:
+        text = f"Incident #{incident.id} closed: nothing is waiting, running or left to roll back"
+        return message_of(text, [context(f":heavy_minus_sign: Closed: `/mesh {escape(view.requested_action)}` "
+                                         "has nothing waiting, running or left to roll back (see above for what "
+                                         "happened to it).")])
     who = f" by <@{actor}>" if _is_user(actor) else ""
     text = f"Incident #{incident.id} resolved{who}: lasted {view.lasted(now)}"
     return message_of(text, [section(f":white_check_mark: *Resolved*{who}. {escape(incident.title)} lasted "

@@ -18,7 +18,7 @@ from datetime import datetime
 import sqlite_utils
 
 from bot.diagnosis import Diagnostician, Queued, queued_text
-from bot.incidents import blocks, headline
+from bot.incidents import blocks, headline, triage_reply
 from bot.incidents.log import IncidentLog
 from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest, with_first_step
 from bot.incidents.records import DiagnosisRecord, EventKind, Incident, parse_time, utcnow
@@ -102,7 +102,7 @@ class IncidentDiagnosis:
         extra = self.render_suggestions(incident, suggestions)
         seen = coverage(findings, scope=", ".join(incident.namespaces) or "all namespaces",
                         checks=tuple(dict.fromkeys(step["check"] for step in steps if not step["error"])))
-        report, hidden = blocks.triage_report(title, view, extra_blocks=extra, seen=seen)
+        report, hidden = triage_reply.triage_report(title, view, extra_blocks=extra, seen=seen)
         record = DiagnosisRecord(
             playbook=playbook.name, steps=tuple(steps), errors=tuple(errors),
             counts={str(k): v for k, v in count_by_level(findings).items()},

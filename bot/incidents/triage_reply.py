@@ -16,9 +16,9 @@ from bot.slack.blocks import (
     verdict_text,
 )
 from commands.coverage import Coverage
-from commands.findings import Remediation
+from commands.findings import Finding, Remediation
 from commands.report import split_summary
-from commands.triage import ORDERING, Cause, Scoped
+from commands.triage import ORDERING, Cause, Scoped, scoped, triage
 
 MAX_CAUSES_SHOWN = 3
 MAX_STEP_TEXT = 240
@@ -92,3 +92,10 @@ def triage_report(title: str, view: Scoped, *, limit: int = MAX_CAUSES_SHOWN,
     text = (f"{title}: " + (f"probable cause: {top.title} \u2014 {top.explains_line}. " if top else "")
             + plain_counts(ordered))
     return message_of(text, blocks[:MAX_BLOCKS]), hidden
+
+
+def command_triage(title: str, findings: Sequence[Finding], seen: Coverage) -> tuple[Message, int]:
+    """``/mesh diagnose``'s thread reply: the same triage as an alert's thread, over everything it scanned."""
+    summaries, rest = split_summary(findings)
+    view = scoped(triage(rest), ())
+    return triage_report(title, Scoped(view.causes, (*summaries, *view.findings), view.elsewhere), seen=seen)

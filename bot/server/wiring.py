@@ -29,6 +29,7 @@ from bot.diagnosis import Diagnostician, Runner
 from bot.incidents import blocks as incident_blocks
 from bot.incidents import commands as incident_commands
 from bot.incidents.conversation import Conversations
+from bot.incidents import triage_reply
 from bot.incidents.delivery import IncidentDeliveries
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.intake import alertmanager_route
@@ -127,7 +128,8 @@ def build(settings: Settings, *, runner: Runner | None = None,
     # While an incident about the same scope is open in the channel, commands answer in its thread (issue 27).
     conversations = Conversations(incidents, outbox)
     diagnosis_commands.register(commands, checks, diagnostician=diagnostician, slack=slack, metrics=metrics,
-                                workers=workers, outbox=outbox, conversation=conversations)
+                                workers=workers, outbox=outbox, conversation=conversations,
+                                render=triage_reply.command_triage)
     incident_commands.register(commands, flow)
     approval_commands.register(commands, buttons, approvals, istio_namespace=settings.istio_namespace,
                                conversation=conversations)
