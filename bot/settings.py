@@ -304,7 +304,7 @@ class Settings:
     workers: int = _setting("MESHBOT_WORKERS", _positive_int, default=16,
                             doc="Background threads running diagnostics and actions.")
     execution_lease_seconds: float = _setting(
-        "MESHBOT_EXECUTION_LEASE_SECONDS", _positive_float, default=30.0,
+        "MESHBOT_EXECUTION_LEASE_SECONDS", _positive_float, default=15.0,
         doc="An approved action's executor renews its claim every third of this; a claim not renewed for this long "
             "(on the database's clock) is resumed by another replica, and the stale executor is fenced off.")
     http_threads: int = _setting("MESHBOT_HTTP_THREADS", _positive_int, default=16,

@@ -144,6 +144,10 @@ def test_backoff_after_a_day_of_failures_stays_at_the_cap():
     assert backoff_seconds(5000) == 60.0
 
 
+def test_a_rate_limit_waits_exactly_retry_after_however_many_attempts_failed_before():
+    assert backoff_seconds(7, retry_after=3.0) == 3.0  # not the 60 s the seventh outage retry would wait
+
+
 def test_pending_messages_survive_a_restart_and_are_delivered_by_the_next_process(database, fake_slack, tmp_path):
     first = make_outbox(database, fake_slack)
     queue_thread(first, database, incident(database))

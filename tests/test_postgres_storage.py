@@ -4,6 +4,7 @@ replicas.  Against the real server of tests/support/postgres.py."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -22,7 +23,7 @@ from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
 from bot.storage.database import DatabaseError
 from bot.storage.dialect import script_to_postgres, to_postgres
-from bot.storage.postgres import PostgresDatabase, redacted
+from bot.storage.postgres import IDLE_IN_TRANSACTION_MS, LOCK_TIMEOUT_MS, WRITE_LOCK, PostgresDatabase, redacted
 from tests.support.postgres import DATABASE_ERRORS, PASSWORD
 from tests.support.replicas import notification
 from tests.support.slack import BOT_TOKEN
@@ -135,25 +136,58 @@ def test_events_appended_by_two_replicas_at_once_form_one_intact_chain(postgres)
     assert report.intact and report.events == 200  # each prev_hash is the hash written just before it
 
 
-def test_a_claim_is_held_by_one_replica_and_released_when_its_connection_dies(postgres):
-    first, second = postgres.fresh(), None
+def test_a_claim_is_held_by_one_replica_handed_back_at_the_end_and_lapses_when_its_holder_stops_renewing(postgres):
+    first = postgres.fresh()
     second = PostgresDatabase(first.url, MIGRATIONS)
     with first.claim("outbox:C1") as held:
-        assert held is not None
+        assert held is not None and held.still_held()
         with second.claim("outbox:C1") as skipped, second.claim("outbox:C2") as other:
             assert skipped is None and other is not None
         held.next_at = datetime(2026, 1, 1, tzinfo=timezone.utc)
     with second.claim("outbox:C1") as taken:
         assert taken is not None and taken.next_at == datetime(2026, 1, 1, tzinfo=timezone.utc)
 
-    dying = first.connect()  # a replica killed while holding a claim: PostgreSQL ends its session
-    dying.execute("BEGIN")
-    dying.execute("SELECT 1 FROM claims WHERE name = 'outbox:C1' FOR UPDATE")
-    pid = dying.info.backend_pid
-    dying.close()
-    postgres.wait_until_session_ends(pid)
-    with second.claim("outbox:C1") as after:
-        assert after is not None
+    # A holder paused past its lease (SIGSTOP): nothing of it is locked, the lease lapses on the database's clock,
+    # another replica takes the claim, and the woken holder's fencing check says it no longer holds it.
+    with first.claim("outbox:C3") as paused:
+        assert paused is not None
+        with first.connection() as db:
+            db.execute("UPDATE claims SET lease_until = lease_until - 3600 WHERE name = 'outbox:C3'")
+        with second.claim("outbox:C3") as survivor:
+            assert survivor is not None and survivor.still_held()
+            assert not paused.still_held()
+    second.close()
+
+
+def test_a_connection_that_saw_an_error_goes_back_to_the_pool_healthy(postgres):
+    database = PostgresDatabase(postgres.fresh().url, MIGRATIONS, pool_size=1)
+    database.migrate()
+    for _ in range(3):
+        with pytest.raises(psycopg.errors.UndefinedTable), database.transaction() as db:
+            db.execute("SELECT * FROM no_such_table")
+    with database.transaction() as db:  # the one pooled connection was rolled back, not left in a failed transaction
+        assert db.execute("SELECT COUNT(*) FROM incidents").fetchone()[0] == 0
+    database.close()
+
+
+def test_a_paused_transaction_is_ended_by_the_server_so_other_replicas_write_again_within_seconds(postgres):
+    first = postgres.fresh()
+    second = PostgresDatabase(first.url, MIGRATIONS)
+    paused = first.connect()  # a replica stopped (SIGSTOP) in the middle of a write transaction, holding the lock
+    paused.execute("BEGIN")
+    paused.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+    started = time.monotonic()
+    second.retrying(lambda: _write(second), what="a write behind the paused replica")
+    waited = time.monotonic() - started
+    assert waited < IDLE_IN_TRANSACTION_MS / 1000 + LOCK_TIMEOUT_MS / 1000 + 5, waited
+    with pytest.raises(psycopg.Error):  # the server ended the paused session, and its lock with it
+        paused.execute("SELECT 1")
+    second.close()
+
+
+def _write(database: PostgresDatabase) -> None:
+    with database.transaction() as db:
+        db.execute("INSERT INTO claims (name) VALUES ('written')")
 
 
 def test_named_work_is_done_by_one_replica_at_a_time_and_freed_when_its_session_dies(postgres):

@@ -59,7 +59,7 @@ MANUAL_SOURCE = "slack"
 
 
 MAX_ID_DIGITS = 12
-EXECUTION_LEASE = timedelta(seconds=30)
+EXECUTION_LEASE = timedelta(seconds=15)
 """How long an execution claim lasts without a heartbeat (renewed every third of it) before a survivor resumes it."""
 
 

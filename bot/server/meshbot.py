@@ -94,6 +94,9 @@ class Meshbot:
             raise
 
     def _start(self) -> Meshbot:
+        # One process per SQLite file (a second one is refused here, before it writes anything); PostgreSQL is
+        # shared by design.
+        self.database.hold_exclusively()
         incidents = self.services.incidents
         problem = incidents.startup_problem()
         if problem:

@@ -16,7 +16,7 @@ from bot.incidents import store as incident_store
 from bot.slack import outbox, replays
 from bot.reminders import service as reminder_service
 from bot.storage.backend import database_for
-from bot.storage.database import Database, Migration, claims_table
+from bot.storage.database import Database, Migration, claim_leases, claims_table
 
 MIGRATIONS: tuple[Migration, ...] = (
     *incident_store.MIGRATIONS,  # 1: incidents, incident alerts, hash-chained events, raw notifications
@@ -30,6 +30,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     incident_store.audit_seal,  # 9: the audit seal (log identity, key check value, newest rotation), MAC'd
     approval_store.execution_fencing,  # 10: each execution claim's attempt (fencing token) and database-time lease
     replays.deliveries_table,  # 11: Slack deliveries already handled, shared by replicas and kept across restarts
+    claim_leases,  # 12: claims are leases (holder, lease end on the database's clock), never locks held across work
     incident_lifecycle.lifecycle_tables,  # 13: incident severity set by people, lead, stage, mitigation; follow-ups
 )
 

@@ -111,9 +111,11 @@ def batch_summary(run: Sequence[Entry]) -> str:
 
 
 def backoff_seconds(attempts: int, retry_after: float | None = None) -> float:
-    """1, 2, 4 … 60 s; never sooner than Slack's Retry-After."""
-    delay = min(2.0 ** min(max(attempts - 1, 0), 16), MAX_BACKOFF_SECONDS)  # capped: 2.0 ** 1025 overflows
-    return max(delay, retry_after or 0.0)
+    """Exactly Slack's Retry-After when it gives one (a 429: "wait that many seconds", docs.slack.dev/apis/web-api/
+    rate-limits; waiting longer only adds silence); else 1, 2, 4 … 60 s while Slack is down."""
+    if retry_after is not None:
+        return max(retry_after, 0.0)
+    return min(2.0 ** min(max(attempts - 1, 0), 16), MAX_BACKOFF_SECONDS)  # capped: 2.0 ** 1025 overflows
 
 
 def not_before(moment: datetime) -> datetime:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from bot.slack.client import SlackError, SlackErrorKind
 from bot.slack.slash import UnknownSubcommand, UsageError
+from bot.storage.database import DatabaseUnavailable
 from commands.errors import MeshbotError
 
 INTERNAL_ERROR = ":x: meshbot hit an internal error; the details are in its log."
@@ -43,6 +44,11 @@ def user_message(error: BaseException) -> str:
     cause = error.cause if isinstance(error, Failed) else error
     if isinstance(cause, SlackError):
         return slack_problem(cause)
+    if isinstance(cause, DatabaseUnavailable):
+        # A click or command during a database outage or restart: nothing of it was kept, and saying so is the
+        # only way the person knows to press again (the button still works once the database is back).
+        return (":warning: Not recorded: meshbot's database is unreachable right now, so nothing changed. "
+                "Click again (or repeat the command) in a moment.")
     if isinstance(error, MeshbotError):
         return f":warning: {error}"
     return INTERNAL_ERROR

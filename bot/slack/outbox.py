@@ -24,6 +24,8 @@ Errors about the token or workspace (``invalid_auth``, ``token_revoked``…) are
 nobody's message's fault: they hold the whole queue, retried with backoff,
 until someone fixes the token.  ``SlackError.kind`` (bot.slack.client) decides
 which is which; the entries and their planning are in ``bot.slack.entries``.
+Over 450 lines because the pass, its batching and its recording share one queue's state (the pure parts are
+already in ``bot.slack.entries``).
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ from bot.slack.client import SlackClient, SlackError, SlackErrorKind
 from bot.slack.entries import (
     Delivery, Entry, Op, State, backoff_seconds, batch_segment, batch_summary, lanes_by_priority, not_before,
 )
-from bot.storage.database import Claim, Database, migration
+from bot.storage.database import Claim, Database, inserted_id, migration
 from commands.times import rfc3339
 
 log = logging.getLogger(__name__)
 
 BATCH_INLINE = 5
+HELD_CHANNEL_RECHECK = 2.0
+"""Seconds until a channel another replica holds is looked at again."""
 """Up to this many alert updates are posted as lines of one message; more become a summary and a file."""
 
 
@@ -116,6 +120,11 @@ class Unrecorded:
         pass
 
 
+def _database_clock() -> datetime:
+    """Stands for the outbox's database's clock until ``__post_init__`` puts ``Database.now`` in its place."""
+    return datetime.now(timezone.utc)
+
+
 @dataclass
 class Outbox:
     database: Database
@@ -125,7 +134,9 @@ class Outbox:
     """Told of every entry sent or failed, and around every pass."""
     min_post_interval: float = 1.0
     """Seconds between two new messages in one channel."""
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    clock: Callable[[], datetime] = field(default=_database_clock)
+    """What pacing and retries are timed by: the database's clock unless a test gives one, so replicas whose own
+    clocks disagree still space posts 1 s apart and never read another's next-post time as minutes away."""
     batch_interval: float = 30.0
     """Seconds between two alert-update replies in one incident's thread (MESHBOT_THREAD_BATCH_SECONDS)."""
     _last_post: dict[str, datetime] = field(default_factory=dict)
@@ -138,6 +149,8 @@ class Outbox:
     """Entries Slack accepted whose 'sent' could not be written yet: recorded again, never re-sent."""
     _workspace_error: str | None = None
     """Set during a pass when Slack refused the token: the rest of the queue waits."""
+    _claim: Claim | None = None
+    """The channel being delivered: its claim is checked (and renewed) before each send."""
 
     # -- recording (inside the caller's transaction) --------------------------------
 
@@ -147,7 +160,7 @@ class Outbox:
             "INSERT INTO outbox (incident_id, channel, op, parent_id, target_id, payload, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [incident_id, channel, str(op), parent_id, target_id, json.dumps(payload), rfc3339(self.clock())])
-        return cursor.lastrowid
+        return inserted_id(cursor)
 
     def post(self, db: sqlite_utils.Database, *, incident_id: int | None, channel: str, message: Message,
              thread_of: int | None = None) -> int:
@@ -187,7 +200,7 @@ class Outbox:
             "VALUES (NULL, ?, ?, ?, 'sent', ?, ?, ?)",
             [channel, str(Op.POST), json.dumps({"adopted": True}), ts, rfc3339(self.clock()),
              rfc3339(self.clock())])
-        return cursor.lastrowid
+        return inserted_id(cursor)
 
     def ts_of(self, entry_id: int) -> str | None:
         rows = list(self.database.db.query("SELECT ts FROM outbox WHERE id = ? AND state = 'sent'", [entry_id]))
@@ -209,16 +222,25 @@ class Outbox:
         next_due: float | None = None
         self._workspace_error = None
         # Channel by channel, the channel with the most urgent lane first.  On PostgreSQL each channel is
-        # claimed (a row locked FOR UPDATE SKIP LOCKED) so one replica at a time delivers it: each message
-        # once, in order, paced 1/s from the shared next-post time; a channel another replica holds is skipped.
+        # claimed (a lease on the database's clock, renewed before each send; no lock is held across a Slack
+        # call) so one replica at a time delivers it: each message once, in order, paced 1/s from the shared
+        # next-post time; a channel another replica holds is skipped, and one whose holder paused past the lease
+        # is taken over (at most the one post in flight when it paused can go out twice).
         channels = dict.fromkeys(lane[0].channel for lane in lanes_by_priority(self._pending()))
         for channel in channels:
             if self._workspace_error:
                 break  # the token is refused: every channel waits for the retry of this entry
             with self.database.claim(f"outbox:{channel}") as claim:
                 if claim is None:
+                    # Another replica delivers it; look again soon, so a holder that dies or pauses is taken over
+                    # as soon as its lease ends (CLAIM_LEASE_SECONDS), not at this loop's idle wake-up.
+                    next_due = HELD_CHANNEL_RECHECK if next_due is None else min(next_due, HELD_CHANNEL_RECHECK)
                     continue
-                wait = self._deliver_channel(channel, claim, now)
+                self._claim = claim
+                try:
+                    wait = self._deliver_channel(channel, claim, now)
+                finally:
+                    self._claim = None
             if wait is not None:
                 next_due = wait if next_due is None else min(next_due, wait)
         if self.metrics:
@@ -280,6 +302,12 @@ class Outbox:
         wait = self._seconds_until_sendable(entry, now)
         if wait > 0:
             return wait, True
+        if self._claim is not None and not self._claim.still_held():
+            # Paused past the claim's lease (SIGSTOP, a GC): another replica delivers this channel now.  Sending
+            # on would post what it posts too; stop, and claim the channel again only once its holder lets go.
+            log.warning("outbox: channel %s was taken over by another replica while this one was paused; stopping "
+                        "its delivery here", entry.channel)
+            return self.min_post_interval, True
         if self._deliver(entry, run):
             return None
         row = self._row(entry.id)
@@ -287,7 +315,7 @@ class Outbox:
         return retry, True
 
     def _seconds_until_next_batch(self, entry: Entry, now: datetime) -> float:
-        last = self._last_batch.get(entry.incident_id)
+        last = self._last_batch.get(entry.incident_id) if entry.incident_id is not None else None
         if last is None:
             return 0.0
         return max(self.batch_interval - (now - last).total_seconds(), 0.0)
@@ -312,7 +340,7 @@ class Outbox:
             return True
         members = [e.id for e in run] if run and len(run) > 1 else None
         try:
-            ts = self._send_batch(entry, run) if members else self._send(entry)
+            ts = self._send_batch(entry, run) if run is not None and members else self._send(entry)
         except _Dependency as exc:
             self._fail(entry, str(exc))
             return True
@@ -397,6 +425,8 @@ class Outbox:
         return None
 
     def _required_ts(self, entry_id: int | None, what: str) -> str:
+        if entry_id is None:  # an update or upload is always recorded with the entry it depends on
+            raise _Dependency(f"{what} was never recorded")
         row = self._row(entry_id)
         if row["state"] == State.SENT:
             return row["ts"]
@@ -407,9 +437,11 @@ class Outbox:
     def _sent(self, entry: Entry, ts: str | None, members: list[int] | None = None) -> None:
         ids = members or [entry.id]
         with self.database.transaction() as db:
-            db.execute("UPDATE outbox SET state = 'sent', ts = ?, sent_at = ?, attempts = attempts + 1 "
-                       "WHERE id IN (SELECT value FROM json_each(?))", [ts, rfc3339(self.clock()), json.dumps(ids)])
-            self.record.recorded(db, Delivery(entry, ts=ts, batch=tuple(members or ())))
+            marked = db.execute("UPDATE outbox SET state = 'sent', ts = ?, sent_at = ?, attempts = attempts + 1 "
+                                "WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending'",
+                                [ts, rfc3339(self.clock()), json.dumps(ids)]).rowcount
+            if marked:  # else another replica took the channel over and recorded it first: recorded once
+                self.record.recorded(db, Delivery(entry, ts=ts, batch=tuple(members or ())))
         self._delivered_unrecorded.pop(entry.id, None)
         self._batch_members.pop(entry.id, None)
 
@@ -432,6 +464,8 @@ class Outbox:
 
     def __post_init__(self) -> None:
         self._loop = WakeableLoop("outbox", self.deliver_due)
+        if self.clock is _database_clock:
+            self.clock = self.database.now
 
     def wake(self) -> None:
         self._loop.wake()

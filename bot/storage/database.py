@@ -12,23 +12,34 @@ with the same SQL translated by ``bot.storage.dialect``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
 from bot.storage.dialect import Dialect
+from bot.storage.ownership import FileIdentity, FileInUse, hold_exclusively
 
 from bot.settings import SettingsError
 from commands.errors import MeshbotError
 
 MigrationFunction = Callable[[sqlite_utils.Database], None]
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+CHECKPOINT_EVERY_SECONDS = 60.0
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,11 @@ class Migration:
 
 class DatabaseError(MeshbotError):
     pass
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached or is busy right now (a lost connection, a restart, a lock or statement
+    timeout): the same work later may well succeed, so it is retried, never given up on."""
 
 
 class DatabaseUnusable(DatabaseError, SettingsError):
@@ -88,6 +104,13 @@ def has_local_file(path: str | os.PathLike) -> bool:
     return text != ":memory:" and "://" not in text
 
 
+def inserted_id(cursor: Any) -> int:
+    """The id of the row an INSERT just wrote (both backends report it; None would mean nothing was written)."""
+    if cursor.lastrowid is None:
+        raise RuntimeError("the database reported no id for an inserted row")
+    return int(cursor.lastrowid)
+
+
 def apply_pending(db: Any, migrations: Sequence[Migration], where: str) -> int:
     """Inside the caller's transaction: run what ``schema_version`` does not list yet; the version after.
     The same on both backends (``db`` is sqlite-utils' Database or ``postgres.PostgresConnection``)."""
@@ -115,6 +138,9 @@ class Claim:
     name: str
     next_at: datetime | None = None
     """Shared by every replica on PostgreSQL: e.g. when the channel may take its next post (1/s per channel)."""
+    still_held: Callable[[], bool] = lambda: True
+    """The fencing check before each piece of work: renews the claim, False once another replica took it over
+    (its holder was paused past the lease).  One process owns a SQLite file: always True there."""
 
 
 @migration(7, "claims: work one replica at a time holds (a channel's outbox), with its next due time")
@@ -125,6 +151,14 @@ def claims_table(db: Any) -> None:
             next_at TEXT
         );
     """)
+
+
+@migration(12, "claims are leases: their holder and when the lease ends, on the database's clock")
+def claim_leases(db: Any) -> None:
+    # A row lock held for the whole delivery kept a channel silent on every replica while its holder was paused
+    # (91 s once) or partitioned (until TCP gave up); a lease ends by itself and is checked before each send.
+    db.execute("ALTER TABLE claims ADD COLUMN holder TEXT")
+    db.execute("ALTER TABLE claims ADD COLUMN lease_until DOUBLE PRECISION")
 
 
 class Database:
@@ -138,6 +172,9 @@ class Database:
         # Writers of this process queue here and are woken the moment the lock is free; left to SQLite's
         # busy handler they would poll with sleeps of up to 100 ms (the webhook's p99 in the alert storm).
         self._write_lock = threading.Lock()
+        self._identity: FileIdentity | None = None
+        """The file this process serves from (set by ``hold_exclusively``); readiness fails once the path is another."""
+        self._checkpointed = 0.0
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +198,9 @@ class Database:
                 # nothing; only a power loss can roll back the last moments (SQLite docs, "WAL mode").
                 connection.execute("PRAGMA synchronous=NORMAL")
                 connection.execute("PRAGMA foreign_keys=ON")
+                # After a checkpoint, the WAL is cut back to this size instead of keeping its peak (a storm's
+                # WAL once filled a small volume): SQLite docs, "journal_size_limit".
+                connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             except sqlite3.Error as exc:
                 connection.close()
                 raise unusable(self.path, exc) from None
@@ -192,12 +232,31 @@ class Database:
         with self.transaction() as db:
             return apply_pending(db, self.migrations, self.path)
 
+    def hold_exclusively(self) -> None:
+        """``meshbot serve``'s claim on the file: a second process on it is refused (DatabaseUnusable, one line),
+        and from now on readiness checks the path still names this file (``bot.storage.ownership``)."""
+        if not has_local_file(self.path):
+            return
+        try:
+            hold_exclusively(self.path)
+        except FileInUse as exc:
+            raise DatabaseUnusable(f"MESHBOT_DB {exc}") from None
+        self._identity = FileIdentity.of(self.path)
+
     def check_writable(self) -> None:
-        """Raise DatabaseError unless a write can be committed (the readiness probe)."""
+        """Raise DatabaseError unless a write can be committed to the file this process started with (the
+        readiness probe); checkpoints the WAL at most once a minute on the way."""
+        problem = self._identity.problem(self.path) if self._identity else None
+        if problem:
+            raise DatabaseError(problem)
         try:
             with self.transaction() as db:
                 db.execute("CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at TEXT)")
                 db.execute("INSERT OR REPLACE INTO health VALUES (1, ?)", [datetime.now(timezone.utc).isoformat()])
+            if time.monotonic() - self._checkpointed > CHECKPOINT_EVERY_SECONDS:
+                # PASSIVE never waits for readers; with journal_size_limit the next writer starts the WAL over.
+                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._checkpointed = time.monotonic()
         except sqlite3.Error as exc:
             raise DatabaseError(f"database {self.path} is not writable: {exc}") from None
 
@@ -205,6 +264,34 @@ class Database:
         """The database's clock: one process owns a SQLite file, so its clock is this machine's (PostgreSQL's is
         the server's, shared by every replica)."""
         return datetime.now(timezone.utc)
+
+    def transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is worth retrying: the file locked or busy beyond busy_timeout, or momentarily full."""
+        if isinstance(exc, DatabaseUnavailable):
+            return True
+        said = str(exc).lower()
+        return isinstance(exc, sqlite3.OperationalError) and ("locked" in said or "busy" in said or "full" in said
+                                                               or "disk i/o" in said)
+
+    def retrying(self, work: Callable[[], T], *, what: str, attempts: int = 8, first_wait: float = 0.2,
+                 stop: threading.Event | None = None) -> T:
+        """``work()`` again after a transient database error, waiting 0.2, 0.4 … 5 s (about 20 s in all); any
+        other error, or the last transient one, is raised.  Logged once per retry without a traceback, so an
+        outage is a few lines a minute, not a traceback per request."""
+        wait = first_wait
+        for _ in range(attempts - 1):
+            try:
+                return work()
+            except Exception as exc:
+                if not self.transient(exc) or (stop is not None and stop.is_set()):
+                    raise
+                log.warning("%s: database unavailable (%s); retrying in %.1fs", what, _one_line(exc), wait)
+            if stop is not None:
+                stop.wait(wait)
+            else:
+                time.sleep(wait)
+            wait = min(wait * 2, 5.0)
+        return work()
 
     def continue_ids(self, db: Any, tables: Sequence[str]) -> None:
         """After rows were copied in with their ids: new rows get the next ids (SQLite does this by itself)."""
