@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -24,10 +25,11 @@ from bot.storage.database import DatabaseUnavailable
 from tests.support.istiod import syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.postgres import PASSWORD, with_password
-from tests.support.replicas import Replica, start_replicas, stop_replicas
+from tests.support.replicas import Replica, notification, start_replicas, stop_replicas
 from tests.support.slack import block_action_body, post_signed
 from tests.test_actions import deployment, injected_pod, meshed_namespace, namespace
 from tests.test_approvals import APPROVERS, ask, ask_rollback, istiod_pod
+from tests.test_postgres_storage import allow_connections
 
 LEASE_SECONDS = 4.0
 """The execution lease the replicas run with: short, so a takeover happens within seconds (renewed every 1.3 s, which
@@ -194,3 +196,21 @@ def test_a_replica_whose_clock_is_five_minutes_ahead_takes_no_live_execution_ove
 def test_a_click_the_database_could_not_take_is_answered_not_recorded_click_again():
     answer = user_message(Failed("cannot record the click", DatabaseUnavailable("PostgreSQL db is unreachable")))
     assert answer.startswith(":warning: Not recorded") and "Click again" in answer
+
+
+def test_an_accepted_alert_is_applied_after_the_database_comes_back_not_set_aside(bot_factory, postgres):
+    url = postgres.create()
+    meshbot = bot_factory(database_url=url, database_password=PASSWORD, audit_key="k" * 40, alertmanager_token="t",
+                          channel="CINCIDENT")
+    meshbot.incident_flow.stop()  # the test applies the stored notification itself, at the moment of its choosing
+    accepted = httpx.post(f"{meshbot.url}/alertmanager", content=notification(0, 0),
+                          headers={"Authorization": "Bearer t", "Content-Type": "application/json"})
+    assert accepted.status_code == 200
+
+    allow_connections(postgres, url, False)  # lost connections, then a database that refuses new ones for 2 s
+    threading.Timer(2.0, allow_connections, args=(postgres, url, True)).start()
+    assert meshbot.incident_flow.process_pending() == 1
+
+    stored = query(url, "SELECT processed_at IS NOT NULL, error FROM notifications")
+    assert stored == [(True, None)], "applied once the database was back, not set aside with an error"
+    assert query(url, "SELECT COUNT(*) FROM incidents") == [(1,)]

@@ -170,7 +170,8 @@ class IncidentFlow:
         done = 0
         with self._processing:
             while True:
-                pending = self.incidents.unprocessed_notifications()
+                pending = self.database.retrying(self.incidents.unprocessed_notifications,
+                                                 what="reading the stored notifications")
                 if not pending:
                     return done
                 for notification_id, body in pending:
@@ -185,10 +186,15 @@ class IncidentFlow:
             self._intake.wait_for(lambda: self._storing == 0, timeout=at_most)
 
     def _process_safely(self, notification_id: int, body: str) -> None:
-        """One notification that cannot be applied must not hold up every one after it."""
+        """One notification that cannot be applied must not hold up every one after it.  A transient database error
+        (a lost connection, a restart, a lock timeout) is no reason to give up on it: retried with backoff, and if the
+        database is still away it stays unprocessed for the next pass (it was answered 200: it must not be lost)."""
         try:
-            self._process_one(notification_id, body)
+            self.database.retrying(lambda: self._process_one(notification_id, body),
+                                   what=f"applying notification {notification_id}")
         except Exception as exc:
+            if self.database.transient(exc):
+                raise  # the processor's loop tries again after its pause; the notification stays unprocessed
             log.exception("notification %s could not be applied; set aside (kept, with the error)", notification_id)
             with self.database.transaction() as db:
                 self.incidents.mark_processed(db, notification_id, f"not applied: {type(exc).__name__}: {exc}"[:500])
