@@ -28,9 +28,10 @@ from commands.findings import Finding
 log = logging.getLogger(__name__)
 
 MAX_RUNNING_DIAGNOSES = 4
-"""Diagnoses reading the cluster and running checks at once.  A namespace diagnosis is CPU-bound once its lists
-are in (JSON decoding, checks) and the Deployment asks for 2 cores at most, so more at once only makes each slower
-and holds more snapshots in memory together (docs/deployment.md, "Memory and CPU")."""
+"""Diagnoses reading the cluster and running checks at once.  A diagnosis waits on the API server while it lists and
+is CPU-bound once its lists are in (JSON decoding, checks), and the Deployment's CPU limit is one core: a few at once
+overlap the waiting; more only make each slower and hold more snapshots in memory together (docs/deployment.md,
+"Resources")."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ class DiagnosisResult:
 Runner = Callable[..., list[Finding]]
 """(checks, namespace, pods=()) -> findings."""
 
-Queued = Callable[[int], None]
-"""Told once, before a diagnosis waits, how many diagnoses are ahead of it (running and queued)."""
+Queued = Callable[[int], object]
+"""Told once, before a diagnosis waits, how many diagnoses are ahead of it (running and queued); its result is
+ignored, so a Slack post can be passed as it is."""
 
 
 def queued_text(ahead: int) -> str:

@@ -37,9 +37,20 @@ if [ ! -x .venv-checkov/bin/checkov ]; then
   .venv-checkov/bin/pip install --quiet --disable-pip-version-check 'checkov>=3.2'
 fi
 
+# tests/test_demo_console.py runs axe-core in the browser: the current 4.x from the npm registry (the
+# axe-selenium-python wheel ships a 2018 copy), unpacked once into .cache/axe-core/axe.min.js.
+if [ ! -f .cache/axe-core/axe.min.js ]; then
+  command -v npm >/dev/null || { echo "scripts/test.sh: need npm for axe-core (apt-get install -y npm)" >&2; exit 1; }
+  mkdir -p .cache/axe-core
+  (cd .cache/axe-core && npm pack --silent axe-core@4 >/dev/null && tar -xzf axe-core-*.tgz --strip-components=1 \
+     package/axe.min.js && rm -f axe-core-*.tgz)
+fi
+
 # Layers: commands/ never imports bot/, Slack, SQLite or the scheduler.
 .venv/bin/lint-imports --no-cache
 .venv/bin/ruff check --quiet commands bot tests bench examples
+# Types in commands/ and bot/ ([tool.mypy] in pyproject.toml): default checks, zero errors.
+.venv/bin/mypy
 
 # Most tests wait on real processes and sockets rather than the CPU, so four workers on two cores cut the
 # suite from about 8 minutes to about 3.5 (docs/benchmarks.md).  MESHBOT_TEST_WORKERS=0 runs it serially.

@@ -23,7 +23,7 @@ from bot.approvals.rule import Authority, Grant, LoggedVote, RequestState, Vote,
 from bot.approvals.store import ApprovalRequest, ApprovalStore
 from bot.incidents.audit import ChainReport
 from bot.incidents.log import IncidentLog
-from bot.incidents.records import EventKind, parse_time
+from bot.incidents.records import EventKind, stored_time
 
 MESHBOT = "meshbot"
 AUTHORITY_KINDS = tuple(str(k) for k in (EventKind.APPROVAL_REQUESTED, EventKind.APPROVAL_CLICK,
@@ -52,14 +52,14 @@ def read_authority(events: Sequence[dict[str, Any]], request: ApprovalRequest, r
     opened = next((e for e in events if e["kind"] == EventKind.APPROVAL_REQUESTED), None)
     if opened is None:
         return None
-    votes = tuple(LoggedVote(e["actor"], Vote(e["data"]["vote"]), parse_time(e["at"]), bool(e["data"]["accepted"]))
+    votes = tuple(LoggedVote(e["actor"], Vote(e["data"]["vote"]), stored_time(e["at"]), bool(e["data"]["accepted"]))
                   for e in events if e["kind"] == EventKind.APPROVAL_CLICK
                   and e["data"].get("vote") in tuple(Vote) and "accepted" in e["data"])
     grants = tuple(Grant(tuple(e["data"].get("approvers") or ()), str(e["data"].get("binding")))
                    for e in events if e["kind"] == EventKind.APPROVAL_GRANTED)
     logged_required = int(opened["data"].get("required") or 0)
     return Authority(requester=opened["actor"], required=max(logged_required, required, 1),
-                     expires_at=parse_time(opened["at"]) + ttl, binding=request.plan_binding, votes=votes,
+                     expires_at=stored_time(opened["at"]) + ttl, binding=request.plan_binding, votes=votes,
                      grants=grants, finished=any(e["kind"] in OUTCOMES for e in events))
 
 

@@ -162,7 +162,8 @@ class ApprovalDesk:
         # Preconditions (a fresh diagnosis) and what the card shows beside the diff, bound into the plan's hash.
         checked, findings = self._preconditions(target)
         plan = annotate_plan(plan, target, client, checked, findings)
-        return self._open(plan, requester=requester, reason=reason, channel=incident.channel if incident else channel,
+        return self._open(plan, requester=requester, reason=reason,
+                          channel=(incident.channel if incident else None) or channel,
                           incident=incident, client=client)
 
     def request_rollback(self, request_id: int, *, requester: str) -> int:
@@ -205,7 +206,7 @@ class ApprovalDesk:
             request_id = self.store.insert(
                 db, incident_id=incident.id, plan=plan, dry_run=rehearsal.to_dict(), requester=requester,
                 reason=reason, channel=incident.channel or channel, required=self.policy.required, now=now,
-                expires_at=now + self.policy.ttl, key=self.incidents.key, rollback_of=rollback_of)
+                expires_at=now + self.policy.ttl, key=self.incidents.audit_key(), rollback_of=rollback_of)
             self.incidents.append(db, incident.id, requester, EventKind.APPROVAL_REQUESTED, {
                 "request_id": request_id, "action": plan.action, "plan_hash": plan.hash, "summary": plan.summary,
                 "changes": [f"{c.op} {c.origin}" for c in plan.changes], "notes": list(plan.notes),
@@ -217,7 +218,7 @@ class ApprovalDesk:
             self.store.set_message(db, request_id, entry)
             if self._plan_attached(request):
                 self.outbox.upload(db, incident_id=incident.id, channel=request.channel,
-                                   thread_of=incident.top_message, filename=f"request-{request_id}-plan.txt",
+                                   thread_of=incident.thread_top(), filename=f"request-{request_id}-plan.txt",
                                    title=f"Plan of request #{request_id}: /mesh {request.action}",
                                    content=approval_blocks.plan_file(request))
         self.outbox.wake()
@@ -478,7 +479,7 @@ class ApprovalDesk:
         """Check the binding and the preconditions, write, verify the objects and then the effect."""
         if request.plan.hash != request.plan_hash:
             return Outcome.failed("the stored plan does not match its hash; nothing was run"), None, []
-        if not request.binding_holds(self.incidents.key):
+        if not request.binding_holds(self.incidents.audit_key()):
             # The plain hash can be recomputed by whoever edits the database; the binding needs the audit key.
             log.error("approval request #%s: the stored plan is not the one bound to it; refusing to execute",
                       request.id)

@@ -20,9 +20,9 @@ from typing import Any
 import sqlite_utils
 
 from bot.approvals.rule import Ballot, RequestState, Vote
-from bot.storage.database import migration
+from bot.storage.database import inserted_id, migration
 from bot.incidents.audit import AuditKey
-from bot.incidents.records import iso, parse_time
+from bot.incidents.records import iso, stored_time
 from commands.actions import Plan
 
 
@@ -161,7 +161,7 @@ class ApprovalStore:
             "state, required, created_at, expires_at, rollback_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
             [incident_id, plan.action, plan.canonical_json(), plan.hash, json.dumps(dry_run), requester, reason,
              channel, required, iso(now), iso(expires_at), rollback_of])
-        request_id = cursor.lastrowid
+        request_id = inserted_id(cursor)
         db.execute("UPDATE approval_requests SET plan_binding = ? WHERE id = ?",
                    [bind_plan(key, plan, request_id), request_id])
         return request_id
@@ -182,7 +182,7 @@ class ApprovalStore:
             plan=Plan.from_dict(json.loads(row["plan"])), plan_hash=row["plan_hash"], dry_run=json.loads(row["dry_run"]),
             requester=row["requester"], reason=row["reason"], channel=row["channel"],
             message_entry=row["message_entry"], state=RequestState(row["state"]), required=row["required"],
-            created_at=parse_time(row["created_at"]), expires_at=parse_time(row["expires_at"]),
+            created_at=stored_time(row["created_at"]), expires_at=stored_time(row["expires_at"]),
             decided_by=row["decided_by"], result=_json(row["result"]), verification=_json(row["verification"]),
             rollback_of=row["rollback_of"], rolled_back_by=row["rolled_back_by"], approvals=approvals,
             plan_binding=row.get("plan_binding"))

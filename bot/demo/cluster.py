@@ -49,7 +49,7 @@ def patch_namespace_paths() -> None:
             return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
         return original(path)
 
-    parse_path.meshbot_patched = True  # type: ignore[attr-defined]
+    setattr(parse_path, "meshbot_patched", True)  # the mark read above: a second EmbeddedCluster patches nothing
     parsing.parse_path = parse_path
 
 

@@ -149,6 +149,8 @@ class Demo:
 
     def send_alert(self, key: str, state: AlertStatus) -> int:
         """POST one alert to the bot's /alertmanager as Alertmanager would, with the bearer token."""
+        if self.bot is None:
+            raise RuntimeError("the demo's bot is not running: start() it first")
         alert = BY_KEY[key]
         now = self.clock.now()
         starts_at = self._firing_since.setdefault(key, now)

@@ -153,7 +153,7 @@ class IncidentDiagnosis:
                                        timing=view.top.timing if view.top else None)
 
     def _thread_post(self, db: sqlite_utils.Database, incident: Incident, message: Message) -> int:
-        return self.outbox.post(db, incident_id=incident.id, channel=incident.channel, message=message,
+        return self.outbox.post(db, incident_id=incident.id, channel=incident.thread_channel(), message=message,
                                 thread_of=incident.top_message)
 
     def _post_triage(self, db: sqlite_utils.Database, incident: Incident, report: Message, errors: list[str],
@@ -163,8 +163,8 @@ class IncidentDiagnosis:
         for error in errors:
             self._thread_post(db, incident, cluster_unavailable(error))
         if upload:
-            self.outbox.upload(db, incident_id=incident.id, channel=incident.channel,
-                               thread_of=incident.top_message, filename=f"incident-{incident.id}-findings.txt",
+            self.outbox.upload(db, incident_id=incident.id, channel=incident.thread_channel(),
+                               thread_of=incident.thread_top(), filename=f"incident-{incident.id}-findings.txt",
                                title=f"Full report: {title}", content=diagnose_text(findings, title=title))
 
     def _same_outage(self, db: sqlite_utils.Database, incident: Incident, view: Scoped) -> tuple[Incident, str] | None:
@@ -197,7 +197,7 @@ class IncidentDiagnosis:
 
     def _queued_note(self, incident: Incident) -> Queued:
         """Says once in the incident's thread that its diagnosis waits for its turn (an alert storm's backlog)."""
-        told = []
+        told: list[int] = []
 
         def tell(ahead: int) -> None:
             if told:

@@ -274,9 +274,11 @@ class IncidentFlow:
                                     occurrences: list[str]) -> int | None:
         rows = [self.incidents.resolved_while_firing(db, group_key, occurrence) for occurrence in occurrences]
         row = max((r for r in rows if r is not None), default=None)
-        if row is None or row[1] in (None, ALERTMANAGER, MESHBOT):
+        if row is None:
             return None
         incident_id, resolved_by = row
+        if resolved_by is None or resolved_by in (ALERTMANAGER, MESHBOT):
+            return None
         if not self.incidents.reopen(db, incident_id, ALERTMANAGER,
                                      f"its alert is still firing after <@{resolved_by}> resolved it"):
             return None
@@ -291,7 +293,7 @@ class IncidentFlow:
         if stored is None:
             self._record_alert(db, incident.id, alert)
             if alert.status == AlertStatus.FIRING:
-                self.outbox.post_alert_update(db, incident_id=incident.id, channel=incident.channel,
+                self.outbox.post_alert_update(db, incident_id=incident.id, channel=incident.thread_channel(),
                                               message=blocks.alert_line(self._alert_row(db, incident.id, alert)),
                                               thread_of=incident.top_message, namespace=alert.namespace,
                                               resolved=False)
@@ -302,7 +304,7 @@ class IncidentFlow:
                                   {"alertname": alert.name, "fingerprint": alert.fingerprint,
                                    "ends_at": iso(alert.ends_at)})
             if announce:
-                self.outbox.post_alert_update(db, incident_id=incident.id, channel=incident.channel,
+                self.outbox.post_alert_update(db, incident_id=incident.id, channel=incident.thread_channel(),
                                               message=blocks.alert_line(self._alert_row(db, incident.id, alert),
                                                                         resolved=True),
                                               thread_of=incident.top_message, namespace=alert.namespace,
@@ -319,10 +321,13 @@ class IncidentFlow:
             "generator_url": alert.generator_url})
 
     def _alert_row(self, db: sqlite_utils.Database, incident_id: int, alert: Alert) -> dict[str, Any]:
-        return self.incidents.alert(db, incident_id, alert.occurrence)
+        row = self.incidents.alert(db, incident_id, alert.occurrence)
+        if row is None:  # read back right after the alert was recorded, in the same transaction
+            raise RuntimeError(f"incident #{incident_id} has no alert {alert.occurrence}")
+        return row
 
     def _thread_post(self, db: sqlite_utils.Database, incident: Incident, message: Message) -> int:
-        return self.outbox.post(db, incident_id=incident.id, channel=incident.channel, message=message,
+        return self.outbox.post(db, incident_id=incident.id, channel=incident.thread_channel(), message=message,
                                 thread_of=incident.top_message)
 
     def _refresh_top(self, db: sqlite_utils.Database, incident_id: int) -> blocks.TopView:

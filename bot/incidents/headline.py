@@ -64,8 +64,8 @@ EFFECT_WORDS = {"seen": "verified by its effect", "partly seen": "effect only pa
 
 def effect_seen(events: Sequence[Event], request_id: int) -> str:
     """The latest verification by effect of an executed request, in words (the follow-up once it ran)."""
-    looks = [e.data.get("effect") for e in events if e.kind == EventKind.ACTION_VERIFIED
-             and e.data.get("request_id") == request_id and e.data.get("effect")]
+    looks = [effect for e in events if e.kind == EventKind.ACTION_VERIFIED
+             and e.data.get("request_id") == request_id and (effect := e.data.get("effect"))]
     if not looks:
         return ""
     latest = looks[-1]
@@ -83,7 +83,7 @@ def in_effect(events: Sequence[Event]) -> tuple[blocks.InEffect, ...]:
     for event in executed:
         request_id = event.data.get("request_id")
         what = effect_of(str(event.data.get("action", "")))
-        if request_id in rollback_of or request_id in undone or what is None:
+        if request_id is None or request_id in rollback_of or request_id in undone or what is None:
             continue
         effects.append(blocks.InEffect(what=what, since=event.at, request_id=int(request_id),
                                        effect=effect_seen(events, int(request_id))))

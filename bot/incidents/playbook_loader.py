@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import yaml
@@ -201,29 +201,37 @@ def _check_schema(document: _Document, data: Any, validator: jsonschema.Draft202
     raise _schema_error(document, first)
 
 
+def _details(error: jsonschema.ValidationError) -> tuple[Any, Any, Mapping[str, Any]]:
+    """The failing instance, the rule's value and the subschema of an error that ``iter_errors`` yielded.
+
+    jsonschema fills all three for every error it yields; its stubs also allow ``Unset`` (an error made by hand).
+    """
+    return cast(Any, error.instance), cast(Any, error.validator_value), cast(Mapping[str, Any], error.schema)
+
+
 def _schema_error(document: _Document, error: jsonschema.ValidationError) -> PlaybookError:
     path = list(error.absolute_path)
-    instance = error.instance
+    instance, rule, schema = _details(error)
     if error.validator == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
+        allowed = list(schema.get("properties", {}))
         extra = next(str(k) for k in instance if k not in allowed)
         return document.error(path, f"unknown field {extra!r}{_did_you_mean(extra, allowed)}", key=extra)
     if error.validator == "required":
-        missing = next(k for k in error.validator_value if k not in instance)
+        missing = next(k for k in rule if k not in instance)
         return document.error(path, f"missing required field {missing!r}")
     return document.error(path, _schema_reason(error))
 
 
 def _schema_reason(error: jsonschema.ValidationError) -> str:
-    instance, validator = error.instance, error.validator
+    (instance, rule, schema), validator = _details(error), error.validator
     if validator == "type":
-        return f"expected {_TYPE_WORDS.get(str(error.validator_value), error.validator_value)}, got {_yaml_type(instance)}"
+        return f"expected {_TYPE_WORDS.get(str(rule), rule)}, got {_yaml_type(instance)}"
     if validator == "enum":
-        return f"{instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+        return f"{instance!r} is not one of {', '.join(map(str, rule))}"
     if validator == "minItems":
         return "must not be empty"
     if validator in ("pattern", "maxLength"):
-        return f"{instance!r} is not {error.schema.get('description', 'valid')}"
+        return f"{instance!r} is not {schema.get('description', 'valid')}"
     return error.message
 
 

@@ -94,6 +94,18 @@ class Incident:
         parts = [f"{days}d"] * bool(days) + [f"{hours}h"] * bool(hours) + [f"{minutes}m"]
         return " ".join(parts)
 
+    def thread_channel(self) -> str:
+        """The channel of the incident's thread (IncidentFlow opens incidents only where a channel is set)."""
+        if not self.channel:
+            raise ValueError(f"incident #{self.id} has no Slack channel")
+        return self.channel
+
+    def thread_top(self) -> int:
+        """The outbox entry of the thread's top message, to reply under."""
+        if self.top_message is None:
+            raise ValueError(f"incident #{self.id} has no Slack thread")
+        return self.top_message
+
 
 @dataclass(frozen=True)
 class Event:

@@ -23,7 +23,7 @@ from bot.incidents.alerts import Alert
 from bot.incidents.audit import AuditSeal
 from bot.incidents.records import STATE_CHANGE_KINDS, DiagnosisRecord, Event, EventKind, Incident, IncidentStatus, \
     iso, utcnow
-from bot.storage.database import Database, migration
+from bot.storage.database import Database, inserted_id, migration
 from commands.errors import UserError
 
 
@@ -123,13 +123,6 @@ MIGRATIONS = (_create_incident_tables,)
 in ``bot.server.schema``."""
 
 
-def _inserted_id(cursor: Any) -> int:
-    """The id of the row an INSERT just wrote (both backends report it; None would mean nothing was written)."""
-    if cursor.lastrowid is None:
-        raise RuntimeError("the database reported no id for an inserted row")
-    return int(cursor.lastrowid)
-
-
 @dataclass
 class IncidentStore:
     """All SQL on the incident tables.  Methods that take ``db`` run inside the caller's
@@ -197,7 +190,7 @@ class IncidentStore:
             "services, external_url, playbook, source) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
             [group_key, title, severity, channel, iso(self.clock()), json.dumps(dict(labels), sort_keys=True),
              json.dumps(list(namespaces)), json.dumps(list(services)), external_url, playbook, source])
-        return _inserted_id(cursor)
+        return inserted_id(cursor)
 
     def set_top_message(self, db: sqlite_utils.Database, incident_id: int, outbox_id: int) -> None:
         db.execute("UPDATE incidents SET top_message = ? WHERE id = ?", [outbox_id, incident_id])
@@ -268,7 +261,7 @@ class IncidentStore:
                      data: str, prev_hash: str, digest: str) -> int:
         cursor = db.execute("INSERT INTO events (incident_id, at, actor, kind, data, prev_hash, hash) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?)", [incident_id, at, actor, kind, data, prev_hash, digest])
-        return _inserted_id(cursor)
+        return inserted_id(cursor)
 
     def timeline(self, incident_id: int, db: sqlite_utils.Database | None = None) -> list[Event]:
         rows = self._reader(db).query("SELECT * FROM events WHERE incident_id = ? ORDER BY id", [incident_id])
@@ -361,7 +354,7 @@ class IncidentStore:
 
     def add_notification(self, db: sqlite_utils.Database, received_at: str, group_key: str, status: str,
                          body: str) -> int:
-        return _inserted_id(db.execute("INSERT INTO notifications (received_at, group_key, status, body) "
+        return inserted_id(db.execute("INSERT INTO notifications (received_at, group_key, status, body) "
                                        "VALUES (?, ?, ?, ?)", [received_at, group_key, status, body]))
 
     def unprocessed_notifications(self, limit: int = 100) -> list[tuple[int, str]]:

@@ -108,20 +108,20 @@ class CertificateScheduler:
         with _RUNNING_LOCK:
             _RUNNING[self.database_path] = self
         url = "sqlite:///" + self.database_path
-        self._scheduler = BackgroundScheduler(
+        scheduler = self._scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(url=url, engine_options={"connect_args": {"timeout": 30}}),
                        "memory": MemoryJobStore()},
             job_defaults={"coalesce": True, "max_instances": 1,
                           "misfire_grace_time": int(MISFIRE_GRACE.total_seconds())},
             timezone=self.timezone)
         # Paused: the stored job is looked at (and kept) before anything runs; resume() then runs a missed scan.
-        self._scheduler.start(paused=True)
-        caught_up = self._keep_or_add_scan_job()
+        scheduler.start(paused=True)
+        caught_up = self._keep_or_add_scan_job(scheduler)
         if self.elector is not None:
-            self._scheduler.add_job(self.elector.tick, "interval", seconds=self.renew_every, jobstore="memory",
-                                    id="leader-election", next_run_time=datetime.now(timezone.utc),
-                                    name="leader election")
-        self._scheduler.resume()
+            scheduler.add_job(self.elector.tick, "interval", seconds=self.renew_every, jobstore="memory",
+                              id="leader-election", next_run_time=datetime.now(timezone.utc),
+                              name="leader election")
+        scheduler.resume()
         if self.scan_at_start and not caught_up:  # a missed run about to be caught up is today's scan already
             # A thread of its own, not a one-off APScheduler job: those race with shutdown() in APScheduler 3
             # (JobLookupError in the scheduler thread when meshbot stops during the first scan).
@@ -142,24 +142,24 @@ class CertificateScheduler:
         if self.elector is not None:
             self.elector.release()
 
-    def _keep_or_add_scan_job(self) -> bool:
+    def _keep_or_add_scan_job(self, scheduler: BackgroundScheduler) -> bool:
         """Keep the stored daily job (its next run time is what lets APScheduler see a missed run); replace
         its trigger only when the configured time or zone changed.  A job stored under the old path
         ``bot.scheduler:scheduled_scan`` keeps working through that shim module.  True when a missed run
         will now be caught up (APScheduler's misfire handling: late by less than the grace time)."""
         trigger = CronTrigger(hour=self.at[0], minute=self.at[1], timezone=self.timezone)
-        stored = self._scheduler.get_job(SCAN_JOB, jobstore="default")
+        stored = scheduler.get_job(SCAN_JOB, jobstore="default")
         if stored is None:
-            self._scheduler.add_job(scheduled_scan, trigger, args=[self.database_path], id=SCAN_JOB,
-                                    jobstore="default", name="daily certificate scan")
+            scheduler.add_job(scheduled_scan, trigger, args=[self.database_path], id=SCAN_JOB,
+                              jobstore="default", name="daily certificate scan")
             return False
         grace = int(MISFIRE_GRACE.total_seconds())
         if tuple(stored.args) != (self.database_path,) or not stored.coalesce or stored.misfire_grace_time != grace:
-            self._scheduler.modify_job(SCAN_JOB, jobstore="default", args=[self.database_path], coalesce=True,
-                                       misfire_grace_time=grace)
+            scheduler.modify_job(SCAN_JOB, jobstore="default", args=[self.database_path], coalesce=True,
+                                 misfire_grace_time=grace)
         if repr(stored.trigger) != repr(trigger):
             log.info("daily certificate scan moved to %02d:%02d %s", *self.at, self.timezone)
-            self._scheduler.reschedule_job(SCAN_JOB, jobstore="default", trigger=trigger)
+            scheduler.reschedule_job(SCAN_JOB, jobstore="default", trigger=trigger)
             return False
         missed = stored.next_run_time
         late = datetime.now(timezone.utc) - missed if missed else None

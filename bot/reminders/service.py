@@ -147,30 +147,32 @@ class ReminderService:
         result = self.plan(now)
         if self.database is None or self.outbox is None or not self.channel:
             raise RuntimeError("posting reminders needs the database, the outbox and MESHBOT_CHANNEL")
+        database, outbox, channel = self.database, self.outbox, self.channel
         today = reminder_day(result.now)
         shared = self.shared.load() if self.shared else set()
         for reminder in result.due:
-            self._post(reminder, result.now, today)
+            self._post(database, outbox, channel, reminder, result.now, today)
         for expiry in result.expiries:
             if expiry.is_mesh_root and expiry.expired and (expiry.key, INCIDENT_SLOT) not in shared:
-                incident_id = self._incident_for_expired_root(expiry, result.now)
+                incident_id = self._incident_for_expired_root(database, expiry, result.now)
                 if incident_id is not None:
                     result.incidents_opened.append(incident_id)
-        self.outbox.wake()
+        outbox.wake()
         if self.shared:
             self.shared.store(self._sent_here() | shared, [e.key for e in result.expiries], today)
         log.info("certificate scan: %d certificates, %d reminders posted, %d problems", len(result.expiries),
                  len(result.due), len(result.problems))
         return result
 
-    def _post(self, reminder: Reminder, now: datetime, today) -> None:
+    def _post(self, database: Database, outbox: Outbox, channel: str, reminder: Reminder, now: datetime,
+              today) -> None:
         expiry = reminder.expiry
-        with self.database.transaction() as db:
+        with database.transaction() as db:
             if db.execute("SELECT 1 FROM reminders_sent WHERE cert_key = ? AND slot = ?",
                           [expiry.key, reminder.slot]).fetchone():
                 return  # another scan (a restart, a second trigger) got there first
-            entry = self.outbox.post(db, incident_id=None, channel=self.channel,
-                                     message=reminder_blocks.reminder_message(reminder, self.timezone))
+            entry = outbox.post(db, incident_id=None, channel=channel,
+                                message=reminder_blocks.reminder_message(reminder, self.timezone))
             for slot in slots_covered(reminder, today):
                 db.execute("INSERT OR IGNORE INTO reminders_sent (cert_key, slot, sent_at, what, not_after, outbox_id) "
                            "VALUES (?, ?, ?, ?, ?, ?)", [expiry.key, slot, iso(now), expiry.what,
@@ -179,10 +181,10 @@ class ReminderService:
                 self.incidents.append(db, None, MESHBOT, EventKind.REMINDER, {
                     "certificate": expiry.to_dict(), "slot": reminder.slot, "outbox_id": entry})
 
-    def _incident_for_expired_root(self, expiry: Expiry, now: datetime) -> int | None:
+    def _incident_for_expired_root(self, database: Database, expiry: Expiry, now: datetime) -> int | None:
         if self.open_incident is None:
             return None
-        with self.database.transaction() as db:
+        with database.transaction() as db:
             if db.execute("SELECT 1 FROM reminders_sent WHERE cert_key = ? AND slot = ?",
                           [expiry.key, INCIDENT_SLOT]).fetchone():
                 return None
@@ -191,7 +193,7 @@ class ReminderService:
             severity="critical", labels={"alertname": "IstioCertificateExpiringSoon", "source": "meshbot",
                                          "namespace": self.cluster.settings.istio_namespace},
             namespaces=list(expiry.namespaces), reason=f"{expiry.what} expired at {iso(expiry.not_after)}")
-        with self.database.transaction() as db:
+        with database.transaction() as db:
             db.execute("INSERT OR IGNORE INTO reminders_sent (cert_key, slot, sent_at, what, not_after) "
                        "VALUES (?, ?, ?, ?, ?)", [expiry.key, INCIDENT_SLOT, iso(now), expiry.what,
                                                   iso(expiry.not_after)])

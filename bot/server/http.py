@@ -27,7 +27,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from bot.runtime.metrics import Metrics
 from bot.runtime.routes import Route, json_answer
 from bot.slack.client import SlackClient, SlackError
-from bot.slack.ingress import Admission, RateLimitedLog, SlackHeaders, SlackRequestGate
+from bot.slack.ingress import Admission, RateLimitedLog, Rejection, SlackHeaders, SlackRequestGate
 from bot.runtime.loops import WakeableLoop
 from bot.storage.database import Database, DatabaseError
 
@@ -198,7 +198,7 @@ class WebApp:
                                   b"Slack events come over Socket Mode here (SLACK_SIGNING_SECRET is not set)")
             if method != "POST":
                 return self._send(start_response, 405, {"Content-Type": "text/plain"}, b"POST only")
-            return self._slack_events(environ, body, start_response)
+            return self._slack_events(self.gate, environ, body, start_response)
         route = self.routes.get((method, path))
         if route is None:
             known = {p for _, p in self.routes}
@@ -211,12 +211,13 @@ class WebApp:
             status, headers, answer = json_answer(500, {"error": "internal error; see meshbot's log"})
         return self._send(start_response, status, headers, answer)
 
-    def _slack_events(self, environ: dict, body: bytes, start_response: StartResponse) -> Iterable[bytes]:
+    def _slack_events(self, gate: SlackRequestGate, environ: dict, body: bytes,
+                      start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         content_type = environ.get("CONTENT_TYPE", "")
-        admission = self.gate.admit(SlackHeaders.from_environ(environ), body, content_type)
+        admission = gate.admit(SlackHeaders.from_environ(environ), body, content_type)
         if admission.rejection is not None:
-            return self._reject(environ, body, admission, start_response)
+            return self._reject(environ, body, admission.rejection, admission, start_response)
         if admission.duplicate:
             self.metrics.duplicates.labels(transport="http").inc()
             self._rejections.warning("duplicate", "Slack request from %s answered without running it again: %s",
@@ -228,10 +229,9 @@ class WebApp:
         self.metrics.ack_seconds.observe(time.perf_counter() - started)
         return answer
 
-    def _reject(self, environ: dict, body: bytes, admission: Admission,
+    def _reject(self, environ: dict, body: bytes, reason: Rejection, admission: Admission,
                 start_response: StartResponse) -> list[bytes]:
         """One log line (rate-limited) without the body, a count by reason, and a 401 or 400 with no details."""
-        reason = admission.rejection
         self.metrics.requests.labels(kind="rejected").inc()
         self.metrics.rejected.labels(reason=reason.value).inc()
         self._rejections.warning(reason.value, "refused Slack request from %s (%d bytes): %s: %s",

@@ -79,7 +79,13 @@ class Meshbot:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.server.effective_port}"
+        if self.server is None:
+            raise RuntimeError("meshbot has no URL before start() binds its port")
+        if isinstance(self.server, MultiSocketServer):  # a host with several addresses: each one it bound
+            port = self.server.effective_listen[0][1]
+        else:
+            port = self.server.effective_port  # type: ignore[attr-defined]  # types-waitress omits it (set in __init__)
+        return f"http://{self.settings.host}:{port}"
 
     def start(self) -> Meshbot:
         """Bind the port (``settings.port``; 0 picks a free one) and serve in a background thread.
@@ -109,7 +115,7 @@ class Meshbot:
                                     threads=self.settings.http_threads, max_request_body_size=MAX_BODY_BYTES,
                                     ident="meshbot", clear_untrusted_proxy_headers=True,
                                     asyncore_loop_timeout=self.settings.http_loop_seconds)
-        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(self.server,), name="http", daemon=True)
         self._thread.start()
         self.web.readiness.slack.start()
         self.outbox.start()
@@ -126,9 +132,9 @@ class Meshbot:
         log.info("meshbot listening on %s", self.url)
         return self
 
-    def _serve(self) -> None:
+    def _serve(self, server: BaseWSGIServer | MultiSocketServer) -> None:
         try:
-            self.server.run()
+            server.run()
         except (OSError, ValueError):
             if not self._stopped:  # closing the listening socket under asyncore ends run() with EBADF
                 raise
@@ -147,15 +153,15 @@ class Meshbot:
                                 f"({exc.response.get('error', 'unknown error')})") from None
         log.info("connected to Slack in Socket Mode")
 
-    def _stop_socket_mode(self) -> None:
+    def _stop_socket_mode(self, socket_mode: SocketModeHandler) -> None:
         # slack_sdk's client closes its socket only once its reader's recv() times out (3 s, holding a
         # lock close() needs); shutting the socket down first wakes the reader, so close() is immediate.
-        session = self.socket_mode.client.current_session
+        session = socket_mode.client.current_session
         sock = session.sock if session is not None else None
         if sock is not None:
             with contextlib.suppress(OSError):  # the peer may have closed it already
                 sock.shutdown(socket.SHUT_RDWR)
-        self.socket_mode.close()
+        socket_mode.close()
         log.info("disconnected from Slack's Socket Mode")
 
     @property
@@ -185,11 +191,12 @@ class Meshbot:
 
         finished = True
         if self.socket_mode is not None:
-            self._stop_socket_mode()
+            self._stop_socket_mode(self.socket_mode)
         if self.server is not None:
             self.server.close()
             # close() stops accepting; the request threads end only when the dispatcher is shut down.
-            self.server.task_dispatcher.shutdown(cancel_pending=False, timeout=left())
+            dispatcher = self.server.task_dispatcher  # waitress/task.py: shutdown adds the timeout to time.time()
+            dispatcher.shutdown(cancel_pending=False, timeout=left())  # type: ignore[arg-type]  # stub says int
             # waitress's loop runs while any connection is open, so one idle keep-alive connection (Alertmanager's
             # HTTP client keeps them) would hold the join below for the whole grace period.  Ask every connection
             # to close once its output is flushed, as waitress's own maintenance() does with idle ones; the loop

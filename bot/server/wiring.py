@@ -199,7 +199,9 @@ def _audit_alarm(metrics: Metrics, outbox: Outbox, channel: str | None) -> Calla
 def _refused_command_recorder(incidents: IncidentLog) -> RefusedCommand:
     """Refused commands go to the incident log like refused clicks (on the incident's timeline when they name one)."""
     def record(user: str, channel: str, request: object, reason: str) -> None:
-        fields = dataclasses.asdict(request) if dataclasses.is_dataclass(request) else {}
+        fields = {}
+        if dataclasses.is_dataclass(request) and not isinstance(request, type):  # an instance, not its class
+            fields = dataclasses.asdict(request)
         incidents.record_refused_command(user, channel, type(request).__name__,
                                          {k: str(v)[:200] for k, v in fields.items()}, reason,
                                          getattr(request, "incident_id", None))

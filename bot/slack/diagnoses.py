@@ -113,7 +113,7 @@ class DiagnosisCommands:
                 diagnose_text(result.findings, title=title, scope=seen.scope, checks=seen.checks))
         done = blocks.outcome(label, namespace, who.user, result.findings, result.seconds, seen)
         if self.outbox is not None:
-            self._queue_report(who, job, report, full if hidden else None, done)
+            self._queue_report(self.outbox, who, job, report, full if hidden else None, done)
             return
         slack.post_message(who.channel, report.text, report.blocks, thread_ts=thread_ts)
         if hidden:
@@ -133,10 +133,9 @@ class DiagnosisCommands:
             return None
         return unknown_namespace(namespace, snapshot.namespaces())
 
-    def _queue_report(self, who: Invocation, job: DiagnosisJob, report: blocks.Message,
+    def _queue_report(self, outbox: Outbox, who: Invocation, job: DiagnosisJob, report: blocks.Message,
                       full: tuple[str, str, str] | None, done: blocks.Message) -> None:
         """The findings, the full report and the outcome through the outbox, in one transaction."""
-        outbox = self.outbox
         incident_id = job.thread.incident_id if job.thread else None
         with outbox.database.transaction() as db:
             running = outbox.adopt(db, channel=who.channel, ts=job.running.ts)

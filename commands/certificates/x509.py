@@ -83,7 +83,8 @@ def _san_values(cert: x509.Certificate, kind: type[x509.GeneralName]) -> list[st
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    return [str(v) for v in sans.get_values_for_type(kind)]  # type: ignore[arg-type]
+    # cryptography types get_values_for_type with one overload per GeneralName class and none for the base class.
+    return [str(v) for v in sans.get_values_for_type(kind)]  # type: ignore[arg-type]  # its overloads, above
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

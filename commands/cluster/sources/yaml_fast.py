@@ -24,7 +24,7 @@ SEQ_TAG = "tag:yaml.org,2002:seq"
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class FastSafeLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+class FastSafeLoader(_BaseLoader):
     """``CSafeLoader`` with a resolver that skips what SafeLoader never uses (path resolvers)."""
 
     def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
