@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -20,6 +22,7 @@ import psycopg
 import pytest
 
 from bot.slack.errors import Failed, user_message
+from commands.clients.lease import LeaderElector
 from bot.storage.database import DatabaseUnavailable
 
 from tests.support.istiod import syncz_entry
@@ -214,3 +217,28 @@ def test_an_accepted_alert_is_applied_after_the_database_comes_back_not_set_asid
     stored = query(url, "SELECT processed_at IS NOT NULL, error FROM notifications")
     assert stored == [(True, None)], "applied once the database was back, not set aside with an error"
     assert query(url, "SELECT COUNT(*) FROM incidents") == [(1,)]
+
+
+def test_a_renewal_that_fails_unexpectedly_ends_leadership(kube: FakeKube):
+    elector = LeaderElector(kube.client(), "meshbot", "meshbot-0", duration=timedelta(seconds=15))
+    assert elector.tick() and elector.is_leader
+    # The Lease edited into something the renewal cannot read (a renewTime that is no time): not a MeshbotError,
+    # and no proof this replica still leads, so it stops acting as the leader until a renewal succeeds.
+    kube.add({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+              "metadata": {"name": "meshbot-scheduler", "namespace": "meshbot"},
+              "spec": {"holderIdentity": "meshbot-0", "leaseDurationSeconds": 15, "renewTime": "not-a-time"}})
+    assert not elector.tick()
+    assert not elector.is_leader and elector.last_error
+
+
+def test_healthz_answers_while_150_idle_connections_are_held_open(bot_factory):
+    meshbot = bot_factory()
+    host, port = meshbot.url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(150)]  # connected, silent
+    try:
+        started = time.monotonic()
+        assert httpx.get(f"{meshbot.url}/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 3
+    finally:
+        for connection in idle:
+            connection.close()

@@ -34,6 +34,15 @@ from bot.storage.database import Database
 if TYPE_CHECKING:
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
+# waitress against hostile or broken clients (docs.pylonsproject.org/projects/waitress, "Arguments"): idle and
+# half-open connections are closed after CHANNEL_TIMEOUT_SECONDS instead of waitress's 120 s, swept every
+# CLEANUP_INTERVAL_SECONDS, and up to CONNECTION_LIMIT are kept (waitress's 100 let 120 idle connections make it stop
+# accepting, so /healthz timed out and the liveness probe restarted the pod).  Requests are only handed to the
+# threads once read whole, so idle connections hold no thread; a probe waits at most for a free thread.
+CONNECTION_LIMIT = 1000
+CHANNEL_TIMEOUT_SECONDS = 15
+CLEANUP_INTERVAL_SECONDS = 5
+LISTEN_BACKLOG = 1024
 log = logging.getLogger(__name__)
 
 ENVELOPE_MEMORY_SECONDS = 10 * 60
@@ -114,7 +123,9 @@ class Meshbot:
         self.server = create_server(self.web, host=self.settings.host, port=self.settings.port,
                                     threads=self.settings.http_threads, max_request_body_size=MAX_BODY_BYTES,
                                     ident="meshbot", clear_untrusted_proxy_headers=True,
-                                    asyncore_loop_timeout=self.settings.http_loop_seconds)
+                                    asyncore_loop_timeout=self.settings.http_loop_seconds,
+                                    connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT_SECONDS,
+                                    cleanup_interval=CLEANUP_INTERVAL_SECONDS, backlog=LISTEN_BACKLOG)
         self._thread = threading.Thread(target=self._serve, args=(self.server,), name="http", daemon=True)
         self._thread.start()
         self.web.readiness.slack.start()

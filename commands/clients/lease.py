@@ -83,6 +83,10 @@ class LeaderElector:
             log.warning("leader election: %s; acting as a follower until the next try", exc)
             self.last_error = str(exc)
             leading = False
+        except Exception as exc:  # a bug or a client library's own error: still no proof of leadership
+            log.exception("leader election: the renewal failed unexpectedly; acting as a follower until the next try")
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            leading = False
         if leading != self.is_leader:
             log.info("leader election: %s %s the leader of Lease %s/%s", self.identity,
                      "is now" if leading else "is no longer", self.namespace, self.name)
