@@ -111,13 +111,6 @@ def inserted_id(cursor: Any) -> int:
     return int(cursor.lastrowid)
 
 
-def inserted_id(cursor: Any) -> int:
-    """The id of the row an INSERT just wrote (both backends report it; None would mean nothing was written)."""
-    if cursor.lastrowid is None:
-        raise RuntimeError("the database reported no id for an inserted row")
-    return int(cursor.lastrowid)
-
-
 def apply_pending(db: Any, migrations: Sequence[Migration], where: str) -> int:
     """Inside the caller's transaction: run what ``schema_version`` does not list yet; the version after.
     The same on both backends (``db`` is sqlite-utils' Database or ``postgres.PostgresConnection``)."""
