@@ -341,9 +341,10 @@ def test_high_availability_with_a_network_policy_can_reach_postgresql():
 
 
 def test_resources_follow_the_benchmarked_memory_with_margin():
-    """docs/benchmarks.md: 113 MB peak under an alert storm + ~80 MB for a 10,000-pod diagnosis."""
+    """docs/benchmarks.md: 208 MB peak for 20 concurrent namespace diagnoses of 10,000 injected pods, 439 MB for a
+    whole-mesh one, which stays under 60 % of the limit (issue 26)."""
     resources = bot_container(render())["resources"]
-    assert resources["requests"]["memory"] == "256Mi" and resources["limits"]["memory"] == "512Mi"
+    assert resources["requests"]["memory"] == "256Mi" and resources["limits"]["memory"] == "768Mi"
     assert "113 MB" in (ROOT / "docs" / "benchmarks.md").read_text()
     assert "256Mi" in (ROOT / "docs" / "deployment.md").read_text()
 
