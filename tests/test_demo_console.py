@@ -211,3 +211,100 @@ def test_the_demo_incident_shows_its_timeline_and_the_graph_as_an_image_in_a_rea
     assert image[1].startswith("Error ratio of 2 failing edges")
     served = httpx.get(demo.url + image[2])
     assert served.headers["content-type"] == "image/png" and served.content.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+# -- accessibility (issue 27): focus kept, dialogs, a live region, contrast, 420 px, axe-core -----------------
+
+AXE = Path(os.environ.get("MESHBOT_AXE", Path(__file__).resolve().parents[1] / ".cache" / "axe-core" / "axe.min.js"))
+
+
+def post_from_page(console: Console, path: str, body: dict) -> None:
+    """What another person (or Alertmanager) does meanwhile: posted by the page's own origin, focus untouched."""
+    console.driver.execute_script(
+        "fetch(arguments[0], {method: 'POST', headers: {'Content-Type': 'application/json'},"
+        " body: JSON.stringify(arguments[1])});", path, body)
+
+
+def test_an_update_keeps_focus_and_the_messages_already_shown_and_announces_the_new_one(demo, browser):
+    console = Console(browser, demo.url)
+    console.send_alert("IstiodDown/istio-system|firing")
+    console.wait_for_text("IstiodDown", "Triage")
+    console.type_command("/mesh help")
+    console.wait_for_text("this list")
+    # An answer only alice sees never changes: its element must survive the next update untouched.
+    focused = browser.execute_script(
+        "window.helpAnswer = [...document.querySelectorAll('#channel > .message.ephemeral')].pop();"
+        "const button = document.querySelector('#channel .bk-button'); button.focus();"
+        "return button.textContent;")
+    post_from_page(console, "/console/command", {"user": "UALICE", "text": "/mesh incident list"})
+    console.wait_for_text("Open incidents")
+    assert browser.execute_script("return window.helpAnswer.isConnected"), "the channel was redrawn whole"
+    assert browser.execute_script("return document.activeElement.textContent") == focused
+    assert "meshbot" in browser.find_element("id", "live").get_attribute("textContent")
+    assert browser.find_element("id", "live").get_attribute("aria-live") == "polite"
+
+
+def test_the_confirm_dialog_takes_focus_keeps_it_and_closes_on_escape(demo, browser):
+    from selenium.webdriver.common.keys import Keys
+
+    console = Console(browser, demo.url)
+    console.send_alert("IstiodDown/istio-system|firing")
+    console.wait_for_text("IstiodDown", "Triage")
+    console.type_command("/mesh memory istiod --limit 4Gi")
+    console.wait_for_text("Remediation request #1", "Approve")
+    console.be("UBOB")
+    console.press("Approve", in_message_containing="Remediation request #1")
+    console.wait.until(lambda d: d.find_element("id", "dialog").is_displayed())
+    assert browser.execute_script("return document.activeElement.id") == "dialog-deny"
+    dialog = browser.find_element("id", "dialog")
+    assert dialog.get_attribute("aria-labelledby") == "dialog-title" and dialog.get_attribute("aria-modal") == "true"
+    browser.switch_to.active_element.send_keys(Keys.TAB)
+    browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert browser.execute_script("return document.activeElement.id") == "dialog-deny", "Tab stays in the dialog"
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+    console.wait.until(lambda d: not d.find_element("id", "dialog").is_displayed())
+    assert browser.execute_script("return document.activeElement.textContent") == "Approve", "focus goes back"
+    assert "Approval recorded" not in console.channel_text(), "Escape approves nothing"
+
+
+def test_the_console_is_usable_at_420_px_without_sideways_scrolling(demo, browser):
+    browser.set_window_size(420, 900)
+    console = Console(browser, demo.url)
+    console.send_alert("IstiodDown/istio-system|firing")
+    console.wait_for_text("IstiodDown", "Triage")
+    width = browser.execute_script("return document.documentElement.clientWidth")
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= width
+    assert browser.find_element("id", "command").is_displayed() and browser.find_element("id", "send").is_displayed()
+
+
+def test_axe_core_finds_no_serious_or_critical_violation(demo, browser):
+    if not AXE.exists():
+        pytest.fail(f"{AXE} not found: scripts/test.sh unpacks it (npm pack axe-core@4), or set MESHBOT_AXE")
+    console = Console(browser, demo.url)
+    console.send_alert("IstiodDown/istio-system|firing")
+    console.wait_for_text("IstiodDown", "Triage")
+    console.type_command("/mesh memory istiod --limit 4Gi")
+    console.wait_for_text("Remediation request #1", "Approve")
+    browser.execute_script(AXE.read_text(encoding="utf-8"))
+    browser.set_script_timeout(60)
+    result = browser.execute_async_script(
+        "axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']}).then(arguments[arguments.length - 1]);")
+    serious = [(v["id"], v["impact"], [n["target"] for n in v["nodes"][:3]]) for v in result["violations"]
+               if v["impact"] in ("serious", "critical")]
+    assert serious == []
+
+
+def test_a_browser_that_goes_away_mid_answer_prints_no_traceback(capsys):
+    from http.server import BaseHTTPRequestHandler
+
+    from bot.demo.console import QuietHTTPServer
+
+    server = QuietHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    try:
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError:
+            server.handle_error(None, ("127.0.0.1", 50000))
+    finally:
+        server.server_close()
+    assert capsys.readouterr().err == ""

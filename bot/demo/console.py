@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -307,11 +308,24 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A browser tab that goes away mid-answer is no error: no traceback on stderr for it (issue 27)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):  # BrokenPipeError, ConnectionResetError, ConnectionAbortedError
+            log.debug("console: %s went away (%s)", client_address, type(error).__name__)
+            return
+        log.exception("console: request from %s failed", client_address)
+
+
 class ConsoleServer:
     """Serves ``Console`` and the workspace's Web API on ``host:port`` (port 0 picks a free one)."""
 
     def __init__(self, console: Console, host: str = "127.0.0.1", port: int = 8080):
-        self.server = ThreadingHTTPServer((host, port), _handler(console))
+        self.server = QuietHTTPServer((host, port), _handler(console))
         self.server.daemon_threads = True
         self.url = f"http://{host}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
