@@ -599,6 +599,8 @@ class ApprovalDesk:
         if self._sweeper:
             self._sweeper.stop()
         self.release_claims()
+        # An execution still running ends at its next fenced write once a survivor resumes it; nothing new starts.
+        self.workers.shutdown(wait=False)
 
     def get(self, request_id: int) -> ApprovalRequest:
         return self._get(self.database.db, request_id)

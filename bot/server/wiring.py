@@ -69,6 +69,8 @@ from commands.cluster.endpoints import EndpointResolver
 log = logging.getLogger(__name__)
 
 MESSENGER_THREADS = 4
+APPROVAL_THREADS = 2
+"""Approved actions executing at once per replica (each a few Kubernetes writes and a verification)."""
 
 
 def build(settings: Settings, *, runner: Runner | None = None,
@@ -103,7 +105,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     elector = _elector(settings, cluster)
     incidents = IncidentLog(database, key=load_audit_key(settings.audit_key, settings.db_path),
                             anchor_stores=_audit_anchors(settings, elector), clock=clock)
-    outbox = Outbox(database, outbox_slack, metrics, record=IncidentDeliveries(incidents),
+    outbox = Outbox(database, outbox_slack, metrics, record=IncidentDeliveries(incidents, audit_channel=settings.audit_channel),
                     batch_interval=settings.thread_batch_seconds)
     incidents.on_alarm = _audit_alarm(metrics, outbox, settings.channel)
     # One answer per user group for roles and votes alike, failing closed when it expires and Slack cannot answer.
@@ -111,7 +113,11 @@ def build(settings: Settings, *, runner: Runner | None = None,
     approvals: ApprovalDesk | None = None  # a captured scenario has no cluster to act on
     if not settings.scenario:
         approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack, groups=groups,
-                                 policy=approval_policy(settings), kube=cluster.client, workers=workers,
+                                 policy=approval_policy(settings), kube=cluster.client,
+                                 # Executions on threads of their own: a diagnosis storm on ``workers`` once held an
+                                 # approved action for 104 s after its quorum.
+                                 workers=ThreadPoolExecutor(max_workers=APPROVAL_THREADS,
+                                                            thread_name_prefix="approval"),
                                  execution_lease=timedelta(seconds=settings.execution_lease_seconds),
                                  inspector=MeshInspector(diagnose=diagnostician.run,
                                                          endpoints=endpoints or cluster.endpoints,
