@@ -151,3 +151,40 @@ def test_a_namespace_watch_sees_only_its_namespace(kube: FakeKube, kube_client: 
               if e.type != "BOOKMARK"]
 
     assert [e.object["metadata"]["name"] for e in events] == ["a"]
+
+
+# -- a port-forward beside a list ------------------------------------------------------------------
+
+
+def test_a_list_during_a_port_forward_handshake_is_still_a_plain_request(kube: FakeKube):
+    """kubernetes.stream swaps call_api on the ApiClient it is handed while a websocket opens; a list in another
+    diagnosis meanwhile must not go out as a websocket (it did when both shared one ApiClient)."""
+    import threading
+
+    from commands.clients.kube import KubePortForwarder
+    from commands.errors import MeshbotError
+    from commands.resources.references import PodRef
+
+    kube.add(pod("a"))
+    kube.slow("Pod", 3, verb="get", namespace="prod", subresource="portforward")
+    kube_client = kube.client(timeout=5)  # one client for both, as one diagnosis's lists and tunnels share it
+    failures: list[Exception] = []
+
+    def forward() -> None:
+        try:
+            KubePortForwarder(kube_client).open_stream(PodRef("prod", "a"), 15000)
+        except MeshbotError as exc:  # kmock answers no websocket: the tunnel fails, which is not the point
+            failures.append(exc)
+
+    opener = threading.Thread(target=forward)
+    opener.start()
+    deadline = time.monotonic() + 10
+    while not [r for r in kube.requests("GET") if r.url.path.endswith("/portforward")]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    items = kube_client.list("Pod", "prod")
+    opener.join(10)
+
+    assert names(items) == ["a"]
+    assert failures  # the handshake really was under way while the list ran

@@ -467,7 +467,8 @@ class FakeKube:
             self.emulator.refusals.append(refused)
         self.loop.call(lambda: view << status << body)
 
-    def slow(self, kind: str, seconds: float, *, verb: str = "list", namespace: str | None = None) -> None:
+    def slow(self, kind: str, seconds: float, *, verb: str = "list", namespace: str | None = None,
+             subresource: str | None = None) -> None:
         """Answer matching requests only after ``seconds`` (cut short at teardown)."""
         release = self._release
 
@@ -476,7 +477,7 @@ class FakeKube:
                 await asyncio.wait_for(release.wait(), seconds)
             return {"metadata": {}, "items": []}
 
-        view = self._view(kind, verb, namespace, None, None)
+        view = self._view(kind, verb, namespace, None, subresource)
         self.loop.call(lambda: view << late_answer)
 
     # -- assertions ----------------------------------------------------------------------
