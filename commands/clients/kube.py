@@ -6,6 +6,7 @@ controller does: lists in pages of ``limit``/``continue`` (an expired continue t
 starts the list again), watches from a resourceVersion with bookmarks, and waits out a
 429 for as long as its Retry-After says (API Priority and Fairness).
 ``KubePortForwarder`` opens ``kubectl port-forward``-style tunnels to pod ports.
+Longer than 450 lines because it is the one module import-linter lets import ``kubernetes``.
 """
 
 from __future__ import annotations
