@@ -222,6 +222,9 @@ class RecordedDeliveries:
     def finished(self, incident_ids):
         return ()
 
+    def severity_ranks(self, incident_ids):
+        return {}
+
     def before_pass(self, outbox) -> None:
         self.passes += 1
 
@@ -507,3 +510,18 @@ def test_diagnose_findings_ready_while_slack_is_down_are_delivered_when_it_is_ba
     fake_slack.wait_for(lambda: [c for c in fake_slack.of("chat.update") if c.args.get("_ok")
                                  and c.args["ts"] == top["_ts"] and c.args["text"].startswith("diagnose for prod")],
                         timeout=15, what="the Running message replaced by the outcome")
+
+
+def test_a_critical_incident_opened_after_twenty_new_warnings_is_posted_first(database, fake_slack):
+    outbox = make_outbox(database, fake_slack, min_post_interval=3600.0)  # one post per pass: the order is visible
+    log = IncidentLog(database)
+    with database.transaction() as db:
+        for n in range(20):
+            warning = log.create(db, group_key=f"w{n}", title=f"warning {n}", severity="warning", channel=CHANNEL,
+                                 labels={}, namespaces=[], services=[], external_url="", playbook=None)
+            outbox.post(db, incident_id=warning, channel=CHANNEL, message=Message(f"warning {n}", []))
+        critical = log.create(db, group_key="c", title="critical", severity="critical", channel=CHANNEL,
+                              labels={}, namespaces=[], services=[], external_url="", playbook=None)
+        outbox.post(db, incident_id=critical, channel=CHANNEL, message=Message("critical", []))
+    outbox.deliver_due()
+    assert [m["text"] for m in fake_slack.messages()] == ["critical"]

@@ -8,11 +8,12 @@ chain's head is posted in their threads, and the head is published to the anchor
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import sqlite_utils
 
+from bot.incidents.alerts import SEVERITY_ORDER
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import EventKind, IncidentStatus
 from bot.slack.blocks import context, message_of
@@ -43,6 +44,12 @@ class IncidentDeliveries:
         if delivery.batch:  # one event for the batch; the entries it stood for are named by their range
             data.update(batched=len(delivery.batch), last_outbox_id=delivery.batch[-1])
         self.incidents.append(db, entry.incident_id, "meshbot", EventKind.MESSAGE_POSTED, data)
+
+    def severity_ranks(self, incident_ids: Collection[int]) -> Mapping[int, int]:
+        """0 for critical, 1 for error … (SEVERITY_ORDER); an unknown severity after all of them."""
+        order = {name: rank for rank, name in enumerate(SEVERITY_ORDER)}
+        return {i: order.get(severity.lower(), len(order))
+                for i, severity in self.incidents.severities(incident_ids).items()}
 
     def finished(self, incident_ids: Collection[int]) -> Collection[int]:
         """Resolved incidents: their resolve note goes out before other incidents' backlogs."""

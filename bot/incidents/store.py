@@ -182,6 +182,16 @@ class IncidentStore:
         rows = self._reader(db).execute(f"SELECT id, status FROM incidents WHERE id IN ({marks})", wanted)  # noqa: S608
         return {row[0]: IncidentStatus(row[1]) for row in rows}
 
+    def severities(self, incident_ids: Iterable[int]) -> dict[int, str]:
+        """Each named incident's severity (unknown ids are left out): the outbox posts the most severe first."""
+        wanted = sorted(set(incident_ids))
+        if not wanted:
+            return {}
+        marks = ", ".join("?" * len(wanted))
+        rows = self._reader(None).execute(f"SELECT id, severity FROM incidents WHERE id IN ({marks})",  # noqa: S608
+                                          wanted)
+        return {row[0]: row[1] or "" for row in rows}
+
     def create(self, db: sqlite_utils.Database, *, group_key: str, title: str, severity: str, channel: str | None,
                labels: Mapping[str, str], namespaces: Sequence[str], services: Sequence[str], external_url: str,
                playbook: str | None, source: str = "alertmanager") -> int:

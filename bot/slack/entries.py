@@ -43,13 +43,15 @@ class Entry:
     next_attempt_at: datetime | None
     finished: bool = False
     """Its incident is over (resolved): its lane goes first and its alert updates do not wait for a batch."""
+    severity_rank: int = 0
+    """Its incident's urgency, 0 the most severe (critical): urgent lanes go by it before age."""
 
     @classmethod
-    def from_row(cls, row: dict[str, Any], *, finished: bool = False) -> Entry:
+    def from_row(cls, row: dict[str, Any], *, finished: bool = False, severity_rank: int = 0) -> Entry:
         return cls(id=row["id"], incident_id=row["incident_id"], channel=row["channel"], op=Op(row["op"]),
                    parent_id=row["parent_id"], target_id=row["target_id"], payload=json.loads(row["payload"]),
                    attempts=row["attempts"], next_attempt_at=parse_rfc3339_or_none(row["next_attempt_at"]),
-                   finished=finished)
+                   finished=finished, severity_rank=severity_rank)
 
     @property
     def lane(self) -> tuple[str, int]:
@@ -68,14 +70,15 @@ class Entry:
 
 
 def lanes_by_priority(entries: Sequence[Entry]) -> list[list[Entry]]:
-    """Pending entries grouped in lanes; a new incident or a resolved one first, then oldest first."""
+    """Pending entries grouped in lanes; a new incident or a resolved one first, the most severe of those first
+    (a critical alert arriving after 150 new warnings once waited 148 s for its first post), then oldest first."""
     lanes: dict[tuple[str, str, int], list[Entry]] = {}
     for entry in entries:
         lanes.setdefault((entry.channel, *entry.lane), []).append(entry)
 
-    def rank(lane: list[Entry]) -> tuple[int, int]:
+    def rank(lane: list[Entry]) -> tuple[int, int, int]:
         urgent = lane[0].top_level or lane[0].finished
-        return (0 if urgent else 1, lane[0].id)
+        return (0 if urgent else 1, lane[0].severity_rank if urgent else 0, lane[0].id)
 
     return sorted(lanes.values(), key=rank)
 

@@ -34,7 +34,7 @@ import base64
 import json
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -97,6 +97,9 @@ class DeliveryRecord(Protocol):
     def finished(self, incident_ids: Collection[int]) -> Collection[int]:
         """Of these incidents, the ones that are over (their posts go first and are not batched)."""
 
+    def severity_ranks(self, incident_ids: Collection[int]) -> Mapping[int, int]:
+        """Each incident's urgency, 0 the most severe: urgent lanes go by it, then by age."""
+
     def before_pass(self, outbox: Outbox) -> None:
         """At the start of each delivery pass: may queue entries of its own."""
 
@@ -112,6 +115,9 @@ class Unrecorded:
 
     def finished(self, incident_ids: Collection[int]) -> Collection[int]:
         return ()
+
+    def severity_ranks(self, incident_ids: Collection[int]) -> Mapping[int, int]:
+        return {}
 
     def before_pass(self, outbox: Outbox) -> None:
         pass
@@ -253,8 +259,11 @@ class Outbox:
         # SQLite refuse them ("database is locked") instead of waiting.
         rows = list(self.database.db.query(
             "SELECT * FROM outbox WHERE state = 'pending' AND channel = COALESCE(?, channel) ORDER BY id", [channel]))
-        finished = set(self.record.finished({r["incident_id"] for r in rows if r["incident_id"] is not None}))
-        return [Entry.from_row(r, finished=r["incident_id"] in finished) for r in rows]
+        incident_ids = {r["incident_id"] for r in rows if r["incident_id"] is not None}
+        finished = set(self.record.finished(incident_ids))
+        ranks = self.record.severity_ranks(incident_ids)
+        return [Entry.from_row(r, finished=r["incident_id"] in finished, severity_rank=ranks.get(r["incident_id"], 0))
+                for r in rows]
 
     def _deliver_channel(self, channel: str, claim: Claim, now: datetime) -> float | None:
         """Deliver one claimed channel's lanes (read again: another replica may have sent some meanwhile)."""
