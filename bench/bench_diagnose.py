@@ -27,8 +27,8 @@ CHECKS = ["analyze", "status", "certs"]
 def measure(pods: int, mode: str, workdir: str) -> dict:
     from bench.mesh_generator import generate
     from commands.catalog import default_checks
-    from commands.findings import count_by_level
     from commands.cluster.snapshot import Resource, Snapshot
+    from commands.findings import count_by_level
 
     if mode in ("yaml", "json"):
         from commands.cluster.sources.files import FileSource

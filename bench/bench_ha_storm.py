@@ -24,8 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import percentile  # noqa: E402
 from tests.support.postgres import PASSWORD, start_postgres, with_password  # noqa: E402
-from tests.support.replicas import CHANNEL, Storm, notification, start_replicas, stop_replicas, \
-    wait_drained  # noqa: E402
+from tests.support.replicas import (
+    CHANNEL,
+    Storm,
+    notification,
+    start_replicas,
+    stop_replicas,
+    wait_drained,  # noqa: E402
+)
 from tests.support.slack import start_fake_slack  # noqa: E402
 
 

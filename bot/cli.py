@@ -17,8 +17,8 @@ from pathlib import Path
 from bot.settings import SettingsError
 from commands.catalog import default_checks
 from commands.checks.registry import ALL, CheckRegistry
-from commands.thresholds import CERT_DAYS_TEXT, Thresholds
 from commands.errors import InputError, MeshbotError, UserError
+from commands.thresholds import CERT_DAYS_TEXT, Thresholds
 from commands.times import parse_rfc3339
 
 EXIT_OK = 0
@@ -338,9 +338,9 @@ def cmd_remind(args: argparse.Namespace) -> int:
     from zoneinfo import ZoneInfo
 
     from bot.cluster import ClusterAccess
-    from bot.server.schema import open_database
     from bot.reminders.blocks import reminder_lines, upcoming_text
     from bot.reminders.service import ReminderService
+    from bot.server.schema import open_database
     from bot.settings import Settings
 
     settings = Settings.load(config_file=args.config)
@@ -394,9 +394,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    from bot.server.schema import open_database
     from bot.incidents.audit import load_audit_key
     from bot.incidents.log import IncidentLog
+    from bot.server.schema import open_database
     from bot.settings import Settings
 
     settings = Settings.load()
@@ -569,7 +569,6 @@ def cmd_codes(args: argparse.Namespace) -> int:
 def _diagnose_and_print(names, source, endpoints, args, *, title_source: str) -> int:
     from commands import report
     from commands.findings import Level
-
     from commands.suggestions import unknown_namespace
 
     names = args.checks.resolve(names)
@@ -620,8 +619,8 @@ def _source(args: argparse.Namespace, *, mesh_config: str | None = None):
 
 
 def _endpoints(args: argparse.Namespace, source):
-    from commands.cluster.endpoints import EndpointResolver, parse_envoy_admin_option
     from commands.clients.http import HttpEndpoint
+    from commands.cluster.endpoints import EndpointResolver, parse_envoy_admin_option
 
     admin_urls = dict(parse_envoy_admin_option(v) for v in args.envoy_admin)
     forwarder = getattr(source, "port_forwarder", None)

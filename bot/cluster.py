@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bot.settings import Settings
-from commands.thresholds import Thresholds
-from commands.cluster.demo import Scenario, load_scenario
-from commands.cluster.endpoints import EndpointResolver
 from commands.clients.http import HttpEndpoint
 from commands.clients.kube import WATCH_SECONDS, Keep, KubeClient, KubePortForwarder, Listing, ResourceExpired
+from commands.cluster.demo import Scenario, load_scenario
+from commands.cluster.endpoints import EndpointResolver
 from commands.cluster.snapshot import SnapshotSource
 from commands.cluster.sources.kube import NAMESPACE_SCOPED_READS, KubeSource
 from commands.errors import MeshbotError
 from commands.resources.kinds import KindInfo, kind_info
+from commands.thresholds import Thresholds
 
 log = logging.getLogger(__name__)
 

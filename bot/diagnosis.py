@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 from bot.cluster import ClusterAccess
 from commands.checks.registry import CheckRegistry
-from commands.resources.references import PodRef
 from commands.errors import MeshbotError
 from commands.findings import Finding
+from commands.resources.references import PodRef
 
 log = logging.getLogger(__name__)
 

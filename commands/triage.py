@@ -13,7 +13,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from commands.explanations import (
-    RULES, ROOT_EXPIRED, ROOT_MISMATCH, Confidence, Link, Rule, is_istiod, namespace_of, upstream_of,
+    ROOT_EXPIRED,
+    ROOT_MISMATCH,
+    RULES,
+    Confidence,
+    Link,
+    Rule,
+    is_istiod,
+    namespace_of,
+    upstream_of,
 )
 from commands.findings import Finding, Level, Remediation, by_severity
 from commands.preconditions import MeshHealth, gate

@@ -9,11 +9,18 @@ import pytest
 
 from commands import codes
 from commands.actions import parse_action
+from commands.actions.dependencies import (
+    Diagnosis,
+    State,
+    checks_for,
+    effect_of_target,
+    evaluate,
+    fix_first_text,
+    rollback_needs,
+    unmet,
+)
 from commands.actions.memory import DEPENDS_ON, MAY_STAY_PENDING, REQUEST_FOLLOWS_LIMIT
 from commands.actions.review import UNDO, restart_judgement
-from commands.actions.dependencies import (
-    Diagnosis, State, checks_for, effect_of_target, evaluate, fix_first_text, rollback_needs, unmet,
-)
 from commands.findings import Remediation
 from commands.preconditions import Dependency, Effect
 from tests.test_preconditions import ca_failing, istiod_oomkilled, revision_unserved, webhook_down

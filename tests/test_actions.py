@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from commands.actions import (
-    ActionUsageError, Op, Plan, apply, dry_run, parse_action, plan_action, plan_diff, rollback_plan, verify,
+    ActionUsageError,
+    Op,
+    Plan,
+    apply,
+    dry_run,
+    parse_action,
+    plan_action,
+    plan_diff,
+    rollback_plan,
+    verify,
 )
 from commands.actions.destination_rules import PLAINTEXT_RULE
 from commands.actions.planners import BOTH_HALVES, EMERGENCY_POLICY, MAKES_WORSE

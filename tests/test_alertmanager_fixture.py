@@ -17,10 +17,22 @@ from typing import Any
 import pytest
 
 from tests.data.alertmanager import capture
-from tests.data.alertmanager.capture import CIRCUIT_OPEN, CIRCUIT_OPEN_GROUP, CRASHLOOP_GROUP, CRASHLOOP_Q8R2N, \
-    CRASHLOOP_X2X4K, of_group
-from tests.support.alertmanager import WEBHOOK_PATH, RunningAlertmanager, WebhookDeliveries, alert, resolved, \
-    start_alertmanager
+from tests.data.alertmanager.capture import (
+    CIRCUIT_OPEN,
+    CIRCUIT_OPEN_GROUP,
+    CRASHLOOP_GROUP,
+    CRASHLOOP_Q8R2N,
+    CRASHLOOP_X2X4K,
+    of_group,
+)
+from tests.support.alertmanager import (
+    WEBHOOK_PATH,
+    RunningAlertmanager,
+    WebhookDeliveries,
+    alert,
+    resolved,
+    start_alertmanager,
+)
 from tests.support.http_server import ProgrammableServer, start_server
 
 pytestmark = pytest.mark.alertmanager

@@ -16,8 +16,16 @@ from commands.actions.planners import EMERGENCY_POLICY
 from tests.support.istiod import syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.test_actions import deployment, namespace
-from tests.test_approvals import APPROVERS, approve, ask, ask_rollback, created_peer_authentications, istiod_pod, \
-    press, wait_finished
+from tests.test_approvals import (
+    APPROVERS,
+    approve,
+    ask,
+    ask_rollback,
+    created_peer_authentications,
+    istiod_pod,
+    press,
+    wait_finished,
+)
 
 LONG_AGO = "2026-01-01T00:00:00Z"
 

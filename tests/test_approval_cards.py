@@ -22,7 +22,13 @@ from commands.preconditions import Dependency
 from tests.support.kube import FakeKube
 from tests.test_action_preconditions import root_expired
 from tests.test_actions import (
-    authorization_policy, deployment, destination_rule, injected_pod, istiod_deployment, meshed_namespace, namespace,
+    authorization_policy,
+    deployment,
+    destination_rule,
+    injected_pod,
+    istiod_deployment,
+    meshed_namespace,
+    namespace,
 )
 from tests.test_preconditions import istiod_oomkilled
 

@@ -13,10 +13,18 @@ from commands.actions.planners import EMERGENCY_POLICY
 from tests.support.istiod import FakeIstiod, syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack
-from tests.test_approvals import (
-    APPROVERS, approve, ask, ask_rollback, istiod_pod, latest_blocks, press, request_message, wait_finished,
-)
 from tests.test_actions import deployment, istiod_deployment, namespace
+from tests.test_approvals import (
+    APPROVERS,
+    approve,
+    ask,
+    ask_rollback,
+    istiod_pod,
+    latest_blocks,
+    press,
+    request_message,
+    wait_finished,
+)
 
 PROXY = "reviews-1.payments"
 

@@ -15,23 +15,23 @@ import pytest
 from bot.approvals.rule import RequestState
 from bot.incidents.anchors import FileAnchorStore, LeaseAnchorStore
 from bot.incidents.audit import GENESIS, AuditKey, audit_key_path, event_hash, event_mac, load_audit_key
+from bot.incidents.delivery import IncidentDeliveries
 from bot.incidents.log import AuditKeyError, IncidentLog
 from bot.incidents.records import EventKind
-from bot.incidents.delivery import IncidentDeliveries
-from bot.slack.outbox import Outbox
 from bot.server.schema import MIGRATIONS
 from bot.settings import Settings, SettingsError
 from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
+from bot.slack.outbox import Outbox
 from bot.storage.database import Database
 from commands.actions import Plan
 from commands.actions.planners import EMERGENCY_POLICY
 from commands.clients.lease import LeaderElector
 from commands.errors import UserError
+from tests.support.istiod import syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import BOT_TOKEN
 from tests.test_actions import deployment, namespace
-from tests.support.istiod import syncz_entry
 from tests.test_approvals import APPROVERS, approve, ask, istiod_pod, wait_finished
 
 KEY = AuditKey(b"k" * 40, "test")

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from commands.certificates.secrets import public_secret
 from commands.checks.certs import certs
 from commands.checks.registry import CheckContext, Thresholds
-from commands.cluster.endpoints import EndpointResolver
-from commands.resources.references import PodRef
-from commands.findings import Finding, Level
 from commands.clients.http import http_endpoint
+from commands.cluster.endpoints import EndpointResolver
 from commands.cluster.snapshot import Resource, Snapshot
+from commands.findings import Finding, Level
+from commands.resources.references import PodRef
 from tests.support.certs import Minted, mint
 from tests.support.envoy import RunningEnvoy
 from tests.support.http_server import ProgrammableServer

@@ -8,9 +8,9 @@ The screenshot lands in docs/img/demo-console.png (the README's tour shows it).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-import os
 from pathlib import Path
 
 import pytest

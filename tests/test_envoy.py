@@ -12,13 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from commands.checks.registry import CheckContext, Thresholds
-from commands.cluster.endpoints import EndpointResolver
-from commands.resources.references import PodRef
 from commands.checks.envoy import STATS_INCLUSION_REGEX, envoy, memory_bytes, parse_stats
-from commands.findings import Finding, Level
+from commands.checks.registry import CheckContext, Thresholds
 from commands.clients.http import http_endpoint
+from commands.cluster.endpoints import EndpointResolver
 from commands.cluster.snapshot import Resource, Snapshot
+from commands.findings import Finding, Level
+from commands.resources.references import PodRef
 from tests.support.certs import mint
 from tests.support.envoy import FailingUpstreamEnvoy, RunningEnvoy, istio_stats_config
 

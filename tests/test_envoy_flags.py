@@ -24,10 +24,10 @@ from commands.codes import MESHBOT_CODES
 from commands.findings import Finding, Level
 from commands.resources.references import PodRef
 from commands.thresholds import Thresholds
-from tests.support.envoy_cases import CASES, CASES_BY_NAME, Case, Lab, run_case, send
-from tests.support.envoy import RunningEnvoy
 from tests.support import sidecar
 from tests.support.analysis import snapshot_from_yaml
+from tests.support.envoy import RunningEnvoy
+from tests.support.envoy_cases import CASES, CASES_BY_NAME, Case, Lab, run_case, send
 
 POD = PodRef("prod", "checkout-6b7c9d8f5-k2m4p")
 ROOT = Path(__file__).resolve().parent.parent

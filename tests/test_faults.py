@@ -22,9 +22,8 @@ import psycopg
 import pytest
 
 from bot.slack.errors import Failed, user_message
-from commands.clients.lease import LeaderElector
 from bot.storage.database import DatabaseUnavailable
-
+from commands.clients.lease import LeaderElector
 from tests.support.istiod import syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.postgres import PASSWORD, with_password

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from commands.errors import InputError
 from commands.cluster.sources.files import FileSource
+from commands.errors import InputError
 
 
 def write(tmp_path, name: str, text: str):

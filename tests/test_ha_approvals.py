@@ -15,13 +15,20 @@ import pytest
 from bot.approvals.desk import EXECUTION_LEASE
 from bot.approvals.rule import RequestState
 from bot.incidents.records import EventKind, iso
+from tests.support.istiod import syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.postgres import PASSWORD
 from tests.support.slack import post_signed, slash_command_body
 from tests.test_actions import deployment, namespace
-from tests.support.istiod import syncz_entry
 from tests.test_approvals import (
-    APPROVERS, ASK_TIMEOUT, ask, created_peer_authentications, events, istiod_pod, press, wait_finished,
+    APPROVERS,
+    ASK_TIMEOUT,
+    ask,
+    created_peer_authentications,
+    events,
+    istiod_pod,
+    press,
+    wait_finished,
 )
 
 AUDIT_KEY = "ha-test-audit-key-0123456789abcdef0123"

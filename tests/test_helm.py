@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_deploy import KUBERNETES_VERSION, KUSTOMIZE_DIR, RULES_FILE, ROOT, documents, run, tool
+from tests.test_deploy import KUBERNETES_VERSION, KUSTOMIZE_DIR, ROOT, RULES_FILE, documents, run, tool
 
 CHART = ROOT / "deploy" / "helm" / "meshbot"
 BASE = KUSTOMIZE_DIR / "meshbot.yaml"
@@ -495,8 +495,8 @@ def test_a_renamed_install_into_another_namespace_keeps_every_admission_policy_i
 
 
 def test_the_root_namespace_the_policies_protect_follows_values():
-    from tests.test_deploy import MESHBOT_USER, namespace, patched, review
     from commands.actions.planners import NAMESPACE_INJECTION
+    from tests.test_deploy import MESHBOT_USER, namespace, patched, review
 
     objs = render({"istio": {"rootNamespace": "mesh-root"}})
     root = namespace()

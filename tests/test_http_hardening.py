@@ -21,14 +21,14 @@ import httpx
 import pytest
 
 from bot.approvals import blocks as approval_blocks
-from bot.incidents.log import IncidentLog
 from bot.incidents.blocks import alert_line, note_message
 from bot.incidents.delivery import IncidentDeliveries
-from bot.slack.outbox import Outbox
+from bot.incidents.log import IncidentLog
 from bot.server.schema import MIGRATIONS
 from bot.settings import Audience
 from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
+from bot.slack.outbox import Outbox
 from bot.slack.replays import DeliveryLedger, ReplayGuard
 from bot.storage.database import Database
 from tests.support.bot import quiesce
@@ -36,7 +36,13 @@ from tests.support.kube import write_kubeconfig
 from tests.support.postgres import AUDIT_KEY as PG_AUDIT_KEY
 from tests.support.postgres import PASSWORD as PG_PASSWORD
 from tests.support.slack import (
-    BOT_TOKEN, SIGNING_SECRET, FakeSlack, block_action_body, post_signed, sign, slash_command_body,
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    block_action_body,
+    post_signed,
+    sign,
+    slash_command_body,
 )
 from tests.test_actions import namespace
 

@@ -17,11 +17,14 @@ from commands.checks.registry import CheckContext
 from commands.clients.http import HttpEndpoint, http_endpoint
 from commands.clients.kube import KubePortForwarder, LocalBridge
 from commands.cluster.endpoints import (
-    ISTIOD_REFUSED_METRICS, ISTIOD_REFUSED_NAMESPACE, ISTIOD_REFUSED_UNAUTHENTICATED, EndpointResolver,
+    ISTIOD_REFUSED_METRICS,
+    ISTIOD_REFUSED_NAMESPACE,
+    ISTIOD_REFUSED_UNAUTHENTICATED,
+    EndpointResolver,
 )
 from commands.errors import AccessDenied
-from commands.resources.references import PodRef
 from commands.report import report_order
+from commands.resources.references import PodRef
 from tests.support.analysis import snapshot_from_yaml
 from tests.support.istiod import POD_NETWORK_SOURCE, FakeIstiod, syncz_entry
 from tests.support.kube import FakeKube

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import yaml
 
-from commands.resources.references import PodRef
-from commands.errors import AccessDenied, ClusterError, Conflict, MeshbotError, NotFound, TransientError, UserError
 from commands.clients.kube import KubeClient, KubePortForwarder, LocalBridge, PatchStrategy
+from commands.errors import AccessDenied, ClusterError, Conflict, MeshbotError, NotFound, TransientError, UserError
+from commands.resources.references import PodRef
 from tests.support.kube import FakeKube
 
 TOKEN = "sekrit-token-0123456789"

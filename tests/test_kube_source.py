@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from commands.errors import UserError
-from commands.findings import Level
-from commands.resources.kinds import KINDS
 from commands.clients.kube import KubeClient
 from commands.cluster.snapshot import Snapshot
 from commands.cluster.sources.kube import KubeSource
+from commands.errors import UserError
+from commands.findings import Level
+from commands.resources.kinds import KINDS
 from tests.support.certs import mint
 from tests.support.kube import FakeKube
 
@@ -367,8 +367,8 @@ def test_in_cluster_istiod_and_envoy_admin_are_both_reached_through_a_port_forwa
     import contextlib
 
     from commands.cluster.endpoints import EndpointResolver
-    from commands.resources.references import PodRef
     from commands.cluster.snapshot import Resource, Snapshot
+    from commands.resources.references import PodRef
 
     forwarded: list[tuple[PodRef, int]] = []
 

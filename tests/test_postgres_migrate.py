@@ -15,13 +15,13 @@ import pytest
 from bot.approvals.rule import Vote
 from bot.approvals.store import ApprovalStore
 from bot.incidents.audit import AuditKey
+from bot.incidents.delivery import IncidentDeliveries
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import EventKind
-from bot.incidents.delivery import IncidentDeliveries
-from bot.slack.outbox import Outbox
 from bot.server.schema import MIGRATIONS, open_database
 from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
+from bot.slack.outbox import Outbox
 from bot.storage.postgres import PostgresDatabase
 from tests.support.postgres import PASSWORD
 from tests.support.slack import BOT_TOKEN

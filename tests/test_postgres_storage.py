@@ -12,15 +12,15 @@ import psycopg
 import pytest
 
 from bot.incidents.audit import AuditKey
+from bot.incidents.delivery import IncidentDeliveries
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import EventKind
-from bot.incidents.delivery import IncidentDeliveries
-from bot.slack.outbox import Outbox
 from bot.server.schema import MIGRATIONS, open_database
 from bot.server.wiring import require_settings
 from bot.settings import Settings, SettingsError
 from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
+from bot.slack.outbox import Outbox
 from bot.storage.database import DatabaseError
 from bot.storage.dialect import script_to_postgres, to_postgres
 from bot.storage.postgres import IDLE_IN_TRANSACTION_MS, LOCK_TIMEOUT_MS, WRITE_LOCK, PostgresDatabase, redacted

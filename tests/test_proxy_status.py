@@ -12,10 +12,10 @@ import pytest
 
 from commands.catalog import default_checks
 from commands.checks.registry import CheckContext
-from commands.cluster.endpoints import EndpointResolver
-from commands.clients.http import http_endpoint
 from commands.checks.syncz import SyncState, parse_syncz, quote_envoy_error, sync_state
 from commands.checks.versions import IstioVersion, Skew, parse_istiod_build, version_skew
+from commands.clients.http import http_endpoint
+from commands.cluster.endpoints import EndpointResolver
 from commands.report import report_order
 from tests.support.analysis import snapshot_from_yaml
 from tests.support.http_server import start_server

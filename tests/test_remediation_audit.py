@@ -33,17 +33,25 @@ import pytest
 
 from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbook_file, load_playbooks
 from bot.incidents.playbooks import suggest
+from commands import codes
 from commands.catalog import default_checks
 from commands.checks.certs import certs
 from commands.checks.registry import CheckContext, Thresholds
 from commands.codes import ALL_CODES
-from commands import codes
 from commands.findings import Finding, Level, Remediation
 from commands.preconditions import Effect, effect_of, gate_findings
 from tests.support.analysis import snapshot_from_yaml
 from tests.support.certs import mint
 from tests.test_certs import (
-    ISTIO, ingress_gateway, injected_pod, istio_cacerts, root_ca, root_configmap, secret, secret_with, snapshot,
+    ISTIO,
+    ingress_gateway,
+    injected_pod,
+    istio_cacerts,
+    root_ca,
+    root_configmap,
+    secret,
+    secret_with,
+    snapshot,
     tls_cacerts,
 )
 

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.reminders.scheduler import MISFIRE_GRACE, SCAN_JOB, CertificateScheduler, SchedulerCollector
 from commands.certificates.inventory import CertRole
-from commands.clients.lease import LeaderElector
 from commands.certificates.reminders import Expiry, LedgerError, decode_ledger, due, encode_ledger
+from commands.clients.lease import LeaderElector
 from tests.support.certs import Minted, mint
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack, post_signed, slash_command_body

@@ -14,7 +14,11 @@ from bot.slack.blocks import Message
 from tests.support.bot import quiesce
 from tests.support.kube import write_kubeconfig
 from tests.support.slack import (
-    BOT_TOKEN, SIGNING_SECRET, FakeSlack, post_signed, slash_command_body,
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    post_signed,
+    slash_command_body,
 )
 
 

@@ -6,8 +6,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from commands.times import column_duration, human_duration, parse_rfc3339, parse_rfc3339_or_none, rfc3339, \
-    rfc3339_micro, rfc3339_or_none, short_duration, utc_minute
+from commands.times import (
+    column_duration,
+    human_duration,
+    parse_rfc3339,
+    parse_rfc3339_or_none,
+    rfc3339,
+    rfc3339_micro,
+    rfc3339_or_none,
+    short_duration,
+    utc_minute,
+)
 
 MOMENT = datetime(2026, 11, 24, 2, 41, tzinfo=timezone.utc)
 

@@ -8,9 +8,9 @@ import sys
 
 from commands import codes
 from commands.catalog import default_checks
+from commands.explanations import Confidence
 from commands.findings import Remediation, by_severity
 from commands.report import triage_lines
-from commands.explanations import Confidence
 from commands.triage import scoped, shared_cause, triage
 
 CLUSTER_TO_PAYMENT = "outbound|8080||payment-service.prod.svc.cluster.local"

@@ -10,10 +10,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from commands.checks.registry import Thresholds
 from commands.certificates.x509 import (
-    CertificateError, anchoring_roots, days_left, expiry_code, parse_base64_pem, parse_pem_bundle,
+    CertificateError,
+    anchoring_roots,
+    days_left,
+    expiry_code,
+    parse_base64_pem,
+    parse_pem_bundle,
 )
+from commands.checks.registry import Thresholds
 from tests.support.certs import Minted, mint
 
 NOW = datetime(2026, 11, 24, 3, 7, tzinfo=timezone.utc)

@@ -26,29 +26,28 @@ import sqlite_utils
 
 from bot.approvals import authority
 from bot.approvals import blocks as approval_blocks
-from bot.incidents import blocks as incident_blocks
-from bot.incidents import headline
-from bot.settings import SettingsError, quorum_exceeds_approvers
-from bot.slack.blocks import Message
-from bot.runtime.loops import WakeableLoop
+from bot.approvals.inspection import MeshInspector
 from bot.approvals.rule import Click, Decision, RequestState, Verdict, Vote, decide, is_approver
 from bot.approvals.store import ApprovalRequest, ApprovalStore
-from bot.storage.database import Database
-from bot.storage.dialect import Dialect
+from bot.approvals.verification import ExecutionChecks, follow_up_due
+from bot.incidents import blocks as incident_blocks
+from bot.incidents import headline
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import EventKind, Incident
-from bot.slack.outbox import Outbox
+from bot.runtime.loops import WakeableLoop
+from bot.settings import SettingsError, quorum_exceeds_approvers
+from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, SlackError
 from bot.slack.groups import GroupDirectory
-from bot.approvals.inspection import MeshInspector
-from bot.approvals.verification import ExecutionChecks, follow_up_due
-from commands.actions import (ActionTarget, Outcome, Plan, apply, dry_run, plan_action, plan_diff, rollback_plan,
-                              verify)
+from bot.slack.outbox import Outbox
+from bot.storage.database import Database
+from bot.storage.dialect import Dialect
+from commands.actions import ActionTarget, Outcome, Plan, apply, dry_run, plan_action, plan_diff, rollback_plan, verify
 from commands.actions.annotate import annotate_plan, annotate_rollback, needs_and_scope
 from commands.actions.dependencies import Precondition
-from commands.findings import Finding
-from commands.errors import MeshbotError, UserError
 from commands.clients.kube import KubeClient
+from commands.errors import MeshbotError, UserError
+from commands.findings import Finding
 from commands.times import rfc3339
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from typing import Any
 import sqlite_utils
 
 from bot.approvals.rule import Ballot, RequestState, Vote
-from bot.storage.database import inserted_id, migration
 from bot.incidents.audit import AuditKey
 from bot.incidents.records import iso, stored_time
+from bot.storage.database import inserted_id, migration
 from commands.actions import Plan
 
 

@@ -24,10 +24,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from commands.clients.kube import KubeClient
 from commands.cluster.demo import Scenario
 from commands.cluster.endpoints import Endpoint, EndpointResolver
 from commands.cluster.snapshot import Resource, Snapshot
-from commands.clients.kube import KubeClient
 from commands.errors import TransientError
 from commands.resources.references import PodRef
 

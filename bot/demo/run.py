@@ -37,13 +37,13 @@ from bot.demo.workspace import CHANNEL, PEOPLE, Workspace
 from bot.server.meshbot import Meshbot
 from bot.server.wiring import build
 from bot.settings import Settings
+from bot.timeline.reader import CAPTURES
 from commands.catalog import default_checks
 from commands.checks.registry import Thresholds
-from bot.timeline.reader import CAPTURES
-from commands.cluster.demo import load_scenario
-from commands.resources.references import PodRef
 from commands.clients.kube import KubeClient
+from commands.cluster.demo import load_scenario
 from commands.findings import Finding
+from commands.resources.references import PodRef
 
 log = logging.getLogger(__name__)
 

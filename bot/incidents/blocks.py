@@ -19,7 +19,18 @@ from bot.incidents.lifecycle import Lifecycle
 from bot.incidents.playbooks import SuggestedRemediation
 from bot.incidents.records import Incident, IncidentStatus
 from bot.slack.blocks import (
-    Message, buttons, clip, context, escape, human_duration, link, message_of, plain, plural, section, slack_time,
+    Message,
+    buttons,
+    clip,
+    context,
+    escape,
+    human_duration,
+    link,
+    message_of,
+    plain,
+    plural,
+    section,
+    slack_time,
     utc_time,
 )
 from bot.timeline.blocks import top_lines

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from bot.incidents import headline
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.lifecycle import SEVERITIES, LifecycleStore, Stage
-from bot.incidents.response import IncidentResponse
 from bot.incidents.records import Incident
-from bot.incidents import headline
 from bot.incidents.report import NOISE, Style, describe_event, event_time, person
+from bot.incidents.response import IncidentResponse
 from bot.slack.app import Invocation
-from bot.slack.roles import Permission
 from bot.slack.blocks import escape, human_duration
+from bot.slack.roles import Permission
 from bot.slack.slash import PermissionWhen, SlashCommands, UsageError, expect_at_most
 from commands.suggestions import did_you_mean
 

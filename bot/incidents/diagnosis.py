@@ -29,12 +29,12 @@ from bot.storage.database import Database
 from bot.timeline import thread as timeline_thread
 from bot.timeline.reader import TimelineReader
 from bot.timeline.summary import TimelineSummary
-from commands.telemetry.relate import rank_by_time
-from commands.telemetry.timeline import Timeline
 from commands.coverage import coverage
 from commands.findings import Finding, by_severity, count_by_level
 from commands.report import diagnose_text, split_summary
 from commands.resources.references import PodRef
+from commands.telemetry.relate import rank_by_time
+from commands.telemetry.timeline import Timeline
 from commands.triage import Scoped, scoped, shared_cause, triage
 
 log = logging.getLogger(__name__)

@@ -22,22 +22,29 @@ from typing import Any
 
 import sqlite_utils
 
-from bot.runtime.loops import WakeableLoop
-from bot.incidents import blocks, headline
-from bot.incidents.alerts import Alert, AlertStatus, Notification, as_ended, ended_alerts, ended_before, \
-    parse_notification
-from bot.storage.database import Database
-from bot.storage.dialect import Dialect
 from bot.diagnosis import Diagnostician
+from bot.incidents import blocks, headline
+from bot.incidents.alerts import (
+    Alert,
+    AlertStatus,
+    Notification,
+    as_ended,
+    ended_alerts,
+    ended_before,
+    parse_notification,
+)
 from bot.incidents.diagnosis import MESHBOT, IncidentDiagnosis, SuggestionRenderer
 from bot.incidents.log import IncidentLog
 from bot.incidents.notifications import NotificationWriter
+from bot.incidents.playbooks import PlaybookSet
 from bot.incidents.records import EventKind, Incident, iso, utcnow
+from bot.runtime.loops import WakeableLoop
 from bot.runtime.metrics import Metrics
 from bot.slack.blocks import Message
 from bot.slack.outbox import Outbox
+from bot.storage.database import Database
+from bot.storage.dialect import Dialect
 from bot.timeline.reader import TimelineReader
-from bot.incidents.playbooks import PlaybookSet
 from commands.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,11 @@ from datetime import datetime
 
 import sqlite_utils
 
+from bot.incidents import blocks
 from bot.incidents.lifecycle import LifecycleStore
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import DiagnosisRecord, Event, EventKind
 from bot.slack.outbox import Outbox
-from bot.incidents import blocks
 from bot.timeline.summary import TimelineSummary
 from commands.actions.targets import ActionName, ActionUsageError, Scope, parse_action
 

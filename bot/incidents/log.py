@@ -25,10 +25,28 @@ from typing import Any
 
 import sqlite_utils
 
-from bot.incidents.anchors import ANCHOR_EVERY, ANCHOR_PREFIX_CHARS, Anchor, AnchorStore, against_anchor, \
-    ancestor_problem, anchor_time, default_anchor_stores
-from bot.incidents.audit import GENESIS, AuditKey, AuditSeal, ChainReport, broken_event, event_mac, \
-    load_audit_key, new_log_id, seal_mac, wrong_key_message
+from bot.incidents.anchors import (
+    ANCHOR_EVERY,
+    ANCHOR_PREFIX_CHARS,
+    Anchor,
+    AnchorStore,
+    against_anchor,
+    ancestor_problem,
+    anchor_time,
+    default_anchor_stores,
+)
+from bot.incidents.audit import (
+    GENESIS,
+    AuditKey,
+    AuditSeal,
+    ChainReport,
+    broken_event,
+    event_mac,
+    load_audit_key,
+    new_log_id,
+    seal_mac,
+    wrong_key_message,
+)
 from bot.incidents.records import DiagnosisRecord, EventKind, iso
 from bot.incidents.store import IncidentStore
 from bot.storage.database import Database, has_local_file

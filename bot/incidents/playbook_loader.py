@@ -21,8 +21,18 @@ import jsonschema
 import yaml
 
 from bot.incidents.playbook_schema import check_names, validator
-from bot.incidents.playbooks import FROM_FINDING, DiagnosticStep, Matcher, Playbook, PlaybookError, \
-    PlaybookSet, RemediationRule, is_namespace, meshbot_action, template_placeholders
+from bot.incidents.playbooks import (
+    FROM_FINDING,
+    DiagnosticStep,
+    Matcher,
+    Playbook,
+    PlaybookError,
+    PlaybookSet,
+    RemediationRule,
+    is_namespace,
+    meshbot_action,
+    template_placeholders,
+)
 from commands.actions.targets import USAGE
 from commands.checks.registry import CheckRegistry
 from commands.codes import ALL_CODES

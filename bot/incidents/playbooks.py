@@ -14,12 +14,11 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-
 from commands.actions.targets import ActionTarget, ActionUsageError, parse_action
 from commands.errors import InputError
+from commands.explanations import namespace_of, workload_of
 from commands.findings import Finding, Remediation, by_severity
 from commands.preconditions import MeshHealth
-from commands.explanations import namespace_of, workload_of
 from commands.triage import Cause
 from commands.validation import is_dns1123_subdomain, namespace_problem
 

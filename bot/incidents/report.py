@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from bot.incidents.records import DiagnosisRecord, Event, EventKind, Incident, iso, parse_time
 from bot.incidents.blocks import TopView
+from bot.incidents.records import DiagnosisRecord, Event, EventKind, Incident, iso, parse_time
 from bot.slack.blocks import escape, plural
 
 DASH = "\u2014"

@@ -21,8 +21,16 @@ import sqlite_utils
 
 from bot.incidents.alerts import Alert
 from bot.incidents.audit import AuditSeal
-from bot.incidents.records import STATE_CHANGE_KINDS, DiagnosisRecord, Event, EventKind, Incident, IncidentStatus, \
-    iso, utcnow
+from bot.incidents.records import (
+    STATE_CHANGE_KINDS,
+    DiagnosisRecord,
+    Event,
+    EventKind,
+    Incident,
+    IncidentStatus,
+    iso,
+    utcnow,
+)
 from bot.storage.database import Database, inserted_id, migration
 from commands.errors import UserError
 

@@ -12,7 +12,17 @@ from collections.abc import Sequence
 from slack_sdk.models.blocks import Block
 
 from bot.slack.blocks import (
-    MAX_BLOCKS, Message, clip, context, counts_text, escape, header, message_of, plain_counts, plural, section,
+    MAX_BLOCKS,
+    Message,
+    clip,
+    context,
+    counts_text,
+    escape,
+    header,
+    message_of,
+    plain_counts,
+    plural,
+    section,
     verdict_text,
 )
 from commands.coverage import Coverage

@@ -20,17 +20,26 @@ from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
-from bot.reminders import blocks as reminder_blocks
 from bot.cluster import ClusterAccess
-from bot.storage.database import Database, migration
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import EventKind, iso
+from bot.reminders import blocks as reminder_blocks
 from bot.slack.outbox import Outbox
+from bot.storage.database import Database, migration
+from commands.certificates.reminders import (
+    DEFAULT_DAYS,
+    Expiry,
+    LedgerError,
+    Reminder,
+    decode_ledger,
+    due,
+    encode_ledger,
+    slots_covered,
+    upcoming,
+)
 from commands.checks.certs import certificate_inventory, certs
 from commands.checks.registry import CheckContext
 from commands.clients.lease import LeaderElector
-from commands.certificates.reminders import DEFAULT_DAYS, Expiry, LedgerError, Reminder, decode_ledger, due, encode_ledger, \
-    slots_covered, upcoming
 
 log = logging.getLogger(__name__)
 

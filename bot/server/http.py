@@ -24,11 +24,11 @@ from typing import Any
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
+from bot.runtime.loops import WakeableLoop
 from bot.runtime.metrics import Metrics
 from bot.runtime.routes import Route, json_answer
 from bot.slack.client import SlackClient, SlackError
 from bot.slack.ingress import Admission, RateLimitedLog, Rejection, SlackHeaders, SlackRequestGate
-from bot.runtime.loops import WakeableLoop
 from bot.storage.database import Database, DatabaseError
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,12 @@ from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
 from bot.approvals.desk import ApprovalDesk
 from bot.incidents.flow import IncidentFlow
-from bot.slack.outbox import Outbox
 from bot.reminders.scheduler import CertificateScheduler
 from bot.runtime.loops import WakeableLoop
 from bot.server.http import MAX_BODY_BYTES, WebApp
 from bot.server.services import Services
 from bot.settings import Settings, SettingsError
+from bot.slack.outbox import Outbox
 from bot.slack.replays import Deliveries, DeliveryLedger
 from bot.storage.database import Database
 

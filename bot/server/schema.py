@@ -13,8 +13,8 @@ from pathlib import Path
 from bot.approvals import store as approval_store
 from bot.incidents import lifecycle as incident_lifecycle
 from bot.incidents import store as incident_store
-from bot.slack import outbox, replays
 from bot.reminders import service as reminder_service
+from bot.slack import outbox, replays
 from bot.storage.backend import database_for
 from bot.storage.database import Database, Migration, claim_leases, claims_table
 

@@ -10,12 +10,12 @@ from bot.cluster import ClusterAccess
 from bot.diagnosis import Diagnostician
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.log import IncidentLog
-from bot.slack.outbox import Outbox
 from bot.reminders.scheduler import CertificateScheduler
 from bot.reminders.service import ReminderService
 from bot.runtime.metrics import Metrics
 from bot.settings import Settings
 from bot.slack.client import SlackClient
+from bot.slack.outbox import Outbox
 from bot.slack.slash import SlashCommands
 from bot.storage.database import Database
 from commands.checks.registry import CheckRegistry

@@ -28,23 +28,23 @@ from bot.cluster import ClusterAccess
 from bot.diagnosis import Diagnostician, Runner
 from bot.incidents import blocks as incident_blocks
 from bot.incidents import commands as incident_commands
-from bot.incidents.conversation import Conversations
 from bot.incidents import triage_reply
+from bot.incidents.anchors import LeaseAnchorStore, default_anchor_stores
+from bot.incidents.audit import load_audit_key
+from bot.incidents.conversation import Conversations
 from bot.incidents.delivery import IncidentDeliveries
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.intake import alertmanager_route
-from bot.incidents.anchors import LeaseAnchorStore, default_anchor_stores
-from bot.incidents.audit import load_audit_key
 from bot.incidents.log import IncidentLog
-from bot.incidents.records import Incident
 from bot.incidents.playbook_loader import DEFAULT_PLAYBOOKS_DIR, load_playbooks
 from bot.incidents.playbooks import PlaybookError, PlaybookSet, SuggestedRemediation
+from bot.incidents.records import Incident
 from bot.reminders import commands as reminder_commands
 from bot.reminders.scheduler import CertificateScheduler, SchedulerCollector
 from bot.reminders.service import LeaseLedger, ReminderService
+from bot.runtime.metrics import Metrics
 from bot.server.http import SLACK_CHECK_TIMEOUT, Readiness, SlackStatus, WebApp
 from bot.server.meshbot import Meshbot
-from bot.runtime.metrics import Metrics
 from bot.server.schema import open_database
 from bot.server.services import Services
 from bot.settings import Settings, SettingsError

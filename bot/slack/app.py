@@ -27,7 +27,7 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from bot.settings import Settings
-from bot.slack.errors import user_message, usage_answer
+from bot.slack.errors import usage_answer, user_message
 from bot.slack.roles import Permission, RoleCheck
 from bot.slack.slash import HelpRequest, SlashCommands, UsageError
 from commands.errors import MeshbotError

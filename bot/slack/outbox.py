@@ -46,7 +46,15 @@ from bot.runtime.metrics import Metrics
 from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, SlackError, SlackErrorKind
 from bot.slack.entries import (
-    Delivery, Entry, Op, State, backoff_seconds, batch_segment, batch_summary, lanes_by_priority, not_before,
+    Delivery,
+    Entry,
+    Op,
+    State,
+    backoff_seconds,
+    batch_segment,
+    batch_summary,
+    lanes_by_priority,
+    not_before,
 )
 from bot.storage.database import Claim, Database, inserted_id, migration
 from commands.times import rfc3339

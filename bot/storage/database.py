@@ -25,10 +25,9 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from bot.settings import SettingsError
 from bot.storage.dialect import Dialect
 from bot.storage.ownership import FileIdentity, FileInUse, hold_exclusively
-
-from bot.settings import SettingsError
 from commands.errors import MeshbotError
 
 MigrationFunction = Callable[[sqlite_utils.Database], None]

@@ -38,8 +38,16 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
 
-from bot.storage.database import (Claim, Database, DatabaseError, DatabaseUnavailable, DatabaseUnusable, Migration,
-                                  apply_pending, in_order)
+from bot.storage.database import (
+    Claim,
+    Database,
+    DatabaseError,
+    DatabaseUnavailable,
+    DatabaseUnusable,
+    Migration,
+    apply_pending,
+    in_order,
+)
 from bot.storage.dialect import Dialect, inserted_table, script_to_postgres, to_postgres
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from bot.slack.errors import explaining
 from bot.slack.outbox import Outbox
 from bot.slack.slash import SlashCommands, UsageError, namespace_argument
 from bot.timeline import thread
+from bot.timeline.blocks import top_lines
 from bot.timeline.reader import DEFAULT_SINCE, TimelineReader
 from bot.timeline.summary import TimelineSummary
-from bot.timeline.blocks import top_lines
 from commands.times import human_duration
 
 USAGE = "timeline [NAMESPACE] [--since 30m]"

@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import Any
 
 from commands.actions.plan import Change, Op, Plan, value_at
-from commands.errors import Conflict, MeshbotError, NotFound, TransientError
 from commands.clients.kube import KubeClient
+from commands.errors import Conflict, MeshbotError, NotFound, TransientError
 
 
 class StepState(StrEnum):

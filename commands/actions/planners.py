@@ -23,14 +23,21 @@ from datetime import datetime, timezone
 from typing import Any
 
 from commands.actions.destination_rules import (
-    DISABLE, MESH_HOSTS, PLAINTEXT_RULE, TLS_MODE, namespace_hosts, plaintext_patch, plaintext_rule, rules_keeping_mtls,
+    DISABLE,
+    MESH_HOSTS,
+    PLAINTEXT_RULE,
+    TLS_MODE,
+    namespace_hosts,
+    plaintext_patch,
+    plaintext_rule,
+    rules_keeping_mtls,
 )
 from commands.actions.memory import plan_memory
 from commands.actions.plan import MUST_NOT_BE_PAUSED, ROLLOUT_TRIGGER, Change, Op, Plan, value_at
 from commands.actions.targets import ActionName, ActionTarget, ClientMode, Scope
-from commands.errors import NotFound, UserError
 from commands.clients.kube import KubeClient
 from commands.cluster.injection import DATAPLANE_MODE_LABEL, INJECTION_LABEL, REVISION_LABEL, NamespaceInjection
+from commands.errors import NotFound, UserError
 from commands.times import rfc3339
 
 EMERGENCY_POLICY = "meshbot-emergency-permissive"

@@ -17,9 +17,9 @@ from typing import Any
 
 from commands import codes
 from commands.checks.registry import CheckContext, check
-from commands.findings import Finding, Remediation
 from commands.cluster.snapshot import Resource, Snapshot
 from commands.cluster.sources.files import FileSnapshot
+from commands.findings import Finding, Remediation
 
 log = logging.getLogger(__name__)
 

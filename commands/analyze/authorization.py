@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from commands.analyze import AFFECTED_NAMESPACES, analyzer, report
+from commands.analyze.service import WELL_KNOWN_TCP_PORTS
 from commands.analyze.workload_selector import MeshWorkloads
 from commands.authz.evaluate import Workload, selecting_policies
 from commands.authz.explain import root_namespace, unmatchable_sources
-from commands.analyze.service import WELL_KNOWN_TCP_PORTS
 from commands.authz.policy import HTTP_ONLY_FIELDS, Action, Policy, Rule, policies_in
 from commands.checks.registry import CheckContext
 from commands.cluster.selectors import matches

@@ -12,14 +12,14 @@ from typing import Any
 
 from commands.analyze import analyzer, report, unique
 from commands.analyze.injection import INJECT_ANNOTATION
-from commands.cluster.injection import INJECTION_LABEL
 from commands.analyze.service import GATEWAY_MANAGED_LABEL, is_control_plane
 from commands.checks.registry import CheckContext
+from commands.cluster.injection import INJECTION_LABEL
+from commands.cluster.selectors import matches
+from commands.cluster.snapshot import Resource, Snapshot
 from commands.codes import go_list
 from commands.findings import Finding
-from commands.cluster.selectors import matches
 from commands.shapes import mapping, mappings
-from commands.cluster.snapshot import Resource, Snapshot
 
 # The sidecar runs as 1337 and iptables exempts that UID from redirection, so an application running
 # as 1337 bypasses the sidecar (https://istio.io/latest/docs/ops/deployment/application-requirements/).

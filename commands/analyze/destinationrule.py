@@ -8,10 +8,10 @@ from typing import Any
 from commands.analyze import analyzer, report, unique
 from commands.analyze.hosts import HostEntry, HostIndex
 from commands.checks.registry import CheckContext
-from commands.findings import Finding
 from commands.cluster.selectors import PodIndex, matches
-from commands.shapes import mapping, mappings
 from commands.cluster.snapshot import Resource, Snapshot
+from commands.findings import Finding
+from commands.shapes import mapping, mappings
 
 TLS_MODES_NEEDING_CA = {"SIMPLE", "MUTUAL"}
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from commands.analyze import analyzer, report, unique
 from commands.checks.registry import CheckContext
+from commands.cluster.snapshot import Resource
 from commands.findings import Finding
 from commands.shapes import mapping, mappings
-from commands.cluster.snapshot import Resource
 
 RELATIVE_OPERATIONS = frozenset({"INSERT_BEFORE", "INSERT_AFTER"})
 ROUTE_LEVEL = frozenset({"ROUTE_CONFIGURATION", "HTTP_ROUTE"})

@@ -13,12 +13,12 @@ from typing import Any
 from cryptography import x509
 
 from commands.analyze import analyzer, report, unique
-from commands.checks.registry import CheckContext
-from commands.findings import Finding
 from commands.certificates.gateway_credentials import credential_refs
+from commands.checks.registry import CheckContext
 from commands.cluster.selectors import PodIndex, format_selector, matches
-from commands.shapes import mapping, mappings
 from commands.cluster.snapshot import Resource, Snapshot
+from commands.findings import Finding
+from commands.shapes import mapping, mappings
 
 Selector = frozenset[tuple[str, str]]
 

@@ -8,13 +8,13 @@ from typing import Any
 
 from commands.analyze import analyzer, report
 from commands.checks.registry import CheckContext
-from commands.codes import go_list
-from commands.findings import Finding
 from commands.cluster.injection import DATAPLANE_MODE_LABEL, DEFAULT_REVISION, NamespaceInjection
 from commands.cluster.pods import sidecar_spec
 from commands.cluster.selectors import PodIndex
-from commands.shapes import mapping
 from commands.cluster.snapshot import Resource, Snapshot
+from commands.codes import go_list
+from commands.findings import Finding
+from commands.shapes import mapping
 
 INJECT_ANNOTATION = "sidecar.istio.io/inject"
 PROXY_IMAGE_ANNOTATION = "sidecar.istio.io/proxyImage"

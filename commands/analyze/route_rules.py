@@ -15,9 +15,9 @@ from typing import Any
 
 from commands.analyze import analyzer, report, unique
 from commands.checks.registry import CheckContext
+from commands.cluster.snapshot import Resource
 from commands.findings import Finding
 from commands.shapes import mapping, mappings
-from commands.cluster.snapshot import Resource
 
 ReportUnused = Callable[[str, str], None]
 ReportIneffective = Callable[[str, str, str], None]

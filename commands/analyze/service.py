@@ -8,9 +8,9 @@ from typing import Any
 from commands.analyze import analyzer, report
 from commands.analyze.injection import SYSTEM_NAMESPACES
 from commands.checks.registry import CheckContext
+from commands.cluster.snapshot import Resource
 from commands.findings import Finding
 from commands.shapes import mappings
-from commands.cluster.snapshot import Resource
 
 # Istio's protocol.Parse: the part of a port name (or appProtocol) before the first "-".
 PROTOCOL_PREFIXES = frozenset({

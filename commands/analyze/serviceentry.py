@@ -9,9 +9,9 @@ from typing import Any
 from commands.analyze import analyzer, report
 from commands.analyze.hosts import EXPORT_TO_ALL, EXPORT_TO_OWN_NAMESPACE
 from commands.checks.registry import CheckContext
+from commands.cluster.snapshot import Resource
 from commands.findings import Finding
 from commands.shapes import mapping, mappings
-from commands.cluster.snapshot import Resource
 
 # Proxy metadata that makes the sidecar's DNS proxy hand out virtual IPs, so a TCP ServiceEntry
 # without addresses still gets a listener of its own (istio/istio pkg/config/analysis/analyzers/

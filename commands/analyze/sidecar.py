@@ -8,11 +8,11 @@ from typing import Any
 
 from commands.analyze import analyzer, report
 from commands.checks.registry import CheckContext
+from commands.cluster.selectors import PodIndex, format_selector
+from commands.cluster.snapshot import Resource, Snapshot
 from commands.codes import go_list
 from commands.findings import Finding
-from commands.cluster.selectors import PodIndex, format_selector
 from commands.shapes import mapping
-from commands.cluster.snapshot import Resource, Snapshot
 
 
 def workload_labels(sidecar: Resource) -> dict[str, str] | None:

@@ -20,10 +20,10 @@ from commands.analyze.hosts import (
     wildcard_suffixes,
 )
 from commands.checks.registry import CheckContext
+from commands.cluster.snapshot import Resource, Snapshot
 from commands.codes import go_list
 from commands.findings import Finding
 from commands.shapes import mapping, mappings
-from commands.cluster.snapshot import Resource, Snapshot
 
 MESH_GATEWAY = "mesh"
 

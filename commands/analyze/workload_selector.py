@@ -10,14 +10,14 @@ from collections.abc import Mapping
 
 from commands.analyze import analyzer, report
 from commands.analyze.injection import INJECT_ANNOTATION, namespace_injection, pod_opts_out
-from commands.cluster.injection import NamespaceInjection
 from commands.analyze.sidecar import WorkloadEntryIndex, as_workload
 from commands.checks.registry import CheckContext
-from commands.findings import Finding
+from commands.cluster.injection import NamespaceInjection
 from commands.cluster.pods import sidecar_spec
 from commands.cluster.selectors import PodIndex, format_selector
-from commands.shapes import mapping, mappings
 from commands.cluster.snapshot import Resource, Snapshot
+from commands.findings import Finding
+from commands.shapes import mapping, mappings
 
 AMBIENT_REDIRECTION_ANNOTATION = "ambient.istio.io/redirection"
 

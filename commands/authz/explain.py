@@ -13,13 +13,19 @@ from dataclasses import dataclass
 
 from commands import codes
 from commands.authz.evaluate import (
-    Caller, Decision, Request, TrustDomains, Verdict, Workload, decide, selecting_policies,
+    Caller,
+    Decision,
+    Request,
+    TrustDomains,
+    Verdict,
+    Workload,
+    decide,
+    selecting_policies,
 )
 from commands.authz.policy import Action, Policy, policies_in
 from commands.cluster.snapshot import Resource, Snapshot
 from commands.findings import Finding, Remediation
 from commands.shapes import mapping
-
 
 BUILT_IN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 

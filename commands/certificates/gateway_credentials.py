@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from commands.cluster.selectors import PodIndex
-from commands.shapes import mappings
 from commands.cluster.snapshot import Resource, Snapshot
+from commands.shapes import mappings
 
 CA_SUFFIX = "-cacert"
 TLS_MODES_WITH_CREDENTIALS = {"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"}

@@ -9,8 +9,8 @@ from typing import Any
 from commands import codes
 from commands.checks.istiod_metrics import METRICS_PATH, parse_samples
 from commands.checks.push_health import PUSH_METRICS, push_findings
-from commands.checks.rejections import group_rejections
 from commands.checks.registry import CheckContext, check
+from commands.checks.rejections import group_rejections
 from commands.checks.syncz import SYNCZ_PATH, ProxySync, SyncState, parse_syncz
 from commands.checks.versions import Istiod, IstioVersion, Skew, istiod_version, version_skew
 from commands.cluster.pods import ISTIOD_CONTAINER, not_ready, terminating

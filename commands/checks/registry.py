@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 
 from commands import codes
 from commands.cluster.endpoints import EndpointResolver
+from commands.cluster.snapshot import Snapshot, SnapshotSource
 from commands.errors import MeshbotError, UserError
 from commands.findings import READ_PROBLEMS, Finding, by_severity
 from commands.preconditions import gate_findings
-from commands.cluster.snapshot import Snapshot, SnapshotSource
 from commands.thresholds import Thresholds
 
 log = logging.getLogger(__name__)

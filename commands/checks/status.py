@@ -10,7 +10,6 @@ from typing import Any
 from commands import codes
 from commands.checks.admission import admission_findings
 from commands.checks.registry import CheckContext, check
-from commands.findings import Finding, Remediation
 from commands.cluster.pods import (
     ISTIOD_CONTAINER,
     SIDECAR_CONTAINER,
@@ -25,6 +24,7 @@ from commands.cluster.pods import (
 )
 from commands.cluster.quantity import human_bytes, parse_bytes
 from commands.cluster.snapshot import Resource, Snapshot
+from commands.findings import Finding, Remediation
 
 
 @check("status", kinds=("Pod", "PodMetrics", "Deployment", "Namespace", "Service", "MutatingWebhookConfiguration",

@@ -32,9 +32,9 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.stream import portforward
 
-from commands.resources.references import PodRef
 from commands.errors import AccessDenied, ClusterError, Conflict, MeshbotError, NotFound, TransientError, UserError
 from commands.resources.kinds import KindInfo, kind_info
+from commands.resources.references import PodRef
 from commands.validation import validate_dns1123_label, validate_dns1123_subdomain
 
 log = logging.getLogger(__name__)

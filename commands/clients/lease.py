@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from commands.errors import Conflict, MeshbotError, NotFound
 from commands.clients.kube import KubeClient
+from commands.errors import Conflict, MeshbotError, NotFound
 from commands.times import parse_rfc3339_or_none, rfc3339_micro
 
 log = logging.getLogger(__name__)

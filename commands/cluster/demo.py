@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from commands.cluster.endpoints import EndpointResolver, parse_envoy_admin_option
-from commands.errors import InputError
 from commands.clients.http import http_endpoint
+from commands.cluster.endpoints import EndpointResolver, parse_envoy_admin_option
 from commands.cluster.sources.files import FileSource
+from commands.errors import InputError
 from commands.times import parse_rfc3339
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "examples" / "demo" / "scenario.yaml"

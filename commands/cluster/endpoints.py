@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
-from commands.errors import AccessDenied, TransientError, UserError
 from commands.cluster.snapshot import Resource, Snapshot
+from commands.errors import AccessDenied, TransientError, UserError
 from commands.resources.references import PodRef
 from commands.validation import validate_dns1123_label
 

@@ -22,10 +22,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from commands.explanations import namespace_of
 from commands.telemetry.changes import Change
 from commands.telemetry.edges import FailingEdge
 from commands.times import human_duration
-from commands.explanations import namespace_of
 from commands.triage import Cause, Triage, with_timing
 
 WINDOW = timedelta(minutes=15)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from commands.analyze import ANALYZE_KINDS, run_analyzers
 from commands.checks.registry import CheckContext
-from commands.resources.kinds import is_namespaced
 from commands.cluster.sources.files import FileSource
 from commands.findings import Finding
+from commands.resources.kinds import is_namespaced
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "analyze" / "istio"
 

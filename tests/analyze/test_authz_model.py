@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from commands.authz.evaluate import (
-    Caller, Request, TrustDomains, Verdict, Workload, decide, migrated_principals, selecting_policies,
+    Caller,
+    Request,
+    TrustDomains,
+    Verdict,
+    Workload,
+    decide,
+    migrated_principals,
+    selecting_policies,
 )
 from commands.authz.policy import Action, parse_policy, policies_in
 from tests.support.analysis import snapshot_from_yaml

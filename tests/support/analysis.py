@@ -6,9 +6,9 @@ import textwrap
 
 from commands.analyze import run_analyzers
 from commands.checks.registry import CheckContext
-from commands.findings import Finding
 from commands.cluster.snapshot import Snapshot
 from commands.cluster.sources.files import parse_objects
+from commands.findings import Finding
 
 
 def snapshot_from_yaml(text: str, *, istio_namespace: str = "istio-system") -> Snapshot:

@@ -43,9 +43,8 @@ import pytest
 from kmock._internal import apps, k8s
 
 from bot.demo.cluster import patch_namespace_paths, selected
-
-from commands.resources.kinds import KINDS, KindInfo
 from commands.clients.kube import KubeClient
+from commands.resources.kinds import KINDS, KindInfo
 
 T = TypeVar("T")
 

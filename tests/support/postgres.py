@@ -28,6 +28,7 @@ from bot.server.schema import MIGRATIONS
 from bot.storage.database import Database
 from bot.storage.postgres import PostgresDatabase, with_password
 
+
 def _server_binaries() -> Path:
     """MESHBOT_TEST_PG_BIN, else the newest Debian ``postgresql`` server's bin directory."""
     if os.environ.get("MESHBOT_TEST_PG_BIN"):

@@ -8,7 +8,11 @@ from typing import Any
 
 from commands import codes
 from commands.checks.envoy.stats import (
-    CONNECTION_BREAKERS, OVERFLOW_BY_COUNTER, OVERFLOWS, REQUEST_BREAKERS, ClusterStats,
+    CONNECTION_BREAKERS,
+    OVERFLOW_BY_COUNTER,
+    OVERFLOWS,
+    REQUEST_BREAKERS,
+    ClusterStats,
 )
 from commands.findings import Finding, Remediation
 from commands.resources.references import PodRef

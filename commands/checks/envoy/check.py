@@ -20,10 +20,10 @@ from commands.checks.envoy.listeners import holds_block_all, listener_findings
 from commands.checks.envoy.names import CONTROL_PLANE_CLUSTERS, PASSTHROUGH, ClusterName
 from commands.checks.envoy.stats import STATS_INCLUSION_REGEX, EnvoyStats, parse_stats
 from commands.checks.registry import CheckContext, check
+from commands.cluster.endpoints import Endpoint
 from commands.cluster.pods import owner_deployment
 from commands.cluster.quantity import human_bytes
 from commands.cluster.snapshot import Snapshot
-from commands.cluster.endpoints import Endpoint
 from commands.errors import MeshbotError
 from commands.findings import Finding, Remediation
 from commands.resources.references import PodRef

@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-from commands.errors import InputError
-from commands.resources.kinds import ISTIO_GROUPS, KNOWN_ISTIO_KINDS
 from commands.certificates.secrets import public_secret
 from commands.cluster.snapshot import DEFAULT_ISTIO_NAMESPACE, Resource, Snapshot
 from commands.cluster.sources.yaml_fast import FastSafeLoader, construct
+from commands.errors import InputError
+from commands.resources.kinds import ISTIO_GROUPS, KNOWN_ISTIO_KINDS
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")

@@ -21,13 +21,13 @@ from typing import Any, Protocol
 import yaml
 
 from commands import codes
-from commands.cluster.endpoints import PortForwarder
-from commands.errors import AccessDenied, ClusterError, MeshbotError, NotFound, TransientError, UserError
 from commands.certificates.gateway_credentials import secret_names_needed
-from commands.resources.kinds import KINDS, kind_info
-from commands.clients.kube import ApiCall, Keep, KubeClient, Listing, failure_reason
 from commands.certificates.secrets import public_secret
+from commands.clients.kube import ApiCall, Keep, KubeClient, Listing, failure_reason
+from commands.cluster.endpoints import PortForwarder
 from commands.cluster.snapshot import DEFAULT_ISTIO_NAMESPACE, Resource, Snapshot
+from commands.errors import AccessDenied, ClusterError, MeshbotError, NotFound, TransientError, UserError
+from commands.resources.kinds import KINDS, kind_info
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,14 @@ if __name__ == "__main__":  # run as a script: make `tests.support` importable f
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from tests.support.alertmanager import (  # noqa: E402
-    WEBHOOK_PATH, Delivery, RunningAlertmanager, WebhookDeliveries, alert, resolved, start_alertmanager)
+    WEBHOOK_PATH,
+    Delivery,
+    RunningAlertmanager,
+    WebhookDeliveries,
+    alert,
+    resolved,
+    start_alertmanager,
+)
 from tests.support.http_server import start_server  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
