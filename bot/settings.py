@@ -250,6 +250,9 @@ class Settings:
     port: int = _setting("MESHBOT_PORT", _port, default=3000, doc="Port of the HTTP server.")
     channel: str | None = _setting("MESHBOT_CHANNEL", _channel,
                                    doc="Incident channel ID (alerts and reminders post here).")
+    audit_channel: str | None = _setting("MESHBOT_AUDIT_CHANNEL", _channel,
+                                         doc="Channel ID for the audit log's head when incidents change state "
+                                             "(unset: only the anchor file and Lease; never in incident threads).")
     allowed_channels: tuple[str, ...] = _setting("MESHBOT_ALLOWED_CHANNELS", _channels, default=(),
                                                  doc="Comma-separated channel IDs where `/mesh` may be used; "
                                                      "empty: everywhere the app is invited.")

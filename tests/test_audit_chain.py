@@ -226,11 +226,11 @@ def test_the_head_is_anchored_again_on_a_state_change_and_otherwise_every_few_mi
     assert anchor.latest(log.seal().log_id).event_id == 5
 
 
-def test_resolving_an_incident_posts_the_head_in_its_thread_but_opening_one_does_not(database, fake_slack):
+def test_resolving_an_incident_posts_the_head_in_the_audit_channel_never_in_its_thread(database, fake_slack):
     clock = Clock()
     log = IncidentLog(database, clock=clock, key=KEY, anchor_stores=())
     outbox = Outbox(database, SlackClient(build_web_client(BOT_TOKEN, fake_slack.api_url, max_retries=0)),
-                    record=IncidentDeliveries(log), min_post_interval=0.0, clock=clock)
+                    record=IncidentDeliveries(log, audit_channel="CAUDIT"), min_post_interval=0.0, clock=clock)
     with database.transaction() as db:
         incident_id = log.create(db, group_key="g", title="IstiodDown", severity="critical", channel=CHANNEL,
                                  labels={}, namespaces=[], services=[], external_url="", playbook=None)
@@ -247,8 +247,10 @@ def test_resolving_an_incident_posts_the_head_in_its_thread_but_opening_one_does
     head = log.head()
     outbox.deliver_due()
     outbox.deliver_due()
-    replies = [m["text"] for m in fake_slack.messages(thread_ts=top_post["_ts"])]
-    assert replies == [f"Audit log head: event #{head.event_id} \u00b7 {head.hash_prefix} (2026-11-30T04:12:00Z)"]
+    assert fake_slack.messages(thread_ts=top_post["_ts"]) == [], "audit anchors stay out of human threads"
+    [anchor] = [m["text"] for m in fake_slack.messages(top_level=True) if m["channel"] == "CAUDIT"]
+    assert anchor == (f"Audit log head: event #{head.event_id} \u00b7 {head.hash_prefix} (2026-11-30T04:12:00Z) "
+                      f"\u00b7 incidents #{incident_id} changed state")
     assert list(database.db.query("SELECT kind FROM events WHERE id = ?", [head.event_id]))[0]["kind"] == \
         "state_changed"
 

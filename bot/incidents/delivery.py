@@ -26,6 +26,9 @@ class IncidentDeliveries:
     """The incident log's side of the outbox: events for what was posted, audit anchors in threads."""
 
     incidents: IncidentLog
+    audit_channel: str | None = None
+    """Where the head is posted when incidents change state (MESHBOT_AUDIT_CHANNEL); None: not in Slack at all.
+    Never in the incidents' own threads: a hash between humans' replies is noise to them (issue 27)."""
     _anchors_scanned: int = field(default=0, init=False)
     """Events up to here were looked at for state changes (the database keeps what was posted)."""
 
@@ -56,12 +59,12 @@ class IncidentDeliveries:
         return {i for i, status in self.incidents.statuses(incident_ids).items() if status == IncidentStatus.RESOLVED}
 
     def before_pass(self, outbox: Outbox) -> None:
-        """When incidents change state (resolved, reopened), post the log's head in their threads.
+        """When incidents change state (resolved, reopened), post the log's head in the audit channel, naming them.
 
-        Not when they open: the first reply in a new thread is its triage, and the head is anchored in the file
-        and the Lease then anyway."""
+        Not when they open (the head is anchored in the file and the Lease then anyway), and never in the
+        incidents' threads, which are for people."""
         marker = self.incidents.thread_anchored_until()
-        if marker is None:
+        if marker is None or self.audit_channel is None:
             return
         start = max(marker, self._anchors_scanned)
         newest = self.incidents.newest_event_id()
@@ -75,11 +78,10 @@ class IncidentDeliveries:
             head = self.incidents.head(db)
             if head is None:  # state changes are events, so the log is not empty; kept for the type
                 return
-            for incident_id in changed:
-                incident = self.incidents.get_in(db, incident_id)
-                if incident.top_message and incident.channel:
-                    outbox.post(db, incident_id=incident_id, channel=incident.channel, thread_of=incident.top_message,
-                                message=message_of(head.line, [context(f":link: {head.line}")]))
+            which = ", ".join(f"#{i}" for i in changed)
+            line = f"{head.line} \u00b7 incidents {which} changed state"
+            outbox.post(db, incident_id=None, channel=self.audit_channel, message=message_of(line, [context(
+                f":link: {line}")]))
             self.incidents.set_thread_anchored_until(db, head.event_id)
 
     def after_pass(self) -> None:

@@ -105,7 +105,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     elector = _elector(settings, cluster)
     incidents = IncidentLog(database, key=load_audit_key(settings.audit_key, settings.db_path),
                             anchor_stores=_audit_anchors(settings, elector), clock=clock)
-    outbox = Outbox(database, outbox_slack, metrics, record=IncidentDeliveries(incidents),
+    outbox = Outbox(database, outbox_slack, metrics, record=IncidentDeliveries(incidents, audit_channel=settings.audit_channel),
                     batch_interval=settings.thread_batch_seconds)
     incidents.on_alarm = _audit_alarm(metrics, outbox, settings.channel)
     # One answer per user group for roles and votes alike, failing closed when it expires and Slack cannot answer.
