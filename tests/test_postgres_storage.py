@@ -22,7 +22,7 @@ from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
 from bot.slack.outbox import Outbox
 from bot.storage.database import DatabaseError
-from bot.storage.dialect import script_to_postgres, to_postgres
+from bot.storage.dialect import NUL_STANDIN, script_to_postgres, to_postgres
 from bot.storage.postgres import IDLE_IN_TRANSACTION_MS, LOCK_TIMEOUT_MS, WRITE_LOCK, PostgresDatabase, redacted
 from tests.support.postgres import DATABASE_ERRORS, PASSWORD
 from tests.support.replicas import notification
@@ -93,6 +93,20 @@ def test_the_database_allows_one_open_incident_per_group_on_both_backends(backen
         with backend_database.transaction() as db:
             log.create(db, **fields)
     assert len(log.list_open()) == 1
+
+
+def test_a_long_group_key_with_a_nul_in_it_opens_one_incident_stored_alike_on_both_backends(backend_database):
+    log = IncidentLog(backend_database)
+    key = '{}:{alertname="Big\x00"}' + "x" * 5000  # over PostgreSQL's 2704-byte btree entry, and a U+0000
+    fields = dict(group_key=key, title="t\x00", severity="critical", channel=CHANNEL, labels={"a": "b\x00"},
+                  namespaces=[], services=[], external_url="", playbook=None)
+    with backend_database.transaction() as db:
+        incident_id = log.create(db, **fields)
+    stored = log.get(incident_id)
+    assert stored.group_key == key.replace("\x00", NUL_STANDIN) and stored.title == "t" + NUL_STANDIN
+    with pytest.raises(DATABASE_ERRORS, match="UNIQUE|unique"):  # still one open incident per group
+        with backend_database.transaction() as db:
+            log.create(db, **fields)
 
 
 def test_three_replicas_starting_together_migrate_once(postgres):

@@ -16,7 +16,7 @@ from bot.incidents import store as incident_store
 from bot.reminders import service as reminder_service
 from bot.slack import outbox, replays
 from bot.storage.backend import database_for
-from bot.storage.database import Database, Migration, claim_leases, claims_table
+from bot.storage.database import Database, Migration, claim_leases, claims_table, hashed_group_index
 
 MIGRATIONS: tuple[Migration, ...] = (
     *incident_store.MIGRATIONS,  # 1: incidents, incident alerts, hash-chained events, raw notifications
@@ -32,6 +32,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     replays.deliveries_table,  # 11: Slack deliveries already handled, shared by replicas and kept across restarts
     claim_leases,  # 12: claims are leases (holder, lease end on the database's clock), never locks held across work
     incident_lifecycle.lifecycle_tables,  # 13: incident severity set by people, lead, stage, mitigation; follow-ups
+    hashed_group_index,  # 14: the one-open-incident-per-group index on md5(group_key) on PostgreSQL (long keys)
 )
 
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from bot.storage.database import Database, DatabaseError
 from bot.storage.dialect import Dialect
 
-COPIED_TABLES = ("incidents", "incident_alerts", "notifications", "outbox", "events", "approval_requests",
-                 "approval_votes", "reminders_sent", "audit_chain")
+COPIED_TABLES = ("incidents", "incident_alerts", "incident_lifecycle", "incident_followups", "notifications", "outbox",
+                 "events", "approval_requests", "approval_votes", "reminders_sent", "audit_chain")
 """In an order that satisfies every foreign key (outbox and requests refer to earlier rows of their own table)."""
-NOT_COPIED = frozenset({"schema_version", "claims", "health", "apscheduler_jobs"})
-"""Bookkeeping each database keeps for itself (the version table, replicas' claims, the readiness row, and the
-scheduler's job store, which stays with each replica)."""
+NOT_COPIED = frozenset({"schema_version", "claims", "health", "apscheduler_jobs", "slack_deliveries"})
+"""Bookkeeping each database keeps for itself (the version table, replicas' claims, the readiness row, the
+scheduler's job store, which stays with each replica, and the Slack replay ledger, whose entries expire in minutes)."""
 
 
 @dataclass(frozen=True)

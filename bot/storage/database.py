@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from bot.settings import SettingsError
-from bot.storage.dialect import Dialect
+from bot.storage.dialect import Dialect, normalised
 from bot.storage.ownership import FileIdentity, FileInUse, hold_exclusively
 from commands.errors import MeshbotError
 
@@ -130,6 +130,24 @@ def apply_pending(db: Any, migrations: Sequence[Migration], where: str) -> int:
     return current
 
 
+class _Normalised(sqlite_utils.Database):
+    """sqlite-utils' Database whose statements get their parameters as PostgreSQL gets them (``dialect.normalised``):
+    the same input is stored the same way on both backends."""
+
+    def execute(self, sql: str, parameters: Any = None) -> sqlite3.Cursor:
+        return super().execute(sql, normalised(parameters) if parameters else parameters)
+
+
+@migration(14, "the one-open-incident-per-group index on a hash of the key, on PostgreSQL")
+def hashed_group_index(db: Any) -> None:
+    # A btree entry holds at most 2704 bytes (PostgreSQL docs, btree "Index Entry Size"), so an alert group with a
+    # longer groupKey could open no incident there (and SQLite has no such limit): the index keys on its md5.
+    if getattr(db, "dialect", None) != Dialect.POSTGRESQL:
+        return
+    db.execute("DROP INDEX incidents_one_open_per_group")
+    db.execute("CREATE UNIQUE INDEX incidents_one_open_per_group ON incidents (md5(group_key)) WHERE status = 'open'")
+
+
 @dataclass
 class Claim:
     """Work one replica holds for now (a Slack channel's outbox), and when that work may next be done."""
@@ -203,7 +221,7 @@ class Database:
             except sqlite3.Error as exc:
                 connection.close()
                 raise unusable(self.path, exc) from None
-            db = self._local.db = sqlite_utils.Database(connection)
+            db = self._local.db = _Normalised(connection)
         return db
 
     @contextlib.contextmanager

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 
 class Dialect(StrEnum):
@@ -66,6 +68,22 @@ def _replace_outside_literals(sql: str, *, placeholders: bool) -> str:
         word = match.group(5).lower()
         return '"user"' if word == "user" else "ctid"
     return _TOKENS.sub(swap, sql)
+
+
+NUL_STANDIN = "\ufffd"
+"""What U+0000 in a parameter is stored as, on both backends: PostgreSQL's text cannot hold it at all (an alert with
+one in a label was refused on PostgreSQL only, and lost), so SQLite stores the same replacement character."""
+
+
+def normalised(params: Any) -> Any:
+    """Statement parameters with every U+0000 in their strings replaced by ``NUL_STANDIN``."""
+    if isinstance(params, str):
+        return params.replace("\x00", NUL_STANDIN) if "\x00" in params else params
+    if isinstance(params, Mapping):
+        return {key: normalised(value) for key, value in params.items()}
+    if isinstance(params, (list, tuple)):
+        return [normalised(value) for value in params]
+    return params
 
 
 @functools.lru_cache(maxsize=1024)  # meshbot's statements are constants: each is translated once

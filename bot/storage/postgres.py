@@ -48,7 +48,7 @@ from bot.storage.database import (
     apply_pending,
     in_order,
 )
-from bot.storage.dialect import Dialect, inserted_table, script_to_postgres, to_postgres
+from bot.storage.dialect import Dialect, inserted_table, normalised, script_to_postgres, to_postgres
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class PostgresConnection:
         if returning:
             statement += " RETURNING id"
         with self.conn.cursor() as cursor:
-            cursor.execute(statement, list(params))
+            cursor.execute(statement, normalised(list(params)))
             rows = cursor.fetchall() if cursor.description is not None else []
             result = PostgresCursor(rows, cursor.rowcount)
         if returning:
@@ -150,7 +150,7 @@ class PostgresConnection:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
         with self.conn.cursor(row_factory=dict_row) as cursor:
-            cursor.execute(to_postgres(sql), list(params))
+            cursor.execute(to_postgres(sql), normalised(list(params)))
             rows = cursor.fetchall()
         yield from rows
 
