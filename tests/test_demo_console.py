@@ -308,3 +308,32 @@ def test_a_browser_that_goes_away_mid_answer_prints_no_traceback(capsys):
     finally:
         server.server_close()
     assert capsys.readouterr().err == ""
+
+
+def test_the_outage_is_one_conversation_a_typo_is_refused_and_everything_can_be_typed(demo, browser):
+    console = Console(browser, demo.url)
+    console.send_alert("IstiodDown/istio-system|firing")
+    console.wait_for_text("IstiodDown", "Triage", "Lead: nobody yet")
+
+    console.type_command("/mesh status prdo")
+    console.wait_for_text("no namespace prdo exists, so nothing was checked. Did you mean prod?")
+
+    # istiod's fix, asked for and approved by typing: it joins the open incident's thread, no new post.
+    console.type_command("/mesh memory istiod --limit 4Gi")
+    console.wait_for_text("Remediation request #1", "It is part of incident #1")
+    console.be("UBOB")
+    console.type_command("/mesh approve 1")
+    console.wait_for_text("Approval recorded (approval 1 of 2)")
+    console.be("UCAROL")
+    console.type_command("/mesh approve 1")
+    console.wait_for_text("is running now")
+
+    console.be("UALICE")
+    console.type_command("/mesh incident lead 1 UBOB")
+    console.type_command("/mesh incident status 1 fixing istiod's memory raised to 4Gi, watching it")
+    shown = console.wait_for_text("Status: Fixing: istiod's memory raised to 4Gi, watching it")
+    assert any(line.startswith("Lead: @bob") for line in shown.splitlines()), shown[-2000:]
+    tops = browser.execute_script(
+        "return [...document.querySelectorAll('#channel > .message:not(.ephemeral)')]"
+        ".filter(m => !m.innerText.includes('not run')).length")
+    assert tops == 1, "one top-level post for the outage"
