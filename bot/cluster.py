@@ -7,6 +7,7 @@ Kubernetes client (and its connection pool) is built once and shared, and so is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -17,7 +18,15 @@ from typing import Any
 
 from bot.settings import Settings
 from commands.clients.http import HttpEndpoint
-from commands.clients.kube import WATCH_SECONDS, Keep, KubeClient, KubePortForwarder, Listing, ResourceExpired
+from commands.clients.kube import (
+    WATCH_SECONDS,
+    Closable,
+    Keep,
+    KubeClient,
+    KubePortForwarder,
+    Listing,
+    ResourceExpired,
+)
 from commands.cluster.demo import Scenario, load_scenario
 from commands.cluster.endpoints import EndpointResolver
 from commands.cluster.snapshot import SnapshotSource
@@ -57,6 +66,8 @@ class ClusterView:
         """How long one watch runs before it is opened again from the last resourceVersion (server-side timeout)."""
         self._lock = threading.Lock()
         self._reads: dict[tuple, _Read] = {}
+        self._streams: set[Closable] = set()
+        """Open watch streams, shut down by ``close`` (each watch thread drops its own when it ends)."""
         self._closed = threading.Event()
 
     def read_list(self, kind: str | KindInfo, namespace: str | None = None, *, field_selector: str | None = None,
@@ -89,17 +100,34 @@ class ClusterView:
         return read.wait()
 
     def close(self) -> None:
-        """Stop keeping watched reads current (each watch ends at its next event, bookmark or timeout)."""
+        """Stop keeping watched reads current: every open watch stream is shut down now, not at its next event
+        (an idle watch would otherwise hold its connection for up to ``watch_seconds``)."""
         self._closed.set()
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            with contextlib.suppress(Exception):  # already closed by its own thread: nothing left to end
+                stream.shutdown()
+
+    def _opened(self, stream: Closable, opened: list[Closable]) -> None:
+        with self._lock:
+            for done in opened:  # the previous stream of this watch has ended
+                self._streams.discard(done)
+            opened[:] = [stream]
+            self._streams.add(stream)
+        if self._closed.is_set():
+            stream.shutdown()
 
     def _watch(self, key: tuple, info: KindInfo, read: _Read, keep: Keep | None) -> None:
         _, namespace, fields, labels = key
+        opened: list[Closable] = []
         try:
             while not self._closed.is_set():
                 try:
                     for event in self.client.watch(info, namespace, resource_version=read.resource_version,
                                                    field_selector=fields or None, label_selector=labels or None,
-                                                   timeout_seconds=self.watch_seconds):
+                                                   timeout_seconds=self.watch_seconds,
+                                                   on_open=lambda stream: self._opened(stream, opened)):
                         if self._closed.is_set():
                             return
                         read.apply(event.type, event.object, event.resource_version, keep)
@@ -111,6 +139,7 @@ class ClusterView:
             log.info("no longer watching %s (%s); the next diagnosis lists them again", info.resource, exc)
         finally:
             with self._lock:
+                self._streams.difference_update(opened)
                 if self._reads.get(key) is read:
                     del self._reads[key]
 

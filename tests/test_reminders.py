@@ -183,7 +183,11 @@ def test_a_renewed_certificate_starts_its_reminders_over(reminder_bot, kube, fak
 
     renewed = mint("Istio CA", is_ca=True, not_after=old.cert.not_valid_after_utc + timedelta(days=5))
     kube.add(root_configmap("istio-system", renewed), root_configmap("payments", renewed))
-    [again] = scan(meshbot, fake_slack, old.cert.not_valid_after_utc - timedelta(days=25))
+    # meshbot serve reads ConfigMaps through its watched cluster view: the renewal arrives as a watch event, a
+    # moment after the write, as it would from a real API server.
+    [again] = fake_slack.wait_for(
+        lambda: scan(meshbot, fake_slack, old.cert.not_valid_after_utc - timedelta(days=25)) or None, timeout=20,
+        what="a scan that sees the renewed root")
     assert f"{renewed.cert.not_valid_after_utc:%Y-%m-%d}" in str(reminders_posted(fake_slack)[-1]["blocks"])
     assert "30-day reminder" in again
 

@@ -229,6 +229,8 @@ class Meshbot:
         if self._thread:
             self._thread.join(left())
         self._anchor_tail()
+        # The shared cluster view's watches hold a connection each until their server-side timeout; end them now.
+        self.services.cluster.close()
         self.database.close()
         if not finished:
             log.warning("shutdown grace period over with work still running; it is abandoned (the incident log "

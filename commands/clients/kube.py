@@ -303,7 +303,8 @@ class KubeClient:
 
     def watch(self, kind: str | KindInfo, namespace: str | None = None, *, resource_version: str,
               field_selector: str | None = None, label_selector: str | None = None,
-              timeout_seconds: int = WATCH_SECONDS) -> Iterator[WatchEvent]:
+              timeout_seconds: int = WATCH_SECONDS,
+              on_open: Callable[[Closable], None] | None = None) -> Iterator[WatchEvent]:
         """Changes after ``resource_version`` until the server ends the watch; raises ResourceExpired on 410.
 
         Bookmarks are asked for (allowWatchBookmarks) so an idle watch still moves its resourceVersion on, and a
@@ -315,6 +316,9 @@ class KubeClient:
                  ("timeoutSeconds", str(timeout_seconds)), ("fieldSelector", field_selector),
                  ("labelSelector", label_selector)]
         response = self._send(call, "GET", query, read_timeout=timeout_seconds + self.timeout)
+        if on_open is not None:
+            # The caller may end the watch from another thread (at shutdown) by shutting the stream down.
+            on_open(response)
         try:
             for line in _lines(response, call, self.timeout):
                 event = _watch_event(call, line)
@@ -461,6 +465,12 @@ def _dry_run(dry_run: bool) -> list[tuple[str, str | None]]:
 
 
 # -- port-forward ------------------------------------------------------------------
+
+
+class Closable(Protocol):
+    """An open watch stream (urllib3's response): ``shutdown`` unblocks a read in another thread."""
+
+    def shutdown(self) -> None: ...
 
 
 class StreamSocket(Protocol):

@@ -172,6 +172,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         self.compacted_through = 0
         """Changes up to this resourceVersion are forgotten: older watches and continue tokens get 410."""
         self.throttles: list[Throttle] = []
+        self.shutting_down = False
+        """Set when the test ends: open watches end as a stopping API server ends them (the client re-lists)."""
         self._changed = asyncio.Event()
         # A dry run is emulated by writing and then restoring the store; a real API server never stores it, so
         # nothing else may see that moment: writes queue behind each other and reads wait for it to pass.
@@ -283,7 +285,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         deadline = time.monotonic() + float(request.params.get("timeoutSeconds") or 1800)
         bookmarks = request.params.get("allowWatchBookmarks") == "true"
         fields, labels = request.params.get("fieldSelector", ""), request.params.get("labelSelector", "")
-        while True:
+        while not self.shutting_down:
             if since < self.compacted_through:
                 # A too old resourceVersion is an ERROR event in the stream (apiserver/pkg/storage/cacher: "too old
                 # resource version"); so is history a running watch had not yet sent (etcd's ErrCompacted).
@@ -517,6 +519,7 @@ def kube(kube_event_loop: EventLoopThread) -> Iterator[FakeKube]:
         yield FakeKube(kube_event_loop, emulator, url, release)
     finally:
         kube_event_loop.call(release.set)
+        emulator.shutting_down = True  # watches end at their next bookmark tick instead of holding the server open
         kube_event_loop.run(stack.aclose())
 
 
