@@ -36,3 +36,20 @@ def test_an_envelope_redelivered_to_the_next_replica_opens_one_request(kube: Fak
     assert second.database.db.execute("SELECT COUNT(*) FROM approval_requests").fetchone()[0] == 1
     assert 'meshbot_slack_duplicates_total{transport="socket_mode"} 1.0' in \
         second.services.metrics.exposition().decode()
+
+
+def test_the_shared_ledger_while_postgresql_is_down_decides_from_this_replicas_memory_instead_of_failing():
+    from bot.slack.replays import DeliveryLedger
+    from tests.support.postgres import start_postgres
+
+    server, stop = start_postgres()
+    database = server.fresh()
+    try:
+        ledger = DeliveryLedger(database, ttl=300)
+        assert ledger.first_time(("signature", "1733540000", "v0=aa"), 1733540300)
+        stop()  # the database goes away (a restart, an outage)
+        assert ledger.first_time(("signature", "1733540001", "v0=bb"), 1733540301)  # handled, not a 500
+        assert not ledger.first_time(("signature", "1733540001", "v0=bb"), 1733540301)  # still no repeat here
+    finally:
+        stop()
+        database.close()

@@ -7,6 +7,7 @@ replica shares, so a replay to another replica or after a restart is seen too (i
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +21,9 @@ from bot.storage.database import Database, migration
 DEFAULT_CAPACITY = 50_000
 """Keys kept at most.  Only Slack can produce a key (requests are verified first), so this bounds memory
 against a flood of genuine traffic: at 100 requests/s five minutes is 30,000 keys."""
+
+
+log = logging.getLogger(__name__)
 
 
 class Deliveries(Protocol):
@@ -100,6 +104,18 @@ class DeliveryLedger:
             return False
         now = self._clock()
         name = key if isinstance(key, str) else json.dumps(key, default=str)
+        try:
+            return self._record(name, expires_at, now)
+        except Exception as exc:
+            if not self.database.transient(exc):
+                raise
+            # The database is down: this replica's own memory has already refused a repeat here, and the handler
+            # behind (a click, a command) answers "not recorded, click again" when it cannot write either; a 500
+            # would only make Slack retry into the same outage.
+            log.warning("replay ledger unavailable (%s); deciding from this replica's memory", exc)
+            return True
+
+    def _record(self, name: str, expires_at: float | None, now: float) -> bool:
         with self.database.transaction() as db:
             db.execute("DELETE FROM slack_deliveries WHERE key = ? AND expires_at <= ?", [name, now])
             inserted = db.execute("INSERT OR IGNORE INTO slack_deliveries (key, expires_at) VALUES (?, ?)",
