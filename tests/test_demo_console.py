@@ -164,6 +164,8 @@ def test_the_walk_fixes_istiod_first_then_the_traffic_each_verified_by_its_effec
     pods = console.wait_until(lambda text: "istiod-5d8f7c9b6-qx7wz" not in text and "istio-system/istiod-" in text,
                               where="cluster", what="a new istiod pod in place of the OOMKilled one")
     assert "OOMKilled" not in pods
+    console.type_command("/mesh status istio-system")
+    console.wait_for_text("status for istio-system", "nothing wrong")  # the bot sees istiod healthy again
 
     # Now the traffic remedy can reach the proxies: its preconditions are checked again before it runs.
     for approver in ("UBOB", "UCAROL"):
@@ -180,8 +182,6 @@ def test_the_walk_fixes_istiod_first_then_the_traffic_each_verified_by_its_effec
     # What changed is in the cluster; what did not is in the diagnosis: permissive mTLS does not un-expire a root.
     assert "expired" in report
     assert SCREENSHOT.stat().st_size > 10_000
-    console.type_command("/mesh status istio-system")
-    console.wait_for_text("status for istio-system", "no findings")  # the OOMKilled istiod is gone
 
 
 def test_console_refuses_cross_site_form_posts(demo):

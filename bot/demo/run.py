@@ -42,6 +42,7 @@ from commands.catalog import default_checks
 from commands.checks.registry import Thresholds
 from commands.clients.kube import KubeClient
 from commands.cluster.demo import load_scenario
+from commands.cluster.sources.kube import KubeSource
 from commands.findings import Finding
 from commands.resources.references import PodRef
 
@@ -84,7 +85,10 @@ class DiagnosisRunner:
     def __call__(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = ()) -> list[Finding]:
         endpoints = self.mesh.endpoints()
         endpoints.focus_pods = tuple(pods)
-        return self.checks.diagnose(checks, self.cluster.source(), namespace=namespace, now=self.clock.now(),
+        # Read the embedded cluster directly, not through the bot's shared view (which serves pod lists for up to
+        # FRESH_SECONDS): the demo's story is "approve, then see it change", and a fix must show at once.
+        source = KubeSource(self.cluster.client(), istio_namespace=self.cluster.settings.istio_namespace)
+        return self.checks.diagnose(checks, source, namespace=namespace, now=self.clock.now(),
                                     thresholds=Thresholds(), endpoints=endpoints)
 
     def close(self) -> None:
