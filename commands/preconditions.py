@@ -182,7 +182,9 @@ def effect_of(step: Remediation) -> Effect:
             return Effect.CONFIG
         if verb == "bypass":
             return Effect.BYPASS
-        if verb == "restart":
+        if verb in ("restart", "memory"):
+            # Both roll the Deployment's pods (a new memory limit is a new pod template): istiod's own are the
+            # control plane, anyone else's are new pods with sidecars.
             return Effect.CONTROL_PLANE if rest.split()[:1] == ["istiod"] else Effect.NEW_PODS
     command = step.command or ""
     if not command:

@@ -128,13 +128,13 @@ def test_crash_loop_playbook_suggests_bypassing_the_workload(shipped):
     assert [s.action for s in suggestions] == ["bypass payment -n prod"]
 
 
-def test_istiod_oom_suggests_restarting_istiod_only_after_raising_its_memory(shipped):
+def test_istiod_oom_suggests_raising_istiods_memory_not_a_restart_alone(shipped):
     labels = {"alertname": "IstiodDown"}
-    oom = finding("MB1002", origin="Pod istio-system/istiod-5d8f", action="restart istiod -n istio-system",
+    action = "memory istiod -n istio-system --limit 4Gi --container discovery"
+    oom = finding("MB1002", origin="Pod istio-system/istiod-5d8f", action=action,
                   message="istiod container discovery in istio-system/istiod-5d8f was OOMKilled")
     suggestions = suggest(shipped.match(labels), [oom], labels)
-    assert [(s.title, s.action) for s in suggestions] == [
-        ("Restart istiod after raising its memory (OOMKilled)", "restart istiod -n istio-system")]
+    assert [(s.title, s.action) for s in suggestions] == [("Raise istiod's memory limit (OOMKilled)", action)]
     assert "first" in suggestions[0].advice and "A restart alone" in suggestions[0].advice
 
 

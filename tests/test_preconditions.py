@@ -69,6 +69,8 @@ READ = Remediation("Look at the config", command="istioctl proxy-config cluster 
     (Remediation("x", command="kubectl -n prod patch destinationrule payment --type merge -p '{}'"), Effect.CONFIG),
     (Remediation("x", command="kubectl -n prod get authorizationpolicy -o yaml"), Effect.READ_ONLY),
     (Remediation("x", action="restart payment -n prod"), Effect.NEW_PODS),
+    (Remediation("x", action="memory istiod -n istio-system --limit 4Gi"), Effect.CONTROL_PLANE),
+    (Remediation("x", action="memory payment -n prod --limit 1Gi"), Effect.NEW_PODS),
 ])
 def test_each_step_is_classified_by_what_it_does_to_the_mesh(step, effect):
     assert effect_of(step) == effect
