@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bot.approvals.desk import EXECUTION_LEASE
-from bot.approvals.rule import RequestState
+from bot.approvals.rule import RequestState, Vote
 from bot.incidents.records import EventKind, iso
 from tests.support.istiod import syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
@@ -100,8 +100,24 @@ def test_twenty_approvals_clicked_on_different_replicas_at_once_each_execute_onc
     assert [executions(replicas[0], r.id, r.incident_id) for r in finished] == [1] * REQUESTS
 
 
+class KilledPool:
+    """A replica's worker pool after kill -9: what is handed to it never runs."""
+
+    def submit(self, *args, **kwargs) -> None:
+        return None
+
+    def shutdown(self, *args, **kwargs) -> None:
+        return None
+
+
 def abandon(meshbot, request_id: int, heartbeat: datetime) -> None:
-    """What a replica leaves behind when it is killed after the approving click, mid-action."""
+    """What a replica leaves behind when it is killed after the approving click, mid-action.
+
+    The two approvals really happen (their keyed events and the single-use grant are what authorise a resume,
+    issue 24); the replica dies before its worker starts, having claimed the execution at ``heartbeat``."""
+    meshbot.approvals.workers = KilledPool()
+    for approver in ("UBOB", "UCAROL"):
+        meshbot.approvals.click(request_id, approver, Vote.APPROVE)
     # The lease ends ``EXECUTION_LEASE`` after the heartbeat, on the database's clock (as the store writes it).
     lease_left = (heartbeat + EXECUTION_LEASE - datetime.now(timezone.utc)).total_seconds()
     with meshbot.database.transaction() as db:
