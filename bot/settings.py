@@ -1,5 +1,7 @@
 """One Settings object from environment variables and an optional YAML file, validated at start-up.
 
+Over 450 lines because it is the one table of every setting (STYLE: configuration in one place).
+
 Every knob meshbot has is a field here with a default and a row in docs/settings.md; nothing
 else reads ``os.environ``.  Precedence: environment, then ``--config`` YAML,
 then the default.  Secrets may also come from files (``SLACK_BOT_TOKEN_FILE``),

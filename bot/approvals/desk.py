@@ -1,5 +1,7 @@
 """Approval requests from asking to executing: plan, dry-run, votes, the action itself, rollback.
 
+Over 450 lines because a request's states share one transaction discipline; the execution half is the next split.
+
 The rule (who may vote, how many approvals) is ``bot.approvals.rule.decide``;
 this module applies it inside one SQLite transaction per click, so concurrent
 clicks are serialised and the switch to *executing* is a conditional update

@@ -1,5 +1,7 @@
 """The incident log: the incident store whose events form an append-only, keyed hash chain.
 
+Over 450 lines because appending, verifying and anchoring share the chain's head and its one lock.
+
 Appending an event signs it with the audit key over its content and the
 previous event's hash (``bot.incidents.audit``); the first append seals the
 log (its identity, where the unkeyed prefix ends, the key's check value) and

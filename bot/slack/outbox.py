@@ -1,5 +1,7 @@
 """No lost messages: every Slack post meshbot makes for later delivery is written here first, then delivered.
 
+Over 450 lines because claim, send, record and pacing are one state machine over one table.
+
 Incidents, approvals, reminders and slash-command answers queue their posts here.  The outbox imports
 nothing of bot.incidents and writes none of its tables: an entry carries its incident's id only to keep
 that conversation's posts in order (and to batch alert updates), and what was sent or given up on goes
