@@ -179,7 +179,7 @@ def test_cluster_answering_403_is_explained_in_the_thread(bot_factory, fake_slac
     wait_for_outcome(fake_slack)
     [top] = fake_slack.messages(top_level=True)
     [thread] = fake_slack.messages(thread_ts=top["_ts"])
-    assert "meshbot cannot list pods cluster-wide: forbidden (needs RBAC list on pods)" in str(thread["blocks"])
+    assert "meshbot cannot list pods in namespace prod: forbidden (needs RBAC list on pods)" in str(thread["blocks"])
 
 
 def test_cluster_that_cannot_be_configured_gets_a_clear_message_in_the_thread(bot_factory, fake_slack, tmp_path):
@@ -325,4 +325,4 @@ def test_cluster_that_times_out_is_explained_in_the_thread(bot_factory, fake_sla
     wait_for_outcome(fake_slack)
     [top] = fake_slack.messages(top_level=True)
     [thread] = fake_slack.messages(thread_ts=top["_ts"])
-    assert "The Kubernetes API did not answer list pods cluster-wide: no answer within 1s" in str(thread["blocks"])
+    assert "The Kubernetes API did not answer list pods in namespace prod: no answer within 1s" in str(thread["blocks"])
