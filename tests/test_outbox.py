@@ -506,7 +506,12 @@ def test_diagnose_findings_ready_while_slack_is_down_are_delivered_when_it_is_ba
     [top] = fake_slack.messages(top_level=True)
     [report] = fake_slack.wait_for(lambda: fake_slack.messages(thread_ts=top["_ts"]), timeout=15,
                                    what="the findings after Slack came back")
-    assert "CrashLoopBackOff (25 restarts)" in str(report["blocks"])
+    # The reply is short (issue 27): the triage in the thread, every finding in the full report attached to it.
+    assert "the full report is attached" in str(report["blocks"])
+    attached = fake_slack.wait_for(
+        lambda: [f for f in fake_slack.files.values() if f.thread_ts == top["_ts"]], timeout=15,
+        what="the full report attached in the thread")
+    assert any(b"CrashLoopBackOff (25 restarts)" in f.content for f in attached)
     fake_slack.wait_for(lambda: [c for c in fake_slack.of("chat.update") if c.args.get("_ok")
                                  and c.args["ts"] == top["_ts"] and c.args["text"].startswith("diagnose for prod")],
                         timeout=15, what="the Running message replaced by the outcome")

@@ -23,6 +23,7 @@ from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
 from bot.slack.outbox import Outbox
 from bot.storage.postgres import PostgresDatabase
+from commands.actions.plan import Plan
 from tests.support.postgres import PASSWORD
 from tests.support.slack import BOT_TOKEN
 
@@ -45,11 +46,16 @@ def sqlite_log(path: Path) -> IncidentLog:
         top = outbox.post(db, incident_id=incident, channel="CINC", message=Message("istiod down", []))
         outbox.post(db, incident_id=incident, channel="CINC", message=Message("triage", []), thread_of=top)
         # An approval request and its votes, as the desk stores them (rows only: their plan is not executed here).
+        plan = Plan(action="restart istiod -n istio-system", summary="Restart istiod", changes=())
         request = db.execute(
             "INSERT INTO approval_requests (incident_id, action, plan, plan_hash, dry_run, requester, channel, state, "
-            "required, created_at, expires_at) VALUES (?, 'restart-istiod', '{}', 'h', '{}', 'UALICE', 'CINC', "
-            "'pending', 2, ?, ?)", [incident, now.isoformat(), (now + timedelta(hours=1)).isoformat()]).lastrowid
+            "required, created_at, expires_at) VALUES (?, 'restart istiod -n istio-system', ?, ?, '{}', 'UALICE', "
+            "'CINC', 'pending', 2, ?, ?)", [incident, plan.canonical_json(), plan.hash, now.isoformat(),
+                                              (now + timedelta(hours=1)).isoformat()]).lastrowid
         for user in ("UBOB", "UCAROL"):
+            # Each vote row beside its accepted click in the keyed log, as the desk writes both (issue 24).
+            log.append(db, incident, user, EventKind.APPROVAL_CLICK, {
+                "request_id": request, "vote": "approve", "accepted": True, "verdict": "pending", "reason": ""})
             ApprovalStore().add_vote(db, request, user, Vote.APPROVE, now)
     for n in range(5):
         log.record(incident, f"U{n}", EventKind.NOTE, {"text": f"note {n}"})
@@ -98,7 +104,7 @@ def test_incidents_verify_reads_the_replicas_postgresql_when_its_url_is_set(migr
     result = subprocess.run([sys.executable, "-m", "bot.cli", "incidents", "verify"], capture_output=True, text=True,
                             cwd=ROOT, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("incident log intact: 7 events")
+    assert result.stdout.startswith("incident log intact: 9 events")
 
 
 def test_migrate_refuses_a_database_that_already_holds_incidents(migrated):
