@@ -60,7 +60,7 @@ def action_bot(bot_factory, cluster, istiod, fake_slack, tmp_path, backend_setti
     """A bot that acts on the emulated cluster, on SQLite and then on PostgreSQL."""
     def start(**overrides):
         config = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
-        settings = dict(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
+        settings = dict(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=5.0,
                         approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", istiod_url=istiod.url,
                         **backend_settings)
         settings.update(overrides)
@@ -78,7 +78,7 @@ def sqlite_action_bot(bot_factory, cluster, istiod, fake_slack, tmp_path):
     """``action_bot`` on SQLite only: for tests that edit the database file behind meshbot's back."""
     def start(**overrides):
         config = write_kubeconfig(tmp_path / "kubeconfig", cluster.url)
-        settings = dict(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=2.0,
+        settings = dict(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=5.0,
                         approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", istiod_url=istiod.url)
         settings.update(overrides)
         meshbot = bot_factory(**settings)

@@ -64,8 +64,9 @@ def ask_in(meshbot, fake_slack, text: str, channel: str) -> int:
     body = slash_command_body(text, channel_id=channel, response_url=fake_slack.response_url(name))
     assert post_signed(f"{meshbot.url}/slack/events", body).status_code == 200
     # Asking plans, runs a diagnosis for the preconditions and dry-runs: allow for a loaded machine.
-    answer = fake_slack.wait_for(lambda: fake_slack.answers_to(name), timeout=ASK_TIMEOUT,
-                                 what=f"the answer to /mesh {text}")[0]
+    # Twenty asks at once queue behind the diagnosis cap first ("Queued behind N diagnoses"), then answer.
+    answer = fake_slack.wait_for(lambda: [a for a in fake_slack.answers_to(name) if "Request #" in a],
+                                 timeout=ASK_TIMEOUT, what=f"the answer to /mesh {text}")[0]
     request_id = int(answer.split("Request #", 1)[1].split()[0])
     fake_slack.wait_for(lambda: [m for m in fake_slack.messages() if f"request #{request_id}:" in m.get("text", "")],
                         what=f"request #{request_id} in its thread")

@@ -159,8 +159,8 @@ print("ok")
 
 def copy_of_repository(target: Path) -> Path:
     """The working tree as it is (uncommitted edits included), without git, the venv or caches."""
-    ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", ".artifacts", ".ruff_cache",
-                                    ".pytest_cache")
+    ignore = shutil.ignore_patterns(".git", ".venv", ".venv-checkov", ".cache", "__pycache__", "*.egg-info",
+                                    ".artifacts", ".ruff_cache", ".mypy_cache", ".pytest_cache")
     shutil.copytree(ROOT, target, ignore=ignore)
     return target
 
