@@ -15,6 +15,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # tests/test_faults.py runs one replica with its clock minutes ahead under libfaketime.
 command -v faketime >/dev/null || missing+=(faketime)
+# tests/test_demo_console.py's accessibility check needs axe-core from the npm registry (below).
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
