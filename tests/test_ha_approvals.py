@@ -33,6 +33,9 @@ from tests.test_approvals import (
 
 AUDIT_KEY = "ha-test-audit-key-0123456789abcdef0123"
 REQUESTS = 20
+TWENTY_ASKS_TIMEOUT = 4 * ASK_TIMEOUT
+"""Each ask runs a precondition diagnosis, four at a time per replica (the diagnosis cap): the last of twenty
+waits for the others on a loaded two-core machine."""
 
 
 @pytest.fixture
@@ -66,7 +69,7 @@ def ask_in(meshbot, fake_slack, text: str, channel: str) -> int:
     # Asking plans, runs a diagnosis for the preconditions and dry-runs: allow for a loaded machine.
     # Twenty asks at once queue behind the diagnosis cap first ("Queued behind N diagnoses"), then answer.
     answer = fake_slack.wait_for(lambda: [a for a in fake_slack.answers_to(name) if "Request #" in a],
-                                 timeout=ASK_TIMEOUT, what=f"the answer to /mesh {text}")[0]
+                                 timeout=TWENTY_ASKS_TIMEOUT, what=f"the answer to /mesh {text}")[0]
     request_id = int(answer.split("Request #", 1)[1].split()[0])
     fake_slack.wait_for(lambda: [m for m in fake_slack.messages() if f"request #{request_id}:" in m.get("text", "")],
                         what=f"request #{request_id} in its thread")
