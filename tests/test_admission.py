@@ -172,18 +172,23 @@ FAILED_CREATE = ('Error creating: Internal error occurred: failed calling webhoo
                  '"https://istiod.istio-system.svc:443/inject?timeout=10s": no endpoints available for service "istiod"')
 
 
-def test_failed_create_events_from_the_webhook_say_the_workload_cannot_replace_its_pods():
-    event = f"""
+def failed_create_event(count: int) -> str:
+    """The ReplicaSet controller's Warning Event for pods the webhook refused."""
+    return f"""
 apiVersion: v1
 kind: Event
 metadata: {{name: payment-7d9f8c6b5.17c2a, namespace: prod}}
 involvedObject: {{kind: ReplicaSet, name: payment-7d9f8c6b5, namespace: prod}}
 reason: FailedCreate
 type: Warning
-count: 14
+count: {count}
 lastTimestamp: "2026-12-07T03:06:00Z"
 message: '{FAILED_CREATE}'
 """
+
+
+def test_failed_create_events_from_the_webhook_say_the_workload_cannot_replace_its_pods():
+    event = failed_create_event(count=14)
     [finding] = run(event)
     assert finding.code == "MB1042"
     assert finding.origin == "ReplicaSet prod/payment-7d9f8c6b5"
@@ -203,17 +208,7 @@ status:
   - {{type: ReplicaFailure, status: "True", reason: FailedCreate, message: '{FAILED_CREATE}',
       lastUpdateTime: "2026-12-07T03:06:00Z"}}
 """
-    event = f"""
-apiVersion: v1
-kind: Event
-metadata: {{name: payment-7d9f8c6b5.17c2a, namespace: prod}}
-involvedObject: {{kind: ReplicaSet, name: payment-7d9f8c6b5, namespace: prod}}
-reason: FailedCreate
-type: Warning
-count: 3
-lastTimestamp: "2026-12-07T03:06:00Z"
-message: '{FAILED_CREATE}'
-"""
+    event = failed_create_event(count=3)
     assert [f.origin for f in run(deployment, event)] == ["Deployment prod/payment"]
 
 
