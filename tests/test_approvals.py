@@ -113,12 +113,13 @@ def updates_of(fake_slack: FakeSlack, message: dict) -> list[str]:
             if c.args.get("_ok") and c.args.get("ts") == message["_ts"]]
 
 
-def press(meshbot, fake_slack: FakeSlack, action_id: str, value: str, user: str) -> str:
+def press(meshbot, fake_slack: FakeSlack, action_id: str, value: str, user: str, timeout: float = 10.0) -> str:
     """Press a button as ``user``; returns what meshbot told them privately."""
     name = f"click{next(_answer_names)}"
     body = block_action_body(action_id, value, user_id=user, response_url=fake_slack.response_url(name))
     assert post_signed(f"{meshbot.url}/slack/events", body).status_code == 200
-    return fake_slack.wait_for(lambda: fake_slack.answers_to(name), what=f"the answer to {user}'s click")[0]
+    return fake_slack.wait_for(lambda: fake_slack.answers_to(name), timeout=timeout,
+                               what=f"the answer to {user}'s click")[0]
 
 
 def approve(meshbot, fake_slack: FakeSlack, request_id: int, *users: str) -> list[str]:
@@ -135,10 +136,10 @@ def request_state(meshbot, request_id: int) -> RequestState:
     return meshbot.approvals.get(request_id).state
 
 
-def wait_finished(meshbot, fake_slack: FakeSlack, request_id: int):
+def wait_finished(meshbot, fake_slack: FakeSlack, request_id: int, timeout: float = 15.0):
     return fake_slack.wait_for(
         lambda: (r := meshbot.approvals.get(request_id)).state in (RequestState.SUCCEEDED, RequestState.FAILED)
-        and r, timeout=15, what=f"request #{request_id} to finish")
+        and r, timeout=timeout, what=f"request #{request_id} to finish")
 
 
 def events(meshbot, incident_id: int) -> list:
