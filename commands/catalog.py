@@ -12,6 +12,7 @@ from commands.checks.envoy import envoy
 from commands.checks.proxy_status import proxy_status
 from commands.checks.registry import CheckRegistry
 from commands.checks.status import status
+from commands.checks.traffic import traffic_policy
 
 
 def default_checks() -> CheckRegistry:
@@ -20,5 +21,6 @@ def default_checks() -> CheckRegistry:
         proxy_status,
         certs,
         envoy,
+        traffic_policy,
         analyze,
     ])

@@ -485,6 +485,32 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "Envoy in {pod}: {count} calls leaving the mesh through its ALLOW_ANY passthrough failed to connect or "
           "timed out ({destinations}); probable cause: {cause}",
           "PassthroughCluster connect failures and timeouts; /clusters names each destination address."),
+    # MB5xxx traffic-policy (commands/checks/traffic): configuration that fails requests by design.
+    # VirtualService fault injection (istio.io/latest/docs/reference/config/networking/virtual-service/
+    # #HTTPFaultInjection; istio/istio pilot/pkg/networking/core/route/route.go TranslateFault): Envoy's fault
+    # filter answers locally with response flag FI (abort) or DI (delay).
+    _code("MB5001", "FaultInjectionAbortsAllRequests", E, "traffic-policy",
+          "{virtual_service} aborts {percent} of every request to {hosts} with HTTP {status} (route {route}, "
+          "Envoy response flag FI): fault injection is on for all callers",
+          "A VirtualService route with no match and fault.abort above 0%: the sidecar answers the error itself."),
+    _code("MB5002", "FaultInjectionAbortsMatchingRequests", W, "traffic-policy",
+          "{virtual_service} aborts {percent} of requests to {hosts} matching {match} with HTTP {status} "
+          "(route {route}, Envoy response flag FI)",
+          "fault.abort on a route limited by a match (a header, a user): a test left on for some callers."),
+    _code("MB5003", "FaultInjectionDelaysRequests", W, "traffic-policy",
+          "{virtual_service} delays {percent} of requests to {hosts}{matching} by {delay} (route {route}, "
+          "Envoy response flag DI)",
+          "fault.delay above 0%: callers see added latency and, past their timeouts, 504s."),
+    # istio.io/latest/docs/ops/common-problems/network-issues/#503-errors-after-setting-destination-rule:
+    # a DestinationRule tls mode that contradicts the server's PeerAuthentication fails every connection.
+    _code("MB5010", "PlaintextToStrictMtls", E, "traffic-policy",
+          "{destination_rule} sends plaintext (tls mode DISABLE) to {host} port {port}, but {pods} accept "
+          "only mutual TLS ({policy}): every connection is reset (503 UC or UF)",
+          "DestinationRule tls DISABLE towards workloads a STRICT PeerAuthentication protects."),
+    _code("MB5011", "MutualTlsToPodsWithoutSidecar", E, "traffic-policy",
+          "{destination_rule} sends Istio mutual TLS (tls mode ISTIO_MUTUAL) to {host} port {port}, but none of "
+          "its pods ({pods}) has a sidecar to answer it: every handshake fails (503 UF)",
+          "DestinationRule ISTIO_MUTUAL towards a service whose pods are outside the mesh."),
     # MB6xxx telemetry (commands/telemetry): Prometheus with Istio's standard metrics
     # (https://istio.io/latest/docs/reference/config/metrics/), istiod's pilot_*/citadel_* metrics
     # (pilot/pkg/xds/monitoring.go, security/pkg/server/ca/monitoring.go) and Kubernetes Warning Events.

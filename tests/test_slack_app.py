@@ -11,6 +11,7 @@ import pytest
 
 from bot.incidents.blocks import rendered_lines
 from bot.slack.blocks import Message
+from commands.catalog import default_checks
 from tests.support.bot import quiesce
 from tests.support.kube import write_kubeconfig
 from tests.support.slack import (
@@ -114,7 +115,8 @@ def test_a_diagnosis_says_what_it_scanned_and_what_it_could_not_read(meshbot, fa
     wait_for_outcome(fake_slack)
     [top] = fake_slack.messages(top_level=True)
     [thread] = fake_slack.messages(thread_ts=top["_ts"])
-    assert "prod: 6 sidecars, 5 proxies checked (status, proxy-status, certs, envoy, analyze)" in str(thread["blocks"])
+    checks = ", ".join(default_checks().names())  # every registered check ran, in report order
+    assert f"prod: 6 sidecars, 5 proxies checked ({checks})" in str(thread["blocks"])
     assert "NOT checked: " in str(thread["blocks"])
 
 

@@ -1,0 +1,36 @@
+"""The ``traffic-policy`` check: mesh configuration that fails requests by design, read from the objects alone.
+
+Each rule lives in its own module with its sources: ``faults`` (VirtualService fault injection left on, Envoy
+flags FI/DI) and ``tls_modes`` (DestinationRule TLS modes that contradict the destination's PeerAuthentication
+or its missing sidecar).  It needs no Envoy or istiod endpoint, so it also speaks when the sidecars cannot be read; with no
+VirtualService or DestinationRule there is nothing that can fail by design, and it stays silent.
+"""
+
+from __future__ import annotations
+
+from commands.authz.explain import root_namespace
+from commands.checks.registry import CheckContext, check
+from commands.checks.traffic.faults import fault_findings
+from commands.checks.traffic.tls_modes import tls_mode_findings
+from commands.findings import Finding
+
+
+@check("traffic-policy", kinds=("VirtualService", "DestinationRule", "PeerAuthentication", "Service", "Pod"),
+       summary="configuration that fails requests by design: VirtualService fault injection left on (FI/DI), "
+               "DestinationRule TLS modes that contradict STRICT mTLS or a missing sidecar")
+def traffic_policy(ctx: CheckContext) -> list[Finding]:
+    snapshot = ctx.snapshot
+    findings: list[Finding] = []
+    for virtual_service in snapshot.of_kind("VirtualService"):
+        if not ctx.in_scope(virtual_service.namespace):
+            continue
+        findings.extend(fault_findings(virtual_service))
+    # A rule in any namespace may govern a Service in scope (exportTo defaults to every namespace), so rules are
+    # read mesh-wide and the Services they reach are the ones in scope.
+    services = [s for s in snapshot.of_kind("Service") if ctx.in_scope(s.namespace)]
+    pods = snapshot.of_kind("Pod")
+    policies = snapshot.of_kind("PeerAuthentication")
+    root = root_namespace(snapshot)
+    for rule in snapshot.of_kind("DestinationRule"):
+        findings.extend(tls_mode_findings(rule, services, pods, policies, root))
+    return findings
