@@ -59,7 +59,8 @@ class ExecutionChecks:
         needs = needs_of_plan(plan)
         if self.inspector is None or needs is None:
             return None, []
-        checked, _ = self.inspector.preconditions(needs, scope_of_plan(plan))
+        # Read fresh: the shared view may still hold the istiod pods it read when the plan was approved.
+        checked, _ = self.inspector.preconditions(needs, scope_of_plan(plan), fresh=True)
         failing = unmet(checked)
         message = ("Stopped before any write: " + fix_first_text(failing[0])) if failing else None
         return message, [p.to_dict() for p in checked]
@@ -92,7 +93,8 @@ class ExecutionChecks:
 
     def _look(self, effect: Effect, plan: Plan, baseline: Observation, *, traffic: bool = True) -> EffectReport:
         assert self.inspector is not None
-        return judge(effect, baseline, self.inspector.observe(self._observed_scope(plan), traffic=traffic))
+        return judge(effect, baseline, self.inspector.observe(self._observed_scope(plan), traffic=traffic,
+                                                              baseline=baseline))
 
     @staticmethod
     def _observed_scope(plan: Plan) -> str | None:

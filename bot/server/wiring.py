@@ -23,7 +23,7 @@ import sqlite_utils
 from bot.approvals import blocks as approval_blocks
 from bot.approvals import commands as approval_commands
 from bot.approvals.desk import ApprovalDesk, ApprovalPolicy
-from bot.approvals.inspection import MeshInspector
+from bot.approvals.inspection import MeshInspector, uncached_diagnosis
 from bot.cluster import ClusterAccess
 from bot.diagnosis import Diagnostician, Runner
 from bot.incidents import blocks as incident_blocks
@@ -60,7 +60,7 @@ from bot.slack.roles import RoleCheck, Roles
 from bot.slack.slash import RefusedCommand, SlashCommands
 from bot.storage.database import Database
 from bot.timeline import commands as timeline_commands
-from bot.timeline.reader import TimelineReader
+from bot.timeline.reader import TimelineReader, prometheus_from
 from commands.catalog import default_checks
 from commands.checks.registry import CheckRegistry
 from commands.clients.lease import LeaderElector
@@ -96,7 +96,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
                                on_error=metrics.slack_error)
     database = open_database(settings.db_path, url=settings.database_url, password=settings.database_password)
     cluster = ClusterAccess(settings)
-    diagnostician = Diagnostician(cluster, checks, runner=runner)
+    diagnostician = Diagnostician(cluster, checks, runner=runner, max_running=settings.max_diagnoses)
     clock = clock or cluster.incident_clock()
     timeline = TimelineReader(settings, cluster, clock, captures=timeline_captures)
     workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="work")
@@ -122,7 +122,10 @@ def build(settings: Settings, *, runner: Runner | None = None,
                                  inspector=MeshInspector(diagnose=diagnostician.run,
                                                          endpoints=endpoints or cluster.endpoints,
                                                          source=cluster.source,
-                                                         istio_namespace=settings.istio_namespace, clock=clock))
+                                                         istio_namespace=settings.istio_namespace, clock=clock,
+                                                         # the check right before a write reads nothing reused
+                                                         diagnose_fresh=uncached_diagnosis(cluster, checks),
+                                                         prometheus=lambda: prometheus_from(settings)))
     flow = IncidentFlow(database=database, incidents=incidents, outbox=outbox, playbooks=playbooks,
                         diagnostician=diagnostician, workers=workers, channel=settings.channel, metrics=metrics,
                         render_suggestions=_suggestion_buttons if approvals else _suggestion_text, clock=clock,

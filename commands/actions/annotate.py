@@ -11,7 +11,7 @@ from typing import Any
 
 from commands.actions.dependencies import Precondition, effect_of_target, rollback_needs
 from commands.actions.plan import Plan
-from commands.actions.review import UNDO, Review, review
+from commands.actions.review import UNDO, CallerReader, Review, review
 from commands.actions.targets import ActionTarget, ActionUsageError, Scope, parse_action
 from commands.clients.kube import KubeClient
 from commands.errors import MeshbotError
@@ -32,11 +32,13 @@ def _deployment_name(plan: Plan) -> str | None:
 
 
 def annotate_plan(plan: Plan, target: ActionTarget, client: KubeClient, checked: Sequence[Precondition],
-                  findings: Sequence[Finding]) -> Plan:
+                  findings: Sequence[Finding], callers: CallerReader | None = None) -> Plan:
+    """``callers``: who calls the acted-on workloads, for the blast radius (None: the card says they are not
+    known without Prometheus)."""
     needs, scope = needs_and_scope(target)
     name = target.name or (_deployment_name(plan) if target.scope == Scope.ISTIOD else None)
     try:
-        card = review(client, target, name, findings)
+        card = review(client, target, name, findings, callers)
     except MeshbotError as exc:  # the card says what it could not read; the plan itself stands
         card = Review(blast_radius=(f"not known: {exc}",))
     extra: dict[str, Any] = {**plan.extra, "effect": str(effect_of_target(target)), "scope": scope,

@@ -6,9 +6,12 @@ share fell.  (a) comes from istiod's ``/debug/syncz``: each push to a proxy carr
 acknowledges it by echoing the nonce once it has applied the config (xDS protocol, "ACK/NACK and versioning",
 https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#ack-and-nack-semantics; istiod records
 ``sent``/``acked`` per type in pilot/pkg/xds/debug.go SyncStatus).  A proxy whose acked nonce moved since the
-baseline and equals the sent one has the new config.  (b) comes from Envoy's counters (``upstream_rq_total``,
-``upstream_rq_5xx``/``503``, https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/
-cluster_stats): the share before is the cumulative one at the baseline, the share after is the delta since.
+baseline and equals the sent one has the new config.  (b) comes from Prometheus when one is configured: Istio's
+``istio_requests_total`` per workload edge, the share in the 5 minutes before the write against the share of the
+requests made since (``commands.telemetry.recovery``).  Without a Prometheus, or when it fails, from Envoy's
+counters (``upstream_rq_total``, ``upstream_rq_5xx``/``503``, https://www.envoyproxy.io/docs/envoy/latest/
+configuration/upstream/cluster_manager/cluster_stats): the share before is the cumulative one at the baseline,
+the share after is the delta since.  The report says which source it used.
 
 ``observe`` reads (I/O through the endpoint resolver); ``judge`` is pure: two observations and the action's
 effect in, an outcome and sentences for the thread out.
@@ -28,13 +31,14 @@ from commands.cluster.endpoints import EndpointResolver
 from commands.cluster.snapshot import Snapshot
 from commands.errors import MeshbotError
 from commands.preconditions import Effect
+from commands.telemetry.recovery import BEFORE
 from commands.times import human_duration, parse_rfc3339, rfc3339
 
 RECOVERED_SHARE = 0.05
 """An edge at or under 5 % errors counts as recovered: Istio's Mesh Dashboard colours a success rate under 95 %
 as failing (manifests/addons/dashboards/istio-mesh-dashboard, the success-rate thresholds)."""
 FELL_BY = 0.5
-"""Or at least halved: a partial recovery is shown as such, never as "verified"."""
+"""At least halved but still over 5 %: a partial recovery, shown as such ("partly seen"), never as "verified"."""
 FOLLOW_UP = timedelta(minutes=3)
 """The second look: a push reaches every proxy within seconds when istiod is healthy (pilot's debounce is
 100 ms to 10 s, PILOT_DEBOUNCE_AFTER/MAX in pilot/pkg/features), and traffic needs a few minutes of requests."""
@@ -66,21 +70,34 @@ class Observation:
     """``pod.namespace`` -> xDS type -> (sent nonce, acked nonce); None when no istiod answered."""
     istiod_error: str | None = None
     edges: Mapping[str, Edge] = field(default_factory=dict)
-    """``namespace/pod -> service:port`` -> counters."""
+    """Envoy's counters: ``namespace/pod -> service:port`` -> cumulative counts."""
+    windowed: Mapping[str, Edge] | None = None
+    """Prometheus: ``ns/source -> ns/destination`` workload edge -> requests and failures in the window ending at
+    ``at`` (before the write: ``BEFORE``; after it: since the baseline); None when Prometheus was not asked or
+    failed."""
+    prometheus: str | None = None
+    """The Prometheus asked (its URL); None when none is configured."""
+    prometheus_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"at": rfc3339(self.at), "istiod_error": self.istiod_error,
                 "proxies": None if self.proxies is None else {p: {t: list(v) for t, v in types.items()}
                                                               for p, types in self.proxies.items()},
-                "edges": {k: [e.requests, e.errors] for k, e in self.edges.items()}}
+                "edges": {k: [e.requests, e.errors] for k, e in self.edges.items()},
+                "windowed": None if self.windowed is None else {k: [e.requests, e.errors]
+                                                                for k, e in self.windowed.items()},
+                "prometheus": self.prometheus, "prometheus_error": self.prometheus_error}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Observation:
         proxies = data.get("proxies")
+        windowed = data.get("windowed")
         return cls(at=parse_rfc3339(data["at"]), istiod_error=data.get("istiod_error"),
                    proxies=None if proxies is None else {p: {t: (v[0], v[1]) for t, v in types.items()}
                                                          for p, types in proxies.items()},
-                   edges={k: Edge(v[0], v[1]) for k, v in (data.get("edges") or {}).items()})
+                   edges={k: Edge(v[0], v[1]) for k, v in (data.get("edges") or {}).items()},
+                   windowed=None if windowed is None else {k: Edge(v[0], v[1]) for k, v in windowed.items()},
+                   prometheus=data.get("prometheus"), prometheus_error=data.get("prometheus_error"))
 
 
 @dataclass(frozen=True)
@@ -175,10 +192,57 @@ def _config_lines(before: Observation, after: Observation) -> tuple[float | None
                    + ", ".join(missing[:5]) + (" \u2026" if len(missing) > 5 else "")]
 
 
-def _traffic_lines(before: Observation, after: Observation) -> tuple[list[bool], list[str]]:
-    """Per failing edge at the baseline: whether its error share fell, and the sentence."""
+def _recovery(was: float, now: float) -> float:
+    """How much of a recovery an edge shows: 1 recovered (at most 5 %), 0.5 at least halved, 0 did not fall."""
+    if now <= RECOVERED_SHARE:
+        return 1.0
+    return 0.5 if now <= was * FELL_BY else 0.0
+
+
+def _verb(recovered: float) -> str:
+    return {1.0: "", 0.5: " \u2014 fell, but not under 5%"}.get(recovered, " \u2014 did not fall")
+
+
+def _traffic_lines(before: Observation, after: Observation) -> tuple[list[float], list[str]]:
+    """Per failing edge at the baseline: how much its error share fell, and the sentences, the last one saying
+    which source measured the traffic."""
+    if before.windowed is not None and after.windowed is not None:
+        results, lines = _prometheus_lines(before, after)
+        source = (f"traffic measured by Prometheus {after.prometheus} (istio_requests_total, the "
+                  f"{human_duration(BEFORE)} before the change against the requests since)")
+    else:
+        results, lines = _counter_lines(before, after)
+        error = after.prometheus_error or before.prometheus_error
+        if after.prometheus is None:
+            source = "traffic measured by Envoy's counters (no Prometheus is configured: MESHBOT_PROMETHEUS_URL)"
+        else:
+            source = f"traffic measured by Envoy's counters: Prometheus {after.prometheus} failed ({error})"
+    if lines or after.prometheus_error:
+        lines.append(source)
+    return results, lines
+
+
+def _prometheus_lines(before: Observation, after: Observation) -> tuple[list[float], list[str]]:
     took = human_duration(after.at - before.at)
-    results: list[bool] = []
+    results: list[float] = []
+    lines: list[str] = []
+    for key, was in sorted((before.windowed or {}).items()):
+        if not was.errors or was.share is None:
+            continue
+        now = (after.windowed or {}).get(key)
+        if now is None or now.share is None:
+            lines.append(f"{key}: no requests since the change, so recovery is not measured yet "
+                         f"(error share was {_percent(was.share)})")
+            continue
+        results.append(_recovery(was.share, now.share))
+        lines.append(f"{key}: error share {_percent(was.share)} \u2192 {_percent(now.share)} in {took}"
+                     f"{_verb(results[-1])}")
+    return results, lines
+
+
+def _counter_lines(before: Observation, after: Observation) -> tuple[list[float], list[str]]:
+    took = human_duration(after.at - before.at)
+    results: list[float] = []
     lines: list[str] = []
     for key, was in sorted(before.edges.items()):
         if not was.errors or was.share is None:
@@ -194,10 +258,9 @@ def _traffic_lines(before: Observation, after: Observation) -> tuple[list[bool],
             lines.append(f"{key}: no requests since the change, so recovery is not measured yet "
                          f"(error share was {_percent(was.share)})")
             continue
-        fell = delta.share <= RECOVERED_SHARE or delta.share <= was.share * FELL_BY
-        results.append(fell)
-        verb = "" if fell else " \u2014 did not fall"
-        lines.append(f"{key}: 5xx share {_percent(was.share)} \u2192 {_percent(delta.share)} in {took}{verb}")
+        results.append(_recovery(was.share, delta.share))
+        lines.append(f"{key}: 5xx share {_percent(was.share)} \u2192 {_percent(delta.share)} in {took}"
+                     f"{_verb(results[-1])}")
     return results, lines
 
 
@@ -226,10 +289,10 @@ def judge(effect: Effect, before: Observation, after: Observation) -> EffectRepo
     if effect == Effect.CONTROL_PLANE:
         # istiod serving again is the whole effect of an istiod fix; traffic that still fails has another cause
         # (an expired root, a policy) whose own remedy is next, so it is shown but does not judge this one.
-        lines += [f"{line} (another cause remains)" if line.endswith("did not fall") else line
+        lines += [f"{line} (another cause remains)" if line.endswith(("did not fall", "not under 5%")) else line
                   for line in traffic_lines]
     else:
-        signals += [1.0 if fell else 0.0 for fell in traffic]
+        signals += traffic
         lines += traffic_lines
     if not signals:
         return EffectReport(Outcome.UNMEASURED, tuple(lines or ["no proxy or traffic in scope could be read"]))

@@ -3,7 +3,7 @@ alone helps, and the undo with its risk.  Read from the cluster and a fresh diag
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,11 +12,19 @@ from commands.authz.evaluate import Workload, selecting_policies
 from commands.authz.policy import parse_policy
 from commands.clients.kube import KubeClient
 from commands.cluster.snapshot import Resource
+from commands.errors import MeshbotError
 from commands.findings import Finding
+from commands.telemetry.callers import WINDOW, Caller
+from commands.times import human_duration
 
 OOM_KILLED = "MB1002"
 CRASH_LOOP = "MB1003"
 MAX_NAMES = 6
+NO_PROMETHEUS = "Callers: not known without Prometheus (set MESHBOT_PROMETHEUS_URL to name them from Istio's metrics)"
+
+CallerReader = Callable[[str, str | None], list[Caller] | None]
+"""(namespace, workload or None) -> the busiest source workloads calling it, from Prometheus; None when no
+Prometheus is configured (``MeshInspector.callers``)."""
 
 UNDO: dict[ActionName, tuple[str, str]] = {
     ActionName.PERMISSIVE_MTLS: (
@@ -79,8 +87,9 @@ def _deployments(client: KubeClient, target: ActionTarget, name: str | None) -> 
     return [d for d in found if _name(d) == name] if name else found
 
 
-def blast_radius(client: KubeClient, target: ActionTarget, name: str | None) -> tuple[str, ...]:
-    """The workloads and pods the action touches; callers of a single workload when its policy says who."""
+def blast_radius(client: KubeClient, target: ActionTarget, name: str | None,
+                 callers: CallerReader | None = None) -> tuple[str, ...]:
+    """The workloads and pods the action touches, and who calls them (from Prometheus, when there is one)."""
     deployments = _deployments(client, target, name)
     pods = client.list("Pod", None if target.scope == Scope.MESH else target.namespace)
     if name:
@@ -89,9 +98,29 @@ def blast_radius(client: KubeClient, target: ActionTarget, name: str | None) -> 
     lines = [f"Workloads: {len(deployments)} Deployment(s) in {where}"
              + (f" ({_names([_name(d) for d in deployments])})" if deployments else ""),
              f"Pods: {len(pods)} running now" + (f" ({_names([_name(p) for p in pods])})" if pods else "")]
-    if target.action == ActionName.PERMISSIVE_MTLS:
-        lines.append("Callers: every client of these workloads (meshbot has no traffic graph here to name them)")
-    return tuple(lines)
+    caller_line = callers_line(target, name, callers)
+    return (*lines, caller_line) if caller_line else tuple(lines)
+
+
+def callers_line(target: ActionTarget, name: str | None, callers: CallerReader | None) -> str | None:
+    """Who sends requests to what the action touches: they see its effect (an mTLS mode they must match, pods
+    that go away and come back) without being named in it.  None for istiod, whose clients are every proxy."""
+    if target.scope == Scope.ISTIOD:
+        return None
+    if target.scope == Scope.MESH:
+        return "Callers: every workload in the mesh (a mesh-wide change reaches every edge)"
+    try:
+        found = callers(target.namespace, name) if callers else None
+    except MeshbotError as exc:  # the card says what it could not read; the plan itself stands
+        return f"Callers: not known: Prometheus did not answer ({exc})"
+    if found is None:
+        return NO_PROMETHEUS
+    what = f"{name}.{target.namespace}" if name else f"namespace {target.namespace}"
+    window = human_duration(WINDOW)
+    if not found:
+        return f"Callers: none seen calling {what} in the last {window} (Prometheus, istio_requests_total)"
+    named = ", ".join(f"{c} ({round(c.requests):,} requests)" for c in found)
+    return f"Callers of {what} in the last {window} (Prometheus, busiest first): {named}"
 
 
 def policies_switched_off(client: KubeClient, target: ActionTarget, name: str | None) -> tuple[str, ...]:
@@ -136,10 +165,11 @@ def restart_judgement(target: ActionTarget, name: str, findings: Sequence[Findin
             "kubectl_rollout/kubectl_rollout_restart/).")
 
 
-def review(client: KubeClient, target: ActionTarget, name: str | None, findings: Sequence[Finding]) -> Review:
+def review(client: KubeClient, target: ActionTarget, name: str | None, findings: Sequence[Finding],
+           callers: CallerReader | None = None) -> Review:
     undo, risk = UNDO[target.action]
     return Review(
-        blast_radius=blast_radius(client, target, name),
+        blast_radius=blast_radius(client, target, name, callers),
         policies_off=policies_switched_off(client, target, name) if target.action == ActionName.BYPASS else (),
         restart_judgement=restart_judgement(target, name or "istiod", findings)
         if target.action == ActionName.RESTART else None,
