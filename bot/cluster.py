@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from bot.settings import Settings
+from bot.settings import DEFAULT_CLUSTER_REUSE_SECONDS, Settings
 from commands.clients.http import HttpEndpoint
 from commands.clients.kube import (
     WATCH_SECONDS,
@@ -37,9 +37,8 @@ from commands.thresholds import Thresholds
 
 log = logging.getLogger(__name__)
 
-FRESH_SECONDS = 10.0
-"""How long a namespace's pods (or any read no watch keeps fresh) serve further diagnoses: an alert storm's
-diagnoses arrive within seconds of each other and share one read; a diagnosis a minute later reads again."""
+FRESH_SECONDS = DEFAULT_CLUSTER_REUSE_SECONDS
+"""The reuse window when none is given (MESHBOT_CLUSTER_REUSE_SECONDS; bot/settings.py says why)."""
 
 
 class ClusterView:
@@ -226,7 +225,7 @@ class ClusterAccess:
         client = self.client()
         with self._lock:
             if self._view is None:
-                self._view = ClusterView(client)
+                self._view = ClusterView(client, fresh_seconds=self.settings.cluster_reuse_seconds)
             return self._view
 
     def source(self, namespace: str | None = None) -> SnapshotSource:

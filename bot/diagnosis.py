@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from bot.cluster import ClusterAccess
+from bot.settings import DEFAULT_MAX_DIAGNOSES
 from commands.checks.registry import CheckRegistry
 from commands.errors import MeshbotError
 from commands.findings import Finding
@@ -27,11 +28,8 @@ from commands.resources.references import PodRef
 
 log = logging.getLogger(__name__)
 
-MAX_RUNNING_DIAGNOSES = 4
-"""Diagnoses reading the cluster and running checks at once.  A diagnosis waits on the API server while it lists and
-is CPU-bound once its lists are in (JSON decoding, checks), and the Deployment's CPU limit is one core: a few at once
-overlap the waiting; more only make each slower and hold more snapshots in memory together (docs/deployment.md,
-"Resources")."""
+MAX_RUNNING_DIAGNOSES = DEFAULT_MAX_DIAGNOSES
+"""The cap when none is given (MESHBOT_MAX_DIAGNOSES; bot/settings.py says why four)."""
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,36 @@ def _positive_float(value: str) -> float:
     return number
 
 
+DEFAULT_MAX_DIAGNOSES = 4
+"""Diagnoses reading the cluster and running checks at once.  A diagnosis waits on the API server while it lists and
+is CPU-bound once its lists are in (JSON decoding, checks), and the Deployment's CPU limit is one core: a few at once
+overlap the waiting; more only make each slower and hold more snapshots in memory together (docs/deployment.md,
+"Resources")."""
+MAX_DIAGNOSES = 64
+"""More diagnoses at once than this only share the CPU limit more thinly while each holds its snapshot."""
+DEFAULT_CLUSTER_REUSE_SECONDS = 10.0
+"""How long a namespace's pods (or any read no watch keeps fresh) serve further diagnoses: an alert storm's
+diagnoses arrive within seconds of each other and share one read; a diagnosis a minute later reads again."""
+MAX_REUSE_SECONDS = 300.0
+"""Pods read longer ago than this would hide a recovery or a new crash from the diagnosis that reuses them."""
+
+
+def _max_diagnoses(value: str) -> int:
+    number = _positive_int(value)
+    if number > MAX_DIAGNOSES:
+        raise ValueError(f"must be at most {MAX_DIAGNOSES} (each running diagnosis holds its snapshot in memory)")
+    return number
+
+
+def _reuse_seconds(value: str) -> float:
+    number = _float(value)
+    if number < 0:
+        raise ValueError("must be 0 (share only reads in flight) or more")
+    if number > MAX_REUSE_SECONDS:
+        raise ValueError(f"must be at most {MAX_REUSE_SECONDS:.0f}: older pods would hide a recovery or a new crash")
+    return number
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -308,6 +338,15 @@ class Settings:
                                                           doc="More TLS secrets to watch, `ns/name,ns/name`.")
     workers: int = _setting("MESHBOT_WORKERS", _positive_int, default=16,
                             doc="Background threads running diagnostics and actions.")
+    max_diagnoses: int = _setting(
+        "MESHBOT_MAX_DIAGNOSES", _max_diagnoses, default=DEFAULT_MAX_DIAGNOSES,
+        doc="Diagnoses reading the cluster and running checks at once; the others queue and say so in their "
+            "thread. Each holds its snapshot in memory: raise the memory limit with it (docs/deployment.md, "
+            "Resources).")
+    cluster_reuse_seconds: float = _setting(
+        "MESHBOT_CLUSTER_REUSE_SECONDS", _reuse_seconds, default=DEFAULT_CLUSTER_REUSE_SECONDS,
+        doc="How long a namespace's pods, Events and metrics, once read, serve further diagnoses (an alert "
+            "storm's diagnoses share one read). 0: only reads in flight are shared.")
     execution_lease_seconds: float = _setting(
         "MESHBOT_EXECUTION_LEASE_SECONDS", _positive_float, default=15.0,
         doc="An approved action's executor renews its claim every third of this; a claim not renewed for this long "
