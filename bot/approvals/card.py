@@ -13,6 +13,8 @@ from commands.actions.dependencies import Precondition, fix_first_text, precondi
 from commands.actions.plan import changed_lines
 from commands.actions.review import Review
 
+MAX_EFFECT_LINES = 8
+"""Per look on the card; the thread note has them all."""
 OUTCOME_LINE = {
     "seen": ":white_check_mark: *Effect: verified*",
     "partly seen": ":large_yellow_circle: *Effect: partly seen*",
@@ -111,7 +113,14 @@ def effect_lines(verification: Mapping[str, Any] | None) -> list[str]:
         if not look:
             continue
         lines.append(f"{OUTCOME_LINE.get(look.get('outcome'), '*Effect:*')} ({when})")
-        lines += [f"    {escape(line)}" for line in look.get("lines") or []][:8]
+        lines += [f"    {escape(line)}" for line in shortened_effect_lines(look.get("lines") or [])]
     if verification.get("effect") and not verification.get("follow_up") and verification.get("follow_up_at"):
         lines.append("_A second look follows a few minutes after execution._")
     return lines
+
+
+def shortened_effect_lines(lines: list[str], keep: int = MAX_EFFECT_LINES) -> list[str]:
+    """The first edges and the last line, which says where the traffic was measured (Prometheus or Envoy)."""
+    if len(lines) <= keep:
+        return lines
+    return [*lines[:keep - 2], f"\u2026 and {len(lines) - keep + 1} more", lines[-1]]
