@@ -54,6 +54,8 @@ def failing_edges_before(prometheus: PrometheusApi, namespace: str | None, at: d
     """The edges in scope (either end in ``namespace``; None: the mesh) with failed requests in the ``window``
     ending at ``at``, worst first, with their requests and failures."""
     namespaces = [namespace] if namespace else []
+    # istio_requests_total{response_code=~"5..|0|401|403|429"} per reporter and workload edge
+    # (https://istio.io/latest/docs/reference/config/metrics/#metrics and #labels).
     errors = m.selector(m.REQUESTS, f"{m.RESPONSE_CODE}=~{m.quote(m.ERROR_CODES)}", m.SCOPE)
     query = (f"topk({limit * SERIES_PER_EDGE}, sum {m.by(EDGE_KEY_LABELS)} "
              f"({_union(f'increase({errors}[{_seconds(window)}])', namespaces)}))")
@@ -76,6 +78,7 @@ def edge_counts(prometheus: PrometheusApi, namespace: str | None, keys: Sequence
     only = (f"{m.SOURCE_WORKLOAD}=~{m.quote(m.alternatives(p[1] for p in parts))}",
             f"{m.DESTINATION_WORKLOAD}=~{m.quote(m.alternatives(p[3] for p in parts))}")
     seconds = _seconds(window)
+    # All requests and the failed ones of those edges, per reporter (Istio's standard metrics, as above).
     requests = m.selector(m.REQUESTS, *only, m.SCOPE)
     errors = m.selector(m.REQUESTS, *only, f"{m.RESPONSE_CODE}=~{m.quote(m.ERROR_CODES)}", m.SCOPE)
     totals = prometheus.query(f"sum {m.by(EDGE_KEY_LABELS)} ({_union(f'increase({requests}[{seconds}])', namespaces)})",
