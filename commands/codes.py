@@ -297,6 +297,17 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "Proxies wait in istiod {origin_name}'s push queue {p99} s at p99 since it started, beyond the {ceiling} s "
           "debounce ceiling: config reaches proxies late",
           "pilot_proxy_queue_time p99 above PILOT_DEBOUNCE_MAX (pilot/pkg/xds/monitoring.go)."),
+    # istio.io/latest/docs/ops/diagnostic-tools/proxy-cmd/: a proxy missing from proxy-status is connected to no
+    # istiod; it serves stale config and gets no new certificate (commands/checks/disconnected.py).
+    _code("MB2015", "ProxiesNotConnected", W, "proxy-status",
+          "{count} of {total} running proxies are connected to no istiod ({pods}): they keep their last config "
+          "and stop renewing their certificates",
+          "Running sidecars (past a 2-minute grace) that no istiod's /debug/syncz lists, while others are listed."),
+    _code("MB2016", "IstiodUnreachableFromProxies", E, "proxy-status",
+          "None of the {count} running proxies is connected to istiod ({pods}): istiod answers meshbot but the data "
+          "plane cannot reach it, so no config or certificate reaches any proxy",
+          "Every running sidecar in scope is missing from every istiod's /debug/syncz (port 15012 blocked, a broken "
+          "istiod Service, a revision with no istiod)."),
     _code("MB2010", "IstiodVersionUnknown", I, "proxy-status",
           "Version skew not checked for {count} proxies of istiod {istiod}: {reason}",
           "Neither istiod's /version on :15014 nor its image tag gave a version."),

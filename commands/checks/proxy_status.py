@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from commands import codes
+from commands.checks.disconnected import disconnected_findings
 from commands.checks.istiod_metrics import METRICS_PATH, parse_samples
 from commands.checks.push_health import PUSH_METRICS, push_findings
 from commands.checks.registry import CheckContext, check
@@ -93,6 +94,10 @@ def proxy_status(ctx: CheckContext) -> list[Finding]:
         findings.extend(_version_findings(proxy, served_by, proxy.evidence(served_by)))
     findings.extend(_unknown_versions(in_scope, istiods))
     findings.extend(group_rejections(findings, ctx.snapshot))
+    if len(istiods) == len(targets):  # a proxy missing here may hold its stream on an istiod that did not answer
+        connected = {(p.pod_name, p.namespace or "") for p in proxies}
+        pods = [p for p in ctx.snapshot.of_kind("Pod") if ctx.in_scope(p.namespace)]
+        findings.extend(disconnected_findings(pods, connected, now=ctx.now))
     return findings
 
 
