@@ -224,6 +224,35 @@ def same_failure_seen_by_many_callers(findings: Sequence[Finding]) -> Iterable[L
                        Confidence.HIGH)
 
 
+def destination_rule_contradicts_the_destination(findings: Sequence[Finding]) -> Iterable[Link]:
+    """A DestinationRule sending plaintext to STRICT pods (MB5010) or Istio mTLS to pods without a sidecar (MB5011)
+    explains its callers' failures to that service: Istio's "503 errors after setting destination rule"
+    (https://istio.io/latest/docs/ops/common-problems/network-issues/#503-errors-after-setting-destination-rule)."""
+    for cause in findings:
+        if cause.code not in {"MB5010", "MB5011"}:
+            continue
+        namespace, _, service = str(cause.evidence.get("service", "")).partition("/")
+        for effect in findings:
+            if effect.code in CALLER_SYMPTOMS and upstream_of(effect) == (namespace, service):
+                yield Link(cause, effect, f"the DestinationRule's tls mode for {service} in {namespace} does not "
+                           "match what its pods accept", Confidence.HIGH)
+
+
+def proxies_cannot_reach_istiod(findings: Sequence[Finding]) -> Iterable[Link]:
+    """Proxies connected to no istiod (MB2015, MB2016, commands/checks/disconnected.py) get no certificate renewal:
+    istio-agent asks istiod's CA over the same port 15012 (https://istio.io/latest/docs/ops/deployment/architecture/
+    #istiod), so their ageing workload certificates are that problem, not their own."""
+    for cause in findings:
+        if cause.code not in {"MB2015", "MB2016"}:
+            continue
+        pods = {f"Pod {name}" for name in cause.evidence.get("not_connected") or ()}
+        for effect in findings:
+            if effect.code in WORKLOAD_CERT_TROUBLE and effect.origin in pods:
+                yield Link(cause, effect, "the proxy cannot reach istiod's CA to renew its certificate",
+                           Confidence.HIGH)
+
+
 RULES: tuple[Rule, ...] = (root_trust_is_broken, control_plane_is_down, upstream_workload_is_broken,
                            one_config_is_rejected_everywhere, policy_denies_the_requests,
-                           same_failure_seen_by_many_callers)
+                           same_failure_seen_by_many_callers, destination_rule_contradicts_the_destination,
+                           proxies_cannot_reach_istiod)

@@ -9,12 +9,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from commands import codes
 from commands.catalog import default_checks
 from commands.checks.disconnected import CONNECT_GRACE, disconnected_findings
 from commands.checks.registry import CheckContext
 from commands.clients.http import http_endpoint
 from commands.cluster.endpoints import EndpointResolver
 from commands.cluster.snapshot import Resource
+from commands.triage import triage
 from tests.support.analysis import snapshot_from_yaml
 from tests.support.http_server import start_server
 from tests.support.injected import injected_pod
@@ -116,3 +118,13 @@ def test_pods_without_a_sidecar_and_terminating_pods_are_not_proxies():
     leaving["metadata"]["deletionTimestamp"] = "2026-12-07T11:59:00Z"
     pods = [plain, Resource.from_object(leaving)]
     assert list(disconnected_findings(pods, set(), now=NOW)) == []
+
+
+def test_a_disconnected_proxys_ageing_certificate_is_explained_by_the_lost_connection_not_a_restart():
+    [disconnected] = disconnected_findings([Resource.from_object(json.loads(sidecar_pod("payment-1")))], set(), now=NOW)
+    ageing = codes.finding("MB3006", origin="Pod prod/payment-1", what="Workload certificate of prod/payment-1",
+                           percent=80, lifetime="24h", left="4h 48m")
+
+    cause = triage([disconnected, ageing]).cause_of(ageing)
+    assert cause is not None and cause.finding is disconnected
+    assert "restart" not in (cause.first_step.summary if cause.first_step else "").lower()

@@ -16,9 +16,13 @@ from pathlib import Path
 from commands.catalog import default_checks
 from commands.checks.registry import CheckContext
 from commands.checks.traffic import traffic_policy
+from commands.clients.http import http_endpoint
+from commands.cluster.endpoints import EndpointResolver
 from commands.cluster.snapshot import Snapshot
 from commands.cluster.sources.files import FileSource
 from commands.findings import Finding, Level
+from commands.resources.references import PodRef
+from commands.triage import triage
 from tests.support.analysis import snapshot_from_yaml
 from tests.support.injected import injected_pod
 
@@ -307,3 +311,56 @@ def test_a_diagnosis_of_files_finds_the_conflict_and_exits_79(tmp_path: Path):
     assert result.returncode == 79, result.stderr
     assert "Error [MB5010]" in result.stdout and "Error [MB5001]" in result.stdout
     assert "No problems found" not in result.stdout
+
+
+# -- triage: the DestinationRule is the cause of what the caller's real Envoy shows ---------------------------
+
+PAYMENT = """
+apiVersion: v1
+kind: Service
+metadata: {name: payment, namespace: prod}
+spec:
+  selector: {app: payment}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: payment-7d9f8c6b5-m5p7r, namespace: prod, labels: {app: payment}}
+spec:
+  containers: [{name: payment, image: "payment:1", ports: [{containerPort: 8080}]}]
+status: {phase: Running}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: payment, namespace: prod}
+spec:
+  host: payment.prod.svc.cluster.local
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+"""
+CALLER = PodRef("prod", "checkout-6b7c9d8f5-k2m4p")
+
+
+def test_istio_mutual_to_a_sidecarless_service_explains_the_callers_captured_tls_failures(tmp_path: Path):
+    # The caller's side is the real Envoy 1.40 capture of a sidecar whose mTLS peer speaks no TLS
+    # (tests/data/envoy-tls-plaintext-peer, MB4015 plaintext-peer); the cause is only in the objects.
+    (tmp_path / "mesh.yaml").write_text(PAYMENT)
+    endpoints = EndpointResolver(http=http_endpoint,
+                                 envoy_admin_urls={CALLER: str(ROOT / "tests/data/envoy-tls-plaintext-peer")})
+    findings = default_checks().diagnose(["envoy", "traffic-policy"], FileSource([tmp_path]), endpoints=endpoints)
+
+    top = triage(findings).top
+    assert top is not None and top.finding.code == "MB5011"
+    assert {"MB4015", "MB4002"} <= {f.code for f in top.explains}
+
+
+def test_plaintext_to_strict_explains_the_callers_failures_to_that_service_only():
+    snapshot = snapshot_from_yaml(docs(SERVICE, httpbin_pod(), STRICT_NAMESPACE, PLAINTEXT_RULE))
+    [conflict] = run(snapshot)
+    caller = Finding(check="envoy", code="MB4018", level=Level.ERROR, message="reset", origin="Pod bar/sleep-1",
+                     evidence={"cluster": "outbound|8000||httpbin.foo.svc.cluster.local"})
+    elsewhere = Finding(check="envoy", code="MB4018", level=Level.ERROR, message="reset", origin="Pod bar/sleep-1",
+                        evidence={"cluster": "outbound|9080||reviews.foo.svc.cluster.local"})
+
+    cause = triage([conflict, caller, elsewhere]).cause_of(caller)
+    assert cause is not None and cause.finding is conflict
+    assert triage([conflict, caller, elsewhere]).cause_of(elsewhere).finding is not conflict
