@@ -23,7 +23,10 @@ from commands.cluster.sources.files import FileSource
 from commands.findings import Finding, Level
 from commands.resources.references import PodRef
 from commands.triage import triage
+from tests.support import sidecar
 from tests.support.analysis import snapshot_from_yaml
+from tests.support.envoy import RunningEnvoy
+from tests.support.envoy_cases import Lab, send
 from tests.support.injected import injected_pod
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,3 +367,46 @@ def test_plaintext_to_strict_explains_the_callers_failures_to_that_service_only(
     cause = triage([conflict, caller, elsewhere]).cause_of(caller)
     assert cause is not None and cause.finding is conflict
     assert triage([conflict, caller, elsewhere]).cause_of(elsewhere).finding is not conflict
+
+
+# -- the same outage in the real Envoy: the sidecar answers itself, so only the objects name it ----------------
+
+_FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+
+
+def faulted_sidecar(lab: Lab, share_per_million: int) -> RunningEnvoy:
+    """An outbound listener as istiod builds it with a VirtualService fault: the fault filter before the router in
+    the connection manager (pilot/pkg/networking/core/listener_builder.go, xdsfilters.Fault) and the route's own
+    HTTPFault from TranslateFault (route.go): abort 503 with percentage.value as a per-million fraction."""
+    listener = sidecar.outbound_listener([sidecar.service_vhost(dict(sidecar.route(), typed_per_filter_config={
+        "envoy.filters.http.fault": {"@type": _FAULT, "abort": {"http_status": 503, "percentage": {
+            "numerator": share_per_million, "denominator": "MILLION"}}}}))])
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["http_filters"] = [{"name": "envoy.filters.http.fault", "typed_config": {"@type": _FAULT}},
+                               *manager["http_filters"]]
+    return lab.start([listener], [sidecar.outbound_cluster(lab.upstream())])
+
+
+def test_a_real_sidecar_aborting_every_request_shows_no_failure_to_the_envoy_check(envoy_binary: str, tmp_path: Path):
+    lab = Lab(binary=envoy_binary, workdir=tmp_path, istio_defaults_only=True)
+    try:
+        proxy = faulted_sidecar(lab, 1_000_000)
+        assert set(send(proxy, 10)) == {503}, "the fault filter answers every request itself"
+        resolver = EndpointResolver(http=http_endpoint, envoy_admin_urls={CALLER: proxy.admin_url})
+        seen = default_checks().run("envoy", CheckContext(snapshot=Snapshot(), endpoints=resolver))
+    finally:
+        lab.close()
+    # No request reached the upstream and Istio's default stats matcher hides the listener's counters: the envoy
+    # check can only say it saw no traffic (MB4026), never an error.
+    assert "MB4026" in codes_of(seen) and all(f.level is not Level.ERROR for f in seen)
+    # The VirtualService that produced the route is the evidence, and it is an Error.
+    assert codes_of(run(snapshot_from_yaml(ABORT_FOR_EVERYONE))) == ["MB5001"]
+
+
+def test_a_real_sidecar_with_a_zero_percent_fault_serves_every_request(envoy_binary: str, tmp_path: Path):
+    lab = Lab(binary=envoy_binary, workdir=tmp_path, istio_defaults_only=True)
+    try:
+        assert set(send(faulted_sidecar(lab, 0), 10)) == {200}
+    finally:
+        lab.close()
+    assert run(snapshot_from_yaml(ABORT_FOR_EVERYONE.replace("{value: 100}", "{value: 0}"))) == []
