@@ -109,9 +109,10 @@ def test_built_bot_needs_request_for_actions_and_resolve_only_for_resolving_an_i
 def test_built_bot_runs_cluster_work_on_the_worker_pool_and_answers_from_the_messenger_pool(tmp_path):
     with built_bot(tmp_path) as meshbot:
         background = {spec.name: spec.background for spec in meshbot.services.slash if spec.handle}
-    assert background["restart"] and background["reminders"]
-    # diagnoses post "Running…" from the messenger pool and hand the checks to the workers themselves
-    assert not background["diagnose"] and not background["incident"]
+    assert background["reminders"]
+    # diagnoses post "Running…" from the messenger pool and hand the checks to the workers themselves; action
+    # requests hand their planning to the approvals' own pool (tests/test_approval_executor.py)
+    assert not background["diagnose"] and not background["incident"] and not background["restart"]
 
 
 def test_every_check_shares_one_row_of_the_docs_table_so_adding_a_check_leaves_it_unchanged():

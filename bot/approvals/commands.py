@@ -1,7 +1,8 @@
 """Slack's side of approvals: ``/mesh permissive-mtls|bypass|restart|memory`` and the buttons.
 
-Planning talks to the cluster, so it runs on the worker pool; clicks only touch
-SQLite (and Slack for approver groups) and run where they arrive.  Every answer
+Planning (a precondition diagnosis, the plan, the server-side dry run) talks to the cluster, so the messenger
+pool hands it at once to the approvals' own pool (``ApprovalDesk.workers``), never the worker pool that a storm
+of incident diagnoses can fill; clicks only touch SQLite (and Slack for approver groups) and run where they arrive.  Every answer
 to the person who clicked is ephemeral; the thread shows the request's state.
 """
 
@@ -15,7 +16,7 @@ from bot.approvals.desk import ApprovalDesk, request_number
 from bot.approvals.rule import Vote
 from bot.incidents.commands import incident_number
 from bot.incidents.conversation import Conversation
-from bot.slack.app import Buttons, Invocation
+from bot.slack.app import Buttons, Handler, Invocation, run_in_background
 from bot.slack.errors import explaining
 from bot.slack.roles import Permission
 from bot.slack.slash import Parser, SlashCommands, UsageError
@@ -95,8 +96,8 @@ def request_verb_parser(verb: str) -> Parser:
 
 @dataclass(frozen=True)
 class ApprovalCommands:
-    """Asking plans against the cluster, so ``ask``, ``roll_back`` and ``take_suggestion`` are registered to run
-    on the worker pool; votes only touch the database and run on the messenger pool."""
+    """Asking plans against the cluster, so ``ask``, ``roll_back`` and ``take_suggestion`` run on the approvals'
+    pool (``on_approvals_pool``); votes only touch the database and run on the messenger pool."""
 
     desk: ApprovalDesk
     istio_namespace: str
@@ -177,6 +178,14 @@ def refuse_without_cluster(who: Invocation, request: object) -> None:
     who.tell(NO_LIVE_CLUSTER)
 
 
+def on_approvals_pool(desk: ApprovalDesk, handle: Handler) -> Handler:
+    """``handle`` handed from the messenger pool to the approvals' own pool: during a storm of 40 incidents an
+    ask waited behind their diagnoses on the shared worker pool (issue 23)."""
+    def hand_over(who: Invocation, request: object) -> None:
+        desk.workers.submit(run_in_background, handle, who, request)
+    return hand_over
+
+
 def register(commands: SlashCommands, buttons: Buttons, desk: ApprovalDesk | None, *, istio_namespace: str,
              conversation: Callable[[str, str | None], Conversation | None] | None = None) -> None:
     """The action sub-commands and buttons; without a desk (a captured scenario) they explain why not.
@@ -185,10 +194,14 @@ def register(commands: SlashCommands, buttons: Buttons, desk: ApprovalDesk | Non
     by the two-person rule itself (``bot.approvals.rule``), so those buttons and the commands typed for them
     declare no permission of their own."""
     approvals = ApprovalCommands(desk, istio_namespace, conversation) if desk is not None else None
+    ask: Handler = refuse_without_cluster
+    roll_back_typed = roll_back = take_suggestion = ask
+    if desk is not None and approvals is not None:  # what plans against the cluster: on the approvals' pool
+        ask, roll_back_typed, roll_back, take_suggestion = (on_approvals_pool(desk, handle) for handle in (
+            approvals.ask, approvals.roll_back_typed, approvals.roll_back, approvals.take_suggestion))
     for name in ActionName:
         commands.add(name.value, usage=f"{USAGE[name]} {ACTION_OPTIONS}", summary=SUMMARIES[name],
-                     parse=action_parser(name.value), handle=approvals.ask if approvals else refuse_without_cluster,
-                     permission=Permission.REQUEST, background=True)
+                     parse=action_parser(name.value), handle=ask, permission=Permission.REQUEST)
     # Everything a button does can be typed, under the same rule and audit (the click path itself).
     commands.add("approve", usage="approve N", summary="approve request N, as its Approve button does",
                  parse=request_verb_parser("approve"),
@@ -198,16 +211,13 @@ def register(commands: SlashCommands, buttons: Buttons, desk: ApprovalDesk | Non
                  handle=approvals.reject_typed if approvals else refuse_without_cluster)
     commands.add("rollback", usage="rollback N", summary="ask to roll back request N (needs approvals like any "
                  "action)", parse=request_verb_parser("rollback"),
-                 handle=approvals.roll_back_typed if approvals else refuse_without_cluster,
-                 permission=Permission.REQUEST, background=True)
+                 handle=roll_back_typed, permission=Permission.REQUEST)
     buttons.add(approval_blocks.APPROVE, approvals.approve if approvals else refuse_without_cluster)
     buttons.add(approval_blocks.REJECT, approvals.reject if approvals else refuse_without_cluster)
-    buttons.add(approval_blocks.ROLLBACK, approvals.roll_back if approvals else refuse_without_cluster,
-                permission=Permission.REQUEST, background=True)
+    buttons.add(approval_blocks.ROLLBACK, roll_back, permission=Permission.REQUEST)
     # Leaving a rollback for later changes nothing in the cluster, but it is a decision about one: REQUEST.
     buttons.add(approval_blocks.ROLL_BACK_LATER, approvals.roll_back_later if approvals else refuse_without_cluster,
                 permission=Permission.REQUEST)
-    buttons.add(approval_blocks.SUGGESTED, approvals.take_suggestion if approvals else refuse_without_cluster,
-                permission=Permission.REQUEST, background=True)
+    buttons.add(approval_blocks.SUGGESTED, take_suggestion, permission=Permission.REQUEST)
     if desk is not None:
         buttons.audit_refused_clicks(desk.record_refused_click)

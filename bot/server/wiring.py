@@ -69,8 +69,11 @@ from commands.cluster.endpoints import EndpointResolver
 log = logging.getLogger(__name__)
 
 MESSENGER_THREADS = 4
-APPROVAL_THREADS = 2
-"""Approved actions executing at once per replica (each a few Kubernetes writes and a verification)."""
+APPROVAL_THREADS = 4
+"""The approvals' own pool per replica: asks (a precondition diagnosis, the plan, a dry run) and executions (a few
+Kubernetes writes and a verification), never queued behind incident diagnoses on ``workers``."""
+APPROVAL_DIAGNOSES = 2
+"""Precondition diagnoses running at once for asks and executions, on a queue of their own beside the incidents'."""
 
 
 def build(settings: Settings, *, runner: Runner | None = None,
@@ -112,14 +115,16 @@ def build(settings: Settings, *, runner: Runner | None = None,
     groups = GroupDirectory(slack.usergroup_members)
     approvals: ApprovalDesk | None = None  # a captured scenario has no cluster to act on
     if not settings.scenario:
+        # Precondition diagnoses take turns apart from the incidents' (the same runner), so a storm cannot hold them.
+        preconditions = Diagnostician(cluster, checks, runner=runner, max_running=APPROVAL_DIAGNOSES)
         approvals = ApprovalDesk(database=database, incidents=incidents, outbox=outbox, slack=slack, groups=groups,
                                  policy=approval_policy(settings), kube=cluster.client,
-                                 # Executions on threads of their own: a diagnosis storm on ``workers`` once held an
-                                 # approved action for 104 s after its quorum.
+                                 # Asks and executions on threads of their own: a diagnosis storm on ``workers`` once
+                                 # held an approved action for 104 s after its quorum, and asks behind it.
                                  workers=ThreadPoolExecutor(max_workers=APPROVAL_THREADS,
                                                             thread_name_prefix="approval"),
                                  execution_lease=timedelta(seconds=settings.execution_lease_seconds),
-                                 inspector=MeshInspector(diagnose=diagnostician.run,
+                                 inspector=MeshInspector(diagnose=preconditions.run,
                                                          endpoints=endpoints or cluster.endpoints,
                                                          source=cluster.source,
                                                          istio_namespace=settings.istio_namespace, clock=clock,
