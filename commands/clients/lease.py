@@ -2,7 +2,14 @@
 
 Each replica calls ``tick()`` every few seconds: the holder renews, the others
 wait, and when the holder has not renewed for ``duration`` someone takes over
-(``leaseTransitions`` + 1).  Writes carry the Lease's ``resourceVersion``, so
+(``leaseTransitions`` + 1).  "Has not renewed" is judged as client-go's
+``tryAcquireOrRenew`` judges it: by how long *this* replica has observed the
+record unchanged on its own monotonic clock (``observedTime`` in
+k8s.io/client-go/tools/leaderelection/leaderelection.go), never by comparing its
+wall clock with the holder's ``renewTime`` — with one replica 5 minutes ahead,
+that comparison let it take a live Lease, and kept a dead holder's Lease for 5
+minutes.  A newcomer therefore waits one ``duration`` after first seeing a held
+Lease; a released one (no holder) is taken at once.  Writes carry the Lease's ``resourceVersion``, so
 the API server lets only one of two racing replicas win; a replica that was
 the leader but fails to renew steps down at once.  ``release()`` on shutdown
 hands over without waiting for the lease to run out.
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -46,8 +54,10 @@ class LeaseView:
                    transitions=int(spec.get("leaseTransitions") or 0),
                    resource_version=(lease.get("metadata") or {}).get("resourceVersion"))
 
-    def expired(self, now: datetime) -> bool:
-        return self.holder is None or self.renewed is None or self.renewed + self.duration < now
+    @property
+    def record(self) -> tuple[str | None, datetime | None, int]:
+        """What a holder's renewal changes: any change proves it alive (client-go compares the whole record)."""
+        return self.holder, self.renewed, self.transitions
 
 
 @dataclass
@@ -58,6 +68,9 @@ class LeaderElector:
     name: str = DEFAULT_LEASE
     duration: timedelta = timedelta(seconds=15)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    """The wall clock: what ``acquireTime``/``renewTime`` say, for people and tools; it decides nothing here."""
+    elapsed: Callable[[], float] = time.monotonic
+    """This replica's own monotonic seconds: how long it has seen the record unchanged decides expiry."""
     is_leader: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _annotations: dict[str, str] = field(default_factory=dict, repr=False)
@@ -65,6 +78,9 @@ class LeaderElector:
     last_error: str | None = None
     """Why the latest tick could not reach the Lease (403, timeout…); None when it could."""
     last_tick: datetime | None = None
+    _observed: tuple[str | None, datetime | None, int] | None = field(default=None, repr=False)
+    """The Lease record as this replica last saw it, and (``_observed_at``) when it first saw it so."""
+    _observed_at: float = field(default=0.0, repr=False)
 
     def tick(self) -> bool:
         """Acquire, renew or wait; True while this replica is the leader.  API errors mean 'not leader'.
@@ -102,11 +118,20 @@ class LeaderElector:
         view = LeaseView.of(lease)
         if view.holder == self.identity:
             return self._write(view, {"renewTime": rfc3339_micro(now)})
-        if not view.expired(now):
+        if view.holder is not None and not self._unchanged_for(view.duration or self.duration):
             return False
         return self._write(view, {"holderIdentity": self.identity, "acquireTime": rfc3339_micro(now),
                                   "renewTime": rfc3339_micro(now), "leaseDurationSeconds": self._seconds,
                                   "leaseTransitions": view.transitions + 1})
+
+    def _observe(self, view: LeaseView) -> None:
+        if view.record != self._observed:
+            self._observed, self._observed_at = view.record, self.elapsed()
+
+    def _unchanged_for(self, duration: timedelta) -> bool:
+        """Whether this replica has seen the same record for ``duration`` by its own clock (the holder's is not
+        trusted: client-go's ``observedTime.Add(LeaseDuration).After(now)``)."""
+        return self.elapsed() - self._observed_at >= duration.total_seconds()
 
     @property
     def _seconds(self) -> int:
@@ -127,6 +152,7 @@ class LeaderElector:
     def _read(self) -> dict[str, Any]:
         lease = self.client.get("Lease", self.namespace, self.name)
         self._annotations = dict((lease.get("metadata") or {}).get("annotations") or {})
+        self._observe(LeaseView.of(lease))  # every read counts as seeing the record, whoever asked for it
         return lease
 
     def _write(self, view: LeaseView, spec: dict[str, Any]) -> bool:
