@@ -67,6 +67,19 @@ def replies(fake_slack: FakeSlack, top: dict) -> list[dict]:
     return [m for m in thread(fake_slack, top) if not m["text"].startswith("Audit log head")]
 
 
+def as_shown(fake_slack: FakeSlack, messages: list[dict]) -> list[dict]:
+    """``messages`` as Slack shows them now: each with its latest chat.update applied (a note that was edited)."""
+    latest = {c.args["ts"]: c.args for c in fake_slack.of("chat.update") if c.args.get("_ok")}
+    return [{**m, **latest.get(m["_ts"], {})} for m in messages]
+
+
+def joined_note(fake_slack: FakeSlack, top: dict) -> dict:
+    """The note in ``top``'s thread saying another alert group joined it (a waiting note, edited)."""
+    return fake_slack.wait_for(lambda: [m for m in as_shown(fake_slack, replies(fake_slack, top))
+                                        if "joined this incident" in m["text"]],
+                               timeout=20, what="the joined note in the first thread")[0]
+
+
 def last_update(fake_slack: FakeSlack, top: dict, contains: str = "") -> dict:
     """The latest chat.update of ``top`` (waiting for one whose text contains ``contains``)."""
     def updates():
@@ -491,21 +504,38 @@ def test_findings_outside_the_alerts_scope_are_summarised_not_listed(incident_bo
     assert fake_slack.wait_for(lambda: fake_slack.of("files.completeUploadExternal"), what="the full report")
 
 
-def test_a_second_group_whose_triage_names_the_same_cause_joins_the_open_incident(incident_bot, fake_slack):
+def test_a_group_firing_during_a_diagnosed_outage_with_its_cause_joins_its_thread_with_no_post_of_its_own(
+        incident_bot, fake_slack):
     send(incident_bot, istiod_down())
     [first] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the first incident")
     wait_for_diagnostics(fake_slack, first)
     send(incident_bot, high_error_rate())
-    second = fake_slack.wait_for(lambda: top_levels(fake_slack)[1:], what="the second group's message")[0]
-    pointer = last_update(fake_slack, second, contains="Same probable cause")
-    assert "Same probable cause as <https://slack.com/archives/CINCIDENT/p" in pointer["blocks"][0]["text"]["text"]
-    assert "|incident #1>" in pointer["blocks"][0]["text"]["text"]
-    joined = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, first) if "joined this incident" in m["text"]],
-                                 what="the short post in the first thread")[0]
+    waiting = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, first) if "fired too" in m["text"]],
+                                  what="the second group's waiting note in the first thread")[0]
+    assert "diagnosing whether it is part of this outage" in waiting["text"]
+    joined = joined_note(fake_slack, first)
+    assert joined["_ts"] == waiting["_ts"], "the waiting note becomes the join note: one reply, not two"
     assert "ServiceMeshHighErrorRate" in joined["text"] and "Mesh root CA" in joined["text"]
+    counted = last_update(fake_slack, first, contains="1 more alert group joined (#2)")
+    assert "incident #1" in counted["blocks"][0]["text"]["text"]
     quiesce(incident_bot)
+    assert len(top_levels(fake_slack)) == 1, "one top-level post per outage"
+    assert not [m for m in fake_slack.messages() if m["text"].startswith("Triage \u00b7 incident #2")], \
+        "no second full diagnosis"
+
+
+def test_a_group_with_another_cause_gets_its_own_post_once_its_diagnosis_says_so(incident_bot, fake_slack):
+    send(incident_bot, istiod_down())
+    [first] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the first incident")
+    wait_for_diagnostics(fake_slack, first)
+    send(incident_bot, payload("firing.json"))
+    second = fake_slack.wait_for(lambda: top_levels(fake_slack)[1:], timeout=20, what="the separate post")[0]
+    assert "incident #2" in second["text"]
+    wait_for_diagnostics(fake_slack, second)
+    quiesce(incident_bot)
+    [note] = [m for m in as_shown(fake_slack, replies(fake_slack, first)) if "incident #2" in m["text"]]
+    assert "is a separate problem" in note["text"]
     assert len(top_levels(fake_slack)) == 2
-    assert not [m for m in replies(fake_slack, second) if m["text"].startswith("Triage")], "no second full diagnosis"
 
 
 def test_a_joined_group_resolving_says_so_in_the_conversation_it_joined(incident_bot, fake_slack):
@@ -514,15 +544,15 @@ def test_a_joined_group_resolving_says_so_in_the_conversation_it_joined(incident
     wait_for_diagnostics(fake_slack, first)
     rate = high_error_rate()
     send(incident_bot, rate)
-    second = fake_slack.wait_for(lambda: top_levels(fake_slack)[1:], what="the second group's message")[0]
-    last_update(fake_slack, second, contains="Same probable cause")
+    joined_note(fake_slack, first)
     rate["status"] = rate["alerts"][0]["status"] = "resolved"
     rate["alerts"][0]["endsAt"] = "2026-11-24T04:10:00Z"
     send(incident_bot, rate)
     note = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, first) if "lasted" in m["text"]],
                                what="the resolution in the joined thread")[0]
     assert "lasted 1h 12m" in note["text"]
-    assert "lasted 1h 12m" in last_update(fake_slack, second, contains="Resolved")["blocks"][0]["text"]["text"]
+    quiesce(incident_bot)
+    assert len(top_levels(fake_slack)) == 1
 
 
 def test_a_resolved_outage_resolves_the_incidents_that_joined_it_and_says_which(incident_bot, fake_slack):
@@ -530,8 +560,7 @@ def test_a_resolved_outage_resolves_the_incidents_that_joined_it_and_says_which(
     [first] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the first incident")
     wait_for_diagnostics(fake_slack, first)
     send(incident_bot, high_error_rate())
-    second = fake_slack.wait_for(lambda: top_levels(fake_slack)[1:], what="the second group's message")[0]
-    last_update(fake_slack, second, contains="Same probable cause")
+    joined_note(fake_slack, first)
     down = istiod_down()
     down["status"] = down["alerts"][0]["status"] = "resolved"
     down["alerts"][0]["endsAt"] = "2026-11-24T04:10:00Z"
@@ -626,9 +655,7 @@ def test_joining_keeps_the_independent_causes_the_new_group_found(incident_bot, 
     [first] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the first incident")
     wait_for_diagnostics(fake_slack, first)
     send(incident_bot, istiod_down())
-    joined = fake_slack.wait_for(lambda: [m for m in replies(fake_slack, first) if "joined this incident" in m["text"]],
-                                 what="the short post in the first thread")[0]
-    text = joined["blocks"][0]["text"]["text"]
+    text = joined_note(fake_slack, first)["blocks"][0]["text"]["text"]
     assert "It also found: istiod container discovery in istio-system/istiod-5d8f7c9b6-qx7wz was OOMKilled" in text
     assert "*First step:* istiod runs out of memory: raise its memory limit" in text
 

@@ -114,6 +114,8 @@ class TopView:
     """When it started, the failing edges and the last change before it, from the diagnosis's timeline."""
     lifecycle: Lifecycle = Lifecycle()
     """Severity set by people, the lead, the stage and its note (``bot.incidents.lifecycle``)."""
+    joined_here: tuple[int, ...] = ()
+    """Alert groups that joined this outage in its thread (``bot.incidents.conversation``): counted, not posted."""
 
     @property
     def severity(self) -> str:
@@ -227,8 +229,10 @@ def _since_line(view: TopView, now: datetime) -> str:
     elapsed = human_duration((now - view.started).total_seconds())
     if view.alerts:
         firing = sum(1 for a in view.alerts if a["status"] == "firing")
+        joined = (f" \u00b7 {plural(len(view.joined_here), 'more alert group')} joined ("
+                  + ", ".join(f"#{i}" for i in view.joined_here) + ")") if view.joined_here else ""
         return (f"Firing since {slack_time(view.started)} ({elapsed}) \u00b7 {plural(firing, 'alert')} firing "
-                f"\u00b7 incident #{incident.id}")
+                f"\u00b7 incident #{incident.id}{joined}")
     # A person by mention, meshbot by name; never the transport ("Opened by slack", issue 27).
     who = f"<@{view.opened_by}>" if _is_user(view.opened_by) else \
         "meshbot" if incident.source != "slack" else "a `/mesh` request"

@@ -4,16 +4,31 @@ While an incident is open in a channel, ``/mesh diagnose prod`` or ``/mesh resta
 scope answer in that incident's thread instead of opening a second top-level post (issue 27: one outage had
 become 7 incidents and 11 posts).  An incident that joined another one's outage (same probable cause) is not a
 conversation of its own: its parent is.
+
+An alert group that fires while a diagnosed incident is open in the channel gets no top-level post at first: it
+waits in that incident's thread (one short note, its top message is the open incident's) until its own diagnosis
+says whether it is the same outage.  Joined, the note becomes the join note and the open incident's top message
+counts it; a separate problem gets its own top-level post then.  Target: one top-level post per outage plus one
+per genuinely unrelated incident.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
+import sqlite_utils
+
+from bot.incidents import blocks, headline
 from bot.incidents.log import IncidentLog
-from bot.incidents.records import Incident, IncidentStatus
+from bot.incidents.records import EventKind, Incident, IncidentStatus
+from bot.slack.blocks import Message, context, escape, message_of, plain
 from bot.slack.outbox import Outbox
+
+MESHBOT = "meshbot"
+WAITING_NOTE = "waiting_note"
+"""Key of the ``note`` event data naming the outbox entry of a waiting group's note in the open thread."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +51,12 @@ def covering(incidents: Sequence[Incident], channel: str, namespace: str | None,
     a command about the whole mesh belongs to the newest open conversation.  Among several, the one naming the
     namespace wins over a mesh-wide one, then the newest.  ``joined``: incidents that are part of another's
     outage, never a conversation of their own."""
+    # An incident whose top message an older one posted is part of that one's conversation, never its own.
+    owners: dict[int | None, int] = {}
+    for incident in sorted(incidents, key=lambda i: i.id):
+        owners.setdefault(incident.top_message, incident.id)
     candidates = [i for i in incidents if i.channel == channel and i.status == IncidentStatus.OPEN
-                  and i.top_message is not None and i.id not in joined]
+                  and i.top_message is not None and i.id not in joined and owners[i.top_message] == i.id]
     if namespace is None:
         return max(candidates, key=lambda i: i.id, default=None)
     named = [i for i in candidates if namespace in i.namespaces]
@@ -62,3 +81,99 @@ class Conversations:
         if ts is None:
             return None  # its top message is not in Slack yet: nothing to reply under
         return Conversation(incident.id, channel, ts, incident.title, incident.top_message)
+
+
+# -- a new alert group while an incident is open: wait in its thread until the diagnosis decides -------------
+
+def waiting_room(db: sqlite_utils.Database, incidents: IncidentLog, channel: str, namespaces: Sequence[str],
+                 new_id: int) -> Incident | None:
+    """The open, diagnosed conversation of ``channel`` a new alert group waits in (the one naming one of its
+    namespaces, else a mesh-wide one, else the newest); None: it opens a top-level post of its own at once.
+
+    Only diagnosed ones: a join is decided against a stored triage (``IncidentDiagnosis._same_outage``)."""
+    candidates = [i for i in incidents.open_diagnosed_except(db, new_id)
+                  if i.channel == channel and i.top_message is not None and owner(db, incidents, i) == i.id]
+    if not candidates:
+        return None
+    joined = frozenset(i.id for i in candidates if (d := incidents.latest_diagnosis(i.id, db)) and d.joined)
+    scopes: Sequence[str | None] = list(namespaces) or [None]
+    named = [c for n in scopes if (c := covering(candidates, channel, n, joined)) is not None]
+    return max(named, key=lambda i: i.id) if named else max(candidates, key=lambda i: i.id)
+
+
+def owner(db: sqlite_utils.Database, incidents: IncidentLog, incident: Incident) -> int:
+    """The incident whose top-level post ``incident``'s thread is: itself, or the conversation it is part of."""
+    if incident.top_message is None:
+        return incident.id
+    return (incidents.sharing_top(db, incident.top_message) or [incident.id])[0]
+
+
+def wait_in(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbox, incident_id: int,
+            home: Incident) -> None:
+    """Put a new group in ``home``'s thread for now: one short note there, its thread ``home``'s."""
+    incident = incidents.get_in(db, incident_id)
+    note = outbox.post(db, incident_id=incident.id, channel=home.thread_channel(), thread_of=home.thread_top(),
+                       message=_waiting_note(incident, home))
+    incidents.set_top_message(db, incident.id, home.thread_top())
+    incidents.append(db, incident.id, MESHBOT, EventKind.NOTE, {
+        "text": f"fired while incident #{home.id} was open: followed in its thread until the diagnosis says "
+                "whether it is the same outage", WAITING_NOTE: note, "waiting_in": home.id})
+
+
+def waiting_note_of(db: sqlite_utils.Database, incidents: IncidentLog, incident: Incident) -> tuple[int, int] | None:
+    """(the note's outbox entry, the incident it waits in) while ``incident`` waits in another one's thread."""
+    if owner(db, incidents, incident) == incident.id:
+        return None
+    for event in incidents.timeline(incident.id, db):
+        if event.kind == EventKind.NOTE and WAITING_NOTE in event.data:
+            return int(event.data[WAITING_NOTE]), int(event.data["waiting_in"])
+    return None
+
+
+def settle_joined(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbox, incident: Incident,
+                  target: Incident, note: Message) -> bool:
+    """A waiting group joined ``target``: its note becomes the join note (or, waiting elsewhere, says where it
+    went and the join note goes in ``target``'s thread), and its thread is ``target``'s from now on.  False when
+    it was not waiting (it has a top-level post of its own: the caller posts the join note)."""
+    waiting = waiting_note_of(db, incidents, incident)
+    if waiting is None:
+        return False
+    entry, home_id = waiting
+    incidents.set_top_message(db, incident.id, target.thread_top())
+    if home_id == target.id:
+        outbox.update(db, incident_id=incident.id, channel=target.thread_channel(), message=note, of=entry)
+        return True
+    outbox.update(db, incident_id=incident.id, channel=target.thread_channel(), of=entry, message=message_of(
+        f"{plain(incident.title)} (incident #{incident.id}) is part of incident #{target.id}'s outage",
+        [context(f":link: {escape(incident.title)} (incident #{incident.id}) is part of incident "
+                 f"#{target.id}'s outage (same probable cause): followed in its thread.")]))
+    outbox.post(db, incident_id=incident.id, channel=target.thread_channel(), thread_of=target.thread_top(),
+                message=note)
+    return True
+
+
+def settle_separate(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbox, incident: Incident,
+                    now: datetime) -> Incident:
+    """A waiting group is a problem of its own: its top-level post now, and its note in the other thread says
+    so.  Returns the incident as it is now (its own top message); unchanged when it was not waiting."""
+    waiting = waiting_note_of(db, incidents, incident)
+    if waiting is None:
+        return incident
+    entry, home_id = waiting
+    channel = incident.thread_channel()
+    top = outbox.post(db, incident_id=incident.id, channel=channel, message=blocks.incident_message(
+        headline.top_view(db, incidents, outbox, incident.id), now))
+    incidents.set_top_message(db, incident.id, top)
+    outbox.update(db, incident_id=incident.id, channel=channel, of=entry, message=message_of(
+        f"{plain(incident.title)} (incident #{incident.id}) is a separate problem", [context(
+            f":arrow_heading_down: {escape(incident.title)} (incident #{incident.id}) is a separate problem (its "
+            f"diagnosis names another cause than incident #{home_id}'s): it has its own post in the channel.")]))
+    return incidents.get_in(db, incident.id)
+
+
+def _waiting_note(incident: Incident, home: Incident) -> Message:
+    text = (f"{plain(incident.title)} (incident #{incident.id}) fired too: diagnosing whether it is part of this "
+            "outage")
+    return message_of(text, [context(f":hourglass_flowing_sand: *{escape(incident.title)}* (incident "
+                                     f"#{incident.id}) fired too; diagnosing whether it is part of this outage "
+                                     f"(incident #{home.id}) or a separate problem.")])

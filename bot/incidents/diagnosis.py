@@ -18,7 +18,7 @@ from datetime import datetime
 import sqlite_utils
 
 from bot.diagnosis import Diagnostician, Queued, queued_text
-from bot.incidents import blocks, headline, triage_reply
+from bot.incidents import blocks, conversation, headline, triage_reply
 from bot.incidents.log import IncidentLog
 from bot.incidents.playbooks import Playbook, PlaybookSet, SuggestedRemediation, suggest, with_first_step
 from bot.incidents.records import DiagnosisRecord, EventKind, Incident, parse_time, utcnow
@@ -123,6 +123,8 @@ class IncidentDiagnosis:
             if same is not None:
                 self._join(db, incident, same[0], same[1], view)
             else:
+                # A group that waited in an open incident's thread is a problem of its own: its top post now.
+                incident = conversation.settle_separate(db, self.incidents, self.outbox, incident, self.clock())
                 self._post_triage(db, incident, report, errors, title, findings, upload=bool(hidden or view.elsewhere))
                 if thread_timeline is not None and incident.channel and incident.top_message is not None:
                     timeline_thread.queue(db, self.outbox, thread_timeline, incident_id=incident.id,
@@ -181,16 +183,21 @@ class IncidentDiagnosis:
 
     def _join(self, db: sqlite_utils.Database, incident: Incident, target: Incident, cause: str,
               view: Scoped) -> None:
-        """One conversation per outage: a short post in the target's thread, and this group's top message
-        becomes a one-line pointer to it.  Causes this group found that the target's triage does not name
-        (istiod OOMKilled next to the shared expired root) are independent problems: the post names them with
-        their first step, so joining loses none."""
-        headline.refresh_top(db, self.incidents, self.outbox, incident.id, self.clock())
-        own = headline.thread_url(self.outbox, incident.channel, incident.top_message)
+        """One conversation per outage: a short post in the target's thread (the waiting note, when the group
+        waited there); a group with a top message of its own sees it become a one-line pointer.  Causes this
+        group found that the target's triage does not name (istiod OOMKilled next to the shared expired root)
+        are independent problems: the post names them with their first step, so joining loses none."""
+        waiting = conversation.waiting_note_of(db, self.incidents, incident) is not None
+        own = None if waiting else headline.thread_url(self.outbox, incident.channel, incident.top_message)
         stored = self.incidents.latest_diagnosis(target.id, db)
         known = stored.cause_keys if stored else frozenset()
         others = [c for c in view.causes if c.key not in known and c.title != cause][:MAX_CAUSES_IN_JOIN]
-        self._thread_post(db, target, blocks.joined_note(incident, cause, own, others))
+        note = blocks.joined_note(incident, cause, own, others)
+        # A group that waited in the thread has no post of its own: its waiting note becomes this note.
+        if not conversation.settle_joined(db, self.incidents, self.outbox, incident, target, note):
+            self._thread_post(db, target, note)
+        # Its own pointer post, or (waiting) the target's top message, which counts the groups that joined it.
+        headline.refresh_top(db, self.incidents, self.outbox, incident.id, self.clock())
         self.incidents.append(db, target.id, MESHBOT, EventKind.NOTE,
                               {"text": f"incident #{incident.id} ({incident.title}) joined: same probable cause, "
                                        f"{cause}"})

@@ -23,7 +23,7 @@ from typing import Any
 import sqlite_utils
 
 from bot.diagnosis import Diagnostician
-from bot.incidents import blocks, headline
+from bot.incidents import blocks, conversation, headline
 from bot.incidents.alerts import (
     Alert,
     AlertStatus,
@@ -269,9 +269,15 @@ class IncidentFlow:
             **alert_links(notification)})
         for alert in notification.alerts:
             self._record_alert(db, incident_id, as_ended(alert, ended))
-        top = self.outbox.post(db, incident_id=incident_id, channel=self.channel, message=blocks.incident_message(
-            headline.top_view(db, self.incidents, self.outbox, incident_id), self.clock()))
-        self.incidents.set_top_message(db, incident_id, top)
+        home = conversation.waiting_room(db, self.incidents, self.channel, notification.namespaces, incident_id)
+        if home is not None:
+            # One top-level post per outage: it waits in the open incident's thread until its diagnosis decides.
+            conversation.wait_in(db, self.incidents, self.outbox, incident_id, home)
+        else:
+            top = self.outbox.post(db, incident_id=incident_id, channel=self.channel,
+                                   message=blocks.incident_message(
+                                       headline.top_view(db, self.incidents, self.outbox, incident_id), self.clock()))
+            self.incidents.set_top_message(db, incident_id, top)
         to_diagnose.append(incident_id)
         if self.metrics:
             self.metrics.requests.labels(kind="incident_opened").inc()

@@ -103,7 +103,11 @@ def top_view(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbox, 
         joined = blocks.JoinedTo(incident_id=target.id, cause=diagnosis.joined_cause,
                                  thread_url=thread_url(outbox, target.channel, target.top_message))
     manual = incident.source == "slack"
+    sharing = incidents.sharing_top(db, incident.top_message) if incident.top_message is not None else []
+    joined_here = tuple(i for i in sharing[1:] if sharing[0] == incident_id
+                        and (d := incidents.latest_diagnosis(i, db)) is not None and d.joined == incident_id)
     return blocks.TopView(
+        joined_here=joined_here,
         incident=incident, alerts=alerts, runbook_url=str(opened_data.get("runbook_url") or ""),
         description=str(opened_data.get("description") or ""), headline=headline_of(diagnosis, incident_id),
         diagnosed=incident.diagnosed, joined=joined, in_effect=in_effect(events),
@@ -125,6 +129,13 @@ def refresh_top(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbo
                 now: datetime) -> blocks.TopView:
     """Queue an update of the incident's top message to what the log says now; returns what it shows."""
     view = top_view(db, incidents, outbox, incident_id)
+    top = view.incident.top_message
+    first = incidents.sharing_top(db, top)[0] if top is not None else incident_id
+    if first != incident_id:
+        # It is part of another incident's conversation (bot.incidents.conversation): that top message is not its
+        # own to rewrite, but it counts the groups that joined, so it is refreshed instead.
+        refresh_top(db, incidents, outbox, first, now)
+        return view
     if view.incident.top_message is not None and view.incident.channel:
         outbox.update(db, incident_id=incident_id, channel=view.incident.channel,
                       message=blocks.incident_message(view, now), of=view.incident.top_message)

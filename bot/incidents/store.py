@@ -213,6 +213,12 @@ class IncidentStore:
     def set_top_message(self, db: sqlite_utils.Database, incident_id: int, outbox_id: int) -> None:
         db.execute("UPDATE incidents SET top_message = ? WHERE id = ?", [outbox_id, incident_id])
 
+    def sharing_top(self, db: sqlite_utils.Database, outbox_id: int) -> list[int]:
+        """The incidents whose thread is under this top message, oldest first: the first one posted it, the others
+        are part of its conversation (``bot.incidents.conversation``)."""
+        return [row["id"] for row in db.query("SELECT id FROM incidents WHERE top_message = ? ORDER BY id",
+                                              [outbox_id])]
+
     def mark_diagnosed(self, db: sqlite_utils.Database, incident_id: int) -> None:
         db.execute("UPDATE incidents SET diagnosed = 1 WHERE id = ?", [incident_id])
 
