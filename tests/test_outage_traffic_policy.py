@@ -25,8 +25,9 @@ from commands.resources.references import PodRef
 from commands.triage import triage
 from tests.support import sidecar
 from tests.support.analysis import snapshot_from_yaml
+from tests.support.certs import mint
 from tests.support.envoy import RunningEnvoy
-from tests.support.envoy_cases import Lab, send
+from tests.support.envoy_cases import Lab, port_of, send
 from tests.support.injected import injected_pod
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -410,3 +411,75 @@ def test_a_real_sidecar_with_a_zero_percent_fault_serves_every_request(envoy_bin
     finally:
         lab.close()
     assert run(snapshot_from_yaml(ABORT_FOR_EVERYONE.replace("{value: 100}", "{value: 0}"))) == []
+
+
+# -- plaintext to STRICT on two real Envoys: the caller's failures, the DestinationRule as their cause ---------
+
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+
+
+def strict_server(lab: Lab) -> int:
+    """The destination's sidecar under STRICT PeerAuthentication: its inbound listener inspects the transport and has
+    filter chains for TLS only (pilot/pkg/networking/core/listener_builder.go, mtls STRICT builds no plaintext chain),
+    so a plaintext connection matches no chain and Envoy closes it."""
+    root = mint("mesh-root", is_ca=True)
+    leaf = mint("payment", issuer=root, uris=(sidecar.SPIFFE.format("payment"),))
+    for name, text in (("cert.pem", leaf.cert_pem), ("key.pem", leaf.key_pem)):
+        (lab.workdir / name).write_text(text)
+    inbound = sidecar.inbound_listener()
+    inbound["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
+    chain = inbound["filter_chains"][0]
+    chain["filter_chain_match"] = {"transport_protocol": "tls"}
+    chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": _TLS + "DownstreamTlsContext", "common_tls_context": {"tls_certificates": [{
+            "certificate_chain": {"filename": str(lab.workdir / "cert.pem")},
+            "private_key": {"filename": str(lab.workdir / "key.pem")}}]}}}
+    server = lab.start([inbound], [sidecar.inbound_cluster(lab.upstream())])
+    return port_of(server, f"0.0.0.0_{sidecar.INBOUND_PORT}")
+
+
+STRICT_PAYMENT = f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: payment, namespace: prod}}
+spec:
+  selector: {{app: payment}}
+  ports: [{{name: http, port: 8080, targetPort: 8080}}]
+---
+{json.dumps(injected_pod("payment-7d9f8c6b5-m5p7r", "prod", {"app": "payment"}))}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: prod}}
+spec: {{mtls: {{mode: STRICT}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: payment, namespace: prod}}
+spec:
+  host: payment
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+"""
+
+
+def test_plaintext_to_a_real_strict_sidecar_fails_every_call_and_the_rule_is_the_top_cause(envoy_binary: str,
+                                                                                          tmp_path: Path):
+    lab = Lab(binary=envoy_binary, workdir=tmp_path)
+    try:
+        # The caller's cluster as istiod builds it under tls DISABLE: no transport socket.
+        caller = lab.start([sidecar.outbound_listener([sidecar.service_vhost()])],
+                           [sidecar.outbound_cluster(strict_server(lab))])
+        assert set(send(caller, 10)) == {503}
+        resolver = EndpointResolver(http=http_endpoint, envoy_admin_urls={CALLER: caller.admin_url})
+        seen = default_checks().run("envoy", CheckContext(snapshot=Snapshot(), endpoints=resolver))
+    finally:
+        lab.close()
+    failures = [f for f in seen if f.level is Level.ERROR]
+    assert failures, "the caller's sidecar shows the failed calls"
+
+    conflict = run(snapshot_from_yaml(STRICT_PAYMENT))
+    assert codes_of(conflict) == ["MB5010"]
+    top = triage([*conflict, *seen]).top
+    assert top is not None and top.finding.code == "MB5010"
+    assert {f.code for f in failures} <= {f.code for f in top.explains}
