@@ -22,8 +22,8 @@ from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
 from bot.slack.outbox import Outbox
 from bot.storage.database import DatabaseError
-from bot.storage.dialect import NUL_STANDIN, script_to_postgres, to_postgres
-from bot.storage.postgres import IDLE_IN_TRANSACTION_MS, LOCK_TIMEOUT_MS, WRITE_LOCK, PostgresDatabase, redacted
+from bot.storage.dialect import LOCK_SQL, NUL_STANDIN, Lock, lock_key, script_to_postgres, to_postgres
+from bot.storage.postgres import IDLE_IN_TRANSACTION_MS, LOCK_TIMEOUT_MS, PostgresDatabase, redacted
 from tests.support.postgres import DATABASE_ERRORS, PASSWORD
 from tests.support.replicas import notification
 from tests.support.slack import BOT_TOKEN
@@ -187,9 +187,11 @@ def test_a_connection_that_saw_an_error_goes_back_to_the_pool_healthy(postgres):
 def test_a_paused_transaction_is_ended_by_the_server_so_other_replicas_write_again_within_seconds(postgres):
     first = postgres.fresh()
     second = PostgresDatabase(first.url, MIGRATIONS)
-    paused = first.connect()  # a replica stopped (SIGSTOP) in the middle of a write transaction, holding the lock
+    # A replica stopped (SIGSTOP) in the middle of a transaction holding the one lock all replicas share: the audit
+    # chain's, taken by every event appended.
+    paused = first.connect()
     paused.execute("BEGIN")
-    paused.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+    paused.execute(to_postgres(LOCK_SQL), [f"{Lock.AUDIT_CHAIN}:events"])
     started = time.monotonic()
     second.retrying(lambda: _write(second), what="a write behind the paused replica")
     waited = time.monotonic() - started
@@ -201,6 +203,7 @@ def test_a_paused_transaction_is_ended_by_the_server_so_other_replicas_write_aga
 
 def _write(database: PostgresDatabase) -> None:
     with database.transaction() as db:
+        lock_key(db, Lock.AUDIT_CHAIN, "events")
         db.execute("INSERT INTO claims (name) VALUES ('written')")
 
 

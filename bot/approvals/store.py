@@ -23,6 +23,7 @@ from bot.approvals.rule import Ballot, RequestState, Vote
 from bot.incidents.audit import AuditKey
 from bot.incidents.records import iso, stored_time
 from bot.storage.database import inserted_id, migration
+from bot.storage.dialect import Lock, lock_key
 from commands.actions import Plan
 
 
@@ -170,6 +171,10 @@ class ApprovalStore:
         db.execute("UPDATE approval_requests SET message_entry = ? WHERE id = ?", [entry, request_id])
 
     def get(self, db: sqlite_utils.Database, request_id: int) -> ApprovalRequest | None:
+        """The request with its votes.  Inside a transaction it also locks the request until that ends
+        (``Lock.REQUEST``; a no-op on SQLite): what is decided from it (a vote's verdict, a state transition, the one
+        rollback) is decided by one replica at a time, while requests of other incidents go on."""
+        lock_key(db, Lock.REQUEST, request_id)
         rows = list(db.query("SELECT * FROM approval_requests WHERE id = ?", [request_id]))
         if not rows:
             return None
@@ -203,6 +208,12 @@ class ApprovalStore:
                verification: dict[str, Any] | None, *, attempt: int | None = None) -> bool:
         """Record how an execution ended; False when the request was no longer executing, or (``attempt`` given)
         another executor's claim superseded this one (nothing written)."""
+        # First, this request's lock and then its original's (a rollback's outcome marks it rolled back): taken
+        # before the events are appended, so never after the audit chain's lock (bot.storage.postgres).
+        lock_key(db, Lock.REQUEST, request_id)
+        original = db.execute("SELECT rollback_of FROM approval_requests WHERE id = ?", [request_id]).fetchone()
+        if original and original[0] is not None:
+            lock_key(db, Lock.REQUEST, original[0])
         cursor = db.execute("UPDATE approval_requests SET state = ?, result = ?, verification = ? WHERE id = ? "
                             "AND state = 'executing' AND attempt = COALESCE(?, attempt)",
                             [str(state), json.dumps(result), json.dumps(verification) if verification else None,
@@ -226,8 +237,13 @@ class ApprovalStore:
         return row[0] if row else None
 
     def expired_ids(self, db: sqlite_utils.Database, now: datetime) -> list[int]:
-        return [r[0] for r in db.execute("SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ?",
-                                         [iso(now)]).fetchall()]
+        """Pending requests past their expiry, each locked (``Lock.REQUEST``, in id order, before any is changed) and
+        read again after: a click another replica decided meanwhile is no longer pending, and not expired here."""
+        query = "SELECT id FROM approval_requests WHERE state = 'pending' AND expires_at <= ? ORDER BY id"
+        due = [r[0] for r in db.execute(query, [iso(now)]).fetchall()]
+        for request_id in due:
+            lock_key(db, Lock.REQUEST, request_id)
+        return [r[0] for r in db.execute(query, [iso(now)]).fetchall() if r[0] in due] if due else []
 
     def claim_execution(self, db: sqlite_utils.Database, request_id: int, executor: str, lease_seconds: float, *,
                         take_over_live: bool = False) -> int | None:
@@ -284,6 +300,7 @@ class ApprovalStore:
     def replace_verification(self, db: sqlite_utils.Database, request_id: int, expected: dict[str, Any] | None,
                              verification: dict[str, Any]) -> bool:
         """Store ``verification`` only if the stored one is still ``expected``: one follow-up across replicas."""
+        lock_key(db, Lock.REQUEST, request_id)  # first: the request is read again after the follow-up's event
         cursor = db.execute("UPDATE approval_requests SET verification = ? WHERE id = ? AND verification = ?",
                             [json.dumps(verification), request_id, json.dumps(expected)])
         return cursor.rowcount == 1

@@ -400,6 +400,16 @@ def linked_resolved_note(parent_id: int, linked: Sequence[int]) -> Message:
                                      "cause).")])
 
 
+def set_aside_note(group_key: str, notification_id: int, reason: str) -> Message:
+    """An Alertmanager notification that can never apply was set aside: said once per alert group."""
+    group = group_key if len(group_key) <= 200 else group_key[:200] + "\u2026"
+    text = f"A notification of alert group {group} could not be applied and was set aside: {reason}"
+    return message_of(text, [context(
+        f":warning: Notification #{notification_id} of alert group `{escape(group)}` could not be applied and was set "
+        f"aside (kept in meshbot's database): {escape(reason)}. Its alerts are in no incident; later notifications "
+        "of the group are still applied, and this is said once per group.")])
+
+
 def note_message(user: str, text: str) -> Message:
     return message_of(f"Note from <@{user}>: {plain(text)}", [section(f":memo: *Note from <@{user}>:* {escape(text)}")])
 

@@ -19,6 +19,7 @@ from bot.incidents.records import EventKind, IncidentStatus
 from bot.slack.blocks import context, message_of
 from bot.slack.entries import Delivery
 from bot.slack.outbox import Outbox
+from bot.storage.dialect import Lock, lock_key
 
 
 @dataclass
@@ -73,6 +74,7 @@ class IncidentDeliveries:
         if not changed:
             return
         with self.incidents.database.transaction() as db:
+            lock_key(db, Lock.ANCHORS, "thread")  # the marker is read, then moved: one replica at a time
             if self.incidents.thread_anchored_until(db) != marker:
                 return  # another replica posted these anchors meanwhile
             head = self.incidents.head(db)

@@ -26,6 +26,7 @@ from bot.runtime.metrics import Metrics
 from bot.slack.blocks import Message, cluster_unavailable
 from bot.slack.outbox import Outbox
 from bot.storage.database import Database
+from bot.storage.dialect import Lock, lock_key
 from bot.timeline import thread as timeline_thread
 from bot.timeline.reader import TimelineReader
 from bot.timeline.summary import TimelineSummary
@@ -113,6 +114,9 @@ class IncidentDiagnosis:
             timeline=TimelineSummary.of(timeline).to_data() if timeline is not None else None)
         thread_timeline = self._timeline_post(incident, timeline, view)
         with self.database.transaction() as db:
+            # Diagnoses are recorded one at a time, so of two incidents with one cause diagnosed at once on two
+            # replicas the second sees the first and joins it (and an incident's second run sees its first).
+            lock_key(db, Lock.OUTAGES, "joins")
             if self.incidents.get_in(db, incident.id).diagnosed:
                 return findings  # another run (a restart's catch-up) posted them already
             same = self._same_outage(db, incident, view)

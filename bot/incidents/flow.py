@@ -38,12 +38,13 @@ from bot.incidents.log import IncidentLog
 from bot.incidents.notifications import NotificationWriter
 from bot.incidents.playbooks import PlaybookSet
 from bot.incidents.records import EventKind, Incident, iso, utcnow
+from bot.incidents.store import SET_ASIDE
 from bot.runtime.loops import WakeableLoop
 from bot.runtime.metrics import Metrics
 from bot.slack.blocks import Message
 from bot.slack.outbox import Outbox
 from bot.storage.database import Database
-from bot.storage.dialect import Dialect
+from bot.storage.dialect import Dialect, Lock, lock_key, try_lock_key
 from bot.timeline.reader import TimelineReader
 from commands.errors import UserError
 
@@ -179,12 +180,14 @@ class IncidentFlow:
             while True:
                 pending = self.database.retrying(self.incidents.unprocessed_notifications,
                                                  what="reading the stored notifications")
-                if not pending:
-                    return done
+                busy: set[str] = set()
+                applied = 0
                 for notification_id, body in pending:
                     self._let_webhooks_store_first()
-                    self._process_safely(notification_id, body)
-                    done += 1
+                    applied += self._process_safely(notification_id, body, busy)
+                done += applied
+                if not applied:  # nothing pending, or only groups another replica is applying: the next pass
+                    return done
 
     def _let_webhooks_store_first(self, at_most: float = 0.05) -> None:
         """During a storm, a webhook waiting for the write lock behind notification after notification misses its
@@ -192,33 +195,55 @@ class IncidentFlow:
         with self._intake:
             self._intake.wait_for(lambda: self._storing == 0, timeout=at_most)
 
-    def _process_safely(self, notification_id: int, body: str) -> None:
+    def _process_safely(self, notification_id: int, body: str, busy: set[str]) -> bool:
         """One notification that cannot be applied must not hold up every one after it.  A transient database error
         (a lost connection, a restart, a lock timeout) is no reason to give up on it: retried with backoff, and if the
         database is still away it stays unprocessed for the next pass (it was answered 200: it must not be lost)."""
         try:
-            self.database.retrying(lambda: self._process_one(notification_id, body),
-                                   what=f"applying notification {notification_id}")
+            return self.database.retrying(lambda: self._process_one(notification_id, body, busy),
+                                          what=f"applying notification {notification_id}")
         except Exception as exc:
             if self.database.transient(exc):
                 raise  # the processor's loop tries again after its pause; the notification stays unprocessed
             log.exception("notification %s could not be applied; set aside (kept, with the error)", notification_id)
-            with self.database.transaction() as db:
-                self.incidents.mark_processed(db, notification_id, f"not applied: {type(exc).__name__}: {exc}"[:500])
+            self._set_aside(notification_id, f"{type(exc).__name__}: {exc}"[:300])
             if self.metrics:
                 self.metrics.notification_failed()
+            return True
 
-    def _process_one(self, notification_id: int, body: str) -> None:
+    def _set_aside(self, notification_id: int, reason: str) -> None:
+        """Keep the notification, processed with its error, and say so in the incident channel through the outbox,
+        once per alert group: alerts answered 200 and then in no incident must be seen, not only counted."""
+        group_key = self.incidents.notification_group(notification_id)
+        with self.database.transaction() as db:
+            lock_key(db, Lock.GROUP, group_key)  # the group's first set-aside is told once, by one replica
+            self.incidents.mark_processed(db, notification_id, f"{SET_ASIDE}{reason}")
+            if self.channel and self.incidents.set_aside_in_group(db, group_key) == 1:
+                self.outbox.post(db, incident_id=None, channel=self.channel,
+                                 message=blocks.set_aside_note(group_key, notification_id, reason))
+        self.outbox.wake()
+
+    def _process_one(self, notification_id: int, body: str, busy: set[str]) -> bool:
+        """Apply one notification; False (left for the next pass) while another transaction holds its group."""
         notification = parse_notification(body.encode())
+        if notification.group_key in busy:
+            return False  # an earlier one of its group is waiting: the group's notifications stay in order
         to_diagnose: list[int] = []
         with self.database.transaction() as db:
+            # The group's lock, first: replicas apply one group's notifications one at a time (one open incident,
+            # updates in order, each notification once) and other groups' meanwhile.  Not waited for: a replica
+            # paused while applying this group must not stall this processor, and every group queued behind it.
+            if not try_lock_key(db, Lock.GROUP, notification.group_key):
+                busy.add(notification.group_key)
+                return False
             if self.incidents.notification_processed(db, notification_id):
-                return  # another replica on the same PostgreSQL applied it since this one read the queue
+                return True  # another replica on the same PostgreSQL applied it since this one read the queue
             incident_id = self._apply(db, notification, to_diagnose)
             self.incidents.mark_processed(db, notification_id, None if incident_id else "no incident to update")
         self.outbox.wake()
         for incident_id in to_diagnose:
             self.diagnosis.submit(incident_id)
+        return True
 
     # -- applying one notification (inside its transaction) --------------------------
 
@@ -386,6 +411,7 @@ class IncidentFlow:
             return None
         playbook = self.playbooks.match(labels)
         with self.database.transaction() as db:
+            lock_key(db, Lock.GROUP, group_key)
             existing = self.incidents.open_for_group(db, group_key)
             if existing is not None:
                 return existing.id
@@ -415,6 +441,7 @@ class IncidentFlow:
         """Close an incident by hand; False when it was already resolved."""
         incident = self.incidents.get(incident_id)
         with self.database.transaction() as db:
+            lock_key(db, Lock.GROUP, incident.group_key)
             done = self._resolve(db, incident, user, f"resolved by <@{user}> in Slack")
         self.outbox.wake()
         return done

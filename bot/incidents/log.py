@@ -52,6 +52,7 @@ from bot.incidents.audit import (
 from bot.incidents.records import DiagnosisRecord, EventKind, iso
 from bot.incidents.store import IncidentStore
 from bot.storage.database import Database, has_local_file
+from bot.storage.dialect import Lock, lock_key
 from commands.errors import MeshbotError, UserError
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class IncidentLog(IncidentStore):
         if new.check == old.check:
             raise UserError("the new audit key is the current one")
         with self.database.transaction() as db:
+            lock_key(db, Lock.AUDIT_CHAIN, "events")  # a chain event of its own, and the seal that names it
             seal = self._sealed(db)
             prev, at = self.last_hash(db) or GENESIS, iso(self.clock())
             payload = json.dumps({"from": old.check, "to": new.check, "previous_rotation": seal.rotated_at,
@@ -171,17 +173,26 @@ class IncidentLog(IncidentStore):
 
     def append(self, db: sqlite_utils.Database, incident_id: int | None, actor: str, kind: EventKind | str,
                data: Mapping[str, Any] | None = None) -> int:
-        """Append an event inside the caller's ``database.transaction()`` (which serialises the chain)."""
-        self._sealed(db)
+        """Append an event inside the caller's ``database.transaction()``.
+
+        The chain is one chain: each event links to the hash of the one before it, so appends take turns.  That is
+        the one lock every replica shares (``Lock.AUDIT_CHAIN``; SQLite's single writer needs none), and it is
+        taken here, just before the event's row, not at the transaction's start: the caller's reads and decisions
+        run before it, under their own key's lock.  It is held from here to the commit (PostgreSQL releases
+        transaction locks only then, and the next appender must see this event as the last), which is the
+        transaction's remaining statements, milliseconds; a holder paused meanwhile is ended by the server after
+        ``idle_in_transaction_session_timeout``.  Ids are drawn under it too, so id order is chain order."""
         fields = dict(data or {})
         if str(kind) == EventKind.INCIDENT_OPENED and incident_id is not None:
             # The incident row's title and severity are plain columns: the opening event carries them, so
             # ``verify`` tells an edited row from the one meshbot wrote.
             incident = self.get_in(db, incident_id)
             fields["incident"] = {"title": incident.title, "severity": incident.severity}
+        payload = json.dumps(fields, sort_keys=True, default=str)
+        lock_key(db, Lock.AUDIT_CHAIN, "events")
+        self._sealed(db)
         prev = self.last_hash(db) or GENESIS
         at = iso(self.clock())
-        payload = json.dumps(fields, sort_keys=True, default=str)
         digest = event_mac(self.audit_key(), prev, incident_id, at, actor, str(kind), payload)
         return self.insert_event(db, incident_id, at, actor, str(kind), payload, prev, digest)
 

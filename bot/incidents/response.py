@@ -17,6 +17,7 @@ from bot.incidents.flow import IncidentFlow
 from bot.incidents.lifecycle import SEVERITIES, Lifecycle, LifecycleStore, Stage
 from bot.incidents.records import EventKind, Incident, IncidentStatus
 from bot.slack.blocks import Message, context, escape, message_of, plain, section
+from bot.storage.dialect import Lock, lock_key
 from commands.errors import UserError
 
 STAGE_EMOJI = {Stage.INVESTIGATING: ":mag:", Stage.FIXING: ":hammer_and_wrench:", Stage.MITIGATED: ":adhesive_bandage:",
@@ -95,6 +96,7 @@ class IncidentResponse:
             raise UserError(f"incident #{incident.id} is resolved; a follow-up (`/mesh incident followup "
                             f"{incident.id} TEXT`) is what is left to add")
         with flow.database.transaction() as db:
+            lock_key(db, Lock.GROUP, incident.group_key)  # of two changes at once, the second builds on the first
             lifecycle, data, note = change(self.lifecycle.get(incident.id, db))
             self.lifecycle.save(db, incident.id, lifecycle, flow.clock())
             flow.incidents.append(db, incident.id, user, kind, data)

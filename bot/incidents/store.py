@@ -127,6 +127,8 @@ def audit_seal(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS = (_create_incident_tables,)
+SET_ASIDE = "not applied: "
+"""How the error of a notification that can never apply begins (it is kept, processed, with the reason)."""
 """This module's first schema change; ``keyed_audit_chain`` (5) and ``audit_seal`` (9) are listed after the others
 in ``bot.server.schema``."""
 
@@ -393,6 +395,15 @@ class IncidentStore:
     def mark_processed(self, db: sqlite_utils.Database, notification_id: int, error: str | None) -> None:
         db.execute("UPDATE notifications SET processed_at = ?, error = ? WHERE id = ?",
                    [iso(self.clock()), error, notification_id])
+
+    def notification_group(self, notification_id: int) -> str:
+        return self.database.db.execute("SELECT group_key FROM notifications WHERE id = ?",
+                                        [notification_id]).fetchone()[0]
+
+    def set_aside_in_group(self, db: sqlite_utils.Database, group_key: str) -> int:
+        """How many of the group's notifications were set aside (processed with ``SET_ASIDE``'s error)."""
+        return db.execute("SELECT COUNT(*) FROM notifications WHERE group_key = ? AND error LIKE ?",
+                          [group_key, f"{SET_ASIDE}%"]).fetchone()[0]
 
     def resolutions_without_incident(self, db: sqlite_utils.Database, group_key: str, limit: int = 50) -> list[str]:
         """Bodies of the group's latest resolved notifications that found no open incident (they came first)."""

@@ -26,6 +26,7 @@ from bot.incidents.records import EventKind, iso
 from bot.reminders import blocks as reminder_blocks
 from bot.slack.outbox import Outbox
 from bot.storage.database import Database, migration
+from bot.storage.dialect import Lock, lock_key
 from commands.certificates.reminders import (
     DEFAULT_DAYS,
     Expiry,
@@ -177,6 +178,7 @@ class ReminderService:
               today) -> None:
         expiry = reminder.expiry
         with database.transaction() as db:
+            lock_key(db, Lock.REMINDER, f"{expiry.key}:{reminder.slot}")  # checked, then posted: once per slot
             if db.execute("SELECT 1 FROM reminders_sent WHERE cert_key = ? AND slot = ?",
                           [expiry.key, reminder.slot]).fetchone():
                 return  # another scan (a restart, a second trigger) got there first

@@ -22,6 +22,10 @@ arithmetic and PostgreSQL's ``clock_timestamp()`` (docs: functions-datetime, "Cu
 heartbeats and pacing are decided by the one clock every replica shares, never by a replica's own, which
 may be minutes off (a replica 5 minutes ahead once took over a live execution).
 
+``lock_key`` is what a read-then-write decision takes first: on PostgreSQL a transaction-scoped advisory lock on
+its own (kind, key) — one alert group, one approval request — so replicas deciding about different keys never wait
+for each other; on SQLite nothing, since ``BEGIN IMMEDIATE`` already runs one writer at a time.
+
 ``INSERT … RETURNING id`` is not spelled out here: the PostgreSQL connection appends it to inserts into
 tables with an identity ``id`` so ``cursor.lastrowid`` means the same on both backends.
 """
@@ -55,6 +59,55 @@ DATABASE_EPOCH = "((julianday('now') - 2440587.5) * 86400.0)"
 _DATABASE_EPOCH = re.compile(re.escape(DATABASE_EPOCH))
 _PG_NOW_TEXT = "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 _STRFTIME_NOW = re.compile(r"strftime\('%Y-%m-%dT%H:%M:%SZ',\s*'now'\)", re.IGNORECASE)
+
+
+class Lock(StrEnum):
+    """What a ``lock_key`` lock is about; its key says which one."""
+
+    GROUP = "group"
+    """An alert group's incidents (key: the groupKey): one open incident per group, its updates in arrival order;
+    people's changes to an incident (resolve, stage, diagnosis) take its group too, so both are one lock."""
+    REQUEST = "request"
+    """An approval request (key: its id): its votes, the state transition they decide, its one rollback."""
+    REMINDER = "reminder"
+    """A certificate reminder (key: certificate and slot): posted once."""
+    ANCHORS = "anchors"
+    """The audit channel's thread anchors (key: the channel's role): each state change anchored once."""
+    OUTAGES = "outages"
+    """Which open incidents share a probable cause (key: "joins"): diagnoses are recorded one at a time, so the
+    second of two same-cause incidents sees the first and joins its conversation."""
+    AUDIT_CHAIN = "audit-chain"
+    """The incident log's hash chain (key: "events"): the next event's ``prev_hash`` is the last one's hash, so
+    appends take turns — the one lock every replica shares, taken just before an event is inserted."""
+
+
+LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':' || ?, 0))"
+"""A 64-bit advisory lock key hashed from the schema, the kind and the key (docs: functions-admin, "Advisory Lock
+Functions"): the schema keeps two installations sharing one database apart.  The single-bigint key space is apart
+from the two-int keys of ``PostgresDatabase.exclusively``."""
+
+
+TRY_LOCK_SQL = LOCK_SQL.replace("pg_advisory_xact_lock", "pg_try_advisory_xact_lock")
+
+
+def _locks_here(db: Any) -> bool:
+    """PostgreSQL only, and only inside a transaction (outside one a statement is its own decision); SQLite's
+    ``BEGIN IMMEDIATE`` already runs one writer at a time."""
+    return getattr(db, "dialect", None) == Dialect.POSTGRESQL and getattr(db, "in_transaction", False)
+
+
+def lock_key(db: Any, kind: Lock, key: object) -> None:
+    """Hold the (kind, key) lock until the caller's transaction ends: a transaction taking the same one waits (at
+    most ``lock_timeout``), any other does not.  Take it first, before the reads the decision rests on."""
+    if _locks_here(db):
+        db.execute(LOCK_SQL, [f"{kind}:{key}"])
+
+
+def try_lock_key(db: Any, kind: Lock, key: object) -> bool:
+    """``lock_key`` without the wait: False, and nothing held, while another transaction holds it."""
+    if not _locks_here(db):
+        return True
+    return bool(db.execute(TRY_LOCK_SQL, [f"{kind}:{key}"]).fetchone()[0])
 
 
 def _replace_outside_literals(sql: str, *, placeholders: bool) -> str:

@@ -6,16 +6,22 @@ transaction for that statement.  The pool checks a connection before lending it 
 whatever a borrower left open, so a connection that saw an error goes back healthy or is replaced;
 none stays stuck in a failed transaction.
 
-``transaction()`` is SQLite's ``BEGIN IMMEDIATE`` carried over: a transaction-scoped advisory lock
-taken first, so read-then-write decisions (one open incident per group, the next event's
-``prev_hash``) are serialised across replicas as across the threads of one process.  Its hold is
-bounded by the server, not by the holder's good health: ``idle_in_transaction_session_timeout``
-ends the session of a holder that stops talking (a replica paused by SIGSTOP or a long GC) and
-PostgreSQL releases its locks with it; ``lock_timeout`` makes a waiter give up and retry instead of
-queueing behind it; TCP keepalives and ``tcp_user_timeout`` notice a peer behind a partition in
-seconds, not the hours TCP's defaults take (docs: runtime-config-client, libpq-connect).
-Work that is not a decision of that kind takes no lock at all: the outbox's channels and approval
-executions are leases with fencing tokens, on the database's clock.
+``transaction()`` takes no lock of its own, neither across replicas nor among this process's threads: a replica
+paused inside one transaction stops nobody who decides about something else.  Each read-then-write decision
+takes the narrowest lock that keeps it correct, first thing in its transaction: ``dialect.lock_key``'s
+transaction-scoped advisory lock on its (kind, key) (an alert group, an approval request), or a conditional
+``UPDATE … WHERE state = ?`` / a unique constraint with ``ON CONFLICT`` where one statement is the decision.  The
+audit chain is the one lock every replica shares (``Lock.AUDIT_CHAIN``, see ``IncidentLog.append``), taken just
+before an event is inserted and held until its commit.  A lock taken after the chain's by a transaction that
+took its own in the wrong order is a deadlock PostgreSQL breaks within ``deadlock_timeout`` (1 s): the loser's
+error is transient and the work is retried.
+
+Every hold is bounded by the server, not by the holder's good health: ``idle_in_transaction_session_timeout``
+ends the session of a holder that stops talking (a replica paused by SIGSTOP or a long GC) and PostgreSQL
+releases its locks with it; ``lock_timeout`` makes a waiter give up and retry instead of queueing behind it;
+TCP keepalives and ``tcp_user_timeout`` notice a peer behind a partition in seconds, not the hours TCP's
+defaults take (docs: runtime-config-client, libpq-connect).  The outbox's channels and approval executions are
+leases with fencing tokens, on the database's clock: nothing is locked across a Slack or Kubernetes call.
 
 Migrations take a second advisory lock, so replicas starting together migrate once.
 """
@@ -52,7 +58,6 @@ from bot.storage.dialect import Dialect, inserted_table, normalised, script_to_p
 
 log = logging.getLogger(__name__)
 
-WRITE_LOCK = 0x6D657368  # "mesh": the one writer lock (SQLite's BEGIN IMMEDIATE)
 MIGRATION_LOCK = 0x6D696772  # "migr": held while one replica migrates
 NAMED_LOCKS = 0x6D62  # "mb": first key of ``exclusively``'s two-key locks (the second: the name's hash)
 CONNECT_TIMEOUT_SECONDS = 5
@@ -132,6 +137,8 @@ class PostgresConnection:
     identity_tables: set[str] = field(default_factory=set)
     """Tables whose ``id`` is an identity column: their inserts return it (``lastrowid``)."""
     dialect: Dialect = Dialect.POSTGRESQL
+    in_transaction: bool = False
+    """Inside ``transaction()``: ``dialect.lock_key`` locks only then (a lock outside one would end at once)."""
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> PostgresCursor:
         statement = to_postgres(sql)
@@ -197,7 +204,6 @@ class PostgresDatabase(Database):
         self.path = redacted(self._url)
         self.migrations = in_order(migrations)
         self._local = threading.local()
-        self._write_lock = threading.Lock()
         self._identity_tables: set[str] = set()  # not the base class's _identity, the SQLite file's
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         """This replica, as the holder of the claims it takes."""
@@ -258,20 +264,24 @@ class PostgresDatabase(Database):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PostgresConnection]:  # type: ignore[override]
+        """A transaction on a pooled connection, with no lock of its own: what it decides, it locks itself
+        (``dialect.lock_key``, first thing), so transactions about different keys run side by side on every
+        replica and every thread."""
         if getattr(self._local, "transacting", False):
             raise DatabaseError("a transaction inside a transaction on one thread: meshbot never nests them")
-        outer = getattr(self._local, "current", None)  # inside ``exclusively``: its connection, and its lock, go on
-        with self._write_lock, self.connection() as db:  # this process's writers queue here, as on SQLite
+        outer = getattr(self._local, "current", None)  # inside ``exclusively``: its connection goes on
+        with self.connection() as db:
             self._local.current, self._local.transacting = db, True
             try:
                 db.conn.execute("BEGIN")
-                db.conn.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+                db.in_transaction = True
                 yield db
                 db.conn.execute("COMMIT")
             except BaseException:
                 _roll_back(db.conn)
                 raise
             finally:
+                db.in_transaction = False
                 self._local.current, self._local.transacting = outer, False
 
     def migrate(self) -> int:
@@ -323,7 +333,7 @@ class PostgresDatabase(Database):
     @contextlib.contextmanager
     def exclusively(self, name: str) -> Iterator[bool]:
         """``pg_try_advisory_lock`` on a pooled connection kept for the block: nobody waits, and a dead replica's
-        lock ends with its session.  (Two-key locks: a space apart from WRITE_LOCK's.)"""
+        lock ends with its session.  (Two-key locks: a space apart from ``lock_key``'s one-bigint keys.)"""
         with self.connection() as db:
             row = db.conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [NAMED_LOCKS, name]).fetchone()
             held = bool(row and row[0])  # a SELECT of one function always returns one row
