@@ -496,6 +496,15 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "Envoy in {pod}: {count} calls leaving the mesh through its ALLOW_ANY passthrough failed to connect or "
           "timed out ({destinations}); probable cause: {cause}",
           "PassthroughCluster connect failures and timeouts; /clusters names each destination address."),
+    _code("MB4030", "LocalRateLimitRejecting", E, "envoy",
+          "Envoy in {pod}: {count} of {total} requests were refused 429 by its local rate limit {limiter} (RL); "
+          "probable cause: {cause}",
+          "<stat_prefix>.http_local_rate_limit.rate_limited: an EnvoyFilter's token bucket smaller than the traffic."),
+    _code("MB4031", "FaultInjectedBySidecar", E, "envoy",
+          "Envoy in {pod}: {count} of {total} requests on {listener} were {what} by fault injection (FI/DI); "
+          "probable cause: {cause}",
+          "http.<listener>.fault.aborts_injected / delays_injected: a VirtualService fault (traffic-policy MB5001-MB5003 "
+          "names it)."),
     # MB5xxx traffic-policy (commands/checks/traffic): configuration that fails requests by design.
     # VirtualService fault injection (istio.io/latest/docs/reference/config/networking/virtual-service/
     # #HTTPFaultInjection; istio/istio pilot/pkg/networking/core/route/route.go TranslateFault): Envoy's fault

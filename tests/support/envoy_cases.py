@@ -389,6 +389,46 @@ def _xds_rejected(lab: Lab, healthy: bool, *, rejected: str) -> RunningEnvoy:
     return envoy
 
 
+_LOCAL_RATE_LIMIT = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+_FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+_ALWAYS = {"numerator": 100, "denominator": "HUNDRED"}
+
+
+def _before_router(listener: dict[str, Any], http_filter: dict[str, Any]) -> dict[str, Any]:
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].insert(0, http_filter)
+    return listener
+
+
+def local_rate_limited(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """RL: the EnvoyFilter of Istio's rate limit task (istio.io/latest/docs/tasks/policy-enforcement/rate-limit/,
+    stat prefix http_local_rate_limiter, enabled and enforced for every request) with a bucket of 4 tokens a minute;
+    the healthy twin's bucket holds 1000."""
+    tokens = 1000 if healthy else 4
+    listener = _before_router(s.outbound_listener([s.service_vhost()]), {
+        "name": "envoy.filters.http.local_ratelimit", "typed_config": {
+            "@type": _LOCAL_RATE_LIMIT, "stat_prefix": "http_local_rate_limiter",
+            "token_bucket": {"max_tokens": tokens, "tokens_per_fill": tokens, "fill_interval": "60s"},
+            "filter_enabled": {"runtime_key": "local_rate_limit_enabled", "default_value": _ALWAYS},
+            "filter_enforced": {"runtime_key": "local_rate_limit_enforced", "default_value": _ALWAYS}}})
+    envoy = lab.start([listener], [s.outbound_cluster(lab.upstream())])
+    send(envoy, 20)
+    return envoy
+
+
+def fault_aborted(lab: Lab, healthy: bool) -> RunningEnvoy:
+    """FI: a VirtualService fault abort (httpStatus 503, percentage 100) as istiod renders it: the fault filter first
+    in the connection manager and the route's HTTPFault from TranslateFault (pilot/pkg/networking/core/route/
+    route.go), percentage as a per-million fraction; the healthy twin's percentage is 0."""
+    fault = {"@type": _FAULT, "abort": {"http_status": 503, "percentage": {
+        "numerator": 0 if healthy else 1_000_000, "denominator": "MILLION"}}}
+    routed = dict(s.route(), typed_per_filter_config={"envoy.filters.http.fault": fault})
+    listener = _before_router(s.outbound_listener([s.service_vhost(routed)]),
+                              {"name": "envoy.filters.http.fault", "typed_config": {"@type": _FAULT}})
+    envoy = lab.start([listener], [s.outbound_cluster(lab.upstream())])
+    send(envoy, 20)
+    return envoy
+
+
 def _listener_port(envoy: RunningEnvoy) -> int:
     statuses = envoy.admin_json("/listeners?format=json")["listener_statuses"]
     return int(statuses[0]["local_address"]["socket_address"]["port_value"])
@@ -440,6 +480,8 @@ CASES = (
     Case("passthrough-refused", passthrough_refused, ("MB4029",)),
     Case("cds-rejected", cds_rejected, ("MB4025",)),
     Case("lds-rejected", lds_rejected, ("MB4025",)),
+    Case("rl-local-limit", local_rate_limited, ("MB4030",)),
+    Case("fi-abort", fault_aborted, ("MB4031",)),
 )
 CASES_BY_NAME = {case.name: case for case in CASES}
 

@@ -17,6 +17,7 @@ from commands.checks.envoy.breakers import breaker_findings
 from commands.checks.envoy.failures import failure_findings, passthrough_findings
 from commands.checks.envoy.hosts import ClusterHosts, parse_clusters
 from commands.checks.envoy.listeners import holds_block_all, listener_findings
+from commands.checks.envoy.local_replies import local_replies_seen, local_reply_findings
 from commands.checks.envoy.names import CONTROL_PLANE_CLUSTERS, PASSTHROUGH, ClusterName
 from commands.checks.envoy.stats import STATS_INCLUSION_REGEX, EnvoyStats, parse_stats
 from commands.checks.registry import CheckContext, check
@@ -49,8 +50,8 @@ class Evidence:
 
 # AuthorizationPolicies (and the namespaces and workloads their sources name) let a 403 name its policy.
 @check("envoy", kinds=("Pod", "AuthorizationPolicy", "Namespace", "Deployment"),
-       summary="Envoy sidecars: every response flag (UH, UF, UO, NR, URX, UC, UT, DC, NC, RBAC 403, UAEX, "
-               "REGISTRY_ONLY, passthrough), rejected config, memory and stats count")
+       summary="Envoy sidecars: every response flag (UH, UF, UO, NR, URX, UC, UT, DC, NC, RBAC 403, UAEX, RL, "
+               "FI/DI, REGISTRY_ONLY, passthrough), rejected config, memory and stats count")
 def envoy(ctx: CheckContext) -> list[Finding]:
     if ctx.endpoints is None:
         return [_skipped("no Envoy admin endpoint configured (give --envoy-admin or a cluster)")]
@@ -102,6 +103,7 @@ def sidecar_findings(target: PodRef, evidence: Evidence, ctx: CheckContext) -> I
                                         (hosts or {}).get(PASSTHROUGH), ctx.thresholds)
     listener = list(listener_findings(target, stats, ctx.thresholds, registry_only=evidence.registry_only))
     yield from listener
+    yield from local_reply_findings(target, stats, ctx.thresholds)
     yield from _policies_behind_denials(target, listener, ctx.snapshot)
     yield from _unchecked_findings(target, evidence)
     yield from _resource_findings(target, stats, evidence.memory, ctx)
@@ -170,7 +172,7 @@ def _traffic_seen(evidence: Evidence) -> bool:
             or any(m["downstream_rq_total"] for m in stats.connection_managers.values())
             or any(r.denied or r.allowed for r in stats.rbac)
             or any(h.total("rq_total") or h.total("cx_total") for h in hosts if h.name not in CONTROL_PLANE_CLUSTERS)
-            or stats.blackhole_tcp_connections > 0)
+            or stats.blackhole_tcp_connections > 0 or local_replies_seen(stats))
 
 
 def admin_unreachable(target: PodRef, exc: MeshbotError, *, check: str) -> Finding:

@@ -332,4 +332,33 @@ FAILURE_MODES = FailureModel([
                "istioctl proxy-status {pod}.{namespace}"),),
         ("envoy-cds-rejected", "envoy-lds-rejected"),
         (XDS_STATS, ISTIO + "pilot/pkg/xds (NACK handling)")),
+    FailureMode(
+        "RL", "rate limited by the sidecar's local rate limit", "429", "The request was rate-limited locally by the "
+        "HTTP rate limit filter in addition to 429 response code.", "MB4030",
+        (Evidence(STATS, "&lt;stat_prefix&gt;.http_local_rate_limit.rate_limited, .ok", _NOT_IN_DEFAULTS),),
+        (Cause("token-bucket", "an EnvoyFilter adding envoy.filters.http.local_ratelimit whose token bucket "
+               "(max_tokens, tokens_per_fill, fill_interval) is smaller than the traffic, often copied from Istio's "
+               "rate limit task or set before the load grew",
+               "rate_limited grows beside ok; no upstream counter moves for the refused requests",
+               "Compare the EnvoyFilter's token bucket with the request rate and raise it only if the upstream can "
+               "take more; removing the EnvoyFilter drops the protection it was added for",
+               "istioctl proxy-config listener {pod} -n {namespace} -o json"),),
+        ("envoy-rl-local-limit",),
+        (ENVOY + "configuration/http/http_filters/local_rate_limit_filter", FLAGS_DOC,
+         "https://istio.io/latest/docs/tasks/policy-enforcement/rate-limit/")),
+    FailureMode(
+        "FI / DI", "fault injection (VirtualService fault)", "the abort's httpStatus / the delay", "The request was "
+        "aborted with a response code specified via fault injection (FI) or delayed (DI).", "MB4031",
+        (Evidence(STATS, "http.&lt;outbound listener&gt;.fault.aborts_injected, fault.delays_injected",
+                  _NOT_IN_DEFAULTS),),
+        (Cause("virtualservice-fault", "a VirtualService route with fault.abort or fault.delay (a resilience test "
+               "left on, or copied from Istio's fault injection task); istiod renders it as the route's fault filter "
+               "config, so the sidecar answers without calling the destination",
+               "aborts_injected or delays_injected grows; the destination's own metrics stay healthy",
+               "Find the VirtualService with fault on this port (the traffic-policy check names it) and, once "
+               "nobody is running a test, remove the fault block",
+               "istioctl proxy-config route {pod} -n {namespace} --name {listener_port} -o json"),),
+        ("envoy-fi-abort",),
+        (ENVOY + "configuration/http/http_filters/fault_filter", FLAGS_DOC,
+         ISTIO + "pilot/pkg/networking/core/route/route.go TranslateFault")),
 ])

@@ -72,8 +72,15 @@ CLUSTER_COUNTERS = (
 )
 # ext_authz.* are the CUSTOM AuthorizationPolicy filter's (http_filters/ext_authz_filter.rst; istiod sets no stat
 # prefix of its own, pilot/pkg/security/authz/builder/extauthz.go).
+# fault.* are the fault filter's, which istiod puts before the router on outbound routes and configures per route
+# from a VirtualService fault (pilot/pkg/networking/core/route/route.go TranslateFault; http_filters/fault_filter.rst).
 HTTP_COUNTERS = ("downstream_rq_total", "no_route", "no_cluster", "rq_direct_response", "ext_authz.ok",
-                 "ext_authz.denied", "ext_authz.error")
+                 "ext_authz.denied", "ext_authz.error", "fault.aborts_injected", "fault.delays_injected")
+# The local rate limit filter counts under its own stat prefix, rooted at the top (``<stat_prefix>.http_local_rate_limit.
+# rate_limited``, http_filters/local_rate_limit_filter.rst); Istio's rate limit task names it http_local_rate_limiter
+# (istio.io/latest/docs/tasks/policy-enforcement/rate-limit/), but an EnvoyFilter may choose any prefix.
+LOCAL_RATE_LIMIT = ".http_local_rate_limit."
+LOCAL_RATE_LIMIT_COUNTERS = ("ok", "rate_limited")
 XDS_REJECTIONS = {"cluster_manager.cds.update_rejected": "clusters (CDS)",
                   "listener_manager.lds.update_rejected": "listeners (LDS)"}
 _CLUSTER_SUFFIXES = tuple(f".{c}" for c in CLUSTER_COUNTERS)
@@ -92,9 +99,9 @@ STATS_INCLUSION_REGEX = (
     r"|timeout|pending_failure_eject)|cx_(none_healthy|connect_fail|connect_timeout|destroy_remote_with_active_rq"
     r"|total))|upstream_(rq_pending|rq_active|cx|cx_pool|rq_retry)_overflow|circuit_breakers\.(default|high)\.\w+_open"
     r"|outlier_detection\.ejections_active|ssl\.(connection_error|fail_verify_\w+))"
-    r"|http\.outbound_.*\.(downstream_rq_total|no_route|no_cluster|rq_direct_response)"
+    r"|http\.outbound_.*\.(downstream_rq_total|no_route|no_cluster|rq_direct_response|fault\.(aborts|delays)_injected)"
     r"|http\.inbound_.*\.(downstream_rq_total|ext_authz\.(ok|denied|error))"
-    r"|tcp\.BlackHoleCluster\.downstream_cx_total")
+    r"|tcp\.BlackHoleCluster\.downstream_cx_total|.*\.http_local_rate_limit\.(ok|rate_limited)")
 """A proxyStatsMatcher inclusion regex that exports exactly the stats this check reads on top of Istio's defaults
 (Envoy matches it against the whole stat name); tests prove it against the real binary."""
 
@@ -201,6 +208,8 @@ class EnvoyStats:
     xds_rejected: Mapping[str, int] = field(default_factory=dict)
     """``clusters (CDS)`` / ``listeners (LDS)`` -> updates Envoy rejected (exported under Istio's defaults)."""
     blackhole_tcp_connections: int = 0
+    rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Local rate limit filters by stat prefix -> ``ok`` / ``rate_limited`` counts (RL)."""
 
     @property
     def service_clusters(self) -> list[ClusterStats]:
@@ -223,6 +232,7 @@ def parse_stats(text: str) -> EnvoyStats:
     xds: dict[str, int] = {}
     active_clusters: int | None = None
     blackhole_tcp = 0
+    rate_limits: dict[str, dict[str, int]] = defaultdict(dict)
     lines = text.splitlines()
     # A busy sidecar exports tens of thousands of lines: cheap prefix/suffix tests first, no regex.
     for line in lines:
@@ -230,7 +240,11 @@ def parse_stats(text: str) -> EnvoyStats:
         if not value.isdigit():
             continue
         number = int(value)
-        if name.startswith("cluster."):
+        if LOCAL_RATE_LIMIT in name:
+            prefix, _, stat = name.rpartition(LOCAL_RATE_LIMIT)
+            if stat in LOCAL_RATE_LIMIT_COUNTERS:
+                rate_limits[prefix][stat] = number
+        elif name.startswith("cluster."):
             if split := _split_scoped(name.removeprefix("cluster."), _CLUSTER_SUFFIXES, CLUSTER_COUNTERS):
                 clusters[split[0]][split[1]] = number
         elif name.startswith(("http.", "tcp.")) and _RBAC in name:
@@ -252,7 +266,8 @@ def parse_stats(text: str) -> EnvoyStats:
         connection_managers={p: ConnectionManagerStats(p, values) for p, values in managers.items()},
         rbac=tuple(RbacStats(scope, denied=v.get("denied", 0), allowed=v.get("allowed", 0),
                              shadow_denied=v.get("shadow_denied", 0)) for scope, v in rbac.items()),
-        xds_rejected=xds, blackhole_tcp_connections=blackhole_tcp)
+        xds_rejected=xds, blackhole_tcp_connections=blackhole_tcp,
+        rate_limits={p: dict(v) for p, v in rate_limits.items()})
 
 
 def _split_scoped(rest: str, suffixes: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, str] | None:
