@@ -54,6 +54,10 @@ def _text(value: str) -> str:
     return value
 
 
+DEFAULT_ROLLUP_PER_MINUTE = 10
+"""Slack takes about one post a second per channel (docs.slack.dev, chat.postMessage rate limits): a new incident
+costs a top post and 3-4 replies (queued note, triage, timeline, alert updates), so 10 a minute already spend most of
+that minute; and a responder cannot read more than a few new top-level posts a minute (docs/incidents.md)."""
 MAX_INT = 1_000_000_000
 """No count, port, day or second meshbot reads comes near this; a larger one is a typo, not a setting."""
 MAX_SECONDS = 86_400.0
@@ -406,6 +410,10 @@ class Settings:
     thread_batch_seconds: float = _setting("MESHBOT_THREAD_BATCH_SECONDS", _positive_float, default=30.0,
                                            doc="At most one alert-update reply per incident thread per this many "
                                                "seconds; what arrives meanwhile is summarised in the next one.")
+    rollup_per_minute: int = _setting(
+        "MESHBOT_ROLLUP_PER_MINUTE", _positive_int, default=DEFAULT_ROLLUP_PER_MINUTE,
+        doc="New incidents a minute that get a top-level post each in a channel; beyond it, further ones (never a "
+            "critical one) are listed in one roll-up message and followed in its thread (docs/incidents.md).")
 
     def __post_init__(self) -> None:
         quorum_problem = quorum_exceeds_approvers(self.approvers, self.required_approvals)

@@ -23,7 +23,7 @@ from typing import Any
 import sqlite_utils
 
 from bot.diagnosis import Diagnostician
-from bot.incidents import blocks, conversation, headline
+from bot.incidents import blocks, conversation, headline, rollup
 from bot.incidents.alerts import (
     Alert,
     AlertStatus,
@@ -84,6 +84,7 @@ class IncidentFlow:
     clock: Callable[[], datetime] = field(default=utcnow)
     timeline: TimelineReader | None = None
     """The timeline each diagnosis reads around its alert (docs/timeline.md); None: snapshots only."""
+    rollup_per_minute: int = rollup.DEFAULT_PER_MINUTE  # new top-level posts a minute; further ones: a roll-up
     diagnosis: IncidentDiagnosis = field(init=False)
     _loop: WakeableLoop = field(init=False)
     _writer: NotificationWriter = field(init=False)
@@ -298,7 +299,7 @@ class IncidentFlow:
         if home is not None:
             # One top-level post per outage: it waits in the open incident's thread until its diagnosis decides.
             conversation.wait_in(db, self.incidents, self.outbox, incident_id, home)
-        else:
+        elif not rollup.roll_up_if_beyond(db, self.incidents, self.outbox, incident_id, self.rollup_per_minute):
             top = self.outbox.post(db, incident_id=incident_id, channel=self.channel,
                                    message=blocks.incident_message(
                                        headline.top_view(db, self.incidents, self.outbox, incident_id), self.clock()))

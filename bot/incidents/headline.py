@@ -14,7 +14,7 @@ from datetime import datetime
 
 import sqlite_utils
 
-from bot.incidents import blocks
+from bot.incidents import blocks, rollup
 from bot.incidents.lifecycle import LifecycleStore
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import DiagnosisRecord, Event, EventKind
@@ -130,6 +130,10 @@ def refresh_top(db: sqlite_utils.Database, incidents: IncidentLog, outbox: Outbo
     """Queue an update of the incident's top message to what the log says now; returns what it shows."""
     view = top_view(db, incidents, outbox, incident_id)
     top = view.incident.top_message
+    if top is not None and view.incident.channel and rollup.is_rollup(db, incidents, top):
+        # Listed in a roll-up (an alert storm): the message lists every incident in it, none owns it.
+        rollup.refresh(db, incidents, outbox, top, view.incident.channel)
+        return view
     first = incidents.sharing_top(db, top)[0] if top is not None else incident_id
     if first != incident_id:
         # It is part of another incident's conversation (bot.incidents.conversation): that top message is not its

@@ -221,6 +221,11 @@ class IncidentStore:
         return [row["id"] for row in db.query("SELECT id FROM incidents WHERE top_message = ? ORDER BY id",
                                               [outbox_id])]
 
+    def opened_in_channel_since(self, db: sqlite_utils.Database, channel: str, since: datetime) -> list[Incident]:
+        """Incidents opened in ``channel`` at or after ``since`` (the log's clock), oldest first (``rollup``)."""
+        return [Incident.from_row(row) for row in db.query(
+            "SELECT * FROM incidents WHERE channel = ? AND opened_at >= ? ORDER BY id", [channel, iso(since)])]
+
     def mark_diagnosed(self, db: sqlite_utils.Database, incident_id: int) -> None:
         db.execute("UPDATE incidents SET diagnosed = 1 WHERE id = ?", [incident_id])
 

@@ -134,7 +134,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     flow = IncidentFlow(database=database, incidents=incidents, outbox=outbox, playbooks=playbooks,
                         diagnostician=diagnostician, workers=workers, channel=settings.channel, metrics=metrics,
                         render_suggestions=_suggestion_buttons if approvals else _suggestion_text, clock=clock,
-                        timeline=timeline)
+                        timeline=timeline, rollup_per_minute=settings.rollup_per_minute)
     reminders, scheduler = _reminders(settings, database, cluster, outbox, incidents, flow, elector)
 
     # Each sub-command and button is registered by its feature in one call (parser, handler, permission, pool).
