@@ -112,7 +112,7 @@ def application_uid(ctx: CheckContext) -> list[Finding]:
     """IST0144 for a Pod or Deployment whose pod or application container runs as UID 1337."""
     findings: list[Finding] = []
     for pod in ctx.snapshot.of_kind("Pod"):
-        if not is_control_plane(pod) and _runs_as_proxy_uid(pod.spec):
+        if _runs_as_proxy_uid(pod.spec) and not is_control_plane(pod):  # the rare case first: both are pure
             findings.append(report("IST0144", pod))
     for deployment in ctx.snapshot.of_kind("Deployment"):
         spec = mapping(pod_template(deployment).get("spec"))

@@ -56,12 +56,14 @@ class PodIndex:
         self._by_namespace: dict[str, list[int]] = defaultdict(list)
         self._by_ns_label: dict[tuple[str, str, str], list[int]] = defaultdict(list)
         self._by_label: dict[tuple[str, str], list[int]] = defaultdict(list)
+        by_namespace, by_ns_label, by_label = self._by_namespace, self._by_ns_label, self._by_label
         for i, pod in enumerate(self.pods):
             namespace = pod.namespace or ""
-            self._by_namespace[namespace].append(i)
+            by_namespace[namespace].append(i)
             for key, value in pod.labels.items():
-                self._by_ns_label[(namespace, key, str(value))].append(i)
-                self._by_label[(key, str(value))].append(i)
+                value = value if type(value) is str else str(value)  # labels are strings; str() only for odd input
+                by_ns_label[(namespace, key, value)].append(i)
+                by_label[(key, value)].append(i)
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> PodIndex:

@@ -13,6 +13,7 @@ import yaml
 
 from commands.certificates.secrets import public_secret
 from commands.cluster.snapshot import DEFAULT_ISTIO_NAMESPACE, Resource, Snapshot
+from commands.cluster.sources.collector import collector_paused
 from commands.cluster.sources.yaml_fast import FastSafeLoader, construct
 from commands.errors import InputError
 from commands.resources.kinds import ISTIO_GROUPS, KNOWN_ISTIO_KINDS
@@ -31,7 +32,8 @@ class FileSource:
         self.default_namespace = default_namespace
         self.istio_namespace = istio_namespace
         self.max_file_bytes = max_file_bytes
-        self.resources = list(self._load_all())
+        with collector_paused():
+            self.resources = list(self._load_all())
         self.mesh_config = load_mesh_config(mesh_config) if mesh_config else _mesh_config_from(
             self.resources, istio_namespace)
 
