@@ -46,7 +46,8 @@ def fault_findings(virtual_service: Resource) -> Iterator[Finding]:
 
 def percentage(fault: Mapping[str, Any]) -> float:
     """The share of requests (0-100) a fault applies to; 0 when ``percentage`` is absent, as istiod reads it."""
-    value = (fault.get("percentage") or {}).get("value") if isinstance(fault.get("percentage"), Mapping) else None
+    share = fault.get("percentage")
+    value = share.get("value") if isinstance(share, Mapping) else None
     try:
         return max(0.0, min(float(value), 100.0)) if value is not None else 0.0
     except (TypeError, ValueError):
