@@ -34,7 +34,11 @@ ISTIO = "istio-system"
 
 
 def mesh(pods: int, services: int, namespaces: int) -> Iterator[dict]:
-    """istiod, an ingress gateway, and ``namespaces`` team namespaces sharing the pods and Services evenly."""
+    """istiod, an ingress gateway, and ``namespaces`` team namespaces sharing the pods and Services evenly.
+
+    The teams' namespaces, Services and pods are bench/mesh_generator.py's, with pods shaped like real injected pods.
+    """
+    from bench.mesh_generator import app_pods, service, team_namespace, team_namespaces
     from tests.support.injected import injected_pod
 
     root = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -44,17 +48,11 @@ def mesh(pods: int, services: int, namespaces: int) -> Iterator[dict]:
     for i in range(2):
         yield injected_pod(f"istiod-{i}", ISTIO, {"app": "istiod"}, container="discovery")
     yield injected_pod("istio-ingressgateway-0", ISTIO, {"istio": "ingressgateway"})
-    for n in range(namespaces):
-        ns = f"team-{n:03d}"
-        yield {"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": ns, "labels": {"istio-injection": "enabled"}}}
-        yield {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio-ca-root-cert", "namespace": ns},
-               "data": {"root-cert.pem": root}}
+    yield from team_namespaces(namespaces, root)
     for s in range(services):
-        ns = f"team-{s % namespaces:03d}"
-        yield {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"svc-{s}", "namespace": ns},
-               "spec": {"selector": {"app": f"svc-{s}"}, "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}
+        yield service(s, namespaces)
         if s % 2 == 0:
+            ns = team_namespace(s, namespaces)
             yield {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                    "metadata": {"name": f"vs-{s}", "namespace": ns},
                    "spec": {"hosts": [f"svc-{s}"], "http": [{"route": [{"destination": {"host": f"svc-{s}"}}]}]}}
@@ -63,14 +61,11 @@ def mesh(pods: int, services: int, namespaces: int) -> Iterator[dict]:
                    "spec": {"host": f"svc-{s}", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}
     for g in range(namespaces):
         yield {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
-               "metadata": {"name": f"gw-{g}", "namespace": f"team-{g:03d}"},
+               "metadata": {"name": f"gw-{g}", "namespace": team_namespace(g, namespaces)},
                "spec": {"selector": {"istio": "ingressgateway"},
                         "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"},
                                      "hosts": [f"app-{g}.example.com"]}]}}
-    for p in range(pods - 3):
-        s = p % services
-        ns = f"team-{s % namespaces:03d}"
-        yield injected_pod(f"svc-{s}-{p}", ns, {"app": f"svc-{s}", "version": "v1"}, restarts=30 if p % 997 == 0 else 0)
+    yield from app_pods(pods - 3, services, namespaces, injected_pod, versions=1)
 
 
 # -- process 1: the API server ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ analyzers have something to report, like a real mesh.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 from cryptography import x509
@@ -52,24 +52,10 @@ def generate(pods: int) -> Iterator[dict]:
                     "ports": [{"name": "http2", "port": 80, "targetPort": 8080},
                               {"name": "https", "port": 443, "targetPort": 8443}]}}
 
-    for n in range(namespaces):
-        ns = f"team-{n:03d}"
-        yield {"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": ns, "labels": {"istio-injection": "enabled"}}}
-        yield {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio-ca-root-cert", "namespace": ns},
-               "data": {"root-cert.pem": root}}
-
+    yield from team_namespaces(namespaces, root)
     for s in range(services):
-        ns = f"team-{s % namespaces:03d}"
-        yield {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"svc-{s}", "namespace": ns},
-               "spec": {"selector": {"app": f"svc-{s}"},
-                        "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}
-
-    for p in range(pods):
-        s = p % services
-        ns = f"team-{s % namespaces:03d}"
-        restarts = 30 if p % 997 == 0 else 0
-        yield _pod(f"svc-{s}-{p}", ns, {"app": f"svc-{s}", "version": f"v{p % 2 + 1}"}, restarts=restarts)
+        yield service(s, namespaces)
+    yield from app_pods(pods, services, namespaces, _pod, versions=2)
 
     for d in range(destination_rules):
         ns = f"team-{d % namespaces:03d}"
@@ -99,6 +85,40 @@ def generate(pods: int) -> Iterator[dict]:
         yield {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                "metadata": {"name": name, "namespace": "istio-system"},
                "data": {"tls.crt": base64.b64encode(pem.encode()).decode()}}
+
+
+# -- shared with bench/bench_cluster_scale.py: where the teams' namespaces, Services and pods go ----------------
+
+
+def team_namespace(index: int, namespaces: int) -> str:
+    return f"team-{index % namespaces:03d}"
+
+
+def team_namespaces(namespaces: int, root_pem: str) -> Iterator[dict]:
+    """The injection-enabled team namespaces, each with the root certificate ConfigMap istiod publishes there."""
+    for n in range(namespaces):
+        ns = team_namespace(n, namespaces)
+        yield {"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": ns, "labels": {"istio-injection": "enabled"}}}
+        yield {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio-ca-root-cert", "namespace": ns},
+               "data": {"root-cert.pem": root_pem}}
+
+
+def service(index: int, namespaces: int) -> dict:
+    """Service ``svc-<index>``, selecting ``app: svc-<index>``, in its team's namespace."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": f"svc-{index}", "namespace": team_namespace(index, namespaces)},
+            "spec": {"selector": {"app": f"svc-{index}"},
+                     "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}
+
+
+def app_pods(pods: int, services: int, namespaces: int, make_pod: Callable[..., dict], *,
+             versions: int) -> Iterator[dict]:
+    """``pods`` pods spread evenly over the Services (``version`` label v1..v<versions>); one in 997 crash-looping."""
+    for p in range(pods):
+        s = p % services
+        yield make_pod(f"svc-{s}-{p}", team_namespace(s, namespaces),
+                       {"app": f"svc-{s}", "version": f"v{p % versions + 1}"}, restarts=30 if p % 997 == 0 else 0)
 
 
 def _pod(name: str, namespace: str, labels: dict, *, container: str = "istio-proxy", restarts: int = 0) -> dict:
