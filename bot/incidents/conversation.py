@@ -14,17 +14,23 @@ per genuinely unrelated incident.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import secrets
+import threading
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlite_utils
 
 from bot.incidents import blocks, headline
 from bot.incidents.log import IncidentLog
-from bot.incidents.records import EventKind, Incident, IncidentStatus
-from bot.slack.blocks import Message, context, escape, message_of, plain
+from bot.incidents.records import Event, EventKind, Incident, IncidentStatus
+from bot.slack.app import AskFirst, Buttons
+from bot.slack.blocks import Message, button, buttons, context, escape, message_of, plain, section
 from bot.slack.outbox import Outbox
+from commands.cluster.snapshot import SnapshotSource
+from commands.errors import MeshbotError, UserError
 
 MESHBOT = "meshbot"
 WAITING_NOTE = "waiting_note"
@@ -64,23 +70,103 @@ def covering(incidents: Sequence[Incident], channel: str, namespace: str | None,
     return max(named or mesh_wide, key=lambda i: i.id, default=None)
 
 
-@dataclass(frozen=True)
+ATTACH_BUTTON = "conversation_scope"
+"""The answer to "attach to #1?" (value ``TOKEN:attach`` or ``TOKEN:separate``)."""
+SCOPE_ANSWER = "scope"
+"""Key of the ``note`` event data recording an answer: the namespace, and ``attach`` true or false."""
+
+
+@dataclass
 class Conversations:
-    """Finds the conversation for a command: ``conversations(channel, namespace)``."""
+    """Finds the conversation for a command: ``conversations(channel, namespace)``.
+
+    A command about a namespace no open incident of the channel names, while one is open there, is ambiguous:
+    the issue allows "ask once: attach to #1?".  The author is asked (``AskFirst``: two buttons), the answer is
+    an event of that incident (so it lasts the incident's life, on every replica) and the command then runs."""
 
     incidents: IncidentLog
     outbox: Outbox
+    namespaces: Callable[[], Collection[str] | None] = lambda: None
+    """The cluster's namespaces (None: cannot tell): a typo (``prdo``) is refused by the command, never asked
+    about."""
+    _held: dict[str, tuple[int, str, Callable[[], None]]] = field(default_factory=dict)
+    """Questions waiting for their button: token -> (incident, namespace, the command's retry)."""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, channel: str, namespace: str | None) -> Conversation | None:
         open_ = self.incidents.list_open()
         joined = frozenset(i.id for i in open_ if (d := self.incidents.latest_diagnosis(i.id)) and d.joined)
         incident = covering(open_, channel, namespace, joined)
+        if incident is None and namespace is not None:
+            incident = self._answered(covering(open_, channel, None, joined), namespace)
         if incident is None or incident.top_message is None:
             return None
         ts = self.outbox.ts_of(incident.top_message)
         if ts is None:
             return None  # its top message is not in Slack yet: nothing to reply under
         return Conversation(incident.id, channel, ts, incident.title, incident.top_message)
+
+    def _answered(self, open_one: Incident | None, namespace: str) -> Incident | None:
+        """``open_one`` when its people said commands about ``namespace`` belong to it; None when they said not
+        (or nothing is open); asks (``AskFirst``) when nobody has said yet."""
+        if open_one is None:
+            return None
+        known = self.namespaces()
+        if known is not None and namespace not in known:
+            return None  # no such namespace: the command itself says so, with suggestions
+        answer = scope_answer(self.incidents.timeline(open_one.id), namespace)
+        if answer is None:
+            token = secrets.token_urlsafe(16)
+            raise AskFirst(attach_question(open_one, namespace, token),
+                           hold=lambda retry: self._hold(token, open_one.id, namespace, retry))
+        return open_one if answer else None
+
+    def _hold(self, token: str, incident_id: int, namespace: str, retry: Callable[[], None]) -> None:
+        with self._lock:
+            self._held[token] = (incident_id, namespace, retry)
+
+    def answer(self, who: Any, value: str) -> None:
+        """The button: record the answer on the incident, say so, and run the command that asked."""
+        token, _, choice = value.partition(":")
+        with self._lock:
+            held = self._held.pop(token, None)
+        if held is None or choice not in ("attach", "separate"):
+            raise UserError("that question was answered already or has expired (meshbot restarted): type the "
+                            "command again")
+        incident_id, namespace, retry = held
+        attach = choice == "attach"
+        self.incidents.record(incident_id, who.user, EventKind.NOTE, {
+            "text": f"commands about `{namespace}` {'belong to this incident' if attach else 'are separate'} "
+                    "while it is open", SCOPE_ANSWER: namespace, "attach": attach})
+        who.tell(f"Noted: commands about `{namespace}` " + (f"attach to incident #{incident_id}" if attach else
+                 f"open their own thread, not incident #{incident_id}'s") + " until it resolves.")
+        retry()
+
+
+def scope_answer(events: Sequence[Event], namespace: str) -> bool | None:
+    """What people answered last for ``namespace`` on this incident: attach (True), separate (False), or None."""
+    answers = [bool(e.data.get("attach")) for e in events
+               if e.kind == EventKind.NOTE and e.data.get(SCOPE_ANSWER) == namespace]
+    return answers[-1] if answers else None
+
+
+def attach_question(incident: Incident, namespace: str, token: str) -> Message:
+    """ "Attach to #1?" with its two buttons; only the command's author sees it."""
+    where = ", ".join(f"`{escape(n)}`" for n in incident.namespaces) or "the whole mesh"
+    text = (f"Incident #{incident.id} ({plain(incident.title)}) is open in this channel about "
+            f"{', '.join(incident.namespaces)}. Is this command about {namespace} part of it?")
+    return message_of(text, [
+        section(f"Incident #{incident.id} (*{escape(incident.title)}*) is open in this channel about {where}. Is "
+                f"this command about `{escape(namespace)}` part of it? The answer holds for `{escape(namespace)}` "
+                "until the incident resolves."),
+        buttons(button(f"Attach to #{incident.id}", f"{ATTACH_BUTTON}:1", f"{token}:attach", style="primary"),
+                button("Separate incident", f"{ATTACH_BUTTON}:2", f"{token}:separate"),
+                block_id=f"attach-{incident.id}")])
+
+
+def register(buttons_: Buttons, conversations: Conversations) -> None:
+    """The answer's button; it runs the held command, so it goes on the worker pool (a request plans)."""
+    buttons_.add(ATTACH_BUTTON, conversations.answer, background=True)
 
 
 # -- a new alert group while an incident is open: wait in its thread until the diagnosis decides -------------
@@ -177,3 +263,14 @@ def _waiting_note(incident: Incident, home: Incident) -> Message:
     return message_of(text, [context(f":hourglass_flowing_sand: *{escape(incident.title)}* (incident "
                                      f"#{incident.id}) fired too; diagnosing whether it is part of this outage "
                                      f"(incident #{home.id}) or a separate problem.")])
+
+
+def cluster_namespaces(source: Callable[[], SnapshotSource]) -> Callable[[], Collection[str] | None]:
+    """The namespaces ``source`` lists, or None when it cannot list them or cannot vouch for an absence."""
+    def read() -> Collection[str] | None:
+        try:
+            snapshot = source().snapshot({"Namespace"})
+        except MeshbotError:
+            return None
+        return frozenset(snapshot.namespaces()) if snapshot.can_trust_absence("Namespace") else None
+    return read

@@ -28,7 +28,7 @@ from bot.cluster import ClusterAccess
 from bot.diagnosis import Diagnostician, Runner
 from bot.incidents import blocks as incident_blocks
 from bot.incidents import commands as incident_commands
-from bot.incidents import triage_reply
+from bot.incidents import conversation, triage_reply
 from bot.incidents.anchors import LeaseAnchorStore, default_anchor_stores
 from bot.incidents.audit import load_audit_key
 from bot.incidents.conversation import Conversations
@@ -140,7 +140,8 @@ def build(settings: Settings, *, runner: Runner | None = None,
     # Each sub-command and button is registered by its feature in one call (parser, handler, permission, pool).
     commands, buttons = SlashCommands(), Buttons()
     # While an incident about the same scope is open in the channel, commands answer in its thread (issue 27).
-    conversations = Conversations(incidents, outbox)
+    conversations = Conversations(incidents, outbox, namespaces=conversation.cluster_namespaces(cluster.source))
+    conversation.register(buttons, conversations)  # the answer to "attach to #1?"
     diagnosis_commands.register(commands, checks, diagnostician=diagnostician, slack=slack, metrics=metrics,
                                 workers=workers, outbox=outbox, conversation=conversations,
                                 render=triage_reply.command_triage)

@@ -27,6 +27,7 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from bot.settings import Settings
+from bot.slack.blocks import Message
 from bot.slack.errors import usage_answer, user_message
 from bot.slack.roles import Permission, RoleCheck
 from bot.slack.slash import HelpRequest, SlashCommands, UsageError
@@ -43,6 +44,14 @@ class Invocation:
     channel: str
     respond: Callable[..., Any]
 
+    def show(self, message: Message) -> None:
+        """An ephemeral answer with blocks (a question with buttons); best effort like ``tell``."""
+        try:
+            self.respond(text=message.text, blocks=message.blocks, response_type="ephemeral",
+                         replace_original=False)
+        except Exception:  # the log keeps the reason; the command can be typed again
+            log.warning("could not send an ephemeral question to %s in %s", self.user, self.channel, exc_info=True)
+
     def tell(self, text: str) -> None:
         """An ephemeral answer through the command's response_url (works even before the bot is invited)."""
         try:
@@ -53,6 +62,18 @@ class Invocation:
 
 Handler = Callable[[Invocation, Any], None]
 """(who asked, the parsed request or the button's value): raises for the user to read."""
+
+
+class AskFirst(Exception):
+    """A handler needs its author's answer before it can go on (``bot.incidents.conversation``'s "attach to #1?").
+
+    ``message`` (with the answer's buttons) is shown to the author only; ``hold`` is given the handler's retry,
+    which the answer's button runs."""
+
+    def __init__(self, message: Message, hold: Callable[[Callable[[], None]], None]):
+        super().__init__(message.text)
+        self.message = message
+        self.hold = hold
 RefusedClick = Callable[[str, str, str, str], None]
 """(user, button, value, reason): audits a press refused before any handler ran."""
 
@@ -239,6 +260,9 @@ def run_in_background(handler: Handler, invocation: Invocation, request: Any) ->
     """A command's or button's work; whatever it raises ends as a private answer, never a traceback."""
     try:
         handler(invocation, request)
+    except AskFirst as question:
+        question.hold(lambda: run_in_background(handler, invocation, request))
+        invocation.show(question.message)
     except MeshbotError as exc:
         log.info("/mesh %s for %s refused: %s", type(request).__name__, invocation.user, exc)
         invocation.tell(user_message(exc))

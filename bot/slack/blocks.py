@@ -204,6 +204,11 @@ def buttons(*elements: ButtonElement, block_id: str | None = None) -> ActionsBlo
     return ActionsBlock(elements=list(elements)[:25], block_id=block_id)
 
 
+def button(text: str, action_id: str, value: str, *, style: str | None = None) -> ButtonElement:
+    """One button (Slack clips its label at 75 characters)."""
+    return ButtonElement(text=clip(text, 75), action_id=action_id, value=value, style=style)
+
+
 def link(url: str, label: str) -> str | None:
     """A Slack link to an http(s) URL, or None when the URL is not one (never pass through other schemes)."""
     if not url.startswith(("http://", "https://")) or any(c in url for c in " \n<>"):
