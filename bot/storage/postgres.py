@@ -12,9 +12,9 @@ takes the narrowest lock that keeps it correct, first thing in its transaction: 
 transaction-scoped advisory lock on its (kind, key) (an alert group, an approval request), or a conditional
 ``UPDATE … WHERE state = ?`` / a unique constraint with ``ON CONFLICT`` where one statement is the decision.  The
 audit chain is the one lock every replica shares (``Lock.AUDIT_CHAIN``, see ``IncidentLog.append``), taken just
-before an event is inserted and held until its commit.  A lock taken after the chain's by a transaction that
-took its own in the wrong order is a deadlock PostgreSQL breaks within ``deadlock_timeout`` (1 s): the loser's
-error is transient and the work is retried.
+before an event is inserted and held until its commit.  Keys are locked before any event is appended; should a
+transaction holding the chain still wait for a row another one holds, that is a deadlock PostgreSQL breaks within
+``deadlock_timeout`` (1 s): the loser's error is transient (``transient``) and the work is retried.
 
 Every hold is bounded by the server, not by the holder's good health: ``idle_in_transaction_session_timeout``
 ends the session of a holder that stops talking (a replica paused by SIGSTOP or a long GC) and PostgreSQL
