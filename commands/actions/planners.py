@@ -37,7 +37,8 @@ from commands.actions.plan import MUST_NOT_BE_PAUSED, ROLLOUT_TRIGGER, Change, O
 from commands.actions.targets import ActionName, ActionTarget, ClientMode, Scope
 from commands.clients.kube import KubeClient
 from commands.cluster.injection import DATAPLANE_MODE_LABEL, INJECTION_LABEL, REVISION_LABEL, NamespaceInjection
-from commands.errors import NotFound, UserError
+from commands.errors import MeshbotError, NotFound, UserError
+from commands.suggestions import did_you_mean
 from commands.times import rfc3339
 
 EMERGENCY_POLICY = "meshbot-emergency-permissive"
@@ -69,14 +70,40 @@ def _require_namespace(client: KubeClient, namespace: str) -> dict[str, Any]:
     try:
         return client.get("Namespace", None, namespace)
     except NotFound:
-        raise UserError(f"namespace {namespace} does not exist") from None
+        raise UserError(f"namespace {namespace} does not exist, so nothing was planned."
+                        f"{did_you_mean(namespace, _names(client, 'Namespace', None))}") from None
 
 
 def _deployment(client: KubeClient, namespace: str, name: str) -> dict[str, Any]:
     try:
         return client.get("Deployment", namespace, name)
     except NotFound:
-        raise UserError(f"there is no Deployment {name} in namespace {namespace}") from None
+        raise UserError(_no_deployment(client, namespace, name)) from None
+
+
+def _no_deployment(client: KubeClient, namespace: str, name: str) -> str:
+    """Why ``namespace/name`` cannot be planned, with the closest names that exist (issue 27: never a silent
+    nothing for a typo): the namespace itself when it is the one that does not exist, else its Deployments."""
+    existing = _names(client, "Deployment", namespace)
+    try:
+        if not existing:  # a namespace with Deployments exists; an empty one may be the typo
+            client.get("Namespace", None, namespace)
+    except NotFound:
+        return (f"namespace {namespace} does not exist, so there is no Deployment {name} in it and nothing was "
+                f"planned.{did_you_mean(namespace, _names(client, 'Namespace', None))}")
+    except MeshbotError:
+        pass  # cannot tell (no right to read namespaces): the Deployment's own absence is what is known
+    hint = did_you_mean(name, existing) or (
+        f" Its Deployments: {', '.join(f'`{d}`' for d in existing[:10])}." if existing else "")
+    return f"there is no Deployment {name} in namespace {namespace}, so nothing was planned.{hint}"
+
+
+def _names(client: KubeClient, kind: str, namespace: str | None) -> list[str]:
+    """The names of ``kind`` objects (in ``namespace``), for suggestions; none when they cannot be listed."""
+    try:
+        return sorted(_name(o) for o in client.list(kind, namespace))
+    except MeshbotError:
+        return []
 
 
 # -- permissive mTLS ------------------------------------------------------------------------
