@@ -128,8 +128,11 @@ def build(settings: Settings, *, runner: Runner | None = None,
                                                          endpoints=endpoints or cluster.endpoints,
                                                          source=cluster.source,
                                                          istio_namespace=settings.istio_namespace, clock=clock,
-                                                         # the check right before a write reads nothing reused
-                                                         diagnose_fresh=uncached_diagnosis(cluster, checks),
+                                                         # the check right before a write reads nothing reused;
+                                                         # a given runner (the demo's reads its cluster directly)
+                                                         # decides how every diagnosis reads, this one too
+                                                         diagnose_fresh=None if runner else uncached_diagnosis(
+                                                             cluster, checks),
                                                          prometheus=lambda: prometheus_from(settings)))
     flow = IncidentFlow(database=database, incidents=incidents, outbox=outbox, playbooks=playbooks,
                         diagnostician=diagnostician, workers=workers, channel=settings.channel, metrics=metrics,
