@@ -28,6 +28,7 @@ from bot.server.schema import MIGRATIONS
 from bot.settings import Audience
 from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
+from bot.slack.ingress import LOG_INTERVAL_SECONDS
 from bot.slack.outbox import Outbox
 from bot.slack.replays import DeliveryLedger, ReplayGuard
 from bot.storage.database import Database
@@ -169,10 +170,15 @@ def test_a_flood_of_forged_requests_logs_one_line_without_body_or_response_url(m
     caplog.set_level(logging.DEBUG)
     secret_url = fake_slack.response_url("do-not-log-me")
     body = slash_command_body("diagnose prod", response_url=secret_url)
+    started = time.monotonic()
     for _ in range(40):
         assert post_signed(events_url(meshbot), body, secret="forged").status_code == 401
-    refusals = [r for r in caplog.records if "refused Slack request" in r.getMessage()]
-    assert len(refusals) == 1
+    elapsed = time.monotonic() - started
+    refusals = [r.getMessage() for r in caplog.records if "refused Slack request" in r.getMessage()]
+    # One line per LOG_INTERVAL_SECONDS: a flood inside one interval (any unloaded machine) logs exactly one; on a
+    # loaded CI machine the 40 requests once spanned three intervals, and each later line counts what it left out.
+    assert 1 <= len(refusals) <= 1 + int(elapsed // LOG_INTERVAL_SECONDS), (elapsed, refusals)
+    assert all("more like it in the last" in line for line in refusals[1:]), refusals
     text = logged(caplog)
     assert "do-not-log-me" not in text and "diagnose" not in text and urllib.parse.quote_plus(secret_url) not in text
     assert "Invalid request signature" not in text  # Bolt's own INFO line carries the whole body
