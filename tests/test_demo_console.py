@@ -340,6 +340,14 @@ def test_the_outage_is_one_conversation_a_typo_is_refused_and_everything_can_be_
     console.type_command("/mesh incident status 1 fixing istiod's memory raised to 4Gi, watching it")
     shown = console.wait_for_text("Status: Fixing: istiod's memory raised to 4Gi, watching it")
     assert any(line.startswith("Lead: @bob") for line in shown.splitlines()), shown[-2000:]
+
+    # The postmortem draft from the timeline, typed, attached in the outage's thread as a Markdown file.
+    console.type_command("/mesh incident postmortem 1")
+    console.wait_for_text("Postmortem draft: incident #1")
+    [draft] = [f for m in demo.workspace.messages for f in m.files if f.filename == "incident-1-postmortem.md"]
+    assert draft.content.startswith("# Postmortem draft: incident #1 \u2014 IstiodDown")
+    assert "Fixing: istiod's memory raised to 4Gi, watching it" in draft.content
+    assert "## Who approved what" in draft.content and "## What changed" in draft.content
     tops = browser.execute_script(
         "return [...document.querySelectorAll('#channel > .message:not(.ephemeral)')].map(m => m.innerText)")
     # The refused typo is alice's diagnosis request, not an incident: its own line, marked "not run".

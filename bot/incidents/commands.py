@@ -13,6 +13,7 @@ from enum import StrEnum
 from bot.incidents import headline
 from bot.incidents.flow import IncidentFlow
 from bot.incidents.lifecycle import SEVERITIES, LifecycleStore, Stage
+from bot.incidents.postmortem import postmortem_markdown
 from bot.incidents.records import Incident
 from bot.incidents.report import NOISE, Style, describe_event, event_time, person
 from bot.incidents.response import IncidentResponse
@@ -25,7 +26,7 @@ from commands.suggestions import did_you_mean
 MAX_TIMELINE_EVENTS = 40
 INCIDENT_USAGE = ("incident list | show ID | note ID TEXT | lead ID @someone | status ID investigating|fixing|"
                   "mitigated|monitoring NOTE | severity ID critical|error|warning|info | followup ID TEXT | "
-                  "resolve ID [NOTE]")
+                  "postmortem ID | resolve ID [NOTE]")
 MAX_NOTE_LENGTH = 2000
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
 
@@ -39,6 +40,7 @@ class IncidentOp(StrEnum):
     STATUS = "status"
     SEVERITY = "severity"
     FOLLOWUP = "followup"
+    POSTMORTEM = "postmortem"
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,8 @@ def parse_incident(words: list[str], rest: str) -> IncidentRequest:
     if len(words) < 2:
         raise UsageError(f"usage: `/mesh incident {op} ID …`")
     incident_id = incident_number(words[1])
-    if op == IncidentOp.SHOW:
-        expect_at_most(words, 2, "incident show ID")
+    if op in (IncidentOp.SHOW, IncidentOp.POSTMORTEM):
+        expect_at_most(words, 2, f"incident {op} ID")
         return IncidentRequest(op, incident_id)
     if op == IncidentOp.RESOLVE:
         return IncidentRequest(op, incident_id, _text_after(rest, 2))
@@ -143,6 +145,22 @@ class IncidentCommands:
                   f"{describe_event(e, Style.SLACK)}" for e in shown]
         return "\n".join(lines)[:3900]
 
+    def _attach_postmortem(self, incident: Incident, now: datetime) -> str:
+        """The Markdown draft (``meshbot incidents postmortem N``) as a file in the incident's thread, through the
+        outbox: everyone in the conversation gets it, and a Slack outage delays it rather than losing it."""
+        flow, lifecycle = self.flow, self.response.lifecycle
+        if incident.top_message is None or not incident.channel:
+            raise UsageError(f"incident #{incident.id} has no Slack thread; `meshbot incidents postmortem "
+                             f"{incident.id}` prints the draft")
+        draft = postmortem_markdown(incident, flow.incidents.alerts(incident.id), flow.incidents.timeline(incident.id),
+                                    lifecycle.get(incident.id), lifecycle.follow_ups(incident.id), now)
+        filename = f"incident-{incident.id}-postmortem.md"
+        with flow.database.transaction() as db:
+            flow.outbox.upload(db, incident_id=incident.id, channel=incident.channel, thread_of=incident.top_message,
+                               filename=filename, title=f"Postmortem draft: incident #{incident.id}", content=draft)
+        flow.outbox.wake()
+        return f"The postmortem draft of incident #{incident.id} is attached in its thread (`{filename}`)."
+
     def _answer(self, who: Invocation, request: IncidentRequest) -> str:
         flow = self.flow
         log = flow.incidents
@@ -162,6 +180,8 @@ class IncidentCommands:
         incident = log.get(request.incident_id)
         if request.op == IncidentOp.SHOW:
             return self._timeline(incident, now)
+        if request.op == IncidentOp.POSTMORTEM:
+            return self._attach_postmortem(incident, now)
         if request.op == IncidentOp.NOTE:
             flow.note(incident.id, who.user, request.text)
             return f"Noted on incident #{incident.id}."
@@ -188,6 +208,6 @@ def register(commands: SlashCommands, flow: IncidentFlow) -> None:
     pool."""
     response = IncidentResponse(flow, LifecycleStore(flow.database))
     commands.add("incident", usage=INCIDENT_USAGE, summary="open incidents, a timeline, notes, the lead, status "
-                 "updates, severity, follow-ups, resolve", parse=parse_incident,
+                 "updates, severity, follow-ups, a postmortem draft (attached), resolve", parse=parse_incident,
                  handle=IncidentCommands(flow, response).handle,
                  permission=PermissionWhen(Permission.RESOLVE, resolves, "`incident resolve|lead|status|severity`"))
