@@ -121,8 +121,10 @@ def invalid_webhooks(ctx: CheckContext) -> list[Finding]:
 
 
 def has_auto_image(pod_spec: Mapping[str, Any]) -> bool:
-    return any(c.get("name") == SIDECAR_CONTAINER and c.get("image") == AUTO_IMAGE
-               for c in mappings(pod_spec.get("containers")))
+    for container in mappings(pod_spec.get("containers")):  # a plain loop: this runs for every pod of the mesh
+        if container.get("name") == SIDECAR_CONTAINER and container.get("image") == AUTO_IMAGE:
+            return True
+    return False
 
 
 @analyzer("injection.ImageAutoAnalyzer", inputs=("Namespace", "Pod", "Deployment", "MutatingWebhookConfiguration"))
