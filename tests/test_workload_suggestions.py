@@ -55,3 +55,12 @@ def test_a_name_like_nothing_there_lists_the_namespaces_deployments_instead(shop
 def test_a_namespace_scoped_action_on_a_mistyped_namespace_suggests_the_namespace(shop):
     assert refusal(shop, "bypass namespace prdo") == ("namespace prdo does not exist, so nothing was planned. "
                                                       "Did you mean `prod`?")
+
+
+def test_a_diagnosis_typed_with_a_workload_says_checks_take_the_namespace():
+    from bot.slack.slash import UsageError, diagnose_parser
+
+    with pytest.raises(UsageError) as refused:
+        diagnose_parser("diagnose", ("all",))(["prod/chekout"], "prod/chekout")
+    assert str(refused.value) == ("`/mesh diagnose` takes a namespace, not a workload: `/mesh diagnose prod` checks "
+                                  "every workload there, `chekout` included if it exists (its findings name it).")

@@ -209,6 +209,12 @@ def diagnose_parser(label: str, checks: tuple[str, ...]) -> Parser:
 
     def parse_diagnose(words: list[str], rest: str) -> DiagnoseRequest:
         expect_at_most(words, 1, usage)
+        if words and "/" in words[0]:
+            # `prod/chekout`: checks read whole namespaces; say so rather than "not a valid namespace name".
+            namespace, _, workload = words[0].partition("/")
+            raise UsageError(f"`/mesh {label}` takes a namespace, not a workload: `/mesh {label} "
+                             f"{namespace[:63]}` checks every workload there, `{workload[:63]}` included if it "
+                             "exists (its findings name it).")
         namespace = namespace_argument(words[0]) if words else None
         return DiagnoseRequest(label=label, checks=checks, namespace=namespace)
     return parse_diagnose
