@@ -7,7 +7,7 @@ from datetime import datetime
 
 from slack_sdk.models.blocks import Block, ButtonElement, ConfirmObject, DividerBlock
 
-from bot.approvals.card import effect_lines, not_yet_line, review_blocks, what_changes
+from bot.approvals.card import effect_lines, not_yet_line, review_blocks, shortened_effect_lines, what_changes
 from bot.approvals.rule import RequestState
 from bot.approvals.store import ApprovalRequest
 from bot.approvals.verification import verified_by_effect
@@ -200,7 +200,7 @@ def result_note(request: ApprovalRequest) -> Message:
         text = f"{_executed(request)} (request #{request.id})."
         look = (request.verification or {}).get("effect")
         if look and look.get("lines"):
-            text += " " + "; ".join(escape(line) for line in look["lines"][:3])
+            text += " " + "; ".join(escape(line) for line in shortened_effect_lines(list(look["lines"]), 3))
     elif request.state == RequestState.FAILED:
         text = (f":x: `/mesh {escape(request.action)}` failed (request #{request.id}): "
                 f"{escape(str((request.result or {}).get('error')))}")
@@ -233,7 +233,7 @@ def follow_up_note(request: ApprovalRequest, report: EffectReport) -> Message:
     head = {"seen": ":white_check_mark: verified by its effect", "partly seen": ":large_yellow_circle: effect partly "
             "seen", "not seen": ":x: effect NOT seen", "not measured": ":grey_question: effect not measured"}
     text = (f"Follow-up on `/mesh {escape(request.action)}` (request #{request.id}): {head[str(report.outcome)]}. "
-            + "; ".join(escape(line) for line in report.lines[:4]))
+            + "; ".join(escape(line) for line in shortened_effect_lines(list(report.lines), 4)))
     return message_of(text, [section(text)])
 
 
