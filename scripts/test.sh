@@ -56,8 +56,10 @@ fi
 
 # Most tests wait on real processes and sockets rather than the CPU, so four workers on two cores cut the
 # suite from about 8 minutes to about 3.5 (docs/benchmarks.md).  MESHBOT_TEST_WORKERS=0 runs it serially.
+# loadgroup hands out one test at a time, the slowest files first (tests/support/ordering.py), so no worker is
+# left with minutes of work while the others idle; tests sharing a module-scoped fixture stay on one worker.
 set +e
-.venv/bin/pytest -n "${MESHBOT_TEST_WORKERS:-4}" "$@"
+.venv/bin/pytest -n "${MESHBOT_TEST_WORKERS:-4}" --dist loadgroup --no-loadscope-reorder "$@"
 status=$?
 set -e
 if [ $status -eq 5 ]; then

@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.support.alertmanager",
     "tests.support.postgres",  # a real PostgreSQL server (session) and the both-backends database fixture
     "tests.support.prometheus",  # a real Prometheus on a TSDB backfilled with Istio's metrics (session)
+    "tests.support.ordering",  # the slowest files first, module-fixture users grouped (for pytest-xdist)
 ]
