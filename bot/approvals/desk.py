@@ -156,7 +156,8 @@ class ApprovalDesk:
         plan = plan_action(client, target, self.clock())
         # Preconditions (a fresh diagnosis) and what the card shows beside the diff, bound into the plan's hash.
         checked, findings = self._preconditions(target)
-        plan = annotate_plan(plan, target, client, checked, findings)
+        plan = annotate_plan(plan, target, client, checked, findings,
+                             callers=self.inspector.callers if self.inspector else None)
         return self._open(plan, requester=requester, reason=reason,
                           channel=(incident.channel if incident else None) or channel,
                           incident=incident, client=client)
