@@ -127,7 +127,8 @@ def test_first_notification_opens_an_incident_with_a_top_level_message_and_diagn
         incident_bot, fake_slack):
     started = time.monotonic()
     response = send(incident_bot, payload("firing.json"))
-    assert response.status_code == 200 and time.monotonic() - started < 1.0
+    # Answered at once, long before the diagnosis (a loaded CI machine once took 1.2 s; Alertmanager waits 10 s).
+    assert response.status_code == 200 and time.monotonic() - started < 5.0
     [top] = fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident message")
     assert top["channel"] == "CINCIDENT"
     assert top["text"].startswith("CRITICAL: EnvoySidecarCrashLoop")
@@ -277,7 +278,7 @@ def test_malformed_payloads_are_400_with_a_reason_and_nothing_is_stored(incident
 
 
 def test_webhook_is_answered_long_before_slow_diagnostics_finish(bot_factory, kube, tmp_path, fake_slack):
-    # Every diagnostic waits 3 s on the cluster; a webhook that waited for one would take that long.
+    # Every diagnostic waits 3 s on the cluster; a webhook that waited for one would take at least that long.
     kube.slow("Pod", 3)
     config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
     meshbot = bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", alertmanager_token=TOKEN,
@@ -289,7 +290,7 @@ def test_webhook_is_answered_long_before_slow_diagnostics_finish(bot_factory, ku
         started = time.perf_counter()
         assert send(meshbot, data).status_code == 200
         timings.append(time.perf_counter() - started)
-    assert max(timings) < 1.0
+    assert max(timings) < 3.0, timings  # under the cluster's delay: no answer waited for a diagnosis
     assert stored_notifications(meshbot) == 10
 
 
