@@ -7,7 +7,6 @@ else reads ``os.environ``.  Precedence: environment, then ``--config`` YAML,
 then the default.  Secrets may also come from files (``SLACK_BOT_TOKEN_FILE``),
 the way Kubernetes mounts them.  A missing or malformed value raises
 ``SettingsError`` whose one-line message names the variable.
-Over 450 lines because every knob is declared here, in one place (STYLE.md principle 9).
 """
 
 from __future__ import annotations
