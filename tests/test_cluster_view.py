@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ from bot.cluster import ClusterAccess, ClusterView
 from bot.diagnosis import Diagnostician, queued_text
 from bot.settings import Settings
 from commands.catalog import default_checks
-from commands.findings import Finding
+from tests.support.diagnosis_gate import DiagnosisGate
 from tests.support.kube import FakeKube
 
 
@@ -120,26 +119,13 @@ def test_a_failed_read_is_not_remembered(kube: FakeKube):
 # -- the queue -----------------------------------------------------------------------------------
 
 
-class Gate:
-    """A runner that holds every diagnosis until released, so the test decides when turns end."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.started: list[str | None] = []
-
-    def __call__(self, checks: Any, namespace: str | None, pods: Any = ()) -> list[Finding]:
-        self.started.append(namespace)
-        self.release.wait(10)
-        return []
-
-
-def diagnostician(gate: Gate, max_running: int) -> Diagnostician:
+def diagnostician(gate: DiagnosisGate, max_running: int) -> Diagnostician:
     cluster = ClusterAccess(Settings(slack_bot_token="xoxb-test", slack_signing_secret="s"))
     return Diagnostician(cluster, default_checks(), runner=gate, max_running=max_running)
 
 
 def test_a_diagnosis_beyond_the_cap_waits_and_is_told_how_many_are_ahead():
-    gate = Gate()
+    gate = DiagnosisGate()
     doctor = diagnostician(gate, max_running=2)
     told: list[int] = []
     with ThreadPoolExecutor(4) as pool:
@@ -158,7 +144,7 @@ def test_a_diagnosis_beyond_the_cap_waits_and_is_told_how_many_are_ahead():
 
 
 def test_the_same_diagnosis_asked_twice_runs_once_and_never_queues():
-    gate = Gate()
+    gate = DiagnosisGate()
     doctor = diagnostician(gate, max_running=1)
     told: list[int] = []
     with ThreadPoolExecutor(3) as pool:

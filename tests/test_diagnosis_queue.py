@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any
 
 from bot.diagnosis import MAX_RUNNING_DIAGNOSES
 from bot.server.wiring import build
-from commands.findings import Finding
 from tests.support.bot import bot_settings
+from tests.support.diagnosis_gate import DiagnosisGate
 from tests.support.slack import FakeSlack, post_signed, slash_command_body
 
 # Five different diagnoses of prod (different checks are different runs; identical ones would share one).
 COMMANDS = ["status prod", "certs prod", "envoy prod", "analyze prod", "proxy-status prod"]
 
 
-class Gate:
-    """Holds every diagnosis until released, so the test decides when turns end."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.started = 0
-
-    def __call__(self, checks: Any, namespace: str | None, pods: Any = ()) -> list[Finding]:
-        self.started += 1
-        self.release.wait(20)
-        return []
-
-
 def test_a_diagnosis_beyond_the_cap_says_in_its_thread_how_many_are_ahead(fake_slack: FakeSlack, tmp_path: Path):
     assert MAX_RUNNING_DIAGNOSES == len(COMMANDS) - 1
-    gate = Gate()
+    gate = DiagnosisGate()
     meshbot = build(bot_settings(fake_slack, tmp_path), runner=gate).start()
     try:
         for text in COMMANDS[:-1]:
             post_signed(f"{meshbot.url}/slack/events", slash_command_body(text, response_url=fake_slack.response_url()))
-        fake_slack.wait_for(lambda: gate.started == MAX_RUNNING_DIAGNOSES, what="four diagnoses running")
+        fake_slack.wait_for(lambda: len(gate.started) == MAX_RUNNING_DIAGNOSES, what="four diagnoses running")
         post_signed(f"{meshbot.url}/slack/events",
                     slash_command_body(COMMANDS[-1], response_url=fake_slack.response_url()))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,8 @@ import pytest
 from bot.cluster import ClusterAccess
 from bot.server.wiring import build
 from bot.settings import Settings, SettingsError
-from commands.findings import Finding
 from tests.support.bot import bot_settings
+from tests.support.diagnosis_gate import DiagnosisGate
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack, post_signed, slash_command_body
 
@@ -46,26 +45,13 @@ def test_a_bad_cap_or_window_stops_start_up_with_one_line_naming_it(name, value,
     assert message.startswith(f"{name}: ") and complaint in message and "\n" not in message
 
 
-class Gate:
-    """Holds every diagnosis until released, so the test decides when turns end."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.started = 0
-
-    def __call__(self, checks: Any, namespace: str | None, pods: Any = ()) -> list[Finding]:
-        self.started += 1
-        self.release.wait(20)
-        return []
-
-
 def test_a_cap_of_one_queues_the_second_diagnosis_behind_the_first(fake_slack: FakeSlack, tmp_path: Path):
-    gate = Gate()
+    gate = DiagnosisGate()
     meshbot = build(bot_settings(fake_slack, tmp_path, max_diagnoses=1), runner=gate).start()
     try:
         post_signed(f"{meshbot.url}/slack/events",
                     slash_command_body("status prod", response_url=fake_slack.response_url()))
-        fake_slack.wait_for(lambda: gate.started == 1, what="the first diagnosis running")
+        fake_slack.wait_for(lambda: len(gate.started) == 1, what="the first diagnosis running")
         post_signed(f"{meshbot.url}/slack/events",
                     slash_command_body("certs prod", response_url=fake_slack.response_url()))
 
@@ -73,7 +59,7 @@ def test_a_cap_of_one_queues_the_second_diagnosis_behind_the_first(fake_slack: F
             lambda: [m for m in fake_slack.messages(top_level=True) if "certs" in m["text"]], what="Running…")
         [note] = fake_slack.wait_for(lambda: fake_slack.messages(thread_ts=top["_ts"]), what="the queued note")
         assert "Queued behind 1 diagnosis;" in note["text"]
-        assert gate.started == 1
+        assert len(gate.started) == 1
     finally:
         gate.release.set()
         meshbot.stop(timeout=10)
@@ -89,25 +75,21 @@ def cluster_access(kube: FakeKube, tmp_path: Path, **overrides: Any) -> ClusterA
                                   kube_context="kmock", **overrides))
 
 
-def test_the_reuse_window_lets_a_second_diagnosis_reuse_a_namespace_read(kube: FakeKube, tmp_path: Path):
+def pod_reads_for_two_diagnoses(kube: FakeKube, tmp_path: Path, reuse_seconds: float) -> int:
+    """How many times the API server was asked for prod's pods when two diagnoses in a row read them."""
     kube.add(pod("a"))
-    view = cluster_access(kube, tmp_path, cluster_reuse_seconds=60).view()
+    view = cluster_access(kube, tmp_path, cluster_reuse_seconds=reuse_seconds).view()
     try:
         view.read_list("Pod", "prod")
         view.read_list("Pod", "prod")
     finally:
         view.close()
+    return kube.count("GET", "/api/v1/namespaces/prod/pods")
 
-    assert kube.count("GET", "/api/v1/namespaces/prod/pods") == 1
+
+def test_the_reuse_window_lets_a_second_diagnosis_reuse_a_namespace_read(kube: FakeKube, tmp_path: Path):
+    assert pod_reads_for_two_diagnoses(kube, tmp_path, reuse_seconds=60) == 1
 
 
 def test_a_zero_reuse_window_reads_a_namespace_again_for_the_next_diagnosis(kube: FakeKube, tmp_path: Path):
-    kube.add(pod("a"))
-    view = cluster_access(kube, tmp_path, cluster_reuse_seconds=0).view()
-    try:
-        view.read_list("Pod", "prod")
-        view.read_list("Pod", "prod")
-    finally:
-        view.close()
-
-    assert kube.count("GET", "/api/v1/namespaces/prod/pods") == 2
+    assert pod_reads_for_two_diagnoses(kube, tmp_path, reuse_seconds=0) == 2
