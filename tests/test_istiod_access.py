@@ -26,7 +26,7 @@ from commands.errors import AccessDenied
 from commands.report import report_order
 from commands.resources.references import PodRef
 from tests.support.analysis import snapshot_from_yaml
-from tests.support.istiod import POD_NETWORK_SOURCE, FakeIstiod, syncz_entry
+from tests.support.istiod import POD_NETWORK_SOURCE, FakeIstiod, istiod_pod_yaml, syncz_entry
 from tests.support.kube import FakeKube
 
 CHECKS = default_checks()
@@ -34,14 +34,7 @@ MESHBOT_IDENTITY = "spiffe://cluster.local/ns/meshbot/sa/meshbot"
 ISTIO_SYSTEM_IDENTITY = "spiffe://cluster.local/ns/istio-system/sa/istio-reader"
 TOKEN = "projected-token-audience-istio-ca"
 
-ISTIOD_POD = """
-apiVersion: v1
-kind: Pod
-metadata: {name: istiod-1, namespace: istio-system, labels: {app: istiod}}
-spec:
-  containers: [{name: discovery, image: "docker.io/istio/pilot:1.22.3"}]
-status: {phase: Running, podIP: 127.0.0.1}
-"""
+ISTIOD_POD = istiod_pod_yaml(pod_ip="127.0.0.1")
 
 
 def from_another_pod() -> httpx.Client:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 from commands import codes
 from commands.catalog import default_checks
 from commands.checks.disconnected import CONNECT_GRACE, disconnected_findings
@@ -18,18 +16,10 @@ from commands.cluster.endpoints import EndpointResolver
 from commands.cluster.snapshot import Resource
 from commands.triage import triage
 from tests.support.analysis import snapshot_from_yaml
-from tests.support.http_server import start_server
 from tests.support.injected import injected_pod
-from tests.support.istiod import syncz_entry
+from tests.support.istiod import istiod_pod_yaml, syncz_entry
 
-ISTIOD_POD = """
-apiVersion: v1
-kind: Pod
-metadata: {name: istiod-1, namespace: istio-system, labels: {app: istiod}}
-spec:
-  containers: [{name: discovery, image: "docker.io/istio/pilot:1.22.3"}]
-status: {phase: Running}
-"""
+ISTIOD_POD = istiod_pod_yaml()
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
 
 
@@ -49,14 +39,6 @@ def proxy_status(urls: list[str], *pods: str, namespace: str | None = None):
 
 def codes_of(findings) -> list[str]:
     return sorted(f.code for f in findings if f.code in ("MB2015", "MB2016"))
-
-
-@pytest.fixture
-def second_istiod():
-    state, server = start_server()
-    yield state
-    server.shutdown()
-    server.server_close()
 
 
 def test_no_sidecar_connected_while_istiod_answers_is_an_error(istiod_server):

@@ -18,20 +18,12 @@ from commands.clients.http import http_endpoint
 from commands.cluster.endpoints import EndpointResolver
 from commands.report import report_order
 from tests.support.analysis import snapshot_from_yaml
-from tests.support.http_server import start_server
-from tests.support.istiod import syncz_entry
+from tests.support.istiod import istiod_pod_yaml, syncz_entry
 
 CHECKS = default_checks()
 SYNCZ = Path(__file__).resolve().parent / "data" / "syncz"
 
-ISTIOD_POD = """
-apiVersion: v1
-kind: Pod
-metadata: {name: istiod-1, namespace: istio-system, labels: {app: istiod}}
-spec:
-  containers: [{name: discovery, image: "docker.io/istio/pilot:1.22.3"}]
-status: {phase: Running}
-"""
+ISTIOD_POD = istiod_pod_yaml()
 
 
 def run_proxy_status(urls: list[str], *, namespace: str | None = None, pods: str = ISTIOD_POD):
@@ -68,15 +60,6 @@ def of_code(findings, code: str) -> list:
 
 def about(findings, origin: str) -> list:
     return [f for f in findings if f.origin == origin]
-
-
-@pytest.fixture
-def second_istiod():
-    """A second istiod (a canary revision, or another replica) on its own port."""
-    state, server = start_server()
-    yield state
-    server.shutdown()
-    server.server_close()
 
 
 # -- istioctl's per-type rule -----------------------------------------------------------------------------

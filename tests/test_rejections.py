@@ -17,17 +17,11 @@ from commands.cluster.endpoints import EndpointResolver
 from commands.report import report_order
 from commands.triage import triage
 from tests.support.analysis import snapshot_from_yaml
+from tests.support.istiod import istiod_pod_yaml
 
 CHECKS = default_checks()
 NACK = json.loads((Path(__file__).resolve().parent / "data" / "syncz" / "istiod-1.24" / "nack.json").read_text())[1]
-ISTIOD_POD = """
-apiVersion: v1
-kind: Pod
-metadata: {name: istiod-1, namespace: istio-system, labels: {app: istiod}}
-spec:
-  containers: [{name: discovery, image: "docker.io/istio/pilot:1.24.2"}]
-status: {phase: Running}
-"""
+ISTIOD_POD = istiod_pod_yaml("1.24.2")
 CUSTOM_AUTH_FILTER = """
 apiVersion: networking.istio.io/v1alpha3
 kind: EnvoyFilter

@@ -118,6 +118,28 @@ def istiod_server() -> Iterator[FakeIstiod]:
     server.server_close()
 
 
+@pytest.fixture
+def second_istiod() -> Iterator[ProgrammableServer]:
+    """A second istiod (a canary revision, or another replica) on its own port."""
+    state, server = start_server()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def istiod_pod_yaml(version: str = "1.22.3", *, pod_ip: str | None = None) -> str:
+    """istiod's pod ``istio-system/istiod-1`` (YAML), Running, its discovery container on pilot ``version``."""
+    status = f"{{phase: Running, podIP: {pod_ip}}}" if pod_ip else "{phase: Running}"
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: istiod-1, namespace: istio-system, labels: {{app: istiod}}}}
+spec:
+  containers: [{{name: discovery, image: "docker.io/istio/pilot:{version}"}}]
+status: {status}
+"""
+
+
 def syncz_entry(proxy: str, *, version: str = "1.22.3", synced: bool = True, **fields: str) -> dict:
     """One SyncStatus entry; all four main xDS types synced unless ``fields`` say otherwise."""
     entry: dict = {"cluster_id": "Kubernetes", "proxy": proxy, "proxy_type": "sidecar", "istio_version": version}
