@@ -16,19 +16,18 @@ from bot.diagnosis import DiagnosisResult
 from commands.actions import parse_action, plan_action
 from commands.actions.annotate import annotate_plan
 from commands.clients.prometheus import PrometheusClient
-from commands.cluster.snapshot import Snapshot
 from commands.telemetry.callers import callers_of
+from tests.support.http_server import closed_port_url
 from tests.support.kube import FakeKube
 from tests.support.prometheus import (
     ALERT_AT,
+    NoPods,
     OpenMetrics,
     RunningPrometheus,
-    backfill,
     requests,
-    start_prometheus,
+    serve_backfilled,
 )
 from tests.test_approval_cards import NOW, card_request, payments
-from tests.test_effect_prometheus import closed_port_url
 
 
 def caller_metrics() -> OpenMetrics:
@@ -45,16 +44,7 @@ def caller_metrics() -> OpenMetrics:
 
 @pytest.fixture(scope="module")
 def caller_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPrometheus]:
-    base = tmp_path_factory.mktemp("prometheus-callers")
-    backfill(caller_metrics(), base / "data")
-    running = start_prometheus(base / "data")
-    yield running
-    running.stop()
-
-
-class NoPods:
-    def snapshot(self, kinds) -> Snapshot:
-        return Snapshot()
+    yield from serve_backfilled(tmp_path_factory, "prometheus-callers", caller_metrics())
 
 
 def eyes(prometheus_url: str | None) -> MeshInspector:

@@ -4,7 +4,6 @@ recovery), and Envoy's counters as the fallback when Prometheus is absent or fai
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,17 +18,17 @@ from commands.actions.plan import Plan
 from commands.clients.http import HttpEndpoint
 from commands.clients.prometheus import PrometheusClient
 from commands.cluster.endpoints import EndpointResolver
-from commands.cluster.snapshot import Snapshot
 from commands.preconditions import Effect
 from commands.resources.references import PodRef
+from tests.support.http_server import closed_port_url
 from tests.support.prometheus import (
     ALERT_AT,
+    NoPods,
     OpenMetrics,
     RunningPrometheus,
-    backfill,
     minutes_before_alert,
     requests,
-    start_prometheus,
+    serve_backfilled,
     step_at,
 )
 
@@ -61,11 +60,7 @@ def recovery_metrics() -> OpenMetrics:
 
 @pytest.fixture(scope="module")
 def recovery_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPrometheus]:
-    base = tmp_path_factory.mktemp("prometheus-recovery")
-    backfill(recovery_metrics(), base / "data")
-    running = start_prometheus(base / "data")
-    yield running
-    running.stop()
+    yield from serve_backfilled(tmp_path_factory, "prometheus-recovery", recovery_metrics())
 
 
 @dataclass
@@ -76,17 +71,6 @@ class Clock:
         return self.now
 
 
-class NoPods:
-    """A cluster with no pods to read: traffic comes from Prometheus alone, or from the Envoy named directly."""
-
-    def snapshot(self, kinds) -> Snapshot:
-        return Snapshot()
-
-
-def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
 def inspector(clock: Clock, *, prometheus_url: str | None, envoy_admin: str | None = None) -> MeshInspector:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -21,6 +20,7 @@ from commands.findings import Finding, Level
 from commands.resources.references import PodRef
 from tests.support.certs import mint
 from tests.support.envoy import FailingUpstreamEnvoy, RunningEnvoy, istio_stats_config
+from tests.support.http_server import closed_port_url
 
 POD = PodRef("prod", "api-service-6b7c9d8f5-k2m4p")
 MIB = 2**20
@@ -42,13 +42,6 @@ def only(findings: list[Finding], code: str) -> Finding:
     matching = [f for f in findings if f.code == code]
     assert len(matching) == 1, codes_of(findings)
     return matching[0]
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # /clusters of a sidecar that served 100 inbound requests: traffic seen, so silence means healthy.

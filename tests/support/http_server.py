@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -30,6 +31,13 @@ class Recorded:
     """What the server answered."""
     at: float = field(default_factory=time.monotonic)
     """When the request was read (``time.monotonic``), for tests that measure when something arrived."""
+
+
+def closed_port_url() -> str:
+    """An http URL on a loopback port nothing listens on: a connection to it is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
 @dataclass

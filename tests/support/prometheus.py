@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from commands.cluster.snapshot import Snapshot
 from tests.support.processes import stop_process
 
 PROMETHEUS_MISSING = ("the real Prometheus is needed for these tests and `{binary}` was not found: "
@@ -211,19 +212,30 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mesh_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPrometheus]:
-    base = tmp_path_factory.mktemp("prometheus-mesh")
-    backfill(mesh_metrics(), base / "data")
+def serve_backfilled(tmp_path_factory: pytest.TempPathFactory, name: str,
+                     metrics: OpenMetrics | None) -> Iterator[RunningPrometheus]:
+    """The body of a Prometheus fixture: ``metrics`` backfilled under a new directory ``name``, served until the
+    fixture ends (``yield from serve_backfilled(...)``)."""
+    base = tmp_path_factory.mktemp(name)
+    backfill(metrics, base / "data")
     running = start_prometheus(base / "data")
     yield running
     running.stop()
+
+
+class NoPods:
+    """A cluster source with no pods to read: traffic comes from Prometheus alone, or from an Envoy named
+    directly."""
+
+    def snapshot(self, kinds) -> Snapshot:
+        return Snapshot()
+
+
+@pytest.fixture(scope="session")
+def mesh_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPrometheus]:
+    yield from serve_backfilled(tmp_path_factory, "prometheus-mesh", mesh_metrics())
 
 
 @pytest.fixture(scope="session")
 def empty_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPrometheus]:
-    base = tmp_path_factory.mktemp("prometheus-empty")
-    backfill(None, base / "data")
-    running = start_prometheus(base / "data")
-    yield running
-    running.stop()
+    yield from serve_backfilled(tmp_path_factory, "prometheus-empty", None)
