@@ -19,7 +19,7 @@ effect in, an outcome and sentences for the thread out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -223,43 +223,44 @@ def _traffic_lines(before: Observation, after: Observation) -> tuple[list[float]
 
 
 def _prometheus_lines(before: Observation, after: Observation) -> tuple[list[float], list[str]]:
-    took = human_duration(after.at - before.at)
+    # Prometheus counts the requests since the change itself; an edge it does not list had none.
+    def since(key: str, was: Edge) -> Edge:
+        return (after.windowed or {}).get(key) or Edge(0, 0)
+
+    return _recovery_lines(before.windowed or {}, since, "error", human_duration(after.at - before.at))
+
+
+def _counter_lines(before: Observation, after: Observation) -> tuple[list[float], list[str]]:
+    def since(key: str, was: Edge) -> Edge | str:
+        now = after.edges.get(key)
+        if now is None:
+            return "no counters now (pod replaced or unreachable)"
+        if now.requests < was.requests:  # Envoy restarted (a new pod): its counters start over
+            return now
+        return Edge(max(now.requests - was.requests, 0), max(now.errors - was.errors, 0))
+
+    return _recovery_lines(before.edges, since, "5xx", human_duration(after.at - before.at))
+
+
+def _recovery_lines(baseline: Mapping[str, Edge], since: Callable[[str, Edge], Edge | str], measure: str,
+                    took: str) -> tuple[list[float], list[str]]:
+    """Per edge failing at the baseline, how much its ``measure`` share fell and a sentence saying so; ``since``
+    gives the edge's requests since the change, or why they cannot be counted."""
     results: list[float] = []
     lines: list[str] = []
-    for key, was in sorted((before.windowed or {}).items()):
+    for key, was in sorted(baseline.items()):
         if not was.errors or was.share is None:
+            continue  # only the edges that were failing say whether the remedy worked
+        now = since(key, was)
+        if isinstance(now, str):
+            lines.append(f"{key}: {now}; error share was {_percent(was.share)}")
             continue
-        now = (after.windowed or {}).get(key)
-        if now is None or now.share is None:
+        if now.share is None:
             lines.append(f"{key}: no requests since the change, so recovery is not measured yet "
                          f"(error share was {_percent(was.share)})")
             continue
         results.append(_recovery(was.share, now.share))
-        lines.append(f"{key}: error share {_percent(was.share)} \u2192 {_percent(now.share)} in {took}"
-                     f"{_verb(results[-1])}")
-    return results, lines
-
-
-def _counter_lines(before: Observation, after: Observation) -> tuple[list[float], list[str]]:
-    took = human_duration(after.at - before.at)
-    results: list[float] = []
-    lines: list[str] = []
-    for key, was in sorted(before.edges.items()):
-        if not was.errors or was.share is None:
-            continue  # only the edges that were failing say whether the remedy worked
-        now = after.edges.get(key)
-        if now is None:
-            lines.append(f"{key}: no counters now (pod replaced or unreachable); error share was {_percent(was.share)}")
-            continue
-        delta = Edge(max(now.requests - was.requests, 0), max(now.errors - was.errors, 0))
-        if now.requests < was.requests:  # Envoy restarted (a new pod): its counters start over
-            delta = now
-        if delta.share is None:
-            lines.append(f"{key}: no requests since the change, so recovery is not measured yet "
-                         f"(error share was {_percent(was.share)})")
-            continue
-        results.append(_recovery(was.share, delta.share))
-        lines.append(f"{key}: 5xx share {_percent(was.share)} \u2192 {_percent(delta.share)} in {took}"
+        lines.append(f"{key}: {measure} share {_percent(was.share)} \u2192 {_percent(now.share)} in {took}"
                      f"{_verb(results[-1])}")
     return results, lines
 
