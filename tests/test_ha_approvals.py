@@ -42,22 +42,30 @@ KUBE_TIMEOUT = 10.0
 took more than 2 s to be answered, and the asks were refused ("no answer within 2s") rather than slow."""
 
 
-@pytest.fixture
-def replicas(kube: FakeKube, bot_factory, fake_slack, tmp_path, postgres, istiod_server):
-    """Three replicas on one fresh PostgreSQL database (the audit key shared, as from one Secret), with a healthy
-    istiod (its pod Ready, its syncz answering) so the actions' preconditions hold."""
-    for n in range(REQUESTS):
+def approval_replicas(kube: FakeKube, bot_factory, fake_slack, tmp_path, postgres, istiod_server, *, teams: int,
+                      count: int, **settings) -> list:
+    """``count`` replicas on one fresh PostgreSQL database requiring two approvals (``settings`` added, e.g. the
+    audit key shared as from one Secret), ``teams`` namespaces with an ``api`` Deployment each, and a healthy istiod
+    (its pod Ready, its syncz answering) so the actions' preconditions hold."""
+    for n in range(teams):
         kube.add(namespace(f"team-{n}"), deployment("api", f"team-{n}"))
     kube.add(namespace("istio-system"), deployment("istiod", "istio-system"), istiod_pod())
     istiod_server.answer("/debug/syncz", [syncz_entry("api-1.team-0")])
     fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
     config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
     url = postgres.create()
-    started = [bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=KUBE_TIMEOUT,
-                           approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", database_url=url,
-                           database_password=PASSWORD, audit_key=AUDIT_KEY, db_path=str(tmp_path / f"replica{i}.db"),
-                           istiod_url=istiod_server.url)
-               for i in range(3)]
+    return [bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=KUBE_TIMEOUT,
+                        approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", database_url=url,
+                        database_password=PASSWORD, db_path=str(tmp_path / f"replica{i}.db"),
+                        istiod_url=istiod_server.url, **settings)
+            for i in range(count)]
+
+
+@pytest.fixture
+def replicas(kube: FakeKube, bot_factory, fake_slack, tmp_path, postgres, istiod_server):
+    """Three replicas (the audit key shared, as from one Secret), one team namespace per request."""
+    started = approval_replicas(kube, bot_factory, fake_slack, tmp_path, postgres, istiod_server, teams=REQUESTS,
+                                count=3, audit_key=AUDIT_KEY)
     for meshbot in started:
         # No test here is about the effect: the first look after execution need not wait for acknowledgements.
         meshbot.services.approvals.effects.settle = timedelta(0)

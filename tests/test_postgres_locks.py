@@ -19,13 +19,10 @@ from bot.server.schema import MIGRATIONS
 from bot.storage.dialect import Lock, lock_key, try_lock_key
 from bot.storage.postgres import LOCK_TIMEOUT_MS, PostgresDatabase
 from tests.support.bot import quiesce
-from tests.support.istiod import syncz_entry
-from tests.support.kube import FakeKube, write_kubeconfig
-from tests.support.postgres import PASSWORD
+from tests.support.kube import FakeKube
 from tests.support.replicas import notification
-from tests.test_actions import deployment, namespace
-from tests.test_approvals import APPROVERS, approve, istiod_pod
-from tests.test_ha_approvals import KUBE_TIMEOUT, ask_in
+from tests.test_approvals import approve
+from tests.test_ha_approvals import approval_replicas, ask_in
 from tests.test_incidents import TOKEN, send
 
 AUDIT_KEY = "locks-test-audit-key-0123456789abcdef012"
@@ -93,18 +90,8 @@ def test_an_event_appended_holds_the_audit_chain_until_its_transaction_commits(p
 def pair(kube: FakeKube, bot_factory, fake_slack, tmp_path, postgres, istiod_server):
     """Two replicas on one fresh PostgreSQL database, taking alerts and approvals (two approvals required), with a
     healthy istiod so the actions' preconditions hold."""
-    for n in range(2):
-        kube.add(namespace(f"team-{n}"), deployment("api", f"team-{n}"))
-    kube.add(namespace("istio-system"), deployment("istiod", "istio-system"), istiod_pod())
-    istiod_server.answer("/debug/syncz", [syncz_entry("api-1.team-0")])
-    fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
-    config = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
-    url = postgres.create()
-    return [bot_factory(scenario=None, kubeconfig=config, kube_context="kmock", kube_timeout=KUBE_TIMEOUT,
-                        approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", database_url=url,
-                        database_password=PASSWORD, audit_key=AUDIT_KEY, alertmanager_token=TOKEN,
-                        db_path=str(tmp_path / f"replica{i}.db"), istiod_url=istiod_server.url)
-            for i in range(2)]
+    return approval_replicas(kube, bot_factory, fake_slack, tmp_path, postgres, istiod_server, teams=2, count=2,
+                             audit_key=AUDIT_KEY, alertmanager_token=TOKEN)
 
 
 def group_key(group: int) -> str:
