@@ -319,6 +319,9 @@ def test_the_outage_is_one_conversation_a_typo_is_refused_and_everything_can_be_
 
     console.type_command("/mesh status prdo")
     console.wait_for_text("no namespace prdo exists, so nothing was checked. Did you mean prod?")
+    private = browser.execute_script(
+        "return [...document.querySelectorAll('#channel > .message.ephemeral')].map(m => m.innerText)")
+    assert any("Did you mean prod?" in answer for answer in private), "the refusal is alice's alone"
 
     # A second alert group of the same outage after its diagnosis was posted: a note in its thread, no new post.
     console.send_alert("IstiodHighMemory/istio-system/istiod-5d8f7c9b6-qx7wz|firing")
@@ -350,7 +353,7 @@ def test_the_outage_is_one_conversation_a_typo_is_refused_and_everything_can_be_
     assert "## Who approved what" in draft.content and "## What changed" in draft.content
     tops = browser.execute_script(
         "return [...document.querySelectorAll('#channel > .message:not(.ephemeral)')].map(m => m.innerText)")
-    # The refused typo is alice's diagnosis request, not an incident: its own line, marked "not run".
-    incidents = [t for t in tops if "not run" not in t]
-    assert len(incidents) == 1, f"one top-level post for the outage: {incidents}"
-    assert "1 more alert group joined (#2)" in incidents[0]
+    # The refused typo was answered to alice alone: nothing about it in the channel, only the outage's post.
+    assert not any("prdo" in t for t in tops), tops
+    assert len(tops) == 1, f"one top-level post for the outage: {tops}"
+    assert "1 more alert group joined (#2)" in tops[0]

@@ -99,17 +99,6 @@ def test_a_mistyped_subcommand_gets_a_suggestion_not_the_whole_help(meshbot, fak
                              "them all."
 
 
-def test_a_mistyped_namespace_is_refused_with_a_suggestion_and_never_ticked(meshbot, fake_slack):
-    slash(meshbot, fake_slack, "status prdo")
-    update = wait_for_outcome(fake_slack)
-    [top] = fake_slack.messages(top_level=True)
-    assert update["text"] == "status for prdo not run: no namespace `prdo` exists, so nothing was checked. " \
-                             "Did you mean `prod`?"
-    quiesce(meshbot)
-    assert fake_slack.messages(thread_ts=top["_ts"]) == [], "no findings thread for a namespace that does not exist"
-    assert "white_check_mark" not in str(update)
-
-
 def test_a_diagnosis_says_what_it_scanned_and_what_it_could_not_read(meshbot, fake_slack):
     slash(meshbot, fake_slack, "diagnose prod")
     wait_for_outcome(fake_slack)

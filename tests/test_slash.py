@@ -90,7 +90,8 @@ def test_a_subcommand_name_cannot_be_registered_twice():
 
 def test_the_command_carries_its_subcommand_with_the_request():
     command = COMMANDS.command("certs prod")
-    assert command.subcommand.name == "certs" and command.subcommand.handle is answer_nothing
+    assert command.subcommand.name == "certs"
+    assert command.subcommand.handle.__wrapped__ is answer_nothing, "behind the registry's namespace check"
     assert command.request == DiagnoseRequest("certs", ("certs",), "prod")
     assert command.permission is Permission.DIAGNOSE and not command.subcommand.background
 

@@ -154,6 +154,9 @@ def build(settings: Settings, *, runner: Runner | None = None,
     reminder_commands.register(commands, reminders)
     timeline_commands.register(commands, timeline, slack=slack, outbox=outbox)
     commands.audit_refused(_refused_command_recorder(incidents))
+    # A typo'd namespace is answered to its author alone, before a handler posts in the channel (issue 27); the
+    # Namespace list is watched after its first read (bot.cluster.ClusterView), so checking costs no API call.
+    commands.refuse_unknown_namespaces(conversation.cluster_namespaces(cluster.source))
     roles = RoleCheck(Roles.from_settings(settings), groups)
     bolt = build_bolt_app(settings, web_client, Pools(messengers=messengers, workers=workers), commands, buttons,
                           roles)

@@ -141,13 +141,6 @@ def failed(check: str, namespace: str | None, user: str, reason: str) -> Message
                                    f"failed: {escape(reason)}")])
 
 
-def refused(check: str, namespace: str | None, user: str, reason: str) -> Message:
-    """A diagnosis that did not run because what it names does not exist: an error, never an all-clear."""
-    text = f"{check} for {namespace or 'all namespaces'} not run: {reason}"
-    return message_of(text, [section(f":x: *{check}* for {scope(namespace)}, requested by <@{user}>, not run: "
-                                   f"{escape(reason)}")])
-
-
 def plain_counts(findings: Sequence[Finding]) -> str:
     counts = count_by_level(findings)
     return ", ".join(plural(counts[level], _LEVEL_WORD[level]) for level in Level if counts[level]) or "no findings"

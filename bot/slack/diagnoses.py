@@ -4,7 +4,9 @@ The "Running…" message is posted at once from the messenger pool; the
 diagnosis itself runs on the worker pool and fills in that message's thread.
 While an incident about the same scope is open in the channel, the whole
 exchange goes into that incident's thread instead (one conversation per
-outage, issue 27): ``conversation`` finds it.
+outage, issue 27): ``conversation`` finds it.  A namespace that does not
+exist is refused before any of this, privately, by the registry
+(``SlashCommands.refuse_unknown_namespaces``): no "Running…" for a typo.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ from bot.slack.outbox import Outbox
 from bot.slack.slash import DiagnoseRequest, SlashCommands, add_diagnoses
 from commands.checks.registry import CheckRegistry
 from commands.coverage import Coverage, coverage
-from commands.errors import MeshbotError
 from commands.findings import Finding
 from commands.report import diagnose_text
-from commands.suggestions import unknown_namespace
 
 
 class Thread(Protocol):
@@ -87,11 +87,6 @@ class DiagnosisCommands:
         slack, metrics = self.slack, self.metrics
         label, namespace = request.label, request.namespace
         thread_ts = job.thread.thread_ts if job.thread else top.ts
-        refusal = self._unknown_namespace(namespace)
-        if refusal:
-            done = blocks.refused(label, namespace, who.user, refusal)
-            slack.update_message(who.channel, top.ts, done.text, done.blocks)
-            return
         result = self.diagnostician.run(  # the wait for a turn is said in the thread (issue 26)
             request.checks, namespace,
             on_queued=lambda ahead: slack.post_message(who.channel, queued_text(ahead), thread_ts=thread_ts))
@@ -119,19 +114,6 @@ class DiagnosisCommands:
         if hidden:
             slack.upload_text(who.channel, thread_ts, filename=full[0], title=full[1], content=full[2])
         slack.update_message(who.channel, top.ts, done.text, done.blocks)
-
-    def _unknown_namespace(self, namespace: str | None) -> str | None:
-        """Why ``namespace`` cannot be diagnosed (it does not exist), with the closest names; None when it exists
-        or when the namespaces cannot be listed (the diagnosis then says what it could not read)."""
-        if namespace is None:
-            return None
-        try:
-            snapshot = self.diagnostician.cluster.source().snapshot({"Namespace"})
-        except MeshbotError:
-            return None
-        if not snapshot.can_trust_absence("Namespace"):
-            return None
-        return unknown_namespace(namespace, snapshot.namespaces())
 
     def _queue_report(self, outbox: Outbox, who: Invocation, job: DiagnosisJob, report: blocks.Message,
                       full: tuple[str, str, str] | None, done: blocks.Message) -> None:

@@ -7,18 +7,22 @@ every feature's ``register``; ``/mesh help``, the role check in
 ``bot.slack.app`` and the table in docs/mesh-commands.md all read it.
 Parsing is pure (no Slack, no cluster): anything wrong with the text raises
 ``UsageError``, whose message is shown to the user (ephemerally) with the usage lines.
+A request that names a namespace is checked against the cluster just before its
+handler runs (``refuse_unknown_namespaces``): a typo is answered to its author
+alone, before the handler posts anything in the channel (issue 27).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from bot.slack.roles import Permission
 from commands.checks.registry import ALL, CheckRegistry
 from commands.errors import UserError
-from commands.suggestions import did_you_mean
+from commands.suggestions import did_you_mean, unknown_namespace
 from commands.validation import namespace_problem
 
 
@@ -28,6 +32,19 @@ class UsageError(UserError):
 
 class UnknownSubcommand(UsageError):
     """No sub-command has that name: the answer is the closest names, not the whole help (issue 27)."""
+
+
+class UnknownNamespace(UserError):
+    """The namespace a request names does not exist: its author alone is told, with the closest names, and
+    nothing is posted in the channel (a public "not run" is noise in an incident channel at 3 AM, issue 27)."""
+
+
+@runtime_checkable
+class NamesANamespace(Protocol):
+    """A request about one namespace (``DiagnoseRequest``, the timeline's); ``None``: the whole mesh."""
+
+    @property
+    def namespace(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,9 @@ Handler = Callable[[Any, Any], None]
 """(``bot.slack.app.Invocation``: who asked, the parsed request): raises for the user to read."""
 RefusedCommand = Callable[[str, str, Any, str], None]
 """(user, channel, the parsed request, reason): audits a ``/mesh`` command its author may not run."""
+NamespaceLister = Callable[[], "Collection[str] | None"]
+"""() -> the namespaces that exist; None when they cannot be listed or an absence cannot be vouched for (nothing is
+refused then: the diagnosis itself says what it could not read)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +127,7 @@ class SlashCommands:
     def __init__(self) -> None:
         self._subcommands: dict[str, Subcommand] = {}
         self._refusal_audits: list[RefusedCommand] = []
+        self._namespaces: NamespaceLister | None = None
         self.add("help", usage="help", summary="this list", parse=_help, handle=None)
 
     def add(self, name: str, *, usage: str, summary: str, parse: Parser, handle: Handler | None,
@@ -117,8 +138,31 @@ class SlashCommands:
             raise ValueError(f"/mesh {name} is registered twice")
         if handle is None and self._subcommands:
             raise ValueError(f"/mesh {name} needs a handler")
-        self._subcommands[name] = Subcommand(name, usage, summary, parse, handle, permission, background,
+        checked = self._checking_namespace(handle) if handle is not None else None
+        self._subcommands[name] = Subcommand(name, usage, summary, parse, checked, permission, background,
                                              listed_as)
+
+    def refuse_unknown_namespaces(self, namespaces: NamespaceLister) -> None:
+        """Before the handler of every request that names a namespace, in the handler's own pool (``namespaces``
+        may read the cluster, which the ack path must not), a namespace not among ``namespaces()`` raises
+        ``UnknownNamespace``, which ``bot.slack.app`` answers privately: no "Running…" is posted for a typo."""
+        self._namespaces = namespaces
+
+    def _checking_namespace(self, handle: Handler) -> Handler:
+        @functools.wraps(handle)
+        def checked(who: Any, request: Any) -> None:
+            self.refuse_unknown_namespace(request)
+            handle(who, request)
+        return checked
+
+    def refuse_unknown_namespace(self, request: Any) -> None:
+        """Raises ``UnknownNamespace`` when ``request`` names a namespace that the cluster does not list."""
+        namespace = request.namespace if isinstance(request, NamesANamespace) else None
+        if namespace is None or self._namespaces is None:
+            return
+        refusal = unknown_namespace(namespace, self._namespaces() or ())
+        if refusal:
+            raise UnknownNamespace(refusal)
 
     def audit_refused(self, audit: RefusedCommand) -> None:
         """``audit`` records each command refused for want of a role (the incident log does)."""
@@ -211,9 +255,9 @@ def diagnose_parser(label: str, checks: tuple[str, ...]) -> Parser:
         expect_at_most(words, 1, usage)
         if words and "/" in words[0]:
             # `prod/chekout`: checks read whole namespaces; say so rather than "not a valid namespace name".
-            namespace, _, workload = words[0].partition("/")
+            typed, _, workload = words[0].partition("/")
             raise UsageError(f"`/mesh {label}` takes a namespace, not a workload: `/mesh {label} "
-                             f"{namespace[:63]}` checks every workload there, `{workload[:63]}` included if it "
+                             f"{typed[:63]}` checks every workload there, `{workload[:63]}` included if it "
                              "exists (its findings name it).")
         namespace = namespace_argument(words[0]) if words else None
         return DiagnoseRequest(label=label, checks=checks, namespace=namespace)
@@ -224,7 +268,8 @@ def add_diagnoses(commands: SlashCommands, checks: CheckRegistry, handle: Handle
     """One subcommand per check (its summary from the check), then ``diagnose`` for all of them.
 
     ``handle`` posts "Running…" and hands the diagnosis to the worker pool itself, so the sub-commands run on
-    the messenger pool (``background=False``): the message appears at once even when every worker is busy."""
+    the messenger pool (``background=False``): the message appears at once even when every worker is busy.
+    The registry's namespace check runs before it, so a typo'd namespace is never posted (issue 27)."""
     for spec in checks:
         commands.add(spec.name, usage=f"{spec.name} [NAMESPACE]", summary=spec.summary,
                      parse=diagnose_parser(spec.name, (spec.name,)), handle=handle, listed_as=ONE_CHECK)
