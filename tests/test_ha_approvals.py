@@ -102,13 +102,14 @@ def test_twenty_approvals_clicked_on_different_replicas_at_once_each_execute_onc
 
     def click(replica: int, request_id: int, user: str) -> str:
         barrier.wait(timeout=30)  # every click lands at the same moment, on two different replicas per request
-        return press(replicas[replica], fake_slack, "approval_approve", str(request_id), user, timeout=ASK_TIMEOUT)
+        return press(replicas[replica], fake_slack, "approval_approve", str(request_id), user,
+                     timeout=TWENTY_ASKS_TIMEOUT)
 
     with ThreadPoolExecutor(max_workers=2 * REQUESTS) as pool:
         clicks = [pool.submit(click, (n + 1) % 3, request_id, "UBOB") for n, request_id in enumerate(asked)]
         clicks += [pool.submit(click, (n + 2) % 3, request_id, "UCAROL") for n, request_id in enumerate(asked)]
         for answer in clicks:
-            answer.result(timeout=2 * ASK_TIMEOUT)
+            answer.result(timeout=2 * TWENTY_ASKS_TIMEOUT)
 
     # Twenty executions, each verified by its effect, share three replicas' workers: allow what twenty asks get.
     finished = [wait_finished(replicas[0], fake_slack, request_id, timeout=TWENTY_ASKS_TIMEOUT) for request_id in asked]

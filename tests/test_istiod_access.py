@@ -214,9 +214,10 @@ def test_a_loopback_url_such_as_a_users_own_port_forward_is_served(istiod):
 # -- the real port-forwarder's request and the API server's refusals (kmock has no websockets) ------------
 
 
-def through_the_api_server(kube: FakeKube) -> EndpointResolver:
+def through_the_api_server(kube: FakeKube, timeout: float | None = None) -> EndpointResolver:
     kube.add(yaml.safe_load(ISTIOD_POD))
-    return EndpointResolver(http=http_endpoint, port_forwarder=KubePortForwarder(kube.client()), direct_pod_ips=True)
+    client = kube.client() if timeout is None else kube.client(timeout=timeout)
+    return EndpointResolver(http=http_endpoint, port_forwarder=KubePortForwarder(client), direct_pod_ips=True)
 
 
 def test_istiod_port_forward_asks_the_api_server_for_port_15014_of_the_istiod_pod(kube):
@@ -246,5 +247,5 @@ def test_istiod_port_forward_unauthorized_is_a_finding_about_credentials(kube):
 
 def test_istiod_port_forward_that_never_answers_is_a_timeout_finding(kube):
     kube.slow("Pod", 3, verb="get", namespace="istio-system")
-    (unreachable,) = of_code(proxy_status(through_the_api_server(kube)), "MB2005")
+    (unreachable,) = of_code(proxy_status(through_the_api_server(kube, timeout=1.0)), "MB2005")
     assert "pods/portforward istio-system/istiod-1: no answer within 1s" in unreachable.message

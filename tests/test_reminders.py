@@ -474,7 +474,7 @@ def test_a_forbidden_lease_shows_as_a_lease_error_in_health_and_metrics(kube, tm
 
 def test_a_lease_that_times_out_shows_as_a_lease_error(kube, tmp_path):
     kube.slow("Lease", 3, verb="get", namespace="meshbot")
-    elector = LeaderElector(kube.client(), "meshbot", "meshbot-a")
+    elector = LeaderElector(kube.client(timeout=1.0), "meshbot", "meshbot-a")
     scheduler = certificate_scheduler(tmp_path / "meshbot.db", CountingScans(), elector=elector)
     assert not scheduler.run_scan("test")
     assert "no answer within 1s" in scheduler.health().lease_error
