@@ -378,10 +378,7 @@ class ApprovalDesk:
     # -- helpers ------------------------------------------------------------------------------------
 
     def _get(self, db: sqlite_utils.Database, request_id: int) -> ApprovalRequest:
-        request = self.store.get(db, request_id)
-        if request is None:
-            raise UserError(f"there is no approval request #{request_id}")
-        return request
+        return self.store.require(db, request_id)
 
     def update_message(self, db: sqlite_utils.Database, request_id: int, now: datetime) -> ApprovalRequest:
         request = self._get(db, request_id)

@@ -34,7 +34,7 @@ from bot.storage.database import Database
 from bot.storage.dialect import Dialect
 from commands.actions import Outcome, apply, verify
 from commands.clients.kube import KubeClient
-from commands.errors import MeshbotError, UserError
+from commands.errors import MeshbotError
 from commands.times import rfc3339
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,4 @@ class Executions:
         return len(due)
 
     def _get(self, db: sqlite_utils.Database, request_id: int) -> ApprovalRequest:
-        request = self.store.get(db, request_id)
-        if request is None:
-            raise UserError(f"there is no approval request #{request_id}")
-        return request
+        return self.store.require(db, request_id)

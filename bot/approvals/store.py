@@ -25,6 +25,7 @@ from bot.incidents.records import iso, stored_time
 from bot.storage.database import inserted_id, migration
 from bot.storage.dialect import Lock, lock_key
 from commands.actions import Plan
+from commands.errors import UserError
 
 
 @migration(3, "approval requests and their votes")
@@ -192,6 +193,13 @@ class ApprovalStore:
             rollback_of=row["rollback_of"], rolled_back_by=row["rolled_back_by"], approvals=approvals,
             plan_binding=row.get("plan_binding"))
 
+
+    def require(self, db: sqlite_utils.Database, request_id: int) -> ApprovalRequest:
+        """``get``, refusing an id that names no request (the user typed or clicked it)."""
+        request = self.get(db, request_id)
+        if request is None:
+            raise UserError(f"there is no approval request #{request_id}")
+        return request
     def add_vote(self, db: sqlite_utils.Database, request_id: int, user: str, vote: Vote, now: datetime) -> None:
         db.execute("INSERT OR IGNORE INTO approval_votes (request_id, user, vote, at) VALUES (?, ?, ?, ?)",
                    [request_id, user, str(vote), iso(now)])

@@ -184,23 +184,23 @@ class IncidentStore:
     def statuses(self, incident_ids: Iterable[int],
                  db: sqlite_utils.Database | None = None) -> dict[int, IncidentStatus]:
         """Each named incident's status (unknown ids are left out)."""
-        wanted = sorted(set(incident_ids))
-        if not wanted:
-            return {}
-        marks = ", ".join("?" * len(wanted))
-        # Only "?" placeholders are formatted in; the ids travel as parameters.
-        rows = self._reader(db).execute(f"SELECT id, status FROM incidents WHERE id IN ({marks})", wanted)  # noqa: S608
-        return {row[0]: IncidentStatus(row[1]) for row in rows}
+        return {id_: IncidentStatus(value) for id_, value in self._column_of(incident_ids, "status", db).items()}
 
     def severities(self, incident_ids: Iterable[int]) -> dict[int, str]:
         """Each named incident's severity (unknown ids are left out): the outbox posts the most severe first."""
+        return {id_: value or "" for id_, value in self._column_of(incident_ids, "severity").items()}
+
+    def _column_of(self, incident_ids: Iterable[int], column: str,
+                   db: sqlite_utils.Database | None = None) -> dict[int, Any]:
+        """``column`` of each named incident (unknown ids are left out)."""
         wanted = sorted(set(incident_ids))
         if not wanted:
             return {}
         marks = ", ".join("?" * len(wanted))
-        rows = self._reader(None).execute(f"SELECT id, severity FROM incidents WHERE id IN ({marks})",  # noqa: S608
-                                          wanted)
-        return {row[0]: row[1] or "" for row in rows}
+        # Only "?" placeholders and a column name from this module are formatted in; the ids travel as parameters.
+        rows = self._reader(db).execute(f"SELECT id, {column} FROM incidents WHERE id IN ({marks})",  # noqa: S608
+                                        wanted)
+        return {row[0]: row[1] for row in rows}
 
     def create(self, db: sqlite_utils.Database, *, group_key: str, title: str, severity: str, channel: str | None,
                labels: Mapping[str, str], namespaces: Sequence[str], services: Sequence[str], external_url: str,
