@@ -27,7 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import loopback
 from tests.support.http_server import ProgrammableServer, start_server
+from tests.support.loopback import loopback_client
 from tests.support.processes import stop_process
 
 ENVOY_MISSING = ("the real Envoy binary is needed for these tests and was not found: "
@@ -51,10 +53,10 @@ class RunningEnvoy:
         return f"http://127.0.0.1:{self.listener_ports['http']}"
 
     def admin_json(self, path: str) -> Any:
-        return httpx.get(f"{self.admin_url}{path}", timeout=5).json()
+        return loopback.get(f"{self.admin_url}{path}").json()
 
     def stat(self, name: str) -> int:
-        text = httpx.get(f"{self.admin_url}/stats", params={"filter": f"^{re.escape(name)}$"}, timeout=5).text
+        text = loopback.get(f"{self.admin_url}/stats", params={"filter": f"^{re.escape(name)}$"}).text
         for line in text.splitlines():
             stat, _, value = line.rpartition(": ")
             if stat == name:
@@ -214,7 +216,7 @@ def _wait_until_ready(process: subprocess.Popen[bytes], address_path: Path, log_
         address = address_path.read_text().strip() if address_path.exists() else ""
         if address:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://{address}/ready", timeout=1).status_code == 200:
+                if loopback.get(f"http://{address}/ready", timeout=1).status_code == 200:
                     return f"http://{address}"
         time.sleep(0.02)
     raise AssertionError(f"Envoy not ready within {STARTUP_TIMEOUT}s:\n{log_path.read_text()[-3000:]}")
@@ -253,7 +255,7 @@ class FailingUpstreamEnvoy:
 
     def send(self, path: str, count: int) -> list[int]:
         """``count`` sequential GETs through Envoy's HTTP listener; their status codes."""
-        with httpx.Client(base_url=self.envoy.http_url, timeout=10) as client:
+        with loopback_client(base_url=self.envoy.http_url, timeout=10) as client:
             return [client.get(path).status_code for _ in range(count)]
 
     @contextlib.contextmanager
@@ -267,13 +269,13 @@ class FailingUpstreamEnvoy:
             pool.shutdown(wait=False)
 
     def _get(self, path: str) -> int:
-        return httpx.get(f"{self.envoy.http_url}{path}", timeout=10).status_code
+        return loopback.get(f"{self.envoy.http_url}{path}", timeout=10).status_code
 
     @contextlib.contextmanager
     def burst(self, path: str, count: int) -> Iterator[list[Future[int]]]:
         """Like ``in_flight``, but all ``count`` GETs share one client (one TLS-free pool of ``count``
         connections), so starting 25 of them costs milliseconds, not a client each."""
-        client = httpx.Client(base_url=self.envoy.http_url, timeout=10, limits=httpx.Limits(max_connections=count))
+        client = loopback_client(base_url=self.envoy.http_url, timeout=10, limits=httpx.Limits(max_connections=count))
         pool = ThreadPoolExecutor(max_workers=count)
         try:
             yield [pool.submit(lambda: client.get(path).status_code) for _ in range(count)]

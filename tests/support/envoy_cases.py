@@ -18,9 +18,11 @@ from typing import Any
 import httpx
 
 from commands.checks.envoy import STATS_INCLUSION_REGEX
+from tests.support import loopback
 from tests.support import sidecar as s
 from tests.support.certs import mint
 from tests.support.envoy import RunningEnvoy, istio_stats_config, start_envoy
+from tests.support.loopback import loopback_client
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 CAPTURED_PATHS = {"/stats": "stats.txt", "/clusters?format=json": "clusters.json", "/memory": "memory.json"}
@@ -78,7 +80,7 @@ def send(envoy: RunningEnvoy, count: int, *, host: str = s.SERVICE, listener: st
          timeout: float = 10.0) -> list[int]:
     """``count`` sequential GETs through a listener; their statuses (0 when the caller gave up)."""
     statuses = []
-    with httpx.Client(timeout=timeout) as client:
+    with loopback_client(timeout=timeout) as client:
         for _ in range(count):
             try:
                 statuses.append(client.get(f"http://127.0.0.1:{port_of(envoy, listener)}/",
@@ -102,7 +104,7 @@ def tcp_connections(envoy: RunningEnvoy, listener: str, count: int) -> None:
 def wait_for(envoy: RunningEnvoy, condition: Callable[[str], bool], timeout: float = 10.0) -> None:
     """Poll ``/stats`` until ``condition(text)`` holds (counters are flushed asynchronously)."""
     deadline = time.monotonic() + timeout
-    while not condition(text := httpx.get(f"{envoy.admin_url}/stats", timeout=5).text):
+    while not condition(text := loopback.get(f"{envoy.admin_url}/stats").text):
         if time.monotonic() > deadline:
             raise AssertionError(f"Envoy's stats never reached the expected state:\n{text[-2000:]}")
         time.sleep(0.05)
@@ -122,7 +124,7 @@ def overflow(lab: Lab, healthy: bool) -> RunningEnvoy:
     if healthy:
         send(envoy, 20)
         return envoy
-    client = httpx.Client(timeout=40, limits=httpx.Limits(max_connections=25))
+    client = loopback_client(timeout=40, limits=httpx.Limits(max_connections=25))
     pool = ThreadPoolExecutor(max_workers=25)
     requests = [pool.submit(client.get, f"http://127.0.0.1:{port_of(envoy)}/", headers={"Host": s.SERVICE})
                 for _ in range(25)]
@@ -136,7 +138,7 @@ def overflow(lab: Lab, healthy: bool) -> RunningEnvoy:
 
 
 def _hosts_total(envoy: RunningEnvoy, counter: str) -> int:
-    answer = httpx.get(f"{envoy.admin_url}/clusters?format=json", timeout=5).json()
+    answer = loopback.get(f"{envoy.admin_url}/clusters?format=json").json()
     return sum(int(stat_.get("value", 0)) for c in answer["cluster_statuses"] for h in c.get("host_statuses", [])
                for stat_ in h["stats"] if stat_["name"] == counter)
 
@@ -501,7 +503,7 @@ def capture(envoy: RunningEnvoy, case: Case, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     paths = dict(CAPTURED_PATHS, **({"/config_dump": "config_dump.json"} if case.config_dump else {}))
     for path, filename in paths.items():
-        answer = httpx.get(f"{envoy.admin_url}{path}", timeout=10)
+        answer = loopback.get(f"{envoy.admin_url}{path}", timeout=10)
         answer.raise_for_status()
         text = answer.text if filename.endswith(".txt") else json.dumps(answer.json(), indent=1, sort_keys=True)
         (directory / filename).write_text(text if text.endswith("\n") else text + "\n")
