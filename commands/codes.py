@@ -505,6 +505,24 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "probable cause: {cause}",
           "http.<listener>.fault.aborts_injected / delays_injected: a VirtualService fault (traffic-policy MB5001-MB5003 "
           "names it)."),
+    _code("MB4032", "StreamIdleTimeout", E, "envoy",
+          "Envoy in {pod}: {count} of {total} requests on {listener} were ended by a stream idle timeout (SI, 504 or "
+          "408); probable cause: {cause}",
+          "http.<listener>.downstream_rq_idle_timeout: a stream_idle_timeout or route idle_timeout, which Istio "
+          "leaves off on sidecars, ends quiet streams."),
+    _code("MB4033", "GlobalRateLimitRejecting", E, "envoy",
+          "Envoy in {pod}: {count} of {total} requests to {service} were refused 429 by the global rate limit "
+          "service (RL); probable cause: {cause}",
+          "cluster.<c>.ratelimit.over_limit: the rate limit service (envoy.filters.http.ratelimit) said over limit."),
+    _code("MB4034", "RateLimitServiceErrorDenies", E, "envoy",
+          "Envoy in {pod}: {count} of {total} requests to {service} were refused because the global rate limit "
+          "service did not answer (RLSE, 500 with failure_mode_deny); probable cause: {cause}",
+          "cluster.<c>.ratelimit.error above failure_mode_allowed: failure_mode_deny turns the service's failure "
+          "into the caller's."),
+    _code("MB4035", "RateLimitServiceErrorLetThrough", W, "envoy",
+          "Envoy in {pod}: the global rate limit service did not answer for {count} of {total} requests to "
+          "{service}; they were let through unlimited (failure_mode_deny false)",
+          "cluster.<c>.ratelimit.failure_mode_allowed: no outage, but the limit protects nothing while it lasts."),
     # MB5xxx traffic-policy (commands/checks/traffic): configuration that fails requests by design.
     # VirtualService fault injection (istio.io/latest/docs/reference/config/networking/virtual-service/
     # #HTTPFaultInjection; istio/istio pilot/pkg/networking/core/route/route.go TranslateFault): Envoy's fault

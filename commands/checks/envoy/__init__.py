@@ -2,7 +2,8 @@
 
 ``names`` (Istio cluster names -> services), ``stats`` (/stats), ``hosts`` (/clusters), ``flags`` (the
 response-flag table), ``breakers`` (UO), ``failures`` (UH, UF, TLS, URX, UT, UC, DC, 5xx share), ``listeners``
-(NR, NC, RBAC, REGISTRY_ONLY, rejected xDS) and ``check`` (reading a sidecar and what could not be checked).
+(NR, NC, RBAC, REGISTRY_ONLY, rejected xDS), ``local_replies`` (local RL, FI/DI), ``global_rate_limit`` (RL, RLSE),
+``idle_timeouts`` (SI) and ``check`` (reading a sidecar and what could not be checked).
 """
 
 from commands.checks.envoy.check import admin_unreachable, envoy, memory_bytes

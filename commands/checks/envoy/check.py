@@ -15,7 +15,9 @@ from commands import codes
 from commands.authz.explain import denial_findings
 from commands.checks.envoy.breakers import breaker_findings
 from commands.checks.envoy.failures import failure_findings, passthrough_findings
+from commands.checks.envoy.global_rate_limit import global_rate_limit_findings
 from commands.checks.envoy.hosts import ClusterHosts, parse_clusters
+from commands.checks.envoy.idle_timeouts import idle_timeout_findings, without_idle_timeout_echoes
 from commands.checks.envoy.listeners import holds_block_all, listener_findings
 from commands.checks.envoy.local_replies import local_replies_seen, local_reply_findings
 from commands.checks.envoy.names import CONTROL_PLANE_CLUSTERS, PASSTHROUGH, ClusterName
@@ -51,7 +53,7 @@ class Evidence:
 # AuthorizationPolicies (and the namespaces and workloads their sources name) let a 403 name its policy.
 @check("envoy", kinds=("Pod", "AuthorizationPolicy", "Namespace", "Deployment"),
        summary="Envoy sidecars: every response flag (UH, UF, UO, NR, URX, UC, UT, DC, NC, RBAC 403, UAEX, RL, "
-               "FI/DI, REGISTRY_ONLY, passthrough), rejected config, memory and stats count")
+               "RLSE, SI, FI/DI, REGISTRY_ONLY, passthrough), rejected config, memory and stats count")
 def envoy(ctx: CheckContext) -> list[Finding]:
     if ctx.endpoints is None:
         return [_skipped("no Envoy admin endpoint configured (give --envoy-admin or a cluster)")]
@@ -92,18 +94,22 @@ def read_evidence(endpoint: Endpoint, floor: int) -> Evidence:
 
 def sidecar_findings(target: PodRef, evidence: Evidence, ctx: CheckContext) -> Iterator[Finding]:
     stats, hosts = evidence.stats, evidence.hosts
+    idle_timeouts = list(idle_timeout_findings(target, stats, ctx.thresholds))
     for name in _service_clusters(stats, hosts):
         cluster_stats = stats.clusters.get(name)
         if cluster_stats is not None:
             yield from breaker_findings(target, cluster_stats, ctx.thresholds)
-        yield from failure_findings(target, ClusterName.parse(name), cluster_stats,
+            yield from global_rate_limit_findings(target, cluster_stats, ctx.thresholds)
+        failures = failure_findings(target, ClusterName.parse(name), cluster_stats,
                                     hosts.get(name) if hosts is not None else None, ctx.thresholds)
+        yield from without_idle_timeout_echoes(failures, idle_timeouts)
     if PASSTHROUGH in stats.clusters or PASSTHROUGH in (hosts or {}):
         yield from passthrough_findings(target, stats.clusters.get(PASSTHROUGH),
                                         (hosts or {}).get(PASSTHROUGH), ctx.thresholds)
     listener = list(listener_findings(target, stats, ctx.thresholds, registry_only=evidence.registry_only))
     yield from listener
     yield from local_reply_findings(target, stats, ctx.thresholds)
+    yield from idle_timeouts
     yield from _policies_behind_denials(target, listener, ctx.snapshot)
     yield from _unchecked_findings(target, evidence)
     yield from _resource_findings(target, stats, evidence.memory, ctx)

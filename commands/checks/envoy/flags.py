@@ -243,7 +243,9 @@ FAILURE_MODES = FailureModel([
         (Evidence(CLUSTERS, "per-host rq_total above rq_success + rq_error + rq_active (requests nobody waited "
                             "for)", True),),
         (Cause("caller-gave-up", "the caller closed the request before the answer: its own timeout is shorter than "
-               "the upstream's latency, or it was killed", "no upstream error; the attempts simply end",
+               "the upstream's latency, or it was killed; or, where an idle timeout was set on the sidecar, the "
+               "sidecar ended the stream itself (SI, MB4032 once downstream_rq_idle_timeout is exported)",
+               "no upstream error; the attempts simply end",
                "Compare the caller's client timeout with the upstream's latency", _PC_ROUTE),),
         ("envoy-dc-caller-gone",),
         (FLAGS_DOC, ADMIN_CLUSTERS)),
@@ -361,4 +363,58 @@ FAILURE_MODES = FailureModel([
         ("envoy-fi-abort",),
         (ENVOY + "configuration/http/http_filters/fault_filter", FLAGS_DOC,
          ISTIO + "pilot/pkg/networking/core/route/route.go TranslateFault")),
+    FailureMode(
+        "SI", "stream idle timeout", "504 (request received, upstream silent) or 408 (caller still sending)",
+        "Stream idle timeout in addition to 408 or 504 response code.", "MB4032",
+        (Evidence(STATS, "http.&lt;listener&gt;.downstream_rq_idle_timeout", _NOT_IN_DEFAULTS),),
+        (Cause("idle-timeout-set", "an idle timeout someone set on this sidecar (an EnvoyFilter patching the "
+               "connection manager's stream_idle_timeout or a route's idle_timeout, or ProxyConfig "
+               "connectionSettings.httpStreamIdleTimeout; Istio sets 0, off, on every connection manager and no "
+               "route idle_timeout) is shorter than the quiet time of these streams: a slow upstream that sends "
+               "nothing before its answer, or a long-lived gRPC stream, WebSocket or event stream quiet by design",
+               "downstream_rq_idle_timeout grows on the port; upstream_rq_timeout (UT) does not; the access log "
+               "shows SI with 504 when the upstream was silent",
+               "Read the port's stream_idle_timeout and its routes' idle_timeout and find the EnvoyFilter or "
+               "ProxyConfig that set them; raise the timeout only on the routes that carry long-lived streams (or "
+               "have them send keepalive messages), and compare a slow upstream's latency before raising it",
+               "istioctl proxy-config listener {pod} -n {namespace} --port {listener_port} -o json"),),
+        (),
+        (FLAGS_DOC, ENVOY + "configuration/http/http_conn_man/stats",
+         ENVOY + "faq/configuration/timeouts (stream timeouts)",
+         "envoyproxy/envoy source/common/http/conn_manager_impl.cc ActiveStream::onIdleTimeout",
+         ISTIO + "pilot/pkg/networking/core/listener_builder.go buildHTTPConnectionManager (StreamIdleTimeout 0s), "
+                 "connection_settings.go")),
+    FailureMode(
+        "RL", "rate limited by the global rate limit service", "429", "The request was rate-limited locally by the "
+        "HTTP rate limit filter in addition to 429 response code (here the filter asked the global service).",
+        "MB4033",
+        (Evidence(STATS, "cluster.&lt;c&gt;.ratelimit.over_limit, ratelimit.ok", _NOT_IN_DEFAULTS),),
+        (Cause("descriptor-limit", "the rate limit service's limit for the descriptors these requests carry "
+               "(requests_per_unit in its configuration) is below the traffic of every caller together: the limit "
+               "is shared by all replicas and all sidecars that ask the same domain",
+               "over_limit grows beside ok; no upstream counter moves for the refused requests; the local limit's "
+               "http_local_rate_limit counters (MB4030) stay flat",
+               "Compare the service's limit for this domain and descriptor with the total request rate and raise it "
+               "only if the upstream can take more; removing the EnvoyFilter drops the protection it was added for",
+               "istioctl proxy-config listener {pod} -n {namespace} -o json"),),
+        (),
+        (ENVOY + "configuration/http/http_filters/rate_limit_filter", FLAGS_DOC,
+         ENVOY + "intro/arch_overview/other_features/global_rate_limiting",
+         "https://istio.io/latest/docs/tasks/policy-enforcement/rate-limit/")),
+    FailureMode(
+        "RLSE", "the global rate limit service failed", "500 (status_on_error)", "The request was rejected because "
+        "there was an error in rate limit service.", "MB4034",
+        (Evidence(STATS, "cluster.&lt;c&gt;.ratelimit.error above ratelimit.failure_mode_allowed", _NOT_IN_DEFAULTS),),
+        (Cause("service-unavailable", "the rate limit service is down, unreachable, or slower than the filter's "
+               "timeout (20 ms when unset), and failure_mode_deny is true, so its failure refuses every request it "
+               "should have judged",
+               "ratelimit.error grows while failure_mode_allowed does not; connect failures or timeouts on the rate "
+               "limit service's cluster",
+               "Restore the rate limit service's endpoints, or its timeout against its answer time; switching "
+               "failure_mode_deny off lets every request through unlimited, so decide that on purpose",
+               "istioctl proxy-config endpoint {pod} -n {namespace}"),),
+        (),
+        (ENVOY + "configuration/http/http_filters/rate_limit_filter", FLAGS_DOC,
+         ENVOY + "api-v3/extensions/filters/http/ratelimit/v3/rate_limit.proto (timeout, failure_mode_deny, "
+                 "status_on_error)")),
 ])

@@ -68,14 +68,22 @@ CLUSTER_COUNTERS = (
     "upstream_cx_destroy_remote_with_active_rq", "upstream_cx_total", "outlier_detection.ejections_active",
     "ssl.connection_error", "ssl.fail_verify_error", "ssl.fail_verify_san", "ssl.fail_verify_no_cert",
     "ssl.fail_verify_cert_hash",
-    *(o.counter for o in OVERFLOWS), *BREAKERS,
+    *(o.counter for o in OVERFLOWS), *BREAKERS, *(f"ratelimit.{c}" for c in ("ok", "over_limit", "error",
+                                                                             "failure_mode_allowed")),
 )
+# ratelimit.* are the global rate limit filter's (envoy.filters.http.ratelimit), counted per route target cluster:
+# "The rate limit filter outputs statistics in the cluster.<route target cluster>.ratelimit. namespace"
+# (http_filters/rate_limit_filter.rst); read for a filter without a stat_prefix of its own, as Istio's rate limit task
+# configures it (istio.io/latest/docs/tasks/policy-enforcement/rate-limit/).
 # ext_authz.* are the CUSTOM AuthorizationPolicy filter's (http_filters/ext_authz_filter.rst; istiod sets no stat
 # prefix of its own, pilot/pkg/security/authz/builder/extauthz.go).
 # fault.* are the fault filter's, which istiod puts before the router on outbound routes and configures per route
 # from a VirtualService fault (pilot/pkg/networking/core/route/route.go TranslateFault; http_filters/fault_filter.rst).
+# downstream_rq_idle_timeout counts streams the connection manager ended for being idle (SI; http_conn_man/stats.rst):
+# its stream_idle_timeout or a route's idle_timeout (commands/checks/envoy/idle_timeouts.py).
 HTTP_COUNTERS = ("downstream_rq_total", "no_route", "no_cluster", "rq_direct_response", "ext_authz.ok",
-                 "ext_authz.denied", "ext_authz.error", "fault.aborts_injected", "fault.delays_injected")
+                 "ext_authz.denied", "ext_authz.error", "fault.aborts_injected", "fault.delays_injected",
+                 "downstream_rq_idle_timeout")
 # The local rate limit filter counts under its own stat prefix, rooted at the top (``<stat_prefix>.http_local_rate_limit.
 # rate_limited``, http_filters/local_rate_limit_filter.rst); Istio's rate limit task names it http_local_rate_limiter
 # (istio.io/latest/docs/tasks/policy-enforcement/rate-limit/), but an EnvoyFilter may choose any prefix.
@@ -98,9 +106,11 @@ STATS_INCLUSION_REGEX = (
     r"cluster\.(outbound\|.*|inbound\|.*|BlackHoleCluster;|PassthroughCluster;)\.(upstream_(rq_(total|completed|5xx|503|retry|retry_limit_exceeded"
     r"|timeout|pending_failure_eject)|cx_(none_healthy|connect_fail|connect_timeout|destroy_remote_with_active_rq"
     r"|total))|upstream_(rq_pending|rq_active|cx|cx_pool|rq_retry)_overflow|circuit_breakers\.(default|high)\.\w+_open"
-    r"|outlier_detection\.ejections_active|ssl\.(connection_error|fail_verify_\w+))"
-    r"|http\.outbound_.*\.(downstream_rq_total|no_route|no_cluster|rq_direct_response|fault\.(aborts|delays)_injected)"
-    r"|http\.inbound_.*\.(downstream_rq_total|ext_authz\.(ok|denied|error))"
+    r"|outlier_detection\.ejections_active|ssl\.(connection_error|fail_verify_\w+)"
+    r"|ratelimit\.(ok|over_limit|error|failure_mode_allowed))"
+    r"|http\.outbound_.*\.(downstream_rq_total|no_route|no_cluster|rq_direct_response|fault\.(aborts|delays)_injected"
+    r"|downstream_rq_idle_timeout)"
+    r"|http\.inbound_.*\.(downstream_rq_total|ext_authz\.(ok|denied|error)|downstream_rq_idle_timeout)"
     r"|tcp\.BlackHoleCluster\.downstream_cx_total|.*\.http_local_rate_limit\.(ok|rate_limited)")
 """A proxyStatsMatcher inclusion regex that exports exactly the stats this check reads on top of Istio's defaults
 (Envoy matches it against the whole stat name); tests prove it against the real binary."""
