@@ -72,6 +72,18 @@ def test_analyze_json_is_an_istioctl_compatible_array(config_file):
     assert item["reference"] == f"{path}:12"
 
 
+def test_analyze_json_of_many_files_is_written_whole_before_the_process_ends(tmp_path):
+    # `analyze -f` ends without freeing what it read (os._exit); output longer than a pipe's buffer must still arrive.
+    for i in range(40):
+        (tmp_path / f"vs-{i}.yaml").write_text("".join(
+            f"---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{j}, namespace: ns-{i}}}\n"
+            f"spec: {{hosts: [a], http: [{{route: [{{destination: {{host: missing-{j}}}}}]}}]}}\n" for j in range(25)))
+    result = meshbot("analyze", "-f", str(tmp_path), "-o", "json")
+    assert result.returncode == 79, result.stderr
+    assert len(result.stdout) > 65536
+    assert len([item for item in json.loads(result.stdout) if item["code"] == "IST0101"]) == 1000
+
+
 def test_unparsable_input_exits_65_with_file_line_and_no_traceback(config_file):
     path = config_file("apiVersion: v1\nkind: Service\nmetadata: {name: [oops\n")
     result = meshbot("analyze", "-f", path)

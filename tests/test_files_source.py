@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 
 import pytest
 
@@ -39,6 +40,31 @@ def test_json_files_and_typed_lists_are_read(tmp_path):
     path = write(tmp_path, "pods.json", json.dumps({"apiVersion": "v1", "kind": "PodList", "items": [
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "x"}}]}))
     assert [r.origin for r in FileSource([path]).resources] == ["Pod x/p"]
+
+
+def test_json_numbers_keep_the_values_the_json_module_gives(tmp_path):
+    # The fast decoder (msgspec) refuses NaN and numbers beyond a double; such a file still reads as json.loads reads it.
+    path = write(tmp_path, "cm.json", '{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": '
+                                      '{"big": 123456789012345678901234567890, "half": 0.5, "nan": NaN, "inf": 1e400}}')
+    [config_map] = FileSource([path]).resources
+    data = config_map.body["data"]
+    assert (data["big"], data["half"], data["inf"]) == (123456789012345678901234567890, 0.5, math.inf)
+    assert math.isnan(data["nan"])
+
+
+def test_large_integers_are_exact_when_the_fast_decoder_reads_the_file(tmp_path):
+    path = write(tmp_path, "cm.json", '{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, '
+                                      '"data": {"big": 18446744073709551616, "negative": -9223372036854775809}}')
+    [config_map] = FileSource([path]).resources
+    assert config_map.body["data"] == {"big": 2**64, "negative": -(2**63) - 1}
+
+
+def test_invalid_json_is_an_input_error_with_the_json_modules_message_and_line(tmp_path):
+    path = write(tmp_path, "bad.json", '{"apiVersion": "v1",\n "kind": "Pod",\n}')
+    with pytest.raises(InputError) as caught:
+        FileSource([path])
+    assert caught.value.reason == "invalid JSON: Expecting property name enclosed in double quotes"
+    assert caught.value.location == f"{path}:3"
 
 
 def test_directories_are_read_recursively_and_only_config_files(tmp_path):

@@ -117,10 +117,13 @@ class Snapshot:
 
     def add(self, resource: Resource) -> None:
         """Add or replace (same kind/namespace/name: the later object wins, like ``kubectl apply``)."""
-        previous = self._by_key.get(resource.key)
+        # The key is spelled out rather than read through the cached ``Resource.key``: a snapshot of 145,000 objects
+        # is built in every one-shot run, and the descriptor's first read costs more than the tuple.
+        key = (resource.kind, resource.namespace, resource.name)
+        previous = self._by_key.get(key)
         if previous is not None:
             self._by_kind[resource.kind].remove(previous)
-        self._by_key[resource.key] = resource
+        self._by_key[key] = resource
         self._by_kind[resource.kind].append(resource)
 
     def of_kind(self, kind: str, namespace: str | None = None) -> list[Resource]:
