@@ -549,6 +549,17 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "{destination_rule} sends Istio mutual TLS (tls mode ISTIO_MUTUAL) to {host} port {port}, but none of "
           "its pods ({pods}) has a sidecar to answer it: every handshake fails (503 UF)",
           "DestinationRule ISTIO_MUTUAL towards a service whose pods are outside the mesh."),
+    # Several DestinationRules for one host: istiod uses one per caller namespace (caller's namespace, Service's,
+    # root; istio/istio pilot/pkg/model/push_context.go destinationRule) and merges none across namespaces.
+    _code("MB5020", "DestinationRuleNotUsed", W, "traffic-policy",
+          "{destination_rule} does not apply to callers of {host} in {callers}: {why}; so {effects}",
+          "Another DestinationRule for the same host wins for these callers (or a merge keeps the older rule's "
+          "trafficPolicy): the settings written here do nothing for them."),
+    _code("MB5021", "WildcardDestinationRuleNotInherited", I, "traffic-policy",
+          "{destination_rule} does not apply to callers of {host} in {callers}, which has a more specific rule: {why}; "
+          "nothing of a broader rule is inherited, so {effects}",
+          "A mesh-wide or namespace-wide wildcard rule stops at every host with its own rule (no field inheritance "
+          "since Istio 1.20)."),
     # MB6xxx telemetry (commands/telemetry): Prometheus with Istio's standard metrics
     # (https://istio.io/latest/docs/reference/config/metrics/), istiod's pilot_*/citadel_* metrics
     # (pilot/pkg/xds/monitoring.go, security/pkg/server/ca/monitoring.go) and Kubernetes Warning Events.

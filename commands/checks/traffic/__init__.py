@@ -1,7 +1,8 @@
-"""The ``traffic-policy`` check: fault injection left on and DestinationRule TLS modes that break connections.
+"""The ``traffic-policy`` check: fault injection left on, DestinationRule TLS modes that break connections, and
+several DestinationRules for one host.
 
-``faults`` and ``tls_modes`` hold one rule family each, ``peer_authentication`` the mode a pod accepts, and
-``check`` the check itself.
+``faults``, ``tls_modes`` and ``rule_precedence`` hold one rule family each, ``peer_authentication`` the mode a pod
+accepts, and ``check`` the check itself.
 """
 
 from commands.checks.traffic.check import traffic_policy

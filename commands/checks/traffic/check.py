@@ -1,9 +1,11 @@
 """The ``traffic-policy`` check: mesh configuration that fails requests by design, read from the objects alone.
 
 Each rule lives in its own module with its sources: ``faults`` (VirtualService fault injection left on, Envoy
-flags FI/DI) and ``tls_modes`` (DestinationRule TLS modes that contradict the destination's PeerAuthentication
-or its missing sidecar).  It needs no Envoy or istiod endpoint, so it also speaks when the sidecars cannot be read; with no
-VirtualService or DestinationRule there is nothing that can fail by design, and it stays silent.
+flags FI/DI), ``tls_modes`` (DestinationRule TLS modes that contradict the destination's PeerAuthentication
+or its missing sidecar) and ``rule_precedence`` (several DestinationRules for one host: the one istiod uses per
+caller namespace, and the settings of the others that do nothing).  It needs no Envoy or istiod endpoint, so it
+also speaks when the sidecars cannot be read; with no VirtualService or DestinationRule there is nothing that can
+fail by design, and it stays silent.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 from commands.authz.explain import root_namespace
 from commands.checks.registry import CheckContext, check
 from commands.checks.traffic.faults import fault_findings
+from commands.checks.traffic.rule_precedence import precedence_findings
 from commands.checks.traffic.tls_modes import tls_mode_findings
+from commands.cluster.pods import has_sidecar
 from commands.findings import Finding
 
 
 @check("traffic-policy", kinds=("VirtualService", "DestinationRule", "PeerAuthentication", "Service", "Pod"),
        summary="configuration that fails requests by design: VirtualService fault injection left on (FI/DI), "
-               "DestinationRule TLS modes that contradict STRICT mTLS or a missing sidecar")
+               "DestinationRule TLS modes that contradict STRICT mTLS or a missing sidecar, several "
+               "DestinationRules for one host (which one each caller namespace gets)")
 def traffic_policy(ctx: CheckContext) -> list[Finding]:
     snapshot = ctx.snapshot
     findings: list[Finding] = []
@@ -31,6 +36,10 @@ def traffic_policy(ctx: CheckContext) -> list[Finding]:
     pods = snapshot.of_kind("Pod")
     policies = snapshot.of_kind("PeerAuthentication")
     root = root_namespace(snapshot)
-    for rule in snapshot.of_kind("DestinationRule"):
+    rules = snapshot.of_kind("DestinationRule")
+    for rule in rules:
         findings.extend(tls_mode_findings(rule, services, pods, policies, root))
+    # The callers whose view matters: namespaces that run sidecars (plus, in precedence_findings, the rules' own).
+    callers = {p.namespace for p in pods if p.namespace and has_sidecar(p)}
+    findings.extend(precedence_findings(rules, services, callers, root))
     return findings

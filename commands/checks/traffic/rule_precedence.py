@@ -1,0 +1,250 @@
+"""Several DestinationRules for one host: which one a caller's sidecar uses, as istiod picks it, and what the rest lose.
+
+istiod never merges rules across namespaces and, since Istio 1.20, never inherits fields from a broader rule
+(PILOT_ENABLE_DESTINATION_RULE_INHERITANCE was dropped, istio/istio#46270).  For a caller in namespace C and a
+Service in namespace N it takes the first of (istio/istio pilot/pkg/model/push_context.go ``destinationRule``):
+
+1. the rules in C itself (any exportTo that includes C), or, when C is the root namespace, its private rules;
+2. the rules N exports to C;
+3. the rules the root namespace exports to C;
+
+at each step the most specific host wins (an exact host over a wildcard, a longer wildcard over a shorter:
+pilot/pkg/model/config.go ``MostSpecificHostMatch``).  Rules of one namespace for the same host string and the same
+exportTo are merged (push_context.go ``setDestinationRules``, destination_rule.go ``mergeDestinationRule``, oldest
+first by creationTimestamp, then name): the later rule only adds subsets of new names; its top-level trafficPolicy
+is used only when no earlier rule has one.  When rules with different exportTo stay apart, the caller's sidecar
+uses the last of them (pilot/pkg/model/sidecar.go ``SidecarScope.DestinationRule``).
+
+Istio has no analyzer for this (pkg/config/analysis/analyzers/destinationrule holds the CA-certificate and subset
+ones only).  Rules with a workloadSelector apply to the selected pods of their own namespace and are left out; an
+exportTo left empty is taken as ``*``, meshConfig.defaultDestinationRuleExportTo's default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from commands import codes
+from commands.checks.traffic.tls_modes import DEFAULT_DOMAIN
+from commands.cluster.snapshot import Resource
+from commands.findings import Finding, Remediation
+
+PUBLIC, PRIVATE = "*", "."
+MAX_NAMESPACES_NAMED = 4
+
+
+@dataclass
+class Consolidated:
+    """One rule as istiod holds it after merging same-host rules of a namespace: the rules in creation order."""
+
+    host: str
+    export_to: frozenset[str]
+    rules: list[Resource] = field(default_factory=list)
+
+    @property
+    def policy_from(self) -> Resource | None:
+        """The rule whose top-level trafficPolicy applies: the oldest that has one."""
+        return next((r for r in self.rules if r.spec.get("trafficPolicy")), None)
+
+    def subset_owner(self, name: str) -> Resource | None:
+        return next((r for r in self.rules if any(s.get("name") == name for s in r.spec.get("subsets") or ())), None)
+
+    def exported_to(self, client: str) -> bool:
+        return not self.export_to or PUBLIC in self.export_to or client in self.export_to
+
+    @property
+    def names(self) -> str:
+        return " merged with ".join(r.origin for r in self.rules)
+
+
+Index = dict[str, list[Consolidated]]
+"""Host string (resolved) -> its consolidated rules, in creation order."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    rule: Consolidated
+    reason: str
+
+
+def resolved_host(rule: Resource) -> str:
+    """A short host resolves in the rule's namespace (pilot/pkg/model/config.go ResolveShortnameToFQDN)."""
+    host = str(rule.spec.get("host") or "")
+    if "." in host or host.startswith("*"):
+        return host
+    return f"{host}.{rule.namespace}.svc.{DEFAULT_DOMAIN}"
+
+
+class RuleIndex:
+    """istiod's destinationRuleIndex: namespace-local, exported-by-namespace and the root's private rules."""
+
+    def __init__(self, rules: Iterable[Resource], root_namespace: str):
+        self.root = root_namespace
+        self.local: dict[str, Index] = {}
+        self.exported: dict[str, Index] = {}
+        self.root_private: Index = {}
+        ordered = sorted((r for r in rules if not r.spec.get("workloadSelector")),
+                         key=lambda r: (str(r.metadata.get("creationTimestamp") or ""), r.name, r.namespace or ""))
+        for rule in ordered:
+            self._add(rule)
+
+    def _add(self, rule: Resource) -> None:
+        namespace = rule.namespace or "default"
+        export_to = frozenset(str(e) for e in rule.spec.get("exportTo") or ())
+        if not export_to or export_to & {PUBLIC, PRIVATE, namespace}:
+            _merge(self.local.setdefault(namespace, {}), rule, export_to)
+        if len(export_to) == 1 and export_to & {PRIVATE, namespace}:
+            if namespace == self.root:
+                _merge(self.root_private, rule, export_to)
+        else:
+            _merge(self.exported.setdefault(namespace, {}), rule, export_to)
+
+    def choose(self, client: str, service_host: str, service_namespace: str) -> Choice | None:
+        """The rule a sidecar in ``client`` uses for the Service ``service_host`` (push_context.go destinationRule)."""
+        if client != self.root:
+            found = _most_specific(self.local.get(client, {}), service_host)
+            where = f"its own namespace {client} comes first"
+        else:
+            found = _most_specific(self.root_private, service_host)
+            where = f"the root namespace's private rules come first for callers in {client}"
+        if found:
+            return Choice(found[-1], where)
+        for owner, why in ((service_namespace, f"the Service's namespace {service_namespace} exports it"),
+                           (self.root, f"the root namespace {self.root} exports it")):
+            visible = [c for c in _most_specific(self.exported.get(owner, {}), service_host) if c.exported_to(client)]
+            if visible:
+                return Choice(visible[-1], why)
+        return None
+
+    def visible(self, rule: Resource, client: str, service_namespace: str) -> bool:
+        """Whether ``choose`` consults ``rule`` for a caller in ``client``: a rule of a third namespace never is."""
+        namespace = rule.namespace or "default"
+        if namespace == client:
+            own = self.root_private if client == self.root else self.local.get(client, {})
+            if any(rule in c.rules for entries in own.values() for c in entries):
+                return True
+        if namespace not in (service_namespace, self.root):
+            return False
+        return any(rule in c.rules and c.exported_to(client)
+                   for entries in self.exported.get(namespace, {}).values() for c in entries)
+
+    def candidates(self, service_host: str) -> list[Resource]:
+        """Every rule (selector-less) whose host covers the Service, whoever can see it."""
+        seen: dict[tuple[str, str], Resource] = {}
+        for index in (*self.local.values(), *self.exported.values(), self.root_private):
+            for host, consolidated in index.items():
+                if _covers(host, service_host):
+                    for entry in consolidated:
+                        seen.update({(r.namespace or "", r.name): r for r in entry.rules})
+        return list(seen.values())
+
+
+def _merge(index: Index, rule: Resource, export_to: frozenset[str]) -> None:
+    """mergeDestinationRule with ENABLE_ENHANCED_DESTINATIONRULE_MERGE (default on): same host and exportTo merge."""
+    entries = index.setdefault(resolved_host(rule), [])
+    same = next((e for e in entries if e.export_to == export_to), None)
+    if same is None:
+        entries.append(Consolidated(resolved_host(rule), export_to, [rule]))
+    else:
+        same.rules.append(rule)
+
+
+def _covers(host: str, service_host: str) -> bool:
+    return host == service_host or (host.startswith("*") and service_host.endswith(host[1:]))
+
+
+def _most_specific(index: Index, service_host: str) -> list[Consolidated]:
+    if service_host in index:
+        return index[service_host]
+    wildcards = [h for h in index if h.startswith("*") and service_host.endswith(h[1:])]
+    return index[max(wildcards, key=len)] if wildcards else []
+
+
+def precedence_findings(rules: Sequence[Resource], services: Iterable[Resource], clients: Iterable[str],
+                        root_namespace: str) -> Iterator[Finding]:
+    """For each Service more than one rule covers, each rule a caller namespace can see but does not get: the rule
+    used instead and what the lost settings would have done (MB5020 for rules of this very host, MB5021 for a broader
+    wildcard rule, whose fields are not inherited)."""
+    index = RuleIndex(rules, root_namespace)
+    clients = set(clients)
+    for service in services:
+        host = f"{service.name}.{service.namespace}.svc.{DEFAULT_DOMAIN}"
+        candidates = index.candidates(host)
+        if len(candidates) < 2:
+            continue
+        # One finding per (lost rule, rules used instead); the same rules may be reached by different steps.
+        lost: dict[tuple[int, ...], tuple[Resource, Consolidated, dict[str, str]]] = {}
+        for client in sorted({*clients, service.namespace or "default", *(r.namespace or "" for r in candidates)}):
+            choice = index.choose(client, host, service.namespace or "default")
+            if choice is None:
+                continue
+            for rule in candidates:
+                if rule is not choice.rule.policy_from and index.visible(rule, client, service.namespace or "default"):
+                    key = (id(rule), *(id(r) for r in choice.rule.rules))
+                    lost.setdefault(key, (rule, choice.rule, {}))[2][client] = choice.reason
+        for rule, winner, reasons in lost.values():
+            yield from _lost_rule_finding(service, host, rule, winner, reasons)
+
+
+def _lost_rule_finding(service: Resource, host: str, rule: Resource, winner: Consolidated,
+                       reasons: dict[str, str]) -> Iterator[Finding]:
+    applied, callers = winner.policy_from, list(reasons)
+    reason = "; ".join(dict.fromkeys(reasons.values()))
+    merged = rule in winner.rules
+    effects = _lost_effects(rule, winner)
+    if not effects:
+        return
+    why = (f"it is merged into {winner.names}, where only the oldest trafficPolicy "
+           f"({applied.origin if applied else 'none'}) is used" if merged
+           else f"{winner.names} is used instead: {reason}")
+    yield codes.finding(
+        "MB5020" if merged or resolved_host(rule) == host else "MB5021", origin=rule.origin, reference=rule.source,
+        destination_rule=rule.origin, host=f"{service.name}.{service.namespace}", callers=_namespaces(callers),
+        why=why, effects="; ".join(effects),
+        evidence={"service": service.qualified_name, "callers": callers, "used": [r.origin for r in winner.rules],
+                  "reason": reasons, "ignored_settings": effects},
+        remediation=Remediation(
+            f"Keep one DestinationRule per host for these callers: move what {rule.origin} should set into "
+            f"{(applied or winner.rules[0]).origin}, or narrow the rules' exportTo so each caller sees the one meant "
+            "for it (precedence: the caller's namespace, then the Service's, then the root namespace)",
+            command=f"istioctl x describe service {service.name} -n {service.namespace}"))
+
+
+def _lost_effects(rule: Resource, winner: Consolidated) -> list[str]:
+    """What ``rule`` sets that these callers do not get (its trafficPolicy is never the used one), and what that means."""
+    effects = _policy_effects(rule.spec.get("trafficPolicy") or {})
+    names = [str(s.get("name")) for s in rule.spec.get("subsets") or ()]
+    # A route to a subset no used rule defines points at a cluster istiod never builds (Envoy: NC, 503; IST0101).
+    if missing := [n for n in names if winner.subset_owner(n) is None]:
+        effects.append(f"its subsets {', '.join(missing)} do not exist for them, so routes to them find no cluster "
+                       "(NC, 503)" if len(missing) > 1 else
+                       f"its subset {missing[0]} does not exist for them, so routes to it find no cluster (NC, 503)")
+    for name in names:
+        owner = winner.subset_owner(name)
+        if owner is not None and owner is not rule:
+            effects.append(f"its subset {name} is taken from {owner.origin} (with that rule's labels)")
+    return effects
+
+
+def _policy_effects(policy: Mapping[str, Any]) -> list[str]:
+    # Each field as cluster_traffic_policy.go applies it; ignored, it falls back to the winner's or Istio's default.
+    effects = []
+    if mode := (policy.get("tls") or {}).get("mode"):
+        effects.append(f"its tls mode {mode} is not used (auto mutual TLS or the used rule's mode applies)")
+    if policy.get("outlierDetection"):
+        effects.append("its outlierDetection ejects no host")
+    if policy.get("connectionPool"):
+        effects.append("its connectionPool limits and timeouts do not apply")
+    if policy.get("loadBalancer"):
+        effects.append("its loadBalancer setting is not used")
+    if policy.get("portLevelSettings"):
+        effects.append("its portLevelSettings do not apply")
+    return effects
+
+
+def _namespaces(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_NAMESPACES_NAMED])
+    more = len(names) - MAX_NAMESPACES_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
