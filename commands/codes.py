@@ -556,8 +556,8 @@ MESHBOT_CODES: dict[str, Code] = {c.code: c for c in [
           "Another DestinationRule for the same host wins for these callers (or a merge keeps the older rule's "
           "trafficPolicy): the settings written here do nothing for them."),
     _code("MB5021", "WildcardDestinationRuleNotInherited", I, "traffic-policy",
-          "{destination_rule} does not apply to callers of {host} in {callers}, which has a more specific rule: {why}; "
-          "nothing of a broader rule is inherited, so {effects}",
+          "{destination_rule} ({wildcard}) does not apply to {count} with a more specific rule ({hosts}): "
+          "nothing of a broader rule is inherited, so for their callers {effects}",
           "A mesh-wide or namespace-wide wildcard rule stops at every host with its own rule (no field inheritance "
           "since Istio 1.20)."),
     # MB6xxx telemetry (commands/telemetry): Prometheus with Istio's standard metrics

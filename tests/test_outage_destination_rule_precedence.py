@@ -126,9 +126,19 @@ def test_a_mesh_wide_wildcard_rule_is_not_inherited_by_a_host_with_its_own_rule(
     [finding] = findings
     assert finding.code == "MB5021" and finding.level is Level.INFO
     assert finding.origin == "DestinationRule istio-system/default"
+    assert "(*.local) does not apply to 1 host with a more specific rule (reviews.prod)" in finding.message
     assert "its tls mode ISTIO_MUTUAL is not used" in finding.message
-    assert "the Service's namespace prod exports it" in finding.message
-    assert finding.evidence["callers"] == ["frontend", "istio-system", "prod"]
+    assert finding.evidence["hosts"]["reviews.prod"] == {"used": ["DestinationRule prod/reviews"],
+                                                         "callers": ["frontend", "istio-system", "prod"]}
+
+
+def test_a_wildcard_rule_stopped_by_many_hosts_is_one_finding_that_counts_them():
+    ratings = OWNERS_RULE.replace("name: reviews,", "name: ratings,").replace("host: reviews", "host: ratings")
+    ratings_service = REVIEWS.replace("reviews", "ratings")
+
+    [finding] = run(REVIEWS, ratings_service, OWNERS_RULE, ratings, MESH_WIDE_MTLS, *pods("prod"))
+
+    assert "does not apply to 2 hosts with a more specific rule (ratings.prod, reviews.prod)" in finding.message
 
 
 def test_a_rule_private_to_the_services_namespace_leaves_other_callers_to_the_mesh_wide_rule():
@@ -137,8 +147,7 @@ def test_a_rule_private_to_the_services_namespace_leaves_other_callers_to_the_me
     [finding] = run(REVIEWS, private, MESH_WIDE_MTLS, *pods("frontend", "prod"))
 
     # Only prod's callers see the private rule; for frontend the mesh-wide rule is the one used, which is by design.
-    assert finding.code == "MB5021" and finding.evidence["callers"] == ["prod"]
-    assert "its own namespace prod comes first" in finding.message
+    assert finding.code == "MB5021" and finding.evidence["hosts"]["reviews.prod"]["callers"] == ["prod"]
 
 
 def test_a_public_rule_in_the_root_namespace_loses_to_the_services_rule_even_for_the_gateway_there():

@@ -32,7 +32,9 @@ from commands.cluster.snapshot import Resource
 from commands.findings import Finding, Remediation
 
 PUBLIC, PRIVATE = "*", "."
-MAX_NAMESPACES_NAMED = 4
+MAX_NAMED = 4
+EVIDENCE_HOSTS = 50
+"""How many hosts a wildcard finding's evidence lists (its message gives the count)."""
 
 
 @dataclass
@@ -45,8 +47,9 @@ class Consolidated:
 
     @property
     def policy_from(self) -> Resource | None:
-        """The rule whose top-level trafficPolicy applies: the oldest that has one."""
-        return next((r for r in self.rules if r.spec.get("trafficPolicy")), None)
+        """The rule whose top-level trafficPolicy applies: the oldest that has one (``{}`` counts, as a non-nil
+        proto does in mergeDestinationRule)."""
+        return next((r for r in self.rules if r.spec.get("trafficPolicy") is not None), None)
 
     def subset_owner(self, name: str) -> Resource | None:
         return next((r for r in self.rules if any(s.get("name") == name for s in r.spec.get("subsets") or ())), None)
@@ -85,12 +88,15 @@ class RuleIndex:
         self.local: dict[str, Index] = {}
         self.exported: dict[str, Index] = {}
         self.root_private: Index = {}
+        self._by_host: dict[str, list[Resource]] = {}
         ordered = sorted((r for r in rules if not r.spec.get("workloadSelector")),
                          key=lambda r: (str(r.metadata.get("creationTimestamp") or ""), r.name, r.namespace or ""))
         for rule in ordered:
             self._add(rule)
+        self._wildcards = [h for h in self._by_host if h.startswith("*")]
 
     def _add(self, rule: Resource) -> None:
+        self._by_host.setdefault(resolved_host(rule), []).append(rule)
         namespace = rule.namespace or "default"
         export_to = frozenset(str(e) for e in rule.spec.get("exportTo") or ())
         if not export_to or export_to & {PUBLIC, PRIVATE, namespace}:
@@ -120,35 +126,37 @@ class RuleIndex:
 
     def visible(self, rule: Resource, client: str, service_namespace: str) -> bool:
         """Whether ``choose`` consults ``rule`` for a caller in ``client``: a rule of a third namespace never is."""
-        namespace = rule.namespace or "default"
+        namespace, host = rule.namespace or "default", resolved_host(rule)
         if namespace == client:
             own = self.root_private if client == self.root else self.local.get(client, {})
-            if any(rule in c.rules for entries in own.values() for c in entries):
+            if any(_holds(c, rule) for c in own.get(host, ())):
                 return True
         if namespace not in (service_namespace, self.root):
             return False
-        return any(rule in c.rules and c.exported_to(client)
-                   for entries in self.exported.get(namespace, {}).values() for c in entries)
+        return any(_holds(c, rule) and c.exported_to(client) for c in self.exported.get(namespace, {}).get(host, ()))
 
     def candidates(self, service_host: str) -> list[Resource]:
-        """Every rule (selector-less) whose host covers the Service, whoever can see it."""
-        seen: dict[tuple[str, str], Resource] = {}
-        for index in (*self.local.values(), *self.exported.values(), self.root_private):
-            for host, consolidated in index.items():
-                if _covers(host, service_host):
-                    for entry in consolidated:
-                        seen.update({(r.namespace or "", r.name): r for r in entry.rules})
-        return list(seen.values())
+        """Every rule (selector-less) whose host covers the Service, whoever can see it; wildcard hosts are few, so
+        a mesh of many Services costs one lookup each."""
+        covering = [h for h in self._wildcards if _covers(h, service_host)]
+        return [r for h in (service_host, *covering) for r in self._by_host.get(h, ())]
 
 
 def _merge(index: Index, rule: Resource, export_to: frozenset[str]) -> None:
-    """mergeDestinationRule with ENABLE_ENHANCED_DESTINATIONRULE_MERGE (default on): same host and exportTo merge."""
+    """mergeDestinationRule with ENABLE_ENHANCED_DESTINATIONRULE_MERGE (default on): same host and exportTo merge.
+
+    istiod also merges a rule whose exportTo is a strict superset of an earlier one's into it (and keeps it apart
+    too); that rarer case is kept apart only here."""
     entries = index.setdefault(resolved_host(rule), [])
     same = next((e for e in entries if e.export_to == export_to), None)
     if same is None:
         entries.append(Consolidated(resolved_host(rule), export_to, [rule]))
     else:
         same.rules.append(rule)
+
+
+def _holds(consolidated: Consolidated, rule: Resource) -> bool:
+    return any(r is rule for r in consolidated.rules)
 
 
 def _covers(host: str, service_host: str) -> bool:
@@ -164,45 +172,62 @@ def _most_specific(index: Index, service_host: str) -> list[Consolidated]:
 
 def precedence_findings(rules: Sequence[Resource], services: Iterable[Resource], clients: Iterable[str],
                         root_namespace: str) -> Iterator[Finding]:
-    """For each Service more than one rule covers, each rule a caller namespace can see but does not get: the rule
-    used instead and what the lost settings would have done (MB5020 for rules of this very host, MB5021 for a broader
-    wildcard rule, whose fields are not inherited)."""
+    """For each Service more than one rule covers, each rule a caller namespace can see but does not get, with the
+    rule used instead and what the lost settings would have done: MB5020 for a rule of this very host (or merged
+    into the used one), one MB5021 per broader wildcard rule for all the hosts that stop it."""
     index = RuleIndex(rules, root_namespace)
-    clients = set(clients)
+    clients = sorted(set(clients))
+    stopped: dict[int, StoppedWildcard] = {}
     for service in services:
         host = f"{service.name}.{service.namespace}.svc.{DEFAULT_DOMAIN}"
         candidates = index.candidates(host)
         if len(candidates) < 2:
             continue
-        # One finding per (lost rule, rules used instead); the same rules may be reached by different steps.
-        lost: dict[tuple[int, ...], tuple[Resource, Consolidated, dict[str, str]]] = {}
-        for client in sorted({*clients, service.namespace or "default", *(r.namespace or "" for r in candidates)}):
-            choice = index.choose(client, host, service.namespace or "default")
-            if choice is None:
+        for rule, winner, reasons in _lost_rules(index, service, host, candidates, clients):
+            effects = _lost_effects(rule, winner)
+            if not effects:
                 continue
-            for rule in candidates:
-                if rule is not choice.rule.policy_from and index.visible(rule, client, service.namespace or "default"):
-                    key = (id(rule), *(id(r) for r in choice.rule.rules))
-                    lost.setdefault(key, (rule, choice.rule, {}))[2][client] = choice.reason
-        for rule, winner, reasons in lost.values():
-            yield from _lost_rule_finding(service, host, rule, winner, reasons)
+            if _holds(winner, rule) or resolved_host(rule) == host:
+                yield _lost_rule_finding(service, rule, winner, reasons, effects)
+            else:
+                stopped.setdefault(id(rule), StoppedWildcard(rule)).add(service, winner, reasons, effects)
+    for wildcard in stopped.values():
+        yield wildcard.finding()
 
 
-def _lost_rule_finding(service: Resource, host: str, rule: Resource, winner: Consolidated,
-                       reasons: dict[str, str]) -> Iterator[Finding]:
-    applied, callers = winner.policy_from, list(reasons)
-    reason = "; ".join(dict.fromkeys(reasons.values()))
-    merged = rule in winner.rules
-    effects = _lost_effects(rule, winner)
-    if not effects:
-        return
+def _lost_rules(index: RuleIndex, service: Resource, host: str, candidates: Sequence[Resource],
+                clients: list[str]) -> Iterator[tuple[Resource, Consolidated, dict[str, str]]]:
+    """(rule, the rules used instead, caller namespace -> why) for each rule some callers see but do not get."""
+    namespace = service.namespace or "default"
+    owners = {r.namespace or "default" for r in candidates}
+    named = {namespace, index.root, *owners, *(str(e) for r in candidates for e in r.spec.get("exportTo") or ())}
+    everyone = clients + sorted((owners | {namespace}).difference(clients))
+    # A caller namespace no candidate names (not its own, not in an exportTo) gets what every such namespace gets:
+    # judge one and count them all, so a mesh of many namespaces costs one resolution more, not one per namespace.
+    others = [c for c in everyone if c not in named]
+    judged = [(c, [c]) for c in everyone if c in named] + ([(others[0], others)] if others else [])
+    lost: dict[tuple[int, ...], tuple[Resource, Consolidated, dict[str, str]]] = {}
+    for client, group in judged:
+        choice = index.choose(client, host, namespace)
+        if choice is None:
+            continue
+        for rule in candidates:
+            if rule is not choice.rule.policy_from and index.visible(rule, client, namespace):
+                # The same used rules may be reached by different steps (own namespace, Service's namespace).
+                key = (id(rule), *(id(r) for r in choice.rule.rules))
+                lost.setdefault(key, (rule, choice.rule, {}))[2].update(dict.fromkeys(group, choice.reason))
+    yield from lost.values()
+
+
+def _lost_rule_finding(service: Resource, rule: Resource, winner: Consolidated, reasons: dict[str, str],
+                       effects: list[str]) -> Finding:
+    applied, callers = winner.policy_from, sorted(reasons)
     why = (f"it is merged into {winner.names}, where only the oldest trafficPolicy "
-           f"({applied.origin if applied else 'none'}) is used" if merged
-           else f"{winner.names} is used instead: {reason}")
-    yield codes.finding(
-        "MB5020" if merged or resolved_host(rule) == host else "MB5021", origin=rule.origin, reference=rule.source,
-        destination_rule=rule.origin, host=f"{service.name}.{service.namespace}", callers=_namespaces(callers),
-        why=why, effects="; ".join(effects),
+           f"({applied.origin if applied else 'none'}) is used" if _holds(winner, rule)
+           else f"{winner.names} is used instead: " + "; ".join(dict.fromkeys(reasons.values())))
+    return codes.finding(
+        "MB5020", origin=rule.origin, reference=rule.source, destination_rule=rule.origin,
+        host=f"{service.name}.{service.namespace}", callers=_first(callers), why=why, effects="; ".join(effects),
         evidence={"service": service.qualified_name, "callers": callers, "used": [r.origin for r in winner.rules],
                   "reason": reasons, "ignored_settings": effects},
         remediation=Remediation(
@@ -210,6 +235,37 @@ def _lost_rule_finding(service: Resource, host: str, rule: Resource, winner: Con
             f"{(applied or winner.rules[0]).origin}, or narrow the rules' exportTo so each caller sees the one meant "
             "for it (precedence: the caller's namespace, then the Service's, then the root namespace)",
             command=f"istioctl x describe service {service.name} -n {service.namespace}"))
+
+
+@dataclass
+class StoppedWildcard:
+    """A wildcard rule (``*.local``, ``*.prod.svc.cluster.local``) and the hosts whose own rules stop it."""
+
+    rule: Resource
+    hosts: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    effects: dict[str, None] = field(default_factory=dict)
+
+    def add(self, service: Resource, winner: Consolidated, reasons: dict[str, str], effects: list[str]) -> None:
+        entry = self.hosts.setdefault(f"{service.name}.{service.namespace}", {"used": set(), "callers": set()})
+        entry["used"].update(r.origin for r in winner.rules)
+        entry["callers"].update(reasons)
+        self.effects.update(dict.fromkeys(effects))
+
+    def finding(self) -> Finding:
+        hosts = sorted(self.hosts)
+        shown = {h: {key: sorted(values) for key, values in self.hosts[h].items()} for h in hosts[:EVIDENCE_HOSTS]}
+        return codes.finding(
+            "MB5021", origin=self.rule.origin, reference=self.rule.source, destination_rule=self.rule.origin,
+            wildcard=resolved_host(self.rule),
+            count=f"{len(hosts)} host{'s' if len(hosts) > 1 else ''}", hosts=_first(hosts), effects="; ".join(self.effects),
+            evidence={"wildcard": resolved_host(self.rule), "count": len(hosts),
+                      "hosts": shown,
+                      "ignored_settings": list(self.effects)},
+            remediation=Remediation(
+                # Inheritance is gone (istio/istio#46270): the only way to give a host the setting is its own rule.
+                f"If these hosts need what {self.rule.origin} sets, add it to each host's own rule (for "
+                f"{hosts[0]}: {', '.join(shown[hosts[0]]['used'])}); a broader rule never fills in a field",
+                command="kubectl get destinationrules -A"))
 
 
 def _lost_effects(rule: Resource, winner: Consolidated) -> list[str]:
@@ -244,7 +300,7 @@ def _policy_effects(policy: Mapping[str, Any]) -> list[str]:
     return effects
 
 
-def _namespaces(names: list[str]) -> str:
-    shown = ", ".join(names[:MAX_NAMESPACES_NAMED])
-    more = len(names) - MAX_NAMESPACES_NAMED
+def _first(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_NAMED])
+    more = len(names) - MAX_NAMED
     return shown + (f" and {more} more" if more > 0 else "")
