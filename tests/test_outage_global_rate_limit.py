@@ -111,6 +111,12 @@ def codes_of(findings: list[Finding]) -> list[str]:
     return [f.code for f in findings]
 
 
+def texts(findings: list[Finding]) -> list[str]:
+    """What a person reads: messages and first steps, never Istio's cluster names or Envoy's stat names."""
+    return [t for f in findings for t in (f.message, f.remediation.summary if f.remediation else "",
+                                          (f.remediation.command or "") if f.remediation else "")]
+
+
 def only(findings: list[Finding], code: str) -> Finding:
     [finding] = [f for f in findings if f.code == code]
     return finding
@@ -147,6 +153,7 @@ def test_service_saying_over_limit_refuses_with_429_and_is_named_global(lab: Lab
 
     assert statuses == [429] * REQUESTS
     assert codes_of(findings) == ["MB4033"]
+    assert not [text for text in texts(findings) if "outbound|" in text or "ratelimit." in text]
     refused = findings[0]
     assert refused.level is Level.ERROR
     assert f"{REQUESTS} of {REQUESTS} requests to payment.prod:8080" in refused.message
