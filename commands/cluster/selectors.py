@@ -44,6 +44,10 @@ def format_selector(selector: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
 
 
+def _label_value(value: Any) -> str:
+    return value if type(value) is str else str(value)  # labels are strings; str() only for odd input
+
+
 class PodIndex:
     """Pods indexed by (namespace, label, value) and (label, value).
 
@@ -54,16 +58,25 @@ class PodIndex:
     def __init__(self, pods: Iterable[Resource]):
         self.pods: list[Resource] = list(pods)
         self._by_namespace: dict[str, list[int]] = defaultdict(list)
-        self._by_ns_label: dict[tuple[str, str, str], list[int]] = defaultdict(list)
         self._by_label: dict[tuple[str, str], list[int]] = defaultdict(list)
-        by_namespace, by_ns_label, by_label = self._by_namespace, self._by_ns_label, self._by_label
+        # Built on the first namespaced lookup: most meshes have none (Sidecars, policies with selectors), and at
+        # 100,000 pods this half of the index cost 0.3 s.
+        self._ns_labels: dict[tuple[str, str, str], list[int]] | None = None
+        by_namespace, by_label = self._by_namespace, self._by_label
         for i, pod in enumerate(self.pods):
-            namespace = pod.namespace or ""
-            by_namespace[namespace].append(i)
+            by_namespace[pod.namespace or ""].append(i)
             for key, value in pod.labels.items():
-                value = value if type(value) is str else str(value)  # labels are strings; str() only for odd input
-                by_ns_label[(namespace, key, value)].append(i)
-                by_label[(key, value)].append(i)
+                by_label[(key, _label_value(value))].append(i)
+
+    @property
+    def _by_ns_label(self) -> dict[tuple[str, str, str], list[int]]:
+        if self._ns_labels is None:
+            self._ns_labels = defaultdict(list)
+            for i, pod in enumerate(self.pods):
+                namespace = pod.namespace or ""
+                for key, value in pod.labels.items():
+                    self._ns_labels[(namespace, key, _label_value(value))].append(i)
+        return self._ns_labels
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> PodIndex:
