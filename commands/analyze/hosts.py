@@ -47,9 +47,10 @@ def host_matches(a: str, b: str) -> bool:
 def wildcard_suffixes(host: str) -> Iterator[str]:
     """The suffixes a wildcard must have to cover ``host``: ``a.b.c`` -> ``.b.c``, ``.c``, ``""``."""
     name = host[1:] if is_wildcard(host) else host
-    for i, char in enumerate(name):
-        if char == ".":
-            yield name[i:]
+    dot = name.find(".")  # from dot to dot, not char by char: this runs for every Service and reference
+    while dot != -1:
+        yield name[dot:]
+        dot = name.find(".", dot + 1)
     yield ""
 
 
