@@ -45,6 +45,7 @@ from kmock._internal import apps, k8s
 from bot.demo.cluster import patch_namespace_paths, selected
 from commands.clients.kube import KubeClient
 from commands.resources.kinds import KINDS, KindInfo
+from tests.support.kmock_matching import ConstantTimeMatching
 
 T = TypeVar("T")
 
@@ -158,7 +159,7 @@ def _read_continue_token(token: str) -> tuple[int, tuple[str, str]]:
         raise k8s.KubernetesError() from None
 
 
-class ApiServerEmulator(kmock.KubernetesEmulator):
+class ApiServerEmulator(kmock.KubernetesEmulator, ConstantTimeMatching):
     """kmock's emulator, with dry-run writes and refused writes leaving the stored objects alone,
     resourceVersion enforced on patches, paged lists, watches with bookmarks, 410 after compaction and 429."""
 
