@@ -24,7 +24,7 @@ import pytest
 from bot.slack.errors import Failed, user_message
 from bot.storage.database import DatabaseUnavailable
 from commands.clients.lease import LeaderElector
-from tests.support.istiod import syncz_entry
+from tests.support.istiod import push_after_every_write, syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.postgres import PASSWORD, with_password
 from tests.support.replicas import Replica, notification, start_replicas, stop_replicas
@@ -51,6 +51,8 @@ def fleet(postgres, mesh, istiod_server, fake_slack, tmp_path) -> Iterator[tuple
     """What every replica of a test is started with: the shared database's URL and their environment."""
     fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
     istiod_server.answer("/debug/syncz", [syncz_entry("api-1.payments")])  # istiod up and pushing: preconditions hold
+    # No test here is about the effect: istiod acknowledges each write at once, so no execution waits out its settle.
+    push_after_every_write(mesh, istiod_server, ["api-1.payments"])
     password_file = tmp_path / "database-password"
     password_file.write_text(PASSWORD + "\n")
     env = {"KUBECONFIG": write_kubeconfig(tmp_path / "kubeconfig", mesh.url), "MESHBOT_KUBE_CONTEXT": "kmock",

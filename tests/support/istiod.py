@@ -25,6 +25,7 @@ source to ``POD_NETWORK_SOURCE`` (127.0.0.2) stands for a caller from another po
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
@@ -148,3 +149,21 @@ def syncz_entry(proxy: str, *, version: str = "1.22.3", synced: bool = True, **f
             entry[f"{prefix}_sent"] = entry[f"{prefix}_acked"] = f"{prefix}-nonce-1"
     entry.update(fields)
     return entry
+
+
+def acknowledged_push(proxies: list[str], push: int) -> list[dict]:
+    """``/debug/syncz`` after istiod's ``push``-th push to ``proxies``, each acknowledged: every main xDS type's
+    sent and acked nonce is the new one (pilot/pkg/xds/debug.go SyncStatus), as meshbot's effect check reads it."""
+    nonces = {f"{prefix}_{side}": f"{prefix}-nonce-{push}" for prefix in ("cluster", "listener", "route", "endpoint")
+              for side in ("sent", "acked")}
+    return [syncz_entry(proxy, **nonces) for proxy in proxies]
+
+
+def push_after_every_write(kube, istiod: ProgrammableServer, proxies: list[str]) -> None:
+    """istiod as it follows the API server: each stored write is pushed to ``proxies`` and acknowledged (new nonces
+    in ``/debug/syncz``), so an execution's first look sees its push instead of waiting out the settle time
+    (bot/approvals/verification.py SETTLE) for nonces a static answer never moves.  Only for tests whose writes
+    are all mesh config (istiod pushes only when config it serves changes, pilot/pkg/xds/discovery.go ConfigUpdate)."""
+    pushes = itertools.count(2)  # syncz_entry's answer is push 1
+    kube.emulator.after_write.append(lambda request: istiod.answer("/debug/syncz",
+                                                                   acknowledged_push(proxies, next(pushes))))
