@@ -27,6 +27,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support import loopback
 from tests.support.http_server import ProgrammableServer
 from tests.support.processes import stop_process
 
@@ -110,13 +111,13 @@ class RunningAlertmanager:
 
     def push(self, *alerts: Mapping[str, Any]) -> None:
         """``POST /api/v2/alerts``, as Prometheus does; fails with Alertmanager's reason on a non-200."""
-        response = httpx.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=5)
+        response = loopback.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=5)
         if response.status_code != 200:
             raise AssertionError(f"Alertmanager refused the alerts ({response.status_code}): {response.text}")
 
     def alerts(self, **params: Any) -> list[dict[str, Any]]:
         """``GET /api/v2/alerts``: what Alertmanager holds now."""
-        return httpx.get(f"{self.url}/api/v2/alerts", params=params, timeout=5).json()
+        return loopback.get(f"{self.url}/api/v2/alerts", params=params, timeout=5).json()
 
     def amtool(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run the real ``amtool ARGS --alertmanager.url=<this>`` (no shell); ``check`` fails on a non-zero exit."""
@@ -208,7 +209,7 @@ def _wait_until_ready(alertmanager: RunningAlertmanager) -> None:
             raise AssertionError(f"Alertmanager exited with {alertmanager.process.returncode}:\n"
                                  f"{alertmanager.log()[-3000:]}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{alertmanager.url}/-/ready", timeout=1).status_code == 200:
+            if loopback.get(f"{alertmanager.url}/-/ready", timeout=1).status_code == 200:
                 return
         time.sleep(0.02)
     raise AssertionError(f"Alertmanager not ready within {STARTUP_TIMEOUT}s:\n{alertmanager.log()[-3000:]}")

@@ -25,3 +25,10 @@ def get(url: str, **options: Any) -> httpx.Response:
     timeout = options.pop("timeout", 5.0)
     with loopback_client(timeout=timeout) as client:
         return client.get(url, **options)
+
+
+def post(url: str, **options: Any) -> httpx.Response:
+    """One POST, like ``httpx.post`` without building a CA store for it; ``options`` go to the request."""
+    timeout = options.pop("timeout", 5.0)
+    with loopback_client(timeout=timeout) as client:
+        return client.post(url, **options)

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from commands.cluster.snapshot import Snapshot
+from tests.support import loopback
 from tests.support.processes import stop_process
 
 PROMETHEUS_MISSING = ("the real Prometheus is needed for these tests and `{binary}` was not found: "
@@ -197,7 +198,7 @@ def start_prometheus(data_dir: Path) -> RunningPrometheus:
         if process.poll() is not None:
             raise RuntimeError(f"prometheus exited with {process.returncode}: see {log.name}")
         try:
-            if httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200:
+            if loopback.get(f"{url}/-/ready", timeout=1.0).status_code == 200:
                 return RunningPrometheus(url, data_dir, process)
         except httpx.HTTPError:
             pass

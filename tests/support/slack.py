@@ -35,6 +35,7 @@ import httpx
 import pytest
 
 from bot.demo.signing import signed_headers
+from tests.support import loopback
 
 if TYPE_CHECKING:  # imported by the fixture only, so the HTTP fakes do not need `websockets`
     from tests.support.socket_mode import FakeSocketMode
@@ -428,4 +429,4 @@ def post_signed(url: str, body: bytes, *, secret: str = SIGNING_SECRET, timestam
     all_headers = {"Content-Type": "application/x-www-form-urlencoded", **sign(body, secret=secret,
                                                                                 timestamp=timestamp)}
     all_headers.update(headers or {})
-    return httpx.post(url, content=body, headers=all_headers, timeout=timeout)
+    return loopback.post(url, content=body, headers=all_headers, timeout=timeout)
