@@ -90,6 +90,15 @@ def send(envoy: RunningEnvoy, count: int, *, host: str = s.SERVICE, listener: st
     return statuses
 
 
+def send_together(envoy: RunningEnvoy, count: int) -> list[int]:
+    """``count`` concurrent GETs through the outbound listener, each on its own connection; their statuses.  For a
+    healthy twin whose upstream is slow on purpose: the same requests, without waiting out each delay in turn."""
+    with loopback_client(timeout=10, limits=httpx.Limits(max_connections=count)) as client, \
+            ThreadPoolExecutor(max_workers=count) as pool:
+        url = f"http://127.0.0.1:{port_of(envoy)}/"
+        return list(pool.map(lambda _: client.get(url, headers={"Host": s.SERVICE}).status_code, range(count)))
+
+
 def tcp_connections(envoy: RunningEnvoy, listener: str, count: int) -> None:
     for _ in range(count):
         with socket.create_connection(("127.0.0.1", port_of(envoy, listener)), timeout=5) as connection:
@@ -248,7 +257,10 @@ def upstream_timeout(lab: Lab, healthy: bool) -> RunningEnvoy:
     port = lab.upstream(delay=0.3)
     timeout = "5s" if healthy else "0.05s"
     envoy = lab.start([s.outbound_listener([s.service_vhost(s.route(timeout=timeout))])], [s.outbound_cluster(port)])
-    send(envoy, 6)
+    if healthy:
+        assert send_together(envoy, 6) == [200] * 6
+    else:
+        send(envoy, 6)
     return envoy
 
 
@@ -264,7 +276,10 @@ def caller_gone(lab: Lab, healthy: bool) -> RunningEnvoy:
     """DC: callers give up after 0.1 s on an upstream that takes 0.5 s (healthy: they wait)."""
     port = lab.upstream(delay=0.5)
     envoy = lab.start([s.outbound_listener([s.service_vhost()])], [s.outbound_cluster(port)])
-    send(envoy, 6, timeout=5.0 if healthy else 0.1)
+    if healthy:
+        assert send_together(envoy, 6) == [200] * 6
+    else:
+        send(envoy, 6, timeout=0.1)
     # The upstream requests end when Envoy resets them; wait until no request is in flight any more.
     deadline = time.monotonic() + 10
     while _hosts_total(envoy, "rq_active") and time.monotonic() < deadline:
