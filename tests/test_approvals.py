@@ -68,6 +68,8 @@ def action_bot(bot_factory, cluster, istiod, fake_slack, tmp_path, backend_setti
         # The first look after execution polls for the push to be acknowledged; the fake istiod's answers only
         # change when a test programs them, so a test that wants the wait sets it itself.
         meshbot.services.approvals.effects.settle = timedelta(0)
+        # Slack's one post per second per channel is tests/test_outbox.py's subject; here it only made each card wait.
+        meshbot.services.outbox.min_post_interval = 0.0
         return meshbot
     fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
     return start
@@ -83,6 +85,7 @@ def sqlite_action_bot(bot_factory, cluster, istiod, fake_slack, tmp_path):
         settings.update(overrides)
         meshbot = bot_factory(**settings)
         meshbot.services.approvals.effects.settle = timedelta(0)
+        meshbot.services.outbox.min_post_interval = 0.0
         return meshbot
     fake_slack.usergroups = {"S0SRE": ["UDAVE"]}
     return start
