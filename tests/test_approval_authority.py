@@ -40,6 +40,7 @@ def authority_bot(kube: FakeKube, istiod_server, fake_slack, tmp_path, backend_s
                           kube_context="kmock", kube_timeout=2.0, approvers=APPROVERS, required_approvals=2,
                           channel="CINCIDENT", istiod_url=istiod_server.url, **backend_settings)
     meshbot.services.approvals.effects.settle = timedelta(0)
+    meshbot.services.outbox.min_post_interval = 0.0  # Slack's per-channel pacing is tests/test_outbox.py's subject
     return meshbot
 
 

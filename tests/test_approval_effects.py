@@ -58,6 +58,7 @@ def start_bot(kube, bot_factory, syncz, fake_slack, tmp_path):
                               approvers=APPROVERS, required_approvals=2, channel="CINCIDENT", istiod_url=syncz.url,
                               **backend)
         meshbot.services.approvals.effects.settle = settle
+        meshbot.services.outbox.min_post_interval = 0.0  # Slack's per-channel pacing is tests/test_outbox.py's subject
         if follow_up is not None:
             meshbot.services.approvals.effects.follow_up_after = follow_up
         return meshbot

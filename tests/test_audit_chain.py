@@ -369,6 +369,7 @@ def action_bot(bot_factory, cluster, istiod_server, fake_slack, tmp_path):
                               approvers=APPROVERS, required_approvals=2, channel="CINCIDENT",
                               istiod_url=istiod_server.url)
         meshbot.services.approvals.effects.settle = timedelta(0)  # as tests/test_approvals.py: no push to wait for
+        meshbot.services.outbox.min_post_interval = 0.0  # nor Slack's per-channel pacing (tests/test_outbox.py)
         return meshbot
     return start
 
