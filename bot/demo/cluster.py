@@ -27,6 +27,7 @@ import kmock
 import yaml
 from kmock._internal import parsing
 
+from bot.demo.kmock_matching import ConstantTimeMatching
 from commands.cluster.demo import Scenario
 from commands.resources.kinds import KINDS, KindInfo
 
@@ -95,8 +96,11 @@ def selected(obj: Mapping[str, Any], field_selector: str = "", label_selector: s
 _WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
 
 
-class DemoApiServer(kmock.KubernetesEmulator):
-    """kmock's emulator with selectors on lists and server-side dry run."""
+class DemoApiServer(kmock.KubernetesEmulator, ConstantTimeMatching):
+    """kmock's emulator with selectors on lists and server-side dry run.
+
+    ConstantTimeMatching picks each request's reaction without replaying every earlier request, so a demo left
+    open for hours answers as fast as a fresh one (bot/demo/kmock_matching.py)."""
 
     async def _handle(self, request: Any) -> Any:
         if request.resource is not None and request.action in _WRITES and request.params.get("dryRun") == "All":

@@ -43,9 +43,9 @@ import pytest
 from kmock._internal import apps, k8s
 
 from bot.demo.cluster import patch_namespace_paths, selected
+from bot.demo.kmock_matching import ConstantTimeMatching
 from commands.clients.kube import KubeClient
 from commands.resources.kinds import KINDS, KindInfo
-from tests.support.kmock_matching import ConstantTimeMatching
 
 T = TypeVar("T")
 

@@ -2,12 +2,14 @@
 
 kmock 0.8 (``RawHandler._handle``) decides whether a reaction applies to a request with ``request in
 reaction._source``: the view iterates every request the server has recorded, re-applies its filters to each, and
-compares identities.  With ~14 reactions per emulator that is O(requests so far) per request, O(n²) per test:
-measured here, 30 ms per request after 500 requests and over 200 ms after 2,000, which is most of the CPU of a
-test that runs three replicas against one emulator (tests/test_ha_approvals.py).
+compares identities.  With ~14 reactions per emulator that is O(requests so far) per request: measured here, 30 ms
+per request after 500 requests and over 200 ms after 2,000.  ``meshbot demo``'s API server (bot.demo.cluster)
+would slow down the longer the demo stays open, and the tests' emulator (tests/support/kube.py, which imports this
+module; bot never imports tests) would spend most of a long test's CPU there.
 
 ``sees(view, request)`` answers the same question from the request alone for the views the emulator's reactions
-hang on (filters, priorities, the root) and falls back to kmock's own membership test for every other view.
+hang on (filters, priorities, the root) and falls back to kmock's own membership test for every other view;
+tests/test_kmock_matching.py checks it answers as kmock does.
 """
 
 from __future__ import annotations
