@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import Processes, peak_rss_mb, percentile  # noqa: E402
+from bot.storage.intake import intake_path  # noqa: E402
 from tests.support import replicas  # noqa: E402
 
 TOKEN = "bench-alertmanager-token"
@@ -46,6 +47,7 @@ def main() -> None:
     bodies = [notification(i % groups, i // groups) for i in range(total)]
     with tempfile.TemporaryDirectory() as tmp:
         db_path = f"{tmp}/storm.db"
+        intake_db = intake_path(db_path)  # where webhooks store notifications (bot/storage/intake.py)
         with Processes(db_path, {"alertmanager_token": TOKEN, "channel": "CINCIDENT", "workers": 8}) as procs:
             port = int(procs.bot_url.rsplit(":", 1)[1])
             clients = threading.local()
@@ -66,8 +68,9 @@ def main() -> None:
             sent_in = time.monotonic() - started
 
             def pending() -> tuple[int, int, int]:
+                with sqlite3.connect(intake_db, timeout=30) as intake:
+                    unprocessed = intake.execute("SELECT COUNT(*) FROM notifications WHERE processed_at IS NULL")
                 with sqlite3.connect(db_path, timeout=30) as db:
-                    unprocessed = db.execute("SELECT COUNT(*) FROM notifications WHERE processed_at IS NULL")
                     outbox = db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
                     undiagnosed = db.execute("SELECT COUNT(*) FROM incidents WHERE diagnosed = 0")
                     return unprocessed.fetchone()[0], outbox.fetchone()[0], undiagnosed.fetchone()[0]
@@ -78,11 +81,12 @@ def main() -> None:
             drained_in = time.monotonic() - started
             stats = httpx.get(f"{procs.slack_url}/_stats").json()
             rss = peak_rss_mb(procs.bot.pid)
+            with sqlite3.connect(intake_db) as intake:
+                stored = intake.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
+                processed = intake.execute("SELECT COUNT(*) FROM notifications WHERE processed_at IS NOT NULL"
+                                           ).fetchone()[0]
             with sqlite3.connect(db_path) as db:
                 incidents = db.execute("SELECT COUNT(*) FROM incidents").fetchone()[0]
-                stored = db.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
-                processed = db.execute("SELECT COUNT(*) FROM notifications WHERE processed_at IS NOT NULL"
-                                       ).fetchone()[0]
                 failed = db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'failed'").fetchone()[0]
 
     latencies = sorted(seconds for _, seconds in results)

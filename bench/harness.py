@@ -23,6 +23,7 @@ def run_fake_slack(urls: multiprocessing.Queue, stop: multiprocessing.Event) -> 
 def run_bot(api_url: str, db_path: str, ports: multiprocessing.Queue, stop: multiprocessing.Event,
             overrides: dict, runner: Callable | None = None) -> None:
     """``runner(settings)``, when given, returns the diagnosis runner the bot uses instead of its own."""
+    from bot.server.meshbot import freeze_startup_heap
     from bot.server.wiring import build
     from bot.settings import Settings
     from tests.support.bot import DEMO_SCENARIO
@@ -37,6 +38,7 @@ def run_bot(api_url: str, db_path: str, ports: multiprocessing.Queue, stop: mult
     settings = Settings(**values)
     meshbot = build(settings, runner=runner(settings) if runner else None)
     meshbot.start()
+    freeze_startup_heap()  # as `meshbot serve` does
     ports.put(meshbot.server.effective_port)
     stop.wait()
     meshbot.stop(timeout=30)

@@ -394,12 +394,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from bot.runtime import redaction
+    from bot.server.meshbot import freeze_startup_heap
     from bot.server.wiring import build
     from bot.settings import Settings
 
     settings = Settings.load(config_file=args.config)
     redaction.install(settings.secret_values(), settings.log_level)
     bot = build(settings).start()
+    freeze_startup_heap()
     stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:
@@ -514,7 +516,7 @@ def _postmortem(log_, incident_id: int, now: datetime) -> int:
 def _migrate_to(source_log, url: str, settings) -> int:
     """Copy the SQLite log into PostgreSQL, then verify the copied chain with the same key to the same head."""
     from bot.incidents.log import IncidentLog
-    from bot.server.schema import open_database
+    from bot.server.schema import open_database, open_intake_for
     from bot.settings import _database_url
     from bot.storage.copy import copy_database
 
@@ -526,7 +528,7 @@ def _migrate_to(source_log, url: str, settings) -> int:
     if not source_report.intact:
         raise UserError("the SQLite log does not verify; nothing copied: " + source_report.lines()[0])
     target = open_database(settings.db_path, url=url, password=settings.database_password)
-    report = copy_database(source_log.database, target)
+    report = copy_database(source_log.database, target, open_intake_for(source_log.database))
     copied = IncidentLog(target, key=source_log.key, anchor_stores=())
     check = copied.verify()
     source_head, target_head = source_log.head(), copied.head()

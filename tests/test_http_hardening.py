@@ -24,7 +24,7 @@ from bot.approvals import blocks as approval_blocks
 from bot.incidents.blocks import alert_line, note_message
 from bot.incidents.delivery import IncidentDeliveries
 from bot.incidents.log import IncidentLog
-from bot.server.schema import MIGRATIONS
+from bot.server.schema import MIGRATIONS, open_intake_for
 from bot.settings import Audience
 from bot.slack.blocks import Message
 from bot.slack.client import SlackClient, build_web_client
@@ -502,7 +502,8 @@ def test_scheduled_work_is_reported_in_readyz_and_on_metrics_without_gating_read
 
 def test_two_replicas_sharing_a_database_handle_one_delivery_once(backend_database):
     now = time.time()
-    first, second = DeliveryLedger(backend_database, 300), DeliveryLedger(backend_database, 300)
+    intake = open_intake_for(backend_database)  # the ledger's table: the request path's own file beside SQLite
+    first, second = DeliveryLedger(intake, 300), DeliveryLedger(intake, 300)
     assert first.first_time(("signature", "1765000000", "v0=ab"), now + 300)
     assert not second.first_time(("signature", "1765000000", "v0=ab"), now + 300), "the other replica saw it"
     assert second.first_time(("signature", "1765000000", "v0=cd"), now + 300)
@@ -510,11 +511,12 @@ def test_two_replicas_sharing_a_database_handle_one_delivery_once(backend_databa
 
 def test_the_shared_memory_expires_with_the_requests_timestamp_not_first_sight(backend_database):
     clock = [1_765_000_000.0]
-    ledger = DeliveryLedger(backend_database, 300, clock=lambda: clock[0])
+    intake = open_intake_for(backend_database)
+    ledger = DeliveryLedger(intake, 300, clock=lambda: clock[0])
     signed_at = clock[0] - 290  # first seen 290 s after Slack signed it: 10 s of its window are left
     assert ledger.first_time("envelope:late", signed_at + 300)
     clock[0] += 11
-    later = DeliveryLedger(backend_database, 300, clock=lambda: clock[0])  # a restart: nothing in memory
+    later = DeliveryLedger(intake, 300, clock=lambda: clock[0])  # a restart: nothing in memory
     assert later.first_time("envelope:late", signed_at + 300), "expired with the request, not 300 s after sight"
 
 

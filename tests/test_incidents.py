@@ -120,7 +120,7 @@ def istiod_down() -> dict:
 
 
 def stored_notifications(meshbot) -> int:
-    return meshbot.database.db.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
+    return meshbot.intake.db.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
 
 
 def test_first_notification_opens_an_incident_with_a_top_level_message_and_diagnostics_in_its_thread(
@@ -211,12 +211,12 @@ def test_a_restart_does_not_open_a_second_incident_for_the_same_group(bot_factor
 def test_a_stored_notification_that_cannot_be_applied_is_set_aside_and_the_next_ones_still_open_incidents(
         incident_bot, fake_slack):
     # E.g. stored by an older meshbot whose successor reads it differently: kept, with the error, not retried forever.
-    with incident_bot.database.transaction() as db:
+    with incident_bot.intake.transaction() as db:
         db.execute("INSERT INTO notifications (received_at, group_key, status, body) VALUES (?, ?, ?, ?)",
                    ["2026-11-23T03:00:00Z", "g", "firing", '{"groupKey": "g"}'])
     send(incident_bot, payload("firing.json"))
     fake_slack.wait_for(lambda: top_levels(fake_slack), what="the incident of the good notification")
-    rows = list(incident_bot.database.db.query("SELECT body, processed_at, error FROM notifications ORDER BY id"))
+    rows = list(incident_bot.intake.db.query("SELECT body, processed_at, error FROM notifications ORDER BY id"))
     assert rows[0]["processed_at"] and rows[0]["error"].startswith("not applied: PayloadError")
     assert rows[0]["body"] == '{"groupKey": "g"}', "kept for a human to look at"
     metrics = httpx.get(f"{incident_bot.url}/metrics").text

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from bot.incidents.alerts import PayloadError, parse_notification
+from bot.incidents.records import utcnow
 
 DATA = Path(__file__).parent / "data" / "alertmanager"
 TOKEN = "am-token-0123456789"
@@ -39,7 +40,7 @@ def applied(meshbot, count: int) -> None:
     """Wait until the processor has applied ``count`` stored notifications."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        done = meshbot.database.db.execute("SELECT COUNT(*) FROM notifications WHERE processed_at IS NOT NULL")
+        done = meshbot.intake.db.execute("SELECT COUNT(*) FROM notifications WHERE processed_at IS NOT NULL")
         if done.fetchone()[0] >= count:
             return
         time.sleep(0.02)
@@ -47,7 +48,7 @@ def applied(meshbot, count: int) -> None:
 
 
 def stored(meshbot) -> int:
-    return meshbot.database.db.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
+    return meshbot.intake.db.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
 
 
 def open_incidents(meshbot) -> list[dict]:
@@ -159,10 +160,10 @@ def test_an_occurrence_in_two_open_groups_is_recorded_in_both_incidents(incident
 
 
 def writer_database(tmp_path):
-    from bot.server.schema import MIGRATIONS
+    from bot.server.schema import INTAKE_MIGRATIONS
     from bot.storage.database import Database
 
-    database = Database(tmp_path / "intake.db", MIGRATIONS)
+    database = Database(tmp_path / "meshbot.intake.db", INTAKE_MIGRATIONS)
     database.migrate()
     return database
 
@@ -190,12 +191,11 @@ def store_concurrently(writer, bodies: list[str]) -> list:
 
 
 def test_concurrent_webhooks_are_each_stored_once_and_answered_with_their_own_row(tmp_path):
-    from bot.incidents.notifications import NotificationWriter
-    from bot.incidents.store import IncidentStore
+    from bot.incidents.notifications import NotificationLog, NotificationWriter
 
     database = writer_database(tmp_path)
     bodies = [json.dumps({"n": i}) for i in range(40)]
-    ids = store_concurrently(NotificationWriter(IncidentStore(database)), bodies)
+    ids = store_concurrently(NotificationWriter(NotificationLog(database, database, utcnow)), bodies)
     assert all(isinstance(i, int) for i in ids) and len(set(ids)) == 40
     stored = {r["id"]: r["body"] for r in database.db.query("SELECT id, body FROM notifications")}
     assert [stored[i] for i in ids] == bodies
@@ -204,14 +204,13 @@ def test_concurrent_webhooks_are_each_stored_once_and_answered_with_their_own_ro
 def test_a_failed_group_commit_answers_every_webhook_in_it_with_the_error_and_stores_none(tmp_path):
     import sqlite3
 
-    from bot.incidents.notifications import NotificationWriter
-    from bot.incidents.store import IncidentStore
+    from bot.incidents.notifications import NotificationLog, NotificationWriter
 
     database = writer_database(tmp_path)
     database.db.execute("CREATE TRIGGER refuse BEFORE INSERT ON notifications "
                         "WHEN NEW.body LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
     bodies = ["poison"] + [json.dumps({"n": i}) for i in range(9)]
-    results = store_concurrently(NotificationWriter(IncidentStore(database)), bodies)
+    results = store_concurrently(NotificationWriter(NotificationLog(database, database, utcnow)), bodies)
     assert isinstance(results[0], sqlite3.DatabaseError)
     for result in results[1:]:  # in the poisoned group: refused too; in a later group: stored
         assert isinstance(result, (int, sqlite3.DatabaseError))

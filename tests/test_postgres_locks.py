@@ -14,7 +14,7 @@ import pytest
 from bot.approvals.rule import RequestState
 from bot.incidents.audit import AuditKey
 from bot.incidents.log import IncidentLog
-from bot.incidents.store import SET_ASIDE
+from bot.incidents.notifications import SET_ASIDE
 from bot.server.schema import MIGRATIONS
 from bot.storage.dialect import Lock, lock_key, try_lock_key
 from bot.storage.postgres import LOCK_TIMEOUT_MS, PostgresDatabase
@@ -185,7 +185,7 @@ def test_a_replica_paused_inside_one_groups_transaction_holds_up_no_other_group_
 
 def store_unreadable(meshbot, group: str) -> None:
     """A notification stored by an older meshbot whose successor cannot read it (no alerts in its body)."""
-    with meshbot.database.transaction() as db:
+    with meshbot.intake.transaction() as db:
         db.execute("INSERT INTO notifications (received_at, group_key, status, body) VALUES (?, ?, ?, ?)",
                    ["2026-11-23T03:00:00Z", group, "firing", '{"groupKey": "%s"}' % group])
 
@@ -201,5 +201,5 @@ def test_a_notification_set_aside_is_said_in_the_incident_channel_once_per_group
     assert [m["channel"] for m in notes] == ["CINCIDENT", "CINCIDENT"]
     assert sorted("group-a" in m["text"] for m in notes) == [False, True]
     assert all("PayloadError" in m["text"] for m in notes), "the note says why"
-    errors = [r[0] for r in meshbot.database.db.execute("SELECT error FROM notifications ORDER BY id").fetchall()]
+    errors = [r[0] for r in meshbot.intake.db.execute("SELECT error FROM notifications ORDER BY id").fetchall()]
     assert len(errors) == 3 and all(e.startswith(SET_ASIDE) for e in errors), "all three set aside, one note each group"

@@ -75,7 +75,9 @@ def test_both_backends_end_at_the_same_schema_version_with_one_version_table(bac
 
 
 def test_inserts_return_their_id_on_both_backends(backend_database):
-    with backend_database.transaction() as db:
+    from bot.server.schema import open_intake_for
+
+    with open_intake_for(backend_database).transaction() as db:  # notifications: the request path's own file
         first = db.execute("INSERT INTO notifications (received_at, group_key, status, body) VALUES (?, ?, ?, ?)",
                            ["2026-01-01T00:00:00Z", "g", "firing", "{}"]).lastrowid
         second = db.execute("INSERT INTO notifications (received_at, group_key, status, body) VALUES (?, ?, ?, ?)",

@@ -35,16 +35,16 @@ from bot.incidents.alerts import (
 )
 from bot.incidents.diagnosis import MESHBOT, IncidentDiagnosis, SuggestionRenderer
 from bot.incidents.log import IncidentLog
-from bot.incidents.notifications import NotificationWriter
+from bot.incidents.notifications import NO_INCIDENT, SET_ASIDE, NotificationLog, NotificationWriter
 from bot.incidents.playbooks import PlaybookSet
 from bot.incidents.records import EventKind, Incident, iso, utcnow
-from bot.incidents.store import SET_ASIDE
 from bot.runtime.loops import WakeableLoop
 from bot.runtime.metrics import Metrics
 from bot.slack.blocks import Message
 from bot.slack.outbox import Outbox
 from bot.storage.database import Database
 from bot.storage.dialect import Dialect, Lock, lock_key, try_lock_key
+from bot.storage.intake import INTAKE_CHECKPOINT_SECONDS
 from bot.timeline.reader import TimelineReader
 from commands.errors import UserError
 
@@ -85,13 +85,13 @@ class IncidentFlow:
     timeline: TimelineReader | None = None
     """The timeline each diagnosis reads around its alert (docs/timeline.md); None: snapshots only."""
     rollup_per_minute: int = rollup.DEFAULT_PER_MINUTE  # new top-level posts a minute; further ones: a roll-up
+    intake: Database | None = None
+    """Where webhooks store notifications (``bot.storage.intake``: a file of its own beside SQLite); None: ``database``."""
     diagnosis: IncidentDiagnosis = field(init=False)
+    notifications: NotificationLog = field(init=False)
     _loop: WakeableLoop = field(init=False)
     _writer: NotificationWriter = field(init=False)
     _processing: threading.Lock = field(default_factory=threading.Lock)
-    _intake: threading.Condition = field(default_factory=threading.Condition)
-    _storing: int = 0
-    """Webhooks storing right now: the processor lets them have the database first (Alertmanager waits on them)."""
     _top_refreshed: dict[int, float] = field(default_factory=dict)
     """When each open incident's top message was last re-rendered only to advance its elapsed time."""
     _undiagnosed_since: dict[int, float] = field(default_factory=dict)
@@ -102,15 +102,8 @@ class IncidentFlow:
     def accept(self, body: bytes) -> int:
         """Validate and store a webhook body; PayloadError (nothing stored) when it is not valid."""
         notification = parse_notification(body)
-        with self._intake:
-            self._storing += 1
-        try:
-            notification_id = self._writer.store(iso(self.clock()), notification.group_key, str(notification.status),
-                                                 body.decode())
-        finally:
-            with self._intake:
-                self._storing -= 1
-                self._intake.notify_all()
+        notification_id = self._writer.store(iso(self.clock()), notification.group_key, str(notification.status),
+                                             body.decode())
         self.wake()
         return notification_id
 
@@ -118,7 +111,8 @@ class IncidentFlow:
 
     def __post_init__(self) -> None:
         self._loop = WakeableLoop("incidents", self._process_pass, idle=PROCESS_EVERY)
-        self._writer = NotificationWriter(self.incidents)
+        self.notifications = NotificationLog(self.intake or self.database, self.database, self.clock)
+        self._writer = NotificationWriter(self.notifications)
         self.diagnosis = IncidentDiagnosis(
             database=self.database, incidents=self.incidents, outbox=self.outbox, playbooks=self.playbooks,
             diagnostician=self.diagnostician, workers=self.workers, metrics=self.metrics,
@@ -140,6 +134,8 @@ class IncidentFlow:
 
     def _process_pass(self) -> float:
         self.process_pending()
+        if self.notifications.intake.background_checkpoints:
+            self.notifications.intake.checkpoint_if_due(INTAKE_CHECKPOINT_SECONDS)
         self.refresh_open_tops()
         self.adopt_orphaned_diagnoses()
         return PROCESS_EVERY  # also without a wake-up, so nothing stored waits longer than this
@@ -179,22 +175,15 @@ class IncidentFlow:
         done = 0
         with self._processing:
             while True:
-                pending = self.database.retrying(self.incidents.unprocessed_notifications,
+                pending = self.database.retrying(self.notifications.unprocessed,
                                                  what="reading the stored notifications")
                 busy: set[str] = set()
                 applied = 0
                 for notification_id, body in pending:
-                    self._let_webhooks_store_first()
                     applied += self._process_safely(notification_id, body, busy)
                 done += applied
                 if not applied:  # nothing pending, or only groups another replica is applying: the next pass
                     return done
-
-    def _let_webhooks_store_first(self, at_most: float = 0.05) -> None:
-        """During a storm, a webhook waiting for the write lock behind notification after notification misses its
-        latency target; the processor is behind anyway, so it waits (briefly) until no webhook is storing."""
-        with self._intake:
-            self._intake.wait_for(lambda: self._storing == 0, timeout=at_most)
 
     def _process_safely(self, notification_id: int, body: str, busy: set[str]) -> bool:
         """One notification that cannot be applied must not hold up every one after it.  A transient database error
@@ -215,13 +204,14 @@ class IncidentFlow:
     def _set_aside(self, notification_id: int, reason: str) -> None:
         """Keep the notification, processed with its error, and say so in the incident channel through the outbox,
         once per alert group: alerts answered 200 and then in no incident must be seen, not only counted."""
-        group_key = self.incidents.notification_group(notification_id)
-        with self.database.transaction() as db:
+        group_key = self.notifications.group_of(notification_id)
+        with self.notifications.applying(notification_id) as step:
+            db = step.db
             lock_key(db, Lock.GROUP, group_key)  # the group's first set-aside is told once, by one replica
-            self.incidents.mark_processed(db, notification_id, f"{SET_ASIDE}{reason}")
-            if self.channel and self.incidents.set_aside_in_group(db, group_key) == 1:
+            if self.channel and self.notifications.set_aside_in_group(db, group_key) == 0:
                 self.outbox.post(db, incident_id=None, channel=self.channel,
                                  message=blocks.set_aside_note(group_key, notification_id, reason))
+            step.settle(f"{SET_ASIDE}{reason}")
         self.outbox.wake()
 
     def _process_one(self, notification_id: int, body: str, busy: set[str]) -> bool:
@@ -230,17 +220,18 @@ class IncidentFlow:
         if notification.group_key in busy:
             return False  # an earlier one of its group is waiting: the group's notifications stay in order
         to_diagnose: list[int] = []
-        with self.database.transaction() as db:
+        with self.notifications.applying(notification_id) as step:
+            db = step.db
             # The group's lock, first: replicas apply one group's notifications one at a time (one open incident,
             # updates in order, each notification once) and other groups' meanwhile.  Not waited for: a replica
             # paused while applying this group must not stall this processor, and every group queued behind it.
             if not try_lock_key(db, Lock.GROUP, notification.group_key):
                 busy.add(notification.group_key)
                 return False
-            if self.incidents.notification_processed(db, notification_id):
+            if self.notifications.processed(db, notification_id):
                 return True  # another replica on the same PostgreSQL applied it since this one read the queue
             incident_id = self._apply(db, notification, to_diagnose)
-            self.incidents.mark_processed(db, notification_id, None if incident_id else "no incident to update")
+            step.settle(None if incident_id else NO_INCIDENT)
         self.outbox.wake()
         for incident_id in to_diagnose:
             self.diagnosis.submit(incident_id)
@@ -268,7 +259,7 @@ class IncidentFlow:
         if notification.status == AlertStatus.RESOLVED or not firing:
             return None
         # A firing that arrives after its group's resolve (Alertmanager retried it late) opens nothing.
-        ended = ended_alerts(self.incidents.resolutions_without_incident(db, notification.group_key))
+        ended = ended_alerts(self.notifications.resolutions_without_incident(db, notification.group_key))
         firing = [a for a in firing if not ended_before(a, ended)]
         if not firing:
             return None

@@ -1,7 +1,7 @@
 """The incident tables and the one module that reads and writes them.
 
 Incidents, their alerts, the hash-chained events (a diagnosis, a refused
-command, a posted message… are events), the raw Alertmanager notifications and
+command, a posted message… are events) and
 the audit chain's bookkeeping row: every SQL statement on these tables is here,
 and the store hands out typed records (``Incident``, ``Event``,
 ``DiagnosisRecord``).  Computing the chain's hashes is the log's
@@ -88,6 +88,8 @@ def _create_incident_tables(db: sqlite_utils.Database) -> None:
             BEGIN SELECT RAISE(ABORT, 'the incident log is append-only'); END;
         CREATE TRIGGER events_no_delete BEFORE DELETE ON events
             BEGIN SELECT RAISE(ABORT, 'the incident log is append-only'); END;
+        -- Moved to the request path's own file beside a SQLite database by migration 15 (bot.server.schema);
+        -- bot.incidents.notifications owns it.
         CREATE TABLE notifications (
             id INTEGER PRIMARY KEY,
             received_at TEXT NOT NULL,
@@ -127,8 +129,6 @@ def audit_seal(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS = (_create_incident_tables,)
-SET_ASIDE = "not applied: "
-"""How the error of a notification that can never apply begins (it is kept, processed, with the reason)."""
 """This module's first schema change; ``keyed_audit_chain`` (5) and ``audit_seal`` (9) are listed after the others
 in ``bot.server.schema``."""
 
@@ -380,38 +380,3 @@ class IncidentStore:
 
     def newest_event_id(self) -> int:
         return self.database.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-
-    # -- raw Alertmanager notifications, applied in arrival order ----------------------------
-
-    def add_notification(self, db: sqlite_utils.Database, received_at: str, group_key: str, status: str,
-                         body: str) -> int:
-        return inserted_id(db.execute("INSERT INTO notifications (received_at, group_key, status, body) "
-                                       "VALUES (?, ?, ?, ?)", [received_at, group_key, status, body]))
-
-    def unprocessed_notifications(self, limit: int = 100) -> list[tuple[int, str]]:
-        """The oldest stored notifications not yet applied: (id, body)."""
-        rows = self.database.db.query(
-            "SELECT id, body FROM notifications WHERE processed_at IS NULL ORDER BY id LIMIT ?", [limit])
-        return [(row["id"], row["body"]) for row in rows]
-
-    def notification_processed(self, db: sqlite_utils.Database, notification_id: int) -> bool:
-        return bool(db.execute("SELECT processed_at FROM notifications WHERE id = ?", [notification_id]).fetchone()[0])
-
-    def mark_processed(self, db: sqlite_utils.Database, notification_id: int, error: str | None) -> None:
-        db.execute("UPDATE notifications SET processed_at = ?, error = ? WHERE id = ?",
-                   [iso(self.clock()), error, notification_id])
-
-    def notification_group(self, notification_id: int) -> str:
-        return self.database.db.execute("SELECT group_key FROM notifications WHERE id = ?",
-                                        [notification_id]).fetchone()[0]
-
-    def set_aside_in_group(self, db: sqlite_utils.Database, group_key: str) -> int:
-        """How many of the group's notifications were set aside (processed with ``SET_ASIDE``'s error)."""
-        return db.execute("SELECT COUNT(*) FROM notifications WHERE group_key = ? AND error LIKE ?",
-                          [group_key, f"{SET_ASIDE}%"]).fetchone()[0]
-
-    def resolutions_without_incident(self, db: sqlite_utils.Database, group_key: str, limit: int = 50) -> list[str]:
-        """Bodies of the group's latest resolved notifications that found no open incident (they came first)."""
-        return [r[0] for r in db.execute(
-            "SELECT body FROM notifications WHERE group_key = ? AND status = 'resolved' AND processed_at IS NOT NULL "
-            "AND error = 'no incident to update' ORDER BY id DESC LIMIT ?", [group_key, limit])]

@@ -7,6 +7,7 @@ stops it, in dependency order (what produces work stops before what delivers it)
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import socket
 import threading
@@ -69,6 +70,11 @@ class Meshbot:
     @property
     def database(self) -> Database:
         return self.services.database
+
+    @property
+    def intake(self) -> Database:
+        """Where webhooks and Slack requests store what they must keep before they are answered."""
+        return self.services.intake
 
     @property
     def outbox(self) -> Outbox:
@@ -155,7 +161,7 @@ class Meshbot:
 
         self.socket_mode = _once_per_envelope(SocketModeHandler)(
             self.web.bolt, app_token=self.settings.slack_app_token, logger=logging.getLogger("meshbot.socket_mode"),
-            seen=DeliveryLedger(self.database, ENVELOPE_MEMORY_SECONDS),  # shared: another replica's too
+            seen=DeliveryLedger(self.services.intake, ENVELOPE_MEMORY_SECONDS),  # shared: another replica's too
             on_duplicate=lambda: self.services.metrics.duplicates.labels(transport="socket_mode").inc())
         try:
             self.socket_mode.connect()
@@ -231,6 +237,8 @@ class Meshbot:
         self._anchor_tail()
         # The shared cluster view's watches hold a connection each until their server-side timeout; end them now.
         self.services.cluster.close()
+        if self.services.intake is not self.database:
+            self.services.intake.close()
         self.database.close()
         if not finished:
             log.warning("shutdown grace period over with work still running; it is abandoned (the incident log "
@@ -251,6 +259,17 @@ class Meshbot:
             self.services.incidents.anchor_now()
         except Exception:  # a closed or broken database must not stop the shutdown; the next start anchors
             log.exception("could not anchor the audit log's head at shutdown")
+
+
+def freeze_startup_heap() -> None:
+    """For the process that serves, once it has started: what the start allocated (check and playbook registries,
+    clients, schema, imported modules: most of the heap) is set aside from the garbage collector for good.
+
+    A full collection walks every tracked object and holds the GIL throughout: during the alert storm one took up
+    to 263 ms, and every webhook and Slack ack waited for it (``bench/bench_alert_storm.py``; CPython's gc docs,
+    ``gc.freeze``, recommend it for exactly this).  What is frozen lives as long as the process anyway."""
+    gc.collect()
+    gc.freeze()
 
 
 def _drain(pool: ThreadPoolExecutor) -> Callable[[], None]:

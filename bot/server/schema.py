@@ -12,11 +12,26 @@ from pathlib import Path
 
 from bot.approvals import store as approval_store
 from bot.incidents import lifecycle as incident_lifecycle
+from bot.incidents import notifications
 from bot.incidents import store as incident_store
 from bot.reminders import service as reminder_service
 from bot.slack import outbox, replays
 from bot.storage.backend import database_for
-from bot.storage.database import Database, Migration, claim_leases, claims_table, hashed_group_index
+from bot.storage.database import Database, Migration, claim_leases, claims_table, hashed_group_index, migration
+from bot.storage.intake import move_tables, open_intake
+
+INTAKE_MIGRATIONS: tuple[Migration, ...] = (
+    notifications.intake_notifications,  # 1: raw Alertmanager notifications
+    replays.intake_deliveries,  # 2: Slack deliveries already handled
+)
+"""The request path's own file beside a SQLite database (``bot.storage.intake``), with its own version count."""
+INTAKE_TABLES = ("notifications", "slack_deliveries")
+
+
+@migration(15, "SQLite: the tables HTTP requests write (notifications, slack_deliveries) move to a file of their own")
+def request_path_to_intake(db: object) -> None:
+    move_tables(db, INTAKE_TABLES, INTAKE_MIGRATIONS)
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     *incident_store.MIGRATIONS,  # 1: incidents, incident alerts, hash-chained events, raw notifications
@@ -33,6 +48,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     claim_leases,  # 12: claims are leases (holder, lease end on the database's clock), never locks held across work
     incident_lifecycle.lifecycle_tables,  # 13: incident severity set by people, lead, stage, mitigation; follow-ups
     hashed_group_index,  # 14: the one-open-incident-per-group index on md5(group_key) on PostgreSQL (long keys)
+    request_path_to_intake,  # 15: beside a SQLite file, notifications and Slack deliveries go to meshbot.intake.db
 )
 
 
@@ -42,3 +58,9 @@ def open_database(path: str | Path, *, url: str | None = None, password: str | N
     database = database_for(path, MIGRATIONS, url=url, password=password)
     database.migrate()
     return database
+
+
+def open_intake_for(database: Database) -> Database:
+    """Where HTTP requests store what they must keep before answering: ``meshbot.intake.db`` beside a SQLite file
+    (created and migrated here), else ``database`` itself."""
+    return open_intake(database, INTAKE_MIGRATIONS)

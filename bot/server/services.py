@@ -27,6 +27,9 @@ class Services:
     metrics: Metrics
     checks: CheckRegistry
     database: Database
+    intake: Database
+    """What HTTP requests write before they are answered (``bot.storage.intake``): its own file beside SQLite,
+    else ``database`` itself."""
     slack: SlackClient
     cluster: ClusterAccess
     diagnostician: Diagnostician

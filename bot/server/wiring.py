@@ -45,7 +45,7 @@ from bot.reminders.service import LeaseLedger, ReminderService
 from bot.runtime.metrics import Metrics
 from bot.server.http import SLACK_CHECK_TIMEOUT, Readiness, SlackStatus, WebApp
 from bot.server.meshbot import Meshbot
-from bot.server.schema import open_database
+from bot.server.schema import open_database, open_intake_for
 from bot.server.services import Services
 from bot.settings import Settings, SettingsError
 from bot.slack import diagnoses as diagnosis_commands
@@ -98,6 +98,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     outbox_slack = SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url, max_retries=0),
                                on_error=metrics.slack_error)
     database = open_database(settings.db_path, url=settings.database_url, password=settings.database_password)
+    intake = open_intake_for(database)
     cluster = ClusterAccess(settings)
     diagnostician = Diagnostician(cluster, checks, runner=runner, max_running=settings.max_diagnoses)
     clock = clock or cluster.incident_clock()
@@ -137,7 +138,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     flow = IncidentFlow(database=database, incidents=incidents, outbox=outbox, playbooks=playbooks,
                         diagnostician=diagnostician, workers=workers, channel=settings.channel, metrics=metrics,
                         render_suggestions=_suggestion_buttons if approvals else _suggestion_text, clock=clock,
-                        timeline=timeline, rollup_per_minute=settings.rollup_per_minute)
+                        timeline=timeline, rollup_per_minute=settings.rollup_per_minute, intake=intake)
     reminders, scheduler = _reminders(settings, database, cluster, outbox, incidents, flow, elector)
 
     # Each sub-command and button is registered by its feature in one call (parser, handler, permission, pool).
@@ -165,7 +166,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     slack_status = SlackStatus(SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url,
                                                             max_retries=0, timeout=SLACK_CHECK_TIMEOUT)))
     # Replays and Slack's retries are remembered in the database every replica shares (and across restarts).
-    gate = SlackRequestGate(settings.slack_signing_secret, replays=DeliveryLedger(database, WINDOW_SECONDS)) \
+    gate = SlackRequestGate(settings.slack_signing_secret, replays=DeliveryLedger(intake, WINDOW_SECONDS)) \
         if settings.slack_signing_secret else None
     # Scheduled work (Lease, last and next scan) is reported in /readyz's body and on /metrics; it never
     # gates readiness (a follower replica is healthy).
@@ -175,7 +176,8 @@ def build(settings: Settings, *, runner: Runner | None = None,
     web = WebApp(bolt, metrics, Readiness(database, slack_status, reporters), gate=gate)
     web.add_route("POST", "/alertmanager", alertmanager_route(flow, settings.alertmanager_token, metrics))
 
-    services = Services(settings=settings, metrics=metrics, checks=checks, database=database, slack=slack,
+    services = Services(settings=settings, metrics=metrics, checks=checks, database=database, intake=intake,
+                        slack=slack,
                         cluster=cluster, diagnostician=diagnostician, workers=workers, messengers=messengers,
                         incidents=incidents, outbox=outbox, incident_flow=flow, approvals=approvals,
                         reminders=reminders, scheduler=scheduler, slash=commands)

@@ -81,6 +81,13 @@ def deliveries_table(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migration(2, "Slack deliveries already handled, in the request path's own file")
+def intake_deliveries(db: sqlite_utils.Database) -> None:
+    # The main database's migration 11 table, which moves here beside a SQLite file (bot.server.schema, 15): every
+    # Slack request records its key before it is answered, so it must not wait for the main file's writer.
+    deliveries_table.apply(db)
+
+
 SWEEP_EVERY = 200
 """Expired rows are deleted on every this many deliveries (each lookup ignores an expired row anyway)."""
 

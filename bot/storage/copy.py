@@ -35,10 +35,13 @@ def source_tables(source: Database) -> list[str]:
                                             "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
 
 
-def copy_database(source: Database, target: Database) -> CopyReport:
-    """Copy every meshbot row from the SQLite ``source`` into the empty, migrated ``target``."""
+def copy_database(source: Database, target: Database, intake: Database | None = None) -> CopyReport:
+    """Copy every meshbot row from the SQLite ``source`` (and its request-path file ``intake``, which holds the
+    notifications: ``bot.storage.intake``) into the empty, migrated ``target``."""
     if source.dialect != Dialect.SQLITE:
         raise DatabaseError("the source of a migration is meshbot's SQLite file (MESHBOT_DB)")
+    intake = intake or source
+    in_intake = set(source_tables(intake)) if intake is not source else set()
     unknown = sorted(set(source_tables(source)) - set(COPIED_TABLES) - NOT_COPIED)
     if unknown:
         raise DatabaseError(f"{source.path} has tables this meshbot does not know how to copy: {', '.join(unknown)}")
@@ -55,8 +58,9 @@ def copy_database(source: Database, target: Database) -> CopyReport:
         # The migration's own audit_chain row (a new database's) gives way to the source's.
         db.execute("DELETE FROM audit_chain")
         for table in COPIED_TABLES:
-            rows[table] = _copy_table(source, db, table)
-        target.continue_ids(db, [t for t in COPIED_TABLES if "id" in _columns(source, t)])
+            rows[table] = _copy_table(intake if table in in_intake else source, db, table)
+        target.continue_ids(db, [t for t in COPIED_TABLES
+                                 if "id" in _columns(intake if t in in_intake else source, t)])
     return CopyReport(rows)
 
 

@@ -180,9 +180,14 @@ def claim_leases(db: Any) -> None:
 
 class Database:
     dialect = Dialect.SQLITE
+    background_checkpoints = False
 
-    def __init__(self, path: str | Path, migrations: Sequence[Migration]):
+    def __init__(self, path: str | Path, migrations: Sequence[Migration], *, background_checkpoints: bool = False):
+        """``background_checkpoints``: no commit checkpoints the WAL (SQLite's default every 1,000 pages, with an
+        fsync, inside the committer's transaction); ``checkpoint_if_due`` does, outside any (the request path's
+        file: a webhook's commit that happened to checkpoint took 350 ms in the alert storm)."""
         self.path = str(path)
+        self.background_checkpoints = background_checkpoints
         self.migrations = in_order(migrations)
         """Every migration this meshbot knows, oldest first (``bot.server.schema.MIGRATIONS``)."""
         self._local = threading.local()
@@ -218,6 +223,8 @@ class Database:
                 # After a checkpoint, the WAL is cut back to this size instead of keeping its peak (a storm's
                 # WAL once filled a small volume): SQLite docs, "journal_size_limit".
                 connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+                if self.background_checkpoints:
+                    connection.execute("PRAGMA wal_autocheckpoint=0")
             except sqlite3.Error as exc:
                 connection.close()
                 raise unusable(self.path, exc) from None
@@ -270,12 +277,17 @@ class Database:
             with self.transaction() as db:
                 db.execute("CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at TEXT)")
                 db.execute("INSERT OR REPLACE INTO health VALUES (1, ?)", [datetime.now(timezone.utc).isoformat()])
-            if time.monotonic() - self._checkpointed > CHECKPOINT_EVERY_SECONDS:
-                # PASSIVE never waits for readers; with journal_size_limit the next writer starts the WAL over.
-                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                self._checkpointed = time.monotonic()
+            self.checkpoint_if_due(CHECKPOINT_EVERY_SECONDS)
         except sqlite3.Error as exc:
             raise DatabaseError(f"database {self.path} is not writable: {exc}") from None
+
+    def checkpoint_if_due(self, every: float) -> None:
+        """Copy the WAL back into the file when the last copy is ``every`` seconds old.  PASSIVE never waits for
+        readers or writers (this process's writers neither: it takes no write lock); with journal_size_limit the
+        next writer starts the WAL over."""
+        if time.monotonic() - self._checkpointed > every:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._checkpointed = time.monotonic()
 
     def now(self) -> datetime:
         """The database's clock: one process owns a SQLite file, so its clock is this machine's (PostgreSQL's is

@@ -1,5 +1,6 @@
 """A timeline in a thread: the short reply, the full text as a file and the error-ratio graph as an image,
-prepared outside the database transaction (drawing takes a moment) and queued through the outbox inside it."""
+prepared outside the database transaction (drawing takes a moment, in a process of its own: ``bot.timeline.drawing``)
+and queued through the outbox inside it."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import sqlite_utils
 
 from bot.slack.blocks import Message
 from bot.slack.outbox import Outbox
+from bot.timeline import drawing
 from bot.timeline.blocks import graph_alt_text, timeline_message
 from commands.errors import UserError
-from commands.telemetry.graph import error_ratio_png
 from commands.telemetry.timeline import Timeline, timeline_text
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ def prepare(timeline: Timeline, *, title: str, basename: str, source: str, timin
     png = None
     if timeline.telemetry.edges:
         try:
-            png = error_ratio_png(timeline.telemetry.edges, timeline.changes, timeline.onset)
-        except UserError as exc:  # the `graphs` extra is not installed: the words still go out
+            png = drawing.shared().error_ratio_png(timeline.telemetry.edges, timeline.changes, timeline.onset)
+        except UserError as exc:  # no `graphs` extra, or the drawing process failed: the words still go out
             log.info("no timeline graph: %s", exc)
     return TimelinePost(basename=basename, title=title,
                         message=timeline_message(timeline, title, source=source, timing=timing, graph=png is not None),
