@@ -58,6 +58,9 @@ fi
 # suite from about 8 minutes to about 3.5 (docs/benchmarks.md).  MESHBOT_TEST_WORKERS=0 runs it serially.
 # loadgroup hands out one test at a time, the slowest files first (tests/support/ordering.py), so no worker is
 # left with minutes of work while the others idle; tests sharing a module-scoped fixture stay on one worker.
+# pytest caches its assertion-rewritten test modules as bytecode; with PYTHONDONTWRITEBYTECODE set (some images
+# do) every worker rewrote them all on every run: 11 s of collection per worker instead of about 4.
+unset PYTHONDONTWRITEBYTECODE
 set +e
 .venv/bin/pytest -n "${MESHBOT_TEST_WORKERS:-4}" --dist loadgroup --no-loadscope-reorder "$@"
 status=$?
