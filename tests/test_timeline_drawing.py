@@ -50,3 +50,16 @@ def test_a_graph_that_takes_too_long_is_given_up_and_the_stuck_child_replaced():
         assert drawer._pool is None
     finally:
         drawer.close()
+
+
+def test_the_child_ends_once_no_graph_was_drawn_for_the_idle_time_and_the_next_graph_starts_one():
+    drawer = GraphProcess(idle_seconds=0.5)
+    try:
+        drawer.error_ratio_png([_edge()], [], ONSET)
+        child = next(iter(drawer._pool._processes.values()))
+        assert drawer.running
+        child.join(15)  # ended by the idle timer, not by this test
+        assert not child.is_alive() and not drawer.running
+        assert drawer.error_ratio_png([_edge()], [], ONSET).startswith(b"\x89PNG")
+    finally:
+        drawer.close()
