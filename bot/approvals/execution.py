@@ -139,7 +139,11 @@ class Executions:
         beating.start()
         try:
             outcome, checked, preconditions = self._run(request, attempt)
-            return self._finish(request, outcome, checked, preconditions, attempt=attempt)
+            # The change is made: recording it must outlast a transient database error (a lock timeout on the
+            # audit chain while twenty executions finish at once, a failover), or it reads "failed" while applied.
+            return self.database.retrying(
+                lambda: self._finish(request, outcome, checked, preconditions, attempt=attempt),
+                what=f"recording the outcome of approval request #{request_id}")
         except Superseded as exc:
             return self._superseded(request, attempt, str(exc))
         except Exception as exc:

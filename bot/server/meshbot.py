@@ -46,6 +46,7 @@ CLEANUP_INTERVAL_SECONDS = 5
 LISTEN_BACKLOG = 1024
 log = logging.getLogger(__name__)
 
+SOCKET_MODE_CLOSE_SECONDS = 5.0
 ENVELOPE_MEMORY_SECONDS = 10 * 60
 """Slack re-delivers an unacknowledged envelope (``retry_attempt``) like it retries Events API requests:
 at once, after 1 minute and after 5 minutes (https://docs.slack.dev/apis/events-api/#retries)."""
@@ -208,7 +209,12 @@ class Meshbot:
 
         finished = True
         if self.socket_mode is not None:
-            self._stop_socket_mode(self.socket_mode)
+            # slack_sdk's close() joins its session thread without a timeout, and that thread can miss the close
+            # while it reconnects (seen once: a test's teardown waited forever); its threads are daemons, so one
+            # still running after SOCKET_MODE_CLOSE_SECONDS is left behind, as other work past the grace is.
+            socket_mode = self.socket_mode
+            finished &= _within(min(left(), SOCKET_MODE_CLOSE_SECONDS), "Socket Mode client",
+                                lambda: self._stop_socket_mode(socket_mode))
         if self.server is not None:
             self.server.close()
             # close() stops accepting; the request threads end only when the dispatcher is shut down.
