@@ -3,6 +3,7 @@ file's writer, and upgrading an older database moves its stored rows there witho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -83,33 +84,10 @@ def test_a_stored_notification_of_an_older_database_opens_its_incident_after_the
     fake_slack.wait_for(lambda: fake_slack.messages(top_level=True), what="the incident the stored notification opens")
 
 
-def test_a_webhook_is_stored_and_answered_while_the_main_files_writer_is_held(bot_factory, fake_slack):
-    meshbot = bot_factory(alertmanager_token=TOKEN, channel="CINCIDENT")
-    held, release = threading.Event(), threading.Event()
-
-    def hold_the_writer() -> None:
-        with meshbot.database.transaction():  # as the processor does while it applies a notification
-            held.set()
-            release.wait(20)
-
-    holder = threading.Thread(target=hold_the_writer)
-    holder.start()
-    try:
-        assert held.wait(5)
-        answer = httpx.post(f"{meshbot.url}/alertmanager", content=(DATA / "firing.json").read_bytes(),
-                            headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
-                            timeout=5)
-        assert answer.status_code == 200, answer.text
-        stored = meshbot.intake.db.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
-        assert stored == 1 and not fake_slack.messages(top_level=True), "stored, not yet applied"
-    finally:
-        release.set()
-        holder.join(10)
-    fake_slack.wait_for(lambda: fake_slack.messages(top_level=True), what="the incident, once the writer is free")
-
-
-def test_a_slash_command_is_acknowledged_while_the_main_files_writer_is_held(bot_factory, fake_slack):
-    meshbot = bot_factory()
+@contextlib.contextmanager
+def main_writer_held(meshbot):
+    """Another thread holds the main file's write transaction (as the processor does while it applies a
+    notification) until the block ends."""
     held, release = threading.Event(), threading.Event()
 
     def hold_the_writer() -> None:
@@ -121,10 +99,28 @@ def test_a_slash_command_is_acknowledged_while_the_main_files_writer_is_held(bot
     holder.start()
     try:
         assert held.wait(5)
+        yield
+    finally:
+        release.set()
+        holder.join(10)
+
+
+def test_a_webhook_is_stored_and_answered_while_the_main_files_writer_is_held(bot_factory, fake_slack):
+    meshbot = bot_factory(alertmanager_token=TOKEN, channel="CINCIDENT")
+    with main_writer_held(meshbot):
+        answer = httpx.post(f"{meshbot.url}/alertmanager", content=(DATA / "firing.json").read_bytes(),
+                            headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+                            timeout=5)
+        assert answer.status_code == 200, answer.text
+        stored = meshbot.intake.db.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
+        assert stored == 1 and not fake_slack.messages(top_level=True), "stored, not yet applied"
+    fake_slack.wait_for(lambda: fake_slack.messages(top_level=True), what="the incident, once the writer is free")
+
+
+def test_a_slash_command_is_acknowledged_while_the_main_files_writer_is_held(bot_factory, fake_slack):
+    meshbot = bot_factory()
+    with main_writer_held(meshbot):
         answer = post_signed(f"{meshbot.url}/slack/events", slash_command_body("help"), timeout=5)
         assert answer.status_code == 200 and "/mesh" in answer.text
         recorded = meshbot.intake.db.execute("SELECT COUNT(*) FROM slack_deliveries").fetchone()[0]
         assert recorded == 1, "its replay key is kept before the answer"
-    finally:
-        release.set()
-        holder.join(10)
