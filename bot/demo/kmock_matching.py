@@ -55,4 +55,6 @@ class ConstantTimeMatching(apps.RawHandler):
                     payload._disabled.set()  # type: ignore[attr-defined]
                 except NotImplementedError:  # matched, but nothing to respond with
                     pass
+        # kmock's own protocol, not an unfinished marker: its root raises NotImplementedError when no reaction
+        # matches (and a reaction raises it for "nothing to respond with"), and kmock answers that request itself.
         raise NotImplementedError("no reaction matches the request (kmock needs a fallback reaction)")
