@@ -344,12 +344,15 @@ def test_lead_status_updates_severity_and_follow_ups_show_in_the_top_message_thr
     wait_for_diagnostics(fake_slack, top)
     slash(incident_bot, fake_slack, "incident lead 1 <@UBOB|bob>")
     assert ephemeral_answers(fake_slack, 1)[0] == "<@UBOB> leads incident #1 now."
+    # Each command is answered on its own thread through its response_url, so answers to commands sent at once may
+    # arrive in any order (as in Slack); the user here reads each answer before typing the next command.
     slash(incident_bot, fake_slack, "incident status 1 mitigated traffic moved to the standby cluster")
+    assert ephemeral_answers(fake_slack, 2)[1] == "Incident #1: Mitigated."
     slash(incident_bot, fake_slack, "incident severity 1 warning")
+    assert ephemeral_answers(fake_slack, 3)[2] == "Incident #1 is warning now."
     slash(incident_bot, fake_slack, "incident followup 1 alert on sidecar memory before it OOMs")
-    assert ephemeral_answers(fake_slack, 4)[1:] == [
-        "Incident #1: Mitigated.", "Incident #1 is warning now.",
-        "Follow-up recorded on incident #1; `meshbot incidents postmortem 1` lists it."]
+    assert ephemeral_answers(fake_slack, 4)[3] == (
+        "Follow-up recorded on incident #1; `meshbot incidents postmortem 1` lists it.")
     owner = last_update(fake_slack, top, contains="WARNING")["blocks"][0]["text"]["text"]
     assert "*Lead:* <@UBOB> \u00b7 *Status:* *Mitigated*: traffic moved to the standby cluster" in owner
     assert owner.startswith(":warning: *WARNING \u00b7 EnvoySidecarCrashLoop")
