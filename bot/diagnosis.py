@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 from bot.cluster import ClusterAccess
@@ -57,43 +57,61 @@ def queued_text(ahead: int) -> str:
 
 
 class DiagnosisQueue:
-    """At most ``limit`` holders at once; the others wait first come, first served."""
+    """At most ``limit`` runs at once; the others wait first come, first served, without holding a thread.
+
+    A run asks for its turn with ``request(start)``: ``start()`` is called at once when a place is free, else by
+    the run that frees one (``done``).  Waiting costs a closure, not a worker: 1,000 ``/mesh`` requests once held
+    all 16 workers while they waited for one of the four places, and a button that needs a worker waited behind
+    them."""
 
     def __init__(self, limit: int):
         self.limit = max(limit, 1)
         self._running = 0
-        self._waiting: deque[object] = deque()
-        self._turns = threading.Condition()
+        self._waiting: deque[Callable[[], None]] = deque()
+        self._lock = threading.Lock()
 
     @property
     def depth(self) -> int:
         """Diagnoses running or waiting now."""
-        with self._turns:
+        with self._lock:
             return self._running + len(self._waiting)
+
+    def request(self, start: Callable[[], None], on_queued: Queued | None = None) -> None:
+        """``start()`` when this run's turn comes (it must be quick: submit, set an event); the run calls ``done()``
+        when it ends.  ``on_queued(ahead)`` first when it has to wait."""
+        with self._lock:
+            ahead = self._running + len(self._waiting)
+            now = self._running < self.limit and not self._waiting
+            if now:
+                self._running += 1
+            else:
+                self._waiting.append(start)
+        if now:
+            start()
+        else:
+            _tell(on_queued, ahead)
+
+    def done(self) -> None:
+        """A run ended: its place goes to the first waiting run, if any."""
+        with self._lock:
+            if self._waiting:
+                start: Callable[[], None] | None = self._waiting.popleft()  # the place changes hands
+            else:
+                self._running -= 1
+                start = None
+        if start is not None:
+            start()
 
     @contextlib.contextmanager
     def turn(self, on_queued: Queued | None = None) -> Iterator[None]:
-        ticket = object()
-        with self._turns:
-            ahead = self._running + len(self._waiting)
-            must_wait = self._running >= self.limit or bool(self._waiting)
-            if must_wait:
-                self._waiting.append(ticket)
-            else:
-                self._running += 1
-        if must_wait:
-            _tell(on_queued, ahead)
-            with self._turns:
-                self._turns.wait_for(lambda: self._waiting[0] is ticket and self._running < self.limit)
-                self._waiting.popleft()
-                self._running += 1
-                self._turns.notify_all()
+        """The calling thread waits for its turn and runs in it (the incident flow's triage steps)."""
+        granted = threading.Event()
+        self.request(granted.set, on_queued)
+        granted.wait()
         try:
             yield
         finally:
-            with self._turns:
-                self._running -= 1
-                self._turns.notify_all()
+            self.done()
 
 
 def _tell(on_queued: Queued | None, ahead: int) -> None:
@@ -147,6 +165,48 @@ class Diagnostician:
         finally:
             with self._lock:
                 self._running.pop(key, None)
+
+    def submit(self, checks: Sequence[str], namespace: str | None, *, workers: Executor,
+               on_queued: Queued | None = None) -> Future[DiagnosisResult]:
+        """``run`` without holding the caller's thread: the run starts on ``workers`` when its turn comes.  A request
+        for a diagnosis already running or queued gets that run's future (single flight before any worker is taken:
+        joining inside ``run`` only joined the requests that already had a worker)."""
+        key = (tuple(checks), namespace, ())
+        with self._lock:
+            running = self._running.get(key)
+            if running is not None:
+                return running
+            future = self._running[key] = Future()
+        queued = time.monotonic()
+
+        def start() -> None:
+            try:
+                workers.submit(self._own, key, future, checks, namespace, queued)
+            except RuntimeError:  # the pool is shut down: meshbot is stopping
+                self.queue.done()
+                self._forget(key)
+                future.set_result(DiagnosisResult(error="meshbot is stopping; ask again once it is back"))
+
+        self.queue.request(start, on_queued)
+        return future
+
+    def _own(self, key: tuple, future: Future[DiagnosisResult], checks: Sequence[str], namespace: str | None,
+             queued: float) -> None:
+        waited = time.monotonic() - queued
+        try:
+            result = self._run_once(checks, namespace, ())
+        except BaseException as exc:
+            self._forget(key)
+            future.set_exception(exc)
+            raise
+        finally:
+            self.queue.done()
+        self._forget(key)  # a request from now on starts a fresh run
+        future.set_result(DiagnosisResult(result.findings, result.seconds, result.error, queued_seconds=waited))
+
+    def _forget(self, key: tuple) -> None:
+        with self._lock:
+            self._running.pop(key, None)
 
     def _run_once(self, checks: Sequence[str], namespace: str | None, pods: tuple[PodRef, ...]) -> DiagnosisResult:
         started = time.monotonic()

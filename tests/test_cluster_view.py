@@ -157,6 +157,34 @@ def test_the_same_diagnosis_asked_twice_runs_once_and_never_queues():
     assert gate.started == ["prod"] and told == []
 
 
+def test_submitted_diagnoses_wait_for_their_turn_without_a_worker_and_identical_ones_share_one_run():
+    gate = DiagnosisGate()
+    doctor = diagnostician(gate, max_running=1)
+    told: list[int] = []
+    with ThreadPoolExecutor(2) as workers:
+        runs = [doctor.submit(["status"], ns, workers=workers, on_queued=told.append) for ns in ("a", "b", "c")]
+        joined = [doctor.submit(["status"], "c", workers=workers) for _ in range(40)]
+        eventually(lambda: gate.started == ["a"])
+        # One run holds the only place; the two queued ones hold no worker, so the second worker is free.
+        assert workers.submit(lambda: "free").result(5) == "free"
+        assert told == [1, 2] and doctor.queue.depth == 3
+        assert all(future is runs[2] for future in joined), "a request for a queued diagnosis joins it"
+        gate.release.set()
+        results = [future.result(10) for future in runs]
+
+    assert gate.started == ["a", "b", "c"], "in the order they were asked for, one at a time"
+    assert results[2].queued_seconds > 0 and all(r.error is None for r in results)
+    assert doctor.queue.depth == 0
+
+
+def test_a_diagnosis_submitted_after_the_workers_stopped_answers_that_meshbot_is_stopping():
+    doctor = diagnostician(DiagnosisGate(), max_running=1)
+    workers = ThreadPoolExecutor(1)
+    workers.shutdown()
+    result = doctor.submit(["status"], "prod", workers=workers).result(5)
+    assert result.error and "stopping" in result.error and doctor.queue.depth == 0
+
+
 def test_the_queued_note_counts_diagnoses():
     assert "Queued behind 1 diagnosis;" in queued_text(1)
     assert "Queued behind 3 diagnoses;" in queued_text(3)

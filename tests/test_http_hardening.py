@@ -520,6 +520,20 @@ def test_the_shared_memory_expires_with_the_requests_timestamp_not_first_sight(b
     assert later.first_time("envelope:late", signed_at + 300), "expired with the request, not 300 s after sight"
 
 
+def test_expired_deliveries_are_swept_from_the_table_every_few_hundred_requests(backend_database):
+    from bot.slack.replays import SWEEP_EVERY
+
+    clock = [1_765_000_000.0]
+    intake = open_intake_for(backend_database)
+    ledger = DeliveryLedger(intake, 300, clock=lambda: clock[0])
+    assert ledger.first_time("old", clock[0] + 5)
+    clock[0] += 10  # "old" has expired; the next deliveries are live
+    for number in range(SWEEP_EVERY - 1):
+        assert ledger.first_time(f"new-{number}", clock[0] + 300)
+    keys = {row["key"] for row in intake.db.query("SELECT key FROM slack_deliveries")}
+    assert "old" not in keys and len(keys) == SWEEP_EVERY - 1
+
+
 def test_a_replay_after_a_restart_does_not_run_again(bot_factory, fake_slack):
     body = slash_command_body("status prod", response_url=fake_slack.response_url())
     headers = {"Content-Type": FORM, **sign(body)}

@@ -11,12 +11,13 @@ exist is refused before any of this, privately, by the registry
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from bot.diagnosis import Diagnostician, queued_text
+from bot.diagnosis import DiagnosisResult, Diagnostician, queued_text
 from bot.runtime.metrics import Metrics
 from bot.slack import blocks
 from bot.slack.app import Invocation, run_in_background
@@ -27,6 +28,8 @@ from commands.checks.registry import CheckRegistry
 from commands.coverage import Coverage, coverage
 from commands.findings import Finding
 from commands.report import diagnose_text
+
+log = logging.getLogger(__name__)
 
 
 class Thread(Protocol):
@@ -80,16 +83,28 @@ class DiagnosisCommands:
         if thread is not None:
             who.tell(f"Answering in the thread of incident #{thread.incident_id}, which is open about "
                      f"{blocks.scope(request.namespace)}: one conversation per outage.")
-        self.workers.submit(run_in_background, self._diagnose_and_report, who, DiagnosisJob(request, running, thread))
+        job = DiagnosisJob(request, running, thread)
+        thread_ts = thread.thread_ts if thread else running.ts
+        # No worker is taken until the diagnosis's turn comes, and a request for one already running or queued
+        # joins it: the report is written when the run ends, on the worker pool.
+        diagnosis = self.diagnostician.submit(  # the wait for a turn is said in the thread (issue 26)
+            request.checks, request.namespace, workers=self.workers,
+            on_queued=lambda ahead: self.slack.post_message(who.channel, queued_text(ahead), thread_ts=thread_ts))
+        diagnosis.add_done_callback(lambda done: self._report_later(who, job, done))
 
-    def _diagnose_and_report(self, who: Invocation, job: DiagnosisJob) -> None:
+    def _report_later(self, who: Invocation, job: DiagnosisJob, diagnosis: Future[DiagnosisResult]) -> None:
+        try:
+            self.workers.submit(run_in_background, self._report, who, (job, diagnosis))
+        except RuntimeError:  # the pool is shut down: meshbot is stopping, and the "Running…" message stays
+            log.warning("meshbot is stopping: the result of /mesh %s for %s is not posted", job.request.label, who.user)
+
+    def _report(self, who: Invocation, ended: tuple[DiagnosisJob, Future[DiagnosisResult]]) -> None:
+        job, diagnosis = ended
         request, top = job.request, job.running
         slack, metrics = self.slack, self.metrics
         label, namespace = request.label, request.namespace
         thread_ts = job.thread.thread_ts if job.thread else top.ts
-        result = self.diagnostician.run(  # the wait for a turn is said in the thread (issue 26)
-            request.checks, namespace,
-            on_queued=lambda ahead: slack.post_message(who.channel, queued_text(ahead), thread_ts=thread_ts))
+        result = diagnosis.result()
         metrics.diagnosis_seconds.labels(check=label).observe(result.seconds)
         if result.error:
             problem = blocks.cluster_unavailable(result.error)

@@ -6,6 +6,7 @@ replica shares, so a replay to another replica or after a restart is seen too (i
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -104,7 +105,7 @@ class DeliveryLedger:
         self.ttl = ttl
         self._clock = clock
         self._local = ReplayGuard(ttl, clock=clock)
-        self._count = 0
+        self._count = itertools.count(1)
 
     def first_time(self, key: Hashable, expires_at: float | None = None) -> bool:
         if not self._local.first_time(key):
@@ -123,12 +124,12 @@ class DeliveryLedger:
             return True
 
     def _record(self, name: str, expires_at: float | None, now: float) -> bool:
-        with self.database.transaction() as db:
-            db.execute("DELETE FROM slack_deliveries WHERE key = ? AND expires_at <= ?", [name, now])
-            inserted = db.execute("INSERT OR IGNORE INTO slack_deliveries (key, expires_at) VALUES (?, ?)",
-                                  [name, max(expires_at if expires_at is not None else now + self.ttl, now + 1)])
-            first = inserted.rowcount == 1
-            self._count += 1
-            if self._count % SWEEP_EVERY == 0:
-                db.execute("DELETE FROM slack_deliveries WHERE expires_at <= ?", [now])
+        expiry = max(expires_at if expires_at is not None else now + self.ttl, now + 1)
+        # One statement decides, on the ack's path (``Database.write_once``): a new key is inserted, a key whose row
+        # has expired is taken over, a live key changes nothing (0 rows: seen before).
+        first = self.database.write_once(
+            "INSERT INTO slack_deliveries (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET expires_at = excluded.expires_at WHERE slack_deliveries.expires_at <= ?", [name, expiry, now]) == 1
+        if next(self._count) % SWEEP_EVERY == 0:
+            self.database.write_once("DELETE FROM slack_deliveries WHERE expires_at <= ?", [now])
         return first

@@ -284,6 +284,11 @@ class PostgresDatabase(Database):
                 db.in_transaction = False
                 self._local.current, self._local.transacting = outer, False
 
+    def write_once(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        """One statement on a pooled connection in autocommit mode: its own transaction, no lock of this process."""
+        with self.connection() as db:
+            return int(db.execute(sql, parameters).rowcount)
+
     def migrate(self) -> int:
         try:
             with self.transaction() as db:
