@@ -141,19 +141,26 @@ class Diagnostician:
                                     now=self.cluster.now(), thresholds=self.cluster.thresholds(), endpoints=endpoints)
 
     def run(self, checks: Sequence[str], namespace: str | None, pods: Sequence[PodRef] = (), *,
-            on_queued: Queued | None = None) -> DiagnosisResult:
-        """The findings of ``checks``; ``on_queued(ahead)`` is called when it has to wait for its turn first."""
+            on_queued: Queued | None = None, in_turn: bool = False) -> DiagnosisResult:
+        """The findings of ``checks``; ``on_queued(ahead)`` is called when it has to wait for its turn first.
+        ``in_turn``: the caller holds a turn already (an incident's triage, whose steps run one after another in
+        one turn), so this run takes none."""
         key = (tuple(checks), namespace, tuple(pods))
         with self._lock:
             running = self._running.get(key)
-            owner = running is None
-            if running is None:
-                running = self._running[key] = Future()
-        if not owner:
-            return running.result()
+            # Inside a turn only a run that has started is joined: a queued one may be waiting for this very turn.
+            if running is not None and (not in_turn or running.running() or running.done()):
+                joined = running
+            else:
+                joined = None
+                running = Future()
+                self._running.setdefault(key, running)
+        if joined is not None:
+            return joined.result()
         try:
             queued = time.monotonic()
-            with self.queue.turn(on_queued):
+            with contextlib.nullcontext() if in_turn else self.queue.turn(on_queued):
+                running.set_running_or_notify_cancel()
                 waited = time.monotonic() - queued
                 result = self._run_once(checks, namespace, tuple(pods))
             result = DiagnosisResult(result.findings, result.seconds, result.error, queued_seconds=waited)
@@ -163,8 +170,7 @@ class Diagnostician:
             running.set_exception(exc)  # whoever joined this run must not wait forever
             raise
         finally:
-            with self._lock:
-                self._running.pop(key, None)
+            self._forget(key, running)
 
     def submit(self, checks: Sequence[str], namespace: str | None, *, workers: Executor,
                on_queued: Queued | None = None) -> Future[DiagnosisResult]:
@@ -184,7 +190,7 @@ class Diagnostician:
                 workers.submit(self._own, key, future, checks, namespace, queued)
             except RuntimeError:  # the pool is shut down: meshbot is stopping
                 self.queue.done()
-                self._forget(key)
+                self._forget(key, future)
                 future.set_result(DiagnosisResult(error="meshbot is stopping; ask again once it is back"))
 
         self.queue.request(start, on_queued)
@@ -193,20 +199,22 @@ class Diagnostician:
     def _own(self, key: tuple, future: Future[DiagnosisResult], checks: Sequence[str], namespace: str | None,
              queued: float) -> None:
         waited = time.monotonic() - queued
+        future.set_running_or_notify_cancel()
         try:
             result = self._run_once(checks, namespace, ())
         except BaseException as exc:
-            self._forget(key)
+            self._forget(key, future)
             future.set_exception(exc)
             raise
         finally:
             self.queue.done()
-        self._forget(key)  # a request from now on starts a fresh run
+        self._forget(key, future)  # a request from now on starts a fresh run
         future.set_result(DiagnosisResult(result.findings, result.seconds, result.error, queued_seconds=waited))
 
-    def _forget(self, key: tuple) -> None:
+    def _forget(self, key: tuple, future: Future[DiagnosisResult]) -> None:
         with self._lock:
-            self._running.pop(key, None)
+            if self._running.get(key) is future:  # not a queued run registered under the same key meanwhile
+                del self._running[key]
 
     def _run_once(self, checks: Sequence[str], namespace: str | None, pods: tuple[PodRef, ...]) -> DiagnosisResult:
         started = time.monotonic()

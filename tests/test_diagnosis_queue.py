@@ -32,3 +32,38 @@ def test_a_diagnosis_beyond_the_cap_says_in_its_thread_how_many_are_ahead(fake_s
     finally:
         gate.release.set()
         meshbot.stop(timeout=10)
+
+
+def test_an_alert_storms_incidents_wait_for_their_turn_without_holding_workers_and_say_so(fake_slack: FakeSlack,
+                                                                                       tmp_path: Path):
+    from tests.test_incidents import TOKEN, outage_alert, send
+
+    gate = DiagnosisGate()
+    meshbot = build(bot_settings(fake_slack, tmp_path, alertmanager_token=TOKEN, channel="CINCIDENT", workers=2,
+                                 max_diagnoses=1), runner=gate).start()
+    names = [f"StormAlert{number}" for number in range(4)]
+    try:
+        for number, name in enumerate(names):
+            assert send(meshbot, outage_alert(name, {"namespace": "prod", "severity": "warning"}, {"summary": name},
+                                              "2026-11-24T03:00:00Z", f"{number:016x}")).status_code == 200
+        tops = fake_slack.wait_for(lambda: len(fake_slack.messages(top_level=True)) == len(names)
+                                   and fake_slack.messages(top_level=True), what="four incident messages")
+        fake_slack.wait_for(lambda: len(gate.started) == 1, what="the first incident's first step running")
+        notes = fake_slack.wait_for(
+            lambda: [m for top in tops for m in fake_slack.messages(thread_ts=top["_ts"])
+                     if "Queued behind" in m["text"]] if sum(
+                "Queued behind" in m["text"] for top in tops for m in fake_slack.messages(thread_ts=top["_ts"])) == 3
+            else None, timeout=20, what="a queued note in each of the three waiting incidents' threads")
+        assert {note["text"].split(";")[0] for note in notes} == {
+            ":hourglass_flowing_sand: Queued behind 1 diagnosis", ":hourglass_flowing_sand: Queued behind 2 diagnoses",
+            ":hourglass_flowing_sand: Queued behind 3 diagnoses"}
+        # One worker runs the held diagnosis; the three waiting incidents hold none, so the other one is free.
+        assert meshbot.services.workers.submit(lambda: "free").result(timeout=5) == "free"
+        assert len(gate.started) == 1, "at most one diagnosis at once (MESHBOT_MAX_DIAGNOSES=1)"
+        gate.release.set()
+        fake_slack.wait_for(lambda: sum(m["text"].startswith("Triage") for top in tops
+                                        for m in fake_slack.messages(thread_ts=top["_ts"])) == len(names),
+                            timeout=30, what="every incident's triage")
+    finally:
+        gate.release.set()
+        meshbot.stop(timeout=10)

@@ -65,26 +65,45 @@ class IncidentDiagnosis:
     """Reads the onset, failing edges, changes and Events around the alert; None: diagnoses are snapshots only."""
 
     def submit(self, incident_id: int) -> None:
-        """Diagnose on the worker pool."""
-        self.workers.submit(self._diagnose_safely, incident_id)
+        """Diagnose on the worker pool once the diagnosis queue gives the incident its turn (at most
+        MESHBOT_MAX_DIAGNOSES at once): an alert storm's incidents wait for it without holding a worker, and the
+        playbook's steps run one after another in that one turn."""
+        queue = self.diagnostician.queue
 
-    def _diagnose_safely(self, incident_id: int) -> None:
+        def start() -> None:
+            try:
+                self.workers.submit(self._diagnose_in_turn, incident_id)
+            except RuntimeError:  # the pool is shut down: meshbot is stopping
+                queue.done()
+                log.warning("meshbot is stopping: incident #%s is not diagnosed", incident_id)
+
+        queue.request(start, self._queued_note(incident_id))
+
+    def _diagnose_in_turn(self, incident_id: int) -> None:
+        try:
+            self._diagnose_safely(incident_id, in_turn=True)
+        finally:
+            self.diagnostician.queue.done()
+
+    def _diagnose_safely(self, incident_id: int, *, in_turn: bool = False) -> None:
         try:
             # With several replicas on PostgreSQL one at a time diagnoses an incident; a dead one's lock goes with
             # its connection.  (diagnose() posts once anyway; the lock saves the cluster a second run.)
             with self.database.exclusively(f"diagnose:{incident_id}") as alone:
                 if alone:
-                    self.diagnose(incident_id)
+                    self.diagnose(incident_id, in_turn=in_turn)
         except Exception:
             log.exception("diagnosing incident #%s failed", incident_id)
 
-    def diagnose(self, incident_id: int) -> list[Finding]:
+    def diagnose(self, incident_id: int, *, in_turn: bool = False) -> list[Finding]:
         """Run the incident's playbook; post its triage as the thread's first reply and the probable cause with
-        the first step in the top message — or, when an open incident's triage names the same cause, join it."""
+        the first step in the top message — or, when an open incident's triage names the same cause, join it.
+        ``in_turn``: the caller holds a turn of the diagnosis queue (``submit``); else each step waits for one."""
         incident = self.incidents.get(incident_id)
         playbook = self.playbooks.get(incident.playbook or "") or self.playbooks.match(incident.labels)
         pending_timeline = self._start_timeline(incident)
-        findings, errors, steps = self._run_playbook(playbook, incident.labels, self._queued_note(incident))
+        findings, errors, steps = self._run_playbook(playbook, incident.labels,
+                                                     None if in_turn else self._queued_note(incident_id), in_turn)
         summaries, rest = split_summary(findings)
         result = triage(rest)
         timeline = self.timeline.finished(pending_timeline) if self.timeline and pending_timeline else None
@@ -206,7 +225,7 @@ class IncidentDiagnosis:
                               {"text": f"incident #{incident.id} ({incident.title}) joined: same probable cause, "
                                        f"{cause}"})
 
-    def _queued_note(self, incident: Incident) -> Queued:
+    def _queued_note(self, incident_id: int) -> Queued:
         """Says once in the incident's thread that its diagnosis waits for its turn (an alert storm's backlog)."""
         told: list[int] = []
 
@@ -214,13 +233,14 @@ class IncidentDiagnosis:
             if told:
                 return
             told.append(ahead)
+            incident = self.incidents.get(incident_id)
             with self.database.transaction() as db:
                 self._thread_post(db, incident, Message(text=queued_text(ahead)))
             self.outbox.wake()
         return tell
 
-    def _run_playbook(self, playbook: Playbook, labels: Mapping[str, str],
-                      on_queued: Queued | None = None) -> tuple[list[Finding], list[str], list[dict]]:
+    def _run_playbook(self, playbook: Playbook, labels: Mapping[str, str], on_queued: Queued | None = None,
+                      in_turn: bool = False) -> tuple[list[Finding], list[str], list[dict]]:
         findings: dict[tuple[str, str, str], Finding] = {}
         errors: list[str] = []
         steps: list[dict] = []
@@ -228,7 +248,7 @@ class IncidentDiagnosis:
             namespace = step.namespace_for(labels)
             pod = step.pod_for(labels)
             pods = (PodRef(namespace, pod),) if pod and namespace else ()
-            result = self.diagnostician.run([step.check], namespace, pods, on_queued=on_queued)
+            result = self.diagnostician.run([step.check], namespace, pods, on_queued=on_queued, in_turn=in_turn)
             steps.append({"check": step.check, "namespace": namespace, "pod": pod, "seconds": round(result.seconds, 2),
                           "error": result.error})
             if self.metrics:
