@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,12 @@ Pass = Callable[[], float | None]
 
 
 class WakeableLoop:
-    def __init__(self, name: str, one_pass: Pass, *, idle: float = 30.0, after_error: float = 5.0):
+    def __init__(self, name: str, one_pass: Pass, *, idle: float = 30.0, after_error: float = 5.0,
+                 min_gap: float = 0.0):
+        """``min_gap``: a pass woken sooner than this after the last one began waits for the rest, so a burst of
+        wake-ups (one per stored notification in an alert storm) costs one pass, not one each."""
         self.name = name
+        self._min_gap = min_gap
         self._pass = one_pass
         self._idle = idle
         self._after_error = after_error
@@ -43,6 +48,7 @@ class WakeableLoop:
 
     def _run(self) -> None:
         while not self._stopping:
+            began = time.monotonic()
             self._wake.clear()
             try:
                 due = self._pass()
@@ -51,3 +57,6 @@ class WakeableLoop:
                 due = self._after_error
             if not self._stopping:
                 self._wake.wait(timeout=min(due, self._idle) if due is not None else self._idle)
+            rest = self._min_gap - (time.monotonic() - began)
+            if rest > 0 and not self._stopping:
+                time.sleep(rest)

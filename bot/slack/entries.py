@@ -3,6 +3,7 @@ timed, and what became of each entry (``Delivery``, handed to the outbox's ``Del
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +39,10 @@ class Entry:
     op: Op
     parent_id: int | None
     target_id: int | None
-    payload: dict[str, Any]
+    raw_payload: str
+    """The payload's JSON as stored; decoded on first use (``payload``): a pass over a storm's backlog plans every
+    pending entry but sends only the few whose turn it is, and decoding them all on every pass made the outbox
+    the serving process's largest holder of the GIL during an alert storm."""
     attempts: int
     next_attempt_at: datetime | None
     finished: bool = False
@@ -49,9 +53,14 @@ class Entry:
     @classmethod
     def from_row(cls, row: dict[str, Any], *, finished: bool = False, severity_rank: int = 0) -> Entry:
         return cls(id=row["id"], incident_id=row["incident_id"], channel=row["channel"], op=Op(row["op"]),
-                   parent_id=row["parent_id"], target_id=row["target_id"], payload=json.loads(row["payload"]),
+                   parent_id=row["parent_id"], target_id=row["target_id"], raw_payload=row["payload"],
                    attempts=row["attempts"], next_attempt_at=parse_rfc3339_or_none(row["next_attempt_at"]),
                    finished=finished, severity_rank=severity_rank)
+
+    @functools.cached_property
+    def payload(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = json.loads(self.raw_payload)
+        return decoded
 
     @property
     def lane(self) -> tuple[str, int]:

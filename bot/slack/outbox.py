@@ -64,9 +64,14 @@ from commands.times import rfc3339
 log = logging.getLogger(__name__)
 
 BATCH_INLINE = 5
+"""Up to this many alert updates are posted as lines of one message; more become a summary and a file."""
+PASS_GAP_SECONDS = 0.25
+"""Passes woken sooner than this after the last one wait for the rest (``WakeableLoop.min_gap``).  Each pass plans
+the whole backlog; an alert storm wakes the outbox once per stored notification, and back-to-back passes made it
+the serving process's largest holder of the GIL.  Slack's pacing is a post per second per channel, so a message
+waits at most a quarter of that longer."""
 HELD_CHANNEL_RECHECK = 2.0
 """Seconds until a channel another replica holds is looked at again."""
-"""Up to this many alert updates are posted as lines of one message; more become a summary and a file."""
 
 
 @migration(2, "the Slack outbox")
@@ -482,7 +487,7 @@ class Outbox:
     # -- the dispatcher thread ---------------------------------------------------------
 
     def __post_init__(self) -> None:
-        self._loop = WakeableLoop("outbox", self.deliver_due)
+        self._loop = WakeableLoop("outbox", self.deliver_due, min_gap=PASS_GAP_SECONDS)
         if self.clock is _database_clock:
             self.clock = self.database.now
 
