@@ -15,7 +15,7 @@ from bot.approvals.rule import RequestState
 from bot.incidents.log import IncidentLog
 from bot.incidents.records import Event
 from commands.actions.planners import EMERGENCY_POLICY
-from tests.support.bot import quiesce
+from tests.support.bot import quiesce, threads_left
 from tests.support.istiod import FakeIstiod, syncz_entry
 from tests.support.kube import FakeKube, write_kubeconfig
 from tests.support.slack import FakeSlack, block_action_body, post_signed, slash_command_body
@@ -567,7 +567,7 @@ def test_a_quorum_larger_than_the_approver_list_is_refused_at_start(action_bot, 
     with pytest.raises(SettingsError, match="lists only 2 users and 1 user-group member"):
         action_bot(required_approvals=4)
     # The refused start leaves nothing behind: no HTTP server, outbox or incident processor still running.
-    assert sorted(t.name for t in set(threading.enumerate()) - running if t.is_alive()) == []
+    assert threads_left(running) == []
 
 
 def test_an_executed_action_shows_in_the_incident_top_message_until_it_is_rolled_back(action_bot, cluster,

@@ -8,7 +8,7 @@ import urllib.parse
 
 import pytest
 
-from tests.support.bot import quiesce
+from tests.support.bot import quiesce, threads_left
 from tests.support.slack import FakeSlack, post_signed, slash_command_body
 from tests.support.socket_mode import FakeSocketMode
 
@@ -99,8 +99,7 @@ def test_stop_drops_the_connection_at_once_without_reconnecting_or_leaving_threa
     assert len(fake_slack.of("apps.connections.open")) == 1
     assert len(fake_socket_mode.connections) == 1
     # waitress's worker threads outlive server.close() (HTTP, not Socket Mode): not this test's subject.
-    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive() and not t.name.startswith("waitress-")]
-    assert left == []
+    assert threads_left(before, ignore="waitress-") == []
 
 
 def test_without_a_signing_secret_http_events_are_refused_even_signed_with_the_placeholder(

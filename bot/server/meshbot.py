@@ -243,6 +243,7 @@ class Meshbot:
         self._anchor_tail()
         # The shared cluster view's watches hold a connection each until their server-side timeout; end them now.
         self.services.cluster.close()
+        self.services.slack_connections.close()
         if self.services.intake is not self.database:
             self.services.intake.close()
         self.database.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.approvals.desk import ApprovalDesk
 from bot.cluster import ClusterAccess
@@ -14,7 +14,7 @@ from bot.reminders.scheduler import CertificateScheduler
 from bot.reminders.service import ReminderService
 from bot.runtime.metrics import Metrics
 from bot.settings import Settings
-from bot.slack.client import SlackClient
+from bot.slack.client import SlackClient, SlackConnections
 from bot.slack.outbox import Outbox
 from bot.slack.slash import SlashCommands
 from bot.storage.database import Database
@@ -49,3 +49,5 @@ class Services:
     """The daily certificate scan; present exactly when ``reminders`` is."""
     slash: SlashCommands
     """The ``/mesh`` sub-commands as registered: ``/mesh help``, the role check and docs/mesh-commands.md read it."""
+    slack_connections: SlackConnections = field(default_factory=SlackConnections)
+    """The Web API clients' kept-alive connections, closed when meshbot stops."""

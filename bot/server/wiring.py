@@ -51,7 +51,7 @@ from bot.settings import Settings, SettingsError
 from bot.slack import diagnoses as diagnosis_commands
 from bot.slack.app import Buttons, Pools, build_bolt_app
 from bot.slack.blocks import Message, escape
-from bot.slack.client import SlackClient, build_web_client
+from bot.slack.client import SlackClient, SlackConnections, build_web_client
 from bot.slack.groups import GroupDirectory
 from bot.slack.ingress import WINDOW_SECONDS, SlackRequestGate
 from bot.slack.outbox import Outbox
@@ -92,10 +92,12 @@ def build(settings: Settings, *, runner: Runner | None = None,
     playbooks = _load_playbooks(settings, checks)
     metrics = Metrics()
 
-    web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url)
+    connections = SlackConnections()  # kept alive per thread, shared by the three clients below, closed at stop
+    web_client = build_web_client(settings.slack_bot_token, settings.slack_api_url, connections=connections)
     slack = SlackClient(web_client, on_error=metrics.slack_error)
     # The outbox does its own backoff per channel, so its client must not sleep on retries itself.
-    outbox_slack = SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url, max_retries=0),
+    outbox_slack = SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url, max_retries=0,
+                                                connections=connections),
                                on_error=metrics.slack_error)
     database = open_database(settings.db_path, url=settings.database_url, password=settings.database_password)
     intake = open_intake_for(database)
@@ -164,7 +166,8 @@ def build(settings: Settings, *, runner: Runner | None = None,
 
     # Readiness asks Slack in the background, with a short timeout and no retries of its own.
     slack_status = SlackStatus(SlackClient(build_web_client(settings.slack_bot_token, settings.slack_api_url,
-                                                            max_retries=0, timeout=SLACK_CHECK_TIMEOUT)))
+                                                            max_retries=0, timeout=SLACK_CHECK_TIMEOUT,
+                                                            connections=connections)))
     # Replays and Slack's retries are remembered in the database every replica shares (and across restarts).
     gate = SlackRequestGate(settings.slack_signing_secret, replays=DeliveryLedger(intake, WINDOW_SECONDS)) \
         if settings.slack_signing_secret else None
@@ -180,7 +183,8 @@ def build(settings: Settings, *, runner: Runner | None = None,
                         slack=slack,
                         cluster=cluster, diagnostician=diagnostician, workers=workers, messengers=messengers,
                         incidents=incidents, outbox=outbox, incident_flow=flow, approvals=approvals,
-                        reminders=reminders, scheduler=scheduler, slash=commands)
+                        reminders=reminders, scheduler=scheduler, slash=commands,
+                        slack_connections=connections)
     return Meshbot(services=services, web=web)
 
 

@@ -11,7 +11,16 @@ Tokens never reach a log line: slack_sdk redacts the Authorization header and
 
 from __future__ import annotations
 
+import http.client
+import io
 import logging
+import select
+import socket
+import ssl
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -105,11 +114,104 @@ ErrorCounter = Callable[[str, str], None]
 """(method, error) -> None: how failures reach ``/metrics``."""
 
 
-def build_web_client(token: str | None, base_url: str, *, max_retries: int = 3,
-                     timeout: int = DEFAULT_TIMEOUT) -> WebClient:
-    """A WebClient that retries rate limits, connection errors and server errors."""
-    return WebClient(
-        token=token, base_url=base_url, timeout=timeout,
+class SlackConnections:
+    """Kept-alive connections to Slack's Web API: one per thread and host, shared by meshbot's Web API clients, and
+    all closed by ``close`` when meshbot stops (a connection is never used by two threads at once)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: set[http.client.HTTPConnection] = set()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, int | None], *, timeout: float,
+            context: ssl.SSLContext | None) -> http.client.HTTPConnection:
+        mine: dict[tuple, http.client.HTTPConnection] = self._local.__dict__.setdefault("by_host", {})
+        connection = mine.get(key)
+        if connection is not None and connection.sock is not None and _closed_by_peer(connection.sock):
+            connection.close()  # the server ended the idle connection: a new one, not a request into a dead one
+        if connection is None:
+            scheme, host, port = key
+            connection = mine[key] = (
+                http.client.HTTPSConnection(host, port, timeout=timeout, context=context or ssl.create_default_context())
+                if scheme == "https" else http.client.HTTPConnection(host, port, timeout=timeout))
+        connection.timeout = timeout  # each client's own (the readiness check's is shorter)
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        with self._lock:
+            self._all.add(connection)  # again after a close(): http.client reopens a closed connection on use
+        return connection
+
+    def forget(self, key: tuple[str, str, int | None]) -> None:
+        connection = self._local.__dict__.get("by_host", {}).pop(key, None)
+        if connection is not None:
+            connection.close()
+            with self._lock:
+                self._all.discard(connection)
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._all = self._all, set()
+        for connection in connections:
+            connection.close()
+
+
+class KeepAliveWebClient(WebClient):
+    """slack_sdk's WebClient over kept-alive connections (``SlackConnections``).
+
+    slack_sdk sends every call through ``urllib.request.urlopen``, which opens a new TCP connection (and, to
+    slack.com, a new TLS session) per call and closes it: on the ack bench the "Running…" post cost 1.8 ms of the
+    serving process's CPU, most of it connecting, and against Slack each call also pays the handshake's round
+    trips while the outbox sends one message after another.  Everything above the socket stays slack_sdk's: its
+    retry handlers, 429 handling and error mapping see the same ``HTTPError``/``URLError`` urllib raises (the
+    wrapping below follows ``urllib.request.AbstractHTTPHandler.do_open``).  A proxy (``proxy=``, or slack_sdk's
+    reading of HTTPS_PROXY) keeps urllib.
+    """
+
+    def __init__(self, *args: Any, connections: SlackConnections | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.connections = connections or SlackConnections()
+
+    def _perform_urllib_http_request_internal(self, url: str, req: urllib.request.Request) -> dict[str, Any]:
+        parts = urllib.parse.urlsplit(url)
+        if self.proxy is not None or parts.scheme not in ("http", "https") or not parts.hostname:
+            return super()._perform_urllib_http_request_internal(url, req)  # type: ignore[no-any-return]
+        key = (parts.scheme, parts.hostname, parts.port)
+        connection = self.connections.get(key, timeout=self.timeout, context=self.ssl)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            try:
+                connection.request(req.get_method(), path, body=req.data, headers=dict(req.header_items()))
+            except OSError as exc:  # as urllib: a failure to send is a URLError (retried as a connection error)
+                raise urllib.error.URLError(exc) from exc
+            response = connection.getresponse()
+            body = response.read()
+        except BaseException:
+            self.connections.forget(key)
+            raise
+        if response.will_close:
+            self.connections.forget(key)
+        if response.status >= 300:  # urllib raises these (Slack's API does not redirect)
+            raise urllib.error.HTTPError(url, response.status, response.reason, response.headers, io.BytesIO(body))
+        if response.headers.get_content_type() == "application/gzip":
+            return {"status": response.status, "headers": response.headers, "body": body}
+        return {"status": response.status, "headers": response.headers,
+                "body": body.decode(response.headers.get_content_charset() or "utf-8")}
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An idle kept-alive connection that is readable has been closed (or broken) by the server."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def build_web_client(token: str | None, base_url: str, *, max_retries: int = 3, timeout: int = DEFAULT_TIMEOUT,
+                     connections: SlackConnections | None = None) -> WebClient:
+    """A WebClient that retries rate limits, connection errors and server errors, over kept-alive connections."""
+    return KeepAliveWebClient(
+        token=token, base_url=base_url, timeout=timeout, connections=connections,
         retry_handlers=[
             RateLimitErrorRetryHandler(max_retry_count=max_retries),
             ConnectionErrorRetryHandler(max_retry_count=max_retries),

@@ -134,3 +134,16 @@ def _poll_pause() -> None:
     # The outbox paces posts (one per second per channel, Slack's chat.postMessage tier); waiting for a
     # paced entry is waiting for a condition that the loop fulfils on its own schedule.
     time.sleep(0.05)
+
+
+def threads_left(before: set[threading.Thread], *, settle: float = 2.0, ignore: str | None = None) -> list[str]:
+    """Threads started since ``before`` still alive after up to ``settle`` seconds (names starting with ``ignore``
+    left out).  A fake server's thread for a kept-alive connection ends a moment after the bot closes the
+    connection, not at the same instant; a thread nobody ends is still listed."""
+    deadline = time.monotonic() + settle
+    while True:
+        left = sorted(t.name for t in set(threading.enumerate()) - before
+                      if t.is_alive() and not (ignore and t.name.startswith(ignore)))
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
