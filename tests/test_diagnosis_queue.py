@@ -67,3 +67,31 @@ def test_an_alert_storms_incidents_wait_for_their_turn_without_holding_workers_a
     finally:
         gate.release.set()
         meshbot.stop(timeout=10)
+
+
+def test_a_diagnosis_that_ends_while_meshbot_stops_still_queues_its_report(fake_slack: FakeSlack, tmp_path: Path):
+    import json
+    import threading
+
+    from bot.storage.database import Database
+
+    gate = DiagnosisGate()
+    meshbot = build(bot_settings(fake_slack, tmp_path), runner=gate).start()
+    db_path = meshbot.settings.db_path
+    try:
+        post_signed(f"{meshbot.url}/slack/events", slash_command_body("status prod",
+                                                                      response_url=fake_slack.response_url()))
+        fake_slack.wait_for(lambda: gate.started == ["prod"], what="the diagnosis running")
+        stopping = threading.Thread(target=meshbot.stop, kwargs={"timeout": 20})
+        stopping.start()
+        # The worker pool now takes nothing new; the running diagnosis ends while it drains.
+        fake_slack.wait_for(lambda: meshbot.services.workers._shutdown or None, what="the pool draining")
+        gate.release.set()
+        stopping.join(30)
+        assert not stopping.is_alive()
+    finally:
+        gate.release.set()
+        meshbot.stop(timeout=10)
+    rows = Database(db_path, []).db.execute("SELECT op, payload FROM outbox").fetchall()
+    texts = [json.loads(payload).get("text", "") for op, payload in rows]
+    assert any("status \u00b7 prod" in text for text in texts), texts  # the findings, sent or kept for the next start

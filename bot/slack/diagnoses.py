@@ -11,7 +11,6 @@ exist is refused before any of this, privately, by the registry
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,8 +27,6 @@ from commands.checks.registry import CheckRegistry
 from commands.coverage import Coverage, coverage
 from commands.findings import Finding
 from commands.report import diagnose_text
-
-log = logging.getLogger(__name__)
 
 
 class Thread(Protocol):
@@ -95,8 +92,10 @@ class DiagnosisCommands:
     def _report_later(self, who: Invocation, job: DiagnosisJob, diagnosis: Future[DiagnosisResult]) -> None:
         try:
             self.workers.submit(run_in_background, self._report, who, (job, diagnosis))
-        except RuntimeError:  # the pool is shut down: meshbot is stopping, and the "Running…" message stays
-            log.warning("meshbot is stopping: the result of /mesh %s for %s is not posted", job.request.label, who.user)
+        except RuntimeError:
+            # The pool takes nothing new: meshbot is stopping, and this thread ended the diagnosis while the pool
+            # drains.  The report is written here, into the outbox, which sends it now or after the next start.
+            run_in_background(self._report, who, (job, diagnosis))
 
     def _report(self, who: Invocation, ended: tuple[DiagnosisJob, Future[DiagnosisResult]]) -> None:
         job, diagnosis = ended
