@@ -252,6 +252,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _UpstreamServer(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: eight requests at once to a slow upstream on a loaded machine
+    # overflowed it, the dropped SYN was retried after Linux's 1 s, and Envoy's 1 s connect timeout answered 503 UF.
+    request_queue_size = 128
+
+
 @dataclass
 class Upstream:
     """A keep-alive HTTP/1.1 upstream: ``ok``, ``fail`` (503), ``forbid`` (403, an authorizer saying no),
@@ -264,7 +270,7 @@ class Upstream:
     server: ThreadingHTTPServer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server = _UpstreamServer(("127.0.0.1", 0), _Handler)
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*self.tls)
