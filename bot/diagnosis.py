@@ -102,6 +102,25 @@ class DiagnosisQueue:
         if start is not None:
             start()
 
+    def submit(self, workers: Executor, work: Callable[[], None], *, refused: Callable[[], None],
+               on_queued: Queued | None = None) -> None:
+        """``work()`` on ``workers`` in its turn, the place given back when it ends; ``refused()`` instead when the
+        pool takes nothing new (meshbot is stopping)."""
+        def in_turn() -> None:
+            try:
+                work()
+            finally:
+                self.done()
+
+        def start() -> None:
+            try:
+                workers.submit(in_turn)
+            except RuntimeError:
+                self.done()
+                refused()
+
+        self.request(start, on_queued)
+
     @contextlib.contextmanager
     def turn(self, on_queued: Queued | None = None) -> Iterator[None]:
         """The calling thread waits for its turn and runs in it (the incident flow's triage steps)."""
@@ -185,15 +204,12 @@ class Diagnostician:
             future = self._running[key] = Future()
         queued = time.monotonic()
 
-        def start() -> None:
-            try:
-                workers.submit(self._own, key, future, checks, namespace, queued)
-            except RuntimeError:  # the pool is shut down: meshbot is stopping
-                self.queue.done()
-                self._forget(key, future)
-                future.set_result(DiagnosisResult(error="meshbot is stopping; ask again once it is back"))
+        def refused() -> None:
+            self._forget(key, future)
+            future.set_result(DiagnosisResult(error="meshbot is stopping; ask again once it is back"))
 
-        self.queue.request(start, on_queued)
+        self.queue.submit(workers, lambda: self._own(key, future, checks, namespace, queued), refused=refused,
+                          on_queued=on_queued)
         return future
 
     def _own(self, key: tuple, future: Future[DiagnosisResult], checks: Sequence[str], namespace: str | None,
@@ -206,8 +222,6 @@ class Diagnostician:
             self._forget(key, future)
             future.set_exception(exc)
             raise
-        finally:
-            self.queue.done()
         self._forget(key, future)  # a request from now on starts a fresh run
         future.set_result(DiagnosisResult(result.findings, result.seconds, result.error, queued_seconds=waited))
 

@@ -6,11 +6,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 
 from bot.demo.run import Demo
+from tests.support.bot import threads_left
 
 
 def test_demo_stops_every_thread_it_started():
@@ -22,10 +22,7 @@ def test_demo_stops_every_thread_it_started():
 
     demo.stop()
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and set(threading.enumerate()) - before:
-        time.sleep(0.05)
-    assert {t.name for t in set(threading.enumerate()) - before} == set()
+    assert threads_left(before, settle=10) == []
 
 
 def test_meshbot_demo_serves_until_ctrl_c_and_exits_0():

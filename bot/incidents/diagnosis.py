@@ -68,22 +68,10 @@ class IncidentDiagnosis:
         """Diagnose on the worker pool once the diagnosis queue gives the incident its turn (at most
         MESHBOT_MAX_DIAGNOSES at once): an alert storm's incidents wait for it without holding a worker, and the
         playbook's steps run one after another in that one turn."""
-        queue = self.diagnostician.queue
-
-        def start() -> None:
-            try:
-                self.workers.submit(self._diagnose_in_turn, incident_id)
-            except RuntimeError:  # the pool is shut down: meshbot is stopping
-                queue.done()
-                log.warning("meshbot is stopping: incident #%s is not diagnosed", incident_id)
-
-        queue.request(start, self._queued_note(incident_id))
-
-    def _diagnose_in_turn(self, incident_id: int) -> None:
-        try:
-            self._diagnose_safely(incident_id, in_turn=True)
-        finally:
-            self.diagnostician.queue.done()
+        self.diagnostician.queue.submit(
+            self.workers, lambda: self._diagnose_safely(incident_id, in_turn=True),
+            refused=lambda: log.warning("meshbot is stopping: incident #%s is not diagnosed", incident_id),
+            on_queued=self._queued_note(incident_id))
 
     def _diagnose_safely(self, incident_id: int, *, in_turn: bool = False) -> None:
         try:

@@ -1,6 +1,7 @@
 """No lost messages: every Slack post meshbot makes for later delivery is written here first, then delivered.
 
-Over 450 lines because claim, send, record and pacing are one state machine over one table.
+Over 450 lines because claim, send, record and pacing are one state machine over one table (the pure parts,
+entries, lanes, batches and backoff, are already in ``bot.slack.entries``).
 
 Incidents, approvals, reminders and slash-command answers queue their posts here.  The outbox imports
 nothing of bot.incidents and writes none of its tables: an entry carries its incident's id only to keep
@@ -26,8 +27,6 @@ Errors about the token or workspace (``invalid_auth``, ``token_revoked``…) are
 nobody's message's fault: they hold the whole queue, retried with backoff,
 until someone fixes the token.  ``SlackError.kind`` (bot.slack.client) decides
 which is which; the entries and their planning are in ``bot.slack.entries``.
-Over 450 lines because the pass, its batching and its recording share one queue's state (the pure parts are
-already in ``bot.slack.entries``).
 """
 
 from __future__ import annotations
