@@ -128,6 +128,18 @@ def _max_diagnoses(value: str) -> int:
     return number
 
 
+MIN_LOOP_SECONDS = 0.01
+"""The HTTP server's socket loop waits at least this long between checks: ``poll()`` takes whole milliseconds, and
+much shorter waits make the loop a busy one (``bot.server.sockets``)."""
+
+
+def _loop_seconds(value: str) -> float:
+    number = _positive_float(value)
+    if number < MIN_LOOP_SECONDS:
+        raise ValueError(f"must be at least {MIN_LOOP_SECONDS} (a shorter wait is a busy loop)")
+    return number
+
+
 def _reuse_seconds(value: str) -> float:
     number = _float(value)
     if number < 0:
@@ -357,9 +369,10 @@ class Settings:
     http_threads: int = _setting("MESHBOT_HTTP_THREADS", _positive_int, default=16,
                                  doc="Threads of the HTTP server answering Slack and Alertmanager.")
     http_loop_seconds: float = _setting(
-        "MESHBOT_HTTP_LOOP_SECONDS", _positive_float, default=1.0,
-        doc="How long the HTTP server's socket loop waits between checks (waitress's `asyncore_loop_timeout`): a "
-            "stop takes up to this long to close the last connections. Tests lower it.")
+        "MESHBOT_HTTP_LOOP_SECONDS", _loop_seconds, default=1.0,
+        doc="How long the HTTP server's socket loop waits between checks (waitress's `asyncore_loop_timeout`, "
+            "which waitress itself would round down to whole seconds): a stop takes up to this long to close the "
+            "last connections. At least 0.01. Tests lower it.")
     log_level: str = _setting("MESHBOT_LOG_LEVEL", _log_level, default="INFO", doc="DEBUG, INFO, WARNING or ERROR.")
     shutdown_grace_seconds: float = _setting(
         "MESHBOT_SHUTDOWN_GRACE_SECONDS", _positive_float, default=20.0,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
-from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
+from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from bot.approvals.desk import ApprovalDesk
 from bot.incidents.flow import IncidentFlow
@@ -27,6 +27,7 @@ from bot.reminders.scheduler import CertificateScheduler
 from bot.runtime.loops import WakeableLoop
 from bot.server.http import MAX_BODY_BYTES, WebApp
 from bot.server.services import Services
+from bot.server.sockets import create_http_server
 from bot.settings import Settings, SettingsError
 from bot.slack.outbox import Outbox
 from bot.slack.replays import Deliveries, DeliveryLedger
@@ -127,12 +128,12 @@ class Meshbot:
             if incidents.key is not None and incidents.key.generated:
                 Path(incidents.key.source).unlink(missing_ok=True)
             raise SettingsError(problem)
-        self.server = create_server(self.web, host=self.settings.host, port=self.settings.port,
-                                    threads=self.settings.http_threads, max_request_body_size=MAX_BODY_BYTES,
-                                    ident="meshbot", clear_untrusted_proxy_headers=True,
-                                    asyncore_loop_timeout=self.settings.http_loop_seconds,
-                                    connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT_SECONDS,
-                                    cleanup_interval=CLEANUP_INTERVAL_SECONDS, backlog=LISTEN_BACKLOG)
+        self.server = create_http_server(self.web, host=self.settings.host, port=self.settings.port,
+                                         threads=self.settings.http_threads, max_request_body_size=MAX_BODY_BYTES,
+                                         ident="meshbot", clear_untrusted_proxy_headers=True,
+                                         loop_seconds=self.settings.http_loop_seconds,
+                                         connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT_SECONDS,
+                                         cleanup_interval=CLEANUP_INTERVAL_SECONDS, backlog=LISTEN_BACKLOG)
         self._thread = threading.Thread(target=self._serve, args=(self.server,), name="http", daemon=True)
         self._thread.start()
         self.web.readiness.slack.start()
