@@ -150,9 +150,13 @@ def test_90_30_and_7_day_reminders_are_posted_once_each_also_across_a_restart(re
     assert scan(second, fake_slack, expires - timedelta(days=85)) == [], "a restart does not repeat"
     [thirty] = scan(second, fake_slack, expires - timedelta(days=30))
     assert "30-day reminder" in thirty
-    [seven] = scan(second, fake_slack, expires - timedelta(days=7))
+    seven_at = expires - timedelta(days=7)
+    [seven] = scan(second, fake_slack, seven_at)
     assert "7-day reminder" in seven
-    assert scan(second, fake_slack, expires - timedelta(days=7) + timedelta(hours=1)) == []
+    # Up to an hour later on the same UTC date (a daily reminder's slot is the UTC date: the certificate was minted
+    # at the test's time of day, and after 23:00 UTC "an hour later" is tomorrow, whose daily reminder is due).
+    later_that_day = min(seven_at + timedelta(hours=1), seven_at.replace(hour=23, minute=59, second=59))
+    assert scan(second, fake_slack, later_that_day) == []
     [daily] = scan(second, fake_slack, expires - timedelta(days=6))
     assert "daily reminder" in daily
     with sqlite3.connect(second.settings.db_path) as db:
