@@ -150,6 +150,33 @@ def test_a_rule_private_to_the_services_namespace_leaves_other_callers_to_the_me
     assert finding.code == "MB5021" and finding.evidence["hosts"]["reviews.prod"]["callers"] == ["prod"]
 
 
+def run_with_mesh_config(mesh_config: dict, *parts: str) -> list[Finding]:
+    snapshot = snapshot_from_yaml(docs(*parts))
+    snapshot.mesh_config = mesh_config  # what KubeSource reads from the istio ConfigMap's `mesh` key
+    return [f for f in traffic_policy(CheckContext(snapshot=snapshot)) if f.code in ("MB5020", "MB5021")]
+
+
+def test_a_mesh_default_export_to_dot_keeps_a_rule_without_export_to_in_its_namespace():
+    # meshConfig.defaultDestinationRuleExportTo: ["."]: the owners' rule (no exportTo of its own) is prod's alone,
+    # so frontend's callers get the mesh-wide rule by design and only prod's callers lose the wildcard's settings.
+    mesh_wide = MESH_WIDE_MTLS.replace('host: "*.local"\n', 'host: "*.local"\n  exportTo: ["*"]\n')
+    default_private = {"defaultDestinationRuleExportTo": ["."]}
+    [finding] = run_with_mesh_config(default_private, REVIEWS, OWNERS_RULE, mesh_wide, *pods("frontend", "prod"))
+
+    assert finding.code == "MB5021" and finding.evidence["hosts"]["reviews.prod"]["callers"] == ["prod"]
+    # Without an exportTo of its own, the mesh-wide rule is private to the root namespace as well: istiod gives it to
+    # the root namespace's proxies only, so no caller in frontend or prod consults it and nothing is lost to it.
+    assert run_with_mesh_config(default_private, REVIEWS, OWNERS_RULE, MESH_WIDE_MTLS, *pods("frontend", "prod")) == []
+
+
+def test_a_mesh_default_export_to_naming_namespaces_is_not_honoured_so_rules_stay_exported_everywhere():
+    # push_context.go honours only "." and "*" in the default: a list of namespaces leaves the rule public.
+    for default in (["istio-system"], ["*"], None):
+        mesh_config = {} if default is None else {"defaultDestinationRuleExportTo": default}
+        [finding] = run_with_mesh_config(mesh_config, REVIEWS, OWNERS_RULE, MESH_WIDE_MTLS, *pods("frontend", "prod"))
+        assert finding.evidence["hosts"]["reviews.prod"]["callers"] == ["frontend", "istio-system", "prod"], default
+
+
 def test_a_public_rule_in_the_root_namespace_loses_to_the_services_rule_even_for_the_gateway_there():
     root_rule = """
 apiVersion: networking.istio.io/v1

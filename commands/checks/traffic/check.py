@@ -41,5 +41,5 @@ def traffic_policy(ctx: CheckContext) -> list[Finding]:
         findings.extend(tls_mode_findings(rule, services, pods, policies, root))
     # The callers whose view matters: namespaces that run sidecars (plus, in precedence_findings, the rules' own).
     callers = {p.namespace for p in pods if p.namespace and has_sidecar(p)}
-    findings.extend(precedence_findings(rules, services, callers, root))
+    findings.extend(precedence_findings(rules, services, callers, root, snapshot.mesh_config))
     return findings

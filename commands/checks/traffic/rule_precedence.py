@@ -15,9 +15,15 @@ first by creationTimestamp, then name): the later rule only adds subsets of new 
 is used only when no earlier rule has one.  When rules with different exportTo stay apart, the caller's sidecar
 uses the last of them (pilot/pkg/model/sidecar.go ``SidecarScope.DestinationRule``).
 
+A rule without exportTo takes meshConfig.defaultDestinationRuleExportTo, of which istiod honours only ``.`` and
+``*`` (push_context.go ``setDestinationRules``: "No exportTo in destinationRule. Use the global default. We only
+honor . and *"): with ``.`` in the default such a rule is private to its namespace, otherwise it is exported to
+every namespace (also when the default is unset, ``initDefaultExportMaps``).
+
 Istio has no analyzer for this (pkg/config/analysis/analyzers/destinationrule holds the CA-certificate and subset
-ones only).  Rules with a workloadSelector apply to the selected pods of their own namespace and are left out; an
-exportTo left empty is taken as ``*``, meshConfig.defaultDestinationRuleExportTo's default.
+ones only).  Rules with a workloadSelector apply to the selected pods of their own namespace
+(sidecar.go ``SidecarScope.DestinationRule``: a matching selector rule before the catch-all) and are left out:
+this module judges callers by namespace, not by pod labels.
 """
 
 from __future__ import annotations
@@ -83,8 +89,10 @@ def resolved_host(rule: Resource) -> str:
 class RuleIndex:
     """istiod's destinationRuleIndex: namespace-local, exported-by-namespace and the root's private rules."""
 
-    def __init__(self, rules: Iterable[Resource], root_namespace: str):
+    def __init__(self, rules: Iterable[Resource], root_namespace: str, *, private_by_default: bool = False):
         self.root = root_namespace
+        self.private_by_default = private_by_default
+        """meshConfig.defaultDestinationRuleExportTo holds ``.``: a rule without exportTo stays in its namespace."""
         self.local: dict[str, Index] = {}
         self.exported: dict[str, Index] = {}
         self.root_private: Index = {}
@@ -101,7 +109,7 @@ class RuleIndex:
         export_to = frozenset(str(e) for e in rule.spec.get("exportTo") or ())
         if not export_to or export_to & {PUBLIC, PRIVATE, namespace}:
             _merge(self.local.setdefault(namespace, {}), rule, export_to)
-        if len(export_to) == 1 and export_to & {PRIVATE, namespace}:
+        if (not export_to and self.private_by_default) or (len(export_to) == 1 and export_to & {PRIVATE, namespace}):
             if namespace == self.root:
                 _merge(self.root_private, rule, export_to)
         else:
@@ -170,12 +178,18 @@ def _most_specific(index: Index, service_host: str) -> list[Consolidated]:
     return index[max(wildcards, key=len)] if wildcards else []
 
 
+def private_by_default(mesh_config: Mapping[str, Any]) -> bool:
+    """Whether meshConfig.defaultDestinationRuleExportTo keeps a rule without exportTo in its own namespace."""
+    default = mesh_config.get("defaultDestinationRuleExportTo")
+    return isinstance(default, list) and PRIVATE in (str(e) for e in default)
+
+
 def precedence_findings(rules: Sequence[Resource], services: Iterable[Resource], clients: Iterable[str],
-                        root_namespace: str) -> Iterator[Finding]:
+                        root_namespace: str, mesh_config: Mapping[str, Any] | None = None) -> Iterator[Finding]:
     """For each Service more than one rule covers, each rule a caller namespace can see but does not get, with the
     rule used instead and what the lost settings would have done: MB5020 for a rule of this very host (or merged
     into the used one), one MB5021 per broader wildcard rule for all the hosts that stop it."""
-    index = RuleIndex(rules, root_namespace)
+    index = RuleIndex(rules, root_namespace, private_by_default=private_by_default(mesh_config or {}))
     clients = sorted(set(clients))
     stopped: dict[int, StoppedWildcard] = {}
     for service in services:
