@@ -87,7 +87,8 @@ class RateLimitService:
         self.server.server_close()
 
 
-def rate_limited_sidecar(lab: Lab, service_port: int, *, failure_mode_deny: bool) -> RunningEnvoy:
+def rate_limited_sidecar(lab: Lab, service_port: int, *, failure_mode_deny: bool,
+                         stat_prefix: str | None = None) -> RunningEnvoy:
     """The outbound port with the global rate limit filter before the router, as the task's EnvoyFilter inserts it,
     and one rate limit action on the service's virtual host (every request carries one descriptor)."""
     vhost = dict(s.service_vhost(), rate_limits=[{"actions": [{"generic_key": {"descriptor_value": "payment"}}]}])
@@ -96,7 +97,8 @@ def rate_limited_sidecar(lab: Lab, service_port: int, *, failure_mode_deny: bool
         "name": "envoy.filters.http.ratelimit", "typed_config": {
             "@type": _RATE_LIMIT, "domain": "ratelimit", "failure_mode_deny": failure_mode_deny, "timeout": "5s",
             "rate_limit_service": {"transport_api_version": "V3", "grpc_service": {"envoy_grpc": {
-                "cluster_name": RATE_LIMIT_CLUSTER, "authority": RATE_LIMIT_HOST}}}}})
+                "cluster_name": RATE_LIMIT_CLUSTER, "authority": RATE_LIMIT_HOST}}},
+            **({"stat_prefix": stat_prefix} if stat_prefix else {})}})
     service_cluster = dict(s.outbound_cluster(service_port, name=RATE_LIMIT_CLUSTER),
                            typed_extension_protocol_options=_HTTP2_UPSTREAM)
     return lab.start([listener], [s.outbound_cluster(lab.upstream()), service_cluster])
@@ -158,6 +160,21 @@ def test_service_saying_over_limit_refuses_with_429_and_is_named_global(lab: Lab
     assert refused.level is Level.ERROR
     assert f"{REQUESTS} of {REQUESTS} requests to payment.prod:8080" in refused.message
     assert FAILURE_MODES["MB4033"].cause("descriptor-limit").state in refused.message
+
+
+@pytest.mark.envoy
+def test_a_filter_with_its_own_stat_prefix_is_read_as_well(lab: Lab, rate_limit_service) -> None:
+    # An EnvoyFilter may set stat_prefix: Envoy then counts under cluster.<c>.<stat_prefix>.ratelimit., which the
+    # proxyStatsMatcher regex this check asks for must export too (the lab's Envoy applies it, as a sidecar does).
+    proxy = rate_limited_sidecar(lab, rate_limit_service(ANSWER_OVER_LIMIT).port, failure_mode_deny=True,
+                                 stat_prefix="payments_quota")
+
+    statuses = send(proxy, REQUESTS)
+    findings = check(proxy.admin_url)
+
+    assert statuses == [429] * REQUESTS
+    assert codes_of(findings) == ["MB4033"]
+    assert f"{REQUESTS} of {REQUESTS} requests to payment.prod:8080" in findings[0].message
 
 
 @pytest.mark.envoy

@@ -388,7 +388,7 @@ FAILURE_MODES = FailureModel([
         "RL", "rate limited by the global rate limit service", "429", "The request was rate-limited locally by the "
         "HTTP rate limit filter in addition to 429 response code (here the filter asked the global service).",
         "MB4033",
-        (Evidence(STATS, "cluster.&lt;c&gt;.ratelimit.over_limit, ratelimit.ok", _NOT_IN_DEFAULTS),),
+        (Evidence(STATS, "cluster.&lt;c&gt;.ratelimit[.&lt;stat_prefix&gt;].over_limit, .ok", _NOT_IN_DEFAULTS),),
         (Cause("descriptor-limit", "the rate limit service's limit for the descriptors these requests carry "
                "(requests_per_unit in its configuration) is below the traffic of every caller together: the limit "
                "is shared by all replicas and all sidecars that ask the same domain",
@@ -404,7 +404,8 @@ FAILURE_MODES = FailureModel([
     FailureMode(
         "RLSE", "the global rate limit service failed", "500 (status_on_error)", "The request was rejected because "
         "there was an error in rate limit service.", "MB4034",
-        (Evidence(STATS, "cluster.&lt;c&gt;.ratelimit.error above ratelimit.failure_mode_allowed", _NOT_IN_DEFAULTS),),
+        (Evidence(STATS, "cluster.&lt;c&gt;.ratelimit[.&lt;stat_prefix&gt;].error above .failure_mode_allowed",
+                   _NOT_IN_DEFAULTS),),
         (Cause("service-unavailable", "the rate limit service is down, unreachable, or slower than the filter's "
                "timeout (20 ms when unset), and failure_mode_deny is true, so its failure refuses every request it "
                "should have judged",
