@@ -225,10 +225,47 @@ def test_a_live_diagnosis_reads_the_rules_from_the_api_server_and_reports_the_lo
     assert "subsets v1, v2 do not exist for them" in lost[0].message
 
 
-def test_rules_with_a_workload_selector_are_left_to_the_pods_they_select():
+def test_a_rule_with_a_workload_selector_serves_its_pods_and_leaves_the_others_of_its_namespace_with_no_rule():
+    # sidecar.go SidecarScope.DestinationRule: the selector rule for the pods it selects; for frontend's other pods
+    # the lookup stopped at frontend (it has a rule for the host) and finds no rule without a selector there: they
+    # get none, not the owner's, and routes to the owner's subsets find no cluster.
     selected = CALLERS_RULE.replace("spec:\n", "spec:\n  workloadSelector:\n    matchLabels: {app: productpage}\n")
+    productpage = json.dumps(injected_pod("productpage-v1-7d9f8c6b5-x2x4z", "frontend", {"app": "productpage"}))
 
-    assert run(REVIEWS, OWNERS_RULE, selected, *pods("frontend", "prod")) == []
+    findings = run(REVIEWS, OWNERS_RULE, selected, *pods("frontend", "prod"), productpage)
+
+    by_callers = {tuple(f.evidence["callers"]): f for f in findings}
+    assert set(by_callers) == {("frontend (pods with app=productpage)",), ("frontend (pods that no workloadSelector "
+                                                                            "selects)",)}
+    assert all(f.code == "MB5020" and f.origin == "DestinationRule prod/reviews" for f in findings)
+    chosen = by_callers[("frontend (pods with app=productpage)",)]
+    assert chosen.evidence["used"] == ["DestinationRule frontend/reviews-pool"]
+    assert "its workloadSelector selects these pods" in chosen.message
+    left_out = by_callers[("frontend (pods that no workloadSelector selects)",)]
+    assert left_out.evidence["used"] == []
+    assert "these pods get no rule for the host" in left_out.message
+    assert "its subsets v1, v2 do not exist for them, so routes to them find no cluster (NC, 503)" in left_out.message
+
+
+def test_a_selector_rule_beside_a_rule_without_one_leaves_the_unselected_pods_the_rule_without():
+    selected = CALLERS_RULE.replace("spec:\n", "spec:\n  workloadSelector:\n    matchLabels: {app: productpage}\n")
+    frontend_default = OWNERS_RULE.replace("namespace: prod,", "namespace: frontend,").replace(
+        "host: reviews\n", "host: reviews.prod.svc.cluster.local\n").replace("name: reviews,", "name: reviews-all,")
+    productpage = json.dumps(injected_pod("productpage-v1-7d9f8c6b5-x2x4z", "frontend", {"app": "productpage"}))
+
+    findings = run(REVIEWS, OWNERS_RULE, selected, frontend_default, *pods("frontend", "prod"), productpage)
+
+    # The unselected pods get frontend's own rule without a selector (the owner's is lost to it, as for any caller
+    # namespace with its own rule); the selected ones get the selector rule: frontend's other rule and the owner's
+    # are both lost for them.
+    def lost_for(callers: str) -> dict[str, list[str]]:
+        return {f.origin: f.evidence["used"] for f in findings if f.evidence["callers"] == [callers]}
+
+    assert lost_for("frontend (pods that no workloadSelector selects)") == {
+        "DestinationRule prod/reviews": ["DestinationRule frontend/reviews-all"]}
+    assert lost_for("frontend (pods with app=productpage)") == {
+        "DestinationRule prod/reviews": ["DestinationRule frontend/reviews-pool"],
+        "DestinationRule frontend/reviews-all": ["DestinationRule frontend/reviews-pool"]}
 
 
 def test_an_empty_snapshot_has_nothing_to_weigh():

@@ -10,6 +10,8 @@ fail by design, and it stays silent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from commands.authz.explain import root_namespace
 from commands.checks.registry import CheckContext, check
 from commands.checks.traffic.faults import fault_findings
@@ -39,7 +41,11 @@ def traffic_policy(ctx: CheckContext) -> list[Finding]:
     rules = snapshot.of_kind("DestinationRule")
     for rule in rules:
         findings.extend(tls_mode_findings(rule, services, pods, policies, root))
-    # The callers whose view matters: namespaces that run sidecars (plus, in precedence_findings, the rules' own).
-    callers = {p.namespace for p in pods if p.namespace and has_sidecar(p)}
+    # The callers whose view matters: namespaces that run sidecars, with their pods' labels (a rule's workloadSelector
+    # picks among them), plus, in precedence_findings, the rules' own namespaces.
+    callers: dict[str, list[Mapping[str, str]]] = {}
+    for pod in pods:
+        if pod.namespace and has_sidecar(pod):
+            callers.setdefault(pod.namespace, []).append(pod.labels)
     findings.extend(precedence_findings(rules, services, callers, root, snapshot.mesh_config))
     return findings

@@ -20,10 +20,16 @@ A rule without exportTo takes meshConfig.defaultDestinationRuleExportTo, of whic
 honor . and *"): with ``.`` in the default such a rule is private to its namespace, otherwise it is exported to
 every namespace (also when the default is unset, ``initDefaultExportMaps``).
 
+A rule with a workloadSelector is kept apart from the others (mergeDestinationRule merges only rules whose
+selectors are equal) and serves only the pods it selects in its own namespace: of the rules the lookup above found,
+a sidecar takes the first whose selector its labels match, else the last without a selector, else none at all
+(sidecar.go ``SidecarScope.DestinationRule``).  The lookup stops at the first step that found any rule, so a
+namespace whose only rule for a host has a selector leaves its other pods with no rule: the Service owner's subsets
+do not exist for them (NC, 503).  Callers are therefore judged per namespace and, where a rule of theirs selects
+pods, per group of pods that the same selectors match.
+
 Istio has no analyzer for this (pkg/config/analysis/analyzers/destinationrule holds the CA-certificate and subset
-ones only).  Rules with a workloadSelector apply to the selected pods of their own namespace
-(sidecar.go ``SidecarScope.DestinationRule``: a matching selector rule before the catch-all) and are left out:
-this module judges callers by namespace, not by pod labels.
+ones only).
 """
 
 from __future__ import annotations
@@ -50,6 +56,11 @@ class Consolidated:
     host: str
     export_to: frozenset[str]
     rules: list[Resource] = field(default_factory=list)
+    selector: frozenset[tuple[str, str]] | None = None
+    """The workloadSelector's matchLabels; None for a rule that serves every pod that looks it up."""
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        return self.selector is not None and all(labels.get(k) == v for k, v in self.selector)
 
     @property
     def policy_from(self) -> Resource | None:
@@ -74,8 +85,16 @@ Index = dict[str, list[Consolidated]]
 
 @dataclass(frozen=True)
 class Choice:
-    rule: Consolidated
+    rule: Consolidated | None
+    """None: the step found only rules with a selector, none of which selects these pods (no rule at all)."""
     reason: str
+
+
+def selector_of(rule: Resource) -> frozenset[tuple[str, str]] | None:
+    selector = rule.spec.get("workloadSelector")
+    if not isinstance(selector, Mapping):
+        return None
+    return frozenset((str(k), str(v)) for k, v in (selector.get("matchLabels") or {}).items())
 
 
 def resolved_host(rule: Resource) -> str:
@@ -97,8 +116,8 @@ class RuleIndex:
         self.exported: dict[str, Index] = {}
         self.root_private: Index = {}
         self._by_host: dict[str, list[Resource]] = {}
-        ordered = sorted((r for r in rules if not r.spec.get("workloadSelector")),
-                         key=lambda r: (str(r.metadata.get("creationTimestamp") or ""), r.name, r.namespace or ""))
+        ordered = sorted(rules, key=lambda r: (str(r.metadata.get("creationTimestamp") or ""), r.name,
+                                               r.namespace or ""))
         for rule in ordered:
             self._add(rule)
         self._wildcards = [h for h in self._by_host if h.startswith("*")]
@@ -115,8 +134,10 @@ class RuleIndex:
         else:
             _merge(self.exported.setdefault(namespace, {}), rule, export_to)
 
-    def choose(self, client: str, service_host: str, service_namespace: str) -> Choice | None:
-        """The rule a sidecar in ``client`` uses for the Service ``service_host`` (push_context.go destinationRule)."""
+    def choose(self, client: str, service_host: str, service_namespace: str,
+               labels: Mapping[str, str] | None = None) -> Choice | None:
+        """The rule a sidecar in ``client`` with pod ``labels`` uses for the Service ``service_host``
+        (push_context.go destinationRule, then sidecar.go SidecarScope.DestinationRule); None: no step found any."""
         if client != self.root:
             found = _most_specific(self.local.get(client, {}), service_host)
             where = f"its own namespace {client} comes first"
@@ -124,17 +145,22 @@ class RuleIndex:
             found = _most_specific(self.root_private, service_host)
             where = f"the root namespace's private rules come first for callers in {client}"
         if found:
-            return Choice(found[-1], where)
+            return _pick(found, client, labels or {}, where)
         for owner, why in ((service_namespace, f"the Service's namespace {service_namespace} exports it"),
                            (self.root, f"the root namespace {self.root} exports it")):
             visible = [c for c in _most_specific(self.exported.get(owner, {}), service_host) if c.exported_to(client)]
             if visible:
-                return Choice(visible[-1], why)
+                return _pick(visible, client, labels or {}, why)
         return None
 
-    def visible(self, rule: Resource, client: str, service_namespace: str) -> bool:
-        """Whether ``choose`` consults ``rule`` for a caller in ``client``: a rule of a third namespace never is."""
+    def visible(self, rule: Resource, client: str, service_namespace: str,
+                labels: Mapping[str, str] | None = None) -> bool:
+        """Whether ``choose`` consults ``rule`` for a caller in ``client`` with pod ``labels``: a rule of a third
+        namespace never is, nor a rule whose selector does not select these pods (or selects another namespace's)."""
         namespace, host = rule.namespace or "default", resolved_host(rule)
+        selector = selector_of(rule)
+        if selector is not None and (namespace != client or not all((labels or {}).get(k) == v for k, v in selector)):
+            return False
         if namespace == client:
             own = self.root_private if client == self.root else self.local.get(client, {})
             if any(_holds(c, rule) for c in own.get(host, ())):
@@ -150,15 +176,30 @@ class RuleIndex:
         return [r for h in (service_host, *covering) for r in self._by_host.get(h, ())]
 
 
+def _pick(found: list[Consolidated], client: str, labels: Mapping[str, str], why: str) -> Choice:
+    """sidecar.go SidecarScope.DestinationRule: the first rule of the caller's own namespace whose selector matches
+    its pods, else the last rule without a selector, else none (the lookup does not go on to the next step)."""
+    for consolidated in found:
+        if consolidated.rules[0].namespace == client and consolidated.selects(labels):
+            return Choice(consolidated, f"{why}, and its workloadSelector selects these pods")
+    catch_all = [c for c in found if c.selector is None]
+    if catch_all:
+        return Choice(catch_all[-1], why)
+    return Choice(None, f"{why}, but only with rules whose workloadSelector selects other pods, and istiod looks no "
+                        "further: these pods get no rule for the host")
+
+
 def _merge(index: Index, rule: Resource, export_to: frozenset[str]) -> None:
-    """mergeDestinationRule with ENABLE_ENHANCED_DESTINATIONRULE_MERGE (default on): same host and exportTo merge.
+    """mergeDestinationRule with ENABLE_ENHANCED_DESTINATIONRULE_MERGE (default on): same host, exportTo and
+    workloadSelector merge.
 
     istiod also merges a rule whose exportTo is a strict superset of an earlier one's into it (and keeps it apart
     too); that rarer case is kept apart only here."""
     entries = index.setdefault(resolved_host(rule), [])
-    same = next((e for e in entries if e.export_to == export_to), None)
+    selector = selector_of(rule)
+    same = next((e for e in entries if e.export_to == export_to and e.selector == selector), None)
     if same is None:
-        entries.append(Consolidated(resolved_host(rule), export_to, [rule]))
+        entries.append(Consolidated(resolved_host(rule), export_to, [rule], selector))
     else:
         same.rules.append(rule)
 
@@ -184,24 +225,27 @@ def private_by_default(mesh_config: Mapping[str, Any]) -> bool:
     return isinstance(default, list) and PRIVATE in (str(e) for e in default)
 
 
-def precedence_findings(rules: Sequence[Resource], services: Iterable[Resource], clients: Iterable[str],
+Callers = Mapping[str, Sequence[Mapping[str, str]]]
+"""Caller namespace -> the labels of its pods with a sidecar (a rule's workloadSelector picks among them)."""
+
+
+def precedence_findings(rules: Sequence[Resource], services: Iterable[Resource], callers: Callers,
                         root_namespace: str, mesh_config: Mapping[str, Any] | None = None) -> Iterator[Finding]:
     """For each Service more than one rule covers, each rule a caller namespace can see but does not get, with the
     rule used instead and what the lost settings would have done: MB5020 for a rule of this very host (or merged
     into the used one), one MB5021 per broader wildcard rule for all the hosts that stop it."""
     index = RuleIndex(rules, root_namespace, private_by_default=private_by_default(mesh_config or {}))
-    clients = sorted(set(clients))
     stopped: dict[int, StoppedWildcard] = {}
     for service in services:
         host = f"{service.name}.{service.namespace}.svc.{DEFAULT_DOMAIN}"
         candidates = index.candidates(host)
         if len(candidates) < 2:
             continue
-        for rule, winner, reasons in _lost_rules(index, service, host, candidates, clients):
+        for rule, winner, reasons in _lost_rules(index, service, host, candidates, callers):
             effects = _lost_effects(rule, winner)
             if not effects:
                 continue
-            if _holds(winner, rule) or resolved_host(rule) == host:
+            if (winner is not None and _holds(winner, rule)) or resolved_host(rule) == host:
                 yield _lost_rule_finding(service, rule, winner, reasons, effects)
             else:
                 stopped.setdefault(id(rule), StoppedWildcard(rule)).add(service, winner, reasons, effects)
@@ -210,8 +254,9 @@ def precedence_findings(rules: Sequence[Resource], services: Iterable[Resource],
 
 
 def _lost_rules(index: RuleIndex, service: Resource, host: str, candidates: Sequence[Resource],
-                clients: list[str]) -> Iterator[tuple[Resource, Consolidated, dict[str, str]]]:
-    """(rule, the rules used instead, caller namespace -> why) for each rule some callers see but do not get."""
+                callers: Callers) -> Iterator[tuple[Resource, Consolidated | None, dict[str, str]]]:
+    """(rule, the rules used instead or None, caller -> why) for each rule some callers see but do not get."""
+    clients = sorted(callers)
     namespace = service.namespace or "default"
     owners = {r.namespace or "default" for r in candidates}
     named = {namespace, index.root, *owners, *(str(e) for r in candidates for e in r.spec.get("exportTo") or ())}
@@ -220,35 +265,62 @@ def _lost_rules(index: RuleIndex, service: Resource, host: str, candidates: Sequ
     # judge one and count them all, so a mesh of many namespaces costs one resolution more, not one per namespace.
     others = [c for c in everyone if c not in named]
     judged = [(c, [c]) for c in everyone if c in named] + ([(others[0], others)] if others else [])
-    lost: dict[tuple[int, ...], tuple[Resource, Consolidated, dict[str, str]]] = {}
+    lost: dict[tuple[int, ...], tuple[Resource, Consolidated | None, dict[str, str]]] = {}
     for client, group in judged:
-        choice = index.choose(client, host, namespace)
-        if choice is None:
-            continue
-        for rule in candidates:
-            if rule is not choice.rule.policy_from and index.visible(rule, client, namespace):
-                # The same used rules may be reached by different steps (own namespace, Service's namespace).
-                key = (id(rule), *(id(r) for r in choice.rule.rules))
-                lost.setdefault(key, (rule, choice.rule, {}))[2].update(dict.fromkeys(group, choice.reason))
+        for labels, who in _pod_groups(client, group, candidates, callers):
+            choice = index.choose(client, host, namespace, labels)
+            if choice is None:
+                continue
+            used = choice.rule
+            for rule in candidates:
+                if (used is None or rule is not used.policy_from) and index.visible(rule, client, namespace, labels):
+                    # The same used rules may be reached by different steps (own namespace, Service's namespace).
+                    key = (id(rule), *(id(r) for r in (used.rules if used else ())))
+                    lost.setdefault(key, (rule, used, {}))[2].update(dict.fromkeys(who, choice.reason))
     yield from lost.values()
 
 
-def _lost_rule_finding(service: Resource, rule: Resource, winner: Consolidated, reasons: dict[str, str],
+def _pod_groups(client: str, group: list[str], candidates: Sequence[Resource],
+                callers: Callers) -> Iterator[tuple[Mapping[str, str] | None, list[str]]]:
+    """(labels of one pod standing for the group, the callers it stands for): the namespace whole, or, where a rule
+    of its own has a workloadSelector, its pods grouped by which of those selectors match them."""
+    selectors = [(rule, selector) for rule in candidates
+                 if (rule.namespace or "default") == client and (selector := selector_of(rule)) is not None]
+    if not selectors:
+        yield None, group
+        return
+    groups: dict[tuple[bool, ...], Mapping[str, str]] = {}
+    for labels in callers.get(client, ()):
+        groups.setdefault(tuple(all(labels.get(k) == v for k, v in sel) for _, sel in selectors), labels)
+    for matched, labels in groups.items():
+        chosen = next((sel for (_, sel), hit in zip(selectors, matched) if hit), None)
+        who = (f"{client} (pods with {', '.join(f'{k}={v}' for k, v in sorted(chosen))})" if chosen is not None
+               else f"{client} (pods that no workloadSelector selects)")
+        yield labels, [who]
+
+
+def _lost_rule_finding(service: Resource, rule: Resource, winner: Consolidated | None, reasons: dict[str, str],
                        effects: list[str]) -> Finding:
-    applied, callers = winner.policy_from, sorted(reasons)
-    why = (f"it is merged into {winner.names}, where only the oldest trafficPolicy "
-           f"({applied.origin if applied else 'none'}) is used" if _holds(winner, rule)
-           else f"{winner.names} is used instead: " + "; ".join(dict.fromkeys(reasons.values())))
+    applied, callers = (winner.policy_from if winner else None), sorted(reasons)
+    because = "; ".join(dict.fromkeys(reasons.values()))
+    if winner is None:
+        why = f"no rule is used instead: {because}"
+        fix = (f"Give the pods that no workloadSelector selects a rule of their own for this host (without a selector, "
+               f"with what {rule.origin} sets), or remove the selector rules that leave them without one")
+    else:
+        why = (f"it is merged into {winner.names}, where only the oldest trafficPolicy "
+               f"({applied.origin if applied else 'none'}) is used" if _holds(winner, rule)
+               else f"{winner.names} is used instead: {because}")
+        fix = (f"Keep one DestinationRule per host for these callers: move what {rule.origin} should set into "
+               f"{(applied or winner.rules[0]).origin}, or narrow the rules' exportTo so each caller sees the one "
+               "meant for it (precedence: the caller's namespace, then the Service's, then the root namespace)")
     return codes.finding(
         "MB5020", origin=rule.origin, reference=rule.source, destination_rule=rule.origin,
         host=f"{service.name}.{service.namespace}", callers=_first(callers), why=why, effects="; ".join(effects),
-        evidence={"service": service.qualified_name, "callers": callers, "used": [r.origin for r in winner.rules],
-                  "reason": reasons, "ignored_settings": effects},
-        remediation=Remediation(
-            f"Keep one DestinationRule per host for these callers: move what {rule.origin} should set into "
-            f"{(applied or winner.rules[0]).origin}, or narrow the rules' exportTo so each caller sees the one meant "
-            "for it (precedence: the caller's namespace, then the Service's, then the root namespace)",
-            command=f"istioctl x describe service {service.name} -n {service.namespace}"))
+        evidence={"service": service.qualified_name, "callers": callers,
+                  "used": [r.origin for r in winner.rules] if winner else [], "reason": reasons,
+                  "ignored_settings": effects},
+        remediation=Remediation(fix, command=f"istioctl x describe service {service.name} -n {service.namespace}"))
 
 
 @dataclass
@@ -259,9 +331,9 @@ class StoppedWildcard:
     hosts: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     effects: dict[str, None] = field(default_factory=dict)
 
-    def add(self, service: Resource, winner: Consolidated, reasons: dict[str, str], effects: list[str]) -> None:
+    def add(self, service: Resource, winner: Consolidated | None, reasons: dict[str, str], effects: list[str]) -> None:
         entry = self.hosts.setdefault(f"{service.name}.{service.namespace}", {"used": set(), "callers": set()})
-        entry["used"].update(r.origin for r in winner.rules)
+        entry["used"].update(r.origin for r in (winner.rules if winner else ()))
         entry["callers"].update(reasons)
         self.effects.update(dict.fromkeys(effects))
 
@@ -282,17 +354,17 @@ class StoppedWildcard:
                 command="kubectl get destinationrules -A"))
 
 
-def _lost_effects(rule: Resource, winner: Consolidated) -> list[str]:
+def _lost_effects(rule: Resource, winner: Consolidated | None) -> list[str]:
     """What ``rule`` sets that these callers do not get (its trafficPolicy is never the used one), and what that means."""
     effects = _policy_effects(rule.spec.get("trafficPolicy") or {})
     names = [str(s.get("name")) for s in rule.spec.get("subsets") or ()]
     # A route to a subset no used rule defines points at a cluster istiod never builds (Envoy: NC, 503; IST0101).
-    if missing := [n for n in names if winner.subset_owner(n) is None]:
+    if missing := [n for n in names if winner is None or winner.subset_owner(n) is None]:
         effects.append(f"its subsets {', '.join(missing)} do not exist for them, so routes to them find no cluster "
                        "(NC, 503)" if len(missing) > 1 else
                        f"its subset {missing[0]} does not exist for them, so routes to it find no cluster (NC, 503)")
     for name in names:
-        owner = winner.subset_owner(name)
+        owner = winner.subset_owner(name) if winner else None
         if owner is not None and owner is not rule:
             effects.append(f"its subset {name} is taken from {owner.origin} (with that rule's labels)")
     return effects
