@@ -98,8 +98,33 @@ def test_a_command_about_the_incidents_own_namespace_attaches_without_asking(ope
     assert answers(fake_slack, "first")[0]["text"].startswith("Answering in the thread of incident #1")
 
 
-def test_an_answer_nobody_is_waiting_for_is_refused_politely(open_outage, fake_slack):
+@pytest.mark.parametrize("value", ["forged-token:attach", "forged-token:7:prod:attach", "forged-token:1:Prod_1:attach",
+                                   "forged-token:1:prod:maybe"])
+def test_an_answer_naming_no_open_incident_or_no_namespace_is_refused_politely_and_records_nothing(
+        open_outage, fake_slack, value):
     meshbot, _ = open_outage
     post_signed(f"{meshbot.url}/slack/events", block_action_body(
-        f"{ATTACH_BUTTON}:1", "forged-token:attach", user_id="UALICE", response_url=fake_slack.response_url("x")))
-    assert "answered already or has expired" in answers(fake_slack, "x")[0]["text"]
+        f"{ATTACH_BUTTON}:1", value, user_id="UALICE", response_url=fake_slack.response_url("x")))
+    assert "type the command again" in answers(fake_slack, "x")[0]["text"]
+    quiesce(meshbot)
+    assert not [e for e in meshbot.services.incidents.timeline(1) if "scope" in e.data]
+
+
+def test_an_answer_clicked_after_a_restart_is_recorded_and_the_retyped_command_goes_where_it_said(
+        bot_factory, open_outage, fake_slack):
+    """The question waits in the memory of the replica that asked; Slack may deliver the click to another replica
+    (or this one restarted meanwhile). The answer is still recorded, from the button itself."""
+    meshbot, top = open_outage
+    type_command(meshbot, fake_slack, "status prod", "first")
+    question = asked(fake_slack, "first")
+    meshbot.stop(timeout=5)
+    after = bot_factory(alertmanager_token=TOKEN, channel="CINCIDENT")  # the same database, nothing in memory
+
+    press(after, fake_slack, "Attach to #1", question, "click")
+
+    assert answers(fake_slack, "click")[0]["text"] == (
+        "Noted: commands about `prod` attach to incident #1 until it resolves. Type the command again to run it "
+        "(the question was asked by another meshbot replica, or before a restart).")
+    type_command(after, fake_slack, "status prod", "again")
+    assert answers(fake_slack, "again")[0]["text"].startswith("Answering in the thread of incident #1")
+    fake_slack.wait_for(lambda: status_replies(fake_slack, top), what="the status findings in incident #1's thread")

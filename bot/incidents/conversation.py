@@ -31,6 +31,7 @@ from bot.slack.blocks import Message, button, buttons, context, escape, message_
 from bot.slack.outbox import Outbox
 from commands.cluster.snapshot import SnapshotSource
 from commands.errors import MeshbotError, UserError
+from commands.validation import is_dns1123_label
 
 MESHBOT = "meshbot"
 WAITING_NOTE = "waiting_note"
@@ -71,7 +72,8 @@ def covering(incidents: Sequence[Incident], channel: str, namespace: str | None,
 
 
 ATTACH_BUTTON = "conversation_scope"
-"""The answer to "attach to #1?" (value ``TOKEN:attach`` or ``TOKEN:separate``)."""
+"""The answer to "attach to #1?" (value ``TOKEN:INCIDENT:NAMESPACE:attach`` or ``…:separate``)."""
+CHOICES = ("attach", "separate")
 SCOPE_ANSWER = "scope"
 """Key of the ``note`` event data recording an answer: the namespace, and ``attach`` true or false."""
 
@@ -126,21 +128,43 @@ class Conversations:
             self._held[token] = (incident_id, namespace, retry)
 
     def answer(self, who: Any, value: str) -> None:
-        """The button: record the answer on the incident, say so, and run the command that asked."""
-        token, _, choice = value.partition(":")
+        """The button: record the answer on the incident, say so, and run the command that asked.
+
+        The command waits in the memory of the replica that asked.  Slack delivers the click to any replica (over
+        HTTP behind a Service, or over any replica's Socket Mode connection), and a restart empties the memory:
+        the answer is then recorded from the button itself (it names the incident and the namespace), and its
+        author types the command again, which now goes where they said without asking."""
+        token, *named, choice = value.split(":")
+        if choice not in CHOICES:
+            raise UserError("that is not an answer meshbot asked for: type the command again")
         with self._lock:
             held = self._held.pop(token, None)
-        if held is None or choice not in ("attach", "separate"):
-            raise UserError("that question was answered already or has expired (meshbot restarted): type the "
-                            "command again")
-        incident_id, namespace, retry = held
+        retry: Callable[[], None] | None = None
+        if held is not None:
+            incident_id, namespace, retry = held
+        else:
+            incident_id, namespace = self._still_open(named)
         attach = choice == "attach"
         self.incidents.record(incident_id, who.user, EventKind.NOTE, {
             "text": f"commands about `{namespace}` {'belong to this incident' if attach else 'are separate'} "
                     "while it is open", SCOPE_ANSWER: namespace, "attach": attach})
-        who.tell(f"Noted: commands about `{namespace}` " + (f"attach to incident #{incident_id}" if attach else
+        noted = (f"Noted: commands about `{namespace}` " + (f"attach to incident #{incident_id}" if attach else
                  f"open their own thread, not incident #{incident_id}'s") + " until it resolves.")
+        if retry is None:
+            who.tell(noted + " Type the command again to run it (the question was asked by another meshbot "
+                             "replica, or before a restart).")
+            return
+        who.tell(noted)
         retry()
+
+    def _still_open(self, named: Sequence[str]) -> tuple[int, str]:
+        """(incident, namespace) the button names, when that incident is still open and the name is a namespace's."""
+        incident, namespace = named if len(named) == 2 else ("", "")
+        open_ids = {i.id for i in self.incidents.list_open()}
+        if not incident.isdigit() or int(incident) not in open_ids or not is_dns1123_label(namespace):
+            raise UserError("that question was answered already, or its incident has resolved: type the command "
+                            "again")
+        return int(incident), namespace
 
 
 def scope_answer(events: Sequence[Event], namespace: str) -> bool | None:
@@ -159,8 +183,9 @@ def attach_question(incident: Incident, namespace: str, token: str) -> Message:
         section(f"Incident #{incident.id} (*{escape(incident.title)}*) is open in this channel about {where}. Is "
                 f"this command about `{escape(namespace)}` part of it? The answer holds for `{escape(namespace)}` "
                 "until the incident resolves."),
-        buttons(button(f"Attach to #{incident.id}", f"{ATTACH_BUTTON}:1", f"{token}:attach", style="primary"),
-                button("Separate incident", f"{ATTACH_BUTTON}:2", f"{token}:separate"),
+        buttons(button(f"Attach to #{incident.id}", f"{ATTACH_BUTTON}:1", f"{token}:{incident.id}:{namespace}:attach",
+                       style="primary"),
+                button("Separate incident", f"{ATTACH_BUTTON}:2", f"{token}:{incident.id}:{namespace}:separate"),
                 block_id=f"attach-{incident.id}")])
 
 
