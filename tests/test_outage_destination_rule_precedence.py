@@ -247,6 +247,21 @@ def test_a_rule_with_a_workload_selector_serves_its_pods_and_leaves_the_others_o
     assert "its subsets v1, v2 do not exist for them, so routes to them find no cluster (NC, 503)" in left_out.message
 
 
+def test_a_gateway_selected_by_a_rule_of_its_namespace_is_a_caller_that_loses_the_owners_subsets():
+    # A common pattern: a rule in the gateway's namespace selecting the ingress gateway (TLS or pool settings for
+    # it alone). The gateway then gets that rule, without the owner's subsets its VirtualService routes to.
+    for_gateway = CALLERS_RULE.replace("namespace: frontend,", "namespace: istio-ingress,").replace(
+        "spec:\n", "spec:\n  workloadSelector:\n    matchLabels: {istio: ingressgateway}\n")
+    gateway = json.dumps(injected_pod("istio-ingressgateway-5d8f7c9b6-h4k2m", "istio-ingress",
+                                      {"istio": "ingressgateway", "app": "istio-ingressgateway"}))
+
+    [finding] = run(REVIEWS, OWNERS_RULE, for_gateway, *pods("prod"), gateway)
+
+    assert finding.origin == "DestinationRule prod/reviews"
+    assert finding.evidence["callers"] == ["istio-ingress (pods with istio=ingressgateway)"]
+    assert "its subsets v1, v2 do not exist for them" in finding.message
+
+
 def test_a_selector_rule_beside_a_rule_without_one_leaves_the_unselected_pods_the_rule_without():
     selected = CALLERS_RULE.replace("spec:\n", "spec:\n  workloadSelector:\n    matchLabels: {app: productpage}\n")
     frontend_default = OWNERS_RULE.replace("namespace: prod,", "namespace: frontend,").replace(

@@ -17,7 +17,7 @@ from commands.checks.registry import CheckContext, check
 from commands.checks.traffic.faults import fault_findings
 from commands.checks.traffic.rule_precedence import precedence_findings
 from commands.checks.traffic.tls_modes import tls_mode_findings
-from commands.cluster.pods import has_sidecar
+from commands.cluster.pods import sidecar_spec
 from commands.findings import Finding
 
 
@@ -41,11 +41,13 @@ def traffic_policy(ctx: CheckContext) -> list[Finding]:
     rules = snapshot.of_kind("DestinationRule")
     for rule in rules:
         findings.extend(tls_mode_findings(rule, services, pods, policies, root))
-    # The callers whose view matters: namespaces that run sidecars, with their pods' labels (a rule's workloadSelector
-    # picks among them), plus, in precedence_findings, the rules' own namespaces.
+    # The callers whose view matters: namespaces that run Envoy proxies, sidecars and gateways alike (a gateway looks
+    # DestinationRules up from its own namespace, as a sidecar does), with their pods' labels (a rule's
+    # workloadSelector picks among them; `istio: ingressgateway` is a common one), plus, in precedence_findings, the
+    # rules' own namespaces.
     callers: dict[str, list[Mapping[str, str]]] = {}
     for pod in pods:
-        if pod.namespace and has_sidecar(pod):
+        if pod.namespace and sidecar_spec(pod) is not None:
             callers.setdefault(pod.namespace, []).append(pod.labels)
     findings.extend(precedence_findings(rules, services, callers, root, snapshot.mesh_config))
     return findings
