@@ -134,8 +134,9 @@ class Conversations:
         HTTP behind a Service, or over any replica's Socket Mode connection), and a restart empties the memory:
         the answer is then recorded from the button itself (it names the incident and the namespace), and its
         author types the command again, which now goes where they said without asking."""
-        token, *named, choice = value.split(":")
-        if choice not in CHOICES:
+        parts = value.split(":")
+        token, named, choice = parts[0], parts[1:-1], parts[-1]
+        if len(parts) < 2 or choice not in CHOICES:
             raise UserError("that is not an answer meshbot asked for: type the command again")
         with self._lock:
             held = self._held.pop(token, None)

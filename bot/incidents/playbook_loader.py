@@ -35,6 +35,7 @@ from bot.incidents.playbooks import (
 )
 from commands.actions.targets import USAGE
 from commands.checks.registry import CheckRegistry
+from commands.cluster.sources.yaml_fast import SAFE_LOADER
 from commands.codes import ALL_CODES
 from commands.validation import NAMESPACE_RULE
 
@@ -98,7 +99,7 @@ def _read(path: str) -> str:
         raise PlaybookError(exc.strerror or str(exc), path=path) from None
 
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_LOADER = SAFE_LOADER
 """libyaml's loader when PyYAML was built with it: composing the 14 playbooks at every start took 1.3 s with the
 pure-Python one on a loaded machine and 0.08 s with libyaml; both keep the marks the line numbers come from."""
 

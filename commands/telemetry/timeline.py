@@ -16,6 +16,7 @@ import yaml
 
 from commands.clients.kube import KubeClient
 from commands.clients.prometheus import CapturedPrometheus, PrometheusApi
+from commands.cluster.sources.yaml_fast import SAFE_LOADER
 from commands.errors import InputError
 from commands.findings import Finding, by_severity
 from commands.telemetry.changes import Change, changes_between, changes_from_objects, read_changes
@@ -96,15 +97,12 @@ def captured_timeline(directory: str | Path, *, at: datetime, since: timedelta, 
                           events=[o for o in objects if o.get("kind") == "Event"])
 
 
-_SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def _objects(directory: Path) -> Iterable[dict[str, Any]]:
     for path in sorted(directory.glob("*.yaml")):
         try:
             # libyaml's safe loader (the same values as yaml.safe_load_all): every incident's timeline in a demo
             # storm reads these files, and the pure-Python parser held the serving process's GIL doing it.
-            documents = list(yaml.load_all(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER))
+            documents = list(yaml.load_all(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER))
         except (OSError, yaml.YAMLError) as exc:
             raise InputError(f"cannot read captured objects: {exc}", path=str(path)) from None
         for document in documents:

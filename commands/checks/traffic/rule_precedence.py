@@ -40,6 +40,7 @@ from typing import Any
 
 from commands import codes
 from commands.checks.traffic.tls_modes import DEFAULT_DOMAIN
+from commands.cluster.selectors import matches
 from commands.cluster.snapshot import Resource
 from commands.findings import Finding, Remediation
 
@@ -56,11 +57,11 @@ class Consolidated:
     host: str
     export_to: frozenset[str]
     rules: list[Resource] = field(default_factory=list)
-    selector: frozenset[tuple[str, str]] | None = None
+    selector: Mapping[str, str] | None = None
     """The workloadSelector's matchLabels; None for a rule that serves every pod that looks it up."""
 
     def selects(self, labels: Mapping[str, str]) -> bool:
-        return self.selector is not None and all(labels.get(k) == v for k, v in self.selector)
+        return self.selector is not None and matches(self.selector, labels)
 
     @property
     def policy_from(self) -> Resource | None:
@@ -90,11 +91,11 @@ class Choice:
     reason: str
 
 
-def selector_of(rule: Resource) -> frozenset[tuple[str, str]] | None:
+def selector_of(rule: Resource) -> dict[str, str] | None:
     selector = rule.spec.get("workloadSelector")
     if not isinstance(selector, Mapping):
         return None
-    return frozenset((str(k), str(v)) for k, v in (selector.get("matchLabels") or {}).items())
+    return {str(k): str(v) for k, v in (selector.get("matchLabels") or {}).items()}
 
 
 def resolved_host(rule: Resource) -> str:
@@ -159,7 +160,7 @@ class RuleIndex:
         namespace never is, nor a rule whose selector does not select these pods (or selects another namespace's)."""
         namespace, host = rule.namespace or "default", resolved_host(rule)
         selector = selector_of(rule)
-        if selector is not None and (namespace != client or not all((labels or {}).get(k) == v for k, v in selector)):
+        if selector is not None and (namespace != client or not matches(selector, labels or {})):
             return False
         if namespace == client:
             own = self.root_private if client == self.root else self.local.get(client, {})
@@ -284,17 +285,17 @@ def _pod_groups(client: str, group: list[str], candidates: Sequence[Resource],
                 callers: Callers) -> Iterator[tuple[Mapping[str, str] | None, list[str]]]:
     """(labels of one pod standing for the group, the callers it stands for): the namespace whole, or, where a rule
     of its own has a workloadSelector, its pods grouped by which of those selectors match them."""
-    selectors = [(rule, selector) for rule in candidates
+    selectors = [selector for rule in candidates
                  if (rule.namespace or "default") == client and (selector := selector_of(rule)) is not None]
     if not selectors:
         yield None, group
         return
     groups: dict[tuple[bool, ...], Mapping[str, str]] = {}
     for labels in callers.get(client, ()):
-        groups.setdefault(tuple(all(labels.get(k) == v for k, v in sel) for _, sel in selectors), labels)
+        groups.setdefault(tuple(matches(selector, labels) for selector in selectors), labels)
     for matched, labels in groups.items():
-        chosen = next((sel for (_, sel), hit in zip(selectors, matched) if hit), None)
-        who = (f"{client} (pods with {', '.join(f'{k}={v}' for k, v in sorted(chosen))})" if chosen is not None
+        chosen = next((selector for selector, hit in zip(selectors, matched) if hit), None)
+        who = (f"{client} (pods with {', '.join(f'{k}={v}' for k, v in sorted(chosen.items()))})" if chosen is not None
                else f"{client} (pods that no workloadSelector selects)")
         yield labels, [who]
 
