@@ -140,6 +140,20 @@ def _loop_seconds(value: str) -> float:
     return number
 
 
+MAX_ANSWERS_FIRST_SECONDS = 3.0
+"""Slack's own deadline for an ack: background work never waits longer than an ack may take."""
+
+
+def _answers_first_seconds(value: str) -> float:
+    number = _float(value)
+    if number < 0:
+        raise ValueError("must be 0 (background work never waits for answers) or more")
+    if number > MAX_ANSWERS_FIRST_SECONDS:
+        raise ValueError(f"must be at most {MAX_ANSWERS_FIRST_SECONDS:.0f} (Slack's deadline for an ack); longer "
+                         "only delays the work behind a storm")
+    return number
+
+
 def _reuse_seconds(value: str) -> float:
     number = _float(value)
     if number < 0:
@@ -373,6 +387,11 @@ class Settings:
         doc="How long the HTTP server's socket loop waits between checks (waitress's `asyncore_loop_timeout`, "
             "which waitress itself would round down to whole seconds): a stop takes up to this long to close the "
             "last connections. At least 0.01. Tests lower it.")
+    answers_first_seconds: float = _setting(
+        "MESHBOT_ANSWERS_FIRST_SECONDS", _answers_first_seconds, default=2.0,
+        doc="While Slack or Alertmanager waits for meshbot's answer over HTTP, background work (the \"Running…\" "
+            "post, diagnoses, the outbox's posts) waits up to this long before it starts, so acks stay fast in a "
+            "storm (bot.runtime.priority). 0: never waits. At most 3.")
     log_level: str = _setting("MESHBOT_LOG_LEVEL", _log_level, default="INFO", doc="DEBUG, INFO, WARNING or ERROR.")
     shutdown_grace_seconds: float = _setting(
         "MESHBOT_SHUTDOWN_GRACE_SECONDS", _positive_float, default=20.0,

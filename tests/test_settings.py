@@ -180,6 +180,21 @@ def test_durations_and_counts_are_bounded():
         Settings.load({"MESHBOT_WORKERS": "9" * 30})
 
 
+@pytest.mark.parametrize("value, problem", [
+    ("-0.5", "must be 0 \\(background work never waits for answers\\) or more"),
+    ("3.5", "must be at most 3 \\(Slack's deadline for an ack\\)"), ("nan", "not a finite number"),
+    ("soon", "not a number"),
+])
+def test_answers_first_seconds_outside_0_to_slacks_3_s_deadline_is_refused(value, problem):
+    with pytest.raises(SettingsError, match=f"MESHBOT_ANSWERS_FIRST_SECONDS: .*{problem}"):
+        Settings.load({"MESHBOT_ANSWERS_FIRST_SECONDS": value})
+
+
+def test_answers_first_seconds_defaults_to_2_and_0_turns_it_off():
+    assert Settings.load({}).answers_first_seconds == 2.0
+    assert Settings.load({"MESHBOT_ANSWERS_FIRST_SECONDS": "0"}).answers_first_seconds == 0.0
+
+
 def test_a_configured_secret_pasted_into_another_setting_is_not_echoed():
     token = "test-signing-secret-value"
     with pytest.raises(SettingsError) as refused:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import urllib.parse
 
 import httpx
 import pytest
@@ -82,6 +83,17 @@ def test_help_and_empty_text_answer_ephemerally_without_posting(meshbot, fake_sl
         assert "/mesh diagnose [NAMESPACE]" in response.json()["text"]
     quiesce(meshbot)
     assert fake_slack.messages() == []
+
+
+@pytest.mark.parametrize("where", ["text", "channel_name", "user_name", "team_domain"])
+def test_a_command_with_payload_anywhere_in_its_body_is_answered_not_404(meshbot, fake_slack, where):
+    """Bolt's own body parser took any form body containing "payload" for an interaction and lost it (404
+    "unhandled request"); meshbot hands Bolt the body its gate parsed."""
+    fields = dict(urllib.parse.parse_qsl(slash_command_body("help", response_url=fake_slack.response_url()).decode()))
+    fields[where] = "help payload" if where == "text" else "payload-team"
+    response = post_signed(f"{meshbot.url}/slack/events", urllib.parse.urlencode(fields).encode())
+    assert response.status_code == 200
+    assert "/mesh diagnose [NAMESPACE]" in response.json()["text"]
 
 
 def test_quiesce_returns_only_once_work_already_handed_to_the_pools_has_finished(meshbot):

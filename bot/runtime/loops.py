@@ -20,12 +20,14 @@ Pass = Callable[[], float | None]
 
 class WakeableLoop:
     def __init__(self, name: str, one_pass: Pass, *, idle: float = 30.0, after_error: float = 5.0,
-                 min_gap: float = 0.0):
+                 min_gap: float = 0.0, before_pass: Callable[[], object] | None = None):
         """``min_gap``: a pass woken sooner than this after the last one began waits for the rest, so a burst of
-        wake-ups (one per stored notification in an alert storm) costs one pass, not one each."""
+        wake-ups (one per stored notification in an alert storm) costs one pass, not one each.  ``before_pass``
+        is called before each pass (``bot.runtime.priority.Answering.wait_for_quiet``: answers first)."""
         self.name = name
         self._min_gap = min_gap
         self._pass = one_pass
+        self._before_pass = before_pass
         self._idle = idle
         self._after_error = after_error
         self._wake = threading.Event()
@@ -51,6 +53,8 @@ class WakeableLoop:
             began = time.monotonic()
             self._wake.clear()
             try:
+                if self._before_pass is not None:
+                    self._before_pass()
                 due = self._pass()
             except Exception:
                 log.exception("%s: pass failed; retrying in %.0fs", self.name, self._after_error)

@@ -24,6 +24,10 @@ class Metrics:
                                   ["transport"], registry=self.registry)
         self.ack_seconds = Histogram("meshbot_slack_ack_seconds", "Time to answer a Slack request (the ack)",
                                      buckets=ACK_BUCKETS, registry=self.registry)
+        self.background_wait_seconds = Histogram(
+            "meshbot_background_wait_seconds", "How long background work waited for the answers in flight "
+            "before it started (MESHBOT_ANSWERS_FIRST_SECONDS caps it; bot.runtime.priority)",
+            buckets=ACK_BUCKETS, registry=self.registry)
         self.diagnosis_seconds = Histogram("meshbot_diagnosis_seconds", "Duration of diagnostics by check",
                                            ["check"], buckets=DIAGNOSIS_BUCKETS, registry=self.registry)
         self.findings_posted = Counter("meshbot_findings_posted", "Findings posted to Slack by level",

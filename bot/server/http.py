@@ -12,20 +12,20 @@ Routes:
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from slack_bolt import App
-from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.request import BoltRequest
 
 from bot.runtime.loops import WakeableLoop
 from bot.runtime.metrics import Metrics
+from bot.runtime.priority import Answering
 from bot.runtime.routes import Route, json_answer
 from bot.slack.client import SlackClient, SlackError
 from bot.slack.ingress import Admission, RateLimitedLog, Rejection, SlackHeaders, SlackRequestGate
@@ -42,19 +42,36 @@ _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
             503: "Service Unavailable"}
 
 
-def request_kind(body: bytes, content_type: str) -> str:
-    """slash_command, block_actions, event…: for the requests-by-kind metric (cheap: on the ack path)."""
-    try:
-        if "json" in content_type:
-            return str(json.loads(body or b"{}").get("type") or "unknown").replace("event_callback", "event")
-        if b"&command=" in body or body.startswith(b"command="):
-            return "slash_command"
-        if body.startswith(b"payload="):
-            payload = urllib.parse.unquote_plus(body[len(b"payload="):].split(b"&", 1)[0].decode())
-            return str(json.loads(payload).get("type") or "unknown")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        pass
+def request_kind(fields: dict[str, Any]) -> str:
+    """slash_command, block_actions, event…: for the requests-by-kind metric, from the gate's parsed body."""
+    if "command" in fields:
+        return "slash_command"
+    kind = fields.get("type")
+    if isinstance(kind, str) and kind:
+        return "event" if kind == "event_callback" else kind
     return "unknown"
+
+
+BOLT_HEADERS = ("content-type", "x-slack-request-timestamp", "x-slack-signature", "x-slack-retry-num",
+                "x-slack-retry-reason")
+"""What Bolt is shown of a request's headers: not ``x-slack-bolt-lazy-*``, which would switch a signed request into
+Bolt's lazy-listener mode."""
+
+
+def bolt_request(environ: dict, fields: dict[str, Any]) -> BoltRequest:
+    """The request for ``App.dispatch``, with the body the gate already parsed.
+
+    Bolt's WSGI adapter would parse the raw body again, and its parser (``slack_bolt.request.internals.parse_body``)
+    treats any form body containing the text "payload" as an interaction whose ``payload`` field it then cannot find:
+    the body becomes ``{}`` and Bolt answers 404 "unhandled request".  Every slash command whose text, channel, user or
+    workspace name contains "payload" (``/mesh status payments-payload``) failed that way.  Bolt takes a parsed body
+    only in its ``socket_mode`` mode (the Socket Mode adapter's envelopes are parsed too); the mode changes nothing
+    else here: it only lets Bolt's own signature check be skipped, and that check is off (``bot.slack.ingress``
+    verified the signature before this)."""
+    headers = {name: environ[key] for name in BOLT_HEADERS
+               if (key := "CONTENT_TYPE" if name == "content-type" else "HTTP_" + name.upper().replace("-", "_"))
+               in environ}
+    return BoltRequest(body=fields, headers=headers, mode="socket_mode")
 
 
 SLACK_CHECK_SECONDS = 30.0
@@ -157,12 +174,14 @@ class Readiness:
 class WebApp:
     """The WSGI application: a small route table in front of Bolt."""
 
-    def __init__(self, bolt: App, metrics: Metrics, readiness: Readiness, *, gate: SlackRequestGate | None):
+    def __init__(self, bolt: App, metrics: Metrics, readiness: Readiness, *, gate: SlackRequestGate | None,
+                 answering: Answering | None = None):
         """``gate`` is None when Slack events come over Socket Mode only (no signing secret): then
-        ``/slack/events`` answers 404, since Bolt would verify against a placeholder anyone can sign with."""
+        ``/slack/events`` answers 404, since Bolt would verify against a placeholder anyone can sign with.
+        ``answering`` counts the answers a sender waits for (``/slack/events`` and routes added with
+        ``waiting_sender``), so background work lets them go first (``bot.runtime.priority``)."""
         self.bolt = bolt
         self.metrics = metrics
-        self._slack = SlackRequestHandler(bolt)
         self.gate = gate
         self._rejections = RateLimitedLog(log)
         self.routes: dict[tuple[str, str], Route] = {
@@ -175,15 +194,28 @@ class WebApp:
         }
         self.readiness = readiness
         """Its Slack status thread is started and stopped with the server (``bot.server.meshbot``)."""
+        self.answering = answering or Answering(0)
+        self._waiting_senders: set[str] = {"/slack/events"}
+        """Paths whose answers go before background work: probes, metrics and the console's pages wait their turn
+        (a page may itself wait for background work, which would then wait for it)."""
 
-    def add_route(self, method: str, path: str, route: Route) -> None:
+    def add_route(self, method: str, path: str, route: Route, *, waiting_sender: bool = False) -> None:
+        """``waiting_sender``: a machine waits for this answer (Alertmanager's webhook); it goes first."""
         self.routes[(method, path)] = route
+        if waiting_sender:
+            self._waiting_senders.add(path)
 
     def _ready(self, environ: dict, body: bytes) -> tuple[int, dict[str, str], bytes]:
         ready, details = self.readiness.check()
         return json_answer(200 if ready else 503, {"ready": ready, **details})
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "/") in self._waiting_senders:
+            with self.answering.answer():
+                return self._answer(environ, start_response)
+        return self._answer(environ, start_response)
+
+    def _answer(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -223,9 +255,10 @@ class WebApp:
             self._rejections.warning("duplicate", "Slack request from %s answered without running it again: %s",
                                      _client(environ), admission.detail)
             return self._send(start_response, 200, {"Content-Type": "text/plain"}, b"")
-        environ["wsgi.input"] = io.BytesIO(body)
-        answer = list(self._slack(environ, start_response))
-        self.metrics.requests.labels(kind=request_kind(body, content_type)).inc()
+        response = self.bolt.dispatch(bolt_request(environ, admission.body))
+        answer = self._send(start_response, response.status, _single_values(response.headers),
+                            response.body.encode())
+        self.metrics.requests.labels(kind=request_kind(admission.body)).inc()
         self.metrics.ack_seconds.observe(time.perf_counter() - started)
         return answer
 
@@ -242,9 +275,22 @@ class WebApp:
 
     @staticmethod
     def _send(start_response: StartResponse, status: int, headers: dict[str, str], body: bytes) -> list[bytes]:
-        start_response(f"{status} {_REASONS.get(status, '')}".strip(),
+        start_response(f"{status} {_REASONS.get(status) or _phrase(status)}".strip(),
                        [*headers.items(), ("Content-Length", str(len(body)))])
         return [body]
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _single_values(headers: dict[str, Any]) -> dict[str, str]:
+    """Bolt's response headers (a list of values per name) as ``_send`` takes them; Content-Length is ``_send``'s."""
+    return {name: ", ".join(values) if isinstance(values, (list, tuple)) else str(values)
+            for name, values in headers.items() if name.lower() != "content-length"}
 
 
 def _client(environ: dict) -> str:

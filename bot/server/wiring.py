@@ -43,6 +43,7 @@ from bot.reminders import commands as reminder_commands
 from bot.reminders.scheduler import CertificateScheduler, SchedulerCollector
 from bot.reminders.service import LeaseLedger, ReminderService
 from bot.runtime.metrics import Metrics
+from bot.runtime.priority import Answering, YieldingPool
 from bot.server.http import SLACK_CHECK_TIMEOUT, Readiness, SlackStatus, WebApp
 from bot.server.meshbot import Meshbot
 from bot.server.schema import open_database, open_intake_for
@@ -105,14 +106,19 @@ def build(settings: Settings, *, runner: Runner | None = None,
     diagnostician = Diagnostician(cluster, checks, runner=runner, max_running=settings.max_diagnoses)
     clock = clock or cluster.incident_clock()
     timeline = TimelineReader(settings, cluster, clock, captures=timeline_captures)
-    workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="work")
-    messengers = ThreadPoolExecutor(max_workers=MESSENGER_THREADS, thread_name_prefix="messenger")
+    # Answers first: while Slack or Alertmanager waits on the HTTP server, work started behind the answers waits
+    # for a quiet moment, at most MESHBOT_ANSWERS_FIRST_SECONDS (bot.runtime.priority says why and what it costs).
+    # The approval pool below does not wait: an approved action is the one thing an on-call engineer is waiting for.
+    answering = Answering(settings.answers_first_seconds)
+    workers = YieldingPool(answering, settings.workers, "work", on_wait=metrics.background_wait_seconds.observe)
+    messengers = YieldingPool(answering, MESSENGER_THREADS, "messenger",
+                              on_wait=metrics.background_wait_seconds.observe)
 
     elector = _elector(settings, cluster)
     incidents = IncidentLog(database, key=load_audit_key(settings.audit_key, settings.db_path),
                             anchor_stores=_audit_anchors(settings, elector), clock=clock)
     outbox = Outbox(database, outbox_slack, metrics, record=IncidentDeliveries(incidents, audit_channel=settings.audit_channel),
-                    batch_interval=settings.thread_batch_seconds)
+                    batch_interval=settings.thread_batch_seconds, before_pass=answering.wait_for_quiet)
     incidents.on_alarm = _audit_alarm(metrics, outbox, settings.channel)
     # One answer per user group for roles and votes alike, failing closed when it expires and Slack cannot answer.
     groups = GroupDirectory(slack.usergroup_members)
@@ -176,8 +182,9 @@ def build(settings: Settings, *, runner: Runner | None = None,
     reporters = [scheduler.describe] if scheduler else []
     if scheduler:
         metrics.registry.register(SchedulerCollector(scheduler))
-    web = WebApp(bolt, metrics, Readiness(database, slack_status, reporters), gate=gate)
-    web.add_route("POST", "/alertmanager", alertmanager_route(flow, settings.alertmanager_token, metrics))
+    web = WebApp(bolt, metrics, Readiness(database, slack_status, reporters), gate=gate, answering=answering)
+    web.add_route("POST", "/alertmanager", alertmanager_route(flow, settings.alertmanager_token, metrics),
+                  waiting_sender=True)
 
     services = Services(settings=settings, metrics=metrics, checks=checks, database=database, intake=intake,
                         slack=slack,

@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -66,6 +66,9 @@ class Admission:
     detail: str = ""
     """Why, for the log: never a piece of the body (it carries ``response_url``, a credential to answer)."""
     duplicate: bool = False
+    body: dict[str, Any] = field(default_factory=dict)
+    """What Slack sent, parsed once, as Bolt wants it: the form's fields, an interaction's decoded ``payload``, or
+    the JSON event (``bot.server.http`` hands it to Bolt as it is)."""
 
     @property
     def admitted(self) -> bool:
@@ -111,7 +114,7 @@ class SlackRequestGate:
             return Admission(Rejection.MALFORMED, fields_or_problem)
         if self._seen(headers, fields_or_problem):
             return Admission(duplicate=True, detail="already handled (replay or Slack retry)")
-        return Admission()
+        return Admission(body=fields_or_problem)
 
     def _signature_problem(self, headers: SlackHeaders, body: bytes) -> tuple[Rejection | None, str]:
         if not headers.timestamp or not headers.signature:
@@ -253,7 +256,7 @@ def _interaction_problem(payload_text: str) -> dict[str, Any] | str:
                 return f"block_actions with a {name} that is not an object"
         if "response_url" in payload and not isinstance(payload["response_url"], str):
             return "block_actions with a response_url that is not a string"
-    return {"type": kind}
+    return payload
 
 
 # -- one line per rejection, at a rate the log can take -----------------------------------------------------

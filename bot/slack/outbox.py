@@ -159,6 +159,8 @@ class Outbox:
     clocks disagree still space posts 1 s apart and never read another's next-post time as minutes away."""
     batch_interval: float = 30.0
     """Seconds between two alert-update replies in one incident's thread (MESHBOT_THREAD_BATCH_SECONDS)."""
+    before_pass: Callable[[], object] | None = None
+    """Waited for before each delivery pass: the answers in flight first (``bot.runtime.priority``)."""
     _last_post: dict[str, datetime] = field(default_factory=dict)
     _last_batch: dict[int, datetime] = field(default_factory=dict)
     _batch_members: dict[int, list[int]] = field(default_factory=dict)
@@ -486,7 +488,8 @@ class Outbox:
     # -- the dispatcher thread ---------------------------------------------------------
 
     def __post_init__(self) -> None:
-        self._loop = WakeableLoop("outbox", self.deliver_due, min_gap=PASS_GAP_SECONDS)
+        self._loop = WakeableLoop("outbox", self.deliver_due, min_gap=PASS_GAP_SECONDS,
+                                  before_pass=self.before_pass)
         if self.clock is _database_clock:
             self.clock = self.database.now
 
