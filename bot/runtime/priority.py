@@ -5,8 +5,8 @@ webhook's answer.  All of it shares one interpreter lock with the work the answe
 namespace check, the diagnosis, the outbox's posts).  Python threads have no priorities, so under a storm each ack
 waited for a share of the lock behind that work.  Measured on ``bench/bench_slack.py`` (1,000 ``/mesh`` requests,
 50 in flight): the serving process spent 5.3 ms of CPU per request while acks were arriving, only ~1.7 ms of it
-on the ack itself, and the ack p50 was 50 x 5.3 ms as Little's law says (250 ms, p99 420 ms).  The ack path alone
-(the same bench with nothing started behind the ack) was p50 83 ms, p99 136 ms.
+on the ack itself, and the ack p50 was 50 x 5.3 ms as Little's law says (244 ms, p99 416 ms).  With this module
+the p50 was 91-99 ms and the p99 146-167 ms (docs/benchmarks.md, which also has what the acks cost now).
 
 So background work starts only in a quiet moment: a task handed to a ``YieldingPool``, or a loop's pass that is
 given ``Answering.wait_for_quiet``, first waits until no answer is being worked on, at most ``patience``
