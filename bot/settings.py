@@ -389,9 +389,9 @@ class Settings:
             "last connections. At least 0.01. Tests lower it.")
     answers_first_seconds: float = _setting(
         "MESHBOT_ANSWERS_FIRST_SECONDS", _answers_first_seconds, default=2.0,
-        doc="While Slack or Alertmanager waits for meshbot's answer over HTTP, background work (the \"Running…\" "
-            "post, diagnoses, the outbox's posts) waits up to this long before it starts, so acks stay fast in a "
-            "storm (bot.runtime.priority). 0: never waits. At most 3.")
+        doc="While Slack waits for meshbot's ack over HTTP, background work (the \"Running…\" post, diagnoses, the "
+            "outbox's posts) waits up to this long before it starts, so acks stay fast in a storm "
+            "(bot.runtime.priority). 0: never waits. At most 3.")
     log_level: str = _setting("MESHBOT_LOG_LEVEL", _log_level, default="INFO", doc="DEBUG, INFO, WARNING or ERROR.")
     shutdown_grace_seconds: float = _setting(
         "MESHBOT_SHUTDOWN_GRACE_SECONDS", _positive_float, default=20.0,

@@ -1,4 +1,4 @@
-"""Answers first (issue 26): background work waits while Slack or Alertmanager waits for meshbot's answer.
+"""Answers first (issue 26): background work waits while a signed Slack request is being answered.
 
 The bot is the real one (Bolt, its pools, the fake Slack Web API).  An answer is held "in flight" by calling the
 bot's WSGI application from a thread whose ``start_response`` blocks: Bolt has acked and handed its work to the
@@ -93,15 +93,25 @@ def test_background_work_waits_at_most_the_patience_when_answers_never_stop(bot_
     assert count >= 1 and total >= 0.45
 
 
-@pytest.mark.parametrize(("path", "counted"), [("/slack/events", 1), ("/alertmanager", 1), ("/healthz", 0),
-                                               ("/readyz", 0), ("/metrics", 0)])
-def test_only_answers_a_sender_waits_for_are_counted(bot_factory, path, counted):
-    """Slack and Alertmanager wait on the answer; probes and scrapes do not hold background work back."""
+def test_an_unsigned_slack_request_is_not_counted_so_it_cannot_hold_background_work(bot_factory, fake_slack):
+    meshbot = bot_factory()
+    body = slash_command_body("diagnose prod", response_url=fake_slack.response_url("r1"))
+    forged = environ_for("/slack/events", body, {"Content-Type": "application/x-www-form-urlencoded",
+                                                 **sign(body, secret="not-the-signing-secret")})
+    with answer_held(meshbot.web, forged) as status:
+        assert status == ["401 Unauthorized"]
+        assert meshbot.web.answering.in_flight == 0
+
+
+@pytest.mark.parametrize("path", ["/alertmanager", "/healthz", "/readyz", "/metrics"])
+def test_webhooks_probes_and_scrapes_are_not_counted(bot_factory, path):
+    """Only admitted Slack requests hold background work back: a route without a signature must not, and a probe
+    or a scrape has nobody waiting on it the way Slack's 3 s deadline does."""
     meshbot = bot_factory()
     environ = environ_for(path, b"{}", {"Content-Type": "application/json"})
-    environ["REQUEST_METHOD"] = "GET" if path in ("/healthz", "/readyz", "/metrics") else "POST"
+    environ["REQUEST_METHOD"] = "POST" if path == "/alertmanager" else "GET"
     with answer_held(meshbot.web, environ):
-        assert meshbot.web.answering.in_flight == counted
+        assert meshbot.web.answering.in_flight == 0
 
 
 # -- the two parts on their own ---------------------------------------------------------------------------
@@ -125,6 +135,25 @@ def test_a_pools_task_starts_when_the_last_answer_ends_not_before():
         assert started.wait(5), "the task did not start once the answers ended"
     finally:
         pool.shutdown(wait=True)
+
+
+def test_a_pools_task_waits_for_a_quiet_moment_not_just_a_gap_between_two_acks():
+    """A burst has gaps between its acks; work that started in the first one competed with the rest of the burst."""
+    answering = Answering(10.0, quiet=0.4)
+    started: list[float] = []
+    pool = YieldingPool(answering, 1, "test")
+    try:
+        with answering.answer():
+            future = pool.submit(lambda: started.append(time.monotonic()))
+            time.sleep(0.1)
+        time.sleep(0.1)  # a gap shorter than the quiet period
+        with answering.answer():  # the next ack of the burst, 0.1 s later: still not quiet
+            time.sleep(0.1)
+        ended = time.monotonic()
+        future.result(5)
+    finally:
+        pool.shutdown(wait=True)
+    assert started[0] - ended >= 0.39
 
 
 def test_a_failing_answer_still_ends_its_count():

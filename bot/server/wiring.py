@@ -106,7 +106,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     diagnostician = Diagnostician(cluster, checks, runner=runner, max_running=settings.max_diagnoses)
     clock = clock or cluster.incident_clock()
     timeline = TimelineReader(settings, cluster, clock, captures=timeline_captures)
-    # Answers first: while Slack or Alertmanager waits on the HTTP server, work started behind the answers waits
+    # Answers first: while Slack waits for an ack from the HTTP server, work started behind the acks waits
     # for a quiet moment, at most MESHBOT_ANSWERS_FIRST_SECONDS (bot.runtime.priority says why and what it costs).
     # The approval pool below does not wait: an approved action is the one thing an on-call engineer is waiting for.
     answering = Answering(settings.answers_first_seconds)
@@ -183,8 +183,7 @@ def build(settings: Settings, *, runner: Runner | None = None,
     if scheduler:
         metrics.registry.register(SchedulerCollector(scheduler))
     web = WebApp(bolt, metrics, Readiness(database, slack_status, reporters), gate=gate, answering=answering)
-    web.add_route("POST", "/alertmanager", alertmanager_route(flow, settings.alertmanager_token, metrics),
-                  waiting_sender=True)
+    web.add_route("POST", "/alertmanager", alertmanager_route(flow, settings.alertmanager_token, metrics))
 
     services = Services(settings=settings, metrics=metrics, checks=checks, database=database, intake=intake,
                         slack=slack,
