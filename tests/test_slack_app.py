@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -94,6 +95,23 @@ def test_a_command_with_payload_anywhere_in_its_body_is_answered_not_404(meshbot
     response = post_signed(f"{meshbot.url}/slack/events", urllib.parse.urlencode(fields).encode())
     assert response.status_code == 200
     assert "/mesh diagnose [NAMESPACE]" in response.json()["text"]
+
+
+def test_slacks_url_verification_gets_its_challenge_back(meshbot, fake_slack):
+    """Slack sends this when the Events API request URL is set, signed like every request."""
+    body = json.dumps({"token": "deprecated", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
+                       "type": "url_verification"}).encode()
+    response = post_signed(f"{meshbot.url}/slack/events", body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert response.json() == {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}
+
+
+def test_slacks_ssl_check_on_the_command_url_is_answered_200_and_runs_nothing(meshbot, fake_slack):
+    """Slack checks the slash command URL's certificate with ``ssl_check=1`` (no command in the body)."""
+    response = post_signed(f"{meshbot.url}/slack/events", b"ssl_check=1&token=deprecated-verification-token")
+    assert response.status_code == 200
+    quiesce(meshbot)
+    assert posts(fake_slack) == []
 
 
 def test_quiesce_returns_only_once_work_already_handed_to_the_pools_has_finished(meshbot):

@@ -178,9 +178,9 @@ class WebApp:
                  answering: Answering | None = None):
         """``gate`` is None when Slack events come over Socket Mode only (no signing secret): then
         ``/slack/events`` answers 404, since Bolt would verify against a placeholder anyone can sign with.
-        ``answering`` counts the Slack requests being answered once the gate has admitted them, so background work
-        lets them go first (``bot.runtime.priority``).  Only admitted ones: a request anyone can send (unsigned, or
-        to a route without a signature) must not be able to hold meshbot's background work back."""
+        ``answering`` counts the Slack requests being answered once their signature is verified, so background work
+        lets them go first (``bot.runtime.priority``).  Only signed ones: a request anyone can send (unsigned, or to
+        a route without a signature) must not be able to hold meshbot's background work back."""
         self.bolt = bolt
         self.metrics = metrics
         self.gate = gate
