@@ -35,8 +35,8 @@ QUIET_SECONDS = 0.05
 """How long no ack must have been worked on for a moment to count as quiet.  Between two acks of a burst there are
 gaps (a request read by the socket loop, queued for a thread, checked against the signature: none of it counted);
 a wait that ended in the first gap let the work behind the burst in at once.  Measured: counting only the signed part
-of each ack without this brought the bench's ack p99 back from ~130 to 143-229 ms; 50 ms is far above those gaps
-(1-2 ms at 50 senders) and costs a single command's "Running…" post 50 ms."""
+of each ack without this, the bench's ack p99 was 143-229 ms over three runs; 50 ms is far above those gaps (1-2 ms
+at 50 senders) and costs a single command's "Running…" post 50 ms."""
 
 
 class Answering:
