@@ -108,6 +108,16 @@ def writes_of(kube: FakeKube, resource: str) -> int:
     return len([r for r in kube.requests("POST") if resource in r.url.path and r.params.get("dryRun") != "All"])
 
 
+def write_story(kube: FakeKube, replicas: list[Replica]) -> str:
+    """Every write the API server received, in order, and what the replicas logged about approvals: printed when
+    the assertion below fails (it failed once in a full run and never alone; this is what to read next time)."""
+    writes = [f"{r.method.value} {r.url.path}{' (dry run)' if r.params.get('dryRun') == 'All' else ''}"
+              for r in kube.requests() if r.method.value.upper() in ("POST", "PUT", "PATCH", "DELETE")]
+    logs = [f"{replica.log.name}: {line}" for replica in replicas if replica.log.exists()
+            for line in replica.log.read_text().splitlines() if "approval" in line]
+    return "\nwrites:\n  " + "\n  ".join(writes) + "\napproval log lines:\n  " + "\n  ".join(logs)
+
+
 def test_an_executor_paused_past_its_lease_never_reapplies_a_change_a_survivor_finished_and_people_rolled_back(
         fleet, mesh, fake_slack, tmp_path):
     paused, survivor = serve(fleet, fake_slack, tmp_path, 2)
@@ -153,10 +163,11 @@ def test_an_executor_paused_past_its_lease_never_reapplies_a_change_a_survivor_f
     said = paused.log.read_text()  # at its next write, or at its outcome when it had nothing left to write
     assert "stopping with nothing more written" in said or "could be recorded; recorded nothing" in said
     # Nothing re-applied: the rolled-back objects stay gone, and the plaintext rule was written once (by the survivor).
-    assert mesh.object("PeerAuthentication", "payments", "meshbot-emergency-permissive") is None
-    assert mesh.object("DestinationRule", "payments", "meshbot-emergency-plaintext") is None
-    assert writes_of(mesh, "destinationrules") == 1
-    assert writes_of(mesh, "peerauthentications") == 1
+    story = write_story(mesh, [paused, survivor])
+    assert writes_of(mesh, "destinationrules") == 1, story
+    assert writes_of(mesh, "peerauthentications") == 1, story
+    assert mesh.object("PeerAuthentication", "payments", "meshbot-emergency-permissive") is None, story
+    assert mesh.object("DestinationRule", "payments", "meshbot-emergency-plaintext") is None, story
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -24,33 +24,53 @@ SELECT_LIMIT = 1024
 
 
 @contextlib.contextmanager
-def descriptors_above_select_limit() -> Iterator[None]:
-    """Hold enough descriptors that every socket opened meanwhile is numbered above 1023, as in a process
-    that keeps ~1,000 connections open (the server's CONNECTION_LIMIT is 1,000, and opening idle connections
-    needs no signature)."""
+def descriptors_above_select_limit() -> Iterator[Callable[[], None]]:
+    """Hold enough descriptors that sockets opened meanwhile are numbered above 1023, as in a process that keeps
+    ~1,000 connections open (the server's CONNECTION_LIMIT is 1,000, and opening idle connections needs no
+    signature).  Yields ``refill``: other threads of the test process (an earlier test's bot finishing its stop)
+    may close descriptors meanwhile, and the next socket would take the freed low number (fd 55 in one full run);
+    ``refill`` holds every free number below the limit again."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = SELECT_LIMIT + 512
     assert hard == resource.RLIM_INFINITY or hard >= needed, f"this machine allows only {hard} open files"
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
     held: list[int] = []
+
+    def refill() -> None:
+        while True:
+            fd = os.open(os.devnull, os.O_RDONLY)
+            held.append(fd)
+            if fd >= SELECT_LIMIT:
+                return
+
     try:
-        while not held or held[-1] < SELECT_LIMIT:
-            held.append(os.open(os.devnull, os.O_RDONLY))
-        yield
+        refill()
+        yield refill
     finally:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def server_descriptors(meshbot) -> list[int]:
+    """The descriptors in the bot's socket map: what its loop hands to poll() (select() refused those >= 1024)."""
+    return sorted(meshbot.server._map)
+
+
 def test_the_server_keeps_answering_when_its_sockets_are_numbered_above_select_s_limit(bot_factory):
     """With select() (waitress's default) the loop raised "filedescriptor out of range in select()" and the HTTP
     thread ended for good: 1,010 idle connections to `meshbot serve` left /healthz timing out."""
-    with descriptors_above_select_limit():
+    with descriptors_above_select_limit() as refill:
         meshbot = bot_factory()
-        idle = [socket.create_connection(("127.0.0.1", int(meshbot.url.rsplit(":", 1)[1]))) for _ in range(5)]
+        port = int(meshbot.url.rsplit(":", 1)[1])
+        idle: list[socket.socket] = []
         try:
-            assert idle[-1].fileno() >= SELECT_LIMIT
+            deadline = time.monotonic() + 10
+            while not (idle and idle[-1].fileno() >= SELECT_LIMIT and server_descriptors(meshbot)[-1] >= SELECT_LIMIT):
+                assert time.monotonic() < deadline, f"no connection numbered above {SELECT_LIMIT - 1} on both sides"
+                refill()
+                idle.append(socket.create_connection(("127.0.0.1", port)))
+                time.sleep(0.05)  # the loop accepts it and adds it to its map
             with httpx.Client(timeout=5) as client:
                 assert client.get(f"{meshbot.url}/healthz").status_code == 200
                 assert client.get(f"{meshbot.url}/healthz").status_code == 200
