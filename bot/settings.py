@@ -144,23 +144,25 @@ MAX_ANSWERS_FIRST_SECONDS = 3.0
 """Slack's own deadline for an ack: background work never waits longer than an ack may take."""
 
 
-def _answers_first_seconds(value: str) -> float:
-    number = _float(value)
-    if number < 0:
-        raise ValueError("must be 0 (background work never waits for answers) or more")
-    if number > MAX_ANSWERS_FIRST_SECONDS:
-        raise ValueError(f"must be at most {MAX_ANSWERS_FIRST_SECONDS:.0f} (Slack's deadline for an ack); longer "
-                         "only delays the work behind a storm")
-    return number
+def _seconds_up_to(maximum: float, *, zero: str, beyond: str) -> Callable[[str], float]:
+    """A duration from 0 (``zero``: what 0 means) to ``maximum`` (``beyond``: why no more)."""
+
+    def parse(value: str) -> float:
+        number = _float(value)
+        if number < 0:
+            raise ValueError(f"must be 0 ({zero}) or more")
+        if number > maximum:
+            raise ValueError(f"must be at most {maximum:.0f}{beyond}")
+        return number
+
+    return parse
 
 
-def _reuse_seconds(value: str) -> float:
-    number = _float(value)
-    if number < 0:
-        raise ValueError("must be 0 (share only reads in flight) or more")
-    if number > MAX_REUSE_SECONDS:
-        raise ValueError(f"must be at most {MAX_REUSE_SECONDS:.0f}: older pods would hide a recovery or a new crash")
-    return number
+_answers_first_seconds = _seconds_up_to(
+    MAX_ANSWERS_FIRST_SECONDS, zero="background work never waits for answers",
+    beyond=" (Slack's deadline for an ack); longer only delays the work behind a storm")
+_reuse_seconds = _seconds_up_to(MAX_REUSE_SECONDS, zero="share only reads in flight",
+                                beyond=": older pods would hide a recovery or a new crash")
 
 
 def _bool(value: str) -> bool:

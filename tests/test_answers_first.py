@@ -164,9 +164,9 @@ def test_a_failing_answer_still_ends_its_count():
 
 
 def test_a_task_that_waited_reports_how_long_and_returns_its_result():
-    answering = Answering(0.2)
     waits: list[float] = []
-    pool = YieldingPool(answering, 1, "test", on_wait=waits.append)
+    answering = Answering(0.2, on_wait=waits.append)
+    pool = YieldingPool(answering, 1, "test")
     try:
         with answering.answer():
             assert pool.submit(lambda x: x * 2, 21).result(5) == 42

@@ -5,7 +5,7 @@ lock with the work they start (the "Running…" post, the namespace check, the d
 Python threads have no priorities, so under a storm each ack waited for a share of the lock behind that work.
 Measured on ``bench/bench_slack.py`` (1,000 ``/mesh`` requests, 50 in flight): the serving process spent 5.3 ms of
 CPU per request while acks were arriving, only ~1.7 ms of it on the ack itself, and the ack p50 was 50 x 5.3 ms as
-Little's law says (244 ms, p99 416 ms).  With this module the p50 was 91-99 ms and the p99 146-167 ms
+Little's law says (244 ms, p99 416 ms).  A first version of this module alone gave p50 91-99 ms, p99 146-167 ms
 (docs/benchmarks.md, which also has what the acks cost now).
 
 So background work starts only in a quiet moment: a task handed to a ``YieldingPool``, or a loop's pass that is
@@ -42,12 +42,15 @@ at 50 senders) and costs a single command's "Running…" post 50 ms."""
 class Answering:
     """How many acks are being worked on, and when the last one ended; background work asks ``wait_for_quiet``."""
 
-    def __init__(self, patience: float, *, quiet: float = QUIET_SECONDS, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, patience: float, *, quiet: float = QUIET_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 on_wait: Callable[[float], None] | None = None):
+        """``on_wait`` is told how long each wait lasted (``meshbot_background_wait_seconds``)."""
         if patience < 0:
             raise ValueError(f"patience must be 0 (background work never waits) or more, not {patience}")
         self.patience = patience
         self.quiet = quiet
         self._clock = clock
+        self._on_wait = on_wait
         self._in_flight = 0
         self._last_end = float("-inf")
         self._changed = threading.Condition()
@@ -90,23 +93,22 @@ class Answering:
                 if now >= settled_at:
                     break
                 self._changed.wait(min(settled_at, deadline) - now)
-        return self._clock() - began
+        waited = self._clock() - began
+        if self._on_wait is not None:
+            self._on_wait(waited)
+        return waited
 
 
 class YieldingPool(ThreadPoolExecutor):
     """A thread pool whose tasks each wait for a quiet moment (``Answering.wait_for_quiet``) before they start."""
 
-    def __init__(self, answering: Answering, max_workers: int, thread_name_prefix: str = "",
-                 on_wait: Callable[[float], None] | None = None):
+    def __init__(self, answering: Answering, max_workers: int, thread_name_prefix: str = ""):
         super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
         self.answering = answering
-        self._on_wait = on_wait
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         def after_answers() -> Any:
-            waited = self.answering.wait_for_quiet()
-            if waited and self._on_wait is not None:
-                self._on_wait(waited)
+            self.answering.wait_for_quiet()
             return fn(*args, **kwargs)
 
         return super().submit(after_answers)

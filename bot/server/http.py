@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from http import HTTPStatus
 from typing import Any
 
 from slack_bolt import App
@@ -52,10 +51,11 @@ def request_kind(fields: dict[str, Any]) -> str:
     return "unknown"
 
 
-BOLT_HEADERS = ("content-type", "x-slack-request-timestamp", "x-slack-signature", "x-slack-retry-num",
-                "x-slack-retry-reason")
-"""What Bolt is shown of a request's headers: not ``x-slack-bolt-lazy-*``, which would switch a signed request into
-Bolt's lazy-listener mode."""
+BOLT_HEADERS = {"content-type": "CONTENT_TYPE", "x-slack-request-timestamp": "HTTP_X_SLACK_REQUEST_TIMESTAMP",
+                "x-slack-signature": "HTTP_X_SLACK_SIGNATURE", "x-slack-retry-num": "HTTP_X_SLACK_RETRY_NUM",
+                "x-slack-retry-reason": "HTTP_X_SLACK_RETRY_REASON"}
+"""What Bolt is shown of a request's headers (and where WSGI keeps each): not ``x-slack-bolt-lazy-*``, which would
+switch a signed request into Bolt's lazy-listener mode."""
 
 
 def bolt_request(environ: dict, fields: dict[str, Any]) -> BoltRequest:
@@ -68,9 +68,7 @@ def bolt_request(environ: dict, fields: dict[str, Any]) -> BoltRequest:
     only in its ``socket_mode`` mode (the Socket Mode adapter's envelopes are parsed too); the mode changes nothing
     else here: it only lets Bolt's own signature check be skipped, and that check is off (``bot.slack.ingress``
     verified the signature before this)."""
-    headers = {name: environ[key] for name in BOLT_HEADERS
-               if (key := "CONTENT_TYPE" if name == "content-type" else "HTTP_" + name.upper().replace("-", "_"))
-               in environ}
+    headers = {name: environ[key] for name, key in BOLT_HEADERS.items() if key in environ}
     return BoltRequest(body=fields, headers=headers, mode="socket_mode")
 
 
@@ -238,8 +236,8 @@ class WebApp:
         content_type = environ.get("CONTENT_TYPE", "")
         headers = SlackHeaders.from_environ(environ)
         refusal = gate.signature_refusal(headers, body)
-        if refusal is not None and refusal.rejection is not None:
-            return self._reject(environ, body, refusal.rejection, refusal.detail, start_response)
+        if refusal is not None:
+            return self._reject(environ, body, *refusal, start_response)
         # Signed: from here until the ack is written, work started behind the acks waits (bot.runtime.priority).
         # Counting starts before the replay check on purpose: its write takes turns between the request threads,
         # and a count that left those waits out saw "no ack in flight" most of the time (ack p99 back to 450 ms).
@@ -272,16 +270,9 @@ class WebApp:
 
     @staticmethod
     def _send(start_response: StartResponse, status: int, headers: dict[str, str], body: bytes) -> list[bytes]:
-        start_response(f"{status} {_REASONS.get(status) or _phrase(status)}".strip(),
+        start_response(f"{status} {_REASONS.get(status, '')}".strip(),
                        [*headers.items(), ("Content-Length", str(len(body)))])
         return [body]
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 def _single_values(headers: dict[str, Any]) -> dict[str, str]:

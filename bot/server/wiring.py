@@ -109,10 +109,9 @@ def build(settings: Settings, *, runner: Runner | None = None,
     # Answers first: while Slack waits for an ack from the HTTP server, work started behind the acks waits
     # for a quiet moment, at most MESHBOT_ANSWERS_FIRST_SECONDS (bot.runtime.priority says why and what it costs).
     # The approval pool below does not wait: an approved action is the one thing an on-call engineer is waiting for.
-    answering = Answering(settings.answers_first_seconds)
-    workers = YieldingPool(answering, settings.workers, "work", on_wait=metrics.background_wait_seconds.observe)
-    messengers = YieldingPool(answering, MESSENGER_THREADS, "messenger",
-                              on_wait=metrics.background_wait_seconds.observe)
+    answering = Answering(settings.answers_first_seconds, on_wait=metrics.background_wait_seconds.observe)
+    workers = YieldingPool(answering, settings.workers, "work")
+    messengers = YieldingPool(answering, MESSENGER_THREADS, "messenger")
 
     elector = _elector(settings, cluster)
     incidents = IncidentLog(database, key=load_audit_key(settings.audit_key, settings.db_path),

@@ -105,13 +105,14 @@ class SlackRequestGate:
         self._clock = clock
         self.replays: Deliveries = replays or ReplayGuard(WINDOW_SECONDS)
 
-    def signature_refusal(self, headers: SlackHeaders, body: bytes) -> Admission | None:
-        """The refusal of a request Slack did not sign (missing, forged, stale), or None: go on to ``admit_signed``.
+    def signature_refusal(self, headers: SlackHeaders, body: bytes) -> tuple[Rejection, str] | None:
+        """Why a request Slack did not sign is refused (missing, forged, stale), and the detail for the log; None:
+        go on to ``admit_signed``.
 
         Two steps so that the server can count a request as Slack's from here on (``bot.runtime.priority``:
         background work waits for signed requests only, so nobody without the secret can hold it back)."""
         rejection, detail = self._signature_problem(headers, body)
-        return Admission(rejection, detail) if rejection is not None else None
+        return (rejection, detail) if rejection is not None else None
 
     def admit_signed(self, headers: SlackHeaders, body: bytes, content_type: str) -> Admission:
         """For a request ``signature_refusal`` passed: refuse a body that is not what Slack sends, drop replays."""
